@@ -1,0 +1,84 @@
+"""`manifest.csv`: the one description of a prepared split that `train` and `eval --data` read.
+
+One row per sample; paths are relative to the manifest's folder (empty where a split has no such
+file, e.g. no `trimap` for training samples, no `image` for training samples that are composed on
+the fly). Columns:
+
+    name     sample name, unique in the split (the output stem, e.g. `{fg stem}_{k}`)
+    image    the composite (test: always; train: with --composite)
+    alpha    ground-truth alpha (single channel, 8-bit)
+    trimap   benchmark trimap (0/128/255), test split
+    fg       foreground colours
+    bg       background exactly as cropped for this composite
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from mattecli.errors import UsageError
+
+COLUMNS = ("name", "image", "alpha", "trimap", "fg", "bg")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One manifest row with absolute paths (None where the column is empty)."""
+
+    name: str
+    image: Path | None = None
+    alpha: Path | None = None
+    trimap: Path | None = None
+    fg: Path | None = None
+    bg: Path | None = None
+
+
+def manifest_file(path: str | Path) -> Path:
+    """A split folder or the manifest itself -> the manifest path."""
+    path = Path(path)
+    return path / "manifest.csv" if path.is_dir() else path
+
+
+def read_manifest(path: str | Path) -> list[Sample]:
+    """Read a split's manifest (give the split folder or the CSV)."""
+    path = manifest_file(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no manifest.csv here (prepare the data with `matte prepare-data`)")
+    root = path.parent
+    samples = []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("name", "alpha") if c not in (reader.fieldnames or ())]
+        if missing:
+            raise UsageError(f"{path}: manifest lacks the column(s) {', '.join(missing)}")
+        for row in reader:
+            values = {c: (root / row[c] if row.get(c) else None) for c in COLUMNS if c != "name"}
+            samples.append(Sample(name=row["name"], **values))
+    return samples
+
+
+def write_manifest(path: str | Path, samples: list[Sample]) -> Path:
+    """Write atomically (temp file + rename); paths are stored relative to the manifest's folder."""
+    path = manifest_file(path)
+    root = path.parent
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".csv.tmp", dir=root)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(COLUMNS)
+            for s in samples:
+                row = [s.name]
+                for field in fields(Sample)[1:]:
+                    value = getattr(s, field.name)
+                    row.append("" if value is None else os.path.relpath(value, root).replace(os.sep, "/"))
+                writer.writerow(row)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

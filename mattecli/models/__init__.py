@@ -1,0 +1,15 @@
+"""Model families: an explicit table from family name to (config dataclass, network class)."""
+
+from __future__ import annotations
+
+from mattecli.models.indexnet import IndexNetConfig, IndexNetMatting
+
+FAMILIES = {
+    "indexnet": (IndexNetConfig, IndexNetMatting),
+}
+
+
+def build_model(recipe):
+    """The only way a network is made: from a recipe's family and model options."""
+    _, network = FAMILIES[recipe.family]
+    return network(recipe.model)

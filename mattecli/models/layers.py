@@ -1,0 +1,72 @@
+"""Blocks shared by the model families: conv-norm-act, ASPP, residual blocks.
+
+Norm and activation come from a `norm_act(channels) -> list[nn.Module]` factory so one block serves
+families whose checkpoints lay them out differently (IndexNet: BatchNorm then ReLU6 as two modules;
+A2U: one in-place-activated-BN module), and parameter names stay those of the authors' checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NormAct = Callable[[int], list]
+
+
+def bn_relu6(channels: int) -> list:
+    return [nn.BatchNorm2d(channels), nn.ReLU6(inplace=True)]
+
+
+def conv_norm_act(cin: int, cout: int, kernel: int, stride: int = 1, padding: int | None = None,
+                  dilation: int = 1, groups: int = 1, norm_act: NormAct = bn_relu6) -> nn.Sequential:
+    """Conv (no bias) followed by the family's norm and activation: keys `0.weight`, `1.*`."""
+    if padding is None:
+        padding = dilation * (kernel - 1) // 2
+    conv = nn.Conv2d(cin, cout, kernel, stride, padding, dilation=dilation, groups=groups, bias=False)
+    return nn.Sequential(conv, *norm_act(cout))
+
+
+class _Branch(nn.Module):
+    """Holds one ASPP branch as `atrous_conv`, the name both authors' checkpoints use."""
+
+    def __init__(self, layers: list):
+        super().__init__()
+        self.atrous_conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.atrous_conv(x)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling with depthwise-separable atrous branches.
+
+    Branches: 1x1; three (3x3 depthwise with dilation d, norm-act, 1x1, norm-act); global average
+    pool (1x1, norm-act, nearest upsampling). Concatenated, projected by 1x1 + norm-act, dropout.
+    """
+
+    def __init__(self, cin: int, mid: int, cout: int, dilations: tuple[int, int, int],
+                 norm_act: NormAct = bn_relu6, dropout: float = 0.5):
+        super().__init__()
+        self.aspp1 = _Branch([nn.Conv2d(cin, mid, 1, bias=False), *norm_act(mid)])
+        for i, d in enumerate(dilations, start=2):
+            setattr(self, f"aspp{i}", _Branch([
+                nn.Conv2d(cin, cin, 3, 1, padding=d, dilation=d, groups=cin, bias=False), *norm_act(cin),
+                nn.Conv2d(cin, mid, 1, bias=False), *norm_act(mid)]))
+        self.global_avg_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(cin, mid, 1, bias=False),
+                                             *norm_act(mid))
+        self.bottleneck_conv = nn.Sequential(nn.Conv2d(mid * 5, cout, 1, bias=False), *norm_act(cout))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.global_avg_pool(x)
+        pooled = F.interpolate(pooled, size=x.shape[2:], mode="nearest")
+        y = torch.cat([self.aspp1(x), self.aspp2(x), self.aspp3(x), self.aspp4(x), pooled], dim=1)
+        return self.dropout(self.bottleneck_conv(y))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, the number the specs' tables give."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,237 @@
+"""Recipes: YAML files in `recipes/` turned into frozen, validated dataclasses.
+
+A recipe has four sections — `model` (a family and that family's options), `data` (the training
+pipeline), `train` (the schedule) and `infer` (how the inference pipeline aligns and encodes the
+input for this model). Unknown keys fail naming the key; a recipe may name one `base:` recipe whose
+values it overrides (one level only); `--set a.b=value` overrides any value from the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mattecli.errors import UsageError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Training data: which pipeline (specs/data.md) and its main sizes."""
+
+    pipeline: str = "dim"  # dim (IndexNet) | gca (A2U) | tcp (TCP)
+    crop_size: int = 320
+    val_every: int = 0  # iterations between validations; 0 = never
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation schedule; learning-rate multipliers per parameter group."""
+
+    iters: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-2  # new layers (index blocks, ASPP, decoder, head)
+    encoder_lr: float = 1e-4  # the (pretrained) encoder
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    schedule: str = "multistep"  # multistep | cosine
+    milestones: tuple[int, ...] = ()  # iterations at which lr *= gamma (multistep)
+    gamma: float = 0.1
+    warmup_iters: int = 0
+    freeze_encoder_bn: bool = True
+    grad_clip: float = 0.0  # 0 = off
+    loss: str = "dim"  # dim (0.5 alpha + 0.5 composition) | l1 | tcp
+    log_every: int = 10
+    checkpoint_every: int = 500
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """How the shared inference pipeline prepares input for this model and restores its output."""
+
+    align: str = "resize"  # resize (IndexNet demo: bicubic image, nearest trimap) | pad (reflect, bottom/right)
+    stride: int = 32
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    trimap: str = "scalar"  # scalar: trimap/255 as one channel | onehot: bg/unknown/fg channels
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    family: str
+    model: Any  # the family's config dataclass (e.g. IndexNetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    def to_dict(self) -> dict:
+        """The fully resolved recipe (no `base:`), as stored in weights files."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "model": {"family": self.family, **dataclasses.asdict(self.model)},
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+            "infer": dataclasses.asdict(self.infer),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert a YAML value to a dataclass field's annotated type."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(annotation)
+        item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if item is None and len(args) != len(value):
+            raise UsageError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, item or args[i], f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(annotation):
+            return None
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build_dataclass(cls: type, values: dict, where: str):
+    """Build a frozen dataclass from a dict, failing on unknown keys with the key named."""
+    if not isinstance(values, dict):
+        raise UsageError(f"{where}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UsageError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"{where}: {err}") from None
+    return obj
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """`NAME` resolves to `recipes/NAME.yaml`; an existing path is used as is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(list_recipe_names()[:8])
+    raise UsageError(f"unknown recipe '{name_or_path}' (not a file, not in {RECIPES_DIR}; e.g. {known}, ...)")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a recipe is a mapping")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (["train", "lr"], 1e-4), the value parsed as YAML."""
+    if "=" not in text:
+        raise UsageError(f"--set {text!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    if isinstance(value, str):  # YAML reads 1e-4 as a string
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> Recipe:
+    """Validate a resolved recipe dict (as read from YAML or a weights file's metadata)."""
+    from mattecli.models import FAMILIES  # torch-free config classes are in the family modules
+
+    raw = dict(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            node[key] = dict(node.get(key) or {})
+            node = node[key]
+        node[keys[-1]] = value
+    allowed = {"name", "description", "model", "data", "train", "infer"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise UsageError(f"recipe {name}: unknown key '{unknown[0]}' (known: {', '.join(sorted(allowed))})")
+    model = dict(raw.get("model") or {})
+    family = model.pop("family", None)
+    if family not in FAMILIES:
+        raise UsageError(f"recipe {name}: model.family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    config_cls = FAMILIES[family][0]
+    return Recipe(
+        name=raw.get("name", name),
+        description=raw.get("description", ""),
+        family=family,
+        model=build_dataclass(config_cls, model, f"recipe {name}: model"),
+        data=build_dataclass(DataConfig, raw.get("data") or {}, f"recipe {name}: data"),
+        train=build_dataclass(TrainConfig, raw.get("train") or {}, f"recipe {name}: train"),
+        infer=build_dataclass(InferConfig, raw.get("infer") or {}, f"recipe {name}: infer"),
+    )
+
+
+def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Recipe:
+    """Load `recipes/NAME.yaml` (or a path), resolve its one `base:` level and apply overrides."""
+    path = recipe_path(name_or_path)
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is not None:
+        base_raw = _read_yaml(recipe_path(base))
+        if "base" in base_raw:
+            raise UsageError(f"{path}: base recipe '{base}' has a base itself; only one level is allowed")
+        base_raw.pop("description", None)
+        raw = _deep_merge(base_raw, raw)
+    raw.setdefault("name", path.stem)
+    return recipe_from_dict(raw, path.stem, tuple(overrides))
+
+
+def list_recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
