@@ -1,0 +1,124 @@
+"""Reading and writing images as they are found in the wild, and writing them atomically.
+
+Every reader returns uint8 numpy arrays and raises `InputError(path, reason)` for a file that is
+missing, empty, unreadable or of an unusable kind, so a batch can name it and go on.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mattecli.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _open(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise InputError(path, f"cannot decode image ({err})") from None
+    return img
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit and 32-bit integer images are scaled to 8 bits; floats are taken as [0, 1]."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype.kind in "ui":
+        top = 65535 if (mode.startswith("I;16") or arr.max(initial=0) <= 65535) else 2**32 - 1
+        return np.round(arr.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+    return np.round(np.clip(arr.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) image: gray, palette, CMYK and 16-bit inputs converted, alpha dropped.
+
+    EXIF orientation is not applied (the benchmark's convention; Adobe's and the authors' scripts
+    read with Pillow, which ignores it).
+    """
+    img = _open(Path(path))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_uint8(np.array(img), img.mode)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """A single-channel uint8 (H, W) map: the *first* channel of a multi-channel file (as the
+    benchmark's scripts index it), 16-bit scaled to 8 bits."""
+    img = _open(Path(path))
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    arr = np.array(img)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return np.ascontiguousarray(_to_uint8(arr, img.mode))
+
+
+def read_trimap(path: str | Path) -> tuple[np.ndarray, str | None]:
+    """A trimap in the benchmark encoding (0 background, 128 unknown, 255 foreground).
+
+    A trimap already in that encoding is returned unchanged. Any other (hand-drawn trimaps use 102
+    or 127 for unknown, anti-aliased edges, ...) is mapped with GCA-Matting's rule on the first
+    channel: < 85 background, >= 170 foreground, otherwise unknown; the returned note says so.
+    """
+    raw = read_gray(path)
+    values = np.unique(raw)
+    if np.isin(values, (0, 128, 255)).all():
+        return raw, None
+    trimap = np.full(raw.shape, 128, np.uint8)
+    trimap[raw < 85] = 0
+    trimap[raw >= 170] = 255
+    odd = int((~np.isin(raw, (0, 128, 255))).sum())
+    note = (f"{path}: trimap not in 0/128/255 encoding ({odd} pixels of other values); mapped with "
+            f"<85 background, >=170 foreground, otherwise unknown")
+    return trimap, note
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call `write(tmp_path)` then rename over `path`: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write a uint8 gray (H, W), RGB or RGBA array as PNG, atomically."""
+    from PIL import Image
+
+    if array.dtype != np.uint8:
+        raise TypeError(f"write_png expects uint8, got {array.dtype}")
+    image = Image.fromarray(array)
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of a folder (not recursive), sorted by name."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
