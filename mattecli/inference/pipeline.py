@@ -1,0 +1,111 @@
+"""The one inference path: every consumer of a model (eval, infer, bench, export --verify) uses it.
+
+`prepare` turns an RGB image and a benchmark trimap into the aligned, normalised float32 tensor a
+backend sees; `restore` turns the backend's raw alpha back into an 8-bit matte of the original
+size. How to align (resize as IndexNet's demo does, or reflect-pad as A2U's) and how to encode the
+trimap come from the recipe's `infer` section, which travels inside every weights file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mattecli.recipes import InferConfig
+
+
+def aligned_size(h: int, w: int, stride: int) -> tuple[int, int]:
+    return -(-h // stride) * stride, -(-w // stride) * stride
+
+
+def _normalise(image: np.ndarray, cfg: InferConfig) -> np.ndarray:
+    # The authors scale in float32 (a python float times a float32 array), then subtract and
+    # divide in float64, then cast back: reproduced step by step so the input is bit-identical.
+    scaled = image.astype(np.float32) * np.float32(1.0 / 255)
+    return ((scaled - np.asarray(cfg.mean)) / np.asarray(cfg.std)).astype(np.float32)
+
+
+def _encode_trimap(trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
+    if cfg.trimap == "onehot":  # background, unknown, foreground
+        return np.stack([trimap == 0, trimap == 128, trimap == 255], axis=2).astype(np.float32)
+    # trimap / 255 as the authors compute it (float32; 128 -> 0.50196..., not 0.5)
+    return (trimap.astype(np.float32) * np.float32(1.0 / 255))[..., None]
+
+
+def prepare(image: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
+    """(H, W, 3) uint8 RGB + (H, W) uint8 trimap (0/128/255) -> (1, C, H', W') float32, aligned."""
+    import cv2
+
+    h, w = trimap.shape
+    rgb = _normalise(image, cfg)
+    tri = _encode_trimap(trimap, cfg)
+    ah, aw = aligned_size(h, w, cfg.stride)
+    if (ah, aw) != (h, w):
+        if cfg.align == "resize":
+            rgb = cv2.resize(rgb, (aw, ah), interpolation=cv2.INTER_CUBIC)
+            tri = cv2.resize(tri, (aw, ah), interpolation=cv2.INTER_NEAREST)
+            tri = tri[..., None] if tri.ndim == 2 else tri
+        elif cfg.align == "pad":  # bottom/right, numpy 'reflect' (the edge is not repeated)
+            pad = ((0, ah - h), (0, aw - w), (0, 0))
+            rgb, tri = _reflect_pad(rgb, pad), _reflect_pad(tri, pad)
+        else:
+            raise ValueError(f"unknown alignment {cfg.align!r}")
+    x = np.concatenate([rgb, tri], axis=2)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
+    # numpy's reflect needs pad < size; images smaller than the padding reflect repeatedly
+    while any(p[1] >= s for p, s in zip(pad, x.shape) if p[1]):
+        step = tuple((0, min(p[1], s - 1)) for p, s in zip(pad, x.shape))
+        x = np.pad(x, step, mode="reflect")
+        pad = tuple((0, p[1] - st[1]) for p, st in zip(pad, step))
+    return np.pad(x, pad, mode="reflect")
+
+
+def restore(raw: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
+    """Raw (H', W') network output -> (H, W) uint8 alpha: undo the alignment, clip to [0, 1],
+    copy the known trimap regions, truncate to 8 bits (as the papers' protocols do)."""
+    import cv2
+
+    h, w = trimap.shape
+    raw = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2:])
+    if cfg.align == "resize":
+        alpha = cv2.resize(raw, (w, h), interpolation=cv2.INTER_CUBIC) if raw.shape != (h, w) else raw
+    else:
+        alpha = raw[:h, :w]
+    alpha = np.clip(alpha, 0, 1) * np.float32(255)
+    unknown = (trimap == 128).astype(np.float32)
+    alpha = (1 - unknown) * trimap + unknown * alpha
+    return alpha.astype(np.uint8)
+
+
+@dataclass
+class Pipeline:
+    """A backend (callable on an aligned float32 NCHW array, returning raw alpha) plus the recipe's
+    inference configuration."""
+
+    backend: object
+    cfg: InferConfig
+    recipe: object = None
+
+    def __call__(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        return self.predict(image, trimap)
+
+    def predict(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha."""
+        if image.shape[:2] != trimap.shape:
+            raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but trimap is "
+                             f"{trimap.shape[1]}x{trimap.shape[0]}")
+        x = prepare(image, trimap, self.cfg)
+        raw = self.backend(x)
+        return restore(raw[0, 0], trimap, self.cfg)
+
+
+def load_pipeline(weights, backend: str | None = None, device: str = "cpu") -> Pipeline:
+    """Build the pipeline for a weights file (`.safetensors`; exported models via their backend)."""
+    from mattecli.inference.backends import load_backend
+
+    be = load_backend(weights, backend, device)
+    return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe)
