@@ -32,7 +32,10 @@ COMMANDS = [
 
 for _name, _module in COMMANDS:
     _mod = importlib.import_module(f"mattecli.cli.{_module}")
-    app.add_typer(_mod.app, name=_name) if hasattr(_mod, "app") else app.command(_name)(_mod.main)
+    if hasattr(_mod, "app"):  # a command with subcommands (prepare-data)
+        app.add_typer(_mod.app, name=_name)
+    else:
+        app.command(_name, context_settings=getattr(_mod, "CONTEXT_SETTINGS", None))(_mod.main)
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 import typer
 
-from mattecli.cli._stub import not_built
+from mattecli.cli._stub import CONTEXT_SETTINGS, not_built  # noqa: F401
 
 
-def main(args: list[str] = typer.Argument(None, hidden=True)) -> None:
+def main(ctx: typer.Context) -> None:
     """(not built yet: issue [Metrics])"""
     not_built("eval", "[Metrics]")

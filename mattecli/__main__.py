@@ -1,0 +1,3 @@
+from mattecli.cli import main
+
+main()

@@ -1,0 +1,29 @@
+"""`matte convert`: import the authors' released checkpoints into a weights file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def main(
+    src: Path = typer.Argument(..., help="The authors' checkpoint, e.g. indexnet_matting.pth.tar."),
+    source: str = typer.Option(..., "--from", help="Checkpoint kind: indexnet-official (more: see --help of issues)."),
+    out: Path = typer.Option(..., "--out", help="Output weights file (.safetensors)."),
+    recipe: str = typer.Option(None, "--recipe", help="Recipe the checkpoint belongs to (default: detected from its tensors)."),
+) -> None:
+    """Import a released checkpoint: every source tensor consumed and every model tensor filled,
+    or an error naming the keys. The recipe is stored in the weights file."""
+    from mattecli.errors import UsageError
+    from mattecli.models.layers import count_parameters
+    from mattecli.weights import IMPORTERS, save_weights
+
+    if source not in IMPORTERS:
+        raise UsageError(f"--from {source}: unknown source (known: {', '.join(IMPORTERS)})")
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out {out}: weights files end in .safetensors")
+    model, rec = IMPORTERS[source](src, recipe)
+    save_weights(model, rec, out)
+    typer.echo(f"converted {src} ({source}) -> {out}: recipe {rec.name}, "
+               f"{count_parameters(model):,} trainable parameters")

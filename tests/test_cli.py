@@ -1,0 +1,112 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mattecli.cli import app
+from mattecli.imageio import read_gray, write_png
+
+runner = CliRunner()
+
+
+def matte(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_main(*args):
+    """Through the real entry point (one-line errors and exit codes), in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "mattecli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_help_lists_every_subcommand_without_importing_torch():
+    code = ("import sys; from mattecli.cli import app; "
+            "assert 'torch' not in sys.modules and 'cv2' not in sys.modules, 'heavy import at start-up'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = run_main("--help").stdout
+    for name in ("prepare-data", "train", "eval", "convert", "export", "infer", "bench", "recipes"):
+        assert name in out
+
+
+def test_recipes_json_lists_counts():
+    rows = json.loads(matte("recipes", "--json").stdout)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["indexnet-m2o-nl-ctx"]["params"] == 5_953_515
+    assert by_name["indexnet-m2o-nl-ctx"]["family"] == "indexnet"
+    assert all(r["description"] for r in rows)
+
+
+def test_usage_errors_are_one_line_exit_2(tmp_path):
+    res = run_main("convert", tmp_path / "x.pth", "--from", "nope", "--out", tmp_path / "o.safetensors")
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "unknown source" in res.stderr
+    res = run_main("infer", "--weights", tmp_path / "missing.safetensors", "--images", tmp_path, "--out", tmp_path / "o")
+    assert res.returncode == 2 and "no such weights file" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    import torch
+
+    from tests.test_weights import official_checkpoint
+
+    tmp = tmp_path_factory.mktemp("w")
+    official_checkpoint(tmp / "indexnet_matting.pth.tar", "indexnet-unet-maxunpool")
+    res = matte("convert", tmp / "indexnet_matting.pth.tar", "--from", "indexnet-official", "--out", tmp / "w.safetensors")
+    assert res.exit_code == 0, res.output
+    assert "indexnet-unet-maxunpool" in res.stdout
+    return tmp / "w.safetensors"
+
+
+def make_folder(root, rng):
+    images = root / "images"
+    images.mkdir()
+    for name, (h, w) in {"a photo": (45, 67), "b": (33, 40), "ünï": (64, 64)}.items():
+        write_png(images / f"{name}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        write_png(images / f"{name}_trimap.png", rng.choice(np.array([0, 102, 255], np.uint8), (h, w)))
+    (images / "broken.png").write_bytes(b"\x89PNG not really")
+    write_png(images / "broken_trimap.png", np.zeros((4, 4), np.uint8))
+    write_png(images / "lonely.png", np.zeros((8, 8, 3), np.uint8))
+    write_png(images / "mismatch.png", np.zeros((8, 8, 3), np.uint8))
+    write_png(images / "mismatch_trimap.png", np.zeros((9, 8), np.uint8))
+    return images
+
+
+def test_infer_over_a_folder_goes_on_past_bad_files(tmp_path, weights):
+    images = make_folder(tmp_path, np.random.default_rng(0))
+    out = tmp_path / "out"
+    res = run_main("infer", "--weights", weights, "--images", images, "--out", out)
+    assert res.returncode == 1, res.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["a photo.png", "b.png", "ünï.png"]
+    alpha = read_gray(out / "a photo.png")
+    trimap = np.asarray(read_gray(images / "a photo_trimap.png"))
+    assert alpha.shape == (45, 67)
+    assert (alpha[trimap == 0] == 0).all() and (alpha[trimap == 255] == 255).all()
+    for needle in ("broken.png: cannot decode", "lonely.png: no trimap", "9 but image", "3 written", "3 failed"):
+        assert needle in res.stderr + res.stdout
+    assert "mapped with <85 background" in res.stderr  # the 102-gray trimaps were converted, and said so
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+    before = (out / "b.png").stat().st_mtime_ns
+    res = run_main("infer", "--weights", weights, "--images", images, "--out", out)
+    assert "3 skipped" in res.stdout and (out / "b.png").stat().st_mtime_ns == before
+    res = run_main("infer", "--weights", weights, "--images", images, "--out", out, "--overwrite")
+    assert "3 written" in res.stdout
+
+
+def test_infer_with_a_trimap_folder(tmp_path, weights):
+    rng = np.random.default_rng(1)
+    (tmp_path / "img").mkdir(); (tmp_path / "tri").mkdir()
+    write_png(tmp_path / "img" / "x.png", rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    write_png(tmp_path / "tri" / "x.png", rng.choice(np.array([0, 128, 255], np.uint8), (40, 50)))
+    res = run_main("infer", "--weights", weights, "--images", tmp_path / "img", "--trimaps", tmp_path / "tri",
+                   "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    assert read_gray(tmp_path / "out" / "x.png").shape == (40, 50)
+
+
+def test_unbuilt_commands_say_so(tmp_path):
+    res = run_main("export", "--weights", "x")
+    assert res.returncode == 2 and "not built yet" in res.stderr

@@ -1,0 +1,120 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mattecli.imageio import read_trimap, write_png
+from mattecli.inference.backends import TorchBackend
+from mattecli.inference.pipeline import Pipeline, prepare, restore
+from mattecli.models import build_model
+from mattecli.recipes import InferConfig, load_recipe
+
+
+def demo_transcription(model, image, trimap):
+    """IndexNet's demo.py `inference`, step by step as specs/indexnet_official.md lists it."""
+    mean = np.array([0.485, 0.456, 0.406, 0]).reshape((1, 1, 4))
+    std = np.array([0.229, 0.224, 0.225, 1]).reshape((1, 1, 4))
+    x = np.concatenate((image, trimap[..., None]), axis=2).astype("float32")
+    h, w = x.shape[:2]
+    x = ((1.0 / 255) * x - mean) / std
+    x = x.astype("float32")
+    nh, nw = int(np.ceil(h / 32) * 32), int(np.ceil(w / 32) * 32)
+    rgb = cv2.resize(x[:, :, :3], dsize=(nw, nh), interpolation=cv2.INTER_CUBIC)
+    tri = cv2.resize(x[:, :, 3], dsize=(nw, nh), interpolation=cv2.INTER_NEAREST)
+    x = np.concatenate((rgb, tri[..., None]), axis=2)
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.expand_dims(x.transpose(2, 0, 1), 0))).squeeze().numpy()
+    alpha = cv2.resize(out, dsize=(w, h), interpolation=cv2.INTER_CUBIC)
+    alpha = np.clip(alpha, 0, 1) * 255.0
+    mask = np.equal(trimap, 128).astype(np.float32)
+    alpha = (1 - mask) * trimap + mask * alpha
+    return alpha.astype(np.uint8)
+
+
+def random_case(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    trimap = rng.choice(np.array([0, 128, 255], np.uint8), (h, w), p=[0.3, 0.4, 0.3])
+    return image, trimap
+
+
+def seeded_model(name="indexnet-m2o-nl-ctx"):
+    torch.manual_seed(0)
+    model = build_model(load_recipe(name)).eval()
+    with torch.no_grad():  # push the head into [0, 1] so clipping does not hide differences
+        model.pred[1].weight.mul_(0.05)
+    return model
+
+
+@pytest.mark.parametrize("size", [(97, 131), (64, 96), (33, 200)])
+def test_pipeline_equals_the_authors_demo_bit_for_bit(size):
+    model = seeded_model()
+    recipe = load_recipe("indexnet-m2o-nl-ctx")
+    image, trimap = random_case(*size)
+    ours = Pipeline(TorchBackend(model, recipe), recipe.infer)(image, trimap)
+    assert ours.shape == size and ours.dtype == np.uint8
+    assert np.array_equal(ours, demo_transcription(model, image, trimap))
+    assert np.array_equal(ours[trimap == 0], np.zeros((trimap == 0).sum(), np.uint8))
+    assert (ours[trimap == 255] == 255).all()
+
+
+def test_trimap_channel_is_trimap_over_255_in_float32():
+    image, trimap = random_case(32, 32)
+    x = prepare(image, trimap, InferConfig())
+    assert x.shape == (1, 4, 32, 32) and x.dtype == np.float32
+    assert x[0, 3][trimap == 128][0] == np.float32(128) * np.float32(1 / 255)
+
+
+def test_pad_alignment_reflects_bottom_right_and_crops_back():
+    cfg = InferConfig(align="pad", stride=16)
+    image, trimap = random_case(21, 37)
+    x = prepare(image, trimap, cfg)
+    assert x.shape == (1, 4, 32, 48)
+    assert np.array_equal(x[0, :, 21, :37], x[0, :, 19, :37])  # numpy reflect: edge not repeated
+    assert np.array_equal(x[0, :, :21, 37], x[0, :, :21, 35])
+    raw = np.full((32, 48), 0.5, np.float32)
+    raw[:21, :37] = 0.25
+    alpha = restore(raw, trimap, cfg)
+    assert alpha.shape == (21, 37) and (alpha[trimap == 128] == 63).all()
+
+
+def test_pad_alignment_of_images_smaller_than_the_padding():
+    image, trimap = random_case(3, 5)
+    assert prepare(image, trimap, InferConfig(align="pad", stride=32)).shape == (1, 4, 32, 32)
+
+
+def test_onehot_trimap_encoding():
+    image, trimap = random_case(16, 16)
+    x = prepare(image, trimap, InferConfig(trimap="onehot", align="pad", stride=16))
+    assert x.shape == (1, 6, 16, 16)
+    assert np.array_equal(x[0, 3:].argmax(0), np.select([trimap == 0, trimap == 128], [0, 1], 2))
+
+
+def test_restore_clips_copies_known_and_truncates():
+    trimap = np.array([[0, 128, 255, 128]], np.uint8)
+    raw = np.array([[0.7, 1.7, 0.1, 0.5039]], np.float32)
+    alpha = restore(raw, trimap, InferConfig(align="pad"))
+    assert alpha.tolist() == [[0, 255, 255, 128]]  # 0.5039 * 255 = 128.49 -> 128 (truncation)
+
+
+def test_trimaps_in_the_wild(tmp_path):
+    clean = np.array([[0, 128, 255]], np.uint8)
+    write_png(tmp_path / "clean.png", clean)
+    trimap, note = read_trimap(tmp_path / "clean.png")
+    assert trimap.tolist() == clean.tolist() and note is None
+    wild = np.array([[[10, 0, 0, 255], [102, 5, 5, 255], [200, 9, 9, 255], [84, 0, 0, 0], [170, 0, 0, 0]]], np.uint8)
+    write_png(tmp_path / "rgba.png", wild)
+    trimap, note = read_trimap(tmp_path / "rgba.png")
+    assert trimap.tolist() == [[0, 128, 255, 0, 255]] and "mapped" in note and "5 pixels" in note
+    from PIL import Image
+    Image.fromarray((np.array([[0, 128, 255]]) * 257).astype(np.uint16)).save(tmp_path / "t16.png")
+    trimap, note = read_trimap(tmp_path / "t16.png")
+    assert trimap.tolist() == [[0, 128, 255]] and note is None
+
+
+def test_lemur_trimap_is_accepted(tmp_path):
+    from tests.conftest import LEMUR
+
+    trimap, note = read_trimap(LEMUR / "lemur_trimap.png")
+    assert trimap.shape == (440, 680) and set(np.unique(trimap)) <= {0, 128, 255}
+    assert (trimap == 128).any() and "mapped" in note

@@ -1,0 +1,51 @@
+import pytest
+
+from mattecli.errors import UsageError
+from mattecli.recipes import RECIPES_DIR, list_recipe_names, load_recipe
+
+
+def test_every_recipe_loads_and_round_trips():
+    from mattecli.recipes import recipe_from_dict
+
+    names = list_recipe_names()
+    assert "indexnet-m2o-nl-ctx" in names and len(names) >= 16
+    for name in names:
+        recipe = load_recipe(name)
+        assert recipe.name == name and recipe.description
+        assert recipe_from_dict(recipe.to_dict(), name) == recipe
+
+
+def test_base_is_resolved_and_overridden():
+    child = load_recipe("indexnet-o2o-lin")
+    base = load_recipe("indexnet-m2o-nl-ctx")
+    assert (child.model.index, child.model.nonlinear, child.model.context) == ("o2o", False, False)
+    assert child.train == base.train and child.infer == base.infer
+
+
+def test_set_overrides_any_value():
+    r = load_recipe("indexnet-m2o-nl-ctx", ["train.lr=1e-4", "train.milestones=[10, 20]", "model.context=false"])
+    assert r.train.lr == 1e-4 and r.train.milestones == (10, 20) and r.model.context is False
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.colour=3", "unknown key 'colour'"),
+    ("train.lrr=1", "unknown key 'lrr'"),
+    ("flavour=1", "unknown key 'flavour'"),
+    ("train.iters=abc", "expected an integer"),
+    ("model.index=foo", "index must be one of"),
+    ("model.width_mult=1.4", "width_mult != 1"),
+])
+def test_bad_values_fail_naming_the_key(override, needle):
+    with pytest.raises(UsageError, match=needle):
+        load_recipe("indexnet-m2o-nl-ctx", [override])
+
+
+def test_only_one_base_level(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"base: {RECIPES_DIR / 'indexnet-o2o-lin.yaml'}\n")
+    with pytest.raises(UsageError, match="only one level"):
+        load_recipe(tmp_path / "a.yaml")
+
+
+def test_unknown_recipe_is_a_usage_error():
+    with pytest.raises(UsageError, match="unknown recipe 'nope'"):
+        load_recipe("nope")

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from mattecli.errors import UsageError
+from mattecli.models import build_model
+from mattecli.recipes import load_recipe
+from mattecli.weights import detect_indexnet_variant, import_indexnet_official, load_model, save_weights
+
+
+def official_checkpoint(path, name="indexnet-m2o-nl-ctx", with_counters=True, extra=None, drop=None):
+    """A checkpoint in the authors' layout: DataParallel names, training bookkeeping beside."""
+    torch.manual_seed(3)
+    model = build_model(load_recipe(name))
+    for m in model.modules():  # non-trivial BN statistics, so a missed buffer would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5); m.running_var.uniform_(0.5, 2)
+    state = {f"module.{k}": v for k, v in model.state_dict().items()
+             if with_counters or not k.endswith("num_batches_tracked")}
+    state.update(extra or {})
+    for key in drop or ():
+        del state[key]
+    torch.save({"state_dict": state, "epoch": 30, "optimizer": {"lr": 1e-4}}, path)
+    return model.eval()
+
+
+def test_convert_round_trip_gives_the_same_outputs(tmp_path):
+    src = tmp_path / "indexnet_matting.pth.tar"
+    reference = official_checkpoint(src)
+    model, recipe = import_indexnet_official(src)
+    assert recipe.name == "indexnet-m2o-nl-ctx"
+    save_weights(model, recipe, tmp_path / "w.safetensors")
+    loaded, loaded_recipe = load_model(tmp_path / "w.safetensors")
+    assert loaded_recipe == recipe
+    x = torch.randn(1, 4, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference(x))
+
+
+def test_counters_may_be_absent(tmp_path):
+    official_checkpoint(tmp_path / "c.pth", with_counters=False)
+    import_indexnet_official(tmp_path / "c.pth")
+
+
+@pytest.mark.parametrize("name", ["indexnet-hin-nl-ctx", "indexnet-o2o-lin", "indexnet-m2o-lin-ctx", "indexnet-hin-lin"])
+def test_variant_is_detected(tmp_path, name):
+    official_checkpoint(tmp_path / "c.pth", name)
+    _, recipe = import_indexnet_official(tmp_path / "c.pth")
+    assert recipe.name == name
+
+
+def test_missing_and_extra_tensors_are_named(tmp_path):
+    official_checkpoint(tmp_path / "c.pth", extra={"module.extra.weight": torch.zeros(1)},
+                        drop=["module.pred.1.weight"])
+    with pytest.raises(UsageError) as err:
+        import_indexnet_official(tmp_path / "c.pth")
+    assert "pred.1.weight" in str(err.value) and "extra.weight" in str(err.value)
+
+
+def test_wrong_recipe_names_the_shape_mismatch(tmp_path):
+    official_checkpoint(tmp_path / "c.pth", "indexnet-m2o-nl-ctx")
+    with pytest.raises(UsageError, match="not filled|not consumed|shape"):
+        import_indexnet_official(tmp_path / "c.pth", "indexnet-o2o-nl-ctx")
+
+
+class Payload:
+    """Any class outside torch's allow-list: unpickling it would run arbitrary code."""
+
+
+def test_pickled_code_is_refused(tmp_path):
+    torch.save({"state_dict": {"x": Payload()}}, tmp_path / "evil.pth")
+    with pytest.raises(UsageError, match="weights_only"):
+        import_indexnet_official(tmp_path / "evil.pth")
+
+
+def test_weights_file_without_recipe_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(UsageError, match="no recipe"):
+        load_model(tmp_path / "bare.safetensors")
+
+
+def test_detect_refuses_foreign_checkpoints():
+    with pytest.raises(UsageError, match="does not look like"):
+        detect_indexnet_variant({"conv1.weight": torch.zeros(1)})
