@@ -48,6 +48,8 @@ class TrainConfig:
     warmup_iters: int = 0
     freeze_encoder_bn: bool = True
     grad_clip: float = 0.0  # 0 = off
+    amp: bool = True  # mixed precision (float16 autocast + loss scaling); CUDA only
+    compile: bool = False  # torch.compile the network
     loss: str = "dim"  # dim (0.5 alpha + 0.5 composition) | l1 | tcp
     log_every: int = 10
     checkpoint_every: int = 500

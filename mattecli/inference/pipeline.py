@@ -109,3 +109,18 @@ def load_pipeline(weights, backend: str | None = None, device: str = "cpu") -> P
 
     be = load_backend(weights, backend, device)
     return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe)
+
+
+def encode_batch(image, trimap, cfg: InferConfig):
+    """The training-time twin of `prepare`, on torch tensors already cropped to the stride:
+    image (N, 3, H, W) in [0, 1], trimap (N, 1, H, W) uint8 0/128/255 -> network input."""
+    import torch
+
+    mean = torch.tensor(cfg.mean, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    rgb = (image - mean) / std
+    if cfg.trimap == "onehot":
+        tri = torch.cat([trimap == 0, trimap == 128, trimap == 255], dim=1).to(image.dtype)
+    else:
+        tri = trimap.to(image.dtype) * (1.0 / 255)
+    return torch.cat([rgb, tri], dim=1)

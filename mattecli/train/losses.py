@@ -1,0 +1,58 @@
+"""Matting losses over the unknown region, normalised per sample.
+
+Every loss takes the raw prediction and the batch (dict of tensors from the training pipelines:
+`image`, `fg`, `bg` in [0, 1], `alpha` in [0, 1], `trimap` uint8 0/128/255) and returns a scalar:
+the mean over the batch of per-sample losses, each summed over its region and divided by the
+region's size (a sample with a tiny unknown band weighs as much as one with a large band).
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-6  # Charbonnier epsilon: sqrt(d^2 + eps^2), eps^2 = 1e-12
+
+
+def charbonnier(d: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(d * d + EPS * EPS)
+
+
+def _per_sample_mean(values: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Sum of `values` over `region` / size of the region, per sample; then the batch mean."""
+    region = region.expand_as(values).to(values.dtype)
+    dims = tuple(range(1, values.dim()))
+    return ((values * region).sum(dims) / region.sum(dims).clamp_min(1)).mean()
+
+
+def unknown_region(batch: dict) -> torch.Tensor:
+    return batch["trimap"] == 128
+
+
+def alpha_loss(pred: torch.Tensor, batch: dict, region: torch.Tensor | None = None) -> torch.Tensor:
+    region = unknown_region(batch) if region is None else region
+    return _per_sample_mean(charbonnier(pred - batch["alpha"]), region)
+
+
+def composition_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Charbonnier between the image and fg/bg composited with the predicted alpha (3 channels)."""
+    comp = pred * batch["fg"] + (1 - pred) * batch["bg"]
+    return _per_sample_mean(charbonnier(comp - batch["image"]), unknown_region(batch))
+
+
+def dim_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Deep Image Matting's loss as IndexNet and A2U train with it: 0.5 alpha + 0.5 composition."""
+    return 0.5 * alpha_loss(pred, batch) + 0.5 * composition_loss(pred, batch)
+
+
+def l1_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
+    return _per_sample_mean((pred - batch["alpha"]).abs(), unknown_region(batch))
+
+
+def tcp_loss(pred: torch.Tensor, batch: dict, theta: float = 0.1) -> torch.Tensor:
+    """TCP: 0.9 alpha loss over the unknown region + 0.1 background-enhancement loss over the
+    unknown pixels whose ground-truth alpha is below theta."""
+    background = unknown_region(batch) & (batch["alpha"] < theta)
+    return 0.9 * alpha_loss(pred, batch) + 0.1 * alpha_loss(pred, batch, background)
+
+
+LOSSES = {"dim": dim_loss, "l1": l1_loss, "tcp": tcp_loss}
