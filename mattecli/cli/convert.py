@@ -1,0 +1,10 @@
+"""`matte convert` — not built yet (issue [Convert]). Placeholder so the CLI package imports on this branch."""
+
+import typer
+
+from mattecli.cli._stub import not_built
+
+
+def main(args: list[str] = typer.Argument(None, hidden=True)) -> None:
+    """(not built yet: issue [Convert])"""
+    not_built("convert", "[Convert]")
