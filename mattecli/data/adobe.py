@@ -374,8 +374,6 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
     are grown from the alpha by a radius drawn per composite from the same seed, recorded in
     `OUT/test/trimaps.json`.
     """
-    from mattecli.data.trimap import grown_trimap
-
     root = _require_dir(root, "--root")
     sources = {"train": (_require_dir(coco, "--coco"), "--coco"),
                "test": (_require_dir(voc, "--voc"), "--voc")}
@@ -396,20 +394,20 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
                          names_file=split_dir / "bg_names.txt", alpha_per_composite=(name == "test"))
         _finish(out, name, jobs, workers, f"d646 {name}", report)
         if name == "test":
-            _d646_trimaps(split_dir, report, seed, grown_trimap)
+            _d646_trimaps(split_dir, report, seed)
     return report
 
 
 D646_TRIMAP_RADII = (10, 25)  # ours: wide enough to cover hair, as Composition-1k's trimaps do
 
 
-def _d646_trimaps(split_dir: Path, report: PrepareReport, seed: int, grown_trimap) -> None:
+def _d646_trimaps(split_dir: Path, report: PrepareReport, seed: int) -> None:
     """Generate (or keep) the test trimaps, record the seed and radii, and add the column."""
     from mattecli.data.manifest import read_manifest
+    from mattecli.data.trimap import grown_trimap
 
     samples = read_manifest(split_dir)
-    radii = {}
-    kept = []
+    radii, kept = {}, []
     for s in samples:
         rng = np.random.default_rng(np.random.SeedSequence([seed, 646, 2, *s.name.encode()]))
         radius = int(rng.integers(D646_TRIMAP_RADII[0], D646_TRIMAP_RADII[1] + 1))
