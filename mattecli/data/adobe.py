@@ -1,0 +1,429 @@
+"""Composition-1k / Distinctions-646 preparation with Adobe's exact composition rule.
+
+The rule (CLI.md, `prepare-data`) in two functions, `adobe_background` and `adobe_blend`; the rest
+plans which background goes with which foreground, and runs the plan over a process pool so that a
+bad file costs only its own samples, an interrupted run can be re-run (existing outputs are skipped)
+and every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mattecli.data.manifest import Sample, write_manifest
+from mattecli.errors import InputError, UsageError
+from mattecli.imageio import IMAGE_SUFFIXES, atomic_write, read_gray, read_image, write_png
+
+ADOBE_PER_FG = {"train": 100, "test": 20}
+D646_PER_FG = {"train": 80, "test": 20}
+
+
+# --------------------------------------------------------------------------------------------------
+# The composition rule
+
+
+def adobe_background(bg: np.ndarray, w: int, h: int) -> np.ndarray:
+    """A background as Adobe's script prepares it for a w x h foreground.
+
+    Upscaled with Pillow's BICUBIC to (ceil(bw * r), ceil(bh * r)) when r = max(w/bw, h/bh) > 1,
+    then cropped to its top-left w x h.
+
+    Args:
+        bg: (bh, bw, 3) uint8 RGB, decoded with Pillow (EXIF orientation not applied).
+        w: foreground width.
+        h: foreground height.
+
+    Returns:
+        (h, w, 3) uint8 background, exactly as it lies under the composite.
+    """
+    from PIL import Image
+
+    bh, bw = bg.shape[:2]
+    # Same float64 divisions and the same ceil as the script: the result can be one pixel larger.
+    ratio = max(w / bw, h / bh)
+    if ratio > 1:
+        size = (math.ceil(bw * ratio), math.ceil(bh * ratio))
+        bg = np.asarray(Image.fromarray(bg).resize(size, Image.BICUBIC))
+    return np.ascontiguousarray(bg[:h, :w])
+
+
+def adobe_blend(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """`int(a * fg + (1 - a) * bg)` per channel with a = alpha / 255 in float64.
+
+    Evaluated in the script's order (two products, then the sum) and truncated, which is what makes
+    it pixel-identical; the script's special cases agree with the formula: a == 1 gives fg exactly
+    and a == 0 gives bg exactly.
+
+    Args:
+        fg: (h, w, 3) uint8 foreground.
+        bg: (h, w, 3) uint8 background, already `adobe_background`-prepared.
+        alpha: (h, w) uint8 alpha (the first channel of the alpha file).
+
+    Returns:
+        (h, w, 3) uint8 composite.
+    """
+    a = alpha.astype(np.float64)[..., None] / 255
+    comp = a * fg + (1 - a) * bg
+    return comp.astype(np.uint8)  # truncation toward zero, as int(); values lie in [0, 255]
+
+
+# --------------------------------------------------------------------------------------------------
+# Plans: which files make which samples
+
+
+@dataclass(frozen=True)
+class Composite:
+    """One output sample of a foreground."""
+
+    name: str  # `{fg stem}_{k}`
+    bg: Path
+    trimap: Path | None = None  # a shipped trimap to copy (test split)
+
+
+@dataclass(frozen=True)
+class ForegroundJob:
+    """One foreground and its composites: the unit of work of a worker process."""
+
+    stem: str
+    fg: Path
+    alpha: Path
+    composites: tuple[Composite, ...]
+    out: Path  # the split folder
+    merged: bool  # write merged/{name}.png
+    alpha_per_composite: bool  # alpha/{name}.png (test contract) rather than alpha/{stem}.png
+
+    def outputs(self, c: Composite) -> dict[str, Path]:
+        """Manifest column -> output path for one composite."""
+        paths = {
+            "fg": self.out / "fg" / f"{self.stem}.png",
+            "alpha": self.out / "alpha" / f"{c.name if self.alpha_per_composite else self.stem}.png",
+            "bg": self.out / "bg" / f"{c.name}.png",
+        }
+        if self.merged:
+            paths["image"] = self.out / "merged" / f"{c.name}.png"
+        if c.trimap is not None:
+            paths["trimap"] = self.out / "trimap" / f"{c.name}.png"
+        return paths
+
+
+def read_names(path: Path) -> list[str]:
+    """A names file (one file name per line; CRLF or LF; blank lines ignored)."""
+    if not path.is_file():
+        raise UsageError(f"{path}: names file not found (is --root the unpacked dataset folder?)")
+    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+
+
+def stem_of(name: str) -> str:
+    """The output stem: the file name minus its extension."""
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def _find(name: str, folders: list[Path]) -> Path:
+    """The first folder holding `name`; else the path in the first folder (whose reader then
+    reports it missing, naming the path)."""
+    return next((f / name for f in folders if (f / name).is_file()), folders[0] / name)
+
+
+def plan_jobs(fg_names: list[str], bg_names: list[str], per_fg: int, fg_dirs: list[Path],
+              alpha_dirs: list[Path], bg_dirs: list[Path], out: Path, merged: bool,
+              trimap_dir: Path | None, names_file: Path, alpha_per_composite: bool
+              ) -> list[ForegroundJob]:
+    """Pair foregrounds with backgrounds in list order, `per_fg` consecutive backgrounds each.
+
+    A missing foreground or background still consumes its slot, so one bad file cannot shift the
+    pairing of every later sample.
+    """
+    need = per_fg * len(fg_names)
+    if len(bg_names) < need:
+        raise UsageError(f"{names_file}: {len(bg_names)} background names, {need} needed "
+                         f"({len(fg_names)} foregrounds x {per_fg})")
+    jobs = []
+    for i, fg_name in enumerate(fg_names):
+        stem = stem_of(fg_name)
+        fg_path = _find(fg_name, fg_dirs)
+        # The alpha lives in the group (e.g. `Adobe-licensed images`, `Other`) of its foreground.
+        alpha_path = alpha_dirs[fg_dirs.index(fg_path.parent)] / fg_name
+        composites = tuple(
+            Composite(name=f"{stem}_{k}", bg=_find(bg_names[i * per_fg + k], bg_dirs),
+                      trimap=None if trimap_dir is None else trimap_dir / f"{stem}_{k}.png")
+            for k in range(per_fg))
+        jobs.append(ForegroundJob(stem, fg_path, alpha_path, composites, out, merged,
+                                  alpha_per_composite))
+    return jobs
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a plan
+
+
+@dataclass
+class JobResult:
+    samples: list[Sample]
+    errors: list[str]
+    done: int  # composites accounted for (written, skipped or failed), for the progress bar
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise InputError(src, "no such file")
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def _foreground(job: ForegroundJob) -> tuple[np.ndarray, np.ndarray]:
+    fg = read_image(job.fg)
+    alpha = read_gray(job.alpha)
+    if alpha.shape != fg.shape[:2]:
+        raise InputError(job.alpha, f"alpha is {alpha.shape[1]}x{alpha.shape[0]} but its "
+                                    f"foreground {job.fg} is {fg.shape[1]}x{fg.shape[0]}")
+    return fg, alpha
+
+
+def run_job(job: ForegroundJob) -> JobResult:
+    """Write every missing output of one foreground's composites; never raises for bad inputs."""
+    samples, errors, loaded = [], [], None
+    for c in job.composites:
+        paths = job.outputs(c)
+        sample = Sample(name=c.name, **paths)
+        if all(p.is_file() for p in paths.values()):
+            samples.append(sample)
+            continue
+        try:
+            if loaded is None:
+                loaded = _foreground(job)
+            fg, alpha = loaded
+            bg = adobe_background(read_image(c.bg), fg.shape[1], fg.shape[0])
+            if c.trimap is not None:
+                _copy_file(c.trimap, paths["trimap"])
+            if not paths["fg"].is_file():
+                write_png(paths["fg"], fg)
+            if not paths["alpha"].is_file():
+                write_png(paths["alpha"], alpha)
+            write_png(paths["bg"], bg)
+            if "image" in paths:
+                write_png(paths["image"], adobe_blend(fg, bg, alpha))
+            samples.append(sample)
+        except InputError as err:
+            if loaded is None:
+                # The foreground itself is bad: every composite of it fails for the same reason.
+                errors.append(f"{err} (skipping {len(job.composites)} composites of {job.stem})")
+                return JobResult(samples, errors, len(job.composites))
+            errors.append(f"{err} (sample {c.name})")
+    return JobResult(samples, errors, len(job.composites))
+
+
+def _ignore_sigint() -> None:
+    import signal
+
+    # Ctrl-C goes to the parent, which stops the pool; workers dying mid-write leave only temp files.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Delete temp files a killed run left behind (atomic writes use `.{stem}.*.tmp` names)."""
+    if out.is_dir():
+        for tmp in out.glob("*/.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def run_jobs(jobs: list[ForegroundJob], workers: int, label: str) -> tuple[list[Sample], list[str]]:
+    """Run jobs over `workers` processes with a progress bar; samples come back in plan order."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    total = sum(len(j.composites) for j in jobs)
+    results: list[JobResult | None] = [None] * len(jobs)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(label, total=total)
+        if workers <= 1:
+            for i, job in enumerate(jobs):
+                results[i] = run_job(job)
+                progress.advance(task, results[i].done)
+        else:
+            import multiprocessing as mp
+
+            with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(
+                    workers, initializer=_ignore_sigint) as pool:
+                # chunksize 1: foregrounds differ a lot in size, small chunks balance the workers.
+                for i, result in pool.imap_unordered(_indexed_run, list(enumerate(jobs)), chunksize=1):
+                    results[i] = result
+                    progress.advance(task, result.done)
+    samples = [s for r in results for s in r.samples]
+    errors = [e for r in results for e in r.errors]
+    return samples, errors
+
+
+def _indexed_run(item: tuple[int, ForegroundJob]) -> tuple[int, JobResult]:
+    return item[0], run_job(item[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets
+
+
+@dataclass
+class PrepareReport:
+    """What a preparation wrote: manifest per split, sample counts, and the failures."""
+
+    manifests: dict[str, Path]
+    counts: dict[str, int]
+    errors: list[str]
+    notes: list[str]
+
+
+def _require_dir(path: Path, option: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"{option} {path}: no such folder")
+    return path
+
+
+def _splits(split: str) -> list[str]:
+    if split not in ("train", "test", "all"):
+        raise UsageError(f"--split must be train, test or all, got {split!r}")
+    return ["train", "test"] if split == "all" else [split]
+
+
+def _finish(out: Path, split: str, jobs: list[ForegroundJob], workers: int, label: str,
+            report: PrepareReport) -> None:
+    split_dir = out / split
+    remove_stale_temps(split_dir)
+    samples, errors = run_jobs(jobs, workers, label)
+    report.manifests[split] = write_manifest(split_dir, samples)
+    report.counts[split] = len(samples)
+    report.errors.extend(errors)
+
+
+def prepare_adobe(root: Path, coco: Path, voc: Path, out: Path, split: str = "all",
+                  workers: int | None = None, composite: bool = False) -> PrepareReport:
+    """Prepare Adobe's Combined_Dataset (Composition-1k test, 431 x 100 training samples).
+
+    Args:
+        root: the unpacked `Combined_Dataset` folder.
+        coco: COCO train2014 images (training backgrounds).
+        voc: VOC2012 JPEGImages (test backgrounds).
+        out: output folder; splits go to `out/train`, `out/test`.
+        split: train, test or all.
+        workers: processes (default: all cores).
+        composite: also write the training composites (`merged/`).
+
+    Returns:
+        A PrepareReport; `errors` lists every failed input with its reason.
+    """
+    root = _require_dir(root, "--root")
+    bg_dirs = {"train": [_require_dir(coco, "--coco"), Path(voc)],
+               "test": [_require_dir(voc, "--voc"), Path(coco)]}
+    workers = workers or os.cpu_count() or 1
+    out = Path(out)
+    report = PrepareReport({}, {}, [], [])
+    for name in _splits(split):
+        if name == "train":
+            base = root / "Training_set"
+            groups = [base / "Adobe-licensed images", base / "Other"]
+            fg_file, bg_file = base / "training_fg_names.txt", base / "training_bg_names.txt"
+            trimap_dir = None
+        else:
+            base = root / "Test_set"
+            groups = [base / "Adobe-licensed images"]
+            fg_file, bg_file = base / "test_fg_names.txt", base / "test_bg_names.txt"
+            trimap_dir = groups[0] / "trimaps"
+        jobs = plan_jobs(read_names(fg_file), read_names(bg_file), ADOBE_PER_FG[name],
+                         [g / "fg" for g in groups], [g / "alpha" for g in groups], bg_dirs[name],
+                         out / name, merged=(name == "test" or composite), trimap_dir=trimap_dir,
+                         names_file=bg_file, alpha_per_composite=(name == "test"))
+        _finish(out, name, jobs, workers, f"adobe {name}", report)
+    return report
+
+
+def _image_names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def _pick_backgrounds(folder: Path, count: int, rng: np.random.Generator, option: str) -> list[str]:
+    names = _image_names(folder)
+    if len(names) < count:
+        raise UsageError(f"{option} {folder}: {len(names)} images, {count} backgrounds needed")
+    return [names[i] for i in rng.choice(len(names), size=count, replace=False)]
+
+
+def _names_file(path: Path, make) -> tuple[list[str], bool]:
+    """Reuse a names file written by an earlier run (so a re-run pairs exactly as before)."""
+    if path.is_file():
+        return read_names(path), False
+    names = make()
+    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{n}\n" for n in names)))
+    return names, True
+
+
+def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all",
+                 workers: int | None = None, composite: bool = False, seed: int = 0) -> PrepareReport:
+    """Prepare Distinctions-646 (596 train fg x 80 COCO, 50 test fg x 20 VOC) with Adobe's rule.
+
+    Layout assumed (as the dataset is distributed): `Train/FG`, `Train/GT`, `Test/FG`, `Test/GT`,
+    alpha files named like their foregrounds. There are no official background lists or test
+    trimaps: backgrounds are drawn without replacement from the sorted folder listing with `seed`
+    and written to `OUT/{split}/fg_names.txt` / `bg_names.txt` (reused on re-runs); test trimaps
+    are grown from the alpha by a radius drawn per composite from the same seed, recorded in
+    `OUT/test/trimaps.json`.
+    """
+    root = _require_dir(root, "--root")
+    sources = {"train": (_require_dir(coco, "--coco"), "--coco"),
+               "test": (_require_dir(voc, "--voc"), "--voc")}
+    workers = workers or os.cpu_count() or 1
+    out = Path(out)
+    report = PrepareReport({}, {}, [], [])
+    for name in _splits(split):
+        folder = _require_dir(root / name.capitalize(), "--root")
+        fg_dir, gt_dir = _require_dir(folder / "FG", "--root"), _require_dir(folder / "GT", "--root")
+        split_dir = out / name
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 646, int(name == "test")]))
+        fg_names, _ = _names_file(split_dir / "fg_names.txt", lambda: _image_names(fg_dir))
+        bg_dir, option = sources[name]
+        bg_names, _ = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
+            bg_dir, D646_PER_FG[name] * len(fg_names), rng, option))
+        jobs = plan_jobs(fg_names, bg_names, D646_PER_FG[name], [fg_dir], [gt_dir],
+                         [bg_dir], split_dir, merged=(name == "test" or composite), trimap_dir=None,
+                         names_file=split_dir / "bg_names.txt", alpha_per_composite=(name == "test"))
+        _finish(out, name, jobs, workers, f"d646 {name}", report)
+        if name == "test":
+            _d646_trimaps(split_dir, report, seed)
+    return report
+
+
+D646_TRIMAP_RADII = (10, 25)  # ours: wide enough to cover hair, as Composition-1k's trimaps do
+
+
+def _d646_trimaps(split_dir: Path, report: PrepareReport, seed: int) -> None:
+    """Generate (or keep) the test trimaps, record the seed and radii, and add the column."""
+    from mattecli.data.manifest import read_manifest
+    from mattecli.data.trimap import grown_trimap
+
+    samples = read_manifest(split_dir)
+    radii, kept = {}, []
+    for s in samples:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 646, 2, *s.name.encode()]))
+        radius = int(rng.integers(D646_TRIMAP_RADII[0], D646_TRIMAP_RADII[1] + 1))
+        path = split_dir / "trimap" / f"{s.name}.png"
+        try:
+            if not path.is_file():
+                write_png(path, grown_trimap(read_gray(s.alpha) / 255.0, radius))
+        except InputError as err:
+            report.errors.append(f"{err} (sample {s.name})")
+            continue
+        radii[s.name] = radius
+        kept.append(dataclasses.replace(s, trimap=path))
+    record = {"seed": seed, "method": "grown_trimap (distance-transform growth of 0<alpha<1)",
+              "radius_range": list(D646_TRIMAP_RADII), "radius": radii}
+    json_path = split_dir / "trimaps.json"
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+    report.manifests["test"] = write_manifest(split_dir, kept)
+    report.counts["test"] = len(kept)
+    report.notes.append(f"d646 test trimaps are generated (seed {seed}), not official: {json_path}")

@@ -1,0 +1,339 @@
+"""prepare-data adobe / d646 on a miniature dataset laid out as the real ones, checked pixel for pixel
+against a plain per-pixel transcription of Adobe's composition rule (CLI.md) written here."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+from mattecli.data.adobe import (ADOBE_PER_FG, adobe_background, adobe_blend, prepare_adobe,
+                                 prepare_d646)
+from mattecli.data.manifest import read_manifest, write_manifest
+from mattecli.errors import UsageError
+
+TEST_FG = {"cat.png": (29, 23), "dog.png": (16, 20)}  # name -> (w, h)
+TRAIN_FG = {"Adobe-licensed images": {"hair.jpg": (14, 11)}, "Other": {"net.jpg": (9, 12)}}
+TRAIN_PER_FG = ADOBE_PER_FG["train"]
+
+
+def _rand_rgb(rng, w, h):
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def _alpha_rgb(rng, w, h):
+    """A 3-channel alpha whose channels differ (only the first one counts), with 0, 255 and partials."""
+    first = rng.choice([0, 255, 1, 128, 254, 77], size=(h, w)).astype(np.uint8)
+    other = rng.integers(0, 256, size=(h, w, 2), dtype=np.uint8)
+    return np.dstack([first, other])
+
+
+def _save_exif_rotated_jpeg(path, array):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees; OpenCV would apply it, Adobe's script does not
+    Image.fromarray(array).save(path, exif=exif, quality=95)
+
+
+def _background_sizes(w, h):
+    """Backgrounds for one foreground: smaller (upscale), larger (crop only), and one whose
+    ceil(bw * ratio) comes out one pixel larger than w (cat: w=29, bw=7)."""
+    return [(7, 10), (5, 4), (w + 9, h + 5), (w, h), (3, 30)]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("adobe")
+    combined, coco, voc = root / "Combined_Dataset", root / "train2014", root / "VOC"
+    coco.mkdir()
+    voc.mkdir()
+
+    def backgrounds(folder, prefix, fg_sizes, per_fg):
+        names = []
+        for i, (w, h) in enumerate(fg_sizes):
+            sizes = _background_sizes(w, h)
+            for k in range(per_fg):
+                bw, bh = sizes[k % len(sizes)]
+                name = f"{prefix}_{i:02d}{k:03d}.jpg"
+                if k == 1:  # an EXIF-rotated JPEG
+                    _save_exif_rotated_jpeg(folder / name, _rand_rgb(rng, bw, bh))
+                elif k == 2:  # a grayscale JPEG (converted to RGB before resizing)
+                    Image.fromarray(rng.integers(0, 256, (bh, bw), dtype=np.uint8)).save(folder / name)
+                else:
+                    Image.fromarray(_rand_rgb(rng, bw, bh)).save(folder / name, quality=90)
+                names.append(name)
+        return names
+
+    test = combined / "Test_set"
+    group = test / "Adobe-licensed images"
+    for sub in ("fg", "alpha", "trimaps"):
+        (group / sub).mkdir(parents=True)
+    for name, (w, h) in TEST_FG.items():
+        Image.fromarray(_rand_rgb(rng, w, h)).save(group / "fg" / name)
+        Image.fromarray(_alpha_rgb(rng, w, h)).save(group / "alpha" / name)
+        for k in range(20):
+            Image.fromarray(rng.choice([0, 128, 255], size=(h, w)).astype(np.uint8)).save(
+                group / "trimaps" / f"{name[:-4]}_{k}.png")
+    bg_names = backgrounds(voc, "2008", TEST_FG.values(), 20)
+    # CRLF line ends, as Adobe ships some of the names files
+    (test / "test_fg_names.txt").write_bytes("".join(f"{n}\r\n" for n in TEST_FG).encode())
+    (test / "test_bg_names.txt").write_bytes("".join(f"{n}\r\n" for n in bg_names).encode())
+
+    train = combined / "Training_set"
+    fg_names, sizes = [], []
+    for group_name, fgs in TRAIN_FG.items():
+        for sub in ("fg", "alpha"):
+            (train / group_name / sub).mkdir(parents=True)
+        for name, (w, h) in fgs.items():
+            Image.fromarray(_rand_rgb(rng, w, h)).save(train / group_name / "fg" / name, quality=95)
+            Image.fromarray(_alpha_rgb(rng, w, h)[..., 0]).save(train / group_name / "alpha" / name,
+                                                                quality=95)
+            fg_names.append(name)
+            sizes.append((w, h))
+    train_bgs = backgrounds(coco, "COCO_train2014", sizes, TRAIN_PER_FG)
+    (train / "training_fg_names.txt").write_text("\n".join(fg_names) + "\n")
+    (train / "training_bg_names.txt").write_text("\n".join(train_bgs) + "\n")
+    return {"root": combined, "coco": coco, "voc": voc, "test_bgs": bg_names, "train_bgs": train_bgs,
+            "train_fgs": fg_names}
+
+
+def reference_composite(fg_path, alpha_path, bg_path) -> np.ndarray:
+    """Adobe's rule transcribed pixel by pixel with Pillow, as plainly as possible."""
+    fg = Image.open(fg_path)
+    if fg.mode not in ("RGB", "RGBA"):
+        fg = fg.convert("RGB")
+    alpha = Image.open(alpha_path)
+    w, h = fg.size
+    bg = Image.open(bg_path)
+    if bg.mode != "RGB":
+        bg = bg.convert("RGB")
+    bw, bh = bg.size
+    wratio, hratio = w / bw, h / bh
+    ratio = wratio if wratio > hratio else hratio
+    if ratio > 1:
+        bg = bg.resize((math.ceil(bw * ratio), math.ceil(bh * ratio)), Image.BICUBIC)
+    bg = bg.crop((0, 0, w, h))
+    F, B, A = fg.load(), bg.load(), alpha.load()
+    out = np.zeros((h, w, 3), np.uint8)
+    for y in range(h):
+        for x in range(w):
+            a = A[x, y]
+            a = (a[0] if isinstance(a, tuple) else a) / 255
+            if a >= 1:
+                out[y, x] = F[x, y][:3]
+            elif a > 0:
+                out[y, x] = [int(a * F[x, y][c] + (1 - a) * B[x, y][c]) for c in range(3)]
+            else:
+                out[y, x] = B[x, y][:3]
+    return out
+
+
+def _read(path):
+    return np.array(Image.open(path))
+
+
+@pytest.fixture(scope="module")
+def prepared(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    report = prepare_adobe(dataset["root"], dataset["coco"], dataset["voc"], out, "all", workers=2,
+                           composite=True)
+    return out, report
+
+
+def test_fixture_exercises_the_traps(dataset):
+    # The miniature set must contain the cases the rule is subtle about, or the comparison proves little.
+    w, bw = TEST_FG["cat.png"][0], 7
+    assert math.ceil(bw * (w / bw)) == w + 1
+    rotated = Image.open(dataset["voc"] / dataset["test_bgs"][1])
+    assert rotated.getexif().get(0x0112) == 6
+    assert ImageOps.exif_transpose(rotated).size != rotated.size
+    alpha = _read(dataset["root"] / "Test_set/Adobe-licensed images/alpha/cat.png")
+    assert alpha.ndim == 3 and (alpha[..., 0] != alpha[..., 1]).any()
+
+
+def test_test_split_is_pixel_identical_to_the_rule(dataset, prepared):
+    out, report = prepared
+    assert report.errors == []
+    samples = read_manifest(out / "test")
+    assert len(samples) == 20 * len(TEST_FG)
+    group = dataset["root"] / "Test_set/Adobe-licensed images"
+    for i, (name, (w, h)) in enumerate(TEST_FG.items()):
+        stem = name[:-4]
+        for k in range(20):
+            s = samples[i * 20 + k]
+            assert s.name == f"{stem}_{k}"
+            ref = reference_composite(group / "fg" / name, group / "alpha" / name,
+                                      dataset["voc"] / dataset["test_bgs"][i * 20 + k])
+            np.testing.assert_array_equal(_read(s.image), ref, err_msg=s.name)
+            alpha = _read(s.alpha)
+            assert alpha.shape == (h, w)  # single channel: the first channel of Adobe's file
+            np.testing.assert_array_equal(alpha, _read(group / "alpha" / name)[..., 0])
+            assert s.trimap.read_bytes() == (group / "trimaps" / f"{stem}_{k}.png").read_bytes()
+            bg = _read(s.bg)
+            assert bg.shape == (h, w, 3)
+            # the stored background is the one under the composite
+            np.testing.assert_array_equal(adobe_blend(_read(s.fg), bg, alpha), ref)
+
+
+def test_train_split_manifest_and_composites(dataset, prepared):
+    out, _ = prepared
+    samples = read_manifest(out / "train")
+    assert len(samples) == TRAIN_PER_FG * len(dataset["train_fgs"])
+    root = dataset["root"] / "Training_set"
+    groups = {n: g for g, fgs in TRAIN_FG.items() for n in fgs}
+    for i, name in enumerate(dataset["train_fgs"]):
+        for k in (0, 1, 2, 99):
+            s = samples[i * TRAIN_PER_FG + k]
+            assert s.trimap is None and s.alpha.name == f"{name[:-4]}.png"
+            ref = reference_composite(root / groups[name] / "fg" / name,
+                                      root / groups[name] / "alpha" / name,
+                                      dataset["coco"] / dataset["train_bgs"][i * TRAIN_PER_FG + k])
+            np.testing.assert_array_equal(_read(s.image), ref, err_msg=s.name)
+            np.testing.assert_array_equal(adobe_blend(_read(s.fg), _read(s.bg), _read(s.alpha)), ref)
+
+
+def test_blend_matches_reference_on_every_alpha_value():
+    rng = np.random.default_rng(1)
+    alpha = np.tile(np.arange(256, dtype=np.uint8), (4, 1))
+    fg = rng.integers(0, 256, (4, 256, 3), dtype=np.uint8)
+    bg = rng.integers(0, 256, (4, 256, 3), dtype=np.uint8)
+    ref = np.array([[[int(a / 255 * f[c] + (1 - a / 255) * b[c]) if 0 < a < 255 else
+                      (f[c] if a == 255 else b[c]) for c in range(3)]
+                     for a, f, b in zip(ra, rf, rb)] for ra, rf, rb in zip(alpha, fg, bg)], np.uint8)
+    np.testing.assert_array_equal(adobe_blend(fg, bg, alpha), ref)
+    # a formula that looks equivalent is not: the exact expression order matters on some pixels
+    other = (bg + alpha[..., None] / 255 * (fg.astype(np.float64) - bg)).astype(np.uint8)
+    assert (other != ref).any()
+
+
+def test_background_upscale_size_uses_ceil():
+    bg = np.zeros((10, 7, 3), np.uint8)
+    assert adobe_background(bg, 29, 23).shape == (23, 29, 3)
+    from PIL import Image as _Image
+    big = _Image.fromarray(bg).resize((30, 42), _Image.BICUBIC)  # ceil(7 * 29/7) = 30, not 29
+    assert big.size == (30, 42)
+
+
+def test_rerun_skips_existing_and_restores_missing(dataset, prepared):
+    out, _ = prepared
+    merged = out / "test" / "merged" / "cat_3.png"
+    before = merged.read_bytes()
+    other = out / "test" / "merged" / "dog_5.png"
+    stamp = other.stat().st_mtime_ns
+    merged.unlink()
+    (out / "test" / "merged" / ".cat_4.junk.png.tmp").write_bytes(b"left by a killed run")
+    report = prepare_adobe(dataset["root"], dataset["coco"], dataset["voc"], out, "test", workers=1)
+    assert report.errors == [] and report.counts["test"] == 40
+    assert merged.read_bytes() == before
+    assert other.stat().st_mtime_ns == stamp
+    assert not list((out / "test" / "merged").glob(".*.tmp"))
+
+
+def test_manifest_round_trip(prepared, tmp_path):
+    out, _ = prepared
+    samples = read_manifest(out / "test")
+    copy = write_manifest(tmp_path / "m" / "manifest.csv", samples)
+
+    def resolved(rows):
+        return [(s.name, *(p and p.resolve() for p in (s.image, s.alpha, s.trimap, s.fg, s.bg)))
+                for s in rows]
+
+    assert resolved(read_manifest(copy)) == resolved(samples)
+    assert "\\" not in (out / "test" / "manifest.csv").read_text()
+    assert all(p is None or p.is_file() for s in samples for p in (s.image, s.alpha, s.trimap, s.fg, s.bg))
+
+
+def _copy_dataset(dataset, tmp_path):
+    import shutil
+
+    root = tmp_path / "Combined_Dataset"
+    shutil.copytree(dataset["root"], root)
+    return root
+
+
+def test_bad_inputs_are_named_and_the_batch_goes_on(dataset, tmp_path):
+    root = _copy_dataset(dataset, tmp_path)
+    group = root / "Test_set/Adobe-licensed images"
+    # an alpha of another size, and a corrupt background for one composite of the other foreground
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(group / "alpha" / "cat.png")
+    voc = tmp_path / "voc"
+    import shutil
+    shutil.copytree(dataset["voc"], voc)
+    (voc / dataset["test_bgs"][20 + 4]).write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    report = prepare_adobe(root, dataset["coco"], voc, out, "test", workers=1)
+    text = "\n".join(report.errors)
+    assert "cat.png" in text and "5x5" in text
+    assert f"{dataset['test_bgs'][24]}: cannot decode" in text and "dog_4" in text
+    names = [s.name for s in read_manifest(out / "test")]
+    assert names == [f"dog_{k}" for k in range(20) if k != 4]
+    assert not (out / "test" / "merged" / "dog_4.png").exists()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_cli_exit_codes(dataset, tmp_path):
+    from mattecli.cli.prepare_data import app
+
+    root = _copy_dataset(dataset, tmp_path)
+    (root / "Test_set/Adobe-licensed images/fg/dog.png").unlink()
+    args = ["adobe", "--root", str(root), "--coco", str(dataset["coco"]), "--voc", str(dataset["voc"]),
+            "--out", str(tmp_path / "out"), "--split", "test", "--workers", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "dog.png: no such file" in result.output
+    assert len(read_manifest(tmp_path / "out" / "test")) == 20
+
+
+def test_usage_errors(dataset, tmp_path):
+    with pytest.raises(UsageError, match="--root"):
+        prepare_adobe(tmp_path / "nowhere", dataset["coco"], dataset["voc"], tmp_path / "o")
+    root = _copy_dataset(dataset, tmp_path)
+    (root / "Test_set/test_fg_names.txt").unlink()
+    with pytest.raises(UsageError, match="test_fg_names.txt"):
+        prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
+    (root / "Test_set/test_fg_names.txt").write_text("cat.png\ndog.png\nextra.png\n")
+    with pytest.raises(UsageError, match="40 background names, 60 needed"):
+        prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
+    with pytest.raises(UsageError, match="--split"):
+        prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "val")
+
+
+def test_d646(dataset, tmp_path):
+    rng = np.random.default_rng(3)
+    root = tmp_path / "D646"
+    for split, names in (("Train", ["a.png"]), ("Test", ["b.png", "c.png"])):
+        for sub in ("FG", "GT"):
+            (root / split / sub).mkdir(parents=True)
+        for n in names:
+            Image.fromarray(_rand_rgb(rng, 12, 10)).save(root / split / "FG" / n)
+            Image.fromarray(_alpha_rgb(rng, 12, 10)).save(root / split / "GT" / n)
+    # enough backgrounds: 80 train (COCO), 40 test (VOC) needed
+    coco, voc = tmp_path / "coco", tmp_path / "voc"
+    for folder, count in ((coco, 85), (voc, 45)):
+        folder.mkdir()
+        for i in range(count):
+            Image.fromarray(_rand_rgb(rng, 8, 6)).save(folder / f"{i:04d}.jpg")
+    out = tmp_path / "out"
+    report = prepare_d646(root, coco, voc, out, "all", workers=1, seed=5)
+    assert report.errors == [] and report.counts == {"train": 80, "test": 40}
+    test = read_manifest(out / "test")
+    assert all(s.trimap.is_file() and s.image.is_file() for s in test)
+    assert set(np.unique(_read(test[0].trimap))) <= {0, 128, 255}
+    record = __import__("json").loads((out / "test" / "trimaps.json").read_text())
+    assert record["seed"] == 5 and len(record["radius"]) == 40
+    bgs = (out / "test" / "bg_names.txt").read_text().split()
+    assert len(set(bgs)) == 40
+    s = test[0]
+    np.testing.assert_array_equal(_read(s.image), reference_composite(
+        root / "Test/FG/b.png", root / "Test/GT/b.png", voc / bgs[0]))
+    # same seed, fresh output: same pairing and trimaps
+    again = tmp_path / "again"
+    prepare_d646(root, coco, voc, again, "test", workers=1, seed=5)
+    assert (again / "test" / "bg_names.txt").read_text() == (out / "test" / "bg_names.txt").read_text()
+    assert (again / "test/trimap/b_0.png").read_bytes() == (out / "test/trimap/b_0.png").read_bytes()
+    assert "trimaps.json" in " ".join(report.notes)
+    assert os.path.basename(str(report.manifests["test"])) == "manifest.csv"
