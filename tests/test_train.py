@@ -1,0 +1,122 @@
+import json
+
+import pytest
+import torch
+
+from mattecli.recipes import load_recipe
+from mattecli.train.loop import TrainOptions, train
+from mattecli.train.losses import alpha_loss, composition_loss, dim_loss, tcp_loss
+from mattecli.train.schedules import lr_factor
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from mattecli.cli import app
+
+    out = tmp_path_factory.mktemp("synth")
+    res = CliRunner().invoke(app, ["prepare-data", "synthetic", "--out", str(out), "--train", "8", "--test", "2",
+                                   "--size", "96", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def tiny(iters, **extra):
+    sets = [f"train.iters={iters}", "train.batch_size=2", "data.crop_size=64", "data.val_every=0",
+            "train.checkpoint_every=3", "train.log_every=1"] + [f"{k}={v}" for k, v in extra.items()]
+    return load_recipe("indexnet-unet-maxunpool", sets + ["train.lr=1e-3", "train.encoder_lr=1e-3", "train.milestones=[4]"])
+
+
+def test_resume_equals_uninterrupted_bit_for_bit(synth, tmp_path):
+    full = train(TrainOptions(tiny(6), synth, tmp_path / "full", progress=False, seed=5))
+    part = train(TrainOptions(tiny(3), synth, tmp_path / "part", progress=False, seed=5))
+    assert part.iterations == 3
+    resumed = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False, seed=5))
+    assert resumed.iterations == 6
+    a = torch.load(tmp_path / "full" / "checkpoints" / "iter_00000006.pt", weights_only=True)
+    b = torch.load(tmp_path / "part" / "checkpoints" / "iter_00000006.pt", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    log_a = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
+    log_b = (tmp_path / "part" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["loss"] for x in log_a] == [json.loads(x)["loss"] for x in log_b]
+    assert [json.loads(x)["lr"] for x in log_a][-1] == pytest.approx(1e-4)  # x0.1 after the milestone
+    for name in ("last.safetensors", "curves.png", "recipe.json"):
+        assert (tmp_path / "full" / name).is_file()
+
+
+def test_loss_goes_down(synth, tmp_path):
+    result = train(TrainOptions(tiny(24, **{"train.milestones": "[]"}), synth, tmp_path / "run", progress=False))
+    losses = [e["loss"] for e in result.history]
+    assert sum(losses[-6:]) / 6 < 0.8 * sum(losses[:6]) / 6, losses
+
+
+def batch_of(alpha, pred_shape=None, trimap=None):
+    alpha = torch.tensor(alpha, dtype=torch.float32).view(1, 1, 1, -1)
+    trimap = torch.full_like(alpha, 128, dtype=torch.uint8) if trimap is None else torch.tensor(trimap, dtype=torch.uint8).view(1, 1, 1, -1)
+    fg, bg = torch.ones(1, 3, 1, alpha.shape[-1]), torch.zeros(1, 3, 1, alpha.shape[-1])
+    return {"alpha": alpha, "trimap": trimap, "fg": fg, "bg": bg, "image": alpha.expand(1, 3, 1, -1)}
+
+
+def test_losses_on_hand_made_cases():
+    batch = batch_of([0.0, 0.5, 1.0, 0.05], trimap=[128, 128, 255, 128])
+    pred = torch.tensor([0.5, 0.5, 0.0, 0.05]).view(1, 1, 1, 4)
+    # unknown pixels: errors 0.5, 0, 0 -> mean 1/6 (the known pixel's error is ignored)
+    assert alpha_loss(pred, batch).item() == pytest.approx(0.5 / 3, abs=1e-5)
+    assert composition_loss(pred, batch).item() == pytest.approx(0.5 / 3, abs=1e-5)  # fg=1, bg=0: comp = alpha
+    assert dim_loss(pred, batch).item() == pytest.approx(0.5 / 3, abs=1e-5)
+    # background enhancement: only unknown pixels with alpha < 0.1 (pixels 0 and 3: errors 0.5 and 0)
+    assert tcp_loss(pred, batch).item() == pytest.approx(0.9 * 0.5 / 3 + 0.1 * 0.25, abs=1e-5)
+
+
+def test_losses_are_normalised_per_sample():
+    a = batch_of([0.0] * 4)
+    b = batch_of([0.0] * 4, trimap=[128, 0, 0, 0])
+    batch = {k: torch.cat([a[k], b[k]]) for k in a}
+    pred = torch.full((2, 1, 1, 4), 0.5)
+    assert alpha_loss(pred, batch).item() == pytest.approx(0.5, abs=1e-5)  # both samples weigh 0.5
+
+
+def test_schedules():
+    cfg = load_recipe("indexnet-m2o-nl-ctx").train
+    assert [lr_factor(cfg, i) for i in (0, 53879, 53880, 70044)] == pytest.approx([1, 1, 0.1, 0.01])
+    cos = load_recipe("indexnet-m2o-nl-ctx", ["train.schedule=cosine", "train.warmup_iters=10", "train.iters=110"]).train
+    assert lr_factor(cos, 0) == pytest.approx(0.1) and lr_factor(cos, 10) == pytest.approx(1.0)
+    assert lr_factor(cos, 60) == pytest.approx(0.5) and lr_factor(cos, 110) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_pretrained_mobilenetv2_is_mapped(tmp_path):
+    from mattecli.models import build_model
+    from mattecli.train.pretrained import load_pretrained_encoder, mobilenetv2_key
+
+    assert mobilenetv2_key("features.1.conv.1.weight") == "layer1.0.conv.3.weight"
+    assert mobilenetv2_key("features.17.conv.3.running_var") == "layer7.0.conv.7.running_var"
+    assert mobilenetv2_key("features.18.0.weight") is None and mobilenetv2_key("classifier.1.bias") is None
+    recipe = load_recipe("indexnet-m2o-nl-ctx")
+    model = build_model(recipe)
+    # a torchvision-layout state dict, written from torchvision's layout independently of the map
+    t1 = {"conv.0": "conv.0.0", "conv.1": "conv.0.1", "conv.3": "conv.1", "conv.4": "conv.2"}
+    t6 = {"conv.0": "conv.0.0", "conv.1": "conv.0.1", "conv.3": "conv.1.0", "conv.4": "conv.1.1",
+          "conv.6": "conv.2", "conv.7": "conv.3"}
+    blocks = [(stage, b) for stage, n in enumerate((1, 2, 3, 4, 3, 3, 1), start=1) for b in range(n)]
+    tv = {"features.0.0.weight": torch.randn(32, 3, 3, 3), "features.18.0.weight": torch.randn(1280, 320, 1, 1),
+          "classifier.1.weight": torch.randn(1000, 1280)}
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked") or not key.startswith("layer") or key == "layer0.0.weight":
+            continue
+        layer, rest = key.split(".", 1)
+        if layer == "layer0":
+            name = "features.0." + rest
+        else:
+            block, conv, index, leaf = rest.split(".")
+            feature = blocks.index((int(layer[5:]), int(block))) + 1
+            name = f"features.{feature}." + (t1 if feature == 1 else t6)[f"{conv}.{index}"] + "." + leaf
+        tv[name] = torch.randn_like(value.float()).to(value.dtype)
+    torch.save(tv, tmp_path / "mobilenet_v2.pth")
+    info = load_pretrained_encoder(model, recipe, tmp_path / "mobilenet_v2.pth")
+    assert sorted(info["ignored"]) == ["classifier.1.weight", "features.18.0.weight"]
+    w = model.state_dict()["layer0.0.weight"]
+    assert torch.equal(w[:, :3], tv["features.0.0.weight"]) and (w[:, 3] == 0).all()
+    assert torch.equal(model.state_dict()["layer1.0.conv.3.weight"], tv["features.1.conv.1.weight"])
