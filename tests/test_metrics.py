@@ -319,3 +319,13 @@ def test_evaluate_returns_all_four_in_papers_units():
     assert set(out) == set(M.METRICS)
     assert out["sad"] == pytest.approx(np.abs(pred.astype(int) - gt).sum() / 255 / 1000)
     assert out == M.evaluate(pred, np.repeat(gt[..., None], 3, axis=2), trimap)
+
+
+def test_conn_many_tied_single_pixel_components_matches_reference():
+    rng = np.random.default_rng(7)
+    pred = np.zeros((9, 11), np.uint8)
+    pred[::2, ::2] = 255  # isolated pixels: every component has size 1 at every threshold
+    gt = np.where(pred > 0, rng.choice(np.array([153, 204, 255], np.uint8), pred.shape), 0).astype(np.uint8)
+    trimap = unknown(pred.shape)
+    assert M.conn(pred, gt, trimap) == pytest.approx(conn_reference(pred, gt, trimap), rel=1e-6)
+    assert M.largest_component(pred > 0)[0, 0] and M.largest_component(pred > 0).sum() == 1
