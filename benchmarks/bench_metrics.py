@@ -4,7 +4,7 @@
 
 Per-metric timings are single-process medians on a synthetic matte (a soft blob with hair-like
 strands, a prediction with blur and noise, a trimap with a ~10% unknown band). The end-to-end line
-writes `--images` such triples as PNG files and runs `evaluate_items` over them with all cores
+writes `--images` such triples as PNG files and runs `evaluation.evaluate` over them with all cores
 (decoding included), then extrapolates to the 1000 images of Composition-1k.
 """
 
@@ -90,7 +90,7 @@ def main() -> None:
                 write_png(root / "trimap" / f"{k:04d}.png", t)
             items, _ = evaluation.match_folders(root / "pred", root / "gt", root / "trimap")
             start = time.perf_counter()
-            evaluation.evaluate_items(items, workers=args.workers)
+            evaluation.evaluate(items, workers=args.workers)
             seconds = time.perf_counter() - start
         per_image = seconds / args.images
         print(f"end to end (PNG decoding, checks, all four metrics, {args.workers} process(es)): "

@@ -2,7 +2,7 @@
 
 The plain functions here are what `matte eval` calls: `match_folders` / `match_manifest` pair the
 files by stem, `score` reads and checks one image and computes its metrics (it runs in worker
-processes), `evaluate_items` and `evaluate_model` run them in parallel with a progress bar, and
+processes), `evaluate` runs them (and a model, if given) in parallel with a progress bar, and
 `summary` / `write_json` / `write_csv` produce the outputs CLI.md specifies.
 """
 
@@ -13,14 +13,14 @@ import heapq
 import io
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.imageio import IMAGE_SUFFIXES, atomic_write, list_images, read_gray
+from mattecli.imageio import atomic_write, list_images, read_gray
 from mattecli.metrics import METRICS
 
 TRIMAP_VALUES = (0, 128, 255)
@@ -238,40 +238,15 @@ def _report_line(console, result: Result) -> None:
         console.print(f"matte eval: {result.name}: {result.error}", markup=False, highlight=False, soft_wrap=True)
 
 
-def evaluate_items(items: list[Item], workers: int = 1, console=None,
-                   on_result: Callable[[Result], None] | None = None) -> list[Result]:
-    """Evaluate items whose predictions are files, `workers` processes at a time."""
-    from rich.console import Console
+def evaluate(items: list[Item], workers: int = 1, pipeline=None, save_pred: Path | None = None,
+             worst: "WorstN | None" = None, console=None) -> tuple[list[Result], dict[str, np.ndarray]]:
+    """Evaluate every item, `workers` processes computing metrics, with a progress bar.
 
-    console = console or Console(stderr=True)
-    results = []
-    runner = _Runner(min(workers, max(1, len(items))))
-    progress, task = _progress(len(items), "evaluating", console)
-    try:
-        with progress:
-            def take(done: Iterable[Result]) -> None:
-                for result in done:
-                    _report_line(progress.console, result)
-                    results.append(result)
-                    if on_result:
-                        on_result(result)
-                    progress.advance(task)
-
-            for item in items:
-                take(runner.submit(item.name, item.pred, item.gt, item.trimap))
-            take(runner.finish())
-    finally:
-        runner.close()
-    return sorted(results, key=lambda r: r.name)
-
-
-def evaluate_model(items: list[Item], pipeline, workers: int = 1, save_pred: Path | None = None,
-                   console=None, worst: "WorstN | None" = None) -> tuple[list[Result], dict]:
-    """Run `pipeline.predict` on every item's image and trimap (in this process) and evaluate the
-    predictions against the ground truth (in worker processes, while the model goes on).
-
-    With `save_pred`, predictions are written to `save_pred/{name}.png` atomically. Returns the
-    results and, with `worst`, the predictions of the images it holds at the end (for reports).
+    Without `pipeline`, the predictions are the items' files. With one, this process runs
+    `pipeline.predict` on each item's image and trimap while the workers score the previous
+    predictions; `save_pred` then receives them as `{name}.png` (written atomically), and `worst`
+    selects which predictions are kept in memory and returned (for the report). Bad inputs become
+    results with an error; warnings and errors are printed as they come.
     """
     from rich.console import Console
 
@@ -282,21 +257,25 @@ def evaluate_model(items: list[Item], pipeline, workers: int = 1, save_pred: Pat
     in_flight: dict[str, np.ndarray] = {}
     kept: dict[str, np.ndarray] = {}
     runner = _Runner(min(workers, max(1, len(items))))
-    progress, task = _progress(len(items), "predicting + evaluating", console)
+    progress, task = _progress(len(items), "predicting + evaluating" if pipeline else "evaluating", console)
+
+    def take(done: Iterable[Result]) -> None:
+        for result in done:
+            _report_line(progress.console, result)
+            results.append(result)
+            pred = in_flight.pop(result.name, None)
+            if pred is not None and worst is not None and worst(result):
+                kept[result.name] = pred
+                for name in set(kept) - set(worst.names()):
+                    del kept[name]
+            progress.advance(task)
+
     try:
         with progress:
-            def take(done: Iterable[Result]) -> None:
-                for result in done:
-                    _report_line(progress.console, result)
-                    results.append(result)
-                    pred = in_flight.pop(result.name, None)
-                    if pred is not None and worst is not None and worst(result):
-                        kept[result.name] = pred
-                        for name in set(kept) - set(worst.names()):
-                            del kept[name]
-                    progress.advance(task)
-
             for item in items:
+                if pipeline is None:
+                    take(runner.submit(item.name, item.pred, item.gt, item.trimap))
+                    continue
                 try:
                     image = read_image(item.image)
                     trimap = read_gray(item.trimap)
@@ -304,8 +283,7 @@ def evaluate_model(items: list[Item], pipeline, workers: int = 1, save_pred: Pat
                     take([Result(item.name, error=str(err))])
                     continue
                 if image.shape[:2] != trimap.shape:
-                    take([Result(item.name, error=f"sizes differ: image {_size(image)}, "
-                                                  f"trimap {_size(trimap)}")])
+                    take([Result(item.name, error=f"sizes differ: image {_size(image)}, trimap {_size(trimap)}")])
                     continue
                 pred = pipeline.predict(image, trimap)
                 if save_pred is not None:
@@ -393,7 +371,3 @@ def print_table(data: dict, console=None) -> None:
     console.print(table)
     console.print("units: SAD/1000, MSE as is, Grad/1000, Conn/1000 (as in the papers)", style="dim")
 
-
-__all__ = ["Item", "Result", "match_folders", "match_manifest", "score", "evaluate_items",
-           "evaluate_model", "WorstN", "summary", "write_json", "write_csv", "print_table",
-           "trimap_warning", "default_workers", "IMAGE_SUFFIXES"]

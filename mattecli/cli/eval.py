@@ -98,10 +98,10 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
 
         pipeline = load_pipeline(weights, backend, device)
         worst = ev.WorstN(report_worst) if report is not None else None
-        results, kept = ev.evaluate_model(items, pipeline, workers=workers, save_pred=save_pred,
-                                          console=errors, worst=worst)
+        results, kept = ev.evaluate(items, workers, pipeline=pipeline, save_pred=save_pred,
+                                    worst=worst, console=errors)
     else:
-        results = ev.evaluate_items(items, workers=workers, console=errors)
+        results, _ = ev.evaluate(items, workers, console=errors)
 
     results = sorted(results + failures, key=lambda r: r.name)
     summary = ev.summary(results)
