@@ -86,6 +86,19 @@ def test_missing_counterpart_is_named_and_the_rest_evaluated(folders):
     assert {f["name"] for f in data["failed"]} == {"b", "extra"}
 
 
+def test_unreadable_file_is_named_and_nothing_left_gives_count_0(folders):
+    root, _ = folders
+    (root / "pred" / "a.png").write_bytes(b"not a png")
+    for name in ("b", "c"):
+        (root / "pred" / f"{name}.png").unlink()
+    result = run(*args_for(root, "--json", root / "out.json", "--csv", root / "out.csv"))
+    assert result.exit_code == 1
+    assert any(l.startswith("matte eval: a:") and "cannot decode" in l for l in result.stderr.splitlines())
+    data = json.loads((root / "out.json").read_text())
+    assert data["count"] == 0 and data["images"] == [] and data["mean"]["sad"] is None
+    assert (root / "out.csv").read_text() == "name,sad,mse,grad,conn\n"
+
+
 def test_size_mismatch_is_named_and_skipped(folders):
     root, _ = folders
     write_png(root / "trimap" / "c.png", np.zeros((24, 31), np.uint8))
@@ -213,3 +226,14 @@ def test_importing_the_cli_stays_light():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": ""}, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_worst_n_keeps_the_largest_sad():
+    from mattecli.evaluation import Result, WorstN
+
+    worst = WorstN(2)
+    offered = [worst(Result(name, metrics={"sad": sad})) for name, sad in
+               [("a", 1.0), ("b", 5.0), ("c", 0.5), ("d", 3.0), ("e", 2.0)]]
+    assert offered == [True, True, False, True, False]
+    assert worst.names() == ["b", "d"]
+    assert not worst(Result("f", error="unreadable"))
