@@ -162,7 +162,8 @@ def largest_component(mask: np.ndarray) -> np.ndarray | None:
     import cv2
 
     # connectedComponents is ~10x faster than connectedComponentsWithStats; areas come from bincount
-    count, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    mask = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    count, labels = cv2.connectedComponents(mask, connectivity=4, ltype=cv2.CV_32S)
     if count <= 1:
         return None
     areas = np.bincount(labels.ravel(), minlength=count)
@@ -186,14 +187,22 @@ def connectivity_levels(pred: np.ndarray, gt: np.ndarray, step: float = CONN_STE
     p = pred.astype(np.float32) / np.float32(255)
     g = gt.astype(np.float32) / np.float32(255)
     both = np.minimum(p, g)  # (p >= t) & (g >= t)  <=>  min(p, g) >= t
-    level = np.full(pred.shape, -1, dtype=np.int8)  # index of the assigned threshold, -1: none
-    unassigned = np.ones(pred.shape, dtype=bool)
+    first = both >= thresholds[1]
+    rows, cols = np.flatnonzero(first.any(axis=1)), np.flatnonzero(first.any(axis=0))
+    if len(rows) == 0:  # empty at every threshold: nothing is assigned, l = 1 everywhere
+        return np.ones(pred.shape, np.float32)
+    # every component lies in the bounding box of the first mask; outside it l = thresholds[0].
+    # Cropping is a translation, so column-major order (the tie-break) is unchanged.
+    level = np.zeros(pred.shape, dtype=np.int8)  # index of the assigned threshold, -1: none
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    both, inner = both[box], level[box]
+    inner[:] = -1
+    unassigned = np.ones(both.shape, dtype=bool)
     for i in range(1, len(thresholds)):
-        omega = largest_component(both >= thresholds[i])
+        omega = largest_component(first[box] if i == 1 else both >= thresholds[i])
         if omega is None:  # empty intersection: MATLAB skips; higher thresholds are empty too
             break
-        flag = unassigned & ~omega
-        level[flag] = i - 1
+        inner[unassigned & ~omega] = i - 1
         unassigned &= omega
     levels = np.append(thresholds, np.float32(1))  # index -1 -> 1 (never left the component)
     return levels[level]
