@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16, help="images in the end-to-end run (0: skip)")
     parser.add_argument("--workers", type=int, default=evaluation.default_workers())
     args = parser.parse_args()
+    import cv2
+
+    cv2.setNumThreads(1)  # per-metric figures are for one core, as each worker process runs
     h, w = map(int, args.size.lower().split("x"))
     mp = h * w / 1e6
     pred, gt, trimap = synthetic(h, w)
