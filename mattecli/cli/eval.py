@@ -56,8 +56,8 @@ def _check_options(*, pred, gt, trimap, weights, data, save_pred, workers, repor
     else:
         if save_pred is not None:
             raise UsageError("--save-pred goes with --weights (with --pred the predictions are files already)")
-        if data is not None and (gt is not None or trimap is not None):
-            raise UsageError("--data gives the ground truth and trimaps; do not add --gt or --trimap")
+        if data is not None and (gt is not None or trimap is not None or images is not None):
+            raise UsageError("--data gives the ground truth, trimaps and images; do not add --gt, --trimap or --images")
         if data is None and (gt is None or trimap is None):
             raise UsageError("--pred needs --gt DIR and --trimap DIR (or --data)")
     if workers is not None and workers < 1:
