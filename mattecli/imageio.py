@@ -14,6 +14,9 @@ import numpy as np
 
 from mattecli.errors import InputError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -98,6 +101,7 @@ def atomic_write(path: str | Path, write) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
     try:
         write(Path(tmp))
         os.replace(tmp, path)

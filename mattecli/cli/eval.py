@@ -1,10 +1,138 @@
-"""`matte eval` — not built yet (issue [Metrics])."""
+"""`matte eval`: the Deep Image Matting metrics (SAD, MSE, Grad, Conn) of predictions or of a model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
 
 import typer
 
-from mattecli.cli._stub import CONTEXT_SETTINGS, not_built  # noqa: F401
+from mattecli.errors import UsageError
 
 
-def main(ctx: typer.Context) -> None:
-    """(not built yet: issue [Metrics])"""
-    not_built("eval", "[Metrics]")
+def main(
+    pred: Optional[Path] = typer.Option(None, "--pred", help="Folder of predicted alpha mattes (matched to --gt and --trimap by file stem)."),
+    gt: Optional[Path] = typer.Option(None, "--gt", help="Folder of ground-truth alpha mattes (a 3-channel file uses its first channel)."),
+    trimap: Optional[Path] = typer.Option(None, "--trimap", help="Folder of trimaps; the unknown region is exactly trimap == 128."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Run this model (.safetensors) on --data instead of reading --pred."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A prepared split (e.g. OUT/test, with manifest.csv): images, alphas and trimaps."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnx or trt (default: from the weights file's suffix)."),
+    device: str = typer.Option("cpu", "--device", help="Device for --weights, e.g. cpu or cuda."),
+    save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="With --weights: write the predictions to this folder as {name}.png."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write count, mean and per-image metrics as JSON."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image metrics as CSV (name,sad,mse,grad,conn)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes computing metrics (default: all cores)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML page of the worst images by SAD into this folder."),
+    report_worst: int = typer.Option(20, "--report-worst", help="How many of the worst images the report shows."),
+    images: Optional[Path] = typer.Option(None, "--images", help="With --pred: folder of the composites, shown in the report."),
+) -> None:
+    """Evaluate alpha mattes with the official Deep Image Matting metrics.
+
+    Either predictions in a folder (--pred with --gt and --trimap, or with --data) or a model run on
+    a prepared split (--weights with --data). Prints the mean SAD/1000, MSE, Grad/1000 and Conn/1000
+    (the units papers print); exit code 1 when some images could not be evaluated (each named).
+    """
+    try:
+        code = run_eval(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, backend=backend,
+                        device=device, save_pred=save_pred, json_out=json_out, csv_out=csv_out,
+                        workers=workers, report=report, report_worst=report_worst, images=images)
+    except UsageError as err:
+        print(f"matte eval: error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+def _check_options(*, pred, gt, trimap, weights, data, save_pred, workers, report_worst, images) -> None:
+    if pred is not None and weights is not None:
+        raise UsageError("--pred and --weights are mutually exclusive (evaluate files, or run a model)")
+    if pred is None and weights is None:
+        raise UsageError("give --pred DIR with --gt DIR and --trimap DIR (or --data), or --weights FILE with --data DIR")
+    if weights is not None:
+        if data is None:
+            raise UsageError("--weights needs --data (a prepared split with manifest.csv)")
+        if gt is not None or trimap is not None or images is not None:
+            raise UsageError("--gt, --trimap and --images go with --pred; with --weights the manifest gives them")
+    else:
+        if save_pred is not None:
+            raise UsageError("--save-pred goes with --weights (with --pred the predictions are files already)")
+        if data is not None and (gt is not None or trimap is not None or images is not None):
+            raise UsageError("--data gives the ground truth, trimaps and images; do not add --gt, --trimap or --images")
+        if data is None and (gt is None or trimap is None):
+            raise UsageError("--pred needs --gt DIR and --trimap DIR (or --data)")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {workers}")
+    if report_worst < 1:
+        raise UsageError(f"--report-worst must be at least 1, not {report_worst}")
+
+
+def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backend=None, device="cpu",
+             save_pred=None, json_out=None, csv_out=None, workers=None, report=None, report_worst=20,
+             images=None) -> int:
+    """The command as a function: returns the exit code (0, or 1 when some images failed)."""
+    from rich.console import Console
+
+    from mattecli import evaluation as ev
+
+    _check_options(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, save_pred=save_pred,
+                   workers=workers, report_worst=report_worst, images=images)
+    if data is not None and not Path(data).is_dir():
+        raise UsageError(f"{data}: no such folder (--data)")
+    workers = workers or ev.default_workers()
+    errors = Console(stderr=True)
+
+    if weights is not None:
+        items, failures = ev.match_manifest(data)
+    elif data is not None:
+        items, failures = ev.match_manifest(data, pred=pred)
+    else:
+        items, failures = ev.match_folders(pred, gt, trimap, images=images)
+        if not items and not failures:
+            raise UsageError(f"{pred}, {gt}, {trimap}: no images to evaluate")
+    for failure in failures:
+        errors.print(f"matte eval: {failure.name}: {failure.error}", markup=False, highlight=False, soft_wrap=True)
+
+    kept = {}
+    if weights is not None:
+        from mattecli.inference.pipeline import load_pipeline
+
+        pipeline = load_pipeline(weights, backend, device)
+        worst = ev.WorstN(report_worst) if report is not None else None
+        results, kept = ev.evaluate(items, workers, pipeline=pipeline, save_pred=save_pred,
+                                    worst=worst, console=errors)
+    else:
+        results, _ = ev.evaluate(items, workers, console=errors)
+
+    results = sorted(results + failures, key=lambda r: r.name)
+    summary = ev.summary(results)
+    ev.print_table(summary)
+    if json_out is not None:
+        ev.write_json(json_out, summary)
+    if csv_out is not None:
+        ev.write_csv(csv_out, results)
+    if report is not None:
+        page = _write_report(report, results, items, kept, report_worst)
+        errors.print(f"report: {page}", markup=False, highlight=False, soft_wrap=True)
+    failed = [r for r in results if r.error]
+    if failed:
+        errors.print(f"matte eval: {len(failed)} image(s) not evaluated (named above); "
+                     f"{summary['count']} evaluated", markup=False, highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+def _write_report(out_dir: Path, results, items, kept: dict, count: int) -> Path:
+    from mattecli.eval_report import ReportEntry, write_report
+    from mattecli.imageio import read_gray, read_image
+
+    by_name = {item.name: item for item in items}
+    good = sorted((r for r in results if r.metrics is not None), key=lambda r: (-r.metrics["sad"], r.name))
+    # with --weights only the predictions kept in memory (the worst N) can be shown
+    good = [r for r in good if r.name in kept or by_name[r.name].pred is not None]
+    entries = []
+    for r in good[:count]:
+        item = by_name[r.name]
+        pred = kept[r.name] if r.name in kept else read_gray(item.pred)
+        image = read_image(item.image) if item.image is not None else None
+        entries.append(ReportEntry(r.name, r.metrics, pred, read_gray(item.gt), read_gray(item.trimap), image))
+    return write_report(out_dir, entries, title="matte eval: worst images by SAD")

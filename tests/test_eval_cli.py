@@ -1,0 +1,239 @@
+"""`matte eval` end to end on tiny folders and a tiny prepared split."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mattecli import metrics
+from mattecli.cli import app
+from mattecli.imageio import read_gray, write_png
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, ["eval", *map(str, args)])
+
+
+def make_case(rng, shape=(24, 32)):
+    gt = rng.integers(0, 256, shape).astype(np.uint8)
+    pred = np.clip(gt.astype(int) + rng.integers(-40, 41, shape), 0, 255).astype(np.uint8)
+    trimap = rng.choice(np.array([0, 128, 255], np.uint8), size=shape)
+    return pred, gt, trimap
+
+
+@pytest.fixture
+def folders(tmp_path):
+    rng = np.random.default_rng(0)
+    cases = {}
+    for name in ("a", "b", "c"):
+        pred, gt, trimap = make_case(rng)
+        cases[name] = (pred, gt, trimap)
+        write_png(tmp_path / "pred" / f"{name}.png", pred)
+        write_png(tmp_path / "gt" / f"{name}.png", gt)
+        write_png(tmp_path / "trimap" / f"{name}.png", trimap)
+    return tmp_path, cases
+
+
+def args_for(root: Path, *extra):
+    return ["--pred", root / "pred", "--gt", root / "gt", "--trimap", root / "trimap", "--workers", "1", *extra]
+
+
+def test_json_csv_and_table(folders):
+    root, cases = folders
+    result = run(*args_for(root, "--json", root / "out.json", "--csv", root / "out.csv"))
+    assert result.exit_code == 0, result.output
+    assert "SAD" in result.stdout and "Conn" in result.stdout
+    data = json.loads((root / "out.json").read_text())
+    assert set(data) == {"count", "mean", "images"}
+    assert data["count"] == 3
+    assert list(data["mean"]) == ["sad", "mse", "grad", "conn"]
+    assert [im["name"] for im in data["images"]] == ["a", "b", "c"]
+    for image in data["images"]:
+        assert list(image) == ["name", "sad", "mse", "grad", "conn"]
+        expected = metrics.evaluate(*cases[image["name"]])
+        for key in metrics.METRICS:
+            assert image[key] == pytest.approx(expected[key], rel=1e-12)
+    for key in metrics.METRICS:
+        assert data["mean"][key] == pytest.approx(np.mean([im[key] for im in data["images"]]))
+    # SAD in thousands: spot-check one image by hand
+    pred, gt, trimap = cases["a"]
+    by_hand = np.abs(pred.astype(int) - gt)[trimap == 128].sum() / 255 / 1000
+    assert data["images"][0]["sad"] == pytest.approx(by_hand)
+    rows = list(csv.DictReader((root / "out.csv").open()))
+    assert [r["name"] for r in rows] == ["a", "b", "c"]
+    assert float(rows[1]["conn"]) == pytest.approx(data["images"][1]["conn"], rel=1e-12)
+
+
+def test_missing_counterpart_is_named_and_the_rest_evaluated(folders):
+    root, _ = folders
+    (root / "pred" / "b.png").unlink()
+    write_png(root / "pred" / "extra.png", np.zeros((24, 32), np.uint8))
+    result = run(*args_for(root, "--json", root / "out.json"))
+    assert result.exit_code == 1
+    assert "b: no prediction in" in result.stderr
+    assert "extra: no ground truth in" in result.stderr and "no trimap in" in result.stderr
+    data = json.loads((root / "out.json").read_text())
+    assert data["count"] == 2 and [im["name"] for im in data["images"]] == ["a", "c"]
+    assert {f["name"] for f in data["failed"]} == {"b", "extra"}
+
+
+def test_unreadable_file_is_named_and_nothing_left_gives_count_0(folders):
+    root, _ = folders
+    (root / "pred" / "a.png").write_bytes(b"not a png")
+    for name in ("b", "c"):
+        (root / "pred" / f"{name}.png").unlink()
+    result = run(*args_for(root, "--json", root / "out.json", "--csv", root / "out.csv"))
+    assert result.exit_code == 1
+    assert any(l.startswith("matte eval: a:") and "cannot decode" in l for l in result.stderr.splitlines())
+    data = json.loads((root / "out.json").read_text())
+    assert data["count"] == 0 and data["images"] == [] and data["mean"]["sad"] is None
+    assert (root / "out.csv").read_text() == "name,sad,mse,grad,conn\n"
+
+
+def test_size_mismatch_is_named_and_skipped(folders):
+    root, _ = folders
+    write_png(root / "trimap" / "c.png", np.zeros((24, 31), np.uint8))
+    result = run(*args_for(root, "--json", root / "out.json"))
+    assert result.exit_code == 1
+    line = next(l for l in result.stderr.splitlines() if l.startswith("matte eval: c:"))
+    assert "sizes differ" in line and "trimap 31x24" in line
+    assert json.loads((root / "out.json").read_text())["count"] == 2
+
+
+def test_trimap_with_127_warns_and_keeps_exact_128(folders):
+    root, cases = folders
+    pred, gt, trimap = cases["a"]
+    trimap = trimap.copy()
+    trimap[0, :7] = 127
+    write_png(root / "trimap" / "a.png", trimap)
+    result = run(*args_for(root, "--json", root / "out.json"))
+    assert result.exit_code == 0, result.output
+    warning = next(l for l in result.stderr.splitlines() if "warning" in l)
+    assert "a.png" in warning and "7 pixel(s)" in warning and "127" in warning
+    image = json.loads((root / "out.json").read_text())["images"][0]
+    assert image["sad"] == pytest.approx(np.abs(pred.astype(int) - gt)[trimap == 128].sum() / 255 / 1000)
+
+
+def test_three_channel_ground_truth_uses_its_first_channel(folders):
+    root, cases = folders
+    pred, gt, trimap = cases["b"]
+    rgb = np.stack([gt, 255 - gt, np.zeros_like(gt)], axis=2)
+    write_png(root / "gt" / "b.png", rgb)
+    result = run(*args_for(root, "--json", root / "out.json"))
+    assert result.exit_code == 0, result.output
+    image = json.loads((root / "out.json").read_text())["images"][1]
+    assert image["sad"] == pytest.approx(metrics.sad(pred, gt, trimap), rel=1e-12)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pred", "P", "--weights", "W.safetensors", "--gt", "G", "--trimap", "T"], "mutually exclusive"),
+    ([], "give --pred"),
+    (["--pred", "P"], "--pred needs --gt"),
+    (["--weights", "W.safetensors"], "--weights needs --data"),
+])
+def test_bad_usage_exits_2_with_one_line(args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
+
+
+def test_missing_folder_exits_2(tmp_path):
+    result = run("--pred", tmp_path / "nope", "--gt", tmp_path, "--trimap", tmp_path)
+    assert result.exit_code == 2
+    assert "no such folder" in result.stderr
+
+
+def test_workers_in_processes_give_the_same_numbers(folders):
+    root, _ = folders
+    assert run(*args_for(root, "--json", root / "one.json")).exit_code == 0
+    result = run("--pred", root / "pred", "--gt", root / "gt", "--trimap", root / "trimap",
+                 "--workers", "2", "--json", root / "two.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((root / "one.json").read_text()) == json.loads((root / "two.json").read_text())
+
+
+def test_report_shows_worst_first(folders):
+    root, cases = folders
+    pred, gt, trimap = cases["c"]
+    write_png(root / "pred" / "c.png", 255 - gt)  # by far the worst
+    rng = np.random.default_rng(5)
+    for name in cases:
+        write_png(root / "images" / f"{name}.jpg", rng.integers(0, 256, (24, 32, 3)).astype(np.uint8))
+    result = run(*args_for(root, "--report", root / "report", "--report-worst", "2", "--images", root / "images"))
+    assert result.exit_code == 0, result.output
+    page = (root / "report" / "index.html").read_text()
+    assert page.index("#1 c") < page.index("#2 ")
+    assert "#3" not in page
+    pngs = sorted(p.name for p in (root / "report" / "images").iterdir())
+    assert "001_c_image.png" in pngs and "001_c_error.png" in pngs and len(pngs) == 10
+    assert (read_gray(root / "report" / "images" / "001_c_prediction.png") == 255 - gt).all()
+    assert (root / "report" / "contact_sheet.png").is_file()
+
+
+def test_model_on_a_prepared_split(tmp_path):
+    from mattecli.data.manifest import Sample, write_manifest
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    rng = np.random.default_rng(1)
+    split = tmp_path / "test"
+    samples = []
+    for k in range(2):
+        name = f"s_{k}"
+        image = rng.integers(0, 256, (64, 96, 3)).astype(np.uint8)
+        _, alpha, trimap = make_case(rng, (64, 96))
+        write_png(split / "merged" / f"{name}.png", image)
+        write_png(split / "alpha" / f"{name}.png", alpha)
+        write_png(split / "trimap" / f"{name}.png", trimap)
+        samples.append(Sample(name, image=split / "merged" / f"{name}.png",
+                              alpha=split / "alpha" / f"{name}.png", trimap=split / "trimap" / f"{name}.png"))
+    write_manifest(split, samples)
+    recipe = load_recipe("indexnet-unet-maxunpool")
+    weights = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+
+    result = run("--weights", weights, "--data", split, "--save-pred", tmp_path / "pred",
+                 "--json", tmp_path / "model.json", "--report", tmp_path / "report", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "model.json").read_text())
+    assert data["count"] == 2
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["s_0.png", "s_1.png"]
+    for image in data["images"]:
+        pred = read_gray(tmp_path / "pred" / f"{image['name']}.png")
+        trimap = read_gray(split / "trimap" / f"{image['name']}.png")
+        assert (pred[trimap == 0] == 0).all() and (pred[trimap == 255] == 255).all()
+        expected = metrics.evaluate(pred, read_gray(split / "alpha" / f"{image['name']}.png"), trimap)
+        assert image["sad"] == pytest.approx(expected["sad"], rel=1e-12)
+    # the saved predictions evaluated as files (with --data giving gt and trimaps) agree
+    again = run("--pred", tmp_path / "pred", "--data", split, "--json", tmp_path / "files.json", "--workers", "1")
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "files.json").read_text()) == data
+    assert (tmp_path / "report" / "index.html").read_text().count("class='entry'") == 2
+
+
+def test_importing_the_cli_stays_light():
+    code = "import sys, mattecli.cli; print(sorted(m for m in ('torch', 'cv2', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": ""}, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_worst_n_keeps_the_largest_sad():
+    from mattecli.evaluation import Result, WorstN
+
+    worst = WorstN(2)
+    offered = [worst(Result(name, metrics={"sad": sad})) for name, sad in
+               [("a", 1.0), ("b", 5.0), ("c", 0.5), ("d", 3.0), ("e", 2.0)]]
+    assert offered == [True, True, False, True, False]
+    assert worst.names() == ["b", "d"]
+    assert not worst(Result("f", error="unreadable"))
