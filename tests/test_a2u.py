@@ -240,3 +240,36 @@ def test_detect_rejects_other_checkpoints():
 
     with pytest.raises(UsageError):
         detect_a2u_variant({"module.layer0.0.weight": torch.zeros(64, 4, 7, 7)})
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory (slow: two subprocesses, each one forward of the released network at 2048 x 2048 on CPU)
+
+_MEASURE = """
+import resource, sys, torch
+from mattecli.models import build_model
+from mattecli.models.a2u import set_a2u_form
+from mattecli.recipes import load_recipe
+model = set_a2u_form(build_model(load_recipe("a2u-dynamic-cs-d-gn")).eval(), sys.argv[1])
+with torch.no_grad():
+    model(torch.randn(1, 4, int(sys.argv[2]), int(sys.argv[2])))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+"""
+
+
+@pytest.mark.slow
+def test_memory_2048():
+    """The eval default (shift) needs about half the peak memory of unfold at 2048 x 2048."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    peak = {}
+    for form in ("shift", "unfold"):
+        out = subprocess.run([sys.executable, "-c", _MEASURE, form, "2048"], env=env, check=True,
+                             capture_output=True, text=True).stdout
+        peak[form] = int(out.split()[-1]) / 2**20
+    print(f"peak RSS at 2048x2048: shift {peak['shift']:.2f} GiB, unfold {peak['unfold']:.2f} GiB")
+    assert peak["shift"] < 0.7 * peak["unfold"]

@@ -11,9 +11,12 @@ Each operator exists in two numerically equal forms, chosen per kernel-generator
   the training default.
 - `shift`: pad + k^2 (strided) slices + multiply-add, adaptive pooling as bin-matrix products,
   pixel (un)shuffle — only Pad/Slice/Mul/Add/MatMul/DepthToSpace in ONNX, dynamic H/W, no Im2Col.
-  It is also the eval default (`auto`): unfold materialises k^2 (36 for the 6x6 downsampling
-  kernels, i.e. 9x the input map) copies of a full-resolution feature map, which at 2048x2048 is
-  many GB; see the report in tests/test_a2u.py::test_memory_note and `matte bench`.
+  It is also the eval default (`auto`): unfold materialises (2k)^2 = 36 shifted copies of the
+  full-resolution stem map for the first downsampling (9x that map). Peak RSS of one forward of
+  the released network on CPU (float32, no grad, 1x4xSxS): S=1024 shift 1.9 GiB / 25 s, unfold
+  3.1 GiB / 74 s; S=2048 shift 6.3 GiB, unfold 11.6 GiB (tests/test_a2u.py::test_memory_2048,
+  marked slow). In training (2x4x256x256, forward + backward) unfold is faster (8.4 s against
+  12.1 s per step on 2 CPU cores) at about the same peak (2.1 vs 2.3 GiB), so `auto` keeps it there.
 
 Variants are options of one dataclass: the baselines (nearest/bilinear upsampling, strided
 downsampling), static / hybrid / dynamic kernel generation, channel-wise (cw) or channel-shared (cs)
@@ -198,22 +201,6 @@ def _filter_shift(x: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tens
 # Kernel generation
 
 
-class AvgPoolTo(nn.Module):
-    """Adaptive average pooling to `bins` x `bins`, switchable to the exportable bin-matrix form."""
-
-    def __init__(self, bins: int):
-        super().__init__()
-        self.bins = bins
-        self.shift_form = False  # set by A2UKernels.forward from its `form`
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bins == 1:
-            return x.mean((2, 3), keepdim=True)
-        if self.shift_form:
-            return adaptive_avg_pool_bins(x, self.bins)
-        return F.adaptive_avg_pool2d(x, self.bins)
-
-
 def _norm_act(channels: int) -> nn.Sequential:
     # 32 groups as the authors; fewer where a narrow demo model has fewer channels
     return nn.Sequential(nn.GroupNorm(math.gcd(32, channels), channels), nn.LeakyReLU(0.01))
@@ -246,13 +233,14 @@ class A2UKernels(nn.Module):
             if paired_down:
                 self.weight_p_down = nn.Parameter(torch.randn(taps))
         else:
-            self.bconv_UP = nn.Sequential(AvgPoolTo(1), nn.Conv2d(channels, p_out, 1))
+            # Sequential(pool, conv) for the checkpoints' `bconv_*.1` names; forward pools itself (form)
+            self.bconv_UP = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, p_out, 1))
             if paired_down:
-                self.bconv_DP = nn.Sequential(AvgPoolTo(1), nn.Conv2d(channels, taps, 1))
+                self.bconv_DP = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, taps, 1))
         uv_channels = 1 if cfg.encoding == "cs" else channels
         if cfg.kernel == "dynamic":
-            self.bconv_U = nn.Sequential(AvgPoolTo(ke), nn.Conv2d(channels, uv_channels, 1))
-            self.bconv_V = nn.Sequential(AvgPoolTo(ke), nn.Conv2d(channels, uv_channels, 1))
+            self.bconv_U = nn.Sequential(nn.AdaptiveAvgPool2d(ke), nn.Conv2d(channels, uv_channels, 1))
+            self.bconv_V = nn.Sequential(nn.AdaptiveAvgPool2d(ke), nn.Conv2d(channels, uv_channels, 1))
         else:
             std = 1 / ke  # unit gain for a ke x ke filter
             self.weight_u = nn.Parameter(torch.randn(sets, uv_channels, ke, ke) * std)
@@ -264,7 +252,9 @@ class A2UKernels(nn.Module):
     def _encode(self, x: torch.Tensor, which: str) -> list[torch.Tensor]:
         """U*X or V*X at half resolution: one (N, C, h, w) map per U/V set."""
         if self.cfg.kernel == "dynamic":
-            filters = [getattr(self, f"bconv_{which}")(x)]  # (N, 1 or C, ke, ke)
+            ke = self.cfg.k_en
+            pooled = adaptive_avg_pool_bins(x, ke) if self._shift() else F.adaptive_avg_pool2d(x, ke)
+            filters = [getattr(self, f"bconv_{which}")[1](pooled)]  # (N, 1 or C, ke, ke)
         else:
             filters = list(getattr(self, f"weight_{which.lower()}").unsqueeze(1))  # sets x (1, 1|C, ke, ke)
         apply = _filter_shift if self._shift() else _filter_grouped
@@ -276,13 +266,11 @@ class A2UKernels(nn.Module):
         """P as (1 or N, outputs, 1, 1)."""
         if self.cfg.kernel == "static":
             return getattr(self, f"weight_p_{which}").view(1, -1, 1, 1)
-        return getattr(self, "bconv_UP" if which == "up" else "bconv_DP")(x)
+        conv = getattr(self, "bconv_UP" if which == "up" else "bconv_DP")[1]
+        return conv(x.mean((2, 3), keepdim=True))  # global pool: ReduceMean in either form
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (up kernels (N, k^2, H, W), down kernels (N, 4k^2, H/2, W/2) or None)."""
-        for pool in self.modules():
-            if isinstance(pool, AvgPoolTo):
-                pool.shift_form = self._shift()
         k = self.cfg.k_up
         u, v = self._encode(x, "U"), self._encode(x, "V")
         scale = 1 / math.sqrt(self.channels)
