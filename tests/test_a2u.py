@@ -273,3 +273,26 @@ def test_memory_2048():
         peak[form] = int(out.split()[-1]) / 2**20
     print(f"peak RSS at 2048x2048: shift {peak['shift']:.2f} GiB, unfold {peak['unfold']:.2f} GiB")
     assert peak["shift"] < 0.7 * peak["unfold"]
+
+
+def test_shift_form_exports_to_onnx_with_dynamic_size(tmp_path):
+    """The export form traces once and runs at other sizes in ONNX Runtime, equal to PyTorch."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import warnings
+
+    torch.manual_seed(0)
+    model = set_a2u_form(build_model(load_recipe("demo-a2u")).eval(), "shift")
+    path = tmp_path / "a2u.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 4, 64, 96),), str(path), input_names=["x"],
+                          dynamic_axes={"x": {2: "h", 3: "w"}}, opset_version=18, dynamo=False)
+    session = ort.InferenceSession(str(path))
+    for size in ((48, 80), (32, 32)):
+        x = torch.randn(1, 4, *size)
+        with torch.no_grad():
+            want = model(x).numpy()
+        got = session.run(None, {"x": x.numpy()})[0]
+        assert got.shape == want.shape
+        assert abs(got - want).max() < 1e-4

@@ -10,13 +10,13 @@ Each operator exists in two numerically equal forms, chosen per kernel-generator
 - `unfold`: `F.unfold` + einsum (and grouped convs, adaptive pooling) — few, large kernels;
   the training default.
 - `shift`: pad + k^2 (strided) slices + multiply-add, adaptive pooling as bin-matrix products,
-  pixel (un)shuffle — only Pad/Slice/Mul/Add/MatMul/DepthToSpace in ONNX, dynamic H/W, no Im2Col.
+  pixel (un)shuffle — exports with dynamic H/W, without Im2Col or adaptive pooling.
   It is also the eval default (`auto`): unfold materialises (2k)^2 = 36 shifted copies of the
   full-resolution stem map for the first downsampling (9x that map). Peak RSS of one forward of
-  the released network on CPU (float32, no grad, 1x4xSxS): S=1024 shift 1.9 GiB / 25 s, unfold
-  3.1 GiB / 74 s; S=2048 shift 6.3 GiB, unfold 11.6 GiB (tests/test_a2u.py::test_memory_2048,
-  marked slow). In training (2x4x256x256, forward + backward) unfold is faster (8.4 s against
-  12.1 s per step on 2 CPU cores) at about the same peak (2.1 vs 2.3 GiB), so `auto` keeps it there.
+  the released network on CPU (float32, no grad, 1x4xSxS): S=1024 shift 1.9 GiB, unfold 3.1 GiB;
+  S=2048 shift 6.3 GiB, unfold 11.6 GiB (tests/test_a2u.py::test_memory_2048, marked slow).
+  In training (2x4x256x256, forward + backward) the peaks are alike (2.3 vs 2.1 GiB) and unfold
+  was the faster of the two on a 2-core CPU, so `auto` keeps it there.
 
 Variants are options of one dataclass: the baselines (nearest/bilinear upsampling, strided
 downsampling), static / hybrid / dynamic kernel generation, channel-wise (cw) or channel-shared (cs)
