@@ -372,7 +372,7 @@ class A2UMatting(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        for name, m in self.named_modules():
+        for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, a=0.01, nonlinearity="leaky_relu")
                 if m.bias is not None:
