@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from mattecli.models.a2u import A2UConfig, A2UMatting
 from mattecli.models.indexnet import IndexNetConfig, IndexNetMatting
 
 FAMILIES = {
     "indexnet": (IndexNetConfig, IndexNetMatting),
+    "a2u": (A2UConfig, A2UMatting),
 }
 
 

@@ -20,6 +20,39 @@ def bn_relu6(channels: int) -> list:
     return [nn.BatchNorm2d(channels), nn.ReLU6(inplace=True)]
 
 
+class BNAct(nn.BatchNorm2d):
+    """BatchNorm and its activation as ONE module, with BatchNorm's parameter names.
+
+    The A2U authors use in-place activated BN (`inplace_abn.InPlaceABN`): one module per BN+act, so
+    their checkpoints have `bn1.weight`, not `bn1.0.weight`. `activation` is `leaky_relu`
+    (slope `slope`), `relu` (torchvision-style ResNets) or `identity` (second BN of a residual
+    block, projections). InPlaceABN scales by |weight| + eps; importers store that in `weight`.
+    """
+
+    def __init__(self, channels: int, activation: str = "leaky_relu", slope: float = 0.01):
+        super().__init__(channels)
+        if activation not in ("leaky_relu", "relu", "identity"):
+            raise ValueError(f"activation must be leaky_relu, relu or identity, got {activation!r}")
+        self.activation = activation
+        self.slope = slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(x)
+        if self.activation == "leaky_relu":
+            return F.leaky_relu(x, self.slope)
+        if self.activation == "relu":
+            return F.relu(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation}"
+
+
+def bn_leaky(channels: int) -> list:
+    """The A2U family's norm_act: one BNAct with LeakyReLU(0.01)."""
+    return [BNAct(channels, "leaky_relu")]
+
+
 def conv_norm_act(cin: int, cout: int, kernel: int, stride: int = 1, padding: int | None = None,
                   dilation: int = 1, groups: int = 1, norm_act: NormAct = bn_relu6) -> nn.Sequential:
     """Conv (no bias) followed by the family's norm and activation: keys `0.weight`, `1.*`."""
