@@ -8,6 +8,7 @@ in it. Foreign checkpoints are read with `torch.load(weights_only=True)` only (n
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from mattecli.errors import UsageError
@@ -138,7 +139,86 @@ def import_indexnet_official(src: str | Path, recipe_name: str | None = None):
     return model, recipe
 
 
+def _strip_module(name: str) -> str:
+    return name[len("module."):] if name.startswith("module.") else name
+
+
+# in-place ABN scales by |weight| + eps (specs/a2u.md, "The authors' released network", item 1)
+IABN_EPS = 1e-5
+RELEASED = {"cs": "a2u-dynamic-cs-d-gn", "cw": "a2u-dynamic-cw-d-gn"}
+
+
+def a2u_state_from_official(checkpoint: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Converts an A2U authors' state dict to one `A2UMatting` loads strictly.
+
+    Args:
+        checkpoint: the loaded `state_dict` mapping (or the whole checkpoint holding it under
+            `state_dict`); keys may carry DataParallel's `module.` prefix.
+
+    Returns:
+        A new state dict: in-place-ABN weights replaced by |w| + 1e-5, `num_batches_tracked`
+        set to 0 for every BN (the released values, where present, are ignored).
+
+    Raises:
+        UsageError: if the mapping holds no batch-norm statistics (not an A2U checkpoint).
+    """
+    import torch
+
+    if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], Mapping):
+        checkpoint = checkpoint["state_dict"]
+    tensors = {_strip_module(k): v for k, v in checkpoint.items() if not k.endswith("num_batches_tracked")}
+    bn_prefixes = [k[: -len(".running_mean")] for k in tensors if k.endswith(".running_mean")]
+    if not bn_prefixes:
+        raise UsageError("not an A2U checkpoint: no batch-norm running statistics found")
+    out = {}
+    bn_set = set(bn_prefixes)
+    for name, tensor in tensors.items():
+        prefix, _, leaf = name.rpartition(".")
+        if prefix in bn_set and leaf == "weight":
+            tensor = tensor.abs() + IABN_EPS
+        out[name] = tensor.clone()
+        if prefix in bn_set and leaf == "running_var":  # keep the layer's keys together, in order
+            out[f"{prefix}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    return out
+
+
+def detect_a2u_variant(state_dict: Mapping[str, object]) -> str:
+    """The recipe of a released A2U checkpoint: channel-shared or channel-wise U/V generators.
+
+    Args:
+        state_dict: names (with or without `module.`) to tensors, or to their shapes.
+
+    Returns:
+        `a2u-dynamic-cs-d-gn` when `bilinear0.bconv_U.1.weight` has one output channel (one
+        filter for all channels), `a2u-dynamic-cw-d-gn` when it has one per input channel.
+    """
+    for name, value in state_dict.items():
+        if _strip_module(name) == "bilinear0.bconv_U.1.weight":
+            shape = tuple(value.shape if hasattr(value, "shape") else value)
+            if shape[0] == 1:
+                return RELEASED["cs"]
+            if shape[0] == shape[1]:
+                return RELEASED["cw"]
+            raise UsageError(f"unexpected A2U U-generator shape {list(shape)} (want [1, C, 1, 1] or [C, C, 1, 1])")
+    raise UsageError("not an A2U released checkpoint: no bilinear0.bconv_U.1.weight")
+
+
+def import_a2u_official(src: str | Path, recipe_name: str | None = None):
+    """The A2U authors' released checkpoint (cs or cw) -> (model, recipe)."""
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+
+    state = a2u_state_from_official(load_torch_checkpoint(src))
+    recipe = load_recipe(recipe_name or detect_a2u_variant(state))
+    if recipe.family != "a2u":
+        raise UsageError(f"--recipe {recipe.name} is a {recipe.family} recipe, not an A2U one")
+    model = build_model(recipe)
+    load_state_strict(model, state, str(src))
+    return model, recipe
+
+
 # name -> (function(src, recipe_name) -> (model, recipe)); `matte convert --from NAME`
 IMPORTERS = {
     "indexnet-official": import_indexnet_official,
+    "a2u-official": import_a2u_official,
 }

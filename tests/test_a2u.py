@@ -211,7 +211,7 @@ def _fake_official(variant: str, with_nbt: bool) -> dict:
 
 @pytest.mark.parametrize("variant,with_nbt", [("cs", True), ("cw", False)])
 def test_import_official_checkpoint(variant, with_nbt):
-    from mattecli.a2u_import import detect_a2u_variant, import_a2u_official
+    from mattecli.weights import a2u_state_from_official as import_a2u_official, detect_a2u_variant
 
     checkpoint = _fake_official(variant, with_nbt)
     recipe = detect_a2u_variant(checkpoint["state_dict"])
@@ -235,7 +235,7 @@ def test_import_official_checkpoint(variant, with_nbt):
 
 
 def test_detect_rejects_other_checkpoints():
-    from mattecli.a2u_import import detect_a2u_variant
+    from mattecli.weights import detect_a2u_variant
     from mattecli.errors import UsageError
 
     with pytest.raises(UsageError):

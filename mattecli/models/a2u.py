@@ -23,7 +23,7 @@ downsampling), static / hybrid / dynamic kernel generation, channel-wise (cw) or
 U/V encodings, point-wise (pw) U/V sets, paired A2U downsampling (-d) and GroupNorm after U/V (†).
 Parameter names of the released configurations equal the authors' checkpoints (specs/
 a2u_official_keys_*.json), so importing them is a rename of `module.` plus the |w| + eps of
-in-place ABN (mattecli/a2u_import.py).
+in-place ABN (mattecli/weights.py).
 """
 
 from __future__ import annotations
