@@ -188,8 +188,11 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                 drain_writes(prefetch)
             drain_writes(0)
     finally:
-        # On Ctrl-C: drop what has not started; writes in flight finish (each is atomic anyway).
-        pool.shutdown(wait=True, cancel_futures=True)
+        # On Ctrl-C or a crash: decoding ahead is dropped, but results the model has already paid
+        # for are still written (at most `prefetch`; each write is atomic, a second Ctrl-C stops them).
+        for _, future in reads:
+            future.cancel()
+        pool.shutdown(wait=True)
     return report
 
 
