@@ -99,26 +99,31 @@ def test_no_unknown_pixels_means_no_model_pass():
     assert how == "no unknown pixels" and np.array_equal(alpha, trimap)
 
 
-def test_a_real_model_runs_tiled_within_one_level_of_the_whole_image():
+def test_a_real_model_runs_tiled_close_to_the_whole_image():
     import torch
 
+    from mattecli.imageio import read_image, read_trimap
     from mattecli.inference.backends import TorchBackend
+    from mattecli.inference.pipeline import prepare
     from mattecli.models import build_model
     from mattecli.recipes import load_recipe
     from tests.conftest import LEMUR
-    from mattecli.imageio import read_image, read_trimap
 
-    recipe = load_recipe("indexnet-unet-maxunpool")
+    recipe = load_recipe("indexnet-m2o-nl-ctx")  # its random features are not mostly zero
     torch.manual_seed(0)
     model = build_model(recipe).eval()
-    with torch.no_grad():
-        model.pred[1].weight.mul_(0.05)
-    image = read_image(LEMUR / "lemur.png")[100:300, 200:460]
-    trimap = read_trimap(LEMUR / "lemur_trimap.png")[0][100:300, 200:460]
+    image = read_image(LEMUR / "lemur.png")[80:336, 160:544]
+    trimap = read_trimap(LEMUR / "lemur_trimap.png")[0][80:336, 160:544]
     backend = TorchBackend(model, recipe)
+    with torch.no_grad():  # a local-mean head scaled to a median of 0.5, so few pixels clip (see tiling_error.py)
+        head = model.pred[-1].weight
+        head.fill_(1.0 / head[0, 0].numel())
+        raw = backend(prepare(image, trimap, recipe.infer))[0, 0]
+        head.mul_(0.5 / float(np.median(raw[:256, :384][trimap == 128])))
     whole = Pipeline(backend, recipe.infer).predict(image, trimap)
-    tiled, how = Pipeline(backend, recipe.infer, max_bytes=ceiling_for(128, recipe.infer)).matte(image, trimap)
+    tiled, how = Pipeline(backend, recipe.infer, max_bytes=ceiling_for(160, recipe.infer)).matte(image, trimap)
     assert how.startswith("tiled:")
     unknown = trimap == 128
+    assert ((whole[unknown] > 0) & (whole[unknown] < 255)).mean() > 0.2  # the comparison is not all clipped
     diff = np.abs(whole.astype(int) - tiled.astype(int))[unknown]
-    assert diff.mean() < 1.0 and np.array_equal(whole[~unknown], tiled[~unknown])
+    assert diff.mean() < 3 and diff.max() < 64 and np.array_equal(whole[~unknown], tiled[~unknown])
