@@ -47,6 +47,8 @@ def _open(path: Path, apply_exif: bool = False):
         img.load()
         if apply_exif:
             img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as err:  # Pillow's guard against decompression bombs
+        raise InputError(path, f"too many pixels to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise InputError(path, f"cannot decode image ({err})") from None
     return img

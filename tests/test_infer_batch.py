@@ -111,3 +111,26 @@ def test_outputs_never_overwrite_inputs(tmp_path):
     report = infer_folder(FakePipeline(), images, images, progress=False)  # --out = the image folder
     assert report.failed and "would overwrite an input" in report.failed[0][1]
     assert (images / "a.png").read_bytes() == original
+
+
+def test_decoding_ahead_is_bounded(tmp_path, monkeypatch):
+    import time
+
+    import mattecli.inference.batch as batch
+
+    images = make_pairs(tmp_path / "in", [f"i{i}" for i in range(12)])
+    loaded = []
+    real_load = batch._load
+    monkeypatch.setattr(batch, "_load", lambda item, overwrite: loaded.append(1) or real_load(item, overwrite))
+
+    class Slow(FakePipeline):
+        ahead = 0
+
+        def matte(self, image, trimap):
+            time.sleep(0.02)  # a slow model: decoding would run far ahead if nothing bounded it
+            Slow.ahead = max(Slow.ahead, len(loaded) - self.calls)
+            return super().matte(image, trimap)
+
+    report = infer_folder(Slow(), images, tmp_path / "out", progress=False, prefetch=2, workers=4)
+    assert len(report.done) == 12
+    assert 1 <= Slow.ahead <= 3  # the item being run + at most `prefetch` decoded ahead

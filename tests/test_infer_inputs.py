@@ -114,3 +114,13 @@ def test_empty_and_unreadable_files_are_named_and_the_rest_goes_on(tmp_path, con
     assert sorted(p.split("/")[-1] for p, _ in report.failed) == ["bad trimap_trimap.png", "bad.png"]
     assert all(reason in r for _, r in report.failed)
     assert (tmp_path / "out" / "good one é.png").is_file()
+
+
+def test_images_beyond_pillows_pixel_guard_are_named_not_fatal(tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photo()).save(folder / "huge.png")
+    trimap_png(folder / "huge_trimap.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 600 pixels is then a "decompression bomb"
+    report, _ = run(folder, tmp_path)
+    assert len(report.failed) == 1 and "too many pixels" in report.failed[0][1]
