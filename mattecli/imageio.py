@@ -20,8 +20,25 @@ os.umask(_UMASK)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _open(path: Path):
-    from PIL import Image, UnidentifiedImageError
+EXIF_ORIENTATION_TAG = 0x0112
+EXIF_ORIENTATIONS = {1: "none", 2: "mirrored", 3: "rotated 180", 4: "flipped", 5: "mirrored and rotated 90 CW",
+                     6: "rotated 90 CW", 7: "mirrored and rotated 90 CCW", 8: "rotated 90 CCW"}
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation tag of an image file (1, no rotation, when absent or unreadable)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - the reader reports unreadable files; here they simply have no tag
+        return 1
+    return value if value in EXIF_ORIENTATIONS else 1
+
+
+def _open(path: Path, apply_exif: bool = False):
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
@@ -31,6 +48,10 @@ def _open(path: Path):
     try:
         img = Image.open(path)
         img.load()
+        if apply_exif:
+            img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as err:  # Pillow's guard against decompression bombs
+        raise InputError(path, f"too many pixels to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise InputError(path, f"cannot decode image ({err})") from None
     return img
@@ -48,13 +69,14 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.round(np.clip(arr.astype(np.float64), 0, 1) * 255).astype(np.uint8)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     """An RGB uint8 (H, W, 3) image: gray, palette, CMYK and 16-bit inputs converted, alpha dropped.
 
-    EXIF orientation is not applied (the benchmark's convention; Adobe's and the authors' scripts
-    read with Pillow, which ignores it).
+    By default EXIF orientation is not applied (the benchmark's convention, kept by `eval`:
+    Adobe's and the authors' scripts read with Pillow, which ignores it). `matte infer` passes
+    `apply_exif=True` to see the photo as a viewer shows it.
     """
-    img = _open(Path(path))
+    img = _open(Path(path), apply_exif)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         gray = _to_uint8(np.array(img), img.mode)
         return np.repeat(gray[..., None], 3, axis=2)
@@ -63,10 +85,10 @@ def read_image(path: str | Path) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def read_gray(path: str | Path) -> np.ndarray:
+def read_gray(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     """A single-channel uint8 (H, W) map: the *first* channel of a multi-channel file (as the
-    benchmark's scripts index it), 16-bit scaled to 8 bits."""
-    img = _open(Path(path))
+    benchmark's scripts index it), 16-bit scaled to 8 bits; EXIF orientation as in `read_image`."""
+    img = _open(Path(path), apply_exif)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     arr = np.array(img)
@@ -75,14 +97,14 @@ def read_gray(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(_to_uint8(arr, img.mode))
 
 
-def read_trimap(path: str | Path) -> tuple[np.ndarray, str | None]:
+def read_trimap(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray, str | None]:
     """A trimap in the benchmark encoding (0 background, 128 unknown, 255 foreground).
 
     A trimap already in that encoding is returned unchanged. Any other (hand-drawn trimaps use 102
     or 127 for unknown, anti-aliased edges, ...) is mapped with GCA-Matting's rule on the first
     channel: < 85 background, >= 170 foreground, otherwise unknown; the returned note says so.
     """
-    raw = read_gray(path)
+    raw = read_gray(path, apply_exif)
     values = np.unique(raw)
     if np.isin(values, (0, 128, 255)).all():
         return raw, None

@@ -64,6 +64,10 @@ class InferConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     trimap: str = "scalar"  # scalar: trimap/255 as one channel | onehot: bg/unknown/fg channels
+    # Peak activation memory of one forward pass per input pixel (float32), measured with
+    # benchmarks/measure_memory.py; `matte infer --max-memory` decides whole image vs tiles from it.
+    # The default is deliberately high so an unmeasured family errs towards tiling.
+    bytes_per_pixel: int = 4096
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`matte infer`: alpha mattes for a folder of images and trimaps."""
+"""`matte infer`: alpha mattes, cut-outs and composites for a folder of images and trimaps."""
 
 from __future__ import annotations
 
@@ -6,40 +6,79 @@ from pathlib import Path
 
 import typer
 
-SAVE_KINDS = ("alpha", "fg", "rgba", "composite")
+SAVE_KINDS = ("alpha", "fg", "rgba", "composite")  # = inference.outputs.OUTPUT_KINDS (kept torch/cv2-free here)
 
 
 def main(
     weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (or an exported model)."),
-    images: Path = typer.Option(..., "--images", help="Folder of images (PNG, JPEG, ...)."),
-    out: Path = typer.Option(..., "--out", help="Output folder: OUT/{stem}.png is the 8-bit alpha."),
+    images: Path = typer.Option(..., "--images", help="Folder of images (PNG, JPEG, TIFF, WebP, BMP)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: OUT/{stem}.png is the 8-bit alpha; "
+                             "OUT/fg/, OUT/rgba/, OUT/composite/ hold the other --save outputs."),
     trimaps: Path = typer.Option(None, "--trimaps", help="Folder of trimaps named like the images "
                                  "(default: {stem}_trimap.* beside each image)."),
     backend: str = typer.Option(None, "--backend", help="torch|onnx|trt (default: from the weights file's suffix)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
-    save: str = typer.Option("alpha", "--save", help="Comma-separated outputs: alpha (more in issue [Production inference])."),
-    background: str = typer.Option(None, "--background", help="Colour or image for --save composite."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist."),
+    save: str = typer.Option("alpha", "--save", help="Comma-separated outputs, any of: alpha (OUT/{stem}.png), "
+                             "fg (estimated foreground colours, OUT/fg/{stem}.png), rgba (foreground + straight "
+                             "alpha, OUT/rgba/{stem}.png), composite (foreground over --background, "
+                             "OUT/composite/{stem}.png). Only the listed outputs are written."),
+    background: str = typer.Option(None, "--background", help="For composite: a colour (#00ff00, #0f0 or 0,255,0) "
+                                   "or an image, scaled to cover each photo (aspect kept) and centre-cropped."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: an image "
+                                   "whose requested outputs all exist is skipped)."),
+    shard: str = typer.Option(None, "--shard", help="K/N: process only the K-th of N slices of the input list "
+                              "sorted by file name (images K, K+N, K+2N, ...). K is 0-based: 0/4 .. 3/4."),
+    max_memory: str = typer.Option("4GB", "--max-memory", help="Memory ceiling of one model pass (e.g. 4GB, 512MB; "
+                                   "none: no ceiling). An image whose estimated pass exceeds it runs as tiles "
+                                   "over the trimap's unknown band, known regions copied."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Threads decoding inputs and encoding outputs while "
+                                "the model runs."),
 ) -> None:
-    """Write OUT/{stem}.png (8-bit alpha) for every image with a trimap. Trimaps in the benchmark
-    encoding (0/128/255) are used as they are; others (hand-drawn, RGBA, 16-bit) are mapped with
-    <85 background, >=170 foreground, otherwise unknown, and a note says so. Known trimap regions
-    are copied into the alpha. Existing outputs are skipped unless --overwrite. A bad file is
-    named with the reason and skipped; the exit code is 1 if any failed."""
-    from mattecli.errors import UsageError
-    from mattecli.inference.batch import infer_folder, print_report
-    from mattecli.inference.pipeline import load_pipeline
+    """Write OUT/{stem}.png (8-bit alpha), and what --save asks for, for every image with a trimap.
 
-    kinds = [k.strip() for k in save.split(",") if k.strip()]
+    Trimaps in the benchmark encoding (0/128/255) are used as they are; others (hand-drawn, RGBA,
+    16-bit) are mapped with <85 background, >=170 foreground, otherwise unknown, and a note says
+    so. Known trimap regions are copied into the alpha. EXIF orientation is applied to image and
+    trimap alike; an image and trimap whose orientations differ are refused. Outputs are written
+    atomically; an image is skipped when all its requested outputs exist, unless --overwrite, so a
+    re-run after a crash or Ctrl-C finishes only what is missing. A bad file is named with the
+    reason and skipped; the exit code is 1 if any failed.
+    """
+    from mattecli.errors import InputError, UsageError
+    from mattecli.inference.batch import infer_folder, parse_shard, print_report
+    from mattecli.inference.outputs import Background
+    from mattecli.inference.pipeline import load_pipeline
+    from mattecli.inference.tiling import parse_memory, tile_size
+
+    kinds = list(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
     unknown = [k for k in kinds if k not in SAVE_KINDS]
     if unknown or not kinds:
         raise UsageError(f"--save {save}: choose from {', '.join(SAVE_KINDS)}")
-    if [k for k in kinds if k != "alpha"] or background:
-        raise UsageError("--save fg/rgba/composite and --background are not built yet (issue [Production inference])")
+    if "composite" in kinds and not background:
+        raise UsageError("--save composite needs --background (a colour like #00ff00, or an image)")
+    if background and "composite" not in kinds:
+        raise UsageError("--background is only used by --save composite; add composite to --save")
     if not images.is_dir():
         raise UsageError(f"--images {images}: not a folder")
-    pipeline = load_pipeline(weights, backend, device)
-    report = infer_folder(pipeline, images, out, trimaps, overwrite=overwrite)
+    shard_kn = parse_shard(shard)
+    try:
+        max_bytes = parse_memory(max_memory)
+    except ValueError as err:
+        raise UsageError(f"--max-memory {err}") from None
+    bg = None
+    if background:
+        try:
+            bg = Background.parse(background)
+        except (ValueError, InputError) as err:
+            raise UsageError(f"--background {err}") from None
+    pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes)
+    if max_bytes is not None:
+        try:
+            tile_size(max_bytes, pipeline.cfg)
+        except ValueError as err:
+            raise UsageError(f"--max-memory {max_memory}: {err}") from None
+    report = infer_folder(pipeline, images, out, trimaps, overwrite=overwrite, save=kinds, background=bg,
+                          shard=shard_kn, workers=workers)
     print_report(report, out)
     if report.failed:
         raise typer.Exit(1)

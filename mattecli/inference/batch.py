@@ -1,16 +1,28 @@
 """Folder-level inference: pair images with trimaps, run the pipeline, write outputs atomically,
-skip what is done, name every failure with its reason and go on with the rest."""
+skip what is done, name every failure with its reason and go on with the rest.
+
+Decoding and encoding run in a small thread pool while the model runs in the calling thread
+(PIL, OpenCV, numba and torch release the GIL in their heavy loops). Both sides are bounded
+(`prefetch` decoded items waiting for the model, `prefetch` items waiting to be written), so memory
+stays bounded whatever the folder's size.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mattecli.errors import InputError, UsageError
-from mattecli.imageio import IMAGE_SUFFIXES, list_images, read_image, read_trimap, write_png
+from mattecli.imageio import EXIF_ORIENTATIONS, exif_orientation, list_images, read_gray, read_image, read_trimap
 
 TRIMAP_SUFFIX = "_trimap"
+STALE_TEMP_SECONDS = 3600  # a temporary output this old belongs to no live writer
 
 
 @dataclass
@@ -19,13 +31,36 @@ class BatchReport:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     notes: list[str] = field(default_factory=list)
+    tiled: list[tuple[str, str]] = field(default_factory=list)  # (path, how), images run as tiles
 
 
-def find_pairs(images: Path, trimaps: Path | None) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`"K/N"` -> (K, N) with K 0-based (0 <= K < N), as SLURM array and Kubernetes indexed-job
+    indices are; None -> None.
+
+    Raises:
+        UsageError: for anything else.
+    """
+    if text is None:
+        return None
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"--shard {text}: expected K/N with whole numbers, e.g. 0/4 (K is 0-based)")
+    k, n = int(parts[0]), int(parts[1])
+    if n < 1 or k >= n:
+        raise UsageError(f"--shard {text}: need N >= 1 and 0 <= K < N (K is 0-based: 0/{max(n, 1)} .. "
+                         f"{max(n, 1) - 1}/{max(n, 1)})")
+    return k, n
+
+
+def find_pairs(images: Path, trimaps: Path | None,
+               shard: tuple[int, int] | None = None) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """(image, trimap) pairs by stem, and (path, reason) for images that have no usable trimap.
 
     Without a trimap folder, trimaps sit beside the images as `{stem}_trimap.{ext}`. With one,
-    `{stem}.{ext}` or `{stem}_trimap.{ext}` in that folder.
+    `{stem}.{ext}` or `{stem}_trimap.{ext}` in that folder. With `shard=(K, N)` only the images
+    `sorted_images[K::N]` are considered (a strided slice of the list sorted by file name: every
+    image, and every failure, belongs to exactly one shard, and shard sizes differ by at most one).
     """
     if not images.is_dir():
         raise UsageError(f"--images {images}: not a folder")
@@ -39,55 +74,184 @@ def find_pairs(images: Path, trimaps: Path | None) -> tuple[list[tuple[Path, Pat
     for t in tri_files:
         by_stem.setdefault(t.stem, []).append(t)
     pairs, problems, seen = [], [], {}
-    for img in files:
+    for img in files:  # duplicates are found over the whole list, so shards agree on them
         if img.stem in seen:
-            problems.append((str(img), f"another image has the same name stem ({seen[img.stem].name}); "
-                                       "outputs are named by stem"))
+            problems.append((img, f"another image has the same name stem ({seen[img.stem].name}); "
+                                  "outputs are named by stem"))
             continue
         seen[img.stem] = img
         candidates = by_stem.get(img.stem if trimaps is not None else "", []) + by_stem.get(img.stem + TRIMAP_SUFFIX, [])
         candidates = [c for c in candidates if c != img]
         if not candidates:
             where = trimaps if trimaps is not None else images
-            problems.append((str(img), f"no trimap found ({img.stem}.* or {img.stem}{TRIMAP_SUFFIX}.* in {where})"))
+            problems.append((img, f"no trimap found ({img.stem}.* or {img.stem}{TRIMAP_SUFFIX}.* in {where})"))
             continue
         pairs.append((img, candidates[0]))
-    return pairs, problems
+    if shard is not None:
+        mine = set(files[shard[0]::shard[1]])
+        pairs = [p for p in pairs if p[0] in mine]
+        problems = [p for p in problems if p[0] in mine]
+    return pairs, [(str(path), reason) for path, reason in problems]
+
+
+@dataclass
+class _Item:
+    image_path: Path
+    trimap_path: Path
+    targets: dict  # kind -> Path
 
 
 def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None, overwrite: bool = False,
-                 progress: bool = True) -> BatchReport:
-    """Write `out/{stem}.png` (8-bit alpha) for every image with a trimap."""
-    pairs, problems = find_pairs(Path(images), Path(trimaps) if trimaps else None)
+                 progress: bool = True, save=("alpha",), background=None, shard: tuple[int, int] | None = None,
+                 workers: int = 2, prefetch: int = 2) -> BatchReport:
+    """Write the requested outputs (`save`, see `outputs.OUTPUT_KINDS`) for every image with a trimap.
+
+    An image is done when all its requested outputs exist; it is skipped then, unless `overwrite`.
+    An existing alpha is reused (not recomputed) when other outputs of the same image are missing.
+
+    Args:
+        pipeline: a `Pipeline` (or any callable with `matte(image, trimap) -> (alpha, how)`).
+        images: folder of images.
+        out: output folder (created).
+        trimaps: folder of trimaps, or None for `{stem}_trimap.*` beside the images.
+        overwrite: redo outputs that exist.
+        progress: show a progress bar with ETA.
+        save: output kinds to write.
+        background: an `outputs.Background`, required for "composite".
+        shard: (K, N), 0-based: process only `sorted_images[K::N]`.
+        workers: threads decoding inputs and encoding outputs.
+        prefetch: items decoded ahead of the model, and items queued for writing (the memory bound).
+
+    Returns:
+        The report: done, skipped, failed with reasons, notes.
+    """
+    from mattecli.inference.outputs import output_paths
+
+    pairs, problems = find_pairs(Path(images), Path(trimaps) if trimaps else None, shard)
     report = BatchReport(failed=list(problems))
     inputs = {p.resolve() for pair in pairs for p in pair}
+    if background is not None and getattr(background, "path", None) is not None:
+        inputs.add(Path(background.path).resolve())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with _progress(progress, len(pairs)) as advance:
-        for image_path, trimap_path in pairs:
-            target = out / f"{image_path.stem}.png"
-            try:
-                if target.resolve() in inputs:
-                    raise InputError(image_path, f"its output {target} would overwrite an input; choose another --out")
-                if target.exists() and not overwrite:
-                    report.skipped.append(str(image_path))
+    _remove_stale_temps(out, save)
+    todo = []
+    for image_path, trimap_path in pairs:
+        targets = output_paths(out, image_path.stem, save)
+        clash = [t for t in targets.values() if t.resolve() in inputs]
+        if clash:
+            report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; choose another --out"))
+        elif not overwrite and all(t.exists() for t in targets.values()):
+            report.skipped.append(str(image_path))
+        else:
+            todo.append(_Item(image_path, trimap_path, targets))
+
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="matte-io")
+    reads: deque[tuple[_Item, Future]] = deque()
+    writes: deque[tuple[_Item, Future]] = deque()
+    queue = iter(todo)
+    try:
+        with _progress(progress, len(todo)) as advance:
+            def fill_reads():
+                while len(reads) < prefetch:
+                    item = next(queue, None)
+                    if item is None:
+                        return
+                    reads.append((item, pool.submit(_load, item, overwrite)))
+
+            def drain_writes(limit):
+                while len(writes) > limit:
+                    item, future = writes.popleft()
+                    _record(report, item, future)
+                    advance()
+
+            fill_reads()
+            while reads:
+                item, future = reads.popleft()
+                fill_reads()  # keep decoding ahead while the model runs
+                try:
+                    image, trimap, alpha, notes = future.result()
+                    report.notes.extend(notes)
+                    if alpha is None:
+                        alpha, how = pipeline.matte(image, trimap)
+                        if how != "whole":
+                            report.tiled.append((str(item.image_path), how))
+                except InputError as err:
+                    report.failed.append((str(err.path), err.reason))
+                    advance()
                     continue
-                image = read_image(image_path)
-                trimap, note = read_trimap(trimap_path)
-                if note:
-                    report.notes.append(note)
-                if image.shape[:2] != trimap.shape:
-                    raise InputError(trimap_path, f"trimap is {trimap.shape[1]}x{trimap.shape[0]} but image "
-                                                  f"{image_path.name} is {image.shape[1]}x{image.shape[0]}")
-                write_png(target, pipeline(image, trimap))
-                report.done.append(str(image_path))
-            except InputError as err:
-                report.failed.append((str(err.path), err.reason))
-            except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory on a huge image
-                report.failed.append((str(image_path), f"{type(err).__name__}: {err}"))
-            finally:
-                advance()
+                except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory on a huge image
+                    report.failed.append((str(item.image_path), f"{type(err).__name__}: {err}"))
+                    advance()
+                    continue
+                writes.append((item, pool.submit(_write, item, image, alpha, background)))
+                drain_writes(prefetch)
+            drain_writes(0)
+    finally:
+        # On Ctrl-C or a crash: decoding ahead is dropped, but results the model has already paid
+        # for are still written (at most `prefetch`; each write is atomic, a second Ctrl-C stops them).
+        for _, future in reads:
+            future.cancel()
+        pool.shutdown(wait=True)
     return report
+
+
+def _load(item: _Item, overwrite: bool):
+    """Decode one item: (image, trimap, existing alpha or None, notes). Runs in a worker thread."""
+    image = read_image(item.image_path, apply_exif=True)
+    trimap, note = read_trimap(item.trimap_path, apply_exif=True)
+    o_image, o_trimap = exif_orientation(item.image_path), exif_orientation(item.trimap_path)
+    if o_image != o_trimap:
+        raise InputError(item.trimap_path, f"EXIF orientation disagrees with the image's ({item.image_path.name}: "
+                                           f"{EXIF_ORIENTATIONS[o_image]}; trimap: {EXIF_ORIENTATIONS[o_trimap]}), so "
+                                           "it is unclear which way the trimap was drawn; save both with the same "
+                                           "orientation")
+    if image.shape[:2] != trimap.shape:
+        raise InputError(item.trimap_path, f"trimap is {trimap.shape[1]}x{trimap.shape[0]} but image "
+                                           f"{item.image_path.name} is {image.shape[1]}x{image.shape[0]}")
+    alpha = None
+    existing = item.targets.get("alpha")
+    if existing is not None and not overwrite and existing.exists():
+        try:  # finish an interrupted item: its alpha is already written
+            alpha = read_gray(existing)
+        except InputError:
+            alpha = None
+        if alpha is not None and alpha.shape != trimap.shape:
+            alpha = None
+    return image, trimap, alpha, [note] if note else []
+
+
+def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background) -> None:
+    from mattecli.inference.outputs import write_outputs
+
+    write_outputs(item.targets, image, alpha, background)
+
+
+def _record(report: BatchReport, item: _Item, future: Future) -> None:
+    try:
+        future.result()
+        report.done.append(str(item.image_path))
+    except InputError as err:
+        report.failed.append((str(err.path), err.reason))
+    except (OSError, RuntimeError, ValueError, MemoryError) as err:  # e.g. disk full
+        report.failed.append((str(item.image_path), f"writing outputs: {type(err).__name__}: {err}"))
+
+
+def _remove_stale_temps(out: Path, save) -> None:
+    """Temporary files of writers killed mid-write (SIGKILL, power loss) are removed once old.
+
+    Young ones may belong to another shard writing into the same folder right now, so they stay.
+    """
+    now = time.time()
+    for folder in [out] + [out / kind for kind in save if kind != "alpha"]:
+        if not folder.is_dir():
+            continue
+        for tmp in folder.glob(".*.png.tmp"):
+            try:
+                if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                    tmp.unlink()
+            except OSError:
+                pass
 
 
 class _progress:
@@ -114,9 +278,18 @@ class _progress:
         return False
 
 
+MAX_NOTES = 5
+
+
 def print_report(report: BatchReport, out: Path) -> None:
-    for note in report.notes:
+    """Notes (at most MAX_NOTES, then a count) and every failure on stderr; the summary on stdout."""
+    for note in report.notes[:MAX_NOTES]:
         print(f"matte: note: {note}", file=sys.stderr)
+    if len(report.notes) > MAX_NOTES:
+        print(f"matte: note: ... and {len(report.notes) - MAX_NOTES} more like these", file=sys.stderr)
+    if report.tiled:
+        print(f"matte: note: {len(report.tiled)} images exceeded the memory ceiling and ran as tiles over the "
+              f"unknown band (e.g. {report.tiled[0][0]}: {report.tiled[0][1]})", file=sys.stderr)
     for path, reason in report.failed:
         print(f"matte: failed: {path}: {reason}", file=sys.stderr)
     print(f"{len(report.done)} written to {out}, {len(report.skipped)} skipped (already present; "

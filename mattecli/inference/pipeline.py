@@ -64,51 +64,102 @@ def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
     return np.pad(x, pad, mode="reflect")
 
 
-def restore(raw: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
-    """Raw (H', W') network output -> (H, W) uint8 alpha: undo the alignment, clip to [0, 1],
-    copy the known trimap regions, truncate to 8 bits (as the papers' protocols do)."""
+def unalign(raw: np.ndarray, h: int, w: int, cfg: InferConfig) -> np.ndarray:
+    """Raw (H', W') network output -> (h, w) float32 alpha * 255, alignment undone, clipped."""
     import cv2
 
-    h, w = trimap.shape
     raw = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2:])
     if cfg.align == "resize":
         alpha = cv2.resize(raw, (w, h), interpolation=cv2.INTER_CUBIC) if raw.shape != (h, w) else raw
     else:
         alpha = raw[:h, :w]
-    alpha = np.clip(alpha, 0, 1) * np.float32(255)
+    return np.clip(alpha, 0, 1) * np.float32(255)
+
+
+def finish(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+    """Float alpha * 255 -> uint8: known trimap regions copied, truncated (the papers' protocols)."""
     unknown = (trimap == 128).astype(np.float32)
     alpha = (1 - unknown) * trimap + unknown * alpha
     return alpha.astype(np.uint8)
 
 
+def restore(raw: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
+    """Raw (H', W') network output -> (H, W) uint8 alpha: undo the alignment, clip to [0, 1],
+    copy the known trimap regions, truncate to 8 bits (as the papers' protocols do)."""
+    h, w = trimap.shape
+    return finish(unalign(raw, h, w, cfg), trimap)
+
+
 @dataclass
 class Pipeline:
     """A backend (callable on an aligned float32 NCHW array, returning raw alpha) plus the recipe's
-    inference configuration."""
+    inference configuration.
+
+    `max_bytes` is the memory ceiling of one model pass (None: no ceiling, always the whole image);
+    images whose pass would exceed it are run as tiles over the unknown band (see `tiling`).
+    """
 
     backend: object
     cfg: InferConfig
     recipe: object = None
+    max_bytes: int | None = None
 
     def __call__(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        return self.predict(image, trimap)
+        return self.matte(image, trimap)[0]
 
     def predict(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha."""
-        if image.shape[:2] != trimap.shape:
-            raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but trimap is "
-                             f"{trimap.shape[1]}x{trimap.shape[0]}")
-        x = prepare(image, trimap, self.cfg)
-        raw = self.backend(x)
-        return restore(raw[0, 0], trimap, self.cfg)
+        """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha, in one whole-image pass."""
+        _check_sizes(image, trimap)
+        return finish(self._predict_float(image, trimap), trimap)
+
+    def _predict_float(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        h, w = trimap.shape
+        raw = self.backend(prepare(image, trimap, self.cfg))
+        return unalign(raw[0, 0], h, w, self.cfg)
+
+    def matte(self, image: np.ndarray, trimap: np.ndarray) -> tuple[np.ndarray, str]:
+        """The alpha and how it was computed ("whole", "tiled: N tiles of SxS", "no unknown pixels").
+
+        The whole image when its pass fits `max_bytes`; otherwise tiles over the unknown band.
+
+        Raises:
+            ValueError: on mismatched sizes, or a ceiling too small for even the smallest tile.
+        """
+        from mattecli.inference import tiling
+
+        _check_sizes(image, trimap)
+        h, w = trimap.shape
+        if self.max_bytes is None or tiling.pass_bytes(h, w, self.cfg) <= self.max_bytes:
+            return self.predict(image, trimap), "whole"
+        side = tiling.tile_size(self.max_bytes, self.cfg)
+        overlap = side // tiling.OVERLAP_FRACTION
+        tiles = tiling.plan_tiles(trimap, side, overlap)
+        if not tiles:  # nothing to estimate: the trimap is the alpha
+            return trimap.copy(), "no unknown pixels"
+        alpha = tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap)
+        return finish(alpha, trimap), f"tiled: {len(tiles)} tiles of {side}x{side}"
 
 
-def load_pipeline(weights, backend: str | None = None, device: str = "cpu") -> Pipeline:
-    """Build the pipeline for a weights file (`.safetensors`; exported models via their backend)."""
+def _check_sizes(image: np.ndarray, trimap: np.ndarray) -> None:
+    if image.shape[:2] != trimap.shape:
+        raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but trimap is "
+                         f"{trimap.shape[1]}x{trimap.shape[0]}")
+
+
+def load_pipeline(weights, backend: str | None = None, device: str = "cpu",
+                  max_bytes: int | None = None) -> Pipeline:
+    """Build the pipeline for a weights file (`.safetensors`; exported models via their backend).
+
+    Args:
+        weights: the model file.
+        backend: torch|onnx|trt, or None for the one the file's suffix implies.
+        device: cpu or cuda[:N].
+        max_bytes: memory ceiling of one model pass (None: always the whole image).
+    """
     from mattecli.inference.backends import load_backend
 
     be = load_backend(weights, backend, device)
-    return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe)
+    return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes)
 
 
 def encode_batch(image, trimap, cfg: InferConfig):

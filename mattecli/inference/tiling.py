@@ -1,0 +1,149 @@
+"""Whole image or tiles: how one image is run under a memory ceiling.
+
+The model's memory grows with the number of input pixels (`recipe.infer.bytes_per_pixel`, measured
+by `benchmarks/measure_memory.py`). An image whose aligned size fits the ceiling is run whole,
+exactly as the authors' protocol does. A larger one is run as square tiles, each a multiple of the
+model's stride and as large as the ceiling allows, laid only over the unknown band of the trimap:
+a tile that holds no unknown pixel is never run, and known regions are copied from the trimap.
+Neighbouring tiles overlap by a quarter of the tile and are blended with linear ramps, so no seam
+falls where only one tile saw the context.
+
+Global context is, by design, limited to one tile: a model with image-level pooling (IndexNet's
+ASPP has none, but its deep receptive field is large) sees less of the image than in a whole pass.
+The README states the measured difference.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+# Memory of one pass besides the network's activations, per aligned input pixel: the normalised
+# float32 image and trimap, their concatenation and NCHW copy, and resize buffers (prepare), and the
+# raw output and its restored copy.
+PREPARE_BYTES_PER_PIXEL = 96
+MIN_TILE_STRIDES = 4  # a tile smaller than 4 strides has almost no context left
+OVERLAP_FRACTION = 4  # overlap = tile // 4
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
+          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
+
+
+def parse_memory(text: str | None) -> int | None:
+    """`"4GB"`, `"512MiB"`, `"1.5G"` -> bytes (binary units: 1 GB = 2**30); `None`, `""`, `"none"` -> None.
+
+    Raises:
+        ValueError: on anything else, naming the accepted forms.
+    """
+    if text is None or text.strip().lower() in ("", "none", "off", "0"):
+        return None
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r}: expected a size like 4GB, 512MB or 1.5G (or none)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def pass_bytes(h: int, w: int, cfg) -> int:
+    """Estimated peak memory of one model pass over an (h, w) input, after stride alignment."""
+    from mattecli.inference.pipeline import aligned_size
+
+    ah, aw = aligned_size(h, w, cfg.stride)
+    return ah * aw * (cfg.bytes_per_pixel + PREPARE_BYTES_PER_PIXEL)
+
+
+def tile_size(max_bytes: int, cfg) -> int:
+    """The largest square tile side (a multiple of the stride) whose pass fits `max_bytes`.
+
+    Raises:
+        ValueError: when not even a tile of MIN_TILE_STRIDES strides fits.
+    """
+    side = int((max_bytes / (cfg.bytes_per_pixel + PREPARE_BYTES_PER_PIXEL)) ** 0.5) // cfg.stride * cfg.stride
+    smallest = MIN_TILE_STRIDES * cfg.stride
+    if side < smallest:
+        need = pass_bytes(smallest, smallest, cfg)
+        raise ValueError(f"a memory ceiling of {max_bytes / 2**20:.0f} MiB is too small for this model: "
+                         f"the smallest tile ({smallest}x{smallest}) needs about {need / 2**20:.0f} MiB")
+    return side
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A window `[y0:y1, x0:x1]` of the image."""
+
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+
+def _starts(lo: int, hi: int, size: int, tile: int, overlap: int) -> list[int]:
+    """Origins of windows of `tile` inside [0, size) covering [lo, hi), evenly spread, adjacent
+    windows overlapping by at least `overlap`."""
+    if tile >= size:
+        return [0]
+    if hi - lo <= tile:  # one window, centred on the band so it sees context on both sides
+        return [min(max(0, lo - (tile - (hi - lo)) // 2), size - tile)]
+    first, last = min(lo, size - tile), hi - tile
+    n = -(-(last - first) // (tile - overlap)) + 1
+    return sorted({first + round(i * (last - first) / (n - 1)) for i in range(n)})
+
+
+def plan_tiles(trimap: np.ndarray, tile: int, overlap: int) -> list[Tile]:
+    """Square windows of side `tile` (clipped to the image) covering every unknown pixel (128).
+
+    Windows are laid on a regular grid over the bounding box of the unknown band, widened by the
+    overlap so that band pixels near the box's edge still get context; windows holding no unknown
+    pixel are dropped.
+    """
+    h, w = trimap.shape
+    unknown = trimap == 128
+    rows, cols = np.flatnonzero(unknown.any(1)), np.flatnonzero(unknown.any(0))
+    if rows.size == 0:
+        return []
+    y_lo, y_hi = max(0, rows[0] - overlap // 2), min(h, rows[-1] + 1 + overlap // 2)
+    x_lo, x_hi = max(0, cols[0] - overlap // 2), min(w, cols[-1] + 1 + overlap // 2)
+    # summed-area table: count unknown pixels in any window in O(1)
+    sat = np.pad(unknown.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    tiles = []
+    for y0 in _starts(y_lo, y_hi, h, tile, overlap):
+        for x0 in _starts(x_lo, x_hi, w, tile, overlap):
+            y1, x1 = min(h, y0 + tile), min(w, x0 + tile)
+            if sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0] > 0:
+                tiles.append(Tile(y0, x0, y1, x1))
+    return tiles
+
+
+def _ramp(length: int, overlap: int, fade_start: bool, fade_end: bool) -> np.ndarray:
+    ramp = np.ones(length, np.float32)
+    n = min(overlap, length // 2)
+    if n > 0:
+        steps = (np.arange(n, dtype=np.float32) + 1) / (n + 1)
+        if fade_start:
+            ramp[:n] = steps
+        if fade_end:
+            ramp[length - n:] = steps[::-1]
+    return ramp
+
+
+def blend_tiles(predict, image: np.ndarray, trimap: np.ndarray, tiles: list[Tile], overlap: int) -> np.ndarray:
+    """Run `predict(image_tile, trimap_tile) -> float alpha * 255` on each tile and blend.
+
+    Each tile's weight ramps linearly from the tile's edge over `overlap` pixels, except along the
+    image's own border, where no neighbour can take over. Pixels no tile covered are 0 (they are
+    known pixels; the caller copies the trimap there).
+    """
+    h, w = trimap.shape
+    acc = np.zeros((h, w), np.float32)
+    weight = np.zeros((h, w), np.float32)
+    for t in tiles:
+        pred = predict(image[t.y0:t.y1, t.x0:t.x1], trimap[t.y0:t.y1, t.x0:t.x1])
+        wy = _ramp(t.y1 - t.y0, overlap, t.y0 > 0, t.y1 < h)
+        wx = _ramp(t.x1 - t.x0, overlap, t.x0 > 0, t.x1 < w)
+        tile_weight = wy[:, None] * wx[None, :]
+        acc[t.y0:t.y1, t.x0:t.x1] += pred * tile_weight
+        weight[t.y0:t.y1, t.x0:t.x1] += tile_weight
+    np.divide(acc, weight, out=acc, where=weight > 0)
+    return acc

@@ -1,0 +1,136 @@
+"""Folder runs: skipping and resuming, interruption, shards, never writing over inputs."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mattecli.errors import UsageError
+from mattecli.imageio import read_gray
+from mattecli.inference.batch import find_pairs, infer_folder, parse_shard
+from tests.infer_helpers import FakePipeline, make_pairs
+
+ALL = ("alpha", "fg", "rgba", "composite")
+
+
+@pytest.fixture
+def green():
+    from mattecli.inference.outputs import Background
+
+    return Background.parse("#00ff00")
+
+
+def test_every_requested_output_is_written(tmp_path, green):
+    images = make_pairs(tmp_path / "in", ["a", "b c", "ünï"])
+    report = infer_folder(FakePipeline(), images, tmp_path / "out", save=ALL, background=green, progress=False)
+    assert sorted(report.done) and not report.failed and not report.skipped
+    for stem in ("a", "b c", "ünï"):
+        for path in (f"{stem}.png", f"fg/{stem}.png", f"rgba/{stem}.png", f"composite/{stem}.png"):
+            assert (tmp_path / "out" / path).is_file(), path
+    assert not list((tmp_path / "out").rglob(".*"))  # no temporary files left
+
+
+def test_an_item_is_done_only_when_all_its_outputs_exist(tmp_path, green):
+    images = make_pairs(tmp_path / "in", ["a", "b", "c"])
+    out = tmp_path / "out"
+    infer_folder(FakePipeline(), images, out, save=("alpha",), progress=False)
+    fake = FakePipeline()  # alpha exists for all; fg asked for now: every item is redone...
+    report = infer_folder(fake, images, out, save=("alpha", "fg"), progress=False)
+    assert len(report.done) == 3 and fake.calls == 0  # ...reusing the alpha on disk, not the model
+    (out / "fg" / "b.png").unlink()
+    before = (out / "fg" / "a.png").stat().st_mtime_ns
+    report = infer_folder(FakePipeline(), images, out, save=("alpha", "fg"), progress=False)
+    assert report.done == [str(images / "b.png")] and len(report.skipped) == 2
+    assert (out / "fg" / "a.png").stat().st_mtime_ns == before
+    report = infer_folder(FakePipeline(), images, out, save=("alpha", "fg"), overwrite=True, progress=False)
+    assert len(report.done) == 3
+
+
+def test_ctrl_c_leaves_only_whole_files_and_a_rerun_finishes(tmp_path):
+    images = make_pairs(tmp_path / "in", [f"img{i}" for i in range(6)])
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        infer_folder(FakePipeline(fail_on_call=4), images, out, progress=False)
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["img0.png", "img1.png", "img2.png"]  # finished writes kept, nothing partial
+    assert all(read_gray(out / name).shape == (24, 32) for name in written)
+    fake = FakePipeline()
+    report = infer_folder(fake, images, out, progress=False)
+    assert len(report.skipped) == 3 and len(report.done) == 3 and fake.calls == 3
+
+
+def test_a_crash_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    from PIL import Image
+
+    images = make_pairs(tmp_path / "in", ["a"])
+    real_save = Image.Image.save
+
+    def dying_save(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        infer_folder(FakePipeline(), images, tmp_path / "out", progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    report = infer_folder(FakePipeline(), images, tmp_path / "out", progress=False)
+    assert len(report.done) == 1
+
+
+def test_shards_split_the_sorted_list_deterministically(tmp_path):
+    images = make_pairs(tmp_path / "in", [f"n{i:02d}" for i in range(10)])
+    (images / "zz_lonely.png").write_bytes((images / "n00.png").read_bytes())  # a failure belongs to one shard
+    everything, problems = find_pairs(images, None)
+    shards = [find_pairs(images, None, (k, 3)) for k in range(3)]
+    assert sorted(p for pairs, _ in shards for p in pairs) == sorted(everything)
+    assert sum(len(pr) for _, pr in shards) == len(problems) == 1
+    assert [len(pairs) + len(pr) for pairs, pr in shards] == [4, 4, 3]  # sizes differ by at most one
+    assert shards[0][0][0][0].name == "n00.png" and shards[1][0][0][0].name == "n01.png"  # 0-based, strided
+    assert find_pairs(images, None, (1, 3)) == shards[1]
+
+
+@pytest.mark.parametrize("text", ["3/3", "-1/3", "1/0", "a/b", "1", "1/2/3", "1.5/3"])
+def test_bad_shards_are_usage_errors(text):
+    with pytest.raises(UsageError, match="0-based|K/N"):
+        parse_shard(text)
+
+
+def test_bad_shard_exits_2_with_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "mattecli", "infer", "--weights", tmp_path / "w.safetensors",
+                          "--images", tmp_path, "--out", tmp_path / "o", "--shard", "4/4"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "0-based" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_outputs_never_overwrite_inputs(tmp_path):
+    images = make_pairs(tmp_path / "in", ["a"])
+    original = (images / "a.png").read_bytes()
+    report = infer_folder(FakePipeline(), images, images, progress=False)  # --out = the image folder
+    assert report.failed and "would overwrite an input" in report.failed[0][1]
+    assert (images / "a.png").read_bytes() == original
+
+
+def test_decoding_ahead_is_bounded(tmp_path, monkeypatch):
+    import time
+
+    import mattecli.inference.batch as batch
+
+    images = make_pairs(tmp_path / "in", [f"i{i}" for i in range(12)])
+    loaded = []
+    real_load = batch._load
+    monkeypatch.setattr(batch, "_load", lambda item, overwrite: loaded.append(1) or real_load(item, overwrite))
+
+    class Slow(FakePipeline):
+        ahead = 0
+
+        def matte(self, image, trimap):
+            time.sleep(0.02)  # a slow model: decoding would run far ahead if nothing bounded it
+            Slow.ahead = max(Slow.ahead, len(loaded) - self.calls)
+            return super().matte(image, trimap)
+
+    report = infer_folder(Slow(), images, tmp_path / "out", progress=False, prefetch=2, workers=4)
+    assert len(report.done) == 12
+    assert 1 <= Slow.ahead <= 3  # the item being run + at most `prefetch` decoded ahead

@@ -1,0 +1,126 @@
+"""Inputs as found in the wild, through `infer_folder` (what `matte infer` runs)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mattecli.imageio import read_gray, read_image
+from mattecli.inference.batch import infer_folder
+from tests.infer_helpers import FakePipeline
+
+H, W = 20, 30
+
+
+def trimap_png(path, h=H, w=W, exif_orientation=None):
+    trimap = np.zeros((h, w), np.uint8)
+    trimap[:, w // 3:] = 128
+    trimap[:, 2 * w // 3:] = 255
+    img = Image.fromarray(trimap)
+    if exif_orientation:
+        exif = img.getexif()
+        exif[0x0112] = exif_orientation
+        img.save(path, exif=exif)
+    else:
+        img.save(path)
+    return trimap
+
+
+def photo(h=H, w=W):
+    yy, xx = np.mgrid[:h, :w]
+    return np.stack([xx * 8, yy * 12, (xx + yy) * 4], axis=2).astype(np.uint8)
+
+
+def run(folder, tmp_path, pipeline=None):
+    pipeline = pipeline or FakePipeline()
+    report = infer_folder(pipeline, folder, tmp_path / "out", progress=False)
+    return report, pipeline
+
+
+def test_16bit_rgba_gray_cmyk_and_progressive_inputs(tmp_path):
+    import cv2
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rgb = photo()
+    cv2.imwrite(str(folder / "sixteen.png"), (rgb[..., ::-1].astype(np.uint16) * 257))
+    Image.fromarray(np.dstack([rgb, np.full((H, W), 7, np.uint8)]), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(rgb[..., 0]).save(folder / "gray.png")
+    Image.fromarray(rgb).convert("CMYK").save(folder / "cmyk.jpg", quality=95)
+    Image.fromarray(rgb).save(folder / "progressive.jpg", quality=95, progressive=True)
+    for stem in ("sixteen", "rgba", "gray", "cmyk", "progressive"):
+        trimap_png(folder / f"{stem}_trimap.png")
+    report, fake = run(folder, tmp_path)
+    assert not report.failed and len(report.done) == 5
+    assert fake.shapes == [(H, W)] * 5
+    assert np.array_equal(read_image(folder / "sixteen.png"), rgb)  # 16-bit scaled, not truncated to garbage
+    assert np.array_equal(read_image(folder / "rgba.png"), rgb)  # alpha dropped, colours kept
+    assert np.array_equal(read_image(folder / "gray.png"), np.repeat(rgb[..., :1], 3, axis=2))
+    for lossy in ("cmyk.jpg", "progressive.jpg"):
+        assert np.abs(read_image(folder / lossy).astype(int) - rgb).mean() < 6, lossy
+
+
+def test_exif_orientation_applies_to_image_and_trimap_alike(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img = Image.fromarray(photo())
+    exif = img.getexif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise (portrait)
+    img.save(folder / "turned.jpg", exif=exif, quality=95)
+    trimap_png(folder / "turned_trimap.png", exif_orientation=6)
+    report, fake = run(folder, tmp_path)
+    assert not report.failed, report.failed
+    assert fake.shapes == [(W, H)]  # as a viewer shows it
+    alpha = read_gray(tmp_path / "out" / "turned.png")
+    assert alpha.shape == (W, H)
+    assert (alpha[: W // 3] == 0).all()  # the trimap's left third (background) is now on top
+
+
+def test_exif_orientations_that_disagree_are_refused_with_the_reason(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    img = Image.fromarray(photo())
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(folder / "turned.jpg", exif=exif)
+    trimap_png(folder / "turned_trimap.png")  # no orientation tag
+    report, fake = run(folder, tmp_path)
+    assert fake.calls == 0 and len(report.failed) == 1
+    path, reason = report.failed[0]
+    assert path.endswith("turned_trimap.png")
+    assert "EXIF orientation" in reason and "rotated 90 CW" in reason and "none" in reason
+
+
+def test_trimap_of_another_size_names_both_sizes(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photo()).save(folder / "x.png")
+    trimap_png(folder / "x_trimap.png", h=H + 1)
+    report, _ = run(folder, tmp_path)
+    assert "trimap is 30x21 but image x.png is 30x20" in report.failed[0][1]
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "empty file"), (b"GIF89a garbage", "cannot decode")])
+def test_empty_and_unreadable_files_are_named_and_the_rest_goes_on(tmp_path, content, reason):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bad.png").write_bytes(content)
+    trimap_png(folder / "bad_trimap.png")
+    Image.fromarray(photo()).save(folder / "good one é.png")
+    trimap_png(folder / "good one é_trimap.png")
+    (folder / "bad trimap_trimap.png").write_bytes(content)  # a bad trimap too
+    Image.fromarray(photo()).save(folder / "bad trimap.png")
+    report, _ = run(folder, tmp_path)
+    assert report.done == [str(folder / "good one é.png")]
+    assert sorted(p.split("/")[-1] for p, _ in report.failed) == ["bad trimap_trimap.png", "bad.png"]
+    assert all(reason in r for _, r in report.failed)
+    assert (tmp_path / "out" / "good one é.png").is_file()
+
+
+def test_images_beyond_pillows_pixel_guard_are_named_not_fatal(tmp_path, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photo()).save(folder / "huge.png")
+    trimap_png(folder / "huge_trimap.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 600 pixels is then a "decompression bomb"
+    report, _ = run(folder, tmp_path)
+    assert len(report.failed) == 1 and "too many pixels" in report.failed[0][1]

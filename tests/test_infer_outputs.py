@@ -1,0 +1,123 @@
+"""Foreground estimation, straight RGBA, composites onto a colour or an image, and the CLI."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mattecli.imageio import read_gray, read_image, write_png
+from mattecli.inference.outputs import (Background, composite, estimate_foreground, output_paths, parse_color,
+                                        to_rgba)
+
+
+def soft_case(h=40, w=48):
+    fg = np.zeros((h, w, 3), np.uint8)
+    fg[:] = (200, 60, 30)
+    yy = np.linspace(0, 1, h)[:, None, None]
+    bg = (yy * (20, 220, 240) + (1 - yy) * (40, 120, 250)).repeat(w, 1).astype(np.float32)  # smooth, unlike fg
+    alpha = np.clip(np.linspace(-0.5, 1.5, w), 0, 1)[None, :].repeat(h, 0).astype(np.float32)
+    image = (alpha[..., None] * fg + (1 - alpha[..., None]) * bg + 0.5).astype(np.uint8)
+    return image, (alpha * 255 + 0.5).astype(np.uint8), fg
+
+
+def test_foreground_estimation_recovers_colours_under_soft_alpha():
+    image, alpha, fg = soft_case()
+    est = estimate_foreground(image, alpha)
+    soft = (alpha > 25) & (alpha < 230)
+    err_est = np.abs(est.astype(int) - fg)[soft].mean()
+    err_copy = np.abs(image.astype(int) - fg)[soft].mean()
+    assert est.shape == image.shape and est.dtype == np.uint8
+    assert err_est < err_copy / 3, (err_est, err_copy)
+
+
+def test_foreground_is_the_image_when_alpha_is_hard():
+    image, _, _ = soft_case()
+    alpha = np.where(np.arange(48)[None, :].repeat(40, 0) > 20, 255, 0).astype(np.uint8)
+    assert np.array_equal(estimate_foreground(image, alpha), image)
+
+
+def test_rgba_is_straight_not_premultiplied():
+    fg = np.full((2, 2, 3), 200, np.uint8)
+    alpha = np.array([[0, 64], [128, 255]], np.uint8)
+    rgba = to_rgba(fg, alpha)
+    assert rgba.shape == (2, 2, 4) and (rgba[..., :3] == 200).all() and np.array_equal(rgba[..., 3], alpha)
+
+
+def test_composite_onto_a_colour():
+    fg = np.full((1, 3, 3), 200, np.uint8)
+    alpha = np.array([[0, 128, 255]], np.uint8)
+    out = composite(fg, alpha, Background.parse("#00ff00").fit(1, 3))
+    assert out.tolist() == [[[0, 255, 0], [100, 227, 100], [200, 200, 200]]]
+
+
+@pytest.mark.parametrize("text, rgb", [("#00ff00", (0, 255, 0)), ("#0F0", (0, 255, 0)), ("10,20,30", (10, 20, 30)),
+                                       ("green", None), ("#12345", None), ("1,2,300", None)])
+def test_colours(text, rgb):
+    assert parse_color(text) == rgb
+
+
+def test_background_image_covers_and_is_centre_cropped(tmp_path):
+    bg = np.zeros((50, 100, 3), np.uint8)
+    bg[:, :, 0] = np.arange(100)[None, :]  # a horizontal ramp shows the crop
+    write_png(tmp_path / "bg.png", bg)
+    fitted = Background.parse(str(tmp_path / "bg.png")).fit(40, 40)  # scale 0.8 -> 80x40, crop x 20..60
+    assert fitted.shape == (40, 40, 3)
+    assert abs(int(fitted[20, 0, 0]) - 25) <= 2 and abs(int(fitted[20, 39, 0]) - 74) <= 2
+    enlarged = Background.parse(str(tmp_path / "bg.png")).fit(200, 100)  # scale 4 -> 400x200, crop x 150..250
+    assert enlarged.shape == (200, 100, 3) and abs(int(enlarged[100, 50, 0]) - 50) <= 2
+    with pytest.raises(ValueError, match="neither a colour"):
+        Background.parse(str(tmp_path / "missing.png"))
+
+
+def test_output_layout():
+    from pathlib import Path
+
+    paths = output_paths(Path("o"), "a b", ("alpha", "fg", "rgba", "composite"))
+    assert {k: str(v) for k, v in paths.items()} == {"alpha": "o/a b.png", "fg": "o/fg/a b.png",
+                                                      "rgba": "o/rgba/a b.png", "composite": "o/composite/a b.png"}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    recipe = load_recipe("indexnet-unet-maxunpool")
+    return save_weights(build_model(recipe), recipe, tmp_path_factory.mktemp("w") / "w.safetensors")
+
+
+def test_cli_writes_every_output_with_an_image_background(tmp_path, weights):
+    from tests.infer_helpers import make_pairs
+
+    images = make_pairs(tmp_path / "in", ["a photo", "ß"], size=(40, 56))
+    write_png(tmp_path / "bg.png", np.full((10, 10, 3), (0, 0, 255), np.uint8))
+    cmd = [sys.executable, "-m", "mattecli", "infer", "--weights", weights, "--images", images, "--out",
+           tmp_path / "out", "--save", "alpha,fg,rgba,composite", "--background", tmp_path / "bg.png"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "2 written" in res.stdout
+    alpha = read_gray(tmp_path / "out" / "ß.png")
+    rgba = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "out" / "rgba" / "ß.png"))
+    comp = read_image(tmp_path / "out" / "composite" / "ß.png")
+    assert rgba.shape == (40, 56, 4) and np.array_equal(rgba[..., 3], alpha)
+    assert (comp[alpha == 0] == (0, 0, 255)).all()  # the blue background where alpha is 0
+    assert read_image(tmp_path / "out" / "fg" / "ß.png").shape == (40, 56, 3)
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert "0 written" in res.stdout and "2 skipped" in res.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--save", "composite"], "needs --background"),
+    (["--background", "#fff"], "only used by --save composite"),
+    (["--save", "alpha,mask"], "choose from"),
+    (["--save", "composite", "--background", "nocolour"], "neither a colour"),
+    (["--max-memory", "lots"], "--max-memory"),
+    (["--max-memory", "1MB"], "too small"),
+])
+def test_contradictory_options_exit_2(tmp_path, weights, args, message):
+    (tmp_path / "in").mkdir()
+    res = subprocess.run([sys.executable, "-m", "mattecli", "infer", "--weights", weights, "--images",
+                          tmp_path / "in", "--out", tmp_path / "out", *args], capture_output=True, text=True)
+    assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -1,0 +1,129 @@
+"""The memory ceiling: whole image when it fits, tiles over the unknown band otherwise."""
+
+import numpy as np
+import pytest
+
+from mattecli.inference.pipeline import Pipeline
+from mattecli.inference.tiling import (PREPARE_BYTES_PER_PIXEL, blend_tiles, parse_memory, pass_bytes,
+                                       plan_tiles, tile_size)
+from mattecli.recipes import InferConfig
+
+CFG = InferConfig(align="pad", stride=16, bytes_per_pixel=1000)
+
+
+def ceiling_for(side, cfg=CFG):
+    return side * side * (cfg.bytes_per_pixel + PREPARE_BYTES_PER_PIXEL)
+
+
+def pointwise_backend(x):
+    """A 'model' whose output at a pixel depends on that pixel only: tiling must not change it."""
+    return 1 / (1 + np.exp(-(x[:, :3].sum(1, keepdims=True) + x[:, 3:4])))
+
+
+def band_case(h=150, w=170, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    trimap = np.zeros((h, w), np.uint8)
+    trimap[30:120, 40:150] = 128
+    trimap[60:90, 80:110] = 255
+    return image, trimap
+
+
+@pytest.mark.parametrize("text, value", [("4GB", 4 * 2**30), ("512MB", 512 * 2**20), ("1.5G", int(1.5 * 2**30)),
+                                         ("none", None), (None, None), ("2 GiB", 2 * 2**30)])
+def test_parse_memory(text, value):
+    assert parse_memory(text) == value
+
+
+@pytest.mark.parametrize("text", ["lots", "4XB", "-1GB", "GB"])
+def test_parse_memory_refuses(text):
+    with pytest.raises(ValueError, match="expected a size"):
+        parse_memory(text)
+
+
+def test_tile_size_is_a_stride_multiple_within_the_ceiling():
+    side = tile_size(ceiling_for(100), CFG)
+    assert side == 96 and pass_bytes(side, side, CFG) <= ceiling_for(100)
+    with pytest.raises(ValueError, match="too small"):
+        tile_size(ceiling_for(40), CFG)
+
+
+def test_tiles_cover_every_unknown_pixel_and_skip_known_regions():
+    trimap = np.zeros((300, 400), np.uint8)
+    trimap[10:20, 10:30] = 128  # a small band in one corner...
+    trimap[250:290, 300:390] = 128  # ...and another in the opposite one
+    tiles = plan_tiles(trimap, 64, 16)
+    covered = np.zeros(trimap.shape, bool)
+    for t in tiles:
+        assert 0 <= t.y0 < t.y1 <= 300 and 0 <= t.x0 < t.x1 <= 400
+        assert t.y1 - t.y0 <= 64 and t.x1 - t.x0 <= 64
+        assert (trimap[t.y0:t.y1, t.x0:t.x1] == 128).any()  # no tile over known pixels only
+        covered[t.y0:t.y1, t.x0:t.x1] = True
+    assert covered[trimap == 128].all()
+    assert len(tiles) < 12  # the grid over the bounding box has 42 windows; most hold no unknown pixel
+    assert plan_tiles(np.zeros((50, 50), np.uint8), 64, 16) == []
+
+
+def test_tiled_equals_whole_for_a_model_without_context():
+    image, trimap = band_case()
+    whole, how = Pipeline(pointwise_backend, CFG).matte(image, trimap)
+    assert how == "whole"
+    tiled, how = Pipeline(pointwise_backend, CFG, max_bytes=ceiling_for(64)).matte(image, trimap)
+    assert how.startswith("tiled:") and "64x64" in how
+    diff = np.abs(whole.astype(int) - tiled.astype(int))
+    assert diff.max() <= 1  # blending weights sum to one: only float rounding before truncation
+    assert np.array_equal(tiled[trimap != 128], trimap[trimap != 128])
+
+
+def test_blend_ramps_hide_seams():
+    """Two tiles predicting different constants: inside the overlap the blend moves monotonically."""
+    from mattecli.inference.tiling import Tile
+
+    trimap = np.full((32, 100), 128, np.uint8)
+    image = np.zeros((32, 100, 3), np.uint8)
+    tiles = [Tile(0, 0, 32, 64), Tile(0, 36, 32, 100)]
+    values = iter([np.float32(0), np.float32(200)])
+    out = blend_tiles(lambda im, tri: np.full(tri.shape, next(values), np.float32), image, trimap, tiles, 16)
+    row = out[0]
+    assert (row[:36] == 0).all() and (row[64:] == 200).all()
+    assert (np.diff(row[36:64]) >= 0).all() and np.diff(row).max() < 30  # a ramp, not a step of 200
+
+
+def test_no_unknown_pixels_means_no_model_pass():
+    def fail(_):
+        raise AssertionError("the model ran")
+
+    trimap = np.zeros((200, 200), np.uint8)
+    trimap[50:] = 255
+    alpha, how = Pipeline(fail, CFG, max_bytes=ceiling_for(64)).matte(np.zeros((200, 200, 3), np.uint8), trimap)
+    assert how == "no unknown pixels" and np.array_equal(alpha, trimap)
+
+
+def test_a_real_model_runs_tiled_close_to_the_whole_image():
+    import torch
+
+    from mattecli.imageio import read_image, read_trimap
+    from mattecli.inference.backends import TorchBackend
+    from mattecli.inference.pipeline import prepare
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from tests.conftest import LEMUR
+
+    recipe = load_recipe("indexnet-m2o-nl-ctx")  # its random features are not mostly zero
+    torch.manual_seed(0)
+    model = build_model(recipe).eval()
+    image = read_image(LEMUR / "lemur.png")[80:336, 160:544]
+    trimap = read_trimap(LEMUR / "lemur_trimap.png")[0][80:336, 160:544]
+    backend = TorchBackend(model, recipe)
+    with torch.no_grad():  # a local-mean head scaled to a median of 0.5, so few pixels clip (see tiling_error.py)
+        head = model.pred[-1].weight
+        head.fill_(1.0 / head[0, 0].numel())
+        raw = backend(prepare(image, trimap, recipe.infer))[0, 0]
+        head.mul_(0.5 / float(np.median(raw[:256, :384][trimap == 128])))
+    whole = Pipeline(backend, recipe.infer).predict(image, trimap)
+    tiled, how = Pipeline(backend, recipe.infer, max_bytes=ceiling_for(160, recipe.infer)).matte(image, trimap)
+    assert how.startswith("tiled:")
+    unknown = trimap == 128
+    assert ((whole[unknown] > 0) & (whole[unknown] < 255)).mean() > 0.2  # the comparison is not all clipped
+    diff = np.abs(whole.astype(int) - tiled.astype(int))[unknown]
+    assert diff.mean() < 3 and diff.max() < 64 and np.array_equal(whole[~unknown], tiled[~unknown])
