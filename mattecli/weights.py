@@ -103,7 +103,7 @@ def load_torch_checkpoint(path: str | Path) -> dict:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
-        tensors[key[len("module."):] if key.startswith("module.") else key] = value
+        tensors[_strip_module(key)] = value
     return tensors
 
 
@@ -125,19 +125,22 @@ def detect_indexnet_variant(state: dict) -> str:
     return f"indexnet-{kind}-{'nl' if nonlinear else 'lin'}{'-ctx' if context else ''}"
 
 
-def import_indexnet_official(src: str | Path, recipe_name: str | None = None):
-    """The authors' IndexNet checkpoint -> (model, recipe). Their parameter names are ours."""
+def _imported_model(state: dict, src, recipe_name: str | None, family: str, detect):
+    """Build the recipe's model (named, or detected from the tensors) and fill it strictly."""
     from mattecli.models import build_model
     from mattecli.recipes import load_recipe
 
-    state = load_torch_checkpoint(src)
-    recipe = load_recipe(recipe_name or detect_indexnet_variant(state))
-    if recipe.family != "indexnet":
-        raise UsageError(f"--recipe {recipe.name} is a {recipe.family} recipe, not an IndexNet one")
+    recipe = load_recipe(recipe_name or detect(state))
+    if recipe.family != family:
+        raise UsageError(f"--recipe {recipe.name} is a {recipe.family} recipe, not a {family} one")
     model = build_model(recipe)
     load_state_strict(model, state, str(src))
     return model, recipe
 
+
+def import_indexnet_official(src: str | Path, recipe_name: str | None = None):
+    """The authors' IndexNet checkpoint -> (model, recipe). Their parameter names are ours."""
+    return _imported_model(load_torch_checkpoint(src), src, recipe_name, "indexnet", detect_indexnet_variant)
 
 def _strip_module(name: str) -> str:
     return name[len("module."):] if name.startswith("module.") else name
@@ -205,17 +208,8 @@ def detect_a2u_variant(state_dict: Mapping[str, object]) -> str:
 
 def import_a2u_official(src: str | Path, recipe_name: str | None = None):
     """The A2U authors' released checkpoint (cs or cw) -> (model, recipe)."""
-    from mattecli.models import build_model
-    from mattecli.recipes import load_recipe
-
     state = a2u_state_from_official(load_torch_checkpoint(src))
-    recipe = load_recipe(recipe_name or detect_a2u_variant(state))
-    if recipe.family != "a2u":
-        raise UsageError(f"--recipe {recipe.name} is a {recipe.family} recipe, not an A2U one")
-    model = build_model(recipe)
-    load_state_strict(model, state, str(src))
-    return model, recipe
-
+    return _imported_model(state, src, recipe_name, "a2u", detect_a2u_variant)
 
 # name -> (function(src, recipe_name) -> (model, recipe)); `matte convert --from NAME`
 IMPORTERS = {
