@@ -21,9 +21,11 @@ def green():
     return Background.parse("#00ff00")
 
 
-def test_every_requested_output_is_written(tmp_path, green):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_requested_output_is_written(tmp_path, green, workers):
     images = make_pairs(tmp_path / "in", ["a", "b c", "ünï"])
-    report = infer_folder(FakePipeline(), images, tmp_path / "out", save=ALL, background=green, progress=False)
+    report = infer_folder(FakePipeline(), images, tmp_path / "out", save=ALL, background=green, progress=False,
+                          workers=workers)
     assert sorted(report.done) and not report.failed and not report.skipped
     for stem in ("a", "b c", "ünï"):
         for path in (f"{stem}.png", f"fg/{stem}.png", f"rgba/{stem}.png", f"composite/{stem}.png"):
@@ -47,11 +49,12 @@ def test_an_item_is_done_only_when_all_its_outputs_exist(tmp_path, green):
     assert len(report.done) == 3
 
 
-def test_ctrl_c_leaves_only_whole_files_and_a_rerun_finishes(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ctrl_c_leaves_only_whole_files_and_a_rerun_finishes(tmp_path, workers):
     images = make_pairs(tmp_path / "in", [f"img{i}" for i in range(6)])
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        infer_folder(FakePipeline(fail_on_call=4), images, out, progress=False)
+        infer_folder(FakePipeline(fail_on_call=4), images, out, progress=False, workers=workers)
     written = sorted(p.name for p in out.iterdir())
     assert written == ["img0.png", "img1.png", "img2.png"]  # finished writes kept, nothing partial
     assert all(read_gray(out / name).shape == (24, 32) for name in written)
