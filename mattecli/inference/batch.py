@@ -1,8 +1,9 @@
 """Folder-level inference: pair images with trimaps, run the pipeline, write outputs atomically,
 skip what is done, name every failure with its reason and go on with the rest.
 
-Decoding and encoding run in a small thread pool while the model runs in the calling thread
-(PIL, OpenCV, numba and torch release the GIL in their heavy loops). Both sides are bounded
+With `workers > 0`, decoding and encoding run in a small thread pool while the model runs in the
+calling thread (PIL, OpenCV, numba and torch release the GIL in their heavy loops); with 0 they run
+in turn with the model (better on a CPU, where the model uses every core). Both sides are bounded
 (`prefetch` decoded items waiting for the model, `prefetch` items waiting to be written), so memory
 stays bounded whatever the folder's size.
 """
@@ -143,7 +144,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         targets = output_paths(out, image_path.stem, save)
         clash = [t for t in targets.values() if t.resolve() in inputs]
         if clash:
-            report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; choose another --out"))
+            report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
+                                                   "choose another --out"))
         elif not overwrite and all(t.exists() for t in targets.values()):
             report.skipped.append(str(image_path))
         else:
