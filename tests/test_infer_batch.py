@@ -136,3 +136,19 @@ def test_decoding_ahead_is_bounded(tmp_path, monkeypatch):
     report = infer_folder(Slow(), images, tmp_path / "out", progress=False, prefetch=2, workers=4)
     assert len(report.done) == 12
     assert 1 <= Slow.ahead <= 3  # the item being run + at most `prefetch` decoded ahead
+
+
+def test_temporary_files_of_a_killed_run_are_removed_once_old(tmp_path):
+    import os
+    import time
+
+    images = make_pairs(tmp_path / "in", ["a"])
+    out = tmp_path / "out"
+    (out / "fg").mkdir(parents=True)
+    old, young = out / "fg" / ".a.k3j4.png.tmp", out / ".b.x9y8.png.tmp"
+    old.write_bytes(b"half")
+    young.write_bytes(b"half")  # may belong to another shard writing right now
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    infer_folder(FakePipeline(), images, out, save=("alpha", "fg"), progress=False)
+    assert not old.exists() and young.exists()
