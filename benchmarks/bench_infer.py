@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--save", default="alpha,fg,rgba,composite")
     parser.add_argument("--max-memory", default="none", help="as matte infer's (none: whole-image passes)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the model's device)")
     args = parser.parse_args()
     w, h = map(int, args.size.split("x"))
     save = tuple(args.save.split(","))
@@ -86,7 +87,8 @@ def main() -> None:
     recipe = load_recipe(args.recipe)
     torch.manual_seed(0)
     model = build_model(recipe).eval()
-    pipeline = Pipeline(TorchBackend(model, recipe), recipe.infer, max_bytes=parse_memory(args.max_memory))
+    pipeline = Pipeline(TorchBackend(model, recipe, args.device), recipe.infer,
+                        max_bytes=parse_memory(args.max_memory))
     background = Background.parse("#00ff00")
     work = Path(tempfile.mkdtemp(prefix="bench_infer_"))
     try:
@@ -113,7 +115,8 @@ def main() -> None:
                 best[name] = min(best[name], time.perf_counter() - t)
                 assert done == args.count
         print(f"{args.count} images {w}x{h}, {args.recipe} (seeded random), save {args.save}, "
-              f"max-memory {args.max_memory}, torch threads {torch.get_num_threads()}, workers {args.workers}")
+              f"max-memory {args.max_memory}, device {args.device}, torch threads {torch.get_num_threads()}, "
+              f"workers {args.workers}")
         for name, seconds in best.items():
             print(f"{name:13s}: {seconds:7.1f} s, {args.count / seconds:.3f} images/s")
         print(f"ratio infer_folder / naive: {best['naive loop'] / best['infer_folder']:.2f}x")

@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from mattecli.errors import UsageError
@@ -21,9 +20,11 @@ def green():
     return Background.parse("#00ff00")
 
 
-def test_every_requested_output_is_written(tmp_path, green):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_requested_output_is_written(tmp_path, green, workers):
     images = make_pairs(tmp_path / "in", ["a", "b c", "ünï"])
-    report = infer_folder(FakePipeline(), images, tmp_path / "out", save=ALL, background=green, progress=False)
+    report = infer_folder(FakePipeline(), images, tmp_path / "out", save=ALL, background=green, progress=False,
+                          workers=workers)
     assert sorted(report.done) and not report.failed and not report.skipped
     for stem in ("a", "b c", "ünï"):
         for path in (f"{stem}.png", f"fg/{stem}.png", f"rgba/{stem}.png", f"composite/{stem}.png"):
@@ -47,11 +48,12 @@ def test_an_item_is_done_only_when_all_its_outputs_exist(tmp_path, green):
     assert len(report.done) == 3
 
 
-def test_ctrl_c_leaves_only_whole_files_and_a_rerun_finishes(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ctrl_c_leaves_only_whole_files_and_a_rerun_finishes(tmp_path, workers):
     images = make_pairs(tmp_path / "in", [f"img{i}" for i in range(6)])
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        infer_folder(FakePipeline(fail_on_call=4), images, out, progress=False)
+        infer_folder(FakePipeline(fail_on_call=4), images, out, progress=False, workers=workers)
     written = sorted(p.name for p in out.iterdir())
     assert written == ["img0.png", "img1.png", "img2.png"]  # finished writes kept, nothing partial
     assert all(read_gray(out / name).shape == (24, 32) for name in written)
@@ -134,3 +136,19 @@ def test_decoding_ahead_is_bounded(tmp_path, monkeypatch):
     report = infer_folder(Slow(), images, tmp_path / "out", progress=False, prefetch=2, workers=4)
     assert len(report.done) == 12
     assert 1 <= Slow.ahead <= 3  # the item being run + at most `prefetch` decoded ahead
+
+
+def test_temporary_files_of_a_killed_run_are_removed_once_old(tmp_path):
+    import os
+    import time
+
+    images = make_pairs(tmp_path / "in", ["a"])
+    out = tmp_path / "out"
+    (out / "fg").mkdir(parents=True)
+    old, young = out / "fg" / ".a.k3j4.png.tmp", out / ".b.x9y8.png.tmp"
+    old.write_bytes(b"half")
+    young.write_bytes(b"half")  # may belong to another shard writing right now
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    infer_folder(FakePipeline(), images, out, save=("alpha", "fg"), progress=False)
+    assert not old.exists() and young.exists()

@@ -1,8 +1,9 @@
 """Folder-level inference: pair images with trimaps, run the pipeline, write outputs atomically,
 skip what is done, name every failure with its reason and go on with the rest.
 
-Decoding and encoding run in a small thread pool while the model runs in the calling thread
-(PIL, OpenCV, numba and torch release the GIL in their heavy loops). Both sides are bounded
+With `workers > 0`, decoding and encoding run in a small thread pool while the model runs in the
+calling thread (PIL, OpenCV, numba and torch release the GIL in their heavy loops); with 0 they run
+in turn with the model (better on a CPU, where the model uses every core). Both sides are bounded
 (`prefetch` decoded items waiting for the model, `prefetch` items waiting to be written), so memory
 stays bounded whatever the folder's size.
 """
@@ -10,6 +11,7 @@ stays bounded whatever the folder's size.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -119,7 +121,9 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         save: output kinds to write.
         background: an `outputs.Background`, required for "composite".
         shard: (K, N), 0-based: process only `sorted_images[K::N]`.
-        workers: threads decoding inputs and encoding outputs.
+        workers: threads decoding inputs and encoding outputs while the model runs; 0 runs them
+            in turn with the model in the calling thread (better when the model already uses
+            every CPU core, see README "Throughput").
         prefetch: items decoded ahead of the model, and items queued for writing (the memory bound).
 
     Returns:
@@ -140,13 +144,14 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         targets = output_paths(out, image_path.stem, save)
         clash = [t for t in targets.values() if t.resolve() in inputs]
         if clash:
-            report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; choose another --out"))
+            report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
+                                                   "choose another --out"))
         elif not overwrite and all(t.exists() for t in targets.values()):
             report.skipped.append(str(image_path))
         else:
             todo.append(_Item(image_path, trimap_path, targets))
 
-    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="matte-io")
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="matte-io") if workers > 0 else _Inline()
     reads: deque[tuple[_Item, Future]] = deque()
     writes: deque[tuple[_Item, Future]] = deque()
     queue = iter(todo)
@@ -196,6 +201,21 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     return report
 
 
+class _Inline:
+    """The executor interface, running each task at once in the calling thread (`workers=0`)."""
+
+    def submit(self, fn, *args) -> Future:
+        future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as err:  # noqa: BLE001 - delivered through the future, as a pool would
+            future.set_exception(err)
+        return future
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
 def _load(item: _Item, overwrite: bool):
     """Decode one item: (image, trimap, existing alpha or None, notes). Runs in a worker thread."""
     image = read_image(item.image_path, apply_exif=True)
@@ -224,6 +244,12 @@ def _load(item: _Item, overwrite: bool):
 def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background) -> None:
     from mattecli.inference.outputs import write_outputs
 
+    if any(kind != "alpha" for kind in item.targets) and threading.current_thread() is not threading.main_thread():
+        import numba
+
+        # The model already uses every core; a parallel foreground estimation beside it would
+        # oversubscribe them (numba's thread count is per calling thread, so this stays local).
+        numba.set_num_threads(1)
     write_outputs(item.targets, image, alpha, background)
 
 
