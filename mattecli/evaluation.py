@@ -222,12 +222,9 @@ class _Runner:
 
 
 def _progress(total: int, description: str, console=None):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from mattecli.progress import progress_bar
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                        console=console, transient=False)
+    progress = progress_bar(console=console)
     return progress, progress.add_task(description, total=total)
 
 

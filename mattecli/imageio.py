@@ -133,6 +133,25 @@ def atomic_write(path: str | Path, write) -> Path:
     return path
 
 
+def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: float = 0.0) -> int:
+    """Delete the temporary files `atomic_write` leaves when its process is killed mid-write
+    (SIGKILL, power loss); only those older than `older_than` seconds, so a live writer sharing the
+    folder keeps its own. Returns how many were removed."""
+    import time
+
+    folder, now, removed = Path(folder), time.time(), 0
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.glob(pattern):
+        try:
+            if now - tmp.stat().st_mtime >= older_than:
+                tmp.unlink()
+                removed += 1
+        except OSError:  # vanished meanwhile (renamed by its writer, or removed by another run)
+            pass
+    return removed
+
+
 def write_png(path: str | Path, array: np.ndarray) -> Path:
     """Write a uint8 gray (H, W), RGB or RGBA array as PNG, atomically."""
     from PIL import Image

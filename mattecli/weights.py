@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mattecli.errors import UsageError
 from mattecli.imageio import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "matte-weights/1"
 
@@ -28,9 +32,7 @@ def save_weights(model, recipe, path: str | Path) -> Path:
 
 def read_weights(path: str | Path):
     """-> (recipe, state_dict) of a weights file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from mattecli.recipes import recipe_from_dict
 
@@ -38,9 +40,9 @@ def read_weights(path: str | Path):
     if not path.is_file():
         raise UsageError(f"{path}: no such weights file")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt") as f:  # one read for metadata and tensors
             meta = f.metadata() or {}
-        state = load_file(str(path))
+            state = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
     if "recipe" not in meta:

@@ -47,8 +47,6 @@ def test_usage_errors_are_one_line_exit_2(tmp_path):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    import torch
-
     from tests.test_weights import official_checkpoint
 
     tmp = tmp_path_factory.mktemp("w")

@@ -29,7 +29,7 @@ def tiny(iters, **extra):
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(synth, tmp_path):
-    full = train(TrainOptions(tiny(6), synth, tmp_path / "full", progress=False, seed=5))
+    train(TrainOptions(tiny(6), synth, tmp_path / "full", progress=False, seed=5))
     part = train(TrainOptions(tiny(3), synth, tmp_path / "part", progress=False, seed=5))
     assert part.iterations == 3
     resumed = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False, seed=5))

@@ -20,7 +20,7 @@ import numpy as np
 
 from mattecli.data.manifest import Sample, write_manifest
 from mattecli.errors import InputError, UsageError
-from mattecli.imageio import IMAGE_SUFFIXES, atomic_write, read_gray, read_image, write_png
+from mattecli.imageio import IMAGE_SUFFIXES, atomic_write, read_gray, read_image, remove_stale_temps, write_png
 
 ADOBE_PER_FG = {"train": 100, "test": 20}
 D646_PER_FG = {"train": 80, "test": 20}
@@ -226,21 +226,21 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def remove_stale_temps(out: Path) -> None:
-    """Delete temp files a killed run left behind (atomic writes use `.{stem}.*.tmp` names)."""
-    if out.is_dir():
-        for tmp in out.glob("*/.*.tmp"):
-            tmp.unlink(missing_ok=True)
+def remove_stale_split_temps(split_dir: Path) -> None:
+    """Delete temp files a killed run left in the split's output folders (a split is written by
+    one run at a time, so every temp file there is stale)."""
+    if split_dir.is_dir():
+        for folder in split_dir.iterdir():
+            remove_stale_temps(folder)
 
 
 def run_jobs(jobs: list[ForegroundJob], workers: int, label: str) -> tuple[list[Sample], list[str]]:
     """Run jobs over `workers` processes with a progress bar; samples come back in plan order."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from mattecli.progress import progress_bar
 
     total = sum(len(j.composites) for j in jobs)
     results: list[JobResult | None] = [None] * len(jobs)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as progress:
+    with progress_bar() as progress:
         task = progress.add_task(label, total=total)
         if workers <= 1:
             for i, job in enumerate(jobs):
@@ -294,7 +294,7 @@ def _splits(split: str) -> list[str]:
 def _finish(out: Path, split: str, jobs: list[ForegroundJob], workers: int, label: str,
             report: PrepareReport) -> None:
     split_dir = out / split
-    remove_stale_temps(split_dir)
+    remove_stale_split_temps(split_dir)
     samples, errors = run_jobs(jobs, workers, label)
     report.manifests[split] = write_manifest(split_dir, samples)
     report.counts[split] = len(samples)

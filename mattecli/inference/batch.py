@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.imageio import EXIF_ORIENTATIONS, exif_orientation, list_images, read_gray, read_image, read_trimap
+from mattecli.imageio import (EXIF_ORIENTATIONS, exif_orientation, list_images, read_gray, read_image, read_trimap,
+                              remove_stale_temps)
 
 TRIMAP_SUFFIX = "_trimap"
 STALE_TEMP_SECONDS = 3600  # a temporary output this old belongs to no live writer
@@ -264,20 +264,10 @@ def _record(report: BatchReport, item: _Item, future: Future) -> None:
 
 
 def _remove_stale_temps(out: Path, save) -> None:
-    """Temporary files of writers killed mid-write (SIGKILL, power loss) are removed once old.
-
-    Young ones may belong to another shard writing into the same folder right now, so they stay.
-    """
-    now = time.time()
+    """Young temporary files may belong to another shard writing into the same folder, so only
+    old ones are removed."""
     for folder in [out] + [out / kind for kind in save if kind != "alpha"]:
-        if not folder.is_dir():
-            continue
-        for tmp in folder.glob(".*.png.tmp"):
-            try:
-                if now - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
-                    tmp.unlink()
-            except OSError:
-                pass
+        remove_stale_temps(folder, ".*.png.tmp", older_than=STALE_TEMP_SECONDS)
 
 
 class _progress:
@@ -289,11 +279,9 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from mattecli.progress import progress_bar
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            transient=False, console=None)
+        self.bar = progress_bar()
         self.bar.start()
         task = self.bar.add_task("infer", total=self.total)
         return lambda: self.bar.advance(task)

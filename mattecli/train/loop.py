@@ -300,10 +300,11 @@ class _Progress:
     def __init__(self, enabled: bool, total: int, start: int):
         self.bar = None
         if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import TextColumn
 
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TextColumn("ETA"), TimeRemainingColumn())
+            from mattecli.progress import progress_bar
+
+            self.bar = progress_bar(TextColumn("{task.fields[info]}"))
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, completed=start, info="")
 
