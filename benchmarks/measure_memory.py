@@ -6,27 +6,35 @@ and the allocator's first arenas are not counted.
 
     PYTHONPATH=. python benchmarks/measure_memory.py --recipes indexnet-m2o-nl-ctx,indexnet-unet-maxunpool \
         --sizes 512x512,1024x1024
+    PYTHONPATH=. python benchmarks/measure_memory.py --recipes tcp --sizes 2160x3840 --set model.tcp_tile=512
+
+The input has the channels the recipe's trimap encoding gives (4 scalar, 6 one-hot); `--set` overrides
+recipe values as `matte train --set` does. The peak before the pass (Python, torch, the weights) is
+printed too, so whole-process figures can be stated.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
 CHILD = r"""
-import resource, sys
+import json, resource, sys
 import numpy as np, torch
 from mattecli.models import build_model
 from mattecli.recipes import load_recipe
-name, h, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-model = build_model(load_recipe(name)).eval()
+name, h, w, sets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+recipe = load_recipe(name, sets)
+channels = 6 if recipe.infer.trimap == "onehot" else 4
+model = build_model(recipe).eval()
 with torch.inference_mode():
-    model(torch.zeros(1, 4, 64, 64))
+    model(torch.zeros(1, channels, 64, 64))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    model(torch.from_numpy(np.random.default_rng(0).random((1, 4, h, w), dtype=np.float32)))
+    model(torch.from_numpy(np.random.default_rng(0).random((1, channels, h, w), dtype=np.float32)))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) * 1024 / (h * w))
+print((peak - base) * 1024 / (h * w), base * 1024, peak * 1024)
 """
 
 
@@ -34,13 +42,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default="indexnet-m2o-nl-ctx,indexnet-unet-maxunpool,indexnet-unet-maxunpool-w1.4")
     parser.add_argument("--sizes", default="512x512,1024x1024")
+    parser.add_argument("--set", action="append", default=[], help="recipe override, e.g. model.tcp_tile=512")
     args = parser.parse_args()
     for name in args.recipes.split(","):
         for size in args.sizes.split(","):
             h, w = map(int, size.split("x"))
-            out = subprocess.run([sys.executable, "-c", CHILD, name, str(h), str(w)], check=True,
-                                 capture_output=True, text=True).stdout
-            print(f"{name:32s} {h}x{w}: {float(out):8.0f} bytes/pixel")
+            out = subprocess.run([sys.executable, "-c", CHILD, name, str(h), str(w), json.dumps(args.set)],
+                                 check=True, capture_output=True, text=True).stdout
+            per_pixel, base, peak = map(float, out.split())
+            print(f"{name:32s} {h}x{w} {' '.join(args.set)}: {per_pixel:8.0f} bytes/pixel "
+                  f"(peak RSS {peak / 2**30:.2f} GiB, {base / 2**30:.2f} GiB before the pass)")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 class DataConfig:
     """Training data: which pipeline (specs/data.md) and its main sizes."""
 
-    pipeline: str = "dim"  # dim (IndexNet) | gca (A2U) | tcp (TCP)
+    pipeline: str = "dim"  # dim (IndexNet) | gca (A2U) | tcp (TCP) | tcp-clean (TCP, one trimap)
     crop_size: int = 320
     val_every: int = 0  # iterations between validations; 0 = never
 
@@ -50,7 +50,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     amp: bool = True  # mixed precision (float16 autocast + loss scaling); CUDA only
     compile: bool = False  # torch.compile the network
-    loss: str = "dim"  # dim (0.5 alpha + 0.5 composition) | l1 | tcp
+    loss: str = "dim"  # dim (0.5 alpha + 0.5 composition) | l1 | alpha (Charbonnier) | tcp
     log_every: int = 10
     checkpoint_every: int = 500
 

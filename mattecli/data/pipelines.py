@@ -14,7 +14,8 @@ Each item is a dict of tensors (H = W = crop_size):
     alpha   float32 (1, H, W)  in [0, 1]
     trimap  uint8   (1, H, W)  0 background, 128 unknown, 255 foreground — the benchmark encoding,
                                so training feeds it through the same encoder as inference does
-    trimap2 uint8   (1, H, W)  `tcp` only: the noisier trimap for the textural path
+    trimap2 uint8   (1, H, W)  `tcp` only: the noisier trimap for the textural path (the training
+                               loop passes it to the model as a second input; `tcp-clean` has none)
     name    str
 """
 
@@ -206,7 +207,13 @@ def tcp_pipeline(ds: TrainingDataset, index: int, rng: np.random.Generator) -> d
     return arrays
 
 
-PIPELINES = {"dim": dim_pipeline, "gca": gca_pipeline, "tcp": tcp_pipeline}
+def tcp_clean_pipeline(ds: TrainingDataset, index: int, rng: np.random.Generator) -> dict:
+    """TCP without trimap robustness (the `tcp-no-robust` ablation): `tcp`'s first trimap and no
+    second one, so both paths of the model read the same trimap."""
+    return gca_pipeline(ds, index, rng, max_kernel=30)
+
+
+PIPELINES = {"dim": dim_pipeline, "gca": gca_pipeline, "tcp": tcp_pipeline, "tcp-clean": tcp_clean_pipeline}
 
 
 def build_dataset(data_config, manifest: str | Path, seed: int = 0) -> TrainingDataset:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from mattecli.models.a2u import A2UConfig, A2UMatting
 from mattecli.models.indexnet import IndexNetConfig, IndexNetMatting
+from mattecli.models.tcp import TCPConfig, TCPMatting
 
 FAMILIES = {
     "indexnet": (IndexNetConfig, IndexNetMatting),
     "a2u": (A2UConfig, A2UMatting),
+    "tcp": (TCPConfig, TCPMatting),
 }
 
 

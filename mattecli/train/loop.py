@@ -177,9 +177,11 @@ def train(opts: TrainOptions) -> TrainResult:
                 if cfg.freeze_encoder_bn:
                     _freeze_encoder_bn(model)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-                x = encode_batch(batch["image"], batch["trimap"], recipe.infer)
+                inputs = [encode_batch(batch["image"], batch["trimap"], recipe.infer)]
+                if "trimap2" in batch:  # a second trimap (tcp pipeline) is the model's second input
+                    inputs.append(encode_batch(batch["image"], batch["trimap2"], recipe.infer))
                 with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    pred = net(x)
+                    pred = net(*inputs)
                 loss = loss_fn(pred.float(), batch)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()

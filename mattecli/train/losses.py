@@ -29,6 +29,7 @@ def unknown_region(batch: dict) -> torch.Tensor:
 
 
 def alpha_loss(pred: torch.Tensor, batch: dict, region: torch.Tensor | None = None) -> torch.Tensor:
+    """Charbonnier alpha loss over `region` (default: the unknown region of `trimap`)."""
     region = unknown_region(batch) if region is None else region
     return _per_sample_mean(charbonnier(pred - batch["alpha"]), region)
 
@@ -55,4 +56,4 @@ def tcp_loss(pred: torch.Tensor, batch: dict, theta: float = 0.1) -> torch.Tenso
     return 0.9 * alpha_loss(pred, batch) + 0.1 * alpha_loss(pred, batch, background)
 
 
-LOSSES = {"dim": dim_loss, "l1": l1_loss, "tcp": tcp_loss}
+LOSSES = {"dim": dim_loss, "l1": l1_loss, "alpha": alpha_loss, "tcp": tcp_loss}
