@@ -8,9 +8,10 @@ and the allocator's first arenas are not counted.
         --sizes 512x512,1024x1024
     PYTHONPATH=. python benchmarks/measure_memory.py --recipes tcp --sizes 2160x3840 --set model.tcp_tile=512
 
-The input has the channels the recipe's trimap encoding gives (4 scalar, 6 one-hot); `--set` overrides
-recipe values as `matte train --set` does. The peak before the pass (Python, torch, the weights) is
-printed too, so whole-process figures can be stated.
+The input is aligned to the recipe's stride as the inference pipeline aligns it (bytes per aligned
+pixel, which `--max-memory` uses) and has the channels of the recipe's trimap encoding (4 scalar,
+6 one-hot); `--set` overrides recipe values as `matte train --set` does. The peak before the pass
+(Python, torch, the weights) is printed too, so whole-process figures can be stated.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mattecli.models import build_model
 from mattecli.recipes import load_recipe
 name, h, w, sets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 recipe = load_recipe(name, sets)
+h, w = -(-h // recipe.infer.stride) * recipe.infer.stride, -(-w // recipe.infer.stride) * recipe.infer.stride
 channels = 6 if recipe.infer.trimap == "onehot" else 4
 model = build_model(recipe).eval()
 with torch.inference_mode():
@@ -34,7 +36,7 @@ with torch.inference_mode():
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model(torch.from_numpy(np.random.default_rng(0).random((1, channels, h, w), dtype=np.float32)))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) * 1024 / (h * w), base * 1024, peak * 1024)
+print((peak - base) * 1024 / (h * w), base * 1024, peak * 1024, h, w)
 """
 
 
@@ -47,10 +49,12 @@ def main() -> None:
     for name in args.recipes.split(","):
         for size in args.sizes.split(","):
             h, w = map(int, size.split("x"))
-            out = subprocess.run([sys.executable, "-c", CHILD, name, str(h), str(w), json.dumps(args.set)],
-                                 check=True, capture_output=True, text=True).stdout
-            per_pixel, base, peak = map(float, out.split())
-            print(f"{name:32s} {h}x{w} {' '.join(args.set)}: {per_pixel:8.0f} bytes/pixel "
+            run = subprocess.run([sys.executable, "-c", CHILD, name, str(h), str(w), json.dumps(args.set)],
+                                 capture_output=True, text=True)
+            if run.returncode:
+                sys.exit(f"{name} {h}x{w}: the measuring process failed:\n{run.stderr[-2000:]}")
+            per_pixel, base, peak, ah, aw = map(float, run.stdout.split())
+            print(f"{name:32s} {h}x{w} (aligned {ah:.0f}x{aw:.0f}) {' '.join(args.set)}: {per_pixel:8.0f} bytes/pixel "
                   f"(peak RSS {peak / 2**30:.2f} GiB, {base / 2**30:.2f} GiB before the pass)")
 
 

@@ -49,7 +49,7 @@ def seeded(cfg: TCPConfig, seed: int = 0) -> TCPMatting:
         feats = model.encoder(x)
         model.decoder.head.weight /= model.decoder(feats).std()
         if cfg.textural:
-            sem = F.interpolate(model.textural.semantic(feats[cfg.ffu_layer]), size=(64, 64))
+            sem = model.textural.semantic(feats[cfg.ffu_layer])
             model.textural.refine[1].weight /= model.textural(x, sem).std()
     return model
 
@@ -168,8 +168,8 @@ def test_ffu_projection_commutes_with_the_nearest_resize():
 
 def test_textural_receptive_field_radius():
     model = seeded(TCPConfig(width=0.125, tcp_width=8)).double()
-    x = torch.randn(1, 6, 41, 43, dtype=torch.float64)
-    sem = torch.zeros(1, 8, 41, 43, dtype=torch.float64)
+    x = torch.randn(1, 6, 44, 44, dtype=torch.float64)
+    sem = torch.zeros(1, 8, 11, 11, dtype=torch.float64)  # 1/4 resolution, resized inside
     moved = x.clone()
     moved[0, :, 20, 21] += 1.0
     with torch.no_grad():

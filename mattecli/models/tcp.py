@@ -181,10 +181,30 @@ class TexturalPath(nn.Module):
         """The SP features at their own resolution, projected and scaled (not yet resized)."""
         return self.w_c * self.project(source)
 
-    def forward(self, x: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
-        """x (N, 6, H, W) and `semantic(...)` already resized to H x W -> raw (N, 1, H, W)."""
+    def resized(self, sem: torch.Tensor, window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """`sem` nearest-resized to full size, or only its full-size window [a:b, c:d].
+
+        A window resizes just the source cells that cover it, then cuts it out: equal to slicing
+        the whole resized map, without making it.
+        """
+        s = self.scale
+        if window is None:
+            return F.interpolate(sem, scale_factor=float(s), mode="nearest")
+        a, b, c, d = window
+        cells = sem[:, :, a // s:-(-b // s), c // s:-(-d // s)]
+        up = F.interpolate(cells, scale_factor=float(s), mode="nearest")
+        return up[:, :, a - a // s * s:b - a // s * s, c - c // s * s:d - c // s * s]
+
+    def forward(self, x: torch.Tensor, sem: torch.Tensor, window: tuple[int, int, int, int] | None = None
+                ) -> torch.Tensor:
+        """x (N, 6, H, W) and `semantic(...)` at the source resolution -> raw (N, 1, H, W).
+
+        With `window` (a, b, c, d), `x` is the full-size window [a:b, c:d] and so is the output.
+        """
         spatial = self.block2(self.block1(self.stem(x)))
-        fused = spatial + semantic if self.ffu == "add" else torch.cat([spatial, semantic], 1)
+        up = self.resized(sem, window)  # made only now: one full-size map fewer alive above
+        fused = spatial + up if self.ffu == "add" else torch.cat([spatial, up], 1)
+        del spatial, up
         return self.refine(fused)
 
 
@@ -237,25 +257,18 @@ class TCPMatting(nn.Module):
         return alpha if self.training else alpha.clamp(0, 1)
 
     def _textural(self, x: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
-        tcp, scale = self.textural, self.textural.scale
         tile = self.tcp_tile
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
         h, w = x.shape[2:]
         if self.training or exporting or tile == 0 or (h <= tile and w <= tile):
-            return tcp(x, F.interpolate(sem, scale_factor=float(scale), mode="nearest"))
+            return self.textural(x, sem)
         out = x.new_empty(x.shape[0], 1, h, w)
         r = TEXTURAL_RADIUS
         for y0 in range(0, h, tile):
             for x0 in range(0, w, tile):
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-                # the tile with a margin of the receptive-field radius (clipped at the image border)
+                # the tile with a margin of the receptive-field radius, clipped at the image border
                 a, b, c, d = max(y0 - r, 0), min(y1 + r, h), max(x0 - r, 0), min(x1 + r, w)
-                # the nearest-resized SP features over [a, b) x [c, d): resize only the source cells
-                # that cover it, then cut the window out
-                sa, sc = a // scale, c // scale
-                cells = sem[:, :, sa:-(-b // scale), sc:-(-d // scale)]
-                up = F.interpolate(cells, scale_factor=float(scale), mode="nearest")
-                up = up[:, :, a - sa * scale:b - sa * scale, c - sc * scale:d - sc * scale]
-                y = tcp(x[:, :, a:b, c:d], up)
+                y = self.textural(x[:, :, a:b, c:d], sem, (a, b, c, d))
                 out[:, :, y0:y1, x0:x1] = y[:, :, y0 - a:y1 - a, x0 - c:x1 - c]
         return out
