@@ -253,6 +253,15 @@ def test_tcp_loss_background_term_excludes_pixels_at_or_above_theta():
     assert tcp_loss(p, batch).item() == pytest.approx(0.0, abs=1e-5)
 
 
+def test_tcp_loss_background_term_skips_samples_without_background_pixels():
+    alpha = torch.tensor([[0.0, 0.5], [0.5, 0.6]]).view(2, 1, 1, 2)
+    batch = {"alpha": alpha, "trimap": torch.full((2, 1, 1, 2), 128, dtype=torch.uint8)}
+    pred = alpha.clone()
+    pred[0, ..., 0] += 0.4  # the only background pixel of the batch (sample 0)
+    # alpha term: sample 0 mean 0.2, sample 1 mean 0 -> 0.1; background term: sample 0 alone -> 0.4
+    assert tcp_loss(pred, batch).item() == pytest.approx(0.9 * 0.1 + 0.1 * 0.4, abs=1e-5)
+
+
 def test_noisy_trimap_statistics():
     """n and p uniform over 0..3, erosion and dilation equally likely, kernels uniform over their ranges."""
     steps = [tri.draw_noise_steps(np.random.default_rng(i)) for i in range(4000)]

@@ -17,11 +17,19 @@ def charbonnier(d: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(d * d + EPS * EPS)
 
 
-def _per_sample_mean(values: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """Sum of `values` over `region` / size of the region, per sample; then the batch mean."""
+def _per_sample_mean(values: torch.Tensor, region: torch.Tensor, skip_empty: bool = False) -> torch.Tensor:
+    """Sum of `values` over `region` / size of the region, per sample; then the batch mean.
+
+    A sample with an empty region contributes 0 to the batch mean, or, with `skip_empty`, is left
+    out of it (the mean is over the samples that have the region; 0 if none has).
+    """
     region = region.expand_as(values).to(values.dtype)
     dims = tuple(range(1, values.dim()))
-    return ((values * region).sum(dims) / region.sum(dims).clamp_min(1)).mean()
+    size = region.sum(dims)
+    per_sample = (values * region).sum(dims) / size.clamp_min(1)
+    if not skip_empty:
+        return per_sample.mean()
+    return per_sample.sum() / (size > 0).sum().clamp_min(1)
 
 
 def unknown_region(batch: dict) -> torch.Tensor:
@@ -50,10 +58,16 @@ def l1_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
 
 
 def tcp_loss(pred: torch.Tensor, batch: dict, theta: float = 0.1) -> torch.Tensor:
-    """TCP: 0.9 alpha loss over the unknown region + 0.1 background-enhancement loss over the
-    unknown pixels whose ground-truth alpha is below theta."""
+    """TCP (specs/tcp.md): 0.9 alpha loss over the unknown region + 0.1 background-enhancement loss
+    over the unknown pixels whose ground-truth alpha is below theta.
+
+    A crop whose unknown band has no such pixel (inside a large semi-transparent region) has no
+    background term: it is left out of that term's batch mean rather than counted as 0, which
+    would weaken the term by the share of such crops.
+    """
     background = unknown_region(batch) & (batch["alpha"] < theta)
-    return 0.9 * alpha_loss(pred, batch) + 0.1 * alpha_loss(pred, batch, background)
+    bg = _per_sample_mean(charbonnier(pred - batch["alpha"]), background, skip_empty=True)
+    return 0.9 * alpha_loss(pred, batch) + 0.1 * bg
 
 
 LOSSES = {"dim": dim_loss, "l1": l1_loss, "alpha": alpha_loss, "tcp": tcp_loss}
