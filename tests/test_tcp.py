@@ -325,3 +325,14 @@ def test_training_steps_feed_the_second_trimap(synth, tmp_path, monkeypatch, nam
     saved = json.loads((tmp_path / "run" / "recipe.json").read_text())
     assert saved["model"]["family"] == "tcp" and saved["train"]["loss"] == ("tcp" if second else "alpha")
     assert (tmp_path / "run" / "last.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_demo_tcp_learns(synth, tmp_path):
+    """demo-tcp through the real loop: the loss of the last iterations is well below the first's."""
+    from mattecli.train.loop import TrainOptions, train
+
+    recipe = load_recipe("demo-tcp", ["train.iters=150", "data.val_every=0", "train.log_every=1"])
+    result = train(TrainOptions(recipe, synth, tmp_path / "run", progress=False))
+    losses = [e["loss"] for e in result.history]
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
