@@ -22,7 +22,7 @@ Choices the paper leaves open (each a `TCPConfig` field where it is a real alter
 - The 1x1 projection runs at the source resolution *before* the nearest resize: a pointwise
   conv + BN + ReLU commutes with nearest upsampling by an integer factor (each source pixel is
   replicated, and BN batch statistics of the replicas equal those of the source), so the result
-  is the same as projecting after the resize, at 1/16 of the cost. `w_c` starts at 1.
+  is the same as projecting after the resize, at 1/scale^2 of the cost. `w_c` starts at 1.
 - Decoder widths 256, 128, 64, 32, 16 (x `width`); nearest x2 upsampling (a plain Resize).
 - TCP width 32 (`tcp_width`) and BN + ReLU after every TCP conv but the output, as the spec says.
 
@@ -30,7 +30,7 @@ Memory at full resolution: the TCP's receptive field is `TEXTURAL_RADIUS` = 7 pi
 convs: 1 stem + 2 x 2 residual + 2 refinement; the FFU features enter before the last two). In eval
 mode, `tcp_tile > 0` runs the TCP over row/column tiles of that side, each read with a margin of the
 radius, so its peak memory is that of one tile; the result equals the untiled pass (BN is pointwise
-in eval). Tiling is skipped while tracing/exporting (a Python loop over tiles would be frozen for
+in eval). (The whole pass still peaks in the SP decoder at 1/2 resolution: README, "TCP".) Tiling is skipped while tracing/exporting (a Python loop over tiles would be frozen for
 one size), where the graph is the untiled one.
 """
 
@@ -49,7 +49,6 @@ IN_CHANNELS = 6  # normalised RGB + one-hot trimap
 FUSIONS = ("add", "concat")
 DECODER_CHANNELS = (256, 128, 64, 32, 16)  # at 1/16, 1/8, 1/4, 1/2, 1
 TEXTURAL_RADIUS = 7  # 3x3 convs in the TCP: stem 1 + residual blocks 2 x 2 + refinement 2
-FUSED_RADIUS = 2  # the FFU output passes the two refinement convs only
 
 
 def bn_relu(channels: int) -> list:
