@@ -85,38 +85,3 @@ def test_schedules():
     cos = load_recipe("indexnet-m2o-nl-ctx", ["train.schedule=cosine", "train.warmup_iters=10", "train.iters=110"]).train
     assert lr_factor(cos, 0) == pytest.approx(0.1) and lr_factor(cos, 10) == pytest.approx(1.0)
     assert lr_factor(cos, 60) == pytest.approx(0.5) and lr_factor(cos, 110) == pytest.approx(0.0, abs=1e-9)
-
-
-def test_pretrained_mobilenetv2_is_mapped(tmp_path):
-    from mattecli.models import build_model
-    from mattecli.train.pretrained import load_pretrained_encoder, mobilenetv2_key
-
-    assert mobilenetv2_key("features.1.conv.1.weight") == "layer1.0.conv.3.weight"
-    assert mobilenetv2_key("features.17.conv.3.running_var") == "layer7.0.conv.7.running_var"
-    assert mobilenetv2_key("features.18.0.weight") is None and mobilenetv2_key("classifier.1.bias") is None
-    recipe = load_recipe("indexnet-m2o-nl-ctx")
-    model = build_model(recipe)
-    # a torchvision-layout state dict, written from torchvision's layout independently of the map
-    t1 = {"conv.0": "conv.0.0", "conv.1": "conv.0.1", "conv.3": "conv.1", "conv.4": "conv.2"}
-    t6 = {"conv.0": "conv.0.0", "conv.1": "conv.0.1", "conv.3": "conv.1.0", "conv.4": "conv.1.1",
-          "conv.6": "conv.2", "conv.7": "conv.3"}
-    blocks = [(stage, b) for stage, n in enumerate((1, 2, 3, 4, 3, 3, 1), start=1) for b in range(n)]
-    tv = {"features.0.0.weight": torch.randn(32, 3, 3, 3), "features.18.0.weight": torch.randn(1280, 320, 1, 1),
-          "classifier.1.weight": torch.randn(1000, 1280)}
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked") or not key.startswith("layer") or key == "layer0.0.weight":
-            continue
-        layer, rest = key.split(".", 1)
-        if layer == "layer0":
-            name = "features.0." + rest
-        else:
-            block, conv, index, leaf = rest.split(".")
-            feature = blocks.index((int(layer[5:]), int(block))) + 1
-            name = f"features.{feature}." + (t1 if feature == 1 else t6)[f"{conv}.{index}"] + "." + leaf
-        tv[name] = torch.randn_like(value.float()).to(value.dtype)
-    torch.save(tv, tmp_path / "mobilenet_v2.pth")
-    info = load_pretrained_encoder(model, recipe, tmp_path / "mobilenet_v2.pth")
-    assert sorted(info["ignored"]) == ["classifier.1.weight", "features.18.0.weight"]
-    w = model.state_dict()["layer0.0.weight"]
-    assert torch.equal(w[:, :3], tv["features.0.0.weight"]) and (w[:, 3] == 0).all()
-    assert torch.equal(model.state_dict()["layer1.0.conv.3.weight"], tv["features.1.conv.1.weight"])

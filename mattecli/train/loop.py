@@ -120,7 +120,10 @@ def train(opts: TrainOptions) -> TrainResult:
     if opts.pretrained:
         from mattecli.train.pretrained import load_pretrained_encoder
 
-        load_pretrained_encoder(model, recipe, opts.pretrained)
+        info = load_pretrained_encoder(model, recipe, opts.pretrained)
+        if writer:
+            print(f"matte train: --pretrained {opts.pretrained}: {info['loaded']} encoder tensors loaded, "
+                  f"{len(info['ignored'])} unused")
     model.to(device)
     optimizer = torch.optim.Adam(_param_groups(model, cfg), betas=cfg.betas, weight_decay=cfg.weight_decay)
     dataset = build_dataset(recipe.data, train_dir, seed=opts.seed)
