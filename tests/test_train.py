@@ -85,3 +85,34 @@ def test_schedules():
     cos = load_recipe("indexnet-m2o-nl-ctx", ["train.schedule=cosine", "train.warmup_iters=10", "train.iters=110"]).train
     assert lr_factor(cos, 0) == pytest.approx(0.1) and lr_factor(cos, 10) == pytest.approx(1.0)
     assert lr_factor(cos, 60) == pytest.approx(0.5) and lr_factor(cos, 110) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_validate_equals_the_per_sample_loop_it_replaced(synth, monkeypatch, capfd):
+    """validate() runs evaluation.evaluate quietly in-process; the means are those of the plain
+    loop (pipeline, then metrics.evaluate, per sample) to the last bit."""
+    import concurrent.futures
+
+    import numpy as np
+
+    from mattecli.data.manifest import read_manifest
+    from mattecli.imageio import read_gray, read_image
+    from mattecli.inference.backends import TorchBackend
+    from mattecli.inference.pipeline import Pipeline
+    from mattecli.metrics import evaluate
+    from mattecli.models import build_model
+    from mattecli.train.loop import validate
+
+    recipe = tiny(1)
+    torch.manual_seed(3)
+    model = build_model(recipe).train()
+    samples = read_manifest(synth / "test")
+    pipeline = Pipeline(TorchBackend(model, recipe, "cpu"), recipe.infer, recipe)
+    scores = [evaluate(pipeline(read_image(s.image), read_gray(s.trimap)), read_gray(s.alpha), read_gray(s.trimap))
+              for s in samples]
+    expected = {k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
+    model.train()
+    capfd.readouterr()
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", None)  # no worker processes
+    assert validate(model, recipe, samples, torch.device("cpu")) == expected
+    assert model.training  # restored
+    assert capfd.readouterr() == ("", "")  # no progress bar, nothing printed

@@ -236,23 +236,27 @@ def _validation_samples(test_dir: Path, limit: int):
     return samples[:limit] if limit else samples
 
 
-@torch.no_grad()
 def validate(model, recipe, samples, device) -> dict:
-    """Mean official metrics of the model (through the inference pipeline) on manifest samples."""
-    from mattecli.imageio import read_gray, read_image
+    """Mean official metrics of the model (through the inference pipeline) on manifest samples:
+    `matte eval --weights`'s evaluation, run quietly in this process."""
+    from mattecli.evaluation import Item, evaluate
     from mattecli.inference.backends import TorchBackend
     from mattecli.inference.pipeline import Pipeline
-    from mattecli.metrics import evaluate
+    from mattecli.metrics import METRICS
 
     was_training = model.training
     pipeline = Pipeline(TorchBackend(model, recipe, str(device)), recipe.infer, recipe)
-    scores = []
-    for s in samples:
-        trimap = read_gray(s.trimap)
-        pred = pipeline(read_image(s.image), trimap)
-        scores.append(evaluate(pred, read_gray(s.alpha), trimap))
-    model.train(was_training)
-    return {k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
+    items = [Item(s.name, gt=s.alpha, trimap=s.trimap, image=s.image) for s in samples]
+    try:
+        results, _ = evaluate(items, pipeline=pipeline, quiet=True)
+    finally:
+        model.train(was_training)
+    failed = [r for r in results if r.error]
+    if failed:
+        raise UsageError(f"validation sample {failed[0].name}: {failed[0].error}")
+    by_name = {r.name: r.metrics for r in results}
+    ordered = [by_name[s.name] for s in samples]  # the samples' order: means equal to the last bit
+    return {k: float(np.mean([m[k] for m in ordered])) for k in METRICS}
 
 
 def _append_log(path: Path, entry: dict) -> None:
