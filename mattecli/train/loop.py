@@ -8,6 +8,7 @@ learning rates are a function of the iteration. A run killed at any point and re
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import time
@@ -46,14 +47,19 @@ class TrainResult:
     history: list = field(default_factory=list)
     best_sad: float | None = None
     run_dir: Path | None = None
+    model: nn.Module | None = None  # the trained network (not wrapped in DDP or compiled)
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """This rank's share of a seeded permutation of an epoch, from a position on (for resuming)."""
+    """This rank's share of a seeded permutation of an epoch, from a position on (for resuming).
+
+    Every rank gets exactly n // world samples (the last n % world of the permutation are left out
+    this epoch), so all ranks run the same number of batches per epoch and stay in step.
+    """
 
     def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-        self.indices = perm[rank::world][start:]
+        self.indices = perm[: n - n % world][rank::world][start:]
 
     def __iter__(self):
         return iter(self.indices)
@@ -105,7 +111,9 @@ def train(opts: TrainOptions) -> TrainResult:
         import torch.distributed as dist
 
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend)
+        # rank 0 validates and writes while the others wait in their next all-reduce: NCCL's
+        # default 10-minute timeout would kill a run validating on Composition-1k
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
@@ -132,6 +140,8 @@ def train(opts: TrainOptions) -> TrainResult:
     if batches_per_epoch == 0:
         raise UsageError(f"{train_dir}: {len(dataset)} samples are fewer than one batch of {cfg.batch_size} per process")
 
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     iteration, best_sad, history = 0, None, []
     checkpoint = latest_checkpoint(run_dir) if opts.resume else None
     if opts.resume and checkpoint is None and writer:
@@ -143,6 +153,8 @@ def train(opts: TrainOptions) -> TrainResult:
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
+        if use_amp and "scaler" in state:  # the loss scale it had grown or shrunk to
+            scaler.load_state_dict(state["scaler"])
         iteration, best_sad = int(state["iteration"]), state.get("best_sad")
         history = _read_log(run_dir / "log.jsonl", upto=iteration)
         if writer:
@@ -153,8 +165,6 @@ def train(opts: TrainOptions) -> TrainResult:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = LOSSES[cfg.loss]
     val_samples = _validation_samples(test_dir, opts.val_limit) if (test_dir and recipe.data.val_every) else []
 
@@ -208,7 +218,7 @@ def train(opts: TrainOptions) -> TrainResult:
                     _append_log(run_dir / "log.jsonl", entry)
                     _plot_curves(history, run_dir / "curves.png")
                 if writer and (iteration % cfg.checkpoint_every == 0 or iteration == cfg.iters):
-                    save_checkpoint(run_dir, _state(model, optimizer, iteration, best_sad, device), iteration)
+                    save_checkpoint(run_dir, _state(model, optimizer, scaler, iteration, best_sad, device), iteration)
                     save_weights(model, recipe, run_dir / "last.safetensors")
                 if iteration >= cfg.iters:
                     break
@@ -218,14 +228,16 @@ def train(opts: TrainOptions) -> TrainResult:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    return TrainResult(iteration, last_loss, history, best_sad, run_dir)
+    return TrainResult(iteration, last_loss, history, best_sad, run_dir, model)
 
 
-def _state(model, optimizer, iteration, best_sad, device) -> dict:
+def _state(model, optimizer, scaler, iteration, best_sad, device) -> dict:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
              "torch_rng": torch.get_rng_state(), "best_sad": best_sad}
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
     return state
 
 
