@@ -306,6 +306,10 @@ def test_onnx_backend_errors_are_one_line(tmp_path):
     onnx.save(_graph([helper.make_node("Relu", ["x"], ["y"])]), str(bare))
     with pytest.raises(UsageError, match="bare.onnx: no recipe in the ONNX metadata"):
         load_backend(bare)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(UsageError, match="w.safetensors: the onnx backend runs an exported model"):
+        load_backend(weights, "onnx")
 
 
 def test_parse_sizes():
