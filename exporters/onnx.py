@@ -23,8 +23,9 @@ MIN_OPSET = 17
 FORMAT = "matte-onnx/1"
 INPUT, OUTPUT = "input", "alpha"
 
-# What TensorRT's ONNX parser (TensorRT 10/11, operators.md of onnx-tensorrt) supports, and the
-# graphs of every recipe need. Deliberately absent: MaxUnpool, Im2Col/Col2Im (no TensorRT layer),
+# Operators TensorRT's ONNX parser supports (TensorRT 10/11, onnx-tensorrt's operators.md): those
+# matte's graphs use, and a few common ones a new family may need (Tanh, Erf, Gemm, LayerNorm...).
+# Deliberately absent: MaxUnpool, Im2Col/Col2Im (no TensorRT layer),
 # ArgMax/ArgMin and OneHot (IndexNet's max index is decomposed; TensorRT does not promise the
 # first-occurrence tie rule), control flow (If, Loop, Scan), scatters and NonZero (data-dependent
 # shapes). MaxPool is allowed with its single output only (checked below).

@@ -393,19 +393,28 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
     (["--opt-shape", "1088by1920"], "--opt-shape: '1088by1920' is not HEIGHTxWIDTH"),
     (["--opt-shape", "100x100"], "--opt-shape 100x100: not a multiple of the model's stride 32"),
     (["--verify", "--verify-sizes", "64x"], "--verify-sizes: '64x' is not HEIGHTxWIDTH"),
-    (["--opset", "13"], "--opset 13"),
+    (["--opset", "13"], "--opset 13: choose 17 to 20"),
+    (["--opset", "21"], "--opset 21: choose 17 to 20"),
+    (["--verify", "--verify-sizes", "64x64"], "--verify-sizes 64x64: a static graph runs at --opt-shape"),
     (["--dynamic", "--min-shape", "640x640", "--opt-shape", "320x320"], "min <= opt <= max"),
 ])
 def test_cli_export_usage_errors_are_one_line(weights, tmp_path, args, message):
+    """In process (the entry point turns a UsageError into one line and exit 2: checked once below)."""
     base = {"--weights": str(weights), "--out": str(tmp_path / "m.onnx")}
     given = [a.replace("{tmp}", str(tmp_path)) for a in args]
     for key, value in base.items():
         if key not in given:
             given += [key, value]
-    res = run_main("export", *given)
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert message in res.stderr and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    res = CliRunner().invoke(app, ["export", *given])
+    assert isinstance(res.exception, UsageError), res.output
+    assert message in str(res.exception) and "\n" not in str(res.exception)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_missing_weights_through_the_entry_point(tmp_path):
+    res = run_main("export", "--weights", tmp_path / "missing.safetensors", "--out", tmp_path / "m.onnx")
+    assert res.returncode == 2 and "missing.safetensors: no such weights file" in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
 
 
 def test_cli_trt_without_tensorrt_is_one_line(weights, tmp_path):

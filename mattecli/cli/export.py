@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 FORMATS = ("onnx", "trt")
+MIN_OPSET, MAX_OPSET = 17, 20  # = exporters.onnx.MIN_OPSET; torch's TorchScript exporter stops at 20
 
 
 def main(
@@ -68,8 +69,9 @@ def run_export(*, weights: Path, format: str = "onnx", out: Path, half: bool = F
 
     if format not in FORMATS:
         raise UsageError(f"--format {format}: unknown format (choose {' or '.join(FORMATS)})")
-    if opset < 17:
-        raise UsageError(f"--opset {opset}: TensorRT-ready graphs need opset 17 or later")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"--opset {opset}: choose {MIN_OPSET} to {MAX_OPSET} (TensorRT-ready graphs need "
+                         f"{MIN_OPSET} or later; torch's exporter writes up to {MAX_OPSET})")
     min_hw, opt_hw, max_hw = (parse_shape(o, s) for o, s in zip(("--min-shape", "--opt-shape", "--max-shape"), shapes))
     if dynamic and not (min_hw[0] <= opt_hw[0] <= max_hw[0] and min_hw[1] <= opt_hw[1] <= max_hw[1]):
         raise UsageError(f"shapes must satisfy min <= opt <= max in each side: {'/'.join(shapes)}")
@@ -86,6 +88,13 @@ def run_export(*, weights: Path, format: str = "onnx", out: Path, half: bool = F
 
     model, recipe = load_model(weights)  # UsageError naming the file when missing or unreadable
     stride = recipe.infer.stride
+    if sizes is not None and not dynamic:
+        from mattecli.inference.pipeline import aligned_size
+
+        other = [f"{h}x{w}" for h, w in sizes if aligned_size(h, w, stride) != opt_hw]
+        if other:
+            raise UsageError(f"--verify-sizes {','.join(other)}: a static graph runs at --opt-shape "
+                             f"{opt_hw[0]}x{opt_hw[1]} only (add --dynamic)")
     for option, (h, w) in (("--opt-shape", opt_hw), ("--min-shape", min_hw), ("--max-shape", max_hw)):
         if (h % stride or w % stride) and (option == "--opt-shape" or dynamic):
             raise UsageError(f"{option} {h}x{w}: not a multiple of the model's stride {stride} "
