@@ -69,13 +69,16 @@ def test_decomposed_indexnet_equals_original(name):
         torch.testing.assert_close(export(x), model(x), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["demo-a2u", "a2u-static-pw-cw", "a2u-hybrid-cs"])
+# float64 convolutions are slow on a CPU: the default suite runs the released layout (demo-a2u);
+# the static point-wise and hybrid generators are compared site by site in tests/test_a2u.py.
+@pytest.mark.parametrize("name", ["demo-a2u", pytest.param("a2u-static-pw-cw", marks=pytest.mark.slow),
+                                  pytest.param("a2u-hybrid-cs", marks=pytest.mark.slow)])
 def test_decomposed_a2u_equals_the_unfold_form(name):
     model = set_a2u_form(_network(name, "model.width=0.25", dtype=torch.float64), "unfold")
     export = decompose(model)
     assert {m.form for m in export.a2u_sites()} == {"shift"}
     assert {m.form for m in model.a2u_sites()} == {"unfold"}, "decompose must not touch the caller's model"
-    x = torch.randn(2, 4, 5 * 16, 3 * 16, dtype=torch.float64)
+    x = torch.randn(1, 4, 5 * 16, 3 * 16, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(export(x), model(x), atol=1e-5, rtol=0)
 
