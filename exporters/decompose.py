@@ -12,8 +12,9 @@ proves each swap equal to 1e-5 on random inputs of odd sizes):
 - A2U's operators (`unfold` + einsum, grouped convs with per-sample filters, adaptive pooling) run
   in their `shift` form: pad + strided slices + multiply-add, DepthToSpace, bin-matrix pooling.
 - Any `nn.AdaptiveAvgPool2d` with an output other than 1x1 becomes bin-matrix products: the
-  tracing exporter turns adaptive pooling into an AveragePool whose kernel is fixed at the traced
-  size, silently wrong at every other size. (1x1 exports as GlobalAveragePool and is kept.)
+  tracing exporter refuses adaptive pooling when H/W are dynamic ("input size not accessible"),
+  and a static export bakes the traced size into an AveragePool. (1x1 exports as
+  GlobalAveragePool and is kept.)
 """
 
 from __future__ import annotations
