@@ -143,7 +143,7 @@ def test_one_recipe_per_structure_exports_within_the_allow_list(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL_RECIPES)
 def test_every_recipe_exports_within_the_allow_list(name, tmp_path):
-    """Dynamic H/W export of each recipe as it is (about 400 s for 30 recipes on a loaded 2-core CPU):
+    """Dynamic H/W export of each recipe as it is (6 minutes for 30 recipes on a loaded 2-core CPU):
     to_onnx checks the graph itself; checked again here from the file, with the opset."""
     model, recipe = _random_model(name)
     path = to_onnx(model, tmp_path / f"{name}.onnx", recipe=recipe)
