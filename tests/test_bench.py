@@ -1,0 +1,82 @@
+import importlib.util
+import json
+
+import pytest
+
+from mattecli.bench import parse_backends, parse_sizes, run_bench
+from mattecli.errors import UsageError
+from tests.test_cli import run_main
+
+ROW_FIELDS = {"backend", "size", "input", "device", "half", "repeat", "warmup", "median_ms", "min_ms",
+              "images_per_s", "peak_memory_mib", "base_memory_mib", "memory"}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    import torch
+
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    torch.manual_seed(0)
+    recipe = load_recipe("demo-a2u")
+    return save_weights(build_model(recipe), recipe, tmp_path_factory.mktemp("w") / "a2u.safetensors")
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    # each row is a child process; one OpenMP thread keeps a tiny forward fast on a loaded machine
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_parsing_sizes_and_backends():
+    assert parse_sizes("1920x1080, 3840X2160") == [(1920, 1080), (3840, 2160)]
+    assert parse_backends("torch,onnx,torch") == ["torch", "onnx"]
+    for bad in ("1920", "1920x", "0x10", "axb", "1920x1080x3", ""):
+        with pytest.raises(UsageError, match="WIDTHxHEIGHT"):
+            parse_sizes(bad)
+    with pytest.raises(UsageError, match="unknown backend 'tensorflow'"):
+        parse_backends("torch,tensorflow")
+
+
+def test_bench_torch_rows_and_json(tmp_path, weights, one_thread):
+    out = tmp_path / "report" / "bench.json"
+    seen = []
+    report = run_bench(weights, ["torch"], [(40, 30), (50, 36)], repeat=2, warmup=0, json_path=out,
+                       on_row=seen.append, log=lambda line: None)
+    rows = report["rows"]
+    assert [(r["backend"], r["size"]) for r in rows] == [("torch", "40x30"), ("torch", "50x36")]
+    assert seen == rows
+    for r in rows:
+        assert set(r) == ROW_FIELDS
+        assert 0 < r["min_ms"] <= r["median_ms"]
+        assert r["images_per_s"] == pytest.approx(1000 / r["median_ms"], rel=1e-3)
+        assert r["peak_memory_mib"] >= r["base_memory_mib"] > 50  # a process with torch and a model
+        assert r["memory"] == "peak RSS of the process" and r["warmup"] == 0 and r["repeat"] == 2
+    # demo-a2u aligns by padding to a stride of 16; 4 channels (RGB + scalar trimap)
+    assert [r["input"] for r in rows] == ["1x4x32x48", "1x4x48x64"]
+    assert json.loads(out.read_text()) == report
+    assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # written atomically, no temp left
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backends", "torch,tf"], "unknown backend 'tf'"),
+    (["--sizes", "1920by1080"], "WIDTHxHEIGHT"),
+    (["--half"], "--half needs --device cuda"),
+    (["--backends", "trt"], "use --device cuda" if importlib.util.find_spec("tensorrt")
+     else "TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)"),
+])
+def test_bench_usage_errors_are_one_line(weights, args, message):
+    res = run_main("bench", "--weights", weights, *args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
+
+
+def test_bench_refuses_missing_and_unsuitable_files(tmp_path):
+    res = run_main("bench", "--weights", tmp_path / "none.safetensors")
+    assert res.returncode == 2 and "no such weights file" in res.stderr and "Traceback" not in res.stderr
+    graph = tmp_path / "m.onnx"
+    graph.write_bytes(b"not used")
+    with pytest.raises(UsageError, match="torch backend needs a .safetensors"):
+        run_bench(graph, ["torch"], [(32, 32)])
