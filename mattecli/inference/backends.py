@@ -128,7 +128,58 @@ class TensorRTBackend:
         return out.float().cpu().numpy()
 
 
-BACKENDS = {"torch": TorchBackend, "trt": TensorRTBackend}
+class OnnxBackend:
+    """An exported `.onnx` graph in ONNX Runtime; the recipe comes from the graph's metadata."""
+
+    def __init__(self, session, recipe, path: str | Path = "model.onnx"):
+        self.session = session
+        self.recipe = recipe
+        self.path = Path(path)
+        shape = session.get_inputs()[0].shape  # ints where fixed, names where dynamic
+        self.fixed_size = tuple(shape[2:]) if all(isinstance(d, int) for d in shape[2:]) else None
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "OnnxBackend":
+        import json
+
+        import onnxruntime as ort
+
+        from mattecli.recipes import recipe_from_dict
+
+        path = Path(path)
+        try:
+            session = ort.InferenceSession(str(path), providers=_onnx_providers(ort, device))
+        except Exception as err:  # onnxruntime raises its own exception types, one per failure kind
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(f"{path}: not a loadable ONNX model ({reason})") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        if "recipe" not in meta:
+            raise UsageError(f"{path}: no recipe in the ONNX metadata (export it with `matte export`)")
+        raw = json.loads(meta["recipe"])
+        return cls(session, recipe_from_dict(raw, raw.get("name", path.stem)), path)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.fixed_size is not None and tuple(x.shape[2:]) != self.fixed_size:
+            h, w = self.fixed_size
+            raise ValueError(f"{self.path.name} was exported for {h}x{w} input only, got "
+                             f"{x.shape[2]}x{x.shape[3]} (export with --dynamic)")
+        inp, out = self.session.get_inputs()[0].name, self.session.get_outputs()[0].name
+        return self.session.run([out], {inp: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def _onnx_providers(ort, device: str) -> list:
+    """CUDA (then CPU for the operators CUDA lacks) on a cuda device, else CPU."""
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise UsageError(f"--device {device} with the onnx backend needs onnxruntime-gpu "
+                         "(pip install -e '.[gpu]'); this onnxruntime has only "
+                         f"{', '.join(ort.get_available_providers())}")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+BACKENDS = {"torch": TorchBackend, "onnx": OnnxBackend, "trt": TensorRTBackend}
 
 
 def load_backend(path: str | Path, name: str | None = None, device: str = "cpu"):
