@@ -7,7 +7,7 @@ are included; preparing the input and restoring the alpha are not. Warm-up calls
 are not timed.
 
 Each (backend, size) row runs in a fresh Python process, so its peak memory is its own:
-- CPU: the process's peak resident set size (`ru_maxrss`), beside the peak before the first
+- CPU: the process's peak resident set size (VmHWM), beside the peak before the first
   forward pass (Python, libraries, weights): the difference is what the passes added.
 - CUDA: `torch.cuda.max_memory_allocated()` over the row's calls (reset after loading), beside
   what was allocated before the first call: torch counts its weights and activations; TensorRT
@@ -168,6 +168,17 @@ def run_row(model_file: Path, backend: str, size, device: str, half: bool, repea
 
 
 def _rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    # /proc's VmHWM belongs to this process's own address space; ru_maxrss would also carry the
+    # parent's peak across fork + exec (Linux keeps the larger), i.e. the bench parent's, with its
+    # torch, model and ONNX export.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -88,7 +88,7 @@ def tiny_onnx(path, channels=6, half=False, recipe=None):
     y = helper.make_tensor_value_info("alpha", elem, [1, 1, "h", "w"])
     w = helper.make_tensor("w", elem, [1, channels, 1, 1], [0.0] * channels)
     graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["alpha"])], "g", [x], [y], [w])
-    model = helper.make_model(graph)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     if recipe is not None:
         helper.set_model_props(model, {"recipe": json.dumps(recipe)})
     onnx.save(model, str(path))
