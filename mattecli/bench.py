@@ -127,7 +127,11 @@ def prepare_models(weights: Path, backends: list[str], sizes, half: bool, workdi
 
             model, recipe = load_model(weights)
             log(f"exporting {weights.name} to ONNX{' (FP16)' if fp16 else ''}")
-            graphs[fp16] = to_onnx(model, workdir / f"model{'-fp16' if fp16 else ''}.onnx", recipe=recipe, half=fp16)
+            try:
+                graphs[fp16] = to_onnx(model, workdir / f"model{'-fp16' if fp16 else ''}.onnx", recipe=recipe,
+                                       half=fp16)
+            except (NotImplementedError, ValueError) as err:  # FP16 not available, operator outside the list
+                raise UsageError(f"{weights}: ONNX export failed: {err}") from None
         return graphs[fp16]
 
     files = {}

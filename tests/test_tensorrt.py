@@ -223,8 +223,11 @@ def test_infer_and_bench_with_an_engine(tmp_path):
     for stem in ("a", "b"):
         diff = read_gray(tmp_path / "trt" / f"{stem}.png").astype(int) - read_gray(tmp_path / "torch" / f"{stem}.png")
         assert np.abs(diff).max() <= 1
-    report = run_bench(weights, ["torch", "onnx", "trt"], [(48, 40)], device="cuda", repeat=2, warmup=1)
-    assert [r["backend"] for r in report["rows"]] == ["torch", "onnx", "trt"]
+    import onnxruntime
+
+    backends = ["torch", "onnx", "trt"] if "CUDAExecutionProvider" in onnxruntime.get_available_providers() \
+        else ["torch", "trt"]  # onnx on cuda needs onnxruntime-gpu
+    report = run_bench(weights, backends, [(48, 40)], device="cuda", repeat=2, warmup=1)
+    assert [r["backend"] for r in report["rows"]] == backends
     assert all(r["memory"] == "torch.cuda.max_memory_allocated" and r["median_ms"] > 0 for r in report["rows"])
-    trt_row = report["rows"][2]
-    assert trt_row["peak_memory_mib"] > 0  # I/O buffers at least
+    assert report["rows"][-1]["peak_memory_mib"] > 0  # the engine's I/O buffers at least
