@@ -7,8 +7,9 @@ preprocessing) and how the engine was built, so `TensorRTBackend` needs no `--re
 TensorRT versions (detected by the major of `trt.__version__` and by attribute presence):
 
 - TensorRT 10, FP32 ONNX: a plain network; with `half`, `BuilderFlag.FP16` plus
-  `OBEY_PRECISION_CONSTRAINTS`, and every normalisation, softmax and reduce layer (BatchNorm /
-  GroupNorm statistics, A2U's kernel softmax) pinned to FP32.
+  `OBEY_PRECISION_CONSTRAINTS`, and every normalisation, softmax and reduce layer (GroupNorm, which
+  the ONNX graph carries as InstanceNormalization, A2U's kernel softmax, global pooling) pinned to
+  FP32. (BatchNorm in eval mode is folded into the convolutions at export.)
 - TensorRT 10, FP16 ONNX (a graph the exporter already typed): strongly typed, like 11.
 - TensorRT 11: strongly typed only (the weak-typing flags and per-layer precisions are gone); the
   precision is the ONNX graph's own, so `half` needs the FP16 graph from `to_onnx(half=True)`,
@@ -29,7 +30,6 @@ FORMAT = "matte-engine/1"
 INPUT, OUTPUT = "input", "alpha"
 NOT_INSTALLED = "TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)"
 NO_CUDA = "TensorRT needs an NVIDIA GPU with CUDA, and this machine has none (torch.cuda.is_available() is False)"
-WORKSPACE_BYTES = 4 << 30
 _HEADER_LEN = struct.Struct("<I")
 
 
@@ -191,7 +191,6 @@ def to_engine(onnx_path, path, *, half: bool = False, min_shape=(320, 320), opt_
         raise UsageError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors or 'no detail given'}")
 
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT, (1, channels, *min_shape), (1, channels, *opt_shape), (1, channels, *max_shape))
     config.add_optimization_profile(profile)
@@ -217,7 +216,7 @@ def to_engine(onnx_path, path, *, half: bool = False, min_shape=(320, 320), opt_
         "recipe": json.loads(props["recipe"]),
         "onnx_metadata": props,
         "tensorrt": str(trt.__version__),
-        "half": bool(half),
+        "half": bool(half or graph_half),  # an FP16 graph builds an FP16 engine either way
         "strongly_typed": bool(strongly_typed),
         "fp32_pinned_layers": pinned,
         "channels": channels,
