@@ -117,6 +117,7 @@ def prepare_models(weights: Path, backends: list[str], sizes, half: bool, workdi
     if suffix in (".engine", ".plan"):
         return {"trt": weights}
     graphs: dict[bool, Path] = {}
+    loaded = []
 
     def graph(fp16: bool) -> Path:
         if suffix == ".onnx":
@@ -125,7 +126,8 @@ def prepare_models(weights: Path, backends: list[str], sizes, half: bool, workdi
             from exporters.onnx import to_onnx
             from mattecli.weights import load_model
 
-            model, recipe = load_model(weights)
+            loaded[:] = loaded or [load_model(weights)]
+            model, recipe = loaded[0]
             log(f"exporting {weights.name} to ONNX{' (FP16)' if fp16 else ''}")
             try:
                 graphs[fp16] = to_onnx(model, workdir / f"model{'-fp16' if fp16 else ''}.onnx", recipe=recipe,
@@ -157,18 +159,19 @@ def _stride_of(onnx_file: Path, onnx_io) -> int:
 
 
 def run_row(model_file: Path, backend: str, size, device: str, half: bool, repeat: int, warmup: int) -> dict:
-    """Measure one (backend, size) in a fresh Python process; -> the row dict (see `measure`)."""
+    """Measure one (backend, size) in a fresh Python process; -> the row dict (see `measure`), or
+    {"backend", "size", "error"} when that process failed (e.g. out of memory at that size)."""
     args = json.dumps({"model": str(model_file), "backend": backend, "size": list(size), "device": device,
                        "half": half, "repeat": repeat, "warmup": warmup})
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
     res = subprocess.run([sys.executable, "-m", "mattecli.bench", args], capture_output=True, text=True, env=env)
     rows = [line[len(ROW_MARK):] for line in res.stdout.splitlines() if line.startswith(ROW_MARK)]
-    if res.returncode != 0 or not rows:
-        lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
-        reason = lines[-1] if lines else f"exit code {res.returncode}"
-        raise UsageError(f"bench {backend} at {size[0]}x{size[1]} failed: {reason.removeprefix('matte: error: ')}")
-    return json.loads(rows[-1])
+    if res.returncode == 0 and rows:
+        return json.loads(rows[-1])
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    reason = lines[-1].removeprefix("matte: error: ") if lines else f"exit code {res.returncode}"
+    return {"backend": backend, "size": f"{size[0]}x{size[1]}", "error": reason}
 
 
 def _rss_mib() -> float:
@@ -253,8 +256,13 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
         log: called with a line of progress text (export and build steps).
         on_row: called with each row as it completes.
 
+    Returns:
+        {"weights", "device", "half", "repeat", "warmup", "timed", "rows"}; a row whose process
+        failed holds only backend, size and error, and the others still run.
+
     Raises:
-        UsageError: a missing or unsuitable file, unknown backend, CUDA or TensorRT missing, a row failing.
+        UsageError: a missing or unsuitable file, unknown backend, CUDA or TensorRT missing, an
+            export or engine build failing.
     """
     weights = Path(weights)
     if repeat < 1 or warmup < 0:

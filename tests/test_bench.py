@@ -104,3 +104,13 @@ def test_bench_refuses_missing_and_unsuitable_files(tmp_path):
     graph.write_bytes(b"not used")
     with pytest.raises(UsageError, match="torch backend needs a .safetensors"):
         run_bench(graph, ["torch"], [(32, 32)])
+
+
+def test_a_failing_row_is_named_and_the_others_still_run(tmp_path, weights, one_thread):
+    graph = tmp_path / "broken.onnx"
+    graph.write_bytes(b"not a graph")
+    res = run_main("bench", "--weights", graph, "--backends", "onnx", "--sizes", "32x32,48x32", "--repeat", "1")
+    assert res.returncode == 1
+    failures = [line for line in res.stderr.splitlines() if line.startswith("matte bench:")]
+    assert len(failures) == 2 and all("not a loadable ONNX model" in line for line in failures), res.stderr
+    assert res.stdout.count("failed") == 2

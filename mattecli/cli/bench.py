@@ -26,7 +26,8 @@ def main(
     host-device copies included), after warm-up calls; the median over --repeat calls. Each row runs in
     a fresh process. Peak memory: on CPU the process's peak resident set size (with the peak before
     the first forward pass in brackets); on CUDA torch.cuda.max_memory_allocated (with what was
-    allocated before the first call).
+    allocated before the first call). A row that fails (e.g. out of memory) is named with its reason
+    on stderr, the others still run, and the exit code is 1.
     """
     from rich.console import Console
     from rich.table import Table
@@ -45,8 +46,19 @@ def main(
                         f"median of {repeat} after {warmup} warm-up")
     for col in ("backend", "size", "input", "median ms", "images/s", "peak memory MiB (before)"):
         table.add_column(col, justify="left" if col in ("backend", "size", "input") else "right")
+    failed = [r for r in report["rows"] if "error" in r]
     for r in report["rows"]:
-        table.add_row(r["backend"], r["size"], r["input"], f"{r['median_ms']:.1f}", f"{r['images_per_s']:.3f}",
-                      f"{r['peak_memory_mib']:,.0f} ({r['base_memory_mib']:,.0f})")
+        if "error" in r:
+            table.add_row(r["backend"], r["size"], "failed", "", "", "")
+        else:
+            table.add_row(r["backend"], r["size"], r["input"], f"{r['median_ms']:.1f}", f"{r['images_per_s']:.3f}",
+                          f"{r['peak_memory_mib']:,.0f} ({r['base_memory_mib']:,.0f})")
     Console().print(table)
-    print(f"memory: {report['rows'][0]['memory']}; timed: {report['timed']}")
+    good = [r for r in report["rows"] if "error" not in r]
+    if good:
+        print(f"memory: {good[0]['memory']}; timed: {report['timed']}")
+    for r in failed:
+        err.print(f"matte bench: {r['backend']} at {r['size']}: {r['error']}", markup=False, highlight=False,
+                  soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
