@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 
 from mattecli.errors import UsageError
@@ -69,11 +70,13 @@ def read_engine_file(path: str | Path) -> tuple[dict, bytes]:
 
 
 def import_tensorrt():
-    """The `tensorrt` module, or a one-line UsageError saying it is not installed."""
+    """The `tensorrt` module (10 or newer), or a one-line UsageError saying it is missing or too old."""
     try:
         import tensorrt as trt
     except ImportError:
         raise UsageError(NOT_INSTALLED) from None
+    if major_version(trt) < 10:  # named tensors, execute_async_v3 and explicit batch by default
+        raise UsageError(f"TensorRT {trt.__version__} is too old: matte needs TensorRT 10 or newer")
     return trt
 
 
@@ -202,8 +205,14 @@ def to_engine(onnx_path, path, *, half: bool = False, min_shape=(320, 320), opt_
 
     cache_path = Path(timing_cache) if timing_cache else None
     cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    try:
+        cache = config.create_timing_cache(cache_bytes) if cache_bytes else None
+    except (RuntimeError, TypeError, ValueError):
+        cache = None
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        if cache_bytes:  # written by another TensorRT version or GPU, or damaged: replaced after the build
+            print(f"note: {cache_path}: timing cache not usable here; starting a new one", file=sys.stderr)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
