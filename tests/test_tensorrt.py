@@ -147,6 +147,95 @@ def test_infer_and_eval_with_trt_backend_say_tensorrt_is_missing(tmp_path):
         assert "\n" not in line and line.endswith(f"error: {NOT_INSTALLED}"), command
 
 
+class FakeBuilder:
+    """Just enough of TensorRT's builder API to follow `to_engine`'s choices on a CPU machine."""
+
+    def __init__(self, trt, layers):
+        self.trt, self.layers, self.calls = trt, layers, trt.calls
+
+    def create_network(self, flags):
+        self.calls["network_flags"] = flags
+        return types.SimpleNamespace(num_layers=len(self.layers), get_layer=self.layers.__getitem__)
+
+    def create_builder_config(self):
+        calls = self.calls
+        calls["flags"] = []
+
+        class Config:
+            set_flag = calls["flags"].append
+            add_optimization_profile = staticmethod(lambda p: calls.setdefault("profiles", []).append(p))
+            create_timing_cache = staticmethod(lambda data: {"cache": bytes(data)})
+            set_timing_cache = staticmethod(lambda cache, ignore_mismatch: calls.update(cache_in=cache) or True)
+            get_timing_cache = staticmethod(lambda: types.SimpleNamespace(serialize=lambda: b"timings"))
+        return Config()
+
+    def create_optimization_profile(self):
+        profile = types.SimpleNamespace()
+        profile.set_shape = lambda name, lo, opt, hi: setattr(profile, "shape", (name, lo, opt, hi))
+        return profile
+
+    def build_serialized_network(self, network, config):
+        return b"serialized engine"
+
+
+def fake_builder_trt(version, layers):
+    trt = fake_trt(version, fp16_flag=version.startswith("10"))
+    trt.calls = {}
+    trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS = 2
+    trt.LayerType = types.SimpleNamespace(NORMALIZATION="norm", SOFTMAX="softmax", REDUCE="reduce")
+    trt.float32, trt.float16 = "f32", "f16"
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.Builder = lambda logger: FakeBuilder(trt, layers)
+    trt.OnnxParser = lambda network, logger: types.SimpleNamespace(parse_from_file=lambda path: True, num_errors=0)
+    return trt
+
+
+@pytest.mark.parametrize("version, graph_half, half, strongly_typed, flags, pinned", [
+    ("10.13.0", False, False, False, [], 0),
+    ("10.13.0", False, True, False, [1, 2], 1),      # weak typing: FP16 + OBEY, the softmax kept FP32
+    ("10.13.0", True, True, True, [], 0),            # an FP16 graph builds strongly typed
+    ("11.0.0", True, True, True, [], 0),
+    ("11.0.0", False, False, True, [], 0),           # 11 is always strongly typed
+])
+def test_to_engine_choices_per_tensorrt_version(tmp_path, monkeypatch, version, graph_half, half, strongly_typed,
+                                                flags, pinned):
+    import torch
+
+    layers = [FakeLayer("conv", "f32"), FakeLayer("softmax", "f32")]
+    trt = fake_builder_trt(version, layers)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    recipe = {"name": "demo-a2u", "infer": {"stride": 16}}
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, half=graph_half, recipe=recipe)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old timings")
+    engine = trt_export.to_engine(graph, tmp_path / "m.engine", half=half, min_shape=(64, 64),
+                                  opt_shape=(128, 96), max_shape=(256, 256), timing_cache=cache)
+    assert trt.calls["network_flags"] == (1 << 5 if strongly_typed else 0)
+    assert trt.calls["flags"] == flags
+    assert trt.calls["profiles"][0].shape == ("input", (1, 4, 64, 64), (1, 4, 128, 96), (1, 4, 256, 256))
+    assert trt.calls["cache_in"] == {"cache": b"old timings"} and cache.read_bytes() == b"timings"
+    meta, data = read_engine_file(engine)
+    assert data == b"serialized engine"
+    assert meta["recipe"] == recipe and meta["channels"] == 4 and meta["tensorrt"] == version
+    assert (meta["half"], meta["strongly_typed"], meta["fp32_pinned_layers"]) == (half, strongly_typed, pinned)
+    assert meta["profile"] == {"min": [64, 64], "opt": [128, 96], "max": [256, 256]}
+
+
+def test_fp16_from_an_fp32_graph_is_refused_on_tensorrt_11(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_builder_trt("11.0.0", []))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    with pytest.raises(UsageError, match="strongly typed networks, so FP16 must come from the graph"):
+        trt_export.to_engine(graph, tmp_path / "m.engine", half=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="needs an NVIDIA GPU"):
+        trt_export.to_engine(graph, tmp_path / "m.engine")
+
+
 # --- on a machine with an NVIDIA GPU and TensorRT (the `gpu` marker; not run by default) ---
 
 def _gpu_or_skip():
