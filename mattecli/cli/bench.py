@@ -16,8 +16,8 @@ def main(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N] (trt and --half need cuda)."),
     half: bool = typer.Option(False, "--half", help="FP16: autocast for torch, an FP16 ONNX graph for onnx, an FP16 "
                               "engine for trt. CUDA only."),
-    repeat: int = typer.Option(5, "--repeat", help="Timed calls per backend and size (the median is reported)."),
-    warmup: int = typer.Option(1, "--warmup", help="Untimed calls before the timed ones."),
+    repeat: int = typer.Option(5, "--repeat", min=1, help="Timed calls per backend and size (the median is reported)."),
+    warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed calls before the timed ones."),
     json_out: Path = typer.Option(None, "--json", help="Also write the rows (and what was timed) as JSON."),
 ) -> None:
     """Time each backend at each size: one table row per backend and size.
