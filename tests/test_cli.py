@@ -106,5 +106,5 @@ def test_infer_with_a_trimap_folder(tmp_path, weights):
 
 
 def test_unbuilt_commands_say_so(tmp_path):
-    res = run_main("export", "--weights", "x")
+    res = run_main("bench", "--weights", "x")
     assert res.returncode == 2 and "not built yet" in res.stderr
