@@ -320,3 +320,12 @@ def test_infer_and_bench_with_an_engine(tmp_path):
     assert [r["backend"] for r in report["rows"]] == backends
     assert all(r["memory"] == "torch.cuda.max_memory_allocated" and r["median_ms"] > 0 for r in report["rows"])
     assert report["rows"][-1]["peak_memory_mib"] > 0  # the engine's I/O buffers at least
+
+
+def test_engine_files_pick_the_tensorrt_backend(tmp_path):
+    from mattecli.inference.backends import BACKENDS, SUFFIX_TO_BACKEND, TensorRTBackend, load_backend
+
+    assert BACKENDS[SUFFIX_TO_BACKEND[".engine"]] is TensorRTBackend is BACKENDS[SUFFIX_TO_BACKEND[".plan"]]
+    engine = write_engine_file(tmp_path / "m.engine", b"x", {"recipe": {}})
+    with pytest.raises(UsageError, match="--backend tf: unknown backend"):
+        load_backend(engine, "tf")

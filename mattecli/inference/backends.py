@@ -191,7 +191,7 @@ def load_backend(path: str | Path, name: str | None = None, device: str = "cpu")
     if name is None:
         raise UsageError(f"{path}: unknown model file type (expected {', '.join(SUFFIX_TO_BACKEND)})")
     if name not in BACKENDS:
-        raise UsageError(f"backend '{name}' is not built yet (issue [Export]); available: {', '.join(BACKENDS)}")
+        raise UsageError(f"--backend {name}: unknown backend (choose {', '.join(BACKENDS)})")
     if device.startswith("cuda"):
         import torch
 
