@@ -23,8 +23,9 @@ MIN_OPSET = 17
 FORMAT = "matte-onnx/1"
 INPUT, OUTPUT = "input", "alpha"
 
-# What TensorRT's ONNX parser (TensorRT 10/11, operators.md of onnx-tensorrt) supports, and the
-# graphs of every recipe need. Deliberately absent: MaxUnpool, Im2Col/Col2Im (no TensorRT layer),
+# Operators TensorRT's ONNX parser supports (TensorRT 10/11, onnx-tensorrt's operators.md): those
+# matte's graphs use, and a few common ones a new family may need (Tanh, Erf, Gemm, LayerNorm...).
+# Deliberately absent: MaxUnpool, Im2Col/Col2Im (no TensorRT layer),
 # ArgMax/ArgMin and OneHot (IndexNet's max index is decomposed; TensorRT does not promise the
 # first-occurrence tie rule), control flow (If, Loop, Scan), scatters and NonZero (data-dependent
 # shapes). MaxPool is allowed with its single output only (checked below).
@@ -105,7 +106,8 @@ def to_onnx(model, path, *, opset: int = MIN_OPSET, dynamic: bool = True, recipe
         dynamic: batch, height and width dynamic (else fixed at `size` with batch 1).
         recipe: the model's Recipe; without it the file carries no recipe and matte's backends
             refuse it.
-        half: an FP16 graph (not built yet: raises NotImplementedError).
+        half: an FP16 graph (`to_half`): float32 input and output, FP16 inside, normalisation,
+            softmax and reductions in FP32 (for TensorRT's strongly typed mode).
         size: (height, width) of a static graph, a multiple of the stride.
 
     Returns:
@@ -122,8 +124,6 @@ def to_onnx(model, path, *, opset: int = MIN_OPSET, dynamic: bool = True, recipe
 
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset}: at least {MIN_OPSET} is needed")
-    if half:
-        raise NotImplementedError("FP16 ONNX export is not built yet")
     net = decompose(model)
     stride = getattr(net, "stride", recipe.infer.stride if recipe is not None else 32)
     if dynamic:
@@ -143,8 +143,10 @@ def to_onnx(model, path, *, opset: int = MIN_OPSET, dynamic: bool = True, recipe
                           dynamic_axes={INPUT: axes, OUTPUT: axes} if dynamic else None,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     graph = onnx.load_from_string(buffer.getvalue())
+    if half:
+        graph = to_half(graph)
     check_operators(graph)
-    _set_metadata(graph, recipe, stride)
+    _set_metadata(graph, recipe, stride, half)
     onnx.checker.check_model(graph)
     return atomic_write(path, lambda tmp: onnx.save(graph, str(tmp)))
 
@@ -157,8 +159,8 @@ def _input_channels(net, recipe) -> int:
     return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 
-def _set_metadata(graph, recipe, stride: int) -> None:
-    meta = {"format": FORMAT}
+def _set_metadata(graph, recipe, stride: int, half: bool = False) -> None:
+    meta = {"format": FORMAT, "precision": "float16" if half else "float32"}
     if recipe is not None:
         cfg = recipe.infer
         meta["recipe"] = recipe.to_json()
@@ -171,3 +173,88 @@ def _set_metadata(graph, recipe, stride: int) -> None:
     del graph.metadata_props[:]
     for key, value in meta.items():
         graph.metadata_props.add(key=key, value=value)
+
+
+# Kept in FP32 inside an FP16 graph: normalisation statistics and softmax (A2U's kernels) lose too
+# much in half precision, and so do sums over whole images or many channels.
+KEEP_FP32 = frozenset({"BatchNormalization", "InstanceNormalization", "GroupNormalization", "LayerNormalization",
+                       "Softmax", "ReduceMean", "ReduceSum", "GlobalAveragePool"})
+
+
+def to_half(model):
+    """An FP16 copy of an FP32 graph, explicitly typed for TensorRT's strongly typed mode.
+
+    Every float tensor becomes float16 (initializers, constants, casts), except: the graph's input
+    and output stay float32 (a Cast after the one and before the other, so callers and metadata do
+    not change); the operators in `KEEP_FP32` run in float32 between Casts, with their parameters;
+    Resize's roi and scales stay float32 as the operator requires.
+
+    Args:
+        model: an `onnx.ModelProto` with float32 input and output.
+
+    Returns:
+        a new `onnx.ModelProto`.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    model = onnx.shape_inference.infer_shapes(model)  # elem types of every intermediate value
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, index))
+
+    def stays_fp32(name: str) -> bool:  # read only as a parameter of an FP32 operator or as Resize's roi/scales
+        uses = consumers.get(name, [])
+        return bool(uses) and all((op in KEEP_FP32 and i > 0) or (op == "Resize" and i in (1, 2)) for op, i in uses)
+
+    def half_tensor(tensor):
+        converted = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
+        tensor.CopyFrom(converted)
+
+    for init in graph.initializer:
+        if init.data_type == f32 and not stays_fp32(init.name):
+            half_tensor(init)
+    nodes = []
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type in ("Constant", "ConstantOfShape") and attr.name == "value" and attr.t.data_type == f32 \
+                    and not stays_fp32(node.output[0]):
+                half_tensor(attr.t)
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == f32 and not stays_fp32(node.output[0]):
+                attr.i = f16
+        if node.op_type not in KEEP_FP32:
+            nodes.append(node)
+            continue
+        # this operator in FP32: cast its float data inputs up and its float outputs back down
+        for index, name in enumerate(node.input):
+            if types.get(name) == f32 and not stays_fp32(name):
+                nodes.append(helper.make_node("Cast", [name], [f"{name}__fp32_{node.name}"], to=f32))
+                node.input[index] = f"{name}__fp32_{node.name}"
+        nodes.append(node)
+        for index, name in enumerate(node.output):
+            if types.get(name) == f32:
+                node.output[index] = f"{name}__fp32"
+                nodes.append(helper.make_node("Cast", [node.output[index]], [name], to=f16))
+    # float32 at the edges: the input is cast down once, the output cast up
+    for value in graph.input:
+        inside = f"{value.name}__fp16"
+        for node in nodes:
+            node.input[:] = [inside if n == value.name else n for n in node.input]
+        nodes.insert(0, helper.make_node("Cast", [value.name], [inside], to=f16))
+    for value in graph.output:
+        inside = f"{value.name}__fp16"
+        for node in nodes:
+            node.output[:] = [inside if n == value.name else n for n in node.output]
+            node.input[:] = [inside if n == value.name else n for n in node.input]
+        nodes.append(helper.make_node("Cast", [inside], [value.name], to=f32))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # stale types; re-inferred below as the check of the conversion
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    return model

@@ -10,7 +10,8 @@ TensorRT versions (detected by the major of `trt.__version__` and by attribute p
   `OBEY_PRECISION_CONSTRAINTS`, and every normalisation, softmax and reduce layer (GroupNorm, which
   the ONNX graph carries as InstanceNormalization, A2U's kernel softmax, global pooling) pinned to
   FP32. (BatchNorm in eval mode is folded into the convolutions at export.)
-- TensorRT 10, FP16 ONNX (a graph the exporter already typed): strongly typed, like 11.
+- TensorRT 10, FP16 ONNX (`to_onnx(half=True)`, what `matte export --format trt --half` builds
+  from): strongly typed, like 11.
 - TensorRT 11: strongly typed only (the weak-typing flags and per-layer precisions are gone); the
   precision is the ONNX graph's own, so `half` needs the FP16 graph from `to_onnx(half=True)`,
   which keeps normalisation and softmax in FP32 itself. `needs_fp16_graph()` tells the exporter.
@@ -106,9 +107,10 @@ def onnx_io(onnx_path: Path) -> tuple[int, bool, dict]:
     if len(dims) != 4 or not dims[1].dim_value:
         raise UsageError(f"{onnx_path}: input '{INPUT}' must be (N, C, H, W) with a fixed C")
     fp16 = onnx.TensorProto.FLOAT16
-    half = (any(t.data_type == fp16 for t in model.graph.initializer)
+    props = {p.key: p.value for p in model.metadata_props}
+    half = (props.get("precision") == "float16" or any(t.data_type == fp16 for t in model.graph.initializer)
             or any(v.type.tensor_type.elem_type == fp16 for v in list(model.graph.input) + list(model.graph.output)))
-    return dims[1].dim_value, half, {p.key: p.value for p in model.metadata_props}
+    return dims[1].dim_value, half, props
 
 
 def _check_shapes(min_shape, opt_shape, max_shape) -> None:

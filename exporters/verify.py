@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TOLERANCE = 1e-4  # max-abs on the raw float32 alpha
+TOLERANCE = 1e-4  # max-abs on the raw alpha, float32
+# FP16 graphs and engines: half precision carries ~3 significant digits through dozens of layers;
+# 1e-2 is 2.5 levels of an 8-bit matte (measured: 1.6e-3 .. 2.2e-3 on the demo models at 96x160).
+HALF_TOLERANCE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,11 @@ class Parity:
     max_abs: float
     mean_abs: float
     scale: float  # max |output| of the reference, to read the error against
+    tolerance: float = TOLERANCE
 
     @property
     def ok(self) -> bool:
-        return self.max_abs <= TOLERANCE
+        return self.max_abs <= self.tolerance
 
 
 def default_sizes(stride: int) -> list[tuple[int, int]]:
@@ -63,7 +67,8 @@ def fresh_input(height: int, width: int, cfg, rng: np.random.Generator) -> np.nd
     return prepare(image, trimap, cfg)
 
 
-def verify(backend, reference, sizes=None, *, seed: int = 0, on_size=None) -> list[Parity]:
+def verify(backend, reference, sizes=None, *, seed: int = 0, tolerance: float = TOLERANCE,
+           on_size=None) -> list[Parity]:
     """Run `backend` and `reference` on the same fresh input at each size and measure the error.
 
     Args:
@@ -72,6 +77,7 @@ def verify(backend, reference, sizes=None, *, seed: int = 0, on_size=None) -> li
         sizes: (height, width) image sizes, aligned to the stride by the pipeline; default
             `default_sizes(stride)`.
         seed: seeds the inputs.
+        tolerance: the max-abs error each `Parity.ok` allows.
         on_size: called with each `Parity` as it is measured (progress display).
 
     Returns:
@@ -87,7 +93,8 @@ def verify(backend, reference, sizes=None, *, seed: int = 0, on_size=None) -> li
         if got.shape != want.shape:
             raise ValueError(f"output shape {got.shape} differs from PyTorch's {want.shape} at {height}x{width}")
         diff = np.abs(got - want)
-        result = Parity(x.shape[2], x.shape[3], float(diff.max()), float(diff.mean()), float(np.abs(want).max()))
+        result = Parity(x.shape[2], x.shape[3], float(diff.max()), float(diff.mean()), float(np.abs(want).max()),
+                        tolerance)
         results.append(result)
         if on_size is not None:
             on_size(result)

@@ -110,9 +110,9 @@ def _profile(sizes, stride: int):
 
 def prepare_models(weights: Path, backends: list[str], sizes, half: bool, workdir: Path, log=print) -> dict:
     """-> {backend: model file} for the requested backends, exporting what a .safetensors lacks:
-    an ONNX graph (`to_onnx`; FP16 with `half`) for onnx, and an engine (`to_engine`, a profile
-    covering `sizes`, timing cache in `workdir`) for trt, built from the FP32 graph on TensorRT 10
-    (the builder's FP16 flag) or the FP16 graph on 11 (strongly typed)."""
+    an ONNX graph (`to_onnx`; the FP16 graph with `half`) for onnx, and for trt an engine built
+    from that same graph (`to_engine`, a profile covering `sizes`, timing cache in `workdir`), as
+    `matte export --format trt` builds it."""
     suffix = weights.suffix.lower()
     if suffix in (".engine", ".plan"):
         return {"trt": weights}
@@ -143,9 +143,9 @@ def prepare_models(weights: Path, backends: list[str], sizes, half: bool, workdi
         elif name == "onnx":
             files[name] = graph(half)
         else:
-            from exporters.tensorrt import needs_fp16_graph, onnx_io, to_engine
+            from exporters.tensorrt import onnx_io, to_engine
 
-            source = graph(half and needs_fp16_graph())
+            source = graph(half)
             low, opt, high = _profile(sizes, _stride_of(source, onnx_io))
             log(f"building a TensorRT engine ({'FP16' if half else 'FP32'}, H x W profile {low} .. {high})")
             files[name] = to_engine(source, workdir / "model.engine", half=half, min_shape=low, opt_shape=opt,

@@ -1,8 +1,8 @@
 """`make demo`: the whole toolkit end to end on a CPU in minutes, saying what each step did.
 
 synthetic data -> train `demo-indexnet` -> evaluate against the trivial baseline (alpha = 0.5 in
-the unknown region) -> export to ONNX (when the exporter is built) -> infer on a folder holding the
-lemur photo. Everything lands in `demo/` (removed by `make clean`).
+the unknown region) -> export to ONNX (checked against PyTorch) -> infer on a folder holding the
+lemur photo with the PyTorch model and the ONNX model. Everything lands in `demo/` (removed by `make clean`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ def main() -> int:
     from mattecli.data.manifest import read_manifest
     from mattecli.data.synthetic import prepare_synthetic
     from mattecli.evaluation import evaluate, match_manifest, summary
-    from mattecli.inference.batch import infer_folder, print_report
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.recipes import load_recipe
     from mattecli.train.loop import TrainOptions, train
@@ -75,31 +74,55 @@ def main() -> int:
     beats = scores["demo-indexnet"]["sad"] < scores["trivial (0.5)"]["sad"]
     done(t0, f"the model {'beats' if beats else 'does NOT beat'} the trivial baseline on SAD; predictions in {preds}")
 
-    t0 = step("4/5 export to ONNX")
-    try:
-        from exporters.onnx import to_onnx  # noqa: F401
-    except ImportError:
-        onnx_path = None
-        done(t0, "skipped: the ONNX exporter is not built yet (issue [Export])")
-    else:
-        from mattecli.weights import load_model
+    onnx_path, exported_ok = export_onnx(weights, recipe, OUT)
+    failed = infer_with_both(weights, onnx_path, OUT)
 
-        model, _ = load_model(weights)
-        onnx_path = to_onnx(model, OUT / "demo-indexnet.onnx", opset=17, dynamic=True, recipe=recipe)
-        done(t0, f"{onnx_path}")
+    print(f"\nDemo finished: everything is in {OUT}. Model {'beats' if beats else 'does not beat'} the baseline.")
+    return 0 if beats and exported_ok and not failed else 1
 
-    t0 = step("5/5 infer on a folder: the lemur photo (a real photograph, hand-drawn trimap)")
-    folder = OUT / "photos"
+
+def export_onnx(weights: Path, recipe, out: Path) -> tuple[Path, bool]:
+    """Step 4: the trained model to ONNX, checked against PyTorch. Returns (path, within tolerance)."""
+    from exporters.onnx import to_onnx
+    from exporters.verify import TOLERANCE, verify
+    from mattecli.inference.backends import OnnxBackend, TorchBackend
+    from mattecli.weights import load_model
+
+    t0 = step("4/5 export to ONNX (dynamic size, TensorRT-ready operators) and check it against PyTorch")
+    model, _ = load_model(weights)
+    onnx_path = to_onnx(model, out / "demo-indexnet.onnx", opset=17, dynamic=True, recipe=recipe)
+    parity = verify(OnnxBackend.load(onnx_path), TorchBackend(model, recipe), [(160, 96), (224, 352)])
+    errors = ", ".join(f"{r.height}x{r.width} {r.max_abs:.1e}" for r in parity)
+    ok = all(r.ok for r in parity)
+    done(t0, f"{onnx_path}; max-abs error vs PyTorch: {errors} ({'within' if ok else 'ABOVE'} {TOLERANCE:g})")
+    return onnx_path, ok
+
+
+def infer_with_both(weights: Path, onnx_path: Path, out: Path) -> list:
+    """Step 5: the lemur folder with the PyTorch model and with the ONNX model; returns the failures."""
+    import numpy as np
+
+    from mattecli.imageio import read_gray
+    from mattecli.inference.batch import infer_folder, print_report
+    from mattecli.inference.pipeline import load_pipeline
+
+    t0 = step("5/5 infer on a folder: the lemur photo (a real photograph, hand-drawn trimap), with PyTorch and ONNX")
+    folder = out / "photos"
     folder.mkdir(parents=True)
     for name in ("lemur.png", "lemur_trimap.png"):
         shutil.copy(ROOT / "examples" / name, folder / name)
-    report = infer_folder(load_pipeline(onnx_path or weights), folder, OUT / "mattes", progress=False)
-    print_report(report, OUT / "mattes")
-    done(t0, f"alpha matte: {OUT / 'mattes' / 'lemur.png'} (a demo model trained for minutes on synthetic "
-             "shapes: expect a rough matte; `matte convert` the authors' weights for real use)")
-
-    print(f"\nDemo finished: everything is in {OUT}. Model {'beats' if beats else 'does not beat'} the baseline.")
-    return 0 if beats and not report.failed else 1
+    failed = []
+    for model_file, mattes in ((weights, out / "mattes"), (onnx_path, out / "mattes-onnx")):
+        report = infer_folder(load_pipeline(model_file), folder, mattes, progress=False)
+        print_report(report, mattes)
+        failed += report.failed
+    diff = np.abs(read_gray(out / "mattes" / "lemur.png").astype(int)
+                  - read_gray(out / "mattes-onnx" / "lemur.png").astype(int))
+    done(t0, f"alpha matte: {out / 'mattes' / 'lemur.png'} (a demo model trained for minutes on synthetic "
+             "shapes: expect a rough matte; `matte convert` the authors' weights for real use); "
+             f"the ONNX model's ({out / 'mattes-onnx'}) differs by at most {diff.max()} of 255 "
+             f"({np.count_nonzero(diff)} pixels differ)")
+    return failed
 
 
 if __name__ == "__main__":

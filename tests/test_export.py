@@ -236,6 +236,38 @@ def test_verify_passes_onnx_and_catches_a_wrong_backend(exported):
     assert not any(r.ok for r in verify(Off(), reference, sizes[1:]))
 
 
+def test_half_graph_is_fp16_inside_with_fp32_islands_and_close_to_pytorch(exported):
+    """to_half on the exported graph: FP16 weights and activations, float32 input/output, the
+    normalisation / softmax / reductions fed and run in FP32; ONNX Runtime within HALF_TOLERANCE."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from exporters.onnx import KEEP_FP32, to_half
+    from exporters.verify import HALF_TOLERANCE
+
+    model, recipe, path, _ = exported
+    half = onnx.shape_inference.infer_shapes(to_half(onnx.load(str(path))))
+    graph = half.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    assert types["input"] == types["alpha"] == TensorProto.FLOAT
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(types[n.input[1]] == TensorProto.FLOAT16 and types[n.output[0]] == TensorProto.FLOAT16
+                         for n in convs)
+    kept = [n for n in graph.node if n.op_type in KEEP_FP32]
+    assert kept and all(types[n.input[0]] == types[n.output[0]] == TensorProto.FLOAT for n in kept)
+    assert {"Softmax", "GlobalAveragePool"} <= {n.op_type for n in kept}
+    check_operators(half)
+    session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
+    s = recipe.infer.stride
+    x = torch.randn(1, 4, 5 * s, 3 * s, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert 0 < np.abs(got - want).max() <= HALF_TOLERANCE, np.abs(got - want).max()
+
+
 def test_to_onnx_leaves_the_model_alone_and_writes_atomically(tmp_path):
     model, recipe = _random_model("indexnet-hin-maxindex", "model.width_mult=0.35")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -274,6 +306,10 @@ def test_onnx_backend_errors_are_one_line(tmp_path):
     onnx.save(_graph([helper.make_node("Relu", ["x"], ["y"])]), str(bare))
     with pytest.raises(UsageError, match="bare.onnx: no recipe in the ONNX metadata"):
         load_backend(bare)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(UsageError, match="w.safetensors: the onnx backend runs an exported model"):
+        load_backend(weights, "onnx")
 
 
 def test_parse_sizes():
@@ -354,23 +390,31 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["--weights", "{tmp}/missing.safetensors"], "missing.safetensors: no such weights file"),
     (["--format", "tflite"], "--format tflite: unknown format"),
-    (["--half"], "--half with --format onnx"),
     (["--opt-shape", "1088by1920"], "--opt-shape: '1088by1920' is not HEIGHTxWIDTH"),
     (["--opt-shape", "100x100"], "--opt-shape 100x100: not a multiple of the model's stride 32"),
     (["--verify", "--verify-sizes", "64x"], "--verify-sizes: '64x' is not HEIGHTxWIDTH"),
-    (["--opset", "13"], "--opset 13"),
+    (["--opset", "13"], "--opset 13: choose 17 to 20"),
+    (["--opset", "21"], "--opset 21: choose 17 to 20"),
+    (["--verify", "--verify-sizes", "64x64"], "--verify-sizes 64x64: a static graph runs at --opt-shape"),
     (["--dynamic", "--min-shape", "640x640", "--opt-shape", "320x320"], "min <= opt <= max"),
 ])
 def test_cli_export_usage_errors_are_one_line(weights, tmp_path, args, message):
+    """In process (the entry point turns a UsageError into one line and exit 2: checked once below)."""
     base = {"--weights": str(weights), "--out": str(tmp_path / "m.onnx")}
     given = [a.replace("{tmp}", str(tmp_path)) for a in args]
     for key, value in base.items():
         if key not in given:
             given += [key, value]
-    res = run_main("export", *given)
-    assert res.returncode == 2, res.stdout + res.stderr
-    assert message in res.stderr and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    res = CliRunner().invoke(app, ["export", *given])
+    assert isinstance(res.exception, UsageError), res.output
+    assert message in str(res.exception) and "\n" not in str(res.exception)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_missing_weights_through_the_entry_point(tmp_path):
+    res = run_main("export", "--weights", tmp_path / "missing.safetensors", "--out", tmp_path / "m.onnx")
+    assert res.returncode == 2 and "missing.safetensors: no such weights file" in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
 
 
 def test_cli_trt_without_tensorrt_is_one_line(weights, tmp_path):

@@ -147,6 +147,9 @@ class OnnxBackend:
         from mattecli.recipes import recipe_from_dict
 
         path = Path(path)
+        if path.suffix.lower() == ".safetensors":
+            raise UsageError(f"{path}: the onnx backend runs an exported model; make one with "
+                             f"`matte export --weights {path} --format onnx --dynamic --out MODEL.onnx`")
         try:
             session = ort.InferenceSession(str(path), providers=_onnx_providers(ort, device))
         except Exception as err:  # onnxruntime raises its own exception types, one per failure kind
