@@ -225,7 +225,7 @@ def to_engine(onnx_path, path, *, half: bool = False, min_shape=(320, 320), opt_
     meta = {
         "format": FORMAT,
         "recipe": json.loads(props["recipe"]),
-        "onnx_metadata": props,
+        "onnx_metadata": {k: v for k, v in props.items() if k != "recipe"},  # preprocessing, precision
         "tensorrt": str(trt.__version__),
         "half": bool(half or graph_half),  # an FP16 graph builds an FP16 engine either way
         "strongly_typed": bool(strongly_typed),
