@@ -46,8 +46,9 @@ class TensorRTBackend:
 
     Buffers are torch CUDA tensors addressed by tensor name; `execute_async_v3` runs on torch's
     current stream, so no pycuda is needed. Where TensorRT allows it (10.1+), the engine's scratch
-    memory is a torch tensor too, sized for each input shape, so torch's allocator (and
-    `torch.cuda.max_memory_allocated`) sees everything a call uses except the engine's weights.
+    memory is a torch tensor too, grown to what the largest input shape so far needs (TensorRT's
+    own allocation would be sized for the profile's maximum), so torch's allocator and
+    `torch.cuda.max_memory_allocated` see everything a call uses except the engine's weights.
     """
 
     def __init__(self, engine_bytes: bytes, meta: dict, device: str = "cuda", source: str = "engine"):
