@@ -236,7 +236,8 @@ def _report_line(console, result: Result) -> None:
 
 
 def evaluate(items: list[Item], workers: int = 1, pipeline=None, save_pred: Path | None = None,
-             worst: "WorstN | None" = None, console=None) -> tuple[list[Result], dict[str, np.ndarray]]:
+             worst: "WorstN | None" = None, console=None,
+             quiet: bool = False) -> tuple[list[Result], dict[str, np.ndarray]]:
     """Evaluate every item, `workers` processes computing metrics, with a progress bar.
 
     Without `pipeline`, the predictions are the items' files. With one, this process runs
@@ -244,31 +245,41 @@ def evaluate(items: list[Item], workers: int = 1, pipeline=None, save_pred: Path
     predictions; `save_pred` then receives them as `{name}.png` (written atomically), and `worst`
     selects which predictions are kept in memory and returned (for the report). Bad inputs become
     results with an error; warnings and errors are printed as they come.
+
+    `quiet` is for callers inside a loop of their own (training's validation): everything runs in
+    this process (`workers` is ignored), with no progress bar and nothing printed; warnings and
+    errors stay in the results.
     """
-    from rich.console import Console
+    from contextlib import nullcontext
 
     from mattecli.imageio import read_image, write_png
 
-    console = console or Console(stderr=True)
     results: list[Result] = []
     in_flight: dict[str, np.ndarray] = {}
     kept: dict[str, np.ndarray] = {}
-    runner = _Runner(min(workers, max(1, len(items))))
-    progress, task = _progress(len(items), "predicting + evaluating" if pipeline else "evaluating", console)
+    runner = _Runner(1 if quiet else min(workers, max(1, len(items))))
+    progress = task = None
+    if not quiet:
+        from rich.console import Console
+
+        progress, task = _progress(len(items), "predicting + evaluating" if pipeline else "evaluating",
+                                   console or Console(stderr=True))
 
     def take(done: Iterable[Result]) -> None:
         for result in done:
-            _report_line(progress.console, result)
+            if progress is not None:
+                _report_line(progress.console, result)
             results.append(result)
             pred = in_flight.pop(result.name, None)
             if pred is not None and worst is not None and worst(result):
                 kept[result.name] = pred
                 for name in set(kept) - set(worst.names()):
                     del kept[name]
-            progress.advance(task)
+            if progress is not None:
+                progress.advance(task)
 
     try:
-        with progress:
+        with progress or nullcontext():
             for item in items:
                 if pipeline is None:
                     take(runner.submit(item.name, item.pred, item.gt, item.trimap))

@@ -104,7 +104,3 @@ def test_infer_with_a_trimap_folder(tmp_path, weights):
     assert res.returncode == 0, res.stderr
     assert read_gray(tmp_path / "out" / "x.png").shape == (40, 50)
 
-
-def test_unbuilt_commands_say_so(tmp_path):
-    res = run_main("export", "--weights", "x")
-    assert res.returncode == 2 and "not built yet" in res.stderr

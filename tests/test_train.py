@@ -87,36 +87,32 @@ def test_schedules():
     assert lr_factor(cos, 60) == pytest.approx(0.5) and lr_factor(cos, 110) == pytest.approx(0.0, abs=1e-9)
 
 
-def test_pretrained_mobilenetv2_is_mapped(tmp_path):
-    from mattecli.models import build_model
-    from mattecli.train.pretrained import load_pretrained_encoder, mobilenetv2_key
+def test_validate_equals_the_per_sample_loop_it_replaced(synth, monkeypatch, capfd):
+    """validate() runs evaluation.evaluate quietly in-process; the means are those of the plain
+    loop (pipeline, then metrics.evaluate, per sample) to the last bit."""
+    import concurrent.futures
 
-    assert mobilenetv2_key("features.1.conv.1.weight") == "layer1.0.conv.3.weight"
-    assert mobilenetv2_key("features.17.conv.3.running_var") == "layer7.0.conv.7.running_var"
-    assert mobilenetv2_key("features.18.0.weight") is None and mobilenetv2_key("classifier.1.bias") is None
-    recipe = load_recipe("indexnet-m2o-nl-ctx")
-    model = build_model(recipe)
-    # a torchvision-layout state dict, written from torchvision's layout independently of the map
-    t1 = {"conv.0": "conv.0.0", "conv.1": "conv.0.1", "conv.3": "conv.1", "conv.4": "conv.2"}
-    t6 = {"conv.0": "conv.0.0", "conv.1": "conv.0.1", "conv.3": "conv.1.0", "conv.4": "conv.1.1",
-          "conv.6": "conv.2", "conv.7": "conv.3"}
-    blocks = [(stage, b) for stage, n in enumerate((1, 2, 3, 4, 3, 3, 1), start=1) for b in range(n)]
-    tv = {"features.0.0.weight": torch.randn(32, 3, 3, 3), "features.18.0.weight": torch.randn(1280, 320, 1, 1),
-          "classifier.1.weight": torch.randn(1000, 1280)}
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked") or not key.startswith("layer") or key == "layer0.0.weight":
-            continue
-        layer, rest = key.split(".", 1)
-        if layer == "layer0":
-            name = "features.0." + rest
-        else:
-            block, conv, index, leaf = rest.split(".")
-            feature = blocks.index((int(layer[5:]), int(block))) + 1
-            name = f"features.{feature}." + (t1 if feature == 1 else t6)[f"{conv}.{index}"] + "." + leaf
-        tv[name] = torch.randn_like(value.float()).to(value.dtype)
-    torch.save(tv, tmp_path / "mobilenet_v2.pth")
-    info = load_pretrained_encoder(model, recipe, tmp_path / "mobilenet_v2.pth")
-    assert sorted(info["ignored"]) == ["classifier.1.weight", "features.18.0.weight"]
-    w = model.state_dict()["layer0.0.weight"]
-    assert torch.equal(w[:, :3], tv["features.0.0.weight"]) and (w[:, 3] == 0).all()
-    assert torch.equal(model.state_dict()["layer1.0.conv.3.weight"], tv["features.1.conv.1.weight"])
+    import numpy as np
+
+    from mattecli.data.manifest import read_manifest
+    from mattecli.imageio import read_gray, read_image
+    from mattecli.inference.backends import TorchBackend
+    from mattecli.inference.pipeline import Pipeline
+    from mattecli.metrics import evaluate
+    from mattecli.models import build_model
+    from mattecli.train.loop import validate
+
+    recipe = tiny(1)
+    torch.manual_seed(3)
+    model = build_model(recipe).train()
+    samples = read_manifest(synth / "test")
+    pipeline = Pipeline(TorchBackend(model, recipe, "cpu"), recipe.infer, recipe)
+    scores = [evaluate(pipeline(read_image(s.image), read_gray(s.trimap)), read_gray(s.alpha), read_gray(s.trimap))
+              for s in samples]
+    expected = {k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
+    model.train()
+    capfd.readouterr()
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", None)  # no worker processes
+    assert validate(model, recipe, samples, torch.device("cpu")) == expected
+    assert model.training  # restored
+    assert capfd.readouterr() == ("", "")  # no progress bar, nothing printed

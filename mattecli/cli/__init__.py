@@ -38,8 +38,20 @@ for _name, _module in COMMANDS:
         app.command(_name, context_settings=getattr(_mod, "CONTEXT_SETTINGS", None))(_mod.main)
 
 
+def _from_interrupt(err: BaseException | None) -> bool:
+    """Whether a chain of exceptions started with Ctrl-C."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C says
+    "matte: interrupted" and exits with 130."""
     try:
         app()
     except UsageError as err:
@@ -48,6 +60,11 @@ def main() -> None:
     except InputError as err:
         print(f"matte: error: {err}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a command (while parsing, say)
         print("matte: interrupted", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as done:
+        # Typer turns a KeyboardInterrupt inside a command into a silent exit 130
+        if done.code == 130 and _from_interrupt(done):
+            print("matte: interrupted", file=sys.stderr)
+        raise

@@ -41,7 +41,149 @@ class TorchBackend:
         return out.float().cpu().numpy()
 
 
-BACKENDS = {"torch": TorchBackend}
+class TensorRTBackend:
+    """A TensorRT engine file written by `exporters.tensorrt.to_engine` (matte header + engine).
+
+    Buffers are torch CUDA tensors addressed by tensor name; `execute_async_v3` runs on torch's
+    current stream, so no pycuda is needed. Where TensorRT allows it (10.1+), the engine's scratch
+    memory is a torch tensor too, grown to what the largest input shape so far needs (TensorRT's
+    own allocation would be sized for the profile's maximum), so torch's allocator and
+    `torch.cuda.max_memory_allocated` see everything a call uses except the engine's weights.
+    """
+
+    def __init__(self, engine_bytes: bytes, meta: dict, device: str = "cuda", source: str = "engine"):
+        import torch
+
+        from exporters.tensorrt import import_tensorrt
+        from mattecli.recipes import recipe_from_dict
+
+        trt = import_tensorrt()
+        self.trt, self.meta, self.source = trt, meta, source
+        self.recipe = recipe_from_dict(meta["recipe"], meta["recipe"].get("name", source))
+        self.device = torch.device(device)
+        with torch.cuda.device(self.device):
+            self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+            if self.engine is None:
+                raise UsageError(f"{source}: TensorRT {trt.__version__} cannot load this engine (built with "
+                                 f"TensorRT {meta.get('tensorrt', '?')}; engines are tied to the TensorRT "
+                                 "version and GPU that built them: rebuild with `matte export --format trt`)")
+            strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
+            self.user_memory = strategy is not None and all(  # 10.1+; otherwise TensorRT allocates it
+                hasattr(trt.IExecutionContext, m) for m in ("update_device_memory_size_for_shapes", "set_device_memory"))
+            self.context = (self.engine.create_execution_context(strategy.USER_MANAGED) if self.user_memory
+                            else self.engine.create_execution_context())
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise UsageError(f"{source}: expected one input and one output tensor, found {inputs} and {outputs}")
+        self.input, self.output = inputs[0], outputs[0]
+        self.dtypes = {n: self._torch_dtype(self.engine.get_tensor_dtype(n)) for n in (self.input, self.output)}
+        self.scratch = None
+
+    def _torch_dtype(self, dtype):
+        import torch
+
+        table = {self.trt.float32: torch.float32, self.trt.float16: torch.float16}
+        if dtype not in table:
+            raise UsageError(f"{self.source}: unsupported engine tensor type {dtype}")
+        return table[dtype]
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cuda") -> "TensorRTBackend":
+        from exporters.tensorrt import NO_CUDA, import_tensorrt, read_engine_file
+
+        import_tensorrt()  # "not installed" before anything else
+        if not device.startswith("cuda"):
+            raise UsageError(f"{path}: a TensorRT engine runs on a GPU: use --device cuda (got --device {device})")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(NO_CUDA)
+        meta, engine = read_engine_file(path)
+        return cls(engine, meta, device, source=str(path))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.cuda.device(self.device):
+            inp = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtypes[self.input])
+            if not self.context.set_input_shape(self.input, tuple(inp.shape)):
+                prof = self.meta.get("profile", {})
+                raise ValueError(f"input {tuple(inp.shape)} is outside the engine's profile (H, W from "
+                                 f"{prof.get('min')} to {prof.get('max')}); rebuild with other --min/--max-shape")
+            out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.dtypes[self.output],
+                              device=self.device)
+            self.context.set_tensor_address(self.input, inp.data_ptr())
+            self.context.set_tensor_address(self.output, out.data_ptr())
+            if self.user_memory:
+                size = self.context.update_device_memory_size_for_shapes()
+                if self.scratch is None or self.scratch.numel() < size:
+                    self.scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
+                self.context.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
+            stream = torch.cuda.current_stream(self.device)
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"{self.source}: TensorRT execution failed (see its log above)")
+            stream.synchronize()
+        return out.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An exported `.onnx` graph in ONNX Runtime; the recipe comes from the graph's metadata."""
+
+    def __init__(self, session, recipe, path: str | Path = "model.onnx"):
+        self.session = session
+        self.recipe = recipe
+        self.path = Path(path)
+        shape = session.get_inputs()[0].shape  # ints where fixed, names where dynamic
+        self.fixed_size = tuple(shape[2:]) if all(isinstance(d, int) for d in shape[2:]) else None
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> "OnnxBackend":
+        import json
+
+        import onnxruntime as ort
+
+        from mattecli.recipes import recipe_from_dict
+
+        path = Path(path)
+        if path.suffix.lower() == ".safetensors":
+            raise UsageError(f"{path}: the onnx backend runs an exported model; make one with "
+                             f"`matte export --weights {path} --format onnx --dynamic --out MODEL.onnx`")
+        try:
+            session = ort.InferenceSession(str(path), providers=_onnx_providers(ort, device))
+        except Exception as err:  # onnxruntime raises its own exception types, one per failure kind
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(f"{path}: not a loadable ONNX model ({reason})") from None
+        meta = session.get_modelmeta().custom_metadata_map
+        if "recipe" not in meta:
+            raise UsageError(f"{path}: no recipe in the ONNX metadata (export it with `matte export`)")
+        raw = json.loads(meta["recipe"])
+        return cls(session, recipe_from_dict(raw, raw.get("name", path.stem)), path)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.fixed_size is not None and tuple(x.shape[2:]) != self.fixed_size:
+            h, w = self.fixed_size
+            raise ValueError(f"{self.path.name} was exported for {h}x{w} input only, got "
+                             f"{x.shape[2]}x{x.shape[3]} (export with --dynamic)")
+        inp, out = self.session.get_inputs()[0].name, self.session.get_outputs()[0].name
+        return self.session.run([out], {inp: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def _onnx_providers(ort, device: str) -> list:
+    """CUDA (then CPU for the operators CUDA lacks) on a cuda device, else CPU."""
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise UsageError(f"--device {device} with the onnx backend needs onnxruntime-gpu "
+                         "(pip install -e '.[gpu]'); this onnxruntime has only "
+                         f"{', '.join(ort.get_available_providers())}")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+BACKENDS = {"torch": TorchBackend, "onnx": OnnxBackend, "trt": TensorRTBackend}
 
 
 def load_backend(path: str | Path, name: str | None = None, device: str = "cpu"):
@@ -53,7 +195,7 @@ def load_backend(path: str | Path, name: str | None = None, device: str = "cpu")
     if name is None:
         raise UsageError(f"{path}: unknown model file type (expected {', '.join(SUFFIX_TO_BACKEND)})")
     if name not in BACKENDS:
-        raise UsageError(f"backend '{name}' is not built yet (issue [Export]); available: {', '.join(BACKENDS)}")
+        raise UsageError(f"--backend {name}: unknown backend (choose {', '.join(BACKENDS)})")
     if device.startswith("cuda"):
         import torch
 

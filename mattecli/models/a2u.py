@@ -167,9 +167,10 @@ def _bins(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:
     return inside.to(like.dtype) / (end - start).to(like.dtype)[:, None]
 
 
-def adaptive_avg_pool_bins(x: torch.Tensor, bins: int) -> torch.Tensor:
+def adaptive_avg_pool_bins(x: torch.Tensor, bins: int | tuple[int, int]) -> torch.Tensor:
     """`F.adaptive_avg_pool2d(x, bins)` as two matrix products, which export with dynamic H/W."""
-    return _bins(x.shape[2], bins, x) @ x @ _bins(x.shape[3], bins, x).t()
+    rows, cols = (bins, bins) if isinstance(bins, int) else bins
+    return _bins(x.shape[2], rows, x) @ x @ _bins(x.shape[3], cols, x).t()
 
 
 def _filter_grouped(x: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:

@@ -3,7 +3,8 @@
 The blocks use one `BNAct` module per BN + activation (layers.py), so parameter names are those of
 in-place-ABN checkpoints (`convs.conv1`, `convs.bn1`, ..., `proj_conv`, `proj_bn`). A torchvision
 ResNet maps onto them by renaming alone (see `TORCHVISION_BLOCK_RENAMES`): its `bnN` is our
-`convs.bnN`, its `downsample.0/1` our `proj_conv`/`proj_bn`; only the activation differs (`relu`).
+`convs.bnN`, its `downsample.0/1` our `proj_conv`/`proj_bn` (`TORCHVISION_SPLIT_BLOCK_RENAMES`
+for a SplitBlock); only the activation may differ (A2U's leaky ReLU), which weights do not see.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ RESNET34_CHANNELS = (64, 128, 256, 512)
 # torchvision block-level names -> ours (prefixes like `layer1.0.` are the caller's to map)
 TORCHVISION_BLOCK_RENAMES = {
     "conv1.": "convs.conv1.", "bn1.": "convs.bn1.", "conv2.": "convs.conv2.", "bn2.": "convs.bn2.",
+    "downsample.0.": "proj_conv.", "downsample.1.": "proj_bn.",
+}
+# the same for a torchvision stride-2 block (`layerS.0`) onto a SplitBlock: conv1/bn1 live in its
+# `layer1`, conv2/bn2 in its `layer2` (the A2U checkpoints' names)
+TORCHVISION_SPLIT_BLOCK_RENAMES = {
+    "conv1.": "layer1.conv1.", "bn1.": "layer1.bn1.", "conv2.": "layer2.conv2.", "bn2.": "layer2.bn2.",
     "downsample.0.": "proj_conv.", "downsample.1.": "proj_bn.",
 }
 

@@ -8,6 +8,7 @@ learning rates are a function of the iteration. A run killed at any point and re
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import time
@@ -46,14 +47,19 @@ class TrainResult:
     history: list = field(default_factory=list)
     best_sad: float | None = None
     run_dir: Path | None = None
+    model: nn.Module | None = None  # the trained network (not wrapped in DDP or compiled)
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """This rank's share of a seeded permutation of an epoch, from a position on (for resuming)."""
+    """This rank's share of a seeded permutation of an epoch, from a position on (for resuming).
+
+    Every rank gets exactly n // world samples (the last n % world of the permutation are left out
+    this epoch), so all ranks run the same number of batches per epoch and stay in step.
+    """
 
     def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-        self.indices = perm[rank::world][start:]
+        self.indices = perm[: n - n % world][rank::world][start:]
 
     def __iter__(self):
         return iter(self.indices)
@@ -105,7 +111,9 @@ def train(opts: TrainOptions) -> TrainResult:
         import torch.distributed as dist
 
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend)
+        # rank 0 validates and writes while the others wait in their next all-reduce: NCCL's
+        # default 10-minute timeout would kill a run validating on Composition-1k
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
         if device.type == "cuda":
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
@@ -120,7 +128,10 @@ def train(opts: TrainOptions) -> TrainResult:
     if opts.pretrained:
         from mattecli.train.pretrained import load_pretrained_encoder
 
-        load_pretrained_encoder(model, recipe, opts.pretrained)
+        info = load_pretrained_encoder(model, recipe, opts.pretrained)
+        if writer:
+            print(f"matte train: --pretrained {opts.pretrained}: {info['loaded']} encoder tensors loaded, "
+                  f"{len(info['ignored'])} unused")
     model.to(device)
     optimizer = torch.optim.Adam(_param_groups(model, cfg), betas=cfg.betas, weight_decay=cfg.weight_decay)
     dataset = build_dataset(recipe.data, train_dir, seed=opts.seed)
@@ -129,6 +140,8 @@ def train(opts: TrainOptions) -> TrainResult:
     if batches_per_epoch == 0:
         raise UsageError(f"{train_dir}: {len(dataset)} samples are fewer than one batch of {cfg.batch_size} per process")
 
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     iteration, best_sad, history = 0, None, []
     checkpoint = latest_checkpoint(run_dir) if opts.resume else None
     if opts.resume and checkpoint is None and writer:
@@ -140,6 +153,8 @@ def train(opts: TrainOptions) -> TrainResult:
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
+        if use_amp and "scaler" in state:  # the loss scale it had grown or shrunk to
+            scaler.load_state_dict(state["scaler"])
         iteration, best_sad = int(state["iteration"]), state.get("best_sad")
         history = _read_log(run_dir / "log.jsonl", upto=iteration)
         if writer:
@@ -150,8 +165,6 @@ def train(opts: TrainOptions) -> TrainResult:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = LOSSES[cfg.loss]
     val_samples = _validation_samples(test_dir, opts.val_limit) if (test_dir and recipe.data.val_every) else []
 
@@ -207,7 +220,7 @@ def train(opts: TrainOptions) -> TrainResult:
                     _append_log(run_dir / "log.jsonl", entry)
                     _plot_curves(history, run_dir / "curves.png")
                 if writer and (iteration % cfg.checkpoint_every == 0 or iteration == cfg.iters):
-                    save_checkpoint(run_dir, _state(model, optimizer, iteration, best_sad, device), iteration)
+                    save_checkpoint(run_dir, _state(model, optimizer, scaler, iteration, best_sad, device), iteration)
                     save_weights(model, recipe, run_dir / "last.safetensors")
                 if iteration >= cfg.iters:
                     break
@@ -217,14 +230,16 @@ def train(opts: TrainOptions) -> TrainResult:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    return TrainResult(iteration, last_loss, history, best_sad, run_dir)
+    return TrainResult(iteration, last_loss, history, best_sad, run_dir, model)
 
 
-def _state(model, optimizer, iteration, best_sad, device) -> dict:
+def _state(model, optimizer, scaler, iteration, best_sad, device) -> dict:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
              "torch_rng": torch.get_rng_state(), "best_sad": best_sad}
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
     return state
 
 
@@ -235,23 +250,27 @@ def _validation_samples(test_dir: Path, limit: int):
     return samples[:limit] if limit else samples
 
 
-@torch.no_grad()
 def validate(model, recipe, samples, device) -> dict:
-    """Mean official metrics of the model (through the inference pipeline) on manifest samples."""
-    from mattecli.imageio import read_gray, read_image
+    """Mean official metrics of the model (through the inference pipeline) on manifest samples:
+    `matte eval --weights`'s evaluation, run quietly in this process."""
+    from mattecli.evaluation import Item, evaluate
     from mattecli.inference.backends import TorchBackend
     from mattecli.inference.pipeline import Pipeline
-    from mattecli.metrics import evaluate
+    from mattecli.metrics import METRICS
 
     was_training = model.training
     pipeline = Pipeline(TorchBackend(model, recipe, str(device)), recipe.infer, recipe)
-    scores = []
-    for s in samples:
-        trimap = read_gray(s.trimap)
-        pred = pipeline(read_image(s.image), trimap)
-        scores.append(evaluate(pred, read_gray(s.alpha), trimap))
-    model.train(was_training)
-    return {k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
+    items = [Item(s.name, gt=s.alpha, trimap=s.trimap, image=s.image) for s in samples]
+    try:
+        results, _ = evaluate(items, pipeline=pipeline, quiet=True)
+    finally:
+        model.train(was_training)
+    failed = [r for r in results if r.error]
+    if failed:
+        raise UsageError(f"validation sample {failed[0].name}: {failed[0].error}")
+    by_name = {r.name: r.metrics for r in results}
+    ordered = [by_name[s.name] for s in samples]  # the samples' order: means equal to the last bit
+    return {k: float(np.mean([m[k] for m in ordered])) for k in METRICS}
 
 
 def _append_log(path: Path, entry: dict) -> None:

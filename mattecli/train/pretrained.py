@@ -1,17 +1,25 @@
 """`matte train --pretrained FILE`: ImageNet encoders from torchvision-format state dicts.
 
 Nothing can be downloaded at run time, so the user brings the file (e.g. torchvision's own
-`mobilenet_v2-b0353104.pth`). Explicit key maps; the extra input channels of the stem (the
-trimap) are zero-initialised, so the pretrained network initially ignores them.
+`mobilenet_v2-b0353104.pth` or `resnet34-b627a593.pth`). One explicit key map per family
+(`ENCODER_MAPS`): IndexNet's encoder is MobileNetV2, A2U's and TCP's are ResNet-34. The extra input
+channels of the stem (the trimap) are zero-initialised, so the pretrained network initially
+ignores them. Coverage is strict: every tensor of the model's encoder (`encoder_modules()`) must be
+filled, or loading fails naming the first missing ones.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from mattecli.errors import UsageError
+from mattecli.models.resnet import TORCHVISION_BLOCK_RENAMES, TORCHVISION_SPLIT_BLOCK_RENAMES
+
+# --- MobileNetV2 -> IndexNet -----------------------------------------------------------------------
 
 # torchvision's MobileNetV2 `features.N` -> our (stage, block) for N = 1..17
 _MBV2_BLOCKS = [(1, 0)] + [(2, i) for i in range(2)] + [(3, i) for i in range(3)] + [(4, i) for i in range(4)] \
@@ -23,8 +31,16 @@ _TV_T6 = {"conv.0.0": "conv.0", "conv.0.1": "conv.1", "conv.1.0": "conv.3", "con
           "conv.2": "conv.6", "conv.3": "conv.7"}
 
 
+def _rename(rest: str, table: dict[str, str]) -> str:
+    """Replace the longest matching prefix of `rest` from `table` (keys end with '.')."""
+    for prefix in sorted(table, key=len, reverse=True):
+        if rest.startswith(prefix):
+            return table[prefix] + rest[len(prefix):]
+    return rest
+
+
 def mobilenetv2_key(name: str) -> str | None:
-    """A torchvision (or the older flat `conv.K`) MobileNetV2 key -> ours; None for unused tensors."""
+    """A torchvision (or the older flat `conv.K`) MobileNetV2 key -> IndexNet's; None for unused tensors."""
     m = re.match(r"features\.(\d+)\.(.*)", name)
     if not m:
         return None  # classifier
@@ -35,37 +51,132 @@ def mobilenetv2_key(name: str) -> str | None:
         return None  # the final 1x1 conv to 1280 channels is not part of the matting encoder
     stage, block = _MBV2_BLOCKS[index - 1]
     table = _TV_T1 if index == 1 else _TV_T6
-    for prefix, ours in sorted(table.items(), key=lambda kv: -len(kv[0])):
-        if rest.startswith(prefix + "."):
-            rest = ours + rest[len(prefix):]
-            break
-    return f"layer{stage}.{block}.{rest}"
+    return f"layer{stage}.{block}." + _rename(rest, {k + ".": v + "." for k, v in table.items()})
 
 
-def load_pretrained_encoder(model, recipe, path) -> dict:
-    """Copy a pretrained encoder into `model`; returns {"loaded": n, "ignored": [...]}."""
-    from mattecli.weights import load_torch_checkpoint
+# --- ResNet-34 -> A2U and TCP ----------------------------------------------------------------------
 
-    if recipe.family != "indexnet":
-        raise UsageError(f"--pretrained: no ImageNet encoder map for the {recipe.family} family yet")
-    source = load_torch_checkpoint(path)
+_RESNET_BLOCK = re.compile(r"layer(\d)\.(\d+)\.(.*)")
+
+
+def a2u_resnet34_key(name: str) -> str | None:
+    """A torchvision ResNet-34 key -> A2U's (GCA-Matting's encoder layout); None for unused tensors.
+
+    A2U keeps the stem (7x7 conv, `layer0`), stage 1 (`layer1.block1..3`) and stages 2-3 as a
+    stride-2 SplitBlock (`layerS_1`, torchvision's `layerS.0`) followed by plain blocks
+    (`layerS_2.block1..`, torchvision's `layerS.1..`); stage 3 keeps 4 of its 6 blocks and stage 4
+    is absent, so those tensors come back as keys the model does not have (and are skipped).
+    """
+    if name.startswith("conv1."):
+        return "layer0.0." + name[len("conv1."):]
+    if name.startswith("bn1."):
+        return "layer0.1." + name[len("bn1."):]
+    m = _RESNET_BLOCK.fullmatch(name)
+    if not m or m.group(1) == "4":
+        return None  # fc, stage 4
+    stage, block, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+    if stage == 1:
+        return f"layer1.block{block + 1}." + _rename(rest, TORCHVISION_BLOCK_RENAMES)
+    if block == 0:
+        return f"layer{stage}_1." + _rename(rest, TORCHVISION_SPLIT_BLOCK_RENAMES)
+    return f"layer{stage}_2.block{block}." + _rename(rest, TORCHVISION_BLOCK_RENAMES)
+
+
+def tcp_resnet34_key(name: str) -> str | None:
+    """A torchvision ResNet-34 key -> TCP's semantic-path encoder (`encoder.conv1`, `encoder.bn1`,
+    `encoder.layerS.block{i+1}`); None for the classifier."""
+    if name.startswith(("conv1.", "bn1.")):
+        return "encoder." + name
+    m = _RESNET_BLOCK.fullmatch(name)
+    if not m:
+        return None  # fc
+    stage, block, rest = m.groups()
+    return f"encoder.layer{stage}.block{int(block) + 1}." + _rename(rest, TORCHVISION_BLOCK_RENAMES)
+
+
+# --- the table and the loader ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncoderMap:
+    """How a torchvision-format state dict fills one family's encoder.
+
+    Attributes:
+        source: the architecture the file must hold (for messages).
+        key: torchvision key -> our key, or None for tensors the matting encoder does not use.
+        stem: our first conv; its input channels beyond the source's (the trimap) start at zero.
+    """
+
+    source: str
+    key: Callable[[str], str | None]
+    stem: str
+
+
+ENCODER_MAPS = {
+    "indexnet": EncoderMap("MobileNetV2", mobilenetv2_key, "layer0.0.weight"),
+    "a2u": EncoderMap("ResNet-34", a2u_resnet34_key, "layer0.0.weight"),
+    "tcp": EncoderMap("ResNet-34", tcp_resnet34_key, "encoder.conv1.weight"),
+}
+
+
+def encoder_keys(model) -> list[str]:
+    """State-dict keys of the model's encoder (`encoder_modules()`), BN step counters left out."""
+    names = {id(module): name for name, module in model.named_modules()}
+    keys = []
+    for module in model.encoder_modules():
+        prefix = names[id(module)]
+        keys += [f"{prefix}.{k}" for k in module.state_dict() if not k.endswith("num_batches_tracked")]
+    return list(dict.fromkeys(keys))
+
+
+def map_encoder(model, family: str, source: dict, where: str = "--pretrained") -> dict:
+    """Copy the tensors of a torchvision-format state dict into `model`'s encoder.
+
+    Args:
+        model: a matting model with `encoder_modules()`.
+        family: the recipe's model family (a key of `ENCODER_MAPS`).
+        source: torchvision-format tensors (`module.` prefixes already stripped).
+        where: names the source in error messages (the file).
+
+    Returns:
+        {"loaded": number of tensors copied, "ignored": source keys the encoder does not use}.
+
+    Raises:
+        UsageError: no map for the family, a shape that differs, or encoder tensors left unfilled.
+    """
+    if family not in ENCODER_MAPS:
+        raise UsageError(f"--pretrained: no ImageNet encoder map for the {family} family "
+                         f"(known: {', '.join(ENCODER_MAPS)})")
+    spec = ENCODER_MAPS[family]
     own = model.state_dict()
     mapped, ignored = {}, []
     for name, tensor in source.items():
-        key = mobilenetv2_key(name)
+        key = spec.key(name)
         if key is None or key not in own:
             ignored.append(name)
             continue
-        if key == "layer0.0.weight" and tensor.shape[1] < own[key].shape[1]:
-            padded = torch.zeros_like(own[key])
+        target = own[key]
+        if key == spec.stem and tensor.dim() == 4 and tensor.shape[1] < target.shape[1] \
+                and (tensor.shape[0], *tensor.shape[2:]) == (target.shape[0], *target.shape[2:]):
+            padded = torch.zeros_like(target)
             padded[:, : tensor.shape[1]] = tensor
             tensor = padded
-        if tuple(tensor.shape) != tuple(own[key].shape):
-            raise UsageError(f"{path}: {name} has shape {tuple(tensor.shape)}, the encoder's {key} {tuple(own[key].shape)}")
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise UsageError(f"{where}: {name} has shape {tuple(tensor.shape)}, the encoder's {key} "
+                             f"{tuple(target.shape)} (a {spec.source} of another width?)")
         mapped[key] = tensor
-    encoder_keys = [k for k in own if k.startswith("layer") and not k.endswith("num_batches_tracked")]
-    missing = [k for k in encoder_keys if k not in mapped]
+    missing = [k for k in encoder_keys(model) if k not in mapped]
     if missing:
-        raise UsageError(f"{path}: not a MobileNetV2 state dict; encoder tensors not filled: {', '.join(missing[:5])}")
+        raise UsageError(f"{where}: not a torchvision {spec.source} state dict; {len(missing)} encoder "
+                         f"tensors not filled: {', '.join(missing[:5])}")
     model.load_state_dict(mapped, strict=False)
     return {"loaded": len(mapped), "ignored": ignored}
+
+
+def load_pretrained_encoder(model, recipe, path) -> dict:
+    """Read a torchvision-format checkpoint and copy it into `model`'s encoder (see `map_encoder`)."""
+    from mattecli.weights import load_torch_checkpoint
+
+    if recipe.family not in ENCODER_MAPS:  # before reading a large file
+        raise UsageError(f"--pretrained: no ImageNet encoder map for the {recipe.family} family")
+    return map_encoder(model, recipe.family, load_torch_checkpoint(path), where=str(path))

@@ -1,0 +1,260 @@
+"""torch -> ONNX: opset >= 17, dynamic batch/height/width, operators TensorRT's parser takes, and the
+recipe with its preprocessing in the graph's metadata (so the file alone is enough to run it).
+
+The exporter is torch's TorchScript-based one (`dynamo=False`): the dynamo exporter needs
+`onnxscript`, which matte does not depend on, and would have to prove the networks' stride checks
+for symbolic sizes; the tracing exporter gives dynamic H/W here because every size-dependent value
+in the export forms (`exporters/decompose.py`) is computed from `x.shape` in torch operations,
+which tracing records as Shape/Gather arithmetic. Tests run each graph at sizes other than the
+traced one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+
+from mattecli.imageio import atomic_write
+
+MIN_OPSET = 17
+FORMAT = "matte-onnx/1"
+INPUT, OUTPUT = "input", "alpha"
+
+# Operators TensorRT's ONNX parser supports (TensorRT 10/11, onnx-tensorrt's operators.md): those
+# matte's graphs use, and a few common ones a new family may need (Tanh, Erf, Gemm, LayerNorm...).
+# Deliberately absent: MaxUnpool, Im2Col/Col2Im (no TensorRT layer),
+# ArgMax/ArgMin and OneHot (IndexNet's max index is decomposed; TensorRT does not promise the
+# first-occurrence tie rule), control flow (If, Loop, Scan), scatters and NonZero (data-dependent
+# shapes). MaxPool is allowed with its single output only (checked below).
+ALLOWED_OPS = frozenset({
+    # arithmetic and activations
+    "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Sqrt", "Pow", "Exp", "Log", "Erf", "Max", "Min",
+    "Clip", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Softmax", "MatMul", "Gemm",
+    # convolution, normalisation, pooling, resampling
+    "Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+    "LayerNormalization", "AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "Resize",
+    "DepthToSpace", "SpaceToDepth", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
+    # layout and shape arithmetic (dynamic H/W)
+    "Pad", "Slice", "Split", "Concat", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten",
+    "Expand", "Tile", "Gather", "Shape", "Constant", "ConstantOfShape", "Cast", "Identity", "Range",
+    "Floor", "Ceil",
+    # comparisons and selection (adaptive-pooling bins, max index)
+    "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Not", "Where",
+})
+
+
+class UnsupportedOperatorError(ValueError):
+    """An exported graph holds operators outside `ALLOWED_OPS` (or an opset below 17)."""
+
+
+def check_operators(onnx_model_or_path) -> None:
+    """Check a graph against `ALLOWED_OPS`: only listed operators of the default domain, MaxPool
+    without its indices output, opset >= 17.
+
+    Args:
+        onnx_model_or_path: an `onnx.ModelProto` or the path of an .onnx file.
+
+    Raises:
+        UnsupportedOperatorError: naming every offending operator type and how often it occurs.
+    """
+    import onnx
+
+    model = onnx_model_or_path
+    source = "ONNX graph"
+    if not isinstance(model, onnx.ModelProto):
+        source = str(model)
+        model = onnx.load(source, load_external_data=False)
+    bad: Counter = Counter()
+    for node in _all_nodes(model.graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ALLOWED_OPS:
+            bad[f"{node.domain + '.' if node.domain else ''}{node.op_type}"] += 1
+        elif node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+            bad["MaxPool with indices output"] += 1
+    problems = [f"{op} x{count}" for op, count in sorted(bad.items())]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        problems.append(f"opset {opset} < {MIN_OPSET}")
+    if problems:
+        raise UnsupportedOperatorError(f"{source}: not accepted for TensorRT: {', '.join(problems)}")
+
+
+def _all_nodes(graph):
+    """Every node, including those of subgraphs (If/Loop bodies), so none hides from the check."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _all_nodes(sub)
+
+
+def to_onnx(model, path, *, opset: int = MIN_OPSET, dynamic: bool = True, recipe=None, half: bool = False,
+            size: tuple[int, int] = (1088, 1920)) -> Path:
+    """Export a matting network to ONNX, atomically.
+
+    The network is exported in its export form (`exporters.decompose.decompose`; the caller's model
+    is untouched), checked against the operator allow-list, and written with metadata: `recipe`
+    (the resolved recipe JSON that `mattecli.recipes.recipe_from_dict` rebuilds), `preprocessing`
+    (mean, std, stride, align, trimap encoding) and `format`.
+
+    Args:
+        model: an IndexNet/A2U/... network (any mode; exported in eval mode).
+        path: the .onnx file to write.
+        opset: ONNX opset, at least 17.
+        dynamic: batch, height and width dynamic (else fixed at `size` with batch 1).
+        recipe: the model's Recipe; without it the file carries no recipe and matte's backends
+            refuse it.
+        half: an FP16 graph (`to_half`): float32 input and output, FP16 inside, normalisation,
+            softmax and reductions in FP32 (for TensorRT's strongly typed mode).
+        size: (height, width) of a static graph, a multiple of the stride.
+
+    Returns:
+        `path`.
+
+    Raises:
+        ValueError: opset below 17 or a static size off the stride.
+        UnsupportedOperatorError: the graph needs an operator outside the allow-list.
+    """
+    import onnx
+    import torch
+
+    from exporters.decompose import decompose
+
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset}: at least {MIN_OPSET} is needed")
+    net = decompose(model)
+    stride = getattr(net, "stride", recipe.infer.stride if recipe is not None else 32)
+    if dynamic:
+        trace_size = (3 * stride, 5 * stride)  # small, non-square, odd multiples: nothing to coincide
+    else:
+        if size[0] % stride or size[1] % stride:
+            raise ValueError(f"static size {size[0]}x{size[1]} is not a multiple of the stride {stride}")
+        trace_size = tuple(size)
+    example = torch.zeros(1, _input_channels(net, recipe), *trace_size)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # the tracer warns about Python-level size checks (constant for the trace) and that this
+        # exporter is the legacy one; neither changes the graph
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (example,), buffer, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: axes, OUTPUT: axes} if dynamic else None,
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+    graph = onnx.load_from_string(buffer.getvalue())
+    if half:
+        graph = to_half(graph)
+    check_operators(graph)
+    _set_metadata(graph, recipe, stride, half)
+    onnx.checker.check_model(graph)
+    return atomic_write(path, lambda tmp: onnx.save(graph, str(tmp)))
+
+
+def _input_channels(net, recipe) -> int:
+    if recipe is not None:  # RGB + the trimap's encoding
+        return 3 + (3 if recipe.infer.trimap == "onehot" else 1)
+    import torch.nn as nn
+
+    return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def _set_metadata(graph, recipe, stride: int, half: bool = False) -> None:
+    meta = {"format": FORMAT, "precision": "float16" if half else "float32"}
+    if recipe is not None:
+        cfg = recipe.infer
+        meta["recipe"] = recipe.to_json()
+        meta["preprocessing"] = json.dumps({
+            "input": "N,C,H,W float32: (RGB/255 - mean)/std, then the trimap channel(s); H, W multiples of stride",
+            "mean": list(cfg.mean), "std": list(cfg.std), "stride": cfg.stride, "align": cfg.align,
+            "trimap": cfg.trimap, "output": "raw alpha N,1,H,W: clip to [0, 1]"})
+    else:
+        meta["preprocessing"] = json.dumps({"stride": stride})
+    del graph.metadata_props[:]
+    for key, value in meta.items():
+        graph.metadata_props.add(key=key, value=value)
+
+
+# Kept in FP32 inside an FP16 graph: normalisation statistics and softmax (A2U's kernels) lose too
+# much in half precision, and so do sums over whole images or many channels.
+KEEP_FP32 = frozenset({"BatchNormalization", "InstanceNormalization", "GroupNormalization", "LayerNormalization",
+                       "Softmax", "ReduceMean", "ReduceSum", "GlobalAveragePool"})
+
+
+def to_half(model):
+    """An FP16 copy of an FP32 graph, explicitly typed for TensorRT's strongly typed mode.
+
+    Every float tensor becomes float16 (initializers, constants, casts), except: the graph's input
+    and output stay float32 (a Cast after the one and before the other, so callers and metadata do
+    not change); the operators in `KEEP_FP32` run in float32 between Casts, with their parameters;
+    Resize's roi and scales stay float32 as the operator requires.
+
+    Args:
+        model: an `onnx.ModelProto` with float32 input and output.
+
+    Returns:
+        a new `onnx.ModelProto`.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    model = onnx.shape_inference.infer_shapes(model)  # elem types of every intermediate value
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, index))
+
+    def stays_fp32(name: str) -> bool:  # read only as a parameter of an FP32 operator or as Resize's roi/scales
+        uses = consumers.get(name, [])
+        return bool(uses) and all((op in KEEP_FP32 and i > 0) or (op == "Resize" and i in (1, 2)) for op, i in uses)
+
+    def half_tensor(tensor):
+        converted = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
+        tensor.CopyFrom(converted)
+
+    for init in graph.initializer:
+        if init.data_type == f32 and not stays_fp32(init.name):
+            half_tensor(init)
+    nodes = []
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type in ("Constant", "ConstantOfShape") and attr.name == "value" and attr.t.data_type == f32 \
+                    and not stays_fp32(node.output[0]):
+                half_tensor(attr.t)
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == f32 and not stays_fp32(node.output[0]):
+                attr.i = f16
+        if node.op_type not in KEEP_FP32:
+            nodes.append(node)
+            continue
+        # this operator in FP32: cast its float data inputs up and its float outputs back down
+        for index, name in enumerate(node.input):
+            if types.get(name) == f32 and not stays_fp32(name):
+                nodes.append(helper.make_node("Cast", [name], [f"{name}__fp32_{node.name}"], to=f32))
+                node.input[index] = f"{name}__fp32_{node.name}"
+        nodes.append(node)
+        for index, name in enumerate(node.output):
+            if types.get(name) == f32:
+                node.output[index] = f"{name}__fp32"
+                nodes.append(helper.make_node("Cast", [node.output[index]], [name], to=f16))
+    # float32 at the edges: the input is cast down once, the output cast up
+    for value in graph.input:
+        inside = f"{value.name}__fp16"
+        for node in nodes:
+            node.input[:] = [inside if n == value.name else n for n in node.input]
+        nodes.insert(0, helper.make_node("Cast", [value.name], [inside], to=f16))
+    for value in graph.output:
+        inside = f"{value.name}__fp16"
+        for node in nodes:
+            node.output[:] = [inside if n == value.name else n for n in node.output]
+            node.input[:] = [inside if n == value.name else n for n in node.input]
+        nodes.append(helper.make_node("Cast", [inside], [value.name], to=f32))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # stale types; re-inferred below as the check of the conversion
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    return model

@@ -1,0 +1,304 @@
+"""`matte bench`: median latency, images/s and peak memory of each backend at each input size.
+
+What is timed: one backend call on an input prepared by `inference.pipeline.prepare` (the one
+preprocessing path, for a seeded random image and trimap of the requested size, aligned to the
+recipe's stride): numpy float32 in, raw alpha as numpy out, so on a GPU the host-device copies
+are included; preparing the input and restoring the alpha are not. Warm-up calls come first and
+are not timed.
+
+Each (backend, size) row runs in a fresh Python process, so its peak memory is its own:
+- CPU: the process's peak resident set size (VmHWM), beside the peak before the first
+  forward pass (Python, libraries, weights): the difference is what the passes added.
+- CUDA: `torch.cuda.max_memory_allocated()` over the row's calls (reset after loading), beside
+  what was allocated before the first call: torch counts its weights and activations; TensorRT
+  its input/output buffers and its scratch memory (when TensorRT >= 10.1 lets torch allocate
+  it), not the engine's own weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from mattecli.errors import UsageError
+
+BACKEND_NAMES = ("torch", "onnx", "trt")
+TIMED = ("one backend call on a pipeline-prepared input (numpy in, numpy out; host-device copies "
+         "included), after warm-up calls; each backend and size in a fresh process")
+ROW_MARK = "MATTE_BENCH_ROW "
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1920x1080' (width x height) -> (1920, 1080)."""
+    parts = text.strip().lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--sizes {text!r}: expected WIDTHxHEIGHT with positive integers, e.g. 1920x1080")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = [parse_size(t) for t in text.split(",") if t.strip()]
+    if not sizes:
+        raise UsageError("--sizes: give at least one WIDTHxHEIGHT")
+    return sizes
+
+
+def parse_backends(text: str) -> list[str]:
+    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [n for n in names if n not in BACKEND_NAMES]
+    if bad or not names:
+        raise UsageError(f"--backends {text!r}: unknown backend {bad[0] if bad else '(none)'!r}; "
+                         f"choose from {', '.join(BACKEND_NAMES)}")
+    return names
+
+
+def synthetic_input(width: int, height: int, seed: int = 0):
+    """A seeded random RGB image and a 0/128/255 trimap (a vertical unknown band) of that size."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    trimap = np.zeros((height, width), np.uint8)
+    trimap[:, width // 3:] = 128
+    trimap[:, 2 * width // 3:] = 255
+    return image, trimap
+
+
+def check_request(weights: Path, backends: list[str], device: str, half: bool) -> None:
+    """Refuse, in one line, what cannot run: missing or unsuitable file, device, --half, TensorRT."""
+    if not weights.is_file():
+        raise UsageError(f"{weights}: no such weights file")
+    suffix = weights.suffix.lower()
+    usable = {".safetensors": BACKEND_NAMES, ".onnx": ("onnx", "trt"), ".engine": ("trt",), ".plan": ("trt",)}
+    if suffix not in usable:
+        raise UsageError(f"{weights}: unknown model file type (expected .safetensors, .onnx or .engine)")
+    for name in backends:
+        if name not in usable[suffix]:
+            raise UsageError(f"{weights}: the {name} backend needs a .safetensors weights file "
+                             f"(a {suffix} file serves {', '.join(usable[suffix])})")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"--device {device}: expected cpu or cuda[:N]")
+    if half and not device.startswith("cuda"):
+        raise UsageError("--half needs --device cuda (FP16 on a CPU is not a fast path in torch or ONNX Runtime)")
+    if "trt" in backends:
+        from exporters.tensorrt import import_tensorrt
+
+        import_tensorrt()
+        if not device.startswith("cuda"):
+            raise UsageError("the trt backend runs on a GPU: use --device cuda")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+
+
+def _profile(sizes, stride: int):
+    """TensorRT profile (H, W) covering every benchmarked size once aligned to the stride."""
+    from mattecli.inference.pipeline import aligned_size
+
+    shapes = [aligned_size(h, w, stride) for w, h in sizes]
+    low = (min(s[0] for s in shapes), min(s[1] for s in shapes))
+    high = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+    return low, shapes[0], high
+
+
+def prepare_models(weights: Path, backends: list[str], sizes, half: bool, workdir: Path, log=print) -> dict:
+    """-> {backend: model file} for the requested backends, exporting what a .safetensors lacks:
+    an ONNX graph (`to_onnx`; the FP16 graph with `half`) for onnx, and for trt an engine built
+    from that same graph (`to_engine`, a profile covering `sizes`, timing cache in `workdir`), as
+    `matte export --format trt` builds it."""
+    suffix = weights.suffix.lower()
+    if suffix in (".engine", ".plan"):
+        return {"trt": weights}
+    graphs: dict[bool, Path] = {}
+    loaded = []
+
+    def graph(fp16: bool) -> Path:
+        if suffix == ".onnx":
+            return weights
+        if fp16 not in graphs:
+            from exporters.onnx import to_onnx
+            from mattecli.weights import load_model
+
+            loaded[:] = loaded or [load_model(weights)]
+            model, recipe = loaded[0]
+            log(f"exporting {weights.name} to ONNX{' (FP16)' if fp16 else ''}")
+            try:
+                graphs[fp16] = to_onnx(model, workdir / f"model{'-fp16' if fp16 else ''}.onnx", recipe=recipe,
+                                       half=fp16)
+            except (NotImplementedError, ValueError) as err:  # FP16 not available, operator outside the list
+                raise UsageError(f"{weights}: ONNX export failed: {err}") from None
+        return graphs[fp16]
+
+    files = {}
+    for name in backends:
+        if name == "torch":
+            files[name] = weights
+        elif name == "onnx":
+            files[name] = graph(half)
+        else:
+            from exporters.tensorrt import onnx_io, to_engine
+
+            source = graph(half)
+            low, opt, high = _profile(sizes, _stride_of(source, onnx_io))
+            log(f"building a TensorRT engine ({'FP16' if half else 'FP32'}, H x W profile {low} .. {high})")
+            files[name] = to_engine(source, workdir / "model.engine", half=half, min_shape=low, opt_shape=opt,
+                                    max_shape=high, timing_cache=workdir / "timing.cache")
+    return files
+
+
+def _stride_of(onnx_file: Path, onnx_io) -> int:
+    recipe = json.loads(onnx_io(onnx_file)[2].get("recipe", "{}"))
+    return int(recipe.get("infer", {}).get("stride", 32))
+
+
+def run_row(model_file: Path, backend: str, size, device: str, half: bool, repeat: int, warmup: int) -> dict:
+    """Measure one (backend, size) in a fresh Python process; -> the row dict (see `measure`), or
+    {"backend", "size", "error"} when that process failed (e.g. out of memory at that size)."""
+    args = json.dumps({"model": str(model_file), "backend": backend, "size": list(size), "device": device,
+                       "half": half, "repeat": repeat, "warmup": warmup})
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
+    res = subprocess.run([sys.executable, "-m", "mattecli.bench", args], capture_output=True, text=True, env=env)
+    rows = [line[len(ROW_MARK):] for line in res.stdout.splitlines() if line.startswith(ROW_MARK)]
+    if res.returncode == 0 and rows:
+        return json.loads(rows[-1])
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    reason = lines[-1].removeprefix("matte: error: ") if lines else f"exit code {res.returncode}"
+    return {"backend": backend, "size": f"{size[0]}x{size[1]}", "error": reason}
+
+
+def _rss_mib() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    # /proc's VmHWM belongs to this process's own address space; ru_maxrss would also carry the
+    # parent's peak across fork + exec (Linux keeps the larger), i.e. the bench parent's, with its
+    # torch, model and ONNX export.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def measure(model_file: str, backend: str, size, device: str, half: bool, repeat: int, warmup: int) -> dict:
+    """Time `repeat` backend calls at `size` (W, H) after `warmup` calls, in this process.
+
+    Meant to run in a fresh process (`run_row`): the peak memory it reports is the process's.
+    """
+    import contextlib
+    import time
+
+    import numpy as np
+
+    from mattecli.inference.backends import load_backend
+    from mattecli.inference.pipeline import prepare
+
+    width, height = size
+    be = load_backend(model_file, backend, device)
+    image, trimap = synthetic_input(width, height)
+    x = prepare(image, trimap, be.recipe.infer)
+    cuda = device.startswith("cuda")
+    autocast = contextlib.nullcontext()
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
+        if half and backend == "torch":  # FP16 autocast: convolutions in FP16, normalisation kept FP32
+            autocast = torch.autocast("cuda", dtype=torch.float16)
+    else:
+        base = _rss_mib()
+    times = []
+    with autocast:
+        for i in range(warmup + repeat):
+            start = time.perf_counter()
+            be(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mib()
+    median = float(np.median(times))
+    return {
+        "backend": backend, "size": f"{width}x{height}", "input": "x".join(map(str, x.shape)),
+        "device": device, "half": half, "repeat": repeat, "warmup": warmup,
+        "median_ms": round(median * 1000, 3), "min_ms": round(min(times) * 1000, 3),
+        "images_per_s": round(1 / median, 4),
+        "peak_memory_mib": round(peak, 1), "base_memory_mib": round(base, 1),
+        "memory": "torch.cuda.max_memory_allocated" if cuda else "peak RSS of the process",
+    }
+
+
+def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = False, repeat: int = 5,
+              warmup: int = 1, json_path=None, workdir=None, log=None, on_row=None) -> dict:
+    """Benchmark `backends` at `sizes` for a model file; -> the report (also written to `json_path`).
+
+    Args:
+        weights: a .safetensors weights file (ONNX graph and engine are exported from it into
+            `workdir`, a temporary folder by default), an .onnx graph, or an .engine.
+        backends: names from BACKEND_NAMES.
+        sizes: (width, height) pairs.
+        device: cpu or cuda[:N].
+        half: FP16 (CUDA only): autocast for torch, an FP16 graph for onnx, FP16 engine for trt.
+        repeat, warmup: timed and untimed calls per row.
+        json_path: where to write the report as JSON, atomically.
+        log: called with a line of progress text (export and build steps).
+        on_row: called with each row as it completes.
+
+    Returns:
+        {"weights", "device", "half", "repeat", "warmup", "timed", "rows"}; a row whose process
+        failed holds only backend, size and error, and the others still run.
+
+    Raises:
+        UsageError: a missing or unsuitable file, unknown backend, CUDA or TensorRT missing, an
+            export or engine build failing.
+    """
+    weights = Path(weights)
+    if repeat < 1 or warmup < 0:
+        raise UsageError(f"--repeat must be >= 1 and --warmup >= 0 (got {repeat}, {warmup})")
+    check_request(weights, backends, device, half)
+    log = log or (lambda line: print(line, file=sys.stderr))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="matte-bench-") as tmp:
+        files = prepare_models(weights, backends, sizes, half, Path(workdir or tmp), log=log)
+        for name in backends:
+            for size in sizes:
+                row = run_row(files[name], name, size, device, half, repeat, warmup)
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+    report = {"weights": str(weights), "device": device, "half": half, "repeat": repeat, "warmup": warmup,
+              "timed": TIMED, "rows": rows}
+    if json_path:
+        from mattecli.imageio import atomic_write
+
+        text = json.dumps(report, indent=1)
+        atomic_write(json_path, lambda tmp_path: Path(tmp_path).write_text(text))
+    return report
+
+
+def _child_main(argv: list[str]) -> int:
+    args = json.loads(argv[0])
+    try:
+        row = measure(args["model"], args["backend"], tuple(args["size"]), args["device"], args["half"],
+                      args["repeat"], args["warmup"])
+    except (UsageError, ValueError) as err:
+        print(f"matte: error: {err}", file=sys.stderr)
+        return 2
+    print(ROW_MARK + json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

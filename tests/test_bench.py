@@ -1,0 +1,116 @@
+import importlib.util
+import json
+
+import pytest
+
+from mattecli.bench import parse_backends, parse_sizes, run_bench
+from mattecli.errors import UsageError
+from tests.test_cli import run_main
+
+ROW_FIELDS = {"backend", "size", "input", "device", "half", "repeat", "warmup", "median_ms", "min_ms",
+              "images_per_s", "peak_memory_mib", "base_memory_mib", "memory"}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    import torch
+
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    torch.manual_seed(0)
+    recipe = load_recipe("demo-a2u")
+    return save_weights(build_model(recipe), recipe, tmp_path_factory.mktemp("w") / "a2u.safetensors")
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    # each row is a child process; one OpenMP thread keeps a tiny forward fast on a loaded machine
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_parsing_sizes_and_backends():
+    assert parse_sizes("1920x1080, 3840X2160") == [(1920, 1080), (3840, 2160)]
+    assert parse_backends("torch,onnx,torch") == ["torch", "onnx"]
+    for bad in ("1920", "1920x", "0x10", "axb", "1920x1080x3", ""):
+        with pytest.raises(UsageError, match="WIDTHxHEIGHT"):
+            parse_sizes(bad)
+    with pytest.raises(UsageError, match="unknown backend 'tensorflow'"):
+        parse_backends("torch,tensorflow")
+
+
+def check_rows(rows, backends, sizes, inputs):
+    assert [(r["backend"], r["size"]) for r in rows] == [(b, s) for b in backends for s in sizes]
+    for r in rows:
+        assert set(r) == ROW_FIELDS
+        assert 0 < r["min_ms"] <= r["median_ms"]
+        assert r["images_per_s"] == pytest.approx(1000 / r["median_ms"], rel=1e-3)
+        assert 512 > r["peak_memory_mib"] >= r["base_memory_mib"] > 50  # Python, runtime and a model
+        assert r["memory"] == "peak RSS of the process" and r["warmup"] == 0 and r["repeat"] == 2
+    assert [r["input"] for r in rows] == inputs * len(backends)
+
+
+def test_bench_rows_and_json(tmp_path, weights, one_thread):
+    import numpy as np
+
+    out = tmp_path / "report" / "bench.json"
+    seen = []
+    ballast = np.ones(2**26)  # 512 MiB resident in this process: no row may count it as its own
+    report = run_bench(weights, ["torch"], [(40, 30), (50, 36)], repeat=2, warmup=0, json_path=out,
+                       on_row=seen.append, log=lambda line: None)
+    del ballast
+    assert seen == report["rows"]
+    # demo-a2u aligns by padding to a stride of 16; 4 channels (RGB + scalar trimap)
+    check_rows(report["rows"], ["torch"], ["40x30", "50x36"], ["1x4x32x48", "1x4x48x64"])
+    assert json.loads(out.read_text()) == report
+    assert [p.name for p in out.parent.iterdir()] == ["bench.json"]  # written atomically, no temp left
+
+
+def test_bench_an_onnx_file(tmp_path):
+    from mattecli.recipes import load_recipe
+    from tests.test_tensorrt import tiny_onnx
+
+    graph = tiny_onnx(tmp_path / "one-conv.onnx", channels=4, recipe=load_recipe("demo-a2u").to_dict())
+    report = run_bench(graph, ["onnx"], [(50, 36)], repeat=2, warmup=0, log=lambda line: None)
+    check_rows(report["rows"], ["onnx"], ["50x36"], ["1x4x48x64"])
+
+
+@pytest.mark.slow  # the ONNX export and session start take ~20 s on a loaded 2-core machine
+def test_bench_onnx_from_safetensors(tmp_path, weights, one_thread):
+    logged = []
+    report = run_bench(weights, ["torch", "onnx"], [(40, 30)], repeat=2, warmup=0, log=logged.append)
+    check_rows(report["rows"], ["torch", "onnx"], ["40x30"], ["1x4x32x48"])
+    assert logged == ["exporting a2u.safetensors to ONNX"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backends", "torch,tf"], "unknown backend 'tf'"),
+    (["--sizes", "1920by1080"], "WIDTHxHEIGHT"),
+    (["--half"], "--half needs --device cuda"),
+    (["--backends", "trt"], "use --device cuda" if importlib.util.find_spec("tensorrt")
+     else "TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)"),
+])
+def test_bench_usage_errors_are_one_line(weights, args, message):
+    res = run_main("bench", "--weights", weights, *args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
+
+
+def test_bench_refuses_missing_and_unsuitable_files(tmp_path):
+    res = run_main("bench", "--weights", tmp_path / "none.safetensors")
+    assert res.returncode == 2 and "no such weights file" in res.stderr and "Traceback" not in res.stderr
+    graph = tmp_path / "m.onnx"
+    graph.write_bytes(b"not used")
+    with pytest.raises(UsageError, match="torch backend needs a .safetensors"):
+        run_bench(graph, ["torch"], [(32, 32)])
+
+
+def test_a_failing_row_is_named_and_the_others_still_run(tmp_path, weights, one_thread):
+    graph = tmp_path / "broken.onnx"
+    graph.write_bytes(b"not a graph")
+    res = run_main("bench", "--weights", graph, "--backends", "onnx", "--sizes", "32x32,48x32", "--repeat", "1")
+    assert res.returncode == 1
+    failures = [line for line in res.stderr.splitlines() if line.startswith("matte bench:")]
+    assert len(failures) == 2 and all("not a loadable ONNX model" in line for line in failures), res.stderr
+    assert res.stdout.count("failed") == 2

@@ -1,0 +1,88 @@
+"""Ctrl-C (SIGINT) during a command: one line "matte: interrupted", exit code 130, no partial files."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COPIES = 300  # enough work that the command is still running when the signal comes
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A small synthetic dataset, a folder and a manifest of many copies of one test sample, and
+    the weights of an untrained small model."""
+    from mattecli.data.manifest import Sample, read_manifest, write_manifest
+    from mattecli.data.synthetic import prepare_synthetic
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    root = tmp_path_factory.mktemp("interrupt")
+    prepare_synthetic(root / "data", n_train=4, n_test=1, size=96, seed=0)
+    sample = read_manifest(root / "data" / "test")[0]
+    photos, many = root / "photos", []
+    photos.mkdir()
+    for k in range(COPIES):
+        shutil.copy(sample.image, photos / f"p{k:03d}.png")
+        shutil.copy(sample.trimap, photos / f"p{k:03d}_trimap.png")
+        many.append(Sample(f"p{k:03d}", image=photos / f"p{k:03d}.png", alpha=sample.alpha,
+                           trimap=photos / f"p{k:03d}_trimap.png"))
+    write_manifest(root / "many" / "manifest.csv", many)
+    recipe = load_recipe("indexnet-unet-maxunpool")
+    save_weights(build_model(recipe), recipe, root / "w.safetensors")
+    return root
+
+
+def _started(folder: Path, pattern: str) -> bool:
+    return folder.is_dir() and any(folder.glob(pattern))
+
+
+COMMANDS = {
+    # command line (relative to the work folder), folder to watch, what appears once work is under way
+    "prepare-data": (["prepare-data", "synthetic", "--out", "{w}/out", "--train", "5000", "--size", "128"],
+                     "out/train/fg", "*"),
+    "train": (["train", "--recipe", "indexnet-unet-maxunpool", "--data", "{w}/data", "--out", "{w}/out",
+               "--iters", "100000", "--batch-size", "2", "--set", "data.crop_size=64", "--set", "data.val_every=0"],
+              "out", "recipe.json"),
+    "infer": (["infer", "--weights", "{w}/w.safetensors", "--images", "{w}/photos", "--out", "{w}/out"],
+              "out", "p*.png"),
+    "eval": (["eval", "--weights", "{w}/w.safetensors", "--data", "{w}/many", "--save-pred", "{w}/out",
+              "--workers", "1"], "out", "p*.png"),
+}
+
+
+def interrupt(command: str, workdir: Path) -> None:
+    """Run `matte COMMAND`, send SIGINT once its work is under way, check what it leaves."""
+    args, watch, pattern = COMMANDS[command]
+    shutil.rmtree(workdir / "out", ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "mattecli"] + [a.format(w=workdir) for a in args], cwd=workdir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not _started(workdir / watch, pattern):
+        assert proc.poll() is None, f"{command} ended before it was interrupted: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"{command} did not start"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert err.count("matte: interrupted") == 1, err
+    assert "Traceback" not in err, err
+    assert not list((workdir / "out").rglob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_ctrl_c_in_prepare_data(tmp_path):
+    interrupt("prepare-data", tmp_path)
+
+
+@pytest.mark.slow  # ~5 s each on a quiet 2-core CPU (torch import, a model)
+@pytest.mark.parametrize("command", ["train", "infer", "eval"])
+def test_ctrl_c_in_torch_commands(workdir, command):
+    interrupt(command, workdir)

@@ -1,0 +1,433 @@
+"""exporters/onnx.py, exporters/verify.py, OnnxBackend and `matte export`: the allow-list for every
+recipe, ONNX Runtime parity for every family at sizes other than the traced one, metadata, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from exporters.onnx import ALLOWED_OPS, UnsupportedOperatorError, check_operators, to_onnx  # noqa: E402
+from mattecli.cli import app  # noqa: E402
+from exporters.verify import TOLERANCE, Parity, default_sizes, parse_sizes, verify  # noqa: E402
+from mattecli.errors import UsageError  # noqa: E402
+from mattecli.inference.backends import OnnxBackend, TorchBackend, load_backend  # noqa: E402
+from mattecli.inference.pipeline import load_pipeline  # noqa: E402
+from mattecli.models import FAMILIES, build_model  # noqa: E402
+from mattecli.recipes import list_recipe_names, load_recipe  # noqa: E402
+from mattecli.weights import save_weights  # noqa: E402
+
+ALL_RECIPES = list_recipe_names()  # recipes/*.yaml: a recipe added later is covered with no edit here
+
+
+def structural_key(name: str) -> tuple:
+    """Recipes with equal keys export to graphs of the same operator types (the slow sweep checks
+    this claim): widths, kernel sizes and channel-wise/-shared encodings change only tensor shapes.
+    A family without an entry here counts as one structure until it gets one."""
+    recipe = load_recipe(name)
+    m = recipe.model
+    if recipe.family == "indexnet":  # learned index blocks: Conv/Sigmoid/Softmax whatever their layout
+        kinds = {"holistic": "learned", "o2o": "learned", "m2o": "learned", "max": "max", "none": "max"}
+        return ("indexnet", kinds.get(m.index, m.index))
+    if recipe.family == "a2u":
+        if m.upsample != "a2u":
+            return ("a2u", "baseline")
+        return ("a2u", m.kernel, m.paired_down, m.group_norm)
+    return (recipe.family,)
+
+
+def _representatives() -> set[str]:
+    groups: dict[tuple, list[str]] = {}
+    for name in ALL_RECIPES:
+        groups.setdefault(structural_key(name), []).append(name)
+    # the demo recipe of a structure where there is one (smallest to export), else the first by name
+    return {min(names, key=lambda n: (not n.startswith("demo-"), n)) for names in groups.values()}
+
+
+REPRESENTATIVES = sorted(_representatives())
+# Narrower copies export several times faster; width changes tensor shapes, not operator types.
+NARROW = {"a2u": ("model.width=0.25",)}
+
+
+def _random_model(name: str, *overrides: str):
+    torch.manual_seed(0)
+    recipe = load_recipe(name, list(overrides))
+    return build_model(recipe).eval(), recipe
+
+
+def _ops(path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+# ----------------------------------------------------------------------------------------------
+# The allow-list
+
+
+def _graph(nodes, opset=17):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y]), ir_version=8,
+                             opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_check_operators_names_every_offending_operator():
+    from onnx import helper
+
+    model = _graph([helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], strides=[2, 2]),
+                    helper.make_node("MaxUnpool", ["p", "i"], ["u"], kernel_shape=[2, 2], strides=[2, 2]),
+                    helper.make_node("ArgMax", ["u"], ["a"]), helper.make_node("ArgMax", ["x"], ["b"]),
+                    helper.make_node("Relu", ["x"], ["y"])])
+    with pytest.raises(UnsupportedOperatorError) as err:
+        check_operators(model)
+    message = str(err.value)
+    assert "ArgMax x2" in message and "MaxUnpool x1" in message and "MaxPool with indices output x1" in message
+    assert "Relu" not in message
+
+
+def test_check_operators_accepts_plain_graphs_and_refuses_old_opsets(tmp_path):
+    from onnx import helper
+
+    good = _graph([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])])
+    check_operators(good)
+    onnx.save(good, str(tmp_path / "g.onnx"))
+    check_operators(tmp_path / "g.onnx")  # a path works too
+    with pytest.raises(UnsupportedOperatorError, match="opset 13 < 17"):
+        check_operators(_graph([helper.make_node("Relu", ["x"], ["y"])], opset=13))
+    assert not {"MaxUnpool", "Im2Col", "Col2Im", "ArgMax", "OneHot"} & ALLOWED_OPS
+
+
+def test_the_raw_max_index_network_is_refused_and_the_export_form_accepted(tmp_path):
+    """Without decompose, IndexNet's max index exports as ArgMax + OneHot: the check must catch it."""
+    import io
+    import warnings
+
+    model, recipe = _random_model("indexnet-unet-maxunpool", "model.width_mult=0.35")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 4, 64, 64),), buffer, opset_version=17, dynamo=False)
+    with pytest.raises(UnsupportedOperatorError, match="ArgMax"):
+        check_operators(onnx.load_from_string(buffer.getvalue()))
+    path = to_onnx(model, tmp_path / "m.onnx", recipe=recipe)
+    assert not {"ArgMax", "OneHot"} & _ops(path)
+
+
+# A2U graphs take 10-40 s each to export on a loaded 2-core CPU (the shift form unrolls every tap:
+# 5-15k nodes), so the default suite keeps three A2U structures that between them run every A2U
+# code path (dynamic kernels + paired downsampling + GroupNorm; static U/V/P + strided reduction +
+# max pooling; the baseline's interpolation); the others run with -m slow, as does the full sweep.
+DEFAULT_A2U = {"demo-a2u", "a2u-static-cs", "a2u-baseline-bilinear"}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow if n.startswith("a2u-") and n not in DEFAULT_A2U else ())
+    for n in REPRESENTATIVES])
+def test_one_recipe_per_structure_exports_within_the_allow_list(name, tmp_path):
+    """The default suite's share of the sweep below: one recipe per structural key, narrowed."""
+    model, recipe = _random_model(name, *NARROW.get(load_recipe(name).family, ()))
+    path = to_onnx(model, tmp_path / f"{name}.onnx", recipe=recipe)
+    check_operators(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL_RECIPES)
+def test_every_recipe_exports_within_the_allow_list(name, tmp_path):
+    """Dynamic H/W export of each recipe as it is (6 minutes for 30 recipes on a loaded 2-core CPU):
+    to_onnx checks the graph itself; checked again here from the file, with the opset."""
+    model, recipe = _random_model(name)
+    path = to_onnx(model, tmp_path / f"{name}.onnx", recipe=recipe)
+    check_operators(path)
+    graph = onnx.load(str(path))
+    assert graph.opset_import[0].version >= 17
+
+
+@pytest.mark.slow
+def test_recipes_of_one_structure_export_the_same_operators(tmp_path):
+    """The claim behind the default suite's choice of one recipe per structural key."""
+    by_key: dict[tuple, dict[str, set]] = {}
+    for name in ALL_RECIPES:
+        model, recipe = _random_model(name)
+        ops = _ops(to_onnx(model, tmp_path / f"{name}.onnx", recipe=recipe))
+        by_key.setdefault(structural_key(name), {})[name] = ops
+    for key, graphs in by_key.items():
+        first = next(iter(graphs.values()))
+        assert all(ops == first for ops in graphs.values()), (key, {n: sorted(o ^ first) for n, o in graphs.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX Runtime parity, every family
+
+
+def _family_recipe(family: str) -> str:
+    names = [n for n in ALL_RECIPES if load_recipe(n).family == family]
+    return next((n for n in names if n.startswith("demo-")), names[0])
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def exported(request, tmp_path_factory):
+    """(model, recipe, .onnx path, OnnxBackend) of a seeded random model of each family, exported
+    dynamic (one ONNX Runtime session: creating one for A2U's graph takes seconds)."""
+    name = _family_recipe(request.param)
+    model, recipe = _random_model(name)
+    path = to_onnx(model, tmp_path_factory.mktemp(request.param) / f"{name}.onnx", recipe=recipe)
+    return model, recipe, path, OnnxBackend.load(path)
+
+
+def test_onnxruntime_equals_pytorch_at_other_sizes_and_batches(exported):
+    """Traced at 3s x 5s; run at non-square odd multiples of the stride both ways round, a square
+    size and batch 2 (dynamic N, H, W), against the PyTorch model's own forward."""
+    model, recipe, path, backend = exported
+    s = recipe.infer.stride
+    for n, h, w in ((1, 7 * s, 3 * s), (2, 3 * s, 5 * s), (1, 4 * s, 4 * s)):
+        x = torch.randn(n, 3 + (3 if recipe.infer.trimap == "onehot" else 1), h, w,
+                        generator=torch.Generator().manual_seed(h * w))
+        with torch.no_grad():
+            want = model(x).numpy()
+        got = backend(x.numpy())
+        assert got.shape == want.shape == (n, 1, h, w)
+        assert np.abs(got - want).max() <= TOLERANCE, (n, h, w, np.abs(got - want).max())
+
+
+def test_graph_metadata_rebuilds_the_recipe(exported):
+    model, recipe, path, backend = exported
+    graph = onnx.load(str(path))
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["format"] == "matte-onnx/1"
+    assert json.loads(meta["recipe"]) == json.loads(recipe.to_json())
+    pre = json.loads(meta["preprocessing"])
+    cfg = recipe.infer
+    assert (pre["mean"], pre["std"], pre["stride"], pre["align"], pre["trimap"]) == \
+        (list(cfg.mean), list(cfg.std), cfg.stride, cfg.align, cfg.trimap)
+    assert [i.name for i in graph.graph.input] == ["input"] and [o.name for o in graph.graph.output] == ["alpha"]
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
+    assert graph.opset_import[0].version == 17
+    assert backend.recipe == recipe
+
+
+def test_verify_passes_onnx_and_catches_a_wrong_backend(exported):
+    model, recipe, path, backend = exported
+    reference = TorchBackend(model, recipe)
+    s = recipe.infer.stride
+    sizes = [(2 * s + 5, 5 * s - 3)]  # not a multiple of the stride: the pipeline aligns it
+    results = verify(backend, reference, sizes)
+    assert [(r.height, r.width) for r in results] == [(3 * s, 5 * s)]
+    assert all(r.ok for r in results) and results[0].scale > 0, results
+
+    class Off:  # an "exported model" that is off by 2e-4 where the output is largest
+        recipe = reference.recipe
+
+        def __call__(self, x):
+            out = reference(x)
+            out.flat[np.abs(out).argmax()] += 2e-4
+            return out
+
+    assert not any(r.ok for r in verify(Off(), reference, sizes))
+
+
+def test_half_graph_is_fp16_inside_with_fp32_islands_and_close_to_pytorch(exported):
+    """to_half on the exported graph: FP16 weights and activations, float32 input/output, the
+    normalisation / softmax / reductions fed and run in FP32; ONNX Runtime within HALF_TOLERANCE."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+
+    from exporters.onnx import KEEP_FP32, to_half
+    from exporters.verify import HALF_TOLERANCE
+
+    model, recipe, path, _ = exported
+    half = onnx.shape_inference.infer_shapes(to_half(onnx.load(str(path))))
+    graph = half.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    assert types["input"] == types["alpha"] == TensorProto.FLOAT
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(types[n.input[1]] == TensorProto.FLOAT16 and types[n.output[0]] == TensorProto.FLOAT16
+                         for n in convs)
+    kept = [n for n in graph.node if n.op_type in KEEP_FP32]
+    assert kept and all(types[n.input[0]] == types[n.output[0]] == TensorProto.FLOAT for n in kept)
+    assert {"Softmax", "GlobalAveragePool"} <= {n.op_type for n in kept}
+    check_operators(half)
+    session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
+    s = recipe.infer.stride
+    x = torch.randn(1, 4, 5 * s, 3 * s, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert 0 < np.abs(got - want).max() <= HALF_TOLERANCE, np.abs(got - want).max()
+
+
+def test_to_onnx_leaves_the_model_alone_and_writes_atomically(tmp_path):
+    model, recipe = _random_model("indexnet-hin-maxindex", "model.width_mult=0.35")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path = to_onnx(model, tmp_path / "sub" / "m.onnx", recipe=recipe)
+    assert path == tmp_path / "sub" / "m.onnx" and path.is_file()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx"]  # no temporary left behind
+    assert type(model.index0).__name__ == "MaxIndex" and not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="opset 16"):
+        to_onnx(model, tmp_path / "x.onnx", opset=16, recipe=recipe)
+
+
+def test_static_export_is_fixed_and_says_so_at_other_sizes(tmp_path):
+    model, recipe = _random_model("indexnet-unet-bilinear", "model.width_mult=0.35")
+    path = to_onnx(model, tmp_path / "s.onnx", dynamic=False, recipe=recipe, size=(64, 96))
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 4, 64, 96]
+    backend = OnnxBackend.load(path)
+    x = np.random.default_rng(0).normal(size=(1, 4, 64, 96)).astype(np.float32)
+    with torch.no_grad():
+        assert np.abs(backend(x) - model(torch.from_numpy(x)).numpy()).max() <= TOLERANCE
+    with pytest.raises(ValueError, match="exported for 64x96 input only"):
+        backend(np.zeros((1, 4, 96, 64), np.float32))
+    with pytest.raises(ValueError, match="not a multiple of the stride"):
+        to_onnx(model, tmp_path / "t.onnx", dynamic=False, recipe=recipe, size=(100, 96))
+
+
+def test_onnx_backend_errors_are_one_line(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a graph")
+    with pytest.raises(UsageError, match="junk.onnx: not a loadable ONNX model"):
+        load_backend(junk)
+    from onnx import helper
+
+    bare = tmp_path / "bare.onnx"
+    onnx.save(_graph([helper.make_node("Relu", ["x"], ["y"])]), str(bare))
+    with pytest.raises(UsageError, match="bare.onnx: no recipe in the ONNX metadata"):
+        load_backend(bare)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(UsageError, match="w.safetensors: the onnx backend runs an exported model"):
+        load_backend(weights, "onnx")
+
+
+def test_parse_sizes():
+    assert parse_sizes("96x160, 1088X1920") == [(96, 160), (1088, 1920)]
+    for bad in ("96", "96x", "ax3", "0x32", "96*160", ""):
+        with pytest.raises(ValueError):
+            parse_sizes(bad)
+    assert (1088, 1920) in default_sizes(32) and all(h % 16 == 0 and w % 16 == 0 for h, w in default_sizes(16))
+    assert Parity(32, 32, 2e-4, 0, 1).ok is False and Parity(32, 32, 1e-4, 0, 1).ok is True
+
+
+# ----------------------------------------------------------------------------------------------
+# The same pipeline for torch and onnx; the command line
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A weights file of a small IndexNet (the max-pooling baseline, so the decomposed max index runs)."""
+    model, recipe = _random_model("indexnet-unet-maxunpool", "model.width_mult=0.35")
+    return save_weights(model, recipe, tmp_path_factory.mktemp("w") / "m.safetensors")
+
+
+def run_main(*args):
+    return subprocess.run([sys.executable, "-m", "mattecli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_infer_pipeline_with_onnx_equals_torch(weights, tmp_path):
+    """The ONNX file runs through the same pipeline (resize alignment of an odd-sized photo, restore,
+    known regions) and gives the torch pipeline's matte, to a level at most where rounding flips."""
+    model, recipe = load_pipeline(weights).backend.model, load_pipeline(weights).recipe
+    path = to_onnx(model, tmp_path / "m.onnx", recipe=recipe)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (75, 101, 3), dtype=np.uint8)
+    trimap = rng.choice(np.array([0, 128, 255], np.uint8), (75, 101))
+    with_torch, with_onnx = load_pipeline(weights).predict(image, trimap), load_pipeline(path).predict(image, trimap)
+    assert with_onnx.shape == (75, 101)
+    assert np.abs(with_torch.astype(int) - with_onnx.astype(int)).max() <= 1
+
+
+def test_cli_export_verify_then_infer_and_eval_with_onnx(weights, tmp_path):
+    out = tmp_path / "m.onnx"
+    res = run_main("export", "--weights", weights, "--format", "onnx", "--dynamic", "--verify",
+                   "--verify-sizes", "160x96,96x224", "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert "160x96" in res.stdout and "96x224" in res.stdout and "verify: ok at all 2 sizes" in res.stdout
+    assert out.is_file() and not {"ArgMax", "OneHot"} & _ops(out)
+
+    from mattecli.cli.eval import run_eval
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "data", n_train=0, n_test=2, size=64, seed=0, composite=False)
+    test = tmp_path / "data" / "test"
+    scores = {}
+    for backend, file in (("torch", weights), ("onnx", out)):
+        assert run_eval(weights=file, backend=backend, data=test, json_out=tmp_path / f"{backend}.json", workers=1) == 0
+        scores[backend] = json.loads((tmp_path / f"{backend}.json").read_text())["mean"]
+    assert scores["onnx"] == pytest.approx(scores["torch"], abs=2e-3)
+    res = CliRunner().invoke(app, ["infer", "--weights", str(out), "--images", str(test / "merged"),
+                                   "--trimaps", str(test / "trimap"), "--out", str(tmp_path / "mattes")])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "mattes").glob("*.png"))) == 2
+
+
+def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
+    """Exit 1 and FAIL when the exported graph differs: a backend that drifts by 1e-3."""
+    from mattecli.inference import backends
+
+    class Drifting(OnnxBackend):
+        def __call__(self, x):
+            return super().__call__(x) + np.float32(1e-3)
+
+    monkeypatch.setitem(backends.BACKENDS, "onnx", Drifting)
+    res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--dynamic", "--verify",
+                                   "--verify-sizes", "64x96", "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 1 and "FAIL" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--weights", "{tmp}/missing.safetensors"], "missing.safetensors: no such weights file"),
+    (["--format", "tflite"], "--format tflite: unknown format"),
+    (["--opt-shape", "1088by1920"], "--opt-shape: '1088by1920' is not HEIGHTxWIDTH"),
+    (["--opt-shape", "100x100"], "--opt-shape 100x100: not a multiple of the model's stride 32"),
+    (["--verify", "--verify-sizes", "64x"], "--verify-sizes: '64x' is not HEIGHTxWIDTH"),
+    (["--opset", "13"], "--opset 13: choose 17 to 20"),
+    (["--opset", "21"], "--opset 21: choose 17 to 20"),
+    (["--verify", "--verify-sizes", "64x64"], "--verify-sizes 64x64: a static graph runs at --opt-shape"),
+    (["--dynamic", "--min-shape", "640x640", "--opt-shape", "320x320"], "min <= opt <= max"),
+])
+def test_cli_export_usage_errors_are_one_line(weights, tmp_path, args, message):
+    """In process (the entry point turns a UsageError into one line and exit 2: checked once below)."""
+    base = {"--weights": str(weights), "--out": str(tmp_path / "m.onnx")}
+    given = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    for key, value in base.items():
+        if key not in given:
+            given += [key, value]
+    res = CliRunner().invoke(app, ["export", *given])
+    assert isinstance(res.exception, UsageError), res.output
+    assert message in str(res.exception) and "\n" not in str(res.exception)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_missing_weights_through_the_entry_point(tmp_path):
+    res = run_main("export", "--weights", tmp_path / "missing.safetensors", "--out", tmp_path / "m.onnx")
+    assert res.returncode == 2 and "missing.safetensors: no such weights file" in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+
+
+def test_cli_trt_without_tensorrt_is_one_line(weights, tmp_path):
+    res = run_main("export", "--weights", weights, "--format", "trt", "--out", tmp_path / "m.engine")
+    if res.returncode == 0:
+        pytest.skip("TensorRT is installed here")
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr
+    assert not (tmp_path / "m.engine").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [], "the temporary ONNX file must be removed"
+
+
+def test_exported_file_suffix_picks_the_onnx_backend(weights, tmp_path):
+    model, recipe = load_pipeline(weights).backend.model, load_pipeline(weights).recipe
+    path = to_onnx(model, tmp_path / "m.onnx", recipe=recipe)
+    assert isinstance(load_backend(path), OnnxBackend)
+    assert isinstance(load_backend(Path(weights)), TorchBackend)

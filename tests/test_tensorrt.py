@@ -1,0 +1,337 @@
+import importlib.util
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from exporters import tensorrt as trt_export
+from exporters.tensorrt import MAGIC, NOT_INSTALLED, read_engine_file, write_engine_file
+from mattecli.errors import UsageError
+from tests.test_cli import run_main
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def test_engine_header_round_trip(tmp_path):
+    meta = {"format": "matte-engine/1", "recipe": {"name": "demo-a2u", "infer": {"stride": 16}}, "half": True}
+    engine = bytes(range(256)) * 3 + MAGIC  # arbitrary bytes, even the magic itself
+    path = write_engine_file(tmp_path / "m.engine", engine, meta)
+    assert path.read_bytes().startswith(MAGIC)
+    assert read_engine_file(path) == (meta, engine)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.engine"]  # atomic: no temp left behind
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"\x00" * 64, "not a matte engine"),
+    (MAGIC + b"\x01", "truncated engine header"),
+    (MAGIC + (5).to_bytes(4, "little") + b"{nope" + b"engine", "corrupt engine header"),
+    (MAGIC + (2).to_bytes(4, "little") + b"{}", "engine bytes are missing"),
+])
+def test_engine_header_errors_name_the_file(tmp_path, content, reason):
+    path = tmp_path / "bad.engine"
+    path.write_bytes(content)
+    with pytest.raises(UsageError, match=reason) as err:
+        read_engine_file(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def fake_trt(version: str, fp16_flag: bool = True):
+    flags = types.SimpleNamespace(**({"FP16": 1} if fp16_flag else {}))
+    return types.SimpleNamespace(__version__=version, BuilderFlag=flags)
+
+
+def test_strongly_typed_only_from_tensorrt_11():
+    assert not trt_export.needs_fp16_graph(fake_trt("10.13.0.35"))
+    assert trt_export.needs_fp16_graph(fake_trt("11.0.0"))
+    assert trt_export.needs_fp16_graph(fake_trt("10.99", fp16_flag=False))  # flag gone: strongly typed only
+
+
+class FakeTensor:
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+
+class FakeLayer:
+    def __init__(self, kind, dtype):
+        self.type, self.outputs, self.precision, self.output_types = kind, [FakeTensor(dtype)], None, {}
+
+    num_outputs = property(lambda self: len(self.outputs))
+
+    def get_output(self, i):
+        return self.outputs[i]
+
+    def set_output_type(self, i, dtype):
+        self.output_types[i] = dtype
+
+
+def test_fp16_builds_pin_normalisation_softmax_and_reduce_layers_to_fp32():
+    trt = types.SimpleNamespace(
+        LayerType=types.SimpleNamespace(NORMALIZATION="norm", SOFTMAX="softmax", REDUCE="reduce",
+                                        CONVOLUTION="conv"),
+        float32="f32", float16="f16")
+    layers = [FakeLayer("conv", "f32"), FakeLayer("norm", "f32"), FakeLayer("softmax", "f32"),
+              FakeLayer("reduce", "f32"), FakeLayer("reduce", "i64")]  # the last: shape arithmetic
+    network = types.SimpleNamespace(num_layers=len(layers), get_layer=layers.__getitem__)
+    assert trt_export._pin_fp32(trt, network) == 3
+    assert [layer.precision for layer in layers] == [None, "f32", "f32", "f32", None]
+    assert [layer.output_types for layer in layers] == [{}, {0: "f32"}, {0: "f32"}, {0: "f32"}, {}]
+
+
+def tiny_onnx(path, channels=6, half=False, recipe=None):
+    import onnx
+    from onnx import TensorProto, helper
+
+    elem = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+    x = helper.make_tensor_value_info("input", elem, [1, channels, "h", "w"])
+    y = helper.make_tensor_value_info("alpha", elem, [1, 1, "h", "w"])
+    w = helper.make_tensor("w", elem, [1, channels, 1, 1], [0.0] * channels)
+    graph = helper.make_graph([helper.make_node("Conv", ["input", "w"], ["alpha"])], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    if recipe is not None:
+        helper.set_model_props(model, {"recipe": json.dumps(recipe)})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnx_io_reads_channels_precision_and_metadata(tmp_path):
+    channels, half, props = trt_export.onnx_io(tiny_onnx(tmp_path / "a.onnx", 6, recipe={"name": "x"}))
+    assert (channels, half, json.loads(props["recipe"])) == (6, False, {"name": "x"})
+    assert trt_export.onnx_io(tiny_onnx(tmp_path / "b.onnx", 4, half=True))[:2] == (4, True)
+    (tmp_path / "c.onnx").write_bytes(b"garbage")
+    with pytest.raises(UsageError, match="not a readable ONNX model"):
+        trt_export.onnx_io(tmp_path / "c.onnx")
+
+
+def test_to_engine_checks_before_needing_tensorrt(tmp_path):
+    with pytest.raises(UsageError, match="no such ONNX file"):
+        trt_export.to_engine(tmp_path / "none.onnx", tmp_path / "m.engine")
+    graph = tiny_onnx(tmp_path / "m.onnx")
+    with pytest.raises(UsageError, match="min <= opt <= max"):
+        trt_export.to_engine(graph, tmp_path / "m.engine", min_shape=(640, 640), opt_shape=(320, 320))
+
+
+def test_missing_tensorrt_is_one_line(tmp_path, monkeypatch):
+    from mattecli.inference.backends import TensorRTBackend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as if not installed
+    graph = tiny_onnx(tmp_path / "m.onnx")
+    with pytest.raises(UsageError) as err:
+        trt_export.to_engine(graph, tmp_path / "m.engine")
+    assert str(err.value) == NOT_INSTALLED
+    with pytest.raises(UsageError) as err:
+        TensorRTBackend.load(write_engine_file(tmp_path / "m.engine", b"x", {"recipe": {}}), "cuda")
+    assert str(err.value) == NOT_INSTALLED
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="checks the message shown where TensorRT is not installed")
+def test_infer_and_eval_with_trt_backend_say_tensorrt_is_missing(tmp_path):
+    from mattecli.data.manifest import Sample, write_manifest
+    from tests.infer_helpers import make_pairs
+
+    images = make_pairs(tmp_path / "images", ["a"])
+    engine = write_engine_file(tmp_path / "m.engine", b"x", {"recipe": {}})
+    split = tmp_path / "split"
+    split.mkdir()
+    write_manifest(split, [Sample("a", image=images / "a.png", alpha=images / "a_trimap.png",
+                                  trimap=images / "a_trimap.png")])
+    weights = tmp_path / "w.safetensors"  # the backend is asked for before the file is read
+    weights.write_bytes(b"x")
+    for command in (["infer", "--weights", engine, "--images", images, "--out", tmp_path / "out"],
+                    ["infer", "--weights", weights, "--backend", "trt", "--images", images, "--out", tmp_path / "o"],
+                    ["eval", "--weights", engine, "--data", split, "--backend", "trt", "--workers", "1"]):
+        res = run_main(*command)
+        assert res.returncode == 2, res.stderr
+        line = res.stderr.strip()
+        assert "\n" not in line and line.endswith(f"error: {NOT_INSTALLED}"), command
+
+
+class FakeBuilder:
+    """Just enough of TensorRT's builder API to follow `to_engine`'s choices on a CPU machine."""
+
+    def __init__(self, trt, layers):
+        self.trt, self.layers, self.calls = trt, layers, trt.calls
+
+    def create_network(self, flags):
+        self.calls["network_flags"] = flags
+        return types.SimpleNamespace(num_layers=len(self.layers), get_layer=self.layers.__getitem__)
+
+    def create_builder_config(self):
+        calls = self.calls
+        calls["flags"] = []
+
+        class Config:
+            set_flag = calls["flags"].append
+            add_optimization_profile = staticmethod(lambda p: calls.setdefault("profiles", []).append(p))
+            create_timing_cache = staticmethod(lambda data: {"cache": bytes(data)})
+            set_timing_cache = staticmethod(lambda cache, ignore_mismatch: calls.update(cache_in=cache) or True)
+            get_timing_cache = staticmethod(lambda: types.SimpleNamespace(serialize=lambda: b"timings"))
+        return Config()
+
+    def create_optimization_profile(self):
+        profile = types.SimpleNamespace()
+        profile.set_shape = lambda name, lo, opt, hi: setattr(profile, "shape", (name, lo, opt, hi))
+        return profile
+
+    def build_serialized_network(self, network, config):
+        return b"serialized engine"
+
+
+def fake_builder_trt(version, layers):
+    trt = fake_trt(version, fp16_flag=version.startswith("10"))
+    trt.calls = {}
+    trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS = 2
+    trt.LayerType = types.SimpleNamespace(NORMALIZATION="norm", SOFTMAX="softmax", REDUCE="reduce")
+    trt.float32, trt.float16 = "f32", "f16"
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.Builder = lambda logger: FakeBuilder(trt, layers)
+    trt.OnnxParser = lambda network, logger: types.SimpleNamespace(parse_from_file=lambda path: True, num_errors=0)
+    return trt
+
+
+@pytest.mark.parametrize("version, graph_half, half, strongly_typed, flags, pinned", [
+    ("10.13.0", False, False, False, [], 0),
+    ("10.13.0", False, True, False, [1, 2], 1),      # weak typing: FP16 + OBEY, the softmax kept FP32
+    ("10.13.0", True, True, True, [], 0),            # an FP16 graph builds strongly typed
+    ("11.0.0", True, True, True, [], 0),
+    ("11.0.0", False, False, True, [], 0),           # 11 is always strongly typed
+])
+def test_to_engine_choices_per_tensorrt_version(tmp_path, monkeypatch, version, graph_half, half, strongly_typed,
+                                                flags, pinned):
+    import torch
+
+    layers = [FakeLayer("conv", "f32"), FakeLayer("softmax", "f32")]
+    trt = fake_builder_trt(version, layers)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    recipe = {"name": "demo-a2u", "infer": {"stride": 16}}
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, half=graph_half, recipe=recipe)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old timings")
+    engine = trt_export.to_engine(graph, tmp_path / "m.engine", half=half, min_shape=(64, 64),
+                                  opt_shape=(128, 96), max_shape=(256, 256), timing_cache=cache)
+    assert trt.calls["network_flags"] == (1 << 5 if strongly_typed else 0)
+    assert trt.calls["flags"] == flags
+    assert trt.calls["profiles"][0].shape == ("input", (1, 4, 64, 64), (1, 4, 128, 96), (1, 4, 256, 256))
+    assert trt.calls["cache_in"] == {"cache": b"old timings"} and cache.read_bytes() == b"timings"
+    meta, data = read_engine_file(engine)
+    assert data == b"serialized engine"
+    assert meta["recipe"] == recipe and meta["channels"] == 4 and meta["tensorrt"] == version
+    assert (meta["half"], meta["strongly_typed"], meta["fp32_pinned_layers"]) == (half, strongly_typed, pinned)
+    assert meta["profile"] == {"min": [64, 64], "opt": [128, 96], "max": [256, 256]}
+
+
+def test_fp16_from_an_fp32_graph_is_refused_on_tensorrt_11(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_builder_trt("11.0.0", []))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    with pytest.raises(UsageError, match="strongly typed networks, so FP16 must come from the graph"):
+        trt_export.to_engine(graph, tmp_path / "m.engine", half=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="needs an NVIDIA GPU"):
+        trt_export.to_engine(graph, tmp_path / "m.engine")
+
+
+# --- on a machine with an NVIDIA GPU and TensorRT (the `gpu` marker; not run by default) ---
+
+def _gpu_or_skip():
+    pytest.importorskip("tensorrt")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+
+
+def _seeded(recipe_name):
+    import torch
+
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+
+    torch.manual_seed(0)
+    recipe = load_recipe(recipe_name)
+    return build_model(recipe).eval(), recipe
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe_name", ["demo-indexnet", "demo-a2u"])
+@pytest.mark.parametrize("half, fp16_graph, tol", [
+    (False, False, 1e-3),
+    (True, False, 5e-2),  # TensorRT 10's FP16 flag on the FP32 graph, selected layers pinned to FP32
+    (True, True, 5e-2),   # the exporter's FP16 graph, strongly typed (what `matte export --half` builds)
+])
+def test_engine_matches_torch(tmp_path, recipe_name, half, fp16_graph, tol):
+    _gpu_or_skip()
+    from exporters.onnx import to_onnx
+    from mattecli.inference.backends import TensorRTBackend, TorchBackend
+    from mattecli.inference.pipeline import prepare
+
+    if half and not fp16_graph and trt_export.needs_fp16_graph():
+        pytest.skip("this TensorRT builds only strongly typed networks (no FP16 flag)")
+    model, recipe = _seeded(recipe_name)
+    graph = to_onnx(model, tmp_path / "m.onnx", recipe=recipe, half=fp16_graph)
+    cache = tmp_path / "timing.cache"
+    engine = trt_export.to_engine(graph, tmp_path / "m.engine", half=half, min_shape=(64, 64),
+                                  opt_shape=(128, 160), max_shape=(256, 256), timing_cache=cache)
+    assert cache.stat().st_size > 0
+    meta, _ = read_engine_file(engine)
+    assert meta["recipe"] == recipe.to_dict() and meta["half"] is half
+    backend = TensorRTBackend.load(engine, "cuda")
+    assert backend.recipe == recipe
+    reference = TorchBackend(model, recipe, "cuda")
+    rng = np.random.default_rng(0)
+    for h, w in ((97, 131), (160, 224)):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        trimap = rng.choice(np.array([0, 128, 255], np.uint8), (h, w))
+        x = prepare(image, trimap, recipe.infer)
+        ref, out = reference(x), backend(x)
+        assert out.shape == ref.shape and out.dtype == np.float32
+        assert np.abs(out - ref).max() <= tol * max(1.0, np.abs(ref).max()), (h, w)
+    with pytest.raises(ValueError, match="outside the engine's profile"):
+        backend(np.zeros((1, x.shape[1], 512, 512), np.float32))
+    # a second build reuses the timing cache
+    trt_export.to_engine(graph, tmp_path / "m2.engine", half=half, min_shape=(64, 64), opt_shape=(128, 160),
+                         max_shape=(256, 256), timing_cache=cache)
+
+
+@pytest.mark.gpu
+def test_infer_and_bench_with_an_engine(tmp_path):
+    _gpu_or_skip()
+    from exporters.onnx import to_onnx
+    from mattecli.bench import run_bench
+    from mattecli.imageio import read_gray
+    from mattecli.weights import save_weights
+    from tests.infer_helpers import make_pairs
+
+    model, recipe = _seeded("demo-a2u")
+    weights = save_weights(model, recipe, tmp_path / "w.safetensors")
+    engine = trt_export.to_engine(to_onnx(model, tmp_path / "m.onnx", recipe=recipe), tmp_path / "m.engine",
+                                  min_shape=(32, 32), opt_shape=(32, 48), max_shape=(64, 64))
+    images = make_pairs(tmp_path / "images", ["a", "b"], size=(24, 32))
+    for name, w in (("trt", engine), ("torch", weights)):
+        res = run_main("infer", "--weights", w, "--device", "cuda", "--images", images, "--out", tmp_path / name)
+        assert res.returncode == 0, res.stderr
+    for stem in ("a", "b"):
+        diff = read_gray(tmp_path / "trt" / f"{stem}.png").astype(int) - read_gray(tmp_path / "torch" / f"{stem}.png")
+        assert np.abs(diff).max() <= 1
+    import onnxruntime
+
+    backends = ["torch", "onnx", "trt"] if "CUDAExecutionProvider" in onnxruntime.get_available_providers() \
+        else ["torch", "trt"]  # onnx on cuda needs onnxruntime-gpu
+    report = run_bench(weights, backends, [(48, 40)], device="cuda", repeat=2, warmup=1)
+    assert [r["backend"] for r in report["rows"]] == backends
+    assert all(r["memory"] == "torch.cuda.max_memory_allocated" and r["median_ms"] > 0 for r in report["rows"])
+    assert report["rows"][-1]["peak_memory_mib"] > 0  # the engine's I/O buffers at least
+
+
+def test_engine_files_pick_the_tensorrt_backend(tmp_path):
+    from mattecli.inference.backends import BACKENDS, SUFFIX_TO_BACKEND, TensorRTBackend, load_backend
+
+    assert BACKENDS[SUFFIX_TO_BACKEND[".engine"]] is TensorRTBackend is BACKENDS[SUFFIX_TO_BACKEND[".plan"]]
+    engine = write_engine_file(tmp_path / "m.engine", b"x", {"recipe": {}})
+    with pytest.raises(UsageError, match="--backend tf: unknown backend"):
+        load_backend(engine, "tf")
