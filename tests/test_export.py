@@ -255,12 +255,14 @@ def test_half_graph_is_fp16_inside_with_fp32_islands_and_close_to_pytorch(export
     assert convs and all(types[n.input[1]] == TensorProto.FLOAT16 and types[n.output[0]] == TensorProto.FLOAT16
                          for n in convs)
     kept = [n for n in graph.node if n.op_type in KEEP_FP32]
-    assert kept and all(types[n.input[0]] == types[n.output[0]] == TensorProto.FLOAT for n in kept)
-    assert {"Softmax", "GlobalAveragePool"} <= {n.op_type for n in kept}
+    assert all(types[n.input[0]] == types[n.output[0]] == TensorProto.FLOAT for n in kept)
+    if recipe.family != "tcp":  # TCP's graph has no softmax, pooling or reduction: nothing to keep
+        assert kept and {"Softmax", "GlobalAveragePool"} <= {n.op_type for n in kept}
     check_operators(half)
     session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
     s = recipe.infer.stride
-    x = torch.randn(1, 4, 5 * s, 3 * s, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(1, 3 + (3 if recipe.infer.trimap == "onehot" else 1), 5 * s, 3 * s,
+                    generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = model(x).numpy()
     got = session.run(None, {"input": x.numpy()})[0]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from mattecli.data import trimap as tri
 from mattecli.models import build_model
 from mattecli.models.layers import count_parameters
+from mattecli.models.resnet import BasicBlock
 from mattecli.models.tcp import TEXTURAL_RADIUS, TCPConfig, TCPMatting
 from mattecli.recipes import load_recipe
 from mattecli.train.losses import tcp_loss
@@ -35,14 +36,17 @@ def textural_count(w: int, source: int, ffu: str = "add") -> int:
 
 
 def seeded(cfg: TCPConfig, seed: int = 0) -> TCPMatting:
-    """An eval model with random BN statistics (so no BN is the identity), its two output convs
-    scaled so that each path's raw output has unit spread (so alpha is not clipped everywhere)."""
+    """An eval model with random BN statistics (so no BN is the identity), residual branches
+    switched on (the init zeroes their last BN), its two output convs scaled so that each path's
+    raw output has unit spread (so alpha is not clipped everywhere)."""
     torch.manual_seed(seed)
     model = TCPMatting(cfg)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 2.0)
+        if isinstance(m, BasicBlock):
+            m.convs.bn2.weight.data.uniform_(0.1, 0.3)
     model.eval()
     x = torch.randn(1, 6, 64, 64)
     with torch.no_grad():

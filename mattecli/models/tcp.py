@@ -236,6 +236,13 @@ class TCPMatting(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # torchvision's `zero_init_residual`: each residual block starts as the identity. Besides
+        # helping training from scratch, it keeps a fresh model's activations at unit scale in
+        # eval mode (otherwise they grow ~1000x over the encoder's 16 blocks, and a random
+        # model's output is all saturated tanh).
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.convs.bn2.weight)
 
     def encoder_modules(self) -> list[nn.Module]:
         """The ResNet-34 encoder (pretrained, encoder learning rate, frozen BN when asked)."""
