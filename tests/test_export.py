@@ -42,6 +42,8 @@ def structural_key(name: str) -> tuple:
         if m.upsample != "a2u":
             return ("a2u", "baseline")
         return ("a2u", m.kernel, m.paired_down, m.group_norm)
+    if recipe.family == "tcp":  # the SP-only baseline has no fusion (no w_c Mul); concat fuses otherwise
+        return ("tcp", m.textural, m.ffu if m.textural else None)
     return (recipe.family,)
 
 
@@ -55,7 +57,7 @@ def _representatives() -> set[str]:
 
 REPRESENTATIVES = sorted(_representatives())
 # Narrower copies export several times faster; width changes tensor shapes, not operator types.
-NARROW = {"a2u": ("model.width=0.25",)}
+NARROW = {"a2u": ("model.width=0.25",), "tcp": ("model.width=0.125", "model.tcp_width=8")}
 
 
 def _random_model(name: str, *overrides: str):
