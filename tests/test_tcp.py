@@ -327,7 +327,7 @@ def test_training_steps_feed_the_second_trimap(synth, tmp_path, monkeypatch, nam
     assert len(calls) == 3 and all(passed == second for passed, _ in calls)
     assert any(differs for _, differs in calls) == second  # the noisy trimap moved somewhere
     saved = json.loads((tmp_path / "run" / "recipe.json").read_text())
-    assert saved["model"]["family"] == "tcp" and saved["train"]["loss"] == ("tcp" if second else "alpha")
+    assert saved["model"]["family"] == "tcp" and saved["train"]["loss"] == "tcp"
     assert (tmp_path / "run" / "last.safetensors").is_file()
 
 
