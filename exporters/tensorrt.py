@@ -92,6 +92,15 @@ def needs_fp16_graph(trt=None) -> bool:
     return major_version(trt) >= 11 or not hasattr(trt.BuilderFlag, "FP16")
 
 
+def fp16_graph_for(half: bool) -> bool:
+    """Whether an FP16 engine is built from the FP16 ONNX graph: only where TensorRT is strongly typed
+    only (11+). TensorRT 10 builds it from the FP32 graph with its FP16 flag, normalisation and softmax
+    pinned to FP32, which leaves it free to keep any other layer in FP32 where that is faster.
+    Raises the one-line "not installed" error first, before any export work."""
+    trt = import_tensorrt()
+    return half and needs_fp16_graph(trt)
+
+
 def onnx_io(onnx_path: Path) -> tuple[int, bool, dict]:
     """-> (input channels, whether the graph holds FP16 tensors, metadata_props) of an ONNX file."""
     import onnx

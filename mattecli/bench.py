@@ -110,9 +110,9 @@ def _profile(sizes, stride: int):
 
 def prepare_models(weights: Path, backends: list[str], sizes, half: bool, workdir: Path, log=print) -> dict:
     """-> {backend: model file} for the requested backends, exporting what a .safetensors lacks:
-    an ONNX graph (`to_onnx`; the FP16 graph with `half`) for onnx, and for trt an engine built
-    from that same graph (`to_engine`, a profile covering `sizes`, timing cache in `workdir`), as
-    `matte export --format trt` builds it."""
+    an ONNX graph (`to_onnx`; the FP16 graph with `half`) for onnx, and for trt an engine
+    (`to_engine`, a profile covering `sizes`, timing cache in `workdir`) built as `matte export
+    --format trt` builds it (from the FP16 graph on TensorRT 11, the FP32 graph + FP16 flag on 10)."""
     suffix = weights.suffix.lower()
     if suffix in (".engine", ".plan"):
         return {"trt": weights}
@@ -143,9 +143,9 @@ def prepare_models(weights: Path, backends: list[str], sizes, half: bool, workdi
         elif name == "onnx":
             files[name] = graph(half)
         else:
-            from exporters.tensorrt import onnx_io, to_engine
+            from exporters.tensorrt import fp16_graph_for, onnx_io, to_engine
 
-            source = graph(half)
+            source = graph(fp16_graph_for(half))
             low, opt, high = _profile(sizes, _stride_of(source, onnx_io))
             log(f"building a TensorRT engine ({'FP16' if half else 'FP32'}, H x W profile {low} .. {high})")
             files[name] = to_engine(source, workdir / "model.engine", half=half, min_shape=low, opt_shape=opt,

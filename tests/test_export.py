@@ -435,3 +435,30 @@ def test_exported_file_suffix_picks_the_onnx_backend(weights, tmp_path):
     path = to_onnx(model, tmp_path / "m.onnx", recipe=recipe)
     assert isinstance(load_backend(path), OnnxBackend)
     assert isinstance(load_backend(Path(weights)), TorchBackend)
+
+
+@pytest.mark.parametrize("shapes, dynamic_hw", [
+    (["--min-shape", "320x320", "--opt-shape", "320x640", "--max-shape", "640x960"], True),  # the issue's form
+    (["--min-shape", "320x640", "--opt-shape", "320x640", "--max-shape", "320x640"], False),  # min = opt = max
+])
+def test_cli_trt_profile_decides_the_graph(weights, tmp_path, monkeypatch, shapes, dynamic_hw):
+    """`--format trt` with a min..max profile builds from a dynamic graph without `--dynamic`."""
+    import onnx
+
+    import exporters.tensorrt as tensorrt
+
+    seen = {}
+
+    def fake_to_engine(onnx_path, path, *, half, min_shape, opt_shape, max_shape, timing_cache=None):
+        dims = onnx.load(str(onnx_path)).graph.input[0].type.tensor_type.shape.dim
+        seen.update(hw=[d.dim_value for d in dims[2:]], shapes=(min_shape, opt_shape, max_shape))
+        Path(path).write_bytes(b"engine")
+        return Path(path)
+
+    monkeypatch.setattr(tensorrt, "to_engine", fake_to_engine)
+    monkeypatch.setattr(tensorrt, "fp16_graph_for", lambda half: False)
+    res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--format", "trt",
+                                   "--out", str(tmp_path / "m.engine"), *shapes])
+    assert res.exit_code == 0, res.output
+    assert (seen["hw"] == [0, 0]) == dynamic_hw  # dim_value 0: a named, dynamic axis
+    assert seen["shapes"] == tuple(tuple(map(int, s.split("x"))) for s in shapes[1::2])

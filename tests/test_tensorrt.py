@@ -48,6 +48,22 @@ def test_strongly_typed_only_from_tensorrt_11():
     assert trt_export.needs_fp16_graph(fake_trt("10.99", fp16_flag=False))  # flag gone: strongly typed only
 
 
+@pytest.mark.parametrize("version, half, fp16_graph", [
+    ("10.13.0.35", True, False),  # TensorRT 10: the FP32 graph and the builder's FP16 flag
+    ("11.0.0", True, True),       # TensorRT 11: the exporter's FP16 graph
+    ("11.0.0", False, False),
+])
+def test_export_and_bench_pick_the_graph_by_version(monkeypatch, version, half, fp16_graph):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt(version))
+    assert trt_export.fp16_graph_for(half) is fp16_graph
+
+
+def test_fp16_graph_choice_says_tensorrt_is_missing_first(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails
+    with pytest.raises(UsageError, match="TensorRT is not installed"):
+        trt_export.fp16_graph_for(True)
+
+
 class FakeTensor:
     def __init__(self, dtype):
         self.dtype = dtype
@@ -261,8 +277,8 @@ def _seeded(recipe_name):
 @pytest.mark.parametrize("recipe_name", ["demo-indexnet", "demo-a2u"])
 @pytest.mark.parametrize("half, fp16_graph, tol", [
     (False, False, 1e-3),
-    (True, False, 5e-2),  # TensorRT 10's FP16 flag on the FP32 graph, selected layers pinned to FP32
-    (True, True, 5e-2),   # the exporter's FP16 graph, strongly typed (what `matte export --half` builds)
+    (True, False, 5e-2),  # TensorRT 10's FP16 flag on the FP32 graph (`matte export --half` on 10)
+    (True, True, 5e-2),   # the exporter's FP16 graph, strongly typed (`matte export --half` on TensorRT 11)
 ])
 def test_engine_matches_torch(tmp_path, recipe_name, half, fp16_graph, tol):
     _gpu_or_skip()

@@ -17,12 +17,13 @@ def main(
     half: bool = typer.Option(False, "--half", help="FP16: an FP16 graph (float32 input and output; normalisation, "
                               "softmax and reductions kept in FP32), or an engine built from it. --verify then "
                               "allows 1e-2."),
-    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width (default: a static "
-                                 "graph of batch 1 at --opt-shape)."),
-    min_shape: str = typer.Option("320x320", "--min-shape", help="trt --dynamic: smallest HxW of the engine's profile."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width (default for onnx: a "
+                                 "static graph of batch 1 at --opt-shape; trt: implied unless min = opt = max)."),
+    min_shape: str = typer.Option("320x320", "--min-shape", help="trt: smallest HxW of the engine's profile (the "
+                                  "engine has dynamic H/W unless min = opt = max)."),
     opt_shape: str = typer.Option("1088x1920", "--opt-shape", help="HxW the engine is tuned for; the size of a "
                                   "static graph."),
-    max_shape: str = typer.Option("2176x3840", "--max-shape", help="trt --dynamic: largest HxW of the engine's profile."),
+    max_shape: str = typer.Option("2176x3840", "--max-shape", help="trt: largest HxW of the engine's profile."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (at least 17)."),
     verify: bool = typer.Option(False, "--verify", help="Run the exported model against PyTorch on fresh inputs at "
                                 "several sizes, print the errors, and exit 1 if any max-abs error exceeds 1e-4 "
@@ -73,6 +74,8 @@ def run_export(*, weights: Path, format: str = "onnx", out: Path, half: bool = F
         raise UsageError(f"--opset {opset}: choose {MIN_OPSET} to {MAX_OPSET} (TensorRT-ready graphs need "
                          f"{MIN_OPSET} or later; torch's exporter writes up to {MAX_OPSET})")
     min_hw, opt_hw, max_hw = (parse_shape(o, s) for o, s in zip(("--min-shape", "--opt-shape", "--max-shape"), shapes))
+    if format == "trt" and not (min_hw == opt_hw == max_hw):
+        dynamic = True  # an engine's profile spans --min-shape..--max-shape, so its graph has dynamic H/W
     if dynamic and not (min_hw[0] <= opt_hw[0] <= max_hw[0] and min_hw[1] <= opt_hw[1] <= max_hw[1]):
         raise UsageError(f"shapes must satisfy min <= opt <= max in each side: {'/'.join(shapes)}")
     sizes = None
@@ -133,17 +136,14 @@ def _write_engine(model, recipe, out: Path, *, opset: int, dynamic: bool, half: 
     import tempfile
 
     from exporters.onnx import to_onnx
-    from mattecli.errors import UsageError
 
-    try:
-        from exporters.tensorrt import to_engine
-    except ImportError as err:
-        raise UsageError(f"--format trt: the TensorRT exporter is not available ({err})") from None
+    from exporters.tensorrt import fp16_graph_for, to_engine
+
+    fp16_graph = fp16_graph_for(half)  # TensorRT 11: the FP16 graph; 10: the FP32 graph + FP16 flag
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as tmp:
-        # with --half the FP16 graph: what TensorRT's strongly typed mode builds as written
         onnx_path = to_onnx(model, Path(tmp) / "model.onnx", opset=opset, dynamic=dynamic, recipe=recipe,
-                            half=half, size=shapes[1])
+                            half=fp16_graph, size=shapes[1])
         min_hw, opt_hw, max_hw = shapes
         path = to_engine(onnx_path, out, half=half, min_shape=min_hw, opt_shape=opt_hw, max_shape=max_hw)
     typer.echo(f"wrote {path}: TensorRT engine ({'FP16' if half else 'FP32'}), recipe {recipe.name}, "
