@@ -462,3 +462,10 @@ def test_cli_trt_profile_decides_the_graph(weights, tmp_path, monkeypatch, shape
     assert res.exit_code == 0, res.output
     assert (seen["hw"] == [0, 0]) == dynamic_hw  # dim_value 0: a named, dynamic axis
     assert seen["shapes"] == tuple(tuple(map(int, s.split("x"))) for s in shapes[1::2])
+
+
+def test_onnx_backend_gives_the_arena_back_after_each_call(weights, tmp_path):
+    """Without arena shrinkage ONNX Runtime's CPU arena doubled on A2U's second 1080p call (README)."""
+    model, recipe = load_pipeline(weights).backend.model, load_pipeline(weights).recipe
+    backend = load_backend(to_onnx(model, tmp_path / "m.onnx", recipe=recipe))
+    assert backend.run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
