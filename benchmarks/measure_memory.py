@@ -1,6 +1,6 @@
 """Peak activation memory of one forward pass per input pixel, for `recipes/*.yaml` infer.bytes_per_pixel.
 
-Each measurement runs in a fresh subprocess and reads the peak resident set size (ru_maxrss)
+Each measurement runs in a fresh subprocess and reads the peak resident set size (VmHWM)
 before and after one float32 forward pass on CPU, after a small warm-up pass so that the weights
 and the allocator's first arenas are not counted.
 
@@ -22,8 +22,9 @@ import subprocess
 import sys
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
 import numpy as np, torch
+from mattecli.bench import peak_rss_mib
 from mattecli.models import build_model
 from mattecli.recipes import load_recipe
 name, h, w, sets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
@@ -33,10 +34,10 @@ channels = 6 if recipe.infer.trimap == "onehot" else 4
 model = build_model(recipe).eval()
 with torch.inference_mode():
     model(torch.zeros(1, channels, 64, 64))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_mib() * 2**20
     model(torch.from_numpy(np.random.default_rng(0).random((1, channels, h, w), dtype=np.float32)))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) * 1024 / (h * w), base * 1024, peak * 1024, h, w)
+peak = peak_rss_mib() * 2**20
+print((peak - base) / (h * w), base, peak, h, w)
 """
 
 

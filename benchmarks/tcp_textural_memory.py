@@ -17,8 +17,9 @@ import subprocess
 import sys
 
 CHILD = r"""
-import resource, sys, time
+import sys, time
 import torch
+from mattecli.bench import peak_rss_mib
 from mattecli.models import build_model
 from mattecli.recipes import load_recipe
 recipe, h, w, tile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -27,14 +28,14 @@ s = model.textural.scale
 channels = model.encoder.channels[model.cfg.ffu_layer]
 with torch.inference_mode():
     model._textural(torch.zeros(1, 6, 64, 64), model.textural.semantic(torch.zeros(1, channels, 64 // s, 64 // s)))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_mib() * 2**20
     x = torch.rand(1, 6, h, w)
     sem = model.textural.semantic(torch.rand(1, channels, h // s, w // s))
     start = time.perf_counter()
     model._textural(x, sem)
     seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) * 1024, seconds)
+peak = peak_rss_mib() * 2**20
+print(peak - base, seconds)
 """
 
 

@@ -40,16 +40,18 @@ def default_sizes(stride: int) -> list[tuple[int, int]]:
     return [(5 * stride, 3 * stride), (7 * stride, 11 * stride), (1088, 1920)]
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """'96x160,1088x1920' -> [(96, 160), (1088, 1920)] (HxW); ValueError naming the bad item."""
+def parse_sizes(text: str, order: str = "HEIGHTxWIDTH") -> list[tuple[int, int]]:
+    """'96x160,1088x1920' -> [(96, 160), (1088, 1920)], each pair in the order written; ValueError
+    naming the bad item. `order` only words the message: export shapes are HxW, bench sizes WxH."""
+    example = "1088x1920" if order.startswith("H") else "1920x1080"
     sizes = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
-        h, sep, w = item.lower().partition("x")
-        if not sep or not h.isdigit() or not w.isdigit() or int(h) < 1 or int(w) < 1:
-            raise ValueError(f"{item!r} is not HEIGHTxWIDTH in pixels (e.g. 1088x1920)")
-        sizes.append((int(h), int(w)))
+        a, sep, b = item.lower().partition("x")
+        if not sep or not a.isdigit() or not b.isdigit() or int(a) < 1 or int(b) < 1:
+            raise ValueError(f"{item!r} is not {order} in pixels (e.g. {example})")
+        sizes.append((int(a), int(b)))
     if not sizes:
-        raise ValueError(f"{text!r} names no size")
+        raise ValueError(f"{text!r} names no size ({order}, e.g. {example})")
     return sizes
 
 

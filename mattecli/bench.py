@@ -1,8 +1,8 @@
 """`matte bench`: median latency, images/s and peak memory of each backend at each input size.
 
 What is timed: one backend call on an input prepared by `inference.pipeline.prepare` (the one
-preprocessing path, for a seeded random image and trimap of the requested size, aligned to the
-recipe's stride): numpy float32 in, raw alpha as numpy out, so on a GPU the host-device copies
+preprocessing path, for the seeded random image and trimap `export --verify` uses, of the
+requested size, aligned to the recipe's stride): numpy float32 in, raw alpha as numpy out, so on a GPU the host-device copies
 are included; preparing the input and restoring the alpha are not. Warm-up calls come first and
 are not timed.
 
@@ -33,19 +33,14 @@ ROW_MARK = "MATTE_BENCH_ROW "
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'1920x1080' (width x height) -> (1920, 1080)."""
-    parts = text.strip().lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise UsageError(f"--sizes {text!r}: expected WIDTHxHEIGHT with positive integers, e.g. 1920x1080")
-    return int(parts[0]), int(parts[1])
-
-
 def parse_sizes(text: str) -> list[tuple[int, int]]:
-    sizes = [parse_size(t) for t in text.split(",") if t.strip()]
-    if not sizes:
-        raise UsageError("--sizes: give at least one WIDTHxHEIGHT")
-    return sizes
+    """'1920x1080,3840x2160' (width x height, as CLI.md writes them) -> [(1920, 1080), (3840, 2160)]."""
+    from exporters.verify import parse_sizes as parse_pairs
+
+    try:
+        return parse_pairs(text, order="WIDTHxHEIGHT")
+    except ValueError as err:
+        raise UsageError(f"--sizes: {err}") from None
 
 
 def parse_backends(text: str) -> list[str]:
@@ -55,18 +50,6 @@ def parse_backends(text: str) -> list[str]:
         raise UsageError(f"--backends {text!r}: unknown backend {bad[0] if bad else '(none)'!r}; "
                          f"choose from {', '.join(BACKEND_NAMES)}")
     return names
-
-
-def synthetic_input(width: int, height: int, seed: int = 0):
-    """A seeded random RGB image and a 0/128/255 trimap (a vertical unknown band) of that size."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    trimap = np.zeros((height, width), np.uint8)
-    trimap[:, width // 3:] = 128
-    trimap[:, 2 * width // 3:] = 255
-    return image, trimap
 
 
 def check_request(weights: Path, backends: list[str], device: str, half: bool) -> None:
@@ -174,7 +157,7 @@ def run_row(model_file: Path, backend: str, size, device: str, half: bool, repea
     return {"backend": backend, "size": f"{size[0]}x{size[1]}", "error": reason}
 
 
-def _rss_mib() -> float:
+def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, in MiB."""
     # /proc's VmHWM belongs to this process's own address space; ru_maxrss would also carry the
     # parent's peak across fork + exec (Linux keeps the larger), i.e. the bench parent's, with its
@@ -202,13 +185,12 @@ def measure(model_file: str, backend: str, size, device: str, half: bool, repeat
 
     import numpy as np
 
+    from exporters.verify import fresh_input
     from mattecli.inference.backends import load_backend
-    from mattecli.inference.pipeline import prepare
 
     width, height = size
     be = load_backend(model_file, backend, device)
-    image, trimap = synthetic_input(width, height)
-    x = prepare(image, trimap, be.recipe.infer)
+    x = fresh_input(height, width, be.recipe.infer, np.random.default_rng(0))
     cuda = device.startswith("cuda")
     autocast = contextlib.nullcontext()
     if cuda:
@@ -220,7 +202,7 @@ def measure(model_file: str, backend: str, size, device: str, half: bool, repeat
         if half and backend == "torch":  # FP16 autocast: convolutions in FP16, normalisation kept FP32
             autocast = torch.autocast("cuda", dtype=torch.float16)
     else:
-        base = _rss_mib()
+        base = peak_rss_mib()
     times = []
     with autocast:
         for i in range(warmup + repeat):
@@ -228,7 +210,7 @@ def measure(model_file: str, backend: str, size, device: str, half: bool, repeat
             be(x)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else _rss_mib()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mib()
     median = float(np.median(times))
     return {
         "backend": backend, "size": f"{width}x{height}", "input": "x".join(map(str, x.shape)),
