@@ -122,7 +122,8 @@ def onnx_io(onnx_path: Path) -> tuple[int, bool, dict]:
     return dims[1].dim_value, half, props
 
 
-def _check_shapes(min_shape, opt_shape, max_shape) -> None:
+def check_profile(min_shape, opt_shape, max_shape) -> None:
+    """One-line UsageError unless each shape is a positive HxW and min <= opt <= max on both sides."""
     for name, shape in (("min", min_shape), ("opt", opt_shape), ("max", max_shape)):
         if len(shape) != 2 or any(int(s) <= 0 for s in shape):
             raise UsageError(f"--{name}-shape {shape}: expected HxW with positive sides")
@@ -178,7 +179,7 @@ def to_engine(onnx_path, path, *, half: bool = False, min_shape=(320, 320), opt_
     onnx_path, path = Path(onnx_path), Path(path)
     if not onnx_path.is_file():
         raise UsageError(f"{onnx_path}: no such ONNX file")
-    _check_shapes(min_shape, opt_shape, max_shape)
+    check_profile(min_shape, opt_shape, max_shape)
     trt = import_tensorrt()
     import torch
 

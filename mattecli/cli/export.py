@@ -76,8 +76,10 @@ def run_export(*, weights: Path, format: str = "onnx", out: Path, half: bool = F
     min_hw, opt_hw, max_hw = (parse_shape(o, s) for o, s in zip(("--min-shape", "--opt-shape", "--max-shape"), shapes))
     if format == "trt" and not (min_hw == opt_hw == max_hw):
         dynamic = True  # an engine's profile spans --min-shape..--max-shape, so its graph has dynamic H/W
-    if dynamic and not (min_hw[0] <= opt_hw[0] <= max_hw[0] and min_hw[1] <= opt_hw[1] <= max_hw[1]):
-        raise UsageError(f"shapes must satisfy min <= opt <= max in each side: {'/'.join(shapes)}")
+    if dynamic:
+        from exporters.tensorrt import check_profile
+
+        check_profile(min_hw, opt_hw, max_hw)
     sizes = None
     if verify_sizes is not None:
         from exporters.verify import parse_sizes

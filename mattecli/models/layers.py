@@ -53,6 +53,11 @@ def bn_leaky(channels: int) -> list:
     return [BNAct(channels, "leaky_relu")]
 
 
+def bn_relu(channels: int) -> list:
+    """The TCP family's norm_act (torchvision-style ResNet): one BNAct with ReLU."""
+    return [BNAct(channels, "relu")]
+
+
 def conv_norm_act(cin: int, cout: int, kernel: int, stride: int = 1, padding: int | None = None,
                   dilation: int = 1, groups: int = 1, norm_act: NormAct = bn_relu6) -> nn.Sequential:
     """Conv (no bias) followed by the family's norm and activation: keys `0.weight`, `1.*`."""

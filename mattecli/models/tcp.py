@@ -42,17 +42,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mattecli.models.layers import BNAct, conv_norm_act
+from mattecli.models.layers import BNAct, bn_relu, conv_norm_act
 from mattecli.models.resnet import RESNET34_BLOCKS, RESNET34_CHANNELS, BasicBlock, make_stage
 
 IN_CHANNELS = 6  # normalised RGB + one-hot trimap
 FUSIONS = ("add", "concat")
 DECODER_CHANNELS = (256, 128, 64, 32, 16)  # at 1/16, 1/8, 1/4, 1/2, 1
 TEXTURAL_RADIUS = 7  # 3x3 convs in the TCP: stem 1 + residual blocks 2 x 2 + refinement 2
-
-
-def bn_relu(channels: int) -> list:
-    return [BNAct(channels, "relu")]
 
 
 @dataclass(frozen=True)

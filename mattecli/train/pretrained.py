@@ -119,6 +119,14 @@ ENCODER_MAPS = {
 }
 
 
+def encoder_map(family: str) -> EncoderMap:
+    """The family's map, or a one-line UsageError naming the families that have one."""
+    if family not in ENCODER_MAPS:
+        raise UsageError(f"--pretrained: no ImageNet encoder map for the {family} family "
+                         f"(known: {', '.join(ENCODER_MAPS)})")
+    return ENCODER_MAPS[family]
+
+
 def encoder_keys(model) -> list[str]:
     """State-dict keys of the model's encoder (`encoder_modules()`), BN step counters left out."""
     names = {id(module): name for name, module in model.named_modules()}
@@ -144,10 +152,7 @@ def map_encoder(model, family: str, source: dict, where: str = "--pretrained") -
     Raises:
         UsageError: no map for the family, a shape that differs, or encoder tensors left unfilled.
     """
-    if family not in ENCODER_MAPS:
-        raise UsageError(f"--pretrained: no ImageNet encoder map for the {family} family "
-                         f"(known: {', '.join(ENCODER_MAPS)})")
-    spec = ENCODER_MAPS[family]
+    spec = encoder_map(family)
     own = model.state_dict()
     mapped, ignored = {}, []
     for name, tensor in source.items():
@@ -177,6 +182,5 @@ def load_pretrained_encoder(model, recipe, path) -> dict:
     """Read a torchvision-format checkpoint and copy it into `model`'s encoder (see `map_encoder`)."""
     from mattecli.weights import load_torch_checkpoint
 
-    if recipe.family not in ENCODER_MAPS:  # before reading a large file
-        raise UsageError(f"--pretrained: no ImageNet encoder map for the {recipe.family} family")
+    encoder_map(recipe.family)  # an unknown family fails before a large file is read
     return map_encoder(model, recipe.family, load_torch_checkpoint(path), where=str(path))
