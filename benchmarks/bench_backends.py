@@ -36,7 +36,8 @@ def main() -> None:
 
     import torch
 
-    from mattecli.bench import parse_backends, parse_sizes, run_bench
+    from mattecli.bench import run_bench
+    from mattecli.cli.parsing import parse_backends, parse_sizes
     from mattecli.models import build_model
     from mattecli.recipes import load_recipe
     from mattecli.weights import save_weights

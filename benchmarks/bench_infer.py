@@ -67,7 +67,7 @@ def main() -> None:
     from mattecli.inference.batch import infer_folder
     from mattecli.inference.outputs import Background
     from mattecli.inference.pipeline import Pipeline
-    from mattecli.inference.tiling import parse_memory
+    from mattecli.cli.parsing import parse_memory
     from mattecli.models import build_model
     from mattecli.recipes import load_recipe
 

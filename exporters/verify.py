@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mattecli.inference.random_input import fresh_input
+from mattecli.sizes import Size
+
 TOLERANCE = 1e-4  # max-abs on the raw alpha, float32
 # FP16 graphs and engines: half precision carries ~3 significant digits through dozens of layers;
 # 1e-2 is 2.5 levels of an 8-bit matte (measured: 1.6e-3 .. 2.2e-3 on the demo models at 96x160).
@@ -34,39 +37,16 @@ class Parity:
         return self.max_abs <= self.tolerance
 
 
-def default_sizes(stride: int) -> list[tuple[int, int]]:
-    """(height, width) pairs: small non-square odd multiples of the stride both ways round, and
-    1088x1920 (1080p aligned to 32, itself an odd multiple of 32 and of 16 in height)."""
-    return [(5 * stride, 3 * stride), (7 * stride, 11 * stride), (1088, 1920)]
+def default_sizes(stride: int) -> list[Size]:
+    """Small non-square odd multiples of the stride both ways round (3s wide by 5s high, 11s by
+    7s), and 1920x1088 (1080p aligned to 32, itself an odd multiple of 32 and of 16 in height)."""
+    return [Size(3 * stride, 5 * stride), Size(11 * stride, 7 * stride), Size(1920, 1088)]
 
 
-def parse_sizes(text: str, order: str = "HEIGHTxWIDTH") -> list[tuple[int, int]]:
-    """'96x160,1088x1920' -> [(96, 160), (1088, 1920)], each pair in the order written; ValueError
-    naming the bad item. `order` only words the message: export shapes are HxW, bench sizes WxH."""
-    example = "1088x1920" if order.startswith("H") else "1920x1080"
-    sizes = []
-    for item in (part.strip() for part in text.split(",") if part.strip()):
-        a, sep, b = item.lower().partition("x")
-        if not sep or not a.isdigit() or not b.isdigit() or int(a) < 1 or int(b) < 1:
-            raise ValueError(f"{item!r} is not {order} in pixels (e.g. {example})")
-        sizes.append((int(a), int(b)))
-    if not sizes:
-        raise ValueError(f"{text!r} names no size ({order}, e.g. {example})")
-    return sizes
+def parse_sizes(text, order="HEIGHTxWIDTH"):  # deprecated: mattecli.cli.parsing.parse_sizes; remove after the merge
+    from mattecli.cli.parsing import parse_sizes as parse
 
-
-def fresh_input(height: int, width: int, cfg, rng: np.random.Generator) -> np.ndarray:
-    """A random image (smooth colour fields plus noise) and a blocky 0/128/255 trimap, prepared."""
-    import cv2
-
-    from mattecli.inference.pipeline import prepare
-
-    coarse = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3)).astype(np.float32)
-    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_LINEAR)
-    image = np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
-    blocks = rng.choice(np.array([0, 128, 255], np.uint8), (max(2, height // 24), max(2, width // 24)))
-    trimap = cv2.resize(blocks, (width, height), interpolation=cv2.INTER_NEAREST)
-    return prepare(image, trimap, cfg)
+    return [(s.width, s.height) for s in parse(text)]  # the pairs in the order written, as before
 
 
 def verify(backend, reference, sizes=None, *, seed: int = 0, tolerance: float = TOLERANCE,
@@ -76,7 +56,7 @@ def verify(backend, reference, sizes=None, *, seed: int = 0, tolerance: float = 
     Args:
         backend: the backend under test (`recipe` attribute, `__call__(x) -> raw alpha`).
         reference: the PyTorch model's backend (`TorchBackend`).
-        sizes: (height, width) image sizes, aligned to the stride by the pipeline; default
+        sizes: image sizes (`Size`), aligned to the stride by the pipeline; default
             `default_sizes(stride)`.
         seed: seeds the inputs.
         tolerance: the max-abs error each `Parity.ok` allows.
@@ -88,12 +68,12 @@ def verify(backend, reference, sizes=None, *, seed: int = 0, tolerance: float = 
     cfg = reference.recipe.infer
     rng = np.random.default_rng(seed)
     results = []
-    for height, width in sizes or default_sizes(cfg.stride):
-        x = fresh_input(height, width, cfg, rng)
+    for size in sizes or default_sizes(cfg.stride):
+        x = fresh_input(size, cfg, rng)
         want = np.asarray(reference(x), dtype=np.float64)
         got = np.asarray(backend(x), dtype=np.float64)
         if got.shape != want.shape:
-            raise ValueError(f"output shape {got.shape} differs from PyTorch's {want.shape} at {height}x{width}")
+            raise ValueError(f"output shape {got.shape} differs from PyTorch's {want.shape} at {size}")
         diff = np.abs(got - want)
         result = Parity(x.shape[2], x.shape[3], float(diff.max()), float(diff.mean()), float(np.abs(want).max()),
                         tolerance)

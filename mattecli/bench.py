@@ -24,48 +24,30 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mattecli.cli.parsing import parse_backends, parse_sizes  # noqa: F401 - moved there; remove after the merge
 from mattecli.errors import UsageError
-
-BACKEND_NAMES = ("torch", "onnx", "trt")
+from mattecli.sizes import Size
 TIMED = ("one backend call on a pipeline-prepared input (numpy in, numpy out; host-device copies "
          "included), after warm-up calls; each backend and size in a fresh process")
 ROW_MARK = "MATTE_BENCH_ROW "
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def parse_sizes(text: str) -> list[tuple[int, int]]:
-    """'1920x1080,3840x2160' (width x height, as CLI.md writes them) -> [(1920, 1080), (3840, 2160)]."""
-    from exporters.verify import parse_sizes as parse_pairs
-
-    try:
-        return parse_pairs(text, order="WIDTHxHEIGHT")
-    except ValueError as err:
-        raise UsageError(f"--sizes: {err}") from None
-
-
-def parse_backends(text: str) -> list[str]:
-    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    bad = [n for n in names if n not in BACKEND_NAMES]
-    if bad or not names:
-        raise UsageError(f"--backends {text!r}: unknown backend {bad[0] if bad else '(none)'!r}; "
-                         f"choose from {', '.join(BACKEND_NAMES)}")
-    return names
-
-
 def check_request(weights: Path, backends: list[str], device: str, half: bool) -> None:
     """Refuse, in one line, what cannot run: missing or unsuitable file, device, --half, TensorRT."""
     if not weights.is_file():
         raise UsageError(f"{weights}: no such weights file")
+    from mattecli.inference.backends import BACKENDS_FROM_SUFFIX, check_device
+
     suffix = weights.suffix.lower()
-    usable = {".safetensors": BACKEND_NAMES, ".onnx": ("onnx", "trt"), ".engine": ("trt",), ".plan": ("trt",)}
+    usable = BACKENDS_FROM_SUFFIX
     if suffix not in usable:
         raise UsageError(f"{weights}: unknown model file type (expected .safetensors, .onnx or .engine)")
     for name in backends:
         if name not in usable[suffix]:
             raise UsageError(f"{weights}: the {name} backend needs a .safetensors weights file "
                              f"(a {suffix} file serves {', '.join(usable[suffix])})")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"--device {device}: expected cpu or cuda[:N]")
+    check_device(device)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs --device cuda (FP16 on a CPU is not a fast path in torch or ONNX Runtime)")
     if "trt" in backends:
@@ -74,18 +56,11 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
         import_tensorrt()
         if not device.startswith("cuda"):
             raise UsageError("the trt backend runs on a GPU: use --device cuda")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine")
 
 
-def _profile(sizes, stride: int):
+def _profile(sizes: list[Size], stride: int):
     """TensorRT profile (H, W) covering every benchmarked size once aligned to the stride."""
-    from mattecli.inference.pipeline import aligned_size
-
-    shapes = [aligned_size(h, w, stride) for w, h in sizes]
+    shapes = [size.aligned(stride).hw for size in sizes]
     low = (min(s[0] for s in shapes), min(s[1] for s in shapes))
     high = (max(s[0] for s in shapes), max(s[1] for s in shapes))
     return low, shapes[0], high
@@ -141,10 +116,10 @@ def _stride_of(onnx_file: Path, onnx_io) -> int:
     return int(recipe.get("infer", {}).get("stride", 32))
 
 
-def run_row(model_file: Path, backend: str, size, device: str, half: bool, repeat: int, warmup: int) -> dict:
+def run_row(model_file: Path, backend: str, size: Size, device: str, half: bool, repeat: int, warmup: int) -> dict:
     """Measure one (backend, size) in a fresh Python process; -> the row dict (see `measure`), or
     {"backend", "size", "error"} when that process failed (e.g. out of memory at that size)."""
-    args = json.dumps({"model": str(model_file), "backend": backend, "size": list(size), "device": device,
+    args = json.dumps({"model": str(model_file), "backend": backend, "size": [size.width, size.height], "device": device,
                        "half": half, "repeat": repeat, "warmup": warmup})
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
@@ -154,7 +129,7 @@ def run_row(model_file: Path, backend: str, size, device: str, half: bool, repea
         return json.loads(rows[-1])
     lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
     reason = lines[-1].removeprefix("matte: error: ") if lines else f"exit code {res.returncode}"
-    return {"backend": backend, "size": f"{size[0]}x{size[1]}", "error": reason}
+    return {"backend": backend, "size": str(size), "error": reason}
 
 
 def peak_rss_mib() -> float:
@@ -175,8 +150,8 @@ def peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def measure(model_file: str, backend: str, size, device: str, half: bool, repeat: int, warmup: int) -> dict:
-    """Time `repeat` backend calls at `size` (W, H) after `warmup` calls, in this process.
+def measure(model_file: str, backend: str, size: Size, device: str, half: bool, repeat: int, warmup: int) -> dict:
+    """Time `repeat` backend calls at `size` after `warmup` calls, in this process.
 
     Meant to run in a fresh process (`run_row`): the peak memory it reports is the process's.
     """
@@ -185,12 +160,11 @@ def measure(model_file: str, backend: str, size, device: str, half: bool, repeat
 
     import numpy as np
 
-    from exporters.verify import fresh_input
     from mattecli.inference.backends import load_backend
+    from mattecli.inference.random_input import fresh_input
 
-    width, height = size
     be = load_backend(model_file, backend, device)
-    x = fresh_input(height, width, be.recipe.infer, np.random.default_rng(0))
+    x = fresh_input(size, be.recipe.infer, np.random.default_rng(0))
     cuda = device.startswith("cuda")
     autocast = contextlib.nullcontext()
     if cuda:
@@ -213,7 +187,7 @@ def measure(model_file: str, backend: str, size, device: str, half: bool, repeat
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mib()
     median = float(np.median(times))
     return {
-        "backend": backend, "size": f"{width}x{height}", "input": "x".join(map(str, x.shape)),
+        "backend": backend, "size": str(size), "input": "x".join(map(str, x.shape)),
         "device": device, "half": half, "repeat": repeat, "warmup": warmup,
         # six significant digits, not three decimals: a sub-millisecond call (a tiny graph) would
         # otherwise lose up to 0.5% to rounding and disagree with images_per_s
@@ -231,8 +205,8 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
     Args:
         weights: a .safetensors weights file (ONNX graph and engine are exported from it into
             `workdir`, a temporary folder by default), an .onnx graph, or an .engine.
-        backends: names from BACKEND_NAMES.
-        sizes: (width, height) pairs.
+        backends: names from `inference.backends.BACKEND_NAMES`.
+        sizes: input sizes (`Size`).
         device: cpu or cuda[:N].
         half: FP16 (CUDA only): autocast for torch, an FP16 graph for onnx, FP16 engine for trt.
         repeat, warmup: timed and untimed calls per row.
@@ -275,7 +249,7 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
 def _child_main(argv: list[str]) -> int:
     args = json.loads(argv[0])
     try:
-        row = measure(args["model"], args["backend"], tuple(args["size"]), args["device"], args["half"],
+        row = measure(args["model"], args["backend"], Size(*args["size"]), args["device"], args["half"],
                       args["repeat"], args["warmup"])
     except (UsageError, ValueError) as err:
         print(f"matte: error: {err}", file=sys.stderr)

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from mattecli.bench import parse_backends, parse_sizes, run_bench
+from mattecli.bench import run_bench
+from mattecli.sizes import Size
 from mattecli.errors import UsageError
 from tests.test_cli import run_main
 
@@ -30,16 +31,6 @@ def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
-def test_parsing_sizes_and_backends():
-    assert parse_sizes("1920x1080, 3840X2160") == [(1920, 1080), (3840, 2160)]
-    assert parse_backends("torch,onnx,torch") == ["torch", "onnx"]
-    for bad in ("1920", "1920x", "0x10", "axb", "1920x1080x3", ""):
-        with pytest.raises(UsageError, match="WIDTHxHEIGHT"):
-            parse_sizes(bad)
-    with pytest.raises(UsageError, match="unknown backend 'tensorflow'"):
-        parse_backends("torch,tensorflow")
-
-
 def check_rows(rows, backends, sizes, inputs):
     assert [(r["backend"], r["size"]) for r in rows] == [(b, s) for b in backends for s in sizes]
     for r in rows:
@@ -57,7 +48,7 @@ def test_bench_rows_and_json(tmp_path, weights, one_thread):
     out = tmp_path / "report" / "bench.json"
     seen = []
     ballast = np.ones(2**26)  # 512 MiB resident in this process: no row may count it as its own
-    report = run_bench(weights, ["torch"], [(40, 30), (50, 36)], repeat=2, warmup=0, json_path=out,
+    report = run_bench(weights, ["torch"], [Size(40, 30), Size(50, 36)], repeat=2, warmup=0, json_path=out,
                        on_row=seen.append, log=lambda line: None)
     del ballast
     assert seen == report["rows"]
@@ -72,14 +63,14 @@ def test_bench_an_onnx_file(tmp_path):
     from tests.test_tensorrt import tiny_onnx
 
     graph = tiny_onnx(tmp_path / "one-conv.onnx", channels=4, recipe=load_recipe("demo-a2u").to_dict())
-    report = run_bench(graph, ["onnx"], [(50, 36)], repeat=2, warmup=0, log=lambda line: None)
+    report = run_bench(graph, ["onnx"], [Size(50, 36)], repeat=2, warmup=0, log=lambda line: None)
     check_rows(report["rows"], ["onnx"], ["50x36"], ["1x4x48x64"])
 
 
 @pytest.mark.slow  # the ONNX export and session start take ~20 s on a loaded 2-core machine
 def test_bench_onnx_from_safetensors(tmp_path, weights, one_thread):
     logged = []
-    report = run_bench(weights, ["torch", "onnx"], [(40, 30)], repeat=2, warmup=0, log=logged.append)
+    report = run_bench(weights, ["torch", "onnx"], [Size(40, 30)], repeat=2, warmup=0, log=logged.append)
     check_rows(report["rows"], ["torch", "onnx"], ["40x30"], ["1x4x32x48"])
     assert logged == ["exporting a2u.safetensors to ONNX"]
 
@@ -103,7 +94,7 @@ def test_bench_refuses_missing_and_unsuitable_files(tmp_path):
     graph = tmp_path / "m.onnx"
     graph.write_bytes(b"not used")
     with pytest.raises(UsageError, match="torch backend needs a .safetensors"):
-        run_bench(graph, ["torch"], [(32, 32)])
+        run_bench(graph, ["torch"], [Size(32, 32)])
 
 
 def test_a_failing_row_is_named_and_the_others_still_run(tmp_path, weights, one_thread):

@@ -18,7 +18,8 @@ pytest.importorskip("onnxruntime")
 
 from exporters.onnx import ALLOWED_OPS, UnsupportedOperatorError, check_operators, to_onnx  # noqa: E402
 from mattecli.cli import app  # noqa: E402
-from exporters.verify import TOLERANCE, Parity, default_sizes, parse_sizes, verify  # noqa: E402
+from exporters.verify import TOLERANCE, Parity, default_sizes, verify  # noqa: E402
+from mattecli.sizes import Size  # noqa: E402
 from mattecli.errors import UsageError  # noqa: E402
 from mattecli.inference.backends import OnnxBackend, TorchBackend, load_backend  # noqa: E402
 from mattecli.inference.pipeline import load_pipeline  # noqa: E402
@@ -222,7 +223,7 @@ def test_verify_passes_onnx_and_catches_a_wrong_backend(exported):
     model, recipe, path, backend = exported
     reference = TorchBackend(model, recipe)
     s = recipe.infer.stride
-    sizes = [(2 * s + 5, 5 * s - 3)]  # not a multiple of the stride: the pipeline aligns it
+    sizes = [Size(5 * s - 3, 2 * s + 5)]  # not a multiple of the stride: the pipeline aligns it
     results = verify(backend, reference, sizes)
     assert [(r.height, r.width) for r in results] == [(3 * s, 5 * s)]
     assert all(r.ok for r in results) and results[0].scale > 0, results
@@ -316,12 +317,8 @@ def test_onnx_backend_errors_are_one_line(tmp_path):
         load_backend(weights, "onnx")
 
 
-def test_parse_sizes():
-    assert parse_sizes("96x160, 1088X1920") == [(96, 160), (1088, 1920)]
-    for bad in ("96", "96x", "ax3", "0x32", "96*160", ""):
-        with pytest.raises(ValueError):
-            parse_sizes(bad)
-    assert (1088, 1920) in default_sizes(32) and all(h % 16 == 0 and w % 16 == 0 for h, w in default_sizes(16))
+def test_default_sizes():
+    assert Size(1920, 1088) in default_sizes(32) and all(s.height % 16 == 0 == s.width % 16 for s in default_sizes(16))
     assert Parity(32, 32, 2e-4, 0, 1).ok is False and Parity(32, 32, 1e-4, 0, 1).ok is True
 
 
@@ -356,9 +353,9 @@ def test_infer_pipeline_with_onnx_equals_torch(weights, tmp_path):
 def test_cli_export_verify_then_infer_and_eval_with_onnx(weights, tmp_path):
     out = tmp_path / "m.onnx"
     res = run_main("export", "--weights", weights, "--format", "onnx", "--dynamic", "--verify",
-                   "--verify-sizes", "160x96,96x224", "--out", out)
+                   "--verify-sizes", "96x160,224x96", "--out", out)
     assert res.returncode == 0, res.stderr
-    assert "160x96" in res.stdout and "96x224" in res.stdout and "verify: ok at all 2 sizes" in res.stdout
+    assert "96x160" in res.stdout and "224x96" in res.stdout and "verify: ok at all 2 sizes" in res.stdout
     assert out.is_file() and not {"ArgMax", "OneHot"} & _ops(out)
 
     from mattecli.cli.eval import run_eval
@@ -394,9 +391,9 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["--weights", "{tmp}/missing.safetensors"], "missing.safetensors: no such weights file"),
     (["--format", "tflite"], "--format tflite: unknown format"),
-    (["--opt-shape", "1088by1920"], "--opt-shape: '1088by1920' is not HEIGHTxWIDTH"),
-    (["--opt-shape", "100x100"], "--opt-shape 100x100: not a multiple of the model's stride 32"),
-    (["--verify", "--verify-sizes", "64x"], "--verify-sizes: '64x' is not HEIGHTxWIDTH"),
+    (["--opt-shape", "1920by1088"], "--opt-shape: '1920by1088' is not WIDTHxHEIGHT"),
+    (["--opt-shape", "100x96"], "--opt-shape 100x96: width 100 not a multiple of the model's stride 32"),
+    (["--verify", "--verify-sizes", "64x"], "--verify-sizes: '64x' is not WIDTHxHEIGHT"),
     (["--opset", "13"], "--opset 13: choose 17 to 20"),
     (["--opset", "21"], "--opset 21: choose 17 to 20"),
     (["--verify", "--verify-sizes", "64x64"], "--verify-sizes 64x64: a static graph runs at --opt-shape"),
@@ -438,8 +435,8 @@ def test_exported_file_suffix_picks_the_onnx_backend(weights, tmp_path):
 
 
 @pytest.mark.parametrize("shapes, dynamic_hw", [
-    (["--min-shape", "320x320", "--opt-shape", "320x640", "--max-shape", "640x960"], True),  # the issue's form
-    (["--min-shape", "320x640", "--opt-shape", "320x640", "--max-shape", "320x640"], False),  # min = opt = max
+    (["--min-shape", "320x320", "--opt-shape", "640x320", "--max-shape", "960x640"], True),  # the issue's form
+    (["--min-shape", "640x320", "--opt-shape", "640x320", "--max-shape", "640x320"], False),  # min = opt = max
 ])
 def test_cli_trt_profile_decides_the_graph(weights, tmp_path, monkeypatch, shapes, dynamic_hw):
     """`--format trt` with a min..max profile builds from a dynamic graph without `--dynamic`."""
@@ -461,7 +458,7 @@ def test_cli_trt_profile_decides_the_graph(weights, tmp_path, monkeypatch, shape
                                    "--out", str(tmp_path / "m.engine"), *shapes])
     assert res.exit_code == 0, res.output
     assert (seen["hw"] == [0, 0]) == dynamic_hw  # dim_value 0: a named, dynamic axis
-    assert seen["shapes"] == tuple(tuple(map(int, s.split("x"))) for s in shapes[1::2])
+    assert seen["shapes"] == tuple(tuple(map(int, s.split("x")))[::-1] for s in shapes[1::2])  # WxH -> (H, W)
 
 
 def test_onnx_backend_gives_the_arena_back_after_each_call(weights, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from mattecli.errors import UsageError
 from mattecli.imageio import read_gray
-from mattecli.inference.batch import find_pairs, infer_folder, parse_shard
+from mattecli.inference.batch import find_pairs, infer_folder
 from tests.infer_helpers import FakePipeline, make_pairs
 
 ALL = ("alpha", "fg", "rgba", "composite")
@@ -92,12 +92,6 @@ def test_shards_split_the_sorted_list_deterministically(tmp_path):
     assert [len(pairs) + len(pr) for pairs, pr in shards] == [4, 4, 3]  # sizes differ by at most one
     assert shards[0][0][0][0].name == "n00.png" and shards[1][0][0][0].name == "n01.png"  # 0-based, strided
     assert find_pairs(images, None, (1, 3)) == shards[1]
-
-
-@pytest.mark.parametrize("text", ["3/3", "-1/3", "1/0", "a/b", "1", "1/2/3", "1.5/3"])
-def test_bad_shards_are_usage_errors(text):
-    with pytest.raises(UsageError, match="0-based|K/N"):
-        parse_shard(text)
 
 
 def test_bad_shard_exits_2_with_one_line(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mattecli.inference.pipeline import Pipeline
-from mattecli.inference.tiling import (PREPARE_BYTES_PER_PIXEL, blend_tiles, parse_memory, pass_bytes,
+from mattecli.inference.tiling import (PREPARE_BYTES_PER_PIXEL, blend_tiles, pass_bytes,
                                        plan_tiles, tile_size)
 from mattecli.recipes import InferConfig
 
@@ -27,18 +27,6 @@ def band_case(h=150, w=170, seed=0):
     trimap[30:120, 40:150] = 128
     trimap[60:90, 80:110] = 255
     return image, trimap
-
-
-@pytest.mark.parametrize("text, value", [("4GB", 4 * 2**30), ("512MB", 512 * 2**20), ("1.5G", int(1.5 * 2**30)),
-                                         ("none", None), (None, None), ("2 GiB", 2 * 2**30)])
-def test_parse_memory(text, value):
-    assert parse_memory(text) == value
-
-
-@pytest.mark.parametrize("text", ["lots", "4XB", "-1GB", "GB"])
-def test_parse_memory_refuses(text):
-    with pytest.raises(ValueError, match="expected a size"):
-        parse_memory(text)
 
 
 def test_tile_size_is_a_stride_multiple_within_the_ceiling():

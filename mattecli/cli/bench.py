@@ -32,7 +32,8 @@ def main(
     from rich.console import Console
     from rich.table import Table
 
-    from mattecli.bench import check_request, parse_backends, parse_sizes, run_bench
+    from mattecli.bench import check_request, run_bench
+    from mattecli.cli.parsing import parse_backends, parse_sizes
     from mattecli.progress import progress_bar
 
     names, size_list = parse_backends(backends), parse_sizes(sizes)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 FORMATS = ("onnx", "trt")
-MIN_OPSET, MAX_OPSET = 17, 20  # = exporters.onnx.MIN_OPSET; torch's TorchScript exporter stops at 20
+MAX_OPSET = 20  # torch's TorchScript exporter stops at 20 (the least is exporters.onnx.MIN_OPSET)
 
 
 def main(
@@ -19,17 +19,18 @@ def main(
                               "allows 1e-2."),
     dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch, height and width (default for onnx: a "
                                  "static graph of batch 1 at --opt-shape; trt: implied unless min = opt = max)."),
-    min_shape: str = typer.Option("320x320", "--min-shape", help="trt: smallest HxW of the engine's profile (the "
-                                  "engine has dynamic H/W unless min = opt = max)."),
-    opt_shape: str = typer.Option("1088x1920", "--opt-shape", help="HxW the engine is tuned for; the size of a "
-                                  "static graph."),
-    max_shape: str = typer.Option("2176x3840", "--max-shape", help="trt: largest HxW of the engine's profile."),
+    min_shape: str = typer.Option("320x320", "--min-shape", help="trt: smallest WIDTHxHEIGHT of the engine's profile "
+                                  "(the engine has dynamic H/W unless min = opt = max)."),
+    opt_shape: str = typer.Option("1920x1088", "--opt-shape", help="WIDTHxHEIGHT the engine is tuned for; the size "
+                                  "of a static graph (multiples of the model's stride: 1920x1088 for 1080p)."),
+    max_shape: str = typer.Option("3840x2176", "--max-shape", help="trt: largest WIDTHxHEIGHT of the engine's "
+                                  "profile."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (at least 17)."),
     verify: bool = typer.Option(False, "--verify", help="Run the exported model against PyTorch on fresh inputs at "
                                 "several sizes, print the errors, and exit 1 if any max-abs error exceeds 1e-4 "
                                 "(1e-2 with --half)."),
-    verify_sizes: str = typer.Option(None, "--verify-sizes", help="HxW,HxW,... for --verify (default: 5s x 3s, "
-                                     "7s x 11s for the model's stride s, and 1088x1920; a static graph: its size)."),
+    verify_sizes: str = typer.Option(None, "--verify-sizes", help="WIDTHxHEIGHT,... for --verify (default: 3s x 5s, "
+                                     "11s x 7s for the model's stride s, and 1920x1088; a static graph: its size)."),
     device: str = typer.Option("cpu", "--device", help="Where --verify runs both models: cpu or cuda[:N]."),
 ) -> None:
     """Export a model for deployment: ONNX (opset >= 17, only operators TensorRT's ONNX parser
@@ -44,28 +45,16 @@ def main(
     raise typer.Exit(code)
 
 
-def parse_shape(option: str, text: str) -> tuple[int, int]:
-    """'1088x1920' -> (1088, 1920); UsageError naming the option otherwise."""
-    from exporters.verify import parse_sizes
-    from mattecli.errors import UsageError
-
-    try:
-        sizes = parse_sizes(text)
-    except ValueError as err:
-        raise UsageError(f"{option}: {err}") from None
-    if len(sizes) != 1:
-        raise UsageError(f"{option} {text}: one HEIGHTxWIDTH, e.g. 1088x1920")
-    return sizes[0]
-
-
 def run_export(*, weights: Path, format: str = "onnx", out: Path, half: bool = False, dynamic: bool = False,
-               shapes: tuple[str, str, str] = ("320x320", "1088x1920", "2176x3840"), opset: int = 17,
+               shapes: tuple[str, str, str] = ("320x320", "1920x1088", "3840x2176"), opset: int = 17,
                verify: bool = False, verify_sizes: str | None = None, device: str = "cpu") -> int:
     """The command as a function: returns the exit code (0, or 1 when verification failed).
 
     Raises:
         UsageError: bad options, a missing or unreadable weights file, trt without TensorRT.
     """
+    from exporters.onnx import MIN_OPSET
+    from mattecli.cli.parsing import check_aligned, parse_size, parse_sizes
     from mattecli.errors import UsageError
 
     if format not in FORMATS:
@@ -73,53 +62,44 @@ def run_export(*, weights: Path, format: str = "onnx", out: Path, half: bool = F
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UsageError(f"--opset {opset}: choose {MIN_OPSET} to {MAX_OPSET} (TensorRT-ready graphs need "
                          f"{MIN_OPSET} or later; torch's exporter writes up to {MAX_OPSET})")
-    min_hw, opt_hw, max_hw = (parse_shape(o, s) for o, s in zip(("--min-shape", "--opt-shape", "--max-shape"), shapes))
-    if format == "trt" and not (min_hw == opt_hw == max_hw):
+    options = ("--min-shape", "--opt-shape", "--max-shape")
+    low, opt, high = (parse_size(text, option) for option, text in zip(options, shapes))
+    if format == "trt" and not (low == opt == high):
         dynamic = True  # an engine's profile spans --min-shape..--max-shape, so its graph has dynamic H/W
     if dynamic:
         from exporters.tensorrt import check_profile
 
-        check_profile(min_hw, opt_hw, max_hw)
-    sizes = None
-    if verify_sizes is not None:
-        from exporters.verify import parse_sizes
-
-        try:
-            sizes = parse_sizes(verify_sizes)
-        except ValueError as err:
-            raise UsageError(f"--verify-sizes: {err}") from None
+        check_profile(low.hw, opt.hw, high.hw)
+    sizes = None if verify_sizes is None else parse_sizes(verify_sizes, "--verify-sizes")
 
     from mattecli.weights import load_model
 
     model, recipe = load_model(weights)  # UsageError naming the file when missing or unreadable
     stride = recipe.infer.stride
     if sizes is not None and not dynamic:
-        from mattecli.inference.pipeline import aligned_size
-
-        other = [f"{h}x{w}" for h, w in sizes if aligned_size(h, w, stride) != opt_hw]
+        other = [str(s) for s in sizes if s.aligned(stride) != opt]
         if other:
             raise UsageError(f"--verify-sizes {','.join(other)}: a static graph runs at --opt-shape "
-                             f"{opt_hw[0]}x{opt_hw[1]} only (add --dynamic)")
-    for option, (h, w) in (("--opt-shape", opt_hw), ("--min-shape", min_hw), ("--max-shape", max_hw)):
-        if (h % stride or w % stride) and (option == "--opt-shape" or dynamic):
-            raise UsageError(f"{option} {h}x{w}: not a multiple of the model's stride {stride} "
-                             f"(recipe {recipe.name})")
+                             f"{opt} only (add --dynamic)")
+    for option, size in zip(options, (low, opt, high)):
+        if option == "--opt-shape" or dynamic:
+            check_aligned(size, stride, option)
     out = Path(out)
     if format == "onnx":
-        _write_onnx(model, recipe, out, opset=opset, dynamic=dynamic, half=half, size=opt_hw)
+        _write_onnx(model, recipe, out, opset=opset, dynamic=dynamic, half=half, size=opt)
     else:
         _write_engine(model, recipe, out, opset=opset, dynamic=dynamic, half=half,
-                      shapes=(min_hw, opt_hw, max_hw) if dynamic else (opt_hw,) * 3)
+                      shapes=(low, opt, high) if dynamic else (opt,) * 3)
     if not verify:
         return 0
     if sizes is None:
         from exporters.verify import default_sizes
 
         if not dynamic:
-            sizes = [opt_hw]
+            sizes = [opt]
         elif format == "trt":  # an engine runs only inside its profile
-            sizes = [(h, w) for h, w in default_sizes(stride)
-                     if min_hw[0] <= h <= max_hw[0] and min_hw[1] <= w <= max_hw[1]] or [opt_hw]
+            sizes = [s for s in default_sizes(stride) if low.height <= s.height <= high.height
+                     and low.width <= s.width <= high.width] or [opt]
         else:
             sizes = default_sizes(stride)
     return _verify(out, format, model, recipe, sizes, device, half)
@@ -128,8 +108,8 @@ def run_export(*, weights: Path, format: str = "onnx", out: Path, half: bool = F
 def _write_onnx(model, recipe, out: Path, *, opset: int, dynamic: bool, half: bool, size) -> None:
     from exporters.onnx import to_onnx
 
-    path = to_onnx(model, out, opset=opset, dynamic=dynamic, recipe=recipe, half=half, size=size)
-    axes = "dynamic batch, height and width" if dynamic else f"static 1x{size[0]}x{size[1]}"
+    path = to_onnx(model, out, opset=opset, dynamic=dynamic, recipe=recipe, half=half, size=size.hw)
+    axes = "dynamic batch, height and width" if dynamic else f"static batch 1 at {size}"
     typer.echo(f"wrote {path}: ONNX opset {opset}, {'FP16' if half else 'FP32'}, {axes}, recipe {recipe.name}, "
                f"{path.stat().st_size / 2**20:.1f} MiB")
 
@@ -144,12 +124,12 @@ def _write_engine(model, recipe, out: Path, *, opset: int, dynamic: bool, half: 
     fp16_graph = fp16_graph_for(half)  # TensorRT 11: the FP16 graph; 10: the FP32 graph + FP16 flag
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}.") as tmp:
+        low, opt, high = shapes
         onnx_path = to_onnx(model, Path(tmp) / "model.onnx", opset=opset, dynamic=dynamic, recipe=recipe,
-                            half=fp16_graph, size=shapes[1])
-        min_hw, opt_hw, max_hw = shapes
-        path = to_engine(onnx_path, out, half=half, min_shape=min_hw, opt_shape=opt_hw, max_shape=max_hw)
+                            half=fp16_graph, size=opt.hw)
+        path = to_engine(onnx_path, out, half=half, min_shape=low.hw, opt_shape=opt.hw, max_shape=high.hw)
     typer.echo(f"wrote {path}: TensorRT engine ({'FP16' if half else 'FP32'}), recipe {recipe.name}, "
-               f"shapes {'x'.join(map(str, min_hw))} .. {'x'.join(map(str, max_hw))}")
+               f"sizes {low} .. {high}")
 
 
 def _verify(path: Path, format: str, model, recipe, sizes, device: str, half: bool) -> int:
@@ -164,9 +144,9 @@ def _verify(path: Path, format: str, model, recipe, sizes, device: str, half: bo
     with progress_bar() as bar:
         task = bar.add_task("verify", total=len(sizes))
         results = verify(backend, reference, sizes, tolerance=tolerance, on_size=lambda _: bar.advance(task))
-    typer.echo(f"{'size (HxW)':>12} {'max abs':>10} {'mean abs':>10} {'max |ref|':>10}")
+    typer.echo(f"{'size (WxH)':>12} {'max abs':>10} {'mean abs':>10} {'max |ref|':>10}")
     for r in results:
-        typer.echo(f"{f'{r.height}x{r.width}':>12} {r.max_abs:10.2e} {r.mean_abs:10.2e} {r.scale:10.3g}"
+        typer.echo(f"{f'{r.width}x{r.height}':>12} {r.max_abs:10.2e} {r.mean_abs:10.2e} {r.scale:10.3g}"
                    f"  {'ok' if r.ok else 'FAIL'}")
     failed = [r for r in results if not r.ok]
     if failed:

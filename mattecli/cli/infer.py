@@ -6,8 +6,6 @@ from pathlib import Path
 
 import typer
 
-SAVE_KINDS = ("alpha", "fg", "rgba", "composite")  # = inference.outputs.OUTPUT_KINDS (kept torch/cv2-free here)
-
 
 def main(
     weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (or an exported model)."),
@@ -45,16 +43,17 @@ def main(
     re-run after a crash or Ctrl-C finishes only what is missing. A bad file is named with the
     reason and skipped; the exit code is 1 if any failed.
     """
+    from mattecli.cli.parsing import parse_memory, parse_shard
     from mattecli.errors import InputError, UsageError
-    from mattecli.inference.batch import infer_folder, parse_shard, print_report
-    from mattecli.inference.outputs import Background
+    from mattecli.inference.batch import infer_folder, print_report
+    from mattecli.inference.outputs import OUTPUT_KINDS, Background
     from mattecli.inference.pipeline import load_pipeline
-    from mattecli.inference.tiling import parse_memory, tile_size
+    from mattecli.inference.tiling import tile_size
 
     kinds = list(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
-    unknown = [k for k in kinds if k not in SAVE_KINDS]
+    unknown = [k for k in kinds if k not in OUTPUT_KINDS]
     if unknown or not kinds:
-        raise UsageError(f"--save {save}: choose from {', '.join(SAVE_KINDS)}")
+        raise UsageError(f"--save {save}: choose from {', '.join(OUTPUT_KINDS)}")
     if "composite" in kinds and not background:
         raise UsageError("--save composite needs --background (a colour like #00ff00, or an image)")
     if background and "composite" not in kinds:
@@ -62,10 +61,7 @@ def main(
     if not images.is_dir():
         raise UsageError(f"--images {images}: not a folder")
     shard_kn = parse_shard(shard)
-    try:
-        max_bytes = parse_memory(max_memory)
-    except ValueError as err:
-        raise UsageError(f"--max-memory {err}") from None
+    max_bytes = parse_memory(max_memory)
     bg = None
     if background:
         try:

@@ -1,4 +1,4 @@
-"""Backends behind one small protocol: `recipe` attribute, and `__call__(x) -> raw alpha`.
+"""Backends behind one small protocol (`Backend`): a `recipe` attribute, and `__call__(x) -> raw alpha`.
 
 `x` is the aligned, normalised float32 (N, C, H, W) array the pipeline prepared; the result is the
 network's raw (N, 1, H, W) float32 output. The backend follows from the file's suffix unless named.
@@ -8,12 +8,45 @@ Each backend imports its runtime inside `load`, so a missing runtime fails only 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from mattecli.errors import UsageError
 
+if TYPE_CHECKING:
+    from mattecli.recipes import Recipe
+
 SUFFIX_TO_BACKEND = {".safetensors": "torch", ".onnx": "onnx", ".engine": "trt", ".plan": "trt"}
+# The backends a model file can feed when what it lacks is exported from it (`matte bench`):
+# weights give all three, an ONNX graph gives an engine, an engine only itself.
+BACKENDS_FROM_SUFFIX = {".safetensors": ("torch", "onnx", "trt"), ".onnx": ("onnx", "trt"), ".engine": ("trt",),
+                        ".plan": ("trt",)}
+
+
+class Backend(Protocol):
+    """What the pipeline needs of a backend."""
+
+    recipe: Recipe
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Aligned, normalised float32 (N, C, H, W) -> the network's raw (N, 1, H, W) float32 alpha."""
+        ...
+
+
+def check_device(device: str) -> None:
+    """Refuse, in one line, a device that is not cpu or cuda[:N], or CUDA where there is none.
+
+    Raises:
+        UsageError: naming the device.
+    """
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"--device {device}: expected cpu or cuda[:N]")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
 
 
 class TorchBackend:
@@ -192,9 +225,10 @@ def _onnx_providers(ort, device: str) -> list:
 
 
 BACKENDS = {"torch": TorchBackend, "onnx": OnnxBackend, "trt": TensorRTBackend}
+BACKEND_NAMES = tuple(BACKENDS)
 
 
-def load_backend(path: str | Path, name: str | None = None, device: str = "cpu"):
+def load_backend(path: str | Path, name: str | None = None, device: str = "cpu") -> Backend:
     """Open a model file with the named backend, or the one its suffix implies."""
     path = Path(path)
     if not path.is_file():
@@ -204,9 +238,5 @@ def load_backend(path: str | Path, name: str | None = None, device: str = "cpu")
         raise UsageError(f"{path}: unknown model file type (expected {', '.join(SUFFIX_TO_BACKEND)})")
     if name not in BACKENDS:
         raise UsageError(f"--backend {name}: unknown backend (choose {', '.join(BACKENDS)})")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    check_device(device)
     return BACKENDS[name].load(path, device=device)

@@ -36,23 +36,10 @@ class BatchReport:
     tiled: list[tuple[str, str]] = field(default_factory=list)  # (path, how), images run as tiles
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """`"K/N"` -> (K, N) with K 0-based (0 <= K < N), as SLURM array and Kubernetes indexed-job
-    indices are; None -> None.
+def parse_shard(text):  # deprecated: moved to mattecli.cli.parsing; remove after the merge
+    from mattecli.cli.parsing import parse_shard as parse
 
-    Raises:
-        UsageError: for anything else.
-    """
-    if text is None:
-        return None
-    parts = text.split("/")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise UsageError(f"--shard {text}: expected K/N with whole numbers, e.g. 0/4 (K is 0-based)")
-    k, n = int(parts[0]), int(parts[1])
-    if n < 1 or k >= n:
-        raise UsageError(f"--shard {text}: need N >= 1 and 0 <= K < N (K is 0-based: 0/{max(n, 1)} .. "
-                         f"{max(n, 1) - 1}/{max(n, 1)})")
-    return k, n
+    return parse(text)
 
 
 def find_pairs(images: Path, trimaps: Path | None,

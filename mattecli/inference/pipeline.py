@@ -13,10 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mattecli.recipes import InferConfig
-
-
-def aligned_size(h: int, w: int, stride: int) -> tuple[int, int]:
-    return -(-h // stride) * stride, -(-w // stride) * stride
+from mattecli.sizes import aligned_size
 
 
 def _normalise(image: np.ndarray, cfg: InferConfig) -> np.ndarray:

@@ -15,10 +15,11 @@ The README states the measured difference.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from mattecli.sizes import aligned_size
 
 # Memory of one pass besides the network's activations, per aligned input pixel: the normalised
 # float32 image and trimap, their concatenation and NCHW copy, and resize buffers (prepare), and the
@@ -27,29 +28,8 @@ PREPARE_BYTES_PER_PIXEL = 96
 MIN_TILE_STRIDES = 4  # a tile smaller than 4 strides has almost no context left
 OVERLAP_FRACTION = 4  # overlap = tile // 4
 
-_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
-          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
-
-
-def parse_memory(text: str | None) -> int | None:
-    """`"4GB"`, `"512MiB"`, `"1.5G"` -> bytes (binary units: 1 GB = 2**30); `None`, `""`, `"none"` -> None.
-
-    Raises:
-        ValueError: on anything else, naming the accepted forms.
-    """
-    if text is None or text.strip().lower() in ("", "none", "off", "0"):
-        return None
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
-    unit = match.group(2).upper() if match else None
-    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
-        raise ValueError(f"{text!r}: expected a size like 4GB, 512MB or 1.5G (or none)")
-    return int(float(match.group(1)) * _UNITS[unit])
-
-
 def pass_bytes(h: int, w: int, cfg) -> int:
     """Estimated peak memory of one model pass over an (h, w) input, after stride alignment."""
-    from mattecli.inference.pipeline import aligned_size
-
     ah, aw = aligned_size(h, w, cfg.stride)
     return ah * aw * (cfg.bytes_per_pixel + PREPARE_BYTES_PER_PIXEL)
 
@@ -147,3 +127,9 @@ def blend_tiles(predict, image: np.ndarray, trimap: np.ndarray, tiles: list[Tile
         weight[t.y0:t.y1, t.x0:t.x1] += tile_weight
     np.divide(acc, weight, out=acc, where=weight > 0)
     return acc
+
+
+def parse_memory(text):  # deprecated: moved to mattecli.cli.parsing; remove after the merge
+    from mattecli.cli.parsing import parse_memory as parse
+
+    return parse(text)

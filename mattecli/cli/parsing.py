@@ -1,0 +1,104 @@
+"""Command-line text -> typed values: the one place option values are parsed.
+
+Library functions take what these return (bytes, `Size`, (K, N), backend names); only command
+modules (and the benchmark scripts, which are command lines too) parse text. Every parser raises
+`UsageError` naming the option, so the CLI prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mattecli.errors import UsageError
+from mattecli.sizes import Size
+
+_UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
+          "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
+
+
+def parse_memory(text: str | None, option: str = "--max-memory") -> int | None:
+    """`"4GB"`, `"512MiB"`, `"1.5G"` -> bytes (binary units: 1 GB = 2**30); `None`, `""`, `"none"` -> None.
+
+    Raises:
+        UsageError: on anything else, naming the accepted forms.
+    """
+    if text is None or text.strip().lower() in ("", "none", "off", "0"):
+        return None
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise UsageError(f"{option} {text!r}: expected a size like 4GB, 512MB or 1.5G (or none)")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def parse_sizes(text: str, option: str = "--sizes") -> list[Size]:
+    """`"1920x1080, 3840x2160"` -> [Size(1920, 1080), Size(3840, 2160)]: WIDTHxHEIGHT, as people say.
+
+    Raises:
+        UsageError: naming the item that is not WIDTHxHEIGHT in pixels, or when none is given.
+    """
+    sizes = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        a, sep, b = item.lower().partition("x")
+        if not sep or not a.isdigit() or not b.isdigit() or int(a) < 1 or int(b) < 1:
+            raise UsageError(f"{option}: {item!r} is not WIDTHxHEIGHT in pixels (e.g. 1920x1080)")
+        sizes.append(Size(int(a), int(b)))
+    if not sizes:
+        raise UsageError(f"{option}: {text!r} names no size (WIDTHxHEIGHT, e.g. 1920x1080)")
+    return sizes
+
+
+def parse_size(text: str, option: str) -> Size:
+    """One WIDTHxHEIGHT size (see `parse_sizes`)."""
+    sizes = parse_sizes(text, option)
+    if len(sizes) != 1:
+        raise UsageError(f"{option} {text}: one WIDTHxHEIGHT, e.g. 1920x1088")
+    return sizes[0]
+
+
+def check_aligned(size: Size, stride: int, option: str) -> None:
+    """Refuse a size that is not a multiple of the model's stride, saying which side is off, that
+    sizes are WIDTHxHEIGHT, and the aligned size to write instead.
+
+    Raises:
+        UsageError: when width or height is not a multiple of `stride`.
+    """
+    off = [f"{side} {value}" for side, value in (("width", size.width), ("height", size.height)) if value % stride]
+    if off:
+        raise UsageError(f"{option} {size}: {' and '.join(off)} not a multiple of the model's stride {stride} "
+                         f"(sizes are WIDTHxHEIGHT; aligned up: {size.aligned(stride)})")
+
+
+def parse_shard(text: str | None, option: str = "--shard") -> tuple[int, int] | None:
+    """`"K/N"` -> (K, N) with K 0-based (0 <= K < N), as SLURM array and Kubernetes indexed-job
+    indices are; None -> None.
+
+    Raises:
+        UsageError: for anything else.
+    """
+    if text is None:
+        return None
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"{option} {text}: expected K/N with whole numbers, e.g. 0/4 (K is 0-based)")
+    k, n = int(parts[0]), int(parts[1])
+    if n < 1 or k >= n:
+        raise UsageError(f"{option} {text}: need N >= 1 and 0 <= K < N (K is 0-based: 0/{max(n, 1)} .. "
+                         f"{max(n, 1) - 1}/{max(n, 1)})")
+    return k, n
+
+
+def parse_backends(text: str, option: str = "--backends") -> list[str]:
+    """`"torch,onnx"` -> ["torch", "onnx"] (duplicates dropped, order kept).
+
+    Raises:
+        UsageError: naming an unknown backend.
+    """
+    from mattecli.inference.backends import BACKEND_NAMES
+
+    names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [n for n in names if n not in BACKEND_NAMES]
+    if bad or not names:
+        raise UsageError(f"{option} {text!r}: unknown backend {bad[0] if bad else '(none)'!r}; "
+                         f"choose from {', '.join(BACKEND_NAMES)}")
+    return names

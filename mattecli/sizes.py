@@ -1,0 +1,42 @@
+"""Image sizes: one type and one convention, so height and width cannot be swapped silently.
+
+People say 1920x1080 for a landscape HD frame, so every size a user writes (`bench --sizes`,
+`export --opt-shape`, `--verify-sizes`) and every size matte prints is WIDTHxHEIGHT. Arrays are
+indexed the other way round, (height, width); `Size.hw` gives that order where a shape is built.
+`Size` is not a tuple, so it cannot be unpacked in the wrong order by accident.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def aligned_size(h: int, w: int, stride: int) -> tuple[int, int]:
+    """(h, w) rounded up to multiples of `stride`, in array order."""
+    return -(-h // stride) * stride, -(-w // stride) * stride
+
+
+@dataclass(frozen=True)
+class Size:
+    """An image size in pixels; `str(size)` is WIDTHxHEIGHT."""
+
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(height, width): the order of an array's shape."""
+        return self.height, self.width
+
+    @classmethod
+    def of(cls, array) -> "Size":
+        """The size of an (H, W, ...) array."""
+        return cls(int(array.shape[1]), int(array.shape[0]))
+
+    def aligned(self, stride: int) -> "Size":
+        """Rounded up to multiples of `stride` (the model's input size for this image)."""
+        h, w = aligned_size(self.height, self.width, stride)
+        return Size(w, h)

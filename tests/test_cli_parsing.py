@@ -1,0 +1,67 @@
+"""mattecli.cli.parsing and mattecli.sizes: option text -> typed values, one size convention (WIDTHxHEIGHT)."""
+
+import numpy as np
+import pytest
+
+from mattecli.cli.parsing import check_aligned, parse_backends, parse_memory, parse_shard, parse_size, parse_sizes
+from mattecli.errors import UsageError
+from mattecli.sizes import Size, aligned_size
+
+
+@pytest.mark.parametrize("text, value", [("4GB", 4 * 2**30), ("512MB", 512 * 2**20), ("1.5G", int(1.5 * 2**30)),
+                                         ("none", None), (None, None), ("2 GiB", 2 * 2**30)])
+def test_parse_memory(text, value):
+    assert parse_memory(text) == value
+
+
+@pytest.mark.parametrize("text", ["lots", "4XB", "-1GB", "GB"])
+def test_parse_memory_refuses_naming_the_option(text):
+    with pytest.raises(UsageError, match=f"^--max-memory '{text}': expected a size"):
+        parse_memory(text)
+
+
+def test_sizes_are_width_by_height():
+    assert parse_sizes("1920x1080, 3840X2160") == [Size(1920, 1080), Size(3840, 2160)]
+    size = parse_size("1920x1080", "--opt-shape")
+    assert (size.width, size.height, size.hw, str(size)) == (1920, 1080, (1080, 1920), "1920x1080")
+    assert Size.of(np.zeros((1080, 1920, 3))) == size
+    with pytest.raises(TypeError):  # not a tuple: cannot be unpacked the wrong way round
+        _, _ = size
+
+
+@pytest.mark.parametrize("bad", ["1920", "1920x", "0x10", "axb", "1920x1080x3", "96*160", ""])
+def test_bad_sizes_name_the_option_and_the_convention(bad):
+    with pytest.raises(UsageError, match="^--verify-sizes: .*WIDTHxHEIGHT"):
+        parse_sizes(bad, "--verify-sizes")
+    with pytest.raises(UsageError, match="one WIDTHxHEIGHT"):
+        parse_size("32x32,64x64", "--opt-shape")
+
+
+def test_alignment_is_checked_per_side_and_suggests_the_aligned_size():
+    assert aligned_size(1080, 1920, 32) == (1088, 1920) and Size(1920, 1080).aligned(32) == Size(1920, 1088)
+    check_aligned(Size(1920, 1088), 32, "--opt-shape")
+    with pytest.raises(UsageError) as err:
+        check_aligned(Size(1920, 1080), 32, "--opt-shape")
+    assert str(err.value) == ("--opt-shape 1920x1080: height 1080 not a multiple of the model's stride 32 "
+                              "(sizes are WIDTHxHEIGHT; aligned up: 1920x1088)")
+    with pytest.raises(UsageError, match="width 1080 not a multiple .* aligned up: 1088x1920"):
+        check_aligned(Size(1080, 1920), 32, "--opt-shape")  # 1080p written height first
+
+
+def test_shards_and_backends():
+    assert parse_shard("2/4") == (2, 4) and parse_shard(None) is None
+    for bad in ("3/3", "-1/3", "1/0", "a/b", "1", "1/2/3", "1.5/3"):
+        with pytest.raises(UsageError, match="^--shard .*(0-based|K/N)"):
+            parse_shard(bad)
+    assert parse_backends("torch,onnx,torch") == ["torch", "onnx"]
+    with pytest.raises(UsageError, match="unknown backend 'tensorflow'"):
+        parse_backends("torch,tensorflow")
+
+
+def test_old_import_places_still_work_until_the_merge_is_done():
+    from exporters.verify import parse_sizes as verify_parse_sizes
+    from mattecli.inference.batch import parse_shard as batch_parse_shard
+    from mattecli.inference.tiling import parse_memory as tiling_parse_memory
+
+    assert verify_parse_sizes("96x160") == [(96, 160)] and batch_parse_shard("0/2") == (0, 2)
+    assert tiling_parse_memory("1GB") == 2**30
