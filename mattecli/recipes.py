@@ -194,7 +194,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> Recipe:
     """Validate a resolved recipe dict (as read from YAML or a weights file's metadata)."""
-    from mattecli.models import FAMILIES  # torch-free config classes are in the family modules
+    from mattecli.configs import FAMILY_CONFIGS  # torch-free: reading a recipe never imports torch
 
     raw = dict(raw)
     for text in overrides:
@@ -210,9 +210,9 @@ def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> R
         raise UsageError(f"recipe {name}: unknown key '{unknown[0]}' (known: {', '.join(sorted(allowed))})")
     model = dict(raw.get("model") or {})
     family = model.pop("family", None)
-    if family not in FAMILIES:
-        raise UsageError(f"recipe {name}: model.family must be one of {', '.join(FAMILIES)}, got {family!r}")
-    config_cls = FAMILIES[family][0]
+    if family not in FAMILY_CONFIGS:
+        raise UsageError(f"recipe {name}: model.family must be one of {', '.join(FAMILY_CONFIGS)}, got {family!r}")
+    config_cls = FAMILY_CONFIGS[family]
     return Recipe(
         name=raw.get("name", name),
         description=raw.get("description", ""),

@@ -29,68 +29,15 @@ in-place ABN (mattecli/weights.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mattecli.configs import FORMS, A2UConfig
 from mattecli.models.layers import ASPP, bn_leaky, conv_norm_act
 from mattecli.models.resnet import BasicBlock, SplitBlock, make_stage
-
-UPSAMPLERS = ("nearest", "bilinear", "a2u")
-KERNELS = ("static", "hybrid", "dynamic")
-ENCODINGS = ("cs", "cw")
-FORMS = ("auto", "unfold", "shift")
-
-
-@dataclass(frozen=True)
-class A2UConfig:
-    """Options of the A2U family (defaults: the authors' released channel-shared model).
-
-    Attributes:
-        upsample: nearest | bilinear (the baselines, with strided downsampling) | a2u.
-        kernel: how U, V and P are made — static (learned weights), hybrid (P from the input's
-            global pool), dynamic (U, V from its 6x6 pool, P from its global pool).
-        encoding: cs (one U/V filter shared by all channels) | cw (one per channel, depthwise).
-        pointwise: 4 U/V sets, one per sub-pixel position, and one P (static only).
-        paired_down: the encoder's stride-2 steps become A2U downsampling (the paper's -d).
-        group_norm: GroupNorm(32) + LeakyReLU after the U and V encodings (the paper's †).
-        k_up: upsampling kernel side (downsampling kernels have side 2 * k_up).
-        k_en: U/V encoding kernel side (paper 5; the released checkpoints 6).
-        width: channel multiplier for every layer (1.0 = the paper; small for CPU demos).
-        aspp: ASPP at 1/16 (else a 1x1 conv-BN-act).
-        form: auto (unfold while training, shift in eval) | unfold | shift.
-    """
-
-    upsample: str = "a2u"
-    kernel: str = "dynamic"
-    encoding: str = "cs"
-    pointwise: bool = False
-    paired_down: bool = True
-    group_norm: bool = True
-    k_up: int = 3
-    k_en: int = 6
-    width: float = 1.0
-    aspp: bool = True
-    form: str = "auto"
-
-    def __post_init__(self):
-        for name, allowed in (("upsample", UPSAMPLERS), ("kernel", KERNELS), ("encoding", ENCODINGS),
-                              ("form", FORMS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.k_up < 1 or self.k_up % 2 == 0:
-            raise ValueError(f"k_up must be odd and positive, got {self.k_up}")
-        if self.k_en < 1:
-            raise ValueError(f"k_en must be positive, got {self.k_en}")
-        if self.pointwise and (self.kernel != "static" or self.paired_down):
-            raise ValueError("pointwise U/V sets are defined for static kernels without paired downsampling")
-        if self.paired_down and self.upsample != "a2u":
-            raise ValueError("paired_down needs upsample: a2u")
-        if not 0 < self.width <= 1:
-            raise ValueError(f"width must be in (0, 1], got {self.width}")
 
 
 # ----------------------------------------------------------------------------------------------

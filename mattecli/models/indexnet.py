@@ -19,37 +19,15 @@ baselines need no MaxUnpool operator.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mattecli.configs import LEARNED, IndexNetConfig
 from mattecli.models.layers import ASPP, conv_norm_act
 from mattecli.models.mobilenetv2 import build_stages, stage_channels
 
-LEARNED = ("holistic", "o2o", "m2o")
-PARAMETER_FREE = ("max", "holistic-max", "none")
 POOLED_STAGES = (0, 2, 3, 4, 6)  # index pooling follows layer0, layer2, layer3, layer4 and layer6
-
-
-@dataclass(frozen=True)
-class IndexNetConfig:
-    """Options of the IndexNet family (defaults: the authors' released model)."""
-
-    index: str = "m2o"  # holistic | o2o | m2o | max | holistic-max | none
-    nonlinear: bool = True
-    context: bool = True
-    width_mult: float = 1.0
-    aspp: bool = True
-    decoder_kernel_size: int = 5
-
-    def __post_init__(self):
-        if self.index not in LEARNED + PARAMETER_FREE:
-            raise ValueError(f"index must be one of {', '.join(LEARNED + PARAMETER_FREE)}, got {self.index!r}")
-        if self.index in LEARNED and self.width_mult != 1.0:
-            # The authors' index blocks have hard-coded channel counts; so do ours.
-            raise ValueError("width_mult != 1 is only available for the parameter-free index variants")
 
 
 # ----------------------------------------------------------------------------------------------

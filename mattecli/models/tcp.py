@@ -36,53 +36,16 @@ one size), where the graph is the untiled one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mattecli.configs import TEXTURAL_RADIUS, TCPConfig
 from mattecli.models.layers import BNAct, bn_relu, conv_norm_act
 from mattecli.models.resnet import RESNET34_BLOCKS, RESNET34_CHANNELS, BasicBlock, make_stage
 
 IN_CHANNELS = 6  # normalised RGB + one-hot trimap
-FUSIONS = ("add", "concat")
 DECODER_CHANNELS = (256, 128, 64, 32, 16)  # at 1/16, 1/8, 1/4, 1/2, 1
-TEXTURAL_RADIUS = 7  # 3x3 convs in the TCP: stem 1 + residual blocks 2 x 2 + refinement 2
-
-
-@dataclass(frozen=True)
-class TCPConfig:
-    """Options of the TCP family (defaults: the full model of specs/tcp.md).
-
-    Attributes:
-        width: channel multiplier of the semantic path (encoder and decoder); 1.0 = ResNet-34.
-        tcp_width: channels of the textural compensate path.
-        ffu: how the FFU fuses the SP features with the TCP's: add | concat.
-        ffu_layer: which encoder output feeds the FFU: 0 stem (1/2), 1..4 layer1..layer4
-            (1/4 .. 1/32). Default 1 = conv2_x, the second layer in the ResNet paper's counting.
-        textural: the TCP exists (False: the SP-only baseline).
-        skip_convs: 3x3 conv-BN-ReLU layers on each skip connection.
-        tcp_tile: in eval mode, run the TCP in tiles of this side (pixels; 0 = whole image).
-    """
-
-    width: float = 1.0
-    tcp_width: int = 32
-    ffu: str = "add"
-    ffu_layer: int = 1
-    textural: bool = True
-    skip_convs: int = 2
-    tcp_tile: int = 0
-
-    def __post_init__(self):
-        if self.ffu not in FUSIONS:
-            raise ValueError(f"ffu must be one of {', '.join(FUSIONS)}, got {self.ffu!r}")
-        if not 0 <= self.ffu_layer <= 4:
-            raise ValueError(f"ffu_layer must be 0..4 (stem, layer1..layer4), got {self.ffu_layer}")
-        if self.width <= 0 or self.tcp_width < 1 or self.skip_convs < 0 or self.tcp_tile < 0:
-            raise ValueError("width and tcp_width must be positive, skip_convs and tcp_tile >= 0")
-        if 0 < self.tcp_tile <= 2 * TEXTURAL_RADIUS:
-            raise ValueError(f"tcp_tile must be 0 or larger than {2 * TEXTURAL_RADIUS}, got {self.tcp_tile}")
 
 
 class ResNet34Encoder(nn.Module):
