@@ -239,7 +239,7 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
     report = {"weights": str(weights), "device": device, "half": half, "repeat": repeat, "warmup": warmup,
               "timed": TIMED, "rows": rows}
     if json_path:
-        from mattecli.imageio import atomic_write
+        from mattecli.files import atomic_write
 
         text = json.dumps(report, indent=1)
         atomic_write(json_path, lambda tmp_path: Path(tmp_path).write_text(text))

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mattecli.imageio import atomic_write, write_png
+from mattecli.files import atomic_write
+from mattecli.imageio import write_png
 
 PANELS = ("image", "trimap", "ground truth", "prediction", "error")
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.imageio import atomic_write, list_images, read_gray
+from mattecli.files import atomic_write
+from mattecli.imageio import list_images, read_gray
 from mattecli.metrics import METRICS
 
 TRIMAP_VALUES = (0, 128, 255)

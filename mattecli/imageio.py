@@ -1,4 +1,4 @@
-"""Reading and writing images as they are found in the wild, and writing them atomically.
+"""Reading images as they are found in the wild, and writing them atomically (`files.atomic_write`).
 
 Every reader returns uint8 numpy arrays and raises `InputError(path, reason)` for a file that is
 missing, empty, unreadable or of an unusable kind, so a batch can name it and go on.
@@ -6,16 +6,12 @@ missing, empty, unreadable or of an unusable kind, so a batch can name it and go
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from mattecli.errors import InputError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+from mattecli.files import atomic_write, remove_stale_temps  # noqa: F401 - their old home; remove after the merge
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -115,41 +111,6 @@ def read_trimap(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray,
     note = (f"{path}: trimap not in 0/128/255 encoding ({odd} pixels of other values); mapped with "
             f"<85 background, >=170 foreground, otherwise unknown")
     return trimap, note
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(tmp_path)` then rename over `path`: a crash leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: float = 0.0) -> int:
-    """Delete the temporary files `atomic_write` leaves when its process is killed mid-write
-    (SIGKILL, power loss); only those older than `older_than` seconds, so a live writer sharing the
-    folder keeps its own. Returns how many were removed."""
-    import time
-
-    folder, now, removed = Path(folder), time.time(), 0
-    if not folder.is_dir():
-        return 0
-    for tmp in folder.glob(pattern):
-        try:
-            if now - tmp.stat().st_mtime >= older_than:
-                tmp.unlink()
-                removed += 1
-        except OSError:  # vanished meanwhile (renamed by its writer, or removed by another run)
-            pass
-    return removed
 
 
 def write_png(path: str | Path, array: np.ndarray) -> Path:

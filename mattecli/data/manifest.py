@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from mattecli.errors import UsageError
+from mattecli.files import atomic_write
 
 COLUMNS = ("name", "image", "alpha", "trimap", "fg", "bg")
 
@@ -62,13 +62,12 @@ def read_manifest(path: str | Path) -> list[Sample]:
 
 
 def write_manifest(path: str | Path, samples: list[Sample]) -> Path:
-    """Write atomically (temp file + rename); paths are stored relative to the manifest's folder."""
+    """Write atomically (`files.atomic_write`); paths are stored relative to the manifest's folder."""
     path = manifest_file(path)
     root = path.parent
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".csv.tmp", dir=root)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
             for s in samples:
@@ -77,8 +76,5 @@ def write_manifest(path: str | Path, samples: list[Sample]) -> Path:
                     value = getattr(s, field.name)
                     row.append("" if value is None else os.path.relpath(value, root).replace(os.sep, "/"))
                 writer.writerow(row)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)

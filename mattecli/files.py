@@ -1,0 +1,50 @@
+"""Writing any file atomically, and clearing what a killed writer left behind.
+
+Every output matte writes (images, weights, checkpoints, ONNX graphs, engines, manifests, reports)
+goes through `atomic_write`: a crash or Ctrl-C leaves the old file or the new one, never half of
+one, and the file gets the permissions any other program's output would (0666 less the umask).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call `write(tmp_path)` then rename over `path`: a crash leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: float = 0.0) -> int:
+    """Delete the temporary files `atomic_write` leaves when its process is killed mid-write
+    (SIGKILL, power loss); only those older than `older_than` seconds, so a live writer sharing the
+    folder keeps its own. Returns how many were removed."""
+    import time
+
+    folder, now, removed = Path(folder), time.time(), 0
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.glob(pattern):
+        try:
+            if now - tmp.stat().st_mtime >= older_than:
+                tmp.unlink()
+                removed += 1
+        except OSError:  # vanished meanwhile (renamed by its writer, or removed by another run)
+            pass
+    return removed

@@ -1,0 +1,49 @@
+"""mattecli.files: atomic writes with the usual permissions, for every kind of output."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from mattecli.data.manifest import Sample, read_manifest, write_manifest
+from mattecli.files import atomic_write, remove_stale_temps
+from mattecli.imageio import write_png
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_manifest_gets_the_permissions_of_every_other_output(tmp_path):
+    """manifest.csv used its own temp file + rename and stayed 0600 (mkstemp's mode)."""
+    umask = os.umask(0o022)
+    try:
+        png = write_png(tmp_path / "split" / "alpha" / "a.png", np.zeros((2, 2), np.uint8))
+        manifest = write_manifest(tmp_path / "split", [Sample("a", alpha=png)])
+    finally:
+        os.umask(umask)
+    assert manifest.name == "manifest.csv" and _mode(manifest) == _mode(png) == 0o644
+    assert read_manifest(tmp_path / "split") == [Sample("a", alpha=png)]
+    assert manifest.read_bytes() == b"name,image,alpha,trimap,fg,bg\r\na,,alpha/a.png,,,\r\n"
+    assert [p.name for p in (tmp_path / "split").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text("old")
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_remove_stale_temps_spares_young_ones(tmp_path):
+    old, young = tmp_path / ".a.png.tmp", tmp_path / ".b.png.tmp"
+    old.write_text(""), young.write_text("")
+    os.utime(old, (1, 1))
+    assert remove_stale_temps(tmp_path, older_than=3600) == 1 and not old.exists() and young.exists()
