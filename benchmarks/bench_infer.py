@@ -54,7 +54,7 @@ def naive(pipeline, images: Path, out: Path, save, background) -> int:
             continue
         image = read_image(path, apply_exif=True)
         trimap, _ = read_trimap(path.with_name(path.stem + "_trimap.png"), apply_exif=True)
-        alpha, _ = pipeline.matte(image, trimap)
+        alpha, _ = pipeline.run(image, trimap)
         write_outputs(output_paths(out, path.stem, save), image, alpha, background)
         n += 1
     return n

@@ -78,9 +78,9 @@ def main() -> None:
     tiled = Pipeline(backend, recipe.infer, max_bytes=ceiling)
 
     t0 = time.perf_counter()
-    a_whole, how_whole = whole.matte(image, trimap)
+    a_whole, how_whole = whole.run(image, trimap)
     t1 = time.perf_counter()
-    a_tiled, how_tiled = tiled.matte(image, trimap)
+    a_tiled, how_tiled = tiled.run(image, trimap)
     t2 = time.perf_counter()
     unknown = trimap == 128
     diff = np.abs(a_whole.astype(np.int32) - a_tiled.astype(np.int32))[unknown]

@@ -294,7 +294,7 @@ def evaluate(items: list[Item], workers: int = 1, pipeline=None, save_pred: Path
                 if image.shape[:2] != trimap.shape:
                     take([Result(item.name, error=f"sizes differ: image {_size(image)}, trimap {_size(trimap)}")])
                     continue
-                pred = pipeline.predict(image, trimap)
+                pred = pipeline.predict_whole(image, trimap)
                 if save_pred is not None:
                     write_png(Path(save_pred) / f"{item.name}.png", pred)
                 if worst is not None:

@@ -345,7 +345,7 @@ def test_infer_pipeline_with_onnx_equals_torch(weights, tmp_path):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (75, 101, 3), dtype=np.uint8)
     trimap = rng.choice(np.array([0, 128, 255], np.uint8), (75, 101))
-    with_torch, with_onnx = load_pipeline(weights).predict(image, trimap), load_pipeline(path).predict(image, trimap)
+    with_torch, with_onnx = load_pipeline(weights).predict_whole(image, trimap), load_pipeline(path).predict_whole(image, trimap)
     assert with_onnx.shape == (75, 101)
     assert np.abs(with_torch.astype(int) - with_onnx.astype(int)).max() <= 1
 

@@ -54,9 +54,9 @@ def test_tiles_cover_every_unknown_pixel_and_skip_known_regions():
 
 def test_tiled_equals_whole_for_a_model_without_context():
     image, trimap = band_case()
-    whole, how = Pipeline(pointwise_backend, CFG).matte(image, trimap)
+    whole, how = Pipeline(pointwise_backend, CFG).run(image, trimap)
     assert how == "whole"
-    tiled, how = Pipeline(pointwise_backend, CFG, max_bytes=ceiling_for(64)).matte(image, trimap)
+    tiled, how = Pipeline(pointwise_backend, CFG, max_bytes=ceiling_for(64)).run(image, trimap)
     assert how.startswith("tiled:") and "64x64" in how
     diff = np.abs(whole.astype(int) - tiled.astype(int))
     assert diff.max() <= 1  # blending weights sum to one: only float rounding before truncation
@@ -83,7 +83,7 @@ def test_no_unknown_pixels_means_no_model_pass():
 
     trimap = np.zeros((200, 200), np.uint8)
     trimap[50:] = 255
-    alpha, how = Pipeline(fail, CFG, max_bytes=ceiling_for(64)).matte(np.zeros((200, 200, 3), np.uint8), trimap)
+    alpha, how = Pipeline(fail, CFG, max_bytes=ceiling_for(64)).run(np.zeros((200, 200, 3), np.uint8), trimap)
     assert how == "no unknown pixels" and np.array_equal(alpha, trimap)
 
 
@@ -108,8 +108,8 @@ def test_a_real_model_runs_tiled_close_to_the_whole_image():
         head.fill_(1.0 / head[0, 0].numel())
         raw = backend(prepare(image, trimap, recipe.infer))[0, 0]
         head.mul_(0.5 / float(np.median(raw[:256, :384][trimap == 128])))
-    whole = Pipeline(backend, recipe.infer).predict(image, trimap)
-    tiled, how = Pipeline(backend, recipe.infer, max_bytes=ceiling_for(160, recipe.infer)).matte(image, trimap)
+    whole = Pipeline(backend, recipe.infer).predict_whole(image, trimap)
+    tiled, how = Pipeline(backend, recipe.infer, max_bytes=ceiling_for(160, recipe.infer)).run(image, trimap)
     assert how.startswith("tiled:")
     unknown = trimap == 128
     assert ((whole[unknown] > 0) & (whole[unknown] < 255)).mean() > 0.2  # the comparison is not all clipped

@@ -51,7 +51,7 @@ def test_pipeline_equals_the_authors_demo_bit_for_bit(size):
     model = seeded_model()
     recipe = load_recipe("indexnet-m2o-nl-ctx")
     image, trimap = random_case(*size)
-    ours = Pipeline(TorchBackend(model, recipe), recipe.infer)(image, trimap)
+    ours = Pipeline(TorchBackend(model, recipe), recipe.infer).run(image, trimap).alpha
     assert ours.shape == size and ours.dtype == np.uint8
     assert np.array_equal(ours, demo_transcription(model, image, trimap))
     assert np.array_equal(ours[trimap == 0], np.zeros((trimap == 0).sum(), np.uint8))
@@ -118,3 +118,26 @@ def test_lemur_trimap_is_accepted(tmp_path):
     trimap, note = read_trimap(LEMUR / "lemur_trimap.png")
     assert trimap.shape == (440, 680) and set(np.unique(trimap)) <= {0, 128, 255}
     assert (trimap == 128).any() and "mapped" in note
+
+
+def test_run_tiles_only_when_needed_and_the_old_names_agree():
+    """`run` (whole or tiled, with how) and `predict_whole`; the deprecated names give the same."""
+    from mattecli.inference.pipeline import Matte, finish, quantise
+
+    cfg = InferConfig(stride=8, bytes_per_pixel=100)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (45, 37, 3), dtype=np.uint8)
+    trimap = rng.choice(np.array([0, 128, 255], np.uint8), (45, 37))
+
+    def backend(x):
+        return x[:, :1] * 0.1 + 0.5  # a pointwise "network": tiles and whole agree away from seams
+
+    pipeline = Pipeline(backend, cfg)
+    result = pipeline.run(image, trimap)
+    assert isinstance(result, Matte) and result.how == "whole" and result.alpha.dtype == np.uint8
+    assert np.array_equal(result.alpha, pipeline.predict_whole(image, trimap))
+    assert np.array_equal(pipeline(image, trimap), result.alpha) and np.array_equal(pipeline.predict(image, trimap),
+                                                                                    result.alpha)
+    assert pipeline.matte(image, trimap).how == "whole" and finish is quantise
+    tiled = Pipeline(backend, cfg, max_bytes=(100 + 96) * 32 * 32).run(image, trimap)
+    assert tiled.how.startswith("tiled: ") and tiled.alpha.shape == (45, 37)

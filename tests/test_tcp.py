@@ -144,7 +144,7 @@ def test_eval_clips_and_odd_images_go_through_the_pipeline():
         model.training = False
     assert raw.min() < 0 and 0 <= out.min() and out.max() <= 1
     torch.testing.assert_close(out, raw.clamp(0, 1))
-    alpha = Pipeline(TorchBackend(model, recipe), recipe.infer, recipe)(image, trimap)
+    alpha = Pipeline(TorchBackend(model, recipe), recipe.infer, recipe).run(image, trimap).alpha
     assert alpha.shape == (97, 131) and alpha.dtype == np.uint8
 
 

@@ -9,11 +9,16 @@ trimap come from the recipe's `infer` section, which travels inside every weight
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from mattecli.recipes import InferConfig
 from mattecli.sizes import aligned_size
+
+if TYPE_CHECKING:
+    from mattecli.inference.backends import Backend
+    from mattecli.recipes import Recipe
 
 
 def _normalise(image: np.ndarray, cfg: InferConfig) -> np.ndarray:
@@ -73,49 +78,58 @@ def unalign(raw: np.ndarray, h: int, w: int, cfg: InferConfig) -> np.ndarray:
     return np.clip(alpha, 0, 1) * np.float32(255)
 
 
-def finish(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-    """Float alpha * 255 -> uint8: known trimap regions copied, truncated (the papers' protocols)."""
+def quantise(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+    """Float alpha * 255 -> the 8-bit matte, as the papers' protocols make it: the known trimap
+    regions copied from the trimap, then truncated (not rounded) to uint8."""
     unknown = (trimap == 128).astype(np.float32)
     alpha = (1 - unknown) * trimap + unknown * alpha
     return alpha.astype(np.uint8)
+
+
+finish = quantise  # deprecated name, still called by other branches; remove after the merge
 
 
 def restore(raw: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
     """Raw (H', W') network output -> (H, W) uint8 alpha: undo the alignment, clip to [0, 1],
     copy the known trimap regions, truncate to 8 bits (as the papers' protocols do)."""
     h, w = trimap.shape
-    return finish(unalign(raw, h, w, cfg), trimap)
+    return quantise(unalign(raw, h, w, cfg), trimap)
+
+
+class Matte(NamedTuple):
+    """What `Pipeline.run` returns: the 8-bit alpha and how it was computed."""
+
+    alpha: np.ndarray  # (H, W) uint8
+    how: str  # "whole", "tiled: N tiles of SxS" or "no unknown pixels"
 
 
 @dataclass
 class Pipeline:
-    """A backend (callable on an aligned float32 NCHW array, returning raw alpha) plus the recipe's
-    inference configuration.
+    """A backend plus the recipe's inference configuration: `run` turns an image and its trimap
+    into an alpha matte.
 
     `max_bytes` is the memory ceiling of one model pass (None: no ceiling, always the whole image);
     images whose pass would exceed it are run as tiles over the unknown band (see `tiling`).
     """
 
-    backend: object
+    backend: Backend
     cfg: InferConfig
-    recipe: object = None
+    recipe: Recipe | None = None
     max_bytes: int | None = None
 
-    def __call__(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        return self.matte(image, trimap)[0]
-
-    def predict(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha, in one whole-image pass."""
+    def predict_whole(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha, in one whole-image pass
+        whatever `max_bytes` says (the authors' protocol, which `matte eval --weights` follows)."""
         _check_sizes(image, trimap)
-        return finish(self._predict_float(image, trimap), trimap)
+        return quantise(self._predict_float(image, trimap), trimap)
 
     def _predict_float(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         h, w = trimap.shape
         raw = self.backend(prepare(image, trimap, self.cfg))
         return unalign(raw[0, 0], h, w, self.cfg)
 
-    def matte(self, image: np.ndarray, trimap: np.ndarray) -> tuple[np.ndarray, str]:
-        """The alpha and how it was computed ("whole", "tiled: N tiles of SxS", "no unknown pixels").
+    def run(self, image: np.ndarray, trimap: np.ndarray) -> Matte:
+        """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> the alpha and how it was computed.
 
         The whole image when its pass fits `max_bytes`; otherwise tiles over the unknown band.
 
@@ -127,14 +141,24 @@ class Pipeline:
         _check_sizes(image, trimap)
         h, w = trimap.shape
         if self.max_bytes is None or tiling.pass_bytes(h, w, self.cfg) <= self.max_bytes:
-            return self.predict(image, trimap), "whole"
+            return Matte(self.predict_whole(image, trimap), "whole")
         side = tiling.tile_size(self.max_bytes, self.cfg)
         overlap = side // tiling.OVERLAP_FRACTION
         tiles = tiling.plan_tiles(trimap, side, overlap)
         if not tiles:  # nothing to estimate: the trimap is the alpha
-            return trimap.copy(), "no unknown pixels"
+            return Matte(trimap.copy(), "no unknown pixels")
         alpha = tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap)
-        return finish(alpha, trimap), f"tiled: {len(tiles)} tiles of {side}x{side}"
+        return Matte(quantise(alpha, trimap), f"tiled: {len(tiles)} tiles of {side}x{side}")
+
+    # Deprecated names, still called by other branches; remove after the merge.
+    def __call__(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        return self.run(image, trimap).alpha
+
+    def predict(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        return self.predict_whole(image, trimap)
+
+    def matte(self, image: np.ndarray, trimap: np.ndarray) -> Matte:
+        return self.run(image, trimap)
 
 
 def _check_sizes(image: np.ndarray, trimap: np.ndarray) -> None:
