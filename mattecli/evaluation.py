@@ -2,8 +2,9 @@
 
 The plain functions here are what `matte eval` calls: `match_folders` / `match_manifest` pair the
 files by stem, `score` reads and checks one image and computes its metrics (it runs in worker
-processes), `evaluate` runs them (and a model, if given) in parallel with a progress bar, and
-`summary` / `write_json` / `write_csv` produce the outputs CLI.md specifies.
+processes), `evaluate_files` scores prediction files and `evaluate_model` runs a model and scores
+its predictions, both in parallel with a progress bar, and `summary` / `write_json` / `write_csv`
+produce the outputs CLI.md specifies.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import heapq
 import io
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from mattecli.errors import InputError, UsageError
 from mattecli.files import atomic_write
-from mattecli.imageio import list_images, read_gray
+from mattecli.imageio import list_images, read_alpha, read_gray
 from mattecli.metrics import METRICS
 
 TRIMAP_VALUES = (0, 128, 255)
@@ -141,7 +141,7 @@ def score(name: str, pred, gt: Path, trimap) -> Result:
 
     result = Result(name)
     try:
-        p = read_gray(pred) if isinstance(pred, (str, Path)) else pred
+        p = read_alpha(pred) if isinstance(pred, (str, Path)) else pred
         g = read_gray(gt)  # the first channel of a 3-channel ground truth
         t = read_gray(trimap) if isinstance(trimap, (str, Path)) else trimap
     except InputError as err:
@@ -174,136 +174,116 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class _Runner:
-    """Runs `score` inline (workers=1) or in a process pool, with a bounded number in flight."""
+def evaluate_files(items: list[Item], workers: int = 1, console=None) -> list[Result]:
+    """Score every item's prediction file, `workers` processes computing metrics (1: in this process).
 
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.pool = None
-        if workers > 1:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+    Bad inputs become results with an error. With a rich `console`, a progress bar and each
+    warning and error as it comes; without one, nothing is shown (they stay in the results).
 
-            # spawn: the parent may hold torch/OpenMP threads, which fork does not survive well
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_init_worker)
-        self.pending = set()
-
-    def submit(self, *args) -> list[Result]:
-        """Queue one job; returns the results that completed meanwhile (inline: this one)."""
-        if self.pool is None:
-            return [score(*args)]
-        self.pending.add(self.pool.submit(score, *args))
-        if len(self.pending) < 2 * self.workers:
-            return []
-        return self._collect(wait_all=False)
-
-    def _collect(self, wait_all: bool) -> list[Result]:
-        from concurrent.futures import FIRST_COMPLETED, wait
-
-        results = []
-        while self.pending:
-            done, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
-            results += [future.result() for future in done]
-            if not wait_all:
-                break
-        return results
-
-    def finish(self) -> list[Result]:
-        """Wait for every queued job."""
-        if self.pool is None:
-            return []
-        results = self._collect(wait_all=True)
-        self.pool.shutdown()
-        return results
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+    Returns:
+        one result per item, sorted by name.
+    """
+    results, _ = _score_all(((item.name, item.pred, item.gt, item.trimap) for item in items), len(items), workers,
+                            "evaluating", console)
+    return results
 
 
-def _progress(total: int, description: str, console=None):
-    from mattecli.progress import progress_bar
+def evaluate_model(items: list[Item], pipeline, workers: int = 1, save_pred: Path | None = None,
+                   worst: "WorstN | None" = None, console=None) -> tuple[list[Result], dict[str, np.ndarray]]:
+    """Run `pipeline.predict_whole` on every item's image and trimap (in this process) and score the
+    predictions, `workers` processes computing the metrics of earlier ones meanwhile (1: in turn).
 
-    progress = progress_bar(console=console)
-    return progress, progress.add_task(description, total=total)
+    Args:
+        items: images with their ground truth and trimap (`match_manifest`).
+        pipeline: the model (`inference.pipeline.Pipeline`).
+        workers: processes computing metrics.
+        save_pred: a folder receiving the predictions as `{name}.png` (written atomically).
+        worst: selects which predictions are kept in memory and returned (for the report).
+        console: a rich console for a progress bar, warnings and errors; None shows nothing.
+
+    Returns:
+        the results sorted by name, and the kept predictions by name.
+    """
+    from mattecli.imageio import read_image, write_png
+
+    failed: list[Result] = []
+
+    def jobs():
+        for item in items:
+            try:
+                image, trimap = read_image(item.image), read_gray(item.trimap)
+            except InputError as err:
+                failed.append(Result(item.name, error=str(err)))
+                continue
+            if image.shape[:2] != trimap.shape:
+                failed.append(Result(item.name, error=f"sizes differ: image {_size(image)}, trimap {_size(trimap)}"))
+                continue
+            pred = pipeline.predict_whole(image, trimap)
+            if save_pred is not None:
+                write_png(Path(save_pred) / f"{item.name}.png", pred)
+            yield item.name, pred, item.gt, item.trimap
+
+    return _score_all(jobs(), len(items), workers, "predicting + evaluating", console, worst, failed)
 
 
-def _report_line(console, result: Result) -> None:
-    for warning in result.warnings:
-        console.print(f"matte eval: warning: {warning}", markup=False, highlight=False, soft_wrap=True)
-    if result.error:
-        console.print(f"matte eval: {result.name}: {result.error}", markup=False, highlight=False, soft_wrap=True)
+def _score_all(jobs, total: int, workers: int, description: str, console, worst: "WorstN | None" = None,
+               failed: list[Result] | None = None) -> tuple[list[Result], dict[str, np.ndarray]]:
+    """`score` every job on a pool, showing progress; keeps the predictions `worst` selects.
+    `failed` collects results made without scoring (unreadable inputs) while `jobs` runs."""
+    from mattecli.parallel import map_bounded, pool
+    from mattecli.progress import track
+
+    failed = failed if failed is not None else []
+    results: list[Result] = []
+    kept: dict[str, np.ndarray] = {}
+    in_flight: dict[str, np.ndarray] = {}
+    workers = min(workers, max(1, total))
+
+    def submitted():  # remembers what `worst` may keep, and reports inputs that failed before scoring
+        for job in jobs:
+            while failed:
+                take(failed.pop(0))
+            if worst is not None and not isinstance(job[1], (str, Path)):
+                in_flight[job[0]] = job[1]
+            yield job
+        while failed:
+            take(failed.pop(0))
+
+    def take(result: Result) -> None:
+        for warning in result.warnings:
+            bar.print(f"matte eval: warning: {warning}")
+        if result.error:
+            bar.print(f"matte eval: {result.name}: {result.error}")
+        results.append(result)
+        pred = in_flight.pop(result.name, None)
+        if pred is not None and worst is not None and worst(result):
+            kept[result.name] = pred
+            for name in set(kept) - set(worst.names()):
+                del kept[name]
+        bar.advance()
+
+    # spawn: the parent may hold torch/OpenMP threads, which fork does not survive well
+    with track(total, description, enabled=console is not None, console=console) as bar, \
+            pool(workers if workers > 1 else 0, processes=True, initializer=_init_worker) as executor:
+        for result in map_bounded(executor, score, submitted(), limit=2 * workers if workers > 1 else 1):
+            take(result)
+    return sorted(results, key=lambda r: r.name), kept
 
 
 def evaluate(items: list[Item], workers: int = 1, pipeline=None, save_pred: Path | None = None,
              worst: "WorstN | None" = None, console=None,
              quiet: bool = False) -> tuple[list[Result], dict[str, np.ndarray]]:
-    """Evaluate every item, `workers` processes computing metrics, with a progress bar.
-
-    Without `pipeline`, the predictions are the items' files. With one, this process runs
-    `pipeline.predict` on each item's image and trimap while the workers score the previous
-    predictions; `save_pred` then receives them as `{name}.png` (written atomically), and `worst`
-    selects which predictions are kept in memory and returned (for the report). Bad inputs become
-    results with an error; warnings and errors are printed as they come.
-
-    `quiet` is for callers inside a loop of their own (training's validation): everything runs in
-    this process (`workers` is ignored), with no progress bar and nothing printed; warnings and
-    errors stay in the results.
-    """
-    from contextlib import nullcontext
-
-    from mattecli.imageio import read_image, write_png
-
-    results: list[Result] = []
-    in_flight: dict[str, np.ndarray] = {}
-    kept: dict[str, np.ndarray] = {}
-    runner = _Runner(1 if quiet else min(workers, max(1, len(items))))
-    progress = task = None
-    if not quiet:
+    """Deprecated (other branches still call it; remove after the merge): `evaluate_files` or
+    `evaluate_model`; `quiet` meant one process and nothing shown."""
+    if quiet:
+        workers, console = 1, None
+    elif console is None:
         from rich.console import Console
 
-        progress, task = _progress(len(items), "predicting + evaluating" if pipeline else "evaluating",
-                                   console or Console(stderr=True))
-
-    def take(done: Iterable[Result]) -> None:
-        for result in done:
-            if progress is not None:
-                _report_line(progress.console, result)
-            results.append(result)
-            pred = in_flight.pop(result.name, None)
-            if pred is not None and worst is not None and worst(result):
-                kept[result.name] = pred
-                for name in set(kept) - set(worst.names()):
-                    del kept[name]
-            if progress is not None:
-                progress.advance(task)
-
-    try:
-        with progress or nullcontext():
-            for item in items:
-                if pipeline is None:
-                    take(runner.submit(item.name, item.pred, item.gt, item.trimap))
-                    continue
-                try:
-                    image = read_image(item.image)
-                    trimap = read_gray(item.trimap)
-                except InputError as err:
-                    take([Result(item.name, error=str(err))])
-                    continue
-                if image.shape[:2] != trimap.shape:
-                    take([Result(item.name, error=f"sizes differ: image {_size(image)}, trimap {_size(trimap)}")])
-                    continue
-                pred = pipeline.predict_whole(image, trimap)
-                if save_pred is not None:
-                    write_png(Path(save_pred) / f"{item.name}.png", pred)
-                if worst is not None:
-                    in_flight[item.name] = pred
-                take(runner.submit(item.name, pred, item.gt, item.trimap))
-            take(runner.finish())
-    finally:
-        runner.close()
-    return sorted(results, key=lambda r: r.name), kept
+        console = Console(stderr=True)
+    if pipeline is None:
+        return evaluate_files(items, workers, console), {}
+    return evaluate_model(items, pipeline, workers, save_pred, worst, console)
 
 
 class WorstN:

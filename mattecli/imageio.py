@@ -93,6 +93,37 @@ def read_gray(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     return np.ascontiguousarray(_to_uint8(arr, img.mode))
 
 
+def read_alpha(path: str | Path) -> np.ndarray:
+    """A predicted alpha matte as (H, W) uint8, read by a rule that never scores a colour image:
+
+    - single-channel (8- or 16-bit grey): as it is;
+    - RGBA or grey + alpha whose alpha channel is not fully opaque: the alpha channel is the matte
+      (`matte infer --save rgba` writes foreground colours with the matte as alpha);
+    - otherwise (RGB, or RGBA/grey + alpha that is fully opaque): the colour channels must be equal,
+      a grey matte stored as colour; a colour image (a composite, a photo) is refused.
+
+    Raises:
+        InputError: for a colour image, naming what it is, and for unreadable files.
+    """
+    img = _open(Path(path))
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    arr = np.array(img)
+    if arr.ndim == 2:
+        return np.ascontiguousarray(_to_uint8(arr, img.mode))
+    arr = _to_uint8(arr, img.mode)
+    if arr.shape[2] in (2, 4):  # grey + alpha, RGBA
+        if (arr[..., -1] != 255).any():
+            return np.ascontiguousarray(arr[..., -1])
+        arr = arr[..., :-1]
+    if arr.shape[2] == 1 or ((arr[..., 1:] == arr[..., :1]).all()):
+        return np.ascontiguousarray(arr[..., 0])
+    kind = "RGBA with an opaque alpha channel" if img.mode in ("RGBA", "LA", "PA") else img.mode
+    raise InputError(path, f"a colour image ({kind} with unequal channels), not an alpha matte: a prediction is "
+                           "single-channel, grey stored as RGB, or RGBA with the matte as alpha (point --pred at "
+                           "the alpha mattes, e.g. matte infer's OUT/ rather than OUT/composite)")
+
+
 def read_trimap(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray, str | None]:
     """A trimap in the benchmark encoding (0 background, 128 unknown, 255 foreground).
 

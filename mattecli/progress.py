@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 def progress_bar(*extra_columns, console=None):
     """A rich `Progress` with matte's columns; `extra_columns` go after the count (e.g. loss)."""
@@ -11,3 +14,36 @@ def progress_bar(*extra_columns, console=None):
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
                     transient=False)
+
+
+class Tracker:
+    """What `track` yields: `advance(n)` the bar, `print(text)` a line above it (or to the console)."""
+
+    def __init__(self, progress=None, task=None, console=None):
+        self.progress, self.task, self.console = progress, task, console
+
+    def advance(self, n: int = 1) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task, n)
+
+    def print(self, text: str) -> None:
+        console = self.progress.console if self.progress is not None else self.console
+        if console is not None:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def track(total: int, description: str, enabled: bool = True, console=None) -> Iterator[Tracker]:
+    """A progress bar of `total` steps around a block (none when not `enabled` or `total` is 0).
+
+    Args:
+        total: steps the block will `advance`.
+        description: the text left of the bar.
+        enabled: False shows nothing (lines still go to `console` if one is given).
+        console: the rich console to draw on (default: rich's, on stdout).
+    """
+    if not enabled or total <= 0:
+        yield Tracker(console=console)
+        return
+    with progress_bar(console=console) as progress:
+        yield Tracker(progress, progress.add_task(description, total=total))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -33,17 +34,34 @@ def main(
     a prepared split (--weights with --data). Prints the mean SAD/1000, MSE, Grad/1000 and Conn/1000
     (the units papers print); exit code 1 when some images could not be evaluated (each named).
     """
+    options = dict(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, save_pred=save_pred,
+                   workers=workers, report=report, report_worst=report_worst, images=images)
+    outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)
     try:
-        code = run_eval(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, backend=backend,
-                        device=device, save_pred=save_pred, json_out=json_out, csv_out=csv_out,
-                        workers=workers, report=report, report_worst=report_worst, images=images)
+        _check_options(**options)
+        if weights is not None:
+            code = eval_model(weights, data, backend=backend, device=device, save_pred=save_pred, workers=workers,
+                              outputs=outputs)
+        else:
+            code = eval_predictions(pred, gt=gt, trimap=trimap, data=data, images=images, workers=workers,
+                                    outputs=outputs)
     except UsageError as err:
         print(f"matte eval: error: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
 
-def _check_options(*, pred, gt, trimap, weights, data, save_pred, workers, report_worst, images) -> None:
+@dataclass(frozen=True)
+class EvalOutputs:
+    """What to write besides the table: JSON summary, per-image CSV, HTML report of the worst N."""
+
+    json: Path | None = None
+    csv: Path | None = None
+    report: Path | None = None
+    report_worst: int = 20
+
+
+def _check_options(*, pred, gt, trimap, weights, data, save_pred, workers, report, report_worst, images) -> None:
     if pred is not None and weights is not None:
         raise UsageError("--pred and --weights are mutually exclusive (evaluate files, or run a model)")
     if pred is None and weights is None:
@@ -64,54 +82,99 @@ def _check_options(*, pred, gt, trimap, weights, data, save_pred, workers, repor
         raise UsageError(f"--workers must be at least 1, not {workers}")
     if report_worst < 1:
         raise UsageError(f"--report-worst must be at least 1, not {report_worst}")
+    if report is not None:
+        blocked = next((p for p in (Path(report), *Path(report).parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise UsageError(f"--report {report}: {blocked} is a file; the report is a folder (index.html and "
+                             "its images): name a folder")
+
+
+def eval_predictions(pred: Path, *, gt: Path | None = None, trimap: Path | None = None, data: Path | None = None,
+                     images: Path | None = None, workers: int | None = None,
+                     outputs: EvalOutputs = EvalOutputs()) -> int:
+    """`matte eval --pred`: score the prediction files against --gt/--trimap folders, or a split's manifest.
+
+    Returns:
+        the exit code: 0, or 1 when some images could not be evaluated (each named on stderr).
+    """
+    from rich.console import Console
+
+    from mattecli import evaluation as ev
+
+    errors = Console(stderr=True)
+    if data is not None:
+        items, failures = ev.match_manifest(_split(data), pred=pred)
+    else:
+        items, failures = ev.match_folders(pred, gt, trimap, images=images)
+        if not items and not failures:
+            raise UsageError(f"{pred}, {gt}, {trimap}: no images to evaluate")
+    _print_failures(errors, failures)
+    results = ev.evaluate_files(items, workers or ev.default_workers(), console=errors)
+    return _finish(results + failures, items, {}, outputs, errors)
+
+
+def eval_model(weights: Path, data: Path, *, backend: str | None = None, device: str = "cpu",
+               save_pred: Path | None = None, workers: int | None = None,
+               outputs: EvalOutputs = EvalOutputs()) -> int:
+    """`matte eval --weights`: run the model on a prepared split (whole images, the papers'
+    protocol) and score its predictions.
+
+    Returns:
+        the exit code: 0, or 1 when some images could not be evaluated (each named on stderr).
+    """
+    from rich.console import Console
+
+    from mattecli import evaluation as ev
+    from mattecli.inference.pipeline import load_pipeline
+
+    errors = Console(stderr=True)
+    items, failures = ev.match_manifest(_split(data))
+    _print_failures(errors, failures)
+    pipeline = load_pipeline(weights, backend, device)
+    worst = ev.WorstN(outputs.report_worst) if outputs.report is not None else None
+    results, kept = ev.evaluate_model(items, pipeline, workers or ev.default_workers(), save_pred=save_pred,
+                                      worst=worst, console=errors)
+    return _finish(results + failures, items, kept, outputs, errors)
 
 
 def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backend=None, device="cpu",
              save_pred=None, json_out=None, csv_out=None, workers=None, report=None, report_worst=20,
              images=None) -> int:
-    """The command as a function: returns the exit code (0, or 1 when some images failed)."""
-    from rich.console import Console
-
-    from mattecli import evaluation as ev
-
+    """The command as one function, options as on the command line (kept for callers of the one
+    function; `eval_predictions` and `eval_model` are the two modes)."""
     _check_options(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, save_pred=save_pred,
-                   workers=workers, report_worst=report_worst, images=images)
-    if data is not None and not Path(data).is_dir():
-        raise UsageError(f"{data}: no such folder (--data)")
-    workers = workers or ev.default_workers()
-    errors = Console(stderr=True)
-
+                   workers=workers, report=report, report_worst=report_worst, images=images)
+    outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)
     if weights is not None:
-        items, failures = ev.match_manifest(data)
-    elif data is not None:
-        items, failures = ev.match_manifest(data, pred=pred)
-    else:
-        items, failures = ev.match_folders(pred, gt, trimap, images=images)
-        if not items and not failures:
-            raise UsageError(f"{pred}, {gt}, {trimap}: no images to evaluate")
+        return eval_model(weights, data, backend=backend, device=device, save_pred=save_pred, workers=workers,
+                          outputs=outputs)
+    return eval_predictions(pred, gt=gt, trimap=trimap, data=data, images=images, workers=workers, outputs=outputs)
+
+
+def _split(data: Path) -> Path:
+    if not Path(data).is_dir():
+        raise UsageError(f"{data}: no such folder (--data)")
+    return data
+
+
+def _print_failures(errors, failures) -> None:
     for failure in failures:
         errors.print(f"matte eval: {failure.name}: {failure.error}", markup=False, highlight=False, soft_wrap=True)
 
-    kept = {}
-    if weights is not None:
-        from mattecli.inference.pipeline import load_pipeline
 
-        pipeline = load_pipeline(weights, backend, device)
-        worst = ev.WorstN(report_worst) if report is not None else None
-        results, kept = ev.evaluate(items, workers, pipeline=pipeline, save_pred=save_pred,
-                                    worst=worst, console=errors)
-    else:
-        results, _ = ev.evaluate(items, workers, console=errors)
+def _finish(results, items, kept: dict, outputs: EvalOutputs, errors) -> int:
+    """The table, the files asked for, and the exit code."""
+    from mattecli import evaluation as ev
 
-    results = sorted(results + failures, key=lambda r: r.name)
+    results = sorted(results, key=lambda r: r.name)
     summary = ev.summary(results)
     ev.print_table(summary)
-    if json_out is not None:
-        ev.write_json(json_out, summary)
-    if csv_out is not None:
-        ev.write_csv(csv_out, results)
-    if report is not None:
-        page = _write_report(report, results, items, kept, report_worst)
+    if outputs.json is not None:
+        ev.write_json(outputs.json, summary)
+    if outputs.csv is not None:
+        ev.write_csv(outputs.csv, results)
+    if outputs.report is not None:
+        page = _write_report(outputs.report, results, items, kept, outputs.report_worst)
         errors.print(f"report: {page}", markup=False, highlight=False, soft_wrap=True)
     failed = [r for r in results if r.error]
     if failed:
@@ -123,7 +186,7 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
 
 def _write_report(out_dir: Path, results, items, kept: dict, count: int) -> Path:
     from mattecli.eval_report import ReportEntry, write_report
-    from mattecli.imageio import read_gray, read_image
+    from mattecli.imageio import read_alpha, read_gray, read_image
 
     by_name = {item.name: item for item in items}
     good = sorted((r for r in results if r.metrics is not None), key=lambda r: (-r.metrics["sad"], r.name))
@@ -132,7 +195,7 @@ def _write_report(out_dir: Path, results, items, kept: dict, count: int) -> Path
     entries = []
     for r in good[:count]:
         item = by_name[r.name]
-        pred = kept[r.name] if r.name in kept else read_gray(item.pred)
+        pred = kept[r.name] if r.name in kept else read_alpha(item.pred)
         image = read_image(item.image) if item.image is not None else None
         entries.append(ReportEntry(r.name, r.metrics, pred, read_gray(item.gt), read_gray(item.trimap), image))
     return write_report(out_dir, entries, title="matte eval: worst images by SAD")

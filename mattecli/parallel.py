@@ -1,0 +1,65 @@
+"""Work inline or in a pool, one way everywhere: batch inference (threads decoding and encoding
+beside the model), evaluation's metrics and data preparation (processes).
+
+`pool(0)` runs each task at once in the calling thread behind the same `Executor` interface, so
+callers have one code path. Processes always start with spawn: a parent that holds torch's or
+OpenMP's threads cannot be forked safely, and spawn is what macOS and Windows use anyway.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+
+
+class InlineExecutor(Executor):
+    """The executor interface, running each task at once in the calling thread."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as err:  # noqa: BLE001 - delivered through the future, as a pool would
+            future.set_exception(err)
+        return future
+
+
+@contextmanager
+def pool(workers: int, processes: bool = False, initializer: Callable | None = None) -> Iterator[Executor]:
+    """An executor of `workers` threads (or spawned processes), or inline when `workers` is 0.
+
+    On leaving normally it waits for every task. On an exception (Ctrl-C included) tasks not yet
+    started are cancelled, and worker processes are stopped at once rather than left to finish.
+    """
+    if workers <= 0:
+        executor: Executor = InlineExecutor()
+    elif processes:
+        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=initializer)
+    else:
+        executor = ThreadPoolExecutor(workers, thread_name_prefix="matte", initializer=initializer)
+    try:
+        yield executor
+    except BaseException:
+        for process in list((getattr(executor, "_processes", None) or {}).values()):
+            process.terminate()  # ProcessPoolExecutor has no public way to stop running tasks (3.14 adds one)
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise
+    executor.shutdown(wait=True)
+
+
+def map_bounded(executor: Executor, fn: Callable, jobs: Iterable[tuple], limit: int) -> Iterator:
+    """`fn(*job)` for every job on `executor`, at most `limit` in flight; yields results as they
+    complete. `jobs` is read lazily, so a generator can do work of its own (run a model) while the
+    pool works on what it yielded before."""
+    pending: set[Future] = set()
+    for job in jobs:
+        pending.add(executor.submit(fn, *job))
+        if len(pending) >= limit:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from (future.result() for future in done)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        yield from (future.result() for future in done)

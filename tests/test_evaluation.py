@@ -1,0 +1,117 @@
+"""mattecli.evaluation: the two modes (files, model), the prediction reading rule, eval's report option."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mattecli import metrics
+from mattecli.cli import app
+from mattecli.errors import InputError
+from mattecli.evaluation import Item, WorstN, evaluate, evaluate_files, evaluate_model
+from mattecli.imageio import read_alpha, read_gray, write_png
+
+
+def _case(rng, shape=(20, 28)):
+    gt = rng.integers(0, 256, shape).astype(np.uint8)
+    trimap = rng.choice(np.array([0, 128, 255], np.uint8), size=shape)
+    image = rng.integers(0, 256, (*shape, 3)).astype(np.uint8)
+    return gt, trimap, image
+
+
+@pytest.fixture
+def split(tmp_path):
+    rng = np.random.default_rng(5)
+    items = []
+    for name in ("a", "b", "c"):
+        gt, trimap, image = _case(rng)
+        items.append(Item(name, gt=write_png(tmp_path / "gt" / f"{name}.png", gt),
+                          trimap=write_png(tmp_path / "trimap" / f"{name}.png", trimap),
+                          image=write_png(tmp_path / "image" / f"{name}.png", image)))
+    return tmp_path, items
+
+
+class Shift:
+    """A 'model': the image's red channel, so each item's prediction differs."""
+
+    calls = 0
+
+    def predict_whole(self, image, trimap):
+        Shift.calls += 1
+        return image[..., 0].copy()
+
+
+def test_model_mode_scores_what_the_model_predicted_silently_without_a_console(split, capsys):
+    root, items = split
+    broken = Item("z", gt=items[0].gt, trimap=items[0].trimap, image=root / "missing.png")
+    results, kept = evaluate_model(items + [broken], Shift(), save_pred=root / "pred", worst=WorstN(2))
+    assert [r.name for r in results] == ["a", "b", "c", "z"] and "missing.png" in results[-1].error
+    for r in results[:3]:
+        pred = read_gray(root / "pred" / f"{r.name}.png")
+        assert np.array_equal(pred, read_gray(root / "image" / f"{r.name}.png"))  # red channel of a grey-free image
+        assert r.metrics == metrics.evaluate(pred, read_gray(root / "gt" / f"{r.name}.png"),
+                                             read_gray(root / "trimap" / f"{r.name}.png"))
+    worst = sorted(results[:3], key=lambda r: -r.metrics["sad"])[:2]
+    assert sorted(kept) == sorted(r.name for r in worst)
+    assert capsys.readouterr() == ("", "")
+    # the files mode on the saved predictions gives the same numbers, inline and in 2 processes
+    files = [Item(i.name, gt=i.gt, trimap=i.trimap, pred=root / "pred" / f"{i.name}.png") for i in items]
+    assert [r.metrics for r in evaluate_files(files)] == [r.metrics for r in results[:3]]
+    assert [r.metrics for r in evaluate_files(files, workers=2)] == [r.metrics for r in results[:3]]
+
+
+def test_the_deprecated_quiet_evaluate_is_the_model_mode(split):
+    _, items = split
+    old, _ = evaluate(items, pipeline=Shift(), quiet=True)
+    new, _ = evaluate_model(items, Shift())
+    assert [(r.name, r.metrics) for r in old] == [(r.name, r.metrics) for r in new]
+
+
+def _save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_read_alpha_takes_grey_and_rgba_alpha_and_refuses_colour(tmp_path):
+    rng = np.random.default_rng(0)
+    matte = rng.integers(0, 256, (6, 7)).astype(np.uint8)
+    colour = rng.integers(0, 256, (6, 7, 3)).astype(np.uint8)
+    grey3 = np.repeat(matte[..., None], 3, axis=2)
+    assert np.array_equal(read_alpha(_save(tmp_path / "l.png", matte)), matte)
+    assert np.array_equal(read_alpha(_save(tmp_path / "rgb.png", grey3)), matte)
+    rgba = np.dstack([colour, matte])  # matte infer --save rgba: foreground colours, the matte as alpha
+    assert np.array_equal(read_alpha(_save(tmp_path / "rgba.png", rgba)), matte)
+    opaque_grey = np.dstack([grey3, np.full_like(matte, 255)])
+    assert np.array_equal(read_alpha(_save(tmp_path / "opaque.png", opaque_grey)), matte)
+    sixteen = (matte.astype(np.uint16) * 257)
+    assert np.array_equal(read_alpha(_save(tmp_path / "16.png", sixteen)), matte)
+    for name, array in (("composite.png", colour), ("opaque-colour.png", np.dstack([colour, np.full_like(matte, 255)]))):
+        with pytest.raises(InputError, match="a colour image .* not an alpha matte"):
+            read_alpha(_save(tmp_path / name, array))
+
+
+def test_eval_refuses_colour_predictions_and_names_each(tmp_path):
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        gt, trimap, image = _case(rng)
+        write_png(tmp_path / "gt" / f"{name}.png", gt)
+        write_png(tmp_path / "trimap" / f"{name}.png", trimap)
+        write_png(tmp_path / "composite" / f"{name}.png", image)  # e.g. --pred OUT/composite
+    result = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "composite"), "--gt", str(tmp_path / "gt"),
+                                      "--trimap", str(tmp_path / "trimap"), "--workers", "1"])
+    assert result.exit_code == 1
+    refused = [line for line in result.stderr.splitlines() if "not an alpha matte" in line]
+    assert len(refused) == 2 and "a.png" in refused[0] and "b.png" in refused[1]
+
+
+def test_eval_report_pointed_at_a_file_is_one_line(tmp_path):
+    (tmp_path / "report.html").write_text("")
+    for target in (tmp_path / "report.html", tmp_path / "report.html" / "sub"):
+        result = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path), "--gt", str(tmp_path), "--trimap",
+                                          str(tmp_path), "--report", str(target)])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.stderr.strip() == (f"matte eval: error: --report {target}: {tmp_path / 'report.html'} is a "
+                                         "file; the report is a folder (index.html and its images): name a folder")
