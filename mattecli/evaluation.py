@@ -21,7 +21,7 @@ import numpy as np
 
 from mattecli.errors import InputError, UsageError
 from mattecli.files import atomic_write
-from mattecli.imageio import list_images, read_alpha, read_gray
+from mattecli.imageio import index_by_stem, list_images, read_alpha, read_gray
 from mattecli.metrics import METRICS
 
 TRIMAP_VALUES = (0, 128, 255)
@@ -54,9 +54,7 @@ class Result:
 def _by_stem(folder: Path, what: str) -> tuple[dict[str, Path], list[Result]]:
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such folder ({what})")
-    found: dict[str, list[Path]] = {}
-    for path in list_images(folder):
-        found.setdefault(path.stem, []).append(path)
+    found = index_by_stem(list_images(folder))
     unique = {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}
     clashes = [Result(stem, error=f"several {what} files with this stem: "
                       + ", ".join(p.name for p in paths))
@@ -262,7 +260,6 @@ def _score_all(jobs, total: int, workers: int, description: str, console, worst:
                 del kept[name]
         bar.advance()
 
-    # spawn: the parent may hold torch/OpenMP threads, which fork does not survive well
     with track(total, description, enabled=console is not None, console=console) as bar, \
             pool(workers if workers > 1 else 0, processes=True, initializer=_init_worker) as executor:
         for result in map_bounded(executor, score, submitted(), limit=2 * workers if workers > 1 else 1):

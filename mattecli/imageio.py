@@ -154,6 +154,16 @@ def write_png(path: str | Path, array: np.ndarray) -> Path:
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
+def index_by_stem(paths) -> dict[str, list[Path]]:
+    """Files by name stem (`a.png` and `a.jpg` both under "a"), in the order given: the one way
+    inputs are paired (images with trimaps, predictions with ground truth); each caller decides
+    what several files with one stem mean."""
+    index: dict[str, list[Path]] = {}
+    for path in paths:
+        index.setdefault(Path(path).stem, []).append(Path(path))
+    return index
+
+
 def list_images(folder: str | Path) -> list[Path]:
     """Image files of a folder (not recursive), sorted by name."""
     folder = Path(folder)

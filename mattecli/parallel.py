@@ -26,28 +26,31 @@ class InlineExecutor(Executor):
         return future
 
 
+def executor(workers: int, processes: bool = False, initializer: Callable | None = None,
+             name: str = "matte") -> Executor:
+    """`workers` threads (named `name`) or spawned processes, or inline when `workers` is 0; the
+    caller shuts it down (`pool` does that for a block)."""
+    if workers <= 0:
+        return InlineExecutor()
+    if processes:
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer)
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=initializer)
+
+
 @contextmanager
 def pool(workers: int, processes: bool = False, initializer: Callable | None = None) -> Iterator[Executor]:
-    """An executor of `workers` threads (or spawned processes), or inline when `workers` is 0.
-
-    On leaving normally it waits for every task. On an exception (Ctrl-C included) tasks not yet
-    started are cancelled, and worker processes are stopped at once rather than left to finish.
-    """
-    if workers <= 0:
-        executor: Executor = InlineExecutor()
-    elif processes:
-        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=initializer)
-    else:
-        executor = ThreadPoolExecutor(workers, thread_name_prefix="matte", initializer=initializer)
+    """`executor(...)` around a block. On leaving normally it waits for every task. On an exception
+    (Ctrl-C included) tasks not yet started are cancelled, and worker processes are stopped at once
+    rather than left to finish."""
+    executor_ = executor(workers, processes, initializer)
     try:
-        yield executor
+        yield executor_
     except BaseException:
-        for process in list((getattr(executor, "_processes", None) or {}).values()):
+        for process in list((getattr(executor_, "_processes", None) or {}).values()):
             process.terminate()  # ProcessPoolExecutor has no public way to stop running tasks (3.14 adds one)
-        executor.shutdown(wait=True, cancel_futures=True)
+        executor_.shutdown(wait=True, cancel_futures=True)
         raise
-    executor.shutdown(wait=True)
+    executor_.shutdown(wait=True)
 
 
 def map_bounded(executor: Executor, fn: Callable, jobs: Iterable[tuple], limit: int) -> Iterator:

@@ -235,33 +235,26 @@ def remove_stale_split_temps(split_dir: Path) -> None:
 
 
 def run_jobs(jobs: list[ForegroundJob], workers: int, label: str) -> tuple[list[Sample], list[str]]:
-    """Run jobs over `workers` processes with a progress bar; samples come back in plan order."""
-    from mattecli.progress import progress_bar
+    """Run jobs over `workers` processes (1: in this process) with a progress bar; samples come
+    back in plan order."""
+    from mattecli.parallel import map_bounded, pool
+    from mattecli.progress import track
 
     total = sum(len(j.composites) for j in jobs)
     results: list[JobResult | None] = [None] * len(jobs)
-    with progress_bar() as progress:
-        task = progress.add_task(label, total=total)
-        if workers <= 1:
-            for i, job in enumerate(jobs):
-                results[i] = run_job(job)
-                progress.advance(task, results[i].done)
-        else:
-            import multiprocessing as mp
-
-            with mp.get_context("fork" if os.name == "posix" else "spawn").Pool(
-                    workers, initializer=_ignore_sigint) as pool:
-                # chunksize 1: foregrounds differ a lot in size, small chunks balance the workers.
-                for i, result in pool.imap_unordered(_indexed_run, list(enumerate(jobs)), chunksize=1):
-                    results[i] = result
-                    progress.advance(task, result.done)
+    processes = workers if workers > 1 else 0
+    # one foreground per task: foregrounds differ a lot in size, small tasks balance the workers
+    with track(total, label) as bar, pool(processes, processes=True, initializer=_ignore_sigint) as executor:
+        for i, result in map_bounded(executor, _indexed_run, enumerate(jobs), limit=2 * processes or 1):
+            results[i] = result
+            bar.advance(result.done)
     samples = [s for r in results for s in r.samples]
     errors = [e for r in results for e in r.errors]
     return samples, errors
 
 
-def _indexed_run(item: tuple[int, ForegroundJob]) -> tuple[int, JobResult]:
-    return item[0], run_job(item[1])
+def _indexed_run(i: int, job: ForegroundJob) -> tuple[int, JobResult]:
+    return i, run_job(job)
 
 
 # --------------------------------------------------------------------------------------------------

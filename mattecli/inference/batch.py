@@ -13,15 +13,17 @@ from __future__ import annotations
 import sys
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.imageio import (EXIF_ORIENTATIONS, exif_orientation, list_images, read_gray, read_image, read_trimap,
-                              remove_stale_temps)
+from mattecli.imageio import (EXIF_ORIENTATIONS, exif_orientation, index_by_stem, list_images, read_gray, read_image,
+                              read_trimap, remove_stale_temps)
+from mattecli.parallel import executor
+from mattecli.progress import track
 
 TRIMAP_SUFFIX = "_trimap"
 STALE_TEMP_SECONDS = 3600  # a temporary output this old belongs to no live writer
@@ -59,9 +61,7 @@ def find_pairs(images: Path, trimaps: Path | None,
     tri_files = list_images(trimaps) if trimaps is not None else [p for p in files if p.stem.endswith(TRIMAP_SUFFIX)]
     if trimaps is None:
         files = [p for p in files if not p.stem.endswith(TRIMAP_SUFFIX)]
-    by_stem: dict[str, list[Path]] = {}
-    for t in tri_files:
-        by_stem.setdefault(t.stem, []).append(t)
+    by_stem = index_by_stem(tri_files)
     pairs, problems, seen = [], [], {}
     for img in files:  # duplicates are found over the whole list, so shards agree on them
         if img.stem in seen:
@@ -138,12 +138,14 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         else:
             todo.append(_Item(image_path, trimap_path, targets))
 
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="matte-io") if workers > 0 else _Inline()
+    pool = executor(workers, name="matte-io")
     reads: deque[tuple[_Item, Future]] = deque()
     writes: deque[tuple[_Item, Future]] = deque()
     queue = iter(todo)
     try:
-        with _progress(progress, len(todo)) as advance:
+        with track(len(todo), "infer", enabled=progress) as bar:
+            advance = bar.advance
+
             def fill_reads():
                 while len(reads) < prefetch:
                     item = next(queue, None)
@@ -186,21 +188,6 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
             future.cancel()
         pool.shutdown(wait=True)
     return report
-
-
-class _Inline:
-    """The executor interface, running each task at once in the calling thread (`workers=0`)."""
-
-    def submit(self, fn, *args) -> Future:
-        future = Future()
-        try:
-            future.set_result(fn(*args))
-        except Exception as err:  # noqa: BLE001 - delivered through the future, as a pool would
-            future.set_exception(err)
-        return future
-
-    def shutdown(self, wait: bool = True) -> None:
-        pass
 
 
 def _load(item: _Item, overwrite: bool):
@@ -255,28 +242,6 @@ def _remove_stale_temps(out: Path, save) -> None:
     old ones are removed."""
     for folder in [out] + [out / kind for kind in save if kind != "alpha"]:
         remove_stale_temps(folder, ".*.png.tmp", older_than=STALE_TEMP_SECONDS)
-
-
-class _progress:
-    """A rich progress bar with ETA (or nothing), as a context manager giving `advance()`."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total, self.bar = enabled and total > 0, total, None
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from mattecli.progress import progress_bar
-
-        self.bar = progress_bar()
-        self.bar.start()
-        task = self.bar.add_task("infer", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-        return False
 
 
 MAX_NOTES = 5

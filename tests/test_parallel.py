@@ -1,0 +1,52 @@
+"""mattecli.parallel and progress.track: the one executor and the one progress wrapper."""
+
+import os
+
+import pytest
+
+from mattecli.parallel import InlineExecutor, map_bounded, pool
+from mattecli.progress import track
+
+
+def _square_and_pid(x):
+    return x * x, os.getpid()
+
+
+def test_inline_threads_and_processes_give_the_same_results():
+    for workers, processes in ((0, False), (2, False), (2, True)):
+        with pool(workers, processes=processes) as executor:
+            assert isinstance(executor, InlineExecutor) == (workers == 0)
+            got = list(map_bounded(executor, _square_and_pid, ((x,) for x in range(7)), limit=3))
+        assert sorted(r for r, _ in got) == [x * x for x in range(7)]
+        assert ({pid for _, pid in got} == {os.getpid()}) == (not processes)
+
+
+def test_jobs_are_read_lazily_within_the_limit():
+    read = []
+
+    def jobs():
+        for x in range(6):
+            read.append(x)
+            yield (x,)
+
+    with pool(0) as executor:
+        for i, _ in enumerate(map_bounded(executor, _square_and_pid, jobs(), limit=1)):
+            assert len(read) == i + 1  # inline with limit 1: one job read per result
+
+
+def test_an_error_in_a_task_reaches_the_caller_and_the_pool_stops():
+    with pytest.raises(ZeroDivisionError), pool(2, processes=True) as executor:
+        list(map_bounded(executor, divmod, [(1, 0)], limit=2))
+
+
+def test_track_without_a_bar_still_prints_to_its_console():
+    lines = []
+
+    class Console:
+        def print(self, text, **_):
+            lines.append(text)
+
+    with track(0, "nothing", console=Console()) as bar:
+        bar.advance()
+        bar.print("a note")
+    assert lines == ["a note"]
