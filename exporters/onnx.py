@@ -130,7 +130,7 @@ def to_onnx(model, path, *, opset: int = MIN_OPSET, dynamic: bool = True, recipe
         trace_size = (3 * stride, 5 * stride)  # small, non-square, odd multiples: nothing to coincide
     else:
         if size[0] % stride or size[1] % stride:
-            raise ValueError(f"static size {size[0]}x{size[1]} is not a multiple of the stride {stride}")
+            raise ValueError(f"static size {size[1]}x{size[0]} (WIDTHxHEIGHT) is not a multiple of the stride {stride}")
         trace_size = tuple(size)
     example = torch.zeros(1, _input_channels(net, recipe), *trace_size)
     axes = {0: "batch", 2: "height", 3: "width"}

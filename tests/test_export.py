@@ -294,7 +294,7 @@ def test_static_export_is_fixed_and_says_so_at_other_sizes(tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 4, 64, 96)).astype(np.float32)
     with torch.no_grad():
         assert np.abs(backend(x) - model(torch.from_numpy(x)).numpy()).max() <= TOLERANCE
-    with pytest.raises(ValueError, match="exported for 64x96 input only"):
+    with pytest.raises(ValueError, match=r"exported for 96x64 input only, got 64x96 \(WIDTHxHEIGHT"):
         backend(np.zeros((1, 4, 96, 64), np.float32))
     with pytest.raises(ValueError, match="not a multiple of the stride"):
         to_onnx(model, tmp_path / "t.onnx", dynamic=False, recipe=recipe, size=(100, 96))

@@ -206,8 +206,8 @@ class OnnxBackend:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.fixed_size is not None and tuple(x.shape[2:]) != self.fixed_size:
             h, w = self.fixed_size
-            raise ValueError(f"{self.path.name} was exported for {h}x{w} input only, got "
-                             f"{x.shape[2]}x{x.shape[3]} (export with --dynamic)")
+            raise ValueError(f"{self.path.name} was exported for {w}x{h} input only, got "
+                             f"{x.shape[3]}x{x.shape[2]} (WIDTHxHEIGHT; export with --dynamic)")
         inp, out = self.session.get_inputs()[0].name, self.session.get_outputs()[0].name
         return self.session.run([out], {inp: np.ascontiguousarray(x, dtype=np.float32)}, self.run_options)[0]
 

@@ -377,7 +377,8 @@ class A2UMatting(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2:]
         if h % self.stride or w % self.stride:
-            raise ValueError(f"A2U input must be a multiple of {self.stride} on each side, got {h}x{w}")
+            raise ValueError(f"A2U input must be a multiple of {self.stride} on each side, got {w}x{h} "
+                             "(WIDTHxHEIGHT)")
         enc = self.encode(x)
         a2u = self.cfg.upsample == "a2u"
         sites = (self.bilinear0, self.bilinear1, self.layer2_1.bilinear, self.layer3_1.bilinear) if a2u else (None,) * 4

@@ -204,7 +204,8 @@ class IndexNetMatting(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2:]
         if h % self.stride or w % self.stride:
-            raise ValueError(f"IndexNet input must be a multiple of {self.stride} on each side, got {h}x{w}")
+            raise ValueError(f"IndexNet input must be a multiple of {self.stride} on each side, got {w}x{h} "
+                             "(WIDTHxHEIGHT)")
         skips, indices = {}, {}
         feat = self.layer0(x)
         for i in range(1, 8):

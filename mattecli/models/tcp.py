@@ -210,7 +210,8 @@ class TCPMatting(nn.Module):
     def forward(self, x: torch.Tensor, x_tcp: torch.Tensor | None = None) -> torch.Tensor:
         h, w = x.shape[2:]
         if h % self.stride or w % self.stride:
-            raise ValueError(f"TCP input must be a multiple of {self.stride} on each side, got {h}x{w}")
+            raise ValueError(f"TCP input must be a multiple of {self.stride} on each side, got {w}x{h} "
+                             "(WIDTHxHEIGHT)")
         feats = self.encoder(x)
         raw = self.decoder(feats)
         if self.cfg.textural:
