@@ -16,7 +16,6 @@ from mattecli.models.a2u import (A2UConfig, A2UKernels, A2UMatting, adaptive_avg
 from mattecli.models.layers import count_parameters
 from mattecli.recipes import load_recipe
 
-SPECS = Path("/work/shared/specs")
 A2U_RECIPES = ["a2u-baseline-nearest", "a2u-baseline-bilinear", "a2u-static-cw", "a2u-static-cs",
                "a2u-static-pw-cw", "a2u-hybrid-cw", "a2u-hybrid-cs", "a2u-dynamic-cw", "a2u-dynamic-cs",
                "a2u-dynamic-cs-d", "a2u-dynamic-cs-d-gn", "a2u-dynamic-cw-d-gn", "demo-a2u"]
@@ -172,14 +171,14 @@ def test_eval_uses_the_shift_form_and_training_the_unfold_form():
     assert site.eval()._shift() is False
 
 
-def _listing(variant: str) -> list[dict]:
-    return json.loads((SPECS / f"a2u_official_keys_{variant}.json").read_text())["keys"]
+def _listing(specs: Path, variant: str) -> list[dict]:
+    return json.loads((specs / f"a2u_official_keys_{variant}.json").read_text())["keys"]
 
 
 @pytest.mark.parametrize("variant", ["cs", "cw"])
-def test_state_dict_equals_the_released_key_listing(variant):
+def test_state_dict_equals_the_released_key_listing(variant, shared_specs):
     model = build_model(load_recipe(f"a2u-dynamic-{variant}-d-gn"))
-    want = [(e["name"], tuple(e["shape"])) for e in _listing(variant) if not e["name"].endswith("num_batches_tracked")]
+    want = [(e["name"], tuple(e["shape"])) for e in _listing(shared_specs, variant) if not e["name"].endswith("num_batches_tracked")]
     have = [(k, tuple(v.shape)) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
     assert have == want
 
@@ -193,10 +192,10 @@ def test_rejects_sizes_off_the_stride():
 # Importing the authors' checkpoints
 
 
-def _fake_official(variant: str, with_nbt: bool) -> dict:
+def _fake_official(specs: Path, variant: str, with_nbt: bool) -> dict:
     g = torch.Generator().manual_seed(1)
     state = {}
-    for entry in _listing(variant):
+    for entry in _listing(specs, variant):
         name, shape = entry["name"], entry["shape"]
         if name.endswith("num_batches_tracked"):
             if with_nbt:
@@ -210,10 +209,10 @@ def _fake_official(variant: str, with_nbt: bool) -> dict:
 
 
 @pytest.mark.parametrize("variant,with_nbt", [("cs", True), ("cw", False)])
-def test_import_official_checkpoint(variant, with_nbt):
+def test_import_official_checkpoint(variant, with_nbt, shared_specs):
     from mattecli.weights import a2u_state_from_official as import_a2u_official, detect_a2u_variant
 
-    checkpoint = _fake_official(variant, with_nbt)
+    checkpoint = _fake_official(shared_specs, variant, with_nbt)
     recipe = detect_a2u_variant(checkpoint["state_dict"])
     assert recipe == f"a2u-dynamic-{variant}-d-gn"
     model = build_model(load_recipe(recipe))
