@@ -204,48 +204,45 @@ def evaluate_model(items: list[Item], pipeline, workers: int = 1, save_pred: Pat
     """
     from mattecli.imageio import read_image, write_png
 
-    failed: list[Result] = []
-
-    def jobs():
+    def jobs():  # runs in this process, lazily, while the pool scores the predictions before
         for item in items:
             try:
                 image, trimap = read_image(item.image), read_gray(item.trimap)
             except InputError as err:
-                failed.append(Result(item.name, error=str(err)))
+                yield item.name, None, None, None, str(err)
                 continue
             if image.shape[:2] != trimap.shape:
-                failed.append(Result(item.name, error=f"sizes differ: image {_size(image)}, trimap {_size(trimap)}"))
+                yield item.name, None, None, None, f"sizes differ: image {_size(image)}, trimap {_size(trimap)}"
                 continue
             pred = pipeline.predict_whole(image, trimap)
             if save_pred is not None:
                 write_png(Path(save_pred) / f"{item.name}.png", pred)
             yield item.name, pred, item.gt, item.trimap
 
-    return _score_all(jobs(), len(items), workers, "predicting + evaluating", console, worst, failed)
+    return _score_all(jobs(), len(items), workers, "predicting + evaluating", console, worst)
 
 
-def _score_all(jobs, total: int, workers: int, description: str, console, worst: "WorstN | None" = None,
-               failed: list[Result] | None = None) -> tuple[list[Result], dict[str, np.ndarray]]:
-    """`score` every job on a pool, showing progress; keeps the predictions `worst` selects.
-    `failed` collects results made without scoring (unreadable inputs) while `jobs` runs."""
+def _score_job(name: str, pred, gt, trimap, error: str | None = None) -> Result:
+    """`score`, or pass through a failure found before scoring (e.g. an unreadable image)."""
+    return Result(name, error=error) if error is not None else score(name, pred, gt, trimap)
+
+
+def _score_all(jobs, total: int, workers: int, description: str, console,
+               worst: "WorstN | None" = None) -> tuple[list[Result], dict[str, np.ndarray]]:
+    """`_score_job` every job on a pool, showing progress; keeps the predictions `worst` selects."""
     from mattecli.parallel import map_bounded, pool
     from mattecli.progress import track
 
-    failed = failed if failed is not None else []
     results: list[Result] = []
     kept: dict[str, np.ndarray] = {}
     in_flight: dict[str, np.ndarray] = {}
     workers = min(workers, max(1, total))
 
-    def submitted():  # remembers what `worst` may keep, and reports inputs that failed before scoring
+    def submitted():  # remembers the predictions `worst` may keep until their metrics come back
         for job in jobs:
-            while failed:
-                take(failed.pop(0))
-            if worst is not None and not isinstance(job[1], (str, Path)):
+            if worst is not None and isinstance(job[1], np.ndarray):
                 in_flight[job[0]] = job[1]
             yield job
-        while failed:
-            take(failed.pop(0))
 
     def take(result: Result) -> None:
         for warning in result.warnings:
@@ -262,7 +259,7 @@ def _score_all(jobs, total: int, workers: int, description: str, console, worst:
 
     with track(total, description, enabled=console is not None, console=console) as bar, \
             pool(workers if workers > 1 else 0, processes=True, initializer=_init_worker) as executor:
-        for result in map_bounded(executor, score, submitted(), limit=2 * workers if workers > 1 else 1):
+        for result in map_bounded(executor, _score_job, submitted(), limit=2 * workers if workers > 1 else 1):
             take(result)
     return sorted(results, key=lambda r: r.name), kept
 

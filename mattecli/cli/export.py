@@ -81,8 +81,8 @@ def run_export(*, weights: Path, format: str = "onnx", out: Path, half: bool = F
         if other:
             raise UsageError(f"--verify-sizes {','.join(other)}: a static graph runs at --opt-shape "
                              f"{opt} only (add --dynamic)")
-    for option, size in zip(options, (low, opt, high)):
-        if option == "--opt-shape" or dynamic:
+    for option, size in (("--opt-shape", opt), ("--min-shape", low), ("--max-shape", high)):
+        if option == "--opt-shape" or dynamic:  # a static graph uses --opt-shape only
             check_aligned(size, stride, option)
     out = Path(out)
     if format == "onnx":
