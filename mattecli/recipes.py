@@ -27,7 +27,7 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 class DataConfig:
     """Training data: which pipeline (specs/data.md) and its main sizes."""
 
-    pipeline: str = "dim"  # dim (IndexNet) | gca (A2U) | tcp (TCP) | tcp-clean (TCP, one trimap)
+    pipeline: str = "dim"  # a name in mattecli.data.pipelines.PIPELINES (dim, gca, tcp-composited, mmagic, ...)
     crop_size: int = 320
     val_every: int = 0  # iterations between validations; 0 = never
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from mattecli.data import trimap as tri
 from mattecli.data.manifest import read_manifest, write_manifest
-from mattecli.data.pipelines import PIPELINES, TrainingDataset, build_dataset
+from mattecli.data import pipelines
+from mattecli.data.pipelines import (PIPELINES, TrainingDataset, build_dataset, clipped_window,
+                                     crop_sizes, fitting_window)
 from mattecli.data.synthetic import prepare_synthetic
 from mattecli.errors import UsageError
 from mattecli.recipes import DataConfig
@@ -50,22 +55,31 @@ def test_synthetic_is_deterministic(synth, tmp_path):
 
 # ---------------------------------------------------------------------------- pipelines
 
+COMPOSED = {"dim", "gca", "tcp", "tcp-clean"}  # image = alpha fg + (1 - alpha) bg exactly
+SECOND_TRIMAP = {"tcp", "tcp-composited"}
+NO_FG_BG = {"tcp-composited", "tcp-composited-clean"}
+
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
 def test_pipeline_items(synth, name):
     ds = TrainingDataset(synth / "train", name, CROP, seed=0)
     item = ds[1]
-    keys = {"name", "image", "alpha", "fg", "bg", "trimap"} | ({"trimap2"} if name == "tcp" else set())
+    keys = {"name", "image", "alpha", "trimap"} | ({"trimap2"} if name in SECOND_TRIMAP else set())
+    keys |= set() if name in NO_FG_BG else {"fg", "bg"}
     assert set(item) == keys
     for key, channels in (("image", 3), ("fg", 3), ("bg", 3), ("alpha", 1)):
-        assert item[key].shape == (channels, CROP, CROP) and item[key].dtype == torch.float32
-        assert 0 <= item[key].min() and item[key].max() <= 1
+        if key in keys:
+            assert item[key].shape == (channels, CROP, CROP) and item[key].dtype == torch.float32
+            assert 0 <= item[key].min() and item[key].max() <= 1
     for key in keys & {"trimap", "trimap2"}:
         assert item[key].shape == (1, CROP, CROP) and item[key].dtype == torch.uint8
         assert set(item[key].unique().tolist()) <= {0, 128, 255}
     assert (item["trimap"] == 128).any()  # the crop is centred on unknown pixels
     a = item["alpha"]
-    torch.testing.assert_close(item["image"], a * item["fg"] + (1 - a) * item["bg"])
+    if name in COMPOSED:
+        torch.testing.assert_close(item["image"], a * item["fg"] + (1 - a) * item["bg"])
+    elif "fg" in keys:  # mmagic: the prepared composite, resized like fg and bg
+        assert (item["image"] - (a * item["fg"] + (1 - a) * item["bg"])).abs().mean() < 0.01
     # definite trimap regions agree with the alpha (nearest-resized trimaps may move an edge pixel)
     fg, bg = item["trimap"][0] == 255, item["trimap"][0] == 0
     for region, agrees in ((fg, a[0] > 0.99), (bg, a[0] < 0.01)):
@@ -86,6 +100,247 @@ def test_pipeline_reproducible_and_varied(synth, tmp_path, name):
     assert not torch.equal(x["image"], TrainingDataset(tmp_path, name, CROP, seed=8)[0]["image"])
 
 
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_pipelines_read_only_the_files_a_sample_uses(synth, monkeypatch, name):
+    opened = []
+    for reader in ("read_image", "read_gray"):
+        real = getattr(pipelines, reader)
+        monkeypatch.setattr(pipelines, reader, lambda path, real=real: opened.append(path) or real(path))
+    ds = TrainingDataset(synth / "train", name, CROP, seed=0)
+    rows = ds.samples
+    for index in range(len(ds)):
+        opened.clear()
+        ds[index]
+        own = {getattr(rows[index], c) for c in PIPELINES[name].reads}
+        if name in COMPOSED - {"dim"}:  # A2U: the sample's fg and alpha, maybe a second pair, one bg
+            assert len(opened) in (3, 5) and {rows[index].fg, rows[index].alpha} <= set(opened)
+            assert sum(p in {r.bg for r in rows} for p in opened) == 1
+            assert not any(p == r.image for p in opened for r in rows)
+        else:
+            assert sorted(opened) == sorted(own)
+
+
+def _record_crops(monkeypatch):
+    """Wrap the pipelines' one cropping step: (input arrays, top, left, side) of every crop."""
+    calls = []
+    real = pipelines._crop
+
+    def crop(arrays, top, left, side):
+        calls.append(([np.array(a) for a in arrays], top, left, side))
+        return real(arrays, top, left, side)
+
+    monkeypatch.setattr(pipelines, "_crop", crop)
+    return calls
+
+
+@pytest.mark.parametrize("name,unknown_of", [
+    ("dim", lambda arrays: arrays[3] == 128),
+    ("tcp-composited", lambda arrays: arrays[2] == 128),
+    ("mmagic", lambda arrays: (arrays[0] > 0) & (arrays[0] < 255)),  # mmagic: from the alpha
+    ("mmagic-dimaug", lambda arrays: (arrays[0] > 0) & (arrays[0] < 255)),
+    ("gca", lambda arrays: arrays[2] == 128),
+])
+def test_crop_window_fits_and_is_centred_on_an_unknown_pixel(synth, monkeypatch, name, unknown_of):
+    calls = _record_crops(monkeypatch)
+    ds = TrainingDataset(synth / "train", name, CROP, seed=0)
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        for index in range(len(ds)):
+            ds[index]
+    sides = set()
+    for arrays, top, left, side in calls:
+        h, w = arrays[0].shape[:2]
+        assert 0 <= top and top + side <= h and 0 <= left and left + side <= w
+        assert unknown_of(arrays)[top + side // 2, left + side // 2]
+        sides.add(side)
+    if name.startswith("mmagic"):  # all three sides, whatever the image size (160 here)
+        assert sides == {CROP, CROP * 3 // 2, CROP * 2}
+    elif name == "dim":  # IndexNet: only sides below the short side (160): 64, 96, 128
+        assert sides == {CROP, CROP * 3 // 2, CROP * 2}
+    else:
+        assert sides == {CROP}
+
+
+def test_fitting_window_rules():
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        h, w, side = (int(v) for v in rng.integers(8, 40, size=3))
+        side = min(side, h, w)
+        unknown = rng.random((h, w)) < 0.05
+        for exclusive in (False, True):
+            window = fitting_window(unknown, side, rng, exclusive_end=exclusive)
+            if window is None:
+                continue
+            top, left = window
+            assert 0 <= top <= h - side and 0 <= left <= w - side
+            assert unknown[top + side // 2, left + side // 2]
+    # the last window that fits: IndexNet's range includes it, A2U's and mmagic's do not
+    unknown = np.zeros((10, 10), bool)
+    unknown[7, 7] = True
+    assert fitting_window(unknown, 6, rng) == (4, 4)
+    assert fitting_window(unknown, 6, rng, exclusive_end=True) is None
+    assert clipped_window(unknown, 6, rng) == (4, 4)
+    unknown[:] = False
+    unknown[9, 0] = True
+    assert fitting_window(unknown, 6, rng) is None and clipped_window(unknown, 6, rng) == (4, 0)
+    many = np.zeros((30, 30), bool)
+    many[15, 5:14] = True  # 9 candidates: A2U wants 10 or it crops anywhere
+    assert fitting_window(many, 10, rng, exclusive_end=True, min_count=10) is None
+    many[15, 14] = True
+    assert fitting_window(many, 10, rng, exclusive_end=True, min_count=10) is not None
+
+
+def test_indexnet_crop_sizes():
+    # hldataset.py: floor(320 x {1, 1.5, 2}) strictly below the short side
+    assert crop_sizes(320, 700) == [320, 480, 640]
+    assert crop_sizes(320, 640) == [320, 480]
+    assert crop_sizes(320, 500) == [320, 480]
+    assert crop_sizes(320, 480) == [320]
+    assert crop_sizes(320, 320) == [320]  # their code has no candidate here; the crop fits
+
+
+class _ArrayDataset:
+    """Just what a pipeline function uses of a TrainingDataset, over in-memory uint8 arrays."""
+
+    def __init__(self, rows, crop):
+        self.rows, self.crop_size = rows, crop
+
+    def __len__(self):
+        return len(self.rows)
+
+    def read(self, index, column):
+        return self.rows[index][column]
+
+
+def _soft_disc(h, w, radius, ramp=6.0):
+    yy, xx = np.mgrid[0:h, 0:w]
+    d = np.hypot(yy - h / 2, xx - w / 2) - radius
+    return (np.clip(0.5 - d / ramp, 0, 1) * 255).round().astype(np.uint8)
+
+
+def test_dim_resizes_short_sides_below_the_crop_to_500(monkeypatch):
+    calls = _record_crops(monkeypatch)
+    h, w = 150, 230  # short side below 320
+    rng = np.random.default_rng(1)
+    row = {"fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 50),
+           "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    pipelines.dim_pipeline(_ArrayDataset([row], 320), 0, np.random.default_rng(0))
+    arrays, _, _, side = calls[0]
+    # s = 500 / 150, sizes floored: 500 x floor(230 * 500 / 150) = 766
+    assert arrays[0].shape[:2] == (500, 766) and side in (320, 480)
+
+
+def test_gca_background_is_cropped_at_the_foreground_crop_never_squashed(monkeypatch):
+    """A background larger than the foreground (also after its 640 x 640 resize) comes out as a
+    window of itself at the foreground crop's place, not resized; a smaller one is upscaled."""
+    crop, h, w = 64, 120, 100
+    yy, xx = np.mgrid[0:700, 0:720]
+    bg = np.stack([xx % 256, yy % 256, xx // 256 * 16 + yy // 256], axis=-1).astype(np.uint8)
+    rows = [{"fg": np.full((h, w, 3), 128, np.uint8), "alpha": _soft_disc(h, w, 30), "bg": bg}]
+    ds = _ArrayDataset(rows, crop)
+    calls = _record_crops(monkeypatch)
+    for seed in range(20):
+        calls.clear()
+        out = pipelines.gca_pipeline(ds, 0, np.random.default_rng(seed))
+        got = np.round(out["bg"] * 255).astype(int)
+        _, top, left, _ = calls[-1]
+        np.testing.assert_array_equal(got, bg[top:top + crop, left:left + crop])
+    # a background smaller than the foreground is upscaled by max(h / hb, w / wb), aspect kept
+    small = bg[:60, :80]
+    rows[0]["bg"] = small
+    fg, alpha, trimap, out_bg = pipelines.a2u_crop(
+        rows[0]["fg"], rows[0]["alpha"] / 255, tri.eroded_trimap(rows[0]["alpha"] / 255, 3, 3),
+        small, crop, np.random.default_rng(0))
+    assert out_bg.shape == (crop, crop, 3) and fg.shape == (crop, crop, 3)
+    calls.clear()
+    pipelines.a2u_crop(rows[0]["fg"], rows[0]["alpha"] / 255,
+                       tri.eroded_trimap(rows[0]["alpha"] / 255, 3, 3), small, crop,
+                       np.random.default_rng(0))
+    arrays = calls[-1][0]
+    assert arrays[3].shape[:2] == (120, 160)  # ratio 2: 60 x 80 -> 120 x 160 (ceil), not 120 x 100
+
+
+def _hsv(rgb):
+    return cv2.cvtColor(rgb.astype(np.float32), cv2.COLOR_RGB2HSV)
+
+
+def test_hsv_jitter_offsets_within_the_authors_bounds():
+    rng = np.random.default_rng(0)
+    fg = np.ascontiguousarray(rng.uniform(0.3, 0.7, (24, 24, 3)).astype(np.float32))
+    alpha = np.ones((24, 24), np.float32)
+    before = _hsv(fg)
+    hue, offsets = [], {1: [], 2: []}
+    for seed in range(300):
+        after = _hsv(pipelines.hsv_jitter(fg, alpha, np.random.default_rng(seed)))
+        shift = np.remainder(after[..., 0] - before[..., 0] + 180, 360) - 180
+        hue.append(float(np.median(shift)))
+        for c in (1, 2):
+            offsets[c].append(float(np.median(after[..., c] - before[..., c])))
+    assert min(hue) >= -40.01 and max(hue) <= 39.01 and max(hue) - min(hue) > 70
+    for c in (1, 2):
+        bound = (1.1 - before[..., c].mean()) / 10
+        assert max(np.abs(offsets[c])) <= bound + 1e-3  # GCA/A2U: +-(1.1 - mean) / 10
+        assert max(np.abs(offsets[c])) >= 0.9 * bound  # and the whole range is used
+    assert pipelines.hsv_jitter(fg, np.zeros_like(alpha), rng) is fg  # all-transparent: skipped
+
+
+def test_a2u_affine_matches_a_transcription_of_their_matrix():
+    def theirs(center, angle, scale, shear, flip):  # data_generator.py _get_inverse_affine_matrix
+        angle, shear = np.deg2rad(angle), np.deg2rad(shear)
+        sx, sy = 1.0 / scale[0] * flip[0], 1.0 / scale[1] * flip[1]
+        d = np.cos(angle + shear) * np.cos(angle) + np.sin(angle + shear) * np.sin(angle)
+        m = [np.cos(angle) * sx, np.sin(angle + shear) * sx, 0,
+             -np.sin(angle) * sy, np.cos(angle + shear) * sy, 0]
+        m = [v / d for v in m]
+        m[2] += m[0] * -center[0] + m[1] * -center[1] + center[0]
+        m[5] += m[3] * -center[0] + m[4] * -center[1] + center[1]
+        return np.array(m).reshape(2, 3)
+
+    rng = np.random.default_rng(0)
+    flips = set()
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(50, 2000, size=2))
+        p = pipelines.random_affine_params(h, w, rng)
+        assert (p["angle"] == 0) == (max(h, w) < 1024) and -30 <= p["angle"] <= 30
+        assert all(0.8 <= s <= 1.25 for s in p["scale"]) and -10 <= p["shear"] <= 10
+        flips.add(p["flip"])
+        np.testing.assert_allclose(pipelines.a2u_inverse_affine(h, w, **p),
+                                   theirs((w * 0.5 + 0.5, h * 0.5 + 0.5), **p), atol=1e-12)
+    assert flips == {(1, 1), (-1, 1), (1, -1), (-1, -1)}  # vertical flips too
+
+
+def test_mix_foregrounds_as_a2u():
+    rng = np.random.default_rng(0)
+    fg1, fg2 = (rng.integers(0, 256, (9, 7, 3), dtype=np.uint8) for _ in range(2))
+    a1, a2 = (rng.integers(0, 256, (9, 7)).astype(np.float32) / 255 for _ in range(2))
+    fg, alpha = pipelines.mix_foregrounds(fg1, a1, fg2, a2)
+    union = 1 - (1 - a1) * (1 - a2)
+    want = ((fg1 * a1[..., None] + fg2 * ((1 - a1) * a2)[..., None]) / (union[..., None] + 1e-5))
+    np.testing.assert_allclose(alpha, union, atol=1e-7)
+    assert fg.dtype == np.uint8 and np.abs(fg.astype(int) - np.floor(want)).max() <= 1
+    opaque = np.ones_like(a1)  # the union is opaque everywhere: nothing mixed
+    assert pipelines.mix_foregrounds(fg1, opaque, fg2, a2)[0] is fg1
+
+
+def test_mmagic_dimaug_trimap_is_made_after_the_resize(synth):
+    ds = TrainingDataset(synth / "train", "mmagic-dimaug", CROP, seed=3)
+    for index in range(len(ds)):
+        item = ds[index]
+        alpha, trimap = item["alpha"][0], item["trimap"][0]
+        # GenerateTrimap on the final 8-bit alpha: fg only where it is 255, bg only where 0
+        assert (alpha[trimap == 255] == 1).all() and (alpha[trimap == 0] == 0).all()
+        assert ((alpha > 0) & (alpha < 1) <= (trimap == 128)).all()
+
+
+def test_composited_pipelines_need_the_composites(synth, tmp_path):
+    rows = read_manifest(synth / "train")
+    write_manifest(tmp_path / "manifest.csv", [dataclasses.replace(r, image=None) for r in rows])
+    for name in ("mmagic", "mmagic-dimaug", "tcp-composited"):
+        with pytest.raises(UsageError, match="--composite"):
+            TrainingDataset(tmp_path, name)
+    assert len(TrainingDataset(tmp_path, "gca")) == len(rows)
+
+
 def test_dataloader_workers_do_not_change_the_stream(synth):
     ds = TrainingDataset(synth / "train", "gca", CROP, seed=5)
     ds.set_epoch(2)
@@ -103,7 +358,7 @@ def test_dataset_usage_errors(synth, tmp_path):
         TrainingDataset(synth / "train", "nope")
     rows = read_manifest(synth / "test")
     write_manifest(tmp_path / "manifest.csv", [rows[0].__class__(name="x", alpha=rows[0].alpha)])
-    with pytest.raises(UsageError, match="fg, alpha and bg"):
+    with pytest.raises(UsageError, match="needs fg, alpha, bg"):
         TrainingDataset(tmp_path, "dim")
     assert build_dataset(DataConfig(pipeline="tcp", crop_size=CROP), synth / "train").pipeline == "tcp"
 

@@ -36,22 +36,26 @@ def _compose(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return trimap
 
 
-def grown_trimap(alpha: np.ndarray, radius: float) -> np.ndarray:
+def grown_trimap(alpha: np.ndarray, radius: float, seam: bool = True) -> np.ndarray:
     """Unknown = pixels within `radius` px (Euclidean) of a partial-alpha or fg/bg-seam pixel.
 
     Args:
         alpha: (H, W) float alpha in [0, 1].
         radius: growth in pixels (the `dim` pipeline draws 1..19).
+        seam: also grow from hard fg/bg edges. The training pipelines pass False: IndexNet's
+            `generate_trimap` and mmagic's `GenerateTrimapWithDistTransform` grow from partial
+            alpha only.
 
     Returns:
         (H, W) uint8 trimap in 0/128/255.
     """
     fg, bg = definite_masks(alpha)
     seed = ~(fg | bg)
-    # A hard edge (fg pixel next to a bg pixel) has no partial alpha but is still a boundary.
-    cross = np.ones((3, 3), np.uint8)
-    seed |= fg & (cv2.dilate(bg.astype(np.uint8), cross) > 0)
-    seed |= bg & (cv2.dilate(fg.astype(np.uint8), cross) > 0)
+    if seam:
+        # A hard edge (fg pixel next to a bg pixel) has no partial alpha but is still a boundary.
+        cross = np.ones((3, 3), np.uint8)
+        seed |= fg & (cv2.dilate(bg.astype(np.uint8), cross) > 0)
+        seed |= bg & (cv2.dilate(fg.astype(np.uint8), cross) > 0)
     if not seed.any():
         return _compose(fg, bg)
     # distanceTransform measures the distance to the nearest zero pixel: the seed is the zero set.
@@ -78,8 +82,9 @@ def eroded_trimap(alpha: np.ndarray, fg_kernel: int, bg_kernel: int) -> np.ndarr
 
 
 def random_grown_trimap(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """`dim`: grow the unknown region by a random 1..19 px."""
-    return grown_trimap(alpha, int(rng.integers(1, 20)))
+    """`dim` and `mmagic`: grow the partial-alpha region by a random 1..19 px (no seam, as the
+    authors' `np.random.randint(1, 20)` and mmagic's `dist_thr=20`)."""
+    return grown_trimap(alpha, int(rng.integers(1, 20)), seam=False)
 
 
 def random_eroded_trimap(alpha: np.ndarray, rng: np.random.Generator, max_kernel: int) -> np.ndarray:
