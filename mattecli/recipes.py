@@ -50,7 +50,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0 = off
     amp: bool = True  # mixed precision (float16 autocast + loss scaling); CUDA only
     compile: bool = False  # torch.compile the network
-    loss: str = "dim"  # dim (0.5 alpha + 0.5 composition) | l1 | alpha (Charbonnier) | tcp
+    loss: str = "dim"  # dim (IndexNet: 0.5 alpha + 0.5 composition) | dim-a2u (A2U: +1 in the denominators) | l1 | alpha | tcp
     log_every: int = 10
     checkpoint_every: int = 500
 
