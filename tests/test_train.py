@@ -24,15 +24,18 @@ def synth(tmp_path_factory):
 
 def tiny(iters, **extra):
     sets = [f"train.iters={iters}", "train.batch_size=2", "data.crop_size=64", "data.val_every=0",
-            "train.checkpoint_every=3", "train.log_every=1"] + [f"{k}={v}" for k, v in extra.items()]
+            "train.checkpoint_every=3", "train.log_every=1", "train.pretrained=none"] + [f"{k}={v}" for k, v in extra.items()]
     return load_recipe("indexnet-unet-maxunpool", sets + ["train.lr=1e-3", "train.encoder_lr=1e-3", "train.milestones=[4]"])
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(synth, tmp_path):
     train(TrainOptions(tiny(6), synth, tmp_path / "full", progress=False, seed=5))
-    part = train(TrainOptions(tiny(3), synth, tmp_path / "part", progress=False, seed=5))
+    part = train(TrainOptions(tiny(6), synth, tmp_path / "part", progress=False, seed=5, iters=3))
     assert part.iterations == 3
-    resumed = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False, seed=5))
+    # the run records its length: --resume alone finds it finished; --iters extends it
+    again = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False))
+    assert again.finished_before and again.iterations == 3
+    resumed = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False, iters=6))
     assert resumed.iterations == 6
     a = torch.load(tmp_path / "full" / "checkpoints" / "iter_00000006.pt", weights_only=True)
     b = torch.load(tmp_path / "part" / "checkpoints" / "iter_00000006.pt", weights_only=True)
