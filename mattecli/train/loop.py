@@ -396,6 +396,9 @@ def train(opts: TrainOptions) -> TrainResult:
 
 def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     writer, device, world = dist_info.writer, dist_info.device, dist_info.world
+    if opts.recipe.train.batch_size % world:
+        raise UsageError(f"batch size {opts.recipe.train.batch_size} does not split across {world} processes "
+                         "(the recipe's batch is the global batch)")
     ckpt.prepare_run_dir(run_dir, opts.resume, opts.overwrite, clear=writer)
     if world > 1:
         torch.distributed.barrier()  # rank 0 has cleared the folder (--overwrite) before anyone reads it
@@ -403,9 +406,6 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     cfg = recipe.train
     if opts.resume and checkpoint is None and writer:
         print(f"matte train: --resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
-    if cfg.batch_size % world:
-        raise UsageError(f"batch size {cfg.batch_size} does not split across {world} processes "
-                         "(the recipe's batch is the global batch)")
     per_rank_batch = cfg.batch_size // world
     if opts.tensorboard:
         from mattecli.train.curves import check_tensorboard
