@@ -56,6 +56,36 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def training_state(model, optimizer, scaler, iteration: int, best: dict | None, device) -> dict:
+    """What a checkpoint holds: model, optimiser, iteration, RNG states, loss scale, best so far."""
+    import torch
+
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+             "torch_rng": torch.get_rng_state(), "best": best}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def restore_training_state(state: dict, model, optimizer, scaler, device) -> tuple[int, dict | None]:
+    """Load a checkpoint's model, optimiser, RNG and loss-scale state; -> (iteration, best)."""
+    import torch
+
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    if scaler.is_enabled() and "scaler" in state:  # the loss scale it had grown or shrunk to
+        scaler.load_state_dict(state["scaler"])
+    best = state.get("best")
+    if best is None and state.get("best_sad") is not None:  # checkpoints written before `best`
+        best = {"metric": "sad", "value": state["best_sad"], "iter": int(state["iteration"])}
+    return int(state["iteration"]), best
+
+
 def holds_run(run_dir: Path) -> bool:
     return any((Path(run_dir) / name).exists() for name in RUN_FILES)
 

@@ -1,7 +1,7 @@
 """The training loop: plain PyTorch, one process per GPU under torchrun (DDP), CPU for tiny recipes.
 
 `train` is four parts that can be tested on their own: `setup_distributed` (ranks, device, process
-group), the run folder and resume state (`checkpoint.py`, `_resolve_run`, `_restore`), one optimiser
+group), the run folder and resume state (`checkpoint.py`; `_resolve_run`), one optimiser
 step (`train_step`) and what follows it (`after_step`: log, validate, checkpoint).
 
 The recipe's batch is the global batch: under torchrun each of W processes takes batch / W samples
@@ -207,31 +207,6 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
     return recipe, seed, checkpoint
 
 
-def _restore(state: dict, model, optimizer, scaler, device) -> tuple[int, dict | None]:
-    """Load a checkpoint's model, optimiser, RNG and loss-scale state; -> (iteration, best)."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    if device.type == "cuda" and "cuda_rng" in state:
-        torch.cuda.set_rng_state(state["cuda_rng"], device)
-    if scaler.is_enabled() and "scaler" in state:  # the loss scale it had grown or shrunk to
-        scaler.load_state_dict(state["scaler"])
-    best = state.get("best")
-    if best is None and state.get("best_sad") is not None:  # checkpoints written before `best`
-        best = {"metric": "sad", "value": state["best_sad"], "iter": int(state["iteration"])}
-    return int(state["iteration"]), best
-
-
-def _state(session: "Session") -> dict:
-    state = {"model": session.model.state_dict(), "optimizer": session.optimizer.state_dict(),
-             "iteration": session.iteration, "torch_rng": torch.get_rng_state(), "best": session.best}
-    if session.device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(session.device)
-    if session.scaler.is_enabled():
-        state["scaler"] = session.scaler.state_dict()
-    return state
-
-
 # --- the model and its optimiser -------------------------------------------------------------------
 
 
@@ -365,7 +340,8 @@ def after_step(session: Session, loss: float, rate: float) -> None:
         if validate_now or last or s.iteration % cfg.checkpoint_every == 0:
             plot_curves(s.history, s.run_dir / "curves.png")  # drawn when something new is worth a look
     if s.iteration % cfg.checkpoint_every == 0 or last:
-        ckpt.save_checkpoint(s.run_dir, _state(s), s.iteration)
+        state = ckpt.training_state(s.model, s.optimizer, s.scaler, s.iteration, s.best, s.device)
+        ckpt.save_checkpoint(s.run_dir, state, s.iteration)
         save_weights(s.model, s.recipe, s.run_dir / "last.safetensors")
 
 
@@ -429,7 +405,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
 
     session = Session(recipe, model, model, optimizer, scaler, device, dist_info, run_dir, batches_per_epoch)
     if checkpoint is not None:
-        session.iteration, session.best = _restore(ckpt.load_checkpoint(checkpoint), model, optimizer, scaler, device)
+        session.iteration, session.best = ckpt.restore_training_state(ckpt.load_checkpoint(checkpoint), model,
+                                                                      optimizer, scaler, device)
         session.history = _read_log(run_dir / "log.jsonl", upto=session.iteration)
     if session.iteration >= cfg.iters:
         if writer:
