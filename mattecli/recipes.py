@@ -29,7 +29,15 @@ class DataConfig:
 
     pipeline: str = "dim"  # a name in mattecli.data.pipelines.PIPELINES (dim, gca, tcp-composited, mmagic, ...)
     crop_size: int = 320
-    val_every: int = 0  # iterations between validations; 0 = never
+    val_every: int = 0  # validate every val_every val_units on the test split; 0 = never
+    val_unit: str = "iters"  # iters | epochs (passes over this run's training set)
+    val_metric: str = "sad"  # the metric that picks best.safetensors (lowest wins): sad | mse | grad | conn
+
+    def __post_init__(self):
+        if self.val_unit not in ("iters", "epochs"):
+            raise ValueError(f"val_unit must be iters or epochs, got {self.val_unit!r}")
+        if self.val_metric not in ("sad", "mse", "grad", "conn"):
+            raise ValueError(f"val_metric must be sad, mse, grad or conn, got {self.val_metric!r}")
 
 
 @dataclass(frozen=True)
@@ -46,13 +54,19 @@ class TrainConfig:
     milestones: tuple[int, ...] = ()  # iterations at which lr *= gamma (multistep)
     gamma: float = 0.1
     warmup_iters: int = 0
-    freeze_encoder_bn: bool = True
+    freeze_encoder_bn: bool = True  # encoder BN in eval mode while training
+    sync_bn: bool = False  # SyncBatchNorm across the processes of a multi-GPU run
+    pretrained: str = "imagenet"  # imagenet: needs --pretrained FILE (or `none`) | none: from scratch
     grad_clip: float = 0.0  # 0 = off
     amp: bool = True  # mixed precision (float16 autocast + loss scaling); CUDA only
     compile: bool = False  # torch.compile the network
-    loss: str = "dim"  # dim (0.5 alpha + 0.5 composition) | l1 | alpha (Charbonnier) | tcp
+    loss: str = "dim"  # dim (IndexNet: 0.5 alpha + 0.5 composition) | dim-a2u (A2U: +1 in the denominators) | l1 | alpha | tcp
     log_every: int = 10
     checkpoint_every: int = 500
+
+    def __post_init__(self):
+        if self.pretrained not in ("imagenet", "none"):
+            raise ValueError(f"pretrained must be imagenet or none, got {self.pretrained!r}")
 
 
 @dataclass(frozen=True)

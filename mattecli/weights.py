@@ -21,12 +21,13 @@ if TYPE_CHECKING:
 FORMAT = "matte-weights/1"
 
 
-def save_weights(model, recipe, path: str | Path) -> Path:
-    """Write the model's state (parameters and buffers) with the resolved recipe, atomically."""
+def save_weights(model, recipe, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write the model's state (parameters and buffers) with the resolved recipe, atomically;
+    `metadata` adds string entries (e.g. `selected_by` on a run's best.safetensors)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "recipe": recipe.to_json()}
+    meta = {**(metadata or {}), "format": FORMAT, "recipe": recipe.to_json()}
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 

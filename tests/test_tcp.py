@@ -309,7 +309,7 @@ def test_training_steps_feed_the_second_trimap(synth, tmp_path, monkeypatch, nam
     from mattecli.train.loop import TrainOptions, train
 
     sets = ["train.iters=3", "train.batch_size=2", "data.crop_size=64", "data.val_every=0", "train.log_every=1",
-            "train.warmup_iters=0", "model.width=0.125", "model.tcp_width=8"]
+            "train.warmup_iters=0", "model.width=0.125", "model.tcp_width=8", "train.pretrained=none"]
     recipe = load_recipe(name, sets)
     calls = []
     forward = TCPMatting.forward

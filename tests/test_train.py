@@ -24,15 +24,18 @@ def synth(tmp_path_factory):
 
 def tiny(iters, **extra):
     sets = [f"train.iters={iters}", "train.batch_size=2", "data.crop_size=64", "data.val_every=0",
-            "train.checkpoint_every=3", "train.log_every=1"] + [f"{k}={v}" for k, v in extra.items()]
+            "train.checkpoint_every=3", "train.log_every=1", "train.pretrained=none"] + [f"{k}={v}" for k, v in extra.items()]
     return load_recipe("indexnet-unet-maxunpool", sets + ["train.lr=1e-3", "train.encoder_lr=1e-3", "train.milestones=[4]"])
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(synth, tmp_path):
     train(TrainOptions(tiny(6), synth, tmp_path / "full", progress=False, seed=5))
-    part = train(TrainOptions(tiny(3), synth, tmp_path / "part", progress=False, seed=5))
+    part = train(TrainOptions(tiny(6), synth, tmp_path / "part", progress=False, seed=5, iters=3))
     assert part.iterations == 3
-    resumed = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False, seed=5))
+    # the run records its length: --resume alone finds it finished; --iters extends it
+    again = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False))
+    assert again.finished_before and again.iterations == 3
+    resumed = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False, iters=6))
     assert resumed.iterations == 6
     a = torch.load(tmp_path / "full" / "checkpoints" / "iter_00000006.pt", weights_only=True)
     b = torch.load(tmp_path / "part" / "checkpoints" / "iter_00000006.pt", weights_only=True)
@@ -66,9 +69,48 @@ def test_losses_on_hand_made_cases():
     # unknown pixels: errors 0.5, 0, 0 -> mean 1/6 (the known pixel's error is ignored)
     assert alpha_loss(pred, batch).item() == pytest.approx(0.5 / 3, abs=1e-5)
     assert composition_loss(pred, batch).item() == pytest.approx(0.5 / 3, abs=1e-5)  # fg=1, bg=0: comp = alpha
-    assert dim_loss(pred, batch).item() == pytest.approx(0.5 / 3, abs=1e-5)
+    # the composition error is summed over the 3 colour channels, as the authors' loss does
+    assert dim_loss(pred, batch).item() == pytest.approx(0.5 * 0.5 / 3 + 0.5 * 3 * 0.5 / 3, abs=1e-5)
     # background enhancement: only unknown pixels with alpha < 0.1 (pixels 0 and 3: errors 0.5 and 0)
     assert tcp_loss(pred, batch).item() == pytest.approx(0.9 * 0.5 / 3 + 0.1 * 0.25, abs=1e-5)
+
+
+def authors_weighted_loss(pd, gt, plus_one, wl=0.5, epsilon=1e-6):
+    """A line-by-line transcription of `weighted_loss` (IndexNet hltrainval.py:164-182; A2U
+    trainval.py:434-452 adds 1 to both denominators). gt: alpha, mask, fg(3), bg(3), image(3)."""
+    bs, _, h, w = pd.size()
+    mask = gt[:, 1, :, :].view(bs, 1, h, w)
+    alpha_gt = gt[:, 0, :, :].view(bs, 1, h, w)
+    diff_alpha = (pd - alpha_gt) * mask
+    loss_alpha = torch.sqrt(diff_alpha * diff_alpha + epsilon ** 2)
+    loss_alpha = loss_alpha.sum(dim=2).sum(dim=2) / (mask.sum(dim=2).sum(dim=2) + plus_one)
+    loss_alpha = loss_alpha.sum() / bs
+    fg, bg, c_g = gt[:, 2:5], gt[:, 5:8], gt[:, 8:11]
+    c_p = pd * fg + (1 - pd) * bg
+    diff_color = (c_p - c_g) * mask
+    loss_composition = torch.sqrt(diff_color * diff_color + epsilon ** 2)
+    loss_composition = loss_composition.sum(dim=2).sum(dim=2) / (mask.sum(dim=2).sum(dim=2) + plus_one)
+    loss_composition = loss_composition.sum() / bs
+    return wl * loss_alpha + (1 - wl) * loss_composition
+
+
+@pytest.mark.parametrize("name,plus_one", [("dim", 0), ("dim-a2u", 1)])
+def test_dim_loss_equals_the_authors_weighted_loss(name, plus_one):
+    from mattecli.train.losses import LOSSES
+
+    g = torch.Generator().manual_seed(3)
+    for trial in range(5):
+        n, h, w = 4, 40, 56
+        trimap = torch.randint(0, 3, (n, 1, h, w), generator=g).to(torch.uint8) * 64
+        trimap[trimap == 64] = 128
+        trimap[trimap == 192] = 255
+        batch = {"alpha": torch.rand(n, 1, h, w, generator=g), "trimap": trimap,
+                 "fg": torch.rand(n, 3, h, w, generator=g), "bg": torch.rand(n, 3, h, w, generator=g),
+                 "image": torch.rand(n, 3, h, w, generator=g)}
+        pred = torch.rand(n, 1, h, w, generator=g)
+        gt = torch.cat([batch["alpha"], (trimap == 128).float(), batch["fg"], batch["bg"], batch["image"]], 1)
+        ours, theirs = LOSSES[name](pred, batch).item(), authors_weighted_loss(pred, gt, plus_one).item()
+        assert ours == pytest.approx(theirs, rel=1e-5), trial
 
 
 def test_losses_are_normalised_per_sample():

@@ -27,10 +27,10 @@ def test_epoch_sampler_shards_evenly():
 def test_torchrun_two_ranks_gloo(tmp_path):
     from mattecli.data.synthetic import prepare_synthetic
 
-    # 7 samples over 2 ranks: 3 each (one left out per epoch), batch 2 -> one iteration per epoch
-    # (an uneven split once gave rank 0 two batches per epoch and rank 1 one)
+    # 7 samples over 2 ranks: 3 each (one left out per epoch); the global batch 4 is 2 per rank ->
+    # one iteration per epoch (an uneven split once gave rank 0 two batches per epoch and rank 1 one)
     prepare_synthetic(tmp_path / "data", n_train=7, n_test=0, size=64, seed=0)
-    iters, batch = 3, 2
+    iters, batch = 3, 4
     sets = [f"train.iters={iters}", f"train.batch_size={batch}", "data.crop_size=64", "data.val_every=0",
             "train.log_every=1", "train.checkpoint_every=2"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -48,7 +48,7 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     # the sampler shards the data: per epoch, disjoint samples, as many on each rank
     for epoch in range(iters):
         shards = [[i for e, i in r["fetched"] if e == epoch] for r in records]
-        assert [len(s) for s in shards] == [batch, batch], (epoch, shards)
+        assert [len(s) for s in shards] == [batch // 2, batch // 2], (epoch, shards)
         assert not set(shards[0]) & set(shards[1]), (epoch, shards)
     assert {e for r in records for e, _ in r["fetched"]} == set(range(iters))
     # only rank 0 writes: one log line per iteration (two writers would append twice), and its

@@ -191,7 +191,7 @@ def test_tcp_resnet34_every_encoder_tensor_lands(make_model):
 def test_strict_coverage_and_shape_errors():
     tv = torchvision_resnet34()
     del tv["layer2.1.conv2.weight"]
-    with pytest.raises(UsageError, match=r"r34\.pth: not a torchvision ResNet-34 state dict; 1 encoder tensors "
+    with pytest.raises(UsageError, match=r"r34\.pth: not a ResNet-34 state dict in the torchvision layout; 1 encoder tensors "
                                          r"not filled: layer2_2\.block1\.convs\.conv2\.weight"):
         map_encoder(build_model(load_recipe("a2u-baseline-nearest")), "a2u", tv, where="r34.pth")
     with pytest.raises(UsageError, match=r"conv1\.weight has shape \(64, 3, 7, 7\), the encoder's layer0\.0\.weight \(16, 4, 7, 7\)"):
@@ -235,3 +235,76 @@ def test_pretrained_mobilenetv2_is_mapped(tmp_path):
     assert set(expected) | {"layer0.0.weight"} == set(encoder_keys(model))
     for key, name in expected.items():
         assert torch.equal(state[key], tv[name]), key
+
+
+def test_pretrained_csail_flat_mobilenetv2_as_hlmobilenetv2_loads_it(tmp_path):
+    """The checkpoint IndexNet's code initialises from (hlmobilenetv2.py:59-60, CORRESP_NAME): flat
+    `features.N.conv.K` keys, the same K as IndexNet's blocks; its stem gets a zero trimap channel."""
+    recipe = load_recipe("indexnet-m2o-nl-ctx")
+    model = build_model(recipe)
+    blocks = [(stage, b) for stage, n in enumerate((1, 2, 3, 4, 3, 3, 1), start=1) for b in range(n)]
+    csail = {"features.0.0.weight": torch.randn(32, 3, 3, 3), "features.18.0.weight": torch.randn(1280, 320, 1, 1),
+             "classifier.1.weight": torch.randn(1000, 1280)}
+    expected = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked") or not key.startswith("layer") or key == "layer0.0.weight":
+            continue
+        layer, rest = key.split(".", 1)
+        if layer == "layer0":
+            name = "features.0." + rest
+        else:
+            block, rest = rest.split(".", 1)
+            name = f"features.{blocks.index((int(layer[5:]), int(block))) + 1}.{rest}"
+        csail[name] = torch.randn_like(value.float()).to(value.dtype)
+        expected[key] = name
+    assert "features.1.conv.1.weight" in csail and "features.2.conv.7.running_var" in csail  # the flat layout
+    torch.save({"state_dict": {"module." + k: v for k, v in csail.items()}}, tmp_path / "mobilenet_v2.pth.tar")
+    info = load_pretrained_encoder(model, recipe, tmp_path / "mobilenet_v2.pth.tar")
+    assert info["layout"] == "CSAIL flat MobileNetV2"
+    assert sorted(info["ignored"]) == ["classifier.1.weight", "features.18.0.weight"]
+    state = model.state_dict()
+    assert torch.equal(state["layer0.0.weight"][:, :3], csail["features.0.0.weight"])
+    assert (state["layer0.0.weight"][:, 3] == 0).all()
+    for key, name in expected.items():
+        assert torch.equal(state[key], csail[name]), key
+
+
+def abn_resnet34(tv: dict) -> dict:
+    """The InPlace-ABN ResNet-34 the A2U code loads (resnet.py:29-210), in its exact key layout,
+    holding the tensors of a torchvision-layout dict: `module.modN.blockB.convs.convK`, `proj_*`."""
+    out = {}
+    for name, value in tv.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        if name.startswith(("conv1.", "bn1.")):
+            new = "mod1." + name
+        elif name.startswith("fc."):
+            new = "classifier." + name
+        else:
+            stage, block, rest = name.split(".", 2)
+            rest = {"conv1": "convs.conv1", "bn1": "convs.bn1", "conv2": "convs.conv2", "bn2": "convs.bn2",
+                    "downsample": "proj"}[rest.split(".")[0]] + "." + rest.split(".", 1)[1]
+            rest = rest.replace("proj.0.", "proj_conv.").replace("proj.1.", "proj_bn.")
+            new = f"mod{int(stage[5:]) + 1}.block{int(block) + 1}.{rest}"
+        out["module." + new] = value
+    return out
+
+
+def test_pretrained_a2u_inplace_abn_resnet34_as_resnet_py_loads_it(tmp_path):
+    """The same tensors through torchvision's layout and through the authors' InPlace-ABN layout land
+    in the same places; InPlace-ABN's scale |w| + 1e-5 becomes our BatchNorm weight."""
+    recipe = load_recipe("a2u-dynamic-cs-d-gn")
+    tv = torchvision_resnet34(seed=4)
+    abn = abn_resnet34(tv)
+    assert "module.mod3.block1.proj_bn.running_var" in abn and "module.mod4.block6.convs.conv2.weight" in abn
+    torch.save({"state_dict": abn}, tmp_path / "resnet34.pth.tar")
+    via_tv, via_abn = build_model(recipe), build_model(recipe)
+    map_encoder(via_tv, "a2u", tv)
+    info = load_pretrained_encoder(via_abn, recipe, tmp_path / "resnet34.pth.tar")
+    assert info["layout"] == "InPlace-ABN ResNet-34"
+    assert all(k.startswith(("mod4.block5", "mod4.block6", "mod5", "classifier")) for k in info["ignored"])
+    a, b = via_tv.state_dict(), via_abn.state_dict()
+    bn_weights = {k[: -len("running_mean")] + "weight" for k in a if k.endswith("running_mean")}
+    for key in encoder_keys(via_tv):
+        want = a[key].abs() + 1e-5 if key in bn_weights else a[key]
+        assert torch.equal(b[key], want), key

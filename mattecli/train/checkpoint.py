@@ -1,32 +1,154 @@
-"""Training checkpoints: everything a resumed run needs to continue bit for bit, written atomically
-and read back with `torch.load(weights_only=True)` (tensors, numbers, strings, dicts and lists only)."""
+"""A run folder and its checkpoints: what a run was asked for, and everything a resumed run needs to
+continue bit for bit.
+
+A run folder holds `recipe.json` (the resolved recipe, `train.iters` the run's length), `run.json`
+(the seed and data it was started with), `checkpoints/iter_N.pt`, `log.jsonl`, `last.safetensors`,
+`best.safetensors` and `curves.png`. A new run refuses a folder that holds one; `--resume` continues
+it with what it recorded; `--overwrite` removes it first. Checkpoints are written atomically, ordered
+by their iteration (never by file name) and read back with `torch.load(weights_only=True)` (tensors,
+numbers, strings, dicts and lists only).
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+from mattecli.errors import UsageError
 from mattecli.imageio import atomic_write
 
 KEEP = 3  # newest checkpoints kept in RUN_DIR/checkpoints
+# every file and folder a run writes: what --overwrite removes (nothing else in the folder)
+RUN_FILES = ("recipe.json", "run.json", "log.jsonl", "last.safetensors", "best.safetensors", "curves.png",
+             "checkpoints", "tensorboard")
+_CHECKPOINT = re.compile(r"iter_(\d+)\.pt")
+
+
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(iteration, path) of the run's checkpoints, oldest first by iteration."""
+    folder = Path(run_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in folder.glob("iter_*.pt") if (m := _CHECKPOINT.fullmatch(p.name))]
+    return sorted(found)
 
 
 def save_checkpoint(run_dir: Path, state: dict, iteration: int) -> Path:
+    """Write `state` as the checkpoint of `iteration`; keep the KEEP newest by iteration."""
     import torch
 
-    folder = Path(run_dir) / "checkpoints"
-    path = folder / f"iter_{iteration:08d}.pt"
+    path = Path(run_dir) / "checkpoints" / f"iter_{iteration:08d}.pt"
     atomic_write(path, lambda tmp: torch.save(state, tmp))
-    for old in sorted(folder.glob("iter_*.pt"))[:-KEEP]:
+    for _, old in checkpoints(run_dir)[:-KEEP]:
         old.unlink()
     return path
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((Path(run_dir) / "checkpoints").glob("iter_*.pt"))
-    return found[-1] if found else None
+    found = checkpoints(run_dir)
+    return found[-1][1] if found else None
 
 
 def load_checkpoint(path: Path) -> dict:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def training_state(model, optimizer, scaler, iteration: int, best: dict | None, device) -> dict:
+    """What a checkpoint holds: model, optimiser, iteration, RNG states, loss scale, best so far."""
+    import torch
+
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
+             "torch_rng": torch.get_rng_state(), "best": best}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def restore_training_state(state: dict, model, optimizer, scaler, device) -> tuple[int, dict | None]:
+    """Load a checkpoint's model, optimiser, RNG and loss-scale state; -> (iteration, best)."""
+    import torch
+
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    if scaler.is_enabled() and "scaler" in state:  # the loss scale it had grown or shrunk to
+        scaler.load_state_dict(state["scaler"])
+    best = state.get("best")
+    if best is None and state.get("best_sad") is not None:  # checkpoints written before `best`
+        best = {"metric": "sad", "value": state["best_sad"], "iter": int(state["iteration"])}
+    return int(state["iteration"]), best
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((Path(run_dir) / name).exists() for name in RUN_FILES)
+
+
+@dataclass
+class RunRecord:
+    """What a run was asked for (RUN_DIR/recipe.json and run.json)."""
+
+    recipe: dict  # the resolved recipe, train.iters = the run's length
+    seed: int
+    data: str
+
+
+def read_record(run_dir: Path) -> RunRecord | None:
+    run_dir = Path(run_dir)
+    try:
+        recipe = json.loads((run_dir / "recipe.json").read_text())
+        run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{run_dir / 'recipe.json'}: unreadable run record ({err})") from None
+    return RunRecord(recipe, int(run.get("seed", 0)), str(run.get("data", "")))
+
+
+def write_record(run_dir: Path, record: RunRecord) -> None:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / "recipe.json", lambda tmp: Path(tmp).write_text(json.dumps(record.recipe, indent=1)))
+    run = {"seed": record.seed, "data": record.data}
+    atomic_write(run_dir / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1)))
+
+
+def first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
+    """The first key (dotted) whose value differs between two nested dicts, or None."""
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            found = first_difference(x, y, f"{prefix}{key}.")
+            if found:
+                return found
+        elif x != y:
+            return f"{prefix}{key}"
+    return None
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, clear: bool = True) -> None:
+    """Refuse a folder that holds a run unless asked to resume it or start again (then, when
+    `clear`, remove the run's files: only rank 0 of a multi-process run does)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir}: is a file, not a folder")
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: choose one")
+    if overwrite and clear:
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    elif not resume and not overwrite and holds_run(run_dir):
+        done = checkpoints(run_dir)
+        what = f"{done[-1][0]} iterations done" if done else "no checkpoint yet"
+        raise UsageError(f"--out {run_dir} holds a run ({what}): use --resume to continue it, --overwrite to "
+                         "start again, or another --out")

@@ -1,5 +1,13 @@
 """The training loop: plain PyTorch, one process per GPU under torchrun (DDP), CPU for tiny recipes.
 
+`train` is four parts that can be tested on their own: `setup_distributed` (ranks, device, process
+group), the run folder and resume state (`checkpoint.py`; `_resolve_run`), one optimiser
+step (`train_step`) and what follows it (`after_step`: log, validate, checkpoint).
+
+The recipe's batch is the global batch: under torchrun each of W processes takes batch / W samples
+per step (as the A2U code does), so a run's iterations, learning rates and results do not depend on
+how many GPUs it runs on.
+
 Reproducibility: every random draw of the data pipeline is seeded by (seed, epoch, sample); the
 order of samples by (seed, epoch); dropout by the global torch generator, saved in checkpoints;
 learning rates are a function of the iteration. A run killed at any point and resumed with
@@ -8,6 +16,7 @@ learning rates are a function of the iteration. A run killed at any point and re
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -21,7 +30,8 @@ import torch.nn as nn
 
 from mattecli.errors import UsageError
 from mattecli.inference.pipeline import encode_batch
-from mattecli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mattecli.models.layers import BNAct
+from mattecli.train import checkpoint as ckpt
 from mattecli.train.losses import LOSSES
 from mattecli.train.schedules import lr_factor
 
@@ -34,10 +44,13 @@ class TrainOptions:
     device: str = "cpu"
     workers: int = 0
     resume: bool = False
-    seed: int = 0
-    pretrained: Path | None = None
+    seed: int | None = None  # None: the run's seed on --resume, else 0
+    pretrained: Path | str | None = None  # a checkpoint file, "none" (from scratch on purpose) or None
     progress: bool = True
     val_limit: int = 0  # validate on at most this many samples (0 = all)
+    iters: int | None = None  # the run's length; None: the run's on --resume, else the recipe's
+    overwrite: bool = False  # start again in a folder that holds a run
+    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard
 
 
 @dataclass
@@ -45,9 +58,10 @@ class TrainResult:
     iterations: int
     last_loss: float
     history: list = field(default_factory=list)
-    best_sad: float | None = None
+    best: dict | None = None  # {"metric", "value", "iter"} of best.safetensors
     run_dir: Path | None = None
     model: nn.Module | None = None  # the trained network (not wrapped in DDP or compiled)
+    finished_before: bool = False  # --resume found the run already at its length: nothing was trained
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -68,6 +82,87 @@ class EpochSampler(torch.utils.data.Sampler):
         return len(self.indices)
 
 
+# --- distributed set-up ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0  # only rank 0 writes logs, checkpoints and weights
+
+
+def parse_device(name: str) -> torch.device:
+    """`cpu`, `cuda`, `cuda:N` or `auto` (CUDA when there is one); anything else is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name}: expected cpu, cuda, cuda:N or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def setup_distributed(device_name: str) -> Dist:
+    """Ranks from torchrun's environment; the process group and this rank's GPU when W > 1."""
+    device = parse_device(device_name)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # rank 0 validates and writes while the others wait in their next all-reduce: NCCL's
+        # default 10-minute timeout would kill a run validating on Composition-1k
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+    return Dist(rank, local_rank, world, device)
+
+
+def _teardown(dist_info: Dist) -> None:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class SyncBNAct(BNAct, nn.SyncBatchNorm):
+    """`BNAct` with synchronised statistics: BNAct's forward calls super().forward, which in this
+    class's order is SyncBatchNorm's, then applies BNAct's activation."""
+
+
+def convert_sync_bn(module: nn.Module) -> nn.Module:
+    """Every BatchNorm (including BNAct, keeping its activation) as SyncBatchNorm, parameters and
+    statistics kept: the BN of the A2U (InPlaceABNSync) and TCP multi-GPU runs."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        if isinstance(module, BNAct):
+            new = SyncBNAct(module.num_features, module.activation, module.slope)
+        else:
+            new = nn.SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                   module.track_running_stats)
+        new.eps, new.momentum = module.eps, module.momentum
+        new.load_state_dict(module.state_dict())
+        return new.to(module.running_mean.device).train(module.training)
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_bn(child))
+    return module
+
+
+# --- the run: what it was asked for, and where it stands -------------------------------------------
+
+
 def _split_dirs(data: Path) -> tuple[Path, Path | None]:
     data = Path(data)
     if (data / "train" / "manifest.csv").is_file():
@@ -76,6 +171,43 @@ def _split_dirs(data: Path) -> tuple[Path, Path | None]:
     if (data / "manifest.csv").is_file():
         return data, None
     raise UsageError(f"--data {data}: no train/manifest.csv (prepare it with `matte prepare-data`)")
+
+
+def _comparable(recipe_dict: dict) -> dict:
+    """The parts of a resolved recipe a resumed run must share with its record (its length may grow)."""
+    from mattecli.recipes import recipe_from_dict
+
+    resolved = recipe_from_dict(recipe_dict, recipe_dict.get("name", "run")).to_dict()  # today's defaults filled in
+    resolved["train"] = {k: v for k, v in resolved["train"].items() if k != "iters"}
+    return {k: resolved[k] for k in ("name", "model", "data", "train")}
+
+
+def _resolve_run(opts: TrainOptions, run_dir: Path):
+    """-> (recipe with train.iters = the run's length, seed, checkpoint to resume from or None)."""
+    recipe = opts.recipe
+    record = ckpt.read_record(run_dir) if opts.resume else None
+    checkpoint = ckpt.latest_checkpoint(run_dir) if opts.resume else None
+    if record is None:
+        iters, seed = opts.iters or recipe.train.iters, opts.seed or 0
+    else:
+        given, recorded = _comparable(recipe.to_dict()), _comparable(record.recipe)
+        if given["name"] != recorded["name"]:
+            raise UsageError(f"--resume: {run_dir} is a run of recipe {recorded['name']}, not {given['name']} "
+                             f"(--recipe {recorded['name']} continues it; another --out starts a new run)")
+        key = ckpt.first_difference(recorded, given)
+        if key is not None:
+            raise UsageError(f"--resume: {run_dir} was started with another {key} than this recipe gives "
+                             "(resume with the run's settings; another --out starts a new run)")
+        if opts.seed is not None and opts.seed != record.seed:
+            raise UsageError(f"--resume: {run_dir} was started with --seed {record.seed}, not {opts.seed}")
+        iters, seed = opts.iters or record.recipe["train"]["iters"], record.seed
+    if iters < 1:
+        raise UsageError(f"--iters {iters}: a run needs at least one iteration")
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, iters=iters))
+    return recipe, seed, checkpoint
+
+
+# --- the model and its optimiser -------------------------------------------------------------------
 
 
 def _param_groups(model: nn.Module, cfg) -> list[dict]:
@@ -93,154 +225,234 @@ def _freeze_encoder_bn(model: nn.Module) -> None:
                 m.eval()
 
 
-def _dist() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+def _initialise_encoder(model, recipe, pretrained, writer: bool) -> None:
+    """`--pretrained FILE` fills the encoder; `none` keeps the random one on purpose. A recipe whose
+    `train.pretrained` is `imagenet` (every published one) refuses to start without either."""
+    if pretrained is None and recipe.train.pretrained == "imagenet":
+        raise UsageError(f"recipe {recipe.name} starts from an ImageNet encoder: pass --pretrained FILE "
+                         "(see README, Training), or --pretrained none to train from scratch on purpose")
+    if pretrained is None or str(pretrained) == "none":
+        return
+    from mattecli.train.pretrained import load_pretrained_encoder
+
+    info = load_pretrained_encoder(model, recipe, pretrained)
+    if writer:
+        print(f"matte train: --pretrained {pretrained}: {info['loaded']} encoder tensors loaded "
+              f"({info['layout']} layout), {len(info['ignored'])} unused")
+
+
+# --- one step, and what follows it -----------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """Everything a step and its aftermath read or change."""
+
+    recipe: object
+    model: nn.Module
+    net: nn.Module  # the model as stepped: wrapped in DDP and/or compiled
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    dist: Dist
+    run_dir: Path
+    batches_per_epoch: int
+    iteration: int = 0
+    best: dict | None = None
+    history: list = field(default_factory=list)
+    val_samples: list = field(default_factory=list)
+    tensorboard: object = None
+
+    @property
+    def use_amp(self) -> bool:
+        return self.scaler.is_enabled()
+
+    @property
+    def val_iters(self) -> int:
+        """Iterations between validations (0: never); `data.val_unit: epochs` counts this run's epochs."""
+        data = self.recipe.data
+        if not (self.val_samples and data.val_every):
+            return 0
+        return data.val_every * (self.batches_per_epoch if data.val_unit == "epochs" else 1)
+
+
+def train_step(session: Session, batch: dict) -> float:
+    """One optimiser step on one batch at `session.iteration`'s learning rate; -> the loss."""
+    recipe, cfg, model, optimizer, scaler = session.recipe, session.recipe.train, session.model, \
+        session.optimizer, session.scaler
+    factor = lr_factor(cfg, session.iteration)
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    session.net.train()
+    if cfg.freeze_encoder_bn:
+        _freeze_encoder_bn(model)
+    batch = {k: v.to(session.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+    inputs = [encode_batch(batch["image"], batch["trimap"], recipe.infer)]
+    if "trimap2" in batch:  # a second trimap (tcp pipeline) is the model's second input
+        inputs.append(encode_batch(batch["image"], batch["trimap2"], recipe.infer))
+    try:
+        with torch.autocast(session.device.type, dtype=torch.float16, enabled=session.use_amp):
+            pred = session.net(*inputs)
+    except ValueError as err:
+        if "Expected more than 1 value per channel" not in str(err):
+            raise
+        raise UsageError(f"batch of {len(batch['image'])} per process: recipe {recipe.name}'s model normalises a "
+                         "globally pooled feature with BatchNorm, which needs at least 2 samples per process "
+                         "in training; use a larger --batch-size") from None
+    loss = LOSSES[cfg.loss](pred.float(), batch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    session.iteration += 1
+    return loss.item()
+
+
+def after_step(session: Session, loss: float, rate: float) -> None:
+    """Rank 0's work after a step: the log entry (every `log_every` iterations and at validations),
+    validation (every `val_every`), best/last weights and the checkpoint (every `checkpoint_every`)."""
+    from mattecli.train.curves import plot_curves
+    from mattecli.weights import save_weights
+
+    if not session.dist.writer:
+        return
+    s, cfg = session, session.recipe.train
+    last = s.iteration == cfg.iters
+    validate_now = s.val_iters and s.iteration % s.val_iters == 0
+    if s.iteration % cfg.log_every == 0 or last or validate_now:
+        entry = {"iter": s.iteration, "loss": loss, "lr": s.optimizer.param_groups[-1]["lr"],
+                 "samples_per_s": round(rate, 2)}
+        if validate_now:
+            entry["val"] = validate(s.model, s.recipe, s.val_samples, s.device)
+            metric = s.recipe.data.val_metric
+            # ties go to the later model, as the authors' `<=` does (hltrainval.py:476, trainval.py:234)
+            if s.best is None or entry["val"][metric] <= s.best["value"]:
+                s.best = {"metric": metric, "value": entry["val"][metric], "iter": s.iteration}
+                save_weights(s.model, s.recipe, s.run_dir / "best.safetensors",
+                             metadata={"selected_by": json.dumps(s.best)})
+        s.history.append(entry)
+        _append_log(s.run_dir / "log.jsonl", entry)
+        if s.tensorboard is not None:
+            s.tensorboard.add(entry)
+        if validate_now or last or s.iteration % cfg.checkpoint_every == 0:
+            plot_curves(s.history, s.run_dir / "curves.png")  # drawn when something new is worth a look
+    if s.iteration % cfg.checkpoint_every == 0 or last:
+        state = ckpt.training_state(s.model, s.optimizer, s.scaler, s.iteration, s.best, s.device)
+        ckpt.save_checkpoint(s.run_dir, state, s.iteration)
+        save_weights(s.model, s.recipe, s.run_dir / "last.safetensors")
+
+
+# --- the loop --------------------------------------------------------------------------------------
 
 
 def train(opts: TrainOptions) -> TrainResult:
-    """Train `opts.recipe` on `opts.data`, writing checkpoints, weights, log.jsonl and curves.png."""
+    """Train `opts.recipe` on `opts.data` into the run folder `opts.out`.
+
+    Writes RUN/recipe.json and run.json (what the run was asked for), checkpoints/iter_N.pt,
+    last.safetensors, best.safetensors (by the recipe's `data.val_metric`), log.jsonl and curves.png.
+
+    Raises:
+        UsageError: a folder that holds a run without resume/overwrite, a resume with other
+            settings, a published recipe without `--pretrained`, a batch that does not split across
+            processes, and the other one-line refusals named in their messages.
+    """
     from mattecli.data.pipelines import build_dataset
     from mattecli.models import build_model
-    from mattecli.weights import save_weights
 
-    recipe, cfg = opts.recipe, opts.recipe.train
-    rank, local_rank, world = _dist()
-    device = torch.device(opts.device)
-    if world > 1:
-        import torch.distributed as dist
-
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        # rank 0 validates and writes while the others wait in their next all-reduce: NCCL's
-        # default 10-minute timeout would kill a run validating on Composition-1k
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {opts.device}: CUDA is not available on this machine")
-    writer = rank == 0
     run_dir = Path(opts.out)
-    train_dir, test_dir = _split_dirs(opts.data)
+    dist_info = setup_distributed(opts.device)
+    try:
+        return _train(opts, run_dir, dist_info, build_dataset, build_model)
+    finally:
+        _teardown(dist_info)
 
-    torch.manual_seed(opts.seed)
-    model = build_model(recipe)
-    if opts.pretrained:
-        from mattecli.train.pretrained import load_pretrained_encoder
 
-        info = load_pretrained_encoder(model, recipe, opts.pretrained)
-        if writer:
-            print(f"matte train: --pretrained {opts.pretrained}: {info['loaded']} encoder tensors loaded, "
-                  f"{len(info['ignored'])} unused")
-    model.to(device)
-    optimizer = torch.optim.Adam(_param_groups(model, cfg), betas=cfg.betas, weight_decay=cfg.weight_decay)
-    dataset = build_dataset(recipe.data, train_dir, seed=opts.seed)
-    per_rank = len(dataset) // world
-    batches_per_epoch = per_rank // cfg.batch_size
-    if batches_per_epoch == 0:
-        raise UsageError(f"{train_dir}: {len(dataset)} samples are fewer than one batch of {cfg.batch_size} per process")
-
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    iteration, best_sad, history = 0, None, []
-    checkpoint = latest_checkpoint(run_dir) if opts.resume else None
+def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
+    writer, device, world = dist_info.writer, dist_info.device, dist_info.world
+    if opts.recipe.train.batch_size % world:
+        raise UsageError(f"batch size {opts.recipe.train.batch_size} does not split across {world} processes "
+                         "(the recipe's batch is the global batch)")
+    ckpt.prepare_run_dir(run_dir, opts.resume, opts.overwrite, clear=writer)
+    if world > 1:
+        torch.distributed.barrier()  # rank 0 has cleared the folder (--overwrite) before anyone reads it
+    recipe, seed, checkpoint = _resolve_run(opts, run_dir)
+    cfg = recipe.train
     if opts.resume and checkpoint is None and writer:
         print(f"matte train: --resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
+    per_rank_batch = cfg.batch_size // world
+    if opts.tensorboard:
+        from mattecli.train.curves import check_tensorboard
+
+        check_tensorboard()
+    train_dir, test_dir = _split_dirs(opts.data)
+
+    torch.manual_seed(seed)
+    model = build_model(recipe)
+    if checkpoint is None:
+        _initialise_encoder(model, recipe, opts.pretrained, writer)
+    model.to(device)
+    if world > 1 and cfg.sync_bn and device.type == "cuda":  # SyncBatchNorm runs on GPUs only
+        model = convert_sync_bn(model)
+    optimizer = torch.optim.Adam(_param_groups(model, cfg), betas=cfg.betas, weight_decay=cfg.weight_decay)
+    dataset = build_dataset(recipe.data, train_dir, seed=seed)
+    batches_per_epoch = (len(dataset) // world) // per_rank_batch
+    if batches_per_epoch == 0:
+        raise UsageError(f"{train_dir}: {len(dataset)} samples are fewer than one batch of {cfg.batch_size}")
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+
+    session = Session(recipe, model, model, optimizer, scaler, device, dist_info, run_dir, batches_per_epoch)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        if use_amp and "scaler" in state:  # the loss scale it had grown or shrunk to
-            scaler.load_state_dict(state["scaler"])
-        iteration, best_sad = int(state["iteration"]), state.get("best_sad")
-        history = _read_log(run_dir / "log.jsonl", upto=iteration)
+        session.iteration, session.best = ckpt.restore_training_state(ckpt.load_checkpoint(checkpoint), model,
+                                                                      optimizer, scaler, device)
+        session.history = _read_log(run_dir / "log.jsonl", upto=session.iteration)
+    if session.iteration >= cfg.iters:
         if writer:
-            print(f"matte train: resumed from {checkpoint} at iteration {iteration}")
-
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-    loss_fn = LOSSES[cfg.loss]
-    val_samples = _validation_samples(test_dir, opts.val_limit) if (test_dir and recipe.data.val_every) else []
-
+            print(f"matte train: {run_dir} is finished ({session.iteration} of {cfg.iters} iterations); "
+                  "--iters N with a larger N extends it")
+        last = session.history[-1]["loss"] if session.history else float("nan")
+        return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True)
     if writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
-    progress = _Progress(opts.progress and writer, cfg.iters, iteration)
+        ckpt.write_record(run_dir, ckpt.RunRecord(recipe.to_dict(), seed, str(opts.data)))
+        if checkpoint is not None:
+            print(f"matte train: resumed from {checkpoint} at iteration {session.iteration} of {cfg.iters}")
+    if world > 1:
+        session.net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        session.net = torch.compile(session.net)
+    if test_dir and recipe.data.val_every:
+        session.val_samples = _validation_samples(test_dir, opts.val_limit)
+    if opts.tensorboard and writer:
+        from mattecli.train.curves import TensorBoardLog
+
+        session.tensorboard = TensorBoardLog(run_dir / "tensorboard", session.iteration)
+
+    progress = _Progress(opts.progress and writer, cfg.iters, session.iteration)
     last_loss, t0, seen = float("nan"), time.perf_counter(), 0
     try:
-        while iteration < cfg.iters:
-            epoch, position = divmod(iteration, batches_per_epoch)
+        while session.iteration < cfg.iters:
+            epoch, position = divmod(session.iteration, batches_per_epoch)
             dataset.set_epoch(epoch)
-            sampler = EpochSampler(len(dataset), opts.seed, epoch, position * cfg.batch_size, rank, world)
+            sampler = EpochSampler(len(dataset), seed, epoch, position * per_rank_batch, dist_info.rank, world)
             loader = torch.utils.data.DataLoader(
-                dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=opts.workers, drop_last=True,
+                dataset, batch_size=per_rank_batch, sampler=sampler, num_workers=opts.workers, drop_last=True,
                 generator=torch.Generator(),  # keeps the loader from drawing on the global generator
                 pin_memory=device.type == "cuda")
             for batch in loader:
-                factor = lr_factor(cfg, iteration)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * factor
-                net.train()
-                if cfg.freeze_encoder_bn:
-                    _freeze_encoder_bn(model)
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
-                inputs = [encode_batch(batch["image"], batch["trimap"], recipe.infer)]
-                if "trimap2" in batch:  # a second trimap (tcp pipeline) is the model's second input
-                    inputs.append(encode_batch(batch["image"], batch["trimap2"], recipe.infer))
-                with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                    pred = net(*inputs)
-                loss = loss_fn(pred.float(), batch)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                iteration += 1
-                seen += cfg.batch_size * world
-                last_loss = loss.item()
+                last_loss = train_step(session, batch)
+                seen += cfg.batch_size
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
-                progress.update(iteration, last_loss, optimizer.param_groups[-1]["lr"], rate)
-                if writer and (iteration % cfg.log_every == 0 or iteration == cfg.iters):
-                    entry = {"iter": iteration, "loss": last_loss, "lr": optimizer.param_groups[-1]["lr"],
-                             "samples_per_s": round(rate, 2)}
-                    if val_samples and iteration % recipe.data.val_every == 0:
-                        entry["val"] = validate(model, recipe, val_samples, device)
-                        if best_sad is None or entry["val"]["sad"] < best_sad:
-                            best_sad = entry["val"]["sad"]
-                            save_weights(model, recipe, run_dir / "best.safetensors")
-                    history.append(entry)
-                    _append_log(run_dir / "log.jsonl", entry)
-                    _plot_curves(history, run_dir / "curves.png")
-                if writer and (iteration % cfg.checkpoint_every == 0 or iteration == cfg.iters):
-                    save_checkpoint(run_dir, _state(model, optimizer, scaler, iteration, best_sad, device), iteration)
-                    save_weights(model, recipe, run_dir / "last.safetensors")
-                if iteration >= cfg.iters:
+                progress.update(session.iteration, last_loss, optimizer.param_groups[-1]["lr"], rate)
+                after_step(session, last_loss, rate)
+                if session.iteration >= cfg.iters:
                     break
     finally:
         progress.close()
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    return TrainResult(iteration, last_loss, history, best_sad, run_dir, model)
-
-
-def _state(model, optimizer, scaler, iteration, best_sad, device) -> dict:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-             "torch_rng": torch.get_rng_state(), "best_sad": best_sad}
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    if scaler.is_enabled():
-        state["scaler"] = scaler.state_dict()
-    return state
+        if session.tensorboard is not None:
+            session.tensorboard.close()
+    return TrainResult(session.iteration, last_loss, session.history, session.best, run_dir, model)
 
 
 def _validation_samples(test_dir: Path, limit: int):
@@ -288,31 +500,6 @@ def _read_log(path: Path, upto: int) -> list[dict]:
     if len(kept) != len(entries):
         path.write_text("".join(json.dumps(e) + "\n" for e in kept))
     return kept
-
-
-def _plot_curves(history: list[dict], path: Path, size=(640, 360)) -> None:
-    """Loss (and validation SAD) against iterations, drawn with Pillow (no plotting dependency)."""
-    from PIL import Image, ImageDraw
-
-    from mattecli.imageio import atomic_write
-
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    w, h, m = size[0], size[1], 40
-    draw.rectangle([m, 10, w - 10, h - m], outline="black")
-    series = [("loss", [(e["iter"], e["loss"]) for e in history], (31, 119, 180)),
-              ("val SAD", [(e["iter"], e["val"]["sad"]) for e in history if "val" in e], (214, 39, 40))]
-    last_iter = max([e["iter"] for e in history] + [1])
-    for k, (label, points, colour) in enumerate(series):
-        if not points:
-            continue
-        top = max(p[1] for p in points) or 1.0
-        xy = [(m + (w - 10 - m) * it / last_iter, (h - m) - (h - m - 10) * v / top) for it, v in points]
-        if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2)
-        draw.text((m + 5, 14 + 14 * k), f"{label} (max {top:.4g}, last {points[-1][1]:.4g})", fill=colour)
-    draw.text((m, h - m + 8), f"iteration 0 .. {last_iter}", fill="black")
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 class _Progress:

@@ -48,9 +48,32 @@ def composition_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
     return _per_sample_mean(charbonnier(comp - batch["image"]), unknown_region(batch))
 
 
-def dim_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Deep Image Matting's loss as IndexNet and A2U train with it: 0.5 alpha + 0.5 composition."""
-    return 0.5 * alpha_loss(pred, batch) + 0.5 * composition_loss(pred, batch)
+def _weighted_mean(diff: torch.Tensor, region: torch.Tensor, plus_one: bool) -> torch.Tensor:
+    """The authors' `weighted_loss` term (hltrainval.py:164-182, A2U trainval.py:434-452).
+
+    Charbonnier of the masked difference at every pixel (so pixels outside the region add eps, as
+    theirs do), summed over pixels and channels per sample, divided by the number of region pixels
+    (counted once, not per channel; + 1 in A2U's version), then averaged over the batch.
+    """
+    region = region.to(diff.dtype)
+    per_pixel = charbonnier(diff * region)
+    count = region.sum(dim=(1, 2, 3))
+    denominator = count + 1 if plus_one else count.clamp_min(1)  # IndexNet's crops always hold unknown pixels
+    return (per_pixel.sum(dim=(1, 2, 3)) / denominator).mean()
+
+
+def dim_loss(pred: torch.Tensor, batch: dict, plus_one: bool = False) -> torch.Tensor:
+    """Deep Image Matting's loss as IndexNet trains with it: 0.5 alpha + 0.5 composition, the
+    composition error summed over the 3 colour channels (hltrainval.py:164-182)."""
+    region = unknown_region(batch)
+    comp = pred * batch["fg"] + (1 - pred) * batch["bg"]
+    return 0.5 * _weighted_mean(pred - batch["alpha"], region, plus_one) \
+        + 0.5 * _weighted_mean(comp - batch["image"], region, plus_one)
+
+
+def dim_a2u_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
+    """A2U's variant of `dim_loss`: 1 added to each denominator (trainval.py:440, 449)."""
+    return dim_loss(pred, batch, plus_one=True)
 
 
 def l1_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -70,4 +93,4 @@ def tcp_loss(pred: torch.Tensor, batch: dict, theta: float = 0.1) -> torch.Tenso
     return 0.9 * alpha_loss(pred, batch) + 0.1 * bg
 
 
-LOSSES = {"dim": dim_loss, "l1": l1_loss, "alpha": alpha_loss, "tcp": tcp_loss}
+LOSSES = {"dim": dim_loss, "dim-a2u": dim_a2u_loss, "l1": l1_loss, "alpha": alpha_loss, "tcp": tcp_loss}

@@ -1,7 +1,11 @@
-"""`matte train --pretrained FILE`: ImageNet encoders from torchvision-format state dicts.
+"""`matte train --pretrained FILE`: ImageNet encoders from torchvision-format state dicts, or from the
+checkpoints the authors initialised from, in their layouts.
 
-Nothing can be downloaded at run time, so the user brings the file (e.g. torchvision's own
-`mobilenet_v2-b0353104.pth` or `resnet34-b627a593.pth`). One explicit key map per family
+Nothing can be downloaded at run time, so the user brings the file: torchvision's own
+`mobilenet_v2-b0353104.pth` or `resnet34-b627a593.pth`, or the authors' (IndexNet: CSAIL's
+`mobilenet_v2.pth.tar`, flat `features.N.conv.K` keys, as hlmobilenetv2.py:1177-1194 loads it; A2U:
+the InPlace-ABN ResNet-34 `resnet34.pth.tar`, `module.modN.blockB` keys, as resnet.py:700-718 loads
+it). The layout is recognised from the keys. One explicit key map per family and layout
 (`ENCODER_MAPS`): IndexNet's encoder is MobileNetV2, A2U's and TCP's are ResNet-34. The extra input
 channels of the stem (the trimap) are zero-initialised, so the pretrained network initially
 ignores them. Coverage is strict: every tensor of the model's encoder (`encoder_modules()`) must be
@@ -39,8 +43,9 @@ def _rename(rest: str, table: dict[str, str]) -> str:
     return rest
 
 
-def mobilenetv2_key(name: str) -> str | None:
-    """A torchvision (or the older flat `conv.K`) MobileNetV2 key -> IndexNet's; None for unused tensors."""
+def mobilenetv2_key(name: str, flat: bool = False) -> str | None:
+    """A torchvision MobileNetV2 key -> IndexNet's; None for unused tensors. `flat`: the CSAIL
+    checkpoint the IndexNet code loads, whose blocks keep the flat `conv.K` indices IndexNet has."""
     m = re.match(r"features\.(\d+)\.(.*)", name)
     if not m:
         return None  # classifier
@@ -50,6 +55,8 @@ def mobilenetv2_key(name: str) -> str | None:
     if index > 17:
         return None  # the final 1x1 conv to 1280 channels is not part of the matting encoder
     stage, block = _MBV2_BLOCKS[index - 1]
+    if flat:
+        return f"layer{stage}.{block}." + rest
     table = _TV_T1 if index == 1 else _TV_T6
     return f"layer{stage}.{block}." + _rename(rest, {k + ".": v + "." for k, v in table.items()})
 
@@ -94,7 +101,52 @@ def tcp_resnet34_key(name: str) -> str | None:
     return f"encoder.layer{stage}.block{int(block) + 1}." + _rename(rest, TORCHVISION_BLOCK_RENAMES)
 
 
+def a2u_abn_resnet34_key(name: str) -> str | None:
+    """A key of the InPlace-ABN ResNet-34 the A2U code initialises from -> A2U's (resnet.py:29-210:
+    `modN` is stage N-1, the first block of stages 2-3 a SplitBlock); None for unused tensors."""
+    m = re.fullmatch(r"mod(\d)\.(.*)", name)
+    if not m:
+        return None  # classifier
+    mod, rest = int(m.group(1)), m.group(2)
+    if mod == 1:
+        return "layer0." + _rename(rest, {"conv1.": "0.", "bn1.": "1."})
+    b = re.fullmatch(r"block(\d+)\.(.*)", rest)
+    if not b or mod > 4:
+        return None  # stage 4 (mod5) is not part of A2U's encoder
+    block, leaf = int(b.group(1)), b.group(2)
+    if mod == 2:
+        return f"layer1.block{block}.{leaf}"
+    if block == 1:
+        return f"layer{mod - 1}_1." + _rename(leaf, {"convs.conv1.": "layer1.conv1.", "convs.bn1.": "layer1.bn1.",
+                                                      "convs.conv2.": "layer2.conv2.", "convs.bn2.": "layer2.bn2."})
+    return f"layer{mod - 1}_2.block{block - 1}.{leaf}"
+
+
+def _abn_to_bn(source: dict) -> dict:
+    """InPlace-ABN scales by |weight| + eps: our BatchNorm gets that as its weight."""
+    from mattecli.weights import a2u_state_from_official
+
+    return a2u_state_from_official(source)
+
+
 # --- the table and the loader ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthorsLayout:
+    """The layout of the checkpoint the authors' code initialised the encoder from.
+
+    Attributes:
+        name: for messages.
+        detect: whether a state dict has this layout (from its keys).
+        key: their key -> ours, or None for tensors the matting encoder does not use.
+        prepare: turns their tensors into ours before mapping (e.g. InPlace-ABN weights).
+    """
+
+    name: str
+    detect: Callable[[dict], bool]
+    key: Callable[[str], str | None]
+    prepare: Callable[[dict], dict] = dict
 
 
 @dataclass(frozen=True)
@@ -105,16 +157,21 @@ class EncoderMap:
         source: the architecture the file must hold (for messages).
         key: torchvision key -> our key, or None for tensors the matting encoder does not use.
         stem: our first conv; its input channels beyond the source's (the trimap) start at zero.
+        authors: the authors' checkpoint layout, when it is not torchvision's.
     """
 
     source: str
     key: Callable[[str], str | None]
     stem: str
+    authors: AuthorsLayout | None = None
 
 
 ENCODER_MAPS = {
-    "indexnet": EncoderMap("MobileNetV2", mobilenetv2_key, "layer0.0.weight"),
-    "a2u": EncoderMap("ResNet-34", a2u_resnet34_key, "layer0.0.weight"),
+    "indexnet": EncoderMap("MobileNetV2", mobilenetv2_key, "layer0.0.weight", AuthorsLayout(
+        "CSAIL flat MobileNetV2", lambda sd: any(re.fullmatch(r"features\.\d+\.conv\.0\.weight", k) for k in sd),
+        lambda name: mobilenetv2_key(name, flat=True))),
+    "a2u": EncoderMap("ResNet-34", a2u_resnet34_key, "layer0.0.weight", AuthorsLayout(
+        "InPlace-ABN ResNet-34", lambda sd: "mod1.conv1.weight" in sd, a2u_abn_resnet34_key, _abn_to_bn)),
     "tcp": EncoderMap("ResNet-34", tcp_resnet34_key, "encoder.conv1.weight"),
 }
 
@@ -147,16 +204,20 @@ def map_encoder(model, family: str, source: dict, where: str = "--pretrained") -
         where: names the source in error messages (the file).
 
     Returns:
-        {"loaded": number of tensors copied, "ignored": source keys the encoder does not use}.
+        {"loaded": number of tensors copied, "ignored": source keys the encoder does not use,
+        "layout": "torchvision" or the authors' layout's name}.
 
     Raises:
         UsageError: no map for the family, a shape that differs, or encoder tensors left unfilled.
     """
     spec = encoder_map(family)
+    key_of, layout = spec.key, "torchvision"
+    if spec.authors is not None and spec.authors.detect(source):
+        source, key_of, layout = spec.authors.prepare(source), spec.authors.key, spec.authors.name
     own = model.state_dict()
     mapped, ignored = {}, []
     for name, tensor in source.items():
-        key = spec.key(name)
+        key = key_of(name)
         if key is None or key not in own:
             ignored.append(name)
             continue
@@ -172,10 +233,10 @@ def map_encoder(model, family: str, source: dict, where: str = "--pretrained") -
         mapped[key] = tensor
     missing = [k for k in encoder_keys(model) if k not in mapped]
     if missing:
-        raise UsageError(f"{where}: not a torchvision {spec.source} state dict; {len(missing)} encoder "
+        raise UsageError(f"{where}: not a {spec.source} state dict in the {layout} layout; {len(missing)} encoder "
                          f"tensors not filled: {', '.join(missing[:5])}")
     model.load_state_dict(mapped, strict=False)
-    return {"loaded": len(mapped), "ignored": ignored}
+    return {"loaded": len(mapped), "ignored": ignored, "layout": layout}
 
 
 def load_pretrained_encoder(model, recipe, path) -> dict:

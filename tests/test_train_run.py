@@ -1,0 +1,222 @@
+"""The parts of `train` on their own: the run folder (refusal, overwrite, record, resume checks),
+checkpoint order, the step's one-line refusals, the after-step cadence, SyncBatchNorm, the curves
+and TensorBoard. None of these trains for more than one step."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mattecli.errors import UsageError
+from mattecli.recipes import load_recipe
+from mattecli.train import checkpoint as ckpt
+from mattecli.train import loop
+from mattecli.train.loop import Dist, Session, TrainOptions, after_step, train, train_step
+
+
+def run_cli(*args):
+    """-> (exit code, what the user reads): a UsageError is exit 2 and its one line (cli.main)."""
+    from typer.testing import CliRunner
+
+    from mattecli.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    if isinstance(res.exception, UsageError):
+        return 2, str(res.exception)
+    return res.exit_code, res.output
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from mattecli.data.synthetic import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("synth")
+    prepare_synthetic(out, n_train=4, n_test=0, size=64, seed=1)
+    return out
+
+
+def test_a_folder_holding_a_run_is_refused_and_overwrite_clears_only_the_run(tmp_path):
+    run = tmp_path / "run"
+    ckpt.write_record(run, ckpt.RunRecord(load_recipe("demo-indexnet").to_dict(), 0, "data"))
+    ckpt.save_checkpoint(run, {"iteration": 7}, 7)
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"holds a run \(7 iterations done\): use --resume to continue it, "
+                                         r"--overwrite to start again, or another --out"):
+        ckpt.prepare_run_dir(run, resume=False, overwrite=False)
+    ckpt.prepare_run_dir(run, resume=True, overwrite=False)  # resuming is what the folder is for
+    with pytest.raises(UsageError, match="--resume and --overwrite"):
+        ckpt.prepare_run_dir(run, resume=True, overwrite=True)
+    ckpt.prepare_run_dir(run, resume=False, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    ckpt.prepare_run_dir(run, resume=False, overwrite=False)  # nothing of a run is left
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        ckpt.prepare_run_dir(tmp_path / "file", resume=False, overwrite=False)
+
+
+def test_checkpoints_are_ordered_by_iteration_not_by_name(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("iter_100000000.pt", "iter_99999999.pt", "iter_5.pt"):  # wider than the zero padding
+        torch.save({}, folder / name)
+    assert [i for i, _ in ckpt.checkpoints(tmp_path)] == [5, 99999999, 100000000]
+    assert ckpt.latest_checkpoint(tmp_path).name == "iter_100000000.pt"
+    ckpt.save_checkpoint(tmp_path, {"iteration": 100000001}, 100000001)
+    assert [i for i, _ in ckpt.checkpoints(tmp_path)] == [99999999, 100000000, 100000001]  # the oldest pruned
+
+
+def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
+    run = tmp_path / "run"
+    recorded = load_recipe("demo-indexnet", ["train.iters=10"])
+    ckpt.write_record(run, ckpt.RunRecord(recorded.to_dict(), 3, str(synth)))
+    code, text = run_cli("train", "--recipe", "demo-a2u", "--data", str(synth), "--out", str(run), "--resume")
+    assert code == 2 and "is a run of recipe demo-indexnet, not demo-a2u (--recipe demo-indexnet continues it" in text
+    assert len(text.splitlines()) == 1, text
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(run), "--resume",
+                         "--set", "train.lr=0.5")
+    assert code == 2 and "was started with another train.lr than this recipe gives" in text
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(run), "--resume",
+                         "--seed", "4")
+    assert code == 2 and "was started with --seed 3, not 4" in text
+    # the record's length and seed are the run's; an explicit --iters extends it
+    options = TrainOptions(load_recipe("demo-indexnet"), synth, run, resume=True)
+    recipe, seed, checkpoint = loop._resolve_run(options, run)
+    assert (recipe.train.iters, seed, checkpoint) == (10, 3, None)
+    options.iters = 25
+    assert loop._resolve_run(options, run)[0].train.iters == 25
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
+def test_an_unknown_device_is_one_line(tmp_path, synth, device):
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),
+                         "--device", device)
+    assert (code, text) == (2, f"--device {device}: expected cpu, cuda, cuda:N or auto")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_published_recipe_needs_pretrained(tmp_path, synth):
+    code, text = run_cli("train", "--recipe", "indexnet-m2o-nl-ctx", "--data", str(synth), "--out", str(tmp_path / "r"))
+    assert code == 2, text
+    assert "pass --pretrained FILE" in text and "--pretrained none to train from scratch" in text
+    assert len(text.splitlines()) == 1
+    model = nn.Linear(1, 1)
+    loop._initialise_encoder(model, load_recipe("indexnet-m2o-nl-ctx"), "none", writer=False)  # on purpose: fine
+    loop._initialise_encoder(model, load_recipe("demo-indexnet"), None, writer=False)  # the demo says none
+
+
+def test_batch_that_does_not_split_across_ranks_is_one_line(tmp_path, synth, monkeypatch):
+    monkeypatch.setattr(loop, "setup_distributed", lambda name: Dist(0, 0, 3, torch.device("cpu")))
+    with pytest.raises(UsageError, match="batch size 4 does not split across 3 processes"):
+        train(TrainOptions(load_recipe("demo-indexnet"), synth, tmp_path / "r", progress=False))
+
+
+def session_for(recipe, model, tmp_path, batches_per_epoch=4):
+    optimizer = torch.optim.Adam(loop._param_groups(model, recipe.train))
+    return Session(recipe, model, model, optimizer, torch.amp.GradScaler("cuda", enabled=False),
+                   torch.device("cpu"), Dist(0, 0, 1, torch.device("cpu")), tmp_path, batches_per_epoch)
+
+
+def test_batch_of_one_with_pooled_batchnorm_is_one_line(tmp_path):
+    from mattecli.models import build_model
+
+    recipe = load_recipe("demo-indexnet")
+    session = session_for(recipe, build_model(recipe), tmp_path)
+    trimap = torch.full((1, 1, 64, 64), 128, dtype=torch.uint8)
+    batch = {"image": torch.rand(1, 3, 64, 64), "fg": torch.rand(1, 3, 64, 64), "bg": torch.rand(1, 3, 64, 64),
+             "alpha": torch.rand(1, 1, 64, 64), "trimap": trimap}
+    with pytest.raises(UsageError, match="batch of 1 per process: recipe demo-indexnet's model normalises a globally "
+                                         "pooled feature with BatchNorm, which needs at least 2 samples"):
+        train_step(session, batch)
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+
+    def encoder_modules(self):
+        return [self.conv]
+
+
+@pytest.mark.parametrize("unit,every,expected", [("iters", 3, [3, 6, 9, 12]), ("epochs", 1, [4, 8, 12])])
+def test_validation_runs_every_val_every_whatever_log_every(tmp_path, monkeypatch, unit, every, expected):
+    from safetensors import safe_open
+
+    sads = iter([5.0, 3.0, 3.0, 4.0])  # the tie at the 3rd validation goes to the later model
+    monkeypatch.setattr(loop, "validate", lambda *a: {"sad": next(sads), "mse": 0.1, "grad": 2.0, "conn": 1.0})
+    recipe = load_recipe("demo-indexnet", ["train.log_every=5", "train.checkpoint_every=100", "train.iters=12",
+                                           f"data.val_every={every}", f"data.val_unit={unit}", "data.val_metric=sad"])
+    session = session_for(recipe, Tiny(), tmp_path)
+    session.val_samples = ["sample"]
+    for i in range(1, 13):
+        session.iteration = i
+        after_step(session, loss=1.0 / i, rate=1.0)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e["iter"] for e in log if "val" in e] == expected
+    assert [e["iter"] for e in log if "val" not in e] == sorted({5, 10} - set(expected))
+    best_iter = expected[2] if len(expected) > 2 else expected[1]
+    assert session.best == {"metric": "sad", "value": 3.0, "iter": best_iter}
+    with safe_open(str(tmp_path / "best.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["selected_by"]) == session.best
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert ckpt.latest_checkpoint(tmp_path).name == "iter_00000012.pt"  # the last iteration checkpoints
+
+
+def test_sync_batchnorm_keeps_parameters_statistics_and_activations():
+    from mattecli.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(load_recipe("demo-a2u"))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    x = torch.randn(1, 4, 64, 64)
+    before = model(x)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    synced = loop.convert_sync_bn(model)
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == bns
+    assert isinstance(synced.layer0[1], loop.SyncBNAct) and synced.layer0[1].activation == "leaky_relu"
+    assert torch.equal(synced(x), before)  # eval mode: the same function, activation included
+
+
+def test_curves_and_tensorboard(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from mattecli.train.curves import TensorBoardLog, plot_curves
+
+    history = [{"iter": i, "loss": 1.0 / i, "lr": 0.01 if i < 50 else 0.001, "samples_per_s": 3.0} for i in range(1, 101)]
+    for e in history[9::10]:
+        e["val"] = {"sad": 100.0 / e["iter"], "mse": 0.01, "grad": 5.0, "conn": 4.0}
+    plot_curves(history, tmp_path / "curves.png")
+    assert Image.open(tmp_path / "curves.png").size[0] > 800  # loss, lr and four metrics: 3 panels wide
+    pytest.importorskip("tensorboard")
+    log = TensorBoardLog(tmp_path / "tb", start=0)
+    for e in history:
+        log.add(e)
+    log.close()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [s.value for s in events.Scalars("val/sad")][:2] == pytest.approx([10.0, 5.0])
+    assert len(events.Scalars("train/loss")) == 100
+
+
+def test_tensorboard_missing_is_one_line(monkeypatch):
+    import builtins
+
+    from mattecli.train.curves import check_tensorboard
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "tensorboard" or name.startswith("tensorboard."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(UsageError, match="--tensorboard: the tensorboard package is not installed"):
+        check_tensorboard()
