@@ -151,6 +151,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         else:
             todo.append(_Item(image_path, trimap_path, targets))
 
+    device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
     pool = ThreadPoolExecutor(workers, thread_name_prefix="matte-io") if workers > 0 else _Inline()
     reads: deque[tuple[_Item, Future]] = deque()
     writes: deque[tuple[_Item, Future]] = deque()
@@ -189,7 +190,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     report.failed.append((str(item.image_path), f"{type(err).__name__}: {err}"))
                     advance()
                     continue
-                writes.append((item, pool.submit(_write, item, image, alpha, background)))
+                writes.append((item, pool.submit(_write, item, image, alpha, background, device)))
                 drain_writes(prefetch)
             drain_writes(0)
     finally:
@@ -241,7 +242,7 @@ def _load(item: _Item, overwrite: bool):
     return image, trimap, alpha, [note] if note else []
 
 
-def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background) -> None:
+def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, device=None) -> None:
     from mattecli.inference.outputs import write_outputs
 
     if any(kind != "alpha" for kind in item.targets) and threading.current_thread() is not threading.main_thread():
@@ -250,7 +251,7 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background) -> Non
         # The model already uses every core; a parallel foreground estimation beside it would
         # oversubscribe them (numba's thread count is per calling thread, so this stays local).
         numba.set_num_threads(1)
-    write_outputs(item.targets, image, alpha, background)
+    write_outputs(item.targets, image, alpha, background, device)
 
 
 def _record(report: BatchReport, item: _Item, future: Future) -> None:
