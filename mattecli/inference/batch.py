@@ -100,7 +100,8 @@ def find_pairs(images: Path, trimaps: Path | None,
 class _Item:
     image_path: Path
     trimap_path: Path
-    targets: dict  # kind -> Path
+    targets: dict  # kind -> Path, the outputs to write
+    alpha_path: Path | None = None  # an alpha already written is reused from here (unless overwrite)
 
 
 def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None, overwrite: bool = False,
@@ -108,8 +109,10 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                  workers: int = 2, prefetch: int = 2) -> BatchReport:
     """Write the requested outputs (`save`, see `outputs.OUTPUT_KINDS`) for every image with a trimap.
 
-    An image is done when all its requested outputs exist; it is skipped then, unless `overwrite`.
-    An existing alpha is reused (not recomputed) when other outputs of the same image are missing.
+    An image is done when all its requested outputs exist and are current (`outputs.is_current`: a
+    composite made with another background is not); it is skipped then, unless `overwrite`. Otherwise
+    only its missing or stale outputs are written, from its existing alpha when there is one (the
+    model does not run again), e.g. after changing `--background`.
 
     Args:
         pipeline: a `Pipeline` (or any callable with `matte(image, trimap) -> (alpha, how)`).
@@ -129,7 +132,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     Returns:
         The report: done, skipped, failed with reasons, notes.
     """
-    from mattecli.inference.outputs import output_paths
+    from mattecli.inference.outputs import is_current, output_paths
 
     pairs, problems = find_pairs(Path(images), Path(trimaps) if trimaps else None, shard)
     report = BatchReport(failed=list(problems))
@@ -146,10 +149,12 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         if clash:
             report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
                                                    "choose another --out"))
-        elif not overwrite and all(t.exists() for t in targets.values()):
-            report.skipped.append(str(image_path))
         else:
-            todo.append(_Item(image_path, trimap_path, targets))
+            stale = {kind: t for kind, t in targets.items() if overwrite or not is_current(kind, t, background)}
+            if stale:
+                todo.append(_Item(image_path, trimap_path, stale, targets.get("alpha")))
+            else:
+                report.skipped.append(str(image_path))
 
     device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
     pool = ThreadPoolExecutor(workers, thread_name_prefix="matte-io") if workers > 0 else _Inline()
@@ -180,6 +185,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     report.notes.extend(notes)
                     if alpha is None:
                         alpha, how = pipeline.matte(image, trimap)
+                        if item.alpha_path is not None:  # a new alpha replaces an unusable one on disk
+                            item.targets.setdefault("alpha", item.alpha_path)
                         if how != "whole":
                             report.tiled.append((str(item.image_path), how))
                 except InputError as err:
@@ -231,7 +238,7 @@ def _load(item: _Item, overwrite: bool):
         raise InputError(item.trimap_path, f"trimap is {trimap.shape[1]}x{trimap.shape[0]} but image "
                                            f"{item.image_path.name} is {image.shape[1]}x{image.shape[0]}")
     alpha = None
-    existing = item.targets.get("alpha")
+    existing = item.alpha_path
     if existing is not None and not overwrite and existing.exists():
         try:  # finish an interrupted item: its alpha is already written
             alpha = read_gray(existing)
