@@ -10,10 +10,7 @@ proves each swap equal to 1e-5 on random inputs of odd sizes):
   already AveragePool and Resize(nearest) times the index map; the cells are SpaceToDepth /
   DepthToSpace.
 - A2U's operators (`unfold` + einsum, grouped convs with per-sample filters, adaptive pooling) run
-  in their `gather` form: each operator's windows gathered by one convolution with fixed one-hot
-  kernels, then one multiply + sum (or MatMul), DepthToSpace, bin-matrix pooling. The
-  full-resolution site keeps the `shift` form (pad + strided slices + multiply-add per tap): its
-  gathered windows (36 x 64 channels at half resolution) would raise the peak memory.
+  in their `shift` form: pad + strided slices + multiply-add, DepthToSpace, bin-matrix pooling.
 - Any `nn.AdaptiveAvgPool2d` with an output other than 1x1 becomes bin-matrix products: the
   tracing exporter refuses adaptive pooling when H/W are dynamic ("input size not accessible"),
   and a static export bakes the traced size into an AveragePool. (1x1 exports as
@@ -99,10 +96,7 @@ def decompose(model: nn.Module) -> nn.Module:
     the same function (to float rounding) as `model.eval()`.
     """
     model = copy.deepcopy(model).eval()
-    set_a2u_form(model, "gather")
-    sites = model.a2u_sites() if hasattr(model, "a2u_sites") else []
-    if sites:  # at full resolution the gathered windows would raise the peak memory (README "A2U's export form")
-        sites[0].form = "shift"
+    set_a2u_form(model, "shift")
     swaps = [(name, new) for name, module in model.named_modules()
              if name and (new := _replacement(module)) is not None]
     for name, new in swaps:

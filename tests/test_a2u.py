@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mattecli.models import build_model
-from mattecli.models.a2u import (A2UConfig, A2UKernels, A2UMatting, _filter_gather, _filter_grouped, _filter_shift,
-                                 adaptive_avg_pool_bins, downsample_gather, downsample_shift, downsample_unfold,
-                                 set_a2u_form, upsample_gather, upsample_shift, upsample_unfold)
+from mattecli.models.a2u import (A2UConfig, A2UKernels, A2UMatting, adaptive_avg_pool_bins, downsample_shift,
+                                 downsample_unfold, set_a2u_form, upsample_shift, upsample_unfold)
 from mattecli.models.layers import count_parameters
 from mattecli.recipes import load_recipe
 
@@ -62,7 +61,7 @@ def test_upsample_forms_equal_loop(k, size):
     m = torch.randn(2, 3, *size, generator=g)
     kernels = torch.softmax(torch.randn(2, k * k, 2 * size[0], 2 * size[1], generator=g), 1)
     want = loop_upsample(m.double(), kernels.double(), k)
-    for form in (upsample_unfold, upsample_shift, upsample_gather):
+    for form in (upsample_unfold, upsample_shift):
         torch.testing.assert_close(form(m, kernels, k).double(), want, atol=1e-5, rtol=0)
 
 
@@ -74,20 +73,8 @@ def test_downsample_forms_equal_loop(k, size):
     out_size = ((size[0] + 1) // 2, (size[1] + 1) // 2)
     kernels = torch.softmax(torch.randn(2, 4 * k * k, *out_size, generator=g), 1)
     want = loop_downsample(m.double(), kernels.double(), k)
-    for form in (downsample_unfold, downsample_shift, downsample_gather):
+    for form in (downsample_unfold, downsample_shift):
         torch.testing.assert_close(form(m, kernels, k).double(), want, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("k", [5, 6])
-@pytest.mark.parametrize("size", [(9, 11), (14, 7)])
-@pytest.mark.parametrize("filters", [(1, 1), (2, 1), (1, 3), (2, 3)])  # (1 or N, 1 or C): shared, per sample, cw
-def test_uv_filter_forms_equal_the_grouped_conv(k, size, filters):
-    g = torch.Generator().manual_seed(k + size[0])
-    x = torch.randn(2, 3, *size, generator=g, dtype=torch.float64)
-    weight = torch.randn(*filters, k, k, generator=g, dtype=torch.float64)
-    want = _filter_grouped(x, weight, (k - 1) // 2)
-    for form in (_filter_shift, _filter_gather):
-        torch.testing.assert_close(form(x, weight, (k - 1) // 2), want, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize("size", [(6, 6), (13, 7), (40, 23), (5, 9)])
@@ -104,22 +91,21 @@ def test_bin_matrix_pooling_equals_adaptive_pooling(size):
     A2UConfig(k_up=1),
 ])
 def test_kernel_generator_forms_equal(cfg):
-    """Kernels and up/down results of one A2U site agree between the unfold, shift and gather forms."""
+    """Kernels and up/down results of one A2U site agree between the unfold and shift forms."""
     torch.manual_seed(0)
     site = A2UKernels(64, cfg, cfg.paired_down).eval()
     x = torch.randn(2, 64, 22, 18)
     m = torch.randn(2, 5, 11, 9)
     results = {}
-    for form in ("unfold", "shift", "gather"):
+    for form in ("unfold", "shift"):
         site.form = form
         with torch.no_grad():
             up, down = site(x)
             results[form] = [up, site.upsample(m, up)]
             if down is not None:
                 results[form] += [down, site.downsample(x, down)]
-    for form in ("shift", "gather"):
-        for a, b in zip(results["unfold"], results[form]):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(results["unfold"], results["shift"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     k = cfg.k_up
     assert results["shift"][0].shape == (2, k * k, 22, 18)
     torch.testing.assert_close(results["shift"][0].sum(1), torch.ones(2, 22, 18)) if k > 1 else None

@@ -76,7 +76,7 @@ def test_decomposed_indexnet_equals_original(name):
 def test_decomposed_a2u_equals_the_unfold_form(name):
     model = set_a2u_form(_network(name, "model.width=0.25", dtype=torch.float64), "unfold")
     export = decompose(model)
-    assert [m.form for m in export.a2u_sites()] == ["shift", "gather", "gather", "gather"]
+    assert {m.form for m in export.a2u_sites()} == {"shift"}
     assert {m.form for m in model.a2u_sites()} == {"unfold"}, "decompose must not touch the caller's model"
     x = torch.randn(1, 4, 5 * 16, 3 * 16, dtype=torch.float64)
     with torch.no_grad():
@@ -99,14 +99,3 @@ def test_a2u_kernel_generators_have_no_live_adaptive_pooling_after_decompose():
     sites = [m for m in export.modules() if isinstance(m, A2UKernels)]
     assert sites and not any(isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1))
                              for site in sites for m in site.modules())
-
-
-@pytest.mark.slow
-def test_a2u_export_is_compact(tmp_path):
-    """The released A2U layout exported: 8,851 nodes with every site in the shift form, 3,701 with
-    the sites below full resolution in the gather form (README "A2U's export form")."""
-    onnx = pytest.importorskip("onnx")
-    from exporters.onnx import to_onnx
-
-    path = to_onnx(_network("a2u-dynamic-cs-d-gn"), tmp_path / "a2u.onnx")
-    assert len(onnx.load(str(path)).graph.node) <= 3800

@@ -11,11 +11,6 @@ Each operator exists in two numerically equal forms, chosen per kernel-generator
   the training default.
 - `shift`: pad + k^2 (strided) slices + multiply-add, adaptive pooling as bin-matrix products,
   pixel (un)shuffle — exports with dynamic H/W, without Im2Col or adaptive pooling.
-- `gather`: as `shift`, but each operator's windows are gathered by one convolution with fixed
-  one-hot kernels and reduced by one multiply + sum (a MatMul for the U/V filters): a few nodes
-  per operator instead of several per tap. The gathered map holds k^2 (up to 36) times the
-  features, so the export (`exporters/decompose.py`) uses it at the sites below full resolution
-  only (README "A2U's export form").
   It is also the eval default (`auto`): unfold materialises (2k)^2 = 36 shifted copies of the
   full-resolution stem map for the first downsampling (9x that map). Peak RSS of one forward of
   the released network on CPU (float32, no grad, 1x4xSxS): S=1024 shift 1.9 GiB, unfold 3.1 GiB;
@@ -47,7 +42,7 @@ from mattecli.models.resnet import BasicBlock, SplitBlock, make_stage
 UPSAMPLERS = ("nearest", "bilinear", "a2u")
 KERNELS = ("static", "hybrid", "dynamic")
 ENCODINGS = ("cs", "cw")
-FORMS = ("auto", "unfold", "shift", "gather")
+FORMS = ("auto", "unfold", "shift")
 
 
 @dataclass(frozen=True)
@@ -66,7 +61,7 @@ class A2UConfig:
         k_en: U/V encoding kernel side (paper 5; the released checkpoints 6).
         width: channel multiplier for every layer (1.0 = the paper; small for CPU demos).
         aspp: ASPP at 1/16 (else a 1x1 conv-BN-act).
-        form: auto (unfold while training, shift in eval) | unfold | shift | gather.
+        form: auto (unfold while training, shift in eval) | unfold | shift.
     """
 
     upsample: str = "a2u"
@@ -162,48 +157,6 @@ def downsample_shift(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Te
     return acc
 
 
-def _onehot(height: int, width: int, like: torch.Tensor) -> torch.Tensor:
-    """Conv weights (height * width, 1, height, width): output channel t = width * dy + dx is the
-    input at window tap (dy, dx). No input enters them, so an export holds them as a constant."""
-    return torch.eye(height * width, dtype=like.dtype, device=like.device).view(height * width, 1, height, width)
-
-
-def _gather(padded: torch.Tensor, height: int, width: int, stride: int, h: int, w: int) -> torch.Tensor:
-    """The height x width window of every output position: (N, C, height * width, h, w), with
-    `[:, c, width * dy + dx, i, j] = padded[:, c, stride * i + dy, stride * j + dx]`, by one
-    convolution with one-hot kernels (the channels folded into the batch, so the kernels do not
-    depend on them)."""
-    n, c = padded.shape[:2]
-    single = padded.reshape(n * c, 1, padded.shape[2], padded.shape[3])
-    return F.conv2d(single, _onehot(height, width, padded), stride=stride).view(n, c, height * width, h, w)
-
-
-def upsample_gather(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
-    """`upsample_unfold` with the k x k neighbourhoods gathered by a one-hot convolution."""
-    n, c, h, w = m.shape
-    taps = _gather(F.pad(m, (k // 2,) * 4), k, k, 1, h, w).unsqueeze(3)  # (n, c, k*k, 1, h, w)
-    per_subpixel = F.pixel_unshuffle(kernels, 2).view(n, 1, k * k, 4, h, w)  # tap t, sub-pixel s = 2i + j
-    return F.pixel_shuffle((taps * per_subpixel).sum(2).reshape(n, c * 4, h, w), 2)
-
-
-def downsample_gather(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
-    """`downsample_unfold` with the 2k x 2k windows gathered by a one-hot convolution."""
-    h, w = kernels.shape[2:]
-    taps = _gather(_down_pad(m, kernels, k), 2 * k, 2 * k, 2, h, w)
-    return (taps * kernels.unsqueeze(1)).sum(2)
-
-
-def _filter_gather(x: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:
-    """`_filter_grouped` with the windows gathered by a one-hot convolution and reduced by a MatMul
-    with the (per-sample) filter."""
-    n, c = x.shape[:2]
-    k = int(weight.shape[-1])  # a parameter's size: static (the one-hot kernels must be constants)
-    h = (x.shape[2] + 2 * pad - k) // 2 + 1
-    w = (x.shape[3] + 2 * pad - k) // 2 + 1
-    taps = _gather(F.pad(x, (pad,) * 4), k, k, 2, h, w).flatten(3)  # (n, c, k*k, h * w)
-    return torch.matmul(weight.flatten(2).unsqueeze(2), taps).view(n, c, h, w)  # (1|n, 1|c, 1, k*k) @ taps
-
-
 def _bins(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:
     """(bins, size) averaging matrix of PyTorch's adaptive pooling: bin i is [floor(i*n/b), ceil((i+1)*n/b))."""
     i = torch.arange(bins, device=like.device)
@@ -295,31 +248,17 @@ class A2UKernels(nn.Module):
             self.weight_v = nn.Parameter(torch.randn(sets, uv_channels, ke, ke) * std)
 
     def _shift(self) -> bool:
-        """An exportable form (shift or gather) is in use."""
-        return self.form in ("shift", "gather") or (self.form == "auto" and not self.training)
+        return self.form == "shift" or (self.form == "auto" and not self.training)
 
-    def _op(self, name: str):
-        """The reassembly function `name` (upsample, downsample, _filter) of the form in use."""
-        if self.form == "gather":
-            return {"upsample": upsample_gather, "downsample": downsample_gather, "_filter": _filter_gather}[name]
-        if self._shift():
-            return {"upsample": upsample_shift, "downsample": downsample_shift, "_filter": _filter_shift}[name]
-        return {"upsample": upsample_unfold, "downsample": downsample_unfold, "_filter": _filter_grouped}[name]
-
-    def _pooled(self, x: torch.Tensor) -> torch.Tensor | None:
-        """X's ke x ke average pool, from which dynamic U and V filters are made (once for both)."""
-        if self.cfg.kernel != "dynamic":
-            return None
-        ke = self.cfg.k_en
-        return adaptive_avg_pool_bins(x, ke) if self._shift() else F.adaptive_avg_pool2d(x, ke)
-
-    def _encode(self, x: torch.Tensor, which: str, pooled: torch.Tensor | None) -> list[torch.Tensor]:
+    def _encode(self, x: torch.Tensor, which: str) -> list[torch.Tensor]:
         """U*X or V*X at half resolution: one (N, C, h, w) map per U/V set."""
         if self.cfg.kernel == "dynamic":
+            ke = self.cfg.k_en
+            pooled = adaptive_avg_pool_bins(x, ke) if self._shift() else F.adaptive_avg_pool2d(x, ke)
             filters = [getattr(self, f"bconv_{which}")[1](pooled)]  # (N, 1 or C, ke, ke)
         else:
             filters = list(getattr(self, f"weight_{which.lower()}").unsqueeze(1))  # sets x (1, 1|C, ke, ke)
-        apply = self._op("_filter")
+        apply = _filter_shift if self._shift() else _filter_grouped
         norm = getattr(self, f"bn{which.lower()}", None)
         maps = [apply(x, f, self.pad) for f in filters]
         return [norm(m) for m in maps] if norm is not None else maps
@@ -334,8 +273,7 @@ class A2UKernels(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (up kernels (N, k^2, H, W), down kernels (N, 4k^2, H/2, W/2) or None)."""
         k = self.cfg.k_up
-        pooled = self._pooled(x)
-        u, v = self._encode(x, "U", pooled), self._encode(x, "V", pooled)
+        u, v = self._encode(x, "U"), self._encode(x, "V")
         scale = 1 / math.sqrt(self.channels)
         affinity = torch.cat([(a * b).sum(1, keepdim=True) for a, b in zip(u, v)], 1) * scale
         if self.cfg.pointwise:  # (N, 4, h, w) maps, one per sub-pixel s, times P's k^2 values
@@ -351,15 +289,15 @@ class A2UKernels(nn.Module):
 
     def upsample(self, m: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
         """x2 A2U upsampling of decoder features `m` with this site's up kernels."""
-        return self._op("upsample")(m, kernels, self.cfg.k_up)
+        return (upsample_shift if self._shift() else upsample_unfold)(m, kernels, self.cfg.k_up)
 
     def downsample(self, m: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
         """x2 A2U downsampling of encoder features `m` with this site's down kernels."""
-        return self._op("downsample")(m, kernels, self.cfg.k_up)
+        return (downsample_shift if self._shift() else downsample_unfold)(m, kernels, self.cfg.k_up)
 
 
 def set_a2u_form(model: nn.Module, form: str) -> nn.Module:
-    """Selects the operator form of every A2U site: `unfold`, `shift`, `gather` (exportable) or `auto`."""
+    """Selects the operator form of every A2U site: `unfold`, `shift` (exportable) or `auto`."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
     for module in model.modules():
