@@ -8,6 +8,12 @@ and the allocator's first arenas are not counted.
         --sizes 512x512,1024x1024
     PYTHONPATH=. python benchmarks/measure_memory.py --recipes tcp --sizes 2160x3840 --set model.tcp_tile=512
 
+`--onnx` also exports each recipe (its export form, `exporters/decompose.py`) and measures the
+same pass in ONNX Runtime (`OnnxBackend`, as `matte infer` runs it), printing the ratio to
+PyTorch's; the two run one after the other in one invocation:
+
+    PYTHONPATH=. python benchmarks/measure_memory.py --recipes a2u-dynamic-cs-d-gn --sizes 768x768 --onnx
+
 The input is aligned to the recipe's stride as the inference pipeline aligns it (bytes per aligned
 pixel, which `--max-memory` uses) and has the channels of the recipe's trimap encoding (4 scalar,
 6 one-hot); `--set` overrides recipe values as `matte train --set` does. The peak before the pass
@@ -20,6 +26,8 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 CHILD = r"""
 import json, sys
@@ -31,11 +39,16 @@ name, h, w, sets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(s
 recipe = load_recipe(name, sets)
 h, w = -(-h // recipe.infer.stride) * recipe.infer.stride, -(-w // recipe.infer.stride) * recipe.infer.stride
 channels = 6 if recipe.infer.trimap == "onehot" else 4
-model = build_model(recipe).eval()
+if len(sys.argv) > 5:  # an exported graph in ONNX Runtime
+    from mattecli.inference.backends import OnnxBackend
+    run = OnnxBackend.load(sys.argv[5])
+else:
+    model = build_model(recipe).eval()
+    run = lambda x: model(torch.from_numpy(x))
 with torch.inference_mode():
-    model(torch.zeros(1, channels, 64, 64))
+    run(np.zeros((1, channels, 64, 64), np.float32))
     base = peak_rss_mib() * 2**20
-    model(torch.from_numpy(np.random.default_rng(0).random((1, channels, h, w), dtype=np.float32)))
+    run(np.random.default_rng(0).random((1, channels, h, w), dtype=np.float32))
 peak = peak_rss_mib() * 2**20
 print((peak - base) / (h * w), base, peak, h, w)
 """
@@ -46,17 +59,38 @@ def main() -> None:
     parser.add_argument("--recipes", default="indexnet-m2o-nl-ctx,indexnet-unet-maxunpool,indexnet-unet-maxunpool-w1.4")
     parser.add_argument("--sizes", default="512x512,1024x1024")
     parser.add_argument("--set", action="append", default=[], help="recipe override, e.g. model.tcp_tile=512")
+    parser.add_argument("--onnx", action="store_true", help="also the exported graph in ONNX Runtime")
     args = parser.parse_args()
-    for name in args.recipes.split(","):
-        for size in args.sizes.split(","):
-            h, w = map(int, size.split("x"))
-            run = subprocess.run([sys.executable, "-c", CHILD, name, str(h), str(w), json.dumps(args.set)],
-                                 capture_output=True, text=True)
-            if run.returncode:
-                sys.exit(f"{name} {h}x{w}: the measuring process failed:\n{run.stderr[-2000:]}")
-            per_pixel, base, peak, ah, aw = map(float, run.stdout.split())
-            print(f"{name:32s} {h}x{w} (aligned {ah:.0f}x{aw:.0f}) {' '.join(args.set)}: {per_pixel:8.0f} bytes/pixel "
-                  f"(peak RSS {peak / 2**30:.2f} GiB, {base / 2**30:.2f} GiB before the pass)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.recipes.split(","):
+            graph = _export(name, args.set, Path(tmp)) if args.onnx else None
+            for size in args.sizes.split(","):
+                h, w = map(int, size.split("x"))
+                torch_px = None
+                for backend, extra in [("torch", [])] + ([("onnx", [str(graph)])] if graph else []):
+                    run = subprocess.run([sys.executable, "-c", CHILD, name, str(h), str(w), json.dumps(args.set),
+                                          *extra], capture_output=True, text=True)
+                    if run.returncode:
+                        sys.exit(f"{name} {h}x{w} {backend}: the measuring process failed:\n{run.stderr[-2000:]}")
+                    per_pixel, base, peak, ah, aw = map(float, run.stdout.split())
+                    torch_px = per_pixel if backend == "torch" else torch_px
+                    ratio = f", {per_pixel / torch_px:.2f}x torch" if backend == "onnx" else ""
+                    print(f"{name:32s} {h}x{w} (aligned {ah:.0f}x{aw:.0f}) {backend:5s} {' '.join(args.set)}: "
+                          f"{per_pixel:8.0f} bytes/pixel{ratio} (peak RSS {peak / 2**30:.2f} GiB, "
+                          f"{base / 2**30:.2f} GiB before the pass)", flush=True)
+
+
+def _export(name: str, sets: list[str], folder: Path) -> Path:
+    """The recipe's seeded random model exported as `matte export` does (dynamic H/W)."""
+    import torch
+
+    from exporters.onnx import to_onnx
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+
+    recipe = load_recipe(name, sets)
+    torch.manual_seed(0)
+    return Path(to_onnx(build_model(recipe).eval(), folder / f"{name}.onnx", recipe=recipe))
 
 
 if __name__ == "__main__":

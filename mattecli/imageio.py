@@ -144,14 +144,32 @@ def read_trimap(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray,
     return trimap, note
 
 
-def write_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write a uint8 gray (H, W), RGB or RGBA array as PNG, atomically."""
-    from PIL import Image
+def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None = None) -> Path:
+    """Write a uint8 gray (H, W), RGB or RGBA array as PNG, atomically, with optional tEXt chunks
+    (`text`, read back by `read_png_text`)."""
+    from PIL import Image, PngImagePlugin
 
     if array.dtype != np.uint8:
         raise TypeError(f"write_png expects uint8, got {array.dtype}")
     image = Image.fromarray(array)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+
+
+def read_png_text(path: str | Path) -> dict[str, str]:
+    """The text chunks written before a PNG's pixels (as `write_png` writes them), without decoding
+    the pixels; {} for a file that cannot be read as PNG."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return {k: v for k, v in image.info.items() if isinstance(v, str)}
+    except (OSError, ValueError):
+        return {}
 
 
 def index_by_stem(paths) -> dict[str, list[Path]]:

@@ -48,6 +48,55 @@ def test_an_item_is_done_only_when_all_its_outputs_exist(tmp_path, green):
     assert len(report.done) == 3
 
 
+def test_changing_the_background_recomputes_only_the_composites_from_the_alpha(tmp_path, green):
+    """Issue 19: a re-run with another --background used to skip every image (and --overwrite reran
+    the model). The composite records its background; a different one redoes only the composite."""
+    from PIL import Image
+
+    from mattecli.imageio import read_image, read_png_text
+    from mattecli.inference.outputs import RECORD_KEY, Background
+
+    images = make_pairs(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    infer_folder(FakePipeline(), images, out, save=ALL, background=green, progress=False)
+    assert read_png_text(out / "composite" / "a.png") == {RECORD_KEY: "#00ff00"}
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*.png") if p.parent.name != "composite"}
+    fake, red = FakePipeline(), Background.parse("red")
+    report = infer_folder(fake, images, out, save=ALL, background=red, progress=False)
+    assert len(report.done) == 2 and fake.calls == 0  # from the alphas on disk, not the model
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # alpha, fg, rgba untouched
+    alpha = read_gray(out / "a.png")
+    assert (read_image(out / "composite" / "a.png")[alpha == 0] == (255, 0, 0)).all()
+    assert read_png_text(out / "composite" / "a.png") == {RECORD_KEY: "#ff0000"}
+    report = infer_folder(FakePipeline(), images, out, save=ALL, background=Background.parse("#F00"),
+                          progress=False)  # the same colour, spelled otherwise
+    assert len(report.skipped) == 2 and not report.done
+    # a composite without a record (an older matte's) is redone; so is one after a background image edit
+    Image.open(out / "composite" / "b.png").save(out / "composite" / "b.png")
+    report = infer_folder(FakePipeline(), images, out, save=ALL, background=red, progress=False)
+    assert report.done == [str(images / "b.png")]
+    bg = tmp_path / "bg.png"
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(bg)
+    infer_folder(FakePipeline(), images, out, save=ALL, background=Background.parse(str(bg)), progress=False)
+    assert len(infer_folder(FakePipeline(), images, out, save=ALL, background=Background.parse(str(bg)),
+                            progress=False).skipped) == 2
+    Image.new("RGB", (8, 8), (0, 0, 254)).save(bg)
+    fake = FakePipeline()
+    report = infer_folder(fake, images, out, save=ALL, background=Background.parse(str(bg)), progress=False)
+    assert len(report.done) == 2 and fake.calls == 0
+
+
+def test_an_unreadable_alpha_on_disk_is_replaced_when_the_model_reruns(tmp_path, green):
+    images = make_pairs(tmp_path / "in", ["a"])
+    out = tmp_path / "out"
+    infer_folder(FakePipeline(), images, out, save=("alpha",), progress=False)
+    (out / "a.png").write_bytes(b"not a png")
+    fake = FakePipeline()
+    report = infer_folder(fake, images, out, save=("alpha", "fg"), progress=False)
+    assert report.done and fake.calls == 1
+    assert read_gray(out / "a.png").shape == (24, 32)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_ctrl_c_leaves_only_whole_files_and_a_rerun_finishes(tmp_path, workers):
     images = make_pairs(tmp_path / "in", [f"img{i}" for i in range(6)])

@@ -20,8 +20,10 @@ def main(
                              "fg (estimated foreground colours, OUT/fg/{stem}.png), rgba (foreground + straight "
                              "alpha, OUT/rgba/{stem}.png), composite (foreground over --background, "
                              "OUT/composite/{stem}.png). Only the listed outputs are written."),
-    background: str = typer.Option(None, "--background", help="For composite: a colour (#00ff00, #0f0 or 0,255,0) "
-                                   "or an image, scaled to cover each photo (aspect kept) and centre-cropped."),
+    background: str = typer.Option(None, "--background", help="For composite: a colour (#00ff00, #0f0, 0,255,0 or "
+                                   "a CSS name: green, lime, ...) or an image, scaled to cover each photo (aspect "
+                                   "kept) and centre-cropped. Changing it and re-running redoes only the "
+                                   "composites, from the alphas already written."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: an image "
                                    "whose requested outputs all exist is skipped)."),
     shard: str = typer.Option(None, "--shard", help="K/N: process only the K-th of N slices of the input list "
@@ -39,8 +41,9 @@ def main(
     16-bit) are mapped with <85 background, >=170 foreground, otherwise unknown, and a note says
     so. Known trimap regions are copied into the alpha. EXIF orientation is applied to image and
     trimap alike; an image and trimap whose orientations differ are refused. Outputs are written
-    atomically; an image is skipped when all its requested outputs exist, unless --overwrite, so a
-    re-run after a crash or Ctrl-C finishes only what is missing. A bad file is named with the
+    atomically; an image is skipped when all its requested outputs exist (a composite: made with
+    this --background), unless --overwrite, so a re-run after a crash or Ctrl-C finishes only what
+    is missing, and a re-run with another --background redoes only the composites. A bad file is named with the
     reason and skipped; the exit code is 1 if any failed.
     """
     from mattecli.cli.parsing import parse_memory, parse_shard

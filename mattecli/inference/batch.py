@@ -87,7 +87,8 @@ def find_pairs(images: Path, trimaps: Path | None,
 class _Item:
     image_path: Path
     trimap_path: Path
-    targets: dict  # kind -> Path
+    targets: dict  # kind -> Path, the outputs to write
+    alpha_path: Path | None = None  # an alpha already written is reused from here (unless overwrite)
 
 
 def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None, overwrite: bool = False,
@@ -95,8 +96,10 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                  workers: int = 2, prefetch: int = 2) -> BatchReport:
     """Write the requested outputs (`save`, see `outputs.OUTPUT_KINDS`) for every image with a trimap.
 
-    An image is done when all its requested outputs exist; it is skipped then, unless `overwrite`.
-    An existing alpha is reused (not recomputed) when other outputs of the same image are missing.
+    An image is done when all its requested outputs exist and are current (`outputs.is_current`: a
+    composite made with another background is not); it is skipped then, unless `overwrite`. Otherwise
+    only its missing or stale outputs are written, from its existing alpha when there is one (the
+    model does not run again), e.g. after changing `--background`.
 
     Args:
         pipeline: a `Pipeline` (or any callable with `matte(image, trimap) -> (alpha, how)`).
@@ -116,7 +119,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     Returns:
         The report: done, skipped, failed with reasons, notes.
     """
-    from mattecli.inference.outputs import output_paths
+    from mattecli.inference.outputs import is_current, output_paths
 
     pairs, problems = find_pairs(Path(images), Path(trimaps) if trimaps else None, shard)
     report = BatchReport(failed=list(problems))
@@ -133,11 +136,14 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         if clash:
             report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
                                                    "choose another --out"))
-        elif not overwrite and all(t.exists() for t in targets.values()):
-            report.skipped.append(str(image_path))
         else:
-            todo.append(_Item(image_path, trimap_path, targets))
+            stale = {kind: t for kind, t in targets.items() if overwrite or not is_current(kind, t, background)}
+            if stale:
+                todo.append(_Item(image_path, trimap_path, stale, targets.get("alpha")))
+            else:
+                report.skipped.append(str(image_path))
 
+    device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
     pool = executor(workers, name="matte-io")
     reads: deque[tuple[_Item, Future]] = deque()
     writes: deque[tuple[_Item, Future]] = deque()
@@ -168,6 +174,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     report.notes.extend(notes)
                     if alpha is None:
                         alpha, how = pipeline.matte(image, trimap)
+                        if item.alpha_path is not None:  # a new alpha replaces an unusable one on disk
+                            item.targets.setdefault("alpha", item.alpha_path)
                         if how != "whole":
                             report.tiled.append((str(item.image_path), how))
                 except InputError as err:
@@ -178,7 +186,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     report.failed.append((str(item.image_path), f"{type(err).__name__}: {err}"))
                     advance()
                     continue
-                writes.append((item, pool.submit(_write, item, image, alpha, background)))
+                writes.append((item, pool.submit(_write, item, image, alpha, background, device)))
                 drain_writes(prefetch)
             drain_writes(0)
     finally:
@@ -204,7 +212,7 @@ def _load(item: _Item, overwrite: bool):
         raise InputError(item.trimap_path, f"trimap is {trimap.shape[1]}x{trimap.shape[0]} but image "
                                            f"{item.image_path.name} is {image.shape[1]}x{image.shape[0]}")
     alpha = None
-    existing = item.targets.get("alpha")
+    existing = item.alpha_path
     if existing is not None and not overwrite and existing.exists():
         try:  # finish an interrupted item: its alpha is already written
             alpha = read_gray(existing)
@@ -215,7 +223,7 @@ def _load(item: _Item, overwrite: bool):
     return image, trimap, alpha, [note] if note else []
 
 
-def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background) -> None:
+def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, device=None) -> None:
     from mattecli.inference.outputs import write_outputs
 
     if any(kind != "alpha" for kind in item.targets) and threading.current_thread() is not threading.main_thread():
@@ -224,7 +232,7 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background) -> Non
         # The model already uses every core; a parallel foreground estimation beside it would
         # oversubscribe them (numba's thread count is per calling thread, so this stays local).
         numba.set_num_threads(1)
-    write_outputs(item.targets, image, alpha, background)
+    write_outputs(item.targets, image, alpha, background, device)
 
 
 def _record(report: BatchReport, item: _Item, future: Future) -> None:
