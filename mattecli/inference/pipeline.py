@@ -4,10 +4,19 @@
 backend sees; `restore` turns the backend's raw alpha back into an 8-bit matte of the original
 size. How to align (resize as IndexNet's demo does, or reflect-pad as A2U's) and how to encode the
 trimap come from the recipe's `infer` section, which travels inside every weights file.
+
+The steps are written once over an array library (`ArrayOps`): numpy with OpenCV (the reference,
+for ONNX Runtime and TensorRT) or torch on the backend's device (so on a GPU only uint8 crosses the
+bus). Only what truly differs between the libraries is passed in: bicubic resize, reflect padding,
+upload and download. Normalisation and trimap encoding are table look-ups and nearest-neighbour
+resizing is a gather with the indices OpenCV computes, so both libraries give the same bits; only
+bicubic resizing differs (cv2 against torch's kernel, the same cubic with a = -0.75 in a different
+order of operations; on a CPU the torch path uses OpenCV too, so it stays bit-identical there).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,40 +28,162 @@ def aligned_size(h: int, w: int, stride: int) -> tuple[int, int]:
     return -(-h // stride) * stride, -(-w // stride) * stride
 
 
-def _normalise(image: np.ndarray, cfg: InferConfig) -> np.ndarray:
+class NumpyOps:
+    """numpy + OpenCV: the reference implementation of the primitives."""
+
+    xp = np
+    float32, uint8 = np.float32, np.uint8
+
+    def upload(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def download(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def astype(self, array, dtype):
+        return array.astype(dtype)
+
+    def index(self, array):
+        """An integer array usable as an index (numpy takes uint8 as it is)."""
+        return array
+
+    def resize_bicubic(self, x, h: int, w: int):
+        """(H, W) or (H, W, C) float32 -> (h, w[, C]), OpenCV's INTER_CUBIC (a = -0.75)."""
+        import cv2
+
+        return cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC)
+
+    def reflect_pad(self, x, ph: int, pw: int):
+        """Pad (H, W[, C]) by ph rows at the bottom and pw columns at the right, numpy's 'reflect'."""
+        return _reflect_pad(x, ((0, ph), (0, pw)) + ((0, 0),) * (x.ndim - 2))
+
+    def to_nchw(self, x):
+        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+class TorchOps:
+    """torch on a device. Uploads go through pinned memory with non-blocking copies, so the copy
+    overlaps the host's next step; downloads are uint8 (the finished alpha) wherever possible.
+
+    `cv2_resize`: resize with OpenCV on a CPU device (default there), so that `--device cpu` gives
+    the same bits as the numpy reference and the authors' demo; on CUDA torch's bicubic kernel.
+    """
+
+    def __init__(self, device="cpu", cv2_resize: bool | None = None):
+        import torch
+
+        self.torch = self.xp = torch
+        self.device = torch.device(device)
+        self.float32, self.uint8 = torch.float32, torch.uint8
+        self.cv2_resize = self.device.type == "cpu" if cv2_resize is None else cv2_resize
+        self._constants: dict = {}
+
+    def upload(self, array: np.ndarray):
+        tensor = self.torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cpu":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def constant(self, key, make):
+        """A small constant (look-up table, index vector) uploaded once per device."""
+        if key not in self._constants:
+            self._constants[key] = self.upload(make())
+        return self._constants[key]
+
+    def download(self, tensor) -> np.ndarray:
+        return tensor.cpu().numpy()
+
+    def astype(self, tensor, dtype):
+        return tensor.to(dtype)
+
+    def index(self, tensor):
+        return tensor.long()  # torch reads a uint8 index as a mask
+
+    def resize_bicubic(self, x, h: int, w: int):
+        if self.cv2_resize:
+            return self.torch.from_numpy(NumpyOps().resize_bicubic(x.numpy(), h, w))
+        import torch.nn.functional as F
+
+        chw = x.permute(2, 0, 1) if x.ndim == 3 else x[None]
+        out = F.interpolate(chw[None], size=(h, w), mode="bicubic", align_corners=False)[0]
+        return out.permute(1, 2, 0) if x.ndim == 3 else out[0]
+
+    def reflect_pad(self, x, ph: int, pw: int):
+        import torch.nn.functional as F
+
+        chw = x.permute(2, 0, 1) if x.ndim == 3 else x[None]
+        while ph or pw:  # torch's reflect, like numpy's, needs pad < size: repeat for tiny images
+            step_h, step_w = min(ph, chw.shape[1] - 1), min(pw, chw.shape[2] - 1)
+            chw = F.pad(chw[None], (0, step_w, 0, step_h), mode="reflect")[0]
+            ph, pw = ph - step_h, pw - step_w
+        return chw.permute(1, 2, 0) if x.ndim == 3 else chw[0]
+
+    def to_nchw(self, x):
+        return x.permute(2, 0, 1)[None].contiguous()
+
+
+NUMPY = NumpyOps()
+
+
+def _constant(ops, key, make):
+    return ops.constant(key, make) if hasattr(ops, "constant") else make()
+
+
+@functools.lru_cache(maxsize=16)
+def _rgb_table(mean: tuple, std: tuple) -> np.ndarray:
     # The authors scale in float32 (a python float times a float32 array), then subtract and
-    # divide in float64, then cast back: reproduced step by step so the input is bit-identical.
-    scaled = image.astype(np.float32) * np.float32(1.0 / 255)
-    return ((scaled - np.asarray(cfg.mean)) / np.asarray(cfg.std)).astype(np.float32)
+    # divide in float64, then cast back. A uint8 channel has 256 values, so the result is a
+    # (3, 256) table, computed exactly that way: bit-identical, and a gather instead of float64
+    # arithmetic over the whole image.
+    scaled = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255)
+    table = (scaled[None, :] - np.asarray(mean)[:, None]) / np.asarray(std)[:, None]
+    return table.astype(np.float32)
 
 
-def _encode_trimap(trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
+def _normalise(image, cfg: InferConfig, ops=NUMPY):
+    table = _constant(ops, ("rgb", cfg.mean, cfg.std), lambda: _rgb_table(tuple(cfg.mean), tuple(cfg.std)))
+    channels = _constant(ops, "channels", lambda: np.arange(3))
+    return table[channels, ops.index(image)]  # (H, W, 3): table[c, image[..., c]]
+
+
+def _trimap_table() -> np.ndarray:
+    return np.arange(256, dtype=np.float32) * np.float32(1.0 / 255)  # 128 -> 0.50196..., not 0.5
+
+
+def _encode_trimap(trimap, cfg: InferConfig, ops=NUMPY):
+    xp = ops.xp
     if cfg.trimap == "onehot":  # background, unknown, foreground
-        return np.stack([trimap == 0, trimap == 128, trimap == 255], axis=2).astype(np.float32)
-    # trimap / 255 as the authors compute it (float32; 128 -> 0.50196..., not 0.5)
-    return (trimap.astype(np.float32) * np.float32(1.0 / 255))[..., None]
+        return ops.astype(xp.stack([trimap == 0, trimap == 128, trimap == 255], 2), ops.float32)
+    # trimap / 255 as the authors compute it (float32)
+    return _constant(ops, "trimap", _trimap_table)[ops.index(trimap)][..., None]
 
 
-def prepare(image: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
-    """(H, W, 3) uint8 RGB + (H, W) uint8 trimap (0/128/255) -> (1, C, H', W') float32, aligned."""
-    import cv2
+def _nearest_indices(src: int, dst: int) -> np.ndarray:
+    """The source index of each of `dst` outputs, as OpenCV's INTER_NEAREST computes it (in double)."""
+    return np.minimum(np.floor(np.arange(dst) * (1.0 / (dst / src))).astype(np.int64), src - 1)
 
+
+def prepare(image, trimap, cfg: InferConfig, ops=NUMPY):
+    """(H, W, 3) uint8 RGB + (H, W) uint8 trimap (0/128/255) -> (1, C, H', W') float32, aligned.
+
+    With `ops` a `TorchOps`, image and trimap are uint8 tensors on its device (see `upload`) and so
+    is the result.
+    """
     h, w = trimap.shape
-    rgb = _normalise(image, cfg)
-    tri = _encode_trimap(trimap, cfg)
+    rgb = _normalise(image, cfg, ops)
+    tri = _encode_trimap(trimap, cfg, ops)
     ah, aw = aligned_size(h, w, cfg.stride)
     if (ah, aw) != (h, w):
-        if cfg.align == "resize":
-            rgb = cv2.resize(rgb, (aw, ah), interpolation=cv2.INTER_CUBIC)
-            tri = cv2.resize(tri, (aw, ah), interpolation=cv2.INTER_NEAREST)
-            tri = tri[..., None] if tri.ndim == 2 else tri
+        if cfg.align == "resize":  # bicubic image, nearest trimap (IndexNet's demo)
+            rgb = ops.resize_bicubic(rgb, ah, aw)
+            rows = _constant(ops, ("rows", h, ah), lambda: _nearest_indices(h, ah))
+            cols = _constant(ops, ("cols", w, aw), lambda: _nearest_indices(w, aw))
+            tri = tri[rows][:, cols]
         elif cfg.align == "pad":  # bottom/right, numpy 'reflect' (the edge is not repeated)
-            pad = ((0, ah - h), (0, aw - w), (0, 0))
-            rgb, tri = _reflect_pad(rgb, pad), _reflect_pad(tri, pad)
+            rgb, tri = ops.reflect_pad(rgb, ah - h, aw - w), ops.reflect_pad(tri, ah - h, aw - w)
         else:
             raise ValueError(f"unknown alignment {cfg.align!r}")
-    x = np.concatenate([rgb, tri], axis=2)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    return ops.to_nchw(ops.xp.concatenate([rgb, tri], axis=2))
 
 
 def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
@@ -64,30 +195,28 @@ def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
     return np.pad(x, pad, mode="reflect")
 
 
-def unalign(raw: np.ndarray, h: int, w: int, cfg: InferConfig) -> np.ndarray:
+def unalign(raw, h: int, w: int, cfg: InferConfig, ops=NUMPY):
     """Raw (H', W') network output -> (h, w) float32 alpha * 255, alignment undone, clipped."""
-    import cv2
-
-    raw = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2:])
+    raw = ops.astype(raw, ops.float32).reshape(raw.shape[-2:])
     if cfg.align == "resize":
-        alpha = cv2.resize(raw, (w, h), interpolation=cv2.INTER_CUBIC) if raw.shape != (h, w) else raw
+        alpha = ops.resize_bicubic(raw, h, w) if tuple(raw.shape) != (h, w) else raw
     else:
         alpha = raw[:h, :w]
-    return np.clip(alpha, 0, 1) * np.float32(255)
+    return ops.xp.clip(alpha, 0, 1) * 255.0  # 255 is exact in float32: the same bits as float32(255)
 
 
-def finish(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+def finish(alpha, trimap, ops=NUMPY):
     """Float alpha * 255 -> uint8: known trimap regions copied, truncated (the papers' protocols)."""
-    unknown = (trimap == 128).astype(np.float32)
-    alpha = (1 - unknown) * trimap + unknown * alpha
-    return alpha.astype(np.uint8)
+    # where() equals the authors' (1 - unknown) * trimap + unknown * alpha bit for bit, and a
+    # non-finite alpha cannot leak into a known pixel through 0 * NaN
+    return ops.astype(ops.xp.where(trimap == 128, alpha, ops.astype(trimap, ops.float32)), ops.uint8)
 
 
-def restore(raw: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
+def restore(raw, trimap, cfg: InferConfig, ops=NUMPY):
     """Raw (H', W') network output -> (H, W) uint8 alpha: undo the alignment, clip to [0, 1],
     copy the known trimap regions, truncate to 8 bits (as the papers' protocols do)."""
     h, w = trimap.shape
-    return finish(unalign(raw, h, w, cfg), trimap)
+    return finish(unalign(raw, h, w, cfg, ops), trimap, ops)
 
 
 @dataclass
@@ -95,49 +224,93 @@ class Pipeline:
     """A backend (callable on an aligned float32 NCHW array, returning raw alpha) plus the recipe's
     inference configuration.
 
+    A backend with an `ops` attribute (`TorchOps`) gets the whole pipeline on its device: uint8
+    image and trimap are uploaded, prepared, run through `backend.forward` and restored there, and
+    only the uint8 alpha comes back. Any other backend gets numpy arrays.
+
     `max_bytes` is the memory ceiling of one model pass (None: no ceiling, always the whole image);
-    images whose pass would exceed it are run as tiles over the unknown band (see `tiling`).
+    images whose pass would exceed it are run as tiles over the unknown band (see `tiling`), the
+    model's memory per pixel being `bytes_per_pixel` (None: the recipe's).
+    `timer(stage)`, when set, is a context manager around each stage ("upload + prepare", "model",
+    "restore + download"), for `matte bench --e2e`.
     """
 
     backend: object
     cfg: InferConfig
     recipe: object = None
     max_bytes: int | None = None
+    bytes_per_pixel: int | None = None
+    timer: object = None
 
     def __call__(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         return self.matte(image, trimap)[0]
 
+    @property
+    def ops(self):
+        return getattr(self.backend, "ops", NUMPY)
+
+    def _stage(self, name: str):
+        import contextlib
+
+        return self.timer(name) if self.timer is not None else contextlib.nullcontext()
+
     def predict(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha, in one whole-image pass."""
         _check_sizes(image, trimap)
-        return finish(self._predict_float(image, trimap), trimap)
+        ops = self.ops
+        with self._stage("upload + prepare"):
+            image_d, trimap_d = ops.upload(image), ops.upload(trimap)
+            x = prepare(image_d, trimap_d, self.cfg, ops)
+        raw = self._forward(x, ops)
+        with self._stage("restore + download"):
+            return ops.download(restore(raw, trimap_d, self.cfg, ops))
+
+    def _forward(self, x, ops):
+        with self._stage("model"):
+            raw = self.backend(x) if ops is NUMPY else self.backend.forward(x)
+            if not bool(ops.xp.isfinite(raw).all()):  # never a NaN alpha: the image fails, named
+                raise ValueError("the model's output is not finite (NaN or infinity) for this image")
+        return raw
 
     def _predict_float(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        """One tile: numpy in, float alpha * 255 (numpy) out, for `tiling.blend_tiles`."""
         h, w = trimap.shape
-        raw = self.backend(prepare(image, trimap, self.cfg))
-        return unalign(raw[0, 0], h, w, self.cfg)
+        ops = self.ops
+        raw = self._forward(prepare(ops.upload(image), ops.upload(trimap), self.cfg, ops), ops)
+        return ops.download(unalign(raw, h, w, self.cfg, ops))
 
     def matte(self, image: np.ndarray, trimap: np.ndarray) -> tuple[np.ndarray, str]:
-        """The alpha and how it was computed ("whole", "tiled: N tiles of SxS", "no unknown pixels").
+        """The alpha and how it was computed ("whole", "tiled: N tiles of SxS", "no unknown pixels"),
+        with "; redone in fp32 (...)" appended when a half-precision pass gave non-finite values.
 
         The whole image when its pass fits `max_bytes`; otherwise tiles over the unknown band.
 
         Raises:
-            ValueError: on mismatched sizes, or a ceiling too small for even the smallest tile.
+            ValueError: on mismatched sizes, a ceiling too small for even the smallest tile, or a
+                model output that is not finite.
         """
         from mattecli.inference import tiling
 
         _check_sizes(image, trimap)
         h, w = trimap.shape
-        if self.max_bytes is None or tiling.pass_bytes(h, w, self.cfg) <= self.max_bytes:
-            return self.predict(image, trimap), "whole"
-        side = tiling.tile_size(self.max_bytes, self.cfg)
-        overlap = side // tiling.OVERLAP_FRACTION
-        tiles = tiling.plan_tiles(trimap, side, overlap)
-        if not tiles:  # nothing to estimate: the trimap is the alpha
-            return trimap.copy(), "no unknown pixels"
-        alpha = tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap)
-        return finish(alpha, trimap), f"tiled: {len(tiles)} tiles of {side}x{side}"
+        redone = getattr(self.backend, "fallbacks", 0)
+        per_pixel = self.bytes_per_pixel
+        if self.max_bytes is None or tiling.pass_bytes(h, w, self.cfg, per_pixel) <= self.max_bytes:
+            alpha, how = self.predict(image, trimap), "whole"
+        else:
+            side = tiling.tile_size(self.max_bytes, self.cfg, per_pixel)
+            overlap = side // tiling.OVERLAP_FRACTION
+            tiles = tiling.plan_tiles(trimap, side, overlap)
+            if not tiles:  # nothing to estimate: the trimap is the alpha
+                return trimap.copy(), "no unknown pixels"
+            alpha = finish(tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap), trimap)
+            how = f"tiled: {len(tiles)} tiles of {side}x{side}"
+        if getattr(self.backend, "fallbacks", 0) > redone:
+            how += f"; {REDONE_FP32}"
+        return alpha, how
+
+
+REDONE_FP32 = "redone in fp32 (the half-precision output was not finite)"
 
 
 def _check_sizes(image: np.ndarray, trimap: np.ndarray) -> None:
@@ -147,19 +320,23 @@ def _check_sizes(image: np.ndarray, trimap: np.ndarray) -> None:
 
 
 def load_pipeline(weights, backend: str | None = None, device: str = "cpu",
-                  max_bytes: int | None = None) -> Pipeline:
+                  max_bytes: int | None = None, half: bool = False, compile: bool = False) -> Pipeline:
     """Build the pipeline for a weights file (`.safetensors`; exported models via their backend).
 
     Args:
         weights: the model file.
         backend: torch|onnx|trt, or None for the one the file's suffix implies.
-        device: cpu or cuda[:N].
+        device: cpu or cuda[:N] (already resolved, see `mattecli.devices.resolve_device`).
         max_bytes: memory ceiling of one model pass (None: always the whole image).
+        half, compile: the torch backend's half precision and torch.compile (see `TorchBackend`).
     """
     from mattecli.inference.backends import load_backend
+    from mattecli.inference.tiling import model_bytes_per_pixel
 
-    be = load_backend(weights, backend, device)
-    return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes)
+    be = load_backend(weights, backend, device, half=half, compile=compile)
+    per_pixel, _ = model_bytes_per_pixel(be.recipe.infer, device, half)
+    return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes,
+                    bytes_per_pixel=per_pixel)
 
 
 def encode_batch(image, trimap, cfg: InferConfig):
