@@ -152,6 +152,12 @@ def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: 
     return removed
 
 
+# zlib level 1, not Pillow's default 6: lossless either way; measured on a 3840x2160 photo (2-core
+# CPU, Pillow 13): RGB 0.84 s and 2.77 MiB at 1 against 2.5 s and 2.31 MiB at 6; an alpha 0.12 s
+# and 0.20 MiB against 0.18 s and 0.14 MiB. A fifth larger files for a third of the time.
+PNG_LEVEL = 1
+
+
 def write_png(path: str | Path, array: np.ndarray) -> Path:
     """Write a uint8 gray (H, W), RGB or RGBA array as PNG, atomically."""
     from PIL import Image
@@ -159,7 +165,7 @@ def write_png(path: str | Path, array: np.ndarray) -> Path:
     if array.dtype != np.uint8:
         raise TypeError(f"write_png expects uint8, got {array.dtype}")
     image = Image.fromarray(array)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=PNG_LEVEL))
 
 
 def list_images(folder: str | Path) -> list[Path]:

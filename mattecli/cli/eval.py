@@ -18,7 +18,7 @@ def main(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Run this model (.safetensors) on --data instead of reading --pred."),
     data: Optional[Path] = typer.Option(None, "--data", help="A prepared split (e.g. OUT/test, with manifest.csv): images, alphas and trimaps."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnx or trt (default: from the weights file's suffix)."),
-    device: str = typer.Option("cpu", "--device", help="Device for --weights, e.g. cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="Device for --weights: auto (cuda when available, else cpu), cpu or cuda[:N]."),
     save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="With --weights: write the predictions to this folder as {name}.png."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write count, mean and per-image metrics as JSON."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image metrics as CSV (name,sad,mse,grad,conn)."),
@@ -94,9 +94,10 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
 
     kept = {}
     if weights is not None:
+        from mattecli.devices import resolve_device
         from mattecli.inference.pipeline import load_pipeline
 
-        pipeline = load_pipeline(weights, backend, device)
+        pipeline = load_pipeline(weights, backend, resolve_device(device))
         worst = ev.WorstN(report_worst) if report is not None else None
         results, kept = ev.evaluate(items, workers, pipeline=pipeline, save_pred=save_pred,
                                     worst=worst, console=errors)

@@ -250,9 +250,7 @@ class Pipeline:
         return getattr(self.backend, "ops", NUMPY)
 
     def _stage(self, name: str):
-        import contextlib
-
-        return self.timer(name) if self.timer is not None else contextlib.nullcontext()
+        return stage(self.timer, name)
 
     def predict(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha, in one whole-image pass."""
@@ -308,6 +306,13 @@ class Pipeline:
         if getattr(self.backend, "fallbacks", 0) > redone:
             how += f"; {REDONE_FP32}"
         return alpha, how
+
+
+def stage(timer, name: str):
+    """`timer(name)` (a context manager timing one stage), or a no-op without a timer."""
+    import contextlib
+
+    return timer(name) if timer is not None else contextlib.nullcontext()
 
 
 REDONE_FP32 = "redone in fp32 (the half-precision output was not finite)"
