@@ -1,6 +1,6 @@
 """The torch array path of the pipeline against the numpy reference (issue 13 item 1).
 
-On a CPU, `TorchOps(cv2_resize=False)` runs the very kernels a GPU runs for bicubic resizing
+On a CPU, `TorchOps("cpu")` runs the very kernels a GPU runs for bicubic resizing
 (torch's `upsample_bicubic2d`), so the comparison below is the one that matters on CUDA; the
 `gpu`-marked tests repeat it on a GPU.
 """
@@ -36,7 +36,7 @@ def torch_prepare(image, trimap, cfg, ops):
 @pytest.mark.parametrize("cfg", [PAD, ONEHOT_PAD], ids=["pad-scalar", "pad-onehot"])
 def test_pad_alignment_and_trimap_encodings_are_bit_identical(size, cfg):
     image, trimap = case(*size)
-    ours = torch_prepare(image, trimap, cfg, TorchOps("cpu", cv2_resize=False))
+    ours = torch_prepare(image, trimap, cfg, TorchOps("cpu"))
     assert ours.dtype == np.float32 and ours.shape == prepare(image, trimap, cfg).shape
     assert np.array_equal(ours, prepare(image, trimap, cfg))
 
@@ -46,7 +46,7 @@ def test_pad_alignment_and_trimap_encodings_are_bit_identical(size, cfg):
 def test_resize_alignment_differs_only_in_the_bicubic_rounding(size, cfg):
     image, trimap = case(*size)
     ref = prepare(image, trimap, cfg)
-    ours = torch_prepare(image, trimap, cfg, TorchOps("cpu", cv2_resize=False))
+    ours = torch_prepare(image, trimap, cfg, TorchOps("cpu"))
     c = ref.shape[1]
     # the trimap channels go through the same nearest-neighbour gather: identical
     assert np.array_equal(ours[:, 3:], ref[:, 3:])
@@ -55,10 +55,8 @@ def test_resize_alignment_differs_only_in_the_bicubic_rounding(size, cfg):
     assert c in (4, 6) and np.abs(ours[:, :3] - ref[:, :3]).max() < 1e-3
 
 
-def test_torch_on_cpu_is_bit_identical_to_numpy_with_opencv_resizing():
-    image, trimap = case(97, 131)
-    ops = TorchOps("cpu")  # what `matte infer --device cpu` uses: OpenCV's resize
-    assert np.array_equal(torch_prepare(image, trimap, RESIZE, ops), prepare(image, trimap, RESIZE))
+def test_the_torch_backend_keeps_the_numpy_path_on_a_cpu():
+    assert TorchBackend(SmoothNet(), Recipe(RESIZE)).ops is NUMPY
 
 
 def test_nearest_indices_equal_opencv():
@@ -85,7 +83,7 @@ def test_restore_resize_within_one_level(size):
     ah, aw = -(-h // 32) * 32, -(-w // 32) * 32
     raw = np.random.default_rng(2).uniform(-0.1, 1.1, (1, 1, ah, aw)).astype(np.float32)
     ref = restore(raw, trimap, RESIZE)
-    ops = TorchOps("cpu", cv2_resize=False)
+    ops = TorchOps("cpu")
     ours = ops.download(restore(ops.upload(raw), ops.upload(trimap), RESIZE, ops))
     diff = level_difference(ours, ref, trimap)
     # the issue's bound: <= 1 level on >= 99.9% of unknown pixels; measured: never more than 1
@@ -99,7 +97,7 @@ def test_restore_pad_bit_identical(size):
     _, trimap = case(h, w, seed=1)
     ah, aw = -(-h // 32) * 32, -(-w // 32) * 32
     raw = np.random.default_rng(2).uniform(-0.1, 1.1, (1, 1, ah, aw)).astype(np.float32)
-    ops = TorchOps("cpu", cv2_resize=False)
+    ops = TorchOps("cpu")
     ours = ops.download(restore(ops.upload(raw), ops.upload(trimap), PAD, ops))
     assert np.array_equal(ours, restore(raw, trimap, PAD))
 
@@ -127,10 +125,9 @@ def test_whole_pipeline_torch_against_numpy_with_a_model():
     level apart on >= 99.9% of unknown pixels; the largest difference measured is 1 level."""
     net = SmoothNet()
     image, trimap = case(211, 337, seed=3)
-    ref_backend = TorchBackend(net, Recipe(RESIZE))
-    ref = Pipeline(lambda x: ref_backend(x), RESIZE)(image, trimap)  # a plain callable: numpy path
+    ref = Pipeline(TorchBackend(net, Recipe(RESIZE)), RESIZE)(image, trimap)  # numpy path on a CPU
     backend = TorchBackend(net, Recipe(RESIZE))
-    backend.ops = TorchOps("cpu", cv2_resize=False)
+    backend.ops = TorchOps("cpu")  # what CUDA runs
     ours = Pipeline(backend, RESIZE)(image, trimap)
     diff = level_difference(ours, ref, trimap)
     assert (diff <= 1).mean() >= 0.999 and diff.max() <= 1

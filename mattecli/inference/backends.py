@@ -40,7 +40,7 @@ class TorchBackend:
                  channels_last: bool = False):
         import torch
 
-        from mattecli.inference.pipeline import TorchOps
+        from mattecli.inference.pipeline import NUMPY, TorchOps
 
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
@@ -51,7 +51,10 @@ class TorchBackend:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # one algorithm search per input shape, then the fastest
         self.run = torch.compile(self.model, dynamic=True) if compile else self.model
-        self.ops = TorchOps(self.device)
+        # On CUDA the pipeline runs on the device; on a CPU numpy with OpenCV is the faster of the
+        # two (measured at 4K: prepare 0.65 s against 1.7 s for torch on the same 2 cores) and
+        # shares the tensors' memory, so the CPU keeps the reference path.
+        self.ops = TorchOps(self.device) if self.device.type == "cuda" else NUMPY
         self.fallbacks = 0
 
     @classmethod

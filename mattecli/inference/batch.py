@@ -105,6 +105,17 @@ class _Item:
     targets: dict  # kind -> Path
 
 
+def default_workers(device: str) -> int:
+    """`--workers` when not given: every core the process may use, at least 2 (measured, README
+    "Throughput": with the model's own steps this cheap or off on a GPU, the host's decoding and
+    encoding are the work, and they scale with threads; on a CPU-bound model the threads only
+    fill what the model leaves idle)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(2, cores)
+
+
 def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None, overwrite: bool = False,
                  progress: bool = True, save=("alpha",), background=None, shard: tuple[int, int] | None = None,
                  workers: int = 2, prefetch: int | None = None, timer=None) -> BatchReport:

@@ -11,7 +11,8 @@ bus). Only what truly differs between the libraries is passed in: bicubic resize
 upload and download. Normalisation and trimap encoding are table look-ups and nearest-neighbour
 resizing is a gather with the indices OpenCV computes, so both libraries give the same bits; only
 bicubic resizing differs (cv2 against torch's kernel, the same cubic with a = -0.75 in a different
-order of operations; on a CPU the torch path uses OpenCV too, so it stays bit-identical there).
+order of operations). The torch backend uses the torch path on CUDA only: on a CPU, numpy with
+OpenCV is faster and is the authors' arithmetic.
 """
 
 from __future__ import annotations
@@ -48,34 +49,37 @@ class NumpyOps:
         return array
 
     def resize_bicubic(self, x, h: int, w: int):
-        """(H, W) or (H, W, C) float32 -> (h, w[, C]), OpenCV's INTER_CUBIC (a = -0.75)."""
+        """(H, W) or planar (C, H, W) float32 -> (h, w) or (C, h, w), OpenCV's INTER_CUBIC (a = -0.75)."""
         import cv2
 
-        return cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC)
+        if x.ndim == 2:
+            return cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC)
+        out = np.empty((x.shape[0], h, w), np.float32)
+        for plane, dst in zip(x, out):  # OpenCV resizes each channel alone: the same bits per plane
+            cv2.resize(plane, (w, h), dst=dst, interpolation=cv2.INTER_CUBIC)
+        return out
 
     def reflect_pad(self, x, ph: int, pw: int):
-        """Pad (H, W[, C]) by ph rows at the bottom and pw columns at the right, numpy's 'reflect'."""
-        return _reflect_pad(x, ((0, ph), (0, pw)) + ((0, 0),) * (x.ndim - 2))
+        """Pad planar (C, H, W) by ph rows at the bottom and pw columns at the right, numpy's 'reflect'."""
+        return _reflect_pad(x, ((0, 0), (0, ph), (0, pw)))
 
-    def to_nchw(self, x):
-        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    def channel(self, image, c: int):
+        """Channel c of an (H, W, C) array."""
+        return image[..., c]
 
 
 class TorchOps:
-    """torch on a device. Uploads go through pinned memory with non-blocking copies, so the copy
-    overlaps the host's next step; downloads are uint8 (the finished alpha) wherever possible.
-
-    `cv2_resize`: resize with OpenCV on a CPU device (default there), so that `--device cpu` gives
-    the same bits as the numpy reference and the authors' demo; on CUDA torch's bicubic kernel.
+    """torch on a device (CUDA; on a CPU it runs the same kernels, which is how it is tested).
+    Uploads go through pinned memory with non-blocking copies; the only download of a whole image
+    is the finished uint8 alpha (or a tile's float alpha).
     """
 
-    def __init__(self, device="cpu", cv2_resize: bool | None = None):
+    def __init__(self, device="cpu"):
         import torch
 
         self.torch = self.xp = torch
         self.device = torch.device(device)
         self.float32, self.uint8 = torch.float32, torch.uint8
-        self.cv2_resize = self.device.type == "cpu" if cv2_resize is None else cv2_resize
         self._constants: dict = {}
 
     def upload(self, array: np.ndarray):
@@ -100,26 +104,23 @@ class TorchOps:
         return tensor.long()  # torch reads a uint8 index as a mask
 
     def resize_bicubic(self, x, h: int, w: int):
-        if self.cv2_resize:
-            return self.torch.from_numpy(NumpyOps().resize_bicubic(x.numpy(), h, w))
         import torch.nn.functional as F
 
-        chw = x.permute(2, 0, 1) if x.ndim == 3 else x[None]
-        out = F.interpolate(chw[None], size=(h, w), mode="bicubic", align_corners=False)[0]
-        return out.permute(1, 2, 0) if x.ndim == 3 else out[0]
+        planes = x[None, None] if x.ndim == 2 else x[None]
+        out = F.interpolate(planes, size=(h, w), mode="bicubic", align_corners=False)
+        return out[0, 0] if x.ndim == 2 else out[0]
 
     def reflect_pad(self, x, ph: int, pw: int):
         import torch.nn.functional as F
 
-        chw = x.permute(2, 0, 1) if x.ndim == 3 else x[None]
         while ph or pw:  # torch's reflect, like numpy's, needs pad < size: repeat for tiny images
-            step_h, step_w = min(ph, chw.shape[1] - 1), min(pw, chw.shape[2] - 1)
-            chw = F.pad(chw[None], (0, step_w, 0, step_h), mode="reflect")[0]
+            step_h, step_w = min(ph, x.shape[1] - 1), min(pw, x.shape[2] - 1)
+            x = F.pad(x[None], (0, step_w, 0, step_h), mode="reflect")[0]
             ph, pw = ph - step_h, pw - step_w
-        return chw.permute(1, 2, 0) if x.ndim == 3 else chw[0]
+        return x
 
-    def to_nchw(self, x):
-        return x.permute(2, 0, 1)[None].contiguous()
+    def channel(self, image, c: int):
+        return image[..., c]
 
 
 NUMPY = NumpyOps()
@@ -141,9 +142,9 @@ def _rgb_table(mean: tuple, std: tuple) -> np.ndarray:
 
 
 def _normalise(image, cfg: InferConfig, ops=NUMPY):
+    """(H, W, 3) uint8 -> planar (3, H, W) float32."""
     table = _constant(ops, ("rgb", cfg.mean, cfg.std), lambda: _rgb_table(tuple(cfg.mean), tuple(cfg.std)))
-    channels = _constant(ops, "channels", lambda: np.arange(3))
-    return table[channels, ops.index(image)]  # (H, W, 3): table[c, image[..., c]]
+    return ops.xp.stack([table[c][ops.index(ops.channel(image, c))] for c in range(3)], 0)
 
 
 def _trimap_table() -> np.ndarray:
@@ -151,11 +152,12 @@ def _trimap_table() -> np.ndarray:
 
 
 def _encode_trimap(trimap, cfg: InferConfig, ops=NUMPY):
+    """(H, W) uint8 -> planar (C, H, W) float32."""
     xp = ops.xp
     if cfg.trimap == "onehot":  # background, unknown, foreground
-        return ops.astype(xp.stack([trimap == 0, trimap == 128, trimap == 255], 2), ops.float32)
+        return ops.astype(xp.stack([trimap == 0, trimap == 128, trimap == 255], 0), ops.float32)
     # trimap / 255 as the authors compute it (float32)
-    return _constant(ops, "trimap", _trimap_table)[ops.index(trimap)][..., None]
+    return _constant(ops, "trimap", _trimap_table)[ops.index(trimap)][None]
 
 
 def _nearest_indices(src: int, dst: int) -> np.ndarray:
@@ -176,14 +178,15 @@ def prepare(image, trimap, cfg: InferConfig, ops=NUMPY):
     if (ah, aw) != (h, w):
         if cfg.align == "resize":  # bicubic image, nearest trimap (IndexNet's demo)
             rgb = ops.resize_bicubic(rgb, ah, aw)
-            rows = _constant(ops, ("rows", h, ah), lambda: _nearest_indices(h, ah))
-            cols = _constant(ops, ("cols", w, aw), lambda: _nearest_indices(w, aw))
-            tri = tri[rows][:, cols]
+            if ah != h:
+                tri = tri[:, _constant(ops, ("nearest", h, ah), lambda: _nearest_indices(h, ah))]
+            if aw != w:
+                tri = tri[:, :, _constant(ops, ("nearest", w, aw), lambda: _nearest_indices(w, aw))]
         elif cfg.align == "pad":  # bottom/right, numpy 'reflect' (the edge is not repeated)
             rgb, tri = ops.reflect_pad(rgb, ah - h, aw - w), ops.reflect_pad(tri, ah - h, aw - w)
         else:
             raise ValueError(f"unknown alignment {cfg.align!r}")
-    return ops.to_nchw(ops.xp.concatenate([rgb, tri], axis=2))
+    return ops.xp.concatenate([rgb, tri], axis=0)[None]  # one copy into a contiguous NCHW array
 
 
 def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
