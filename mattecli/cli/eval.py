@@ -70,6 +70,10 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
              save_pred=None, json_out=None, csv_out=None, workers=None, report=None, report_worst=20,
              images=None) -> int:
     """The command as a function: returns the exit code (0, or 1 when some images failed)."""
+    if weights is not None:
+        from mattecli.devices import resolve_device
+
+        device = resolve_device(device)  # an unknown device is one line before any work
     from rich.console import Console
 
     from mattecli import evaluation as ev
@@ -94,10 +98,9 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
 
     kept = {}
     if weights is not None:
-        from mattecli.devices import resolve_device
         from mattecli.inference.pipeline import load_pipeline
 
-        pipeline = load_pipeline(weights, backend, resolve_device(device))
+        pipeline = load_pipeline(weights, backend, device)
         worst = ev.WorstN(report_worst) if report is not None else None
         results, kept = ev.evaluate(items, workers, pipeline=pipeline, save_pred=save_pred,
                                     worst=worst, console=errors)

@@ -46,6 +46,7 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
         self.recipe = recipe
         self.half, self.channels_last = half, channels_last
+        self.half_dtype = getattr(torch, HALF_DTYPE)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
@@ -73,7 +74,7 @@ class TorchBackend:
                 x = x.contiguous(memory_format=torch.channels_last)
             if not self.half:
                 return self.run(x).float()
-            with torch.autocast(self.device.type, dtype=getattr(torch, HALF_DTYPE)):
+            with torch.autocast(self.device.type, dtype=self.half_dtype):
                 out = self.run(x).float()
             if not bool(torch.isfinite(out).all()):
                 self.fallbacks += 1
