@@ -39,8 +39,8 @@ def main(
                                    "image whose estimated pass exceeds it runs as tiles over the trimap's unknown "
                                    "band, known regions copied."),
     workers: int = typer.Option(None, "--workers", min=0, help="Threads decoding inputs, estimating foregrounds and "
-                                "encoding outputs while the model runs; 0: in turn with the model. Default: the "
-                                "number of cores (at least 2), as measured in README \"Throughput\"."),
+                                "encoding outputs while the model runs; 0: in turn with the model. Default: every "
+                                "core with --device cuda, 0 on cpu (README \"Throughput\")."),
 ) -> None:
     """Write OUT/{stem}.png (8-bit alpha), and what --save asks for, for every image with a trimap.
 

@@ -106,12 +106,17 @@ class _Item:
 
 
 def default_workers(device: str) -> int:
-    """`--workers` when not given: every core the process may use, at least 2 (measured, README
-    "Throughput": with the model's own steps this cheap or off on a GPU, the host's decoding and
-    encoding are the work, and they scale with threads; on a CPU-bound model the threads only
-    fill what the model leaves idle)."""
+    """`--workers` when not given (README "Throughput").
+
+    CUDA: every core the process may use (at least 2): the model and its preparing and restoring
+    are on the GPU, so decoding, foreground estimation and encoding are the host's whole work, and
+    they scale with threads. CPU: 0, in turn with the model, which already uses every core; a
+    model that leaves cores idle (an exported graph on a small model) gains from `--workers 2`.
+    """
     import os
 
+    if not str(device).startswith("cuda"):
+        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(2, cores)
 
