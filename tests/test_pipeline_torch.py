@@ -191,3 +191,18 @@ def test_cuda_half_pipeline_against_fp32():
     fp16 = Pipeline(TorchBackend(net, Recipe(RESIZE), "cuda", half=True), RESIZE)(image, trimap)
     diff = level_difference(fp16, fp32, trimap)
     assert diff.max() <= 2 and (diff <= 1).mean() >= 0.999
+
+
+@pytest.mark.slow  # torch.compile builds C++ kernels on a CPU: a minute or more on 2 busy cores
+def test_compiled_backend_equals_eager_at_two_sizes_with_one_compilation():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    net = SmoothNet()
+    eager, compiled = TorchBackend(net, Recipe(PAD)), TorchBackend(net, Recipe(PAD), compile=True)
+    rng = np.random.default_rng(0)
+    for h, w in [(64, 96), (96, 160), (128, 64)]:
+        x = rng.standard_normal((1, 4, h, w)).astype(np.float32)
+        np.testing.assert_allclose(compiled(x), eager(x), atol=1e-5)
+    # dynamic height and width: the three sizes share one graph
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
