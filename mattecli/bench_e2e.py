@@ -134,8 +134,8 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
             if report.failed:
                 raise RuntimeError(f"bench --e2e: {report.failed[0][0]}: {report.failed[0][1]}")
             rows.append({
-                "size": f"{width}x{height}", "images": count, "wall_s": round(wall, 4),
-                "images_per_s": round(count / wall, 4), "decode_s": round(decode_s, 4),
+                "size": f"{width}x{height}", "images": count, "wall_s": float(f"{wall:.6g}"),
+                "images_per_s": float(f"{count / wall:.6g}"), "decode_s": float(f"{decode_s:.6g}"),
                 "wall_over_decode": round(wall / decode_s, 3),
                 "stages": {name: {"total_s": round(clock.totals[name], 4),
                                   "ms_per_image": round(1000 * clock.totals[name] / count, 2),

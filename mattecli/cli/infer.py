@@ -33,8 +33,9 @@ def main(
                                    "whose requested outputs all exist is skipped)."),
     shard: str = typer.Option(None, "--shard", help="K/N: process only the K-th of N slices of the input list "
                               "sorted by file name (images K, K+N, K+2N, ...). K is 0-based: 0/4 .. 3/4."),
-    max_memory: str = typer.Option("4GB", "--max-memory", help="Memory ceiling of one model pass (e.g. 4GB, 512MB; "
-                                   "none: no ceiling; 0 is refused): host memory on cpu, GPU memory on cuda, "
+    max_memory: str = typer.Option(None, "--max-memory", help="Memory ceiling of one model pass (e.g. 4GB, 512MB; "
+                                   "none: no ceiling; 0 is refused; default 4GB on cpu, on cuda 90% of the GPU's "
+                                   "memory): host memory on cpu, GPU memory on cuda, "
                                    "estimated from the recipe's bytes per pixel for that device and precision. An "
                                    "image whose estimated pass exceeds it runs as tiles over the trimap's unknown "
                                    "band, known regions copied."),
@@ -71,7 +72,7 @@ def main(
         raise UsageError(f"--images {images}: not a folder")
     shard_kn = parse_shard(shard)
     try:
-        max_bytes = parse_memory(max_memory)
+        max_bytes = parse_memory(max_memory or "4GB")
     except ValueError as err:
         raise UsageError(f"--max-memory {err}") from None
     bg = None
@@ -81,6 +82,10 @@ def main(
         except (ValueError, InputError) as err:
             raise UsageError(f"--background {err}") from None
     device = resolve_device(device)
+    if max_memory is None and device.startswith("cuda"):
+        import torch
+
+        max_bytes = int(0.9 * torch.cuda.get_device_properties(device).total_memory)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs a CUDA device (half precision on a CPU is not a fast path)")
     pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
@@ -88,7 +93,7 @@ def main(
         try:
             tile_size(max_bytes, pipeline.cfg, pipeline.bytes_per_pixel)
         except ValueError as err:
-            raise UsageError(f"--max-memory {max_memory}: {err}") from None
+            raise UsageError(f"--max-memory {max_memory or '(default)'}: {err}") from None
     if max_bytes is not None and device.startswith("cuda"):
         from mattecli.inference.tiling import model_bytes_per_pixel
 
