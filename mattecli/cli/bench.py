@@ -109,6 +109,7 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
         table.add_row(r["size"], f"{r['images_per_s']:.2f}", f"{r['wall_over_decode']:.2f}",
                       *[f"{r['stages'][s]['ms_per_image']:.0f}" for s in STAGES])
     Console().print(table)
-    print("stage columns: ms per image (prepare: upload + prepare, restore: restore + download, fg: foreground), summed over the images; decode, foreground and encode run in the workers, "
-          "overlapping the model, so stages add up to more than the wall time when overlap works; wall / decode: "
-          "the run's wall time over decoding the same files one after the other")
+    print("stage columns: ms per image (prepare: upload + prepare, restore: restore + download, fg: foreground); "
+          "decode, foreground and encode run in the workers, overlapping the model, so stages add up to more "
+          "than the wall time when overlap works; wall/decode: the run's wall time over decoding the same files "
+          "one after the other")

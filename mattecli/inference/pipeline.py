@@ -5,14 +5,14 @@ backend sees; `restore` turns the backend's raw alpha back into an 8-bit matte o
 size. How to align (resize as IndexNet's demo does, or reflect-pad as A2U's) and how to encode the
 trimap come from the recipe's `infer` section, which travels inside every weights file.
 
-The steps are written once over an array library (`NumpyOps`, `TorchOps`): numpy with OpenCV (the reference,
-for ONNX Runtime and TensorRT) or torch on the backend's device (so on a GPU only uint8 crosses the
-bus). Only what truly differs between the libraries is passed in: bicubic resize, reflect padding,
-table look-up, joining channels, upload and download. Normalisation and trimap encoding are table look-ups and nearest-neighbour
-resizing is a gather with the indices OpenCV computes, so both libraries give the same bits; only
-bicubic resizing differs (cv2 against torch's kernel, the same cubic with a = -0.75 in a different
-order of operations). The torch backend uses the torch path on CUDA only: on a CPU, numpy with
-OpenCV is faster and is the authors' arithmetic.
+The steps are written once over an array library (`NumpyOps`, `TorchOps`): numpy with OpenCV
+(the reference, for ONNX Runtime and TensorRT) or torch on the backend's device (so on a GPU only
+uint8 crosses the bus). Only what truly differs between the libraries is passed in: bicubic resize,
+reflect padding, table look-up, joining channels, upload and download. Normalisation and trimap
+encoding are table look-ups and nearest-neighbour resizing is a gather with the indices OpenCV
+computes, so both libraries give the same bits; only bicubic resizing differs (OpenCV's kernel
+against torch's, the same cubic with a = -0.75 summed in another order). The torch backend uses
+the torch path on CUDA only: on a CPU, numpy with OpenCV is faster and is the authors' arithmetic.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class NumpyOps:
             return cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC)
         interleaved = x.transpose(1, 2, 0)
         if interleaved.flags.c_contiguous and x.shape[0] <= 4:
-            return cv2.resize(interleaved, (w, h), interpolation=cv2.INTER_CUBIC).reshape(h, w, -1).transpose(2, 0, 1)
+            out = cv2.resize(interleaved, (w, h), interpolation=cv2.INTER_CUBIC)
+            return out.reshape(h, w, -1).transpose(2, 0, 1)
         out = np.empty((x.shape[0], h, w), np.float32)
         for plane, dst in zip(x, out):
             cv2.resize(plane, (w, h), dst=dst, interpolation=cv2.INTER_CUBIC)
@@ -70,7 +71,8 @@ class NumpyOps:
         tables[c][image[..., c]], by OpenCV's LUT (a third of numpy's gather time at 4K)."""
         import cv2
 
-        return cv2.LUT(image, np.ascontiguousarray(tables.T).reshape(256, 1, -1)).reshape(image.shape).transpose(2, 0, 1)
+        interleaved = cv2.LUT(image, np.ascontiguousarray(tables.T).reshape(256, 1, -1))
+        return interleaved.reshape(image.shape).transpose(2, 0, 1)
 
     def join(self, planes):
         """Planar (C_i, H, W) arrays -> one C-contiguous (1, sum C_i, H, W) array, in one copy."""
@@ -81,7 +83,6 @@ class NumpyOps:
     def reflect_pad(self, x, ph: int, pw: int):
         """Pad planar (C, H, W) by ph rows at the bottom and pw columns at the right, numpy's 'reflect'."""
         return _reflect_pad(x, ((0, 0), (0, ph), (0, pw)))
-
 
 
 class TorchOps:
