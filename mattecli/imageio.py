@@ -144,6 +144,12 @@ def read_trimap(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray,
     return trimap, note
 
 
+# zlib level 1, not Pillow's default 6: lossless either way; measured on a 3840x2160 photo (2-core
+# CPU, Pillow 13): RGB 0.84 s and 2.77 MiB at 1 against 2.5 s and 2.31 MiB at 6; an alpha 0.12 s
+# and 0.20 MiB against 0.18 s and 0.14 MiB. A fifth larger files for a third of the time.
+PNG_LEVEL = 1
+
+
 def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None = None) -> Path:
     """Write a uint8 gray (H, W), RGB or RGBA array as PNG, atomically, with optional tEXt chunks
     (`text`, read back by `read_png_text`)."""
@@ -157,7 +163,7 @@ def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None =
         info = PngImagePlugin.PngInfo()
         for key, value in text.items():
             info.add_text(key, value)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info, compress_level=PNG_LEVEL))
 
 
 def read_png_text(path: str | Path) -> dict[str, str]:

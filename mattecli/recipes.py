@@ -82,6 +82,10 @@ class InferConfig:
     # benchmarks/measure_memory.py; `matte infer --max-memory` decides whole image vs tiles from it.
     # The default is deliberately high so an unmeasured family errs towards tiling.
     bytes_per_pixel: int = 4096
+    # The same on CUDA (torch.cuda.max_memory_allocated, benchmarks/device_check.sh), in float32 and
+    # under --half; 0: not measured yet, the CPU figure stands in (tiling.model_bytes_per_pixel).
+    cuda_bytes_per_pixel: int = 0
+    cuda_half_bytes_per_pixel: int = 0
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,12 @@ def test_parse_memory_refuses_naming_the_option(text):
         parse_memory(text)
 
 
+@pytest.mark.parametrize("text", ["0", "0GB", "0.0 MB"])
+def test_a_zero_ceiling_is_refused_not_taken_as_none(text):
+    with pytest.raises(UsageError, match="write none for no ceiling"):
+        parse_memory(text)
+
+
 def test_sizes_are_width_by_height():
     assert parse_sizes("1920x1080, 3840X2160") == [Size(1920, 1080), Size(3840, 2160)]
     size = parse_size("1920x1080", "--opt-shape")

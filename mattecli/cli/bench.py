@@ -10,15 +10,24 @@ import typer
 def main(
     weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (ONNX graph and TensorRT engine "
                                  "are exported from it into a temporary folder), an .onnx graph or an .engine."),
-    backends: str = typer.Option("torch,onnx", "--backends", help="Comma-separated, any of torch, onnx, trt."),
+    backends: str = typer.Option(None, "--backends", help="Comma-separated, any of torch, onnx, trt (default: "
+                                 "torch,onnx; with --e2e the one the file's suffix implies)."),
     sizes: str = typer.Option("1920x1080,3840x2160", "--sizes", help="Comma-separated WIDTHxHEIGHT input sizes "
                               "(aligned to the model's stride by the inference pipeline, as in `matte infer`)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N] (trt and --half need cuda)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N] "
+                               "(trt and --half need cuda)."),
     half: bool = typer.Option(False, "--half", help="FP16: autocast for torch, an FP16 ONNX graph for onnx, an FP16 "
                               "engine for trt. CUDA only."),
     repeat: int = typer.Option(5, "--repeat", min=1, help="Timed calls per backend and size (the median is reported)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed calls before the timed ones."),
     json_out: Path = typer.Option(None, "--json", help="Also write the rows (and what was timed) as JSON."),
+    e2e: bool = typer.Option(False, "--e2e", help="End to end: `matte infer`'s runner over generated image files of "
+                             "each size, files on disk to files written, with each stage's time (decode, upload + "
+                             "prepare, model, restore + download, foreground, encode). One backend."),
+    save: str = typer.Option("alpha", "--save", help="With --e2e: the outputs written, as `matte infer --save`."),
+    count: int = typer.Option(8, "--count", min=1, help="With --e2e: timed images per size."),
+    workers: int = typer.Option(None, "--workers", min=0, help="With --e2e: as `matte infer --workers`."),
+    compile: bool = typer.Option(False, "--compile", help="With --e2e: as `matte infer --compile`."),
 ) -> None:
     """Time each backend at each size: one table row per backend and size.
 
@@ -34,9 +43,17 @@ def main(
 
     from mattecli.bench import check_request, run_bench
     from mattecli.cli.parsing import parse_backends, parse_sizes
+    from mattecli.devices import resolve_device
     from mattecli.progress import progress_bar
 
-    names, size_list = parse_backends(backends), parse_sizes(sizes)
+    size_list = parse_sizes(sizes)
+    device = resolve_device(device)
+    if e2e:
+        from mattecli.inference.backends import SUFFIX_TO_BACKEND
+
+        names = parse_backends(backends) if backends else [SUFFIX_TO_BACKEND.get(weights.suffix.lower(), "torch")]
+        return _e2e(weights, names, size_list, device, half, compile, save, count, workers, json_out)
+    names = parse_backends(backends or "torch,onnx")
     check_request(weights, names, device, half)  # usage errors before the progress bar starts
     err = Console(stderr=True)
     with progress_bar(console=err) as bar:
@@ -63,3 +80,37 @@ def main(
                   soft_wrap=True)
     if failed:
         raise typer.Exit(1)
+
+
+def _e2e(weights, names, size_list, device, half, compile, save, count, workers, json_out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mattecli.bench import check_request
+    from mattecli.bench_e2e import STAGES, run_e2e
+    from mattecli.cli.infer import SAVE_KINDS
+    from mattecli.errors import UsageError
+
+    if len(names) != 1:
+        raise UsageError("--e2e times one backend: name it with --backends (e.g. --backends torch)")
+    kinds = list(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
+    if not kinds or any(k not in SAVE_KINDS or k == "composite" for k in kinds):
+        raise UsageError(f"--save {save}: with --e2e choose from alpha, fg, rgba")
+    check_request(weights, names, device, half)
+    err = Console(stderr=True)
+    report = run_e2e(weights, size_list, backend=names[0], device=device, half=half, compile=compile,
+                     save=kinds, count=count, workers=workers, json_path=json_out,
+                     log=lambda line: err.print(line, markup=False, highlight=False))
+    table = Table(title=f"matte bench --e2e: {weights.name} on {device}{' (FP16)' if half else ''}, "
+                        f"--save {','.join(kinds)}, {report['workers']} workers, {count} images per size")
+    short = {"upload + prepare": "prepare", "restore + download": "restore", "foreground": "fg"}
+    for col in ("size", "img/s", "wall/decode", *[short.get(s, s) for s in STAGES]):
+        table.add_column(col, justify="left" if col == "size" else "right")
+    for r in report["rows"]:
+        table.add_row(r["size"], f"{r['images_per_s']:.2f}", f"{r['wall_over_decode']:.2f}",
+                      *[f"{r['stages'][s]['ms_per_image']:.0f}" for s in STAGES])
+    Console().print(table)
+    print("stage columns: ms per image (prepare: upload + prepare, restore: restore + download, fg: foreground); "
+          "decode, foreground and encode run in the workers, overlapping the model, so stages add up to more "
+          "than the wall time when overlap works; wall/decode: the run's wall time over decoding the same files "
+          "one after the other")

@@ -19,7 +19,7 @@ def main(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Run this model (.safetensors) on --data instead of reading --pred."),
     data: Optional[Path] = typer.Option(None, "--data", help="A prepared split (e.g. OUT/test, with manifest.csv): images, alphas and trimaps."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnx or trt (default: from the weights file's suffix)."),
-    device: str = typer.Option("cpu", "--device", help="Device for --weights, e.g. cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="Device for --weights: auto (cuda when available, else cpu), cpu or cuda[:N]."),
     save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="With --weights: write the predictions to this folder as {name}.png."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write count, mean and per-image metrics as JSON."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image metrics as CSV (name,sad,mse,grad,conn)."),
@@ -141,7 +141,11 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
              save_pred=None, json_out=None, csv_out=None, workers=None, report=None, report_worst=20,
              images=None) -> int:
     """The command as one function, options as on the command line (kept for callers of the one
-    function; `eval_predictions` and `eval_model` are the two modes)."""
+    function; `eval_predictions` and `eval_model` are the two modes); returns the exit code."""
+    if weights is not None:
+        from mattecli.devices import resolve_device
+
+        device = resolve_device(device)  # an unknown device is one line before any work
     _check_options(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, save_pred=save_pred,
                    workers=workers, report=report, report_worst=report_worst, images=images)
     outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)

@@ -31,7 +31,8 @@ def main(
                                 "(1e-2 with --half)."),
     verify_sizes: str = typer.Option(None, "--verify-sizes", help="WIDTHxHEIGHT,... for --verify (default: 3s x 5s, "
                                      "11s x 7s for the model's stride s, and 1920x1088; a static graph: its size)."),
-    device: str = typer.Option("cpu", "--device", help="Where --verify runs both models: cpu or cuda[:N]."),
+    device: str = typer.Option("auto", "--device", help="Where --verify runs both models: auto (cuda when "
+                              "available, else cpu), cpu or cuda[:N]."),
 ) -> None:
     """Export a model for deployment: ONNX (opset >= 17, only operators TensorRT's ONNX parser
     takes, recipe and preprocessing in the metadata) or a TensorRT engine built from it.
@@ -39,6 +40,9 @@ def main(
     The exported file runs with `matte infer --weights FILE` and `matte eval --weights FILE`
     through the same pipeline as the PyTorch model.
     """
+    from mattecli.devices import resolve_device
+
+    device = resolve_device(device)
     code = run_export(weights=weights, format=format, out=out, half=half, dynamic=dynamic,
                       shapes=(min_shape, opt_shape, max_shape), opset=opset, verify=verify,
                       verify_sizes=verify_sizes, device=device)

@@ -15,7 +15,12 @@ def main(
     trimaps: Path = typer.Option(None, "--trimaps", help="Folder of trimaps named like the images "
                                  "(default: {stem}_trimap.* beside each image)."),
     backend: str = typer.Option(None, "--backend", help="torch|onnx|trt (default: from the weights file's suffix)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N]. "
+                               "On CUDA the torch backend prepares and restores on the GPU too."),
+    half: bool = typer.Option(False, "--half", help="Torch backend on CUDA: half precision (autocast; norms and "
+                              "softmax stay float32). An image whose output is not finite is redone in float32."),
+    compile: bool = typer.Option(False, "--compile", help="Torch backend: torch.compile the model (dynamic height "
+                                 "and width: one compilation for a folder of mixed sizes)."),
     save: str = typer.Option("alpha", "--save", help="Comma-separated outputs, any of: alpha (OUT/{stem}.png), "
                              "fg (estimated foreground colours, OUT/fg/{stem}.png), rgba (foreground + straight "
                              "alpha, OUT/rgba/{stem}.png), composite (foreground over --background, "
@@ -28,12 +33,15 @@ def main(
                                    "whose requested outputs all exist is skipped)."),
     shard: str = typer.Option(None, "--shard", help="K/N: process only the K-th of N slices of the input list "
                               "sorted by file name (images K, K+N, K+2N, ...). K is 0-based: 0/4 .. 3/4."),
-    max_memory: str = typer.Option("4GB", "--max-memory", help="Memory ceiling of one model pass (e.g. 4GB, 512MB; "
-                                   "none: no ceiling). An image whose estimated pass exceeds it runs as tiles "
-                                   "over the trimap's unknown band, known regions copied."),
-    workers: int = typer.Option(None, "--workers", min=0, help="Threads decoding inputs and encoding outputs while "
-                                "the model runs; 0: in turn with the model. Default: 2 with --device cuda, 0 on "
-                                "cpu (the model already uses every core there; overlapping measured no faster)."),
+    max_memory: str = typer.Option(None, "--max-memory", help="Memory ceiling of one model pass (e.g. 4GB, 512MB; "
+                                   "none: no ceiling; 0 is refused; default 4GB on cpu, on cuda 90% of the GPU's "
+                                   "memory): host memory on cpu, GPU memory on cuda, "
+                                   "estimated from the recipe's bytes per pixel for that device and precision. An "
+                                   "image whose estimated pass exceeds it runs as tiles over the trimap's unknown "
+                                   "band, known regions copied."),
+    workers: int = typer.Option(None, "--workers", min=0, help="Threads decoding inputs, estimating foregrounds and "
+                                "encoding outputs while the model runs; 0: in turn with the model. Default: every "
+                                "core with --device cuda, 0 on cpu (README \"Throughput\")."),
 ) -> None:
     """Write OUT/{stem}.png (8-bit alpha), and what --save asks for, for every image with a trimap.
 
@@ -47,8 +55,9 @@ def main(
     reason and skipped; the exit code is 1 if any failed.
     """
     from mattecli.cli.parsing import parse_memory, parse_shard
+    from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
-    from mattecli.inference.batch import infer_folder, print_report
+    from mattecli.inference.batch import default_workers, infer_folder, print_report
     from mattecli.inference.outputs import OUTPUT_KINDS, Background
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import tile_size
@@ -64,21 +73,34 @@ def main(
     if not images.is_dir():
         raise UsageError(f"--images {images}: not a folder")
     shard_kn = parse_shard(shard)
-    max_bytes = parse_memory(max_memory)
+    max_bytes = parse_memory(max_memory or "4GB")
     bg = None
     if background:
         try:
             bg = Background.parse(background)
         except (ValueError, InputError) as err:
             raise UsageError(f"--background {err}") from None
-    pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes)
+    device = resolve_device(device)
+    if max_memory is None and device.startswith("cuda"):
+        import torch
+
+        max_bytes = int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+    if half and not device.startswith("cuda"):
+        raise UsageError("--half needs a CUDA device (half precision on a CPU is not a fast path)")
+    pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
     if max_bytes is not None:
         try:
-            tile_size(max_bytes, pipeline.cfg)
+            tile_size(max_bytes, pipeline.cfg, pipeline.bytes_per_pixel)
         except ValueError as err:
-            raise UsageError(f"--max-memory {max_memory}: {err}") from None
+            raise UsageError(f"--max-memory {max_memory or '(default)'}: {err}") from None
+    if max_bytes is not None and device.startswith("cuda"):
+        from mattecli.inference.tiling import model_bytes_per_pixel
+
+        per_pixel, source = model_bytes_per_pixel(pipeline.cfg, device, half)
+        if "not measured" in source:
+            typer.echo(f"matte: note: --max-memory on {device}: {per_pixel} bytes/pixel from {source}", err=True)
     if workers is None:
-        workers = 2 if device.startswith("cuda") else 0
+        workers = default_workers(device)
     report = infer_folder(pipeline, images, out, trimaps, overwrite=overwrite, save=kinds, background=bg,
                           shard=shard_kn, workers=workers)
     print_report(report, out)

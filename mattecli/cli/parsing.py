@@ -22,10 +22,13 @@ def parse_memory(text: str | None, option: str = "--max-memory") -> int | None:
     Raises:
         UsageError: on anything else, naming the accepted forms.
     """
-    if text is None or text.strip().lower() in ("", "none", "off", "0"):
+    if text is None or text.strip().lower() in ("", "none", "off"):
         return None
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).upper() if match else None
+    if match and float(match.group(1)) == 0 and (unit in _UNITS or not unit):  # not a silent "no ceiling"
+        raise UsageError(f"{option} {text!r}: a ceiling of zero leaves no memory for any pass; write none for no "
+                         "ceiling")
     if not match or unit not in _UNITS or float(match.group(1)) <= 0:
         raise UsageError(f"{option} {text!r}: expected a size like 4GB, 512MB or 1.5G (or none)")
     return int(float(match.group(1)) * _UNITS[unit])

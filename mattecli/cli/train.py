@@ -15,7 +15,8 @@ def main(
                                                     "the run's: a larger N extends it)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch size, split across torchrun's processes "
                                                               "(default: the recipe's)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda[:N] or auto (under torchrun: one GPU per process)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda "
+                               "(under torchrun: one GPU per process)."),
     workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint, "
                                                         "with the length and seed it was started with."),
@@ -33,6 +34,7 @@ def main(
     validation metric), RUN/log.jsonl and RUN/curves.png. Kill it at any moment: --resume continues
     exactly where the last checkpoint left off. A folder that holds a run is refused without
     --resume or --overwrite."""
+    from mattecli.devices import resolve_device
     from mattecli.recipes import load_recipe
     from mattecli.train.loop import TrainOptions, train
 
@@ -41,8 +43,9 @@ def main(
         extra.append(f"train.batch_size={batch_size}")
     rec = load_recipe(recipe, extra)
     run_dir = out or Path("runs") / rec.name
-    result = train(TrainOptions(rec, data, run_dir, device=device, workers=workers, resume=resume, seed=seed,
-                                pretrained=pretrained, iters=iters, overwrite=overwrite, tensorboard=tensorboard))
+    result = train(TrainOptions(rec, data, run_dir, device=resolve_device(device), workers=workers, resume=resume,
+                                seed=seed, pretrained=pretrained, iters=iters, overwrite=overwrite,
+                                tensorboard=tensorboard))
     if result.finished_before:
         return  # train() said the run is finished
     best = result.best

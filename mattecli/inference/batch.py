@@ -1,15 +1,16 @@
 """Folder-level inference: pair images with trimaps, run the pipeline, write outputs atomically,
 skip what is done, name every failure with its reason and go on with the rest.
 
-With `workers > 0`, decoding and encoding run in a small thread pool while the model runs in the
-calling thread (PIL, OpenCV, numba and torch release the GIL in their heavy loops); with 0 they run
-in turn with the model (better on a CPU, where the model uses every core). Both sides are bounded
+With `workers > 0`, decoding, foreground estimation and encoding run in a thread pool while the
+model (and, on its device, preparing and restoring) runs in the calling thread (PIL, OpenCV, numba
+and torch release the GIL in their heavy loops); with 0 they run in turn with the model. Both sides are bounded
 (`prefetch` decoded items waiting for the model, `prefetch` items waiting to be written), so memory
 stays bounded whatever the folder's size.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from collections import deque
@@ -22,6 +23,7 @@ import numpy as np
 from mattecli.errors import InputError, UsageError
 from mattecli.imageio import (EXIF_ORIENTATIONS, exif_orientation, index_by_stem, list_images, read_gray, read_image,
                               read_trimap, remove_stale_temps)
+from mattecli.inference.pipeline import REDONE_FP32, stage
 from mattecli.parallel import executor
 from mattecli.progress import track
 
@@ -91,9 +93,25 @@ class _Item:
     alpha_path: Path | None = None  # an alpha already written is reused from here (unless overwrite)
 
 
+def default_workers(device: str) -> int:
+    """`--workers` when not given (README "Throughput").
+
+    CUDA: every core the process may use (at least 2): the model and its preparing and restoring
+    are on the GPU, so decoding, foreground estimation and encoding are the host's whole work, and
+    they scale with threads. CPU: 0, in turn with the model, which already uses every core; a
+    model that leaves cores idle (an exported graph on a small model) gains from `--workers 2`.
+    """
+    import os
+
+    if not str(device).startswith("cuda"):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(2, cores)
+
+
 def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None, overwrite: bool = False,
                  progress: bool = True, save=("alpha",), background=None, shard: tuple[int, int] | None = None,
-                 workers: int = 2, prefetch: int = 2) -> BatchReport:
+                 workers: int = 2, prefetch: int | None = None, timer=None) -> BatchReport:
     """Write the requested outputs (`save`, see `outputs.OUTPUT_KINDS`) for every image with a trimap.
 
     An image is done when all its requested outputs exist and are current (`outputs.is_current`: a
@@ -111,10 +129,12 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         save: output kinds to write.
         background: an `outputs.Background`, required for "composite".
         shard: (K, N), 0-based: process only `sorted_images[K::N]`.
-        workers: threads decoding inputs and encoding outputs while the model runs; 0 runs them
-            in turn with the model in the calling thread (better when the model already uses
-            every CPU core, see README "Throughput").
-        prefetch: items decoded ahead of the model, and items queued for writing (the memory bound).
+        workers: threads decoding inputs, estimating foregrounds and encoding outputs while the
+            model runs; 0 runs them in turn with the model in the calling thread.
+        prefetch: items decoded ahead of the model, and items queued for writing (the memory
+            bound); default max(2, workers), so that every worker has an item.
+        timer: `timer(stage)` -> a context manager around each decode, foreground and encode (in
+            the workers) and each pipeline stage (`matte bench --e2e`); None: not timed.
 
     Returns:
         The report: done, skipped, failed with reasons, notes.
@@ -144,7 +164,11 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                 report.skipped.append(str(image_path))
 
     device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
+    prefetch = prefetch or max(2, workers)
+    # Threads, not processes: decoding, encoding, numba and torch release the GIL in their heavy
+    # loops, and a process would pickle every 4K image across (see README "Throughput").
     pool = executor(workers, name="matte-io")
+    load = functools.partial(_load, timer=timer) if timer is not None else _load
     reads: deque[tuple[_Item, Future]] = deque()
     writes: deque[tuple[_Item, Future]] = deque()
     queue = iter(todo)
@@ -157,7 +181,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     item = next(queue, None)
                     if item is None:
                         return
-                    reads.append((item, pool.submit(_load, item, overwrite)))
+                    reads.append((item, pool.submit(load, item, overwrite)))
 
             def drain_writes(limit):
                 while len(writes) > limit:
@@ -173,11 +197,13 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     image, trimap, alpha, notes = future.result()
                     report.notes.extend(notes)
                     if alpha is None:
-                        alpha, how = pipeline.matte(image, trimap)
+                        alpha, how = pipeline.run(image, trimap)
                         if item.alpha_path is not None:  # a new alpha replaces an unusable one on disk
                             item.targets.setdefault("alpha", item.alpha_path)
-                        if how != "whole":
-                            report.tiled.append((str(item.image_path), how))
+                        if how.startswith("tiled"):
+                            report.tiled.append((str(item.image_path), how.split(";")[0]))
+                        if REDONE_FP32 in how:
+                            report.notes.append(f"{item.image_path}: {REDONE_FP32}")
                 except InputError as err:
                     report.failed.append((str(err.path), err.reason))
                     advance()
@@ -186,7 +212,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     report.failed.append((str(item.image_path), f"{type(err).__name__}: {err}"))
                     advance()
                     continue
-                writes.append((item, pool.submit(_write, item, image, alpha, background, device)))
+                writes.append((item, pool.submit(_write, item, image, alpha, background, device, timer)))
                 drain_writes(prefetch)
             drain_writes(0)
     finally:
@@ -198,10 +224,11 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     return report
 
 
-def _load(item: _Item, overwrite: bool):
+def _load(item: _Item, overwrite: bool, timer=None):
     """Decode one item: (image, trimap, existing alpha or None, notes). Runs in a worker thread."""
-    image = read_image(item.image_path, apply_exif=True)
-    trimap, note = read_trimap(item.trimap_path, apply_exif=True)
+    with stage(timer, "decode"):
+        image = read_image(item.image_path, apply_exif=True)
+        trimap, note = read_trimap(item.trimap_path, apply_exif=True)
     o_image, o_trimap = exif_orientation(item.image_path), exif_orientation(item.trimap_path)
     if o_image != o_trimap:
         raise InputError(item.trimap_path, f"EXIF orientation disagrees with the image's ({item.image_path.name}: "
@@ -223,7 +250,7 @@ def _load(item: _Item, overwrite: bool):
     return image, trimap, alpha, [note] if note else []
 
 
-def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, device=None) -> None:
+def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, device=None, timer=None) -> None:
     from mattecli.inference.outputs import write_outputs
 
     if any(kind != "alpha" for kind in item.targets) and threading.current_thread() is not threading.main_thread():
@@ -232,7 +259,7 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, device
         # The model already uses every core; a parallel foreground estimation beside it would
         # oversubscribe them (numba's thread count is per calling thread, so this stays local).
         numba.set_num_threads(1)
-    write_outputs(item.targets, image, alpha, background, device)
+    write_outputs(item.targets, image, alpha, background, device, timer=timer)
 
 
 def _record(report: BatchReport, item: _Item, future: Future) -> None:

@@ -169,26 +169,32 @@ def composite(fg: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.n
 
 
 def write_outputs(paths: dict[str, Path], image: np.ndarray, alpha: np.ndarray,
-                  background: Background | None = None, device=None) -> None:
+                  background: Background | None = None, device=None, timer=None) -> None:
     """Write the requested outputs (keys of `paths`) of one image, each atomically.
 
     The alpha is written first, so that a run interrupted between outputs can reuse it.
-    `device` is where the foreground is estimated (see `estimate_foreground`).
+    `device` is where the foreground is estimated (see `estimate_foreground`); `timer(stage)`, when
+    given, times the "foreground" and "encode" stages (`matte bench --e2e`).
 
     Raises:
         ValueError: when a composite is asked for without a background.
     """
+    from mattecli.inference.pipeline import stage
+
     if "alpha" in paths:
-        write_png(paths["alpha"], alpha)
+        with stage(timer, "encode"):
+            write_png(paths["alpha"], alpha)
     if not any(kind in paths for kind in _NEEDS_FOREGROUND):
         return
-    fg = estimate_foreground(image, alpha, device)
-    if "fg" in paths:
-        write_png(paths["fg"], fg)
-    if "rgba" in paths:
-        write_png(paths["rgba"], to_rgba(fg, alpha))
-    if "composite" in paths:
-        if background is None:
-            raise ValueError("a composite needs a background (--background)")
-        write_png(paths["composite"], composite(fg, alpha, background.fit(*alpha.shape)),
-                  text={RECORD_KEY: background.record})
+    with stage(timer, "foreground"):
+        fg = estimate_foreground(image, alpha, device)
+    with stage(timer, "encode"):
+        if "fg" in paths:
+            write_png(paths["fg"], fg)
+        if "rgba" in paths:
+            write_png(paths["rgba"], to_rgba(fg, alpha))
+        if "composite" in paths:
+            if background is None:
+                raise ValueError("a composite needs a background (--background)")
+            write_png(paths["composite"], composite(fg, alpha, background.fit(*alpha.shape)),
+                      text={RECORD_KEY: background.record})

@@ -4,10 +4,20 @@
 backend sees; `restore` turns the backend's raw alpha back into an 8-bit matte of the original
 size. How to align (resize as IndexNet's demo does, or reflect-pad as A2U's) and how to encode the
 trimap come from the recipe's `infer` section, which travels inside every weights file.
+
+The steps are written once over an array library (`NumpyOps`, `TorchOps`): numpy with OpenCV
+(the reference, for ONNX Runtime and TensorRT) or torch on the backend's device (so on a GPU only
+uint8 crosses the bus). Only what truly differs between the libraries is passed in: bicubic resize,
+reflect padding, table look-up, joining channels, upload and download. Normalisation and trimap
+encoding are table look-ups and nearest-neighbour resizing is a gather with the indices OpenCV
+computes, so both libraries give the same bits; only bicubic resizing differs (OpenCV's kernel
+against torch's, the same cubic with a = -0.75 summed in another order). The torch backend uses
+the torch path on CUDA only: on a CPU, numpy with OpenCV is faster and is the authors' arithmetic.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -21,40 +31,184 @@ if TYPE_CHECKING:
     from mattecli.recipes import Recipe
 
 
-def _normalise(image: np.ndarray, cfg: InferConfig) -> np.ndarray:
+class NumpyOps:
+    """numpy + OpenCV: the reference implementation of the primitives."""
+
+    xp = np
+    float32, uint8 = np.float32, np.uint8
+
+    def upload(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def download(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def astype(self, array, dtype):
+        return array.astype(dtype)
+
+    def index(self, array):
+        """An integer array usable as an index (numpy takes uint8 as it is)."""
+        return array
+
+    def resize_bicubic(self, x, h: int, w: int):
+        """(H, W) or planar (C, H, W) float32 -> (h, w) or (C, h, w), OpenCV's INTER_CUBIC (a = -0.75).
+
+        A planar view of an interleaved (H, W, C) array (what `lookup` gives) is resized in one
+        call as it lies in memory; OpenCV treats each channel alone, so the bits are the same."""
+        import cv2
+
+        if x.ndim == 2:
+            return cv2.resize(x, (w, h), interpolation=cv2.INTER_CUBIC)
+        interleaved = x.transpose(1, 2, 0)
+        if interleaved.flags.c_contiguous and x.shape[0] <= 4:
+            out = cv2.resize(interleaved, (w, h), interpolation=cv2.INTER_CUBIC)
+            return out.reshape(h, w, -1).transpose(2, 0, 1)
+        out = np.empty((x.shape[0], h, w), np.float32)
+        for plane, dst in zip(x, out):
+            cv2.resize(plane, (w, h), dst=dst, interpolation=cv2.INTER_CUBIC)
+        return out
+
+    def lookup(self, tables, image):
+        """tables (C, 256) float32, image (H, W, C) uint8 -> planar (C, H, W) float32 view:
+        tables[c][image[..., c]], by OpenCV's LUT (a third of numpy's gather time at 4K)."""
+        import cv2
+
+        interleaved = cv2.LUT(image, np.ascontiguousarray(tables.T).reshape(256, 1, -1))
+        return interleaved.reshape(image.shape).transpose(2, 0, 1)
+
+    def join(self, planes):
+        """Planar (C_i, H, W) arrays -> one C-contiguous (1, sum C_i, H, W) array, in one copy."""
+        out = np.empty((1, sum(p.shape[0] for p in planes)) + planes[0].shape[1:], np.float32)
+        np.concatenate(planes, axis=0, out=out[0])  # numpy would keep a transposed input's layout
+        return out
+
+    def reflect_pad(self, x, ph: int, pw: int):
+        """Pad planar (C, H, W) by ph rows at the bottom and pw columns at the right, numpy's 'reflect'."""
+        return _reflect_pad(x, ((0, 0), (0, ph), (0, pw)))
+
+
+class TorchOps:
+    """torch on a device (CUDA; on a CPU it runs the same kernels, which is how it is tested).
+    Uploads go through pinned memory with non-blocking copies; the only download of a whole image
+    is the finished uint8 alpha (or a tile's float alpha).
+    """
+
+    def __init__(self, device="cpu"):
+        import torch
+
+        self.torch = self.xp = torch
+        self.device = torch.device(device)
+        self.float32, self.uint8 = torch.float32, torch.uint8
+        self._constants: dict = {}
+
+    def upload(self, array: np.ndarray):
+        tensor = self.torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cpu":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def constant(self, key, make):
+        """A small constant (look-up table, index vector) uploaded once per device."""
+        if key not in self._constants:
+            self._constants[key] = self.upload(make())
+        return self._constants[key]
+
+    def download(self, tensor) -> np.ndarray:
+        return tensor.cpu().numpy()
+
+    def astype(self, tensor, dtype):
+        return tensor.to(dtype)
+
+    def index(self, tensor):
+        return tensor.long()  # torch reads a uint8 index as a mask
+
+    def resize_bicubic(self, x, h: int, w: int):
+        import torch.nn.functional as F
+
+        planes = x[None, None] if x.ndim == 2 else x[None]
+        out = F.interpolate(planes, size=(h, w), mode="bicubic", align_corners=False)
+        return out[0, 0] if x.ndim == 2 else out[0]
+
+    def reflect_pad(self, x, ph: int, pw: int):
+        import torch.nn.functional as F
+
+        while ph or pw:  # torch's reflect, like numpy's, needs pad < size: repeat for tiny images
+            step_h, step_w = min(ph, x.shape[1] - 1), min(pw, x.shape[2] - 1)
+            x = F.pad(x[None], (0, step_w, 0, step_h), mode="reflect")[0]
+            ph, pw = ph - step_h, pw - step_w
+        return x
+
+    def join(self, planes):
+        return self.torch.cat(planes, 0)[None]
+
+    def lookup(self, tables, image):
+        return self.torch.stack([tables[c][image[..., c].long()] for c in range(image.shape[-1])], 0)
+
+
+NUMPY = NumpyOps()
+
+
+def _constant(ops, key, make):
+    return ops.constant(key, make) if hasattr(ops, "constant") else make()
+
+
+@functools.lru_cache(maxsize=16)
+def _rgb_table(mean: tuple, std: tuple) -> np.ndarray:
     # The authors scale in float32 (a python float times a float32 array), then subtract and
-    # divide in float64, then cast back: reproduced step by step so the input is bit-identical.
-    scaled = image.astype(np.float32) * np.float32(1.0 / 255)
-    return ((scaled - np.asarray(cfg.mean)) / np.asarray(cfg.std)).astype(np.float32)
+    # divide in float64, then cast back. A uint8 channel has 256 values, so the result is a
+    # (3, 256) table, computed exactly that way: bit-identical, and a gather instead of float64
+    # arithmetic over the whole image.
+    scaled = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255)
+    table = (scaled[None, :] - np.asarray(mean)[:, None]) / np.asarray(std)[:, None]
+    return table.astype(np.float32)
 
 
-def _encode_trimap(trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
+def _normalise(image, cfg: InferConfig, ops=NUMPY):
+    """(H, W, 3) uint8 -> planar (3, H, W) float32."""
+    table = _constant(ops, ("rgb", cfg.mean, cfg.std), lambda: _rgb_table(tuple(cfg.mean), tuple(cfg.std)))
+    return ops.lookup(table, image)
+
+
+def _trimap_table() -> np.ndarray:
+    return np.arange(256, dtype=np.float32) * np.float32(1.0 / 255)  # 128 -> 0.50196..., not 0.5
+
+
+def _encode_trimap(trimap, cfg: InferConfig, ops=NUMPY):
+    """(H, W) uint8 -> planar (C, H, W) float32."""
+    xp = ops.xp
     if cfg.trimap == "onehot":  # background, unknown, foreground
-        return np.stack([trimap == 0, trimap == 128, trimap == 255], axis=2).astype(np.float32)
-    # trimap / 255 as the authors compute it (float32; 128 -> 0.50196..., not 0.5)
-    return (trimap.astype(np.float32) * np.float32(1.0 / 255))[..., None]
+        return ops.astype(xp.stack([trimap == 0, trimap == 128, trimap == 255], 0), ops.float32)
+    # trimap / 255 as the authors compute it (float32)
+    return _constant(ops, "trimap", _trimap_table)[ops.index(trimap)][None]
 
 
-def prepare(image: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
-    """(H, W, 3) uint8 RGB + (H, W) uint8 trimap (0/128/255) -> (1, C, H', W') float32, aligned."""
-    import cv2
+def _nearest_indices(src: int, dst: int) -> np.ndarray:
+    """The source index of each of `dst` outputs, as OpenCV's INTER_NEAREST computes it (in double)."""
+    return np.minimum(np.floor(np.arange(dst) * (1.0 / (dst / src))).astype(np.int64), src - 1)
 
+
+def prepare(image, trimap, cfg: InferConfig, ops=NUMPY):
+    """(H, W, 3) uint8 RGB + (H, W) uint8 trimap (0/128/255) -> (1, C, H', W') float32, aligned.
+
+    With `ops` a `TorchOps`, image and trimap are uint8 tensors on its device (see `upload`) and so
+    is the result.
+    """
     h, w = trimap.shape
-    rgb = _normalise(image, cfg)
-    tri = _encode_trimap(trimap, cfg)
+    rgb = _normalise(image, cfg, ops)
+    tri = _encode_trimap(trimap, cfg, ops)
     ah, aw = aligned_size(h, w, cfg.stride)
     if (ah, aw) != (h, w):
-        if cfg.align == "resize":
-            rgb = cv2.resize(rgb, (aw, ah), interpolation=cv2.INTER_CUBIC)
-            tri = cv2.resize(tri, (aw, ah), interpolation=cv2.INTER_NEAREST)
-            tri = tri[..., None] if tri.ndim == 2 else tri
+        if cfg.align == "resize":  # bicubic image, nearest trimap (IndexNet's demo)
+            rgb = ops.resize_bicubic(rgb, ah, aw)
+            if ah != h:
+                tri = tri[:, _constant(ops, ("nearest", h, ah), lambda: _nearest_indices(h, ah))]
+            if aw != w:
+                tri = tri[:, :, _constant(ops, ("nearest", w, aw), lambda: _nearest_indices(w, aw))]
         elif cfg.align == "pad":  # bottom/right, numpy 'reflect' (the edge is not repeated)
-            pad = ((0, ah - h), (0, aw - w), (0, 0))
-            rgb, tri = _reflect_pad(rgb, pad), _reflect_pad(tri, pad)
+            rgb, tri = ops.reflect_pad(rgb, ah - h, aw - w), ops.reflect_pad(tri, ah - h, aw - w)
         else:
             raise ValueError(f"unknown alignment {cfg.align!r}")
-    x = np.concatenate([rgb, tri], axis=2)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+    return ops.join([rgb, tri])
 
 
 def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
@@ -66,41 +220,39 @@ def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
     return np.pad(x, pad, mode="reflect")
 
 
-def unalign(raw: np.ndarray, h: int, w: int, cfg: InferConfig) -> np.ndarray:
+def unalign(raw, h: int, w: int, cfg: InferConfig, ops=NUMPY):
     """Raw (H', W') network output -> (h, w) float32 alpha * 255, alignment undone, clipped."""
-    import cv2
-
-    raw = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2:])
+    raw = ops.astype(raw, ops.float32).reshape(raw.shape[-2:])
     if cfg.align == "resize":
-        alpha = cv2.resize(raw, (w, h), interpolation=cv2.INTER_CUBIC) if raw.shape != (h, w) else raw
+        alpha = ops.resize_bicubic(raw, h, w) if tuple(raw.shape) != (h, w) else raw
     else:
         alpha = raw[:h, :w]
-    return np.clip(alpha, 0, 1) * np.float32(255)
+    return ops.xp.clip(alpha, 0, 1) * 255.0  # 255 is exact in float32: the same bits as float32(255)
 
 
-def quantise(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+def quantise(alpha, trimap, ops=NUMPY):
     """Float alpha * 255 -> the 8-bit matte, as the papers' protocols make it: the known trimap
     regions copied from the trimap, then truncated (not rounded) to uint8."""
-    unknown = (trimap == 128).astype(np.float32)
-    alpha = (1 - unknown) * trimap + unknown * alpha
-    return alpha.astype(np.uint8)
+    # where() equals the authors' (1 - unknown) * trimap + unknown * alpha bit for bit, and a
+    # non-finite alpha cannot leak into a known pixel through 0 * NaN
+    return ops.astype(ops.xp.where(trimap == 128, alpha, ops.astype(trimap, ops.float32)), ops.uint8)
 
 
 finish = quantise  # deprecated name, still called by other branches; remove after the merge
 
 
-def restore(raw: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
+def restore(raw, trimap, cfg: InferConfig, ops=NUMPY):
     """Raw (H', W') network output -> (H, W) uint8 alpha: undo the alignment, clip to [0, 1],
     copy the known trimap regions, truncate to 8 bits (as the papers' protocols do)."""
     h, w = trimap.shape
-    return quantise(unalign(raw, h, w, cfg), trimap)
+    return quantise(unalign(raw, h, w, cfg, ops), trimap, ops)
 
 
 class Matte(NamedTuple):
     """What `Pipeline.run` returns: the 8-bit alpha and how it was computed."""
 
     alpha: np.ndarray  # (H, W) uint8
-    how: str  # "whole", "tiled: N tiles of SxS" or "no unknown pixels"
+    how: str  # "whole", "tiled: N tiles of SxS" or "no unknown pixels", maybe + "; redone in fp32 (...)"
 
 
 @dataclass
@@ -108,47 +260,86 @@ class Pipeline:
     """A backend plus the recipe's inference configuration: `run` turns an image and its trimap
     into an alpha matte.
 
+    A backend with an `ops` attribute (`TorchOps`) gets the whole pipeline on its device: uint8
+    image and trimap are uploaded, prepared, run through `backend.forward` and restored there, and
+    only the uint8 alpha comes back. Any other backend gets numpy arrays.
+
     `max_bytes` is the memory ceiling of one model pass (None: no ceiling, always the whole image);
-    images whose pass would exceed it are run as tiles over the unknown band (see `tiling`).
+    images whose pass would exceed it are run as tiles over the unknown band (see `tiling`), the
+    model's memory per pixel being `bytes_per_pixel` (None: the recipe's).
+    `timer(stage)`, when set, is a context manager around each stage ("upload + prepare", "model",
+    "restore + download"), for `matte bench --e2e`.
     """
 
     backend: Backend
     cfg: InferConfig
     recipe: Recipe | None = None
     max_bytes: int | None = None
+    bytes_per_pixel: int | None = None
+    timer: object = None
+
+    @property
+    def ops(self):
+        return getattr(self.backend, "ops", NUMPY)
+
+    def _stage(self, name: str):
+        return stage(self.timer, name)
 
     def predict_whole(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha, in one whole-image pass
         whatever `max_bytes` says (the authors' protocol, which `matte eval --weights` follows)."""
         _check_sizes(image, trimap)
-        return quantise(self._predict_float(image, trimap), trimap)
+        ops = self.ops
+        with self._stage("upload + prepare"):
+            image_d, trimap_d = ops.upload(image), ops.upload(trimap)
+            x = prepare(image_d, trimap_d, self.cfg, ops)
+        raw = self._forward(x, ops)
+        with self._stage("restore + download"):
+            return ops.download(restore(raw, trimap_d, self.cfg, ops))
+
+    def _forward(self, x, ops):
+        with self._stage("model"):
+            raw = self.backend(x) if ops is NUMPY else self.backend.forward(x)
+            if not bool(ops.xp.isfinite(raw).all()):  # never a NaN alpha: the image fails, named
+                raise ValueError("the model's output is not finite (NaN or infinity) for this image")
+        return raw
 
     def _predict_float(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+        """One tile: numpy in, float alpha * 255 (numpy) out, for `tiling.blend_tiles`."""
         h, w = trimap.shape
-        raw = self.backend(prepare(image, trimap, self.cfg))
-        return unalign(raw[0, 0], h, w, self.cfg)
+        ops = self.ops
+        raw = self._forward(prepare(ops.upload(image), ops.upload(trimap), self.cfg, ops), ops)
+        return ops.download(unalign(raw, h, w, self.cfg, ops))
 
     def run(self, image: np.ndarray, trimap: np.ndarray) -> Matte:
-        """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> the alpha and how it was computed.
+        """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> the alpha and how it was computed, with
+        "; redone in fp32 (...)" appended when a half-precision pass gave non-finite values.
 
         The whole image when its pass fits `max_bytes`; otherwise tiles over the unknown band.
 
         Raises:
-            ValueError: on mismatched sizes, or a ceiling too small for even the smallest tile.
+            ValueError: on mismatched sizes, a ceiling too small for even the smallest tile, or a
+                model output that is not finite.
         """
         from mattecli.inference import tiling
 
         _check_sizes(image, trimap)
         h, w = trimap.shape
-        if self.max_bytes is None or tiling.pass_bytes(h, w, self.cfg) <= self.max_bytes:
-            return Matte(self.predict_whole(image, trimap), "whole")
-        side = tiling.tile_size(self.max_bytes, self.cfg)
-        overlap = side // tiling.OVERLAP_FRACTION
-        tiles = tiling.plan_tiles(trimap, side, overlap)
-        if not tiles:  # nothing to estimate: the trimap is the alpha
-            return Matte(trimap.copy(), "no unknown pixels")
-        alpha = tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap)
-        return Matte(quantise(alpha, trimap), f"tiled: {len(tiles)} tiles of {side}x{side}")
+        redone = getattr(self.backend, "fallbacks", 0)
+        per_pixel = self.bytes_per_pixel
+        if self.max_bytes is None or tiling.pass_bytes(h, w, self.cfg, per_pixel) <= self.max_bytes:
+            alpha, how = self.predict_whole(image, trimap), "whole"
+        else:
+            side = tiling.tile_size(self.max_bytes, self.cfg, per_pixel)
+            overlap = side // tiling.OVERLAP_FRACTION
+            tiles = tiling.plan_tiles(trimap, side, overlap)
+            if not tiles:  # nothing to estimate: the trimap is the alpha
+                return Matte(trimap.copy(), "no unknown pixels")
+            alpha = quantise(tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap), trimap)
+            how = f"tiled: {len(tiles)} tiles of {side}x{side}"
+        if getattr(self.backend, "fallbacks", 0) > redone:
+            how += f"; {REDONE_FP32}"
+        return Matte(alpha, how)
 
     # Deprecated names, still called by other branches; remove after the merge.
     def __call__(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
@@ -161,6 +352,16 @@ class Pipeline:
         return self.run(image, trimap)
 
 
+def stage(timer, name: str):
+    """`timer(name)` (a context manager timing one stage), or a no-op without a timer."""
+    import contextlib
+
+    return timer(name) if timer is not None else contextlib.nullcontext()
+
+
+REDONE_FP32 = "redone in fp32 (the half-precision output was not finite)"
+
+
 def _check_sizes(image: np.ndarray, trimap: np.ndarray) -> None:
     if image.shape[:2] != trimap.shape:
         raise ValueError(f"image is {image.shape[1]}x{image.shape[0]} but trimap is "
@@ -168,19 +369,23 @@ def _check_sizes(image: np.ndarray, trimap: np.ndarray) -> None:
 
 
 def load_pipeline(weights, backend: str | None = None, device: str = "cpu",
-                  max_bytes: int | None = None) -> Pipeline:
+                  max_bytes: int | None = None, half: bool = False, compile: bool = False) -> Pipeline:
     """Build the pipeline for a weights file (`.safetensors`; exported models via their backend).
 
     Args:
         weights: the model file.
         backend: torch|onnx|trt, or None for the one the file's suffix implies.
-        device: cpu or cuda[:N].
+        device: cpu or cuda[:N] (already resolved, see `mattecli.devices.resolve_device`).
         max_bytes: memory ceiling of one model pass (None: always the whole image).
+        half, compile: the torch backend's half precision and torch.compile (see `TorchBackend`).
     """
     from mattecli.inference.backends import load_backend
+    from mattecli.inference.tiling import model_bytes_per_pixel
 
-    be = load_backend(weights, backend, device)
-    return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes)
+    be = load_backend(weights, backend, device, half=half, compile=compile)
+    per_pixel, _ = model_bytes_per_pixel(be.recipe.infer, device, half)
+    return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes,
+                    bytes_per_pixel=per_pixel)
 
 
 def encode_batch(image, trimap, cfg: InferConfig):

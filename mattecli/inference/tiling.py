@@ -28,22 +28,41 @@ PREPARE_BYTES_PER_PIXEL = 96
 MIN_TILE_STRIDES = 4  # a tile smaller than 4 strides has almost no context left
 OVERLAP_FRACTION = 4  # overlap = tile // 4
 
-def pass_bytes(h: int, w: int, cfg) -> int:
-    """Estimated peak memory of one model pass over an (h, w) input, after stride alignment."""
+def model_bytes_per_pixel(cfg, device: str = "cpu", half: bool = False) -> tuple[int, str]:
+    """The model's peak memory per input pixel on `device`, and where the figure comes from.
+
+    CPU: `bytes_per_pixel` (peak RSS, benchmarks/measure_memory.py). CUDA:
+    `cuda_bytes_per_pixel` / `cuda_half_bytes_per_pixel` (torch.cuda.max_memory_allocated,
+    benchmarks/device_check.sh) where the recipe has them; otherwise the CPU figure, which the
+    float32 CUDA pass stays near (the same activations) and a half-precision pass stays under.
+    """
+    if not str(device).startswith("cuda"):
+        return cfg.bytes_per_pixel, "recipe infer.bytes_per_pixel (CPU, measured)"
+    key = "cuda_half_bytes_per_pixel" if half else "cuda_bytes_per_pixel"
+    measured = getattr(cfg, key, 0)
+    if measured:
+        return measured, f"recipe infer.{key} (measured on a GPU)"
+    return cfg.bytes_per_pixel, f"recipe infer.bytes_per_pixel (CPU figure: {key} not measured yet)"
+
+
+def pass_bytes(h: int, w: int, cfg, per_pixel: int | None = None) -> int:
+    """Estimated peak memory of one model pass over an (h, w) input, after stride alignment
+    (`per_pixel`: the model's bytes per pixel, default the recipe's CPU figure)."""
     ah, aw = aligned_size(h, w, cfg.stride)
-    return ah * aw * (cfg.bytes_per_pixel + PREPARE_BYTES_PER_PIXEL)
+    return ah * aw * ((per_pixel or cfg.bytes_per_pixel) + PREPARE_BYTES_PER_PIXEL)
 
 
-def tile_size(max_bytes: int, cfg) -> int:
+def tile_size(max_bytes: int, cfg, per_pixel: int | None = None) -> int:
     """The largest square tile side (a multiple of the stride) whose pass fits `max_bytes`.
 
     Raises:
         ValueError: when not even a tile of MIN_TILE_STRIDES strides fits.
     """
-    side = int((max_bytes / (cfg.bytes_per_pixel + PREPARE_BYTES_PER_PIXEL)) ** 0.5) // cfg.stride * cfg.stride
+    per_pixel = per_pixel or cfg.bytes_per_pixel
+    side = int((max_bytes / (per_pixel + PREPARE_BYTES_PER_PIXEL)) ** 0.5) // cfg.stride * cfg.stride
     smallest = MIN_TILE_STRIDES * cfg.stride
     if side < smallest:
-        need = pass_bytes(smallest, smallest, cfg)
+        need = pass_bytes(smallest, smallest, cfg, per_pixel)
         raise ValueError(f"a memory ceiling of {max_bytes / 2**20:.0f} MiB is too small for this model: "
                          f"the smallest tile ({smallest}x{smallest}) needs about {need / 2**20:.0f} MiB")
     return side

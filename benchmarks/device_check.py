@@ -1,0 +1,235 @@
+"""The GPU figures of issue 13 in one run: `benchmarks/device_check.sh` calls this (see its header).
+
+    python benchmarks/device_check.py --out OUT            # on a CUDA machine: < 8 minutes on one H100
+    python benchmarks/device_check.py --out OUT --cpu      # dry run on a CPU, tiny sizes (for the test)
+
+For each released recipe (IndexNet, A2U, TCP), with seeded random weights (speed and memory do
+not depend on the values; no weights file travels): model-only time of one forward pass on a
+prepared device tensor at each size, in float32, float16 and bfloat16 (autocast, as `--half`), float16
+with channels_last, and float16 under torch.compile; peak memory of each (torch.cuda.max_memory_allocated,
+minus what was allocated before) and the bytes per aligned input pixel that `--max-memory` needs
+(`infer.cuda_bytes_per_pixel`, `infer.cuda_half_bytes_per_pixel`); half-vs-float32 parity of the
+whole pipeline on the lemur photo (examples/, CC0) tiled to 4K, in alpha levels over the unknown
+band. Then `bench --e2e` at 4K (IndexNet, --half) with --save alpha and --save alpha,fg.
+Everything goes into OUT/device_check.json; progress into the log (stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RECIPES = ("indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp")
+PRECISIONS = ("fp32", "fp16", "bf16", "fp16-channels-last", "fp16-compiled")
+
+
+def log(*parts) -> None:
+    print(time.strftime("%H:%M:%S"), *parts, flush=True)
+
+
+class Clock:
+    """Wall time of device work: synchronises before reading the clock."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
+
+    def median_ms(self, fn, repeat: int, warmup: int) -> float:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeat):
+            self.sync()
+            start = time.perf_counter()
+            fn()
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return 1000 * statistics.median(times)
+
+
+def seeded_backend(name: str, device: str, precision: str):
+    import torch
+
+    from mattecli.inference.backends import TorchBackend
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+
+    recipe = load_recipe(name)
+    torch.manual_seed(0)
+    model = build_model(recipe).eval()
+    backend = TorchBackend(model, recipe, device, half=precision != "fp32",
+                           compile=precision.endswith("compiled"), channels_last=precision.endswith("last"))
+    if precision == "bf16":
+        backend.half_dtype = torch.bfloat16
+    return backend, recipe
+
+
+def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, precisions=PRECISIONS) -> list[dict]:
+    """Model-only figures: one forward pass on a prepared device tensor."""
+    import torch
+
+    from exporters.verify import fresh_input
+
+    cuda = device.startswith("cuda")
+    clock, rows = Clock(device), []
+    # compiled rows last: when the budget runs out, only compilations are skipped
+    order = [(p, n) for p in precisions if not p.endswith("compiled") for n in RECIPES]
+    order += [(p, n) for p in precisions if p.endswith("compiled") for n in RECIPES]
+    for precision, name in order:
+        if time.time() > deadline and precision != "fp32":
+            rows.append({"recipe": name, "precision": precision, "skipped": "time budget spent"})
+            continue
+        try:
+            backend, recipe = seeded_backend(name, device, precision)
+        except Exception as err:  # noqa: BLE001 - a row that cannot run is reported, the rest go on
+            rows.append({"recipe": name, "precision": precision, "error": f"{type(err).__name__}: {err}"})
+            continue
+        for width, height in sizes:
+            row = {"recipe": name, "precision": precision, "size": f"{width}x{height}"}
+            try:
+                x = torch.from_numpy(fresh_input(height, width, recipe.infer, np.random.default_rng(0))).to(device)
+                if cuda:
+                    torch.cuda.synchronize(device)
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                    base = torch.cuda.memory_allocated(device)
+                start = time.perf_counter()
+                backend.forward(x)  # first call: cuDNN's search, compilation
+                row["first_call_s"] = round(time.perf_counter() - start, 2)
+                ms = clock.median_ms(lambda: backend.forward(x), repeat, warmup)
+                pixels = x.shape[2] * x.shape[3]
+                row.update(input="x".join(map(str, x.shape)), median_ms=round(ms, 3),
+                           images_per_s=round(1000 / ms, 2))
+                if cuda:
+                    peak = torch.cuda.max_memory_allocated(device) - base
+                    row.update(peak_mib=round(peak / 2**20, 1), bytes_per_pixel=round(peak / pixels))
+            except Exception as err:  # noqa: BLE001 - e.g. out of memory at 4K: reported, the rest go on
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                if cuda:
+                    torch.cuda.empty_cache()
+            log(json.dumps(row))
+            rows.append(row)
+        del backend
+    return rows
+
+
+def lemur(height: int, width: int):
+    from mattecli.bench_e2e import make_inputs
+    from mattecli.imageio import read_image, read_trimap
+
+    folder = Path(f"/tmp/matte-device-check-{width}x{height}")
+    make_inputs(folder, 1, width, height)
+    return read_image(folder / "e2e 000.png"), read_trimap(folder / "e2e 000_trimap.png")[0]
+
+
+def parity_rows(device: str, size, precisions=("fp16", "bf16")) -> list[dict]:
+    """Half precision against float32, the whole pipeline, on the lemur photo tiled to `size`."""
+    import torch
+
+    from mattecli.inference.pipeline import Pipeline
+
+    image, trimap = lemur(size[1], size[0])
+    unknown = trimap == 128
+    if not unknown.any():  # a dry run's tiny crop of the photo may hold no band: compare everything
+        unknown[:] = True
+    rows = []
+    for name in RECIPES:
+        ref_backend, recipe = seeded_backend(name, device, "fp32")
+        ref = Pipeline(ref_backend, recipe.infer)(image, trimap)
+        for precision in precisions:
+            backend, _ = seeded_backend(name, device, precision)
+            alpha, how = Pipeline(backend, recipe.infer).matte(image, trimap)
+            diff = np.abs(alpha.astype(np.int16) - ref.astype(np.int16))[unknown]
+            row = {"recipe": name, "precision": precision, "size": f"{size[0]}x{size[1]}", "how": how,
+                   "max_levels": int(diff.max()), "mean_levels": round(float(diff.mean()), 4),
+                   "share_within_1": round(float((diff <= 1).mean()), 6)}
+            log(json.dumps(row))
+            rows.append(row)
+        del ref_backend
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return rows
+
+
+def e2e_rows(device: str, size, count: int) -> list[dict]:
+    import tempfile
+
+    from mattecli.bench_e2e import run_e2e
+    from mattecli.weights import save_weights
+
+    import torch
+
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+
+    recipe = load_recipe(RECIPES[0])
+    torch.manual_seed(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "indexnet.safetensors"
+        save_weights(build_model(recipe), recipe, weights)
+        for save in (("alpha",), ("alpha", "fg")):
+            report = run_e2e(weights, [size], device=device, half=device.startswith("cuda"), save=save, count=count,
+                             log=log)
+            row = dict(report["rows"][0], save=",".join(save), workers=report["workers"], half=report["half"])
+            log(json.dumps(row))
+            rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cpu", action="store_true", help="dry run on a CPU at tiny sizes")
+    parser.add_argument("--budget", type=float, default=200, help="seconds for the model rows before skipping")
+    args = parser.parse_args(argv)
+    import torch
+
+    precisions, half_precisions = PRECISIONS, ("fp16", "bf16")
+    if args.cpu:  # every code path once, at sizes a busy 2-core CPU runs in a minute; no compilation
+        device, sizes, e2e_size, repeat, warmup, count = "cpu", [(96, 64)], (96, 64), 1, 0, 1
+        precisions, half_precisions = ("fp32", "fp16"), ("fp16",)
+    else:
+        if not torch.cuda.is_available():
+            print("device_check: CUDA is not available (use --cpu for a dry run)", file=sys.stderr)
+            return 2
+        device, sizes, e2e_size, repeat, warmup, count = "cuda", [(1920, 1080), (3840, 2160)], (3840, 2160), 10, 3, 24
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",
+              "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+              "recipes": list(RECIPES)}
+    log("device:", result["device"], "torch", torch.__version__)
+    path = args.out / "device_check.json"
+
+    def save():  # after every section, so a run stopped by its timeout keeps what it measured
+        result["seconds"] = round(time.time() - started, 1)
+        path.write_text(json.dumps(result, indent=1))
+
+    result["model"] = model_rows(device, sizes, repeat, warmup, started + args.budget, precisions)
+    save()
+    result["parity"] = parity_rows(device, sizes[-1], half_precisions)
+    save()
+    result["e2e"] = e2e_rows(device, e2e_size, count)
+    per_pixel = {}
+    for row in result["model"]:
+        if "bytes_per_pixel" in row and row["size"] == f"{sizes[-1][0]}x{sizes[-1][1]}":
+            per_pixel.setdefault(row["recipe"], {})[row["precision"]] = row["bytes_per_pixel"]
+    result["bytes_per_pixel"] = per_pixel  # -> recipes' infer.cuda_bytes_per_pixel / cuda_half_bytes_per_pixel
+    save()
+    log(f"wrote {path} in {result['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""`matte bench --e2e`: images/s of `matte infer`'s folder runner, from files on disk to files written.
+
+Inputs are generated PNGs of the requested size (the lemur photo in examples/, CC0, tiled to the
+size and mirrored differently per copy so no two files are equal, with its trimap alike), so the
+codecs see photographic content. The runner is `inference.batch.infer_folder` itself, with the
+same pipeline, workers and outputs `matte infer` would use; one untimed image first warms the
+model up (cuDNN's algorithm search, torch.compile).
+
+Each stage's time is summed over the images: decode, foreground and encode run in the worker
+threads, overlapping each other and the model, so the stages add up to more than the wall time
+whenever overlap works; upload + prepare, model and restore + download run in the calling thread
+(on CUDA each of these ends with a device synchronisation, so its time is its own).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("decode", "upload + prepare", "model", "restore + download", "foreground", "encode")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+class StageClock:
+    """`clock(stage)`: a context manager adding the stage's wall time to `totals` (thread-safe).
+
+    `sync`, when given, is called at the end of every calling-thread stage (e.g.
+    torch.cuda.synchronize), so work queued on a device is charged to the stage that queued it.
+    """
+
+    CALLING_THREAD = ("upload + prepare", "model", "restore + download")
+
+    def __init__(self, sync=None):
+        self.totals = dict.fromkeys(STAGES, 0.0)
+        self.cpu = dict.fromkeys(STAGES, 0.0)  # CPU time of the timing thread (its own work, whatever the load)
+        self.counts = dict.fromkeys(STAGES, 0)
+        self.sync = sync
+        self.lock = threading.Lock()
+
+    def __call__(self, stage: str):
+        clock = self
+
+        class _Timed:
+            def __enter__(self):
+                self.start, self.cpu_start = time.perf_counter(), time.thread_time()
+
+            def __exit__(self, *exc):
+                if clock.sync is not None and stage in clock.CALLING_THREAD:
+                    clock.sync()
+                elapsed = time.perf_counter() - self.start
+                cpu = time.thread_time() - self.cpu_start
+                with clock.lock:
+                    clock.cpu[stage] = clock.cpu.get(stage, 0.0) + cpu
+                    clock.totals[stage] = clock.totals.get(stage, 0.0) + elapsed
+                    clock.counts[stage] = clock.counts.get(stage, 0) + 1
+                return False
+
+        return _Timed()
+
+
+def make_inputs(folder: Path, count: int, width: int, height: int) -> None:
+    """`count` image/trimap PNG pairs of width x height in `folder`, named `e2e NNN[_trimap].png`."""
+    from mattecli.imageio import read_image, read_trimap, write_png
+
+    image = read_image(EXAMPLES / "lemur.png")
+    trimap, _ = read_trimap(EXAMPLES / "lemur_trimap.png")
+    reps = (-(-height // image.shape[0]), -(-width // image.shape[1]))
+    big_image, big_trimap = np.tile(image, reps + (1,))[:height, :width], np.tile(trimap, reps)[:height, :width]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        flip = (slice(None, None, -1 if i % 4 >= 2 else 1), slice(None, None, -1 if i % 2 else 1))
+        write_png(folder / f"e2e {i:03d}.png", np.ascontiguousarray(big_image[flip]))
+        write_png(folder / f"e2e {i:03d}_trimap.png", np.ascontiguousarray(big_trimap[flip]))
+
+
+def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", half: bool = False,
+            compile: bool = False, save=("alpha",), count: int = 8, workers: int | None = None,
+            json_path=None, log=None) -> dict:
+    """Time `infer_folder` over `count` generated images per size; -> the report (also to `json_path`).
+
+    Args:
+        weights: any model file `matte infer` takes.
+        sizes: (width, height) pairs.
+        backend, device, half, compile: as for `matte infer` (device already resolved).
+        save: output kinds, as `matte infer --save`.
+        count: timed images per size (one more, untimed, warms up).
+        workers: the runner's worker threads (default: `default_workers(device)`, as `matte infer`).
+        json_path: where to write the report as JSON, atomically.
+        log: called with a line of progress text.
+
+    Returns:
+        {"weights", "device", "half", "compile", "save", "workers", "rows"}; each row has size,
+        images, wall_s, images_per_s, decode_s (the inputs' decoding alone, measured serially
+        beforehand), wall_over_decode, and per-stage {"total_s", "ms_per_image"}.
+    """
+    from mattecli.imageio import read_image, read_trimap
+    from mattecli.inference.batch import default_workers, infer_folder
+    from mattecli.inference.pipeline import load_pipeline
+
+    log = log or (lambda line: None)
+    workers = default_workers(device) if workers is None else workers
+    pipeline = load_pipeline(weights, backend, device, max_bytes=None, half=half, compile=compile)
+    sync = None
+    if device.startswith("cuda"):
+        import torch
+
+        sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="matte-e2e-") as tmp:
+        for width, height in sizes:
+            folder, warm = Path(tmp) / f"in-{width}x{height}", Path(tmp) / f"warm-{width}x{height}"
+            log(f"writing {count + 1} inputs of {width}x{height}")
+            make_inputs(folder, count, width, height)
+            make_inputs(warm, 1, width, height)
+            infer_folder(pipeline, warm, Path(tmp) / "out-warm", save=list(save), progress=False, workers=0)
+            start = time.perf_counter()  # the decoding alone, one image after the other: the target's yardstick
+            for i in range(count):
+                read_image(folder / f"e2e {i:03d}.png", apply_exif=True)
+                read_trimap(folder / f"e2e {i:03d}_trimap.png", apply_exif=True)
+            decode_s = time.perf_counter() - start
+            log(f"running {count} images of {width}x{height} ({workers} workers)")
+            clock = StageClock(sync)
+            pipeline.timer = clock
+            start = time.perf_counter()
+            report = infer_folder(pipeline, folder, Path(tmp) / f"out-{width}x{height}", save=list(save),
+                                  progress=False, workers=workers, timer=clock)
+            wall = time.perf_counter() - start
+            pipeline.timer = None
+            if report.failed:
+                raise RuntimeError(f"bench --e2e: {report.failed[0][0]}: {report.failed[0][1]}")
+            rows.append({
+                "size": f"{width}x{height}", "images": count, "wall_s": float(f"{wall:.6g}"),
+                "images_per_s": float(f"{count / wall:.6g}"), "decode_s": float(f"{decode_s:.6g}"),
+                "wall_over_decode": round(wall / decode_s, 3),
+                "stages": {name: {"total_s": round(clock.totals[name], 4),
+                                  "ms_per_image": round(1000 * clock.totals[name] / count, 2),
+                                  "cpu_ms_per_image": round(1000 * clock.cpu[name] / count, 2)} for name in STAGES},
+            })
+    report = {"weights": str(weights), "device": device, "half": half, "compile": compile, "save": list(save),
+              "workers": workers, "timed": "matte infer's folder runner, files on disk to files written, after "
+              "one untimed image; stage times summed over the images (worker stages overlap)", "rows": rows}
+    if json_path:
+        from mattecli.imageio import atomic_write
+
+        text = json.dumps(report, indent=1)
+        atomic_write(json_path, lambda tmp_path: Path(tmp_path).write_text(text))
+    return report

@@ -1,0 +1,182 @@
+"""--device auto everywhere, one line for an unknown device, --half/--max-memory refusals,
+`bench --e2e`, and the GPU check's dry run (issue 13 items 3, 5, 7, 8)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mattecli.devices import resolve_device
+from mattecli.errors import UsageError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "cuda0", "cuda:x", "mps:0"):
+        with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line():
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        resolve_device("cuda:0")
+
+
+def run_cli(monkeypatch, capsys, *args):
+    """`python -m mattecli ARGS` in this process: (exit code, stderr)."""
+    from mattecli.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["matte", *map(str, args)])
+    with pytest.raises(SystemExit) as done:
+        main()
+    return done.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [
+    ["infer", "--weights", "w.safetensors", "--images", ".", "--out", "o"],
+    ["eval", "--weights", "w.safetensors", "--data", "d"],
+    ["bench", "--weights", "w.safetensors"],
+    ["export", "--weights", "w.safetensors", "--format", "onnx", "--out", "m.onnx"],
+    ["train", "--recipe", "demo-indexnet", "--data", "d"],
+], ids=lambda c: c[0])
+def test_an_unknown_device_is_one_line_on_every_command(command, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(monkeypatch, capsys, *command, "--device", "gpu")
+    assert code == 2
+    assert err.startswith("matte") and err.endswith("error: --device gpu: expected auto, cpu, cuda or cuda:N\n")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-memory", "0"], "--max-memory '0': a ceiling of zero"),
+    (["--max-memory", "0GB"], "--max-memory '0GB': a ceiling of zero"),
+    (["--half", "--device", "cpu"], "--half needs a CUDA device"),
+])
+def test_infer_refusals(flags, message, monkeypatch, capsys, tmp_path):
+    code, err = run_cli(monkeypatch, capsys, "infer", "--weights", tmp_path / "w.safetensors", "--images", tmp_path,
+                        "--out", tmp_path / "o", *flags)
+    assert code == 2 and err.startswith(f"matte: error: {message}") and err.count("\n") == 1
+
+
+def test_half_and_compile_are_for_the_torch_backend(tmp_path):
+    from mattecli.inference.backends import load_backend
+
+    graph = tmp_path / "m.onnx"
+    graph.write_bytes(b"")
+    with pytest.raises(UsageError, match="--half is for the torch backend"):
+        load_backend(graph, None, "cpu", half=True)
+
+
+@pytest.fixture(scope="module")
+def null_graph(tmp_path_factory):
+    """An ONNX graph that returns the trimap channel: a model that costs nothing."""
+    from exporters.onnx import to_onnx
+    from mattecli.recipes import load_recipe
+
+    class Null(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 3:4] * 1.0
+
+    return to_onnx(Null(), tmp_path_factory.mktemp("null") / "null.onnx", recipe=load_recipe("indexnet-m2o-nl-ctx"))
+
+
+def test_bench_e2e_reports_every_stage(null_graph, tmp_path):
+    from mattecli.bench_e2e import STAGES, run_e2e
+
+    report = run_e2e(null_graph, [(97, 65)], count=2, workers=2, save=("alpha", "fg"), json_path=tmp_path / "e.json")
+    row = report["rows"][0]
+    assert json.loads((tmp_path / "e.json").read_text()) == report
+    assert row["size"] == "97x65" and row["images"] == 2 and row["images_per_s"] > 0
+    assert set(row["stages"]) == set(STAGES)
+    # every stage ran (the generated photo crop has fractional alpha, so foreground runs too)
+    assert all(row["stages"][s]["total_s"] > 0 for s in STAGES)
+    assert row["wall_over_decode"] == pytest.approx(row["wall_s"] / row["decode_s"], rel=1e-2)
+
+
+def test_bench_e2e_cli(null_graph, monkeypatch, capsys, tmp_path):
+    from mattecli.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["matte", "bench", "--weights", str(null_graph), "--e2e", "--sizes", "64x48",
+                                      "--count", "1", "--device", "cpu", "--json", str(tmp_path / "e.json")])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "matte bench --e2e: null.onnx on cpu" in out and "64x48" in out
+    assert json.loads((tmp_path / "e.json").read_text())["rows"][0]["size"] == "64x48"
+
+
+@pytest.mark.slow  # the GPU check's dry run: every code path at tiny sizes, a few minutes on a busy 2-core CPU
+def test_device_check_dry_run(tmp_path):
+    env = {"OUT": str(tmp_path), "PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}
+    subprocess.run(["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--cpu"], env=env, check=True, timeout=900)
+    result = json.loads((tmp_path / "device_check.json").read_text())
+    assert {r["recipe"] for r in result["model"]} == {"indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp"}
+    assert all("median_ms" in r for r in result["model"])
+    assert {r["save"] for r in result["e2e"]} == {"alpha", "alpha,fg"}
+    assert all(r["max_levels"] >= 0 for r in result["parity"])
+    assert "device_check.py: exit 0" in (tmp_path / "device_check.log").read_text()
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("half", [False, True], ids=["fp32", "fp16"])
+def test_infer_folder_on_cuda_writes_what_the_cpu_writes(half, tmp_path):
+    """The whole runner on the GPU path (prepare and restore on the device, workers per core)
+    against the CPU's numpy path, same seeded model: within a level on the unknown band."""
+    from mattecli.imageio import read_gray
+    from mattecli.inference.batch import default_workers, infer_folder
+    from mattecli.inference.pipeline import load_pipeline
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+    from tests.infer_helpers import make_pairs
+
+    recipe = load_recipe("indexnet-m2o-nl-ctx")
+    torch.manual_seed(0)
+    weights = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+    images = make_pairs(tmp_path / "in", ["a", "b", "c"], size=(97, 131))
+    outs = {}
+    for device in ("cpu", "cuda"):
+        pipeline = load_pipeline(weights, None, device, half=half and device == "cuda")
+        report = infer_folder(pipeline, images, tmp_path / device, progress=False, workers=default_workers(device),
+                              save=["alpha", "fg"])
+        assert len(report.done) == 3 and not report.failed
+        outs[device] = {n: read_gray(tmp_path / device / f"{n}.png") for n in "abc"}
+    for n in "abc":
+        diff = np.abs(outs["cuda"][n].astype(int) - outs["cpu"][n].astype(int))
+        assert (diff <= 1).mean() >= 0.999 and diff.max() <= (3 if half else 1)
+
+
+@pytest.mark.gpu
+@CUDA
+def test_max_memory_tiles_on_cuda_from_the_recipe_figure():
+    from mattecli.inference.backends import TorchBackend
+    from mattecli.inference.pipeline import Pipeline
+    from mattecli.inference.tiling import model_bytes_per_pixel, pass_bytes
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+
+    recipe = load_recipe("indexnet-m2o-nl-ctx")
+    per_pixel, source = model_bytes_per_pixel(recipe.infer, "cuda", half=True)
+    assert per_pixel > 0 and "cuda" in source
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    trimap = np.zeros((300, 400), np.uint8)
+    trimap[100:200, 100:300] = 128
+    torch.manual_seed(0)
+    pipeline = Pipeline(TorchBackend(build_model(recipe), recipe, "cuda"), recipe.infer,
+                        max_bytes=pass_bytes(300, 400, recipe.infer, per_pixel) // 2, bytes_per_pixel=per_pixel)
+    alpha, how = pipeline.matte(image, trimap)
+    assert how.startswith("tiled") and alpha.shape == (300, 400) and alpha.dtype == np.uint8

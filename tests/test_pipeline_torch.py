@@ -1,0 +1,208 @@
+"""The torch array path of the pipeline against the numpy reference (issue 13 item 1).
+
+On a CPU, `TorchOps("cpu")` runs the very kernels a GPU runs for bicubic resizing
+(torch's `upsample_bicubic2d`), so the comparison below is the one that matters on CUDA; the
+`gpu`-marked tests repeat it on a GPU.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from mattecli.inference.backends import TorchBackend
+from mattecli.inference.pipeline import (NUMPY, REDONE_FP32, Pipeline, TorchOps, _nearest_indices, prepare,
+                                         restore)
+from mattecli.recipes import InferConfig
+
+ODD_SIZES = [(97, 131), (33, 200), (5, 7), (64, 96)]
+RESIZE = InferConfig(align="resize", stride=32)
+PAD = InferConfig(align="pad", stride=32)
+ONEHOT_PAD = InferConfig(align="pad", stride=32, trimap="onehot")
+ONEHOT_RESIZE = InferConfig(align="resize", stride=32, trimap="onehot")
+
+
+def case(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    trimap = rng.choice(np.array([0, 128, 255], np.uint8), (h, w), p=[0.3, 0.4, 0.3])
+    return image, trimap
+
+
+def torch_prepare(image, trimap, cfg, ops):
+    return ops.download(prepare(ops.upload(image), ops.upload(trimap), cfg, ops))
+
+
+@pytest.mark.parametrize("size", ODD_SIZES)
+@pytest.mark.parametrize("cfg", [PAD, ONEHOT_PAD], ids=["pad-scalar", "pad-onehot"])
+def test_pad_alignment_and_trimap_encodings_are_bit_identical(size, cfg):
+    image, trimap = case(*size)
+    ours = torch_prepare(image, trimap, cfg, TorchOps("cpu"))
+    assert ours.dtype == np.float32 and ours.shape == prepare(image, trimap, cfg).shape
+    assert np.array_equal(ours, prepare(image, trimap, cfg))
+
+
+@pytest.mark.parametrize("size", ODD_SIZES)
+@pytest.mark.parametrize("cfg", [RESIZE, ONEHOT_RESIZE], ids=["resize-scalar", "resize-onehot"])
+def test_resize_alignment_differs_only_in_the_bicubic_rounding(size, cfg):
+    image, trimap = case(*size)
+    ref = prepare(image, trimap, cfg)
+    ours = torch_prepare(image, trimap, cfg, TorchOps("cpu"))
+    c = ref.shape[1]
+    # the trimap channels go through the same nearest-neighbour gather: identical
+    assert np.array_equal(ours[:, 3:], ref[:, 3:])
+    # the image channels: torch's bicubic against OpenCV's, the same cubic (a = -0.75) summed in
+    # another order; measured at most 4e-4 on normalised values of magnitude up to 2.6
+    assert c in (4, 6) and np.abs(ours[:, :3] - ref[:, :3]).max() < 1e-3
+
+
+def test_the_torch_backend_keeps_the_numpy_path_on_a_cpu():
+    assert TorchBackend(SmoothNet(), Recipe(RESIZE)).ops is NUMPY
+
+
+def test_nearest_indices_equal_opencv():
+    import cv2
+
+    for src in list(range(1, 120)) + [1079, 1080, 2160, 3839]:
+        dst = -(-src // 32) * 32
+        row = np.arange(src, dtype=np.float32)[None].repeat(2, 0)
+        expected = cv2.resize(row, (dst, 2), interpolation=cv2.INTER_NEAREST)[0].astype(np.int64)
+        assert np.array_equal(_nearest_indices(src, dst), expected), (src, dst)
+
+
+def level_difference(ours, ref, trimap):
+    unknown = trimap == 128
+    diff = np.abs(ours.astype(np.int16) - ref.astype(np.int16))
+    assert (diff[~unknown] == 0).all()  # known pixels are copied from the trimap on both paths
+    return diff[unknown]
+
+
+@pytest.mark.parametrize("size", ODD_SIZES)
+def test_restore_resize_within_one_level(size):
+    h, w = size
+    image, trimap = case(h, w, seed=1)
+    ah, aw = -(-h // 32) * 32, -(-w // 32) * 32
+    raw = np.random.default_rng(2).uniform(-0.1, 1.1, (1, 1, ah, aw)).astype(np.float32)
+    ref = restore(raw, trimap, RESIZE)
+    ops = TorchOps("cpu")
+    ours = ops.download(restore(ops.upload(raw), ops.upload(trimap), RESIZE, ops))
+    diff = level_difference(ours, ref, trimap)
+    # the issue's bound: <= 1 level on >= 99.9% of unknown pixels; measured: never more than 1
+    # level, and >= 99.88% identical on white-noise output (the worst case for bicubic rounding)
+    assert (diff <= 1).mean() >= 0.999 and diff.max() <= 1 and (diff == 0).mean() >= 0.998
+
+
+@pytest.mark.parametrize("size", ODD_SIZES)
+def test_restore_pad_bit_identical(size):
+    h, w = size
+    _, trimap = case(h, w, seed=1)
+    ah, aw = -(-h // 32) * 32, -(-w // 32) * 32
+    raw = np.random.default_rng(2).uniform(-0.1, 1.1, (1, 1, ah, aw)).astype(np.float32)
+    ops = TorchOps("cpu")
+    ours = ops.download(restore(ops.upload(raw), ops.upload(trimap), PAD, ops))
+    assert np.array_equal(ours, restore(raw, trimap, PAD))
+
+
+class SmoothNet(torch.nn.Module):
+    """A deterministic stand-in network: a fixed blur of the channels, squashed to [0, 1]."""
+
+    def __init__(self, channels=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(channels, 1, 5, padding=2)
+        self.scale = 1.0
+
+    def forward(self, x):
+        return torch.sigmoid(self.conv(x) * self.scale)
+
+
+class Recipe:
+    def __init__(self, cfg):
+        self.infer = cfg
+
+
+def test_whole_pipeline_torch_against_numpy_with_a_model():
+    """Alpha from the torch path (torch bicubic both ways) against the numpy path: at most one
+    level apart on >= 99.9% of unknown pixels; the largest difference measured is 1 level."""
+    net = SmoothNet()
+    image, trimap = case(211, 337, seed=3)
+    ref = Pipeline(TorchBackend(net, Recipe(RESIZE)), RESIZE)(image, trimap)  # numpy path on a CPU
+    backend = TorchBackend(net, Recipe(RESIZE))
+    backend.ops = TorchOps("cpu")  # what CUDA runs
+    ours = Pipeline(backend, RESIZE)(image, trimap)
+    diff = level_difference(ours, ref, trimap)
+    assert (diff <= 1).mean() >= 0.999 and diff.max() <= 1
+
+
+class HalfOverflow(SmoothNet):
+    """Gives infinity whenever it runs under autocast, as an fp16 overflow would."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out * float("inf") if torch.is_autocast_enabled(x.device.type) else out
+
+
+def test_half_output_not_finite_is_redone_in_fp32():
+    image, trimap = case(40, 50)
+    backend = TorchBackend(HalfOverflow(), Recipe(PAD), half=True)
+    alpha, how = Pipeline(backend, PAD).matte(image, trimap)
+    expected = Pipeline(TorchBackend(SmoothNet(), Recipe(PAD)), PAD)(image, trimap)
+    assert backend.fallbacks == 1 and how == f"whole; {REDONE_FP32}"
+    assert np.array_equal(alpha, expected)
+
+
+def test_a_non_finite_fp32_output_fails_the_image():
+    net = SmoothNet()
+    net.scale = float("nan")
+    with pytest.raises(ValueError, match="not finite"):
+        Pipeline(TorchBackend(net, Recipe(PAD)), PAD)(*case(40, 50))
+
+
+def test_numpy_ops_is_the_default():
+    assert Pipeline(lambda x: x[:, 3:4], PAD).ops is NUMPY
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("cfg", [RESIZE, PAD, ONEHOT_PAD], ids=["resize", "pad", "onehot"])
+def test_cuda_prepare_and_restore_against_numpy(cfg):
+    image, trimap = case(1080 + 7, 1920 - 3)
+    ops = TorchOps("cuda")
+    ours = torch_prepare(image, trimap, cfg, ops)
+    ref = prepare(image, trimap, cfg)
+    if cfg.align == "pad":
+        assert np.array_equal(ours, ref)
+    else:
+        assert np.array_equal(ours[:, 3:], ref[:, 3:]) and np.abs(ours - ref).max() < 1e-3
+    raw = np.random.default_rng(2).uniform(-0.1, 1.1, (1, 1) + ref.shape[2:]).astype(np.float32)
+    alpha = ops.download(restore(ops.upload(raw), ops.upload(trimap), cfg, ops))
+    diff = level_difference(alpha, restore(raw, trimap, cfg), trimap)
+    assert (diff <= 1).mean() >= 0.999 and diff.max() <= 1
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_half_pipeline_against_fp32():
+    net = SmoothNet()
+    image, trimap = case(517, 709, seed=4)
+    fp32 = Pipeline(TorchBackend(net, Recipe(RESIZE), "cuda"), RESIZE)(image, trimap)
+    fp16 = Pipeline(TorchBackend(net, Recipe(RESIZE), "cuda", half=True), RESIZE)(image, trimap)
+    diff = level_difference(fp16, fp32, trimap)
+    assert diff.max() <= 2 and (diff <= 1).mean() >= 0.999
+
+
+@pytest.mark.slow  # torch.compile builds C++ kernels on a CPU: a minute or more on 2 busy cores
+def test_compiled_backend_equals_eager_at_two_sizes_with_one_compilation():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    net = SmoothNet()
+    eager, compiled = TorchBackend(net, Recipe(PAD)), TorchBackend(net, Recipe(PAD), compile=True)
+    rng = np.random.default_rng(0)
+    for h, w in [(64, 96), (96, 160), (128, 64)]:
+        x = rng.standard_normal((1, 4, h, w)).astype(np.float32)
+        np.testing.assert_allclose(compiled(x), eager(x), atol=1e-5)
+    # dynamic height and width: the three sizes share one graph
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
