@@ -78,7 +78,8 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
     """Model-only figures: one forward pass on a prepared device tensor."""
     import torch
 
-    from exporters.verify import fresh_input
+    from mattecli.inference.random_input import fresh_input
+    from mattecli.sizes import Size
 
     cuda = device.startswith("cuda")
     clock, rows = Clock(device), []
@@ -97,7 +98,7 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
         for width, height in sizes:
             row = {"recipe": name, "precision": precision, "size": f"{width}x{height}"}
             try:
-                x = torch.from_numpy(fresh_input(height, width, recipe.infer, np.random.default_rng(0))).to(device)
+                x = torch.from_numpy(fresh_input(Size(width, height), recipe.infer, np.random.default_rng(0))).to(device)
                 if cuda:
                     torch.cuda.synchronize(device)
                     torch.cuda.empty_cache()
@@ -148,7 +149,7 @@ def parity_rows(device: str, size, precisions=("fp16", "bf16")) -> list[dict]:
         ref = Pipeline(ref_backend, recipe.infer)(image, trimap)
         for precision in precisions:
             backend, _ = seeded_backend(name, device, precision)
-            alpha, how = Pipeline(backend, recipe.infer).matte(image, trimap)
+            alpha, how = Pipeline(backend, recipe.infer).run(image, trimap)
             diff = np.abs(alpha.astype(np.int16) - ref.astype(np.int16))[unknown]
             row = {"recipe": name, "precision": precision, "size": f"{size[0]}x{size[1]}", "how": how,
                    "max_levels": int(diff.max()), "mean_levels": round(float(diff.mean()), 4),
@@ -165,6 +166,7 @@ def e2e_rows(device: str, size, count: int) -> list[dict]:
     import tempfile
 
     from mattecli.bench_e2e import run_e2e
+    from mattecli.sizes import Size
     from mattecli.weights import save_weights
 
     import torch
@@ -179,7 +181,7 @@ def e2e_rows(device: str, size, count: int) -> list[dict]:
         weights = Path(tmp) / "indexnet.safetensors"
         save_weights(build_model(recipe), recipe, weights)
         for save in (("alpha",), ("alpha", "fg")):
-            report = run_e2e(weights, [size], device=device, half=device.startswith("cuda"), save=save, count=count,
+            report = run_e2e(weights, [Size(*size)], device=device, half=device.startswith("cuda"), save=save, count=count,
                              log=log)
             row = dict(report["rows"][0], save=",".join(save), workers=report["workers"], half=report["half"])
             log(json.dumps(row))

@@ -85,7 +85,7 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
 
     Args:
         weights: any model file `matte infer` takes.
-        sizes: (width, height) pairs.
+        sizes: `Size`s (width, height).
         backend, device, half, compile: as for `matte infer` (device already resolved).
         save: output kinds, as `matte infer --save`.
         count: timed images per size (one more, untimed, warms up).
@@ -112,7 +112,8 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
         sync = lambda: torch.cuda.synchronize(device)  # noqa: E731
     rows = []
     with tempfile.TemporaryDirectory(prefix="matte-e2e-") as tmp:
-        for width, height in sizes:
+        for size in sizes:
+            width, height = size.width, size.height
             folder, warm = Path(tmp) / f"in-{width}x{height}", Path(tmp) / f"warm-{width}x{height}"
             log(f"writing {count + 1} inputs of {width}x{height}")
             make_inputs(folder, count, width, height)

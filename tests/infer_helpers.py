@@ -16,7 +16,7 @@ class FakePipeline:
         self.shapes = []
         self.fail_on_call, self.exc = fail_on_call, exc
 
-    def matte(self, image, trimap):
+    def run(self, image, trimap):
         self.calls += 1
         if self.fail_on_call is not None and self.calls == self.fail_on_call:
             raise self.exc()

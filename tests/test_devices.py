@@ -90,8 +90,9 @@ def null_graph(tmp_path_factory):
 
 def test_bench_e2e_reports_every_stage(null_graph, tmp_path):
     from mattecli.bench_e2e import STAGES, run_e2e
+    from mattecli.sizes import Size
 
-    report = run_e2e(null_graph, [(97, 65)], count=2, workers=2, save=("alpha", "fg"), json_path=tmp_path / "e.json")
+    report = run_e2e(null_graph, [Size(97, 65)], count=2, workers=2, save=("alpha", "fg"), json_path=tmp_path / "e.json")
     row = report["rows"][0]
     assert json.loads((tmp_path / "e.json").read_text()) == report
     assert row["size"] == "97x65" and row["images"] == 2 and row["images_per_s"] > 0

@@ -171,10 +171,10 @@ def test_decoding_ahead_is_bounded(tmp_path, monkeypatch):
     class Slow(FakePipeline):
         ahead = 0
 
-        def matte(self, image, trimap):
+        def run(self, image, trimap):
             time.sleep(0.02)  # a slow model: decoding would run far ahead if nothing bounded it
             Slow.ahead = max(Slow.ahead, len(loaded) - self.calls)
-            return super().matte(image, trimap)
+            return super().run(image, trimap)
 
     report = infer_folder(Slow(), images, tmp_path / "out", progress=False, prefetch=2, workers=4)
     assert len(report.done) == 12

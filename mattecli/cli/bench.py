@@ -88,13 +88,13 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
 
     from mattecli.bench import check_request
     from mattecli.bench_e2e import STAGES, run_e2e
-    from mattecli.cli.infer import SAVE_KINDS
+    from mattecli.inference.outputs import OUTPUT_KINDS
     from mattecli.errors import UsageError
 
     if len(names) != 1:
         raise UsageError("--e2e times one backend: name it with --backends (e.g. --backends torch)")
     kinds = list(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
-    if not kinds or any(k not in SAVE_KINDS or k == "composite" for k in kinds):
+    if not kinds or any(k not in OUTPUT_KINDS or k == "composite" for k in kinds):
         raise UsageError(f"--save {save}: with --e2e choose from alpha, fg, rgba")
     check_request(weights, names, device, half)
     err = Console(stderr=True)

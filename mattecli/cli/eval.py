@@ -125,8 +125,10 @@ def eval_model(weights: Path, data: Path, *, backend: str | None = None, device:
     from rich.console import Console
 
     from mattecli import evaluation as ev
+    from mattecli.devices import resolve_device
     from mattecli.inference.pipeline import load_pipeline
 
+    device = resolve_device(device)  # an unknown device is one line before any work
     errors = Console(stderr=True)
     items, failures = ev.match_manifest(_split(data))
     _print_failures(errors, failures)
@@ -142,10 +144,6 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
              images=None) -> int:
     """The command as one function, options as on the command line (kept for callers of the one
     function; `eval_predictions` and `eval_model` are the two modes); returns the exit code."""
-    if weights is not None:
-        from mattecli.devices import resolve_device
-
-        device = resolve_device(device)  # an unknown device is one line before any work
     _check_options(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, save_pred=save_pred,
                    workers=workers, report=report, report_worst=report_worst, images=images)
     outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)

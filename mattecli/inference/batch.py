@@ -120,7 +120,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     model does not run again), e.g. after changing `--background`.
 
     Args:
-        pipeline: a `Pipeline` (or any callable with `matte(image, trimap) -> (alpha, how)`).
+        pipeline: a `Pipeline` (or anything with `run(image, trimap) -> (alpha, how)`).
         images: folder of images.
         out: output folder (created).
         trimaps: folder of trimaps, or None for `{stem}_trimap.*` beside the images.
