@@ -10,7 +10,8 @@ import typer
 def main(
     weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (ONNX graph and TensorRT engine "
                                  "are exported from it into a temporary folder), an .onnx graph or an .engine."),
-    backends: str = typer.Option("torch,onnx", "--backends", help="Comma-separated, any of torch, onnx, trt."),
+    backends: str = typer.Option(None, "--backends", help="Comma-separated, any of torch, onnx, trt (default: "
+                                 "torch,onnx for a .safetensors, onnx for an .onnx graph, trt for an engine)."),
     sizes: str = typer.Option("1920x1080,3840x2160", "--sizes", help="Comma-separated WIDTHxHEIGHT input sizes "
                               "(aligned to the model's stride by the inference pipeline, as in `matte infer`)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N] (trt and --half need cuda)."),
@@ -32,10 +33,11 @@ def main(
     from rich.console import Console
     from rich.table import Table
 
-    from mattecli.bench import check_request, parse_backends, parse_sizes, run_bench
+    from mattecli.bench import check_request, default_backends, parse_backends, parse_sizes, run_bench
     from mattecli.progress import progress_bar
 
-    names, size_list = parse_backends(backends), parse_sizes(sizes)
+    names = parse_backends(backends) if backends is not None else default_backends(weights)
+    size_list = parse_sizes(sizes)
     check_request(weights, names, device, half)  # usage errors before the progress bar starts
     err = Console(stderr=True)
     with progress_bar(console=err) as bar:
