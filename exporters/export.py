@@ -129,7 +129,8 @@ def export(opts: ExportOptions, log=print) -> Exported:
     low, opt, high = opts.shapes
     # an engine's graph has dynamic H/W where its profile spans a range; `--static` builds at opt only
     dynamic = opts.dynamic and not (opts.format == "trt" and low == opt == high)
-    used = (opts.format == "trt" and dynamic, True, opts.format == "trt" and dynamic)
+    trt_range = opts.format == "trt" and dynamic
+    used = (trt_range, trt_range or not dynamic, trt_range)  # a dynamic ONNX graph has no shapes to note
     shapes = _align_shapes(opts.shapes if dynamic else (opt,) * 3, recipe.infer.stride, used, log)
     if not dynamic and opts.verify_sizes:
         from mattecli.inference.pipeline import aligned_size
@@ -137,7 +138,8 @@ def export(opts: ExportOptions, log=print) -> Exported:
         other = [f"{h}x{w}" for h, w in opts.verify_sizes if aligned_size(h, w, recipe.infer.stride) != shapes[1]]
         if other:
             raise UsageError(f"--verify-sizes {','.join(other)}: a static graph runs at --opt-shape "
-                             f"{shapes[1][0]}x{shapes[1][1]} only (leave out --static)")
+                             f"{shapes[1][0]}x{shapes[1][1]} only ("
+                             f"{'leave out --static' if not opts.dynamic else 'give the profile a range'})")
     out = Path(opts.out)
     precision = "FP16" if opts.half else "FP32"
     if opts.format == "onnx":

@@ -42,9 +42,11 @@ def main(
     from exporters import export as exporting
     from mattecli.progress import progress_bar
 
-    opts = exporting.ExportOptions(weights, out, format, half, tf32, dynamic, shapes=tuple(
-        _shape(o, s) for o, s in (("--min-shape", min_shape), ("--opt-shape", opt_shape), ("--max-shape", max_shape))),
-        opset=opset, verify=verify, verify_sizes=_sizes("--verify-sizes", verify_sizes), device=device)
+    shapes = tuple(_shape(option, text) for option, text in (("--min-shape", min_shape), ("--opt-shape", opt_shape),
+                                                              ("--max-shape", max_shape)))
+    opts = exporting.ExportOptions(weights=weights, out=out, format=format, half=half, tf32=tf32, dynamic=dynamic,
+                                   shapes=shapes, opset=opset, verify=verify,
+                                   verify_sizes=_sizes("--verify-sizes", verify_sizes), device=device)
     exported = exporting.export(opts, log=lambda line: typer.echo(line, err=True))
     typer.echo(exported.summary)
     if not verify:
