@@ -173,6 +173,18 @@ def _use_timing_cache(config, cache_path: Path | None) -> None:
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
+def _check_source(trt, onnx_path: Path, props: dict, half: bool, graph_half: bool) -> bool:
+    """-> whether the network is built strongly typed; a UsageError where the graph cannot give
+    what is asked (no recipe; FP16 from an FP32 graph where TensorRT is strongly typed)."""
+    if "recipe" not in props:
+        raise UsageError(f"{onnx_path}: no recipe in the ONNX metadata (export it with `matte export`)")
+    strongly_typed = needs_fp16_graph(trt) or graph_half
+    if half and strongly_typed and not graph_half:
+        raise UsageError(f"{onnx_path}: TensorRT {trt.__version__} builds FP16 only from an FP16 graph "
+                         "(strong typing): export it with --half first")
+    return strongly_typed
+
+
 def to_engine(onnx_path, path, *, half: bool = False, tf32: bool = False, min_shape=(320, 320),
               opt_shape=(1088, 1920), max_shape=(2176, 3840), timing_cache=None) -> Path:
     """Build a TensorRT engine from an ONNX graph written by `exporters.onnx.to_onnx`.
@@ -200,13 +212,7 @@ def to_engine(onnx_path, path, *, half: bool = False, tf32: bool = False, min_sh
     trt = import_tensorrt()
     require_cuda()
     channels, graph_half, props = onnx_io(onnx_path)
-    if "recipe" not in props:
-        raise UsageError(f"{onnx_path}: no recipe in the ONNX metadata (export it with `matte export`)")
-    strongly_typed = needs_fp16_graph(trt) or graph_half
-    if half and strongly_typed and not graph_half:
-        raise UsageError(f"{onnx_path}: TensorRT {trt.__version__} builds FP16 only from an FP16 graph "
-                         "(strong typing): export it with --half first")
-
+    strongly_typed = _check_source(trt, onnx_path, props, half, graph_half)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, _parser = _parse(trt, builder, logger, onnx_path, strongly_typed)
@@ -220,7 +226,7 @@ def to_engine(onnx_path, path, *, half: bool = False, tf32: bool = False, min_sh
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise UsageError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
-    if cache_path:
+    if cache_path:  # saved for the next build, also where the old one was not usable here
         timings = bytes(memoryview(config.get_timing_cache().serialize()))
         atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(timings))
     meta = {
