@@ -66,13 +66,12 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
     if not weights.is_file():
         raise UsageError(f"{weights}: no such weights file")
     suffix = weights.suffix.lower()
-    usable = USABLE
-    if suffix not in usable:
+    if suffix not in USABLE:
         raise UsageError(f"{weights}: unknown model file type (expected .safetensors, .onnx or .engine)")
     for name in backends:
-        if name not in usable[suffix]:
+        if name not in USABLE[suffix]:
             raise UsageError(f"{weights}: the {name} backend needs a .safetensors weights file "
-                             f"(a {suffix} file serves {', '.join(usable[suffix])})")
+                             f"(a {suffix} file serves {', '.join(USABLE[suffix])})")
     if device != "cpu" and not device.startswith("cuda"):
         raise UsageError(f"--device {device}: expected cpu or cuda[:N]")
     if half and not device.startswith("cuda"):
