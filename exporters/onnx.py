@@ -195,66 +195,93 @@ def to_half(model):
     Returns:
         a new `onnx.ModelProto`.
     """
-    import numpy as np
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
-    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
     model = onnx.shape_inference.infer_shapes(model)  # elem types of every intermediate value
     graph = model.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
     types.update({t.name: t.data_type for t in graph.initializer})
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node.op_type, index))
-
-    def stays_fp32(name: str) -> bool:  # read only as a parameter of an FP32 operator or as Resize's roi/scales
-        uses = consumers.get(name, [])
-        return bool(uses) and all((op in KEEP_FP32 and i > 0) or (op == "Resize" and i in (1, 2)) for op, i in uses)
-
-    def half_tensor(tensor):
-        converted = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name)
-        tensor.CopyFrom(converted)
-
-    for init in graph.initializer:
-        if init.data_type == f32 and not stays_fp32(init.name):
-            half_tensor(init)
-    nodes = []
-    for node in graph.node:
-        for attr in node.attribute:
-            if node.op_type in ("Constant", "ConstantOfShape") and attr.name == "value" and attr.t.data_type == f32 \
-                    and not stays_fp32(node.output[0]):
-                half_tensor(attr.t)
-            elif node.op_type == "Cast" and attr.name == "to" and attr.i == f32 and not stays_fp32(node.output[0]):
-                attr.i = f16
-        if node.op_type not in KEEP_FP32:
-            nodes.append(node)
-            continue
-        # this operator in FP32: cast its float data inputs up and its float outputs back down
-        for index, name in enumerate(node.input):
-            if types.get(name) == f32 and not stays_fp32(name):
-                nodes.append(helper.make_node("Cast", [name], [f"{name}__fp32_{node.name}"], to=f32))
-                node.input[index] = f"{name}__fp32_{node.name}"
-        nodes.append(node)
-        for index, name in enumerate(node.output):
-            if types.get(name) == f32:
-                node.output[index] = f"{name}__fp32"
-                nodes.append(helper.make_node("Cast", [node.output[index]], [name], to=f16))
-    # float32 at the edges: the input is cast down once, the output cast up
-    for value in graph.input:
-        inside = f"{value.name}__fp16"
-        for node in nodes:
-            node.input[:] = [inside if n == value.name else n for n in node.input]
-        nodes.insert(0, helper.make_node("Cast", [value.name], [inside], to=f16))
-    for value in graph.output:
-        inside = f"{value.name}__fp16"
-        for node in nodes:
-            node.output[:] = [inside if n == value.name else n for n in node.output]
-            node.input[:] = [inside if n == value.name else n for n in node.input]
-        nodes.append(helper.make_node("Cast", [inside], [value.name], to=f32))
+    stays_fp32 = _fp32_parameters(graph)
+    _lower_constants(graph, stays_fp32)
+    nodes = _with_fp32_islands(graph.node, types, stays_fp32)
+    nodes = _with_fp32_edges(graph, nodes)
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]  # stale types; re-inferred below as the check of the conversion
     onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     return model
+
+
+def _fp32_parameters(graph):
+    """-> a predicate: is this tensor read only as a parameter of a `KEEP_FP32` operator (not its
+    data input) or as Resize's roi/scales? Those stay float32."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, index))
+
+    def stays_fp32(name: str) -> bool:
+        uses = consumers.get(name, [])
+        return bool(uses) and all((op in KEEP_FP32 and i > 0) or (op == "Resize" and i in (1, 2)) for op, i in uses)
+    return stays_fp32
+
+
+def _lower_constants(graph, stays_fp32) -> None:
+    """float32 -> float16 in place: initializers, Constant/ConstantOfShape values, Casts to float."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    def half_tensor(tensor):
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT and not stays_fp32(init.name):
+            half_tensor(init)
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type in ("Constant", "ConstantOfShape") and attr.name == "value" \
+                    and attr.t.data_type == TensorProto.FLOAT and not stays_fp32(node.output[0]):
+                half_tensor(attr.t)
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT \
+                    and not stays_fp32(node.output[0]):
+                attr.i = TensorProto.FLOAT16
+
+
+def _with_fp32_islands(nodes, types: dict, stays_fp32) -> list:
+    """The node list with each `KEEP_FP32` operator between Casts: float data inputs up to float32,
+    float outputs back down to float16 under their original names."""
+    from onnx import TensorProto, helper
+
+    f32, out = TensorProto.FLOAT, []
+    for node in nodes:
+        if node.op_type not in KEEP_FP32:
+            out.append(node)
+            continue
+        for index, name in enumerate(node.input):
+            if types.get(name) == f32 and not stays_fp32(name):
+                out.append(helper.make_node("Cast", [name], [f"{name}__fp32_{node.name}"], to=f32))
+                node.input[index] = f"{name}__fp32_{node.name}"
+        out.append(node)
+        for index, name in enumerate(node.output):
+            if types.get(name) == f32:
+                node.output[index] = f"{name}__fp32"
+                out.append(helper.make_node("Cast", [node.output[index]], [name], to=TensorProto.FLOAT16))
+    return out
+
+
+def _with_fp32_edges(graph, nodes: list) -> list:
+    """float32 at the graph's edges: each input cast down once on entry, each output cast up on exit."""
+    from onnx import TensorProto, helper
+
+    for value in graph.input:
+        inside = f"{value.name}__fp16"
+        for node in nodes:
+            node.input[:] = [inside if n == value.name else n for n in node.input]
+        nodes.insert(0, helper.make_node("Cast", [value.name], [inside], to=TensorProto.FLOAT16))
+    for value in graph.output:
+        inside = f"{value.name}__fp16"
+        for node in nodes:
+            node.output[:] = [inside if n == value.name else n for n in node.output]
+            node.input[:] = [inside if n == value.name else n for n in node.input]
+        nodes.append(helper.make_node("Cast", [inside], [value.name], to=TensorProto.FLOAT))
+    return nodes

@@ -1,104 +1,60 @@
-"""ONNX -> TensorRT engine, and the engine file's small metadata header.
+"""ONNX -> TensorRT engine (the engine file's format lives in `mattecli.inference.engine`).
 
-An engine file written here is `MAGIC` (8 bytes), the length of a JSON header (4 bytes, little
-endian), the JSON (UTF-8), then the serialized engine. The JSON carries the recipe (hence the
-preprocessing) and how the engine was built, so `TensorRTBackend` needs no `--recipe`.
+Which route a build takes, by TensorRT version (`tensorrt.__version__`, and the API present):
 
-TensorRT versions (detected by the major of `trt.__version__` and by attribute presence):
+- TensorRT 10.0 - 10.11, FP32 ONNX graph: a weakly typed network; with `half`, the builder's
+  `BuilderFlag.FP16` plus `OBEY_PRECISION_CONSTRAINTS`, and every normalisation, softmax and
+  reduce layer (GroupNorm, which the ONNX graph carries as InstanceNormalization, A2U's kernel
+  softmax, global pooling) pinned to FP32; the builder may keep any other layer in FP32 where that
+  is faster. (BatchNorm in eval mode is folded into the convolutions at export.)
+- TensorRT 10.12+ and 11: strongly typed. 10.12 deprecated the FP16 flag, the precision
+  constraints and per-layer precisions ("superseded by strong typing"; the layer calls warn) and 11
+  removed them, so the precision is the ONNX graph's own and `half` needs the FP16 graph from
+  `to_onnx(half=True)`, which keeps normalisation, softmax and reductions in FP32 itself.
+  `needs_fp16_graph()` tells the exporter. An FP16 graph builds strongly typed on any version.
 
-- TensorRT 10, FP32 ONNX: a plain network; with `half`, `BuilderFlag.FP16` plus
-  `OBEY_PRECISION_CONSTRAINTS`, and every normalisation, softmax and reduce layer (GroupNorm, which
-  the ONNX graph carries as InstanceNormalization, A2U's kernel softmax, global pooling) pinned to
-  FP32. (BatchNorm in eval mode is folded into the convolutions at export.)
-- TensorRT 10, FP16 ONNX (`to_onnx(half=True)`, what `matte export --format trt --half` builds
-  from): strongly typed, like 11.
-- TensorRT 11: strongly typed only (the weak-typing flags and per-layer precisions are gone); the
-  precision is the ONNX graph's own, so `half` needs the FP16 graph from `to_onnx(half=True)`,
-  which keeps normalisation and softmax in FP32 itself. `needs_fp16_graph()` tells the exporter.
+FP32 engines are built with TF32 off (TensorRT enables it by default, and an FP32 engine then
+misses `--verify`'s 1e-4 on Ampere and newer) unless `tf32` asks for it. Where TensorRT has
+`PreviewFeature.RUNTIME_ACTIVATION_RESIZE_10_10` (10.10+), it is enabled, so the backend's scratch
+memory can follow each input's shape instead of the profile's largest.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 import sys
+import tempfile
 from pathlib import Path
 
 from mattecli.errors import UsageError
 from mattecli.imageio import atomic_write
+from mattecli.inference.engine import FORMAT, NO_CUDA, import_tensorrt, tensorrt_version, write_engine_file
 
-MAGIC = b"MATTETRT"
-FORMAT = "matte-engine/1"
-INPUT, OUTPUT = "input", "alpha"
-NOT_INSTALLED = "TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)"
-NO_CUDA = "TensorRT needs an NVIDIA GPU with CUDA, and this machine has none (torch.cuda.is_available() is False)"
-_HEADER_LEN = struct.Struct("<I")
-
-
-def write_engine_file(path: str | Path, engine: bytes, meta: dict) -> Path:
-    """Write `MAGIC + len + JSON meta + engine` atomically."""
-    header = json.dumps(meta, sort_keys=True).encode()
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(MAGIC + _HEADER_LEN.pack(len(header))
-                                                                + header + bytes(engine)))
-
-
-def read_engine_file(path: str | Path) -> tuple[dict, bytes]:
-    """-> (metadata, serialized engine) of a file written by `to_engine`.
-
-    Raises:
-        UsageError: naming the file, when it is missing, has no matte header or a truncated one.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read the engine ({err.strerror})") from None
-    if not data.startswith(MAGIC):
-        raise UsageError(f"{path}: not a matte engine (no {MAGIC.decode()} header; build it with "
-                         "`matte export --format trt`)")
-    start = len(MAGIC) + _HEADER_LEN.size
-    if len(data) < start:
-        raise UsageError(f"{path}: truncated engine header")
-    (size,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
-    try:
-        meta = json.loads(data[start:start + size].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UsageError(f"{path}: corrupt engine header (not JSON)") from None
-    engine = data[start + size:]
-    if not engine:
-        raise UsageError(f"{path}: the header is there but the engine bytes are missing (truncated file)")
-    return meta, engine
-
-
-def import_tensorrt():
-    """The `tensorrt` module (10 or newer), or a one-line UsageError saying it is missing or too old."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise UsageError(NOT_INSTALLED) from None
-    if major_version(trt) < 10:  # named tensors, execute_async_v3 and explicit batch by default
-        raise UsageError(f"TensorRT {trt.__version__} is too old: matte needs TensorRT 10 or newer")
-    return trt
-
-
-def major_version(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
+INPUT, OUTPUT = "input", "alpha"  # = exporters.onnx's tensor names
+STRONGLY_TYPED_FROM = (10, 12)  # the weak-typing API is deprecated from here (removed in 11)
 
 
 def needs_fp16_graph(trt=None) -> bool:
-    """True where the installed TensorRT builds only strongly typed networks (11+): FP16 must then
-    come from the ONNX graph (`to_onnx(half=True)`) rather than from a builder flag."""
+    """True where FP16 must come from the ONNX graph (`to_onnx(half=True)`) rather than from a builder
+    flag: TensorRT 10.12+ (the flag deprecated) and 11 (removed)."""
     trt = trt or import_tensorrt()
-    return major_version(trt) >= 11 or not hasattr(trt.BuilderFlag, "FP16")
+    return tensorrt_version(trt) >= STRONGLY_TYPED_FROM or not hasattr(trt.BuilderFlag, "FP16")
 
 
 def fp16_graph_for(half: bool) -> bool:
-    """Whether an FP16 engine is built from the FP16 ONNX graph: only where TensorRT is strongly typed
-    only (11+). TensorRT 10 builds it from the FP32 graph with its FP16 flag, normalisation and softmax
-    pinned to FP32, which leaves it free to keep any other layer in FP32 where that is faster.
-    Raises the one-line "not installed" error first, before any export work."""
+    """Whether an FP16 engine is built from the FP16 ONNX graph (TensorRT 10.12+) rather than from
+    the FP32 graph and the FP16 flag (10.0 - 10.11). Raises the one-line "not installed" error
+    first, before any export work."""
     trt = import_tensorrt()
     return half and needs_fp16_graph(trt)
+
+
+def require_cuda() -> None:
+    """One-line UsageError where torch sees no CUDA device (TensorRT builds and runs only there)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UsageError(NO_CUDA)
 
 
 def onnx_io(onnx_path: Path) -> tuple[int, bool, dict]:
@@ -138,7 +94,7 @@ def _parser_error(err) -> str:
 
 
 def _pin_fp32(trt, network) -> int:
-    """Pin normalisation, softmax and reduce layers to FP32 (weakly typed FP16 builds only).
+    """Pin normalisation, softmax and reduce layers to FP32 (weakly typed FP16 builds, 10.0 - 10.11).
 
     Returns how many layers were pinned. Layers whose outputs are not float (shape arithmetic)
     are left alone: a precision on them is meaningless and the builder rejects it.
@@ -159,14 +115,85 @@ def _pin_fp32(trt, network) -> int:
     return pinned
 
 
-def to_engine(onnx_path, path, *, half: bool = False, min_shape=(320, 320), opt_shape=(1088, 1920),
-              max_shape=(2176, 3840), timing_cache=None) -> Path:
+def _parse(trt, builder, logger, onnx_path: Path, strongly_typed: bool):
+    """-> the network TensorRT's ONNX parser makes of the file; every parser error in one line."""
+    flags = 0
+    if strongly_typed and tensorrt_version(trt) < (11, 0):
+        # 10.x: opt in; 11 is always strongly typed and deprecates the flag (ignored there)
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)  # explicit batch is the only mode since 10.0
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from the file: external weights resolve
+        errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UsageError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors or 'no detail given'}")
+    return network, parser  # the parser owns weights the network refers to: keep it alive
+
+
+def _add_profile(builder, config, channels: int, shapes) -> None:
+    """One optimisation profile, batch 1, H x W from shapes[0] to shapes[2], tuned for shapes[1]."""
+    profile = builder.create_optimization_profile()
+    profile.set_shape(INPUT, *((1, channels, *hw) for hw in shapes))
+    if config.add_optimization_profile(profile) < 0:  # -1: TensorRT found the profile invalid
+        low, opt, high = ("x".join(map(str, hw)) for hw in shapes)
+        raise UsageError(f"TensorRT refused the optimisation profile (HxW min {low}, opt {opt}, max {high}, "
+                         f"{channels} channels, batch 1)")
+
+
+def _precision(trt, config, network, *, weak_fp16: bool, fp32: bool, tf32: bool) -> int:
+    """Set the builder's precision flags; -> how many layers were pinned to FP32."""
+    if fp32 and not tf32:  # TF32 is on by default; an FP32 engine should compute in FP32
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if not weak_fp16:
+        return 0
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return _pin_fp32(trt, network)
+
+
+def _activation_resize(trt, config) -> bool:
+    """Enable runtime activation resizing where this TensorRT has it (10.10+): without it
+    `update_device_memory_size_for_shapes` cannot shrink scratch memory below the profile's maximum."""
+    feature = getattr(getattr(trt, "PreviewFeature", None), "RUNTIME_ACTIVATION_RESIZE_10_10", None)
+    if feature is None:
+        return False
+    config.set_preview_feature(feature, True)
+    return True
+
+
+def _use_timing_cache(config, cache_path: Path | None) -> None:
+    """Load kernel timings from `cache_path` where usable, else start an empty cache."""
+    data = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
+    try:
+        cache = config.create_timing_cache(data) if data else None
+    except (RuntimeError, TypeError, ValueError):
+        cache = None
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        if data:  # written by another TensorRT version or GPU, or damaged: replaced after the build
+            print(f"note: {cache_path}: timing cache not usable here; starting a new one", file=sys.stderr)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def _check_source(trt, onnx_path: Path, props: dict, half: bool, graph_half: bool) -> bool:
+    """-> whether the network is built strongly typed; a UsageError where the graph cannot give
+    what is asked (no recipe; FP16 from an FP32 graph where TensorRT is strongly typed)."""
+    if "recipe" not in props:
+        raise UsageError(f"{onnx_path}: no recipe in the ONNX metadata (export it with `matte export`)")
+    strongly_typed = needs_fp16_graph(trt) or graph_half
+    if half and strongly_typed and not graph_half:
+        raise UsageError(f"{onnx_path}: TensorRT {trt.__version__} builds FP16 only from an FP16 graph "
+                         "(strong typing): export it with --half first")
+    return strongly_typed
+
+
+def to_engine(onnx_path, path, *, half: bool = False, tf32: bool = False, min_shape=(320, 320),
+              opt_shape=(1088, 1920), max_shape=(2176, 3840), timing_cache=None) -> Path:
     """Build a TensorRT engine from an ONNX graph written by `exporters.onnx.to_onnx`.
 
     Args:
         onnx_path: the ONNX file (input `input` (N, C, H, W), output `alpha`, recipe in metadata).
         path: where to write the engine file (matte header + serialized engine), atomically.
         half: FP16 kernels (see the module docstring for how each TensorRT version gets them).
+        tf32: let an FP32 engine use TF32 (TensorRT's default; off here so FP32 means FP32).
         min_shape, opt_shape, max_shape: (H, W) of the optimisation profile; batch is 1. Inputs are
             stride-aligned by the pipeline, so give aligned sizes (e.g. 1088x1920 for 1080p).
         timing_cache: a file to load kernel timings from (if present) and save them back to, so a
@@ -174,62 +201,32 @@ def to_engine(onnx_path, path, *, half: bool = False, min_shape=(320, 320), opt_
 
     Raises:
         UsageError: TensorRT missing, no CUDA, an unreadable ONNX file, parser errors (all listed),
-            FP16 requested from an FP32 graph on TensorRT 11, or a failed build.
+            FP16 requested from an FP32 graph where TensorRT is strongly typed, an invalid profile,
+            or a failed build.
     """
     onnx_path, path = Path(onnx_path), Path(path)
     if not onnx_path.is_file():
         raise UsageError(f"{onnx_path}: no such ONNX file")
-    check_profile(min_shape, opt_shape, max_shape)
+    shapes = (tuple(min_shape), tuple(opt_shape), tuple(max_shape))
+    check_profile(*shapes)
     trt = import_tensorrt()
-    import torch
-
-    if not torch.cuda.is_available():
-        raise UsageError(NO_CUDA)
+    require_cuda()
     channels, graph_half, props = onnx_io(onnx_path)
-    if "recipe" not in props:
-        raise UsageError(f"{onnx_path}: no recipe in the ONNX metadata (export it with `matte export`)")
-    strongly_typed = needs_fp16_graph(trt) or graph_half
-    if half and strongly_typed and not graph_half:
-        raise UsageError(f"{onnx_path}: TensorRT {trt.__version__} builds only strongly typed networks, so FP16 "
-                         "must come from the graph: export it with --half first")
-
+    strongly_typed = _check_source(trt, onnx_path, props, half, graph_half)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        # 10.x: opt in; 11.x: accepted and ignored (always strongly typed)
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)  # explicit batch is the only mode since 10.0
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):  # from the file: external weights resolve
-        errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UsageError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors or 'no detail given'}")
-
+    network, _parser = _parse(trt, builder, logger, onnx_path, strongly_typed)
     config = builder.create_builder_config()
-    profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT, (1, channels, *min_shape), (1, channels, *opt_shape), (1, channels, *max_shape))
-    config.add_optimization_profile(profile)
-    pinned = 0
-    if half and not strongly_typed:  # TensorRT 10 weak typing: FP16 allowed, selected layers kept FP32
-        config.set_flag(trt.BuilderFlag.FP16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = _pin_fp32(trt, network)
-
+    _add_profile(builder, config, channels, shapes)
+    fp16 = bool(half or graph_half)  # an FP16 graph builds an FP16 engine either way
+    pinned = _precision(trt, config, network, weak_fp16=half and not strongly_typed, fp32=not fp16, tf32=tf32)
+    resizable = _activation_resize(trt, config)
     cache_path = Path(timing_cache) if timing_cache else None
-    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-    try:
-        cache = config.create_timing_cache(cache_bytes) if cache_bytes else None
-    except (RuntimeError, TypeError, ValueError):
-        cache = None
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        if cache_bytes:  # written by another TensorRT version or GPU, or damaged: replaced after the build
-            print(f"note: {cache_path}: timing cache not usable here; starting a new one", file=sys.stderr)
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-
+    _use_timing_cache(config, cache_path)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise UsageError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
-    if cache_path:
+    if cache_path:  # saved for the next build, also where the old one was not usable here
         timings = bytes(memoryview(config.get_timing_cache().serialize()))
         atomic_write(cache_path, lambda tmp: Path(tmp).write_bytes(timings))
     meta = {
@@ -237,12 +234,46 @@ def to_engine(onnx_path, path, *, half: bool = False, min_shape=(320, 320), opt_
         "recipe": json.loads(props["recipe"]),
         "onnx_metadata": {k: v for k, v in props.items() if k != "recipe"},  # preprocessing, precision
         "tensorrt": str(trt.__version__),
-        "half": bool(half or graph_half),  # an FP16 graph builds an FP16 engine either way
+        "half": fp16,
+        "tf32": bool(tf32 and not fp16),
         "strongly_typed": bool(strongly_typed),
         "fp32_pinned_layers": pinned,
+        "activation_resize": resizable,
         "channels": channels,
-        "profile": {"min": list(min_shape), "opt": list(opt_shape), "max": list(max_shape)},
+        "profile": {"min": list(shapes[0]), "opt": list(shapes[1]), "max": list(shapes[2])},
         "input": INPUT,
         "output": OUTPUT,
     }
     return write_engine_file(path, bytes(memoryview(plan)), meta)
+
+
+def build_engine(model, recipe, path, *, half: bool = False, tf32: bool = False, shapes=((320, 320), (1088, 1920),
+                 (2176, 3840)), dynamic: bool = True, opset: int = 17, timing_cache=None) -> Path:
+    """A PyTorch model -> a TensorRT engine file: the one way `matte export` and `matte bench` build.
+
+    Exports the ONNX graph TensorRT's route needs (FP16 on 10.12+ with `half`, else FP32; see the
+    module docstring) into a temporary folder beside `path`, then builds with `to_engine`.
+    TensorRT and CUDA are checked before any export work.
+
+    Args:
+        model, recipe: the network and its Recipe (as `mattecli.weights.load_model` returns them).
+        path: the engine file to write.
+        half, tf32, timing_cache: as for `to_engine`.
+        shapes: (min, opt, max) (H, W) of the profile, multiples of the model's stride.
+        dynamic: export the graph with dynamic H/W (needed unless min = opt = max).
+        opset: ONNX opset of the intermediate graph.
+
+    Returns:
+        `path`.
+    """
+    from exporters.onnx import to_onnx
+
+    fp16_graph = fp16_graph_for(half)
+    require_cuda()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as tmp:
+        onnx_path = to_onnx(model, Path(tmp) / "model.onnx", opset=opset, dynamic=dynamic, recipe=recipe,
+                            half=fp16_graph, size=shapes[1])
+        return to_engine(onnx_path, path, half=half, tf32=tf32, min_shape=shapes[0], opt_shape=shapes[1],
+                         max_shape=shapes[2], timing_cache=timing_cache)

@@ -8,6 +8,7 @@ stride as the recipe says. Both backends see the same array; their raw outputs a
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,13 +50,27 @@ def parse_sizes(text, order="HEIGHTxWIDTH"):  # deprecated: mattecli.cli.parsing
     return [(s.width, s.height) for s in parse(text)]  # the pairs in the order written, as before
 
 
+@contextmanager
+def strict_fp32():
+    """TF32 off in torch's CUDA convolutions and matmuls for the block (cuDNN allows it by default):
+    the reference of a parity check must be full FP32, or an exact FP32 engine would look wrong."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def verify(backend, reference, sizes=None, *, seed: int = 0, tolerance: float = TOLERANCE,
            on_size=None) -> list[Parity]:
     """Run `backend` and `reference` on the same fresh input at each size and measure the error.
 
     Args:
         backend: the backend under test (`recipe` attribute, `__call__(x) -> raw alpha`).
-        reference: the PyTorch model's backend (`TorchBackend`).
+        reference: the PyTorch model's backend (`TorchBackend`), run with TF32 off.
         sizes: image sizes (`Size`), aligned to the stride by the pipeline; default
             `default_sizes(stride)`.
         seed: seeds the inputs.
@@ -70,7 +85,8 @@ def verify(backend, reference, sizes=None, *, seed: int = 0, tolerance: float = 
     results = []
     for size in sizes or default_sizes(cfg.stride):
         x = fresh_input(size, cfg, rng)
-        want = np.asarray(reference(x), dtype=np.float64)
+        with strict_fp32():
+            want = np.asarray(reference(x), dtype=np.float64)
         got = np.asarray(backend(x), dtype=np.float64)
         if got.shape != want.shape:
             raise ValueError(f"output shape {got.shape} differs from PyTorch's {want.shape} at {size}")

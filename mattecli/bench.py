@@ -33,6 +33,14 @@ ROW_MARK = "MATTE_BENCH_ROW "
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
+DEFAULT_BACKENDS = {".safetensors": ["torch", "onnx"], ".onnx": ["onnx"], ".engine": ["trt"], ".plan": ["trt"]}
+
+
+def default_backends(weights: Path) -> list[str]:
+    """The backends `bench` times when none are named: torch and onnx for weights, the file's own otherwise."""
+    return list(DEFAULT_BACKENDS.get(Path(weights).suffix.lower(), ["torch", "onnx"]))
+
+
 def check_request(weights: Path, backends: list[str], device: str, half: bool) -> None:
     """Refuse, in one line, what cannot run: missing or unsuitable file, device, --half, TensorRT."""
     if not weights.is_file():
@@ -51,7 +59,7 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs --device cuda (FP16 on a CPU is not a fast path in torch or ONNX Runtime)")
     if "trt" in backends:
-        from exporters.tensorrt import import_tensorrt
+        from mattecli.inference.engine import import_tensorrt
 
         import_tensorrt()
         if not device.startswith("cuda"):
@@ -68,24 +76,27 @@ def _profile(sizes: list[Size], stride: int):
 
 def prepare_models(weights: Path, backends: list[str], sizes, half: bool, workdir: Path, log=print) -> dict:
     """-> {backend: model file} for the requested backends, exporting what a .safetensors lacks:
-    an ONNX graph (`to_onnx`; the FP16 graph with `half`) for onnx, and for trt an engine
-    (`to_engine`, a profile covering `sizes`, timing cache in `workdir`) built as `matte export
-    --format trt` builds it (from the FP16 graph on TensorRT 11, the FP32 graph + FP16 flag on 10)."""
+    an ONNX graph (`to_onnx`; the FP16 graph with `half`) for onnx, and for trt an engine built
+    as `matte export --format trt` builds it (`exporters.tensorrt.build_engine`)."""
     suffix = weights.suffix.lower()
     if suffix in (".engine", ".plan"):
         return {"trt": weights}
     graphs: dict[bool, Path] = {}
     loaded = []
 
+    def model_and_recipe():
+        from mattecli.weights import load_model
+
+        loaded[:] = loaded or [load_model(weights)]
+        return loaded[0]
+
     def graph(fp16: bool) -> Path:
         if suffix == ".onnx":
             return weights
         if fp16 not in graphs:
             from exporters.onnx import to_onnx
-            from mattecli.weights import load_model
 
-            loaded[:] = loaded or [load_model(weights)]
-            model, recipe = loaded[0]
+            model, recipe = model_and_recipe()
             log(f"exporting {weights.name} to ONNX{' (FP16)' if fp16 else ''}")
             try:
                 graphs[fp16] = to_onnx(model, workdir / f"model{'-fp16' if fp16 else ''}.onnx", recipe=recipe,
@@ -101,14 +112,24 @@ def prepare_models(weights: Path, backends: list[str], sizes, half: bool, workdi
         elif name == "onnx":
             files[name] = graph(half)
         else:
-            from exporters.tensorrt import fp16_graph_for, onnx_io, to_engine
-
-            source = graph(fp16_graph_for(half))
-            low, opt, high = _profile(sizes, _stride_of(source, onnx_io))
-            log(f"building a TensorRT engine ({'FP16' if half else 'FP32'}, H x W profile {low} .. {high})")
-            files[name] = to_engine(source, workdir / "model.engine", half=half, min_shape=low, opt_shape=opt,
-                                    max_shape=high, timing_cache=workdir / "timing.cache")
+            files[name] = _engine(weights, model_and_recipe, sizes, half, workdir, log)
     return files
+
+
+def _engine(weights: Path, model_and_recipe, sizes, half: bool, workdir: Path, log) -> Path:
+    """The TensorRT engine of an .onnx graph (`to_engine`) or of a weights file (`build_engine`, as
+    `matte export --format trt` builds), with a profile covering `sizes`, timing cache in `workdir`."""
+    from exporters.tensorrt import build_engine, onnx_io, to_engine
+
+    path, cache = workdir / "model.engine", workdir / "timing.cache"
+    from_graph = weights.suffix.lower() == ".onnx"
+    model, recipe = (None, None) if from_graph else model_and_recipe()
+    shapes = _profile(sizes, _stride_of(weights, onnx_io) if from_graph else recipe.infer.stride)
+    log(f"building a TensorRT engine ({'FP16' if half else 'FP32'}, H x W profile {shapes[0]} .. {shapes[2]})")
+    if from_graph:
+        return to_engine(weights, path, half=half, min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2],
+                         timing_cache=cache)
+    return build_engine(model, recipe, path, half=half, shapes=shapes, timing_cache=cache)
 
 
 def _stride_of(onnx_file: Path, onnx_io) -> int:
@@ -205,7 +226,7 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
     Args:
         weights: a .safetensors weights file (ONNX graph and engine are exported from it into
             `workdir`, a temporary folder by default), an .onnx graph, or an .engine.
-        backends: names from `inference.backends.BACKEND_NAMES`.
+        backends: names from `inference.backends.BACKEND_NAMES`; None or empty: `default_backends(weights)`.
         sizes: input sizes (`Size`).
         device: cpu or cuda[:N].
         half: FP16 (CUDA only): autocast for torch, an FP16 graph for onnx, FP16 engine for trt.
@@ -223,6 +244,7 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
             export or engine build failing.
     """
     weights = Path(weights)
+    backends = list(backends) if backends else default_backends(weights)
     if repeat < 1 or warmup < 0:
         raise UsageError(f"--repeat must be >= 1 and --warmup >= 0 (got {repeat}, {warmup})")
     check_request(weights, backends, device, half)

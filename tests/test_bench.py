@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mattecli.bench import run_bench
+from mattecli.bench import default_backends, run_bench
 from mattecli.sizes import Size
 from mattecli.errors import UsageError
 from tests.test_cli import run_main
@@ -59,12 +59,15 @@ def test_bench_rows_and_json(tmp_path, weights, one_thread):
 
 
 def test_bench_an_onnx_file(tmp_path):
+    """Without --backends an .onnx file is timed with the onnx backend (torch needs weights)."""
     from mattecli.recipes import load_recipe
     from tests.test_tensorrt import tiny_onnx
 
     graph = tiny_onnx(tmp_path / "one-conv.onnx", channels=4, recipe=load_recipe("demo-a2u").to_dict())
-    report = run_bench(graph, ["onnx"], [Size(50, 36)], repeat=2, warmup=0, log=lambda line: None)
+    report = run_bench(graph, None, [Size(50, 36)], repeat=2, warmup=0, log=lambda line: None)
     check_rows(report["rows"], ["onnx"], ["50x36"], ["1x4x48x64"])
+    assert default_backends(graph) == ["onnx"] and default_backends(tmp_path / "m.engine") == ["trt"]
+    assert default_backends(tmp_path / "w.safetensors") == ["torch", "onnx"]
 
 
 @pytest.mark.slow  # the ONNX export and session start take ~20 s on a loaded 2-core machine
@@ -100,7 +103,7 @@ def test_bench_refuses_missing_and_unsuitable_files(tmp_path):
 def test_a_failing_row_is_named_and_the_others_still_run(tmp_path, weights, one_thread):
     graph = tmp_path / "broken.onnx"
     graph.write_bytes(b"not a graph")
-    res = run_main("bench", "--weights", graph, "--backends", "onnx", "--sizes", "32x32,48x32", "--repeat", "1")
+    res = run_main("bench", "--weights", graph, "--sizes", "32x32,48x32", "--repeat", "1")  # onnx: the file's own
     assert res.returncode == 1
     failures = [line for line in res.stderr.splitlines() if line.startswith("matte bench:")]
     assert len(failures) == 2 and all("not a loadable ONNX model" in line for line in failures), res.stderr

@@ -30,6 +30,27 @@ def test_help_lists_every_subcommand_without_importing_torch():
         assert name in out
 
 
+def test_the_runtime_never_imports_the_export_tooling():
+    """`mattecli.inference` (what runs a model) must not depend on `exporters` (what writes one):
+    every import statement in its modules, those inside functions included, is checked."""
+    import ast
+    from pathlib import Path
+
+    import mattecli.inference
+
+    package = Path(mattecli.inference.__file__).parent
+    found = []
+    for module in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{module.name}: {n}" for n in names if n.split(".")[0] == "exporters"]
+    assert found == []
+    code = ("import sys; import mattecli.inference.backends, mattecli.inference.batch, mattecli.inference.engine; "
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'exporters'], 'exporters imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_recipes_json_lists_counts():
     rows = json.loads(matte("recipes", "--json").stdout)
     by_name = {r["name"]: r for r in rows}

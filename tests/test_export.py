@@ -352,7 +352,7 @@ def test_infer_pipeline_with_onnx_equals_torch(weights, tmp_path):
 
 def test_cli_export_verify_then_infer_and_eval_with_onnx(weights, tmp_path):
     out = tmp_path / "m.onnx"
-    res = run_main("export", "--weights", weights, "--format", "onnx", "--dynamic", "--verify",
+    res = run_main("export", "--weights", weights, "--format", "onnx", "--dynamic", "--verify",  # the default, accepted
                    "--verify-sizes", "96x160,224x96", "--out", out)
     assert res.returncode == 0, res.stderr
     assert "96x160" in res.stdout and "224x96" in res.stdout and "verify: ok at all 2 sizes" in res.stdout
@@ -392,12 +392,21 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
     (["--weights", "{tmp}/missing.safetensors"], "missing.safetensors: no such weights file"),
     (["--format", "tflite"], "--format tflite: unknown format"),
     (["--opt-shape", "1920by1088"], "--opt-shape: '1920by1088' is not WIDTHxHEIGHT"),
-    (["--opt-shape", "100x96"], "--opt-shape 100x96: width 100 not a multiple of the model's stride 32"),
     (["--verify", "--verify-sizes", "64x"], "--verify-sizes: '64x' is not WIDTHxHEIGHT"),
     (["--opset", "13"], "--opset 13: choose 17 to 20"),
     (["--opset", "21"], "--opset 21: choose 17 to 20"),
-    (["--verify", "--verify-sizes", "64x64"], "--verify-sizes 64x64: a static graph runs at --opt-shape"),
-    (["--dynamic", "--min-shape", "640x640", "--opt-shape", "320x320"], "min <= opt <= max"),
+    (["--static", "--verify", "--verify-sizes", "64x64"], "--verify-sizes 64x64: a static graph runs at --opt-shape"),
+    (["--min-shape", "640x640", "--opt-shape", "320x320"], "min <= opt <= max"),
+    (["--out", "{tmp}/m.engine"], "m.engine: a .engine file is not what --format onnx writes (use .onnx, or "
+                                  "--format trt)"),
+    (["--format", "trt", "--out", "{tmp}/m.onnx"], "a .onnx file is not what --format trt writes (use .engine or "
+                                                    ".plan, or --format onnx)"),
+    (["--out", "{tmp}/m.safetensors"], "a .safetensors file is not what --format onnx writes"),
+    (["--device", "gpu"], "--device gpu: expected auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "--device cuda:x: expected auto, cpu, cuda or cuda:N"),
+    (["--tf32"], "--tf32 is for --format trt"),
+    # refused before any engine is built (a build takes minutes), TensorRT installed or not
+    (["--format", "trt", "--out", "{tmp}/m.engine", "--verify"], "--verify of a TensorRT engine runs it on a GPU"),
 ])
 def test_cli_export_usage_errors_are_one_line(weights, tmp_path, args, message):
     """In process (the entry point turns a UsageError into one line and exit 2: checked once below)."""
@@ -409,7 +418,7 @@ def test_cli_export_usage_errors_are_one_line(weights, tmp_path, args, message):
     res = CliRunner().invoke(app, ["export", *given])
     assert isinstance(res.exception, UsageError), res.output
     assert message in str(res.exception) and "\n" not in str(res.exception)
-    assert not (tmp_path / "m.onnx").exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_export_missing_weights_through_the_entry_point(tmp_path):
@@ -434,19 +443,24 @@ def test_exported_file_suffix_picks_the_onnx_backend(weights, tmp_path):
     assert isinstance(load_backend(Path(weights)), TorchBackend)
 
 
-@pytest.mark.parametrize("shapes, dynamic_hw", [
-    (["--min-shape", "320x320", "--opt-shape", "640x320", "--max-shape", "960x640"], True),  # the issue's form
-    (["--min-shape", "640x320", "--opt-shape", "640x320", "--max-shape", "640x320"], False),  # min = opt = max
+@pytest.mark.parametrize("shapes, dynamic_hw, profile", [
+    (["--min-shape", "320x320", "--opt-shape", "640x320", "--max-shape", "960x640"], True,  # the issue's form
+     ((320, 320), (320, 640), (640, 960))),
+    (["--min-shape", "640x320", "--opt-shape", "640x320", "--max-shape", "640x320"], False,  # min = opt = max
+     ((320, 640),) * 3),
+    (["--static", "--opt-shape", "640x320"], False, ((320, 640),) * 3),  # --static: the opt shape only
+    (["--min-shape", "300x300", "--opt-shape", "1920x1080", "--max-shape", "3840x2160"], True,  # aligned up
+     ((320, 320), (1088, 1920), (2176, 3840))),
 ])
-def test_cli_trt_profile_decides_the_graph(weights, tmp_path, monkeypatch, shapes, dynamic_hw):
-    """`--format trt` with a min..max profile builds from a dynamic graph without `--dynamic`."""
+def test_cli_trt_profile_decides_the_graph(weights, tmp_path, monkeypatch, shapes, dynamic_hw, profile):
+    """`--format trt` with a min..max profile builds from a dynamic graph; shapes are aligned to the stride."""
     import onnx
 
     import exporters.tensorrt as tensorrt
 
     seen = {}
 
-    def fake_to_engine(onnx_path, path, *, half, min_shape, opt_shape, max_shape, timing_cache=None):
+    def fake_to_engine(onnx_path, path, *, half, tf32, min_shape, opt_shape, max_shape, timing_cache=None):
         dims = onnx.load(str(onnx_path)).graph.input[0].type.tensor_type.shape.dim
         seen.update(hw=[d.dim_value for d in dims[2:]], shapes=(min_shape, opt_shape, max_shape))
         Path(path).write_bytes(b"engine")
@@ -454,11 +468,36 @@ def test_cli_trt_profile_decides_the_graph(weights, tmp_path, monkeypatch, shape
 
     monkeypatch.setattr(tensorrt, "to_engine", fake_to_engine)
     monkeypatch.setattr(tensorrt, "fp16_graph_for", lambda half: False)
+    monkeypatch.setattr(tensorrt, "require_cuda", lambda: None)
     res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--format", "trt",
                                    "--out", str(tmp_path / "m.engine"), *shapes])
     assert res.exit_code == 0, res.output
     assert (seen["hw"] == [0, 0]) == dynamic_hw  # dim_value 0: a named, dynamic axis
-    assert seen["shapes"] == tuple(tuple(map(int, s.split("x")))[::-1] for s in shapes[1::2])  # WxH -> (H, W)
+    assert seen["shapes"] == profile  # the engine's profile in array order (H, W)
+    assert ("aligned up to 1920x1088" in res.output) == ("1920x1080" in shapes)
+
+
+def test_cli_export_is_dynamic_by_default_and_static_sizes_are_aligned(weights, tmp_path):
+    res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--out", str(tmp_path / "d.onnx")])
+    assert res.exit_code == 0, res.output
+    dims = onnx.load(str(tmp_path / "d.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "height", "width"] and "dynamic batch" in res.output
+    res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--static", "--opt-shape", "90x100",
+                                   "--out", str(tmp_path / "s.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "note: --opt-shape 90x100 aligned up to 96x128 (WIDTHxHEIGHT, a multiple of the model's stride 32" \
+        in res.output
+    dims = onnx.load(str(tmp_path / "s.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 4, 128, 96] and "static batch 1 at 96x128" in res.output
+
+
+def test_the_torch_backend_names_an_exported_file_in_one_line(tmp_path):
+    for name, kind, backend in (("m.onnx", "an ONNX graph", "onnx"), ("m.engine", "a TensorRT engine", "trt")):
+        (tmp_path / name).write_bytes(b"not weights")
+        with pytest.raises(UsageError) as err:
+            load_backend(tmp_path / name, "torch")
+        assert str(err.value) == (f"{tmp_path / name}: the torch backend runs a .safetensors weights file, and this "
+                                  f"is {kind}: use --backend {backend} (or leave --backend out)")
 
 
 def test_onnx_backend_gives_the_arena_back_after_each_call(weights, tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from exporters import tensorrt as trt_export
-from exporters.tensorrt import MAGIC, NOT_INSTALLED, read_engine_file, write_engine_file
 from mattecli.errors import UsageError
+from mattecli.inference.engine import MAGIC, NOT_INSTALLED, read_engine_file, tensorrt_version, write_engine_file
 from tests.test_cli import run_main
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -42,14 +42,26 @@ def fake_trt(version: str, fp16_flag: bool = True):
     return types.SimpleNamespace(__version__=version, BuilderFlag=flags)
 
 
-def test_strongly_typed_only_from_tensorrt_11():
-    assert not trt_export.needs_fp16_graph(fake_trt("10.13.0.35"))
+def test_tensorrt_versions_and_which_route_each_takes():
+    assert tensorrt_version(fake_trt("10.13.0.35")) == (10, 13) and tensorrt_version(fake_trt("11.1")) == (11, 1)
+    assert tensorrt_version(fake_trt("10.0.1.6")) == (10, 0) and tensorrt_version(fake_trt("11")) == (11, 0)
+    # 10.0-10.11: weak typing (the FP16 flag); 10.12 deprecated it, 11 removed it: strongly typed
+    assert not trt_export.needs_fp16_graph(fake_trt("10.0.1.6"))
+    assert not trt_export.needs_fp16_graph(fake_trt("10.11.0.33"))
+    assert trt_export.needs_fp16_graph(fake_trt("10.12.0.36"))
     assert trt_export.needs_fp16_graph(fake_trt("11.0.0"))
-    assert trt_export.needs_fp16_graph(fake_trt("10.99", fp16_flag=False))  # flag gone: strongly typed only
+    assert trt_export.needs_fp16_graph(fake_trt("10.9", fp16_flag=False))  # flag gone: strongly typed only
+
+
+def test_too_old_tensorrt_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt("8.6.1"))
+    with pytest.raises(UsageError, match="TensorRT 8.6.1 is too old: matte needs TensorRT 10 or newer"):
+        trt_export.fp16_graph_for(False)
 
 
 @pytest.mark.parametrize("version, half, fp16_graph", [
-    ("10.13.0.35", True, False),  # TensorRT 10: the FP32 graph and the builder's FP16 flag
+    ("10.11.0.33", True, False),  # TensorRT 10.0-10.11: the FP32 graph and the builder's FP16 flag
+    ("10.13.0.35", True, True),   # 10.12+: the exporter's FP16 graph (the weak-typing API is deprecated)
     ("11.0.0", True, True),       # TensorRT 11: the exporter's FP16 graph
     ("11.0.0", False, False),
 ])
@@ -164,7 +176,10 @@ def test_infer_and_eval_with_trt_backend_say_tensorrt_is_missing(tmp_path):
 
 
 class FakeBuilder:
-    """Just enough of TensorRT's builder API to follow `to_engine`'s choices on a CPU machine."""
+    """Just enough of TensorRT's builder API to follow `to_engine`'s choices on a CPU machine.
+
+    The names are TensorRT's Python bindings' (checked against NVIDIA/TensorRT's pyCore.cpp at
+    v10.0.0, v10.1.0, v10.10.0, v10.16, v11.0 and v11.1)."""
 
     def __init__(self, trt, layers):
         self.trt, self.layers, self.calls = trt, layers, trt.calls
@@ -175,14 +190,20 @@ class FakeBuilder:
 
     def create_builder_config(self):
         calls = self.calls
-        calls["flags"] = []
+        calls.update(flags=[], cleared=[], preview={})
 
         class Config:
             set_flag = calls["flags"].append
-            add_optimization_profile = staticmethod(lambda p: calls.setdefault("profiles", []).append(p))
+            clear_flag = calls["cleared"].append
+            set_preview_feature = staticmethod(lambda feature, enable: calls["preview"].update({feature: enable}))
             create_timing_cache = staticmethod(lambda data: {"cache": bytes(data)})
             set_timing_cache = staticmethod(lambda cache, ignore_mismatch: calls.update(cache_in=cache) or True)
             get_timing_cache = staticmethod(lambda: types.SimpleNamespace(serialize=lambda: b"timings"))
+
+            @staticmethod
+            def add_optimization_profile(profile):  # TensorRT: the profile's index, or -1 if invalid
+                calls.setdefault("profiles", []).append(profile)
+                return calls.get("profile_index", len(calls["profiles"]) - 1)
         return Config()
 
     def create_optimization_profile(self):
@@ -197,7 +218,11 @@ class FakeBuilder:
 def fake_builder_trt(version, layers):
     trt = fake_trt(version, fp16_flag=version.startswith("10"))
     trt.calls = {}
-    trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS = 2
+    if version.startswith("10"):
+        trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS = 2
+    trt.BuilderFlag.TF32 = 6
+    if tensorrt_version(trt) >= (10, 10):
+        trt.PreviewFeature = types.SimpleNamespace(RUNTIME_ACTIVATION_RESIZE_10_10="resize")
     trt.LayerType = types.SimpleNamespace(NORMALIZATION="norm", SOFTMAX="softmax", REDUCE="reduce")
     trt.float32, trt.float16 = "f32", "f16"
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
@@ -207,15 +232,18 @@ def fake_builder_trt(version, layers):
     return trt
 
 
-@pytest.mark.parametrize("version, graph_half, half, strongly_typed, flags, pinned", [
-    ("10.13.0", False, False, False, [], 0),
-    ("10.13.0", False, True, False, [1, 2], 1),      # weak typing: FP16 + OBEY, the softmax kept FP32
-    ("10.13.0", True, True, True, [], 0),            # an FP16 graph builds strongly typed
-    ("11.0.0", True, True, True, [], 0),
-    ("11.0.0", False, False, True, [], 0),           # 11 is always strongly typed
+@pytest.mark.parametrize("version, graph_half, half, tf32, strongly_typed, flags, cleared, pinned", [
+    ("10.0.0", False, False, False, False, [], [6], 0),         # FP32: TF32 cleared
+    ("10.0.0", False, False, True, False, [], [], 0),           # --tf32: TensorRT's default kept
+    ("10.11.0", False, True, False, False, [1, 2], [], 1),      # weak typing: FP16 + OBEY, the softmax kept FP32
+    ("10.11.0", True, True, False, True, [], [], 0),            # an FP16 graph builds strongly typed
+    ("10.13.0", False, False, False, True, [], [6], 0),         # 10.12+: strongly typed, FP32 graph
+    ("10.13.0", True, True, False, True, [], [], 0),            # 10.12+: FP16 from the FP16 graph
+    ("11.0.0", True, True, False, True, [], [], 0),
+    ("11.0.0", False, False, False, True, [], [6], 0),          # 11 is always strongly typed
 ])
-def test_to_engine_choices_per_tensorrt_version(tmp_path, monkeypatch, version, graph_half, half, strongly_typed,
-                                                flags, pinned):
+def test_to_engine_choices_per_tensorrt_version(tmp_path, monkeypatch, version, graph_half, half, tf32,
+                                                strongly_typed, flags, cleared, pinned):
     import torch
 
     layers = [FakeLayer("conv", "f32"), FakeLayer("softmax", "f32")]
@@ -226,30 +254,120 @@ def test_to_engine_choices_per_tensorrt_version(tmp_path, monkeypatch, version, 
     graph = tiny_onnx(tmp_path / "m.onnx", channels=4, half=graph_half, recipe=recipe)
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"old timings")
-    engine = trt_export.to_engine(graph, tmp_path / "m.engine", half=half, min_shape=(64, 64),
+    engine = trt_export.to_engine(graph, tmp_path / "m.engine", half=half, tf32=tf32, min_shape=(64, 64),
                                   opt_shape=(128, 96), max_shape=(256, 256), timing_cache=cache)
-    assert trt.calls["network_flags"] == (1 << 5 if strongly_typed else 0)
-    assert trt.calls["flags"] == flags
+    # the opt-in flag on 10.x only: 11 deprecates it (always strongly typed)
+    assert trt.calls["network_flags"] == (1 << 5 if strongly_typed and version.startswith("10") else 0)
+    assert trt.calls["flags"] == flags and trt.calls["cleared"] == cleared
+    resizable = not version.startswith("10.0")  # RUNTIME_ACTIVATION_RESIZE_10_10 from 10.10
+    assert trt.calls["preview"] == ({"resize": True} if resizable else {})
     assert trt.calls["profiles"][0].shape == ("input", (1, 4, 64, 64), (1, 4, 128, 96), (1, 4, 256, 256))
     assert trt.calls["cache_in"] == {"cache": b"old timings"} and cache.read_bytes() == b"timings"
     meta, data = read_engine_file(engine)
     assert data == b"serialized engine"
     assert meta["recipe"] == recipe and meta["channels"] == 4 and meta["tensorrt"] == version
     assert (meta["half"], meta["strongly_typed"], meta["fp32_pinned_layers"]) == (half, strongly_typed, pinned)
+    assert (meta["tf32"], meta["activation_resize"]) == (tf32, resizable)
     assert meta["profile"] == {"min": [64, 64], "opt": [128, 96], "max": [256, 256]}
 
 
-def test_fp16_from_an_fp32_graph_is_refused_on_tensorrt_11(tmp_path, monkeypatch):
+def test_a_profile_tensorrt_refuses_is_named(tmp_path, monkeypatch):
+    import torch
+
+    trt = fake_builder_trt("10.13.0", [])
+    trt.calls["profile_index"] = -1
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    with pytest.raises(UsageError, match="refused the optimisation profile .HxW min 64x64, opt 128x96, max 256x256"):
+        trt_export.to_engine(graph, tmp_path / "m.engine", min_shape=(64, 64), opt_shape=(128, 96),
+                             max_shape=(256, 256))
+    assert not (tmp_path / "m.engine").exists()
+
+
+def test_fp16_from_an_fp32_graph_is_refused_where_strongly_typed(tmp_path, monkeypatch):
     import torch
 
     monkeypatch.setitem(sys.modules, "tensorrt", fake_builder_trt("11.0.0", []))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
-    with pytest.raises(UsageError, match="strongly typed networks, so FP16 must come from the graph"):
+    with pytest.raises(UsageError, match="builds FP16 only from an FP16 graph"):
         trt_export.to_engine(graph, tmp_path / "m.engine", half=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UsageError, match="needs an NVIDIA GPU"):
         trt_export.to_engine(graph, tmp_path / "m.engine")
+
+
+def test_build_engine_checks_tensorrt_and_cuda_before_exporting(tmp_path, monkeypatch):
+    """The one engine builder (export and bench): nothing is exported where nothing can be built."""
+    import torch
+
+    import exporters.onnx
+
+    exports = []
+    monkeypatch.setattr(exporters.onnx, "to_onnx", lambda *a, **k: exports.append(k) or 1 / 0)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(UsageError, match="TensorRT is not installed"):
+        trt_export.build_engine(None, None, tmp_path / "m.engine")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_builder_trt("10.13.0", []))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="needs an NVIDIA GPU"):
+        trt_export.build_engine(None, None, tmp_path / "m.engine")
+    assert exports == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("version, half, fp16_graph", [("10.11.0", True, False), ("10.13.0", True, True),
+                                                       ("11.1.0", False, False)])
+def test_build_engine_exports_the_graph_the_version_needs(tmp_path, monkeypatch, version, half, fp16_graph):
+    import torch
+
+    import exporters.onnx
+
+    exported = []
+
+    def fake_to_onnx(model, path, *, opset, dynamic, recipe, half, size):  # the export itself is tested elsewhere
+        exported.append({"model": model, "opset": opset, "dynamic": dynamic, "half": half, "size": size})
+        return tiny_onnx(path, channels=4, half=half, recipe=recipe)
+
+    monkeypatch.setattr(exporters.onnx, "to_onnx", fake_to_onnx)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_builder_trt(version, [FakeLayer("softmax", "f32")]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    recipe = {"name": "demo-a2u", "infer": {"stride": 16}}
+    engine = trt_export.build_engine("net", recipe, tmp_path / "m.engine", half=half, opset=18,
+                                     shapes=((32, 32), (64, 48), (96, 96)))
+    assert exported == [{"model": "net", "opset": 18, "dynamic": True, "half": fp16_graph, "size": (64, 48)}]
+    meta, _ = read_engine_file(engine)
+    assert meta["half"] is half and meta["strongly_typed"] is (fp16_graph or version.startswith("11"))
+    assert meta["profile"] == {"min": [32, 32], "opt": [64, 48], "max": [96, 96]}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.engine"]  # the temporary ONNX graph is gone
+
+
+class FakeContext:
+    def __init__(self, sizes):
+        self.sizes, self.bound = list(sizes), []
+
+    def update_device_memory_size_for_shapes(self):
+        return self.sizes.pop(0)
+
+    def set_device_memory(self, address, size):
+        self.bound.append(size)
+
+
+def test_scratch_memory_grows_with_the_input_and_a_failed_sizing_is_named():
+    """`update_device_memory_size_for_shapes` returns the bytes the current shapes need, 0 on error."""
+    import torch
+
+    from mattecli.inference.backends import TensorRTBackend
+
+    backend = object.__new__(TensorRTBackend)  # the sizing alone: no GPU here
+    backend.device, backend.source, backend.scratch = torch.device("cpu"), "m.engine", None
+    backend.context = FakeContext([4096, 1024, 8192, 0])
+    for shape in ((1, 4, 64, 64), (1, 4, 32, 32), (1, 4, 96, 96)):
+        backend._bind_scratch(shape)
+    assert backend.context.bound == [4096, 4096, 8192]  # reused while large enough, grown when not
+    with pytest.raises(RuntimeError, match=r"m.engine: TensorRT could not size its scratch memory for input "
+                                           r"\(1, 4, 128, 128\)"):
+        backend._bind_scratch((1, 4, 128, 128))
 
 
 # --- on a machine with an NVIDIA GPU and TensorRT (the `gpu` marker; not run by default) ---
@@ -295,9 +413,11 @@ def test_engine_matches_torch(tmp_path, recipe_name, half, fp16_graph, tol):
                                   opt_shape=(128, 160), max_shape=(256, 256), timing_cache=cache)
     assert cache.stat().st_size > 0
     meta, _ = read_engine_file(engine)
-    assert meta["recipe"] == recipe.to_dict() and meta["half"] is half
+    assert meta["recipe"] == json.loads(json.dumps(recipe.to_dict())) and meta["half"] is half  # JSON: lists
     backend = TensorRTBackend.load(engine, "cuda")
     assert backend.recipe == recipe
+    assert backend.stream.cuda_stream != 0  # its own stream, not the legacy default one
+    assert backend.user_memory == (tensorrt_version(backend.trt) >= (10, 1))  # set_device_memory from 10.1
     reference = TorchBackend(model, recipe, "cuda")
     rng = np.random.default_rng(0)
     for h, w in ((97, 131), (160, 224)):
@@ -307,6 +427,7 @@ def test_engine_matches_torch(tmp_path, recipe_name, half, fp16_graph, tol):
         ref, out = reference(x), backend(x)
         assert out.shape == ref.shape and out.dtype == np.float32
         assert np.abs(out - ref).max() <= tol * max(1.0, np.abs(ref).max()), (h, w)
+    assert (backend.scratch is not None) == backend.user_memory  # 10.0: TensorRT allocates it itself
     with pytest.raises(ValueError, match="outside the engine's profile"):
         backend(np.zeros((1, x.shape[1], 512, 512), np.float32))
     # a second build reuses the timing cache

@@ -11,7 +11,8 @@ def main(
     weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (ONNX graph and TensorRT engine "
                                  "are exported from it into a temporary folder), an .onnx graph or an .engine."),
     backends: str = typer.Option(None, "--backends", help="Comma-separated, any of torch, onnx, trt (default: "
-                                 "torch,onnx; with --e2e the one the file's suffix implies)."),
+                                 "torch,onnx for a .safetensors, onnx for an .onnx graph, trt for an engine; with "
+                                 "--e2e the one the file's suffix implies)."),
     sizes: str = typer.Option("1920x1080,3840x2160", "--sizes", help="Comma-separated WIDTHxHEIGHT input sizes "
                               "(aligned to the model's stride by the inference pipeline, as in `matte infer`)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N] "
@@ -41,7 +42,7 @@ def main(
     from rich.console import Console
     from rich.table import Table
 
-    from mattecli.bench import check_request, run_bench
+    from mattecli.bench import check_request, default_backends, run_bench
     from mattecli.cli.parsing import parse_backends, parse_sizes
     from mattecli.devices import resolve_device
     from mattecli.progress import progress_bar
@@ -53,7 +54,7 @@ def main(
 
         names = parse_backends(backends) if backends else [SUFFIX_TO_BACKEND.get(weights.suffix.lower(), "torch")]
         return _e2e(weights, names, size_list, device, half, compile, save, count, workers, json_out)
-    names = parse_backends(backends or "torch,onnx")
+    names = parse_backends(backends) if backends is not None else default_backends(weights)
     check_request(weights, names, device, half)  # usage errors before the progress bar starts
     err = Console(stderr=True)
     with progress_bar(console=err) as bar:

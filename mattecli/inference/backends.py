@@ -95,6 +95,11 @@ class TorchBackend:
     def load(cls, path: str | Path, device: str = "cpu", half: bool = False, compile: bool = False) -> "TorchBackend":
         from mattecli.weights import load_model
 
+        exported = SUFFIX_TO_BACKEND.get(Path(path).suffix.lower(), "torch")
+        if exported != "torch":  # safetensors would only say "header too large"
+            raise UsageError(f"{path}: the torch backend runs a .safetensors weights file, and this is "
+                             f"{'an ONNX graph' if exported == 'onnx' else 'a TensorRT engine'}: use --backend "
+                             f"{exported} (or leave --backend out)")
         model, recipe = load_model(path)
         return cls(model, recipe, device, half=half, compile=compile)
 
@@ -121,19 +126,22 @@ class TorchBackend:
 
 
 class TensorRTBackend:
-    """A TensorRT engine file written by `exporters.tensorrt.to_engine` (matte header + engine).
+    """A TensorRT engine file (`mattecli.inference.engine`'s format: matte header + engine).
 
-    Buffers are torch CUDA tensors addressed by tensor name; `execute_async_v3` runs on torch's
-    current stream, so no pycuda is needed. Where TensorRT allows it (10.1+), the engine's scratch
-    memory is a torch tensor too, grown to what the largest input shape so far needs (TensorRT's
-    own allocation would be sized for the profile's maximum), so torch's allocator and
-    `torch.cuda.max_memory_allocated` see everything a call uses except the engine's weights.
+    Buffers are torch CUDA tensors addressed by tensor name, so no pycuda is needed. Copies and
+    `execute_async_v3` run on the backend's own CUDA stream (NVIDIA: the legacy default stream costs
+    extra device synchronisations), synchronised before the result is read. Where TensorRT allows
+    it (10.1+), the engine's scratch memory is a torch tensor too, sized by
+    `update_device_memory_size_for_shapes` for the largest input so far (below the profile's
+    maximum only for engines built with runtime activation resizing, TensorRT 10.10+), so torch's
+    allocator and `torch.cuda.max_memory_allocated` see everything a call uses except the engine's
+    weights. On 10.0 TensorRT allocates the scratch memory itself.
     """
 
     def __init__(self, engine_bytes: bytes, meta: dict, device: str = "cuda", source: str = "engine"):
         import torch
 
-        from exporters.tensorrt import import_tensorrt
+        from mattecli.inference.engine import import_tensorrt
         from mattecli.recipes import recipe_from_dict
 
         trt = import_tensorrt()
@@ -141,6 +149,7 @@ class TensorRTBackend:
         self.recipe = recipe_from_dict(meta["recipe"], meta["recipe"].get("name", source))
         self.device = torch.device(device)
         with torch.cuda.device(self.device):
+            self.stream = torch.cuda.Stream(self.device)
             self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
             self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
             if self.engine is None:
@@ -171,7 +180,7 @@ class TensorRTBackend:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cuda") -> "TensorRTBackend":
-        from exporters.tensorrt import NO_CUDA, import_tensorrt, read_engine_file
+        from mattecli.inference.engine import NO_CUDA, import_tensorrt, read_engine_file
 
         import_tensorrt()  # "not installed" before anything else
         if not device.startswith("cuda"):
@@ -186,7 +195,7 @@ class TensorRTBackend:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.cuda.device(self.device):
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             inp = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, self.dtypes[self.input])
             if not self.context.set_input_shape(self.input, tuple(inp.shape)):
                 prof = self.meta.get("profile", {})
@@ -197,15 +206,22 @@ class TensorRTBackend:
             self.context.set_tensor_address(self.input, inp.data_ptr())
             self.context.set_tensor_address(self.output, out.data_ptr())
             if self.user_memory:
-                size = self.context.update_device_memory_size_for_shapes()
-                if self.scratch is None or self.scratch.numel() < size:
-                    self.scratch = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
-                self.context.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
-            stream = torch.cuda.current_stream(self.device)
-            if not self.context.execute_async_v3(stream.cuda_stream):
+                self._bind_scratch(tuple(inp.shape))
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError(f"{self.source}: TensorRT execution failed (see its log above)")
-            stream.synchronize()
-        return out.float().cpu().numpy()
+            self.stream.synchronize()
+            return out.float().cpu().numpy()
+
+    def _bind_scratch(self, shape: tuple) -> None:
+        """Give the context scratch memory for the current input shape, grown when it needs more."""
+        import torch
+
+        size = self.context.update_device_memory_size_for_shapes()
+        if size == 0:  # TensorRT's way of saying it failed
+            raise RuntimeError(f"{self.source}: TensorRT could not size its scratch memory for input {shape}")
+        if self.scratch is None or self.scratch.numel() < size:
+            self.scratch = torch.empty(size, dtype=torch.uint8, device=self.device)
+        self.context.set_device_memory(self.scratch.data_ptr(), self.scratch.numel())
 
 
 class OnnxBackend:
@@ -237,7 +253,7 @@ class OnnxBackend:
         path = Path(path)
         if path.suffix.lower() == ".safetensors":
             raise UsageError(f"{path}: the onnx backend runs an exported model; make one with "
-                             f"`matte export --weights {path} --format onnx --dynamic --out MODEL.onnx`")
+                             f"`matte export --weights {path} --format onnx --out MODEL.onnx`")
         try:
             session = ort.InferenceSession(str(path), providers=_onnx_providers(ort, device))
         except Exception as err:  # onnxruntime raises its own exception types, one per failure kind
@@ -253,7 +269,7 @@ class OnnxBackend:
         if self.fixed_size is not None and tuple(x.shape[2:]) != self.fixed_size:
             h, w = self.fixed_size
             raise ValueError(f"{self.path.name} was exported for {w}x{h} input only, got "
-                             f"{x.shape[3]}x{x.shape[2]} (WIDTHxHEIGHT; export with --dynamic)")
+                             f"{x.shape[3]}x{x.shape[2]} (WIDTHxHEIGHT; export it without --static)")
         inp, out = self.session.get_inputs()[0].name, self.session.get_outputs()[0].name
         return self.session.run([out], {inp: np.ascontiguousarray(x, dtype=np.float32)}, self.run_options)[0]
 

@@ -1,0 +1,183 @@
+"""`matte export` as a library: check the request before any work, write the ONNX graph or the
+TensorRT engine, and verify it against PyTorch. `mattecli/cli/export.py` only parses and prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from exporters.onnx import MIN_OPSET
+from mattecli.errors import UsageError
+from mattecli.inference.backends import SUFFIX_TO_BACKEND
+from mattecli.sizes import Size
+
+FORMATS = ("onnx", "trt")  # backend names: the suffixes each writes are those SUFFIX_TO_BACKEND gives them
+MAX_OPSET = 20  # torch's TorchScript exporter stops at 20
+DEFAULT_SHAPES = (Size(320, 320), Size(1920, 1088), Size(3840, 2176))  # min, opt, max
+
+
+@dataclass
+class ExportOptions:
+    """What `matte export` was asked for; shapes and sizes are `Size`s (WIDTHxHEIGHT)."""
+
+    weights: Path
+    out: Path
+    format: str = "onnx"
+    half: bool = False
+    tf32: bool = False
+    dynamic: bool = True  # False: a static graph of batch 1 at the opt shape (`--static`)
+    shapes: tuple = DEFAULT_SHAPES
+    opset: int = MIN_OPSET
+    verify: bool = False
+    verify_sizes: list | None = None
+    device: str = "cpu"
+
+    @property
+    def tolerance(self) -> float:
+        """The max-abs error `--verify` allows: 1e-4, or 1e-2 for FP16."""
+        from exporters.verify import HALF_TOLERANCE, TOLERANCE
+
+        return HALF_TOLERANCE if self.half else TOLERANCE
+
+
+@dataclass
+class Exported:
+    """A written model file, with the PyTorch model it came from (the reference of `verify_export`)."""
+
+    path: Path
+    model: object
+    recipe: object
+    dynamic: bool  # the graph's H/W
+    shapes: tuple  # the stride-aligned (min, opt, max)
+    summary: str = field(default="")
+
+
+def check_options(opts: ExportOptions) -> None:
+    """Refuse, in one line and before any work, what cannot be exported as asked."""
+    if opts.format not in FORMATS:
+        raise UsageError(f"--format {opts.format}: unknown format (choose {' or '.join(FORMATS)})")
+    if not MIN_OPSET <= opts.opset <= MAX_OPSET:
+        raise UsageError(f"--opset {opts.opset}: choose {MIN_OPSET} to {MAX_OPSET} (TensorRT-ready graphs need "
+                         f"{MIN_OPSET} or later; torch's exporter writes up to {MAX_OPSET})")
+    suffix = Path(opts.out).suffix.lower()
+    implied = SUFFIX_TO_BACKEND.get(suffix, opts.format)  # an unknown suffix contradicts nothing
+    if implied != opts.format:
+        own = " or ".join(s for s, b in SUFFIX_TO_BACKEND.items() if b == opts.format)
+        hint = f", or --format {implied}" if implied in FORMATS else ""
+        raise UsageError(f"--out {opts.out}: a {suffix} file is not what --format {opts.format} writes "
+                         f"(use {own}{hint})")
+    if opts.tf32 and opts.format != "trt":
+        raise UsageError("--tf32 is for --format trt (ONNX graphs carry no such setting)")
+    from mattecli.devices import resolve_device
+
+    opts.device = resolve_device(opts.device)
+    if opts.verify and opts.format == "trt" and not opts.device.startswith("cuda"):
+        raise UsageError(f"--verify of a TensorRT engine runs it on a GPU: add --device cuda (got --device "
+                         f"{opts.device})")
+    if opts.dynamic:
+        from exporters.tensorrt import check_profile
+
+        check_profile(*(s.hw for s in opts.shapes))
+
+
+def _align_shapes(shapes, stride: int, used, log) -> tuple:
+    """Each size rounded up to the stride, as the pipeline rounds its inputs; a note for each used one."""
+    aligned = []
+    for name, size, in_use in zip(("min", "opt", "max"), shapes, used):
+        new = size.aligned(stride)
+        if new != size and in_use:
+            log(f"note: --{name}-shape {size} aligned up to {new} (WIDTHxHEIGHT, a multiple of the model's "
+                f"stride {stride}, as the inference pipeline aligns its inputs)")
+        aligned.append(new)
+    return tuple(aligned)
+
+
+def export(opts: ExportOptions, log=print) -> Exported:
+    """Write the ONNX graph or TensorRT engine `opts` asks for.
+
+    Args:
+        opts: the request (see `ExportOptions`).
+        log: called with notes (shapes aligned to the stride).
+
+    Returns:
+        the written file with the model and recipe it came from.
+
+    Raises:
+        UsageError: bad options, a missing or unreadable weights file, trt without TensorRT or CUDA,
+            --verify-sizes that a static graph cannot run.
+    """
+    from mattecli.weights import load_model
+
+    check_options(opts)
+    if opts.format == "trt":
+        from exporters.tensorrt import fp16_graph_for
+
+        fp16_graph_for(opts.half)  # "TensorRT is not installed" before loading anything
+    model, recipe = load_model(opts.weights)  # UsageError naming the file when missing or unreadable
+    low, opt, high = opts.shapes
+    # an engine's graph has dynamic H/W where its profile spans a range; `--static` builds at opt only
+    dynamic = opts.dynamic and not (opts.format == "trt" and low == opt == high)
+    trt_range = opts.format == "trt" and dynamic
+    used = (trt_range, trt_range or not dynamic, trt_range)  # a dynamic ONNX graph has no shapes to note
+    shapes = _align_shapes(opts.shapes if dynamic else (opt,) * 3, recipe.infer.stride, used, log)
+    if not dynamic and opts.verify_sizes:
+        other = [str(s) for s in opts.verify_sizes if s.aligned(recipe.infer.stride) != shapes[1]]
+        if other:
+            raise UsageError(f"--verify-sizes {','.join(other)}: a static graph runs at --opt-shape "
+                             f"{shapes[1]} only ("
+                             f"{'leave out --static' if not opts.dynamic else 'give the profile a range'})")
+    out = Path(opts.out)
+    precision = "FP16" if opts.half else "FP32"
+    if opts.format == "onnx":
+        from exporters.onnx import to_onnx
+
+        path = to_onnx(model, out, opset=opts.opset, dynamic=dynamic, recipe=recipe, half=opts.half,
+                       size=shapes[1].hw)
+        axes = "dynamic batch, height and width" if dynamic else f"static batch 1 at {shapes[1]}"
+        summary = (f"wrote {path}: ONNX opset {opts.opset}, {precision}, {axes}, recipe {recipe.name}, "
+                   f"{path.stat().st_size / 2**20:.1f} MiB")
+    else:
+        from exporters.tensorrt import build_engine
+
+        path = build_engine(model, recipe, out, half=opts.half, tf32=opts.tf32, shapes=tuple(s.hw for s in shapes),
+                            dynamic=dynamic,
+                            opset=opts.opset)
+        summary = (f"wrote {path}: TensorRT engine ({precision}{', TF32' if opts.tf32 and not opts.half else ''}), "
+                   f"recipe {recipe.name}, sizes {shapes[0]} .. {shapes[2]}")
+    return Exported(path, model, recipe, dynamic, shapes, summary)
+
+
+def verify_sizes(exported: Exported, opts: ExportOptions) -> list[Size]:
+    """The sizes `--verify` runs: those asked for, else the defaults the file can run."""
+    from exporters.verify import default_sizes
+
+    if opts.verify_sizes:
+        return list(opts.verify_sizes)
+    low, opt, high = exported.shapes
+    if not exported.dynamic:
+        return [opt]
+    sizes = default_sizes(exported.recipe.infer.stride)
+    if opts.format == "trt":  # an engine runs only inside its profile
+        sizes = [s for s in sizes if low.height <= s.height <= high.height and low.width <= s.width <= high.width] or [opt]
+    return sizes
+
+
+def verify_export(exported: Exported, opts: ExportOptions, sizes=None, on_size=None) -> list:
+    """Run the written file and the PyTorch model (FP32, TF32 off) on the same fresh inputs.
+
+    Args:
+        exported: what `export` wrote.
+        opts: the request (device, format, tolerance).
+        sizes: `Size`s; default `verify_sizes(exported, opts)`.
+        on_size: called with each `Parity` as it is measured.
+
+    Returns:
+        one `exporters.verify.Parity` per size.
+    """
+    from exporters.verify import verify
+    from mattecli.inference.backends import TorchBackend, load_backend
+
+    backend = load_backend(exported.path, opts.format, opts.device)
+    reference = TorchBackend(exported.model, exported.recipe, opts.device)
+    return verify(backend, reference, sizes or verify_sizes(exported, opts), tolerance=opts.tolerance,
+                  on_size=on_size)

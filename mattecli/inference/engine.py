@@ -1,0 +1,75 @@
+"""What the runtime needs to open a TensorRT engine: the engine file's format and the TensorRT
+import guard. The builder (`exporters/tensorrt.py`) writes files in this format; nothing here
+imports `exporters`, so running an engine never needs the export tooling.
+
+An engine file is `MAGIC` (8 bytes), the length of a JSON header (4 bytes, little endian), the
+JSON (UTF-8), then the serialized engine. The JSON carries the recipe (hence the preprocessing)
+and how the engine was built, so `TensorRTBackend` needs no `--recipe`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from mattecli.errors import UsageError
+from mattecli.imageio import atomic_write
+
+MAGIC = b"MATTETRT"
+FORMAT = "matte-engine/1"
+NOT_INSTALLED = "TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)"
+NO_CUDA = "TensorRT needs an NVIDIA GPU with CUDA, and this machine has none (torch.cuda.is_available() is False)"
+_HEADER_LEN = struct.Struct("<I")
+
+
+def write_engine_file(path: str | Path, engine: bytes, meta: dict) -> Path:
+    """Write `MAGIC + len + JSON meta + engine` atomically; -> `path`."""
+    header = json.dumps(meta, sort_keys=True).encode()
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(MAGIC + _HEADER_LEN.pack(len(header))
+                                                                + header + bytes(engine)))
+
+
+def read_engine_file(path: str | Path) -> tuple[dict, bytes]:
+    """-> (metadata, serialized engine) of a file written by `write_engine_file`.
+
+    Raises:
+        UsageError: naming the file, when it is missing, has no matte header or a truncated one.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read the engine ({err.strerror})") from None
+    if not data.startswith(MAGIC):
+        raise UsageError(f"{path}: not a matte engine (no {MAGIC.decode()} header; build it with "
+                         "`matte export --format trt`)")
+    start = len(MAGIC) + _HEADER_LEN.size
+    if len(data) < start:
+        raise UsageError(f"{path}: truncated engine header")
+    (size,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
+    try:
+        meta = json.loads(data[start:start + size].decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError(f"{path}: corrupt engine header (not JSON)") from None
+    engine = data[start + size:]
+    if not engine:
+        raise UsageError(f"{path}: the header is there but the engine bytes are missing (truncated file)")
+    return meta, engine
+
+
+def import_tensorrt():
+    """The `tensorrt` module (10 or newer), or a one-line UsageError saying it is missing or too old."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise UsageError(NOT_INSTALLED) from None
+    if tensorrt_version(trt) < (10, 0):  # named tensors, execute_async_v3 and explicit batch by default
+        raise UsageError(f"TensorRT {trt.__version__} is too old: matte needs TensorRT 10 or newer")
+    return trt
+
+
+def tensorrt_version(trt) -> tuple[int, int]:
+    """(major, minor) of a `tensorrt` module, e.g. (10, 13) for '10.13.0.35'."""
+    parts = (str(trt.__version__).split(".") + ["0"])[:2]
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in parts)
