@@ -24,8 +24,10 @@ def synth(tmp_path_factory):
 
 def tiny(iters, **extra):
     sets = [f"train.iters={iters}", "train.batch_size=2", "data.crop_size=64", "data.val_every=0",
-            "train.checkpoint_every=3", "train.log_every=1", "train.pretrained=none"] + [f"{k}={v}" for k, v in extra.items()]
-    return load_recipe("indexnet-unet-maxunpool", sets + ["train.lr=1e-3", "train.encoder_lr=1e-3", "train.milestones=[4]"])
+            "train.checkpoint_every=3", "train.log_every=1", "train.pretrained=none", "train.lr=1e-3",
+            "train.encoder_lr=1e-3", "train.milestones=[4]"]
+    # the caller's settings last, so they override the defaults above
+    return load_recipe("indexnet-unet-maxunpool", sets + [f"{k}={v}" for k, v in extra.items()])
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(synth, tmp_path):
