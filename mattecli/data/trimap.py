@@ -135,3 +135,156 @@ def noisy_trimap(trimap: np.ndarray, alpha: np.ndarray, rng: np.random.Generator
     """TCP's second trimap: `trimap` after random erosion/dilation steps; returns it and the steps."""
     steps = draw_noise_steps(rng)
     return apply_noise_steps(trimap, alpha, steps), steps
+
+
+# --- From a segmentation mask (`matte trimap --masks`, `matte infer --masks`) ---------------------
+
+# The unknown band's default half-width as a share of the image diagonal (2.2 px per 1% at 1080p is
+# 22 px; 4K gets twice that). Chosen by benchmarks/trimap_band.py, see README "Trimaps from masks".
+DEFAULT_BAND = "1%"
+DEFAULT_THRESHOLD = (0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class MaskRule:
+    """How a mask becomes a trimap: the band's half-width ("20" pixels or "1.5%" of the image
+    diagonal) and the (lo, hi) probability thresholds (between them: unknown)."""
+
+    band: str = DEFAULT_BAND
+    threshold: tuple[float, float] = DEFAULT_THRESHOLD
+
+
+def parse_band(text: str) -> str:
+    """Check a `--band` value ("20": pixels, "1.5%": of the image diagonal) and return it tidied.
+
+    Raises:
+        ValueError: for anything else (negative, not a number).
+    """
+    text = str(text).strip()
+    number = text[:-1] if text.endswith("%") else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text}: expected pixels (e.g. 20) or a share of the image diagonal (e.g. 1.5%)") from None
+    if not np.isfinite(value) or value < 0 or (text.endswith("%") and value > 100):
+        raise ValueError(f"{text}: must be between 0 and the image size (a share at most 100%)")
+    return text
+
+
+def band_pixels(band: str | float, shape: tuple[int, int]) -> float:
+    """The band's half-width in pixels for an image of `shape` (H, W)."""
+    band = str(band).strip()
+    if band.endswith("%"):
+        return float(band[:-1]) / 100 * float(np.hypot(*shape[:2]))
+    return float(band)
+
+
+def parse_threshold(text: str) -> tuple[float, float]:
+    """`"LO,HI"` probabilities in [0, 1] with LO <= HI (e.g. "0.1,0.9") -> (lo, hi).
+
+    Raises:
+        ValueError: for anything else.
+    """
+    parts = str(text).split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{text}: expected LO,HI probabilities, e.g. 0.1,0.9") from None
+    if not (0 <= lo <= hi <= 1):
+        raise ValueError(f"{text}: need 0 <= LO <= HI <= 1 (probabilities, e.g. 0.1,0.9)")
+    return lo, hi
+
+
+def _as_probability(mask: np.ndarray) -> np.ndarray:
+    """uint8 0..255 / uint16 0..65535 / bool / float [0, 1] -> float32 [0, 1]."""
+    if mask.dtype == bool:
+        return mask.astype(np.float32)
+    if mask.dtype == np.uint8:
+        return mask.astype(np.float32) / 255
+    if mask.dtype == np.uint16:
+        return mask.astype(np.float32) / 65535
+    return np.clip(mask.astype(np.float32), 0, 1)
+
+
+def _within(region: np.ndarray, radius: float) -> np.ndarray:
+    """Pixels of `region` closer than or at `radius` (Euclidean) to a pixel outside it. Outside the
+    image counts as far away, so the image border makes no band. Computed on the region's bounding
+    box only (plus one pixel of outside), which is most of the work saved on a typical subject."""
+    near = np.zeros(region.shape, bool)
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    if rows.size == 0:
+        return near
+    y0, y1 = max(rows[0] - 1, 0), min(rows[-1] + 2, region.shape[0])
+    x0, x1 = max(cols[0] - 1, 0), min(cols[-1] + 2, region.shape[1])
+    crop = region[y0:y1, x0:x1]
+    if crop.all():  # nothing outside it within the image
+        return near
+    # distanceTransform gives each non-zero pixel its distance to the nearest zero pixel
+    dist = cv2.distanceTransform(crop.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    near[y0:y1, x0:x1] = crop & (dist <= radius)
+    return near
+
+
+def trimap_from_mask(mask: np.ndarray, band: str | float = DEFAULT_BAND,
+                     threshold: tuple[float, float] = DEFAULT_THRESHOLD) -> np.ndarray:
+    """A 0/128/255 trimap from a segmentation mask: an unknown band around the mask's edge.
+
+    A pixel is foreground when its probability is >= hi, background when < lo, else unknown
+    (with the default lo = hi = 0.5 the mask is simply cut at one half). The band is symmetric:
+    foreground pixels within `band` px (Euclidean) of a non-foreground pixel and background pixels
+    within `band` px of a non-background pixel become unknown, so a disc of radius R gives an unknown
+    ring from R - band to R + band, and a strand thinner than 2 * band becomes unknown entirely.
+    The image border is not an edge.
+
+    Args:
+        mask: (H, W) uint8 0..255, uint16, bool or float [0, 1] (probabilities).
+        band: half-width in pixels (a number or "20"), or "1.5%" of the image diagonal.
+        threshold: (lo, hi) probabilities, 0 <= lo <= hi <= 1.
+
+    Returns:
+        (H, W) uint8 trimap in 0/128/255.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"trimap_from_mask expects a single-channel (H, W) mask, got shape {mask.shape}")
+    lo, hi = threshold
+    p = _as_probability(mask)
+    fg, bg = p >= hi, p < lo
+    if hi == lo == 0:  # p >= 0 everywhere: "everything is foreground" is what was asked
+        bg = np.zeros_like(bg)
+    radius = band_pixels(band, mask.shape)
+    if radius > 0:
+        fg &= ~_within(fg, radius)
+        bg &= ~_within(bg, radius)
+    return _compose(fg, bg)
+
+
+def nothing_to_matte(trimap: np.ndarray, what: str = "trimap") -> str | None:
+    """Why a trimap gives the model nothing to do (no unknown pixel), or None when it has work."""
+    if (trimap == UNKNOWN).any():
+        return None
+    if not (trimap == FG).any():
+        return f"nothing to matte: the {what} has no foreground"
+    if not (trimap == BG).any():
+        return f"nothing to matte: the {what} is all foreground"
+    return f"nothing to matte: the {what} has no unknown pixel"
+
+
+def trimap_preview(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+    """The trimap drawn over an RGB image for checking by eye: the unknown band tinted magenta,
+    the background dimmed to a third, the foreground as it is."""
+    out = image.astype(np.float32)
+    unknown, bg = trimap == UNKNOWN, trimap == BG
+    out[bg] *= 1 / 3
+    out[unknown] = 0.5 * out[unknown] + 0.5 * np.array([255, 0, 255], np.float32)
+    return np.round(out).astype(np.uint8)
+
+
+def trimap_from_alpha(alpha: np.ndarray, method: str, rng: np.random.Generator) -> np.ndarray:
+    """A training pipeline's trimap for a uint8 alpha: "dist" (IndexNet's `dim`: the unknown region
+    grown by a random 1..19 px) or "erode" (GCA's: fg and bg eroded by random 1..29 px kernels)."""
+    a = alpha.astype(np.float64) / 255
+    if method == "dist":
+        return random_grown_trimap(a, rng)
+    if method == "erode":
+        return random_eroded_trimap(a, rng, 29)
+    raise ValueError(f"unknown trimap method {method!r}: choose erode or dist")
