@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-SAVE_KINDS = ("alpha", "fg", "rgba", "composite")  # = inference.outputs.OUTPUT_KINDS (kept torch/cv2-free here)
+SAVE_KINDS = ("alpha", "fg", "rgba", "composite", "trimap")  # outputs.OUTPUT_KINDS + the trimap used
 
 
 def main(
@@ -16,12 +16,24 @@ def main(
                              "OUT/fg/, OUT/rgba/, OUT/composite/ hold the other --save outputs."),
     trimaps: Path = typer.Option(None, "--trimaps", help="Folder of trimaps named like the images "
                                  "(default: {stem}_trimap.* beside each image)."),
+    masks: Path = typer.Option(None, "--masks", help="Instead of trimaps: a folder of segmentation masks named like "
+                               "the images ({stem}.* or {stem}_mask.*; the image folder for masks beside them); "
+                               "trimaps are made from them exactly as matte trimap makes them."),
+    band: str = typer.Option(None, "--band", help="With --masks: the unknown band's half-width, pixels (20) or a "
+                             "share of the image diagonal (1.5%); default 1%, as matte trimap."),
+    threshold: str = typer.Option(None, "--threshold", help="With --masks: LO,HI mask probabilities; between them "
+                                  "unknown (default 0.5,0.5), as matte trimap."),
+    empty: str = typer.Option("skip", "--empty", help="An image whose trimap has no unknown pixel (nothing to "
+                              "matte): skip (default) or pass (its trimap written as the alpha). Named either way."),
+    recursive: bool = typer.Option(False, "--recursive", help="Walk subfolders of --images (and of --trimaps / "
+                                   "--masks at the same relative paths); outputs mirror the tree."),
     backend: str = typer.Option(None, "--backend", help="torch|onnx|trt (default: from the weights file's suffix)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
     save: str = typer.Option("alpha", "--save", help="Comma-separated outputs, any of: alpha (OUT/{stem}.png), "
                              "fg (estimated foreground colours, OUT/fg/{stem}.png), rgba (foreground + straight "
                              "alpha, OUT/rgba/{stem}.png), composite (foreground over --background, "
-                             "OUT/composite/{stem}.png). Only the listed outputs are written."),
+                             "OUT/composite/{stem}.png), trimap (the trimap used, OUT/trimap/{stem}.png). Only the listed outputs are "
+                             "written."),
     background: str = typer.Option(None, "--background", help="For composite: a colour (#00ff00, #0f0 or 0,255,0) "
                                    "or an image, scaled to cover each photo (aspect kept) and centre-cropped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: an image "
@@ -37,16 +49,21 @@ def main(
 ) -> None:
     """Write OUT/{stem}.png (8-bit alpha), and what --save asks for, for every image with a trimap.
 
-    Trimaps in the benchmark encoding (0/128/255) are used as they are; others (hand-drawn, RGBA,
-    16-bit) are mapped with <85 background, >=170 foreground, otherwise unknown, and a note says
-    so. Known trimap regions are copied into the alpha. EXIF orientation is applied to image and
-    trimap alike; an image and trimap whose orientations differ are refused. Outputs are written
+    Trimaps in the benchmark encoding (0/128/255) are used as they are; class-index ones (0/1/2,
+    or 1/2/3 as the Oxford-IIIT Pet set) are mapped; other gray ones (hand-drawn, RGBA, 16-bit) are
+    mapped with <85 background, >=170 foreground, otherwise unknown; a note says so. Colour-coded
+    trimaps are refused. Known trimap regions are copied into the alpha. EXIF orientation is
+    applied to the image; a trimap whose tag differs is used in the one orientation that fits the
+    image's size, and refused when both fit. Outputs are written
     atomically; an image is skipped when all its requested outputs exist, unless --overwrite, so a
     re-run after a crash or Ctrl-C finishes only what is missing. A bad file is named with the
     reason and skipped; the exit code is 1 if any failed.
     """
+    from mattecli.cli.trimap import EMPTY_CHOICES, parsed_option
+    from mattecli.data.trimap import DEFAULT_BAND, DEFAULT_THRESHOLD, MaskRule, parse_band, parse_threshold
     from mattecli.errors import InputError, UsageError
-    from mattecli.inference.batch import infer_folder, parse_shard, print_report
+    from mattecli.imageio import list_images, prepare_out_dir
+    from mattecli.inference.batch import infer_folder, no_images, parse_shard, print_report
     from mattecli.inference.outputs import Background
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import parse_memory, tile_size
@@ -61,6 +78,14 @@ def main(
         raise UsageError("--background is only used by --save composite; add composite to --save")
     if not images.is_dir():
         raise UsageError(f"--images {images}: not a folder")
+    if masks is not None and trimaps is not None:
+        raise UsageError("give --trimaps or --masks, not both")
+    if masks is None and (band is not None or threshold is not None):
+        raise UsageError("--band and --threshold make trimaps from --masks; add --masks DIR")
+    if empty not in EMPTY_CHOICES:
+        raise UsageError(f"--empty {empty}: choose skip or pass")
+    rule = MaskRule(parsed_option("--band", parse_band, band, DEFAULT_BAND),
+                    parsed_option("--threshold", parse_threshold, threshold, DEFAULT_THRESHOLD))
     shard_kn = parse_shard(shard)
     try:
         max_bytes = parse_memory(max_memory)
@@ -73,6 +98,9 @@ def main(
         except (ValueError, InputError) as err:
             raise UsageError(f"--background {err}") from None
     pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes)
+    if not list_images(images, recursive):
+        raise no_images(images, recursive)
+    prepare_out_dir(out)  # before the model runs: a read-only --out must not cost a run
     if max_bytes is not None:
         try:
             tile_size(max_bytes, pipeline.cfg)
@@ -81,7 +109,8 @@ def main(
     if workers is None:
         workers = 2 if device.startswith("cuda") else 0
     report = infer_folder(pipeline, images, out, trimaps, overwrite=overwrite, save=kinds, background=bg,
-                          shard=shard_kn, workers=workers)
+                          shard=shard_kn, workers=workers, masks=masks, mask_rule=rule, empty=empty,
+                          recursive=recursive)
     print_report(report, out)
     if report.failed:
         raise typer.Exit(1)

@@ -172,10 +172,12 @@ def parse_band(text: str) -> str:
 
 
 def band_pixels(band: str | float, shape: tuple[int, int]) -> float:
-    """The band's half-width in pixels for an image of `shape` (H, W)."""
+    """The band's half-width in pixels for an image of `shape` (H, W); a share of the diagonal is
+    at least one pixel (unless 0%), so a small image's edge is still unknown."""
     band = str(band).strip()
     if band.endswith("%"):
-        return float(band[:-1]) / 100 * float(np.hypot(*shape[:2]))
+        share = float(band[:-1]) / 100
+        return max(share * float(np.hypot(*shape[:2])), 1.0) if share > 0 else 0.0
     return float(band)
 
 
@@ -206,23 +208,31 @@ def _as_probability(mask: np.ndarray) -> np.ndarray:
     return np.clip(mask.astype(np.float32), 0, 1)
 
 
-def _within(region: np.ndarray, radius: float) -> np.ndarray:
-    """Pixels of `region` closer than or at `radius` (Euclidean) to a pixel outside it. Outside the
-    image counts as far away, so the image border makes no band. Computed on the region's bounding
-    box only (plus one pixel of outside), which is most of the work saved on a typical subject."""
-    near = np.zeros(region.shape, bool)
+def _bbox(region: np.ndarray) -> tuple[int, int, int, int] | None:
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
     if rows.size == 0:
-        return near
-    y0, y1 = max(rows[0] - 1, 0), min(rows[-1] + 2, region.shape[0])
-    x0, x1 = max(cols[0] - 1, 0), min(cols[-1] + 2, region.shape[1])
+        return None
+    return rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+
+
+def _shrink(region: np.ndarray, radius: float) -> None:
+    """Remove from `region`, in place, its pixels within `radius` of a pixel outside it. Outside
+    the image counts as far away, so the image border makes no band.
+
+    The distance is OpenCV's 5x5 chamfer distance, within 2% of the Euclidean one (its exact
+    transform is about eight times slower), and it is computed only where it can matter: on the
+    region's bounding box cut to the outside's bounding box grown by the radius."""
+    inside, outside = _bbox(region), _bbox(~region)
+    if inside is None or outside is None:
+        return
+    grow = int(np.ceil(radius)) + 1
+    h, w = region.shape
+    y0, x0 = max(inside[0] - 1, outside[0] - grow, 0), max(inside[2] - 1, outside[2] - grow, 0)
+    y1, x1 = min(inside[1] + 1, outside[1] + grow, h), min(inside[3] + 1, outside[3] + grow, w)
     crop = region[y0:y1, x0:x1]
-    if crop.all():  # nothing outside it within the image
-        return near
     # distanceTransform gives each non-zero pixel its distance to the nearest zero pixel
-    dist = cv2.distanceTransform(crop.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    near[y0:y1, x0:x1] = crop & (dist <= radius)
-    return near
+    dist = cv2.distanceTransform(crop.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_5)
+    crop &= dist > radius
 
 
 def trimap_from_mask(mask: np.ndarray, band: str | float = DEFAULT_BAND,
@@ -247,14 +257,18 @@ def trimap_from_mask(mask: np.ndarray, band: str | float = DEFAULT_BAND,
     if mask.ndim != 2:
         raise ValueError(f"trimap_from_mask expects a single-channel (H, W) mask, got shape {mask.shape}")
     lo, hi = threshold
-    p = _as_probability(mask)
-    fg, bg = p >= hi, p < lo
+    if mask.dtype == np.uint8:  # the same cut as on probabilities, without a float copy of a 4K mask
+        levels = _as_probability(np.arange(256, dtype=np.uint8))
+        fg, bg = mask >= np.searchsorted(levels >= hi, True), mask < np.searchsorted(levels >= lo, True)
+    else:
+        p = _as_probability(mask)
+        fg, bg = p >= hi, p < lo
     if hi == lo == 0:  # p >= 0 everywhere: "everything is foreground" is what was asked
         bg = np.zeros_like(bg)
     radius = band_pixels(band, mask.shape)
     if radius > 0:
-        fg &= ~_within(fg, radius)
-        bg &= ~_within(bg, radius)
+        _shrink(fg, radius)
+        _shrink(bg, radius)
     return _compose(fg, bg)
 
 

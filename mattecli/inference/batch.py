@@ -89,7 +89,7 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     else:
         tri_files = list_images(trimaps, recursive)
     if not files:
-        raise InputError(images, "no image files here (" + ", ".join(IMAGE_SUFFIXES) + ")" + _subfolder_hint(images, recursive))
+        raise no_images(images, recursive)
     maps_root = images if beside else trimaps
     by_name: dict[str, list[Path]] = {}
     for t in tri_files:
@@ -144,6 +144,12 @@ def _input_images(images: Path, recursive: bool, out: Path | None) -> list[Path]
 def _is_under(path: Path, root: Path) -> bool:
     parent = path.parent.resolve()
     return parent == root or root in parent.parents
+
+
+def no_images(images: Path, recursive: bool) -> InputError:
+    """The error for an input folder without image files, saying what its subfolders hold."""
+    return InputError(images, "no image files here (" + ", ".join(IMAGE_SUFFIXES) + ")"
+                      + _subfolder_hint(images, recursive))
 
 
 def _subfolder_hint(images: Path, recursive: bool) -> str:
@@ -325,6 +331,8 @@ def _load(item: _Item, overwrite: bool):
         from mattecli.data.trimap import trimap_from_mask
 
         trimap = trimap_from_mask(trimap, mask_rule.band, mask_rule.threshold)
+    if (trimap == 128).any() and not (trimap == 255).any():
+        notes.append(f"{item.trimap_path}: the {what} has no foreground pixel (only background and unknown)")
     alpha = None
     existing = item.targets.get("alpha")
     if existing is not None and not overwrite and existing.exists():
@@ -378,8 +386,9 @@ def _remove_stale_temps(out: Path, save) -> None:
 class _progress:
     """A rich progress bar with ETA (or nothing), as a context manager giving `advance()`."""
 
-    def __init__(self, enabled: bool, total: int):
+    def __init__(self, enabled: bool, total: int, description: str = "infer"):
         self.enabled, self.total, self.bar = enabled and total > 0, total, None
+        self.description = description
 
     def __enter__(self):
         if not self.enabled:
@@ -388,7 +397,7 @@ class _progress:
 
         self.bar = progress_bar()
         self.bar.start()
-        task = self.bar.add_task("infer", total=self.total)
+        task = self.bar.add_task(self.description, total=self.total)
         return lambda: self.bar.advance(task)
 
     def __exit__(self, *exc):
