@@ -179,6 +179,8 @@ def read_mask(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray, s
         note = f"{path}: palette mask read as labels (index 0 background, any other index foreground)"
     elif img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         mask = _to_uint8(np.array(img), img.mode)
+    elif img.mode == "L":
+        mask = np.asarray(img)
     else:
         rgb = np.asarray(img.convert("RGB"))
         mask = rgb.max(axis=2)

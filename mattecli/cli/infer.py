@@ -98,14 +98,14 @@ def main(
         except (ValueError, InputError) as err:
             raise UsageError(f"--background {err}") from None
     pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes)
-    if not list_images(images, recursive):
-        raise no_images(images, recursive)
-    prepare_out_dir(out)  # before the model runs: a read-only --out must not cost a run
     if max_bytes is not None:
         try:
             tile_size(max_bytes, pipeline.cfg)
         except ValueError as err:
             raise UsageError(f"--max-memory {max_memory}: {err}") from None
+    if not list_images(images, recursive):
+        raise no_images(images, recursive)
+    prepare_out_dir(out)  # before the model runs: a read-only --out must not cost a run
     if workers is None:
         workers = 2 if device.startswith("cuda") else 0
     report = infer_folder(pipeline, images, out, trimaps, overwrite=overwrite, save=kinds, background=bg,
