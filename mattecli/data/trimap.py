@@ -219,27 +219,9 @@ def _shrink(region: np.ndarray, radius: float) -> None:
     """Clear, in place, the pixels of a 0/255 uint8 `region` within `radius` of a pixel outside
     it. Outside the image counts as far away, so the image border makes no band.
 
-    A wide band (16 px and more, as the default gives from about 1600x900 up) is measured on the
-    region reduced 2x (4x from 32 px): a reduced pixel belongs to the region only if all the pixels
-    it covers do, so thin parts still leave it, and the band's limit lands within 2 px inside to
-    factor + 1 px outside the asked width (a 44 px band at 4K: 42 to 49 px), for a distance
-    transform on 16 times fewer pixels (tests/test_trimap.py pins these bounds)."""
-    factor = 4 if radius >= 32 else 2 if radius >= 16 else 1
-    if factor == 1:
-        _shrink_exact(region, radius)
-        return
-    h, w = region.shape
-    block = np.ones((factor, factor), np.uint8)
-    small = cv2.erode(region, block, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)[::factor, ::factor].copy()
-    _shrink_exact(small, radius / factor)
-    kept = cv2.resize(small, (small.shape[1] * factor, small.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
-    np.bitwise_and(region, kept[:h, :w], out=region)
-
-
-def _shrink_exact(region: np.ndarray, radius: float) -> None:
-    """`_shrink` at full resolution. The distance is OpenCV's 5x5 chamfer distance, within 2% of
-    the Euclidean one (its exact transform is about eight times slower), computed only where it can
-    matter: on the region's bounding box cut to the outside's bounding box grown by the radius."""
+    The distance is OpenCV's 5x5 chamfer distance, within 2% of the Euclidean one (its exact
+    transform is about eight times slower), computed only where it can matter: on the region's
+    bounding box cut to the outside's bounding box grown by the radius."""
     inside, outside = _bbox(region), _bbox(region == 0)
     if inside is None or outside is None:
         return
@@ -253,17 +235,40 @@ def _shrink_exact(region: np.ndarray, radius: float) -> None:
     np.bitwise_and(crop, cv2.compare(dist, radius, cv2.CMP_GT), out=crop)
 
 
+def _band_trimap(low: np.ndarray, high: np.ndarray, threshold: tuple[float, float], radius: float) -> np.ndarray:
+    """The trimap of pixels whose lowest value is foreground and highest is background (both the
+    same array at full resolution; a block's min and max on a reduced grid)."""
+    lo, hi = threshold
+    if low.dtype == np.uint8:  # the same cut as on probabilities, without a float copy of a 4K mask
+        levels = _as_probability(np.arange(256, dtype=np.uint8))
+        k_hi, k_lo = (int(np.searchsorted(levels >= t, True)) for t in (hi, lo))
+        fg = cv2.threshold(low, k_hi - 1, 255, cv2.THRESH_BINARY)[1]  # low >= k_hi, as 0/255
+        bg = cv2.threshold(high, k_lo - 1, 255, cv2.THRESH_BINARY_INV)[1]  # high < k_lo
+    else:
+        fg, bg = cv2.compare(low, hi, cv2.CMP_GE), cv2.compare(high, lo, cv2.CMP_LT)
+    if radius > 0:
+        _shrink(fg, radius)
+        _shrink(bg, radius)
+    # fg -> 255, bg -> 0, the rest -> 128, in vectorised byte operations
+    return cv2.bitwise_or(fg, cv2.bitwise_and(cv2.bitwise_not(cv2.bitwise_or(fg, bg)), UNKNOWN))
+
+
 def trimap_from_mask(mask: np.ndarray, band: str | float = DEFAULT_BAND,
                      threshold: tuple[float, float] = DEFAULT_THRESHOLD) -> np.ndarray:
     """A 0/128/255 trimap from a segmentation mask: an unknown band around the mask's edge.
 
     A pixel is foreground when its probability is >= hi, background when < lo, else unknown
     (with the default lo = hi = 0.5 the mask is simply cut at one half). The band is symmetric:
-    foreground pixels within `band` px (Euclidean) of a non-foreground pixel and background pixels
-    within `band` px of a non-background pixel become unknown, so a disc of radius R gives an unknown
-    ring from R - band to R + band, and a strand thinner than 2 * band becomes unknown entirely.
-    The image border is not an edge. Distances are chamfer distances (within 2% of Euclidean);
-    bands of 16 px and more are measured on a 2x or 4x reduced mask (see `_shrink`).
+    foreground pixels within `band` px of a non-foreground pixel and background pixels within
+    `band` px of a non-background pixel become unknown, so a disc of radius R gives an unknown ring
+    from R - band to R + band, and a strand thinner than 2 * band becomes unknown entirely. The
+    image border is not an edge. Distances are chamfer distances (within 2% of Euclidean).
+
+    A wide band (16 px and more, as the default gives from about 1600x900 up) is measured on a
+    grid of 2x2 blocks (4x4 from 32 px): a block is foreground only if all its pixels are (and
+    background likewise), so thin parts and soft edges still fall in the band, and the band's
+    limit lands between 2 px inside and factor + 1 px outside the asked width (a 44 px band at 4K:
+    42 to 49 px, pinned by tests/test_trimap.py), for 16 times less work.
 
     Args:
         mask: (H, W) uint8 0..255, uint16, bool or float [0, 1] (probabilities).
@@ -275,21 +280,21 @@ def trimap_from_mask(mask: np.ndarray, band: str | float = DEFAULT_BAND,
     """
     if mask.ndim != 2:
         raise ValueError(f"trimap_from_mask expects a single-channel (H, W) mask, got shape {mask.shape}")
-    lo, hi = threshold
-    if mask.dtype == np.uint8:  # the same cut as on probabilities, without a float copy of a 4K mask
-        levels = _as_probability(np.arange(256, dtype=np.uint8))
-        k_hi, k_lo = (int(np.searchsorted(levels >= t, True)) for t in (hi, lo))
-        fg = cv2.threshold(mask, k_hi - 1, 255, cv2.THRESH_BINARY)[1]  # mask >= k_hi, as 0/255
-        bg = cv2.threshold(mask, k_lo - 1, 255, cv2.THRESH_BINARY_INV)[1]  # mask < k_lo
-    else:
-        p = _as_probability(mask)
-        fg, bg = cv2.compare(p, hi, cv2.CMP_GE), cv2.compare(p, lo, cv2.CMP_LT)
+    if mask.dtype == bool:
+        mask = mask.view(np.uint8) * np.uint8(255)
+    elif mask.dtype != np.uint8:
+        mask = _as_probability(mask)
     radius = band_pixels(band, mask.shape)
-    if radius > 0:
-        _shrink(fg, radius)
-        _shrink(bg, radius)
-    # fg -> 255, bg -> 0, the rest -> 128, in three vectorised byte operations
-    return cv2.bitwise_or(fg, cv2.bitwise_and(cv2.bitwise_not(cv2.bitwise_or(fg, bg)), UNKNOWN))
+    factor = 4 if radius >= 32 else 2 if radius >= 16 else 1
+    if factor == 1:
+        return _band_trimap(mask, mask, threshold, radius)
+    h, w = mask.shape
+    block = np.ones((factor, factor), np.uint8)  # anchored top-left: pixel (0, 0) of each block gets its min/max
+    low = cv2.erode(mask, block, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)[::factor, ::factor]
+    high = cv2.dilate(mask, block, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)[::factor, ::factor]
+    small = _band_trimap(np.ascontiguousarray(low), np.ascontiguousarray(high), threshold, radius / factor)
+    full = cv2.resize(small, (small.shape[1] * factor, small.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
+    return np.ascontiguousarray(full[:h, :w])
 
 
 def nothing_to_matte(trimap: np.ndarray, what: str = "trimap") -> str | None:
