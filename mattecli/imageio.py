@@ -298,11 +298,21 @@ def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, .
     return sorted(found)
 
 
-def subfolders_with_images(folder: str | Path) -> list[Path]:
-    """The immediate subfolders of `folder` that hold image files at any depth (for telling a user
-    what a non-recursive listing left out)."""
+def subfolders_with_images(folder: str | Path, skip: tuple[Path, ...] = ()) -> list[Path]:
+    """The immediate subfolders of `folder` (less those in `skip`) that hold an image file at any
+    depth, for telling a user what a non-recursive listing left out; each walk stops at its first
+    image."""
+    skip_resolved = {Path(s).resolve() for s in skip}
+
+    def has_image(top: Path) -> bool:
+        for root, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if any(Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".") for f in files):
+                return True
+        return False
+
     return [d for d in sorted(Path(folder).iterdir()) if d.is_dir() and not d.name.startswith(".")
-            and list_images(d, recursive=True)]
+            and d.resolve() not in skip_resolved and has_image(d)]
 
 
 def prepare_out_dir(out: str | Path, option: str = "--out") -> Path:

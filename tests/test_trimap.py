@@ -297,6 +297,11 @@ def test_out_inside_the_image_folder_is_never_read_as_input(tmp_path):
     assert len(first.done) == 2 and not first.failed
     second = infer_folder(FakePipeline(), images, images, save=("alpha", "fg"), progress=False, recursive=True)
     assert len(second.skipped) == 2 and not second.failed and not second.done
+    fresh = make_pairs(tmp_path / "fresh", ["a", "b"])
+    for recursive in (False, True):  # an output folder inside the input folder: neither walked nor noted
+        third = infer_folder(FakePipeline(), fresh, fresh / "mattes", save=("alpha", "fg"), progress=False,
+                             recursive=recursive)
+        assert len(third.done) + len(third.skipped) == 2 and not third.failed and not third.notes, third
 
 
 def test_subfolders_are_named_and_walked_with_recursive(tmp_path):

@@ -27,8 +27,8 @@ def main(
                              "depends only on the seed and its name."),
     preview: Path = typer.Option(None, "--preview", help="Folder for {stem}.jpg previews: the trimap over the "
                                  "image (unknown tinted magenta, background dimmed)."),
-    images: Path = typer.Option(None, "--images", help="With --masks: the photos, matched by stem; previews are "
-                                "drawn over them and each mask must fit its photo's size (EXIF as matte infer)."),
+    images: Path = typer.Option(None, "--images", help="The photos, matched by stem: previews are drawn over them "
+                                "and each mask (alpha) must fit its photo's size (masks: EXIF as matte infer)."),
     empty: str = typer.Option("skip", "--empty", help="A mask with nothing to matte (no foreground, or all "
                               "foreground): skip (default) or pass (write its all-known trimap). Named either way."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo trimaps that exist (default: skip them)."),
@@ -59,11 +59,11 @@ def main(
                         parsed_option("--threshold", parse_threshold, threshold, DEFAULT_THRESHOLD))
         job = TrimapJob(rule=rule, images=images, empty=empty)
     else:
-        if band is not None or threshold is not None or images is not None:
-            raise UsageError("--band, --threshold and --images are for --masks; with --alphas use --method and --seed")
+        if band is not None or threshold is not None:
+            raise UsageError("--band and --threshold are for --masks; with --alphas use --method and --seed")
         if (method or "dist") not in METHODS:
             raise UsageError(f"--method {method}: choose {' or '.join(METHODS)}")
-        job = TrimapJob(method=method or "dist", seed=seed or 0)
+        job = TrimapJob(method=method or "dist", seed=seed or 0, images=images)
     prepare_out_dir(out)
     if preview is not None:
         prepare_out_dir(preview, "--preview")

@@ -121,6 +121,11 @@ def _one(path: Path, name: str, targets: list[Path], photo: Path | None, job: Tr
         base = read_gray(path)
         rng = np.random.default_rng([job.seed, zlib.crc32(name.encode())])  # per file: any order, same result
         trimap = trimap_from_alpha(base, job.method, rng)
+        if photo is not None:
+            image = read_image(photo)
+            if image.shape[:2] != base.shape:
+                raise InputError(path, f"alpha is {base.shape[1]}x{base.shape[0]} but image {photo.name} is "
+                                       f"{image.shape[1]}x{image.shape[0]}")
     else:
         stored, note = read_mask(path)
         notes += [note] if note else []

@@ -89,7 +89,7 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     else:
         tri_files = list_images(trimaps, recursive)
     if not files:
-        raise no_images(images, recursive)
+        raise no_images(images, recursive, out)
     maps_root = images if beside else trimaps
     by_name: dict[str, list[Path]] = {}
     for t in tri_files:
@@ -122,18 +122,25 @@ def relative_name(path: Path, root: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
 
 
+def _output_folders(images: Path, out: Path | None) -> tuple[Path, ...]:
+    """The folders under `images` that hold only outputs of a run writing into `out`."""
+    if out is None:
+        return ()
+    out_root, root = out.resolve(), images.resolve()
+    if not (out_root == root or root in out_root.parents):
+        return ()
+    return tuple(out_root / kind for kind in OUTPUT_FOLDERS) + ((out_root,) if out_root != root else ())
+
+
 def _input_images(images: Path, recursive: bool, out: Path | None) -> list[Path]:
     """The image files under `images`, less the outputs of a run writing into `out`: when `out` is
     inside `images` its output subfolders are skipped, and when it is the image folder itself an
     alpha `{stem}.png` beside an image `{stem}.jpg` (say) is that image's output, not an input."""
-    skip: tuple[Path, ...] = ()
-    out_root = out.resolve() if out is not None else None
-    root = images.resolve()
-    if out_root is not None and (out_root == root or root in out_root.parents):
-        skip = tuple(out_root / kind for kind in OUTPUT_FOLDERS) + ((out_root,) if out_root != root else ())
+    skip = _output_folders(images, out)
     files = list_images(images, recursive, skip)
-    if out_root is None or not (out_root == root or root in out_root.parents):
+    if not skip:
         return files
+    out_root = out.resolve()
     by_stem: dict[Path, list[Path]] = {}
     for f in files:
         by_stem.setdefault(f.with_suffix(""), []).append(f)
@@ -146,25 +153,25 @@ def _is_under(path: Path, root: Path) -> bool:
     return parent == root or root in parent.parents
 
 
-def no_images(images: Path, recursive: bool) -> InputError:
+def no_images(images: Path, recursive: bool, out: Path | None = None) -> InputError:
     """The error for an input folder without image files, saying what its subfolders hold."""
     return InputError(images, "no image files here (" + ", ".join(IMAGE_SUFFIXES) + ")"
-                      + _subfolder_hint(images, recursive))
+                      + _subfolder_hint(images, recursive, out))
 
 
-def _subfolder_hint(images: Path, recursive: bool) -> str:
+def _subfolder_hint(images: Path, recursive: bool, out: Path | None = None) -> str:
     if recursive:
         return ""
-    subs = subfolders_with_images(images)
+    subs = subfolders_with_images(images, _output_folders(images, out))
     if not subs:
         return ""
     names = ", ".join(d.name for d in subs[:3]) + (", ..." if len(subs) > 3 else "")
     return f"; {len(subs)} subfolders hold images ({names}): --recursive to include them"
 
 
-def subfolder_note(images: Path, recursive: bool) -> str | None:
+def subfolder_note(images: Path, recursive: bool, out: Path | None = None) -> str | None:
     """A note for subfolders of images that a non-recursive run leaves out, or None."""
-    hint = _subfolder_hint(images, recursive)
+    hint = _subfolder_hint(images, recursive, out)
     return f"{images}: not searched{hint}" if hint else None
 
 
@@ -222,7 +229,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         mask_rule = None
         pairs, problems = find_pairs(images, Path(trimaps) if trimaps else None, shard, recursive=recursive, out=out)
     report = BatchReport(failed=list(problems))
-    note = subfolder_note(images, recursive)
+    note = subfolder_note(images, recursive, out)
     if note:
         report.notes.append(note)
     inputs = {p.resolve() for pair in pairs for p in pair}
