@@ -254,10 +254,13 @@ def test_matte_trimap_reruns_finish_what_is_missing_and_previews(tmp_path, capsy
 @pytest.mark.parametrize("args, message", [
     (["--band", "wide"], "--band wide"), (["--threshold", "0.9,0.1"], "--threshold"),
     (["--method", "erode"], "--method and --seed are for --alphas"), (["--empty", "maybe"], "--empty"),
+    (["--out-is-masks"], "is the --masks folder"),
 ])
 def test_matte_trimap_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
     _, masks = mask_folder(tmp_path)
-    code, _, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", *args)
+    out = masks if args == ["--out-is-masks"] else tmp_path / "t"
+    args = [] if args == ["--out-is-masks"] else args
+    code, _, err = matte(capsys, "trimap", "--masks", masks, "--out", out, *args)
     assert code == 2 and message in err and err.count("\n") == 1
 
 

@@ -58,6 +58,10 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         raise UsageError(f"{option} {source}: not a folder")
     if job.images is not None and not Path(job.images).is_dir():
         raise UsageError(f"--images {job.images}: not a folder")
+    for folder, name in ((out, "--out"), (preview, "--preview")):
+        if folder is not None and Path(folder).resolve() == source.resolve():
+            raise UsageError(f"{name} {folder}: is the {option} folder; outputs would mix with the inputs (or "
+                             "overwrite them): choose another folder")
     files = list_images(source)
     if not files:
         raise InputError(source, "no image files here (" + ", ".join(IMAGE_SUFFIXES) + ")")
