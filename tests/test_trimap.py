@@ -174,6 +174,13 @@ def test_a_trimap_with_nothing_to_matte_is_named_and_skipped_or_passed(tmp_path)
     assert report.nothing == [(str(images / "b_trimap.png"), "nothing to matte: the trimap is all foreground; skipped")]
     report = infer_folder(fake, images, tmp_path / "out", progress=False, empty="pass")
     assert (read_gray(tmp_path / "out" / "b.png") == 255).all() and fake.calls == 1 and "written" in report.nothing[0][1]
+    unknown_only = np.full((24, 32), 128, np.uint8)
+    unknown_only[:, :4] = 0
+    write_png(images / "a_trimap.png", unknown_only)
+    report = infer_folder(fake, images, tmp_path / "out", progress=False, overwrite=True)
+    assert report.warnings == [(str(images / "a_trimap.png"), "no foreground pixel (only background and unknown): "
+                                                              "is it the right trimap?")]
+    assert str(images / "a.png") in report.done
 
 
 # --- matte trimap and infer --masks ------------------------------------------------------------------

@@ -36,6 +36,7 @@ class BatchReport:
     notes: list[str] = field(default_factory=list)
     tiled: list[tuple[str, str]] = field(default_factory=list)  # (path, how), images run as tiles
     nothing: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): no unknown pixel
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): done, but look at it
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -283,6 +284,9 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     if nothing:
                         report.nothing.append((str(item.trimap_path), f"{nothing}; the trimap written as the alpha"))
                         alpha = trimap  # what the model's output becomes anyway once known regions are copied
+                    elif not (trimap == 255).any():
+                        report.warnings.append((str(item.trimap_path), "no foreground pixel (only background and "
+                                                                       "unknown): is it the right trimap?"))
                     if alpha is None:
                         alpha, how = pipeline.matte(image, trimap)
                         if how != "whole":
@@ -338,8 +342,6 @@ def _load(item: _Item, overwrite: bool):
         from mattecli.data.trimap import trimap_from_mask
 
         trimap = trimap_from_mask(trimap, mask_rule.band, mask_rule.threshold)
-    if (trimap == 128).any() and not (trimap == 255).any():
-        notes.append(f"{item.trimap_path}: the {what} has no foreground pixel (only background and unknown)")
     alpha = None
     existing = item.targets.get("alpha")
     if existing is not None and not overwrite and existing.exists():
@@ -427,6 +429,8 @@ def print_report(report: BatchReport, out: Path) -> None:
               f"unknown band (e.g. {report.tiled[0][0]}: {report.tiled[0][1]})", file=sys.stderr)
     for path, reason in report.nothing:
         print(f"matte: {path}: {reason}", file=sys.stderr)
+    for path, reason in report.warnings:
+        print(f"matte: warning: {path}: {reason}", file=sys.stderr)
     for path, reason in report.failed:
         print(f"matte: failed: {path}: {reason}", file=sys.stderr)
     nothing = f", {len(report.nothing)} with nothing to matte" if report.nothing else ""
