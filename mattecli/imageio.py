@@ -88,7 +88,10 @@ def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:
 def read_gray(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     """A single-channel uint8 (H, W) map: the *first* channel of a multi-channel file (as the
     benchmark's scripts index it), 16-bit scaled to 8 bits; EXIF orientation as in `read_image`."""
-    img = _open(Path(path), apply_exif)
+    return _first_channel(_open(Path(path), apply_exif))
+
+
+def _first_channel(img) -> np.ndarray:
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     arr = np.array(img)
@@ -115,7 +118,7 @@ def read_trimap(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray,
     if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") and not _is_gray(img, tolerance=48, share=0.01):
         raise InputError(path, "trimap is colour-coded (its channels differ); matte reads gray trimaps "
                                "(0 background, 128 unknown, 255 foreground): save it so")
-    raw = read_gray(path, apply_exif)
+    raw = _first_channel(img)
     values = np.unique(raw)
     if np.isin(values, (0, 128, 255)).all():
         return raw, None
@@ -153,8 +156,8 @@ def _class_index_trimap(path: Path, raw: np.ndarray, values: set) -> tuple[np.nd
 def _is_gray(img, tolerance: int = 0, share: float = 0.0) -> bool:
     """Whether a colour-mode image is gray: at most `share` of its pixels have channels more than
     `tolerance` apart (JPEG's chroma noise on a gray picture stays within a few levels)."""
-    rgb = np.asarray(img.convert("RGB") if img.mode != "RGB" else img).astype(np.int16)
-    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    rgb = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+    spread = rgb.max(axis=2) - rgb.min(axis=2)  # uint8 is safe: max >= min
     return bool((spread > tolerance).mean() <= share)
 
 
