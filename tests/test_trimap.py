@@ -373,3 +373,10 @@ def test_an_unwritable_out_is_one_usage_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", refuse)  # what a read-only folder does (root ignores chmod)
     with pytest.raises(UsageError, match="--out .*: cannot write there \\(Permission denied\\)"):
         prepare_out_dir(tmp_path / "o")
+
+
+def test_matte_trimap_on_a_folder_without_masks_is_exit_1_with_one_line(tmp_path, capsys):
+    (tmp_path / "masks" / "nested").mkdir(parents=True)
+    write_png(tmp_path / "masks" / "nested" / "a.png", np.zeros((4, 4), np.uint8))
+    code, _, err = matte(capsys, "trimap", "--masks", tmp_path / "masks", "--out", tmp_path / "t")
+    assert code == 1 and "no image files" in err and "nested" in err and err.count("\n") == 1

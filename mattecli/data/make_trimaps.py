@@ -17,8 +17,9 @@ import numpy as np
 
 from mattecli.errors import InputError, UsageError
 from mattecli.imageio import (atomic_write, exif_orientation, fit_orientation, list_images, orient, read_gray,
-                              read_image, read_mask, write_png)
-from mattecli.inference.batch import MASK_SUFFIX, BatchReport, _progress, relative_name
+                              read_image, read_mask, remove_stale_temps, write_png)
+from mattecli.inference.batch import (MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, _progress, no_images,
+                                      relative_name)
 
 METHODS = ("dist", "erode")
 
@@ -50,8 +51,6 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
     Returns:
         The report: done, skipped, failed with reasons, nothing to matte, notes.
     """
-    from mattecli.imageio import IMAGE_SUFFIXES
-
     source, out = Path(source), Path(out)
     option = "--masks" if job.rule is not None else "--alphas"
     if not source.is_dir():
@@ -64,7 +63,10 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
                              "overwrite them): choose another folder")
     files = list_images(source)
     if not files:
-        raise InputError(source, "no image files here (" + ", ".join(IMAGE_SUFFIXES) + ")")
+        raise no_images(source, recursive=False)
+    for folder in (out, preview):  # left by a killed run; young ones may belong to a live one
+        if folder is not None:
+            remove_stale_temps(folder, ".*.tmp", older_than=STALE_TEMP_SECONDS)
     photos = _by_name(list_images(job.images), job.images) if job.images is not None else {}
     report, todo, seen = BatchReport(), [], {}
     for path in files:
