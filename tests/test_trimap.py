@@ -380,3 +380,10 @@ def test_matte_trimap_on_a_folder_without_masks_is_exit_1_with_one_line(tmp_path
     write_png(tmp_path / "masks" / "nested" / "a.png", np.zeros((4, 4), np.uint8))
     code, _, err = matte(capsys, "trimap", "--masks", tmp_path / "masks", "--out", tmp_path / "t")
     assert code == 1 and "no image files" in err and "nested" in err and err.count("\n") == 1
+    code, out, err = matte(capsys, "trimap", "--masks", tmp_path / "masks", "--out", tmp_path / "masks" / "t",
+                           "--recursive", "--empty", "pass")
+    assert code == 0 and "1 written" in out, err
+    assert (read_gray(tmp_path / "masks" / "t" / "nested" / "a.png") == 0).all()
+    code, out, err = matte(capsys, "trimap", "--masks", tmp_path / "masks", "--out", tmp_path / "masks" / "t",
+                           "--recursive", "--empty", "pass")  # its own outputs, inside the mask folder, are not read
+    assert code == 0 and "1 skipped" in out, err

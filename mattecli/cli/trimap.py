@@ -33,6 +33,8 @@ def main(
                               "foreground): skip (default) or pass (write its all-known trimap). Named either way."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo trimaps that exist (default: skip them)."),
     workers: int = typer.Option(None, "--workers", min=1, help="Files processed at once (default: CPU cores)."),
+    recursive: bool = typer.Option(False, "--recursive", help="Walk subfolders (and --images' at the same relative "
+                                   "paths); outputs mirror the tree."),
 ) -> None:
     """Write OUT/{stem}.png, a 0/128/255 trimap, for every mask in --masks (or alpha in --alphas).
 
@@ -67,7 +69,8 @@ def main(
     prepare_out_dir(out)
     if preview is not None:
         prepare_out_dir(preview, "--preview")
-    report = make_trimaps(masks or alphas, out, job, preview=preview, overwrite=overwrite, workers=workers)
+    report = make_trimaps(masks or alphas, out, job, preview=preview, overwrite=overwrite, workers=workers,
+                          recursive=recursive)
     print_report(report, out)
     if report.failed:
         raise typer.Exit(1)

@@ -36,7 +36,7 @@ class TrimapJob:
 
 
 def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None = None, overwrite: bool = False,
-                 workers: int | None = None, progress: bool = True) -> BatchReport:
+                 workers: int | None = None, progress: bool = True, recursive: bool = False) -> BatchReport:
     """Write OUT/{name}.png, a 0/128/255 trimap, for every mask (or alpha) in `source`.
 
     Args:
@@ -47,6 +47,7 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         overwrite: redo outputs that exist.
         workers: threads (default: every CPU core).
         progress: show a progress bar.
+        recursive: walk subfolders of `source` (and of `job.images`); outputs mirror the tree.
 
     Returns:
         The report: done, skipped, failed with reasons, nothing to matte, notes.
@@ -61,13 +62,13 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         if folder is not None and Path(folder).resolve() == source.resolve():
             raise UsageError(f"{name} {folder}: is the {option} folder; outputs would mix with the inputs (or "
                              "overwrite them): choose another folder")
-    files = list_images(source)
+    files = list_images(source, recursive, _inside(source, out, preview))
     if not files:
-        raise no_images(source, recursive=False)
+        raise no_images(source, recursive)
     for folder in (out, preview):  # left by a killed run; young ones may belong to a live one
         if folder is not None:
             remove_stale_temps(folder, ".*.tmp", older_than=STALE_TEMP_SECONDS)
-    photos = _by_name(list_images(job.images), job.images) if job.images is not None else {}
+    photos = _by_name(list_images(job.images, recursive), job.images) if job.images is not None else {}
     report, todo, seen = BatchReport(), [], {}
     for path in files:
         name = relative_name(path, source)
@@ -109,6 +110,12 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         pool.shutdown(wait=True, cancel_futures=True)
     report.failed.sort()
     return report
+
+
+def _inside(source: Path, *folders: Path | None) -> tuple[Path, ...]:
+    """The output folders that lie inside `source` (a recursive walk must not read them)."""
+    root = source.resolve()
+    return tuple(f for f in folders if f is not None and root in Path(f).resolve().parents)
 
 
 def _by_name(files: list[Path], root: Path) -> dict[str, Path]:
