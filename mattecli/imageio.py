@@ -6,6 +6,8 @@ missing, empty, unreadable or of an unusable kind, so a batch can name it and go
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +86,10 @@ def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:
 def read_gray(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     """A single-channel uint8 (H, W) map: the *first* channel of a multi-channel file (as the
     benchmark's scripts index it), 16-bit scaled to 8 bits; EXIF orientation as in `read_image`."""
-    img = _open(Path(path), apply_exif)
+    return _first_channel(_open(Path(path), apply_exif))
+
+
+def _first_channel(img) -> np.ndarray:
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     arr = np.array(img)
@@ -127,14 +132,27 @@ def read_alpha(path: str | Path) -> np.ndarray:
 def read_trimap(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray, str | None]:
     """A trimap in the benchmark encoding (0 background, 128 unknown, 255 foreground).
 
-    A trimap already in that encoding is returned unchanged. Any other (hand-drawn trimaps use 102
-    or 127 for unknown, anti-aliased edges, ...) is mapped with GCA-Matting's rule on the first
-    channel: < 85 background, >= 170 foreground, otherwise unknown; the returned note says so.
+    A trimap already in that encoding is returned unchanged. Class-index trimaps are mapped: values
+    0/1/2 in the benchmark's order (background, unknown, foreground), 1/2/3 in the Oxford-IIIT Pet
+    order (foreground, background, unknown). Any other gray trimap (hand-drawn ones use 102 or 127
+    for unknown, anti-aliased edges, ...) is mapped with GCA-Matting's rule on the first channel:
+    < 85 background, >= 170 foreground, otherwise unknown. The returned note says what was done.
+
+    Raises:
+        InputError: a colour-coded trimap (its colours have no agreed meaning) or a class-index
+            one whose order is ambiguous (0/1 only: a binary mask; 1/2 only; 0..3).
     """
-    raw = read_gray(path, apply_exif)
+    path = Path(path)
+    img = _open(path, apply_exif)
+    if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") and not _is_gray(img, tolerance=48, share=0.01):
+        raise InputError(path, "trimap is colour-coded (its channels differ); matte reads gray trimaps "
+                               "(0 background, 128 unknown, 255 foreground): save it so")
+    raw = _first_channel(img)
     values = np.unique(raw)
     if np.isin(values, (0, 128, 255)).all():
         return raw, None
+    if values[-1] <= 3:
+        return _class_index_trimap(path, raw, set(values.tolist()))
     trimap = np.full(raw.shape, 128, np.uint8)
     trimap[raw < 85] = 0
     trimap[raw >= 170] = 255
@@ -148,6 +166,110 @@ def read_trimap(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray,
 # CPU, Pillow 13): RGB 0.84 s and 2.77 MiB at 1 against 2.5 s and 2.31 MiB at 6; an alpha 0.12 s
 # and 0.20 MiB against 0.18 s and 0.14 MiB. A fifth larger files for a third of the time.
 PNG_LEVEL = 1
+
+
+# value -> trimap value, for the class-index encodings recognised (see read_trimap)
+_CLASS_ORDERS = {"0/1/2 (background, unknown, foreground)": {0: 0, 1: 128, 2: 255},
+                 "1/2/3 (Oxford-IIIT Pet: foreground, background, unknown)": {1: 255, 2: 0, 3: 128}}
+
+
+def _class_index_trimap(path: Path, raw: np.ndarray, values: set) -> tuple[np.ndarray, str]:
+    if values <= {0, 1, 2} and 2 in values and 0 in values:
+        order = next(iter(_CLASS_ORDERS))
+    elif values <= {1, 2, 3} and 3 in values and len(values) > 1:
+        order = list(_CLASS_ORDERS)[1]
+    else:
+        hint = " (a 0/1 binary mask? pass it with --masks)" if values <= {0, 1} else ""
+        raise InputError(path, f"trimap holds only the values {sorted(values)}: a class-index trimap whose "
+                               f"order is ambiguous{hint}; save it as 0/128/255")
+    lut = np.zeros(256, np.uint8)
+    for value, mapped in _CLASS_ORDERS[order].items():
+        lut[value] = mapped
+    return lut[raw], f"{path}: class-index trimap, read as values {order}"
+
+
+def _is_gray(img, tolerance: int = 0, share: float = 0.0) -> bool:
+    """Whether a colour-mode image is gray: at most `share` of its pixels have channels more than
+    `tolerance` apart (JPEG's chroma noise on a gray picture stays within a few levels)."""
+    rgb = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+    spread = rgb.max(axis=2) - rgb.min(axis=2)  # uint8 is safe: max >= min
+    return bool((spread > tolerance).mean() <= share)
+
+
+def read_mask(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray, str | None]:
+    """A segmentation mask as found, as (H, W) uint8 probabilities 0..255, and a note when it was
+    read by a rule the user may want to know about.
+
+    A cut-out (RGBA, LA, or a palette with transparency) whose alpha is not all opaque: its alpha.
+    Palette files: their gray levels when the palette is gray, else a label map (index 0
+    background, any other index foreground). 16-bit: scaled to 8 bits. Colour (RGB whose channels
+    differ, such as a red overlay on black): the brightest channel. Values 0/1 only: scaled to 0/255.
+    """
+    path = Path(path)
+    img = _open(path, apply_exif)
+    note = None
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    alpha = np.asarray(img.convert("RGBA"))[..., 3] if has_alpha else None
+    if alpha is not None and (alpha < 255).any():
+        mask = alpha
+    elif img.mode == "P" and not _is_gray(img):
+        mask = np.where(np.asarray(img) > 0, 255, 0).astype(np.uint8)
+        note = f"{path}: palette mask read as labels (index 0 background, any other index foreground)"
+    elif img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        mask = _to_uint8(np.array(img), img.mode)
+    elif img.mode == "L":
+        mask = np.asarray(img)
+    else:
+        rgb = np.asarray(img.convert("RGB"))
+        mask = rgb.max(axis=2)
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+            note = f"{path}: colour mask, read by its brightest channel"
+    if mask.max(initial=0) == 1:
+        mask = mask * np.uint8(255)
+        note = f"{path}: 0/1 mask, read as 0/255"
+    return np.ascontiguousarray(mask), note
+
+
+def orient(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1..8) to a stored array, as a viewer (and Pillow's
+    `ImageOps.exif_transpose`) shows it."""
+    steps = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+             8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(steps[orientation](array)) if orientation in steps else array
+
+
+def fit_orientation(stored: np.ndarray, path: Path, own: int, image_orientation: int, shape: tuple[int, int],
+                    image_name: str, what: str = "trimap") -> tuple[np.ndarray, str | None]:
+    """A trimap (or mask) as stored, turned to match an image shown upright with shape `shape`.
+
+    Its own EXIF tag is used when it agrees with the image's. When the tags differ, the trimap was
+    drawn either on the upright view (its own tag) or on the image's stored pixels (the image's
+    tag): when only one of the two fits the image's size it is used, with a note; when both fit,
+    which way it was drawn is a guess, and it is refused.
+
+    Raises:
+        InputError: the tags disagree and both or neither orientation fits, or the size differs.
+    """
+    mine = orient(stored, own)
+    if own == image_orientation:
+        fits = [mine] if mine.shape[:2] == shape else []
+    else:
+        theirs = orient(stored, image_orientation)
+        fits = [a for a in (mine, theirs) if a.shape[:2] == shape]
+        if len(fits) == 2:
+            raise InputError(path, f"EXIF orientation disagrees with the image's ({image_name}: "
+                                   f"{EXIF_ORIENTATIONS[image_orientation]}; {what}: {EXIF_ORIENTATIONS[own]}) and "
+                                   f"both fit its size, so it is unclear which way the {what} was drawn; save both "
+                                   "with the same orientation")
+        if len(fits) == 1:
+            how = (f"its own EXIF orientation ({EXIF_ORIENTATIONS[own]})" if fits[0] is mine else
+                   f"the image's EXIF orientation ({EXIF_ORIENTATIONS[image_orientation]})")
+            return fits[0], f"{path}: EXIF orientation differs from {image_name}'s; only {how} fits its size, used"
+    if not fits:
+        h, w = mine.shape[:2]
+        raise InputError(path, f"{what} is {w}x{h} but image {image_name} is {shape[1]}x{shape[0]}")
+    return fits[0], None
 
 
 def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None = None) -> Path:
@@ -188,8 +310,58 @@ def index_by_stem(paths) -> dict[str, list[Path]]:
     return index
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files of a folder (not recursive), sorted by name."""
+def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, ...] = ()) -> list[Path]:
+    """Image files of a folder, sorted by path; with `recursive`, of its subfolders too (hidden
+    ones and the folders in `skip`, e.g. an output folder inside the input folder, left out)."""
     folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    skip_resolved = {Path(s).resolve() for s in skip}
+    found, todo = [], [folder]
+    while todo:
+        here = todo.pop()
+        for p in here.iterdir():
+            if p.name.startswith("."):
+                continue
+            if p.is_dir():
+                if recursive and p.resolve() not in skip_resolved:
+                    todo.append(p)
+            elif p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                found.append(p)
+    return sorted(found)
+
+
+def subfolders_with_images(folder: str | Path, skip: tuple[Path, ...] = ()) -> list[Path]:
+    """The immediate subfolders of `folder` (less those in `skip`) that hold an image file at any
+    depth, for telling a user what a non-recursive listing left out; each walk stops at its first
+    image."""
+    skip_resolved = {Path(s).resolve() for s in skip}
+
+    def has_image(top: Path) -> bool:
+        for root, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if any(Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".") for f in files):
+                return True
+        return False
+
+    return [d for d in sorted(Path(folder).iterdir()) if d.is_dir() and not d.name.startswith(".")
+            and d.resolve() not in skip_resolved and has_image(d)]
+
+
+def prepare_out_dir(out: str | Path, option: str = "--out") -> Path:
+    """Create an output folder and check that files can be written in it, before any work is done.
+
+    Raises:
+        UsageError: `out` is a file, or cannot be created, or is not writable.
+    """
+    from mattecli.errors import UsageError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{option} {out}: is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".matte-write-check.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
+    return out

@@ -75,19 +75,39 @@ def test_exif_orientation_applies_to_image_and_trimap_alike(tmp_path):
     assert (alpha[: W // 3] == 0).all()  # the trimap's left third (background) is now on top
 
 
-def test_exif_orientations_that_disagree_are_refused_with_the_reason(tmp_path):
+def tagged_photo(path, h=H, w=W, orientation=6):
+    img = Image.fromarray(photo(h, w))
+    exif = img.getexif()
+    exif[0x0112] = orientation  # 6: stored landscape, shown rotated 90 degrees clockwise (portrait)
+    img.save(path, exif=exif, quality=95)
+
+
+@pytest.mark.parametrize("drawn_on", ["upright view", "stored pixels"])
+def test_a_phone_photo_with_an_untagged_trimap_uses_the_one_orientation_that_fits(tmp_path, drawn_on):
     folder = tmp_path / "in"
     folder.mkdir()
-    img = Image.fromarray(photo())
-    exif = img.getexif()
-    exif[0x0112] = 6
-    img.save(folder / "turned.jpg", exif=exif)
-    trimap_png(folder / "turned_trimap.png")  # no orientation tag
+    tagged_photo(folder / "turned.jpg")
+    if drawn_on == "upright view":  # portrait, as the photo is shown; left third background
+        trimap = trimap_png(folder / "turned_trimap.png", h=W, w=H)
+    else:  # landscape, as the photo is stored: shown turned, its left third comes on top
+        trimap = np.rot90(trimap_png(folder / "turned_trimap.png"), -1)
+    report, fake = run(folder, tmp_path)
+    assert not report.failed and fake.shapes == [(W, H)]
+    assert any("only" in n and "fits its size, used" in n for n in report.notes), report.notes
+    alpha = read_gray(tmp_path / "out" / "turned.png")
+    assert np.array_equal(alpha == 0, trimap == 0) and np.array_equal(alpha == 255, trimap == 255)
+
+
+def test_exif_orientations_that_disagree_on_a_square_image_are_refused_with_the_reason(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tagged_photo(folder / "turned.jpg", h=W, w=W)
+    trimap_png(folder / "turned_trimap.png", h=W, w=W)  # no orientation tag; both ways fit
     report, fake = run(folder, tmp_path)
     assert fake.calls == 0 and len(report.failed) == 1
     path, reason = report.failed[0]
     assert path.endswith("turned_trimap.png")
-    assert "EXIF orientation" in reason and "rotated 90 CW" in reason and "none" in reason
+    assert "EXIF orientation" in reason and "rotated 90 CW" in reason and "none" in reason and "both fit" in reason
 
 
 def test_trimap_of_another_size_names_both_sizes(tmp_path):

@@ -27,6 +27,7 @@ COMMANDS = [
     ("export", "export"),
     ("infer", "infer"),
     ("bench", "bench"),
+    ("trimap", "trimap"),
     ("recipes", "recipes"),
 ]
 

@@ -14,6 +14,17 @@ def main(
                              "OUT/fg/, OUT/rgba/, OUT/composite/ hold the other --save outputs."),
     trimaps: Path = typer.Option(None, "--trimaps", help="Folder of trimaps named like the images "
                                  "(default: {stem}_trimap.* beside each image)."),
+    masks: Path = typer.Option(None, "--masks", help="Instead of trimaps: a folder of segmentation masks named like "
+                               "the images ({stem}.* or {stem}_mask.*; the image folder for masks beside them); "
+                               "trimaps are made from them exactly as matte trimap makes them."),
+    band: str = typer.Option(None, "--band", help="With --masks: the unknown band's half-width, pixels (20) or a "
+                             "share of the image diagonal (1.5%); default 1%, as matte trimap."),
+    threshold: str = typer.Option(None, "--threshold", help="With --masks: LO,HI mask probabilities; between them "
+                                  "unknown (default 0.5,0.5), as matte trimap."),
+    empty: str = typer.Option("skip", "--empty", help="An image whose trimap has no unknown pixel (nothing to "
+                              "matte): skip (default) or pass (its trimap written as the alpha). Named either way."),
+    recursive: bool = typer.Option(False, "--recursive", help="Walk subfolders of --images (and of --trimaps / "
+                                   "--masks at the same relative paths); outputs mirror the tree."),
     backend: str = typer.Option(None, "--backend", help="torch|onnx|trt (default: from the weights file's suffix)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N]. "
                                "On CUDA the torch backend prepares and restores on the GPU too."),
@@ -24,7 +35,8 @@ def main(
     save: str = typer.Option("alpha", "--save", help="Comma-separated outputs, any of: alpha (OUT/{stem}.png), "
                              "fg (estimated foreground colours, OUT/fg/{stem}.png), rgba (foreground + straight "
                              "alpha, OUT/rgba/{stem}.png), composite (foreground over --background, "
-                             "OUT/composite/{stem}.png). Only the listed outputs are written."),
+                             "OUT/composite/{stem}.png), trimap (the trimap used, OUT/trimap/{stem}.png). Only the "
+                             "listed outputs are written."),
     background: str = typer.Option(None, "--background", help="For composite: a colour (#00ff00, #0f0, 0,255,0 or "
                                    "a CSS name: green, lime, ...) or an image, scaled to cover each photo (aspect "
                                    "kept) and centre-cropped. Changing it and re-running redoes only the "
@@ -45,19 +57,24 @@ def main(
 ) -> None:
     """Write OUT/{stem}.png (8-bit alpha), and what --save asks for, for every image with a trimap.
 
-    Trimaps in the benchmark encoding (0/128/255) are used as they are; others (hand-drawn, RGBA,
-    16-bit) are mapped with <85 background, >=170 foreground, otherwise unknown, and a note says
-    so. Known trimap regions are copied into the alpha. EXIF orientation is applied to image and
-    trimap alike; an image and trimap whose orientations differ are refused. Outputs are written
-    atomically; an image is skipped when all its requested outputs exist (a composite: made with
-    this --background), unless --overwrite, so a re-run after a crash or Ctrl-C finishes only what
-    is missing, and a re-run with another --background redoes only the composites. A bad file is named with the
-    reason and skipped; the exit code is 1 if any failed.
+    Trimaps in the benchmark encoding (0/128/255) are used as they are; class-index ones (0/1/2,
+    or 1/2/3 as the Oxford-IIIT Pet set) are mapped; other gray ones (hand-drawn, RGBA, 16-bit) are
+    mapped with <85 background, >=170 foreground, otherwise unknown; a note says so. Colour-coded
+    trimaps are refused. Known trimap regions are copied into the alpha. EXIF orientation is
+    applied to the image; a trimap whose tag differs is used in the one orientation that fits the
+    image's size, and refused when both fit. Outputs are written atomically; an image is skipped
+    when all its requested outputs exist (a composite: made with this --background), unless
+    --overwrite, so a re-run after a crash or Ctrl-C finishes only what is missing, and a re-run
+    with another --background redoes only the composites. A bad file is named with the reason and
+    skipped; the exit code is 1 if any failed.
     """
     from mattecli.cli.parsing import parse_memory, parse_shard
+    from mattecli.cli.trimap import EMPTY_CHOICES, parsed_option
+    from mattecli.data.trimap import DEFAULT_BAND, DEFAULT_THRESHOLD, MaskRule, parse_band, parse_threshold
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
-    from mattecli.inference.batch import default_workers, infer_folder, print_report
+    from mattecli.imageio import list_images, prepare_out_dir
+    from mattecli.inference.batch import default_workers, infer_folder, no_images, print_report
     from mattecli.inference.outputs import OUTPUT_KINDS, Background
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import tile_size
@@ -72,6 +89,14 @@ def main(
         raise UsageError("--background is only used by --save composite; add composite to --save")
     if not images.is_dir():
         raise UsageError(f"--images {images}: not a folder")
+    if masks is not None and trimaps is not None:
+        raise UsageError("give --trimaps or --masks, not both")
+    if masks is None and (band is not None or threshold is not None):
+        raise UsageError("--band and --threshold make trimaps from --masks; add --masks DIR")
+    if empty not in EMPTY_CHOICES:
+        raise UsageError(f"--empty {empty}: choose skip or pass")
+    rule = MaskRule(parsed_option("--band", parse_band, band, DEFAULT_BAND),
+                    parsed_option("--threshold", parse_threshold, threshold, DEFAULT_THRESHOLD))
     shard_kn = parse_shard(shard)
     max_bytes = parse_memory(max_memory or "4GB")
     bg = None
@@ -99,10 +124,14 @@ def main(
         per_pixel, source = model_bytes_per_pixel(pipeline.cfg, device, half)
         if "not measured" in source:
             typer.echo(f"matte: note: --max-memory on {device}: {per_pixel} bytes/pixel from {source}", err=True)
+    if not list_images(images, recursive):
+        raise no_images(images, recursive)
+    prepare_out_dir(out)  # before the model runs: a read-only --out must not cost a run
     if workers is None:
         workers = default_workers(device)
     report = infer_folder(pipeline, images, out, trimaps, overwrite=overwrite, save=kinds, background=bg,
-                          shard=shard_kn, workers=workers)
+                          shard=shard_kn, workers=workers, masks=masks, mask_rule=rule, empty=empty,
+                          recursive=recursive)
     print_report(report, out)
     if report.failed:
         raise typer.Exit(1)

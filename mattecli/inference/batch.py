@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.imageio import (EXIF_ORIENTATIONS, exif_orientation, index_by_stem, list_images, read_gray, read_image,
-                              read_trimap, remove_stale_temps)
+from mattecli.imageio import (IMAGE_SUFFIXES, exif_orientation, fit_orientation, list_images, read_gray, read_image, read_mask,
+                              read_trimap, remove_stale_temps, subfolders_with_images)
 from mattecli.inference.pipeline import REDONE_FP32, stage
 from mattecli.parallel import executor
 from mattecli.progress import track
 
 TRIMAP_SUFFIX = "_trimap"
+MASK_SUFFIX = "_mask"
 STALE_TEMP_SECONDS = 3600  # a temporary output this old belongs to no live writer
 
 
@@ -38,6 +39,8 @@ class BatchReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     notes: list[str] = field(default_factory=list)
     tiled: list[tuple[str, str]] = field(default_factory=list)  # (path, how), images run as tiles
+    nothing: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): no unknown pixel
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): done, but look at it
 
 
 def parse_shard(text):  # deprecated: moved to mattecli.cli.parsing; remove after the merge
@@ -46,36 +49,56 @@ def parse_shard(text):  # deprecated: moved to mattecli.cli.parsing; remove afte
     return parse(text)
 
 
-def find_pairs(images: Path, trimaps: Path | None,
-               shard: tuple[int, int] | None = None) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+OUTPUT_FOLDERS = ("fg", "rgba", "composite", "trimap")  # the non-alpha outputs' subfolders of --out
+
+
+def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None = None, *,
+               suffix: str = TRIMAP_SUFFIX, option: str = "--trimaps", recursive: bool = False,
+               out: Path | None = None) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """(image, trimap) pairs by stem, and (path, reason) for images that have no usable trimap.
 
-    Without a trimap folder, trimaps sit beside the images as `{stem}_trimap.{ext}`. With one,
-    `{stem}.{ext}` or `{stem}_trimap.{ext}` in that folder. With `shard=(K, N)` only the images
-    `sorted_images[K::N]` are considered (a strided slice of the list sorted by file name: every
-    image, and every failure, belongs to exactly one shard, and shard sizes differ by at most one).
+    Without a trimap folder (or with the image folder itself), trimaps sit beside the images as
+    `{stem}{suffix}.{ext}`. With one, `{stem}.{ext}` or `{stem}{suffix}.{ext}` in that folder (at the
+    same relative path with `recursive`). With `shard=(K, N)` only the images `sorted_images[K::N]`
+    are considered (a strided slice of the list sorted by path: every image, and every failure,
+    belongs to exactly one shard, and shard sizes differ by at most one). Masks pair the same way
+    (`suffix="_mask"`). Files that are outputs of this run (under `out` when it is inside `images`)
+    are never inputs.
+
+    Raises:
+        UsageError: a folder is missing.
+        InputError: `images` holds no image file (saying what its subfolders hold).
     """
     if not images.is_dir():
         raise UsageError(f"--images {images}: not a folder")
     if trimaps is not None and not trimaps.is_dir():
-        raise UsageError(f"--trimaps {trimaps}: not a folder")
-    files = list_images(images)
-    tri_files = list_images(trimaps) if trimaps is not None else [p for p in files if p.stem.endswith(TRIMAP_SUFFIX)]
-    if trimaps is None:
-        files = [p for p in files if not p.stem.endswith(TRIMAP_SUFFIX)]
-    by_stem = index_by_stem(tri_files)
+        raise UsageError(f"{option} {trimaps}: not a folder")
+    beside = trimaps is None or trimaps.resolve() == images.resolve()
+    files = _input_images(images, recursive, out)
+    if beside:
+        tri_files = [p for p in files if p.stem.endswith(suffix)]
+        files = [p for p in files if not p.stem.endswith(suffix)]
+    else:
+        tri_files = list_images(trimaps, recursive)
+    if not files:
+        raise no_images(images, recursive, out)
+    maps_root = images if beside else trimaps
+    by_name: dict[str, list[Path]] = {}
+    for t in tri_files:
+        by_name.setdefault(relative_name(t, maps_root), []).append(t)
     pairs, problems, seen = [], [], {}
     for img in files:  # duplicates are found over the whole list, so shards agree on them
-        if img.stem in seen:
-            problems.append((img, f"another image has the same name stem ({seen[img.stem].name}); "
+        name = relative_name(img, images)
+        if name in seen:
+            problems.append((img, f"another image has the same name stem ({seen[name].name}); "
                                   "outputs are named by stem"))
             continue
-        seen[img.stem] = img
-        candidates = by_stem.get(img.stem if trimaps is not None else "", []) + by_stem.get(img.stem + TRIMAP_SUFFIX, [])
+        seen[name] = img
+        candidates = by_name.get(name if not beside else "", []) + by_name.get(name + suffix, [])
         candidates = [c for c in candidates if c != img]
         if not candidates:
-            where = trimaps if trimaps is not None else images
-            problems.append((img, f"no trimap found ({img.stem}.* or {img.stem}{TRIMAP_SUFFIX}.* in {where})"))
+            where = img.parent if beside else trimaps
+            problems.append((img, f"no {suffix.strip('_')} found ({img.stem}.* or {img.stem}{suffix}.* in {where})"))
             continue
         pairs.append((img, candidates[0]))
     if shard is not None:
@@ -85,12 +108,72 @@ def find_pairs(images: Path, trimaps: Path | None,
     return pairs, [(str(path), reason) for path, reason in problems]
 
 
+def relative_name(path: Path, root: Path) -> str:
+    """A file's name for pairing and for its outputs: its path under `root` without the suffix
+    ("x" for root/x.jpg, "sub/x" for root/sub/x.jpg with --recursive)."""
+    return path.relative_to(root).with_suffix("").as_posix()
+
+
+def _output_folders(images: Path, out: Path | None) -> tuple[Path, ...]:
+    """The folders under `images` that hold only outputs of a run writing into `out`."""
+    if out is None:
+        return ()
+    out_root, root = out.resolve(), images.resolve()
+    if not (out_root == root or root in out_root.parents):
+        return ()
+    return tuple(out_root / kind for kind in OUTPUT_FOLDERS) + ((out_root,) if out_root != root else ())
+
+
+def _input_images(images: Path, recursive: bool, out: Path | None) -> list[Path]:
+    """The image files under `images`, less the outputs of a run writing into `out`: when `out` is
+    inside `images` its output subfolders are skipped, and when it is the image folder itself an
+    alpha `{stem}.png` beside an image `{stem}.jpg` (say) is that image's output, not an input."""
+    skip = _output_folders(images, out)
+    files = list_images(images, recursive, skip)
+    if not skip:
+        return files
+    out_root = out.resolve()
+    by_stem: dict[Path, list[Path]] = {}
+    for f in files:
+        by_stem.setdefault(f.with_suffix(""), []).append(f)
+    return [f for f in files if not (f.suffix == ".png" and len(by_stem[f.with_suffix("")]) > 1
+                                     and _is_under(f, out_root))]
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    parent = path.parent.resolve()
+    return parent == root or root in parent.parents
+
+
+def no_images(images: Path, recursive: bool, out: Path | None = None) -> InputError:
+    """The error for an input folder without image files, saying what its subfolders hold."""
+    return InputError(images, "no image files here (" + ", ".join(IMAGE_SUFFIXES) + ")"
+                      + _subfolder_hint(images, recursive, out))
+
+
+def _subfolder_hint(images: Path, recursive: bool, out: Path | None = None) -> str:
+    if recursive:
+        return ""
+    subs = subfolders_with_images(images, _output_folders(images, out))
+    if not subs:
+        return ""
+    names = ", ".join(d.name for d in subs[:3]) + (", ..." if len(subs) > 3 else "")
+    return f"; {len(subs)} subfolders hold images ({names}): --recursive to include them"
+
+
+def subfolder_note(images: Path, recursive: bool, out: Path | None = None) -> str | None:
+    """A note for subfolders of images that a non-recursive run leaves out, or None."""
+    hint = _subfolder_hint(images, recursive, out)
+    return f"{images}: not searched{hint}" if hint else None
+
+
 @dataclass
 class _Item:
     image_path: Path
     trimap_path: Path
     targets: dict  # kind -> Path, the outputs to write
     alpha_path: Path | None = None  # an alpha already written is reused from here (unless overwrite)
+    mask_rule: object = None  # a data.trimap.MaskRule when the second file is a mask
 
 
 def default_workers(device: str) -> int:
@@ -111,7 +194,8 @@ def default_workers(device: str) -> int:
 
 def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None, overwrite: bool = False,
                  progress: bool = True, save=("alpha",), background=None, shard: tuple[int, int] | None = None,
-                 workers: int = 2, prefetch: int | None = None, timer=None) -> BatchReport:
+                 workers: int = 2, prefetch: int | None = None, timer=None, masks: Path | None = None,
+                 mask_rule=None, empty: str = "skip", recursive: bool = False) -> BatchReport:
     """Write the requested outputs (`save`, see `outputs.OUTPUT_KINDS`) for every image with a trimap.
 
     An image is done when all its requested outputs exist and are current (`outputs.is_current`: a
@@ -135,23 +219,40 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
             bound); default max(2, workers), so that every worker has an item.
         timer: `timer(stage)` -> a context manager around each decode, foreground and encode (in
             the workers) and each pipeline stage (`matte bench --e2e`); None: not timed.
+        masks: folder of segmentation masks (instead of trimaps; the image folder itself for
+            `{stem}_mask.*` beside the images): trimaps are made from them with `mask_rule`
+            (a `data.trimap.MaskRule`), exactly as `matte trimap` makes them.
+        empty: what to do with an image whose trimap has no unknown pixel ("nothing to matte"):
+            "skip" it, or "pass" the trimap through as its alpha; either way it is reported.
+        recursive: walk subfolders of `images`; outputs mirror the tree (OUT/sub/{stem}.png).
 
     Returns:
         The report: done, skipped, failed with reasons, notes.
     """
     from mattecli.inference.outputs import is_current, output_paths
 
-    pairs, problems = find_pairs(Path(images), Path(trimaps) if trimaps else None, shard)
+    from mattecli.data.trimap import MaskRule
+
+    images, out = Path(images), Path(out)
+    if masks is not None:
+        mask_rule = mask_rule or MaskRule()
+        pairs, problems = find_pairs(images, Path(masks), shard, suffix=MASK_SUFFIX, option="--masks",
+                                     recursive=recursive, out=out)
+    else:
+        mask_rule = None
+        pairs, problems = find_pairs(images, Path(trimaps) if trimaps else None, shard, recursive=recursive, out=out)
     report = BatchReport(failed=list(problems))
+    note = subfolder_note(images, recursive, out)
+    if note:
+        report.notes.append(note)
     inputs = {p.resolve() for pair in pairs for p in pair}
     if background is not None and getattr(background, "path", None) is not None:
         inputs.add(Path(background.path).resolve())
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out, save)
     todo = []
     for image_path, trimap_path in pairs:
-        targets = output_paths(out, image_path.stem, save)
+        targets = output_paths(out, relative_name(image_path, images), save)
         clash = [t for t in targets.values() if t.resolve() in inputs]
         if clash:
             report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
@@ -159,7 +260,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         else:
             stale = {kind: t for kind, t in targets.items() if overwrite or not is_current(kind, t, background)}
             if stale:
-                todo.append(_Item(image_path, trimap_path, stale, targets.get("alpha")))
+                todo.append(_Item(image_path, trimap_path, stale, targets.get("alpha"), mask_rule))
             else:
                 report.skipped.append(str(image_path))
 
@@ -196,6 +297,17 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                 try:
                     image, trimap, alpha, notes = future.result()
                     report.notes.extend(notes)
+                    nothing = _nothing_to_matte(trimap, mask_rule is not None)
+                    if nothing and empty == "skip":
+                        report.nothing.append((str(item.trimap_path), f"{nothing}; skipped"))
+                        advance()
+                        continue
+                    if nothing:
+                        report.nothing.append((str(item.trimap_path), f"{nothing}; the trimap written as the alpha"))
+                        alpha = trimap  # what the model's output becomes anyway once known regions are copied
+                    elif not (trimap == 255).any():
+                        report.warnings.append((str(item.trimap_path), "no foreground pixel (only background and "
+                                                                       "unknown): is it the right trimap?"))
                     if alpha is None:
                         alpha, how = pipeline.run(image, trimap)
                         if item.alpha_path is not None:  # a new alpha replaces an unusable one on disk
@@ -212,7 +324,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     report.failed.append((str(item.image_path), f"{type(err).__name__}: {err}"))
                     advance()
                     continue
-                writes.append((item, pool.submit(_write, item, image, alpha, background, device, timer)))
+                writes.append((item, pool.submit(_write, item, image, alpha, background, trimap, device, timer)))
                 drain_writes(prefetch)
             drain_writes(0)
     finally:
@@ -225,19 +337,22 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
 
 
 def _load(item: _Item, overwrite: bool, timer=None):
-    """Decode one item: (image, trimap, existing alpha or None, notes). Runs in a worker thread."""
+    """Decode one item: (image, trimap, existing alpha or None, notes). Runs in a worker thread.
+
+    With a `mask_rule` the item's second file is a mask, made into a trimap here."""
+    mask_rule = item.mask_rule
+    what = "trimap" if mask_rule is None else "mask"
     with stage(timer, "decode"):
         image = read_image(item.image_path, apply_exif=True)
-        trimap, note = read_trimap(item.trimap_path, apply_exif=True)
-    o_image, o_trimap = exif_orientation(item.image_path), exif_orientation(item.trimap_path)
-    if o_image != o_trimap:
-        raise InputError(item.trimap_path, f"EXIF orientation disagrees with the image's ({item.image_path.name}: "
-                                           f"{EXIF_ORIENTATIONS[o_image]}; trimap: {EXIF_ORIENTATIONS[o_trimap]}), so "
-                                           "it is unclear which way the trimap was drawn; save both with the same "
-                                           "orientation")
-    if image.shape[:2] != trimap.shape:
-        raise InputError(item.trimap_path, f"trimap is {trimap.shape[1]}x{trimap.shape[0]} but image "
-                                           f"{item.image_path.name} is {image.shape[1]}x{image.shape[0]}")
+        stored, note = (read_trimap if mask_rule is None else read_mask)(item.trimap_path)
+    notes = [note] if note else []
+    trimap, note = fit_orientation(stored, item.trimap_path, exif_orientation(item.trimap_path),
+                                   exif_orientation(item.image_path), image.shape[:2], item.image_path.name, what)
+    notes += [note] if note else []
+    if mask_rule is not None:
+        from mattecli.data.trimap import trimap_from_mask
+
+        trimap = trimap_from_mask(trimap, mask_rule.band, mask_rule.threshold)
     alpha = None
     existing = item.alpha_path
     if existing is not None and not overwrite and existing.exists():
@@ -247,10 +362,18 @@ def _load(item: _Item, overwrite: bool, timer=None):
             alpha = None
         if alpha is not None and alpha.shape != trimap.shape:
             alpha = None
-    return image, trimap, alpha, [note] if note else []
+    return image, trimap, alpha, notes
 
 
-def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, device=None, timer=None) -> None:
+def _nothing_to_matte(trimap: np.ndarray, from_mask: bool) -> str | None:
+    from mattecli.data.trimap import nothing_to_matte
+
+    return nothing_to_matte(trimap, "mask" if from_mask else "trimap")
+
+
+def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap: np.ndarray, device=None,
+           timer=None) -> None:
+    from mattecli.imageio import write_png
     from mattecli.inference.outputs import write_outputs
 
     if any(kind != "alpha" for kind in item.targets) and threading.current_thread() is not threading.main_thread():
@@ -259,7 +382,10 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, device
         # The model already uses every core; a parallel foreground estimation beside it would
         # oversubscribe them (numba's thread count is per calling thread, so this stays local).
         numba.set_num_threads(1)
-    write_outputs(item.targets, image, alpha, background, device, timer=timer)
+    write_outputs({k: p for k, p in item.targets.items() if k != "trimap"}, image, alpha, background, device,
+                  timer=timer)
+    if "trimap" in item.targets:
+        write_png(item.targets["trimap"], trimap)
 
 
 def _record(report: BatchReport, item: _Item, future: Future) -> None:
@@ -291,7 +417,12 @@ def print_report(report: BatchReport, out: Path) -> None:
     if report.tiled:
         print(f"matte: note: {len(report.tiled)} images exceeded the memory ceiling and ran as tiles over the "
               f"unknown band (e.g. {report.tiled[0][0]}: {report.tiled[0][1]})", file=sys.stderr)
+    for path, reason in report.nothing:
+        print(f"matte: {path}: {reason}", file=sys.stderr)
+    for path, reason in report.warnings:
+        print(f"matte: warning: {path}: {reason}", file=sys.stderr)
     for path, reason in report.failed:
         print(f"matte: failed: {path}: {reason}", file=sys.stderr)
+    nothing = f", {len(report.nothing)} with nothing to matte" if report.nothing else ""
     print(f"{len(report.done)} written to {out}, {len(report.skipped)} skipped (already present; "
-          f"--overwrite to redo), {len(report.failed)} failed")
+          f"--overwrite to redo), {len(report.failed)} failed{nothing}")

@@ -16,7 +16,7 @@ import numpy as np
 
 from mattecli.imageio import write_png
 
-OUTPUT_KINDS = ("alpha", "fg", "rgba", "composite")
+OUTPUT_KINDS = ("alpha", "fg", "rgba", "composite", "trimap")  # trimap: the one used (batch.py writes it)
 _NEEDS_FOREGROUND = ("fg", "rgba", "composite")
 RECORD_KEY = "matte:background"  # PNG text chunk of a composite: the background that made it
 

@@ -1,0 +1,167 @@
+"""`matte trimap` over a folder: trimaps from segmentation masks or from ground-truth alphas.
+
+Every file is its own task on a thread pool (decoding, the distance transforms and encoding release
+the GIL), written atomically; a file whose outputs exist is skipped unless `overwrite`, so a re-run
+finishes what is missing. Bad files are named with the reason and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from concurrent.futures import as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mattecli.errors import InputError, UsageError
+from mattecli.files import atomic_write
+from mattecli.imageio import (exif_orientation, fit_orientation, list_images, orient, read_gray,
+                              read_image, read_mask, remove_stale_temps, write_png)
+from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, no_images, relative_name
+from mattecli.parallel import executor
+from mattecli.progress import track
+
+METHODS = ("dist", "erode")
+
+
+@dataclass(frozen=True)
+class TrimapJob:
+    """What to make: from `masks` with `rule` (a `MaskRule`), or from `alphas` with `method`/`seed`."""
+
+    rule: object = None  # MaskRule for masks; None for alphas
+    method: str = "dist"
+    seed: int = 0
+    images: Path | None = None  # photos matched by name: previews drawn over them, sizes checked
+    empty: str = "skip"  # "skip" | "pass": a mask with nothing to matte
+
+
+def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None = None, overwrite: bool = False,
+                 workers: int | None = None, progress: bool = True, recursive: bool = False) -> BatchReport:
+    """Write OUT/{name}.png, a 0/128/255 trimap, for every mask (or alpha) in `source`.
+
+    Args:
+        source: folder of masks (`{name}.png` or `{name}_mask.png`) or of alphas.
+        out: output folder (created).
+        job: how trimaps are made (see `TrimapJob`).
+        preview: folder for `{name}.jpg` previews (`data.trimap.trimap_preview`), or None.
+        overwrite: redo outputs that exist.
+        workers: threads (default: every CPU core).
+        progress: show a progress bar.
+        recursive: walk subfolders of `source` (and of `job.images`); outputs mirror the tree.
+
+    Returns:
+        The report: done, skipped, failed with reasons, nothing to matte, notes.
+    """
+    source, out = Path(source), Path(out)
+    option = "--masks" if job.rule is not None else "--alphas"
+    if not source.is_dir():
+        raise UsageError(f"{option} {source}: not a folder")
+    if job.images is not None and not Path(job.images).is_dir():
+        raise UsageError(f"--images {job.images}: not a folder")
+    for folder, name in ((out, "--out"), (preview, "--preview")):
+        if folder is not None and Path(folder).resolve() == source.resolve():
+            raise UsageError(f"{name} {folder}: is the {option} folder; outputs would mix with the inputs (or "
+                             "overwrite them): choose another folder")
+    files = list_images(source, recursive, _inside(source, out, preview))
+    if not files:
+        raise no_images(source, recursive)
+    for folder in (out, preview):  # left by a killed run; young ones may belong to a live one
+        if folder is not None:
+            remove_stale_temps(folder, ".*.tmp", older_than=STALE_TEMP_SECONDS)
+    photos = _by_name(list_images(job.images, recursive), job.images) if job.images is not None else {}
+    report, todo, seen = BatchReport(), [], {}
+    for path in files:
+        name = relative_name(path, source)
+        if job.rule is not None and name.endswith(MASK_SUFFIX):
+            name = name[: -len(MASK_SUFFIX)]
+        if name in seen:
+            report.failed.append((str(path), f"another file gives the same name ({seen[name].name} -> {name}.png)"))
+            continue
+        seen[name] = path
+        targets = [out / f"{name}.png"] + ([Path(preview) / f"{name}.jpg"] if preview is not None else [])
+        if not overwrite and all(t.exists() for t in targets):
+            report.skipped.append(str(path))
+        elif job.images is not None and name not in photos:
+            report.failed.append((str(path), f"no image named {name}.* in --images {job.images}"))
+        else:
+            todo.append((path, name, targets, photos.get(name)))
+    workers = workers or os.cpu_count() or 1
+    pool = executor(workers, name="matte-trimap")
+    try:
+        with track(len(todo), "trimap", enabled=progress) as bar:
+            futures = {pool.submit(_one, path, name, targets, photo, job): path for path, name, targets, photo in todo}
+            for future in as_completed(futures):
+                path = futures[future]
+                try:
+                    outcome, notes = future.result()
+                    report.notes.extend(notes)
+                    if outcome is None:
+                        report.done.append(str(path))
+                    else:
+                        report.nothing.append((str(path), outcome))
+                        if outcome.endswith("as is"):
+                            report.done.append(str(path))
+                except InputError as err:
+                    report.failed.append((str(err.path), err.reason))
+                except (OSError, ValueError, MemoryError) as err:  # e.g. disk full
+                    report.failed.append((str(path), f"{type(err).__name__}: {err}"))
+                bar.advance()
+    finally:  # on Ctrl-C the files being written finish (atomically); the rest are not started
+        pool.shutdown(wait=True, cancel_futures=True)
+    report.failed.sort()
+    return report
+
+
+def _inside(source: Path, *folders: Path | None) -> tuple[Path, ...]:
+    """The output folders that lie inside `source` (a recursive walk must not read them)."""
+    root = source.resolve()
+    return tuple(f for f in folders if f is not None and root in Path(f).resolve().parents)
+
+
+def _by_name(files: list[Path], root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for f in files:
+        found.setdefault(relative_name(f, Path(root)), f)
+    return found
+
+
+def _one(path: Path, name: str, targets: list[Path], photo: Path | None, job: TrimapJob):
+    """Make and write one trimap (and its preview): (None or the nothing-to-matte reason, notes)."""
+    from mattecli.data.trimap import nothing_to_matte, trimap_from_alpha, trimap_from_mask, trimap_preview
+
+    notes, image, nothing = [], None, None
+    if job.rule is None:  # a dataset's alpha: the benchmark convention, EXIF ignored
+        base = read_gray(path)
+        rng = np.random.default_rng([job.seed, zlib.crc32(name.encode())])  # per file: any order, same result
+        trimap = trimap_from_alpha(base, job.method, rng)
+        if photo is not None:
+            image = read_image(photo)
+            if image.shape[:2] != base.shape:
+                raise InputError(path, f"alpha is {base.shape[1]}x{base.shape[0]} but image {photo.name} is "
+                                       f"{image.shape[1]}x{image.shape[0]}")
+    else:
+        stored, note = read_mask(path)
+        notes += [note] if note else []
+        if photo is not None:
+            image = read_image(photo, apply_exif=True)
+            base, note = fit_orientation(stored, path, exif_orientation(path), exif_orientation(photo),
+                                         image.shape[:2], photo.name, "mask")
+            notes += [note] if note else []
+        else:
+            base = orient(stored, exif_orientation(path))
+        trimap = trimap_from_mask(base, job.rule.band, job.rule.threshold)
+        nothing = nothing_to_matte(trimap, "mask")
+        if nothing is not None and job.empty == "skip":
+            return f"{nothing}; skipped", notes
+        if nothing is not None:
+            nothing += "; written as is"
+    write_png(targets[0], trimap)
+    if len(targets) > 1:
+        from PIL import Image
+
+        under = image if image is not None else np.repeat(base[..., None], 3, axis=2)
+        drawn = Image.fromarray(trimap_preview(under, trimap))
+        atomic_write(targets[1], lambda tmp: drawn.save(tmp, format="JPEG", quality=90))
+    return nothing, notes

@@ -1,0 +1,389 @@
+"""Trimaps from masks (`trimap_from_mask`, `matte trimap`, `matte infer --masks`), trimaps read as
+found (class-index, colour-coded), and the input-side checks of `matte infer` (folders, --out)."""
+
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mattecli.data.make_trimaps import TrimapJob, make_trimaps
+from mattecli.data.trimap import (MaskRule, band_pixels, parse_band, parse_threshold, trimap_from_alpha,
+                                  trimap_from_mask)
+from mattecli.errors import InputError
+from mattecli.imageio import read_gray, read_mask, read_trimap, write_png
+from mattecli.inference.batch import find_pairs, infer_folder
+from tests.infer_helpers import FakePipeline, make_pairs
+
+
+def disc(size=201, radius=50.0, centre=None):
+    c = (size - 1) / 2 if centre is None else centre
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - c, xx - c)
+    return (r <= radius).astype(np.uint8) * 255, r
+
+
+def matte(capsys, *args):
+    """`matte ARGS` through the real entry point, in process: (exit code, stdout, stderr)."""
+    from mattecli.cli import main
+
+    old, sys.argv = sys.argv, ["matte", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code or 0
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- the band --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("band", [4, 10, 15])
+def test_a_discs_unknown_ring_is_the_band_on_each_side(band):
+    mask, r = disc(radius=50)
+    trimap = trimap_from_mask(mask, band=band)
+    unknown = trimap == 128
+    # every pixel within band - 1 of the edge is unknown, every pixel beyond band + 1 is known
+    assert unknown[np.abs(r - 50) <= band - 1].all()
+    assert not unknown[np.abs(r - 50) > band + 1].any()
+    assert (trimap[r < 50 - band - 1] == 255).all() and (trimap[r > 50 + band + 1] == 0).all()
+    width = unknown.sum() / (2 * np.pi * 50)  # the ring's mean width in pixels: 2 * band less the staircase
+    assert 2 * band - 0.6 <= width <= 2 * band
+
+
+@pytest.mark.parametrize("band, factor", [(20, 2), (44, 4)])
+def test_wide_bands_measured_on_a_reduced_mask_stay_within_the_factor(band, factor):
+    mask, r = disc(size=1001, radius=300)
+    trimap = trimap_from_mask(mask, band=band)
+    unknown = trimap == 128
+    assert unknown[np.abs(r - 300) <= band - 2].all()
+    assert not unknown[np.abs(r - 300) > band + factor + 1].any()
+    width = unknown.sum() / (2 * np.pi * 300)
+    assert 2 * band - 0.6 <= width <= 2 * band + factor
+    strand = np.zeros((200, 200), np.uint8)
+    strand[100:100 + factor + 1, :] = 255  # thin parts still become unknown
+    assert (trimap_from_mask(strand, band=band)[100:100 + factor + 1] == 128).all()
+
+
+def test_a_straight_edge_gets_band_pixels_on_each_side_and_the_border_no_band():
+    mask = np.zeros((40, 60), np.uint8)
+    mask[:, :30] = 255  # touches the top, bottom and left borders
+    trimap = trimap_from_mask(mask, band=5)
+    assert (trimap[:, 25:35] == 128).all() and (trimap[:, :25] == 255).all() and (trimap[:, 35:] == 0).all()
+
+
+def test_full_and_empty_masks_have_no_band():
+    assert (trimap_from_mask(np.full((9, 9), 255, np.uint8), band=3) == 255).all()
+    assert (trimap_from_mask(np.zeros((9, 9), np.uint8), band=3) == 0).all()
+
+
+def test_thin_strands_become_unknown_and_holes_get_a_band():
+    mask = np.zeros((60, 60), np.uint8)
+    mask[10:50, 10:50] = 255
+    mask[25:35, 25:35] = 0  # a hole
+    mask[54:57, :] = 255  # a 3-pixel strand
+    trimap = trimap_from_mask(mask, band=3)
+    assert (trimap[54:57, 5:55] == 128).all()
+    assert (trimap[24:36, 24:36][[0, -1], :] == 128).all() and trimap[30, 30] == 0
+    assert trimap[30, 18] == 255
+
+
+def test_the_band_as_a_share_of_the_diagonal_doubles_from_1080p_to_4k():
+    assert band_pixels("1%", (1080, 1920)) == pytest.approx(22.03, abs=0.01)
+    assert band_pixels("1%", (2160, 3840)) == pytest.approx(2 * band_pixels("1%", (1080, 1920)))
+    assert band_pixels("12", (2160, 3840)) == 12
+    assert band_pixels("1%", (48, 64)) == 1 and band_pixels("0%", (48, 64)) == 0  # an edge is always unknown
+    for bad in ("-1", "px", "120%", "nan"):
+        with pytest.raises(ValueError):
+            parse_band(bad)
+
+
+def test_soft_masks_between_the_thresholds_are_unknown():
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (4, 1))  # probabilities 0..1 along x
+    trimap = trimap_from_mask(ramp, band=0, threshold=(0.2, 0.8))
+    p = np.arange(256) / 255
+    assert (trimap[0][p < 0.2] == 0).all() and (trimap[0][p >= 0.8] == 255).all()
+    assert (trimap[0][(p >= 0.2) & (p < 0.8)] == 128).all()
+    cut = trimap_from_mask(ramp, band=0)  # default: cut at one half
+    assert set(np.unique(cut)) == {0, 255} and cut[0, 127] == 0 and cut[0, 128] == 255
+    assert parse_threshold("0.1,0.9") == (0.1, 0.9)
+    for bad in ("0.9,0.1", "0.5", "a,b", "0,2"):
+        with pytest.raises(ValueError):
+            parse_threshold(bad)
+
+
+def test_a_4k_mask_is_made_into_a_trimap_in_well_under_a_second():
+    import time
+
+    mask, _ = disc(size=2160, radius=700)
+    mask = np.pad(mask, ((0, 0), (840, 840)))
+    start = time.perf_counter()
+    trimap = trimap_from_mask(mask)
+    assert time.perf_counter() - start < 1.0  # ~0.1 s on one core; benchmarks/trimap_band.py has the ratio
+    assert trimap.shape == (2160, 3840) and (trimap == 128).any()
+
+
+# --- masks as found ---------------------------------------------------------------------------------
+
+def test_masks_as_found_read_to_the_same_mask(tmp_path):
+    mask, _ = disc(size=64, radius=20)
+    Image.fromarray(mask).save(tmp_path / "binary.png")
+    Image.fromarray(np.dstack([np.full((64, 64, 3), 77, np.uint8), mask])).save(tmp_path / "cutout.png")
+    Image.fromarray(mask.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    Image.fromarray(mask // 255).save(tmp_path / "zero_one.png")
+    labels = Image.fromarray((mask // 255) * 3, "P")
+    labels.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0, 128, 128, 0] + [0] * 756)  # a VOC-like colour palette
+    labels.save(tmp_path / "palette.png")
+    Image.fromarray(np.dstack([mask, mask // 8, mask // 8])).save(tmp_path / "colour.png")
+    Image.fromarray(mask).save(tmp_path / "noisy.jpg", quality=75)
+    for name in ("binary.png", "cutout.png", "sixteen.png", "zero_one.png", "palette.png", "colour.png"):
+        got, _ = read_mask(tmp_path / name)
+        assert np.array_equal(got, mask), name
+    assert "labels" in read_mask(tmp_path / "palette.png")[1] and "0/1" in read_mask(tmp_path / "zero_one.png")[1]
+    assert "brightest channel" in read_mask(tmp_path / "colour.png")[1]
+    noisy = trimap_from_mask(read_mask(tmp_path / "noisy.jpg")[0], band=4)
+    assert np.array_equal(noisy, trimap_from_mask(mask, band=4))  # JPEG ringing stays inside the band
+
+
+# --- trimaps as found (issue 19) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("values, expected", [((0, 1, 2), (0, 128, 255)), ((2, 3, 1), (0, 128, 255))])
+def test_class_index_trimaps_are_mapped_with_a_note(tmp_path, values, expected):
+    Image.fromarray(np.array([values], np.uint8)).save(tmp_path / "t.png")
+    trimap, note = read_trimap(tmp_path / "t.png")
+    assert trimap.tolist() == [list(expected)] and "class-index" in note
+
+
+@pytest.mark.parametrize("pixels, reason", [([[0, 1, 1]], "binary mask"), ([[1, 2, 2]], "ambiguous"),
+                                            ([[[255, 0, 0], [0, 0, 255], [0, 255, 0]]], "colour-coded")])
+def test_colour_coded_and_ambiguous_trimaps_are_refused(tmp_path, pixels, reason):
+    Image.fromarray(np.array(pixels, np.uint8)).save(tmp_path / "t.png")
+    with pytest.raises(InputError, match=reason):
+        read_trimap(tmp_path / "t.png")
+
+
+def test_a_trimap_with_nothing_to_matte_is_named_and_skipped_or_passed(tmp_path):
+    images = make_pairs(tmp_path / "in", ["a", "b"])
+    write_png(images / "b_trimap.png", np.full((24, 32), 255, np.uint8))
+    fake = FakePipeline()
+    report = infer_folder(fake, images, tmp_path / "out", progress=False)
+    assert report.done == [str(images / "a.png")] and fake.calls == 1
+    assert report.nothing == [(str(images / "b_trimap.png"), "nothing to matte: the trimap is all foreground; skipped")]
+    report = infer_folder(fake, images, tmp_path / "out", progress=False, empty="pass")
+    assert (read_gray(tmp_path / "out" / "b.png") == 255).all() and fake.calls == 1 and "written" in report.nothing[0][1]
+    unknown_only = np.full((24, 32), 128, np.uint8)
+    unknown_only[:, :4] = 0
+    write_png(images / "a_trimap.png", unknown_only)
+    report = infer_folder(fake, images, tmp_path / "out", progress=False, overwrite=True)
+    assert report.warnings == [(str(images / "a_trimap.png"), "no foreground pixel (only background and unknown): "
+                                                              "is it the right trimap?")]
+    assert str(images / "a.png") in report.done
+
+
+# --- matte trimap and infer --masks ------------------------------------------------------------------
+
+def mask_folder(tmp_path, names=("a", "b"), size=(48, 64)):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        write_png(images / f"{name}.png", rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        mask = np.zeros(size, np.uint8)
+        mask[10:40, 8 + i:40 + i] = 255
+        write_png(masks / (f"{name}_mask.png" if i % 2 else f"{name}.png"), mask)
+    return images, masks
+
+
+def test_on_the_fly_trimaps_equal_the_written_ones(tmp_path):
+    images, masks = mask_folder(tmp_path)
+    rule = MaskRule(band="3%", threshold=(0.3, 0.7))
+    report = make_trimaps(masks, tmp_path / "trimaps", TrimapJob(rule=rule), progress=False)
+    assert len(report.done) == 2 and not report.failed
+    fake = FakePipeline()
+    report = infer_folder(fake, images, tmp_path / "out", masks=masks, mask_rule=rule, save=("alpha", "trimap"),
+                          progress=False)
+    assert len(report.done) == 2 and not report.failed
+    for name in ("a", "b"):
+        written = read_gray(tmp_path / "trimaps" / f"{name}.png")
+        assert np.array_equal(read_gray(tmp_path / "out" / "trimap" / f"{name}.png"), written)
+        assert set(np.unique(written)) == {0, 128, 255}
+        alpha = read_gray(tmp_path / "out" / f"{name}.png")
+        assert np.array_equal(alpha == 255, written == 255) and np.array_equal(alpha == 0, written == 0)
+
+
+def test_masks_beside_the_images(tmp_path):
+    images, masks = mask_folder(tmp_path)
+    for m in masks.iterdir():
+        m.rename(images / f"{m.stem.removesuffix('_mask')}_mask.png")
+    report = infer_folder(FakePipeline(), images, tmp_path / "out", masks=images, progress=False)
+    assert len(report.done) == 2 and not report.failed
+
+
+def test_bad_masks_are_named_and_the_batch_goes_on(tmp_path):
+    images, masks = mask_folder(tmp_path, names=("a", "b", "c", "d", "e"))
+    write_png(masks / "b_mask.png", np.pad(np.full((40, 40), 255, np.uint8), ((4, 4), (12, 13))))  # another size
+    (masks / "c.png").write_bytes(b"not a png")
+    write_png(masks / "d_mask.png", np.zeros((48, 64), np.uint8))  # empty
+    write_png(masks / "e.png", np.full((48, 64), 255, np.uint8))  # full
+    report = infer_folder(FakePipeline(), images, tmp_path / "out", masks=masks, progress=False)
+    assert report.done == [str(images / "a.png")]
+    failed = dict(report.failed)
+    assert "mask is 65x48 but image b.png is 64x48" in failed[str(masks / "b_mask.png")]
+    assert "cannot decode" in failed[str(masks / "c.png")]
+    nothing = dict(report.nothing)
+    assert "the mask has no foreground" in nothing[str(masks / "d_mask.png")]
+    assert "the mask is all foreground" in nothing[str(masks / "e.png")]
+
+    report = make_trimaps(masks, tmp_path / "trimaps", TrimapJob(rule=MaskRule(), empty="pass"), progress=False)
+    assert sorted(report.done) == [str(masks / n) for n in ("a.png", "b_mask.png", "d_mask.png", "e.png")]
+    assert [p for p, _ in report.failed] == [str(masks / "c.png")] and len(report.nothing) == 2
+    assert (read_gray(tmp_path / "trimaps" / "e.png") == 255).all()
+
+
+def test_matte_trimap_reruns_finish_what_is_missing_and_previews(tmp_path, capsys):
+    images, masks = mask_folder(tmp_path, names=("a", "b", "c"))
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", "--band", "4",
+                           "--preview", tmp_path / "p", "--images", images)
+    assert code == 0 and "3 written" in out, err
+    preview = np.asarray(Image.open(tmp_path / "p" / "a.jpg"))
+    assert preview.shape == (48, 64, 3)
+    (tmp_path / "t" / "b.png").unlink()
+    code, out, _ = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", "--band", "4")
+    assert code == 0 and "1 written" in out and "2 skipped" in out
+    band4 = read_gray(tmp_path / "t" / "a.png")
+    assert (band4 == 128).sum() == ((trimap_from_mask(read_mask(masks / "a.png")[0], band=4)) == 128).sum()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--band", "wide"], "--band wide"), (["--threshold", "0.9,0.1"], "--threshold"),
+    (["--method", "erode"], "--method and --seed are for --alphas"), (["--empty", "maybe"], "--empty"),
+    (["--out-is-masks"], "is the --masks folder"),
+])
+def test_matte_trimap_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
+    _, masks = mask_folder(tmp_path)
+    out = masks if args == ["--out-is-masks"] else tmp_path / "t"
+    args = [] if args == ["--out-is-masks"] else args
+    code, _, err = matte(capsys, "trimap", "--masks", masks, "--out", out, *args)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_alpha_trimaps_are_reproducible_by_seed(tmp_path, capsys):
+    from mattecli.data.synthetic import make_alpha
+
+    alphas = tmp_path / "alphas"
+    for i in range(3):
+        write_png(alphas / f"x{i}.png", make_alpha(96, np.random.default_rng(i)))
+    for run, seed in (("s1", 1), ("s1b", 1), ("s2", 2)):
+        code, _, err = matte(capsys, "trimap", "--alphas", alphas, "--out", tmp_path / run, "--method", "erode",
+                             "--seed", seed, "--workers", 2)
+        assert code == 0, err
+    for i in range(3):
+        t1, t1b = read_gray(tmp_path / "s1" / f"x{i}.png"), read_gray(tmp_path / "s1b" / f"x{i}.png")
+        assert np.array_equal(t1, t1b)
+        alpha = read_gray(alphas / f"x{i}.png")
+        assert ((alpha > 0) & (alpha < 255) <= (t1 == 128)).all()  # every partial pixel is unknown
+    import zlib
+
+    expected = trimap_from_alpha(read_gray(alphas / "x0.png"), "erode",
+                                 np.random.default_rng([1, zlib.crc32(b"x0")]))
+    assert np.array_equal(read_gray(tmp_path / "s1" / "x0.png"), expected)
+    assert any(not np.array_equal(read_gray(tmp_path / "s1" / f"x{i}.png"), read_gray(tmp_path / "s2" / f"x{i}.png"))
+               for i in range(3))
+
+
+# --- folders and --out (issue 19) ------------------------------------------------------------------
+
+def test_out_inside_the_image_folder_is_never_read_as_input(tmp_path):
+    images = tmp_path / "in"
+    make_pairs(images, ["a", "b"])
+    for name in ("a", "b"):  # photos as JPEG, so their alphas a.png, b.png land beside them
+        Image.open(images / f"{name}.png").save(images / f"{name}.jpg", quality=95)
+        (images / f"{name}.png").unlink()
+    first = infer_folder(FakePipeline(), images, images, save=("alpha", "fg"), progress=False)
+    assert len(first.done) == 2 and not first.failed
+    second = infer_folder(FakePipeline(), images, images, save=("alpha", "fg"), progress=False, recursive=True)
+    assert len(second.skipped) == 2 and not second.failed and not second.done
+    fresh = make_pairs(tmp_path / "fresh", ["a", "b"])
+    for recursive in (False, True):  # an output folder inside the input folder: neither walked nor noted
+        third = infer_folder(FakePipeline(), fresh, fresh / "mattes", save=("alpha", "fg"), progress=False,
+                             recursive=recursive)
+        assert len(third.done) + len(third.skipped) == 2 and not third.failed and not third.notes, third
+
+
+def test_subfolders_are_named_and_walked_with_recursive(tmp_path):
+    root = tmp_path / "in"
+    make_pairs(root / "day1", ["a"])
+    make_pairs(root / "day2" / "deep", ["a"])  # the same stem in another folder is another image
+    with pytest.raises(InputError, match="2 subfolders hold images .* --recursive"):
+        find_pairs(root, None)
+    report = infer_folder(FakePipeline(), root, tmp_path / "out", recursive=True, save=("alpha", "fg"),
+                          progress=False)
+    assert len(report.done) == 2 and not report.failed
+    assert (tmp_path / "out" / "day1" / "a.png").exists() and (tmp_path / "out" / "day2" / "deep" / "a.png").exists()
+    assert (tmp_path / "out" / "fg" / "day2" / "deep" / "a.png").exists()
+    make_pairs(root, ["top"])
+    report = infer_folder(FakePipeline(), root, tmp_path / "out2", progress=False)
+    assert len(report.done) == 1 and any("--recursive" in n for n in report.notes)
+
+
+class ModelMustNotRun:
+    cfg = None
+
+    def matte(self, image, trimap):
+        raise AssertionError("the model ran before --out was checked")
+
+
+def test_infer_out_that_is_a_file_or_read_only_is_refused_before_the_model_runs(tmp_path, capsys, monkeypatch):
+    import os
+
+    import mattecli.inference.pipeline
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", lambda *a, **k: ModelMustNotRun())
+    images = make_pairs(tmp_path / "in", ["a"])
+    (tmp_path / "file").write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = [(tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "cannot write there")]
+    if os.geteuid() != 0:  # root writes anywhere
+        cases += [(locked, "cannot write there"), (locked / "sub", "cannot write there")]
+    for out, message in cases:
+        code, _, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images", images, "--out", out,
+                             "--max-memory", "none")
+        assert code == 2 and message in err and err.count("\n") == 1, (out, err)
+    code, _, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images", locked, "--out", tmp_path / "o",
+                         "--max-memory", "none")
+    assert code == 1 and "no image files" in err and err.count("\n") == 1
+    locked.chmod(0o700)
+
+
+def test_an_unwritable_out_is_one_usage_error(tmp_path, monkeypatch):
+    import tempfile
+
+    from mattecli.errors import UsageError
+    from mattecli.imageio import prepare_out_dir
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # what a read-only folder does (root ignores chmod)
+    with pytest.raises(UsageError, match="--out .*: cannot write there \\(Permission denied\\)"):
+        prepare_out_dir(tmp_path / "o")
+
+
+def test_matte_trimap_on_a_folder_without_masks_is_exit_1_with_one_line(tmp_path, capsys):
+    (tmp_path / "masks" / "nested").mkdir(parents=True)
+    write_png(tmp_path / "masks" / "nested" / "a.png", np.zeros((4, 4), np.uint8))
+    code, _, err = matte(capsys, "trimap", "--masks", tmp_path / "masks", "--out", tmp_path / "t")
+    assert code == 1 and "no image files" in err and "nested" in err and err.count("\n") == 1
+    code, out, err = matte(capsys, "trimap", "--masks", tmp_path / "masks", "--out", tmp_path / "masks" / "t",
+                           "--recursive", "--empty", "pass")
+    assert code == 0 and "1 written" in out, err
+    assert (read_gray(tmp_path / "masks" / "t" / "nested" / "a.png") == 0).all()
+    code, out, err = matte(capsys, "trimap", "--masks", tmp_path / "masks", "--out", tmp_path / "masks" / "t",
+                           "--recursive", "--empty", "pass")  # its own outputs, inside the mask folder, are not read
+    assert code == 0 and "1 skipped" in out, err
