@@ -69,8 +69,14 @@ def make_inputs(folder: Path, count: int, width: int, height: int) -> None:
 
     image = read_image(EXAMPLES / "lemur.png")
     trimap, _ = read_trimap(EXAMPLES / "lemur_trimap.png")
-    reps = (-(-height // image.shape[0]), -(-width // image.shape[1]))
-    big_image, big_trimap = np.tile(image, reps + (1,))[:height, :width], np.tile(trimap, reps)[:height, :width]
+    # tiled around a pixel of the unknown band, so that even a small size holds part of it (an image
+    # with nothing to matte would be skipped, and time nothing)
+    h, w = trimap.shape
+    reps = (-(-height // h) + 2, -(-width // w) + 2)
+    ys, xs = np.nonzero(trimap == 128)
+    top, left = (ys[len(ys) // 2] - height // 2) % h, (xs[len(xs) // 2] - width // 2) % w
+    window = (slice(top, top + height), slice(left, left + width))
+    big_image, big_trimap = np.tile(image, reps + (1,))[window], np.tile(trimap, reps)[window]
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(count):
         flip = (slice(None, None, -1 if i % 4 >= 2 else 1), slice(None, None, -1 if i % 2 else 1))
