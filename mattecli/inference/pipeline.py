@@ -20,6 +20,10 @@ def aligned_size(h: int, w: int, stride: int) -> tuple[int, int]:
 
 
 def _normalise(image: np.ndarray, cfg: InferConfig) -> np.ndarray:
+    if cfg.normalise == "pixel":  # mmagic: (x - 255 mean) / (255 std), float32 throughout
+        mean = np.asarray(cfg.mean, dtype=np.float64) * 255
+        std = np.asarray(cfg.std, dtype=np.float64) * 255
+        return (image.astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32)
     # The authors scale in float32 (a python float times a float32 array), then subtract and
     # divide in float64, then cast back: reproduced step by step so the input is bit-identical.
     scaled = image.astype(np.float32) * np.float32(1.0 / 255)
@@ -29,6 +33,8 @@ def _normalise(image: np.ndarray, cfg: InferConfig) -> np.ndarray:
 def _encode_trimap(trimap: np.ndarray, cfg: InferConfig) -> np.ndarray:
     if cfg.trimap == "onehot":  # background, unknown, foreground
         return np.stack([trimap == 0, trimap == 128, trimap == 255], axis=2).astype(np.float32)
+    if cfg.normalise == "pixel":  # mmagic divides (uint8 / 255.0 in float32)
+        return (trimap.astype(np.float32) / np.float32(255))[..., None]
     # trimap / 255 as the authors compute it (float32; 128 -> 0.50196..., not 0.5)
     return (trimap.astype(np.float32) * np.float32(1.0 / 255))[..., None]
 
@@ -41,8 +47,13 @@ def prepare(image: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarr
     rgb = _normalise(image, cfg)
     tri = _encode_trimap(trimap, cfg)
     ah, aw = aligned_size(h, w, cfg.stride)
+    if cfg.align == "resize-down":
+        ah, aw = _aligned_down(h, w, cfg.stride)
     if (ah, aw) != (h, w):
-        if cfg.align == "resize":
+        if cfg.align == "resize-down":  # mmagic: torch bicubic (image), nearest (trimap), no antialias
+            rgb = _torch_resize(rgb, ah, aw, "bicubic")
+            tri = _torch_resize(tri, ah, aw, "nearest")
+        elif cfg.align == "resize":
             rgb = cv2.resize(rgb, (aw, ah), interpolation=cv2.INTER_CUBIC)
             tri = cv2.resize(tri, (aw, ah), interpolation=cv2.INTER_NEAREST)
             tri = tri[..., None] if tri.ndim == 2 else tri
@@ -53,6 +64,23 @@ def prepare(image: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarr
             raise ValueError(f"unknown alignment {cfg.align!r}")
     x = np.concatenate([rgb, tri], axis=2)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def _aligned_down(h: int, w: int, stride: int) -> tuple[int, int]:
+    if h < stride or w < stride:
+        raise ValueError(f"image is {w}x{h}: align resize-down needs at least {stride} pixels on each side")
+    return h - h % stride, w - w % stride
+
+
+def _torch_resize(x: np.ndarray, h: int, w: int, mode: str) -> np.ndarray:
+    """(H, W[, C]) float32 -> (h, w[, C]) with torch's interpolate (align_corners False), as mmagic
+    resizes; torch's bicubic differs from OpenCV's at the borders and in rounding."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(x if x.ndim == 3 else x[..., None])).permute(2, 0, 1)[None]
+    out = F.interpolate(t, size=(h, w), mode=mode).numpy()[0].transpose(1, 2, 0)
+    return out if x.ndim == 3 else out[..., 0]
 
 
 def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
@@ -69,15 +97,25 @@ def unalign(raw: np.ndarray, h: int, w: int, cfg: InferConfig) -> np.ndarray:
     import cv2
 
     raw = np.asarray(raw, dtype=np.float32).reshape(raw.shape[-2:])
-    if cfg.align == "resize":
+    if cfg.align == "resize-down":
+        alpha = _torch_resize(raw, h, w, "bicubic") if raw.shape != (h, w) else raw
+    elif cfg.align == "resize":
         alpha = cv2.resize(raw, (w, h), interpolation=cv2.INTER_CUBIC) if raw.shape != (h, w) else raw
     else:
         alpha = raw[:h, :w]
     return np.clip(alpha, 0, 1) * np.float32(255)
 
 
-def finish(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-    """Float alpha * 255 -> uint8: known trimap regions copied, truncated (the papers' protocols)."""
+def finish(alpha: np.ndarray, trimap: np.ndarray, cfg: InferConfig | None = None) -> np.ndarray:
+    """Float alpha * 255 -> uint8: known trimap regions copied, truncated (the papers' protocols);
+    with the recipe's `known: force` and `rounding: half-even`, mmagic's postprocess instead."""
+    if cfg is not None and (cfg.known, cfg.rounding) != ("copy", "truncate"):
+        alpha = alpha.copy()
+        if cfg.known == "force":  # only exact 0 and 255 are known; other values keep the prediction
+            alpha[trimap == 255], alpha[trimap == 0] = 255, 0
+        else:
+            alpha = np.where(trimap == 128, alpha, trimap.astype(np.float32))
+        return (np.rint(alpha) if cfg.rounding == "half-even" else alpha).astype(np.uint8)
     unknown = (trimap == 128).astype(np.float32)
     alpha = (1 - unknown) * trimap + unknown * alpha
     return alpha.astype(np.uint8)
@@ -87,7 +125,7 @@ def restore(raw: np.ndarray, trimap: np.ndarray, cfg: InferConfig) -> np.ndarray
     """Raw (H', W') network output -> (H, W) uint8 alpha: undo the alignment, clip to [0, 1],
     copy the known trimap regions, truncate to 8 bits (as the papers' protocols do)."""
     h, w = trimap.shape
-    return finish(unalign(raw, h, w, cfg), trimap)
+    return finish(unalign(raw, h, w, cfg), trimap, cfg)
 
 
 @dataclass
@@ -110,7 +148,7 @@ class Pipeline:
     def predict(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha, in one whole-image pass."""
         _check_sizes(image, trimap)
-        return finish(self._predict_float(image, trimap), trimap)
+        return finish(self._predict_float(image, trimap), trimap, self.cfg)
 
     def _predict_float(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         h, w = trimap.shape
@@ -137,7 +175,7 @@ class Pipeline:
         if not tiles:  # nothing to estimate: the trimap is the alpha
             return trimap.copy(), "no unknown pixels"
         alpha = tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap)
-        return finish(alpha, trimap), f"tiled: {len(tiles)} tiles of {side}x{side}"
+        return finish(alpha, trimap, self.cfg), f"tiled: {len(tiles)} tiles of {side}x{side}"
 
 
 def _check_sizes(image: np.ndarray, trimap: np.ndarray) -> None:
