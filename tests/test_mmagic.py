@@ -233,14 +233,20 @@ def test_the_pipeline_reproduces_mmagic_on_odd_sizes(recipe, method, h, w):
     rng = np.random.default_rng(h * w)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     trimap = rng.choice(np.array([0, 128, 255, 100, 200], np.uint8), (h, w))  # 100, 200: not forced
-    net = toy_net()
+    net, seen = toy_net(), {}
 
     def backend(x):
+        seen["ours"] = x
         with torch.no_grad():
             return net(torch.from_numpy(x)).numpy()
 
+    def recording_net(x):
+        seen["theirs"] = x.numpy()
+        return net(x)
+
     ours = Pipeline(backend=backend, cfg=load_recipe(recipe).infer).predict(image, trimap)
-    theirs = mmagic_predict(net, image, trimap, method)
+    theirs = mmagic_predict(recording_net, image, trimap, method)
+    np.testing.assert_array_equal(seen["ours"], seen["theirs"])  # the network input, bit for bit
     np.testing.assert_array_equal(ours, theirs)
     assert ((ours > 0) & (ours < 255) & ((trimap == 100) | (trimap == 200))).any()  # predicted there
 
