@@ -322,3 +322,25 @@ def mmagic_checkpoint_encoder() -> dict:
             out[name[len("backbone.encoder."):]] = torch.randn_like(tensor.float()).to(tensor.dtype)
     out["layers.0.conv.weight"] = out["layers.0.conv.weight"][:, :3].clone()
     return out
+
+
+@pytest.mark.slow
+def test_training_leaves_the_encoder_statistics_as_mmagic_does(tmp_path):
+    """Two iterations of the recipe (on the `dim` pipeline: the mmagic pipelines live in data/):
+    every encoder, index-block and ASPP running statistic stays, the decoder's move."""
+    from typer.testing import CliRunner
+
+    from mattecli.cli import app
+    from mattecli.train.loop import TrainOptions, train
+
+    res = CliRunner().invoke(app, ["prepare-data", "synthetic", "--out", str(tmp_path / "d"), "--train", "4",
+                                   "--test", "1", "--size", "96", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    recipe = load_recipe("indexnet-mmagic", ["data.pipeline=dim", "data.crop_size=64", "data.val_every=0",
+                                             "train.iters=2", "train.batch_size=2", "train.checkpoint_every=2"])
+    train(TrainOptions(recipe, tmp_path / "d", tmp_path / "run", progress=False, seed=3))
+    before = build_model(recipe).state_dict()  # running statistics start at 0 / 1 whatever the seed
+    after, _ = load_model(tmp_path / "run" / "last.safetensors")
+    moved = {k.split(".")[0] for k, v in after.state_dict().items()
+             if k.endswith("running_mean") and not torch.equal(v, before[k])}
+    assert moved == {f"decoder_layer{i}" for i in range(7)} | {"pred"}
