@@ -143,10 +143,16 @@ def _load_weights_only(path: Path):
 
     import torch
 
+    if path.is_dir():
+        raise UsageError(f"{path}: a folder; give the checkpoint file")
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint")
     with open(path, "rb") as f:
-        head = f.read(2)
+        head = f.read(9)
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        raise UsageError(f"{path}: a .safetensors file, not a torch checkpoint (a matte weights file "
+                         "needs no conversion: pass it to --weights)")
+    head = head[:2]
     if head == b"PK" and not zipfile.is_zipfile(path):
         raise UsageError(f"{path}: a damaged zip archive (an interrupted download?), not a readable checkpoint")
     if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # \x80: the pickle PROTO opcode
