@@ -167,7 +167,8 @@ def _set_metadata(graph, recipe, stride: int, half: bool = False) -> None:
         meta["preprocessing"] = json.dumps({
             "input": "N,C,H,W float32: (RGB/255 - mean)/std, then the trimap channel(s); H, W multiples of stride",
             "mean": list(cfg.mean), "std": list(cfg.std), "stride": cfg.stride, "align": cfg.align,
-            "trimap": cfg.trimap, "output": "raw alpha N,1,H,W: clip to [0, 1]"})
+            "trimap": cfg.trimap, "output": "raw alpha N,1,H,W: clip to [0, 1]",
+            "normalise": cfg.normalise, "known": cfg.known, "rounding": cfg.rounding})
     else:
         meta["preprocessing"] = json.dumps({"stride": stride})
     del graph.metadata_props[:]

@@ -55,12 +55,18 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_iters: int = 0
     freeze_encoder_bn: bool = True  # encoder BN in eval mode while training
+    # which BatchNorms freeze_encoder_bn holds in eval mode: backbone (the pretrained encoder, the
+    # low-lr group) | index-encoder (IndexNet: also the index blocks and ASPP, as mmagic's
+    # IndexNetEncoder(freeze_bn=True).train() does)
+    freeze_bn_scope: str = "backbone"
     sync_bn: bool = False  # SyncBatchNorm across the processes of a multi-GPU run
     pretrained: str = "imagenet"  # imagenet: needs --pretrained FILE (or `none`) | none: from scratch
     grad_clip: float = 0.0  # 0 = off
     amp: bool = True  # mixed precision (float16 autocast + loss scaling); CUDA only
     compile: bool = False  # torch.compile the network
-    loss: str = "dim"  # dim (IndexNet: 0.5 alpha + 0.5 composition) | dim-a2u (A2U: +1 in the denominators) | l1 | alpha | tcp
+    # dim (IndexNet: 0.5 alpha + 0.5 composition) | dim-a2u (A2U: +1 in the denominators) | l1 | alpha | tcp
+    # | mmagic (0.5 alpha + 1.5 composition, sample-wise)
+    loss: str = "dim"
     log_every: int = 10
     checkpoint_every: int = 500
 
@@ -73,11 +79,19 @@ class TrainConfig:
 class InferConfig:
     """How the shared inference pipeline prepares input for this model and restores its output."""
 
-    align: str = "resize"  # resize (IndexNet demo: bicubic image, nearest trimap) | pad (reflect, bottom/right)
+    # resize: up to the stride, OpenCV bicubic image / nearest trimap (IndexNet demo) | pad: reflect,
+    # bottom/right, cropped back | resize-down: down to the stride with torch bicubic / nearest,
+    # back with torch bicubic (mmagic's `interp` test_cfg)
+    align: str = "resize"
     stride: int = 32
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     trimap: str = "scalar"  # scalar: trimap/255 as one channel | onehot: bg/unknown/fg channels
+    # unit: x/255 in float32, then (x - mean) / std in float64 (the authors') | pixel: (x - 255 mean)
+    # / (255 std) and trimap / 255 in float32 (mmagic's MattorPreprocessor)
+    normalise: str = "unit"
+    known: str = "copy"  # copy: every trimap value but 128 copied | force: only 0 -> 0 and 255 -> 255
+    rounding: str = "truncate"  # truncate (the authors') | half-even (mmagic: torch.round)
     # Peak activation memory of one forward pass per input pixel (float32), measured with
     # benchmarks/measure_memory.py; `matte infer --max-memory` decides whole image vs tiles from it.
     # The default is deliberately high so an unmeasured family errs towards tiling.
@@ -86,6 +100,12 @@ class InferConfig:
     # under --half; 0: not measured yet, the CPU figure stands in (tiling.model_bytes_per_pixel).
     cuda_bytes_per_pixel: int = 0
     cuda_half_bytes_per_pixel: int = 0
+
+    def __post_init__(self):
+        for name, allowed in (("align", ("resize", "pad", "resize-down")), ("normalise", ("unit", "pixel")),
+                              ("known", ("copy", "force")), ("rounding", ("truncate", "half-even"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ in it. Foreign checkpoints are read with `torch.load(weights_only=True)` only (n
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,25 +90,96 @@ def load_state_strict(model, state: dict, source: str) -> None:
 
 def load_torch_checkpoint(path: str | Path) -> dict:
     """The tensors of a torch checkpoint (`{'state_dict': ...}` or a bare state dict), `module.`
-    prefixes stripped. Only `weights_only=True` loading is used."""
+    prefixes stripped. Only `weights_only=True` loading is used (see `_load_weights_only`)."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors come in many types; the message says which
-        raise UsageError(f"{path}: cannot be read with torch.load(weights_only=True): {err}") from None
+    ckpt = _load_weights_only(Path(path))
+    if isinstance(ckpt, dict) and {"model", "iteration", "torch_rng"} <= set(ckpt):
+        raise UsageError(f"{path}: a matte training checkpoint (iteration {ckpt['iteration']}), not a released "
+                         "one: its run folder already holds last.safetensors (and best.safetensors) for "
+                         "--weights, and `matte train --resume RUN_DIR` continues the run")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UsageError(f"{path}: no state_dict in this checkpoint")
+    stubbed = sorted(k for k, v in state.items() if isinstance(v, _Dropped))
+    if stubbed:
+        raise UsageError(f"{path}: state_dict entries {', '.join(stubbed[:4])} are pickled objects, not "
+                         "tensors; refused (torch.load weights_only=True runs no code from a checkpoint)")
     tensors = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
         tensors[_strip_module(key)] = value
     return tensors
+
+
+class _Dropped:
+    """Stands in for an object pickled outside the tensors (mmengine's `message_hub` HistoryBuffers,
+    numpy arrays in `meta`): it takes whatever the pickle passes and keeps none of it, so no code
+    named by the file runs."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_MAX_DROPPED = 64  # different classes a checkpoint's bookkeeping may pickle
+
+
+def _load_weights_only(path: Path):
+    """`torch.load(path, weights_only=True)`, every class outside torch's allow-list read as a
+    `_Dropped` stand-in (its data discarded), and each failure said in one line.
+
+    A torch checkpoint is a zip archive (torch >= 1.6) or a pickle (older); anything else (an image,
+    a text file) is named as not a checkpoint before torch sees it, so torch's own advice about
+    `weights_only` never reaches the user.
+    """
+    import zipfile
+
+    import torch
+
+    if path.is_dir():
+        raise UsageError(f"{path}: a folder; give the checkpoint file")
+    if not path.is_file():
+        raise UsageError(f"{path}: no such checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        raise UsageError(f"{path}: a .safetensors file, not a torch checkpoint (a matte weights file "
+                         "needs no conversion: pass it to --weights)")
+    head = head[:2]
+    if head == b"PK" and not zipfile.is_zipfile(path):
+        raise UsageError(f"{path}: a damaged zip archive (an interrupted download?), not a readable checkpoint")
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # \x80: the pickle PROTO opcode
+        raise UsageError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
+    dropped: list[tuple[type, str]] = []
+    while True:
+        try:
+            with torch.serialization.safe_globals(dropped):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # pickle errors come in many types; the message says which
+            text = str(err)
+            found = _UNSUPPORTED_GLOBAL.search(text)
+            if found and len(dropped) < _MAX_DROPPED and found.group(1) not in {n for _, n in dropped}:
+                dropped.append((type(f"Dropped_{len(dropped)}", (_Dropped,), {}), found.group(1)))
+                continue
+            raise UsageError(f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(text)}") from None
+
+
+def _unpickler_reason(text: str) -> str:
+    """The unpickler's own reason from torch's message, without its advice to load unsafely."""
+    after = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
+    for line in after.splitlines():
+        line = line.strip()
+        if line and "weights_only" not in line:
+            return line
+    return "not readable as a checkpoint"
 
 
 def detect_indexnet_variant(state: dict) -> str:
@@ -144,6 +216,104 @@ def _imported_model(state: dict, src, recipe_name: str | None, family: str, dete
 def import_indexnet_official(src: str | Path, recipe_name: str | None = None):
     """The authors' IndexNet checkpoint -> (model, recipe). Their parameter names are ours."""
     return _imported_model(load_torch_checkpoint(src), src, recipe_name, "indexnet", detect_indexnet_variant)
+
+# OpenMMLab mmagic (formerly MMEditing) IndexNet: `backbone.encoder.*` / `backbone.decoder.*`, built
+# from mmcv ConvModules (`conv` + `bn`) and DepthwiseSeparableConvModules (`depthwise_conv`,
+# `pointwise_conv`). The network is the authors' one; the map is a rename, module by module.
+POOLED = (0, 2, 3, 4, 6)  # encoder.index_layers.i pools after encoder.layers.POOLED[i]
+_MM_CONV_BN = {"conv": "0", "bn": "1"}  # a ConvModule with a norm -> our Sequential(conv, BN, act)
+# an inverted residual's `conv` (expand ratio 1: one depthwise-separable module; else 1x1 + one)
+_MM_BLOCK_T1 = {"depthwise_conv.conv": "0", "depthwise_conv.bn": "1", "pointwise_conv.conv": "3",
+                "pointwise_conv.bn": "4"}
+_MM_BLOCK_T6 = {"0.conv": "0", "0.bn": "1", "1.depthwise_conv.conv": "3", "1.depthwise_conv.bn": "4",
+                "1.pointwise_conv.conv": "6", "1.pointwise_conv.bn": "7"}
+# an index block: nonlinear = (ConvModule+BN+ReLU6, 1x1 ConvModule), linear = one bare ConvModule
+# (ours: a Sequential per depthwise branch; the holistic linear block is a bare conv)
+_MM_INDEX = {"0.conv": "indexnet{}.0", "0.bn": "indexnet{}.1", "1.conv": "indexnet{}.3", "conv": "indexnet{}.0"}
+_MM_HOLISTIC = {"0.conv": "indexnet.0", "0.bn": "indexnet.1", "1.conv": "indexnet.3", "conv": "indexnet"}
+# ASPP (separable): convs.0 1x1, convs.1-3 depthwise-separable atrous, convs.4 = (pool, ConvModule)
+_MM_ASPP_SEP = {"depthwise_conv.conv": "0", "depthwise_conv.bn": "1", "pointwise_conv.conv": "3",
+                "pointwise_conv.bn": "4"}
+_MM_RULES = [
+    (r"encoder\.layers\.0\.(conv|bn)\.(\w+)", lambda m: f"layer0.{_MM_CONV_BN[m[1]]}.{m[2]}"),
+    (r"encoder\.layers\.(\d)\.(\d+)\.conv\.(.+)\.(\w+)",
+     lambda m: f"layer{m[1]}.{m[2]}.conv.{(_MM_BLOCK_T1 if m[1] == '1' else _MM_BLOCK_T6)[m[3]]}.{m[4]}"),
+    (r"encoder\.index_layers\.(\d)\.index_blocks\.(\d)\.(.+)\.(\w+)",
+     lambda m: f"index{POOLED[int(m[1])]}.{_MM_INDEX[m[3]].format(int(m[2]) + 1)}.{m[4]}"),
+    (r"encoder\.index_layers\.(\d)\.index_block\.(.+)\.(\w+)",  # holistic
+     lambda m: f"index{POOLED[int(m[1])]}.{_MM_HOLISTIC[m[2]]}.{m[3]}"),
+    (r"encoder\.dconv\.convs\.0\.(conv|bn)\.(\w+)",
+     lambda m: f"dconv_pp.aspp1.atrous_conv.{_MM_CONV_BN[m[1]]}.{m[2]}"),
+    (r"encoder\.dconv\.convs\.([123])\.(.+)\.(\w+)",
+     lambda m: f"dconv_pp.aspp{int(m[1]) + 1}.atrous_conv.{_MM_ASPP_SEP[m[2]]}.{m[3]}"),
+    (r"encoder\.dconv\.convs\.4\.1\.(conv|bn)\.(\w+)",
+     lambda m: f"dconv_pp.global_avg_pool.{int(_MM_CONV_BN[m[1]]) + 1}.{m[2]}"),
+    (r"encoder\.dconv\.project\.0\.(conv|bn)\.(\w+)",
+     lambda m: f"dconv_pp.bottleneck_conv.{_MM_CONV_BN[m[1]]}.{m[2]}"),
+    (r"encoder\.dconv\.(conv|bn)\.(\w+)", lambda m: f"dconv_pp.{_MM_CONV_BN[m[1]]}.{m[2]}"),  # aspp=False
+    # the decoder runs its layers deepest first: decoder_layers.k is our decoder_layer{6-k}
+    (r"decoder\.decoder_layers\.(\d)\.conv\.(conv|bn)\.(\w+)",
+     lambda m: f"decoder_layer{6 - int(m[1])}.dconv.{_MM_CONV_BN[m[2]]}.{m[3]}"),
+    (r"decoder\.pred\.0\.(conv|bn)\.(\w+)", lambda m: f"pred.0.{_MM_CONV_BN[m[1]]}.{m[2]}"),
+    (r"decoder\.pred\.1\.weight", lambda m: "pred.1.weight"),
+]
+_MM_COMPILED = [(re.compile(pattern), rename) for pattern, rename in _MM_RULES]
+
+
+def mmagic_indexnet_key(name: str) -> str | None:
+    """An mmagic IndexNet key (`backbone.` and `module.` prefixes optional) -> ours; None if the
+    name is not one of mmagic's IndexNet tensors."""
+    name = _strip_module(name)
+    name = name[len("backbone."):] if name.startswith("backbone.") else name
+    for pattern, rename in _MM_COMPILED:
+        m = pattern.fullmatch(name)
+        if m:
+            try:
+                return rename(m)
+            except KeyError:
+                return None
+    return None
+
+
+# mmagic's MattorPreprocessor normalises 0-255 pixels by these; older checkpoints may carry them
+# as buffers. They are the recipe's mean/std x 255, so they are checked, not loaded.
+_MM_PREPROCESSOR = ("data_preprocessor.mean", "data_preprocessor.std")
+
+
+def import_mmagic(src: str | Path, recipe_name: str | None = None):
+    """An mmagic/MMEditing IndexNet checkpoint (mmengine's `{'meta', 'state_dict', ['optimizer']}`)
+    -> (model, recipe). Default recipe: `indexnet-mmagic` (`indexnet-mmagic-dimaug` for the DIM-
+    augmentation release; the two differ only in how they train and pad, not in tensors).
+
+    Raises:
+        UsageError: a tensor with no counterpart, a model tensor not filled, a shape mismatch, or
+            preprocessor constants other than the recipe's.
+    """
+    import torch
+
+    source = load_torch_checkpoint(src)
+    recipe_name = recipe_name or "indexnet-mmagic"
+    state, unknown = {}, []
+    for name, tensor in source.items():
+        if name in _MM_PREPROCESSOR:
+            continue
+        key = mmagic_indexnet_key(name)
+        if key is None:
+            unknown.append(name)
+        else:
+            state[key] = tensor
+    if unknown:
+        raise UsageError(f"{src}: {len(unknown)} tensor(s) that are not mmagic IndexNet's: {', '.join(unknown[:6])}")
+    if not state:
+        raise UsageError(f"{src}: no mmagic IndexNet tensors (keys backbone.encoder.* / backbone.decoder.*)")
+    model, recipe = _imported_model(state, src, recipe_name, "indexnet", detect_indexnet_variant)
+    for name, expected in zip(_MM_PREPROCESSOR, (recipe.infer.mean, recipe.infer.std)):
+        if name in source and not torch.allclose(source[name].flatten().double(),
+                                                 torch.tensor(expected, dtype=torch.float64) * 255, atol=1e-3):
+            raise UsageError(f"{src}: {name} is {source[name].flatten().tolist()}, the recipe "
+                             f"{recipe.name} normalises by {[round(v * 255, 3) for v in expected]}")
+    return model, recipe
+
 
 def _strip_module(name: str) -> str:
     return name[len("module."):] if name.startswith("module.") else name
@@ -218,4 +388,5 @@ def import_a2u_official(src: str | Path, recipe_name: str | None = None):
 IMPORTERS = {
     "indexnet-official": import_indexnet_official,
     "a2u-official": import_a2u_official,
+    "mmagic": import_mmagic,
 }

@@ -19,6 +19,7 @@ PARAMS = {
     "indexnet-o2o-nl": 3_761_995, "indexnet-o2o-nl-ctx": 3_776_971,
     "indexnet-m2o-lin": 4_270_379, "indexnet-m2o-lin-ctx": 5_821_739,
     "indexnet-m2o-nl": 4_402_155, "indexnet-m2o-nl-ctx": 5_953_515,
+    "indexnet-mmagic": 5_953_515, "indexnet-mmagic-dimaug": 5_953_515,  # mmagic: the same network
     "indexnet-unet-maxunpool": 3_753_259, "indexnet-unet-maxunpool-w1.4": 7_254_215,
     # parameter-free baselines: the network without index blocks
     "indexnet-hin-maxindex": 3_753_259, "indexnet-unet-bilinear": 3_753_259,

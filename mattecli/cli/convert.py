@@ -6,12 +6,22 @@ from pathlib import Path
 
 import typer
 
+# `--from` names and what each reads (mattecli.weights.IMPORTERS has the same keys; kept here so
+# `--help` needs no torch import)
+SOURCES = {
+    "indexnet-official": "the IndexNet authors' indexnet_matting.pth.tar",
+    "a2u-official": "an A2U authors' release (channel-shared or channel-wise)",
+    "mmagic": "an OpenMMLab mmagic / MMEditing IndexNet .pth (recipe indexnet-mmagic by default)",
+}
+
 
 def main(
-    src: Path = typer.Argument(..., help="The authors' checkpoint, e.g. indexnet_matting.pth.tar."),
-    source: str = typer.Option(..., "--from", help="Checkpoint kind: indexnet-official (more: see --help of issues)."),
+    src: Path = typer.Argument(..., help="The released checkpoint, e.g. indexnet_matting.pth.tar."),
+    source: str = typer.Option(..., "--from", help="Checkpoint kind: " + "; ".join(
+        f"{name} = {what}" for name, what in SOURCES.items()) + "."),
     out: Path = typer.Option(..., "--out", help="Output weights file (.safetensors)."),
-    recipe: str = typer.Option(None, "--recipe", help="Recipe the checkpoint belongs to (default: detected from its tensors)."),
+    recipe: str = typer.Option(None, "--recipe", help="Recipe the checkpoint belongs to (default: detected from its tensors; "
+                                "indexnet-mmagic for --from mmagic, indexnet-mmagic-dimaug for its DIM-augmentation release)."),
 ) -> None:
     """Import a released checkpoint: every source tensor consumed and every model tensor filled,
     or an error naming the keys. The recipe is stored in the weights file."""

@@ -86,6 +86,13 @@ class NumpyOps:
         """Pad planar (C, H, W) by ph rows at the bottom and pw columns at the right, numpy's 'reflect'."""
         return _reflect_pad(x, ((0, 0), (0, ph), (0, pw)))
 
+    def resize_torch(self, x, h: int, w: int, mode: str):
+        """(H, W) or planar (C, H, W) float32 -> (h, w) or (C, h, w) with torch's `interpolate`
+        (align_corners False, no antialias), as mmagic resizes: run by torch on the CPU."""
+        import torch
+
+        return _interpolate(torch.from_numpy(np.ascontiguousarray(x)), h, w, mode).numpy()
+
 
 class TorchOps:
     """torch on a device (CUDA; on a CPU it runs the same kernels, which is how it is tested).
@@ -123,11 +130,10 @@ class TorchOps:
         return tensor.long()  # torch reads a uint8 index as a mask
 
     def resize_bicubic(self, x, h: int, w: int):
-        import torch.nn.functional as F
+        return self.resize_torch(x, h, w, "bicubic")
 
-        planes = x[None, None] if x.ndim == 2 else x[None]
-        out = F.interpolate(planes, size=(h, w), mode="bicubic", align_corners=False)
-        return out[0, 0] if x.ndim == 2 else out[0]
+    def resize_torch(self, x, h: int, w: int, mode: str):
+        return _interpolate(x, h, w, mode)
 
     def reflect_pad(self, x, ph: int, pw: int):
         import torch.nn.functional as F
@@ -148,29 +154,48 @@ class TorchOps:
 NUMPY = NumpyOps()
 
 
+def _interpolate(x, h: int, w: int, mode: str):
+    """A (H, W) or planar (C, H, W) tensor resized by torch's `interpolate` ("bicubic" with
+    align_corners False, or "nearest")."""
+    import torch.nn.functional as F
+
+    planes = x[None, None] if x.ndim == 2 else x[None]
+    out = F.interpolate(planes, size=(h, w), mode=mode, align_corners=False if mode == "bicubic" else None)
+    return out[0, 0] if x.ndim == 2 else out[0]
+
+
 def _constant(ops, key, make):
     return ops.constant(key, make) if hasattr(ops, "constant") else make()
 
 
 @functools.lru_cache(maxsize=16)
-def _rgb_table(mean: tuple, std: tuple) -> np.ndarray:
+def _rgb_table(mean: tuple, std: tuple, normalise: str = "unit") -> np.ndarray:
+    # A uint8 channel has 256 values, so normalisation is a (3, 256) table computed exactly as the
+    # authors' arithmetic: bit-identical, and a gather instead of arithmetic over the whole image.
+    values = np.arange(256, dtype=np.float32)
+    if normalise == "pixel":  # mmagic: (x - 255 mean) / (255 std), in float32 throughout
+        mean32 = (np.asarray(mean, np.float64) * 255).astype(np.float32)[:, None]
+        std32 = (np.asarray(std, np.float64) * 255).astype(np.float32)[:, None]
+        return (values[None, :] - mean32) / std32
     # The authors scale in float32 (a python float times a float32 array), then subtract and
-    # divide in float64, then cast back. A uint8 channel has 256 values, so the result is a
-    # (3, 256) table, computed exactly that way: bit-identical, and a gather instead of float64
-    # arithmetic over the whole image.
-    scaled = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255)
+    # divide in float64, then cast back.
+    scaled = values * np.float32(1.0 / 255)
     table = (scaled[None, :] - np.asarray(mean)[:, None]) / np.asarray(std)[:, None]
     return table.astype(np.float32)
 
 
 def _normalise(image, cfg: InferConfig, ops=NUMPY):
     """(H, W, 3) uint8 -> planar (3, H, W) float32."""
-    table = _constant(ops, ("rgb", cfg.mean, cfg.std), lambda: _rgb_table(tuple(cfg.mean), tuple(cfg.std)))
+    table = _constant(ops, ("rgb", cfg.mean, cfg.std, cfg.normalise),
+                      lambda: _rgb_table(tuple(cfg.mean), tuple(cfg.std), cfg.normalise))
     return ops.lookup(table, image)
 
 
-def _trimap_table() -> np.ndarray:
-    return np.arange(256, dtype=np.float32) * np.float32(1.0 / 255)  # 128 -> 0.50196..., not 0.5
+def _trimap_table(normalise: str = "unit") -> np.ndarray:
+    values = np.arange(256, dtype=np.float32)
+    if normalise == "pixel":  # mmagic divides (uint8 / 255.0 in float32)
+        return values / np.float32(255)
+    return values * np.float32(1.0 / 255)  # the authors multiply: 128 -> 0.50196..., not 0.5
 
 
 def _encode_trimap(trimap, cfg: InferConfig, ops=NUMPY):
@@ -179,7 +204,8 @@ def _encode_trimap(trimap, cfg: InferConfig, ops=NUMPY):
     if cfg.trimap == "onehot":  # background, unknown, foreground
         return ops.astype(xp.stack([trimap == 0, trimap == 128, trimap == 255], 0), ops.float32)
     # trimap / 255 as the authors compute it (float32)
-    return _constant(ops, "trimap", _trimap_table)[ops.index(trimap)][None]
+    table = _constant(ops, ("trimap", cfg.normalise), lambda: _trimap_table(cfg.normalise))
+    return table[ops.index(trimap)][None]
 
 
 def _nearest_indices(src: int, dst: int) -> np.ndarray:
@@ -196,9 +222,11 @@ def prepare(image, trimap, cfg: InferConfig, ops=NUMPY):
     h, w = trimap.shape
     rgb = _normalise(image, cfg, ops)
     tri = _encode_trimap(trimap, cfg, ops)
-    ah, aw = aligned_size(h, w, cfg.stride)
+    ah, aw = _aligned_down(h, w, cfg.stride) if cfg.align == "resize-down" else aligned_size(h, w, cfg.stride)
     if (ah, aw) != (h, w):
-        if cfg.align == "resize":  # bicubic image, nearest trimap (IndexNet's demo)
+        if cfg.align == "resize-down":  # mmagic: torch bicubic (image), nearest (trimap), no antialias
+            rgb, tri = ops.resize_torch(rgb, ah, aw, "bicubic"), ops.resize_torch(tri, ah, aw, "nearest")
+        elif cfg.align == "resize":  # bicubic image, nearest trimap (IndexNet's demo)
             rgb = ops.resize_bicubic(rgb, ah, aw)
             if ah != h:
                 tri = tri[:, _constant(ops, ("nearest", h, ah), lambda: _nearest_indices(h, ah))]
@@ -209,6 +237,12 @@ def prepare(image, trimap, cfg: InferConfig, ops=NUMPY):
         else:
             raise ValueError(f"unknown alignment {cfg.align!r}")
     return ops.join([rgb, tri])
+
+
+def _aligned_down(h: int, w: int, stride: int) -> tuple[int, int]:
+    if h < stride or w < stride:
+        raise ValueError(f"image is {w}x{h}: align resize-down needs at least {stride} pixels on each side")
+    return h - h % stride, w - w % stride
 
 
 def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
@@ -223,19 +257,30 @@ def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
 def unalign(raw, h: int, w: int, cfg: InferConfig, ops=NUMPY):
     """Raw (H', W') network output -> (h, w) float32 alpha * 255, alignment undone, clipped."""
     raw = ops.astype(raw, ops.float32).reshape(raw.shape[-2:])
-    if cfg.align == "resize":
+    if cfg.align == "resize-down":
+        alpha = ops.resize_torch(raw, h, w, "bicubic") if tuple(raw.shape) != (h, w) else raw
+    elif cfg.align == "resize":
         alpha = ops.resize_bicubic(raw, h, w) if tuple(raw.shape) != (h, w) else raw
     else:
         alpha = raw[:h, :w]
     return ops.xp.clip(alpha, 0, 1) * 255.0  # 255 is exact in float32: the same bits as float32(255)
 
 
-def quantise(alpha, trimap, ops=NUMPY):
+def quantise(alpha, trimap, ops=NUMPY, cfg: InferConfig | None = None):
     """Float alpha * 255 -> the 8-bit matte, as the papers' protocols make it: the known trimap
-    regions copied from the trimap, then truncated (not rounded) to uint8."""
-    # where() equals the authors' (1 - unknown) * trimap + unknown * alpha bit for bit, and a
-    # non-finite alpha cannot leak into a known pixel through 0 * NaN
-    return ops.astype(ops.xp.where(trimap == 128, alpha, ops.astype(trimap, ops.float32)), ops.uint8)
+    regions copied from the trimap, then truncated (not rounded) to uint8. With the recipe's
+    `known: force` and `rounding: half-even`, mmagic's postprocess instead: only trimap values 0
+    and 255 forced, then rounded half to even."""
+    xp = ops.xp
+    if cfg is not None and cfg.known == "force":
+        alpha = xp.where(trimap == 255, 255.0, xp.where(trimap == 0, 0.0, alpha))
+    else:
+        # where() equals the authors' (1 - unknown) * trimap + unknown * alpha bit for bit, and a
+        # non-finite alpha cannot leak into a known pixel through 0 * NaN
+        alpha = xp.where(trimap == 128, alpha, ops.astype(trimap, ops.float32))
+    if cfg is not None and cfg.rounding == "half-even":
+        alpha = xp.round(alpha)  # numpy's and torch's round both go half to even, as np.rint
+    return ops.astype(alpha, ops.uint8)
 
 
 finish = quantise  # deprecated name, still called by other branches; remove after the merge
@@ -245,7 +290,7 @@ def restore(raw, trimap, cfg: InferConfig, ops=NUMPY):
     """Raw (H', W') network output -> (H, W) uint8 alpha: undo the alignment, clip to [0, 1],
     copy the known trimap regions, truncate to 8 bits (as the papers' protocols do)."""
     h, w = trimap.shape
-    return quantise(unalign(raw, h, w, cfg, ops), trimap, ops)
+    return quantise(unalign(raw, h, w, cfg, ops), trimap, ops, cfg)
 
 
 class Matte(NamedTuple):
@@ -335,7 +380,8 @@ class Pipeline:
             tiles = tiling.plan_tiles(trimap, side, overlap)
             if not tiles:  # nothing to estimate: the trimap is the alpha
                 return Matte(trimap.copy(), "no unknown pixels")
-            alpha = quantise(tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap), trimap)
+            alpha = quantise(tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap), trimap,
+                             cfg=self.cfg)
             how = f"tiled: {len(tiles)} tiles of {side}x{side}"
         if getattr(self.backend, "fallbacks", 0) > redone:
             how += f"; {REDONE_FP32}"

@@ -192,6 +192,11 @@ class IndexNetMatting(nn.Module):
         """The MobileNetV2 part (the pretrained, low-learning-rate parameter group)."""
         return [getattr(self, f"layer{i}") for i in range(8)]
 
+    def index_encoder_modules(self) -> list[nn.Module]:
+        """mmagic's `IndexNetEncoder`: the MobileNetV2 stages, the index blocks and the ASPP (its
+        `train()` holds every BatchNorm of these in eval mode when `freeze_bn=True`)."""
+        return self.encoder_modules() + [getattr(self, f"index{s}") for s in POOLED_STAGES] + [self.dconv_pp]
+
     def _pool(self, stage: int, x: torch.Tensor):
         """Returns (pooled, skip feature, decoder index or None)."""
         idx_en, idx_de = getattr(self, f"index{stage}")(x)

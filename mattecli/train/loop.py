@@ -218,8 +218,12 @@ def _param_groups(model: nn.Module, cfg) -> list[dict]:
             {"params": new, "base_lr": cfg.lr, "lr": cfg.lr, "name": "new"}]
 
 
-def _freeze_encoder_bn(model: nn.Module) -> None:
-    for module in model.encoder_modules():
+def _freeze_encoder_bn(model: nn.Module, scope: str = "backbone") -> None:
+    if scope not in ("backbone", "index-encoder") or (scope == "index-encoder"
+                                                      and not hasattr(model, "index_encoder_modules")):
+        raise UsageError(f"train.freeze_bn_scope {scope!r}: backbone, or index-encoder for IndexNet recipes")
+    modules = model.index_encoder_modules() if scope == "index-encoder" else model.encoder_modules()
+    for module in modules:
         for m in module.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
@@ -285,7 +289,7 @@ def train_step(session: Session, batch: dict) -> float:
         group["lr"] = group["base_lr"] * factor
     session.net.train()
     if cfg.freeze_encoder_bn:
-        _freeze_encoder_bn(model)
+        _freeze_encoder_bn(model, cfg.freeze_bn_scope)
     batch = {k: v.to(session.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
     inputs = [encode_batch(batch["image"], batch["trimap"], recipe.infer)]
     if "trimap2" in batch:  # a second trimap (tcp pipeline) is the model's second input

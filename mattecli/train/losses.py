@@ -93,4 +93,11 @@ def tcp_loss(pred: torch.Tensor, batch: dict, theta: float = 0.1) -> torch.Tenso
     return 0.9 * alpha_loss(pred, batch) + 0.1 * bg
 
 
-LOSSES = {"dim": dim_loss, "dim-a2u": dim_a2u_loss, "l1": l1_loss, "alpha": alpha_loss, "tcp": tcp_loss}
+def mmagic_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
+    """mmagic's IndexNet configs: CharbonnierLoss 0.5 + CharbonnierCompLoss 1.5, both sample-wise
+    over the unknown region (sqrt(d^2 + 1e-12), the composition over its 3 channels)."""
+    return 0.5 * alpha_loss(pred, batch) + 1.5 * composition_loss(pred, batch)
+
+
+LOSSES = {"dim": dim_loss, "dim-a2u": dim_a2u_loss, "l1": l1_loss, "alpha": alpha_loss, "tcp": tcp_loss,
+          "mmagic": mmagic_loss}

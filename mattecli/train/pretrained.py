@@ -44,8 +44,13 @@ def _rename(rest: str, table: dict[str, str]) -> str:
 
 
 def mobilenetv2_key(name: str, flat: bool = False) -> str | None:
-    """A torchvision MobileNetV2 key -> IndexNet's; None for unused tensors. `flat`: the CSAIL
+    """A torchvision MobileNetV2 key, or mmagic's (`layers.N...` of its IndexNetEncoder,
+    `backbone.encoder.` optional) -> IndexNet's; None for unused tensors. `flat`: the CSAIL
     checkpoint the IndexNet code loads, whose blocks keep the flat `conv.K` indices IndexNet has."""
+    mm = re.fullmatch(r"(?:backbone\.)?(?:encoder\.)?(layers\.\d+\..*)", name)
+    if mm:
+        from mattecli.weights import mmagic_indexnet_key
+        return mmagic_indexnet_key("encoder." + mm.group(1))
     m = re.match(r"features\.(\d+)\.(.*)", name)
     if not m:
         return None  # classifier
