@@ -55,6 +55,27 @@ def test_resize_alignment_differs_only_in_the_bicubic_rounding(size, cfg):
     assert c in (4, 6) and np.abs(ours[:, :3] - ref[:, :3]).max() < 1e-3
 
 
+MMAGIC = InferConfig(align="resize-down", stride=32, normalise="pixel", known="force", rounding="half-even",
+                     mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+MMAGIC_PAD = InferConfig(align="pad", stride=32, normalise="pixel", known="force", rounding="half-even")
+
+
+@pytest.mark.parametrize("size", [(97, 131), (33, 200), (64, 96)])
+@pytest.mark.parametrize("cfg", [MMAGIC, MMAGIC_PAD], ids=["mmagic", "mmagic-dimaug"])
+def test_mmagic_protocol_is_bit_identical_on_both_paths(size, cfg):
+    """mmagic's protocol resizes with torch on both paths, so nothing is left to differ."""
+    image, trimap = case(*size)
+    trimap[:4] = 100  # a value that is neither known nor 128: `known: force` leaves it to the model
+    ops = TorchOps("cpu")
+    x = prepare(image, trimap, cfg)
+    assert np.array_equal(torch_prepare(image, trimap, cfg, ops), x)
+    raw = np.random.default_rng(1).uniform(-0.2, 1.2, x.shape[2:]).astype(np.float32)
+    ref = restore(raw, trimap, cfg)
+    ours = ops.download(restore(ops.upload(raw), ops.upload(trimap), cfg, ops))
+    assert np.array_equal(ours, ref)
+    assert (ref[trimap == 255] == 255).all() and (ref[trimap == 0] == 0).all()
+
+
 def test_the_torch_backend_keeps_the_numpy_path_on_a_cpu():
     assert TorchBackend(SmoothNet(), Recipe(RESIZE)).ops is NUMPY
 
