@@ -1,10 +1,28 @@
-"""matte: trimap-based deep image matting (IndexNet, A2U, TCP)."""
+"""matte: trimap-based deep image matting (IndexNet, A2U, TCP).
+
+The Python API, a few names (see docs/python-api.md):
+
+    import mattecli
+    matter = mattecli.load("indexnet.safetensors", device="auto")   # or an .onnx / .engine file
+    alpha = matter.predict(image, trimap)                           # (H, W) uint8
+    fg = matter.foreground(image, alpha)                            # (H, W, 3) uint8
+    trimap = mattecli.trimap_from_mask(mask, band="1.5%")           # 0/128/255
+
+`import mattecli` stays light: torch, OpenCV and ONNX Runtime are imported when a model is loaded
+or a function that needs them runs.
+"""
 
 __version__ = "0.1.0"
 
+__all__ = ["__version__", "load", "Matter", "trimap_from_mask"]
+
 
 def __getattr__(name: str):
-    """Public names imported on first use, so `import mattecli` stays light (no cv2, no torch)."""
+    """The public names, imported on first use."""
+    if name in ("load", "Matter"):
+        from mattecli import api
+
+        return getattr(api, name)
     if name == "trimap_from_mask":
         from mattecli.data.trimap import trimap_from_mask
 

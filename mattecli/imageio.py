@@ -74,7 +74,11 @@ def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     Adobe's and the authors' scripts read with Pillow, which ignores it). `matte infer` passes
     `apply_exif=True` to see the photo as a viewer shows it.
     """
-    img = _open(Path(path), apply_exif)
+    return rgb_of(_open(Path(path), apply_exif))
+
+
+def rgb_of(img) -> np.ndarray:
+    """A Pillow image as `read_image` returns a file's: (H, W, 3) uint8 RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         gray = _to_uint8(np.array(img), img.mode)
         return np.repeat(gray[..., None], 3, axis=2)
@@ -143,7 +147,11 @@ def read_trimap(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray,
             one whose order is ambiguous (0/1 only: a binary mask; 1/2 only; 0..3).
     """
     path = Path(path)
-    img = _open(path, apply_exif)
+    return trimap_of(_open(path, apply_exif), path)
+
+
+def trimap_of(img, path) -> tuple[np.ndarray, str | None]:
+    """A Pillow image read as `read_trimap` reads a file (`path` names it in notes and errors)."""
     if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") and not _is_gray(img, tolerance=48, share=0.01):
         raise InputError(path, "trimap is colour-coded (its channels differ); matte reads gray trimaps "
                                "(0 background, 128 unknown, 255 foreground): save it so")

@@ -77,7 +77,7 @@ def main(
     from mattecli.inference.batch import default_workers, infer_folder, no_images, print_report
     from mattecli.inference.outputs import OUTPUT_KINDS, Background
     from mattecli.inference.pipeline import load_pipeline
-    from mattecli.inference.tiling import tile_size
+    from mattecli.inference.tiling import default_max_bytes, tile_size
 
     kinds = list(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
     unknown = [k for k in kinds if k not in OUTPUT_KINDS]
@@ -98,7 +98,6 @@ def main(
     rule = MaskRule(parsed_option("--band", parse_band, band, DEFAULT_BAND),
                     parsed_option("--threshold", parse_threshold, threshold, DEFAULT_THRESHOLD))
     shard_kn = parse_shard(shard)
-    max_bytes = parse_memory(max_memory or "4GB")
     bg = None
     if background:
         try:
@@ -106,10 +105,7 @@ def main(
         except (ValueError, InputError) as err:
             raise UsageError(f"--background {err}") from None
     device = resolve_device(device)
-    if max_memory is None and device.startswith("cuda"):
-        import torch
-
-        max_bytes = int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+    max_bytes = parse_memory(max_memory) if max_memory is not None else default_max_bytes(device)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs a CUDA device (half precision on a CPU is not a fast path)")
     pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)

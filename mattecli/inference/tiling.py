@@ -28,6 +28,19 @@ PREPARE_BYTES_PER_PIXEL = 96
 MIN_TILE_STRIDES = 4  # a tile smaller than 4 strides has almost no context left
 OVERLAP_FRACTION = 4  # overlap = tile // 4
 
+DEFAULT_CPU_CEILING = 4 * 2**30  # `--max-memory` on a CPU when not given
+
+
+def default_max_bytes(device: str) -> int:
+    """`--max-memory` when not given: 4 GB on a CPU; on CUDA 90% of the GPU's memory (4 GB would
+    tile IndexNet at 4K on a GPU of 80 GB)."""
+    if not str(device).startswith("cuda"):
+        return DEFAULT_CPU_CEILING
+    import torch
+
+    return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+
+
 def model_bytes_per_pixel(cfg, device: str = "cpu", half: bool = False) -> tuple[int, str]:
     """The model's peak memory per input pixel on `device`, and where the figure comes from.
 

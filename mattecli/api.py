@@ -1,0 +1,159 @@
+"""matte from Python: load a model file once, then matte images held in memory.
+
+    import mattecli
+    matter = mattecli.load("indexnet.safetensors", device="auto")   # or an .onnx / .engine file
+    alpha = matter.predict(image, trimap)    # PIL images or numpy arrays -> (H, W) uint8
+    fg = matter.foreground(image, alpha)     # (H, W, 3) uint8 foreground colours
+
+`predict` reads its inputs by the rules `matte infer` applies to files (the same image
+conversions, the same trimap encodings, EXIF orientation of Pillow images applied) and runs the
+same pipeline (alignment, restoration, tiles under the memory ceiling), so it gives, byte for
+byte, what `matte infer` writes for the same files.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from mattecli.inference.pipeline import Pipeline
+    from mattecli.recipes import Recipe
+
+ImageLike = Union["Image.Image", np.ndarray]
+_DEFAULT = "default"
+
+
+class Matter:
+    """A loaded model with the inference pipeline its recipe asks for. Make one with `load`."""
+
+    def __init__(self, pipeline: Pipeline, device: str):
+        self.pipeline = pipeline
+        self.device = device
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe the model file carries (family, options, inference protocol)."""
+        return self.pipeline.recipe
+
+    def predict(self, image: ImageLike, trimap: ImageLike) -> np.ndarray:
+        """The alpha matte of `image` under `trimap`.
+
+        Args:
+            image: a Pillow image or a numpy array: (H, W, 3) RGB, (H, W, 4) RGBA (alpha dropped),
+                (H, W) grey; uint8, uint16 (scaled to 8 bits) or float in [0, 1].
+            trimap: a Pillow image or a numpy array of the same size: 0/128/255, a class-index
+                trimap (0/1/2, or 1/2/3), or a hand-drawn grey one (< 85 background, >= 170
+                foreground, otherwise unknown), read as `matte infer` reads trimap files. A note
+                (`UserWarning`) says when one was mapped.
+
+        Returns:
+            (H, W) uint8 alpha; a trimap with no unknown pixel is returned as the alpha (what
+            `matte infer --empty pass` writes).
+
+        Raises:
+            ValueError: the sizes differ, or an input is not an image (e.g. a colour-coded trimap).
+        """
+        from mattecli.errors import InputError
+        from mattecli.imageio import rgb_of, trimap_of
+
+        try:
+            rgb = rgb_of(_as_pil(image, "image"))
+            tri, note = trimap_of(_as_pil(trimap, "trimap"), "trimap")
+        except InputError as err:
+            raise ValueError(err.reason) from None
+        if note:
+            warnings.warn(note, stacklevel=2)
+        if rgb.shape[:2] != tri.shape:
+            raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but trimap is {tri.shape[1]}x{tri.shape[0]}")
+        if not (tri == 128).any():
+            return tri.copy()
+        return self.pipeline.run(rgb, tri).alpha
+
+    def foreground(self, image: ImageLike, alpha: np.ndarray) -> np.ndarray:
+        """Estimated foreground colours F (image ~ alpha F + (1 - alpha) B), as `--save fg` writes
+        them: PyMatting's multi-level method on a CPU, its PyTorch port on a CUDA device.
+
+        Args:
+            image: as for `predict`.
+            alpha: (H, W) uint8, e.g. what `predict` returned.
+
+        Returns:
+            (H, W, 3) uint8.
+        """
+        from mattecli.imageio import rgb_of
+        from mattecli.inference.outputs import estimate_foreground
+
+        rgb = rgb_of(_as_pil(image, "image"))
+        alpha = np.asarray(alpha)
+        if alpha.dtype != np.uint8 or alpha.shape != rgb.shape[:2]:
+            raise ValueError(f"alpha must be (H, W) uint8 of the image's size {rgb.shape[1]}x{rgb.shape[0]}, got "
+                             f"{alpha.dtype} {alpha.shape}")
+        return estimate_foreground(rgb, alpha, self.device)
+
+    def __repr__(self) -> str:
+        return f"Matter(recipe={self.recipe.name!r}, device={self.device!r})"
+
+
+def load(weights: str | Path, device: str = "auto", *, backend: str | None = None, half: bool = False,
+         compile: bool = False, max_memory: str | int | None = _DEFAULT) -> Matter:
+    """Load a model file for `predict` and `foreground`.
+
+    Args:
+        weights: a `.safetensors` weights file (its recipe travels with it), an exported `.onnx`
+            graph or a TensorRT `.engine`.
+        device: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N".
+        backend: "torch", "onnx" or "trt"; default: the one the file's suffix implies.
+        half: the torch backend's half precision on CUDA (an output that is not finite is redone
+            in float32).
+        compile: torch.compile the model (dynamic height and width).
+        max_memory: memory ceiling of one model pass, as `matte infer --max-memory` takes it
+            ("4GB", bytes as an int, or None for no ceiling); default as `matte infer`'s: 4 GB on a
+            CPU, 90% of the GPU's memory on CUDA. Larger images run as tiles over the unknown band.
+
+    Raises:
+        ValueError: an unknown device, backend or file type, or options the backend cannot take.
+    """
+    from mattecli.devices import resolve_device
+    from mattecli.errors import InputError, UsageError
+    from mattecli.inference.pipeline import load_pipeline
+    from mattecli.inference.tiling import default_max_bytes
+
+    try:
+        device = resolve_device(device)
+        if max_memory == _DEFAULT:
+            max_bytes = default_max_bytes(device)
+        elif isinstance(max_memory, (int, type(None))):
+            max_bytes = max_memory
+        else:
+            from mattecli.cli.parsing import parse_memory
+
+            max_bytes = parse_memory(max_memory, "max_memory")
+        return Matter(load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile),
+                      device)
+    except (UsageError, InputError) as err:
+        raise ValueError(str(err)) from None
+
+
+def _as_pil(x: ImageLike, what: str):
+    """A Pillow image (EXIF orientation applied, as `matte infer` applies it to files), or a numpy
+    array made into one, so that both are converted by the same rules as files."""
+    from PIL import Image, ImageOps
+
+    if isinstance(x, Image.Image):
+        return ImageOps.exif_transpose(x)
+    arr = np.asarray(x)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ValueError(f"{what}: expected (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    if arr.dtype != np.uint8 and not (arr.dtype == np.uint16 and arr.ndim == 2):  # 16-bit grey: Pillow's I;16
+        from mattecli.imageio import _to_uint8  # floats as [0, 1], wider integers scaled, as files are
+
+        arr = _to_uint8(arr, "")
+    return Image.fromarray(np.ascontiguousarray(arr))

@@ -1,0 +1,141 @@
+"""The Python API (`mattecli.load`, `Matter.predict`, `Matter.foreground`, `trimap_from_mask`):
+byte for byte what `matte infer` writes for the same files, and `import mattecli` stays light."""
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mattecli
+from mattecli.imageio import read_gray, read_image, write_png
+from tests.test_cli import run_main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    import torch
+
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    torch.manual_seed(0)
+    recipe = load_recipe("demo-a2u")
+    return save_weights(build_model(recipe), recipe, tmp_path_factory.mktemp("w") / "w.safetensors")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """The lemur, cut to 221x143 (odd, not a multiple of the stride), with its hand-drawn trimap
+    (RGBA, unknown = gray 102: mapped by the in-the-wild rule, with a note)."""
+    folder = tmp_path_factory.mktemp("photos")
+    image = Image.open(EXAMPLES / "lemur.png").crop((230, 100, 451, 243))
+    trimap = Image.open(EXAMPLES / "lemur_trimap.png").crop((230, 100, 451, 243))
+    image.save(folder / "lemur.png")
+    trimap.save(folder / "lemur_trimap.png")
+    return folder
+
+
+def test_import_is_light_and_the_public_names_are_few():
+    code = ("import sys, mattecli; heavy = {'torch', 'cv2', 'onnxruntime'} & set(sys.modules); "
+            "assert not heavy, heavy; print(sorted(mattecli.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['Matter', '__version__', 'load', 'trimap_from_mask']"
+    with pytest.raises(AttributeError):
+        mattecli.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize("max_memory", [None, "20MB"], ids=["whole", "tiled"])
+def test_predict_equals_matte_infer_byte_for_byte(weights, photos, tmp_path, max_memory):
+    out = tmp_path / "out"
+    args = ["infer", "--weights", weights, "--images", photos, "--out", out, "--device", "cpu", "--save", "alpha,fg"]
+    res = run_main(*args, *(["--max-memory", max_memory] if max_memory else []))
+    assert res.returncode == 0, res.stderr
+    assert ("tiles" in res.stderr) == (max_memory is not None)  # the tiled case really tiles
+
+    matter = mattecli.load(weights, device="cpu", **({"max_memory": max_memory} if max_memory else {}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        alpha = matter.predict(Image.open(photos / "lemur.png"), Image.open(photos / "lemur_trimap.png"))
+    assert any("mapped with <85 background" in str(w.message) for w in caught)  # the note infer prints
+    assert alpha.dtype == np.uint8 and alpha.shape == (143, 221)
+    assert np.array_equal(alpha, read_gray(out / "lemur.png"))
+    assert 0 < ((alpha > 0) & (alpha < 255)).sum()  # a real matte, not only the copied known regions
+    fg = matter.foreground(read_image(photos / "lemur.png"), alpha)
+    assert np.array_equal(fg, read_image(out / "fg" / "lemur.png"))
+
+
+def test_numpy_arrays_give_what_pillow_images_give(weights, photos):
+    matter = mattecli.load(weights, device="cpu")
+    image = Image.open(photos / "lemur.png")
+    trimap = np.asarray(Image.open(photos / "lemur_trimap.png"))[..., 0]  # gray 102 unknown
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from_pil = matter.predict(image, Image.open(photos / "lemur_trimap.png"))
+        from_rgba_array = matter.predict(np.asarray(image), trimap)
+        from_float = matter.predict(np.asarray(image.convert("RGB"), np.float64) / 255, trimap)
+    assert np.array_equal(from_pil, from_rgba_array) and np.array_equal(from_pil, from_float)
+
+
+def test_a_trimap_with_nothing_to_matte_is_its_own_alpha(weights):
+    matter = mattecli.load(weights, device="cpu")
+    trimap = np.zeros((40, 50), np.uint8)
+    trimap[10:30, 10:40] = 255
+    assert np.array_equal(matter.predict(np.zeros((40, 50, 3), np.uint8), trimap), trimap)
+
+
+def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
+    matter = mattecli.load(weights, device="cpu")
+    image = np.zeros((40, 50, 3), np.uint8)
+    with pytest.raises(ValueError, match="image is 50x40 but trimap is 50x41"):
+        matter.predict(image, np.full((41, 50), 128, np.uint8))
+    colour = np.zeros((40, 50, 3), np.uint8)
+    colour[:20, :, 0] = 255  # red and blue regions: a colour-coded trimap
+    colour[20:, :, 2] = 255
+    with pytest.raises(ValueError, match="colour-coded"):
+        matter.predict(image, colour)
+    with pytest.raises(ValueError, match="expected"):
+        matter.predict(np.zeros((40, 50, 2), np.uint8), np.zeros((40, 50), np.uint8))
+    with pytest.raises(ValueError, match="--device gpu"):
+        mattecli.load(weights, device="gpu")
+    with pytest.raises(ValueError, match="no such weights file"):
+        mattecli.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="uint8"):
+        matter.foreground(image, np.zeros((40, 50), np.float32))
+
+
+def test_an_exported_graph_loads_the_same_way(weights, photos, tmp_path):
+    from mattecli.cli.parsing import parse_memory  # noqa: F401 - the API takes what the CLI takes
+
+    res = run_main("export", "--weights", weights, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert res.returncode == 0, res.stderr
+    matter = mattecli.load(tmp_path / "m.onnx", device="cpu")
+    assert repr(matter) == "Matter(recipe='demo-a2u', device='cpu')"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_alpha = matter.predict(Image.open(photos / "lemur.png"), Image.open(photos / "lemur_trimap.png"))
+        torch_alpha = mattecli.load(weights, device="cpu").predict(Image.open(photos / "lemur.png"),
+                                                                   Image.open(photos / "lemur_trimap.png"))
+    assert np.abs(onnx_alpha.astype(int) - torch_alpha.astype(int)).max() <= 1
+
+
+def test_trimap_from_mask_is_the_command_line_one():
+    from mattecli.data.trimap import trimap_from_mask
+
+    mask = np.zeros((120, 160), np.uint8)
+    mask[30:90, 40:120] = 255
+    ours = mattecli.trimap_from_mask(mask, band="5")
+    assert mattecli.trimap_from_mask is trimap_from_mask
+    assert set(np.unique(ours)) == {0, 128, 255} and (ours[55:65, 75:85] == 255).all()
+
+
+def test_write_png_round_trips_what_predict_returns(weights, tmp_path):
+    alpha = mattecli.load(weights, device="cpu").predict(np.full((33, 47, 3), 90, np.uint8),
+                                                         np.full((33, 47), 128, np.uint8))
+    assert np.array_equal(read_gray(write_png(tmp_path / "a.png", alpha)), alpha)
