@@ -51,6 +51,13 @@ def test_the_runtime_never_imports_the_export_tooling():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_version_is_the_package_version():
+    from mattecli import __version__
+
+    res = run_main("--version")
+    assert res.returncode == 0 and res.stdout.strip() == f"matte {__version__}"
+
+
 def test_recipes_json_lists_counts():
     rows = json.loads(matte("recipes", "--json").stdout)
     by_name = {r["name"]: r for r in rows}

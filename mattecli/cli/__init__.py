@@ -31,6 +31,22 @@ COMMANDS = [
     ("recipes", "recipes"),
 ]
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from mattecli import __version__
+
+        print(f"matte {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print matte's version and exit.")) -> None:
+    """Trimap-based deep image matting: IndexNet, A2U and TCP, from data to TensorRT."""
+
+
 for _name, _module in COMMANDS:
     _mod = importlib.import_module(f"mattecli.cli.{_module}")
     if hasattr(_mod, "app"):  # a command with subcommands (prepare-data)

@@ -1,0 +1,117 @@
+"""The docs stand on their own: every relative link resolves inside the repository, and every
+`matte ...` command line they show uses only commands and options that exist (read from the Typer
+app itself; no model runs)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from mattecli.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?$(.*?)^```", re.S | re.M)
+INLINE = re.compile(r"`(matte [^`]+)`")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = FENCE.sub("", path.read_text())
+    return {_anchor(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.*)$", text, re.M)}
+
+
+def _links(path: Path):
+    text = FENCE.sub("", path.read_text())
+    for m in LINK.finditer(text):
+        yield m.group(1) or m.group(2)
+
+
+def test_there_are_docs():
+    assert (ROOT / "docs").is_dir() and len(DOCS) > 3
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve_inside_the_repository(doc):
+    for target in _links(doc):
+        if re.match(r"[a-z]+:", target):  # http(s), mailto
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (doc.parent / file).resolve() if file else doc
+        assert dest.exists(), f"{doc.name}: link to {target} does not resolve"
+        assert ROOT in dest.parents or dest == ROOT, f"{doc.name}: link to {target} leaves the repository"
+        if anchor and dest.suffix == ".md":
+            assert anchor in _anchors(dest), f"{doc.name}: no heading for #{anchor} in {dest.name}"
+    assert "../shared" not in doc.read_text(), f"{doc.name} sends readers outside the repository"
+
+
+def _command_lines(doc: Path):
+    """Every `matte ...` command in fenced blocks (joined over trailing backslashes) and inline code."""
+    for block in FENCE.findall(doc.read_text()):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split(" #")[0].strip().lstrip("$ ").strip()
+            if line.startswith("matte ") or line == "matte":
+                yield line
+    for m in INLINE.finditer(FENCE.sub("", doc.read_text())):
+        yield m.group(1)
+
+
+def _click_tree():
+    return typer.main.get_command(app)
+
+
+def _check_line(line: str, root) -> list[str]:
+    """Problems with one documented command line: unknown command, unknown option."""
+    # placeholders and alternatives as docs write them: [--a X], a|b, {stem}, ...
+    text = re.sub(r"[\[\]]", " ", line)
+    try:
+        words = shlex.split(text, posix=True)
+    except ValueError:
+        words = text.split()
+    words = words[1:]  # "matte"
+    cmd = root
+    path = ["matte"]
+    while hasattr(cmd, "commands") and words and not words[0].startswith("-"):
+        names = words[0].split("|")  # alternatives as docs write them: adobe|d646|synthetic
+        missing = [n for n in names if n not in cmd.commands]
+        if missing:
+            return [f"{line!r}: {' '.join(path)} has no command {missing[0]!r}"]
+        cmd = cmd.commands[names[0]]
+        path.append(names[0])
+        words = words[1:]
+    known = {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}
+    if hasattr(cmd, "commands"):
+        known |= {"--help"}
+    problems = []
+    for w in words:
+        for part in w.split("|"):
+            opt = part.split("=")[0]
+            if opt.startswith("--") and opt not in known | {"--help", "--version"}:
+                problems.append(f"{line!r}: {' '.join(path)} has no option {opt}")
+    return problems
+
+
+def test_every_documented_command_line_exists():
+    root = _click_tree()
+    problems = [p for doc in DOCS for line in _command_lines(doc) for p in _check_line(line, root)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_checker_catches_what_it_should():
+    root = _click_tree()
+    assert _check_line("matte infer --weights w --images d --out o", root) == []
+    assert _check_line("matte infer --weights w --no-such-option", root)
+    assert _check_line("matte no-such-command --x", root)
+    assert _check_line("matte prepare-data synthetic --out o --train 4", root) == []
+    assert _check_line("matte prepare-data synthetic --not-an-option 1", root)
