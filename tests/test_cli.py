@@ -26,7 +26,7 @@ def test_help_lists_every_subcommand_without_importing_torch():
             "assert 'torch' not in sys.modules and 'cv2' not in sys.modules, 'heavy import at start-up'")
     subprocess.run([sys.executable, "-c", code], check=True)
     out = run_main("--help").stdout
-    for name in ("prepare-data", "train", "eval", "convert", "export", "infer", "bench", "recipes"):
+    for name in ("prepare-data", "train", "eval", "convert", "export", "infer", "trimap", "bench", "recipes"):
         assert name in out
 
 
