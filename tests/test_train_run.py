@@ -91,7 +91,7 @@ def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
 def test_an_unknown_device_is_one_line(tmp_path, synth, device):
     code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),
                          "--device", device)
-    assert (code, text) == (2, f"--device {device}: expected cpu, cuda, cuda:N or auto")
+    assert (code, text) == (2, f"--device {device}: expected auto, cpu, cuda or cuda:N")
     assert not (tmp_path / "r").exists()
 
 

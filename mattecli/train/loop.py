@@ -97,24 +97,11 @@ class Dist:
         return self.rank == 0  # only rank 0 writes logs, checkpoints and weights
 
 
-def parse_device(name: str) -> torch.device:
-    """`cpu`, `cuda`, `cuda:N` or `auto` (CUDA when there is one); anything else is a one-line error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name}: expected cpu, cuda, cuda:N or auto")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def setup_distributed(device_name: str) -> Dist:
     """Ranks from torchrun's environment; the process group and this rank's GPU when W > 1."""
-    device = parse_device(device_name)
+    from mattecli.devices import resolve_device
+
+    device = torch.device(resolve_device(device_name))  # the one --device rule of every command
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if world > 1:
