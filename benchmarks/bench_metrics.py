@@ -93,7 +93,7 @@ def main() -> None:
                 write_png(root / "trimap" / f"{k:04d}.png", t)
             items, _ = evaluation.match_folders(root / "pred", root / "gt", root / "trimap")
             start = time.perf_counter()
-            evaluation.evaluate(items, workers=args.workers)
+            evaluation.evaluate_files(items, workers=args.workers)
             seconds = time.perf_counter() - start
         per_image = seconds / args.images
         print(f"end to end (PNG decoding, checks, all four metrics, {args.workers} process(es)): "

@@ -146,7 +146,7 @@ def parity_rows(device: str, size, precisions=("fp16", "bf16")) -> list[dict]:
     rows = []
     for name in RECIPES:
         ref_backend, recipe = seeded_backend(name, device, "fp32")
-        ref = Pipeline(ref_backend, recipe.infer)(image, trimap)
+        ref = Pipeline(ref_backend, recipe.infer).run(image, trimap).alpha
         for precision in precisions:
             backend, _ = seeded_backend(name, device, precision)
             alpha, how = Pipeline(backend, recipe.infer).run(image, trimap)

@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mattecli.data.trimap import trimap_from_mask
-from mattecli.imageio import atomic_write, read_image, read_trimap
+from mattecli.files import atomic_write
+from mattecli.imageio import read_image, read_trimap
 
 ROOT = Path(__file__).resolve().parents[1]
 

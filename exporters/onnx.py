@@ -17,7 +17,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from mattecli.imageio import atomic_write
+from mattecli.files import atomic_write
 
 MIN_OPSET = 17
 FORMAT = "matte-onnx/1"

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from mattecli.errors import UsageError
-from mattecli.imageio import atomic_write
+from mattecli.files import atomic_write
 from mattecli.inference.engine import FORMAT, NO_CUDA, import_tensorrt, tensorrt_version, write_engine_file
 
 INPUT, OUTPUT = "input", "alpha"  # = exporters.onnx's tensor names

@@ -44,12 +44,6 @@ def default_sizes(stride: int) -> list[Size]:
     return [Size(3 * stride, 5 * stride), Size(11 * stride, 7 * stride), Size(1920, 1088)]
 
 
-def parse_sizes(text, order="HEIGHTxWIDTH"):  # deprecated: mattecli.cli.parsing.parse_sizes; remove after the merge
-    from mattecli.cli.parsing import parse_sizes as parse
-
-    return [(s.width, s.height) for s in parse(text)]  # the pairs in the order written, as before
-
-
 @contextmanager
 def strict_fp32():
     """TF32 off in torch's CUDA convolutions and matmuls for the block (cuDNN allows it by default):

@@ -24,7 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mattecli.cli.parsing import parse_backends, parse_sizes  # noqa: F401 - moved there; remove after the merge
 from mattecli.errors import UsageError
 from mattecli.sizes import Size
 TIMED = ("one backend call on a pipeline-prepared input (numpy in, numpy out; host-device copies "

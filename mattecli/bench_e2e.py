@@ -152,7 +152,7 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
               "workers": workers, "timed": "matte infer's folder runner, files on disk to files written, after "
               "one untimed image; stage times summed over the images (worker stages overlap)", "rows": rows}
     if json_path:
-        from mattecli.imageio import atomic_write
+        from mattecli.files import atomic_write
 
         text = json.dumps(report, indent=1)
         atomic_write(json_path, lambda tmp_path: Path(tmp_path).write_text(text))

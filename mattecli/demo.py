@@ -42,7 +42,9 @@ def main(out: Path = OUT) -> int:
 
     from mattecli.data.manifest import read_manifest
     from mattecli.data.synthetic import prepare_synthetic
-    from mattecli.evaluation import evaluate, match_manifest, summary
+    from rich.console import Console
+
+    from mattecli.evaluation import evaluate_files, evaluate_model, match_manifest, summary
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.recipes import load_recipe
     from mattecli.train.loop import TrainOptions, train
@@ -70,9 +72,9 @@ def main(out: Path = OUT) -> int:
     weights = run / "last.safetensors"
     preds, baseline = out / "eval" / "model", out / "eval" / "baseline"
     items, _ = match_manifest(data / "test")
-    results, _ = evaluate(items, workers=1, pipeline=load_pipeline(weights), save_pred=preds)
+    results, _ = evaluate_model(items, load_pipeline(weights), save_pred=preds, console=Console(stderr=True))
     trivial_predictions(read_manifest(data / "test"), baseline)
-    baseline_results, _ = evaluate(match_manifest(data / "test", pred=baseline)[0], workers=1)
+    baseline_results = evaluate_files(match_manifest(data / "test", pred=baseline)[0], console=Console(stderr=True))
     scores = {"demo-indexnet": summary(results)["mean"], "trivial (0.5)": summary(baseline_results)["mean"]}
     print(f"   {'':16} {'SAD':>8} {'MSE':>8} {'Grad':>8} {'Conn':>8}")
     for label, m in scores.items():

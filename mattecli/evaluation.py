@@ -264,22 +264,6 @@ def _score_all(jobs, total: int, workers: int, description: str, console,
     return sorted(results, key=lambda r: r.name), kept
 
 
-def evaluate(items: list[Item], workers: int = 1, pipeline=None, save_pred: Path | None = None,
-             worst: "WorstN | None" = None, console=None,
-             quiet: bool = False) -> tuple[list[Result], dict[str, np.ndarray]]:
-    """Deprecated (other branches still call it; remove after the merge): `evaluate_files` or
-    `evaluate_model`; `quiet` meant one process and nothing shown."""
-    if quiet:
-        workers, console = 1, None
-    elif console is None:
-        from rich.console import Console
-
-        console = Console(stderr=True)
-    if pipeline is None:
-        return evaluate_files(items, workers, console), {}
-    return evaluate_model(items, pipeline, workers, save_pred, worst, console)
-
-
 class WorstN:
     """Keeps the names of the N results with the largest SAD seen so far."""
 

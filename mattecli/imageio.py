@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError
-from mattecli.files import atomic_write, remove_stale_temps  # noqa: F401 - their old home; remove after the merge
+from mattecli.files import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

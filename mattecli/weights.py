@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mattecli.errors import UsageError
-from mattecli.imageio import atomic_write
+from mattecli.files import atomic_write
 
 if TYPE_CHECKING:
     import torch

@@ -62,12 +62,3 @@ def test_shards_and_backends():
     assert parse_backends("torch,onnx,torch") == ["torch", "onnx"]
     with pytest.raises(UsageError, match="unknown backend 'tensorflow'"):
         parse_backends("torch,tensorflow")
-
-
-def test_old_import_places_still_work_until_the_merge_is_done():
-    from exporters.verify import parse_sizes as verify_parse_sizes
-    from mattecli.inference.batch import parse_shard as batch_parse_shard
-    from mattecli.inference.tiling import parse_memory as tiling_parse_memory
-
-    assert verify_parse_sizes("96x160") == [(96, 160)] and batch_parse_shard("0/2") == (0, 2)
-    assert tiling_parse_memory("1GB") == 2**30

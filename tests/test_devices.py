@@ -179,5 +179,5 @@ def test_max_memory_tiles_on_cuda_from_the_recipe_figure():
     torch.manual_seed(0)
     pipeline = Pipeline(TorchBackend(build_model(recipe), recipe, "cuda"), recipe.infer,
                         max_bytes=pass_bytes(300, 400, recipe.infer, per_pixel) // 2, bytes_per_pixel=per_pixel)
-    alpha, how = pipeline.matte(image, trimap)
+    alpha, how = pipeline.run(image, trimap)
     assert how.startswith("tiled") and alpha.shape == (300, 400) and alpha.dtype == np.uint8

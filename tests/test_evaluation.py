@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from mattecli import metrics
 from mattecli.cli import app
 from mattecli.errors import InputError
-from mattecli.evaluation import Item, WorstN, evaluate, evaluate_files, evaluate_model
+from mattecli.evaluation import Item, WorstN, evaluate_files, evaluate_model
 from mattecli.imageio import read_alpha, read_gray, write_png
 
 
@@ -60,13 +60,6 @@ def test_model_mode_scores_what_the_model_predicted_silently_without_a_console(s
     files = [Item(i.name, gt=i.gt, trimap=i.trimap, pred=root / "pred" / f"{i.name}.png") for i in items]
     assert [r.metrics for r in evaluate_files(files)] == [r.metrics for r in results[:3]]
     assert [r.metrics for r in evaluate_files(files, workers=2)] == [r.metrics for r in results[:3]]
-
-
-def test_the_deprecated_quiet_evaluate_is_the_model_mode(split):
-    _, items = split
-    old, _ = evaluate(items, pipeline=Shift(), quiet=True)
-    new, _ = evaluate_model(items, Shift())
-    assert [(r.name, r.metrics) for r in old] == [(r.name, r.metrics) for r in new]
 
 
 def _save(path, array):

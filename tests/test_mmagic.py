@@ -247,7 +247,7 @@ def test_the_pipeline_reproduces_mmagic_on_odd_sizes(recipe, method, h, w):
         seen["theirs"] = x.numpy()
         return net(x)
 
-    ours = Pipeline(backend=backend, cfg=load_recipe(recipe).infer).predict(image, trimap)
+    ours = Pipeline(backend=backend, cfg=load_recipe(recipe).infer).predict_whole(image, trimap)
     theirs = mmagic_predict(recording_net, image, trimap, method)
     np.testing.assert_array_equal(seen["ours"], seen["theirs"])  # the network input, bit for bit
     np.testing.assert_array_equal(ours, theirs)
@@ -256,7 +256,7 @@ def test_the_pipeline_reproduces_mmagic_on_odd_sizes(recipe, method, h, w):
 
 def test_resize_down_refuses_an_image_below_the_stride():
     with pytest.raises(ValueError, match="at least 32"):
-        Pipeline(backend=None, cfg=load_recipe("indexnet-mmagic").infer).predict(
+        Pipeline(backend=None, cfg=load_recipe("indexnet-mmagic").infer).predict_whole(
             np.zeros((20, 64, 3), np.uint8), np.zeros((20, 64), np.uint8))
 
 

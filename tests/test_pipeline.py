@@ -122,9 +122,9 @@ def test_lemur_trimap_is_accepted(tmp_path):
     assert (trimap == 128).any() and "mapped" in note
 
 
-def test_run_tiles_only_when_needed_and_the_old_names_agree():
-    """`run` (whole or tiled, with how) and `predict_whole`; the deprecated names give the same."""
-    from mattecli.inference.pipeline import Matte, finish, quantise
+def test_run_tiles_only_when_needed():
+    """`run` (whole or tiled, with how) and `predict_whole`."""
+    from mattecli.inference.pipeline import Matte
 
     cfg = InferConfig(stride=8, bytes_per_pixel=100)
     rng = np.random.default_rng(3)
@@ -138,8 +138,5 @@ def test_run_tiles_only_when_needed_and_the_old_names_agree():
     result = pipeline.run(image, trimap)
     assert isinstance(result, Matte) and result.how == "whole" and result.alpha.dtype == np.uint8
     assert np.array_equal(result.alpha, pipeline.predict_whole(image, trimap))
-    assert np.array_equal(pipeline(image, trimap), result.alpha) and np.array_equal(pipeline.predict(image, trimap),
-                                                                                    result.alpha)
-    assert pipeline.matte(image, trimap).how == "whole" and finish is quantise
     tiled = Pipeline(backend, cfg, max_bytes=(100 + 96) * 32 * 32).run(image, trimap)
     assert tiled.how.startswith("tiled: ") and tiled.alpha.shape == (45, 37)

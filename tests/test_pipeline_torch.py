@@ -146,10 +146,10 @@ def test_whole_pipeline_torch_against_numpy_with_a_model():
     level apart on >= 99.9% of unknown pixels; the largest difference measured is 1 level."""
     net = SmoothNet()
     image, trimap = case(211, 337, seed=3)
-    ref = Pipeline(TorchBackend(net, Recipe(RESIZE)), RESIZE)(image, trimap)  # numpy path on a CPU
+    ref = Pipeline(TorchBackend(net, Recipe(RESIZE)), RESIZE).run(image, trimap).alpha  # numpy path on a CPU
     backend = TorchBackend(net, Recipe(RESIZE))
     backend.ops = TorchOps("cpu")  # what CUDA runs
-    ours = Pipeline(backend, RESIZE)(image, trimap)
+    ours = Pipeline(backend, RESIZE).run(image, trimap).alpha
     diff = level_difference(ours, ref, trimap)
     assert (diff <= 1).mean() >= 0.999 and diff.max() <= 1
 
@@ -165,8 +165,8 @@ class HalfOverflow(SmoothNet):
 def test_half_output_not_finite_is_redone_in_fp32():
     image, trimap = case(40, 50)
     backend = TorchBackend(HalfOverflow(), Recipe(PAD), half=True)
-    alpha, how = Pipeline(backend, PAD).matte(image, trimap)
-    expected = Pipeline(TorchBackend(SmoothNet(), Recipe(PAD)), PAD)(image, trimap)
+    alpha, how = Pipeline(backend, PAD).run(image, trimap)
+    expected = Pipeline(TorchBackend(SmoothNet(), Recipe(PAD)), PAD).run(image, trimap).alpha
     assert backend.fallbacks == 1 and how == f"whole; {REDONE_FP32}"
     assert np.array_equal(alpha, expected)
 
@@ -175,7 +175,7 @@ def test_a_non_finite_fp32_output_fails_the_image():
     net = SmoothNet()
     net.scale = float("nan")
     with pytest.raises(ValueError, match="not finite"):
-        Pipeline(TorchBackend(net, Recipe(PAD)), PAD)(*case(40, 50))
+        Pipeline(TorchBackend(net, Recipe(PAD)), PAD).run(*case(40, 50))
 
 
 def test_numpy_ops_is_the_default():
@@ -208,8 +208,8 @@ def test_cuda_prepare_and_restore_against_numpy(cfg):
 def test_cuda_half_pipeline_against_fp32():
     net = SmoothNet()
     image, trimap = case(517, 709, seed=4)
-    fp32 = Pipeline(TorchBackend(net, Recipe(RESIZE), "cuda"), RESIZE)(image, trimap)
-    fp16 = Pipeline(TorchBackend(net, Recipe(RESIZE), "cuda", half=True), RESIZE)(image, trimap)
+    fp32 = Pipeline(TorchBackend(net, Recipe(RESIZE), "cuda"), RESIZE).run(image, trimap).alpha
+    fp16 = Pipeline(TorchBackend(net, Recipe(RESIZE), "cuda", half=True), RESIZE).run(image, trimap).alpha
     diff = level_difference(fp16, fp32, trimap)
     assert diff.max() <= 2 and (diff <= 1).mean() >= 0.999
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from mattecli.data.manifest import Sample, write_manifest
 from mattecli.errors import InputError, UsageError
-from mattecli.imageio import IMAGE_SUFFIXES, atomic_write, read_gray, read_image, remove_stale_temps, write_png
+from mattecli.files import atomic_write, remove_stale_temps
+from mattecli.imageio import IMAGE_SUFFIXES, read_gray, read_image, write_png
 
 ADOBE_PER_FG = {"train": 100, "test": 20}
 D646_PER_FG = {"train": 80, "test": 20}

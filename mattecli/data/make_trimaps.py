@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.files import atomic_write
+from mattecli.files import atomic_write, remove_stale_temps
 from mattecli.imageio import (exif_orientation, fit_orientation, list_images, orient, read_gray,
-                              read_image, read_mask, remove_stale_temps, write_png)
+                              read_image, read_mask, write_png)
 from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, no_images, relative_name
 from mattecli.parallel import executor
 from mattecli.progress import track

@@ -22,7 +22,8 @@ import numpy as np
 
 from mattecli.errors import InputError, UsageError
 from mattecli.imageio import (IMAGE_SUFFIXES, exif_orientation, fit_orientation, list_images, read_gray, read_image, read_mask,
-                              read_trimap, remove_stale_temps, subfolders_with_images)
+                              read_trimap, subfolders_with_images)
+from mattecli.files import remove_stale_temps
 from mattecli.inference.pipeline import REDONE_FP32, stage
 from mattecli.parallel import executor
 from mattecli.progress import track
@@ -41,12 +42,6 @@ class BatchReport:
     tiled: list[tuple[str, str]] = field(default_factory=list)  # (path, how), images run as tiles
     nothing: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): no unknown pixel
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): done, but look at it
-
-
-def parse_shard(text):  # deprecated: moved to mattecli.cli.parsing; remove after the merge
-    from mattecli.cli.parsing import parse_shard as parse
-
-    return parse(text)
 
 
 OUTPUT_FOLDERS = ("fg", "rgba", "composite", "trimap")  # the non-alpha outputs' subfolders of --out

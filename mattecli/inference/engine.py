@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 
 from mattecli.errors import UsageError
-from mattecli.imageio import atomic_write
+from mattecli.files import atomic_write
 
 MAGIC = b"MATTETRT"
 FORMAT = "matte-engine/1"

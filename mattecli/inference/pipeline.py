@@ -283,9 +283,6 @@ def quantise(alpha, trimap, ops=NUMPY, cfg: InferConfig | None = None):
     return ops.astype(alpha, ops.uint8)
 
 
-finish = quantise  # deprecated name, still called by other branches; remove after the merge
-
-
 def restore(raw, trimap, cfg: InferConfig, ops=NUMPY):
     """Raw (H', W') network output -> (H, W) uint8 alpha: undo the alignment, clip to [0, 1],
     copy the known trimap regions, truncate to 8 bits (as the papers' protocols do)."""
@@ -387,15 +384,6 @@ class Pipeline:
             how += f"; {REDONE_FP32}"
         return Matte(alpha, how)
 
-    # Deprecated names, still called by other branches; remove after the merge.
-    def __call__(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        return self.run(image, trimap).alpha
-
-    def predict(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        return self.predict_whole(image, trimap)
-
-    def matte(self, image: np.ndarray, trimap: np.ndarray) -> Matte:
-        return self.run(image, trimap)
 
 
 def stage(timer, name: str):

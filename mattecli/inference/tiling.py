@@ -159,9 +159,3 @@ def blend_tiles(predict, image: np.ndarray, trimap: np.ndarray, tiles: list[Tile
         weight[t.y0:t.y1, t.x0:t.x1] += tile_weight
     np.divide(acc, weight, out=acc, where=weight > 0)
     return acc
-
-
-def parse_memory(text):  # deprecated: moved to mattecli.cli.parsing; remove after the merge
-    from mattecli.cli.parsing import parse_memory as parse
-
-    return parse(text)

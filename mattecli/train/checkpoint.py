@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mattecli.errors import UsageError
-from mattecli.imageio import atomic_write
+from mattecli.files import atomic_write
 
 KEEP = 3  # newest checkpoints kept in RUN_DIR/checkpoints
 # every file and folder a run writes: what --overwrite removes (nothing else in the folder)

@@ -22,7 +22,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")  # no display; also keeps a GUI backend from being picked on a desktop
     from matplotlib.figure import Figure
 
-    from mattecli.imageio import atomic_write
+    from mattecli.files import atomic_write
 
     validated = [e for e in history if "val" in e]
     metrics = list(validated[0]["val"]) if validated else []

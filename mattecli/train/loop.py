@@ -456,7 +456,7 @@ def _validation_samples(test_dir: Path, limit: int):
 def validate(model, recipe, samples, device) -> dict:
     """Mean official metrics of the model (through the inference pipeline) on manifest samples:
     `matte eval --weights`'s evaluation, run quietly in this process."""
-    from mattecli.evaluation import Item, evaluate
+    from mattecli.evaluation import Item, evaluate_model
     from mattecli.inference.backends import TorchBackend
     from mattecli.inference.pipeline import Pipeline
     from mattecli.metrics import METRICS
@@ -465,7 +465,7 @@ def validate(model, recipe, samples, device) -> dict:
     pipeline = Pipeline(TorchBackend(model, recipe, str(device)), recipe.infer, recipe)
     items = [Item(s.name, gt=s.alpha, trimap=s.trimap, image=s.image) for s in samples]
     try:
-        results, _ = evaluate(items, pipeline=pipeline, quiet=True)
+        results, _ = evaluate_model(items, pipeline)  # in this process, nothing shown
     finally:
         model.train(was_training)
     failed = [r for r in results if r.error]
