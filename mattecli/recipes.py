@@ -51,7 +51,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     schedule: str = "multistep"  # multistep | cosine
-    milestones: tuple[int, ...] = ()  # iterations at which lr *= gamma (multistep)
+    milestones: tuple[int, ...] = ()  # where lr *= gamma (multistep), in milestone_unit
+    # iters | epochs: an epochs milestone takes effect at the first iteration of that epoch (the
+    # authors' scheduler.step() once per epoch), wherever the epoch boundary falls
+    milestone_unit: str = "iters"
     gamma: float = 0.1
     warmup_iters: int = 0
     freeze_encoder_bn: bool = True  # encoder BN in eval mode while training
@@ -73,6 +76,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.pretrained not in ("imagenet", "none"):
             raise ValueError(f"pretrained must be imagenet or none, got {self.pretrained!r}")
+        if self.milestone_unit not in ("iters", "epochs"):
+            raise ValueError(f"milestone_unit must be iters or epochs, got {self.milestone_unit!r}")
 
 
 @dataclass(frozen=True)

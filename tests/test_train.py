@@ -25,7 +25,7 @@ def synth(tmp_path_factory):
 def tiny(iters, **extra):
     sets = [f"train.iters={iters}", "train.batch_size=2", "data.crop_size=64", "data.val_every=0",
             "train.checkpoint_every=3", "train.log_every=1", "train.pretrained=none", "train.lr=1e-3",
-            "train.encoder_lr=1e-3", "train.milestones=[4]"]
+            "train.encoder_lr=1e-3", "train.milestones=[4]", "train.milestone_unit=iters"]
     # the caller's settings last, so they override the defaults above
     return load_recipe("indexnet-unet-maxunpool", sets + [f"{k}={v}" for k, v in extra.items()])
 
@@ -125,7 +125,16 @@ def test_losses_are_normalised_per_sample():
 
 def test_schedules():
     cfg = load_recipe("indexnet-m2o-nl-ctx").train
-    assert [lr_factor(cfg, i) for i in (0, 53879, 53880, 70044)] == pytest.approx([1, 1, 0.1, 0.01])
+    # the authors step their scheduler once per epoch: x0.1 from the first iteration of epoch 20, and of 26
+    per_epoch = 2693  # 43,100 Composition-1k training samples in batches of 16
+    at = [0, 20 * per_epoch - 1, 20 * per_epoch, 26 * per_epoch - 1, 26 * per_epoch]
+    assert [lr_factor(cfg, i, per_epoch) for i in at] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    iters = load_recipe("indexnet-m2o-nl-ctx", ["train.milestone_unit=iters", "train.milestones=[4]"]).train
+    assert [lr_factor(iters, i, per_epoch) for i in (3, 4)] == pytest.approx([1, 0.1])
+    from mattecli.errors import UsageError
+
+    with pytest.raises(UsageError, match="milestone_unit must be iters or epochs"):
+        load_recipe("indexnet-m2o-nl-ctx", ["train.milestone_unit=weeks"])
     cos = load_recipe("indexnet-m2o-nl-ctx", ["train.schedule=cosine", "train.warmup_iters=10", "train.iters=110"]).train
     assert lr_factor(cos, 0) == pytest.approx(0.1) and lr_factor(cos, 10) == pytest.approx(1.0)
     assert lr_factor(cos, 60) == pytest.approx(0.5) and lr_factor(cos, 110) == pytest.approx(0.0, abs=1e-9)

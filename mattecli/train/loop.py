@@ -271,7 +271,7 @@ def train_step(session: Session, batch: dict) -> float:
     """One optimiser step on one batch at `session.iteration`'s learning rate; -> the loss."""
     recipe, cfg, model, optimizer, scaler = session.recipe, session.recipe.train, session.model, \
         session.optimizer, session.scaler
-    factor = lr_factor(cfg, session.iteration)
+    factor = lr_factor(cfg, session.iteration, session.batches_per_epoch)
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
     session.net.train()
