@@ -6,7 +6,7 @@ and the allocator's first arenas are not counted.
 
     PYTHONPATH=. python benchmarks/measure_memory.py --recipes indexnet-m2o-nl-ctx,indexnet-unet-maxunpool \
         --sizes 512x512,1024x1024
-    PYTHONPATH=. python benchmarks/measure_memory.py --recipes tcp --sizes 2160x3840 --set model.tcp_tile=512
+    PYTHONPATH=. python benchmarks/measure_memory.py --recipes tcp --sizes 3840x2160 --set model.tcp_tile=512
 
 `--onnx` also exports each recipe (its export form, `exporters/decompose.py`) and measures the
 same pass in ONNX Runtime (`OnnxBackend`, as `matte infer` runs it), printing the ratio to
@@ -55,27 +55,29 @@ print((peak - base) / (h * w), base, peak, h, w)
 
 
 def main() -> None:
+    from mattecli.cli.parsing import parse_sizes
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default="indexnet-m2o-nl-ctx,indexnet-unet-maxunpool,indexnet-unet-maxunpool-w1.4")
-    parser.add_argument("--sizes", default="512x512,1024x1024")
+    parser.add_argument("--sizes", default="512x512,1024x1024", help="WIDTHxHEIGHT,...")
     parser.add_argument("--set", action="append", default=[], help="recipe override, e.g. model.tcp_tile=512")
     parser.add_argument("--onnx", action="store_true", help="also the exported graph in ONNX Runtime")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.recipes.split(","):
             graph = _export(name, args.set, Path(tmp)) if args.onnx else None
-            for size in args.sizes.split(","):
-                h, w = map(int, size.split("x"))
+            for size in parse_sizes(args.sizes):
+                h, w = size.hw
                 torch_px = None
                 for backend, extra in [("torch", [])] + ([("onnx", [str(graph)])] if graph else []):
                     run = subprocess.run([sys.executable, "-c", CHILD, name, str(h), str(w), json.dumps(args.set),
                                           *extra], capture_output=True, text=True)
                     if run.returncode:
-                        sys.exit(f"{name} {h}x{w} {backend}: the measuring process failed:\n{run.stderr[-2000:]}")
+                        sys.exit(f"{name} {size} {backend}: the measuring process failed:\n{run.stderr[-2000:]}")
                     per_pixel, base, peak, ah, aw = map(float, run.stdout.split())
                     torch_px = per_pixel if backend == "torch" else torch_px
                     ratio = f", {per_pixel / torch_px:.2f}x torch" if backend == "onnx" else ""
-                    print(f"{name:32s} {h}x{w} (aligned {ah:.0f}x{aw:.0f}) {backend:5s} {' '.join(args.set)}: "
+                    print(f"{name:32s} {size} (aligned {aw:.0f}x{ah:.0f}) {backend:5s} {' '.join(args.set)}: "
                           f"{per_pixel:8.0f} bytes/pixel{ratio} (peak RSS {peak / 2**30:.2f} GiB, "
                           f"{base / 2**30:.2f} GiB before the pass)", flush=True)
 

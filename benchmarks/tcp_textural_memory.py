@@ -7,7 +7,7 @@ float32, eval, inference_mode) after a warm-up pass; the peak counts the path's 
 image, 24 bytes/pixel, and the projected features) and its output (4 bytes/pixel). Repeat a tile
 side in `--tiles` to interleave timing runs.
 
-    PYTHONPATH=. python benchmarks/tcp_textural_memory.py --size 2176x3840 --tiles 0,512,1024
+    PYTHONPATH=. python benchmarks/tcp_textural_memory.py --size 3840x2176 --tiles 0,512,1024
 """
 
 from __future__ import annotations
@@ -42,17 +42,20 @@ print(peak - base, seconds)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="tcp")
-    parser.add_argument("--size", default="2176x3840", help="HxW, a multiple of 32")
+    parser.add_argument("--size", default="3840x2176", help="WIDTHxHEIGHT, multiples of 32")
     parser.add_argument("--tiles", default="0,512,1024", help="tile sides in run order (0 = whole)")
     args = parser.parse_args()
-    h, w = map(int, args.size.split("x"))
+    from mattecli.cli.parsing import parse_size
+
+    size = parse_size(args.size, "--size")
+    h, w = size.hw
     for tile in map(int, args.tiles.split(",")):
         run = subprocess.run([sys.executable, "-c", CHILD, args.recipe, str(h), str(w), str(tile)],
                              capture_output=True, text=True)
         if run.returncode:
             sys.exit(f"tile {tile}: the measuring process failed:\n{run.stderr[-2000:]}")
         extra, seconds = map(float, run.stdout.split())
-        print(f"{args.recipe} textural path {h}x{w} tile {tile or 'whole':>5}: peak +{extra / 2**30:.2f} GiB "
+        print(f"{args.recipe} textural path {size} tile {tile or 'whole':>5}: peak +{extra / 2**30:.2f} GiB "
               f"({extra / (h * w):.0f} bytes/pixel), {seconds:.1f} s")
 
 

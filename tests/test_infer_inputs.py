@@ -144,3 +144,40 @@ def test_images_beyond_pillows_pixel_guard_are_named_not_fatal(tmp_path, monkeyp
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 600 pixels is then a "decompression bomb"
     report, _ = run(folder, tmp_path)
     assert len(report.failed) == 1 and "too many pixels" in report.failed[0][1]
+
+
+def test_a_single_image_file_with_its_trimap_beside_it_in_a_folder_or_as_a_file(tmp_path):
+    from tests.infer_helpers import make_pairs
+
+    folder = make_pairs(tmp_path / "in", ["a", "b"])
+    whole = infer_folder(FakePipeline(), folder, tmp_path / "all", progress=False)
+    assert len(whole.done) == 2
+    expected = read_gray(tmp_path / "all" / "a.png")
+    (tmp_path / "tri").mkdir()
+    (folder / "a_trimap.png").replace(tmp_path / "tri" / "a.png")
+    for trimaps in (tmp_path / "tri", tmp_path / "tri" / "a.png"):  # a folder, or the file itself
+        out = tmp_path / f"out-{trimaps.name}"
+        report = infer_folder(FakePipeline(), folder / "a.png", out, trimaps, progress=False)
+        assert report.done == [str(folder / "a.png")] and not report.failed
+        assert np.array_equal(read_gray(out / "a.png"), expected)
+        assert sorted(p.name for p in out.iterdir()) == ["a.png"]  # only the one image
+    # beside it: b's trimap sits next to b
+    report = infer_folder(FakePipeline(), folder / "b.png", tmp_path / "out-b", progress=False)
+    assert report.done == [str(folder / "b.png")]
+
+
+def test_a_single_file_is_refused_in_one_line_when_it_cannot_pair(tmp_path):
+    from mattecli.errors import UsageError
+    from tests.infer_helpers import make_pairs
+
+    folder = make_pairs(tmp_path / "in", ["a"])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UsageError, match="not an image file"):
+        infer_folder(FakePipeline(), tmp_path / "notes.txt", tmp_path / "out", progress=False)
+    with pytest.raises(UsageError, match="a single file pairs with a single --images file"):
+        infer_folder(FakePipeline(), folder, tmp_path / "out", folder / "a_trimap.png", progress=False)
+    with pytest.raises(UsageError, match="no such folder or file"):
+        infer_folder(FakePipeline(), tmp_path / "missing.png", tmp_path / "out", progress=False)
+    (tmp_path / "empty").mkdir()
+    report = infer_folder(FakePipeline(), folder / "a.png", tmp_path / "out", tmp_path / "empty", progress=False)
+    assert report.failed and "no trimap found" in report.failed[0][1]

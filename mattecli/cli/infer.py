@@ -9,10 +9,12 @@ import typer
 
 def main(
     weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (or an exported model)."),
-    images: Path = typer.Option(..., "--images", help="Folder of images (PNG, JPEG, TIFF, WebP, BMP)."),
+    images: Path = typer.Option(..., "--images", help="Folder of images (PNG, JPEG, TIFF, WebP, BMP), or one image "
+                                "file."),
     out: Path = typer.Option(..., "--out", help="Output folder: OUT/{stem}.png is the 8-bit alpha; "
                              "OUT/fg/, OUT/rgba/, OUT/composite/ hold the other --save outputs."),
-    trimaps: Path = typer.Option(None, "--trimaps", help="Folder of trimaps named like the images "
+    trimaps: Path = typer.Option(None, "--trimaps", help="Folder of trimaps named like the images, or one trimap "
+                                 "file for one --images file "
                                  "(default: {stem}_trimap.* beside each image)."),
     masks: Path = typer.Option(None, "--masks", help="Instead of trimaps: a folder of segmentation masks named like "
                                "the images ({stem}.* or {stem}_mask.*; the image folder for masks beside them); "
@@ -53,7 +55,7 @@ def main(
                                    "band, known regions copied."),
     workers: int = typer.Option(None, "--workers", min=0, help="Threads decoding inputs, estimating foregrounds and "
                                 "encoding outputs while the model runs; 0: in turn with the model. Default: every "
-                                "core with --device cuda, 0 on cpu (README \"Throughput\")."),
+                                "core with --device cuda, 0 on cpu (docs/commands/infer.md, \"Throughput\")."),
 ) -> None:
     """Write OUT/{stem}.png (8-bit alpha), and what --save asks for, for every image with a trimap.
 
@@ -87,8 +89,8 @@ def main(
         raise UsageError("--save composite needs --background (a colour like #00ff00, or an image)")
     if background and "composite" not in kinds:
         raise UsageError("--background is only used by --save composite; add composite to --save")
-    if not images.is_dir():
-        raise UsageError(f"--images {images}: not a folder")
+    if not images.exists():
+        raise UsageError(f"--images {images}: no such folder or file")
     if masks is not None and trimaps is not None:
         raise UsageError("give --trimaps or --masks, not both")
     if masks is None and (band is not None or threshold is not None):
@@ -120,7 +122,7 @@ def main(
         per_pixel, source = model_bytes_per_pixel(pipeline.cfg, device, half)
         if "not measured" in source:
             typer.echo(f"matte: note: --max-memory on {device}: {per_pixel} bytes/pixel from {source}", err=True)
-    if not list_images(images, recursive):
+    if images.is_dir() and not list_images(images, recursive):
         raise no_images(images, recursive)
     prepare_out_dir(out)  # before the model runs: a read-only --out must not cost a run
     if workers is None:

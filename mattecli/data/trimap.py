@@ -145,7 +145,7 @@ def noisy_trimap(trimap: np.ndarray, alpha: np.ndarray, rng: np.random.Generator
 # --- From a segmentation mask (`matte trimap --masks`, `matte infer --masks`) ---------------------
 
 # The unknown band's default half-width as a share of the image diagonal (2.2 px per 1% at 1080p is
-# 22 px; 4K gets twice that). Chosen by benchmarks/trimap_band.py, see README "Trimaps from masks".
+# 22 px; 4K gets twice that). Chosen by benchmarks/trimap_band.py, see docs/trimaps.md.
 DEFAULT_BAND = "1%"
 DEFAULT_THRESHOLD = (0.5, 0.5)
 

@@ -235,7 +235,7 @@ class OnnxBackend:
         self.path = Path(path)
         # Give the arena back after every call: without it ONNX Runtime's CPU arena roughly doubles
         # on the second call of a big image (A2U at 1088x1920: 7.5 -> 14.3 GB peak; with it 8.0 GB,
-        # same speed; benchmarks/README "Benchmarking").
+        # same speed; docs/benchmarks.md).
         self.run_options = ort.RunOptions()
         arenas = "cpu:0" + (f";gpu:{device.split(':', 1)[1] if ':' in device else 0}" if device.startswith("cuda") else "")
         self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)

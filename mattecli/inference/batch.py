@@ -60,30 +60,41 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     (`suffix="_mask"`). Files that are outputs of this run (under `out` when it is inside `images`)
     are never inputs.
 
+    `images` may also be one image file: its trimap is then `trimaps` when that is a file, else
+    found as above (in `trimaps`, or beside the image).
+
     Raises:
-        UsageError: a folder is missing.
+        UsageError: a folder or file is missing; a trimap file without a single image file.
         InputError: `images` holds no image file (saying what its subfolders hold).
     """
-    if not images.is_dir():
-        raise UsageError(f"--images {images}: not a folder")
+    single = images.is_file()
+    if single and images.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UsageError(f"--images {images}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
+    if not single and not images.is_dir():
+        raise UsageError(f"--images {images}: no such folder or file")
+    if trimaps is not None and trimaps.is_file():
+        if not single:
+            raise UsageError(f"{option} {trimaps}: a single file pairs with a single --images file")
+        return ([(images, trimaps)] if shard is None or shard[0] == 0 else []), []
     if trimaps is not None and not trimaps.is_dir():
-        raise UsageError(f"{option} {trimaps}: not a folder")
-    beside = trimaps is None or trimaps.resolve() == images.resolve()
-    files = _input_images(images, recursive, out)
+        raise UsageError(f"{option} {trimaps}: no such folder or file")
+    root = image_root(images)
+    beside = trimaps is None or trimaps.resolve() == root.resolve()
+    files = [images] if single else _input_images(images, recursive, out)
     if beside:
-        tri_files = [p for p in files if p.stem.endswith(suffix)]
+        tri_files = [p for p in (list_images(root) if single else files) if p.stem.endswith(suffix)]
         files = [p for p in files if not p.stem.endswith(suffix)]
     else:
         tri_files = list_images(trimaps, recursive)
     if not files:
         raise no_images(images, recursive, out)
-    maps_root = images if beside else trimaps
+    maps_root = root if beside else trimaps
     by_name: dict[str, list[Path]] = {}
     for t in tri_files:
         by_name.setdefault(relative_name(t, maps_root), []).append(t)
     pairs, problems, seen = [], [], {}
     for img in files:  # duplicates are found over the whole list, so shards agree on them
-        name = relative_name(img, images)
+        name = relative_name(img, root)
         if name in seen:
             problems.append((img, f"another image has the same name stem ({seen[name].name}); "
                                   "outputs are named by stem"))
@@ -101,6 +112,11 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
         pairs = [p for p in pairs if p[0] in mine]
         problems = [p for p in problems if p[0] in mine]
     return pairs, [(str(path), reason) for path, reason in problems]
+
+
+def image_root(images: Path) -> Path:
+    """The folder that output names are relative to: `--images` itself, or a single image's folder."""
+    return images.parent if images.is_file() else images
 
 
 def relative_name(path: Path, root: Path) -> str:
@@ -172,7 +188,7 @@ class _Item:
 
 
 def default_workers(device: str) -> int:
-    """`--workers` when not given (README "Throughput").
+    """`--workers` when not given (docs/commands/infer.md, "Throughput").
 
     CUDA: every core the process may use (at least 2): the model and its preparing and restoring
     are on the GPU, so decoding, foreground estimation and encoding are the host's whole work, and
@@ -200,9 +216,10 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
 
     Args:
         pipeline: a `Pipeline` (or anything with `run(image, trimap) -> (alpha, how)`).
-        images: folder of images.
+        images: folder of images, or one image file.
         out: output folder (created).
-        trimaps: folder of trimaps, or None for `{stem}_trimap.*` beside the images.
+        trimaps: folder of trimaps (or one trimap file for one image file), or None for
+            `{stem}_trimap.*` beside the images.
         overwrite: redo outputs that exist.
         progress: show a progress bar with ETA.
         save: output kinds to write.
@@ -237,7 +254,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         mask_rule = None
         pairs, problems = find_pairs(images, Path(trimaps) if trimaps else None, shard, recursive=recursive, out=out)
     report = BatchReport(failed=list(problems))
-    note = subfolder_note(images, recursive, out)
+    note = None if images.is_file() else subfolder_note(images, recursive, out)
     if note:
         report.notes.append(note)
     inputs = {p.resolve() for pair in pairs for p in pair}
@@ -247,7 +264,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     _remove_stale_temps(out, save)
     todo = []
     for image_path, trimap_path in pairs:
-        targets = output_paths(out, relative_name(image_path, images), save)
+        targets = output_paths(out, relative_name(image_path, image_root(images)), save)
         clash = [t for t in targets.values() if t.resolve() in inputs]
         if clash:
             report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
@@ -262,7 +279,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
     prefetch = prefetch or max(2, workers)
     # Threads, not processes: decoding, encoding, numba and torch release the GIL in their heavy
-    # loops, and a process would pickle every 4K image across (see README "Throughput").
+    # loops, and a process would pickle every 4K image across (see docs/commands/infer.md, "Throughput").
     pool = executor(workers, name="matte-io")
     load = functools.partial(_load, timer=timer) if timer is not None else _load
     reads: deque[tuple[_Item, Future]] = deque()

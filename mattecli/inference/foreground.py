@@ -13,7 +13,7 @@ The one difference is the sweep order. PyMatting updates the pixels in raster or
 sequential; here a sweep is red-black (the pixels with even x + y first, then the odd ones with
 their neighbours already new), the parallel ordering with Gauss-Seidel's convergence. It measured
 closer to PyMatting than a Jacobi sweep (every pixel from the old values, as pymatting's CuPy
-variant). The difference to PyMatting is stated in README "Foreground colours" and pinned by
+variant). The difference to PyMatting is stated in docs/gpu.md "Foreground colours on the GPU" and pinned by
 tests/test_foreground.py.
 """
 

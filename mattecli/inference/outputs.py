@@ -130,7 +130,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
     so ML is used. Where alpha has no fractional pixel, F is the image itself.
 
     On a CUDA device the same method runs as the PyTorch port in `inference.foreground` (red-black
-    sweeps instead of PyMatting's raster order; README "Foreground colours" states the difference).
+    sweeps instead of PyMatting's raster order; docs/gpu.md states the difference).
     Anywhere else PyMatting runs: on a CPU it is about 10x faster than the port (3840x2160 on 2
     cores: 2-4 s against 28-36 s).
 

@@ -10,7 +10,7 @@ falls where only one tile saw the context.
 
 Global context is, by design, limited to one tile: a model with image-level pooling (IndexNet's
 ASPP has none, but its deep receptive field is large) sees less of the image than in a whole pass.
-The README states the measured difference.
+docs/benchmarks.md states the measured difference.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ Memory at full resolution: the TCP's receptive field is `TEXTURAL_RADIUS` = 7 pi
 convs: 1 stem + 2 x 2 residual + 2 refinement; the FFU features enter before the last two). In eval
 mode, `tcp_tile > 0` runs the TCP over row/column tiles of that side, each read with a margin of the
 radius, so its peak memory is that of one tile; the result equals the untiled pass (BN is pointwise
-in eval). (The whole pass still peaks in the SP decoder at 1/2 resolution: README, "TCP".) Tiling is skipped while tracing/exporting (a Python loop over tiles would be frozen for
+in eval). (The whole pass still peaks in the SP decoder at 1/2 resolution: docs/recipes.md, "TCP".) Tiling is skipped while tracing/exporting (a Python loop over tiles would be frozen for
 one size), where the graph is the untiled one.
 """
 

@@ -221,7 +221,7 @@ def _initialise_encoder(model, recipe, pretrained, writer: bool) -> None:
     `train.pretrained` is `imagenet` (every published one) refuses to start without either."""
     if pretrained is None and recipe.train.pretrained == "imagenet":
         raise UsageError(f"recipe {recipe.name} starts from an ImageNet encoder: pass --pretrained FILE "
-                         "(see README, Training), or --pretrained none to train from scratch on purpose")
+                         "(see docs/commands/train.md), or --pretrained none to train from scratch on purpose")
     if pretrained is None or str(pretrained) == "none":
         return
     from mattecli.train.pretrained import load_pretrained_encoder
