@@ -99,13 +99,14 @@ def export_onnx(weights: Path, recipe, out: Path) -> tuple[Path, bool]:
     from exporters.onnx import to_onnx
     from exporters.verify import TOLERANCE, verify
     from mattecli.inference.backends import OnnxBackend, TorchBackend
+    from mattecli.sizes import Size
     from mattecli.weights import load_model
 
     t0 = step("4/5 export to ONNX (dynamic size, TensorRT-ready operators) and check it against PyTorch")
     model, _ = load_model(weights)
     onnx_path = to_onnx(model, out / "demo-indexnet.onnx", opset=17, dynamic=True, recipe=recipe)
-    parity = verify(OnnxBackend.load(onnx_path), TorchBackend(model, recipe), [(160, 96), (224, 352)])
-    errors = ", ".join(f"{r.height}x{r.width} {r.max_abs:.1e}" for r in parity)
+    parity = verify(OnnxBackend.load(onnx_path), TorchBackend(model, recipe), [Size(96, 160), Size(352, 224)])
+    errors = ", ".join(f"{r.width}x{r.height} {r.max_abs:.1e}" for r in parity)
     ok = all(r.ok for r in parity)
     done(t0, f"{onnx_path}; max-abs error vs PyTorch: {errors} ({'within' if ok else 'ABOVE'} {TOLERANCE:g})")
     return onnx_path, ok
