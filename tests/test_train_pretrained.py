@@ -24,6 +24,32 @@ from mattecli.train.pretrained import (
     tcp_resnet34_key,
 )
 
+MOBILENET_BLOCKS = [(stage, b) for stage, n in enumerate((1, 2, 3, 4, 3, 3, 1), start=1) for b in range(n)]
+
+
+def mobilenet_checkpoint(model, name_in_block) -> tuple[dict, dict]:
+    """A MobileNetV2 ImageNet checkpoint for an IndexNet encoder, random tensors of its shapes, and
+    which checkpoint name each encoder key should be filled from: `features.0.*` for the stem,
+    `features.{N}.{name_in_block(N, rest)}` for block N (IndexNet's `layerS.B.rest`), plus the
+    tensors a matting encoder does not use (the last conv, the classifier)."""
+    ckpt = {"features.0.0.weight": torch.randn(32, 3, 3, 3), "features.18.0.weight": torch.randn(1280, 320, 1, 1),
+            "classifier.1.weight": torch.randn(1000, 1280)}
+    expected = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("num_batches_tracked") or not key.startswith("layer") or key == "layer0.0.weight":
+            continue
+        layer, rest = key.split(".", 1)
+        if layer == "layer0":
+            name = "features.0." + rest
+        else:
+            block, rest = rest.split(".", 1)
+            feature = MOBILENET_BLOCKS.index((int(layer[5:]), int(block))) + 1
+            name = f"features.{feature}.{name_in_block(feature, rest)}"
+        ckpt[name] = torch.randn_like(value.float()).to(value.dtype)
+        expected[key] = name
+    return ckpt, expected
+
+
 
 def torchvision_resnet34(seed: int = 0) -> dict:
     """Every tensor of torchvision's `resnet34()` state dict, with its shape, filled with noise."""
@@ -210,22 +236,12 @@ def test_pretrained_mobilenetv2_is_mapped(tmp_path):
     t1 = {"conv.0": "conv.0.0", "conv.1": "conv.0.1", "conv.3": "conv.1", "conv.4": "conv.2"}
     t6 = {"conv.0": "conv.0.0", "conv.1": "conv.0.1", "conv.3": "conv.1.0", "conv.4": "conv.1.1",
           "conv.6": "conv.2", "conv.7": "conv.3"}
-    blocks = [(stage, b) for stage, n in enumerate((1, 2, 3, 4, 3, 3, 1), start=1) for b in range(n)]
-    tv = {"features.0.0.weight": torch.randn(32, 3, 3, 3), "features.18.0.weight": torch.randn(1280, 320, 1, 1),
-          "classifier.1.weight": torch.randn(1000, 1280)}
-    expected = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked") or not key.startswith("layer") or key == "layer0.0.weight":
-            continue
-        layer, rest = key.split(".", 1)
-        if layer == "layer0":
-            name = "features.0." + rest
-        else:
-            block, conv, index, leaf = rest.split(".")
-            feature = blocks.index((int(layer[5:]), int(block))) + 1
-            name = f"features.{feature}." + (t1 if feature == 1 else t6)[f"{conv}.{index}"] + "." + leaf
-        tv[name] = torch.randn_like(value.float()).to(value.dtype)
-        expected[key] = name
+
+    def torchvision_name(feature, rest):
+        conv, index, leaf = rest.split(".")
+        return (t1 if feature == 1 else t6)[f"{conv}.{index}"] + "." + leaf
+
+    tv, expected = mobilenet_checkpoint(model, torchvision_name)
     torch.save(tv, tmp_path / "mobilenet_v2.pth")
     info = load_pretrained_encoder(model, recipe, tmp_path / "mobilenet_v2.pth")
     assert sorted(info["ignored"]) == ["classifier.1.weight", "features.18.0.weight"]
@@ -242,21 +258,7 @@ def test_pretrained_csail_flat_mobilenetv2_as_hlmobilenetv2_loads_it(tmp_path):
     `features.N.conv.K` keys, the same K as IndexNet's blocks; its stem gets a zero trimap channel."""
     recipe = load_recipe("indexnet-m2o-nl-ctx")
     model = build_model(recipe)
-    blocks = [(stage, b) for stage, n in enumerate((1, 2, 3, 4, 3, 3, 1), start=1) for b in range(n)]
-    csail = {"features.0.0.weight": torch.randn(32, 3, 3, 3), "features.18.0.weight": torch.randn(1280, 320, 1, 1),
-             "classifier.1.weight": torch.randn(1000, 1280)}
-    expected = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("num_batches_tracked") or not key.startswith("layer") or key == "layer0.0.weight":
-            continue
-        layer, rest = key.split(".", 1)
-        if layer == "layer0":
-            name = "features.0." + rest
-        else:
-            block, rest = rest.split(".", 1)
-            name = f"features.{blocks.index((int(layer[5:]), int(block))) + 1}.{rest}"
-        csail[name] = torch.randn_like(value.float()).to(value.dtype)
-        expected[key] = name
+    csail, expected = mobilenet_checkpoint(model, lambda feature, rest: rest)  # the same K in both layouts
     assert "features.1.conv.1.weight" in csail and "features.2.conv.7.running_var" in csail  # the flat layout
     torch.save({"state_dict": {"module." + k: v for k, v in csail.items()}}, tmp_path / "mobilenet_v2.pth.tar")
     info = load_pretrained_encoder(model, recipe, tmp_path / "mobilenet_v2.pth.tar")
