@@ -341,7 +341,7 @@ def test_training_leaves_the_encoder_statistics_as_mmagic_does(tmp_path):
     assert res.exit_code == 0, res.output
     recipe = load_recipe("indexnet-mmagic", ["data.pipeline=dim", "data.crop_size=64", "data.val_every=0",
                                              "train.iters=2", "train.batch_size=2", "train.checkpoint_every=2"])
-    train(TrainOptions(recipe, tmp_path / "d", tmp_path / "run", progress=False, seed=3))
+    train(TrainOptions(recipe, tmp_path / "d", tmp_path / "run", progress=False, seed=3, pretrained="none"))
     before = build_model(recipe).state_dict()  # running statistics start at 0 / 1 whatever the seed
     after, _ = load_model(tmp_path / "run" / "last.safetensors")
     moved = {k.split(".")[0] for k, v in after.state_dict().items()
