@@ -32,19 +32,20 @@ ROW_MARK = "MATTE_BENCH_ROW "
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-DEFAULT_BACKENDS = {".safetensors": ["torch", "onnx"], ".onnx": ["onnx"], ".engine": ["trt"], ".plan": ["trt"]}
-
-
 def default_backends(weights: Path) -> list[str]:
     """The backends `bench` times when none are named: torch and onnx for weights, the file's own otherwise."""
-    return list(DEFAULT_BACKENDS.get(Path(weights).suffix.lower(), ["torch", "onnx"]))
+    from mattecli.inference.backends import SUFFIX_TO_BACKEND
+
+    own = SUFFIX_TO_BACKEND.get(Path(weights).suffix.lower(), "torch")
+    return ["torch", "onnx"] if own == "torch" else [own]
 
 
 def check_request(weights: Path, backends: list[str], device: str, half: bool) -> None:
     """Refuse, in one line, what cannot run: missing or unsuitable file, device, --half, TensorRT."""
     if not weights.is_file():
         raise UsageError(f"{weights}: no such weights file")
-    from mattecli.inference.backends import BACKENDS_FROM_SUFFIX, check_device
+    from mattecli.devices import resolve_device
+    from mattecli.inference.backends import BACKENDS_FROM_SUFFIX
 
     suffix = weights.suffix.lower()
     usable = BACKENDS_FROM_SUFFIX
@@ -54,7 +55,7 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
         if name not in usable[suffix]:
             raise UsageError(f"{weights}: the {name} backend needs a .safetensors weights file "
                              f"(a {suffix} file serves {', '.join(usable[suffix])})")
-    check_device(device)
+    device = resolve_device(device)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs --device cuda (FP16 on a CPU is not a fast path in torch or ONNX Runtime)")
     if "trt" in backends:

@@ -43,15 +43,12 @@ def main(
     through the same pipeline as the PyTorch model.
     """
     from exporters import export as exporting
-    from mattecli.progress import progress_bar
-
     from mattecli.cli.parsing import parse_size, parse_sizes
-    from mattecli.devices import resolve_device
+    from mattecli.progress import progress_bar
 
     shapes = tuple(parse_size(text, option)
                    for option, text in (("--min-shape", min_shape), ("--opt-shape", opt_shape), ("--max-shape", max_shape)))
     sizes = None if verify_sizes is None else parse_sizes(verify_sizes, "--verify-sizes")
-    device = resolve_device(device)
     opts = exporting.ExportOptions(weights=weights, out=out, format=format, half=half, tf32=tf32, dynamic=dynamic,
                                    shapes=shapes, opset=opset, verify=verify, verify_sizes=sizes, device=device)
     exported = exporting.export(opts, log=lambda line: typer.echo(line, err=True))
@@ -59,7 +56,7 @@ def main(
     if not verify:
         return
     sizes, tolerance = exporting.verify_sizes(exported, opts), opts.tolerance
-    typer.echo(f"verify: {format} against PyTorch (FP32) on fresh inputs ({device}), max-abs tolerance {tolerance:g}")
+    typer.echo(f"verify: {format} against PyTorch (FP32) on fresh inputs ({opts.device}), max-abs tolerance {tolerance:g}")
     with progress_bar() as bar:
         task = bar.add_task("verify", total=len(sizes))
         results = exporting.verify_export(exported, opts, sizes, on_size=lambda _: bar.advance(task))

@@ -34,7 +34,6 @@ def main(
     validation metric), RUN/log.jsonl and RUN/curves.png. Kill it at any moment: --resume continues
     exactly where the last checkpoint left off. A folder that holds a run is refused without
     --resume or --overwrite."""
-    from mattecli.devices import resolve_device
     from mattecli.recipes import load_recipe
     from mattecli.train.loop import TrainOptions, train
 
@@ -43,7 +42,7 @@ def main(
         extra.append(f"train.batch_size={batch_size}")
     rec = load_recipe(recipe, extra)
     run_dir = out or Path("runs") / rec.name
-    result = train(TrainOptions(rec, data, run_dir, device=resolve_device(device), workers=workers, resume=resume,
+    result = train(TrainOptions(rec, data, run_dir, device=device, workers=workers, resume=resume,
                                 seed=seed, pretrained=pretrained, iters=iters, overwrite=overwrite,
                                 tensorboard=tensorboard))
     if result.finished_before:

@@ -34,21 +34,6 @@ class Backend(Protocol):
         ...
 
 
-def check_device(device: str) -> None:
-    """Refuse, in one line, a device that is not cpu or cuda[:N], or CUDA where there is none.
-
-    Raises:
-        UsageError: naming the device.
-    """
-    if device != "cpu" and not device.startswith("cuda"):
-        raise UsageError(f"--device {device}: expected cpu or cuda[:N]")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine")
-
-
 # --half: float16 (autocast keeps norms, softmax and reductions in float32). bfloat16 is the
 # alternative; benchmarks/device_check.sh measures both for speed and parity against float32.
 HALF_DTYPE = "float16"
@@ -304,7 +289,9 @@ def load_backend(path: str | Path, name: str | None = None, device: str = "cpu",
         raise UsageError(f"{path}: unknown model file type (expected {', '.join(SUFFIX_TO_BACKEND)})")
     if name not in BACKENDS:
         raise UsageError(f"--backend {name}: unknown backend (choose {', '.join(BACKENDS)})")
-    check_device(device)
+    from mattecli.devices import resolve_device
+
+    device = resolve_device(device)
     if (half or compile) and name != "torch":
         flag = "--half" if half else "--compile"
         raise UsageError(f"{flag} is for the torch backend (a .safetensors file); an exported model has its "
