@@ -308,13 +308,21 @@ def read_png_text(path: str | Path) -> dict[str, str]:
         return {}
 
 
-def index_by_stem(paths) -> dict[str, list[Path]]:
+def relative_name(path: Path, root: Path) -> str:
+    """A file's name for pairing and for its outputs: its path under `root` without the suffix
+    ("x" for root/x.jpg, "sub/x" for root/sub/x.jpg with --recursive)."""
+    return Path(path).relative_to(root).with_suffix("").as_posix()
+
+
+def index_by_stem(paths, root: Path | None = None) -> dict[str, list[Path]]:
     """Files by name stem (`a.png` and `a.jpg` both under "a"), in the order given: the one way
-    inputs are paired (images with trimaps, predictions with ground truth); each caller decides
-    what several files with one stem mean."""
+    inputs are paired (images with trimaps, predictions with ground truth, masks with photos);
+    each caller decides what several files with one stem mean. With `root`, by `relative_name`
+    under it (files of subfolders keep their folder: "sub/a")."""
     index: dict[str, list[Path]] = {}
     for path in paths:
-        index.setdefault(Path(path).stem, []).append(Path(path))
+        key = Path(path).stem if root is None else relative_name(path, root)
+        index.setdefault(key, []).append(Path(path))
     return index
 
 

@@ -17,9 +17,9 @@ import numpy as np
 
 from mattecli.errors import InputError, UsageError
 from mattecli.files import atomic_write, remove_stale_temps
-from mattecli.imageio import (exif_orientation, fit_orientation, list_images, orient, read_gray,
-                              read_image, read_mask, write_png)
-from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, no_images, relative_name
+from mattecli.imageio import (exif_orientation, fit_orientation, index_by_stem, list_images, orient, read_gray,
+                              read_image, read_mask, relative_name, write_png)
+from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, no_images
 from mattecli.parallel import executor
 from mattecli.progress import track
 
@@ -70,7 +70,8 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
     for folder in (out, preview):  # left by a killed run; young ones may belong to a live one
         if folder is not None:
             remove_stale_temps(folder, ".*.tmp", older_than=STALE_TEMP_SECONDS)
-    photos = _by_name(list_images(job.images, recursive), job.images) if job.images is not None else {}
+    photos = ({name: found[0] for name, found in index_by_stem(list_images(job.images, recursive), job.images).items()}
+              if job.images is not None else {})
     report, todo, seen = BatchReport(), [], {}
     for path in files:
         name = relative_name(path, source)
@@ -118,13 +119,6 @@ def _inside(source: Path, *folders: Path | None) -> tuple[Path, ...]:
     """The output folders that lie inside `source` (a recursive walk must not read them)."""
     root = source.resolve()
     return tuple(f for f in folders if f is not None and root in Path(f).resolve().parents)
-
-
-def _by_name(files: list[Path], root: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for f in files:
-        found.setdefault(relative_name(f, Path(root)), f)
-    return found
 
 
 def _one(path: Path, name: str, targets: list[Path], photo: Path | None, job: TrimapJob):

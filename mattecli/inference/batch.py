@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.imageio import (IMAGE_SUFFIXES, exif_orientation, fit_orientation, list_images, read_gray, read_image, read_mask,
-                              read_trimap, subfolders_with_images)
 from mattecli.files import remove_stale_temps
+from mattecli.imageio import (IMAGE_SUFFIXES, exif_orientation, fit_orientation, index_by_stem, list_images, read_gray,
+                              read_image, read_mask, read_trimap, relative_name, subfolders_with_images)
 from mattecli.inference.pipeline import REDONE_FP32, stage
 from mattecli.parallel import executor
 from mattecli.progress import track
@@ -89,9 +89,7 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     if not files:
         raise no_images(images, recursive, out)
     maps_root = root if beside else trimaps
-    by_name: dict[str, list[Path]] = {}
-    for t in tri_files:
-        by_name.setdefault(relative_name(t, maps_root), []).append(t)
+    by_name = index_by_stem(tri_files, maps_root)
     pairs, problems, seen = [], [], {}
     for img in files:  # duplicates are found over the whole list, so shards agree on them
         name = relative_name(img, root)
@@ -117,12 +115,6 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
 def image_root(images: Path) -> Path:
     """The folder that output names are relative to: `--images` itself, or a single image's folder."""
     return images.parent if images.is_file() else images
-
-
-def relative_name(path: Path, root: Path) -> str:
-    """A file's name for pairing and for its outputs: its path under `root` without the suffix
-    ("x" for root/x.jpg, "sub/x" for root/sub/x.jpg with --recursive)."""
-    return path.relative_to(root).with_suffix("").as_posix()
 
 
 def _output_folders(images: Path, out: Path | None) -> tuple[Path, ...]:
@@ -241,9 +233,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     Returns:
         The report: done, skipped, failed with reasons, notes.
     """
-    from mattecli.inference.outputs import is_current, output_paths
-
     from mattecli.data.trimap import MaskRule
+    from mattecli.inference.outputs import is_current, output_paths
 
     images, out = Path(images), Path(out)
     if masks is not None:
