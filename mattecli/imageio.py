@@ -156,7 +156,7 @@ def trimap_of(img, path) -> tuple[np.ndarray, str | None]:
         raise InputError(path, "trimap is colour-coded (its channels differ); matte reads gray trimaps "
                                "(0 background, 128 unknown, 255 foreground): save it so")
     raw = _first_channel(img)
-    values = np.unique(raw)
+    values = _values(raw)
     if np.isin(values, (0, 128, 255)).all():
         return raw, None
     if values[-1] <= 3:
@@ -168,6 +168,14 @@ def trimap_of(img, path) -> tuple[np.ndarray, str | None]:
     note = (f"{path}: trimap not in 0/128/255 encoding ({odd} pixels of other values); mapped with "
             f"<85 background, >=170 foreground, otherwise unknown")
     return trimap, note
+
+
+def _values(raw: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of a uint8 map, from OpenCV's histogram: np.unique's time at 4K
+    was 27 ms, a quarter of the image's decoding, on every trimap `matte infer` reads."""
+    import cv2
+
+    return np.flatnonzero(cv2.calcHist([raw], [0], None, [256], [0, 256]).ravel()).astype(np.uint8)
 
 
 # zlib level 1, not Pillow's default 6: lossless either way; measured on a 3840x2160 photo (2-core

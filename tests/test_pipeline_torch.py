@@ -41,6 +41,16 @@ def test_pad_alignment_and_trimap_encodings_are_bit_identical(size, cfg):
     assert np.array_equal(ours, prepare(image, trimap, cfg))
 
 
+@pytest.mark.parametrize("size", [(1, 1), (1, 40), (40, 1)])
+def test_a_one_pixel_side_is_padded_as_numpy_repeats_it_on_both_paths(size):
+    # numpy's 'reflect' repeats a one-pixel side; the repeated-reflection loop once spun forever there
+    image, trimap = case(*size)
+    ref = prepare(image, trimap, PAD)
+    expected = np.pad(trimap, ((0, -size[0] % 32), (0, -size[1] % 32)), mode="reflect") * np.float32(1 / 255)
+    assert np.array_equal(ref[0, 3], expected)
+    assert np.array_equal(torch_prepare(image, trimap, PAD, TorchOps("cpu")), ref)
+
+
 @pytest.mark.parametrize("size", ODD_SIZES)
 @pytest.mark.parametrize("cfg", [RESIZE, ONEHOT_RESIZE], ids=["resize-scalar", "resize-onehot"])
 def test_resize_alignment_differs_only_in_the_bicubic_rounding(size, cfg):
