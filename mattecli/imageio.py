@@ -389,3 +389,41 @@ def prepare_out_dir(out: str | Path, option: str = "--out") -> Path:
     except OSError as err:
         raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
     return out
+
+
+def check_out_dir(out: str | Path, option: str = "--out") -> Path:
+    """Check that the folder `out` could be made and written, without making it (a run refused
+    later for another reason leaves nothing behind): its nearest existing ancestor must be a
+    writable folder.
+
+    Raises:
+        UsageError: naming the option and the reason.
+    """
+    from mattecli.errors import UsageError
+
+    out = Path(out)
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{option} {out}: {existing} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".matte-write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
+    return out
+
+
+def check_out_file(path: str | Path, option: str = "--out") -> Path:
+    """Check that the file `path` could be written (see `check_out_dir`), without writing it.
+
+    Raises:
+        UsageError: `path` is a folder, or its folder could not be made or written.
+    """
+    from mattecli.errors import UsageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder, not a file")
+    check_out_dir(path.parent, option)
+    return path

@@ -132,3 +132,47 @@ def test_infer_with_a_trimap_folder(tmp_path, weights):
     assert res.returncode == 0, res.stderr
     assert read_gray(tmp_path / "out" / "x.png").shape == (40, 50)
 
+
+
+def test_train_export_and_eval_refuse_an_unwritable_output_before_any_work(tmp_path, capsys, monkeypatch):
+    # issue 19: a typo in --out must not cost a training run, a trace or a model run
+    import mattecli.train.loop
+    import exporters.export
+    import mattecli.cli.eval as eval_cli
+    from mattecli.cli import main
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("work started before the output was checked")
+
+    monkeypatch.setattr(mattecli.train.loop, "train", must_not_run)
+    monkeypatch.setattr(exporters.export, "export", must_not_run)
+    monkeypatch.setattr(eval_cli, "eval_model", must_not_run)
+    monkeypatch.setattr(eval_cli, "eval_predictions", must_not_run)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    folders = [tmp_path / d for d in ("pred", "gt", "tri")]
+    for d in folders:
+        d.mkdir()
+    runs = [
+        (["train", "--recipe", "demo-indexnet", "--data", tmp_path, "--out", blocker / "run"], "--out"),
+        (["export", "--weights", "w.safetensors", "--format", "onnx", "--out", blocker / "m.onnx"], "--out"),
+        (["export", "--weights", "w.safetensors", "--format", "onnx", "--out", tmp_path], "is a folder"),
+        (["eval", "--pred", folders[0], "--gt", folders[1], "--trimap", folders[2], "--json", blocker / "r.json"],
+         "--json"),
+        (["eval", "--pred", folders[0], "--gt", folders[1], "--trimap", folders[2], "--csv", tmp_path], "is a folder"),
+        (["eval", "--weights", "w.safetensors", "--data", tmp_path, "--save-pred", blocker / "p"], "--save-pred"),
+        (["eval", "--pred", folders[0], "--gt", folders[1], "--trimap", folders[2], "--report", blocker], "is a file"),
+    ]
+    before = sorted(tmp_path.rglob("*"))
+    for args, message in runs:
+        old, sys.argv = sys.argv, ["matte", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as done:
+            code = done.code
+        finally:
+            sys.argv = old
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, (args, code, err)
+    assert sorted(tmp_path.rglob("*")) == before  # a refused run leaves nothing behind

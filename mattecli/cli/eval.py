@@ -39,6 +39,7 @@ def main(
     outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)
     try:
         _check_options(**options)
+        _check_outputs(save_pred=save_pred, report=report, json_out=json_out, csv_out=csv_out)
         if weights is not None:
             code = eval_model(weights, data, backend=backend, device=device, save_pred=save_pred, workers=workers,
                               outputs=outputs)
@@ -87,6 +88,18 @@ def _check_options(*, pred, gt, trimap, weights, data, save_pred, workers, repor
         if blocked is not None:
             raise UsageError(f"--report {report}: {blocked} is a file; the report is a folder (index.html and "
                              "its images): name a folder")
+
+
+def _check_outputs(*, save_pred, report, json_out, csv_out) -> None:
+    """Every output place writable before any image is evaluated: a typo must not cost a model run."""
+    from mattecli.imageio import check_out_dir, check_out_file
+
+    for option, folder in (("--save-pred", save_pred), ("--report", report)):
+        if folder is not None:
+            check_out_dir(folder, option)
+    for option, file in (("--json", json_out), ("--csv", csv_out)):
+        if file is not None:
+            check_out_file(file, option)
 
 
 def eval_predictions(pred: Path, *, gt: Path | None = None, trimap: Path | None = None, data: Path | None = None,

@@ -44,6 +44,7 @@ def main(
     """
     from exporters import export as exporting
     from mattecli.cli.parsing import parse_size, parse_sizes
+    from mattecli.imageio import check_out_file
     from mattecli.progress import progress_bar
 
     shapes = tuple(parse_size(text, option)
@@ -51,6 +52,7 @@ def main(
     sizes = None if verify_sizes is None else parse_sizes(verify_sizes, "--verify-sizes")
     opts = exporting.ExportOptions(weights=weights, out=out, format=format, half=half, tf32=tf32, dynamic=dynamic,
                                    shapes=shapes, opset=opset, verify=verify, verify_sizes=sizes, device=device)
+    check_out_file(out, "--out")  # before the model is loaded and traced
     exported = exporting.export(opts, log=lambda line: typer.echo(line, err=True))
     typer.echo(exported.summary)
     if not verify:

@@ -34,6 +34,7 @@ def main(
     validation metric), RUN/log.jsonl and RUN/curves.png. Kill it at any moment: --resume continues
     exactly where the last checkpoint left off. A folder that holds a run is refused without
     --resume or --overwrite."""
+    from mattecli.imageio import check_out_dir
     from mattecli.recipes import load_recipe
     from mattecli.train.loop import TrainOptions, train
 
@@ -42,6 +43,7 @@ def main(
         extra.append(f"train.batch_size={batch_size}")
     rec = load_recipe(recipe, extra)
     run_dir = out or Path("runs") / rec.name
+    check_out_dir(run_dir)  # before the data and the model are loaded
     result = train(TrainOptions(rec, data, run_dir, device=device, workers=workers, resume=resume,
                                 seed=seed, pretrained=pretrained, iters=iters, overwrite=overwrite,
                                 tensorboard=tensorboard))
