@@ -181,3 +181,35 @@ def test_a_single_file_is_refused_in_one_line_when_it_cannot_pair(tmp_path):
     (tmp_path / "empty").mkdir()
     report = infer_folder(FakePipeline(), folder / "a.png", tmp_path / "out", tmp_path / "empty", progress=False)
     assert report.failed and "no trimap found" in report.failed[0][1]
+
+
+def test_exif_orientation_of_a_png_is_found_before_or_after_the_pixels_without_decoding(tmp_path, monkeypatch):
+    # Pillow decodes a whole PNG to look for eXIf after IDAT; matte walks the chunk headers instead
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image, ImageFile
+
+    from mattecli.imageio import exif_orientation
+
+    img = Image.fromarray(np.zeros((6, 10), np.uint8))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    before = tmp_path / "before.png"
+    img.save(before, exif=exif)
+    plain = io.BytesIO()
+    img.save(plain, format="PNG")
+    payload = exif.tobytes()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    data = plain.getvalue()
+    after = tmp_path / "after.png"
+    after.write_bytes(data[:-12] + chunk + data[-12:])  # just before IEND
+    (tmp_path / "none.png").write_bytes(data)
+    assert Image.open(after).getexif().get(0x0112) == 6  # what Pillow reads, decoding the pixels
+
+    def no_decoding(self):
+        raise AssertionError("the pixels were decoded to read the EXIF orientation")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    assert [exif_orientation(tmp_path / n) for n in ("before.png", "after.png", "none.png")] == [6, 6, 1]
