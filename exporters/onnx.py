@@ -154,20 +154,22 @@ def to_onnx(model, path, *, opset: int = MIN_OPSET, dynamic: bool = True, recipe
 def compact(model):
     """The same graph with fewer nodes, in an order that keeps ONNX Runtime's memory low; in place.
 
-    - Constant nodes become graph initializers, one per distinct value (the tracer writes a
-      Constant for every slice bound and axis: most of an A2U graph's nodes). TensorRT's parser
+    - Constant nodes become graph initializers (the tracer writes a Constant for every slice bound
+      and axis: most of an A2U graph's nodes); equal integer values share one. TensorRT's parser
       reads initializers as weights, as it reads Constant nodes.
-    - Identity nodes are dropped (their consumers read the source), unless they make a graph output.
+    - Identity nodes are dropped (their readers read the source), unless they make a graph output.
+    - Nodes whose inputs are all initializers (shape arithmetic the tracer left, e.g. a Pad's pads)
+      are evaluated into initializers.
     - A Slice of a Slice on other axes, both with initializer bounds, becomes one Slice (the
       tracer slices one axis at a time).
-    - The nodes are put in breadth-first topological order (each as early as its inputs allow).
-      ONNX Runtime (core/graph/graph_viewer.cc) executes in the post-order of a depth-first walk
-      from the outputs that enters each node's inputs from the latest-listed producer first. In
-      the tracer's order an accumulation `acc + tap * kernel` lists each product after the
-      previous sum, so every product of a chain was computed before the first sum and all were
-      alive at once (A2U's shift form: 3,516 bytes/pixel at 768x768 against PyTorch's 1,595).
-      Listed breadth-first, the deeper sum comes later, is entered first, and each product is
-      consumed as soon as it is made.
+    - The nodes are listed in breadth-first topological order (each as early as its inputs allow).
+      ONNX Runtime (core/graph/graph_viewer.cc) executes the post-order of a depth-first walk from
+      the outputs that enters each node's inputs from the latest-listed producer first. In the
+      tracer's order an accumulation `acc + tap * kernel` lists each product after the previous
+      sum, so every product of a chain was made before the first sum and all were alive at once
+      (A2U at 768x768: 3,516 bytes/pixel against PyTorch's 1,595). Breadth-first, the deeper sum
+      is listed later, so it is entered first and each product is consumed as soon as it is made
+      (1,596 bytes/pixel; docs/benchmarks.md).
 
     Args:
         model: an `onnx.ModelProto` without subgraphs (what `to_onnx` exports).

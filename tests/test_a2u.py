@@ -89,7 +89,8 @@ def test_filter_forms_equal(k, pad, size, per_sample, per_channel):
     got = _filter_shift(x, torch.stack(filters, 1), pad)
     for f, filtered in zip(filters, got.unbind(1)):
         want = _filter_grouped(x, f, pad)
-        assert filtered.shape == want.shape == (2, 3, (size[0] + 2 * pad - k) // 2 + 1, (size[1] + 2 * pad - k) // 2 + 1)
+        out_size = tuple((side + 2 * pad - k) // 2 + 1 for side in size)
+        assert filtered.shape == want.shape == (2, 3, *out_size)
         torch.testing.assert_close(filtered, want, atol=1e-12, rtol=0)
 
 

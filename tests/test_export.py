@@ -126,10 +126,11 @@ def test_the_raw_max_index_network_is_refused_and_the_export_form_accepted(tmp_p
     assert not {"ArgMax", "OneHot"} & _ops(path)
 
 
-# A2U graphs take 10-40 s each to export on a loaded 2-core CPU (the shift form unrolls every tap:
-# 5-15k nodes), so the default suite keeps three A2U structures that between them run every A2U
-# code path (dynamic kernels + paired downsampling + GroupNorm; static U/V/P + strided reduction +
-# max pooling; the baseline's interpolation); the others run with -m slow, as does the full sweep.
+# A2U graphs take 10-40 s each to export on a loaded 2-core CPU (the shift form unrolls every
+# tap: 150-1,600 nodes after compaction), so the default suite keeps three A2U structures that
+# between them run every A2U code path (dynamic kernels + paired downsampling + GroupNorm; static
+# U/V/P + strided reduction + max pooling; the baseline's interpolation); the others run with
+# -m slow, as does the full sweep.
 DEFAULT_A2U = {"demo-a2u", "a2u-static-cs", "a2u-baseline-bilinear"}
 
 
@@ -341,7 +342,7 @@ def _raw_export(module, path, channels=36):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.randn(1, channels, 10, 14),), str(path), input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}},
+                          output_names=["y"], dynamic_axes={name: {0: "n", 2: "h", 3: "w"} for name in "xy"},
                           opset_version=17, dynamo=False)
     return onnx.load(str(path))
 
