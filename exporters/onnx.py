@@ -95,9 +95,9 @@ def to_onnx(model, path, *, opset: int = MIN_OPSET, dynamic: bool = True, recipe
     """Export a matting network to ONNX, atomically.
 
     The network is exported in its export form (`exporters.decompose.decompose`; the caller's model
-    is untouched), checked against the operator allow-list, and written with metadata: `recipe`
-    (the resolved recipe JSON that `mattecli.recipes.recipe_from_dict` rebuilds), `preprocessing`
-    (mean, std, stride, align, trimap encoding) and `format`.
+    is untouched), compacted (`compact`), checked against the operator allow-list, and written with
+    metadata: `recipe` (the resolved recipe JSON that `mattecli.recipes.recipe_from_dict` rebuilds),
+    `preprocessing` (mean, std, stride, align, trimap encoding) and `format`.
 
     Args:
         model: an IndexNet/A2U/... network (any mode; exported in eval mode).
@@ -142,13 +142,199 @@ def to_onnx(model, path, *, opset: int = MIN_OPSET, dynamic: bool = True, recipe
         torch.onnx.export(net, (example,), buffer, input_names=[INPUT], output_names=[OUTPUT],
                           dynamic_axes={INPUT: axes, OUTPUT: axes} if dynamic else None,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
-    graph = onnx.load_from_string(buffer.getvalue())
+    graph = compact(onnx.load_from_string(buffer.getvalue()))
     if half:
         graph = to_half(graph)
     check_operators(graph)
     _set_metadata(graph, recipe, stride, half)
     onnx.checker.check_model(graph)
     return atomic_write(path, lambda tmp: onnx.save(graph, str(tmp)))
+
+
+def compact(model):
+    """The same graph with fewer nodes, in an order that keeps ONNX Runtime's memory low; in place.
+
+    - Constant nodes become graph initializers (the tracer writes a Constant for every slice bound
+      and axis: most of an A2U graph's nodes); equal integer values share one. TensorRT's parser
+      reads initializers as weights, as it reads Constant nodes.
+    - Identity nodes are dropped (their readers read the source), unless they make a graph output.
+    - Nodes whose inputs are all initializers (shape arithmetic the tracer left, e.g. a Pad's pads)
+      are evaluated into initializers.
+    - A Slice of a Slice on other axes, both with initializer bounds, becomes one Slice (the
+      tracer slices one axis at a time).
+    - The nodes are listed in breadth-first topological order (each as early as its inputs allow).
+      ONNX Runtime (core/graph/graph_viewer.cc) executes the post-order of a depth-first walk from
+      the outputs that enters each node's inputs from the latest-listed producer first. In the
+      tracer's order an accumulation `acc + tap * kernel` lists each product after the previous
+      sum, so every product of a chain was made before the first sum and all were alive at once
+      (A2U at 768x768: 3,516 bytes/pixel against PyTorch's 1,595). Breadth-first, the deeper sum
+      is listed later, so it is entered first and each product is consumed as soon as it is made
+      (1,596 bytes/pixel; docs/benchmarks.md).
+
+    Args:
+        model: an `onnx.ModelProto` without subgraphs (what `to_onnx` exports).
+
+    Returns:
+        `model`.
+    """
+    graph = model.graph
+    _constants_to_initializers(graph)
+    _drop_identities(graph)
+    _fold_constants(graph, model.opset_import)
+    _merge_slices(graph)
+    _breadth_first(graph)
+    return model
+
+
+def _rename_inputs(graph, renames: dict) -> None:
+    for node in graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+
+
+def _constants_to_initializers(graph) -> None:
+    """Each Constant node -> an initializer; equal integer values share one."""
+    from onnx import TensorProto, numpy_helper
+
+    # only integer values are shared (bounds, axes, shapes): `to_half` decides per float tensor from
+    # its readers whether it stays float32, which sharing would entangle
+    integer = (TensorProto.INT64, TensorProto.INT32)
+    known = {(t.data_type, tuple(t.dims), t.raw_data): t.name for t in graph.initializer
+             if t.data_type in integer and t.raw_data}
+    renames, kept = {}, []
+    for node in graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is None or len(node.attribute) != 1:  # value_float etc. never come from the tracer: kept
+            kept.append(node)
+            continue
+        tensor = numpy_helper.from_array(numpy_helper.to_array(value.t), node.output[0])
+        key = (tensor.data_type, tuple(tensor.dims), tensor.raw_data)
+        if tensor.data_type in integer and key in known:
+            renames[node.output[0]] = known[key]
+        else:
+            known[key] = tensor.name
+            graph.initializer.append(tensor)
+    del graph.node[:]
+    graph.node.extend(kept)
+    _rename_inputs(graph, renames)
+
+
+def _drop_identities(graph) -> None:
+    outputs = {v.name for v in graph.output}
+    renames = {}
+    for node in graph.node:
+        if node.op_type == "Identity" and node.output[0] not in outputs:
+            renames[node.output[0]] = renames.get(node.input[0], node.input[0])
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in renames)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    _rename_inputs(graph, renames)
+
+
+def _merge_slices(graph) -> None:
+    """Slice(Slice(x)) on distinct axes, bounds from initializers -> one Slice of x.
+
+    The tracer shares a row slice between the taps of one row; each tap gets its own two-axis
+    Slice instead, so that no row slice has to be held while a row's taps are made.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    producer = {node.output[0]: node for node in graph.node if node.op_type == "Slice"}
+    merged: dict[tuple, str] = {}
+
+    def bounds(node):
+        if len(node.input) != 5 or not all(name in inits for name in node.input[1:]):
+            return None
+        return [numpy_helper.to_array(inits[name]).astype(np.int64) for name in node.input[1:]]
+
+    for node in graph.node:  # topological: an inner Slice is already merged when its reader comes
+        inner = producer.get(node.input[0]) if node.op_type == "Slice" else None
+        if inner is None:
+            continue
+        outer_b, inner_b = bounds(node), bounds(inner)
+        if outer_b is None or inner_b is None or (outer_b[2] < 0).any() or (inner_b[2] < 0).any() \
+                or set(outer_b[2].tolist()) & set(inner_b[2].tolist()):
+            continue
+        names = []
+        for part, a, b in zip(("starts", "ends", "axes", "steps"), inner_b, outer_b):
+            value = np.concatenate([a, b])
+            key = (part, value.tobytes())
+            if key not in merged:  # the taps of a window share their bounds
+                tensor = numpy_helper.from_array(value, f"{node.output[0]}__{part}")
+                graph.initializer.append(tensor)
+                inits[tensor.name] = tensor
+                merged[key] = tensor.name
+            names.append(merged[key])
+        node.CopyFrom(helper.make_node("Slice", [inner.input[0], *names], list(node.output), name=node.name))
+    _drop_dead(graph)
+
+
+def _drop_dead(graph) -> None:
+    """Remove nodes whose outputs nothing reads (repeatedly), then unread initializers."""
+    while True:
+        read = {name for node in graph.node for name in node.input} | {v.name for v in graph.output}
+        kept = [node for node in graph.node if any(name in read for name in node.output)]
+        if len(kept) == len(graph.node):
+            break
+        del graph.node[:]
+        graph.node.extend(kept)
+    unread = [t for t in graph.initializer if t.name not in read]
+    for tensor in unread:
+        graph.initializer.remove(tensor)
+
+
+def _fold_constants(graph, opsets, limit: int = 4096) -> None:
+    """Evaluate nodes whose inputs are all initializers (shape arithmetic the tracer left, e.g. a
+    Pad's pads) into initializers, where the result has at most `limit` elements."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    inits = {t.name: t for t in graph.initializer}
+    kept = []
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        if not inputs or not all(name in inits for name in inputs) or node.op_type.startswith("Random") \
+                or any(a.type in (a.GRAPH, a.GRAPHS) for a in node.attribute):
+            kept.append(node)
+            continue
+        single = helper.make_model(helper.make_graph(
+            [node], "fold", [], [helper.make_tensor_value_info(o, 0, None) for o in node.output],
+            initializer=[inits[name] for name in dict.fromkeys(inputs)]), opset_imports=list(opsets))
+        values = ReferenceEvaluator(single).run(None, {})
+        if any(v.size > limit for v in values):
+            kept.append(node)
+            continue
+        for name, value in zip(node.output, values):
+            tensor = numpy_helper.from_array(value, name)
+            graph.initializer.append(tensor)
+            inits[name] = tensor
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _breadth_first(graph) -> None:
+    """Kahn's algorithm with a first-in first-out queue, ties in the tracer's order."""
+    from collections import deque
+
+    producer = {name: i for i, node in enumerate(graph.node) for name in node.output}
+    waiting = [len({producer[n] for n in node.input if n in producer}) for node in graph.node]
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for j in sorted({producer[n] for n in node.input if n in producer}):
+            readers.setdefault(j, []).append(i)
+    ready = deque(i for i, count in enumerate(waiting) if count == 0)
+    order = []
+    while ready:
+        i = ready.popleft()
+        order.append(i)
+        for j in readers.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def _input_channels(net, recipe) -> int:

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from mattecli.models import build_model
-from mattecli.models.a2u import (A2UConfig, A2UKernels, A2UMatting, adaptive_avg_pool_bins, downsample_shift,
-                                 downsample_unfold, set_a2u_form, upsample_shift, upsample_unfold)
+from mattecli.models.a2u import (A2UConfig, A2UKernels, A2UMatting, _filter_grouped, _filter_shift,
+                                 adaptive_avg_pool_bins, downsample_shift, downsample_unfold, set_a2u_form,
+                                 upsample_shift, upsample_unfold)
 from mattecli.models.layers import count_parameters
 from mattecli.recipes import load_recipe
 
@@ -74,6 +75,23 @@ def test_downsample_forms_equal_loop(k, size):
     want = loop_downsample(m.double(), kernels.double(), k)
     for form in (downsample_unfold, downsample_shift):
         torch.testing.assert_close(form(m, kernels, k).double(), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("k, pad", [(6, 2), (5, 2), (3, 1)])
+@pytest.mark.parametrize("size", [(9, 11), (8, 5), (13, 6)])
+@pytest.mark.parametrize("per_sample, per_channel", [(True, False), (False, True), (True, True)])
+def test_filter_forms_equal(k, pad, size, per_sample, per_channel):
+    """U and V filters in one shift chain equal one grouped convolution each, at odd sizes."""
+    g = torch.Generator().manual_seed(k + size[0])
+    x = torch.randn(2, 3, *size, generator=g, dtype=torch.float64)
+    filters = [torch.randn(2 if per_sample else 1, 3 if per_channel else 1, k, k, generator=g, dtype=torch.float64)
+               for _ in range(2)]
+    got = _filter_shift(x, torch.stack(filters, 1), pad)
+    for f, filtered in zip(filters, got.unbind(1)):
+        want = _filter_grouped(x, f, pad)
+        out_size = tuple((side + 2 * pad - k) // 2 + 1 for side in size)
+        assert filtered.shape == want.shape == (2, 3, *out_size)
+        torch.testing.assert_close(filtered, want, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("size", [(6, 6), (13, 7), (40, 23), (5, 9)])

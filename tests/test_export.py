@@ -126,10 +126,11 @@ def test_the_raw_max_index_network_is_refused_and_the_export_form_accepted(tmp_p
     assert not {"ArgMax", "OneHot"} & _ops(path)
 
 
-# A2U graphs take 10-40 s each to export on a loaded 2-core CPU (the shift form unrolls every tap:
-# 5-15k nodes), so the default suite keeps three A2U structures that between them run every A2U
-# code path (dynamic kernels + paired downsampling + GroupNorm; static U/V/P + strided reduction +
-# max pooling; the baseline's interpolation); the others run with -m slow, as does the full sweep.
+# A2U graphs take 10-40 s each to export on a loaded 2-core CPU (the shift form unrolls every
+# tap: 150-1,600 nodes after compaction), so the default suite keeps three A2U structures that
+# between them run every A2U code path (dynamic kernels + paired downsampling + GroupNorm; static
+# U/V/P + strided reduction + max pooling; the baseline's interpolation); the others run with
+# -m slow, as does the full sweep.
 DEFAULT_A2U = {"demo-a2u", "a2u-static-cs", "a2u-baseline-bilinear"}
 
 
@@ -320,6 +321,99 @@ def test_onnx_backend_errors_are_one_line(tmp_path):
 def test_default_sizes():
     assert Size(1920, 1088) in default_sizes(32) and all(s.height % 16 == 0 == s.width % 16 for s in default_sizes(16))
     assert Parity(32, 32, 2e-4, 0, 1).ok is False and Parity(32, 32, 1e-4, 0, 1).ok is True
+
+
+# ----------------------------------------------------------------------------------------------
+# Compaction (exporters.onnx.compact)
+
+
+class _Downsample(torch.nn.Module):
+    """A2U's 36-tap downsampling alone, with kernels made from its input."""
+
+    def forward(self, x):
+        from mattecli.models.a2u import downsample_shift
+
+        return downsample_shift(x, torch.softmax(x[:, :, ::2, ::2], 1), 3)
+
+
+def _raw_export(module, path, channels=36):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(1, channels, 10, 14),), str(path), input_names=["x"],
+                          output_names=["y"], dynamic_axes={name: {0: "n", 2: "h", 3: "w"} for name in "xy"},
+                          opset_version=17, dynamo=False)
+    return onnx.load(str(path))
+
+
+def _most_products_alive(graph) -> int:
+    """The most Mul outputs alive at once when the graph runs in ONNX Runtime's order: the post-order
+    of a depth-first walk from the outputs that enters the latest-listed producer first
+    (onnxruntime/core/graph/graph_viewer.cc); a value dies after its last reader."""
+    index = {name: i for i, node in enumerate(graph.node) for name in node.output}
+    order, seen = [], set()
+
+    def visit(i):
+        seen.add(i)
+        for j in sorted({index[n] for n in graph.node[i].input if n in index}, reverse=True):
+            if j not in seen:
+                visit(j)
+        order.append(i)
+
+    for out in graph.output:
+        visit(index[out.name])
+    last = {name: step for step, i in enumerate(order) for name in graph.node[i].input}
+    alive, most = set(), 0
+    for step, i in enumerate(order):
+        if graph.node[i].op_type == "Mul":
+            alive.add(graph.node[i].output[0])
+        alive = {name for name in alive if last.get(name, -1) > step}
+        most = max(most, len(alive))
+    return most
+
+
+def test_compact_graph_computes_the_same_with_fewer_nodes_and_one_product_at_a_time(tmp_path):
+    import onnxruntime as ort
+
+    from exporters.onnx import compact
+
+    raw = _raw_export(_Downsample(), tmp_path / "raw.onnx")
+    small = compact(onnx.load(str(tmp_path / "raw.onnx")))
+    onnx.checker.check_model(small)  # nodes still in topological order
+    kinds = [node.op_type for node in small.graph.node]
+    assert "Constant" not in kinds and "Identity" not in kinds
+    assert kinds.count("Mul") == 36 and kinds.count("Slice") == 36 + 1  # one per tap, and the kernels' ::2, ::2
+    assert len(small.graph.node) < len(raw.graph.node) / 2
+    assert _most_products_alive(raw.graph) >= 30  # as exported: every product before the first sum
+    assert _most_products_alive(small.graph) <= 2
+    x = np.random.default_rng(0).standard_normal((2, 36, 18, 22)).astype(np.float32)  # another size, batch 2
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for m in (raw, small)]
+    np.testing.assert_array_equal(run[0], run[1])
+    with torch.no_grad():
+        np.testing.assert_allclose(run[1], _Downsample()(torch.from_numpy(x)).numpy(), atol=1e-5, rtol=0)
+
+
+def test_compact_shares_integer_constants_only(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.onnx import compact
+
+    def const(name, value):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value), name))
+
+    nodes = [const("a1", [1, 2]), const("a2", [1, 2]), const("f1", [0.5]), const("f2", [0.5]),
+             helper.make_node("Reshape", ["x", "a1"], ["r1"]), helper.make_node("Reshape", ["r1", "a2"], ["r2"]),
+             helper.make_node("Mul", ["r2", "f1"], ["m"]), helper.make_node("Identity", ["m"], ["i"]),
+             helper.make_node("Mul", ["i", "f2"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    model = compact(helper.make_model(helper.make_graph(nodes, "g", [x], [y]), ir_version=8,
+                                      opset_imports=[helper.make_opsetid("", 17)]))
+    assert [n.op_type for n in model.graph.node] == ["Reshape", "Reshape", "Mul", "Mul"]
+    assert sorted(t.name for t in model.graph.initializer) == ["a1", "f1", "f2"]
+    assert [list(n.input) for n in model.graph.node] == [["x", "a1"], ["r1", "a1"], ["r2", "f1"], ["m", "f2"]]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,7 +10,10 @@ Each operator exists in two numerically equal forms, chosen per kernel-generator
 - `unfold`: `F.unfold` + einsum (and grouped convs, adaptive pooling) — few, large kernels;
   the training default.
 - `shift`: pad + k^2 (strided) slices + multiply-add, adaptive pooling as bin-matrix products,
-  pixel (un)shuffle — exports with dynamic H/W, without Im2Col or adaptive pooling.
+  pixel (un)shuffle — exports with dynamic H/W, without Im2Col or adaptive pooling. Its slice
+  bounds do not depend on the input size (fixed pads, ends counted from the far edge) and, when
+  traced for export, U and V share one chain of taps, so an export holds one Slice, one Mul and
+  one Add per tap and no shape arithmetic for them (`exporters.onnx.compact` does the rest).
   It is also the eval default (`auto`): unfold materialises (2k)^2 = 36 shifted copies of the
   full-resolution stem map for the first downsampling (9x that map). Peak RSS of one forward of
   the released network on CPU (float32, no grad, 1x4xSxS): S=1024 shift 1.9 GiB, unfold 3.1 GiB;
@@ -59,23 +62,39 @@ def upsample_unfold(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Ten
     return F.pixel_shuffle(out.reshape(n, c * 4, h, w), 2)
 
 
+def _window(padded: torch.Tensor, dy: int, dx: int, side: int, stride: int) -> torch.Tensor:
+    """Tap (dy, dx) of a side x side window sliding by `stride` over the last two axes:
+    `padded[..., dy + stride * i, dx + stride * j]` for every window position (i, j).
+
+    The slice ends are counted from the far edge (the window's remaining side - 1), so they are the
+    same for every input size: an export writes them as constants, not as shape arithmetic.
+    """
+    def axis(d: int) -> slice:
+        end = d - (side - 1)
+        return slice(d, end if end < 0 else None, stride)
+    return padded[..., axis(dy), axis(dx)]
+
+
 def upsample_shift(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
     """`upsample_unfold` as pad + k^2 slices + multiply-add at low resolution, then DepthToSpace."""
     n, c, h, w = m.shape
-    padded = F.pad(m, (k // 2,) * 4)
-    per_subpixel = F.pixel_unshuffle(kernels, 2)  # channel 4t + s, s = 2i + j the sub-pixel
+    padded = F.pad(m, (k // 2,) * 4).unsqueeze(2)  # (n, c, 1, h + k - 1, w + k - 1)
+    # tap t's 4 sub-pixel kernels (s = 2i + j): channels 4t .. 4t + 3 of the unshuffled map
+    per_tap = F.pixel_unshuffle(kernels, 2).unsqueeze(1).split(4, dim=2)
     acc = None
     for t in range(k * k):
-        dy, dx = divmod(t, k)
-        term = padded[:, :, dy:dy + h, dx:dx + w].unsqueeze(2) * per_subpixel[:, 4 * t:4 * t + 4].unsqueeze(1)
+        term = _window(padded, *divmod(t, k), k, 1) * per_tap[t]
         acc = term if acc is None else acc + term
     return F.pixel_shuffle(acc.reshape(n, c * 4, h, w), 2)
 
 
-def _down_pad(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
-    """Zero padding so output p reads rows 2p-(k-1) .. 2p+k (as the authors' CUDA kernel)."""
-    h, w = kernels.shape[2:]
-    return F.pad(m, (k - 1, 2 * w + k - 1 - m.shape[3], k - 1, 2 * h + k - 1 - m.shape[2]))
+def _down_pad(m: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero padding so output p reads rows 2p-(k-1) .. 2p+k (as the authors' CUDA kernel).
+
+    k - 1 rows before and k after, whatever the size: the last window of an odd side reads the
+    k-th, that of an even side stops short of it. Fixed amounts export as constants.
+    """
+    return F.pad(m, (k - 1, k, k - 1, k))
 
 
 def downsample_unfold(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
@@ -88,18 +107,17 @@ def downsample_unfold(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.T
     """
     n, c = m.shape[:2]
     h, w = kernels.shape[2:]
-    cols = F.unfold(_down_pad(m, kernels, k), 2 * k, stride=2).view(n, c, 4 * k * k, h, w)
+    cols = F.unfold(_down_pad(m, k), 2 * k, stride=2).view(n, c, 4 * k * k, h, w)
     return torch.einsum("nckhw,nkhw->nchw", cols, kernels)
 
 
 def downsample_shift(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
     """`downsample_unfold` as pad + (2k)^2 stride-2 slices + multiply-add."""
-    h, w = kernels.shape[2:]
-    padded = _down_pad(m, kernels, k)
+    padded = _down_pad(m, k)
+    per_tap = kernels.split(1, dim=1)
     acc = None
     for t in range(4 * k * k):
-        dy, dx = divmod(t, 2 * k)
-        term = padded[:, :, dy:dy + 2 * h - 1:2, dx:dx + 2 * w - 1:2] * kernels[:, t:t + 1]
+        term = _window(padded, *divmod(t, 2 * k), 2 * k, 2) * per_tap[t]
         acc = term if acc is None else acc + term
     return acc
 
@@ -131,17 +149,24 @@ def _filter_grouped(x: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Te
     return y.view(n, c, *y.shape[2:])
 
 
-def _filter_shift(x: torch.Tensor, weight: torch.Tensor, pad: int) -> torch.Tensor:
-    """`_filter_grouped` as pad + k^2 stride-2 slices + multiply-add."""
-    k = weight.shape[-1]
-    h = (x.shape[2] + 2 * pad - k) // 2 + 1
-    w = (x.shape[3] + 2 * pad - k) // 2 + 1
-    padded = F.pad(x, (pad,) * 4)
+def _filter_shift(x: torch.Tensor, weights: torch.Tensor, pad: int) -> torch.Tensor:
+    """`_filter_grouped` for F filters at once, as pad + k^2 stride-2 slices + multiply-add.
+
+    Args:
+        x: (N, C, H, W).
+        weights: (1 or N, F, 1 or C, k, k): F filters (U and V) that read the same slices.
+        pad: zero padding on each side.
+
+    Returns:
+        (N, F, C, h, w), filter f's output at [:, f].
+    """
+    k = int(weights.shape[-1])  # a parameter's size, fixed: one slice per tap in an export
+    padded = F.pad(x, (pad,) * 4).unsqueeze(1)  # (N, 1, C, H + 2 pad, W + 2 pad)
+    per_tap = weights.flatten(3).unsqueeze(-1).split(1, dim=3)  # tap k * dy + dx: (1|N, F, 1|C, 1, 1)
     acc = None
-    for dy in range(k):
-        for dx in range(k):
-            term = padded[:, :, dy:dy + 2 * h - 1:2, dx:dx + 2 * w - 1:2] * weight[:, :, dy:dy + 1, dx:dx + 1]
-            acc = term if acc is None else acc + term
+    for t in range(k * k):
+        term = _window(padded, *divmod(t, k), k, 2) * per_tap[t]
+        acc = term if acc is None else acc + term
     return acc
 
 
@@ -197,18 +222,29 @@ class A2UKernels(nn.Module):
     def _shift(self) -> bool:
         return self.form == "shift" or (self.form == "auto" and not self.training)
 
-    def _encode(self, x: torch.Tensor, which: str) -> list[torch.Tensor]:
-        """U*X or V*X at half resolution: one (N, C, h, w) map per U/V set."""
-        if self.cfg.kernel == "dynamic":
+    def _filters(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The U filters, then the V filters: one (1 or N, 1 or C, ke, ke) tensor per set each."""
+        if self.cfg.kernel == "dynamic":  # both from one ke x ke pooling of X
             ke = self.cfg.k_en
             pooled = adaptive_avg_pool_bins(x, ke) if self._shift() else F.adaptive_avg_pool2d(x, ke)
-            filters = [getattr(self, f"bconv_{which}")[1](pooled)]  # (N, 1 or C, ke, ke)
+            return [self.bconv_U[1](pooled), self.bconv_V[1](pooled)]  # (N, 1 or C, ke, ke)
+        return [*self.weight_u.unsqueeze(1), *self.weight_v.unsqueeze(1)]  # sets x (1, 1|C, ke, ke) each
+
+    def _encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """U*X and V*X at half resolution: one (N, C, h, w) map per U/V set each."""
+        filters = self._filters(x)
+        if self._shift() and torch.jit.is_tracing():  # an export: U and V share one chain of taps
+            maps = list(_filter_shift(x, torch.stack(filters, 1), self.pad).unbind(1))
+        elif self._shift():  # eager: one chain each; broadcasting over the filters ran 2.5x slower
+            maps = [_filter_shift(x, f.unsqueeze(1), self.pad)[:, 0] for f in filters]
         else:
-            filters = list(getattr(self, f"weight_{which.lower()}").unsqueeze(1))  # sets x (1, 1|C, ke, ke)
-        apply = _filter_shift if self._shift() else _filter_grouped
-        norm = getattr(self, f"bn{which.lower()}", None)
-        maps = [apply(x, f, self.pad) for f in filters]
-        return [norm(m) for m in maps] if norm is not None else maps
+            maps = [_filter_grouped(x, f, self.pad) for f in filters]
+        sets = len(filters) // 2
+        for which, start in (("u", 0), ("v", sets)):
+            norm = getattr(self, f"bn{which}", None)
+            if norm is not None:
+                maps[start:start + sets] = [norm(m) for m in maps[start:start + sets]]
+        return maps[:sets], maps[sets:]
 
     def _p(self, x: torch.Tensor, which: str) -> torch.Tensor:
         """P as (1 or N, outputs, 1, 1)."""
@@ -220,7 +256,7 @@ class A2UKernels(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (up kernels (N, k^2, H, W), down kernels (N, 4k^2, H/2, W/2) or None)."""
         k = self.cfg.k_up
-        u, v = self._encode(x, "U"), self._encode(x, "V")
+        u, v = self._encode(x)
         scale = 1 / math.sqrt(self.channels)
         affinity = torch.cat([(a * b).sum(1, keepdim=True) for a, b in zip(u, v)], 1) * scale
         if self.cfg.pointwise:  # (N, 4, h, w) maps, one per sub-pixel s, times P's k^2 values
