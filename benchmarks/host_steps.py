@@ -7,8 +7,8 @@ equal). `restore` is given the trimap channel of the prepared input as its raw o
 model costs nothing. Each step's mean over the images is printed in ms of wall time and of the
 process's CPU time (OpenCV uses every core for resizing), per recipe alignment.
 
-Each configuration runs in its own process, because `inference.batch.reuse_freed_buffers` (what
-`matte infer` calls) changes the C library's allocator for the whole process; `--compare-reuse`
+Each configuration runs in its own process, because `inference.pipeline.reuse_freed_buffers` (what
+`load_pipeline` calls) changes the C library's allocator for the whole process; `--compare-reuse`
 runs each recipe with and without it, side by side:
 
     PYTHONPATH=. python benchmarks/host_steps.py --size 3840x2160 --count 6 --compare-reuse
@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 from mattecli.bench_e2e import make_inputs
 from mattecli.imageio import read_image, read_trimap, write_png
-from mattecli.inference.batch import reuse_freed_buffers
-from mattecli.inference.pipeline import prepare, restore
+from mattecli.inference.pipeline import prepare, restore, reuse_freed_buffers
 from mattecli.recipes import load_recipe
 
 name, width, height, count, reuse = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"

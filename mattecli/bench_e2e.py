@@ -3,8 +3,11 @@
 Inputs are generated PNGs of the requested size (the lemur photo in examples/, CC0, tiled to the
 size and mirrored differently per copy so no two files are equal, with its trimap alike), so the
 codecs see photographic content. The runner is `inference.batch.infer_folder` itself, with the
-same pipeline, workers and outputs `matte infer` would use; one untimed image first warms the
-model up (cuDNN's algorithm search, torch.compile).
+same pipeline, workers and outputs `matte infer` would use; WARM_IMAGES untimed images first, with
+the same workers, warm the model up (cuDNN's algorithm search, torch.compile) and let the process
+grow to its working set: until it has, every big array faults in fresh pages (on the 2-core CPU the
+first four 4K images prepared in 190-430 ms, the next in 41 ms), which a long folder run amortises
+and an 8-image benchmark would not.
 
 Each stage's time is summed over the images: decode, foreground and encode run in the worker
 threads, overlapping each other and the model, so the stages add up to more than the wall time
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+WARM_IMAGES = 4
 STAGES = ("decode", "upload + prepare", "model", "restore + download", "foreground", "encode")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -94,7 +98,7 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
         sizes: `Size`s (width, height).
         backend, device, half, compile: as for `matte infer` (device already resolved).
         save: output kinds, as `matte infer --save`.
-        count: timed images per size (one more, untimed, warms up).
+        count: timed images per size (WARM_IMAGES more, untimed, warm up first).
         workers: the runner's worker threads (default: `default_workers(device)`, as `matte infer`).
         json_path: where to write the report as JSON, atomically.
         log: called with a line of progress text.
@@ -121,10 +125,10 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
         for size in sizes:
             width, height = size.width, size.height
             folder, warm = Path(tmp) / f"in-{width}x{height}", Path(tmp) / f"warm-{width}x{height}"
-            log(f"writing {count + 1} inputs of {width}x{height}")
+            log(f"writing {count + WARM_IMAGES} inputs of {width}x{height}")
             make_inputs(folder, count, width, height)
-            make_inputs(warm, 1, width, height)
-            infer_folder(pipeline, warm, Path(tmp) / "out-warm", save=list(save), progress=False, workers=0)
+            make_inputs(warm, WARM_IMAGES, width, height)
+            infer_folder(pipeline, warm, Path(tmp) / "out-warm", save=list(save), progress=False, workers=workers)
             start = time.perf_counter()  # the decoding alone, one image after the other: the target's yardstick
             for i in range(count):
                 read_image(folder / f"e2e {i:03d}.png", apply_exif=True)

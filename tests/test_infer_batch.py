@@ -166,7 +166,7 @@ def test_decoding_ahead_is_bounded(tmp_path, monkeypatch):
     images = make_pairs(tmp_path / "in", [f"i{i}" for i in range(12)])
     loaded = []
     real_load = batch._load
-    monkeypatch.setattr(batch, "_load", lambda item, overwrite: loaded.append(1) or real_load(item, overwrite))
+    monkeypatch.setattr(batch, "_load", lambda item, overwrite, **kw: loaded.append(1) or real_load(item, overwrite, **kw))
 
     class Slow(FakePipeline):
         ahead = 0
@@ -195,3 +195,44 @@ def test_temporary_files_of_a_killed_run_are_removed_once_old(tmp_path):
     os.utime(old, (two_hours_ago, two_hours_ago))
     infer_folder(FakePipeline(), images, out, save=("alpha", "fg"), progress=False)
     assert not old.exists() and young.exists()
+
+
+@pytest.mark.parametrize("max_bytes", [None, 200 * 200 * 100])
+def test_inputs_prepared_in_the_workers_give_the_alpha_of_the_model_thread(tmp_path, max_bytes):
+    # issue 13: on the numpy path the worker that decodes an image also prepares its network input,
+    # beside the model; the alpha is the one `Pipeline.run` makes alone, whole or tiled
+    import threading
+
+    import numpy as np
+
+    from mattecli.imageio import read_image, read_trimap
+    from mattecli.inference.pipeline import Pipeline
+    from mattecli.recipes import InferConfig
+
+    class Network:  # a numpy backend whose output depends on the image, the trimap and the alignment
+        def __call__(self, x):
+            return 1 / (1 + np.exp(-(x[:, :1] - x[:, 2:3] + 2 * x[:, 3:4] - 1)))
+
+    threads = set()
+
+    class Spy(Pipeline):
+        def prepare_host(self, image, trimap):
+            threads.add(threading.current_thread().name)
+            return super().prepare_host(image, trimap)
+
+    cfg = InferConfig(align="resize", stride=32, bytes_per_pixel=100)
+    images = make_pairs(tmp_path / "in", ["a", "b", "c"], size=(150, 301))
+    for workers in (0, 2):
+        pipeline = Spy(backend=Network(), cfg=cfg, max_bytes=max_bytes, bytes_per_pixel=100)
+        report = infer_folder(pipeline, images, tmp_path / f"out{workers}", progress=False, workers=workers)
+        assert len(report.done) == 3 and not report.failed
+        if max_bytes is not None:
+            assert len(report.tiled) == 3  # too big for a whole pass: prepared per tile, in the model's thread
+    assert any(name.startswith("matte-io") for name in threads)
+    plain = Pipeline(backend=Network(), cfg=cfg, max_bytes=max_bytes, bytes_per_pixel=100)
+    for stem in ("a", "b", "c"):
+        image = read_image(images / f"{stem}.png", apply_exif=True)
+        trimap, _ = read_trimap(images / f"{stem}_trimap.png")
+        expected = plain.run(image, trimap).alpha
+        assert np.array_equal(read_gray(tmp_path / "out0" / f"{stem}.png"), expected)
+        assert np.array_equal(read_gray(tmp_path / "out2" / f"{stem}.png"), expected)

@@ -195,29 +195,6 @@ def default_workers(device: str) -> int:
     return max(2, cores)
 
 
-def reuse_freed_buffers() -> bool:
-    """Let this process reuse the memory of one image's big arrays for the next image's.
-
-    glibc returns every block above 32 MiB to the kernel on free and maps fresh, zeroed pages for
-    the next one; at 4K each image allocates a dozen such arrays (the 133 MB network input among
-    them), and faulting their pages in cost about as much as the arithmetic: `prepare` took 90 ms
-    instead of 46 ms on the 2-core CPU (benchmarks/bench_infer.py). Raising glibc's mmap and trim
-    thresholds to 1 GiB keeps freed blocks in the heap, so the process's footprint stays near its
-    peak (which is what `--max-memory` budgets) instead of shrinking between images. A no-op
-    (False) where the C library is not glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
-
-
 def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None, overwrite: bool = False,
                  progress: bool = True, save=("alpha",), background=None, shard: tuple[int, int] | None = None,
                  workers: int = 2, prefetch: int | None = None, timer=None, masks: Path | None = None,
@@ -290,13 +267,12 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
             else:
                 report.skipped.append(str(image_path))
 
-    reuse_freed_buffers()
     device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
     prefetch = prefetch or max(2, workers)
     # Threads, not processes: decoding, encoding, numba and torch release the GIL in their heavy
     # loops, and a process would pickle every 4K image across (see docs/commands/infer.md, "Throughput").
     pool = executor(workers, name="matte-io")
-    load = functools.partial(_load, timer=timer) if timer is not None else _load
+    load = functools.partial(_load, timer=timer, prepare=getattr(pipeline, "prepare_host", None))
     reads: deque[tuple[_Item, Future]] = deque()
     writes: deque[tuple[_Item, Future]] = deque()
     queue = iter(todo)
@@ -322,7 +298,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                 item, future = reads.popleft()
                 fill_reads()  # keep decoding ahead while the model runs
                 try:
-                    image, trimap, alpha, notes = future.result()
+                    image, trimap, alpha, notes, prepared = future.result()
                     report.notes.extend(notes)
                     nothing = _nothing_to_matte(trimap, mask_rule is not None)
                     if nothing and empty == "skip":
@@ -336,7 +312,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                         report.warnings.append((str(item.trimap_path), "no foreground pixel (only background and "
                                                                        "unknown): is it the right trimap?"))
                     if alpha is None:
-                        alpha, how = pipeline.run(image, trimap)
+                        alpha, how = pipeline.run(image, trimap, prepared) if prepared is not None else \
+                            pipeline.run(image, trimap)
                         if item.alpha_path is not None:  # a new alpha replaces an unusable one on disk
                             item.targets.setdefault("alpha", item.alpha_path)
                         if how.startswith("tiled"):
@@ -363,10 +340,13 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     return report
 
 
-def _load(item: _Item, overwrite: bool, timer=None):
-    """Decode one item: (image, trimap, existing alpha or None, notes). Runs in a worker thread.
+def _load(item: _Item, overwrite: bool, timer=None, prepare=None):
+    """Decode one item: (image, trimap, existing alpha or None, notes, prepared network input or
+    None). Runs in a worker thread.
 
-    With a `mask_rule` the item's second file is a mask, made into a trimap here."""
+    With a `mask_rule` the item's second file is a mask, made into a trimap here. With `prepare`
+    (`Pipeline.prepare_host`) the network input is made here too, beside the model, when the model
+    will run (no alpha to reuse, something to matte)."""
     mask_rule = item.mask_rule
     what = "trimap" if mask_rule is None else "mask"
     with stage(timer, "decode"):
@@ -389,7 +369,10 @@ def _load(item: _Item, overwrite: bool, timer=None):
             alpha = None
         if alpha is not None and alpha.shape != trimap.shape:
             alpha = None
-    return image, trimap, alpha, notes
+    prepared = None
+    if prepare is not None and alpha is None and not _nothing_to_matte(trimap, mask_rule is not None):
+        prepared = prepare(image, trimap)
+    return image, trimap, alpha, notes, prepared
 
 
 def _nothing_to_matte(trimap: np.ndarray, from_mask: bool) -> str | None:

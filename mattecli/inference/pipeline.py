@@ -7,12 +7,13 @@ trimap come from the recipe's `infer` section, which travels inside every weight
 
 The steps are written once over an array library (`NumpyOps`, `TorchOps`): numpy with OpenCV
 (the reference, for ONNX Runtime and TensorRT) or torch on the backend's device (so on a GPU only
-uint8 crosses the bus). Only what truly differs between the libraries is passed in: bicubic resize,
-reflect padding, table look-up, joining channels, upload and download. Normalisation and trimap
-encoding are table look-ups and nearest-neighbour resizing is a gather with the indices OpenCV
-computes, so both libraries give the same bits; only bicubic resizing differs (OpenCV's kernel
-against torch's, the same cubic with a = -0.75 summed in another order). The torch backend uses
-the torch path on CUDA only: on a CPU, numpy with OpenCV is faster and is the authors' arithmetic.
+uint8 crosses the bus). Only what truly differs between the libraries is passed in: bicubic
+resize, reflect padding, table look-up (into a given output), an empty network input, copying
+the known trimap pixels, upload and download. Normalisation and trimap encoding are table
+look-ups and nearest-neighbour resizing is a gather with the indices OpenCV computes, so both
+libraries give the same bits; only bicubic resizing differs (OpenCV's kernel against torch's, the
+same cubic with a = -0.75 summed in another order). The torch backend uses the torch path on CUDA
+only: on a CPU, numpy with OpenCV is faster and is the authors' arithmetic.
 """
 
 from __future__ import annotations
@@ -370,14 +371,35 @@ class Pipeline:
     def _stage(self, name: str):
         return stage(self.timer, name)
 
-    def predict_whole(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+    def prepare_host(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray | None:
+        """The network input of a whole-image pass, prepared here, so that a worker thread can do
+        it while the model runs on the previous image (`batch.infer_folder`); pass it to `run`.
+
+        None where it belongs elsewhere: a backend with device ops prepares on its device, and an
+        image over `max_bytes` is prepared tile by tile.
+        """
+        if self.ops is not NUMPY or image.shape[:2] != trimap.shape or not self._whole(*trimap.shape):
+            return None
+        with self._stage("upload + prepare"):
+            return prepare(image, trimap, self.cfg)
+
+    def _whole(self, h: int, w: int) -> bool:
+        from mattecli.inference import tiling
+
+        return self.max_bytes is None or tiling.pass_bytes(h, w, self.cfg, self.bytes_per_pixel) <= self.max_bytes
+
+    def predict_whole(self, image: np.ndarray, trimap: np.ndarray, prepared=None) -> np.ndarray:
         """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha, in one whole-image pass
-        whatever `max_bytes` says (the authors' protocol, which `matte eval --weights` follows)."""
+        whatever `max_bytes` says (the authors' protocol, which `matte eval --weights` follows).
+        `prepared`: the network input from `prepare_host`, if it was made already."""
         _check_sizes(image, trimap)
         ops = self.ops
-        with self._stage("upload + prepare"):
-            image_d, trimap_d = ops.upload(image), ops.upload(trimap)
-            x = prepare(image_d, trimap_d, self.cfg, ops)
+        if prepared is not None and ops is NUMPY:
+            x, trimap_d = prepared, trimap
+        else:
+            with self._stage("upload + prepare"):
+                image_d, trimap_d = ops.upload(image), ops.upload(trimap)
+                x = prepare(image_d, trimap_d, self.cfg, ops)
         raw = self._forward(x, ops)
         with self._stage("restore + download"):
             return ops.download(restore(raw, trimap_d, self.cfg, ops))
@@ -396,11 +418,12 @@ class Pipeline:
         raw = self._forward(prepare(ops.upload(image), ops.upload(trimap), self.cfg, ops), ops)
         return ops.download(unalign(raw, h, w, self.cfg, ops))
 
-    def run(self, image: np.ndarray, trimap: np.ndarray) -> Matte:
+    def run(self, image: np.ndarray, trimap: np.ndarray, prepared=None) -> Matte:
         """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> the alpha and how it was computed, with
         "; redone in fp32 (...)" appended when a half-precision pass gave non-finite values.
 
         The whole image when its pass fits `max_bytes`; otherwise tiles over the unknown band.
+        `prepared`: the network input from `prepare_host`, if it was made already.
 
         Raises:
             ValueError: on mismatched sizes, a ceiling too small for even the smallest tile, or a
@@ -411,11 +434,10 @@ class Pipeline:
         _check_sizes(image, trimap)
         h, w = trimap.shape
         redone = getattr(self.backend, "fallbacks", 0)
-        per_pixel = self.bytes_per_pixel
-        if self.max_bytes is None or tiling.pass_bytes(h, w, self.cfg, per_pixel) <= self.max_bytes:
-            alpha, how = self.predict_whole(image, trimap), "whole"
+        if self._whole(h, w):
+            alpha, how = self.predict_whole(image, trimap, prepared), "whole"
         else:
-            side = tiling.tile_size(self.max_bytes, self.cfg, per_pixel)
+            side = tiling.tile_size(self.max_bytes, self.cfg, self.bytes_per_pixel)
             overlap = side // tiling.OVERLAP_FRACTION
             tiles = tiling.plan_tiles(trimap, side, overlap)
             if not tiles:  # nothing to estimate: the trimap is the alpha
@@ -445,6 +467,32 @@ def _check_sizes(image: np.ndarray, trimap: np.ndarray) -> None:
                          f"{trimap.shape[1]}x{trimap.shape[0]}")
 
 
+def reuse_freed_buffers() -> bool:
+    """Let this process reuse the memory of one image's big arrays for the next image's.
+
+    glibc returns every block above 32 MiB to the kernel on free and maps fresh, zeroed pages for
+    the next one; at 4K each image allocates a dozen such arrays (the 133 MB network input among
+    them), and faulting their pages in cost about as much as the arithmetic: `prepare` took 90 ms
+    instead of 46 ms on the 2-core CPU (benchmarks/host_steps.py --compare-reuse). Raising glibc's
+    mmap and trim thresholds to 1 GiB keeps freed blocks in the heap, and one arena for all
+    threads keeps the worker threads' blocks there too (a thread's own arena maps any block over
+    64 MiB afresh): the process's footprint stays near its peak (which is what `--max-memory`
+    budgets) instead of shrinking between images. Called by `load_pipeline`, before a backend
+    starts threads of its own. A no-op (False) where the C library is not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return False
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30)) \
+        and bool(mallopt(m_arena_max, 1))
+
+
 def load_pipeline(weights, backend: str | None = None, device: str = "cpu",
                   max_bytes: int | None = None, half: bool = False, compile: bool = False) -> Pipeline:
     """Build the pipeline for a weights file (`.safetensors`; exported models via their backend).
@@ -459,6 +507,7 @@ def load_pipeline(weights, backend: str | None = None, device: str = "cpu",
     from mattecli.inference.backends import load_backend
     from mattecli.inference.tiling import model_bytes_per_pixel
 
+    reuse_freed_buffers()
     be = load_backend(weights, backend, device, half=half, compile=compile)
     per_pixel, _ = model_bytes_per_pixel(be.recipe.infer, device, half)
     return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes,
