@@ -216,9 +216,9 @@ def test_inputs_prepared_in_the_workers_give_the_alpha_of_the_model_thread(tmp_p
     threads = set()
 
     class Spy(Pipeline):
-        def prepare_host(self, image, trimap):
+        def prepare_host(self, image, trimap, ahead=0):
             threads.add(threading.current_thread().name)
-            return super().prepare_host(image, trimap)
+            return super().prepare_host(image, trimap, ahead)
 
     cfg = InferConfig(align="resize", stride=32, bytes_per_pixel=100)
     images = make_pairs(tmp_path / "in", ["a", "b", "c"], size=(150, 301))
@@ -236,3 +236,21 @@ def test_inputs_prepared_in_the_workers_give_the_alpha_of_the_model_thread(tmp_p
         expected = plain.run(image, trimap).alpha
         assert np.array_equal(read_gray(tmp_path / "out0" / f"{stem}.png"), expected)
         assert np.array_equal(read_gray(tmp_path / "out2" / f"{stem}.png"), expected)
+
+
+def test_inputs_are_prepared_ahead_only_when_they_fit_beside_the_pass():
+    # --max-memory budgets one pass; inputs prepared ahead by the workers must fit beside it
+    import numpy as np
+
+    from mattecli.inference import tiling
+    from mattecli.inference.pipeline import Pipeline
+    from mattecli.recipes import InferConfig
+
+    cfg = InferConfig(align="resize", stride=32, bytes_per_pixel=100)
+    image, trimap = np.zeros((64, 96, 3), np.uint8), np.full((64, 96), 128, np.uint8)
+    one_pass = tiling.pass_bytes(64, 96, cfg)
+    one_input = 64 * 96 * 4 * 4
+    tight = Pipeline(backend=None, cfg=cfg, max_bytes=one_pass + one_input)
+    assert tight.prepare_host(image, trimap, ahead=1).shape == (1, 4, 64, 96)
+    assert tight.prepare_host(image, trimap, ahead=2) is None  # prepared in its own pass instead
+    assert Pipeline(backend=None, cfg=cfg).prepare_host(image, trimap, ahead=8) is not None  # no ceiling

@@ -272,7 +272,9 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     # Threads, not processes: decoding, encoding, numba and torch release the GIL in their heavy
     # loops, and a process would pickle every 4K image across (see docs/commands/infer.md, "Throughput").
     pool = executor(workers, name="matte-io")
-    load = functools.partial(_load, timer=timer, prepare=getattr(pipeline, "prepare_host", None))
+    # the workers also prepare the network input, beside the model (in turn with it, nothing gains)
+    prepare = getattr(pipeline, "prepare_host", None) if workers else None
+    load = functools.partial(_load, timer=timer, prepare=prepare and functools.partial(prepare, ahead=prefetch))
     reads: deque[tuple[_Item, Future]] = deque()
     writes: deque[tuple[_Item, Future]] = deque()
     queue = iter(todo)

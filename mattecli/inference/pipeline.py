@@ -371,22 +371,29 @@ class Pipeline:
     def _stage(self, name: str):
         return stage(self.timer, name)
 
-    def prepare_host(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray | None:
+    def prepare_host(self, image: np.ndarray, trimap: np.ndarray, ahead: int = 0) -> np.ndarray | None:
         """The network input of a whole-image pass, prepared here, so that a worker thread can do
         it while the model runs on the previous image (`batch.infer_folder`); pass it to `run`.
 
         None where it belongs elsewhere: a backend with device ops prepares on its device, and an
-        image over `max_bytes` is prepared tile by tile.
+        image is prepared in its pass (or tile by tile) when its pass and `ahead` more inputs
+        waiting beside it would not fit `max_bytes`.
         """
-        if self.ops is not NUMPY or image.shape[:2] != trimap.shape or not self._whole(*trimap.shape):
+        if self.ops is not NUMPY or image.shape[:2] != trimap.shape or not self._whole(*trimap.shape, ahead):
             return None
         with self._stage("upload + prepare"):
             return prepare(image, trimap, self.cfg)
 
-    def _whole(self, h: int, w: int) -> bool:
+    def _whole(self, h: int, w: int, inputs_ahead: int = 0) -> bool:
+        """Whether an (h, w) image runs as one pass under `max_bytes`, with `inputs_ahead` prepared
+        inputs of its size held besides."""
         from mattecli.inference import tiling
 
-        return self.max_bytes is None or tiling.pass_bytes(h, w, self.cfg, self.bytes_per_pixel) <= self.max_bytes
+        if self.max_bytes is None:
+            return True
+        ah, aw = aligned_size(h, w, self.cfg.stride)
+        waiting = inputs_ahead * ah * aw * 4 * (6 if self.cfg.trimap == "onehot" else 4)
+        return tiling.pass_bytes(h, w, self.cfg, self.bytes_per_pixel) + waiting <= self.max_bytes
 
     def predict_whole(self, image: np.ndarray, trimap: np.ndarray, prepared=None) -> np.ndarray:
         """(H, W, 3) uint8 RGB, (H, W) uint8 trimap -> (H, W) uint8 alpha, in one whole-image pass

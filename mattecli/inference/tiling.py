@@ -22,8 +22,9 @@ import numpy as np
 from mattecli.sizes import aligned_size
 
 # Memory of one pass besides the network's activations, per aligned input pixel: the normalised
-# float32 image and trimap, their concatenation and NCHW copy, and resize buffers (prepare), and the
-# raw output and its restored copy.
+# float32 image and its resized copy and the network input (prepare: 40-48 bytes), and the raw
+# output and its restored copies; an upper bound. Inputs prepared ahead by `matte infer`'s workers
+# are counted apart (`Pipeline.prepare_host`).
 PREPARE_BYTES_PER_PIXEL = 96
 MIN_TILE_STRIDES = 4  # a tile smaller than 4 strides has almost no context left
 OVERLAP_FRACTION = 4  # overlap = tile // 4
