@@ -405,12 +405,23 @@ def prepare_out_dir(out: str | Path, option: str = "--out") -> Path:
         raise UsageError(f"{option} {out}: is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".matte-write-check.", dir=out)
+    except OSError as err:
+        raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
+    _probe_write(out, out, option)
+    return out
+
+
+def _probe_write(folder: Path, out: Path, option: str) -> None:
+    """Create and remove a temporary file in `folder`; a failure is a UsageError naming `option`
+    and `out` (the path the user gave, `folder` or below it)."""
+    from mattecli.errors import UsageError
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".matte-write-check.", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
         raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
-    return out
 
 
 def check_out_dir(out: str | Path, option: str = "--out") -> Path:
@@ -427,12 +438,7 @@ def check_out_dir(out: str | Path, option: str = "--out") -> Path:
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise UsageError(f"{option} {out}: {existing} is a file, not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".matte-write-check.", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
+    _probe_write(existing, out, option)
     return out
 
 
