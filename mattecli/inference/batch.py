@@ -300,9 +300,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                 item, future = reads.popleft()
                 fill_reads()  # keep decoding ahead while the model runs
                 try:
-                    image, trimap, alpha, notes, prepared = future.result()
+                    image, trimap, alpha, notes, nothing, prepared = future.result()
                     report.notes.extend(notes)
-                    nothing = _nothing_to_matte(trimap, mask_rule is not None)
                     if nothing and empty == "skip":
                         report.nothing.append((str(item.trimap_path), f"{nothing}; skipped"))
                         advance()
@@ -343,8 +342,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
 
 
 def _load(item: _Item, overwrite: bool, timer=None, prepare=None):
-    """Decode one item: (image, trimap, existing alpha or None, notes, prepared network input or
-    None). Runs in a worker thread.
+    """Decode one item: (image, trimap, existing alpha or None, notes, why there is nothing to matte
+    or None, prepared network input or None). Runs in a worker thread.
 
     With a `mask_rule` the item's second file is a mask, made into a trimap here. With `prepare`
     (`Pipeline.prepare_host`) the network input is made here too, beside the model, when the model
@@ -371,10 +370,11 @@ def _load(item: _Item, overwrite: bool, timer=None, prepare=None):
             alpha = None
         if alpha is not None and alpha.shape != trimap.shape:
             alpha = None
+    nothing = _nothing_to_matte(trimap, mask_rule is not None)
     prepared = None
-    if prepare is not None and alpha is None and not _nothing_to_matte(trimap, mask_rule is not None):
+    if prepare is not None and alpha is None and not nothing:
         prepared = prepare(image, trimap)
-    return image, trimap, alpha, notes, prepared
+    return image, trimap, alpha, notes, nothing, prepared
 
 
 def _nothing_to_matte(trimap: np.ndarray, from_mask: bool) -> str | None:
