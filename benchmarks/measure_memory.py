@@ -38,7 +38,7 @@ from mattecli.recipes import load_recipe
 name, h, w, sets = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 recipe = load_recipe(name, sets)
 h, w = -(-h // recipe.infer.stride) * recipe.infer.stride, -(-w // recipe.infer.stride) * recipe.infer.stride
-channels = 6 if recipe.infer.trimap == "onehot" else 4
+channels = recipe.infer.input_channels
 if len(sys.argv) > 5:  # an exported graph in ONNX Runtime
     from mattecli.inference.backends import OnnxBackend
     run = OnnxBackend.load(sys.argv[5])

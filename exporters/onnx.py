@@ -339,7 +339,7 @@ def _breadth_first(graph) -> None:
 
 def _input_channels(net, recipe) -> int:
     if recipe is not None:  # RGB + the trimap's encoding
-        return 3 + (3 if recipe.infer.trimap == "onehot" else 1)
+        return recipe.infer.input_channels
     import torch.nn as nn
 
     return next(m for m in net.modules() if isinstance(m, nn.Conv2d)).in_channels

@@ -106,6 +106,11 @@ class InferConfig:
     cuda_bytes_per_pixel: int = 0
     cuda_half_bytes_per_pixel: int = 0
 
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network input: RGB and the trimap's encoding (1 scalar, 3 one-hot)."""
+        return 3 + (3 if self.trimap == "onehot" else 1)
+
     def __post_init__(self):
         for name, allowed in (("align", ("resize", "pad", "resize-down")), ("normalise", ("unit", "pixel")),
                               ("known", ("copy", "force")), ("rounding", ("truncate", "half-even"))):

@@ -194,7 +194,7 @@ def test_onnxruntime_equals_pytorch_at_other_sizes_and_batches(exported):
     model, recipe, path, backend = exported
     s = recipe.infer.stride
     for n, h, w in ((1, 7 * s, 3 * s), (2, 3 * s, 5 * s), (1, 4 * s, 4 * s)):
-        x = torch.randn(n, 3 + (3 if recipe.infer.trimap == "onehot" else 1), h, w,
+        x = torch.randn(n, recipe.infer.input_channels, h, w,
                         generator=torch.Generator().manual_seed(h * w))
         with torch.no_grad():
             want = model(x).numpy()
@@ -265,7 +265,7 @@ def test_half_graph_is_fp16_inside_with_fp32_islands_and_close_to_pytorch(export
     check_operators(half)
     session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
     s = recipe.infer.stride
-    x = torch.randn(1, 3 + (3 if recipe.infer.trimap == "onehot" else 1), 5 * s, 3 * s,
+    x = torch.randn(1, recipe.infer.input_channels, 5 * s, 3 * s,
                     generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         want = model(x).numpy()

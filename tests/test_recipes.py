@@ -49,3 +49,9 @@ def test_only_one_base_level(tmp_path):
 def test_unknown_recipe_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown recipe 'nope'"):
         load_recipe("nope")
+
+
+def test_the_network_input_has_rgb_and_the_trimaps_channels():
+    from mattecli.recipes import InferConfig
+
+    assert InferConfig(trimap="scalar").input_channels == 4 and InferConfig(trimap="onehot").input_channels == 6

@@ -252,7 +252,7 @@ def prepare(image, trimap, cfg: InferConfig, ops=NUMPY):
     """
     h, w = trimap.shape
     ah, aw = _aligned_down(h, w, cfg.stride) if cfg.align == "resize-down" else aligned_size(h, w, cfg.stride)
-    out = ops.empty((1, 3 + (3 if cfg.trimap == "onehot" else 1), ah, aw))
+    out = ops.empty((1, cfg.input_channels, ah, aw))
     rgb_out, tri_out = out[0, :3], out[0, 3:]
     if (ah, aw) == (h, w):
         _normalise(image, cfg, ops, rgb_out)
@@ -392,7 +392,7 @@ class Pipeline:
         if self.max_bytes is None:
             return True
         ah, aw = aligned_size(h, w, self.cfg.stride)
-        waiting = inputs_ahead * ah * aw * 4 * (6 if self.cfg.trimap == "onehot" else 4)
+        waiting = inputs_ahead * ah * aw * 4 * self.cfg.input_channels
         return tiling.pass_bytes(h, w, self.cfg, self.bytes_per_pixel) + waiting <= self.max_bytes
 
     def predict_whole(self, image: np.ndarray, trimap: np.ndarray, prepared=None) -> np.ndarray:
