@@ -124,6 +124,7 @@ def test_device_check_dry_run(tmp_path):
     assert all("median_ms" in r for r in result["model"])
     assert {r["save"] for r in result["e2e"]} == {"alpha", "alpha,fg"}
     assert all(r["max_levels"] >= 0 for r in result["parity"])
+    assert result["foreground"][0]["median_ms"] > 0 and result["foreground"][0]["max_levels"] >= 0
     assert "device_check.py: exit 0" in (tmp_path / "device_check.log").read_text()
 
 
