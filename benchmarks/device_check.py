@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 RECIPES = ("indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp")
 PRECISIONS = ("fp32", "fp16", "bf16", "fp16-channels-last", "fp16-compiled")
+SECTIONS = ("model", "parity", "e2e", "foreground", "compiled", "profile")
 
 
 def log(*parts) -> None:
@@ -107,8 +108,16 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
                 start = time.perf_counter()
                 backend.forward(x)  # first call: cuDNN's search, compilation
                 row["first_call_s"] = round(time.perf_counter() - start, 2)
-                ms = clock.median_ms(lambda: backend.forward(x), repeat, warmup)
                 pixels = x.shape[2] * x.shape[3]
+                if cuda:
+                    # cuDNN's search in the first call tries algorithms with whatever workspace is
+                    # free (an algorithm whose workspace cannot be had is skipped), so its peak says
+                    # how much memory was free, not what a pass needs: the figure that budgets
+                    # --max-memory is the peak of the passes after it
+                    torch.cuda.synchronize(device)
+                    row["first_call_peak_mib"] = round((torch.cuda.max_memory_allocated(device) - base) / 2**20, 1)
+                    torch.cuda.reset_peak_memory_stats(device)
+                ms = clock.median_ms(lambda: backend.forward(x), repeat, warmup)
                 row.update(input="x".join(map(str, x.shape)), median_ms=round(ms, 3),
                            images_per_s=round(1000 / ms, 2))
                 if cuda:
@@ -198,6 +207,59 @@ def foreground_rows(device: str, size, repeat: int) -> list[dict]:
     return [row]
 
 
+def profile_rows(device: str, out: Path, size, precisions=("fp16", "fp16-channels-last")) -> list[dict]:
+    """Where IndexNet's model time goes: torch.profiler's CUDA kernels of 3 passes at `size`,
+    the top kernels by their own device time into OUT/profile.txt, and the share of the largest
+    kinds (convolution, elementwise, reduction and normalisation, copies) into the JSON."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from mattecli.inference.random_input import fresh_input
+    from mattecli.sizes import Size
+
+    rows, text = [], []
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    for precision in precisions:
+        backend, recipe = seeded_backend(RECIPES[0], device, precision)
+        x = torch.from_numpy(fresh_input(Size(*size), recipe.infer, np.random.default_rng(0))).to(device)
+        for _ in range(3):
+            backend.forward(x)
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                backend.forward(x)
+            Clock(device).sync()
+        events = prof.key_averages()
+
+        def own(e):  # the event's own device time in microseconds, under either spelling of torch's versions
+            return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0
+
+        kernels = [e for e in events if own(e) > 0 and not e.key.startswith(("aten::", "cuda", "Memcpy", "Memset"))]
+        kernels = kernels or [e for e in events if own(e) > 0]
+        total = sum(own(e) for e in kernels) or 1
+        kinds = {"convolution": ("conv", "gemm", "xmma", "sm90", "implicit", "cutlass", "cudnn"),
+                 "normalisation and reduction": ("norm", "reduce", "softmax"),
+                 "elementwise": ("elementwise", "vectorized", "unrolled", "triton")}
+        share = {kind: 0.0 for kind in kinds}
+        for e in kernels:
+            name = e.key.lower()
+            kind = next((k for k, words in kinds.items() if any(w in name for w in words)), None)
+            if kind:
+                share[kind] += own(e) / total
+        top = sorted(kernels, key=own, reverse=True)[:25]
+        row = {"recipe": RECIPES[0], "precision": precision, "size": f"{size[0]}x{size[1]}",
+               "device_ms_per_pass": round(total / 3 / 1000, 3), "kernel_launches_per_pass": sum(e.count for e in kernels) // 3,
+               "share": {k: round(v, 3) for k, v in share.items()},
+               "top": [{"kernel": e.key[:120], "ms_per_pass": round(own(e) / 3 / 1000, 3), "calls_per_pass": e.count // 3}
+                       for e in top[:10]]}
+        text.append(f"== {RECIPES[0]} {precision} {size[0]}x{size[1]}: {row['device_ms_per_pass']} ms of kernels per pass")
+        text += [f"{own(e) / 3 / 1000:9.3f} ms {e.count // 3:5d}x  {e.key[:150]}" for e in top]
+        log(json.dumps({k: v for k, v in row.items() if k != "top"}))
+        rows.append(row)
+        del backend
+    (out / "profile.txt").write_text("\n".join(text) + "\n")
+    return rows
+
+
 def e2e_rows(device: str, size, count: int) -> list[dict]:
     import tempfile
 
@@ -232,7 +294,15 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=120, help="seconds for the eager model rows before skipping")
     parser.add_argument("--compile-budget", type=float, default=90,
                         help="seconds for the compiled model rows (run last) before skipping")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run, in this order: {','.join(SECTIONS)}")
+    parser.add_argument("--sizes", help="model rows' sizes, e.g. 3840x2160 (default 1920x1080,3840x2160)")
+    parser.add_argument("--precisions", help=f"model rows' precisions (default {','.join(PRECISIONS)})")
     args = parser.parse_args(argv)
+    sections = args.only.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
     import torch
 
     precisions, half_precisions = PRECISIONS, ("fp16", "bf16")
@@ -244,6 +314,10 @@ def main(argv=None) -> int:
             print("device_check: CUDA is not available (use --cpu for a dry run)", file=sys.stderr)
             return 2
         device, sizes, e2e_size, repeat, warmup, count = "cuda", [(1920, 1080), (3840, 2160)], (3840, 2160), 10, 3, 24
+    if args.sizes:
+        sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+    if args.precisions:
+        precisions = tuple(args.precisions.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (dry run)",
@@ -260,17 +334,26 @@ def main(argv=None) -> int:
     # and least certain part, and a run stopped by its timeout still has the rest
     eager = tuple(p for p in precisions if not p.endswith("compiled"))
     compiled = tuple(p for p in precisions if p.endswith("compiled"))
-    result["model"] = model_rows(device, sizes, repeat, warmup, started + args.budget, eager)
-    save()
-    result["parity"] = parity_rows(device, sizes[-1], half_precisions)
-    save()
-    result["e2e"] = e2e_rows(device, e2e_size, count)
-    save()
-    result["foreground"] = foreground_rows(device, e2e_size, repeat)
-    save()
-    if compiled:
+    result["model"] = []
+    if "model" in sections:
+        result["model"] = model_rows(device, sizes, repeat, warmup, started + args.budget, eager)
+        save()
+    if "parity" in sections:
+        result["parity"] = parity_rows(device, sizes[-1], half_precisions)
+        save()
+    if "e2e" in sections:
+        result["e2e"] = e2e_rows(device, e2e_size, count)
+        save()
+    if "foreground" in sections:
+        result["foreground"] = foreground_rows(device, e2e_size, repeat)
+        save()
+    if compiled and "compiled" in sections:
         result["model"] += model_rows(device, sizes, repeat, warmup, time.time() + args.compile_budget,
                                       compiled)
+        save()
+    if "profile" in sections:
+        result["profile"] = profile_rows(device, args.out, sizes[0], ("fp16", "fp16-channels-last")
+                                         if not args.cpu else ("fp32",))
     per_pixel = {}
     for row in result["model"]:
         if "bytes_per_pixel" in row and row["size"] == f"{sizes[-1][0]}x{sizes[-1][1]}":

@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check of issue 13, one command:   bash benchmarks/device_check.sh [--cpu]
+# The GPU check of issue 13, one command:   bash benchmarks/device_check.sh [--cpu] [device_check.py options]
+#
+# Options after --cpu go to benchmarks/device_check.py (e.g. --only model,profile --sizes 3840x2160).
+# PYTEST_TIMEOUT (seconds, default 120; 0 skips `pytest -m gpu`) and FIGURES_TIMEOUT (default 360)
+# bound the two parts.
 #
 # Needs: a CUDA machine with python3 holding PyTorch (2.x with CUDA), numpy, OpenCV, Pillow, numba,
 # scipy, safetensors, PyYAML, typer, rich and pytest, and no network. Not needed: TensorRT,
@@ -24,11 +28,12 @@ PY="${PYTHON:-python3}"
   fi
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  if [[ "${1:-}" != "--cpu" ]]; then
+  if [[ "${1:-}" != "--cpu" && "${PYTEST_TIMEOUT:-120}" != 0 ]]; then
     echo "== pytest -m gpu"
-    timeout 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/ ; echo "pytest -m gpu: exit $?"
+    timeout "${PYTEST_TIMEOUT:-120}" "$PY" -m pytest -m gpu -q -rfE --durations=10 -p no:cacheprovider tests/
+    echo "pytest -m gpu: exit $?"
   fi
   echo "== figures"
-  timeout 360 "$PY" benchmarks/device_check.py --out "$OUT" ${1:+"$1"}
+  timeout "${FIGURES_TIMEOUT:-360}" "$PY" benchmarks/device_check.py --out "$OUT" "$@"
   echo "device_check.py: exit $?"
 } 2>&1 | tee "$LOG"

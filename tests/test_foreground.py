@@ -141,20 +141,12 @@ def test_outputs_choose_the_port_only_on_cuda(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_cuda_port_equals_the_cpu_port_and_is_fast():
-    """On a GPU: the same numbers as on the CPU (to 2 levels: float reassociation), under 50 ms at 4K."""
-    import time
-
-    import cv2
-
+def test_cuda_port_equals_the_cpu_port():
+    """On a GPU: the same numbers as on the CPU, to 2 levels (float reassociation). Its speed is a
+    benchmark figure (benchmarks/device_check.sh, section foreground), not a timed test."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     image, alpha = _lemur_case()
     cpu, gpu = (foreground.estimate_foreground_torch(image, alpha, d) for d in ("cpu", "cuda"))
-    assert np.abs(cpu.astype(int) - gpu).max() <= 2
-    image4k, alpha4k = cv2.resize(image, (3840, 2160)), cv2.resize(alpha, (3840, 2160))
-    foreground.estimate_foreground_torch(image4k, alpha4k, "cuda")  # warm-up
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    foreground.estimate_foreground_torch(image4k, alpha4k, "cuda")
-    assert time.perf_counter() - start < 0.05
+    diff = np.abs(cpu.astype(int) - gpu)
+    assert diff.max() <= 2, f"largest difference {diff.max()} levels at {np.unravel_index(diff.argmax(), diff.shape)}"
