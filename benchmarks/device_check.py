@@ -4,13 +4,18 @@
     python benchmarks/device_check.py --out OUT --cpu      # dry run on a CPU, tiny sizes (for the test)
 
 For each released recipe (IndexNet, A2U, TCP), with seeded random weights (speed and memory do
-not depend on the values; no weights file travels): model-only time of one forward pass on a
-prepared device tensor at each size, in float32, float16 and bfloat16 (autocast, as `--half`), float16
-with channels_last, and float16 under torch.compile; peak memory of each (torch.cuda.max_memory_allocated,
-minus what was allocated before) and the bytes per aligned input pixel that `--max-memory` needs
-(`infer.cuda_bytes_per_pixel`, `infer.cuda_half_bytes_per_pixel`); half-vs-float32 parity of the
-whole pipeline on the lemur photo (examples/, CC0) tiled to 4K, in alpha levels over the unknown
-band. Then `bench --e2e` at 4K (IndexNet, --half) with --save alpha and --save alpha,fg.
+not depend on the values; no weights file travels), in sections (--only):
+- model: one forward pass on a prepared device tensor at each size, in float32, float16 (autocast,
+  as `--half`), float16 without BatchNorm folding (what `matte infer` did before folding), bfloat16
+  and float16 with channels_last; time, and peak memory of the passes after the first (cuDNN's
+  first-call search is reported apart), as bytes per aligned input pixel: what `--max-memory`
+  needs (`infer.cuda_bytes_per_pixel`, `infer.cuda_half_bytes_per_pixel`);
+- parity: half precision against float32, the whole pipeline, on the lemur photo (examples/, CC0)
+  tiled to 4K, in alpha levels over the unknown band;
+- e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg;
+- foreground: the GPU foreground estimation alone at 4K, and its difference from PyMatting's;
+- compiled: float16 under torch.compile (last: compilation is the slowest part);
+- profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 NCHW and channels_last.
 Everything goes into OUT/device_check.json; progress into the log (stdout).
 """
 
@@ -29,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RECIPES = ("indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp")
-PRECISIONS = ("fp32", "fp16", "bf16", "fp16-channels-last", "fp16-compiled")
+PRECISIONS = ("fp32", "fp16", "fp16-unfolded", "bf16", "fp16-channels-last", "fp16-compiled")
 SECTIONS = ("model", "parity", "e2e", "foreground", "compiled", "profile")
 
 
@@ -68,8 +73,10 @@ def seeded_backend(name: str, device: str, precision: str):
     recipe = load_recipe(name)
     torch.manual_seed(0)
     model = build_model(recipe).eval()
-    backend = TorchBackend(model, recipe, device, half=precision != "fp32",
-                           compile=precision.endswith("compiled"), channels_last=precision.endswith("last"))
+    # as `matte infer` loads weights: BatchNorms folded on CUDA; "-unfolded" measures what that gains
+    backend = TorchBackend(model, recipe, device, half=not precision.startswith("fp32"),
+                           compile=precision.endswith("compiled"), channels_last=precision.endswith("last"),
+                           fold_bn=device.startswith("cuda") and not precision.endswith("unfolded"))
     if precision == "bf16":
         backend.half_dtype = torch.bfloat16
     return backend, recipe
@@ -236,8 +243,10 @@ def profile_rows(device: str, out: Path, size, precisions=("fp16", "fp16-channel
         kernels = [e for e in events if own(e) > 0 and not e.key.startswith(("aten::", "cuda", "Memcpy", "Memset"))]
         kernels = kernels or [e for e in events if own(e) > 0]
         total = sum(own(e) for e in kernels) or 1
-        kinds = {"convolution": ("conv", "gemm", "xmma", "sm90", "implicit", "cutlass", "cudnn"),
-                 "normalisation and reduction": ("norm", "reduce", "softmax"),
+        # first match wins: cuDNN's BatchNorm and layout kernels before the convolutions' words
+        kinds = {"normalisation and reduction": ("bn_fw", "norm", "reduce", "softmax"),
+                 "layout conversion": ("nchwtonhwc", "nhwctonchw"),
+                 "convolution": ("conv", "gemm", "xmma", "nvjet", "implicit", "cutlass"),
                  "elementwise": ("elementwise", "vectorized", "unrolled", "triton")}
         share = {kind: 0.0 for kind in kinds}
         for e in kernels:
@@ -352,7 +361,7 @@ def main(argv=None) -> int:
                                       compiled)
         save()
     if "profile" in sections:
-        result["profile"] = profile_rows(device, args.out, sizes[0], ("fp16", "fp16-channels-last")
+        result["profile"] = profile_rows(device, args.out, sizes[-1], ("fp16", "fp16-channels-last")
                                          if not args.cpu else ("fp32",))
     per_pixel = {}
     for row in result["model"]:

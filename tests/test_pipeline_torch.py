@@ -237,3 +237,38 @@ def test_compiled_backend_equals_eager_at_two_sizes_with_one_compilation():
         np.testing.assert_allclose(compiled(x), eager(x), atol=1e-5)
     # dynamic height and width: the three sizes share one graph
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_fold_bn_runs_a_folded_copy_and_leaves_the_callers_model_alone(tmp_path):
+    """TorchBackend(fold_bn=True) folds a copy (the training loop validates with its own model);
+    `load` folds on CUDA only, so the CPU keeps the authors' arithmetic."""
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    recipe = load_recipe("demo-indexnet")
+    torch.manual_seed(0)
+    model = build_model(recipe).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    backend = TorchBackend(model, recipe, fold_bn=True)
+    assert backend.folded == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backend.model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = np.random.default_rng(0).standard_normal((1, 4, 64, 96)).astype(np.float32)
+    np.testing.assert_allclose(backend(x), TorchBackend(model, recipe)(x), rtol=0, atol=1e-5)
+    weights = save_weights(model, recipe, tmp_path / "w.safetensors")
+    assert TorchBackend.load(weights, "cpu").folded == 0
+
+
+@pytest.mark.gpu
+def test_loading_weights_on_cuda_folds_the_batchnorms(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    recipe = load_recipe("demo-tcp")
+    weights = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+    backend = TorchBackend.load(weights, "cuda")
+    assert backend.folded == 61 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in backend.model.modules())

@@ -34,8 +34,10 @@ class Backend(Protocol):
         ...
 
 
-# --half: float16 (autocast keeps norms, softmax and reductions in float32). bfloat16 is the
-# alternative; benchmarks/device_check.sh measures both for speed and parity against float32.
+# --half: float16 (autocast keeps norms, softmax and reductions in float32). Measured against
+# bfloat16 on an H200 (benchmarks/device_check.sh; docs/benchmarks.md#gpu-figures): float16 was
+# faster for all three released recipes (IndexNet 4K 89.5 against 100.7 ms) and closer to float32
+# (largest alpha difference at 4K 1-2 levels against 5-255).
 HALF_DTYPE = "float16"
 
 
@@ -52,15 +54,28 @@ class TorchBackend:
             compiles once rather than once per size (padding inputs up to size buckets was not
             taken: it would change the output near the image's border).
         channels_last: NHWC memory layout (a switch for measuring; benchmarks/device_check.sh).
+        fold_bn: run a copy of `model` with every BatchNorm folded into the convolution before it
+            (`models.layers.fold_batchnorm`; the caller's model is left as it is). `load` does this
+            on CUDA, where the BatchNorms were 56% of IndexNet's float16 time at 4K
+            (docs/benchmarks.md#gpu-figures); on a CPU the reference path keeps the authors' exact
+            arithmetic.
     """
 
     def __init__(self, model, recipe, device: str = "cpu", half: bool = False, compile: bool = False,
-                 channels_last: bool = False):
+                 channels_last: bool = False, fold_bn: bool = False):
+        import copy
+
         import torch
 
         from mattecli.inference.pipeline import NUMPY, TorchOps
 
         self.device = torch.device(device)
+        self.folded = 0
+        if fold_bn:
+            model = copy.deepcopy(model).eval()
+            from mattecli.models.layers import fold_batchnorm
+
+            self.folded = fold_batchnorm(model)
         self.model = model.to(self.device).eval()
         self.recipe = recipe
         self.half, self.channels_last = half, channels_last
@@ -86,7 +101,7 @@ class TorchBackend:
                              f"{'an ONNX graph' if exported == 'onnx' else 'a TensorRT engine'}: use --backend "
                              f"{exported} (or leave --backend out)")
         model, recipe = load_model(path)
-        return cls(model, recipe, device, half=half, compile=compile)
+        return cls(model, recipe, device, half=half, compile=compile, fold_bn=str(device).startswith("cuda"))
 
     def forward(self, x):
         """(N, C, H, W) float32 tensor on the device -> raw (N, 1, H, W) float32 tensor there."""

@@ -36,7 +36,7 @@ POOLED_STAGES = (0, 2, 3, 4, 6)  # index pooling follows layer0, layer2, layer3,
 
 def indexed_pool(x: torch.Tensor, idx_en: torch.Tensor) -> torch.Tensor:
     """IP: the index-weighted sum over each 2x2 cell (idx_en broadcasts over channels if holistic)."""
-    return 4 * F.avg_pool2d(idx_en * x, 2, 2)
+    return 4 * F.avg_pool2d(idx_en.to(x.dtype) * x, 2, 2)
 
 
 def indexed_upsample(y: torch.Tensor, idx_de: torch.Tensor) -> torch.Tensor:
@@ -200,7 +200,9 @@ class IndexNetMatting(nn.Module):
     def _pool(self, stage: int, x: torch.Tensor):
         """Returns (pooled, skip feature, decoder index or None)."""
         idx_en, idx_de = getattr(self, f"index{stage}")(x)
-        weighted = idx_en * x
+        # under CUDA's autocast the softmax of the index comes out in float32; in the features'
+        # float16 the pooling and the skip it feeds stay half the size (a no-op in float32)
+        weighted = idx_en.to(x.dtype) * x
         pooled = 4 * F.avg_pool2d(weighted, 2, 2)
         if self.cfg.index in LEARNED:
             return pooled, weighted, idx_de  # the authors' decoder sees the index-weighted features

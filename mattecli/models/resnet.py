@@ -52,6 +52,8 @@ class BasicBlock(nn.Module):
             and `dep_sep_conv` in the decoder (a misnomer there: the convs are full 3x3 convs).
     """
 
+    CONV_BN_PAIRS = (("proj_conv", "proj_bn"),)  # layers.fold_batchnorm
+
     def __init__(self, cin: int, cout: int, stride: int = 1, activation: str = "leaky_relu",
                  body: str = "convs"):
         super().__init__()
@@ -92,6 +94,8 @@ class SplitBlock(nn.Module):
         strided_conv1: fold the reduction into conv1 (cheaper) when nobody needs its full-res output.
         extras: modules registered between `layer2` and the projection.
     """
+
+    CONV_BN_PAIRS = (("proj_conv", "proj_bn"),)  # layers.fold_batchnorm
 
     def __init__(self, cin: int, cout: int, activation: str = "leaky_relu", strided_conv1: bool = False,
                  extras: dict[str, nn.Module] | None = None):

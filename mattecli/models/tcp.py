@@ -55,6 +55,8 @@ class ResNet34Encoder(nn.Module):
     torchvision `--pretrained` map targets; the blocks use `relu`, as torchvision's do.
     """
 
+    CONV_BN_PAIRS = (("conv1", "bn1"),)  # layers.fold_batchnorm
+
     def __init__(self, width: float = 1.0, in_channels: int = IN_CHANNELS):
         super().__init__()
         chans = [max(1, int(c * width)) for c in RESNET34_CHANNELS]
