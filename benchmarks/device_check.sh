@@ -30,7 +30,11 @@ PY="${PYTHON:-python3}"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   if [[ "${1:-}" != "--cpu" && "${PYTEST_TIMEOUT:-120}" != 0 ]]; then
     echo "== pytest -m gpu"
-    timeout "${PYTEST_TIMEOUT:-120}" "$PY" -m pytest -m gpu -q -rfE --durations=10 -p no:cacheprovider tests/
+    # a test that hangs (the training tests did on the H200, 2026-11-27) prints every thread's stack
+    # before pytest stops, where pytest-timeout is installed
+    per_test=()
+    "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60 --timeout-method thread)
+    timeout "${PYTEST_TIMEOUT:-120}" "$PY" -m pytest -m gpu -q -rfE --durations=10 -p no:cacheprovider "${per_test[@]}" tests/
     echo "pytest -m gpu: exit $?"
   fi
   echo "== figures"
