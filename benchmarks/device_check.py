@@ -14,8 +14,8 @@ not depend on the values; no weights file travels), in sections (--only):
   tiled to 4K, in alpha levels over the unknown band;
 - e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg;
 - foreground: the GPU foreground estimation alone at 4K, and its difference from PyMatting's;
-- compiled: float16 under torch.compile (last: compilation is the slowest part);
-- profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 NCHW and channels_last.
+- profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 NCHW and channels_last;
+- compiled: float16 under torch.compile (last: compilation is the slowest part).
 Everything goes into OUT/device_check.json; progress into the log (stdout).
 """
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 RECIPES = ("indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp")
 PRECISIONS = ("fp32", "fp16", "fp16-unfolded", "bf16", "fp16-channels-last", "fp16-compiled")
-SECTIONS = ("model", "parity", "e2e", "foreground", "compiled", "profile")
+SECTIONS = ("model", "parity", "e2e", "foreground", "profile", "compiled")
 
 
 def log(*parts) -> None:
@@ -300,7 +300,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cpu", action="store_true", help="dry run on a CPU at tiny sizes")
-    parser.add_argument("--budget", type=float, default=120, help="seconds for the eager model rows before skipping")
+    parser.add_argument("--budget", type=float, default=170, help="seconds for the eager model rows before skipping")
     parser.add_argument("--compile-budget", type=float, default=90,
                         help="seconds for the compiled model rows (run last) before skipping")
     parser.add_argument("--only", default=",".join(SECTIONS),
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
         if not torch.cuda.is_available():
             print("device_check: CUDA is not available (use --cpu for a dry run)", file=sys.stderr)
             return 2
-        device, sizes, e2e_size, repeat, warmup, count = "cuda", [(1920, 1080), (3840, 2160)], (3840, 2160), 10, 3, 24
+        device, sizes, e2e_size, repeat, warmup, count = "cuda", [(1920, 1080), (3840, 2160)], (3840, 2160), 10, 3, 16
     if args.sizes:
         sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
     if args.precisions:
@@ -340,7 +340,8 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(result, indent=1))
 
     # the compiled rows come last, after everything the targets need: compilation is the slowest
-    # and least certain part, and a run stopped by its timeout still has the rest
+    # and least certain part (IndexNet: 152 s on the H200), and a run stopped by its timeout still
+    # has the rest
     eager = tuple(p for p in precisions if not p.endswith("compiled"))
     compiled = tuple(p for p in precisions if p.endswith("compiled"))
     result["model"] = []
@@ -356,13 +357,14 @@ def main(argv=None) -> int:
     if "foreground" in sections:
         result["foreground"] = foreground_rows(device, e2e_size, repeat)
         save()
+    if "profile" in sections:
+        result["profile"] = profile_rows(device, args.out, sizes[-1], ("fp16", "fp16-channels-last")
+                                         if not args.cpu else ("fp32",))
+        save()
     if compiled and "compiled" in sections:
         result["model"] += model_rows(device, sizes, repeat, warmup, time.time() + args.compile_budget,
                                       compiled)
         save()
-    if "profile" in sections:
-        result["profile"] = profile_rows(device, args.out, sizes[-1], ("fp16", "fp16-channels-last")
-                                         if not args.cpu else ("fp32",))
     per_pixel = {}
     for row in result["model"]:
         if "bytes_per_pixel" in row and row["size"] == f"{sizes[-1][0]}x{sizes[-1][1]}":

@@ -2,7 +2,7 @@
 # The GPU check of issue 13, one command:   bash benchmarks/device_check.sh [--cpu] [device_check.py options]
 #
 # Options after --cpu go to benchmarks/device_check.py (e.g. --only model,profile --sizes 3840x2160).
-# PYTEST_TIMEOUT (seconds, default 120; 0 skips `pytest -m gpu`) and FIGURES_TIMEOUT (default 360)
+# PYTEST_TIMEOUT (seconds, default 90; 0 skips `pytest -m gpu`) and FIGURES_TIMEOUT (default 400)
 # bound the two parts.
 #
 # Needs: a CUDA machine with python3 holding PyTorch (2.x with CUDA), numpy, OpenCV, Pillow, numba,
@@ -28,16 +28,16 @@ PY="${PYTHON:-python3}"
   fi
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  if [[ "${1:-}" != "--cpu" && "${PYTEST_TIMEOUT:-120}" != 0 ]]; then
+  if [[ "${1:-}" != "--cpu" && "${PYTEST_TIMEOUT:-90}" != 0 ]]; then
     echo "== pytest -m gpu"
     # a test that hangs (the training tests did on the H200, 2026-11-27) prints every thread's stack
     # before pytest stops, where pytest-timeout is installed
     per_test=()
-    "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60 --timeout-method thread)
-    timeout "${PYTEST_TIMEOUT:-120}" "$PY" -m pytest -m gpu -q -rfE --durations=10 -p no:cacheprovider "${per_test[@]}" tests/
+    "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 45 --timeout-method thread)
+    timeout "${PYTEST_TIMEOUT:-90}" "$PY" -m pytest -m gpu -q -rfE --durations=10 -p no:cacheprovider "${per_test[@]}" tests/
     echo "pytest -m gpu: exit $?"
   fi
   echo "== figures"
-  timeout "${FIGURES_TIMEOUT:-360}" "$PY" benchmarks/device_check.py --out "$OUT" "$@"
+  timeout "${FIGURES_TIMEOUT:-400}" "$PY" benchmarks/device_check.py --out "$OUT" "$@"
   echo "device_check.py: exit $?"
 } 2>&1 | tee "$LOG"
