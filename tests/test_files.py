@@ -42,6 +42,23 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 
 
+def test_ctrl_c_right_after_the_temp_file_is_made_leaves_no_temp(tmp_path, monkeypatch):
+    """SIGINT between mkstemp and the write (seen in CI as test_ctrl_c_in_prepare_data leaving a
+    .tmp file): the interrupt propagates, the old file stays, no temp is left."""
+    import mattecli.files
+
+    path = tmp_path / "a.png"
+    path.write_text("old")
+
+    def interrupted_chmod(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mattecli.files.os, "chmod", interrupted_chmod)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, lambda tmp: tmp.write_text("new"))
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
 def test_remove_stale_temps_spares_young_ones(tmp_path):
     old, young = tmp_path / ".a.png.tmp", tmp_path / ".b.png.tmp"
     old.write_text(""), young.write_text("")
