@@ -135,3 +135,20 @@ def test_golden_output_of_a_seeded_model():
 
 
 GOLDEN = [-0.4718, 0.6383, -0.2807, -0.3636]
+
+
+@pytest.mark.gpu
+def test_index_maps_stay_float16_under_cuda_autocast():
+    """CUDA's autocast runs a plain softmax in float32; the index maps, the pooled features and the
+    skips must stay float16 so that a --half pass moves half the bytes (docs/benchmarks.md#gpu-figures)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from mattecli.models.indexnet import _normalise
+
+    logits = torch.randn(1, 8, 4, 6, 6, device="cuda", dtype=torch.float16)
+    with torch.autocast("cuda", dtype=torch.float16):
+        idx_en, idx_de = _normalise(logits)
+    assert idx_en.dtype == idx_de.dtype == torch.float16
+    want = torch.softmax(torch.sigmoid(logits.float()), dim=2)
+    torch.testing.assert_close(idx_en.float(), torch.nn.functional.pixel_shuffle(want.reshape(1, 32, 6, 6), 2),
+                               rtol=0, atol=2e-3)

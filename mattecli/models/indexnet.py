@@ -108,6 +108,11 @@ class DepthwiseIndexBlock(nn.Module):
 def _normalise(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoder index = sigmoid; encoder index = softmax over the 4 positions *of the sigmoid*."""
     sig = torch.sigmoid(logits)
+    if torch.is_autocast_enabled(sig.device.type):
+        # CUDA's autocast runs a softmax given no dtype in float32, which made the full-resolution
+        # index map and everything it weights float32; over four values in (0, 1) the half
+        # precision result (accumulated in float32 by the kernel) is as good
+        return _uncells(torch.softmax(sig, dim=2, dtype=sig.dtype)), _uncells(sig)
     return _uncells(torch.softmax(sig, dim=2)), _uncells(sig)
 
 
@@ -200,8 +205,8 @@ class IndexNetMatting(nn.Module):
     def _pool(self, stage: int, x: torch.Tensor):
         """Returns (pooled, skip feature, decoder index or None)."""
         idx_en, idx_de = getattr(self, f"index{stage}")(x)
-        # under CUDA's autocast the softmax of the index comes out in float32; in the features'
-        # float16 the pooling and the skip it feeds stay half the size (a no-op in float32)
+        # the index in the features' precision (a no-op unless they differ): a float32 index on
+        # float16 features would make the pooling and the full-resolution skip float32
         weighted = idx_en.to(x.dtype) * x
         pooled = 4 * F.avg_pool2d(weighted, 2, 2)
         if self.cfg.index in LEARNED:

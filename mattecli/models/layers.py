@@ -20,6 +20,16 @@ def bn_relu6(channels: int) -> list:
     return [nn.BatchNorm2d(channels), nn.ReLU6(inplace=True)]
 
 
+def activate(x: torch.Tensor, activation: str, slope: float = 0.01) -> torch.Tensor:
+    """`leaky_relu` (negative slope `slope`), `relu` or `identity`: the activations `BNAct` and the
+    residual blocks apply."""
+    if activation == "leaky_relu":
+        return F.leaky_relu(x, slope)
+    if activation == "relu":
+        return F.relu(x)
+    return x
+
+
 class BNAct(nn.BatchNorm2d):
     """BatchNorm and its activation as ONE module, with BatchNorm's parameter names.
 
@@ -37,12 +47,7 @@ class BNAct(nn.BatchNorm2d):
         self.slope = slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
-        if self.activation == "leaky_relu":
-            return F.leaky_relu(x, self.slope)
-        if self.activation == "relu":
-            return F.relu(x)
-        return x
+        return activate(super().forward(x), self.activation, self.slope)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}"
@@ -113,9 +118,7 @@ class _Activation(nn.Module):
         self.activation, self.slope = activation, slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.activation == "leaky_relu":
-            return F.leaky_relu(x, self.slope)
-        return F.relu(x) if self.activation == "relu" else x
+        return activate(x, self.activation, self.slope)
 
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:

@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections import OrderedDict
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from mattecli.models.layers import BNAct
+from mattecli.models.layers import BNAct, activate
 
 RESNET34_BLOCKS = (3, 4, 6, 3)
 RESNET34_CHANNELS = (64, 128, 256, 512)
@@ -30,14 +29,6 @@ TORCHVISION_SPLIT_BLOCK_RENAMES = {
     "conv1.": "layer1.conv1.", "bn1.": "layer1.bn1.", "conv2.": "layer2.conv2.", "bn2.": "layer2.bn2.",
     "downsample.0.": "proj_conv.", "downsample.1.": "proj_bn.",
 }
-
-
-def _activate(x: torch.Tensor, activation: str, slope: float) -> torch.Tensor:
-    if activation == "leaky_relu":
-        return F.leaky_relu(x, slope)
-    if activation == "relu":
-        return F.relu(x)
-    return x
 
 
 class BasicBlock(nn.Module):
@@ -72,7 +63,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.proj_conv is None else self.proj_bn(self.proj_conv(x))
-        return _activate(getattr(self, self.body)(x) + shortcut, self.activation, 0.01)
+        return activate(getattr(self, self.body)(x) + shortcut, self.activation, 0.01)
 
 
 class SplitBlock(nn.Module):
@@ -120,7 +111,7 @@ class SplitBlock(nn.Module):
     def tail(self, x: torch.Tensor, reduced: torch.Tensor) -> torch.Tensor:
         """conv2 -> BN on the reduced map, plus the projection of the block input, activated."""
         y = self.layer2(reduced) + self.proj_bn(self.proj_conv(x))
-        return _activate(y, self.activation, 0.01)
+        return activate(y, self.activation, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.head(x)
