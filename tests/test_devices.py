@@ -122,7 +122,7 @@ def test_device_check_dry_run(tmp_path):
     result = json.loads((tmp_path / "device_check.json").read_text())
     assert {r["recipe"] for r in result["model"]} == {"indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp"}
     assert all("median_ms" in r for r in result["model"])
-    assert {r["save"] for r in result["e2e"]} == {"alpha", "alpha,fg"}
+    assert [(r["save"], r["workers"]) for r in result["e2e"]] == [("alpha", 0), ("alpha", 1), ("alpha,fg", 0)]
     assert all(r["max_levels"] >= 0 for r in result["parity"])
     assert result["foreground"][0]["median_ms"] > 0 and result["foreground"][0]["max_levels"] >= 0
     assert "device_check.py: exit 0" in (tmp_path / "device_check.log").read_text()
