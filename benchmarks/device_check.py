@@ -6,10 +6,11 @@
 For each released recipe (IndexNet, A2U, TCP), with seeded random weights (speed and memory do
 not depend on the values; no weights file travels), in sections (--only):
 - model: one forward pass on a prepared device tensor at each size, in float32, float16 (autocast,
-  as `--half`), float16 without BatchNorm folding (what `matte infer` did before folding), bfloat16
-  and float16 with channels_last; time, and peak memory of the passes after the first (cuDNN's
-  first-call search is reported apart), as bytes per aligned input pixel: what `--max-memory`
-  needs (`infer.cuda_bytes_per_pixel`, `infer.cuda_half_bytes_per_pixel`);
+  as `--half`), float16 without BatchNorm folding (what `matte infer` did before folding), bfloat16,
+  float16 with channels_last and, for A2U, float16 with its kernels applied by unfolding. Each
+  row: time, and peak memory of the passes after the first (cuDNN's first-call search is reported
+  apart) as bytes per aligned input pixel, what `--max-memory` needs (`infer.cuda_bytes_per_pixel`,
+  `infer.cuda_half_bytes_per_pixel`);
 - parity: half precision against float32, the whole pipeline, on the lemur photo (examples/, CC0)
   tiled to 4K, in alpha levels over the unknown band;
 - e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg, and
@@ -35,7 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RECIPES = ("indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp")
-PRECISIONS = ("fp32", "fp16", "fp16-unfolded", "bf16", "fp16-channels-last", "fp16-compiled")
+PRECISIONS = ("fp32", "fp16", "fp16-unfolded", "bf16", "fp16-channels-last", "fp16-a2u-unfold", "fp16-compiled")
+# rows that only mean something for some recipes: A2U's kernels applied by unfolding (the training
+# form) rather than by shifted taps (the eval default, chosen for its CPU memory)
+ONLY_FOR = {"fp16-a2u-unfold": "a2u"}
 SECTIONS = ("model", "parity", "e2e", "foreground", "profile", "compiled")
 
 
@@ -74,6 +78,10 @@ def seeded_backend(name: str, device: str, precision: str):
     recipe = load_recipe(name)
     torch.manual_seed(0)
     model = build_model(recipe).eval()
+    if precision.endswith("a2u-unfold"):
+        from mattecli.models.a2u import set_a2u_form
+
+        set_a2u_form(model, "unfold")
     # as `matte infer` loads weights: BatchNorms folded on CUDA; "-unfolded" measures what that gains
     backend = TorchBackend(model, recipe, device, half=not precision.startswith("fp32"),
                            compile=precision.endswith("compiled"), channels_last=precision.endswith("last"),
@@ -95,6 +103,7 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
     # compiled rows last: when the budget runs out, only compilations are skipped
     order = [(p, n) for p in precisions if not p.endswith("compiled") for n in RECIPES]
     order += [(p, n) for p in precisions if p.endswith("compiled") for n in RECIPES]
+    order = [(p, n) for p, n in order if n.startswith(ONLY_FOR.get(p, ""))]
     for precision, name in order:
         if time.time() > deadline and precision != "fp32":
             rows.append({"recipe": name, "precision": precision, "skipped": "time budget spent"})
