@@ -34,10 +34,10 @@ class Backend(Protocol):
         ...
 
 
-# --half: float16 (autocast keeps norms, softmax and reductions in float32). Measured against
-# bfloat16 on an H200 (benchmarks/device_check.sh; docs/benchmarks.md#gpu-figures): float16 was
-# faster for all three released recipes (IndexNet 4K 89.5 against 100.7 ms) and closer to float32
-# (largest alpha difference at 4K 1-2 levels against 5-255).
+# --half: float16 (autocast keeps norms, softmax and reductions in float32; IndexNet asks for its
+# index softmax in float16). Measured against bfloat16 on an H200 (benchmarks/device_check.sh;
+# docs/benchmarks.md#gpu-figures): float16 was faster for all three released recipes (IndexNet 4K
+# 89.5 against 100.7 ms) and closer to float32 (largest alpha difference at 4K 1-2 levels against 5-255).
 HALF_DTYPE = "float16"
 
 
