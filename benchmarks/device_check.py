@@ -16,7 +16,7 @@ not depend on the values; no weights file travels), in sections (--only):
 - e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg, and
   --save alpha with half the workers;
 - foreground: the GPU foreground estimation alone at 4K, and its difference from PyMatting's;
-- profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 NCHW and channels_last;
+- profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 folded, unfolded and channels_last;
 - compiled: float16 under torch.compile (last: compilation is the slowest part).
 Everything goes into OUT/device_check.json; progress into the log (stdout).
 """
@@ -195,13 +195,12 @@ def foreground_rows(device: str, size, repeat: int) -> list[dict]:
     and its difference from PyMatting's estimate on the CPU, in colour levels over the pixels whose
     alpha is fractional (elsewhere the foreground is the image itself or is not seen).
     """
+    import cv2
+
     from mattecli.inference.foreground import estimate_foreground_torch
 
     image, trimap = lemur(size[1], size[0])
-    # an alpha with a soft band: the trimap's unknown band as 50% (plus its blurred edges)
-    import cv2
-
-    alpha = cv2.GaussianBlur(trimap, (0, 0), 3)
+    alpha = cv2.GaussianBlur(trimap, (0, 0), 3)  # a soft band: the unknown band at 50%, blurred edges
     clock = Clock(device)
     row = {"size": f"{size[0]}x{size[1]}", "device": device}
     ms = clock.median_ms(lambda: estimate_foreground_torch(image, alpha, device), repeat, 1)
@@ -224,10 +223,10 @@ def foreground_rows(device: str, size, repeat: int) -> list[dict]:
     return [row]
 
 
-def profile_rows(device: str, out: Path, size, precisions=("fp16", "fp16-channels-last")) -> list[dict]:
+def profile_rows(device: str, out: Path, size, precisions=("fp16", "fp16-unfolded", "fp16-channels-last")) -> list[dict]:
     """Where IndexNet's model time goes: torch.profiler's CUDA kernels of 3 passes at `size`,
-    the top kernels by their own device time into OUT/profile.txt, and the share of the largest
-    kinds (convolution, elementwise, reduction and normalisation, copies) into the JSON."""
+    the top kernels by their own device time into OUT/profile.txt, and the share of the main kinds
+    (normalisation and reduction, layout conversion, convolution, elementwise) into the JSON."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -373,8 +372,7 @@ def main(argv=None) -> int:
         result["foreground"] = foreground_rows(device, e2e_size, repeat)
         save()
     if "profile" in sections:
-        result["profile"] = profile_rows(device, args.out, sizes[-1], ("fp16", "fp16-channels-last")
-                                         if not args.cpu else ("fp32",))
+        result["profile"] = profile_rows(device, args.out, sizes[-1], *([("fp32",)] if args.cpu else []))
         save()
     if compiled and "compiled" in sections:
         result["model"] += model_rows(device, sizes, repeat, warmup, time.time() + args.compile_budget,
