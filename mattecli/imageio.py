@@ -45,7 +45,7 @@ def exif_orientation(path: str | Path) -> int:
 def _png_exif(path: str | Path) -> bytes | None:
     """The payload of a PNG's eXIf chunk, read by seeking from chunk header to chunk header."""
     with open(path, "rb") as f:
-        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+        if f.read(8) != PNG_SIGNATURE:
             return None
         while len(head := f.read(8)) == 8:
             length, kind = int.from_bytes(head[:4], "big"), head[4:]
@@ -55,6 +55,47 @@ def _png_exif(path: str | Path) -> bytes | None:
                 return None
             f.seek(length + 4, 1)  # the data and its CRC
     return None
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_colour_type(path: Path) -> int | None:
+    """The colour type of an 8-bit PNG from its header (0 gray, 2 RGB, 4 gray + alpha, 6 RGBA);
+    None for anything else: another format or depth, a palette, a size Pillow would refuse as a
+    decompression bomb, or a file that cannot be opened."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(29)
+    except OSError:
+        return None
+    if len(head) < 29 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24] != 8:
+        return None
+    pixels = int.from_bytes(head[16:20], "big") * int.from_bytes(head[20:24], "big")
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        return None
+    return head[25] if head[25] in (0, 2, 4, 6) else None
+
+
+def _decode_png(path: Path, colour_types: tuple[int, ...], flags: int, apply_exif: bool) -> np.ndarray | None:
+    """An 8-bit PNG of one of `colour_types` decoded by OpenCV (`flags`), EXIF orientation applied
+    if asked; None where the Pillow path must read it.
+
+    Both decoders are libpng's and zlib's, so the pixels are the same (tests/test_infer_inputs.py
+    compares them kind by kind), and OpenCV's is faster: 115 against 169 ms for a 3840x2160 RGB
+    photo and 11 against 24 ms for its trimap on the 2-core CPU; decoding is what `matte infer`'s
+    workers spend most of their time on. A file OpenCV cannot decode goes to Pillow, which says why.
+    """
+    import cv2
+
+    if _png_colour_type(path) not in colour_types:
+        return None
+    array = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    if array is None:
+        return None
+    return orient(array, exif_orientation(path)) if apply_exif else array
 
 
 def _open(path: Path, apply_exif: bool = False):
@@ -96,7 +137,10 @@ def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     Adobe's and the authors' scripts read with Pillow, which ignores it). `matte infer` passes
     `apply_exif=True` to see the photo as a viewer shows it.
     """
-    return rgb_of(_open(Path(path), apply_exif))
+    import cv2
+
+    fast = _decode_png(Path(path), (0, 2, 4, 6), cv2.IMREAD_COLOR_RGB, apply_exif)
+    return fast if fast is not None else rgb_of(_open(Path(path), apply_exif))
 
 
 def rgb_of(img) -> np.ndarray:
@@ -168,8 +212,11 @@ def read_trimap(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray,
         InputError: a colour-coded trimap (its colours have no agreed meaning) or a class-index
             one whose order is ambiguous (0/1 only: a binary mask; 1/2 only; 0..3).
     """
+    import cv2
+
     path = Path(path)
-    return trimap_of(_open(path, apply_exif), path)
+    gray = _decode_png(path, (0,), cv2.IMREAD_UNCHANGED, apply_exif)  # 8-bit gray: the usual trimap
+    return _trimap_of_gray(gray, path) if gray is not None else trimap_of(_open(path, apply_exif), path)
 
 
 def trimap_of(img, path) -> tuple[np.ndarray, str | None]:
@@ -177,7 +224,11 @@ def trimap_of(img, path) -> tuple[np.ndarray, str | None]:
     if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") and not _is_gray(img, tolerance=48, share=0.01):
         raise InputError(path, "trimap is colour-coded (its channels differ); matte reads gray trimaps "
                                "(0 background, 128 unknown, 255 foreground): save it so")
-    raw = _first_channel(img)
+    return _trimap_of_gray(_first_channel(img), path)
+
+
+def _trimap_of_gray(raw: np.ndarray, path) -> tuple[np.ndarray, str | None]:
+    """A single-channel uint8 trimap in any of the encodings `read_trimap` accepts, mapped to 0/128/255."""
     values = _values(raw)
     if np.isin(values, (0, 128, 255)).all():
         return raw, None

@@ -213,3 +213,74 @@ def test_exif_orientation_of_a_png_is_found_before_or_after_the_pixels_without_d
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     assert [exif_orientation(tmp_path / n) for n in ("before.png", "after.png", "none.png")] == [6, 6, 1]
+
+
+def _with_gamma_chunk(path):
+    """Insert a gAMA chunk (gamma 1/2.2) after the IHDR: a decoder that applied it would change pixels."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    body = b"gAMA" + struct.pack(">I", 45455)
+    chunk = struct.pack(">I", 4) + body + struct.pack(">I", zlib.crc32(body))
+    path.write_bytes(data[:33] + chunk + data[33:])
+
+
+@pytest.mark.parametrize("kind", ["L", "RGB", "RGBA", "LA", "RGB-tRNS", "L-tRNS", "RGB-gAMA", "RGB-exif6",
+                                  "I;16", "P"])
+def test_pngs_decoded_by_opencv_equal_what_pillow_decodes(tmp_path, kind, monkeypatch):
+    """read_image and read_trimap decode 8-bit gray/RGB/RGBA PNGs with OpenCV (faster); the pixels
+    are Pillow's, EXIF orientation included. 16-bit and palette files keep the Pillow path."""
+    import mattecli.imageio as imageio
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (23, 37, 4), dtype=np.uint8)
+    mode = kind.split("-")[0]
+    path, options = tmp_path / f"{kind}.png", {}
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65536, (23, 37), dtype=np.uint16))
+    elif mode == "P":
+        img = Image.fromarray(rgba[..., :3]).convert("P", palette=Image.ADAPTIVE, colors=50)
+    else:
+        img = Image.fromarray(rgba if mode == "RGBA" else rgba[..., :3] if mode == "RGB" else rgba[..., 0]).convert(mode)
+    if kind.endswith("tRNS"):
+        options["transparency"] = tuple(rgba[0, 0, :3].tolist()) if mode == "RGB" else int(rgba[0, 0, 0])
+    if kind.endswith("exif6"):
+        exif = img.getexif()
+        exif[0x0112] = 6
+        options["exif"] = exif
+    img.save(path, **options)
+    if kind.endswith("gAMA"):
+        _with_gamma_chunk(path)
+    decoded = []
+    real = imageio._decode_png
+    monkeypatch.setattr(imageio, "_decode_png", lambda *a: decoded.append(out := real(*a)) or out)
+    for apply_exif in (False, True):
+        want = imageio.rgb_of(imageio._open(path, apply_exif))
+        got = read_image(path, apply_exif=apply_exif)
+        assert got.dtype == np.uint8 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, want)
+    assert (decoded[0] is not None) == (mode in ("L", "RGB", "RGBA", "LA"))
+    if mode == "L":
+        from mattecli.imageio import read_trimap, trimap_of
+
+        for apply_exif in (False, True):
+            want, want_note = trimap_of(imageio._open(path, apply_exif), path)
+            got, note = read_trimap(path, apply_exif=apply_exif)
+            np.testing.assert_array_equal(got, want)
+            assert note == want_note
+
+
+def test_a_truncated_png_is_refused_as_before(tmp_path):
+    from mattecli.errors import InputError
+    from mattecli.imageio import read_trimap
+
+    path = tmp_path / "cut.png"
+    Image.fromarray(photo(200, 300)).save(path)
+    path.write_bytes(path.read_bytes()[:-200])
+    gray = tmp_path / "cut_trimap.png"
+    trimap_png(gray, 200, 300)
+    gray.write_bytes(gray.read_bytes()[:60])
+    for read in (read_image, read_trimap):
+        with pytest.raises(InputError, match="cannot decode"):
+            read(path if read is read_image else gray)
