@@ -207,11 +207,10 @@ def foreground_rows(device: str, size, repeat: int) -> list[dict]:
     row.update(median_ms=round(ms, 2))
     fg = estimate_foreground_torch(image, alpha, device)
     try:
-        from pymatting import estimate_foreground_ml
+        from mattecli.inference.outputs import estimate_foreground
 
         start = time.perf_counter()
-        ref = estimate_foreground_ml(image.astype(np.float32) / 255, alpha.astype(np.float32) / 255)
-        ref = (np.clip(ref, 0, 1) * 255 + 0.5).astype(np.uint8)
+        ref = estimate_foreground(image, alpha)  # no device: PyMatting on the CPU, as `matte infer` there
         row["pymatting_cpu_s"] = round(time.perf_counter() - start, 2)
         soft = (alpha > 0) & (alpha < 255)
         diff = np.abs(fg.astype(np.int16) - ref.astype(np.int16))[soft]

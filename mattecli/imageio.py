@@ -18,6 +18,7 @@ from mattecli.files import atomic_write
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXIF_ORIENTATION_TAG = 0x0112
 EXIF_ORIENTATIONS = {1: "none", 2: "mirrored", 3: "rotated 180", 4: "flipped", 5: "mirrored and rotated 90 CW",
                      6: "rotated 90 CW", 7: "mirrored and rotated 90 CCW", 8: "rotated 90 CCW"}
@@ -55,9 +56,6 @@ def _png_exif(path: str | Path) -> bytes | None:
                 return None
             f.seek(length + 4, 1)  # the data and its CRC
     return None
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _png_colour_type(path: Path) -> int | None:

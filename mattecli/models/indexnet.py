@@ -108,12 +108,11 @@ class DepthwiseIndexBlock(nn.Module):
 def _normalise(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoder index = sigmoid; encoder index = softmax over the 4 positions *of the sigmoid*."""
     sig = torch.sigmoid(logits)
-    if torch.is_autocast_enabled(sig.device.type):
-        # CUDA's autocast runs a softmax given no dtype in float32, which made the full-resolution
-        # index map and everything it weights float32; over four values in (0, 1) the half
-        # precision result (accumulated in float32 by the kernel) is as good
-        return _uncells(torch.softmax(sig, dim=2, dtype=sig.dtype)), _uncells(sig)
-    return _uncells(torch.softmax(sig, dim=2)), _uncells(sig)
+    # CUDA's autocast runs a softmax given no dtype in float32, which made the full-resolution index
+    # map and everything it weights float32; over four values in (0, 1) the half precision result
+    # (accumulated in float32 by the kernel) is as good. Without autocast no dtype is given.
+    dtype = sig.dtype if torch.is_autocast_enabled(sig.device.type) else None
+    return _uncells(torch.softmax(sig, dim=2, dtype=dtype)), _uncells(sig)
 
 
 class MaxIndex(nn.Module):
