@@ -75,16 +75,33 @@ def _window(padded: torch.Tensor, dy: int, dx: int, side: int, stride: int) -> t
     return padded[..., axis(dy), axis(dx)]
 
 
+def _multiply_add(windows: list[torch.Tensor], weights: list[torch.Tensor]) -> torch.Tensor:
+    """`sum_t windows[t] * weights[t]` (broadcast), summed in tap order.
+
+    Traced for export it is one Mul and one Add per tap. Run eagerly, each tap after the first is
+    one in-place `addcmul_` into the sum, in the same order, without a product tensor the size of
+    the output written and read back per tap (A2U's taps were most of its memory traffic:
+    benchmarks/cuda_estimate.py). The two differ by float rounding only (addcmul may fuse the
+    multiply and the add: 1 ulp on a CPU). Autograd allows it: neither a product's nor an
+    addcmul's backward reads its output."""
+    if torch.jit.is_tracing():
+        acc = windows[0] * weights[0]
+        for window, weight in zip(windows[1:], weights[1:]):
+            acc = acc + window * weight
+        return acc
+    acc = windows[0] * weights[0]
+    for window, weight in zip(windows[1:], weights[1:]):
+        acc.addcmul_(window, weight)
+    return acc
+
+
 def upsample_shift(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
     """`upsample_unfold` as pad + k^2 slices + multiply-add at low resolution, then DepthToSpace."""
     n, c, h, w = m.shape
     padded = F.pad(m, (k // 2,) * 4).unsqueeze(2)  # (n, c, 1, h + k - 1, w + k - 1)
     # tap t's 4 sub-pixel kernels (s = 2i + j): channels 4t .. 4t + 3 of the unshuffled map
     per_tap = F.pixel_unshuffle(kernels, 2).unsqueeze(1).split(4, dim=2)
-    acc = None
-    for t in range(k * k):
-        term = _window(padded, *divmod(t, k), k, 1) * per_tap[t]
-        acc = term if acc is None else acc + term
+    acc = _multiply_add([_window(padded, *divmod(t, k), k, 1) for t in range(k * k)], per_tap)
     return F.pixel_shuffle(acc.reshape(n, c * 4, h, w), 2)
 
 
@@ -114,12 +131,8 @@ def downsample_unfold(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.T
 def downsample_shift(m: torch.Tensor, kernels: torch.Tensor, k: int) -> torch.Tensor:
     """`downsample_unfold` as pad + (2k)^2 stride-2 slices + multiply-add."""
     padded = _down_pad(m, k)
-    per_tap = kernels.split(1, dim=1)
-    acc = None
-    for t in range(4 * k * k):
-        term = _window(padded, *divmod(t, 2 * k), 2 * k, 2) * per_tap[t]
-        acc = term if acc is None else acc + term
-    return acc
+    taps = [_window(padded, *divmod(t, 2 * k), 2 * k, 2) for t in range(4 * k * k)]
+    return _multiply_add(taps, kernels.split(1, dim=1))
 
 
 def _bins(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:
@@ -163,11 +176,7 @@ def _filter_shift(x: torch.Tensor, weights: torch.Tensor, pad: int) -> torch.Ten
     k = int(weights.shape[-1])  # a parameter's size, fixed: one slice per tap in an export
     padded = F.pad(x, (pad,) * 4).unsqueeze(1)  # (N, 1, C, H + 2 pad, W + 2 pad)
     per_tap = weights.flatten(3).unsqueeze(-1).split(1, dim=3)  # tap k * dy + dx: (1|N, F, 1|C, 1, 1)
-    acc = None
-    for t in range(k * k):
-        term = _window(padded, *divmod(t, k), k, 2) * per_tap[t]
-        acc = term if acc is None else acc + term
-    return acc
+    return _multiply_add([_window(padded, *divmod(t, k), k, 2) for t in range(k * k)], per_tap)
 
 
 # ----------------------------------------------------------------------------------------------

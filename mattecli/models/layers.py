@@ -20,13 +20,17 @@ def bn_relu6(channels: int) -> list:
     return [nn.BatchNorm2d(channels), nn.ReLU6(inplace=True)]
 
 
-def activate(x: torch.Tensor, activation: str, slope: float = 0.01) -> torch.Tensor:
-    """`leaky_relu` (negative slope `slope`), `relu` or `identity`: the activations `BNAct` and the
-    residual blocks apply."""
+def activate_(x: torch.Tensor, activation: str, slope: float = 0.01) -> torch.Tensor:
+    """`leaky_relu` (negative slope `slope`), `relu` or `identity`, applied IN PLACE: the activations
+    `BNAct` and the residual blocks apply, each to a tensor it has just made (a norm's output, a
+    sum), as `nn.ReLU(inplace=True)` after a BatchNorm. Autograd allows it there: neither a norm's
+    nor an addition's backward reads its output, and these activations' backward reads only theirs
+    (leaky_relu_ with a positive slope). One full-size tensor fewer alive and written per activation
+    (TCP's peak memory is at one: benchmarks/cuda_estimate.py)."""
     if activation == "leaky_relu":
-        return F.leaky_relu(x, slope)
+        return F.leaky_relu_(x, slope)
     if activation == "relu":
-        return F.relu(x)
+        return F.relu_(x)
     return x
 
 
@@ -47,7 +51,7 @@ class BNAct(nn.BatchNorm2d):
         self.slope = slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return activate(super().forward(x), self.activation, self.slope)
+        return activate_(super().forward(x), self.activation, self.slope)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.activation}"
@@ -118,7 +122,7 @@ class _Activation(nn.Module):
         self.activation, self.slope = activation, slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return activate(x, self.activation, self.slope)
+        return activate_(x, self.activation, self.slope)  # x: the folded convolution's output
 
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Module:

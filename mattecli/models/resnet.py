@@ -13,7 +13,7 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
-from mattecli.models.layers import BNAct, activate
+from mattecli.models.layers import BNAct, activate_
 
 RESNET34_BLOCKS = (3, 4, 6, 3)
 RESNET34_CHANNELS = (64, 128, 256, 512)
@@ -63,7 +63,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.proj_conv is None else self.proj_bn(self.proj_conv(x))
-        return activate(getattr(self, self.body)(x) + shortcut, self.activation, 0.01)
+        return activate_(getattr(self, self.body)(x) + shortcut, self.activation, 0.01)
 
 
 class SplitBlock(nn.Module):
@@ -111,7 +111,7 @@ class SplitBlock(nn.Module):
     def tail(self, x: torch.Tensor, reduced: torch.Tensor) -> torch.Tensor:
         """conv2 -> BN on the reduced map, plus the projection of the block input, activated."""
         y = self.layer2(reduced) + self.proj_bn(self.proj_conv(x))
-        return activate(y, self.activation, 0.01)
+        return activate_(y, self.activation, 0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.head(x)
