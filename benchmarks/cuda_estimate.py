@@ -1,4 +1,4 @@
-"""CUDA memory and memory traffic of one forward pass, estimated on a machine without a GPU.
+"""CUDA memory, memory traffic and float16 numerics of one forward pass, estimated without a GPU.
 
 The model runs as `TorchBackend.forward` runs it on CUDA (BatchNorms folded, float16 autocast for
 `--half`, channels_last where asked), but on fake CUDA tensors (`torch._subclasses.FakeTensorMode`):
@@ -15,13 +15,20 @@ goes through a dispatch mode that keeps the bytes of the tensors alive:
     PYTHONPATH=. python benchmarks/cuda_estimate.py --recipes indexnet-m2o-nl-ctx --sizes 3840x2160
     PYTHONPATH=. python benchmarks/cuda_estimate.py --precisions fp32,fp16,fp16-unfolded --top 8 --json est.json
 
-It is an estimate: docs/benchmarks.md compares it with what the H200 measured.
+`--parity` instead replays every call on real CPU tensors in the dtypes the fake CUDA run chose
+(`Replay`), so float16 autocast's numerics can be compared with float32's without a GPU: the
+device check's parity rows (the lemur photo, alpha levels over the unknown band), on a CPU.
+
+    PYTHONPATH=. python benchmarks/cuda_estimate.py --parity --sizes 1920x1080 --precisions fp16
+
+Both are estimates: docs/benchmarks.md compares them with what the H200 measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import copy
 import json
 import sys
@@ -30,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "benchmarks"))  # device_check's lemur photo, for --parity
 
 RECIPES = ("indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp")
 PRECISIONS = ("fp32", "fp32-unfolded", "fp16", "fp16-unfolded", "fp16-channels-last", "fp16-a2u-unfold")
@@ -140,44 +148,124 @@ def _python_methods_mode():
     return PythonMethods()
 
 
-def run_fake(model, shape: tuple[int, ...], half: bool = False, channels_last: bool = False) -> LiveBytes:
-    """One inference pass of `model` on a fake CUDA input of `shape`, as `TorchBackend.forward`
-    runs it (float16 autocast if `half`, channels_last if asked, the output made float32)."""
+@contextlib.contextmanager
+def fake_cuda(model, half: bool = False, channels_last: bool = False):
+    """Fake CUDA copies of `model`'s parameters and buffers (for `torch.func.functional_call`),
+    laid out as `.to(device[, channels_last])` leaves them, with float16 CUDA autocast on if
+    `half`, in inference mode, `[]` and `.contiguous()` made ATen calls."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    live = LiveBytes()
+    def fake(t):
+        layout = torch.channels_last if channels_last and t.dim() == 4 else torch.contiguous_format
+        # requires_grad as the model's: autocast keeps its float16 copies of such leaves to the end
+        return torch.empty(t.shape, dtype=t.dtype, device="cuda", memory_format=layout).requires_grad_(t.requires_grad)
+
     autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
     with FakeTensorMode():
-        def fake(t):  # parameters as the model holds them after .to(device[, channels_last])
-            layout = memory_format if t.dim() == 4 else torch.contiguous_format
-            # requires_grad as the model's: autocast keeps its float16 copies of such leaves to the end
-            return torch.empty(t.shape, dtype=t.dtype, device="cuda", memory_format=layout).requires_grad_(t.requires_grad)
-
         state = {k: fake(v) for k, v in [*model.named_parameters(), *model.named_buffers()]}
-        x = torch.empty(shape, device="cuda")
         # autocast on a fake CUDA device: torch.autocast refuses without a GPU, the switches do not
         torch.set_autocast_enabled("cuda", half)
         torch.set_autocast_dtype("cuda", torch.float16)
         try:
-            with _python_methods_mode(), live.mode, torch.inference_mode():
-                y = x.contiguous(memory_format=memory_format)
-                out = torch.func.functional_call(model, state, (y,)).float()
-                del y, out
+            with _python_methods_mode(), torch.inference_mode():
+                yield state
         finally:
             torch.clear_autocast_cache()  # as leaving torch.autocast does
             torch.set_autocast_enabled("cuda", autocast[0])
             torch.set_autocast_dtype("cuda", autocast[1])
+
+
+def run_fake(model, shape: tuple[int, ...], half: bool = False, channels_last: bool = False) -> LiveBytes:
+    """One inference pass of `model` on a fake CUDA input of `shape`, as `TorchBackend.forward`
+    runs it (float16 autocast if `half`, channels_last if asked, the output made float32)."""
+    import torch
+
+    live = LiveBytes()
+    with fake_cuda(model, half, channels_last) as state:
+        x = torch.empty(shape, device="cuda")
+        with live.mode:
+            y = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            out = torch.func.functional_call(model, state, (y,)).float()
+            del y, out
     return live
 
 
-def estimate(name: str, width: int, height: int, precision: str, sets: list[str] = ()) -> dict:
-    """One pass of recipe `name` at `width`x`height` in `precision` (device_check's names)."""
+class Replay:
+    """A dispatch mode that runs every ATen call made on fake CUDA tensors again on real CPU
+    tensors, in the dtypes the fake run chose: CUDA autocast's casts (which a CPU run would not
+    make, or make by another policy) arrive here as calls of their own, so the CPU tensors take the
+    float16 path of the GPU, operator by operator. Arithmetic is the CPU's (float16 operators there
+    compute in float32 and round, as CUDA's do; float32 convolutions are not TF32), so the result
+    approximates what the GPU computes; `benchmarks/device_check.sh`'s parity section measures it."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        replay = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                replay.run(func, args, kwargs or {}, out)
+                return out
+
+        self.mode = Mode()
+        self.twins: dict[int, object] = {}  # id(fake tensor) -> its CPU twin, while the fake one lives
+
+    def bind(self, fake, real) -> None:
+        if id(fake) not in self.twins:
+            self.twins[id(fake)] = real
+            weakref.finalize(fake, self.twins.pop, id(fake), None)
+
+    def _real(self, x):
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return self.twins[id(x)]
+        if isinstance(x, torch.device) and x.type == "cuda" or x == "cuda":
+            return torch.device("cpu")
+        return x
+
+    def run(self, func, args, kwargs, out) -> None:
+        import torch
+        from torch.utils._python_dispatch import _disable_current_modes
+        from torch.utils._pytree import tree_flatten, tree_map
+
+        real_args, real_kwargs = tree_map(self._real, (args, kwargs))
+        with _disable_current_modes():  # the fake mode below must not see the CPU tensors
+            real_out = func(*real_args, **real_kwargs)
+        for fake, real in zip(tree_flatten(out)[0], tree_flatten(real_out)[0]):
+            if isinstance(fake, torch.Tensor):
+                self.bind(fake, real)
+
+
+def replay(model, x, half: bool = False):
+    """`model(x)` (x: a CPU tensor) as CUDA would compute it, float16 autocast if `half`, on the CPU."""
+    import torch
+
+    rep = Replay()
+    reals = {k: v.detach() for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    with fake_cuda(model, half) as state:
+        fake_x = torch.empty(x.shape, dtype=x.dtype, device="cuda")
+        for k, fake in state.items():
+            rep.bind(fake, reals[k])
+        rep.bind(fake_x, x)
+        with rep.mode:
+            out = torch.func.functional_call(model, state, (fake_x,)).float()
+            return rep.twins[id(out)]
+
+
+def build(name: str, precision: str, sets=()):
+    """(recipe, model) as device_check's `seeded_backend` makes them for `precision`: seeded
+    random weights, A2U's form, BatchNorms folded unless `-unfolded`."""
+    import torch
+
     from mattecli.models import build_model
     from mattecli.recipes import load_recipe
 
     recipe = load_recipe(name, list(sets))
+    torch.manual_seed(0)
     model = build_model(recipe).eval()
     if precision.endswith("a2u-unfold"):
         from mattecli.models.a2u import set_a2u_form
@@ -188,6 +276,41 @@ def estimate(name: str, width: int, height: int, precision: str, sets: list[str]
 
         model = copy.deepcopy(model)
         fold_batchnorm(model)
+    return recipe, model
+
+
+def parity(name: str, width: int, height: int, precision: str = "fp16") -> dict:
+    """`precision` (replayed, half) against float32 (BatchNorms folded likewise), the whole pipeline
+    on the lemur photo tiled to `width`x`height`, in alpha levels over the unknown band: the
+    device check's parity rows, computed on a CPU."""
+    import numpy as np
+    import torch
+
+    from device_check import lemur
+    from mattecli.inference.pipeline import Pipeline
+
+    image, trimap = lemur(height, width)
+    unknown = trimap == 128
+    alphas, raws = {}, {}
+    for half in (False, True):
+        recipe, model = build(name, precision.replace("fp16", "fp32", 1) if not half else precision)
+
+        def backend(x, half=half, model=model):
+            raws[half] = replay(model, torch.from_numpy(x), half).numpy()
+            return raws[half]
+
+        alphas[half] = Pipeline(backend, recipe.infer).run(image, trimap).alpha
+    diff = np.abs(alphas[True].astype(np.int16) - alphas[False].astype(np.int16))[unknown]
+    return {"recipe": name, "precision": precision, "size": f"{width}x{height}", "max_levels": int(diff.max()),
+            "mean_levels": round(float(diff.mean()), 4), "share_within_1": round(float((diff <= 1).mean()), 6),
+            # the network's output before the pipeline clips and quantises it, over the whole image
+            "raw_max_difference": float(np.abs(raws[True] - raws[False]).max()),
+            "raw_scale": float(np.abs(raws[False]).max())}
+
+
+def estimate(name: str, width: int, height: int, precision: str, sets: list[str] = ()) -> dict:
+    """One pass of recipe `name` at `width`x`height` in `precision` (device_check's names)."""
+    recipe, model = build(name, precision, sets)
     stride = recipe.infer.stride
     h, w = -(-height // stride) * stride, -(-width // stride) * stride
     live = run_fake(model, (1, recipe.infer.input_channels, h, w), half=not precision.startswith("fp32"),
@@ -208,12 +331,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--sizes", default="1920x1080,3840x2160")
-    parser.add_argument("--precisions", default="fp32,fp16,fp16-unfolded,fp16-channels-last")
+    parser.add_argument("--precisions", default="fp32,fp16,fp16-unfolded,fp16-channels-last",
+                        help=f"of {', '.join(PRECISIONS)} (device_check's names)")
     parser.add_argument("--set", action="append", default=[], help="recipe override, as `matte train --set`")
     parser.add_argument("--top", type=int, default=0, help="also print the N operators that move the most bytes")
+    parser.add_argument("--parity", action="store_true",
+                        help="instead: float16 against float32 on the lemur photo, each call replayed on the CPU")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
     rows = []
+    if args.parity:
+        for name in args.recipes.split(","):
+            for precision in (p for p in args.precisions.split(",") if p.startswith("fp16")):
+                for size in parse_sizes(args.sizes):
+                    rows.append(parity(name, size.width, size.height, precision))
+                    print(json.dumps(rows[-1]), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return
     for name in args.recipes.split(","):
         for precision in args.precisions.split(","):
             if precision.endswith("a2u-unfold") and not name.startswith("a2u"):

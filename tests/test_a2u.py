@@ -128,6 +128,24 @@ def test_kernel_generator_forms_equal(cfg):
     torch.testing.assert_close(results["shift"][0].sum(1), torch.ones(2, 22, 18)) if k > 1 else None
 
 
+def test_kernels_come_out_in_autocasts_precision():
+    """Under autocast the kernels' softmax runs in float32; the kernels are handed on in autocast's
+    lower precision, so the sums of taps and the decoder after them stay in it (CUDA's float16 on a
+    GPU; CPU autocast's bfloat16 here, the same rule)."""
+    torch.manual_seed(0)
+    site = A2UKernels(64, A2UConfig(), True).eval()
+    x = torch.randn(1, 64, 22, 18)
+    with torch.no_grad():
+        up32, down32 = site(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            up, down = site(x)
+            m = torch.randn(1, 8, 11, 9, dtype=torch.bfloat16)
+            assert site.upsample(m, up).dtype == torch.bfloat16
+    assert up32.dtype == down32.dtype == torch.float32
+    assert up.dtype == down.dtype == torch.bfloat16
+    torch.testing.assert_close(up.float(), up32, atol=2e-2, rtol=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # The network and its recipes
 

@@ -91,3 +91,34 @@ def test_estimates_each_released_recipe(name):
     assert fp16["traffic_gb"] < unfolded["traffic_gb"]  # folding removes a pass over memory per BatchNorm
     assert not any(op["op"] == "batch_norm" for op in fp16["by_operator"])
     assert any(op["op"] == "batch_norm" for op in unfolded["by_operator"])
+
+
+def test_replay_in_float32_is_the_cpu_model_bit_for_bit():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), BNAct(8, "leaky_relu"), nn.Conv2d(8, 2, 1)).eval()
+    x = torch.randn(1, 4, 12, 10)
+    with torch.inference_mode():
+        assert torch.equal(cuda_estimate.replay(net, x), net(x))
+
+
+def test_replay_in_half_takes_cuda_autocasts_dtypes():
+    """A convolution in float16 (autocast's lower-precision list), the softmax after it in float32
+    (autocast's float32 list): what a CPU run under CPU autocast would not do."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x):
+            return torch.softmax(self.conv(x), 1)
+
+    x = torch.randn(1, 4, 9, 7)
+    with torch.inference_mode():
+        y16 = nn.functional.conv2d(x.half(), conv.weight.half(), conv.bias.half(), padding=1)
+        want = torch.softmax(y16.float(), 1)
+        got = cuda_estimate.replay(Net().eval(), x, half=True)
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+        assert not torch.equal(got, Net().eval()(x))  # float16 rounding shows

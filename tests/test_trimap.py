@@ -115,15 +115,14 @@ def test_soft_masks_between_the_thresholds_are_unknown():
             parse_threshold(bad)
 
 
-def test_a_4k_mask_is_made_into_a_trimap_in_well_under_a_second():
-    import time
-
+def test_a_4k_mask_is_made_into_a_trimap():
+    # its speed is a benchmark's (benchmarks/trimap_band.py), not a timed test's
     mask, _ = disc(size=2160, radius=700)
     mask = np.pad(mask, ((0, 0), (840, 840)))
-    start = time.perf_counter()
     trimap = trimap_from_mask(mask)
-    assert time.perf_counter() - start < 1.0  # ~0.1 s on one core; benchmarks/trimap_band.py has the ratio
-    assert trimap.shape == (2160, 3840) and (trimap == 128).any()
+    assert trimap.shape == (2160, 3840) and trimap.dtype == np.uint8
+    assert set(np.unique(trimap)) == {0, 128, 255}
+    assert trimap[1080, 1920] == 255 and trimap[0, 0] == 0  # the disc's centre and a far corner
 
 
 # --- masks as found ---------------------------------------------------------------------------------

@@ -20,6 +20,9 @@ Each operator exists in two numerically equal forms, chosen per kernel-generator
   S=2048 shift 6.3 GiB, unfold 11.6 GiB (tests/test_a2u.py::test_memory_2048, marked slow).
   In training (2x4x256x256, forward + backward) the peaks are alike (2.3 vs 2.1 GiB) and unfold
   was the faster of the two on a 2-core CPU, so `auto` keeps it there.
+  Run eagerly (not traced), the shift form sums its taps in place, and the U/V filters (the same
+  filter at every position, a depthwise convolution) are applied by the grouped convolution in
+  both forms: the taps are for export.
 
 Variants are options of one dataclass: the baselines (nearest/bilinear upsampling, strided
 downsampling), static / hybrid / dynamic kernel generation, channel-wise (cw) or channel-shared (cs)
@@ -244,9 +247,10 @@ class A2UKernels(nn.Module):
         filters = self._filters(x)
         if self._shift() and torch.jit.is_tracing():  # an export: U and V share one chain of taps
             maps = list(_filter_shift(x, torch.stack(filters, 1), self.pad).unbind(1))
-        elif self._shift():  # eager: one chain each; broadcasting over the filters ran 2.5x slower
-            maps = [_filter_shift(x, f.unsqueeze(1), self.pad)[:, 0] for f in filters]
         else:
+            # run eagerly, in either form, a grouped convolution: it reads X once where the taps
+            # read it k^2 times (4x faster on a CPU at 1024x1024, 64 channels; a fifth of A2U's
+            # estimated float16 memory traffic on CUDA was these taps), with the same sums
             maps = [_filter_grouped(x, f, self.pad) for f in filters]
         sets = len(filters) // 2
         for which, start in (("u", 0), ("v", sets)):
@@ -277,6 +281,13 @@ class A2UKernels(nn.Module):
         if k > 1:
             up = torch.softmax(up, dim=1)
         down = torch.softmax(affinity * self._p(x, "down"), dim=1) if self.paired_down else None
+        if torch.is_autocast_enabled(x.device.type):
+            # autocast runs a softmax in float32; the features the kernels weight are in its lower
+            # precision, and float32 kernels would make every sum of taps, and A2U's decoder from
+            # there on, float32 (its peak memory and most of its memory traffic:
+            # benchmarks/cuda_estimate.py). The unfold form's einsum casts them to it anyway.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            up, down = up.to(dtype), (down.to(dtype) if down is not None else None)
         return up, down
 
     def upsample(self, m: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
