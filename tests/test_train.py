@@ -170,3 +170,25 @@ def test_validate_equals_the_per_sample_loop_it_replaced(synth, monkeypatch, cap
     assert validate(model, recipe, samples, torch.device("cpu")) == expected
     assert model.training  # restored
     assert capfd.readouterr() == ("", "")  # no progress bar, nothing printed
+
+
+def test_a_stray_world_size_is_named_not_waited_on_in_silence(monkeypatch, capsys):
+    """WORLD_SIZE without torchrun: refused in one line without MASTER_ADDR, announced with it
+    (the rendezvous then waits for processes that may never come)."""
+    from mattecli.errors import UsageError
+    from mattecli.train.loop import _announce_group
+
+    for var in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(UsageError, match="WORLD_SIZE=4 .* MASTER_ADDR and MASTER_PORT is not set"):
+        _announce_group(4, 1)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    _announce_group(4, 1)
+    err = capsys.readouterr().err
+    assert "rank 1 of 4 joining the process group at 10.0.0.1:29500" in err and "unset WORLD_SIZE" in err
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")  # under torchrun: rank 0 alone says it
+    _announce_group(4, 1)
+    _announce_group(4, 0)
+    err = capsys.readouterr().err
+    assert err.count("joining") == 1 and "rank 0 of 4" in err and "unset" not in err

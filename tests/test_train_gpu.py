@@ -13,6 +13,15 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
+@pytest.fixture(autouse=True)
+def one_process(monkeypatch):
+    """These tests train in one process: a WORLD_SIZE that the machine's environment sets (the
+    suspected cause of these tests never finishing on the H200, 2026-11-27) would make them wait
+    for a process group."""
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     from mattecli.data.synthetic import prepare_synthetic

@@ -20,6 +20,7 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ def setup_distributed(device_name: str) -> Dist:
     if world > 1:
         import torch.distributed as dist
 
+        _announce_group(world, rank)
         backend = "nccl" if device.type == "cuda" else "gloo"
         # rank 0 validates and writes while the others wait in their next all-reduce: NCCL's
         # default 10-minute timeout would kill a run validating on Composition-1k
@@ -115,6 +117,25 @@ def setup_distributed(device_name: str) -> Dist:
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
     return Dist(rank, local_rank, world, device)
+
+
+def _announce_group(world: int, rank: int) -> None:
+    """One line before joining the process group, whose rendezvous waits (up to its timeout) for
+    every process: by rank 0 under torchrun, and by any process that WORLD_SIZE in its environment
+    asks to join one without torchrun having started it (a stray variable, or a launcher of its
+    own), so that a wait for processes that will never come is not a silent hang."""
+    missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise UsageError(f"WORLD_SIZE={world} in the environment asks for {world} processes, but "
+                         f"{' and '.join(missing)} is not set: start `matte train` with torchrun, or unset "
+                         "WORLD_SIZE to train in one process")
+    by_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+    if rank == 0 or not by_torchrun:
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        note = "" if by_torchrun else (" (WORLD_SIZE is set, but torchrun did not start this process: unset "
+                                       "WORLD_SIZE to train in one process)")
+        print(f"matte train: rank {rank} of {world} joining the process group at {where}{note}",
+              file=sys.stderr, flush=True)
 
 
 def _teardown(dist_info: Dist) -> None:
