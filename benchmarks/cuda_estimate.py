@@ -45,6 +45,19 @@ PRECISIONS = ("fp32", "fp32-unfolded", "fp16", "fp16-unfolded", "fp16-channels-l
 BANDWIDTH = {"H100 SXM": 3.35e12, "H200": 4.8e12}
 
 
+def _after_each_call(callback):
+    """A dispatch mode that runs each ATen call, then `callback(func, args, kwargs, out)`."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Mode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            callback(func, args, kwargs or {}, out)
+            return out
+
+    return Mode()
+
+
 class LiveBytes:
     """A dispatch mode that counts the bytes of the tensors alive and those each call moves.
 
@@ -52,17 +65,7 @@ class LiveBytes:
     last tensor on it is freed (a weakref finaliser per tensor)."""
 
     def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        tracker = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                tracker.record(func, args, kwargs or {}, out)
-                return out
-
-        self.mode = Mode()
+        self.mode = _after_each_call(self.record)
         self.live: dict[int, list] = {}  # storage -> [bytes, tensors on it]
         self.bytes = self.peak = 0
         self.at_peak = ""
@@ -200,17 +203,7 @@ class Replay:
     approximates what the GPU computes; `benchmarks/device_check.sh`'s parity section measures it."""
 
     def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        replay = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                replay.run(func, args, kwargs or {}, out)
-                return out
-
-        self.mode = Mode()
+        self.mode = _after_each_call(self.run)
         self.twins: dict[int, object] = {}  # id(fake tensor) -> its CPU twin, while the fake one lives
 
     def bind(self, fake, real) -> None:
