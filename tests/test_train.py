@@ -180,7 +180,7 @@ def test_a_stray_world_size_is_named_not_waited_on_in_silence(monkeypatch, capsy
 
     for var in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(UsageError, match="WORLD_SIZE=4 .* MASTER_ADDR and MASTER_PORT is not set"):
+    with pytest.raises(UsageError, match="WORLD_SIZE=4 .* MASTER_ADDR and MASTER_PORT are not set"):
         _announce_group(4, 1)
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29500")

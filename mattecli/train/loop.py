@@ -127,8 +127,8 @@ def _announce_group(world: int, rank: int) -> None:
     missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
     if missing:
         raise UsageError(f"WORLD_SIZE={world} in the environment asks for {world} processes, but "
-                         f"{' and '.join(missing)} is not set: start `matte train` with torchrun, or unset "
-                         "WORLD_SIZE to train in one process")
+                         f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start "
+                         "`matte train` with torchrun, or unset WORLD_SIZE to train in one process")
     by_torchrun = "TORCHELASTIC_RUN_ID" in os.environ
     if rank == 0 or not by_torchrun:
         where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
