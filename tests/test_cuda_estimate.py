@@ -122,3 +122,21 @@ def test_replay_in_half_takes_cuda_autocasts_dtypes():
         got = cuda_estimate.replay(Net().eval(), x, half=True)
         assert got.dtype == torch.float32 and torch.equal(got, want)
         assert not torch.equal(got, Net().eval()(x))  # float16 rounding shows
+
+
+def test_tcp_runs_its_textural_path_whole_on_cuda():
+    """tcp_tile bounds CPU memory; on CUDA the path runs whole (one pass of its convolutions)."""
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+
+    calls = {}
+    for tile in (0, 128):
+        model = build_model(load_recipe("tcp", [f"model.tcp_tile={tile}"])).eval()
+        calls[tile] = cuda_estimate.run_fake(model, (1, 6, 320, 480), half=True).calls["conv2d"]
+    assert calls[128] == calls[0]
+    cpu = build_model(load_recipe("tcp", ["model.tcp_tile=128"])).eval()
+    seen = []
+    cpu.textural.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[2:]))
+    with torch.inference_mode():
+        cpu(torch.randn(1, 6, 320, 480))
+    assert len(seen) == 3 * 4 and max(s[0] for s in seen) < 320  # tiles on a CPU

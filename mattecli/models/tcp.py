@@ -228,7 +228,11 @@ class TCPMatting(nn.Module):
         tile = self.tcp_tile
         exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
         h, w = x.shape[2:]
-        if self.training or exporting or tile == 0 or (h <= tile and w <= tile):
+        # Tiles bound the full-resolution path's CPU memory. On a GPU the path runs whole: there the
+        # peak is the semantic path's (estimated float16 at 3840x2160: 198 B per pixel untiled
+        # against 191 in tiles of 512, benchmarks/cuda_estimate.py), and 40 tiles would launch 5x
+        # the kernels, each too small to fill the GPU. Tiled equals untiled to float rounding.
+        if self.training or exporting or tile == 0 or x.is_cuda or (h <= tile and w <= tile):
             return self.textural(x, sem)
         out = x.new_empty(x.shape[0], 1, h, w)
         r = TEXTURAL_RADIUS
