@@ -7,7 +7,8 @@ For each released recipe (IndexNet, A2U, TCP), with seeded random weights (speed
 not depend on the values; no weights file travels), in sections (--only):
 - model: one forward pass on a prepared device tensor at each size, in float32, float16 (autocast,
   as `--half`), float16 without BatchNorm folding (what `matte infer` did before folding), bfloat16,
-  float16 with channels_last and, for A2U, float16 with its kernels applied by unfolding. Each
+  float16 with channels_last, for A2U float16 with its kernels applied by unfolding, and float16
+  captured once as a CUDA graph and replayed (what launching some 800 calls per pass costs). Each
   row: time, and peak memory of the passes after the first (cuDNN's first-call search is reported
   apart) as bytes per aligned input pixel, what `--max-memory` needs (`infer.cuda_bytes_per_pixel`,
   `infer.cuda_half_bytes_per_pixel`);
@@ -36,7 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RECIPES = ("indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp")
-PRECISIONS = ("fp32", "fp16", "fp16-unfolded", "bf16", "fp16-channels-last", "fp16-a2u-unfold", "fp16-compiled")
+PRECISIONS = ("fp32", "fp16", "fp16-unfolded", "bf16", "fp16-channels-last", "fp16-a2u-unfold", "fp16-graphs",
+              "fp16-compiled")
 # rows that only mean something for some recipes: A2U's kernels applied by unfolding (the training
 # form) rather than by shifted taps (the eval default, chosen for its CPU memory)
 ONLY_FOR = {"fp16-a2u-unfold": "a2u"}
@@ -91,6 +93,39 @@ def seeded_backend(name: str, device: str, precision: str):
     return backend, recipe
 
 
+def graphed(backend, x):
+    """`backend`'s float16 pass on `x` captured once as a CUDA graph, -> a function that replays it.
+
+    A measurement, not a `matte infer` path yet: an eager pass makes some 800 ATen calls
+    (IndexNet; benchmarks/cuda_estimate.py counts them), whose launching on the host may cost as
+    much as the GPU's work at 1920x1080 once BatchNorms are folded. The replay launches them as one.
+    """
+    import torch
+
+    static_x = x.clone()
+
+    def body():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=backend.half_dtype, cache_enabled=False):
+            return backend.run(static_x).float()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # cuDNN's search and the allocator's warm-up, outside the capture
+        for _ in range(3):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = body()
+
+    def replay():
+        static_x.copy_(x)
+        graph.replay()
+        return out
+
+    return replay
+
+
 def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, precisions=PRECISIONS) -> list[dict]:
     """Model-only figures: one forward pass on a prepared device tensor."""
     import torch
@@ -115,6 +150,10 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
             continue
         for width, height in sizes:
             row = {"recipe": name, "precision": precision, "size": f"{width}x{height}"}
+            if precision.endswith("graphs") and not cuda:
+                row["skipped"] = "CUDA graphs need CUDA"
+                rows.append(row)
+                continue
             try:
                 x = torch.from_numpy(fresh_input(Size(width, height), recipe.infer, np.random.default_rng(0))).to(device)
                 if cuda:
@@ -134,7 +173,8 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
                     torch.cuda.synchronize(device)
                     row["first_call_peak_mib"] = round((torch.cuda.max_memory_allocated(device) - base) / 2**20, 1)
                     torch.cuda.reset_peak_memory_stats(device)
-                ms = clock.median_ms(lambda: backend.forward(x), repeat, warmup)
+                call = graphed(backend, x) if precision.endswith("graphs") else (lambda: backend.forward(x))
+                ms = clock.median_ms(call, repeat, warmup)
                 row.update(input="x".join(map(str, x.shape)), median_ms=round(ms, 3),
                            images_per_s=round(1000 / ms, 2))
                 if cuda:
@@ -313,7 +353,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cpu", action="store_true", help="dry run on a CPU at tiny sizes")
-    parser.add_argument("--budget", type=float, default=170, help="seconds for the eager model rows before skipping")
+    parser.add_argument("--budget", type=float, default=190, help="seconds for the eager model rows before skipping")
     parser.add_argument("--compile-budget", type=float, default=90,
                         help="seconds for the compiled model rows (run last) before skipping")
     parser.add_argument("--only", default=",".join(SECTIONS),
