@@ -251,7 +251,8 @@ def replay(model, x, half: bool = False):
 
 def build(name: str, precision: str, sets=()):
     """(recipe, model) as device_check's `seeded_backend` makes them for `precision`: seeded
-    random weights, A2U's form, BatchNorms folded unless `-unfolded`."""
+    random weights, A2U's form, BatchNorms folded unless `-unfolded`, convolution weights in
+    float16 for half precision."""
     import torch
 
     from mattecli.models import build_model
@@ -269,6 +270,11 @@ def build(name: str, precision: str, sets=()):
 
         model = copy.deepcopy(model)
         fold_batchnorm(model)
+    if not precision.startswith("fp32"):  # as TorchBackend(half=True) runs it
+        from mattecli.models.layers import convolutions_in
+
+        model = copy.deepcopy(model)
+        convolutions_in(model, torch.float16)
     return recipe, model
 
 

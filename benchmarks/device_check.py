@@ -8,7 +8,7 @@ not depend on the values; no weights file travels), in sections (--only):
 - model: one forward pass on a prepared device tensor at each size, in float32, float16 (autocast,
   as `--half`), float16 without BatchNorm folding (what `matte infer` did before folding), bfloat16,
   float16 with channels_last, for A2U float16 with its kernels applied by unfolding, and float16
-  captured once as a CUDA graph and replayed (what launching some 800 calls per pass costs). Each
+  captured once as a CUDA graph and replayed (what launching some 600 calls per pass costs). Each
   row: time, and peak memory of the passes after the first (cuDNN's first-call search is reported
   apart) as bytes per aligned input pixel, what `--max-memory` needs (`infer.cuda_bytes_per_pixel`,
   `infer.cuda_half_bytes_per_pixel`);
@@ -73,7 +73,7 @@ class Clock:
 def seeded_backend(name: str, device: str, precision: str):
     import torch
 
-    from mattecli.inference.backends import TorchBackend
+    from mattecli.inference.backends import HALF_DTYPE, TorchBackend
     from mattecli.models import build_model
     from mattecli.recipes import load_recipe
 
@@ -87,16 +87,15 @@ def seeded_backend(name: str, device: str, precision: str):
     # as `matte infer` loads weights: BatchNorms folded on CUDA; "-unfolded" measures what that gains
     backend = TorchBackend(model, recipe, device, half=not precision.startswith("fp32"),
                            compile=precision.endswith("compiled"), channels_last=precision.endswith("last"),
-                           fold_bn=device.startswith("cuda") and not precision.endswith("unfolded"))
-    if precision == "bf16":
-        backend.half_dtype = torch.bfloat16
+                           fold_bn=device.startswith("cuda") and not precision.endswith("unfolded"),
+                           half_dtype="bfloat16" if precision == "bf16" else HALF_DTYPE)
     return backend, recipe
 
 
 def graphed(backend, x):
     """`backend`'s float16 pass on `x` captured once as a CUDA graph, -> a function that replays it.
 
-    A measurement, not a `matte infer` path yet: an eager pass makes some 800 ATen calls
+    A measurement, not a `matte infer` path yet: an eager float16 pass makes some 600 ATen calls
     (IndexNet; benchmarks/cuda_estimate.py counts them), whose launching on the host may cost as
     much as the GPU's work at 1920x1080 once BatchNorms are folded. The replay launches them as one.
     """

@@ -59,3 +59,27 @@ def test_fold_keeps_the_activation_of_bnact_and_skips_what_is_not_a_conv_bn_pair
     assert isinstance(seq[4], nn.BatchNorm2d) and isinstance(seq[6], nn.Identity)
     assert seq[1].activation == "leaky_relu" and seq[1].slope == 0.2 and not isinstance(seq[1], nn.BatchNorm2d)
     assert isinstance(trained[1], nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("name", ["indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp"])
+def test_half_precision_convolution_weights_give_autocasts_result_bit_for_bit(name):
+    """`--half` runs a copy whose convolutions already hold their weights in half precision, so
+    autocast does not cast them at every call: the output is the same bit for bit (here under CPU
+    autocast in float16; on CUDA through benchmarks/cuda_estimate.py's replay, also bit for bit)."""
+    from mattecli.inference.backends import TorchBackend
+    from mattecli.models.layers import convolutions_in
+
+    recipe = load_recipe(name)
+    torch.manual_seed(0)
+    model = build_model(recipe).eval()
+    half = copy.deepcopy(model)
+    assert convolutions_in(half, torch.float16) == sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert all(p.dtype == torch.float16 for m in half.modules() if isinstance(m, nn.Conv2d) for p in m.parameters())
+    x = torch.randn(1, recipe.infer.input_channels, 64, 96)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.float16):
+            want = model(x).float()
+            assert torch.equal(half(x).float(), want)
+        backend = TorchBackend(model, recipe, "cpu", half=True)
+        assert torch.equal(backend.forward(x), want)
+        assert next(model.parameters()).dtype == torch.float32  # the model as given: the float32 redo's

@@ -48,8 +48,10 @@ class TorchBackend:
     there); `__call__` takes and returns numpy arrays.
 
     Args:
-        half: run under autocast in HALF_DTYPE. An output that is not finite is redone in float32
-            for that input (counted in `fallbacks`), so a half-precision overflow never reaches an alpha.
+        half: run under autocast in `half_dtype` (HALF_DTYPE unless a measurement asks for another),
+            on a copy of the model whose convolutions hold their weights in it (`convolutions_in`).
+            An output that is not finite is redone in float32 by the model as given, for that input
+            (counted in `fallbacks`), so a half-precision overflow never reaches an alpha.
         compile: torch.compile the model with dynamic height and width, so a folder of mixed sizes
             compiles once rather than once per size (padding inputs up to size buckets was not
             taken: it would change the output near the image's border).
@@ -62,7 +64,7 @@ class TorchBackend:
     """
 
     def __init__(self, model, recipe, device: str = "cpu", half: bool = False, compile: bool = False,
-                 channels_last: bool = False, fold_bn: bool = False):
+                 channels_last: bool = False, fold_bn: bool = False, half_dtype: str = HALF_DTYPE):
         import copy
 
         import torch
@@ -79,12 +81,18 @@ class TorchBackend:
         self.model = model.to(self.device).eval()
         self.recipe = recipe
         self.half, self.channels_last = half, channels_last
-        self.half_dtype = getattr(torch, HALF_DTYPE)
+        self.half_dtype = getattr(torch, half_dtype)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # one algorithm search per input shape, then the fastest
-        self.run = torch.compile(self.model, dynamic=True) if compile else self.model
+        run = self.model
+        if half:  # a copy whose convolutions hold their weights in half precision: autocast's casts, once
+            from mattecli.models.layers import convolutions_in
+
+            run = copy.deepcopy(self.model)
+            convolutions_in(run, self.half_dtype)
+        self.run = torch.compile(run, dynamic=True) if compile else run
         # On CUDA the pipeline runs on the device; on a CPU numpy with OpenCV is the faster of the
         # two (measured at 4K: prepare 0.65 s against 1.7 s for torch on the same 2 cores) and
         # shares the tensors' memory, so the CPU keeps the reference path.

@@ -166,6 +166,22 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
+def convolutions_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store every convolution's weight and bias in `dtype`, in place; -> how many convolutions.
+
+    For inference under autocast to `dtype`: autocast casts a convolution's float32 weight and
+    bias to its lower precision at every call (a copy per convolution per pass: 204 of IndexNet's
+    ~800 ATen calls, benchmarks/cuda_estimate.py); cast once, they are used as they are. The
+    result is the same bit for bit (the same rounding, done once). Run without autocast, such a
+    model refuses a float32 input, so keep the float32 model for that."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            module.to(dtype)
+            count += 1
+    return count
+
+
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, the number the specs' tables give."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
