@@ -328,3 +328,30 @@ def test_shift_form_exports_to_onnx_with_dynamic_size(tmp_path):
         got = session.run(None, {"input": x.numpy()})[0]
         assert got.shape == want.shape
         assert abs(got - want).max() < 1e-4
+
+
+def test_in_place_sums_of_taps_give_the_plain_sums_gradients():
+    """The shift form's eager `addcmul_` sums (forced in training with form: shift) backpropagate
+    as the traced Mul/Add chain does."""
+    from mattecli.models import a2u
+
+    def plain(windows, weights):
+        acc = windows[0] * weights[0]
+        for window, weight in zip(windows[1:], weights[1:]):
+            acc = acc + window * weight
+        return acc
+
+    torch.manual_seed(0)
+    m = torch.randn(1, 3, 7, 9, dtype=torch.float64, requires_grad=True)
+    up = torch.softmax(torch.randn(1, 9, 14, 18, dtype=torch.float64), 1).requires_grad_()
+    down = torch.softmax(torch.randn(1, 36, 4, 5, dtype=torch.float64), 1).requires_grad_()
+    results = []
+    for multiply_add in (a2u._multiply_add, plain):
+        original, a2u._multiply_add = a2u._multiply_add, multiply_add
+        try:
+            loss = a2u.upsample_shift(m, up, 3).square().sum() + a2u.downsample_shift(m, down, 3).square().sum()
+            results.append((loss, *torch.autograd.grad(loss, (m, up, down))))
+        finally:
+            a2u._multiply_add = original
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
