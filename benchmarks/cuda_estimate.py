@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import copy
 import json
 import sys
 import weakref
@@ -250,32 +249,13 @@ def replay(model, x, half: bool = False):
 
 
 def build(name: str, precision: str, sets=()):
-    """(recipe, model) as device_check's `seeded_backend` makes them for `precision`: seeded
-    random weights, A2U's form, BatchNorms folded unless `-unfolded`, convolution weights in
-    float16 for half precision."""
-    import torch
+    """(recipe, the module `TorchBackend.forward` runs) for `precision` (device_check's names), as
+    on CUDA: seeded random weights, BatchNorms folded unless `-unfolded`, and for half precision
+    the copy whose convolutions hold float16 weights. Built by `TorchBackend` itself on the CPU."""
+    from device_check import seeded_backend
 
-    from mattecli.models import build_model
-    from mattecli.recipes import load_recipe
-
-    recipe = load_recipe(name, list(sets))
-    torch.manual_seed(0)
-    model = build_model(recipe).eval()
-    if precision.endswith("a2u-unfold"):
-        from mattecli.models.a2u import set_a2u_form
-
-        set_a2u_form(model, "unfold")
-    if not precision.endswith("unfolded"):
-        from mattecli.models.layers import fold_batchnorm
-
-        model = copy.deepcopy(model)
-        fold_batchnorm(model)
-    if not precision.startswith("fp32"):  # as TorchBackend(half=True) runs it
-        from mattecli.models.layers import convolutions_in
-
-        model = copy.deepcopy(model)
-        convolutions_in(model, torch.float16)
-    return recipe, model
+    backend, recipe = seeded_backend(name, "cpu", precision, sets, fold_bn=True)
+    return recipe, backend.run
 
 
 def parity(name: str, width: int, height: int, precision: str = "fp16") -> dict:

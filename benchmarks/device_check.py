@@ -70,24 +70,28 @@ class Clock:
         return 1000 * statistics.median(times)
 
 
-def seeded_backend(name: str, device: str, precision: str):
+def seeded_backend(name: str, device: str, precision: str, sets=(), fold_bn: bool | None = None):
+    """(TorchBackend, recipe) of recipe `name` with seeded random weights, as `precision` asks.
+
+    BatchNorms are folded as `matte infer` folds them (on CUDA) unless `fold_bn` says otherwise;
+    "-unfolded" never folds (what folding gains). `sets`: recipe overrides (`matte train --set`)."""
     import torch
 
     from mattecli.inference.backends import HALF_DTYPE, TorchBackend
     from mattecli.models import build_model
     from mattecli.recipes import load_recipe
 
-    recipe = load_recipe(name)
+    recipe = load_recipe(name, list(sets))
     torch.manual_seed(0)
     model = build_model(recipe).eval()
     if precision.endswith("a2u-unfold"):
         from mattecli.models.a2u import set_a2u_form
 
         set_a2u_form(model, "unfold")
-    # as `matte infer` loads weights: BatchNorms folded on CUDA; "-unfolded" measures what that gains
+    fold_bn = device.startswith("cuda") if fold_bn is None else fold_bn
     backend = TorchBackend(model, recipe, device, half=not precision.startswith("fp32"),
                            compile=precision.endswith("compiled"), channels_last=precision.endswith("last"),
-                           fold_bn=device.startswith("cuda") and not precision.endswith("unfolded"),
+                           fold_bn=fold_bn and not precision.endswith("unfolded"),
                            half_dtype="bfloat16" if precision == "bf16" else HALF_DTYPE)
     return backend, recipe
 
@@ -366,6 +370,8 @@ def main(argv=None) -> int:
         parser.error(f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}")
     import torch
 
+    from mattecli.cli.parsing import parse_sizes
+
     precisions, half_precisions = PRECISIONS, ("fp16", "bf16")
     if args.cpu:  # every code path once, at sizes a busy 2-core CPU runs in a minute; no compilation
         device, sizes, e2e_size, repeat, warmup, count = "cpu", [(96, 64)], (96, 64), 1, 0, 1
@@ -376,7 +382,7 @@ def main(argv=None) -> int:
             return 2
         device, sizes, e2e_size, repeat, warmup, count = "cuda", [(1920, 1080), (3840, 2160)], (3840, 2160), 10, 3, 16
     if args.sizes:
-        sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
+        sizes = [(size.width, size.height) for size in parse_sizes(args.sizes)]
     if args.precisions:
         precisions = tuple(args.precisions.split(","))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -87,14 +87,10 @@ def _multiply_add(windows: list[torch.Tensor], weights: list[torch.Tensor]) -> t
     benchmarks/cuda_estimate.py). The two differ by float rounding only (addcmul may fuse the
     multiply and the add: 1 ulp on a CPU). Autograd allows it: neither a product's nor an
     addcmul's backward reads its output."""
-    if torch.jit.is_tracing():
-        acc = windows[0] * weights[0]
-        for window, weight in zip(windows[1:], weights[1:]):
-            acc = acc + window * weight
-        return acc
+    traced = torch.jit.is_tracing()
     acc = windows[0] * weights[0]
     for window, weight in zip(windows[1:], weights[1:]):
-        acc.addcmul_(window, weight)
+        acc = acc + window * weight if traced else acc.addcmul_(window, weight)
     return acc
 
 
