@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.parallel import pool
+from mattecli.recipes import shipped
 
 WARM_IMAGES = 4
 STAGES = ("decode", "upload + prepare", "model", "restore + download", "foreground", "encode")
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = shipped("examples")
 
 
 class StageClock:

@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "demo"
+OUT = Path("demo")  # in the folder it runs in: the repository root under `make demo`
 
 
 def step(title: str):
@@ -119,12 +118,13 @@ def infer_with_both(weights: Path, onnx_path: Path, out: Path) -> list:
     from mattecli.imageio import read_gray
     from mattecli.inference.batch import infer_folder, print_report
     from mattecli.inference.pipeline import load_pipeline
+    from mattecli.recipes import shipped
 
     t0 = step("5/5 infer on a folder: the lemur photo (a real photograph, hand-drawn trimap), with PyTorch and ONNX")
     folder = out / "photos"
     folder.mkdir(parents=True)
     for name in ("lemur.png", "lemur_trimap.png"):
-        shutil.copy(ROOT / "examples" / name, folder / name)
+        shutil.copy(shipped("examples") / name, folder / name)
     failed = []
     for model_file, mattes in ((weights, out / "mattes"), (onnx_path, out / "mattes-onnx")):
         report = infer_folder(load_pipeline(model_file), folder, mattes, progress=False)

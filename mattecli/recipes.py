@@ -20,7 +20,20 @@ import yaml
 
 from mattecli.errors import UsageError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def shipped(folder: str) -> Path:
+    """The folder of files that come with matte, `recipes` or `examples`: at the root of a source
+    checkout (an editable install included), or inside the installed package, where the wheel puts
+    them as `mattecli/_recipes` and `mattecli/_examples` (pyproject.toml)."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / folder
+    if (package.parent / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout
+    return package / f"_{folder}"
+
+
+RECIPES_DIR = shipped("recipes")
 
 
 @dataclass(frozen=True)
