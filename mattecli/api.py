@@ -2,7 +2,7 @@
 
     import mattecli
     matter = mattecli.load("indexnet.safetensors", device="auto")   # or an .onnx / .engine file
-    alpha = matter.predict(image, trimap)    # PIL images or numpy arrays -> (H, W) uint8
+    alpha = matter.predict(image, trimap)    # PIL images, numpy arrays or paths -> (H, W) uint8
     fg = matter.foreground(image, alpha)     # (H, W, 3) uint8 foreground colours
 
 `predict` reads its inputs by the rules `matte infer` applies to files (the same image
@@ -13,6 +13,7 @@ byte, what `matte infer` writes for the same files.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from mattecli.inference.pipeline import Pipeline
     from mattecli.recipes import Recipe
 
-ImageLike = Union["Image.Image", np.ndarray]
+ImageLike = Union["Image.Image", np.ndarray, str, Path]
 _DEFAULT = "default"
 
 
@@ -46,8 +47,9 @@ class Matter:
 
         Args:
             image: a Pillow image or a numpy array: (H, W, 3) RGB, (H, W, 4) RGBA (alpha dropped),
-                (H, W) grey; uint8, uint16 (scaled to 8 bits) or float in [0, 1].
-            trimap: a Pillow image or a numpy array of the same size: 0/128/255, a class-index
+                (H, W) grey; uint8, uint16 (scaled to 8 bits) or float in [0, 1]. Or an image
+                file's path, read as `Image.open(path)` would be.
+            trimap: a Pillow image, a numpy array or a path, of the same size: 0/128/255, a class-index
                 trimap (0/1/2, or 1/2/3), or a hand-drawn grey one (< 85 background, >= 170
                 foreground, otherwise unknown), read as `matte infer` reads trimap files. A note
                 (`UserWarning`) says when one was mapped.
@@ -57,16 +59,17 @@ class Matter:
             `matte infer --empty pass` writes).
 
         Raises:
-            ValueError: the sizes differ, or an input is not an image (e.g. a colour-coded trimap).
+            ValueError: the sizes differ, or an input is not an image (e.g. a colour-coded trimap),
+                or a path is not a readable image file (the message names it).
         """
         from mattecli.errors import InputError
         from mattecli.imageio import rgb_of, trimap_of
 
         try:
             rgb = rgb_of(_as_pil(image, "image"))
-            tri, note = trimap_of(_as_pil(trimap, "trimap"), "trimap")
+            tri, note = trimap_of(_as_pil(trimap, "trimap"), _name(trimap, "trimap"))
         except InputError as err:
-            raise ValueError(err.reason) from None
+            raise ValueError(err.reason if isinstance(err.path, str) else str(err)) from None
         if note:
             warnings.warn(note, stacklevel=2)
         if rgb.shape[:2] != tri.shape:
@@ -80,16 +83,20 @@ class Matter:
         them: PyMatting's multi-level method on a CPU, its PyTorch port on a CUDA device.
 
         Args:
-            image: as for `predict`.
+            image: as for `predict` (a path too).
             alpha: (H, W) uint8, e.g. what `predict` returned.
 
         Returns:
             (H, W, 3) uint8.
         """
+        from mattecli.errors import InputError
         from mattecli.imageio import rgb_of
         from mattecli.inference.outputs import estimate_foreground
 
-        rgb = rgb_of(_as_pil(image, "image"))
+        try:
+            rgb = rgb_of(_as_pil(image, "image"))
+        except InputError as err:
+            raise ValueError(str(err)) from None
         alpha = np.asarray(alpha)
         if alpha.dtype != np.uint8 or alpha.shape != rgb.shape[:2]:
             raise ValueError(f"alpha must be (H, W) uint8 of the image's size {rgb.shape[1]}x{rgb.shape[0]}, got "
@@ -140,11 +147,21 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
         raise ValueError(str(err)) from None
 
 
+def _name(x: ImageLike, what: str):
+    """What an input is called in notes and errors: its path, or `what` for an image in memory."""
+    return Path(x) if isinstance(x, (str, os.PathLike)) else what
+
+
 def _as_pil(x: ImageLike, what: str):
-    """A Pillow image (EXIF orientation applied, as `matte infer` applies it to files), or a numpy
-    array made into one, so that both are converted by the same rules as files."""
+    """A Pillow image (EXIF orientation applied, as `matte infer` applies it to files), a file
+    opened as one, or a numpy array made into one, so that all are converted by the same rules as
+    files. Raises InputError (naming the file) for a path that is not a readable image."""
     from PIL import Image, ImageOps
 
+    if isinstance(x, (str, os.PathLike)):
+        from mattecli.imageio import _open
+
+        return _open(Path(x), apply_exif=True)
     if isinstance(x, Image.Image):
         return ImageOps.exif_transpose(x)
     arr = np.asarray(x)

@@ -83,6 +83,28 @@ def test_numpy_arrays_give_what_pillow_images_give(weights, photos):
     assert np.array_equal(from_pil, from_rgba_array) and np.array_equal(from_pil, from_float)
 
 
+
+def test_paths_give_what_pillow_images_give(weights, photos, tmp_path):
+    matter = mattecli.load(weights, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from_paths = matter.predict(photos / "lemur.png", str(photos / "lemur_trimap.png"))
+    assert any(str(photos / "lemur_trimap.png") in str(w.message) for w in caught)  # the note names the file
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from_pil = matter.predict(Image.open(photos / "lemur.png"), Image.open(photos / "lemur_trimap.png"))
+    assert np.array_equal(from_paths, from_pil)
+    assert np.array_equal(matter.foreground(photos / "lemur.png", from_paths),
+                          matter.foreground(Image.open(photos / "lemur.png"), from_pil))
+    missing, junk = tmp_path / "missing.png", tmp_path / "junk.png"
+    junk.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=f"^{missing}: no such file$"):
+        matter.predict(missing, photos / "lemur_trimap.png")
+    with pytest.raises(ValueError, match=f"^{junk}: cannot decode image"):
+        matter.predict(photos / "lemur.png", junk)
+    with pytest.raises(ValueError, match=f"^{junk}: cannot decode image"):
+        matter.foreground(junk, from_paths)
+
 def test_a_trimap_with_nothing_to_matte_is_its_own_alpha(weights):
     matter = mattecli.load(weights, device="cpu")
     trimap = np.zeros((40, 50), np.uint8)
