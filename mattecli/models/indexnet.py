@@ -34,9 +34,15 @@ POOLED_STAGES = (0, 2, 3, 4, 6)  # index pooling follows layer0, layer2, layer3,
 # The operators
 
 
-def indexed_pool(x: torch.Tensor, idx_en: torch.Tensor) -> torch.Tensor:
-    """IP: the index-weighted sum over each 2x2 cell (idx_en broadcasts over channels if holistic)."""
-    return 4 * F.avg_pool2d(idx_en.to(x.dtype) * x, 2, 2)
+def indexed_pool(x: torch.Tensor, idx_en: torch.Tensor, return_weighted: bool = False):
+    """IP: the index-weighted sum over each 2x2 cell (idx_en broadcasts over channels if holistic);
+    with `return_weighted`, (pooled, idx_en * x), the weighted map a learned index's skip carries.
+
+    The index is taken in the features' precision (a no-op unless they differ): a float32 index on
+    float16 features would make the pooling and the full-resolution skip float32."""
+    weighted = idx_en.to(x.dtype) * x
+    pooled = 4 * F.avg_pool2d(weighted, 2, 2)
+    return (pooled, weighted) if return_weighted else pooled
 
 
 def indexed_upsample(y: torch.Tensor, idx_de: torch.Tensor) -> torch.Tensor:
@@ -204,10 +210,7 @@ class IndexNetMatting(nn.Module):
     def _pool(self, stage: int, x: torch.Tensor):
         """Returns (pooled, skip feature, decoder index or None)."""
         idx_en, idx_de = getattr(self, f"index{stage}")(x)
-        # the index in the features' precision (a no-op unless they differ): a float32 index on
-        # float16 features would make the pooling and the full-resolution skip float32
-        weighted = idx_en.to(x.dtype) * x
-        pooled = 4 * F.avg_pool2d(weighted, 2, 2)
+        pooled, weighted = indexed_pool(x, idx_en, return_weighted=True)
         if self.cfg.index in LEARNED:
             return pooled, weighted, idx_de  # the authors' decoder sees the index-weighted features
         return pooled, x, (idx_de if self.cfg.index != "none" else None)
