@@ -239,6 +239,44 @@ def test_compiled_backend_equals_eager_at_two_sizes_with_one_compilation():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
+
+@pytest.mark.slow  # a cold inductor compilation on 2 cores: IndexNet 103 s, TCP 32 s (A2U: 557 s, see below)
+@pytest.mark.parametrize("name, backend", [("demo-indexnet", "inductor"), ("tcp", "inductor"),
+                                           ("demo-a2u", "aot_eager")])
+def test_each_family_compiles_once_for_photos_of_several_sizes(name, backend, monkeypatch):
+    """`--compile` on the real networks (BatchNorms folded, as on CUDA): no graph break, the same
+    output as eager to float rounding, and one graph for three sizes. A2U is traced by dynamo and
+    AOTAutograd alone (`aot_eager`): inductor takes 9 minutes over its unrolled taps on 2 cores.
+
+    The sizes are photo-like and the networks full width (demo-indexnet is the released IndexNet's
+    architecture): on a CPU, a convolution whose output holds at most 20,480 values (PyTorch's
+    choice between its CPU convolution kernels) guards the graph, so inputs small enough to cross
+    that line at some layer compile again, once per side of it (demo-tcp, at 1/8 width, crosses
+    it at stride 32 between 512x640 and 544x704)."""
+    import functools
+
+    import torch._dynamo
+
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+
+    if backend != "inductor":
+        monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    recipe = load_recipe(name)
+    torch.manual_seed(0)
+    model = build_model(recipe).eval()
+    eager = TorchBackend(model, recipe, fold_bn=True)
+    compiled = TorchBackend(model, recipe, fold_bn=True, compile=True)
+    rng = np.random.default_rng(0)
+    for h, w in [(512, 640), (544, 704), (704, 544)]:
+        x = rng.standard_normal((1, recipe.infer.input_channels, h, w)).astype(np.float32)
+        expected = eager(x)
+        np.testing.assert_allclose(compiled(x), expected, rtol=0, atol=1e-4 * max(1.0, np.abs(expected).max()))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+
 def test_fold_bn_runs_a_folded_copy_and_leaves_the_callers_model_alone(tmp_path):
     """TorchBackend(fold_bn=True) folds a copy (the training loop validates with its own model);
     `load` folds on CUDA only, so the CPU keeps the authors' arithmetic."""
