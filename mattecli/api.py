@@ -68,8 +68,8 @@ class Matter:
         try:
             rgb = rgb_of(_as_pil(image, "image"))
             tri, note = trimap_of(_as_pil(trimap, "trimap"), _name(trimap, "trimap"))
-        except InputError as err:
-            raise ValueError(err.reason if isinstance(err.path, str) else str(err)) from None
+        except InputError as err:  # a file is named in the message; an array is no file
+            raise ValueError(str(err) if isinstance(err.path, Path) else err.reason) from None
         if note:
             warnings.warn(note, stacklevel=2)
         if rgb.shape[:2] != tri.shape:
