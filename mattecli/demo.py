@@ -87,7 +87,7 @@ def main(out: Path = OUT) -> int:
     onnx_path, exported_ok = export_onnx(weights, recipe, out)
     failed = infer_with_both(weights, onnx_path, out)
 
-    print(f"\nDemo finished in {time.perf_counter() - start:.0f} s: everything is in {out}. The model "
+    print(f"\nDemo finished in {time.perf_counter() - start:.0f} s: everything is in {out.resolve()}. The model "
           f"{'beats' if beats else 'does NOT beat'} the trivial baseline (SAD {ours['sad']:.3f} vs "
           f"{trivial['sad']:.3f}, MSE {ours['mse']:.4f} vs {trivial['mse']:.4f}).")
     return 0 if beats and exported_ok and not failed else 1

@@ -176,3 +176,30 @@ def test_train_export_and_eval_refuse_an_unwritable_output_before_any_work(tmp_p
         err = capsys.readouterr().err
         assert code == 2 and message in err and err.count("\n") == 1, (args, code, err)
     assert sorted(tmp_path.rglob("*")) == before  # a refused run leaves nothing behind
+
+
+@pytest.mark.slow  # torch.compile builds C++ kernels on a CPU: about half a minute for TCP's demo network
+def test_infer_compile_writes_what_eager_writes_and_says_it_compiles(tmp_path):
+    import torch
+
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    recipe = load_recipe("demo-tcp")
+    torch.manual_seed(0)
+    weights = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in {"a": (120, 136), "b": (97, 161)}.items():
+        write_png(images / f"{name}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        write_png(images / f"{name}_trimap.png", rng.choice(np.array([0, 128, 255], np.uint8), (h, w)))
+    eager = run_main("infer", "--weights", weights, "--images", images, "--out", tmp_path / "eager", "--device", "cpu")
+    compiled = run_main("infer", "--weights", weights, "--images", images, "--out", tmp_path / "compiled",
+                        "--device", "cpu", "--compile")
+    assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
+    assert "--compile: the first image waits" in compiled.stderr and "--compile" not in eager.stderr
+    for name in ("a", "b"):
+        a, b = read_gray(tmp_path / "eager" / f"{name}.png"), read_gray(tmp_path / "compiled" / f"{name}.png")
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float rounding, at most one level

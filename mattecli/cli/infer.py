@@ -111,6 +111,9 @@ def main(
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs a CUDA device (half precision on a CPU is not a fast path)")
     pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
+    if compile:  # else the first image's progress would look stuck for minutes
+        typer.echo("matte: note: --compile: the first image waits while torch.compile builds the model (minutes); "
+                   "later images, of any size, reuse it", err=True)
     if max_bytes is not None:
         try:
             tile_size(max_bytes, pipeline.cfg, pipeline.bytes_per_pixel)
