@@ -386,3 +386,26 @@ def test_matte_trimap_on_a_folder_without_masks_is_exit_1_with_one_line(tmp_path
     code, out, err = matte(capsys, "trimap", "--masks", tmp_path / "masks", "--out", tmp_path / "masks" / "t",
                            "--recursive", "--empty", "pass")  # its own outputs, inside the mask folder, are not read
     assert code == 0 and "1 skipped" in out, err
+
+
+def test_matte_trimap_on_photos_with_their_masks_beside_them(tmp_path, capsys):
+    """The layout `matte infer --masks` reads (photo `a.png`, mask `a_mask.png`, one folder): the
+    photos are not masks. A mask without a photo beside it (`c.png`) is still a mask."""
+    images, masks = mask_folder(tmp_path, names=("a", "b"))
+    for m in masks.iterdir():
+        m.rename(images / f"{m.stem.removesuffix('_mask')}_mask.png")
+    lone = np.zeros((48, 64), np.uint8)
+    lone[5:30, 5:30] = 255
+    write_png(images / "c.png", lone)
+    code, out, err = matte(capsys, "trimap", "--masks", images, "--out", tmp_path / "t", "--band", "4")
+    assert code == 0 and "3 written" in out, err
+    assert "a.png: its {stem}_mask mask lies beside it, so it is taken as a photo, not a mask (and 1 more" in err
+    for name in ("a", "b"):
+        expected = trimap_from_mask(read_mask(images / f"{name}_mask.png")[0], band=4)
+        assert np.array_equal(read_gray(tmp_path / "t" / f"{name}.png"), expected)
+    assert np.array_equal(read_gray(tmp_path / "t" / "c.png"), trimap_from_mask(lone, band=4))
+    # with the same folder as --images: previews over the photos; the mask without a photo is named
+    code, out, err = matte(capsys, "trimap", "--masks", images, "--out", tmp_path / "t2", "--band", "4",
+                           "--preview", tmp_path / "p", "--images", tmp_path / "images" / ".")  # spelt otherwise
+    assert code == 1 and "2 written" in out and "c.png: no image named c.*" in err
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a.jpg", "b.jpg"]

@@ -67,12 +67,23 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
     files = list_images(source, recursive, _inside(source, out, preview))
     if not files:
         raise no_images(source, recursive)
+    photos_beside = _photos_beside_masks(files, source) if job.rule is not None else []
+    skip = set(photos_beside)
+    files = [f for f in files if f not in skip]
     for folder in (out, preview):  # left by a killed run; young ones may belong to a live one
         if folder is not None:
             remove_stale_temps(folder, ".*.tmp", older_than=STALE_TEMP_SECONDS)
-    photos = ({name: found[0] for name, found in index_by_stem(list_images(job.images, recursive), job.images).items()}
-              if job.images is not None else {})
+    photos = {}
+    if job.images is not None:
+        # in one folder with the masks, a mask is no photo (not even its own)
+        masks = {f.resolve() for f in files}
+        candidates = [f for f in list_images(job.images, recursive) if f.resolve() not in masks]
+        photos = {name: found[0] for name, found in index_by_stem(candidates, job.images).items()}
     report, todo, seen = BatchReport(), [], {}
+    if photos_beside:
+        more = f" (and {len(photos_beside) - 1} more like it)" if len(photos_beside) > 1 else ""
+        report.notes.append(f"{photos_beside[0]}: its {{stem}}{MASK_SUFFIX} mask lies beside it, so it is taken as "
+                            f"a photo, not a mask{more}")
     for path in files:
         name = relative_name(path, source)
         if job.rule is not None and name.endswith(MASK_SUFFIX):
@@ -113,6 +124,13 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         pool.shutdown(wait=True, cancel_futures=True)
     report.failed.sort()
     return report
+
+
+def _photos_beside_masks(files: list[Path], source: Path) -> list[Path]:
+    """The files that have a `{stem}_mask` file beside them: photos in a folder that holds each
+    photo's mask beside it (the layout `matte infer --masks` reads), so not masks themselves."""
+    names = {relative_name(f, source) for f in files}
+    return [f for f in files if relative_name(f, source) + MASK_SUFFIX in names]
 
 
 def _inside(source: Path, *folders: Path | None) -> tuple[Path, ...]:
