@@ -220,3 +220,16 @@ def test_tensorboard_missing_is_one_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(UsageError, match="--tensorboard: the tensorboard package is not installed"):
         check_tensorboard()
+
+
+@pytest.mark.parametrize("recipe, says", [
+    ("demo-a2u", "the recipe never validates (data.val_every 0), so there is no best.safetensors"),
+    ("demo-indexnet", "no validation ran (the recipe validates every 100 iters on the data's test/ split), "
+                      "so there is no best.safetensors yet"),
+])
+def test_a_run_without_validation_says_why_there_is_no_best(tmp_path, synth, recipe, says):
+    code, text = run_cli("train", "--recipe", recipe, "--data", str(synth), "--out", str(tmp_path / "r"),
+                         "--iters", "1", "--device", "cpu", "--set", "train.batch_size=2")
+    assert code == 0, text
+    assert f"weights: {tmp_path / 'r' / 'last.safetensors'}; {says}" in text
+    assert not (tmp_path / "r" / "best.safetensors").exists()

@@ -50,7 +50,13 @@ def main(
     if result.finished_before:
         return  # train() said the run is finished
     best = result.best
+    if best:
+        chosen = (f", best (val {best['metric'].upper()} {best['value']:.3f} at iteration {best['iter']}): "
+                  f"{run_dir / 'best.safetensors'}")
+    elif rec.data.val_every:
+        chosen = (f"; no validation ran (the recipe validates every {rec.data.val_every} {rec.data.val_unit} on "
+                  "the data's test/ split), so there is no best.safetensors yet")
+    else:
+        chosen = "; the recipe never validates (data.val_every 0), so there is no best.safetensors"
     typer.echo(f"trained {rec.name} for {result.iterations} iterations (last loss {result.last_loss:.4f}); "
-               f"weights: {run_dir / 'last.safetensors'}"
-               + (f", best (val {best['metric'].upper()} {best['value']:.3f} at iteration {best['iter']}): "
-                  f"{run_dir / 'best.safetensors'}" if best else ""))
+               f"weights: {run_dir / 'last.safetensors'}{chosen}")
