@@ -27,8 +27,8 @@ def shipped(folder: str) -> Path:
     checkout (an editable install included), or inside the installed package, where the wheel puts
     them as `mattecli/_recipes` and `mattecli/_examples` (pyproject.toml)."""
     package = Path(__file__).resolve().parent
-    checkout = package.parent / folder
-    if (package.parent / "pyproject.toml").is_file() and checkout.is_dir():
+    checkout, project = package.parent / folder, package.parent / "pyproject.toml"
+    if checkout.is_dir() and project.is_file() and 'name = "matte"' in project.read_text(errors="replace"):
         return checkout
     return package / f"_{folder}"
 
