@@ -21,7 +21,6 @@ import yaml
 from mattecli.errors import UsageError
 
 
-
 def shipped(folder: str) -> Path:
     """The folder of files that come with matte, `recipes` or `examples`: at the root of a source
     checkout (an editable install included), or inside the installed package, where the wheel puts
