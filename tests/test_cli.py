@@ -66,6 +66,23 @@ def test_recipes_json_lists_counts():
     assert all(r["description"] for r in rows)
 
 
+
+def test_recipes_name_prints_one_recipe_whole_and_it_trains_as_printed(tmp_path):
+    from mattecli.recipes import list_recipe_names, load_recipe
+
+    for name in list_recipe_names():  # every recipe: base merged, defaults filled in, loads back the same
+        text = matte("recipes", name).stdout
+        assert text.startswith(f"# {name}, resolved from ")
+        (tmp_path / f"{name}.yaml").write_text(text)
+        assert load_recipe(tmp_path / f"{name}.yaml").to_dict() == load_recipe(name).to_dict()
+    printed = json.loads(matte("recipes", "demo-tcp", "--json").stdout)
+    assert printed == json.loads(load_recipe("demo-tcp").to_json())
+    assert printed["model"]["tcp_width"] == 8  # from demo-tcp
+    assert printed["model"]["ffu"] == load_recipe("tcp").model.ffu  # from its base
+    res = run_main("recipes", "no-such-recipe")
+    assert res.returncode == 2 and "unknown recipe 'no-such-recipe'" in res.stderr
+    assert res.stderr.count("\n") == 1
+
 def test_usage_errors_are_one_line_exit_2(tmp_path):
     res = run_main("convert", tmp_path / "x.pth", "--from", "nope", "--out", tmp_path / "o.safetensors")
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "unknown source" in res.stderr

@@ -1,4 +1,5 @@
-"""`matte recipes`: every recipe with its family, trainable parameter count and description."""
+"""`matte recipes`: every recipe with its family, trainable parameter count and description, or
+one recipe printed whole."""
 
 from __future__ import annotations
 
@@ -21,8 +22,39 @@ def recipe_table() -> list[dict]:
     return rows
 
 
-def main(as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table.")) -> None:
-    """List the recipes: name, family, trainable parameters, one-line description."""
+def recipe_text(name: str, as_json: bool = False) -> str:
+    """One recipe, resolved (`base:` merged, defaults filled in), as YAML that loads back to the
+    same recipe, or as JSON."""
+    import yaml
+
+    from mattecli.recipes import load_recipe, recipe_path
+
+    recipe = load_recipe(name)
+    resolved = recipe.to_dict()
+    if as_json:
+        return json.dumps(resolved, indent=1) + "\n"
+    return (f"# {recipe.name}, resolved from {recipe_path(name)}\n"
+            + yaml.safe_dump(_lists(resolved), sort_keys=False, width=100))
+
+
+def _lists(value):
+    """Tuples as lists, which YAML writes as plain sequences."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
+
+
+def main(name: str = typer.Argument(None, metavar="[NAME]",
+                                    help="One recipe (a name or a .yaml path): print it whole, its base: merged "
+                                         "and every default filled in, as YAML that trains as it is "
+                                         "(--recipe FILE)."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table (or of YAML).")) -> None:
+    """List the recipes: name, family, trainable parameters, one-line description; or print one."""
+    if name is not None:
+        print(recipe_text(name, as_json), end="")
+        return
     rows = recipe_table()
     if as_json:
         print(json.dumps(rows, indent=1))
