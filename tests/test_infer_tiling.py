@@ -115,3 +115,47 @@ def test_a_real_model_runs_tiled_close_to_the_whole_image():
     assert ((whole[unknown] > 0) & (whole[unknown] < 255)).mean() > 0.2  # the comparison is not all clipped
     diff = np.abs(whole.astype(int) - tiled.astype(int))[unknown]
     assert diff.mean() < 3 and diff.max() < 64 and np.array_equal(whole[~unknown], tiled[~unknown])
+
+
+class Bounded:
+    """`pointwise_backend` on a device that holds at most `limit` input pixels per pass: larger
+    passes fail as running out of memory does (torch's OutOfMemoryError, or ONNX Runtime's text)."""
+
+    def __init__(self, limit: int, error):
+        self.limit, self.error, self.sizes = limit, error, []
+
+    def __call__(self, x):
+        self.sizes.append(x.shape[2] * x.shape[3])
+        if self.sizes[-1] > self.limit:
+            raise self.error
+        return pointwise_backend(x)
+
+
+@pytest.mark.parametrize("error", [
+    "torch", RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"),
+    MemoryError()], ids=["torch", "onnxruntime", "numpy"])
+def test_a_pass_that_runs_out_of_memory_under_a_ceiling_is_redone_in_smaller_tiles(error):
+    import torch
+
+    error = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") if error == "torch" else error
+    image, trimap = band_case()
+    expected, _ = Pipeline(pointwise_backend, CFG).run(image, trimap)
+    backend = Bounded(96 * 96, error)  # the estimate allows the whole image; the device does not
+    alpha, how = Pipeline(backend, CFG, max_bytes=ceiling_for(1000)).run(image, trimap)
+    assert how.startswith("tiled:") and how.endswith("(a larger pass ran out of memory)"), how
+    # the whole (padded) image first, then tiles under half its estimate (112x112: out of memory
+    # at once), then under a quarter: four tiles of 80x80 that fit
+    assert backend.sizes == [160 * 176, 112 * 112, 80 * 80, 80 * 80, 80 * 80, 80 * 80]
+    assert np.abs(alpha.astype(int) - expected.astype(int)).max() <= 1
+    # without a ceiling the whole image was asked for: its failure is the image's
+    with pytest.raises(type(error)):
+        Pipeline(Bounded(96 * 96, error), CFG).run(image, trimap)
+    # other errors are not retried
+    with pytest.raises(ValueError, match="not finite"):
+        Pipeline(lambda x: pointwise_backend(x) * np.nan, CFG, max_bytes=ceiling_for(1000)).run(image, trimap)
+
+
+def test_running_out_of_memory_even_in_the_smallest_tiles_names_the_last_tile():
+    image, trimap = band_case()
+    with pytest.raises(ValueError, match=r"^out of memory even in tiles of 80x80$"):  # then below 64, the least
+        Pipeline(Bounded(10, MemoryError()), CFG, max_bytes=ceiling_for(1000)).run(image, trimap)

@@ -427,8 +427,8 @@ def print_report(report: BatchReport, out: Path) -> None:
     if len(report.notes) > MAX_NOTES:
         print(f"matte: note: ... and {len(report.notes) - MAX_NOTES} more like these", file=sys.stderr)
     if report.tiled:
-        print(f"matte: note: {len(report.tiled)} images exceeded the memory ceiling and ran as tiles over the "
-              f"unknown band (e.g. {report.tiled[0][0]}: {report.tiled[0][1]})", file=sys.stderr)
+        print(f"matte: note: {len(report.tiled)} images exceeded the memory ceiling (or ran out of memory) and ran "
+              f"as tiles over the unknown band (e.g. {report.tiled[0][0]}: {report.tiled[0][1]})", file=sys.stderr)
     for path, reason in report.nothing:
         print(f"matte: {path}: {reason}", file=sys.stderr)
     for path, reason in report.warnings:

@@ -430,6 +430,10 @@ class Pipeline:
         "; redone in fp32 (...)" appended when a half-precision pass gave non-finite values.
 
         The whole image when its pass fits `max_bytes`; otherwise tiles over the unknown band.
+        Under a ceiling, a pass that runs out of memory all the same (the bytes per pixel are an
+        estimate; cuDNN's workspaces vary) is not the image's failure: it is redone in tiles
+        under half the memory that pass was estimated to need, halving again while one runs
+        out, and `how` says so.
         `prepared`: the network input from `prepare_host`, if it was made already.
 
         Raises:
@@ -441,20 +445,60 @@ class Pipeline:
         _check_sizes(image, trimap)
         h, w = trimap.shape
         redone = getattr(self.backend, "fallbacks", 0)
+        budget, ran_out = self.max_bytes, False
         if self._whole(h, w):
-            alpha, how = self.predict_whole(image, trimap, prepared), "whole"
-        else:
-            side = tiling.tile_size(self.max_bytes, self.cfg, self.bytes_per_pixel)
+            try:
+                return self._matte(self.predict_whole(image, trimap, prepared), "whole", redone)
+            except Exception as err:  # noqa: BLE001 - only running out of memory is handled
+                if self.max_bytes is None or not out_of_memory(err):
+                    raise
+            # outside the handler: the exception no longer holds the failed pass's tensors
+            budget, ran_out = min(self.max_bytes, tiling.pass_bytes(h, w, self.cfg, self.bytes_per_pixel)) // 2, True
+        side = None
+        while True:
+            try:
+                side = tiling.tile_size(budget, self.cfg, self.bytes_per_pixel)
+            except ValueError:
+                if side is None:
+                    raise
+                raise ValueError(f"out of memory even in tiles of {side}x{side}") from None
             overlap = side // tiling.OVERLAP_FRACTION
             tiles = tiling.plan_tiles(trimap, side, overlap)
             if not tiles:  # nothing to estimate: the trimap is the alpha
                 return Matte(trimap.copy(), "no unknown pixels")
-            alpha = quantise(tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap), trimap,
-                             cfg=self.cfg)
-            how = f"tiled: {len(tiles)} tiles of {side}x{side}"
+            release_cached_memory(self.ops)
+            try:
+                blended = tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap)
+                break
+            except Exception as err:  # noqa: BLE001 - only running out of memory is handled
+                if not out_of_memory(err):
+                    raise
+            budget, ran_out = budget // 2, True  # tile_size refuses a ceiling below the smallest tile
+        how = f"tiled: {len(tiles)} tiles of {side}x{side}" + (f" ({RAN_OUT})" if ran_out else "")
+        return self._matte(quantise(blended, trimap, cfg=self.cfg), how, redone)
+
+    def _matte(self, alpha, how: str, redone: int) -> Matte:
         if getattr(self.backend, "fallbacks", 0) > redone:
             how += f"; {REDONE_FP32}"
         return Matte(alpha, how)
+
+
+RAN_OUT = "a larger pass ran out of memory"
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is an allocation that failed: torch's (CUDA or CPU), numpy's or ONNX Runtime's,
+    whose errors are not MemoryErrors but say so."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err).lower()
+    return any(words in text for words in ("out of memory", "failed to allocate memory", "can't allocate memory"))
+
+
+def release_cached_memory(ops) -> None:
+    """Hand the memory cached by torch's CUDA allocator back, so that the next pass can have it."""
+    if isinstance(ops, TorchOps) and ops.device.type == "cuda":
+        ops.torch.cuda.empty_cache()
 
 
 
