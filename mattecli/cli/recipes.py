@@ -30,20 +30,11 @@ def recipe_text(name: str, as_json: bool = False) -> str:
     from mattecli.recipes import load_recipe, recipe_path
 
     recipe = load_recipe(name)
-    resolved = recipe.to_dict()
+    resolved = json.loads(json.dumps(recipe.to_dict()))  # tuples as lists, which YAML writes plainly
     if as_json:
         return json.dumps(resolved, indent=1) + "\n"
     return (f"# {recipe.name}, resolved from {recipe_path(name)}\n"
-            + yaml.safe_dump(_lists(resolved), sort_keys=False, width=100))
-
-
-def _lists(value):
-    """Tuples as lists, which YAML writes as plain sequences."""
-    if isinstance(value, dict):
-        return {k: _lists(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_lists(v) for v in value]
-    return value
+            + yaml.safe_dump(resolved, sort_keys=False, width=100))
 
 
 def main(name: str = typer.Argument(None, metavar="[NAME]",

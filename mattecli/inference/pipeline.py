@@ -445,17 +445,19 @@ class Pipeline:
         _check_sizes(image, trimap)
         h, w = trimap.shape
         redone = getattr(self.backend, "fallbacks", 0)
-        budget, ran_out = self.max_bytes, False
+        budget = self.max_bytes  # below the ceiling once a pass has run out of memory
         if self._whole(h, w):
             try:
                 return self._matte(self.predict_whole(image, trimap, prepared), "whole", redone)
             except Exception as err:  # noqa: BLE001 - only running out of memory is handled
                 if self.max_bytes is None or not out_of_memory(err):
                     raise
-            # outside the handler: the exception no longer holds the failed pass's tensors
-            budget, ran_out = min(self.max_bytes, tiling.pass_bytes(h, w, self.cfg, self.bytes_per_pixel)) // 2, True
+            budget = min(self.max_bytes, tiling.pass_bytes(h, w, self.cfg, self.bytes_per_pixel)) // 2
         side = None
         while True:
+            ran_out = budget < self.max_bytes
+            if ran_out:  # outside the handler: the exception no longer holds the failed pass's tensors
+                release_cached_memory(self.ops)
             try:
                 side = tiling.tile_size(budget, self.cfg, self.bytes_per_pixel)
             except ValueError:
@@ -466,14 +468,13 @@ class Pipeline:
             tiles = tiling.plan_tiles(trimap, side, overlap)
             if not tiles:  # nothing to estimate: the trimap is the alpha
                 return Matte(trimap.copy(), "no unknown pixels")
-            release_cached_memory(self.ops)
             try:
                 blended = tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap)
                 break
             except Exception as err:  # noqa: BLE001 - only running out of memory is handled
                 if not out_of_memory(err):
                     raise
-            budget, ran_out = budget // 2, True  # tile_size refuses a ceiling below the smallest tile
+            budget //= 2  # tile_size refuses a ceiling below the smallest tile
         how = f"tiled: {len(tiles)} tiles of {side}x{side}" + (f" ({RAN_OUT})" if ran_out else "")
         return self._matte(quantise(blended, trimap, cfg=self.cfg), how, redone)
 
@@ -499,7 +500,6 @@ def release_cached_memory(ops) -> None:
     """Hand the memory cached by torch's CUDA allocator back, so that the next pass can have it."""
     if isinstance(ops, TorchOps) and ops.device.type == "cuda":
         ops.torch.cuda.empty_cache()
-
 
 
 def stage(timer, name: str):
