@@ -47,8 +47,9 @@ class Matter:
 
         Args:
             image: a Pillow image or a numpy array: (H, W, 3) RGB, (H, W, 4) RGBA (alpha dropped),
-                (H, W) grey; uint8, uint16 (scaled to 8 bits) or float in [0, 1]. Or an image
-                file's path, read as `Image.open(path)` would be.
+                (H, W) grey; uint8, uint16 (scaled to 8 bits), float in [0, 1] (0..255 floats are
+                refused), or another integer type holding 0..255 (int64 from `np.where`). Or an
+                image file's path, read as `Image.open(path)` would be.
             trimap: a Pillow image, a numpy array or a path, of the same size: 0/128/255, a class-index
                 trimap (0/1/2, or 1/2/3), or a hand-drawn grey one (< 85 background, >= 170
                 foreground, otherwise unknown), read as `matte infer` reads trimap files. A note
@@ -170,8 +171,9 @@ def _as_pil(x: ImageLike, what: str):
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise ValueError(f"{what}: expected (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
-    if arr.dtype != np.uint8 and not (arr.dtype == np.uint16 and arr.ndim == 2):  # 16-bit grey: Pillow's I;16
-        from mattecli.imageio import _to_uint8  # floats as [0, 1], wider integers scaled, as files are
+    from mattecli.imageio import _to_uint8, array_values
 
-        arr = _to_uint8(arr, "")
+    arr = array_values(arr, what)
+    if arr.dtype != np.uint8 and not (arr.dtype == np.uint16 and arr.ndim == 2):  # 16-bit grey: Pillow's I;16
+        arr = _to_uint8(arr, "")  # floats as [0, 1], 16-bit scaled, as files are
     return Image.fromarray(np.ascontiguousarray(arr))

@@ -128,6 +128,32 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.round(np.clip(arr.astype(np.float64), 0, 1) * 255).astype(np.uint8)
 
 
+def array_values(arr: np.ndarray, what: str) -> np.ndarray:
+    """An array handed to the Python API, checked before it is read like a file's pixels: uint8,
+    uint16, bool and float as they are; other integer types (the int64 that `np.where(m, 255, 0)`
+    makes) as the 8-bit values they hold, not as 16-bit.
+
+    Raises:
+        ValueError: naming `what`, for integers outside 0..255, NaN or infinite floats, and floats
+            outside [-0.5, 1.5]: 0..255 or normalised floats, which clipping to [0, 1] would turn
+            into a white or black image without a word (a resampling's overshoot is clipped).
+    """
+    if arr.dtype.kind in "iu" and arr.dtype not in (np.uint8, np.uint16) and arr.size:
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high > 255:
+            raise ValueError(f"{what}: {arr.dtype} values from {low} to {high}: expected 0..255 (8-bit values; "
+                             "pass uint16 for 16-bit)")
+        return arr.astype(np.uint8)
+    if arr.dtype.kind == "f" and arr.size:
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{what}: {arr.dtype} array holds NaN or infinite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low < -0.5 or high > 1.5:
+            raise ValueError(f"{what}: {arr.dtype} values from {low:.1f} to {high:.1f}: floats are read as [0, 1] "
+                             "(divide 0..255 values by 255, undo a normalisation)")
+    return arr
+
+
 def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     """An RGB uint8 (H, W, 3) image: gray, palette, CMYK and 16-bit inputs converted, alpha dropped.
 

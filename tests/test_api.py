@@ -84,6 +84,31 @@ def test_numpy_arrays_give_what_pillow_images_give(weights, photos):
 
 
 
+def test_arrays_of_other_dtypes_are_read_as_numpy_makes_them_or_refused(weights):
+    """np.where(mask, 255, 0) is int64: read as the 8-bit values it holds, not as 16-bit (which
+    made a 0/128/255 trimap "only the values [0, 1]" and an image near black). Floats far outside
+    [0, 1] (0..255 floats, normalised ones) were clipped into a white image without a word."""
+    matter = mattecli.load(weights, device="cpu")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    trimap = np.zeros((40, 50), np.uint8)
+    trimap[10:30, 10:40], trimap[15:25, 15:35] = 128, 255
+    expected = matter.predict(image, trimap)
+    assert np.array_equal(matter.predict(image.astype(np.int64), np.where(trimap == 255, 255, np.where(trimap == 128, 128, 0))),
+                          expected)
+    assert np.array_equal(matter.predict(image.astype(np.int32), trimap.astype(np.int16)), expected)
+    for bad, match in [(image.astype(np.float32), "float32 values from 0.0 to 25[0-9].0: floats are read as \\[0, 1\\]"),
+                       (image / 127.5 - 1, "float64 values from -1.0 to 1.0: floats are read as \\[0, 1\\]"),
+                       (np.full((40, 50, 3), np.nan), "float64 array holds NaN or infinite"),
+                       (image.astype(np.int64) * 2, "int64 values from 0 to 5[0-9][0-9]: expected 0..255")]:
+        with pytest.raises(ValueError, match="^image: " + match):
+            matter.predict(bad, trimap)
+    with pytest.raises(ValueError, match="^trimap: float64 values from 0.0 to 255.0"):
+        matter.predict(image, trimap.astype(np.float64))
+    slightly_over = np.clip(image / 255 * 1.1 - 0.05, -0.05, 1.05)  # a bicubic resize's overshoot: clipped
+    matter.predict(slightly_over, trimap)
+
+
 def test_paths_give_what_pillow_images_give(weights, photos, tmp_path):
     matter = mattecli.load(weights, device="cpu")
     with warnings.catch_warnings(record=True) as caught:
