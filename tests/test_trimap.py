@@ -101,6 +101,28 @@ def test_the_band_as_a_share_of_the_diagonal_doubles_from_1080p_to_4k():
             parse_band(bad)
 
 
+def test_masks_from_numpy_are_read_as_mask_files_are():
+    """A uint8 0/1 mask (`mask.astype(np.uint8)`) gave an all-background trimap without a word,
+    where `matte trimap` reads a 0/1 file as 0/255; an int64 0..255 soft mask was clipped to 0/1; a
+    0..255 float mask cut at 0.5 lost its soft edge; a negative band or a threshold with lo > hi was
+    taken as given."""
+    mask, _ = disc(61, 20.0)
+    expected = trimap_from_mask(mask, band=3)
+    assert (expected == 128).any()
+    for same in (mask // 255, (mask // 255).astype(np.int64), mask.astype(np.int64), mask[..., None], mask > 0,
+                 (mask // 255).astype(np.uint16)):
+        assert np.array_equal(trimap_from_mask(same, band=3), expected), same.dtype
+    soft = np.tile(np.arange(256), (4, 1))  # int64 probabilities 0..255 along x
+    assert np.array_equal(trimap_from_mask(soft, band=0, threshold=(0.2, 0.8)),
+                          trimap_from_mask(soft.astype(np.uint8), band=0, threshold=(0.2, 0.8)))
+    for bad, kwargs, match in [(mask.astype(np.float32), {}, "mask: float32 values from 0.0 to 255.0"),
+                               (mask, {"band": -1}, "band -1: must be"),
+                               (mask, {"threshold": (0.9, 0.1)}, "need 0 <= lo <= hi <= 1"),
+                               (mask, {"threshold": 0.5}, "expected \\(lo, hi\\)")]:
+        with pytest.raises(ValueError, match=match):
+            trimap_from_mask(bad, **kwargs)
+
+
 def test_soft_masks_between_the_thresholds_are_unknown():
     ramp = np.tile(np.arange(256, dtype=np.uint8), (4, 1))  # probabilities 0..1 along x
     trimap = trimap_from_mask(ramp, band=0, threshold=(0.2, 0.8))
