@@ -83,7 +83,7 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     files = [images] if single else _input_images(images, recursive, out)
     if beside:
         tri_files = [p for p in (list_images(root) if single else files) if p.stem.endswith(suffix)]
-        files = [p for p in files if not p.stem.endswith(suffix)]
+        files = [p for p in files if single or not p.stem.endswith(suffix)]  # a file named by hand is the image
     else:
         tri_files = list_images(trimaps, recursive)
     if not files:
