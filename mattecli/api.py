@@ -167,6 +167,8 @@ def _as_pil(x: ImageLike, what: str):
     if isinstance(x, Image.Image):
         return ImageOps.exif_transpose(x)
     arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":  # None, bytes (a file's content), a dict: np.asarray wraps them, shape ()
+        raise ValueError(f"{what}: expected a Pillow image, a numpy array or a file path, got {type(x).__name__}")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):

@@ -149,6 +149,9 @@ def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
         matter.predict(image, colour)
     with pytest.raises(ValueError, match="expected"):
         matter.predict(np.zeros((40, 50, 2), np.uint8), np.zeros((40, 50), np.uint8))
+    for junk in (None, b"\x89PNG...", {"image": 1}):  # said "got shape ()"
+        with pytest.raises(ValueError, match="^image: expected a Pillow image, a numpy array or a file path, got "):
+            matter.predict(junk, np.zeros((40, 50), np.uint8))
     with pytest.raises(ValueError, match="--device gpu"):
         mattecli.load(weights, device="gpu")
     with pytest.raises(ValueError, match="no such weights file"):
