@@ -126,27 +126,42 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
             CPU, 90% of the GPU's memory on CUDA. Larger images run as tiles over the unknown band.
 
     Raises:
-        ValueError: an unknown device, backend or file type, or options the backend cannot take.
+        ValueError: an unknown device, backend or file type, options the backend cannot take,
+            half off CUDA, or a max_memory of zero or too small for the model's smallest tile.
     """
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
     from mattecli.inference.pipeline import load_pipeline
-    from mattecli.inference.tiling import default_max_bytes
+    from mattecli.inference.tiling import default_max_bytes, tile_size
 
     try:
         device = resolve_device(device)
         if max_memory == _DEFAULT:
             max_bytes = default_max_bytes(device)
-        elif isinstance(max_memory, (int, type(None))):
-            max_bytes = max_memory
-        else:
+        elif max_memory is None:
+            max_bytes = None
+        elif isinstance(max_memory, bool) or not isinstance(max_memory, (int, float, str)):
+            raise ValueError(f"max_memory {max_memory!r}: expected bytes as an int, a size like '4GB', or None")
+        elif isinstance(max_memory, str):
             from mattecli.cli.parsing import parse_memory
 
             max_bytes = parse_memory(max_memory, "max_memory")
-        return Matter(load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile),
-                      device)
+        elif max_memory <= 0:  # as parse_memory says of --max-memory 0: not a silent "no ceiling"
+            raise ValueError(f"max_memory {max_memory!r}: a ceiling of zero leaves no memory for any pass; pass "
+                             "None for no ceiling")
+        else:
+            max_bytes = int(max_memory)
+        if half and not device.startswith("cuda"):  # as matte infer --half
+            raise ValueError("half needs a CUDA device (half precision on a CPU is not a fast path)")
+        pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
     except (UsageError, InputError) as err:
         raise ValueError(str(err)) from None
+    if max_bytes is not None:  # a ceiling no tile fits is refused here, as by matte infer, not at every predict
+        try:
+            tile_size(max_bytes, pipeline.cfg, pipeline.bytes_per_pixel)
+        except ValueError as err:
+            raise ValueError(f"max_memory {max_memory}: {err}") from None
+    return Matter(pipeline, device)
 
 
 def _name(x: ImageLike, what: str):

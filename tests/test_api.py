@@ -156,6 +156,15 @@ def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
         mattecli.load(weights, device="gpu")
     with pytest.raises(ValueError, match="no such weights file"):
         mattecli.load(tmp_path / "missing.safetensors")
+    # refused at load as `matte infer` refuses them, not taken silently (half ran CPU autocast; a
+    # ceiling of 0, -1 or 100 bytes failed every predict; 1.5e9 raised AttributeError)
+    with pytest.raises(ValueError, match="^half needs a CUDA device"):
+        mattecli.load(weights, device="cpu", half=True)
+    for bad, match in [(0, "a ceiling of zero"), (-1, "a ceiling of zero"), (100, "^max_memory 100: a memory "
+                       "ceiling of 0 MiB is too small"), (True, "bytes as an int")]:
+        with pytest.raises(ValueError, match=match):
+            mattecli.load(weights, device="cpu", max_memory=bad)
+    assert mattecli.load(weights, device="cpu", max_memory=1.5e9).pipeline.max_bytes == 1_500_000_000
     with pytest.raises(ValueError, match="uint8"):
         matter.foreground(image, np.zeros((40, 50), np.float32))
 
