@@ -292,6 +292,18 @@ def test_matte_trimap_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, 
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(tmp_path, capsys, monkeypatch):
+    """`--out "$OUT"` with OUT unset: pathlib read "" as ".", and the trimaps were written into the
+    current folder (`--images ""` read it)."""
+    _, masks = mask_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = matte(capsys, "trimap", "--masks", masks, "--out", "")
+    assert code == 2 and err == "matte: error: --out: an empty path (an unset variable?); write . for the current folder\n"
+    code, _, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images=", "--out", "o")
+    assert code == 2 and err.startswith("matte: error: --images: an empty path")
+    assert not list(tmp_path.glob("*.png"))
+
+
 def test_alpha_trimaps_are_reproducible_by_seed(tmp_path, capsys):
     from mattecli.data.synthetic import make_alpha
 
