@@ -202,6 +202,11 @@ def test_a_trimap_with_nothing_to_matte_is_named_and_skipped_or_passed(tmp_path)
     assert report.warnings == [(str(images / "a_trimap.png"), "no foreground pixel (only background and unknown): "
                                                               "is it the right trimap?")]
     assert str(images / "a.png") in report.done
+    # a 0/255 mask given as a trimap: the note says what it likely is
+    write_png(images / "a_trimap.png", np.where(np.arange(32) < 16, 0, 255).astype(np.uint8)[None].repeat(24, 0))
+    report = infer_folder(fake, images / "a.png", tmp_path / "out", progress=False, overwrite=True)
+    assert report.nothing == [(str(images / "a_trimap.png"), "nothing to matte: the trimap has no unknown pixel (a "
+                                                             "binary mask? pass masks with --masks); skipped")]
 
 
 # --- matte trimap and infer --masks ------------------------------------------------------------------
