@@ -64,15 +64,23 @@ class Matter:
                 or a path is not a readable image file (the message names it).
         """
         from mattecli.errors import InputError
-        from mattecli.imageio import rgb_of, trimap_of
+        from mattecli.imageio import fit_orientation, orient, rgb_of, trimap_of
 
         try:
             rgb = rgb_of(_as_pil(image, "image"))
-            tri, note = trimap_of(_as_pil(trimap, "trimap"), _name(trimap, "trimap"))
+            stored = _as_pil(trimap, "trimap", apply_exif=False)
+            tri, note = trimap_of(stored, _name(trimap, "trimap"))
+            own, theirs = _orientation(trimap), _orientation(image) or 1
+            if own is None or own == theirs:  # an array is taken as the image is shown
+                tri, turned = orient(tri, own or 1), None
+            else:  # a stale tag on either side: the orientation that fits, as matte infer does
+                image_name = Path(image).name if isinstance(image, (str, os.PathLike)) else "image"
+                tri, turned = fit_orientation(tri, _name(trimap, "trimap"), own, theirs, rgb.shape[:2], image_name)
         except InputError as err:  # a file is named in the message; an array is no file
             raise ValueError(str(err) if isinstance(err.path, Path) else err.reason) from None
-        if note:
-            warnings.warn(note, stacklevel=2)
+        for message in (note, turned):
+            if message:
+                warnings.warn(message, stacklevel=2)
         if rgb.shape[:2] != tri.shape:
             raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but trimap is {tri.shape[1]}x{tri.shape[0]}")
         if not (tri == 128).any():
@@ -164,23 +172,38 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
     return Matter(pipeline, device)
 
 
+def _orientation(x) -> int | None:
+    """The EXIF orientation (1..8) of a Pillow image or a file as given; None for an array."""
+    from PIL import Image
+
+    from mattecli.imageio import EXIF_ORIENTATION_TAG, EXIF_ORIENTATIONS, exif_orientation
+
+    if isinstance(x, (str, os.PathLike)):
+        return exif_orientation(x)
+    if isinstance(x, Image.Image):
+        value = x.getexif().get(EXIF_ORIENTATION_TAG, 1)
+        return value if value in EXIF_ORIENTATIONS else 1
+    return None
+
+
 def _name(x: ImageLike, what: str):
     """What an input is called in notes and errors: its path, or `what` for an image in memory."""
     return Path(x) if isinstance(x, (str, os.PathLike)) else what
 
 
-def _as_pil(x: ImageLike, what: str):
-    """A Pillow image (EXIF orientation applied, as `matte infer` applies it to files), a file
-    opened as one, or a numpy array made into one, so that all are converted by the same rules as
-    files. Raises InputError (naming the file) for a path that is not a readable image."""
+def _as_pil(x: ImageLike, what: str, apply_exif: bool = True):
+    """A Pillow image (EXIF orientation applied, as `matte infer` applies it to files, unless
+    `apply_exif` is False), a file opened as one, or a numpy array made into one, so that all are
+    converted by the same rules as files. Raises InputError (naming the file) for a path that is
+    not a readable image."""
     from PIL import Image, ImageOps
 
     if isinstance(x, (str, os.PathLike)):
         from mattecli.imageio import _open
 
-        return _open(Path(x), apply_exif=True)
+        return _open(Path(x), apply_exif=apply_exif)
     if isinstance(x, Image.Image):
-        return ImageOps.exif_transpose(x)
+        return ImageOps.exif_transpose(x) if apply_exif else x
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":  # None, bytes (a file's content), a dict: np.asarray wraps them, shape ()
         raise ValueError(f"{what}: expected a Pillow image, a numpy array or a file path, got {type(x).__name__}")

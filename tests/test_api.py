@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import mattecli
 from mattecli.imageio import read_gray, read_image, write_png
@@ -129,6 +129,31 @@ def test_paths_give_what_pillow_images_give(weights, photos, tmp_path):
         matter.predict(photos / "lemur.png", junk)
     with pytest.raises(ValueError, match=f"^{junk}: cannot decode image"):
         matter.foreground(junk, from_paths)
+
+def test_a_trimap_whose_exif_tag_differs_is_fitted_as_matte_infer_fits_it(weights, photos, tmp_path):
+    """A trimap drawn upright but saved with a stale orientation tag: matte infer uses the
+    orientation that fits the image (with a note); predict turned it by its tag and raised
+    "image is 221x143 but trimap is 143x221"."""
+    matter = mattecli.load(weights, device="cpu")
+    trimap = Image.open(photos / "lemur_trimap.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 CW
+    trimap.save(tmp_path / "stale.png", exif=exif)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        expected = matter.predict(photos / "lemur.png", photos / "lemur_trimap.png")
+        from_path = matter.predict(photos / "lemur.png", tmp_path / "stale.png")
+        from_pil = matter.predict(Image.open(photos / "lemur.png"), Image.open(tmp_path / "stale.png"))
+    assert np.array_equal(from_path, expected) and np.array_equal(from_pil, expected)
+    assert any("only the image's EXIF orientation (none) fits its size, used" in str(w.message) for w in caught)
+    # an array has no tag: it is taken as the image is shown, even when both orientations would fit
+    Image.open(photos / "lemur.png").crop((0, 0, 143, 143)).save(tmp_path / "square.png", exif=exif)
+    upright = np.asarray(Image.open(tmp_path / "stale.png"))[:143, :143, 0]
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "square.png")).convert("RGB"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.array_equal(matter.predict(tmp_path / "square.png", upright), matter.predict(shown, upright))
+
 
 def test_a_trimap_with_nothing_to_matte_is_its_own_alpha(weights):
     matter = mattecli.load(weights, device="cpu")
