@@ -436,16 +436,18 @@ def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, .
     ones and the folders in `skip`, e.g. an output folder inside the input folder, left out)."""
     folder = Path(folder)
     skip_resolved = {Path(s).resolve() for s in skip}
+    seen = {folder.resolve()}  # a folder reached twice (a symlink to a parent: a loop) is walked once
     found, todo = [], [folder]
     while todo:
         here = todo.pop()
-        for p in here.iterdir():
+        for p in sorted(here.iterdir()):  # sorted: which of two links to one folder is walked does not vary
             if p.name.startswith("."):
                 continue
             if p.is_dir():
-                if recursive and p.resolve() not in skip_resolved:
+                if recursive and p.resolve() not in skip_resolved | seen:
+                    seen.add(p.resolve())
                     todo.append(p)
-            elif p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            elif p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()):  # a broken link: named
                 found.append(p)
     return sorted(found)
 

@@ -368,6 +368,21 @@ def test_subfolders_are_named_and_walked_with_recursive(tmp_path):
     assert len(report.done) == 1 and any("--recursive" in n for n in report.notes)
 
 
+def test_recursive_walks_a_folder_reached_twice_by_symlinks_once(tmp_path):
+    """A symlink to a parent folder: --recursive followed it until the OS refused (40 levels) and
+    matted the same photo 41 times, as OUT/sub/up/sub/up/.../a.png; a broken symlink was left out
+    without a word."""
+    root = make_pairs(tmp_path / "in", ["a"])
+    (root / "sub").mkdir()
+    (root / "sub" / "up").symlink_to(root)
+    (root / "sub" / "b.png").symlink_to(root / "a.png")  # a linked file is an image of its own
+    (root / "sub" / "b_trimap.png").symlink_to(root / "a_trimap.png")
+    (root / "gone.png").symlink_to(tmp_path / "missing.png")
+    report = infer_folder(FakePipeline(), root, tmp_path / "out", recursive=True, progress=False)
+    assert sorted(report.done) == [str(root / "a.png"), str(root / "sub" / "b.png")]
+    assert report.failed == [(str(root / "gone.png"), f"no trimap found (gone.* or gone_trimap.* in {root})")]
+
+
 class ModelMustNotRun:
     cfg = None
 
