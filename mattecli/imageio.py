@@ -248,6 +248,12 @@ def trimap_of(img, path) -> tuple[np.ndarray, str | None]:
     if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") and not _is_gray(img, tolerance=48, share=0.01):
         raise InputError(path, "trimap is colour-coded (its channels differ); matte reads gray trimaps "
                                "(0 background, 128 unknown, 255 foreground): save it so")
+    if img.mode.startswith("I"):  # 16- or 32-bit grey
+        wide = np.array(img)
+        # all values <= 255: 8-bit codes stored wide (cv2.imwrite of a uint16 array), 0/128/255 or class
+        # indices; in 16-bit levels any foreground is far above 255
+        if wide.size and 0 <= wide.min() and wide.max() <= 255:
+            return _trimap_of_gray(np.ascontiguousarray(wide.astype(np.uint8)), path)
     return _trimap_of_gray(_first_channel(img), path)
 
 

@@ -186,6 +186,22 @@ def test_colour_coded_and_ambiguous_trimaps_are_refused(tmp_path, pixels, reason
         read_trimap(tmp_path / "t.png")
 
 
+def test_16bit_trimaps_holding_8bit_codes_are_read_as_those_codes(tmp_path):
+    """cv2.imwrite of a uint16 0/128/255 array: scaled as 16-bit levels to 0/0/1 and refused as
+    "only the values [0, 1]"; a 16-bit 0/1/2 class-index trimap became all background, skipped as
+    nothing to matte. A 16-bit trimap in 16-bit levels is still scaled."""
+    import cv2
+
+    trimap = np.zeros((20, 30), np.uint8)
+    trimap[5:15, 5:25], trimap[8:12, 10:20] = 128, 255
+    for name, wide in [("codes.png", trimap.astype(np.uint16)), ("classes.png", (trimap // 127).astype(np.uint16)),
+                       ("levels.png", trimap.astype(np.uint16) * 257)]:
+        cv2.imwrite(str(tmp_path / name), wide)
+        assert np.array_equal(read_trimap(tmp_path / name)[0], trimap), name
+    Image.fromarray(trimap.astype(np.int32)).save(tmp_path / "codes.tif")
+    assert np.array_equal(read_trimap(tmp_path / "codes.tif")[0], trimap)
+
+
 def test_a_trimap_with_nothing_to_matte_is_named_and_skipped_or_passed(tmp_path):
     images = make_pairs(tmp_path / "in", ["a", "b"])
     write_png(images / "b_trimap.png", np.full((24, 32), 255, np.uint8))
