@@ -47,8 +47,9 @@ class Matter:
 
         Args:
             image: a Pillow image or a numpy array: (H, W, 3) RGB, (H, W, 4) RGBA (alpha dropped),
-                (H, W) grey; uint8, uint16 (scaled to 8 bits) or float in [0, 1]. Or an image
-                file's path, read as `Image.open(path)` would be.
+                (H, W) grey; uint8, uint16 (scaled to 8 bits), float in [0, 1] (0..255 floats are
+                refused), or another integer type holding 0..255 (int64 from `np.where`). Or an
+                image file's path, read as `Image.open(path)` would be.
             trimap: a Pillow image, a numpy array or a path, of the same size: 0/128/255, a class-index
                 trimap (0/1/2, or 1/2/3), or a hand-drawn grey one (< 85 background, >= 170
                 foreground, otherwise unknown), read as `matte infer` reads trimap files. A note
@@ -63,15 +64,23 @@ class Matter:
                 or a path is not a readable image file (the message names it).
         """
         from mattecli.errors import InputError
-        from mattecli.imageio import rgb_of, trimap_of
+        from mattecli.imageio import fit_orientation, orient, rgb_of, trimap_of
 
         try:
             rgb = rgb_of(_as_pil(image, "image"))
-            tri, note = trimap_of(_as_pil(trimap, "trimap"), _name(trimap, "trimap"))
+            stored = _as_pil(trimap, "trimap", apply_exif=False)
+            tri, note = trimap_of(stored, _name(trimap, "trimap"))
+            own, theirs = _orientation(trimap), _orientation(image) or 1
+            if own is None or own == theirs:  # an array is taken as the image is shown
+                tri, turned = orient(tri, own or 1), None
+            else:  # a stale tag on either side: the orientation that fits, as matte infer does
+                image_name = Path(image).name if isinstance(image, (str, os.PathLike)) else "image"
+                tri, turned = fit_orientation(tri, _name(trimap, "trimap"), own, theirs, rgb.shape[:2], image_name)
         except InputError as err:  # a file is named in the message; an array is no file
             raise ValueError(str(err) if isinstance(err.path, Path) else err.reason) from None
-        if note:
-            warnings.warn(note, stacklevel=2)
+        for message in (note, turned):
+            if message:
+                warnings.warn(message, stacklevel=2)
         if rgb.shape[:2] != tri.shape:
             raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but trimap is {tri.shape[1]}x{tri.shape[0]}")
         if not (tri == 128).any():
@@ -125,27 +134,56 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
             CPU, 90% of the GPU's memory on CUDA. Larger images run as tiles over the unknown band.
 
     Raises:
-        ValueError: an unknown device, backend or file type, or options the backend cannot take.
+        ValueError: an unknown device, backend or file type, options the backend cannot take,
+            half off CUDA, or a max_memory of zero or too small for the model's smallest tile.
     """
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
     from mattecli.inference.pipeline import load_pipeline
-    from mattecli.inference.tiling import default_max_bytes
+    from mattecli.inference.tiling import default_max_bytes, tile_size
 
     try:
         device = resolve_device(device)
         if max_memory == _DEFAULT:
             max_bytes = default_max_bytes(device)
-        elif isinstance(max_memory, (int, type(None))):
-            max_bytes = max_memory
-        else:
+        elif max_memory is None:
+            max_bytes = None
+        elif isinstance(max_memory, bool) or not isinstance(max_memory, (int, float, str)):
+            raise ValueError(f"max_memory {max_memory!r}: expected bytes as an int, a size like '4GB', or None")
+        elif isinstance(max_memory, str):
             from mattecli.cli.parsing import parse_memory
 
             max_bytes = parse_memory(max_memory, "max_memory")
-        return Matter(load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile),
-                      device)
+        elif max_memory <= 0:  # as parse_memory says of --max-memory 0: not a silent "no ceiling"
+            raise ValueError(f"max_memory {max_memory!r}: a ceiling of zero leaves no memory for any pass; pass "
+                             "None for no ceiling")
+        else:
+            max_bytes = int(max_memory)
+        if half and not device.startswith("cuda"):  # as matte infer --half
+            raise ValueError("half needs a CUDA device (half precision on a CPU is not a fast path)")
+        pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
     except (UsageError, InputError) as err:
         raise ValueError(str(err)) from None
+    if max_bytes is not None:  # a ceiling no tile fits is refused here, as by matte infer, not at every predict
+        try:
+            tile_size(max_bytes, pipeline.cfg, pipeline.bytes_per_pixel)
+        except ValueError as err:
+            raise ValueError(f"max_memory {max_memory}: {err}") from None
+    return Matter(pipeline, device)
+
+
+def _orientation(x) -> int | None:
+    """The EXIF orientation (1..8) of a Pillow image or a file as given; None for an array."""
+    from PIL import Image
+
+    from mattecli.imageio import EXIF_ORIENTATION_TAG, EXIF_ORIENTATIONS, exif_orientation
+
+    if isinstance(x, (str, os.PathLike)):
+        return exif_orientation(x)
+    if isinstance(x, Image.Image):
+        value = x.getexif().get(EXIF_ORIENTATION_TAG, 1)
+        return value if value in EXIF_ORIENTATIONS else 1
+    return None
 
 
 def _name(x: ImageLike, what: str):
@@ -153,25 +191,29 @@ def _name(x: ImageLike, what: str):
     return Path(x) if isinstance(x, (str, os.PathLike)) else what
 
 
-def _as_pil(x: ImageLike, what: str):
-    """A Pillow image (EXIF orientation applied, as `matte infer` applies it to files), a file
-    opened as one, or a numpy array made into one, so that all are converted by the same rules as
-    files. Raises InputError (naming the file) for a path that is not a readable image."""
+def _as_pil(x: ImageLike, what: str, apply_exif: bool = True):
+    """A Pillow image (EXIF orientation applied, as `matte infer` applies it to files, unless
+    `apply_exif` is False), a file opened as one, or a numpy array made into one, so that all are
+    converted by the same rules as files. Raises InputError (naming the file) for a path that is
+    not a readable image."""
     from PIL import Image, ImageOps
 
     if isinstance(x, (str, os.PathLike)):
         from mattecli.imageio import _open
 
-        return _open(Path(x), apply_exif=True)
+        return _open(Path(x), apply_exif=apply_exif)
     if isinstance(x, Image.Image):
-        return ImageOps.exif_transpose(x)
+        return ImageOps.exif_transpose(x) if apply_exif else x
     arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":  # None, bytes (a file's content), a dict: np.asarray wraps them, shape ()
+        raise ValueError(f"{what}: expected a Pillow image, a numpy array or a file path, got {type(x).__name__}")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise ValueError(f"{what}: expected (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
-    if arr.dtype != np.uint8 and not (arr.dtype == np.uint16 and arr.ndim == 2):  # 16-bit grey: Pillow's I;16
-        from mattecli.imageio import _to_uint8  # floats as [0, 1], wider integers scaled, as files are
+    from mattecli.imageio import _to_uint8, array_values
 
-        arr = _to_uint8(arr, "")
+    arr = array_values(arr, what)
+    if arr.dtype != np.uint8 and not (arr.dtype == np.uint16 and arr.ndim == 2):  # 16-bit grey: Pillow's I;16
+        arr = _to_uint8(arr, "")  # floats as [0, 1], 16-bit scaled, as files are
     return Image.fromarray(np.ascontiguousarray(arr))

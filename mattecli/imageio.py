@@ -128,6 +128,32 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     return np.round(np.clip(arr.astype(np.float64), 0, 1) * 255).astype(np.uint8)
 
 
+def array_values(arr: np.ndarray, what: str) -> np.ndarray:
+    """An array handed to the Python API, checked before it is read like a file's pixels: uint8,
+    uint16, bool and float as they are; other integer types (the int64 that `np.where(m, 255, 0)`
+    makes) as the 8-bit values they hold, not as 16-bit.
+
+    Raises:
+        ValueError: naming `what`, for integers outside 0..255, NaN or infinite floats, and floats
+            outside [-0.5, 1.5]: 0..255 or normalised floats, which clipping to [0, 1] would turn
+            into a white or black image without a word (a resampling's overshoot is clipped).
+    """
+    if arr.dtype.kind in "iu" and arr.dtype not in (np.uint8, np.uint16) and arr.size:
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high > 255:
+            raise ValueError(f"{what}: {arr.dtype} values from {low} to {high}: expected 0..255 (8-bit values; "
+                             "pass uint16 for 16-bit)")
+        return arr.astype(np.uint8)
+    if arr.dtype.kind == "f" and arr.size:
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{what}: {arr.dtype} array holds NaN or infinite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low < -0.5 or high > 1.5:
+            raise ValueError(f"{what}: {arr.dtype} values from {low:.1f} to {high:.1f}: floats are read as [0, 1] "
+                             "(divide 0..255 values by 255, undo a normalisation)")
+    return arr
+
+
 def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     """An RGB uint8 (H, W, 3) image: gray, palette, CMYK and 16-bit inputs converted, alpha dropped.
 
@@ -222,6 +248,12 @@ def trimap_of(img, path) -> tuple[np.ndarray, str | None]:
     if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") and not _is_gray(img, tolerance=48, share=0.01):
         raise InputError(path, "trimap is colour-coded (its channels differ); matte reads gray trimaps "
                                "(0 background, 128 unknown, 255 foreground): save it so")
+    if img.mode.startswith("I"):  # 16- or 32-bit grey
+        wide = np.array(img)
+        # all values <= 255: 8-bit codes stored wide (cv2.imwrite of a uint16 array), 0/128/255 or class
+        # indices; in 16-bit levels any foreground is far above 255
+        if wide.size and 0 <= wide.min() and wide.max() <= 255:
+            return _trimap_of_gray(np.ascontiguousarray(wide.astype(np.uint8)), path)
     return _trimap_of_gray(_first_channel(img), path)
 
 
@@ -410,16 +442,18 @@ def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, .
     ones and the folders in `skip`, e.g. an output folder inside the input folder, left out)."""
     folder = Path(folder)
     skip_resolved = {Path(s).resolve() for s in skip}
+    seen = {folder.resolve()}  # a folder reached twice (a symlink to a parent: a loop) is walked once
     found, todo = [], [folder]
     while todo:
         here = todo.pop()
-        for p in here.iterdir():
+        for p in sorted(here.iterdir()):  # sorted: which of two links to one folder is walked does not vary
             if p.name.startswith("."):
                 continue
             if p.is_dir():
-                if recursive and p.resolve() not in skip_resolved:
+                if recursive and p.resolve() not in skip_resolved | seen:
+                    seen.add(p.resolve())
                     todo.append(p)
-            elif p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            elif p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()):  # a broken link: named
                 found.append(p)
     return sorted(found)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import mattecli
 from mattecli.imageio import read_gray, read_image, write_png
@@ -84,6 +84,31 @@ def test_numpy_arrays_give_what_pillow_images_give(weights, photos):
 
 
 
+def test_arrays_of_other_dtypes_are_read_as_numpy_makes_them_or_refused(weights):
+    """np.where(mask, 255, 0) is int64: read as the 8-bit values it holds, not as 16-bit (which
+    made a 0/128/255 trimap "only the values [0, 1]" and an image near black). Floats far outside
+    [0, 1] (0..255 floats, normalised ones) were clipped into a white image without a word."""
+    matter = mattecli.load(weights, device="cpu")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    trimap = np.zeros((40, 50), np.uint8)
+    trimap[10:30, 10:40], trimap[15:25, 15:35] = 128, 255
+    expected = matter.predict(image, trimap)
+    assert np.array_equal(matter.predict(image.astype(np.int64), np.where(trimap == 255, 255, np.where(trimap == 128, 128, 0))),
+                          expected)
+    assert np.array_equal(matter.predict(image.astype(np.int32), trimap.astype(np.int16)), expected)
+    for bad, match in [(image.astype(np.float32), "float32 values from 0.0 to 25[0-9].0: floats are read as \\[0, 1\\]"),
+                       (image / 127.5 - 1, "float64 values from -1.0 to 1.0: floats are read as \\[0, 1\\]"),
+                       (np.full((40, 50, 3), np.nan), "float64 array holds NaN or infinite"),
+                       (image.astype(np.int64) * 2, "int64 values from 0 to 5[0-9][0-9]: expected 0..255")]:
+        with pytest.raises(ValueError, match="^image: " + match):
+            matter.predict(bad, trimap)
+    with pytest.raises(ValueError, match="^trimap: float64 values from 0.0 to 255.0"):
+        matter.predict(image, trimap.astype(np.float64))
+    slightly_over = np.clip(image / 255 * 1.1 - 0.05, -0.05, 1.05)  # a bicubic resize's overshoot: clipped
+    matter.predict(slightly_over, trimap)
+
+
 def test_paths_give_what_pillow_images_give(weights, photos, tmp_path):
     matter = mattecli.load(weights, device="cpu")
     with warnings.catch_warnings(record=True) as caught:
@@ -105,6 +130,31 @@ def test_paths_give_what_pillow_images_give(weights, photos, tmp_path):
     with pytest.raises(ValueError, match=f"^{junk}: cannot decode image"):
         matter.foreground(junk, from_paths)
 
+def test_a_trimap_whose_exif_tag_differs_is_fitted_as_matte_infer_fits_it(weights, photos, tmp_path):
+    """A trimap drawn upright but saved with a stale orientation tag: matte infer uses the
+    orientation that fits the image (with a note); predict turned it by its tag and raised
+    "image is 221x143 but trimap is 143x221"."""
+    matter = mattecli.load(weights, device="cpu")
+    trimap = Image.open(photos / "lemur_trimap.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 CW
+    trimap.save(tmp_path / "stale.png", exif=exif)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        expected = matter.predict(photos / "lemur.png", photos / "lemur_trimap.png")
+        from_path = matter.predict(photos / "lemur.png", tmp_path / "stale.png")
+        from_pil = matter.predict(Image.open(photos / "lemur.png"), Image.open(tmp_path / "stale.png"))
+    assert np.array_equal(from_path, expected) and np.array_equal(from_pil, expected)
+    assert any("only the image's EXIF orientation (none) fits its size, used" in str(w.message) for w in caught)
+    # an array has no tag: it is taken as the image is shown, even when both orientations would fit
+    Image.open(photos / "lemur.png").crop((0, 0, 143, 143)).save(tmp_path / "square.png", exif=exif)
+    upright = np.asarray(Image.open(tmp_path / "stale.png"))[:143, :143, 0]
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "square.png")).convert("RGB"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.array_equal(matter.predict(tmp_path / "square.png", upright), matter.predict(shown, upright))
+
+
 def test_a_trimap_with_nothing_to_matte_is_its_own_alpha(weights):
     matter = mattecli.load(weights, device="cpu")
     trimap = np.zeros((40, 50), np.uint8)
@@ -124,10 +174,22 @@ def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
         matter.predict(image, colour)
     with pytest.raises(ValueError, match="expected"):
         matter.predict(np.zeros((40, 50, 2), np.uint8), np.zeros((40, 50), np.uint8))
+    for junk in (None, b"\x89PNG...", {"image": 1}):  # said "got shape ()"
+        with pytest.raises(ValueError, match="^image: expected a Pillow image, a numpy array or a file path, got "):
+            matter.predict(junk, np.zeros((40, 50), np.uint8))
     with pytest.raises(ValueError, match="--device gpu"):
         mattecli.load(weights, device="gpu")
     with pytest.raises(ValueError, match="no such weights file"):
         mattecli.load(tmp_path / "missing.safetensors")
+    # refused at load as `matte infer` refuses them, not taken silently (half ran CPU autocast; a
+    # ceiling of 0, -1 or 100 bytes failed every predict; 1.5e9 raised AttributeError)
+    with pytest.raises(ValueError, match="^half needs a CUDA device"):
+        mattecli.load(weights, device="cpu", half=True)
+    for bad, match in [(0, "a ceiling of zero"), (-1, "a ceiling of zero"), (100, "^max_memory 100: a memory "
+                       "ceiling of 0 MiB is too small"), (True, "bytes as an int")]:
+        with pytest.raises(ValueError, match=match):
+            mattecli.load(weights, device="cpu", max_memory=bad)
+    assert mattecli.load(weights, device="cpu", max_memory=1.5e9).pipeline.max_bytes == 1_500_000_000
     with pytest.raises(ValueError, match="uint8"):
         matter.foreground(image, np.zeros((40, 50), np.float32))
 

@@ -181,6 +181,10 @@ def test_a_single_file_is_refused_in_one_line_when_it_cannot_pair(tmp_path):
     (tmp_path / "empty").mkdir()
     report = infer_folder(FakePipeline(), folder / "a.png", tmp_path / "out", tmp_path / "empty", progress=False)
     assert report.failed and "no trimap found" in report.failed[0][1]
+    # a file named like a trimap, given as the image, is that image (it was left out, and listing
+    # its "folder" for subfolders raised NotADirectoryError)
+    report = infer_folder(FakePipeline(), folder / "a_trimap.png", tmp_path / "out2", progress=False)
+    assert report.failed == [(str(folder / "a_trimap.png"), f"no trimap found (a_trimap.* or a_trimap_trimap.* in {folder})")]
 
 
 def test_exif_orientation_of_a_png_is_found_before_or_after_the_pixels_without_decoding(tmp_path, monkeypatch):

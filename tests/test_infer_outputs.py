@@ -122,3 +122,17 @@ def test_contradictory_options_exit_2(tmp_path, weights, args, message):
     res = subprocess.run([sys.executable, "-m", "mattecli", "infer", "--weights", weights, "--images",
                           tmp_path / "in", "--out", tmp_path / "out", *args], capture_output=True, text=True)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_a_file_where_an_output_folder_goes_is_a_usage_error(tmp_path, weights):
+    """OUT/fg a file: every image failed with "writing outputs: FileExistsError" after its model pass."""
+    from tests.infer_helpers import make_pairs
+
+    images = make_pairs(tmp_path / "in", ["a"])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "fg").write_text("x")
+    res = subprocess.run([sys.executable, "-m", "mattecli", "infer", "--weights", weights, "--images", images,
+                          "--out", tmp_path / "out", "--save", "alpha,fg"], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr == (f"matte: error: --out {tmp_path / 'out'}: {tmp_path / 'out' / 'fg'} "
+                                                  "is a file, where --save fg writes its folder\n")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fg"]

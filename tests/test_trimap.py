@@ -101,6 +101,28 @@ def test_the_band_as_a_share_of_the_diagonal_doubles_from_1080p_to_4k():
             parse_band(bad)
 
 
+def test_masks_from_numpy_are_read_as_mask_files_are():
+    """A uint8 0/1 mask (`mask.astype(np.uint8)`) gave an all-background trimap without a word,
+    where `matte trimap` reads a 0/1 file as 0/255; an int64 0..255 soft mask was clipped to 0/1; a
+    0..255 float mask cut at 0.5 lost its soft edge; a negative band or a threshold with lo > hi was
+    taken as given."""
+    mask, _ = disc(61, 20.0)
+    expected = trimap_from_mask(mask, band=3)
+    assert (expected == 128).any()
+    for same in (mask // 255, (mask // 255).astype(np.int64), mask.astype(np.int64), mask[..., None], mask > 0,
+                 (mask // 255).astype(np.uint16)):
+        assert np.array_equal(trimap_from_mask(same, band=3), expected), same.dtype
+    soft = np.tile(np.arange(256), (4, 1))  # int64 probabilities 0..255 along x
+    assert np.array_equal(trimap_from_mask(soft, band=0, threshold=(0.2, 0.8)),
+                          trimap_from_mask(soft.astype(np.uint8), band=0, threshold=(0.2, 0.8)))
+    for bad, kwargs, match in [(mask.astype(np.float32), {}, "mask: float32 values from 0.0 to 255.0"),
+                               (mask, {"band": -1}, "band -1: must be"),
+                               (mask, {"threshold": (0.9, 0.1)}, "need 0 <= lo <= hi <= 1"),
+                               (mask, {"threshold": 0.5}, "expected \\(lo, hi\\)")]:
+        with pytest.raises(ValueError, match=match):
+            trimap_from_mask(bad, **kwargs)
+
+
 def test_soft_masks_between_the_thresholds_are_unknown():
     ramp = np.tile(np.arange(256, dtype=np.uint8), (4, 1))  # probabilities 0..1 along x
     trimap = trimap_from_mask(ramp, band=0, threshold=(0.2, 0.8))
@@ -164,6 +186,22 @@ def test_colour_coded_and_ambiguous_trimaps_are_refused(tmp_path, pixels, reason
         read_trimap(tmp_path / "t.png")
 
 
+def test_16bit_trimaps_holding_8bit_codes_are_read_as_those_codes(tmp_path):
+    """cv2.imwrite of a uint16 0/128/255 array: scaled as 16-bit levels to 0/0/1 and refused as
+    "only the values [0, 1]"; a 16-bit 0/1/2 class-index trimap became all background, skipped as
+    nothing to matte. A 16-bit trimap in 16-bit levels is still scaled."""
+    import cv2
+
+    trimap = np.zeros((20, 30), np.uint8)
+    trimap[5:15, 5:25], trimap[8:12, 10:20] = 128, 255
+    for name, wide in [("codes.png", trimap.astype(np.uint16)), ("classes.png", (trimap // 127).astype(np.uint16)),
+                       ("levels.png", trimap.astype(np.uint16) * 257)]:
+        cv2.imwrite(str(tmp_path / name), wide)
+        assert np.array_equal(read_trimap(tmp_path / name)[0], trimap), name
+    Image.fromarray(trimap.astype(np.int32)).save(tmp_path / "codes.tif")
+    assert np.array_equal(read_trimap(tmp_path / "codes.tif")[0], trimap)
+
+
 def test_a_trimap_with_nothing_to_matte_is_named_and_skipped_or_passed(tmp_path):
     images = make_pairs(tmp_path / "in", ["a", "b"])
     write_png(images / "b_trimap.png", np.full((24, 32), 255, np.uint8))
@@ -180,6 +218,11 @@ def test_a_trimap_with_nothing_to_matte_is_named_and_skipped_or_passed(tmp_path)
     assert report.warnings == [(str(images / "a_trimap.png"), "no foreground pixel (only background and unknown): "
                                                               "is it the right trimap?")]
     assert str(images / "a.png") in report.done
+    # a 0/255 mask given as a trimap: the note says what it likely is
+    write_png(images / "a_trimap.png", np.where(np.arange(32) < 16, 0, 255).astype(np.uint8)[None].repeat(24, 0))
+    report = infer_folder(fake, images / "a.png", tmp_path / "out", progress=False, overwrite=True)
+    assert report.nothing == [(str(images / "a_trimap.png"), "nothing to matte: the trimap has no unknown pixel (a "
+                                                             "binary mask? pass masks with --masks); skipped")]
 
 
 # --- matte trimap and infer --masks ------------------------------------------------------------------
@@ -270,6 +313,18 @@ def test_matte_trimap_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, 
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(tmp_path, capsys, monkeypatch):
+    """`--out "$OUT"` with OUT unset: pathlib read "" as ".", and the trimaps were written into the
+    current folder (`--images ""` read it)."""
+    _, masks = mask_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = matte(capsys, "trimap", "--masks", masks, "--out", "")
+    assert code == 2 and err == "matte: error: --out: an empty path (an unset variable?); write . for the current folder\n"
+    code, _, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images=", "--out", "o")
+    assert code == 2 and err.startswith("matte: error: --images: an empty path")
+    assert not list(tmp_path.glob("*.png"))
+
+
 def test_alpha_trimaps_are_reproducible_by_seed(tmp_path, capsys):
     from mattecli.data.synthetic import make_alpha
 
@@ -327,6 +382,21 @@ def test_subfolders_are_named_and_walked_with_recursive(tmp_path):
     make_pairs(root, ["top"])
     report = infer_folder(FakePipeline(), root, tmp_path / "out2", progress=False)
     assert len(report.done) == 1 and any("--recursive" in n for n in report.notes)
+
+
+def test_recursive_walks_a_folder_reached_twice_by_symlinks_once(tmp_path):
+    """A symlink to a parent folder: --recursive followed it until the OS refused (40 levels) and
+    matted the same photo 41 times, as OUT/sub/up/sub/up/.../a.png; a broken symlink was left out
+    without a word."""
+    root = make_pairs(tmp_path / "in", ["a"])
+    (root / "sub").mkdir()
+    (root / "sub" / "up").symlink_to(root)
+    (root / "sub" / "b.png").symlink_to(root / "a.png")  # a linked file is an image of its own
+    (root / "sub" / "b_trimap.png").symlink_to(root / "a_trimap.png")
+    (root / "gone.png").symlink_to(tmp_path / "missing.png")
+    report = infer_folder(FakePipeline(), root, tmp_path / "out", recursive=True, progress=False)
+    assert sorted(report.done) == [str(root / "a.png"), str(root / "sub" / "b.png")]
+    assert report.failed == [(str(root / "gone.png"), f"no trimap found (gone.* or gone_trimap.* in {root})")]
 
 
 class ModelMustNotRun:

@@ -66,10 +66,42 @@ def _from_interrupt(err: BaseException | None) -> bool:
     return False
 
 
+def _path_options(args: list[str]) -> set[str]:
+    """The options of the command named in `args` that take a path (`--out`, `--images`, ...)."""
+    import inspect
+
+    module = dict(COMMANDS).get(args[0]) if args else None
+    if module is None:
+        return set()
+    mod = importlib.import_module(f"mattecli.cli.{module}")
+    callback = getattr(mod, "main", None)
+    if hasattr(mod, "app"):  # prepare-data SOURCE
+        callback = next((c.callback for c in mod.app.registered_commands if args[1:2] == [c.name]), None)
+    if callback is None:
+        return set()
+    return {decl for p in inspect.signature(callback).parameters.values() if "Path" in str(p.annotation)
+            for decl in getattr(p.default, "param_decls", None) or ()}
+
+
+def refuse_empty_paths(args: list[str]) -> None:
+    """pathlib reads "" as the current folder, so `--out "$OUT"` with OUT unset wrote into it and
+    `--images ""` read it: an empty path is a usage error.
+
+    Raises:
+        UsageError: naming the option.
+    """
+    paths = _path_options(args)
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in paths and (value == "" if eq else args[i + 1:i + 2] == [""]):
+            raise UsageError(f"{name}: an empty path (an unset variable?); write . for the current folder")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C says
     "matte: interrupted" and exits with 130."""
     try:
+        refuse_empty_paths(sys.argv[1:])
         app()
     except UsageError as err:
         print(f"matte: error: {err}", file=sys.stderr)

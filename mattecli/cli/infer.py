@@ -128,6 +128,9 @@ def main(
     if images.is_dir() and not list_images(images, recursive):
         raise no_images(images, recursive)
     prepare_out_dir(out)  # before the model runs: a read-only --out must not cost a run
+    for kind in kinds:  # likewise a file where an output folder goes, which would fail every image
+        if kind != "alpha" and (out / kind).exists() and not (out / kind).is_dir():
+            raise UsageError(f"--out {out}: {out / kind} is a file, where --save {kind} writes its folder")
     if workers is None:
         workers = default_workers(device)
     report = infer_folder(pipeline, images, out, trimaps, overwrite=overwrite, save=kinds, background=bg,

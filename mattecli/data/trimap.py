@@ -202,6 +202,17 @@ def parse_threshold(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _check_threshold(threshold) -> tuple[float, float]:
+    """`trimap_from_mask`'s (lo, hi), checked as `parse_threshold` checks `--threshold`."""
+    try:
+        lo, hi = (float(t) for t in threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold {threshold!r}: expected (lo, hi) probabilities, e.g. (0.1, 0.9)") from None
+    if not (0 <= lo <= hi <= 1):
+        raise ValueError(f"threshold {threshold!r}: need 0 <= lo <= hi <= 1")
+    return lo, hi
+
+
 def _as_probability(mask: np.ndarray) -> np.ndarray:
     """uint8 0..255 / uint16 0..65535 / bool / float [0, 1] -> float32 [0, 1]."""
     if mask.dtype == bool:
@@ -276,15 +287,34 @@ def trimap_from_mask(mask: np.ndarray, band: str | float = DEFAULT_BAND,
     42 to 49 px, pinned by tests/test_trimap.py), for 16 times less work.
 
     Args:
-        mask: (H, W) uint8 0..255, uint16, bool or float [0, 1] (probabilities).
+        mask: (H, W) uint8 0..255, uint16, bool or float [0, 1] (probabilities); another integer
+            type holding 0..255; an integer mask of 0/1 only is read as 0/255, as `matte trimap`
+            reads 0/1 files.
         band: half-width in pixels (a number or "20"), or "1.5%" of the image diagonal.
         threshold: (lo, hi) probabilities, 0 <= lo <= hi <= 1.
 
     Returns:
         (H, W) uint8 trimap in 0/128/255.
+
+    Raises:
+        ValueError: a mask that is not single-channel or holds values out of range, a negative band
+            or a threshold out of order.
     """
+    from mattecli.imageio import array_values
+
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
     if mask.ndim != 2:
         raise ValueError(f"trimap_from_mask expects a single-channel (H, W) mask, got shape {mask.shape}")
+    mask = array_values(mask, "mask")
+    try:
+        band = parse_band(band)
+    except ValueError as err:
+        raise ValueError(f"band {err}") from None
+    threshold = _check_threshold(threshold)
+    if mask.dtype.kind in "iu" and mask.max(initial=0) == 1:  # 0/1 labels (mask.astype(np.uint8)), not 1/255
+        mask = mask.astype(np.uint8) * np.uint8(255)
     if mask.dtype == bool:
         mask = mask.view(np.uint8) * np.uint8(255)
     elif mask.dtype != np.uint8:

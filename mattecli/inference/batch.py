@@ -83,7 +83,7 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     files = [images] if single else _input_images(images, recursive, out)
     if beside:
         tri_files = [p for p in (list_images(root) if single else files) if p.stem.endswith(suffix)]
-        files = [p for p in files if not p.stem.endswith(suffix)]
+        files = [p for p in files if single or not p.stem.endswith(suffix)]  # a file named by hand is the image
     else:
         tri_files = list_images(trimaps, recursive)
     if not files:
@@ -380,7 +380,10 @@ def _load(item: _Item, overwrite: bool, timer=None, prepare=None):
 def _nothing_to_matte(trimap: np.ndarray, from_mask: bool) -> str | None:
     from mattecli.data.trimap import nothing_to_matte
 
-    return nothing_to_matte(trimap, "mask" if from_mask else "trimap")
+    reason = nothing_to_matte(trimap, "mask" if from_mask else "trimap")
+    if reason and not from_mask and reason.endswith("no unknown pixel"):  # 0 and 255 only: a mask, most likely
+        reason += " (a binary mask? pass masks with --masks)"
+    return reason
 
 
 def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap: np.ndarray, device=None,
