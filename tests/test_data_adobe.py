@@ -337,3 +337,20 @@ def test_d646(dataset, tmp_path):
     assert (again / "test/trimap/b_0.png").read_bytes() == (out / "test/trimap/b_0.png").read_bytes()
     assert "trimaps.json" in " ".join(report.notes)
     assert os.path.basename(str(report.manifests["test"])) == "manifest.csv"
+
+
+def test_a_split_whose_every_input_fails_gets_an_empty_manifest_in_its_folder(dataset, tmp_path):
+    """Every test foreground missing: the manifest was written as a file named `OUT/test`, and the
+    re-run after restoring the inputs died with NotADirectoryError."""
+    import shutil
+
+    root = _copy_dataset(dataset, tmp_path)
+    fg = root / "Test_set/Adobe-licensed images/fg"
+    shutil.move(fg, tmp_path / "fg")
+    out = tmp_path / "out"
+    report = prepare_adobe(root, dataset["coco"], dataset["voc"], out, "test", workers=1)
+    assert len(report.errors) == 2 and report.manifests["test"] == out / "test" / "manifest.csv"
+    assert read_manifest(out / "test") == []
+    shutil.move(tmp_path / "fg", fg)
+    report = prepare_adobe(root, dataset["coco"], dataset["voc"], out, "test", workers=1)
+    assert report.errors == [] and len(read_manifest(out / "test")) == 40

@@ -417,3 +417,10 @@ def test_noisy_trimap_moves_the_unknown_region():
     # the tcp pipeline draws from these ranges: some items' second trimap differs from the first
     rng = np.random.default_rng(0)
     assert sum(not np.array_equal(tri.noisy_trimap(trimap, alpha, rng)[0], trimap) for _ in range(50)) > 10
+
+
+def test_synthetic_with_no_test_samples_writes_an_empty_test_manifest(tmp_path):
+    """`--test 0` wrote the test manifest as a file named `OUT/test`."""
+    report = prepare_synthetic(tmp_path / "s", n_train=1, n_test=0, size=32)
+    assert report.manifests["test"] == tmp_path / "s" / "test" / "manifest.csv"
+    assert read_manifest(tmp_path / "s" / "test") == []

@@ -38,9 +38,12 @@ class Sample:
 
 
 def manifest_file(path: str | Path) -> Path:
-    """A split folder or the manifest itself -> the manifest path."""
+    """A split folder or the manifest itself -> the manifest path. A path that does not exist yet
+    is a folder unless it ends in `.csv` (a split whose every input failed, or `--test 0`, has no
+    folder yet: its manifest must not be written as a file named after the split)."""
     path = Path(path)
-    return path / "manifest.csv" if path.is_dir() else path
+    folder = path.is_dir() or (not path.exists() and path.suffix.lower() != ".csv")
+    return path / "manifest.csv" if folder else path
 
 
 def read_manifest(path: str | Path) -> list[Sample]:
