@@ -354,3 +354,18 @@ def test_a_split_whose_every_input_fails_gets_an_empty_manifest_in_its_folder(da
     shutil.move(tmp_path / "fg", fg)
     report = prepare_adobe(root, dataset["coco"], dataset["voc"], out, "test", workers=1)
     assert report.errors == [] and len(read_manifest(out / "test")) == 40
+
+
+def test_an_out_that_is_a_file_is_a_usage_error_before_any_work(dataset, tmp_path):
+    """`--out` naming a file (or a split folder that is a file) was a NotADirectoryError traceback
+    from the first worker that wrote there."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="--out .*file is a file, not a folder"):
+        prepare_adobe(dataset["root"], dataset["coco"], dataset["voc"], tmp_path / "file", "test")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train").write_text("")
+    with pytest.raises(UsageError, match="train is a file, not a folder"):
+        prepare_synthetic(tmp_path / "out", n_train=1, n_test=1, size=32)
+    assert not (tmp_path / "out" / "test").exists()

@@ -285,6 +285,16 @@ def _splits(split: str) -> list[str]:
     return ["train", "test"] if split == "all" else [split]
 
 
+def check_out(out: Path, splits: list[str]) -> None:
+    """One line, before any work, when `--out` or a split folder in it is a file or cannot be
+    written (it was a traceback from the first worker that wrote there)."""
+    from mattecli.imageio import check_out_dir
+
+    check_out_dir(out)
+    for name in splits:
+        check_out_dir(Path(out) / name)
+
+
 def _finish(out: Path, split: str, jobs: list[ForegroundJob], workers: int, label: str,
             report: PrepareReport) -> None:
     split_dir = out / split
@@ -316,6 +326,7 @@ def prepare_adobe(root: Path, coco: Path, voc: Path, out: Path, split: str = "al
                "test": [_require_dir(voc, "--voc"), Path(coco)]}
     workers = workers or os.cpu_count() or 1
     out = Path(out)
+    check_out(out, _splits(split))
     report = PrepareReport({}, {}, [], [])
     for name in _splits(split):
         if name == "train":
@@ -373,6 +384,7 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
                "test": (_require_dir(voc, "--voc"), "--voc")}
     workers = workers or os.cpu_count() or 1
     out = Path(out)
+    check_out(out, _splits(split))
     report = PrepareReport({}, {}, [], [])
     for name in _splits(split):
         folder = _require_dir(root / name.capitalize(), "--root")
