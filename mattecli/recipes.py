@@ -140,6 +140,7 @@ class InferConfig:
                               ("known", ("copy", "force")), ("rounding", ("truncate", "half-even"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        _check_at_least(self, stride=1)
 
 
 @dataclass(frozen=True)

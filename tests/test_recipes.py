@@ -42,6 +42,7 @@ def test_set_overrides_any_value():
     ("data.crop_size=-3", "crop_size must be at least 1"),
     ("data.val_every=-1", "val_every must be at least 0"),
     ("train.schedule=step", "schedule must be multistep or cosine, got 'step'"),
+    ("infer.stride=0", "stride must be at least 1"),
 ])
 def test_bad_values_fail_naming_the_key(override, needle):
     with pytest.raises(UsageError, match=needle):

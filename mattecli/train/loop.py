@@ -382,8 +382,20 @@ def train(opts: TrainOptions) -> TrainResult:
         _teardown(dist_info)
 
 
+def _check_recipe(recipe) -> None:
+    """What only training reads of a recipe, checked before any work (an unknown loss was a
+    KeyError after the first batch, a crop the model cannot take a ValueError from its forward)."""
+    if recipe.train.loss not in LOSSES:
+        raise UsageError(f"recipe {recipe.name}: train.loss must be one of {', '.join(LOSSES)}, "
+                         f"got {recipe.train.loss!r}")
+    if recipe.data.crop_size % recipe.infer.stride:
+        raise UsageError(f"recipe {recipe.name}: data.crop_size {recipe.data.crop_size} is not a multiple of "
+                         f"the model's stride {recipe.infer.stride}")
+
+
 def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     writer, device, world = dist_info.writer, dist_info.device, dist_info.world
+    _check_recipe(opts.recipe)
     if opts.recipe.train.batch_size % world:
         raise UsageError(f"batch size {opts.recipe.train.batch_size} does not split across {world} processes "
                          "(the recipe's batch is the global batch)")
