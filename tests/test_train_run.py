@@ -66,6 +66,30 @@ def test_checkpoints_are_ordered_by_iteration_not_by_name(tmp_path):
     assert [i for i, _ in ckpt.checkpoints(tmp_path)] == [99999999, 100000000, 100000001]  # the oldest pruned
 
 
+@pytest.mark.parametrize("damage", [lambda b: b[:1000], lambda b: b"", lambda b: b"not a checkpoint"])
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, damage):
+    """A truncated checkpoint was torch.load's RuntimeError on --resume, an empty one click's bare
+    "Aborted!"."""
+    good = ckpt.save_checkpoint(tmp_path, {"model": {}, "optimizer": {}, "iteration": 2,
+                                           "torch_rng": torch.get_rng_state()}, 2)
+    assert ckpt.load_checkpoint(good)["iteration"] == 2
+    bad = tmp_path / "checkpoints" / "iter_00000004.pt"
+    bad.write_bytes(damage(good.read_bytes()))
+    with pytest.raises(UsageError, match=r"iter_00000004.pt: .*; remove it to resume from the checkpoint before it$"):
+        ckpt.load_checkpoint(bad)
+    ckpt.save_checkpoint(tmp_path, {"iteration": 6}, 6)
+    with pytest.raises(UsageError, match="iter_00000006.pt: not a matte training checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "checkpoints" / "iter_00000006.pt")
+
+
+def test_resume_drops_a_log_line_a_killed_run_cut_short(tmp_path):
+    """A run killed mid-append left half a line in log.jsonl: --resume was a JSONDecodeError."""
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"iter": 1, "loss": 0.5}\n{"iter": 2, "loss": 0.4}\n{"iter": 3, "lo')
+    assert loop._read_log(log, upto=2) == [{"iter": 1, "loss": 0.5}, {"iter": 2, "loss": 0.4}]
+    assert log.read_text() == '{"iter": 1, "loss": 0.5}\n{"iter": 2, "loss": 0.4}\n'
+
+
 def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     run = tmp_path / "run"
     recorded = load_recipe("demo-indexnet", ["train.iters=10"])

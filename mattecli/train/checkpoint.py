@@ -51,9 +51,17 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    import torch
+    """A checkpoint's state. One damaged after it was written (a full disk, a copy cut short) is
+    one line naming it; it was torch.load's traceback, or click's bare "Aborted!" for an empty file."""
+    from mattecli.weights import _load_weights_only  # the one-line reasons of every torch.load
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = _load_weights_only(Path(path))
+        if not (isinstance(state, dict) and {"model", "optimizer", "iteration", "torch_rng"} <= set(state)):
+            raise UsageError(f"{path}: not a matte training checkpoint")
+    except UsageError as err:
+        raise UsageError(f"{err}; remove it to resume from the checkpoint before it") from None
+    return state
 
 
 def training_state(model, optimizer, scaler, iteration: int, best: dict | None, device) -> dict:

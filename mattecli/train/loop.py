@@ -519,11 +519,21 @@ def _read_log(path: Path, upto: int) -> list[dict]:
     dropped from the file too, so the log of a resumed run equals an uninterrupted one."""
     if not path.is_file():
         return []
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [e for e in entries if e["iter"] <= upto]
-    if len(kept) != len(entries):
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [e for e in map(_log_entry, lines) if e is not None and e["iter"] <= upto]
+    if len(kept) != len(lines):
         path.write_text("".join(json.dumps(e) + "\n" for e in kept))
     return kept
+
+
+def _log_entry(line: str) -> dict | None:
+    """A log line, or None for the line a run killed mid-append cut short (it was a JSONDecodeError
+    on --resume)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("iter"), int) else None
 
 
 class _Progress:
