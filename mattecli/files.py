@@ -22,8 +22,10 @@ def atomic_write(path: str | Path, write) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
     try:  # from the first statement after mkstemp: a Ctrl-C during close or chmod left the file (seen in CI)
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
         write(Path(tmp))
+        # mkstemp creates 0600; outputs get the usual permissions. After the write: a writer may
+        # replace the file by one of its own (safetensors' save_file renames its own 0600 temp file).
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -29,6 +29,22 @@ def test_manifest_gets_the_permissions_of_every_other_output(tmp_path):
     assert [p.name for p in (tmp_path / "split").iterdir() if p.name.startswith(".")] == []
 
 
+def test_weights_get_the_permissions_of_every_other_output(tmp_path):
+    """last.safetensors, best.safetensors and `matte convert`'s output were 0600: safetensors'
+    save_file writes a temp file of its own and renames it over atomic_write's."""
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    recipe = load_recipe("demo-tcp")
+    umask = os.umask(0o022)
+    try:
+        path = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+    finally:
+        os.umask(umask)
+    assert _mode(path) == 0o644
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "report.json"
     path.write_text("old")
