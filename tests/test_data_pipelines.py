@@ -363,6 +363,17 @@ def test_dataset_usage_errors(synth, tmp_path):
     assert build_dataset(DataConfig(pipeline="tcp", crop_size=CROP), synth / "train").pipeline == "tcp"
 
 
+def test_a_manifest_listing_missing_files_is_refused_before_training(synth, tmp_path):
+    """A missing training file stopped the run at the first batch that drew it (exit 1, a run
+    folder left behind without a checkpoint)."""
+    rows = read_manifest(synth / "train")
+    gone = tmp_path / "gone.png"
+    write_manifest(tmp_path / "manifest.csv", [rows[0], dataclasses.replace(rows[1], bg=gone)])
+    with pytest.raises(UsageError, match=f"manifest.csv: 1 of the files it lists are missing, e.g. {gone}$"):
+        TrainingDataset(tmp_path, "dim")
+    assert len(TrainingDataset(tmp_path, "tcp-composited")) == 2  # reads image and alpha only
+
+
 # ---------------------------------------------------------------------------- trimaps
 
 

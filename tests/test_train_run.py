@@ -147,6 +147,19 @@ def test_what_only_training_reads_of_a_recipe_is_checked_before_any_work(tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+def test_a_missing_validation_file_is_refused_before_training(tmp_path):
+    """It stopped the run at its first validation (a published recipe's: hours in)."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "data", n_train=2, n_test=2, size=64, seed=1)
+    (tmp_path / "data" / "test" / "trimap" / "syn0001.png").unlink()
+    code, text = run_cli("train", "--recipe", "demo-tcp", "--data", str(tmp_path / "data"), "--out",
+                         str(tmp_path / "r"), "--device", "cpu", "--batch-size", "2", "--set", "data.crop_size=32")
+    assert code == 2 and text.endswith("manifest.csv: 1 of the validation files it lists are missing, e.g. "
+                                       f"{tmp_path / 'data' / 'test' / 'trimap' / 'syn0001.png'}")
+    assert not (tmp_path / "r").exists()
+
+
 def session_for(recipe, model, tmp_path, batches_per_epoch=4):
     optimizer = torch.optim.Adam(loop._param_groups(model, recipe.train))
     return Session(recipe, model, model, optimizer, torch.amp.GradScaler("cuda", enabled=False),

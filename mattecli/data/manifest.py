@@ -81,3 +81,9 @@ def write_manifest(path: str | Path, samples: list[Sample]) -> Path:
                 writer.writerow(row)
 
     return atomic_write(path, write)
+
+
+def missing_files(samples: list[Sample], columns) -> list[Path]:
+    """The files in `columns` of `samples` that are not there: training checks them before it
+    starts, not at the step (or the validation, hours in) that reads one."""
+    return [p for s in samples for c in columns if (p := getattr(s, c)) is not None and not p.is_file()]

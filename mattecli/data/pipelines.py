@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from mattecli.data import trimap as tri
-from mattecli.data.manifest import read_manifest
+from mattecli.data.manifest import manifest_file, missing_files, read_manifest
 from mattecli.errors import UsageError
 from mattecli.imageio import read_gray, read_image
 
@@ -145,6 +145,10 @@ class TrainingDataset(torch.utils.data.Dataset):
             raise UsageError(f"{manifest}: the {pipeline} pipeline needs {', '.join(reads)} for every "
                              f"sample ({len(lacking)} of {len(self.samples)} lack them, e.g. "
                              f"{lacking[:1]}){hint}")
+        missing = missing_files(self.samples, reads)
+        if missing:
+            raise UsageError(f"{manifest_file(manifest)}: {len(missing)} of the files it lists are missing, "
+                             f"e.g. {missing[0]}")
         self.pipeline, self.crop_size, self.seed, self.epoch = pipeline, crop_size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

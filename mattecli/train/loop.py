@@ -425,9 +425,11 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     batches_per_epoch = (len(dataset) // world) // per_rank_batch
     if batches_per_epoch == 0:
         raise UsageError(f"{train_dir}: {len(dataset)} samples are fewer than one batch of {cfg.batch_size}")
+    val_samples = _validation_samples(test_dir, opts.val_limit) if test_dir and recipe.data.val_every else []
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
 
-    session = Session(recipe, model, model, optimizer, scaler, device, dist_info, run_dir, batches_per_epoch)
+    session = Session(recipe, model, model, optimizer, scaler, device, dist_info, run_dir, batches_per_epoch,
+                      val_samples=val_samples)
     if checkpoint is not None:
         session.iteration, session.best = ckpt.restore_training_state(ckpt.load_checkpoint(checkpoint), model,
                                                                       optimizer, scaler, device)
@@ -446,8 +448,6 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
         session.net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         session.net = torch.compile(session.net)
-    if test_dir and recipe.data.val_every:
-        session.val_samples = _validation_samples(test_dir, opts.val_limit)
     if opts.tensorboard and writer:
         from mattecli.train.curves import TensorBoardLog
 
@@ -480,10 +480,15 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
 
 
 def _validation_samples(test_dir: Path, limit: int):
-    from mattecli.data.manifest import read_manifest
+    from mattecli.data.manifest import manifest_file, missing_files, read_manifest
 
     samples = [s for s in read_manifest(test_dir) if s.image and s.trimap and s.alpha]
-    return samples[:limit] if limit else samples
+    samples = samples[:limit] if limit else samples
+    missing = missing_files(samples, ("image", "trimap", "alpha"))
+    if missing:  # else the first validation, perhaps hours in, stops the run
+        raise UsageError(f"{manifest_file(test_dir)}: {len(missing)} of the validation files it lists are "
+                         f"missing, e.g. {missing[0]}")
+    return samples
 
 
 def validate(model, recipe, samples, device) -> dict:
