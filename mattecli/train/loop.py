@@ -204,8 +204,10 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
                              f"(--recipe {recorded['name']} continues it; another --out starts a new run)")
         key = ckpt.first_difference(recorded, given)
         if key is not None:
+            ran, now = (json.dumps(_dotted(d, key)) for d in (recorded, given))  # what --set would need
             raise UsageError(f"--resume: {run_dir} was started with another {key} than this recipe gives "
-                             "(resume with the run's settings; another --out starts a new run)")
+                             f"(the run's {ran}, now {now}: resume with the run's settings, e.g. "
+                             f"--set {key}={ran}; another --out starts a new run)")
         if opts.seed is not None and opts.seed != record.seed:
             raise UsageError(f"--resume: {run_dir} was started with --seed {record.seed}, not {opts.seed}")
         iters, seed = opts.iters or record.recipe["train"]["iters"], record.seed
@@ -213,6 +215,12 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
         raise UsageError(f"--iters {iters}: a run needs at least one iteration")
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, iters=iters))
     return recipe, seed, checkpoint
+
+
+def _dotted(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 # --- the model and its optimiser -------------------------------------------------------------------
