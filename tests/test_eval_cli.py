@@ -99,6 +99,22 @@ def test_unreadable_file_is_named_and_nothing_left_gives_count_0(folders):
     assert (root / "out.csv").read_text() == "name,sad,mse,grad,conn\n"
 
 
+def test_trimap_without_unknown_pixels_warns(folders):
+    """A binary mask given as a trimap scored 0 on every metric without a word, lowering the mean."""
+    root, cases = folders
+    trimap = np.where(cases["a"][2] == 128, 255, cases["a"][2]).astype(np.uint8)
+    write_png(root / "trimap" / "a.png", trimap)
+    result = run(*args_for(root, "--json", root / "out.json"))
+    assert result.exit_code == 0, result.output
+    warning = next(l for l in result.stderr.splitlines() if "warning" in l)
+    assert warning.endswith("a.png: trimap has no unknown pixel (128), so every metric is 0 for this image")
+    trimap[trimap == 255] = 254
+    write_png(root / "trimap" / "a.png", trimap)
+    warning = next(l for l in run(*args_for(root)).stderr.splitlines() if "warning" in l)
+    assert "values other than 0/128/255 (254)" in warning and warning.endswith(": it has no unknown pixel (128), "
+                                                                                 "so every metric is 0 for this image")
+
+
 def test_size_mismatch_is_named_and_skipped(folders):
     root, _ = folders
     write_png(root / "trimap" / "c.png", np.zeros((24, 31), np.uint8))
