@@ -235,6 +235,11 @@ def test_model_on_a_prepared_split(tmp_path):
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "files.json").read_text()) == data
     assert (tmp_path / "report" / "index.html").read_text().count("class='entry'") == 2
+    # the dataset root that `matte train --data` takes: named, with the split to give instead
+    root = run("--weights", weights, "--data", tmp_path)
+    assert root.exit_code == 2 and root.stderr.strip() == (
+        f"matte eval: error: --data {tmp_path}: a prepared dataset with train/ and test/; give the split to "
+        f"evaluate on, e.g. --data {split}")
 
 
 def test_importing_the_cli_stays_light():

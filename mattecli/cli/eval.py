@@ -169,6 +169,11 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
 def _split(data: Path) -> Path:
     if not Path(data).is_dir():
         raise UsageError(f"{data}: no such folder (--data)")
+    test = Path(data) / "test"
+    if not (Path(data) / "manifest.csv").is_file() and (test / "manifest.csv").is_file():
+        # the folder `matte train --data` takes: its root, where eval wants one split
+        raise UsageError(f"--data {data}: a prepared dataset with train/ and test/; give the split to "
+                         f"evaluate on, e.g. --data {test}")
     return data
 
 
