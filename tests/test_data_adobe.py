@@ -369,3 +369,29 @@ def test_an_out_that_is_a_file_is_a_usage_error_before_any_work(dataset, tmp_pat
     with pytest.raises(UsageError, match="train is a file, not a folder"):
         prepare_synthetic(tmp_path / "out", n_train=1, n_test=1, size=32)
     assert not (tmp_path / "out" / "test").exists()
+
+
+def _slow_write(path):
+    import time
+
+    from mattecli.files import atomic_write
+
+    atomic_write(path, lambda tmp: (tmp.write_text("half"), time.sleep(60)))
+
+
+def test_workers_stopped_by_ctrl_c_leave_no_temp_file(tmp_path):
+    """Ctrl-C in `prepare-data adobe --workers 2` left the temp files of the writes under way (the
+    pool terminates its workers, and SIGTERM skipped atomic_write's clean-up)."""
+    import time
+
+    from mattecli.data.adobe import _worker_signals
+    from mattecli.parallel import pool
+
+    with pytest.raises(KeyboardInterrupt):
+        with pool(1, processes=True, initializer=_worker_signals) as executor:
+            executor.submit(_slow_write, tmp_path / "a.png")
+            deadline = time.monotonic() + 60
+            while not list(tmp_path.glob(".*.tmp")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+    assert not list(tmp_path.iterdir())

@@ -220,11 +220,14 @@ def run_job(job: ForegroundJob) -> JobResult:
     return JobResult(samples, errors, len(job.composites))
 
 
-def _ignore_sigint() -> None:
+def _worker_signals() -> None:
     import signal
+    import sys
 
-    # Ctrl-C goes to the parent, which stops the pool; workers dying mid-write leave only temp files.
+    # Ctrl-C goes to the parent, which stops the pool by terminating the workers (SIGTERM): they
+    # leave through Python, so that atomic_write removes the temp file of a write under way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
 
 def remove_stale_split_temps(split_dir: Path) -> None:
@@ -245,7 +248,7 @@ def run_jobs(jobs: list[ForegroundJob], workers: int, label: str) -> tuple[list[
     results: list[JobResult | None] = [None] * len(jobs)
     processes = workers if workers > 1 else 0
     # one foreground per task: foregrounds differ a lot in size, small tasks balance the workers
-    with track(total, label) as bar, pool(processes, processes=True, initializer=_ignore_sigint) as executor:
+    with track(total, label) as bar, pool(processes, processes=True, initializer=_worker_signals) as executor:
         for i, result in map_bounded(executor, _indexed_run, enumerate(jobs), limit=2 * processes or 1):
             results[i] = result
             bar.advance(result.done)
