@@ -337,6 +337,10 @@ def test_d646(dataset, tmp_path):
     assert (again / "test/trimap/b_0.png").read_bytes() == (out / "test/trimap/b_0.png").read_bytes()
     assert "trimaps.json" in " ".join(report.notes)
     assert os.path.basename(str(report.manifests["test"])) == "manifest.csv"
+    # another seed into the same --out: it reused the first draw and recorded the new seed
+    with pytest.raises(UsageError, match=r"its train split was drawn with --seed 5; re-run with --seed 5"):
+        prepare_d646(root, coco, voc, out, "all", workers=1, seed=6)
+    assert __import__("json").loads((out / "test" / "trimaps.json").read_text())["seed"] == 5
 
 
 def test_a_split_whose_every_input_fails_gets_an_empty_manifest_in_its_folder(dataset, tmp_path):

@@ -388,6 +388,8 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
     workers = workers or os.cpu_count() or 1
     out = Path(out)
     check_out(out, _splits(split))
+    for name in _splits(split):
+        _check_seed(out / name, seed)
     report = PrepareReport({}, {}, [], [])
     for name in _splits(split):
         folder = _require_dir(root / name.capitalize(), "--root")
@@ -396,8 +398,10 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
         rng = np.random.default_rng(np.random.SeedSequence([seed, 646, int(name == "test")]))
         fg_names, _ = _names_file(split_dir / "fg_names.txt", lambda: _image_names(fg_dir))
         bg_dir, option = sources[name]
-        bg_names, _ = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
+        bg_names, drawn = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
             bg_dir, D646_PER_FG[name] * len(fg_names), rng, option))
+        if drawn:
+            atomic_write(split_dir / "seed.json", lambda tmp: tmp.write_text(json.dumps({"seed": seed}) + "\n"))
         jobs = plan_jobs(fg_names, bg_names, D646_PER_FG[name], [fg_dir], [gt_dir],
                          [bg_dir], split_dir, merged=(name == "test" or composite), trimap_dir=None,
                          names_file=split_dir / "bg_names.txt", alpha_per_composite=(name == "test"))
@@ -405,6 +409,18 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
         if name == "test":
             _d646_trimaps(split_dir, report, seed)
     return report
+
+
+def _check_seed(split_dir: Path, seed: int) -> None:
+    """A re-run finishes the split with the draw it started with: another --seed would mix two
+    draws under one record (it reused the first run's backgrounds and trimaps, and recorded the
+    new seed in trimaps.json)."""
+    record = split_dir / "seed.json"
+    if record.is_file():
+        earlier = json.loads(record.read_text()).get("seed")
+        if earlier != seed:
+            raise UsageError(f"--out {split_dir.parent}: its {split_dir.name} split was drawn with --seed {earlier}; "
+                             f"re-run with --seed {earlier} to finish it, or give another --out")
 
 
 D646_TRIMAP_RADII = (10, 25)  # ours: wide enough to cover hair, as Composition-1k's trimaps do
