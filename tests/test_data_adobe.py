@@ -295,6 +295,9 @@ def test_usage_errors(dataset, tmp_path):
     (root / "Test_set/test_fg_names.txt").unlink()
     with pytest.raises(UsageError, match="test_fg_names.txt"):
         prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
+    (root / "Test_set/test_fg_names.txt").write_bytes(b"cat.png\r\ndog\xe9.png\r\n")  # was UnicodeDecodeError
+    with pytest.raises(UsageError, match=r"test_fg_names.txt: names file is not UTF-8 text \(byte 0xe9 at offset 12\)"):
+        prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
     (root / "Test_set/test_fg_names.txt").write_text("cat.png\ndog.png\nextra.png\n")
     with pytest.raises(UsageError, match="40 background names, 60 needed"):
         prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")

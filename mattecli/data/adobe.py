@@ -119,7 +119,12 @@ def read_names(path: Path) -> list[str]:
     """A names file (one file name per line; CRLF or LF; blank lines ignored)."""
     if not path.is_file():
         raise UsageError(f"{path}: names file not found (is --root the unpacked dataset folder?)")
-    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:  # Adobe's lists are ASCII: this one was edited or is another file
+        raise UsageError(f"{path}: names file is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                         f"offset {err.start})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def stem_of(name: str) -> str:
