@@ -55,6 +55,19 @@ def test_a_folder_holding_a_run_is_refused_and_overwrite_clears_only_the_run(tmp
         ckpt.prepare_run_dir(tmp_path / "file", resume=False, overwrite=False)
 
 
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, synth):
+    """A typo in --data (or a bad --pretrained, a missing --tensorboard) with --overwrite removed the
+    old run, then refused to train."""
+    run = tmp_path / "run"
+    ckpt.write_record(run, ckpt.RunRecord(load_recipe("demo-indexnet").to_dict(), 0, str(synth)))
+    ckpt.save_checkpoint(run, {"iteration": 7}, 7)
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(tmp_path / "typo"), "--out", str(run),
+                         "--overwrite", "--device", "cpu")
+    assert code == 2 and "no train/manifest.csv" in text
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "recipe.json", "run.json"]
+    assert [i for i, _ in ckpt.checkpoints(run)] == [7]
+
+
 def test_checkpoints_are_ordered_by_iteration_not_by_name(tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()

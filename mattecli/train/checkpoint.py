@@ -149,14 +149,19 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, clear: bool = 
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other: choose one")
     if overwrite and clear:
-        for name in RUN_FILES:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        clear_run(run_dir)
     elif not resume and not overwrite and holds_run(run_dir):
         done = checkpoints(run_dir)
         what = f"{done[-1][0]} iterations done" if done else "no checkpoint yet"
         raise UsageError(f"--out {run_dir} holds a run ({what}): use --resume to continue it, --overwrite to "
                          "start again, or another --out")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove the run's own files (`RUN_FILES`), nothing else in the folder (`--overwrite`)."""
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

@@ -407,9 +407,9 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     if opts.recipe.train.batch_size % world:
         raise UsageError(f"batch size {opts.recipe.train.batch_size} does not split across {world} processes "
                          "(the recipe's batch is the global batch)")
-    ckpt.prepare_run_dir(run_dir, opts.resume, opts.overwrite, clear=writer)
-    if world > 1:
-        torch.distributed.barrier()  # rank 0 has cleared the folder (--overwrite) before anyone reads it
+    # the refusals only: --overwrite removes the old run once this one can start (a typo in --data
+    # or --pretrained removed it, then refused to train)
+    ckpt.prepare_run_dir(run_dir, opts.resume, opts.overwrite, clear=False)
     recipe, seed, checkpoint = _resolve_run(opts, run_dir)
     cfg = recipe.train
     if opts.resume and checkpoint is None and writer:
@@ -434,6 +434,10 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     if batches_per_epoch == 0:
         raise UsageError(f"{train_dir}: {len(dataset)} samples are fewer than one batch of {cfg.batch_size}")
     val_samples = _validation_samples(test_dir, opts.val_limit) if test_dir and recipe.data.val_every else []
+    if opts.overwrite and writer:
+        ckpt.clear_run(run_dir)
+    if world > 1:
+        torch.distributed.barrier()  # every rank has read what it needs before rank 0 writes or clears
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
 
     session = Session(recipe, model, model, optimizer, scaler, device, dist_info, run_dir, batches_per_epoch,
