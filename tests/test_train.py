@@ -30,13 +30,17 @@ def tiny(iters, **extra):
     return load_recipe("indexnet-unet-maxunpool", sets + [f"{k}={v}" for k, v in extra.items()])
 
 
-def test_resume_equals_uninterrupted_bit_for_bit(synth, tmp_path):
+def test_resume_equals_uninterrupted_bit_for_bit(synth, tmp_path, capsys):
     train(TrainOptions(tiny(6), synth, tmp_path / "full", progress=False, seed=5))
     part = train(TrainOptions(tiny(6), synth, tmp_path / "part", progress=False, seed=5, iters=3))
     assert part.iterations == 3
     # the run records its length: --resume alone finds it finished; --iters extends it
     again = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False))
     assert again.finished_before and again.iterations == 3
+    # a shorter --iters than the run has done: it said "finished (3 of 2 iterations)"
+    capsys.readouterr()
+    train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False, iters=2))
+    assert "is finished (3 iterations, more than --iters 2)" in capsys.readouterr().out
     resumed = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False, iters=6))
     assert resumed.iterations == 6
     a = torch.load(tmp_path / "full" / "checkpoints" / "iter_00000006.pt", weights_only=True)

@@ -448,8 +448,9 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
         session.history = _read_log(run_dir / "log.jsonl", upto=session.iteration)
     if session.iteration >= cfg.iters:
         if writer:
-            print(f"matte train: {run_dir} is finished ({session.iteration} of {cfg.iters} iterations); "
-                  "--iters N with a larger N extends it")
+            done = (f"{session.iteration} of {cfg.iters} iterations" if session.iteration == cfg.iters else
+                    f"{session.iteration} iterations, more than --iters {cfg.iters}")  # not "200 of 30"
+            print(f"matte train: {run_dir} is finished ({done}); --iters N with a larger N extends it")
         last = session.history[-1]["loss"] if session.history else float("nan")
         return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True)
     if writer:
