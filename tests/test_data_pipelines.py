@@ -360,6 +360,9 @@ def test_dataset_usage_errors(synth, tmp_path):
     write_manifest(tmp_path / "manifest.csv", [rows[0].__class__(name="x", alpha=rows[0].alpha)])
     with pytest.raises(UsageError, match="needs fg, alpha, bg"):
         TrainingDataset(tmp_path, "dim")
+    write_manifest(tmp_path / "manifest.csv", [])  # `prepare-data synthetic --train 0`
+    with pytest.raises(UsageError, match="manifest.csv: the manifest lists no samples$"):
+        TrainingDataset(tmp_path, "dim")
     assert build_dataset(DataConfig(pipeline="tcp", crop_size=CROP), synth / "train").pipeline == "tcp"
 
 

@@ -137,9 +137,11 @@ class TrainingDataset(torch.utils.data.Dataset):
         if pipeline not in PIPELINES:
             raise UsageError(f"unknown data pipeline {pipeline!r} (known: {', '.join(PIPELINES)})")
         self.samples = read_manifest(manifest)
+        if not self.samples:  # it said "0 of 0 lack them, e.g. []"
+            raise UsageError(f"{manifest_file(manifest)}: the manifest lists no samples")
         reads = PIPELINES[pipeline].reads
         lacking = [s.name for s in self.samples if any(getattr(s, c) is None for c in reads)]
-        if lacking or not self.samples:
+        if lacking:
             hint = (" (prepare the split with `matte prepare-data ... --composite`)"
                     if "image" in reads else "")
             raise UsageError(f"{manifest}: the {pipeline} pipeline needs {', '.join(reads)} for every "
