@@ -124,6 +124,11 @@ def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     assert (recipe.train.iters, seed, checkpoint) == (10, 3, None)
     options.iters = 25
     assert loop._resolve_run(options, run)[0].train.iters == 25
+    options.iters = 0  # was read as "not given": the recipe's whole length was trained
+    with pytest.raises(UsageError, match="--iters 0: a run needs at least one iteration"):
+        loop._resolve_run(options, run)
+    with pytest.raises(UsageError, match="--iters 0: a run needs at least one iteration"):
+        loop._resolve_run(TrainOptions(load_recipe("demo-indexnet"), synth, tmp_path / "new", iters=0), run)
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])

@@ -196,7 +196,8 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
     record = ckpt.read_record(run_dir) if opts.resume else None
     checkpoint = ckpt.latest_checkpoint(run_dir) if opts.resume else None
     if record is None:
-        iters, seed = opts.iters or recipe.train.iters, opts.seed or 0
+        # `is None`, not `or`: --iters 0 trained the recipe's whole length instead of being refused
+        iters, seed = recipe.train.iters if opts.iters is None else opts.iters, opts.seed or 0
     else:
         given, recorded = _comparable(recipe.to_dict()), _comparable(record.recipe)
         if given["name"] != recorded["name"]:
@@ -210,7 +211,7 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
                              f"--set {key}={ran}; another --out starts a new run)")
         if opts.seed is not None and opts.seed != record.seed:
             raise UsageError(f"--resume: {run_dir} was started with --seed {record.seed}, not {opts.seed}")
-        iters, seed = opts.iters or record.recipe["train"]["iters"], record.seed
+        iters, seed = record.recipe["train"]["iters"] if opts.iters is None else opts.iters, record.seed
     if iters < 1:
         raise UsageError(f"--iters {iters}: a run needs at least one iteration")
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, iters=iters))
