@@ -131,6 +131,14 @@ def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
         loop._resolve_run(TrainOptions(load_recipe("demo-indexnet"), synth, tmp_path / "new", iters=0), run)
 
 
+def test_negative_workers_is_a_usage_error(tmp_path, synth):
+    """--workers -1 was DataLoader's ValueError traceback, after the run folder was written."""
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),
+                         "--workers", "-1")
+    assert code == 2 and "--workers" in text
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
 def test_an_unknown_device_is_one_line(tmp_path, synth, device):
     code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),
