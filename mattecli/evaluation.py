@@ -217,7 +217,11 @@ def evaluate_model(items: list[Item], pipeline, workers: int = 1, save_pred: Pat
             if image.shape[:2] != trimap.shape:
                 yield item.name, None, None, None, f"sizes differ: image {_size(image)}, trimap {_size(trimap)}"
                 continue
-            pred = pipeline.predict_whole(image, trimap)
+            try:
+                pred = pipeline.predict_whole(image, trimap)
+            except ValueError as err:  # a model output that is not finite (a diverged run): named, not a traceback
+                yield item.name, None, None, None, str(err)
+                continue
             if save_pred is not None:
                 write_png(Path(save_pred) / f"{item.name}.png", pred)
             yield item.name, pred, item.gt, item.trimap

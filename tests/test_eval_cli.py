@@ -242,6 +242,29 @@ def test_model_on_a_prepared_split(tmp_path):
         f"evaluate on, e.g. --data {split}")
 
 
+def test_a_model_whose_output_is_not_finite_fails_each_image_in_one_line(tmp_path):
+    """A diverged model (NaN weights) was the pipeline's ValueError traceback."""
+    import torch
+
+    from mattecli.data.synthetic import prepare_synthetic
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    prepare_synthetic(tmp_path / "data", n_train=0, n_test=2, size=64)
+    recipe = load_recipe("demo-tcp")
+    model = build_model(recipe)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    weights = save_weights(model, recipe, tmp_path / "nan.safetensors")
+    result = run("--weights", weights, "--data", tmp_path / "data" / "test", "--device", "cpu", "--workers", "1")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.stderr
+    assert [l for l in result.stderr.splitlines() if "not finite" in l] == [
+        f"matte eval: syn{k:04d}: the model's output is not finite (NaN or infinity) for this image" for k in (0, 1)]
+
+
 def test_importing_the_cli_stays_light():
     code = "import sys, mattecli.cli; print(sorted(m for m in ('torch', 'cv2', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
