@@ -291,6 +291,10 @@ def test_cli_exit_codes(dataset, tmp_path):
 def test_usage_errors(dataset, tmp_path):
     with pytest.raises(UsageError, match="--root"):
         prepare_adobe(tmp_path / "nowhere", dataset["coco"], dataset["voc"], tmp_path / "o")
+    (tmp_path / "unpacked").mkdir()  # the archive's folder, one above Combined_Dataset
+    (tmp_path / "unpacked" / "Combined_Dataset").symlink_to(dataset["root"])
+    with pytest.raises(UsageError, match=r"--root .*unpacked: holds Combined_Dataset/; give --root .*unpacked/Combined_Dataset$"):
+        prepare_adobe(tmp_path / "unpacked", dataset["coco"], dataset["voc"], tmp_path / "o")
     root = _copy_dataset(dataset, tmp_path)
     (root / "Test_set/test_fg_names.txt").unlink()
     with pytest.raises(UsageError, match="test_fg_names.txt"):

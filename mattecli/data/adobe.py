@@ -330,6 +330,10 @@ def prepare_adobe(root: Path, coco: Path, voc: Path, out: Path, split: str = "al
         A PrepareReport; `errors` lists every failed input with its reason.
     """
     root = _require_dir(root, "--root")
+    nested = root / "Combined_Dataset"
+    if nested.is_dir() and not any((root / s).is_dir() for s in ("Training_set", "Test_set")):
+        # the folder Adobe's archive unpacks to, one level above
+        raise UsageError(f"--root {root}: holds Combined_Dataset/; give --root {nested}")
     bg_dirs = {"train": [_require_dir(coco, "--coco"), Path(voc)],
                "test": [_require_dir(voc, "--voc"), Path(coco)]}
     workers = workers or os.cpu_count() or 1
