@@ -147,8 +147,6 @@ def test_schedules():
 def test_validate_equals_the_per_sample_loop_it_replaced(synth, monkeypatch, capfd):
     """validate() runs evaluation.evaluate quietly in-process; the means are those of the plain
     loop (pipeline, then metrics.evaluate, per sample) to the last bit."""
-    import concurrent.futures
-
     import numpy as np
 
     from mattecli.data.manifest import read_manifest
@@ -170,7 +168,12 @@ def test_validate_equals_the_per_sample_loop_it_replaced(synth, monkeypatch, cap
     expected = {k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
     model.train()
     capfd.readouterr()
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", None)  # no worker processes
+    # no worker processes. Patched where parallel.py looks it up: patching concurrent.futures made a
+    # first import of mattecli.parallel here bind None for good, and later pool tests of the same
+    # session failed with "'NoneType' object is not callable"
+    import mattecli.parallel
+
+    monkeypatch.setattr(mattecli.parallel, "ProcessPoolExecutor", None)
     assert validate(model, recipe, samples, torch.device("cpu")) == expected
     assert model.training  # restored
     assert capfd.readouterr() == ("", "")  # no progress bar, nothing printed
