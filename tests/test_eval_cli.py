@@ -265,6 +265,12 @@ def test_a_model_whose_output_is_not_finite_fails_each_image_in_one_line(tmp_pat
         f"matte eval: syn{k:04d}: the model's output is not finite (NaN or infinity) for this image" for k in (0, 1)]
 
 
+def test_help_names_every_model_format_eval_runs():
+    """--help said `.safetensors` only; eval.md (and load_pipeline) take .onnx and .engine too."""
+    text = " ".join(run("--help").stdout.split())
+    assert "Run this model (.safetensors, .onnx or .engine) on --data" in text
+
+
 def test_importing_the_cli_stays_light():
     code = "import sys, mattecli.cli; print(sorted(m for m in ('torch', 'cv2', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
