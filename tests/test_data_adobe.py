@@ -247,6 +247,12 @@ def test_manifest_round_trip(prepared, tmp_path):
     assert all(p is None or p.is_file() for s in samples for p in (s.image, s.alpha, s.trimap, s.fg, s.bg))
 
 
+def test_a_manifest_saved_with_a_byte_order_mark_reads(tmp_path):
+    """A manifest saved by a spreadsheet starts with a UTF-8 BOM: 'manifest lacks the column(s) name'."""
+    (tmp_path / "manifest.csv").write_bytes(b"\xef\xbb\xbfname,image,alpha,trimap,fg,bg\r\na,,alpha/a.png,,,\r\n")
+    assert [s.name for s in read_manifest(tmp_path)] == ["a"]
+
+
 def _copy_dataset(dataset, tmp_path):
     import shutil
 

@@ -53,7 +53,7 @@ def read_manifest(path: str | Path) -> list[Sample]:
         raise UsageError(f"{path}: no manifest.csv here (prepare the data with `matte prepare-data`)")
     root = path.parent
     samples = []
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a manifest saved by a spreadsheet starts with a BOM
         reader = csv.DictReader(f)
         missing = [c for c in ("name", "alpha") if c not in (reader.fieldnames or ())]
         if missing:
