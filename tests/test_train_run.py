@@ -95,6 +95,16 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, damage):
         ckpt.load_checkpoint(tmp_path / "checkpoints" / "iter_00000006.pt")
 
 
+def test_a_training_checkpoint_given_as_pretrained_says_how_to_resume(tmp_path):
+    """It said `matte train --resume RUN_DIR`, which is no command line (--resume takes no value)."""
+    from mattecli.weights import load_torch_checkpoint
+
+    path = ckpt.save_checkpoint(tmp_path, {"model": {}, "optimizer": {}, "iteration": 2,
+                                           "torch_rng": torch.get_rng_state()}, 2)
+    with pytest.raises(UsageError, match=r"`matte train --recipe NAME --data DATA --out RUN_DIR --resume` continues"):
+        load_torch_checkpoint(path)
+
+
 def test_resume_drops_a_log_line_a_killed_run_cut_short(tmp_path):
     """A run killed mid-append left half a line in log.jsonl: --resume was a JSONDecodeError."""
     log = tmp_path / "log.jsonl"
