@@ -299,7 +299,8 @@ def test_usage_errors(dataset, tmp_path):
         prepare_adobe(tmp_path / "nowhere", dataset["coco"], dataset["voc"], tmp_path / "o")
     (tmp_path / "unpacked").mkdir()  # the archive's folder, one above Combined_Dataset
     (tmp_path / "unpacked" / "Combined_Dataset").symlink_to(dataset["root"])
-    with pytest.raises(UsageError, match=r"--root .*unpacked: holds Combined_Dataset/; give --root .*unpacked/Combined_Dataset$"):
+    with pytest.raises(UsageError,
+                       match=r"--root .*unpacked: holds Combined_Dataset/; give --root .*unpacked/Combined_Dataset$"):
         prepare_adobe(tmp_path / "unpacked", dataset["coco"], dataset["voc"], tmp_path / "o")
     root = _copy_dataset(dataset, tmp_path)
     (root / "Test_set/test_fg_names.txt").unlink()

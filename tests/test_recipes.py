@@ -69,5 +69,6 @@ def test_the_network_input_has_rgb_and_the_trimaps_channels():
 @pytest.mark.parametrize("overrides", [["train.lr.x=1"], ["train=1", "train.batch_size=2"]])
 def test_set_below_a_value_is_a_usage_error(overrides):
     """`--set train=1 --batch-size 2` was TypeError: 'int' object is not iterable."""
-    with pytest.raises(UsageError, match=r"--set 'train\.(lr\.x|batch_size)=.*': train(\.lr)? is a value, not a section"):
+    with pytest.raises(UsageError,
+                       match=r"--set 'train\.(lr\.x|batch_size)=.*': train(\.lr)? is a value, not a section"):
         load_recipe("demo-indexnet", overrides)
