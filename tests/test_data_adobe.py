@@ -281,6 +281,16 @@ def test_bad_inputs_are_named_and_the_batch_goes_on(dataset, tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_split_needs_only_its_own_background_folder(dataset, tmp_path):
+    """`--split test` (Composition-1k's evaluation) refused a --coco folder that was not on disk."""
+    report = prepare_adobe(dataset["root"], tmp_path / "no-coco", dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert report.errors == [] and report.counts == {"test": 40}
+    with pytest.raises(UsageError, match="--coco .*no-coco: no such folder"):
+        prepare_adobe(dataset["root"], tmp_path / "no-coco", dataset["voc"], tmp_path / "out", "train", workers=1)
+    with pytest.raises(UsageError, match="--voc .*no-voc: no such folder"):
+        prepare_adobe(dataset["root"], dataset["coco"], tmp_path / "no-voc", tmp_path / "out", "all", workers=1)
+
+
 def test_cli_exit_codes(dataset, tmp_path):
     from mattecli.cli.prepare_data import app
 

@@ -293,6 +293,14 @@ def _splits(split: str) -> list[str]:
     return ["train", "test"] if split == "all" else [split]
 
 
+def _require_backgrounds(split: str, coco: Path, voc: Path) -> None:
+    """The background folders of the splits asked for: `--split test` (Composition-1k's
+    evaluation) needs no COCO train2014 on disk."""
+    needed = {"train": (coco, "--coco"), "test": (voc, "--voc")}
+    for name in _splits(split):
+        _require_dir(*needed[name])
+
+
 def check_out(out: Path, splits: list[str]) -> None:
     """One line, before any work, when `--out` or a split folder in it is a file or cannot be
     written (it was a traceback from the first worker that wrote there)."""
@@ -334,8 +342,8 @@ def prepare_adobe(root: Path, coco: Path, voc: Path, out: Path, split: str = "al
     if nested.is_dir() and not any((root / s).is_dir() for s in ("Training_set", "Test_set")):
         # the folder Adobe's archive unpacks to, one level above
         raise UsageError(f"--root {root}: holds Combined_Dataset/; give --root {nested}")
-    bg_dirs = {"train": [_require_dir(coco, "--coco"), Path(voc)],
-               "test": [_require_dir(voc, "--voc"), Path(coco)]}
+    bg_dirs = {"train": [Path(coco), Path(voc)], "test": [Path(voc), Path(coco)]}
+    _require_backgrounds(split, coco, voc)
     workers = workers or os.cpu_count() or 1
     out = Path(out)
     check_out(out, _splits(split))
@@ -392,8 +400,8 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
     `OUT/test/trimaps.json`.
     """
     root = _require_dir(root, "--root")
-    sources = {"train": (_require_dir(coco, "--coco"), "--coco"),
-               "test": (_require_dir(voc, "--voc"), "--voc")}
+    sources = {"train": (Path(coco), "--coco"), "test": (Path(voc), "--voc")}
+    _require_backgrounds(split, coco, voc)
     workers = workers or os.cpu_count() or 1
     out = Path(out)
     check_out(out, _splits(split))
