@@ -120,14 +120,17 @@ def _size(a: np.ndarray) -> str:
 
 def trimap_warning(trimap: np.ndarray, path) -> str | None:
     """A warning naming the file when a trimap holds values other than 0/128/255 (a 127, an
-    anti-aliased edge): only exactly 128 counts as unknown, so such a trimap changes the region."""
+    anti-aliased edge): only exactly 128 counts as unknown, so such a trimap changes the region;
+    and when it has no unknown pixel at all (a binary mask given as a trimap): every metric is 0
+    there, which would lower the mean without a word."""
+    none = "" if (trimap == 128).any() else "no unknown pixel (128), so every metric is 0 for this image"
     odd = int(np.count_nonzero(~np.isin(trimap, TRIMAP_VALUES)))
     if not odd:
-        return None
+        return f"{path}: trimap has {none}" if none else None
     values = np.unique(trimap[~np.isin(trimap, TRIMAP_VALUES)])
     shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
     return (f"{path}: trimap has {odd} pixel(s) with values other than 0/128/255 ({shown}); "
-            f"only exactly 128 counts as unknown")
+            f"only exactly 128 counts as unknown" + (f": it has {none}" if none else ""))
 
 
 def score(name: str, pred, gt: Path, trimap) -> Result:
@@ -214,7 +217,11 @@ def evaluate_model(items: list[Item], pipeline, workers: int = 1, save_pred: Pat
             if image.shape[:2] != trimap.shape:
                 yield item.name, None, None, None, f"sizes differ: image {_size(image)}, trimap {_size(trimap)}"
                 continue
-            pred = pipeline.predict_whole(image, trimap)
+            try:
+                pred = pipeline.predict_whole(image, trimap)
+            except ValueError as err:  # a model output that is not finite (a diverged run): named, not a traceback
+                yield item.name, None, None, None, str(err)
+                continue
             if save_pred is not None:
                 write_png(Path(save_pred) / f"{item.name}.png", pred)
             yield item.name, pred, item.gt, item.trimap

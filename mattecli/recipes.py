@@ -50,6 +50,7 @@ class DataConfig:
             raise ValueError(f"val_unit must be iters or epochs, got {self.val_unit!r}")
         if self.val_metric not in ("sad", "mse", "grad", "conn"):
             raise ValueError(f"val_metric must be sad, mse, grad or conn, got {self.val_metric!r}")
+        _check_at_least(self, crop_size=1, val_every=0)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,17 @@ class TrainConfig:
             raise ValueError(f"pretrained must be imagenet or none, got {self.pretrained!r}")
         if self.milestone_unit not in ("iters", "epochs"):
             raise ValueError(f"milestone_unit must be iters or epochs, got {self.milestone_unit!r}")
+        if self.schedule not in ("multistep", "cosine"):
+            raise ValueError(f"schedule must be multistep or cosine, got {self.schedule!r}")
+        _check_at_least(self, iters=1, batch_size=1, log_every=1, checkpoint_every=1, warmup_iters=0)
+
+
+def _check_at_least(config, **least: int) -> None:
+    """Counts a run divides by or steps through (`--set train.log_every=0` was a ZeroDivisionError
+    after the first step, `--batch-size 0` one before it)."""
+    for name, low in least.items():
+        if getattr(config, name) < low:
+            raise ValueError(f"{name} must be at least {low}, got {getattr(config, name)}")
 
 
 @dataclass(frozen=True)
@@ -128,6 +140,7 @@ class InferConfig:
                               ("known", ("copy", "force")), ("rounding", ("truncate", "half-even"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        _check_at_least(self, stride=1)
 
 
 @dataclass(frozen=True)
@@ -260,7 +273,9 @@ def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> R
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
-        for key in keys[:-1]:
+        for i, key in enumerate(keys[:-1]):
+            if not isinstance(node.get(key) or {}, dict):  # `--set train.lr.x=1`, or `train=1` then `train.lr=...`
+                raise UsageError(f"--set {text!r}: {'.'.join(keys[:i + 1])} is a value, not a section")
             node[key] = dict(node.get(key) or {})
             node = node[key]
         node[keys[-1]] = value

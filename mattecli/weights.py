@@ -97,7 +97,8 @@ def load_torch_checkpoint(path: str | Path) -> dict:
     if isinstance(ckpt, dict) and {"model", "iteration", "torch_rng"} <= set(ckpt):
         raise UsageError(f"{path}: a matte training checkpoint (iteration {ckpt['iteration']}), not a released "
                          "one: its run folder already holds last.safetensors (and best.safetensors) for "
-                         "--weights, and `matte train --resume RUN_DIR` continues the run")
+                         "--weights, and `matte train --recipe NAME --data DATA --out RUN_DIR --resume` "
+                         "continues the run")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UsageError(f"{path}: no state_dict in this checkpoint")

@@ -247,6 +247,12 @@ def test_manifest_round_trip(prepared, tmp_path):
     assert all(p is None or p.is_file() for s in samples for p in (s.image, s.alpha, s.trimap, s.fg, s.bg))
 
 
+def test_a_manifest_saved_with_a_byte_order_mark_reads(tmp_path):
+    """A manifest saved by a spreadsheet starts with a UTF-8 BOM: 'manifest lacks the column(s) name'."""
+    (tmp_path / "manifest.csv").write_bytes(b"\xef\xbb\xbfname,image,alpha,trimap,fg,bg\r\na,,alpha/a.png,,,\r\n")
+    assert [s.name for s in read_manifest(tmp_path)] == ["a"]
+
+
 def _copy_dataset(dataset, tmp_path):
     import shutil
 
@@ -275,6 +281,16 @@ def test_bad_inputs_are_named_and_the_batch_goes_on(dataset, tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_a_split_needs_only_its_own_background_folder(dataset, tmp_path):
+    """`--split test` (Composition-1k's evaluation) refused a --coco folder that was not on disk."""
+    report = prepare_adobe(dataset["root"], tmp_path / "no-coco", dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert report.errors == [] and report.counts == {"test": 40}
+    with pytest.raises(UsageError, match="--coco .*no-coco: no such folder"):
+        prepare_adobe(dataset["root"], tmp_path / "no-coco", dataset["voc"], tmp_path / "out", "train", workers=1)
+    with pytest.raises(UsageError, match="--voc .*no-voc: no such folder"):
+        prepare_adobe(dataset["root"], dataset["coco"], tmp_path / "no-voc", tmp_path / "out", "all", workers=1)
+
+
 def test_cli_exit_codes(dataset, tmp_path):
     from mattecli.cli.prepare_data import app
 
@@ -291,9 +307,17 @@ def test_cli_exit_codes(dataset, tmp_path):
 def test_usage_errors(dataset, tmp_path):
     with pytest.raises(UsageError, match="--root"):
         prepare_adobe(tmp_path / "nowhere", dataset["coco"], dataset["voc"], tmp_path / "o")
+    (tmp_path / "unpacked").mkdir()  # the archive's folder, one above Combined_Dataset
+    (tmp_path / "unpacked" / "Combined_Dataset").symlink_to(dataset["root"])
+    with pytest.raises(UsageError,
+                       match=r"--root .*unpacked: holds Combined_Dataset/; give --root .*unpacked/Combined_Dataset$"):
+        prepare_adobe(tmp_path / "unpacked", dataset["coco"], dataset["voc"], tmp_path / "o")
     root = _copy_dataset(dataset, tmp_path)
     (root / "Test_set/test_fg_names.txt").unlink()
     with pytest.raises(UsageError, match="test_fg_names.txt"):
+        prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
+    (root / "Test_set/test_fg_names.txt").write_bytes(b"cat.png\r\ndog\xe9.png\r\n")  # was UnicodeDecodeError
+    with pytest.raises(UsageError, match=r"test_fg_names.txt: names file is not UTF-8 text \(byte 0xe9 at offset 12\)"):
         prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
     (root / "Test_set/test_fg_names.txt").write_text("cat.png\ndog.png\nextra.png\n")
     with pytest.raises(UsageError, match="40 background names, 60 needed"):
@@ -337,3 +361,65 @@ def test_d646(dataset, tmp_path):
     assert (again / "test/trimap/b_0.png").read_bytes() == (out / "test/trimap/b_0.png").read_bytes()
     assert "trimaps.json" in " ".join(report.notes)
     assert os.path.basename(str(report.manifests["test"])) == "manifest.csv"
+    # another seed into the same --out: it reused the first draw and recorded the new seed
+    with pytest.raises(UsageError, match=r"its train split was drawn with --seed 5; re-run with --seed 5"):
+        prepare_d646(root, coco, voc, out, "all", workers=1, seed=6)
+    assert __import__("json").loads((out / "test" / "trimaps.json").read_text())["seed"] == 5
+
+
+def test_a_split_whose_every_input_fails_gets_an_empty_manifest_in_its_folder(dataset, tmp_path):
+    """Every test foreground missing: the manifest was written as a file named `OUT/test`, and the
+    re-run after restoring the inputs died with NotADirectoryError."""
+    import shutil
+
+    root = _copy_dataset(dataset, tmp_path)
+    fg = root / "Test_set/Adobe-licensed images/fg"
+    shutil.move(fg, tmp_path / "fg")
+    out = tmp_path / "out"
+    report = prepare_adobe(root, dataset["coco"], dataset["voc"], out, "test", workers=1)
+    assert len(report.errors) == 2 and report.manifests["test"] == out / "test" / "manifest.csv"
+    assert read_manifest(out / "test") == []
+    shutil.move(tmp_path / "fg", fg)
+    report = prepare_adobe(root, dataset["coco"], dataset["voc"], out, "test", workers=1)
+    assert report.errors == [] and len(read_manifest(out / "test")) == 40
+
+
+def test_an_out_that_is_a_file_is_a_usage_error_before_any_work(dataset, tmp_path):
+    """`--out` naming a file (or a split folder that is a file) was a NotADirectoryError traceback
+    from the first worker that wrote there."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="--out .*file is a file, not a folder"):
+        prepare_adobe(dataset["root"], dataset["coco"], dataset["voc"], tmp_path / "file", "test")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "train").write_text("")
+    with pytest.raises(UsageError, match="train is a file, not a folder"):
+        prepare_synthetic(tmp_path / "out", n_train=1, n_test=1, size=32)
+    assert not (tmp_path / "out" / "test").exists()
+
+
+def _slow_write(path):
+    import time
+
+    from mattecli.files import atomic_write
+
+    atomic_write(path, lambda tmp: (tmp.write_text("half"), time.sleep(60)))
+
+
+def test_workers_stopped_by_ctrl_c_leave_no_temp_file(tmp_path):
+    """Ctrl-C in `prepare-data adobe --workers 2` left the temp files of the writes under way (the
+    pool terminates its workers, and SIGTERM skipped atomic_write's clean-up)."""
+    import time
+
+    from mattecli.data.adobe import _worker_signals
+    from mattecli.parallel import pool
+
+    with pytest.raises(KeyboardInterrupt):
+        with pool(1, processes=True, initializer=_worker_signals) as executor:
+            executor.submit(_slow_write, tmp_path / "a.png")
+            deadline = time.monotonic() + 60
+            while not list(tmp_path.glob(".*.tmp")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            raise KeyboardInterrupt
+    assert not list(tmp_path.iterdir())

@@ -360,7 +360,21 @@ def test_dataset_usage_errors(synth, tmp_path):
     write_manifest(tmp_path / "manifest.csv", [rows[0].__class__(name="x", alpha=rows[0].alpha)])
     with pytest.raises(UsageError, match="needs fg, alpha, bg"):
         TrainingDataset(tmp_path, "dim")
+    write_manifest(tmp_path / "manifest.csv", [])  # `prepare-data synthetic --train 0`
+    with pytest.raises(UsageError, match="manifest.csv: the manifest lists no samples$"):
+        TrainingDataset(tmp_path, "dim")
     assert build_dataset(DataConfig(pipeline="tcp", crop_size=CROP), synth / "train").pipeline == "tcp"
+
+
+def test_a_manifest_listing_missing_files_is_refused_before_training(synth, tmp_path):
+    """A missing training file stopped the run at the first batch that drew it (exit 1, a run
+    folder left behind without a checkpoint)."""
+    rows = read_manifest(synth / "train")
+    gone = tmp_path / "gone.png"
+    write_manifest(tmp_path / "manifest.csv", [rows[0], dataclasses.replace(rows[1], bg=gone)])
+    with pytest.raises(UsageError, match=f"manifest.csv: 1 of the files it lists are missing, e.g. {gone}$"):
+        TrainingDataset(tmp_path, "dim")
+    assert len(TrainingDataset(tmp_path, "tcp-composited")) == 2  # reads image and alpha only
 
 
 # ---------------------------------------------------------------------------- trimaps
@@ -417,3 +431,10 @@ def test_noisy_trimap_moves_the_unknown_region():
     # the tcp pipeline draws from these ranges: some items' second trimap differs from the first
     rng = np.random.default_rng(0)
     assert sum(not np.array_equal(tri.noisy_trimap(trimap, alpha, rng)[0], trimap) for _ in range(50)) > 10
+
+
+def test_synthetic_with_no_test_samples_writes_an_empty_test_manifest(tmp_path):
+    """`--test 0` wrote the test manifest as a file named `OUT/test`."""
+    report = prepare_synthetic(tmp_path / "s", n_train=1, n_test=0, size=32)
+    assert report.manifests["test"] == tmp_path / "s" / "test" / "manifest.csv"
+    assert read_manifest(tmp_path / "s" / "test") == []

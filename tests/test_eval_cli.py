@@ -99,6 +99,22 @@ def test_unreadable_file_is_named_and_nothing_left_gives_count_0(folders):
     assert (root / "out.csv").read_text() == "name,sad,mse,grad,conn\n"
 
 
+def test_trimap_without_unknown_pixels_warns(folders):
+    """A binary mask given as a trimap scored 0 on every metric without a word, lowering the mean."""
+    root, cases = folders
+    trimap = np.where(cases["a"][2] == 128, 255, cases["a"][2]).astype(np.uint8)
+    write_png(root / "trimap" / "a.png", trimap)
+    result = run(*args_for(root, "--json", root / "out.json"))
+    assert result.exit_code == 0, result.output
+    warning = next(l for l in result.stderr.splitlines() if "warning" in l)
+    assert warning.endswith("a.png: trimap has no unknown pixel (128), so every metric is 0 for this image")
+    trimap[trimap == 255] = 254
+    write_png(root / "trimap" / "a.png", trimap)
+    warning = next(l for l in run(*args_for(root)).stderr.splitlines() if "warning" in l)
+    assert "values other than 0/128/255 (254)" in warning and warning.endswith(": it has no unknown pixel (128), "
+                                                                                 "so every metric is 0 for this image")
+
+
 def test_size_mismatch_is_named_and_skipped(folders):
     root, _ = folders
     write_png(root / "trimap" / "c.png", np.zeros((24, 31), np.uint8))
@@ -219,6 +235,40 @@ def test_model_on_a_prepared_split(tmp_path):
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "files.json").read_text()) == data
     assert (tmp_path / "report" / "index.html").read_text().count("class='entry'") == 2
+    # the dataset root that `matte train --data` takes: named, with the split to give instead
+    root = run("--weights", weights, "--data", tmp_path)
+    assert root.exit_code == 2 and root.stderr.strip() == (
+        f"matte eval: error: --data {tmp_path}: a prepared dataset with train/ and test/; give the split to "
+        f"evaluate on, e.g. --data {split}")
+
+
+def test_a_model_whose_output_is_not_finite_fails_each_image_in_one_line(tmp_path):
+    """A diverged model (NaN weights) was the pipeline's ValueError traceback."""
+    import torch
+
+    from mattecli.data.synthetic import prepare_synthetic
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    prepare_synthetic(tmp_path / "data", n_train=0, n_test=2, size=64)
+    recipe = load_recipe("demo-tcp")
+    model = build_model(recipe)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    weights = save_weights(model, recipe, tmp_path / "nan.safetensors")
+    result = run("--weights", weights, "--data", tmp_path / "data" / "test", "--device", "cpu", "--workers", "1")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.stderr
+    assert [l for l in result.stderr.splitlines() if "not finite" in l] == [
+        f"matte eval: syn{k:04d}: the model's output is not finite (NaN or infinity) for this image" for k in (0, 1)]
+
+
+def test_help_names_every_model_format_eval_runs():
+    """--help said `.safetensors` only; eval.md (and load_pipeline) take .onnx and .engine too."""
+    text = " ".join(run("--help").stdout.split())
+    assert "Run this model (.safetensors, .onnx or .engine) on --data" in text
 
 
 def test_importing_the_cli_stays_light():

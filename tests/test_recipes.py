@@ -34,6 +34,15 @@ def test_set_overrides_any_value():
     ("train.iters=abc", "expected an integer"),
     ("model.index=foo", "index must be one of"),
     ("model.width_mult=1.4", "width_mult != 1"),
+    # were tracebacks from the training loop (ZeroDivisionError, ValueError, a conv's RuntimeError)
+    ("train.log_every=0", "log_every must be at least 1, got 0"),
+    ("train.checkpoint_every=0", "checkpoint_every must be at least 1"),
+    ("train.batch_size=0", "batch_size must be at least 1"),
+    ("train.warmup_iters=-5", "warmup_iters must be at least 0"),
+    ("data.crop_size=-3", "crop_size must be at least 1"),
+    ("data.val_every=-1", "val_every must be at least 0"),
+    ("train.schedule=step", "schedule must be multistep or cosine, got 'step'"),
+    ("infer.stride=0", "stride must be at least 1"),
 ])
 def test_bad_values_fail_naming_the_key(override, needle):
     with pytest.raises(UsageError, match=needle):
@@ -55,3 +64,11 @@ def test_the_network_input_has_rgb_and_the_trimaps_channels():
     from mattecli.recipes import InferConfig
 
     assert InferConfig(trimap="scalar").input_channels == 4 and InferConfig(trimap="onehot").input_channels == 6
+
+
+@pytest.mark.parametrize("overrides", [["train.lr.x=1"], ["train=1", "train.batch_size=2"]])
+def test_set_below_a_value_is_a_usage_error(overrides):
+    """`--set train=1 --batch-size 2` was TypeError: 'int' object is not iterable."""
+    with pytest.raises(UsageError,
+                       match=r"--set 'train\.(lr\.x|batch_size)=.*': train(\.lr)? is a value, not a section"):
+        load_recipe("demo-indexnet", overrides)

@@ -30,13 +30,17 @@ def tiny(iters, **extra):
     return load_recipe("indexnet-unet-maxunpool", sets + [f"{k}={v}" for k, v in extra.items()])
 
 
-def test_resume_equals_uninterrupted_bit_for_bit(synth, tmp_path):
+def test_resume_equals_uninterrupted_bit_for_bit(synth, tmp_path, capsys):
     train(TrainOptions(tiny(6), synth, tmp_path / "full", progress=False, seed=5))
     part = train(TrainOptions(tiny(6), synth, tmp_path / "part", progress=False, seed=5, iters=3))
     assert part.iterations == 3
     # the run records its length: --resume alone finds it finished; --iters extends it
     again = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False))
     assert again.finished_before and again.iterations == 3
+    # a shorter --iters than the run has done: it said "finished (3 of 2 iterations)"
+    capsys.readouterr()
+    train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False, iters=2))
+    assert "is finished (3 iterations, more than --iters 2)" in capsys.readouterr().out
     resumed = train(TrainOptions(tiny(6), synth, tmp_path / "part", resume=True, progress=False, iters=6))
     assert resumed.iterations == 6
     a = torch.load(tmp_path / "full" / "checkpoints" / "iter_00000006.pt", weights_only=True)
@@ -143,8 +147,6 @@ def test_schedules():
 def test_validate_equals_the_per_sample_loop_it_replaced(synth, monkeypatch, capfd):
     """validate() runs evaluation.evaluate quietly in-process; the means are those of the plain
     loop (pipeline, then metrics.evaluate, per sample) to the last bit."""
-    import concurrent.futures
-
     import numpy as np
 
     from mattecli.data.manifest import read_manifest
@@ -166,7 +168,12 @@ def test_validate_equals_the_per_sample_loop_it_replaced(synth, monkeypatch, cap
     expected = {k: float(np.mean([sc[k] for sc in scores])) for k in scores[0]}
     model.train()
     capfd.readouterr()
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", None)  # no worker processes
+    # no worker processes. Patched where parallel.py looks it up: patching concurrent.futures made a
+    # first import of mattecli.parallel here bind None for good, and later pool tests of the same
+    # session failed with "'NoneType' object is not callable"
+    import mattecli.parallel
+
+    monkeypatch.setattr(mattecli.parallel, "ProcessPoolExecutor", None)
     assert validate(model, recipe, samples, torch.device("cpu")) == expected
     assert model.training  # restored
     assert capfd.readouterr() == ("", "")  # no progress bar, nothing printed

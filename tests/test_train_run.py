@@ -55,6 +55,19 @@ def test_a_folder_holding_a_run_is_refused_and_overwrite_clears_only_the_run(tmp
         ckpt.prepare_run_dir(tmp_path / "file", resume=False, overwrite=False)
 
 
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, synth):
+    """A typo in --data (or a bad --pretrained, a missing --tensorboard) with --overwrite removed the
+    old run, then refused to train."""
+    run = tmp_path / "run"
+    ckpt.write_record(run, ckpt.RunRecord(load_recipe("demo-indexnet").to_dict(), 0, str(synth)))
+    ckpt.save_checkpoint(run, {"iteration": 7}, 7)
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(tmp_path / "typo"), "--out", str(run),
+                         "--overwrite", "--device", "cpu")
+    assert code == 2 and "no train/manifest.csv" in text
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "recipe.json", "run.json"]
+    assert [i for i, _ in ckpt.checkpoints(run)] == [7]
+
+
 def test_checkpoints_are_ordered_by_iteration_not_by_name(tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()
@@ -64,6 +77,40 @@ def test_checkpoints_are_ordered_by_iteration_not_by_name(tmp_path):
     assert ckpt.latest_checkpoint(tmp_path).name == "iter_100000000.pt"
     ckpt.save_checkpoint(tmp_path, {"iteration": 100000001}, 100000001)
     assert [i for i, _ in ckpt.checkpoints(tmp_path)] == [99999999, 100000000, 100000001]  # the oldest pruned
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[:1000], lambda b: b"", lambda b: b"not a checkpoint"])
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, damage):
+    """A truncated checkpoint was torch.load's RuntimeError on --resume, an empty one click's bare
+    "Aborted!"."""
+    good = ckpt.save_checkpoint(tmp_path, {"model": {}, "optimizer": {}, "iteration": 2,
+                                           "torch_rng": torch.get_rng_state()}, 2)
+    assert ckpt.load_checkpoint(good)["iteration"] == 2
+    bad = tmp_path / "checkpoints" / "iter_00000004.pt"
+    bad.write_bytes(damage(good.read_bytes()))
+    with pytest.raises(UsageError, match=r"iter_00000004.pt: .*; remove it to resume from the checkpoint before it$"):
+        ckpt.load_checkpoint(bad)
+    ckpt.save_checkpoint(tmp_path, {"iteration": 6}, 6)
+    with pytest.raises(UsageError, match="iter_00000006.pt: not a matte training checkpoint"):
+        ckpt.load_checkpoint(tmp_path / "checkpoints" / "iter_00000006.pt")
+
+
+def test_a_training_checkpoint_given_as_pretrained_says_how_to_resume(tmp_path):
+    """It said `matte train --resume RUN_DIR`, which is no command line (--resume takes no value)."""
+    from mattecli.weights import load_torch_checkpoint
+
+    path = ckpt.save_checkpoint(tmp_path, {"model": {}, "optimizer": {}, "iteration": 2,
+                                           "torch_rng": torch.get_rng_state()}, 2)
+    with pytest.raises(UsageError, match=r"`matte train --recipe NAME --data DATA --out RUN_DIR --resume` continues"):
+        load_torch_checkpoint(path)
+
+
+def test_resume_drops_a_log_line_a_killed_run_cut_short(tmp_path):
+    """A run killed mid-append left half a line in log.jsonl: --resume was a JSONDecodeError."""
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"iter": 1, "loss": 0.5}\n{"iter": 2, "loss": 0.4}\n{"iter": 3, "lo')
+    assert loop._read_log(log, upto=2) == [{"iter": 1, "loss": 0.5}, {"iter": 2, "loss": 0.4}]
+    assert log.read_text() == '{"iter": 1, "loss": 0.5}\n{"iter": 2, "loss": 0.4}\n'
 
 
 def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
@@ -76,6 +123,8 @@ def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(run), "--resume",
                          "--set", "train.lr=0.5")
     assert code == 2 and "was started with another train.lr than this recipe gives" in text
+    # the values, so that the --set to resume with needs no look into recipe.json
+    assert "(the run's 0.01, now 0.5: resume with the run's settings, e.g. --set train.lr=0.01;" in text
     code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(run), "--resume",
                          "--seed", "4")
     assert code == 2 and "was started with --seed 3, not 4" in text
@@ -85,6 +134,19 @@ def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     assert (recipe.train.iters, seed, checkpoint) == (10, 3, None)
     options.iters = 25
     assert loop._resolve_run(options, run)[0].train.iters == 25
+    options.iters = 0  # was read as "not given": the recipe's whole length was trained
+    with pytest.raises(UsageError, match="--iters 0: a run needs at least one iteration"):
+        loop._resolve_run(options, run)
+    with pytest.raises(UsageError, match="--iters 0: a run needs at least one iteration"):
+        loop._resolve_run(TrainOptions(load_recipe("demo-indexnet"), synth, tmp_path / "new", iters=0), run)
+
+
+def test_negative_workers_is_a_usage_error(tmp_path, synth):
+    """--workers -1 was DataLoader's ValueError traceback, after the run folder was written."""
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),
+                         "--workers", "-1")
+    assert code == 2 and "--workers" in text
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
@@ -109,6 +171,31 @@ def test_batch_that_does_not_split_across_ranks_is_one_line(tmp_path, synth, mon
     monkeypatch.setattr(loop, "setup_distributed", lambda name: Dist(0, 0, 3, torch.device("cpu")))
     with pytest.raises(UsageError, match="batch size 4 does not split across 3 processes"):
         train(TrainOptions(load_recipe("demo-indexnet"), synth, tmp_path / "r", progress=False))
+
+
+@pytest.mark.parametrize("override,says", [
+    ("train.loss=l2", "recipe demo-a2u: train.loss must be one of dim, dim-a2u, l1, alpha, tcp, mmagic, got 'l2'"),
+    ("data.crop_size=40", "recipe demo-a2u: data.crop_size 40 is not a multiple of the model's stride 16"),
+])
+def test_what_only_training_reads_of_a_recipe_is_checked_before_any_work(tmp_path, synth, override, says):
+    """Were a KeyError after the first batch and a ValueError from the model's forward."""
+    code, text = run_cli("train", "--recipe", "demo-a2u", "--data", str(synth), "--out", str(tmp_path / "r"),
+                         "--device", "cpu", "--set", override)
+    assert (code, text) == (2, says)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_missing_validation_file_is_refused_before_training(tmp_path):
+    """It stopped the run at its first validation (a published recipe's: hours in)."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "data", n_train=2, n_test=2, size=64, seed=1)
+    (tmp_path / "data" / "test" / "trimap" / "syn0001.png").unlink()
+    code, text = run_cli("train", "--recipe", "demo-tcp", "--data", str(tmp_path / "data"), "--out",
+                         str(tmp_path / "r"), "--device", "cpu", "--batch-size", "2", "--set", "data.crop_size=32")
+    assert code == 2 and text.endswith("manifest.csv: 1 of the validation files it lists are missing, e.g. "
+                                       f"{tmp_path / 'data' / 'test' / 'trimap' / 'syn0001.png'}")
+    assert not (tmp_path / "r").exists()
 
 
 def session_for(recipe, model, tmp_path, batches_per_epoch=4):

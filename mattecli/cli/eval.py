@@ -16,7 +16,7 @@ def main(
     pred: Optional[Path] = typer.Option(None, "--pred", help="Folder of predicted alpha mattes (matched to --gt and --trimap by file stem)."),
     gt: Optional[Path] = typer.Option(None, "--gt", help="Folder of ground-truth alpha mattes (a 3-channel file uses its first channel)."),
     trimap: Optional[Path] = typer.Option(None, "--trimap", help="Folder of trimaps; the unknown region is exactly trimap == 128."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Run this model (.safetensors) on --data instead of reading --pred."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Run this model (.safetensors, .onnx or .engine) on --data instead of reading --pred."),
     data: Optional[Path] = typer.Option(None, "--data", help="A prepared split (e.g. OUT/test, with manifest.csv): images, alphas and trimaps."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnx or trt (default: from the weights file's suffix)."),
     device: str = typer.Option("auto", "--device", help="Device for --weights: auto (cuda when available, else cpu), cpu or cuda[:N]."),
@@ -169,6 +169,11 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
 def _split(data: Path) -> Path:
     if not Path(data).is_dir():
         raise UsageError(f"{data}: no such folder (--data)")
+    test = Path(data) / "test"
+    if not (Path(data) / "manifest.csv").is_file() and (test / "manifest.csv").is_file():
+        # the folder `matte train --data` takes: its root, where eval wants one split
+        raise UsageError(f"--data {data}: a prepared dataset with train/ and test/; give the split to "
+                         f"evaluate on, e.g. --data {test}")
     return data
 
 

@@ -17,7 +17,7 @@ def main(
                                                               "(default: the recipe's)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda "
                                "(under torchrun: one GPU per process)."),
-    workers: int = typer.Option(0, "--workers", help="Data-loading worker processes."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint, "
                                                         "with the length and seed it was started with."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Remove the run in --out and start again."),

@@ -119,7 +119,12 @@ def read_names(path: Path) -> list[str]:
     """A names file (one file name per line; CRLF or LF; blank lines ignored)."""
     if not path.is_file():
         raise UsageError(f"{path}: names file not found (is --root the unpacked dataset folder?)")
-    return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:  # Adobe's lists are ASCII: this one was edited or is another file
+        raise UsageError(f"{path}: names file is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                         f"offset {err.start})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def stem_of(name: str) -> str:
@@ -220,11 +225,14 @@ def run_job(job: ForegroundJob) -> JobResult:
     return JobResult(samples, errors, len(job.composites))
 
 
-def _ignore_sigint() -> None:
+def _worker_signals() -> None:
     import signal
+    import sys
 
-    # Ctrl-C goes to the parent, which stops the pool; workers dying mid-write leave only temp files.
+    # Ctrl-C goes to the parent, which stops the pool by terminating the workers (SIGTERM): they
+    # leave through Python, so that atomic_write removes the temp file of a write under way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
 
 def remove_stale_split_temps(split_dir: Path) -> None:
@@ -245,7 +253,7 @@ def run_jobs(jobs: list[ForegroundJob], workers: int, label: str) -> tuple[list[
     results: list[JobResult | None] = [None] * len(jobs)
     processes = workers if workers > 1 else 0
     # one foreground per task: foregrounds differ a lot in size, small tasks balance the workers
-    with track(total, label) as bar, pool(processes, processes=True, initializer=_ignore_sigint) as executor:
+    with track(total, label) as bar, pool(processes, processes=True, initializer=_worker_signals) as executor:
         for i, result in map_bounded(executor, _indexed_run, enumerate(jobs), limit=2 * processes or 1):
             results[i] = result
             bar.advance(result.done)
@@ -285,6 +293,24 @@ def _splits(split: str) -> list[str]:
     return ["train", "test"] if split == "all" else [split]
 
 
+def _require_backgrounds(split: str, coco: Path, voc: Path) -> None:
+    """The background folders of the splits asked for: `--split test` (Composition-1k's
+    evaluation) needs no COCO train2014 on disk."""
+    needed = {"train": (coco, "--coco"), "test": (voc, "--voc")}
+    for name in _splits(split):
+        _require_dir(*needed[name])
+
+
+def check_out(out: Path, splits: list[str]) -> None:
+    """One line, before any work, when `--out` or a split folder in it is a file or cannot be
+    written (it was a traceback from the first worker that wrote there)."""
+    from mattecli.imageio import check_out_dir
+
+    check_out_dir(out)
+    for name in splits:
+        check_out_dir(Path(out) / name)
+
+
 def _finish(out: Path, split: str, jobs: list[ForegroundJob], workers: int, label: str,
             report: PrepareReport) -> None:
     split_dir = out / split
@@ -312,10 +338,15 @@ def prepare_adobe(root: Path, coco: Path, voc: Path, out: Path, split: str = "al
         A PrepareReport; `errors` lists every failed input with its reason.
     """
     root = _require_dir(root, "--root")
-    bg_dirs = {"train": [_require_dir(coco, "--coco"), Path(voc)],
-               "test": [_require_dir(voc, "--voc"), Path(coco)]}
+    nested = root / "Combined_Dataset"
+    if nested.is_dir() and not any((root / s).is_dir() for s in ("Training_set", "Test_set")):
+        # the folder Adobe's archive unpacks to, one level above
+        raise UsageError(f"--root {root}: holds Combined_Dataset/; give --root {nested}")
+    bg_dirs = {"train": [Path(coco), Path(voc)], "test": [Path(voc), Path(coco)]}
+    _require_backgrounds(split, coco, voc)
     workers = workers or os.cpu_count() or 1
     out = Path(out)
+    check_out(out, _splits(split))
     report = PrepareReport({}, {}, [], [])
     for name in _splits(split):
         if name == "train":
@@ -369,10 +400,13 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
     `OUT/test/trimaps.json`.
     """
     root = _require_dir(root, "--root")
-    sources = {"train": (_require_dir(coco, "--coco"), "--coco"),
-               "test": (_require_dir(voc, "--voc"), "--voc")}
+    sources = {"train": (Path(coco), "--coco"), "test": (Path(voc), "--voc")}
+    _require_backgrounds(split, coco, voc)
     workers = workers or os.cpu_count() or 1
     out = Path(out)
+    check_out(out, _splits(split))
+    for name in _splits(split):
+        _check_seed(out / name, seed)
     report = PrepareReport({}, {}, [], [])
     for name in _splits(split):
         folder = _require_dir(root / name.capitalize(), "--root")
@@ -381,8 +415,10 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
         rng = np.random.default_rng(np.random.SeedSequence([seed, 646, int(name == "test")]))
         fg_names, _ = _names_file(split_dir / "fg_names.txt", lambda: _image_names(fg_dir))
         bg_dir, option = sources[name]
-        bg_names, _ = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
+        bg_names, drawn = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
             bg_dir, D646_PER_FG[name] * len(fg_names), rng, option))
+        if drawn:
+            atomic_write(split_dir / "seed.json", lambda tmp: tmp.write_text(json.dumps({"seed": seed}) + "\n"))
         jobs = plan_jobs(fg_names, bg_names, D646_PER_FG[name], [fg_dir], [gt_dir],
                          [bg_dir], split_dir, merged=(name == "test" or composite), trimap_dir=None,
                          names_file=split_dir / "bg_names.txt", alpha_per_composite=(name == "test"))
@@ -390,6 +426,18 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
         if name == "test":
             _d646_trimaps(split_dir, report, seed)
     return report
+
+
+def _check_seed(split_dir: Path, seed: int) -> None:
+    """A re-run finishes the split with the draw it started with: another --seed would mix two
+    draws under one record (it reused the first run's backgrounds and trimaps, and recorded the
+    new seed in trimaps.json)."""
+    record = split_dir / "seed.json"
+    if record.is_file():
+        earlier = json.loads(record.read_text()).get("seed")
+        if earlier != seed:
+            raise UsageError(f"--out {split_dir.parent}: its {split_dir.name} split was drawn with --seed {earlier}; "
+                             f"re-run with --seed {earlier} to finish it, or give another --out")
 
 
 D646_TRIMAP_RADII = (10, 25)  # ours: wide enough to cover hair, as Composition-1k's trimaps do

@@ -38,9 +38,12 @@ class Sample:
 
 
 def manifest_file(path: str | Path) -> Path:
-    """A split folder or the manifest itself -> the manifest path."""
+    """A split folder or the manifest itself -> the manifest path. A path that does not exist yet
+    is a folder unless it ends in `.csv` (a split whose every input failed, or `--test 0`, has no
+    folder yet: its manifest must not be written as a file named after the split)."""
     path = Path(path)
-    return path / "manifest.csv" if path.is_dir() else path
+    folder = path.is_dir() or (not path.exists() and path.suffix.lower() != ".csv")
+    return path / "manifest.csv" if folder else path
 
 
 def read_manifest(path: str | Path) -> list[Sample]:
@@ -50,7 +53,7 @@ def read_manifest(path: str | Path) -> list[Sample]:
         raise UsageError(f"{path}: no manifest.csv here (prepare the data with `matte prepare-data`)")
     root = path.parent
     samples = []
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a manifest saved by a spreadsheet starts with a BOM
         reader = csv.DictReader(f)
         missing = [c for c in ("name", "alpha") if c not in (reader.fieldnames or ())]
         if missing:
@@ -78,3 +81,9 @@ def write_manifest(path: str | Path, samples: list[Sample]) -> Path:
                 writer.writerow(row)
 
     return atomic_write(path, write)
+
+
+def missing_files(samples: list[Sample], columns) -> list[Path]:
+    """The files in `columns` of `samples` that are not there: training checks them before it
+    starts, not at the step (or the validation, hours in) that reads one."""
+    return [p for s in samples for c in columns if (p := getattr(s, c)) is not None and not p.is_file()]

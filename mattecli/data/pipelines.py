@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from mattecli.data import trimap as tri
-from mattecli.data.manifest import read_manifest
+from mattecli.data.manifest import manifest_file, missing_files, read_manifest
 from mattecli.errors import UsageError
 from mattecli.imageio import read_gray, read_image
 
@@ -137,14 +137,20 @@ class TrainingDataset(torch.utils.data.Dataset):
         if pipeline not in PIPELINES:
             raise UsageError(f"unknown data pipeline {pipeline!r} (known: {', '.join(PIPELINES)})")
         self.samples = read_manifest(manifest)
+        if not self.samples:  # it said "0 of 0 lack them, e.g. []"
+            raise UsageError(f"{manifest_file(manifest)}: the manifest lists no samples")
         reads = PIPELINES[pipeline].reads
         lacking = [s.name for s in self.samples if any(getattr(s, c) is None for c in reads)]
-        if lacking or not self.samples:
+        if lacking:
             hint = (" (prepare the split with `matte prepare-data ... --composite`)"
                     if "image" in reads else "")
             raise UsageError(f"{manifest}: the {pipeline} pipeline needs {', '.join(reads)} for every "
                              f"sample ({len(lacking)} of {len(self.samples)} lack them, e.g. "
                              f"{lacking[:1]}){hint}")
+        missing = missing_files(self.samples, reads)
+        if missing:
+            raise UsageError(f"{manifest_file(manifest)}: {len(missing)} of the files it lists are missing, "
+                             f"e.g. {missing[0]}")
         self.pipeline, self.crop_size, self.seed, self.epoch = pipeline, crop_size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mattecli.data.adobe import PrepareReport, adobe_blend
+from mattecli.data.adobe import PrepareReport, adobe_blend, check_out
 from mattecli.data.manifest import Sample, write_manifest
 from mattecli.data.trimap import grown_trimap
 from mattecli.imageio import write_png
@@ -158,6 +158,7 @@ def prepare_synthetic(out: Path, n_train: int = 16, n_test: int = 8, size: int =
         A PrepareReport (no inputs, so never any errors).
     """
     out = Path(out)
+    check_out(out, ["train", "test"])
     report = PrepareReport({}, {}, [], [])
     for split_id, (split, count) in enumerate((("train", n_train), ("test", n_test))):
         samples = []

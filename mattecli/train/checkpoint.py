@@ -51,9 +51,17 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict:
-    import torch
+    """A checkpoint's state. One damaged after it was written (a full disk, a copy cut short) is
+    one line naming it; it was torch.load's traceback, or click's bare "Aborted!" for an empty file."""
+    from mattecli.weights import _load_weights_only  # the one-line reasons of every torch.load
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = _load_weights_only(Path(path))
+        if not (isinstance(state, dict) and {"model", "optimizer", "iteration", "torch_rng"} <= set(state)):
+            raise UsageError(f"{path}: not a matte training checkpoint")
+    except UsageError as err:
+        raise UsageError(f"{err}; remove it to resume from the checkpoint before it") from None
+    return state
 
 
 def training_state(model, optimizer, scaler, iteration: int, best: dict | None, device) -> dict:
@@ -141,14 +149,19 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, clear: bool = 
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other: choose one")
     if overwrite and clear:
-        for name in RUN_FILES:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        clear_run(run_dir)
     elif not resume and not overwrite and holds_run(run_dir):
         done = checkpoints(run_dir)
         what = f"{done[-1][0]} iterations done" if done else "no checkpoint yet"
         raise UsageError(f"--out {run_dir} holds a run ({what}): use --resume to continue it, --overwrite to "
                          "start again, or another --out")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove the run's own files (`RUN_FILES`), nothing else in the folder (`--overwrite`)."""
+    for name in RUN_FILES:
+        path = Path(run_dir) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()

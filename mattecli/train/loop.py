@@ -196,7 +196,8 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
     record = ckpt.read_record(run_dir) if opts.resume else None
     checkpoint = ckpt.latest_checkpoint(run_dir) if opts.resume else None
     if record is None:
-        iters, seed = opts.iters or recipe.train.iters, opts.seed or 0
+        # `is None`, not `or`: --iters 0 trained the recipe's whole length instead of being refused
+        iters, seed = recipe.train.iters if opts.iters is None else opts.iters, opts.seed or 0
     else:
         given, recorded = _comparable(recipe.to_dict()), _comparable(record.recipe)
         if given["name"] != recorded["name"]:
@@ -204,15 +205,23 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
                              f"(--recipe {recorded['name']} continues it; another --out starts a new run)")
         key = ckpt.first_difference(recorded, given)
         if key is not None:
+            ran, now = (json.dumps(_dotted(d, key)) for d in (recorded, given))  # what --set would need
             raise UsageError(f"--resume: {run_dir} was started with another {key} than this recipe gives "
-                             "(resume with the run's settings; another --out starts a new run)")
+                             f"(the run's {ran}, now {now}: resume with the run's settings, e.g. "
+                             f"--set {key}={ran}; another --out starts a new run)")
         if opts.seed is not None and opts.seed != record.seed:
             raise UsageError(f"--resume: {run_dir} was started with --seed {record.seed}, not {opts.seed}")
-        iters, seed = opts.iters or record.recipe["train"]["iters"], record.seed
+        iters, seed = record.recipe["train"]["iters"] if opts.iters is None else opts.iters, record.seed
     if iters < 1:
         raise UsageError(f"--iters {iters}: a run needs at least one iteration")
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, iters=iters))
     return recipe, seed, checkpoint
+
+
+def _dotted(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 # --- the model and its optimiser -------------------------------------------------------------------
@@ -382,14 +391,26 @@ def train(opts: TrainOptions) -> TrainResult:
         _teardown(dist_info)
 
 
+def _check_recipe(recipe) -> None:
+    """What only training reads of a recipe, checked before any work (an unknown loss was a
+    KeyError after the first batch, a crop the model cannot take a ValueError from its forward)."""
+    if recipe.train.loss not in LOSSES:
+        raise UsageError(f"recipe {recipe.name}: train.loss must be one of {', '.join(LOSSES)}, "
+                         f"got {recipe.train.loss!r}")
+    if recipe.data.crop_size % recipe.infer.stride:
+        raise UsageError(f"recipe {recipe.name}: data.crop_size {recipe.data.crop_size} is not a multiple of "
+                         f"the model's stride {recipe.infer.stride}")
+
+
 def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     writer, device, world = dist_info.writer, dist_info.device, dist_info.world
+    _check_recipe(opts.recipe)
     if opts.recipe.train.batch_size % world:
         raise UsageError(f"batch size {opts.recipe.train.batch_size} does not split across {world} processes "
                          "(the recipe's batch is the global batch)")
-    ckpt.prepare_run_dir(run_dir, opts.resume, opts.overwrite, clear=writer)
-    if world > 1:
-        torch.distributed.barrier()  # rank 0 has cleared the folder (--overwrite) before anyone reads it
+    # the refusals only: --overwrite removes the old run once this one can start (a typo in --data
+    # or --pretrained removed it, then refused to train)
+    ckpt.prepare_run_dir(run_dir, opts.resume, opts.overwrite, clear=False)
     recipe, seed, checkpoint = _resolve_run(opts, run_dir)
     cfg = recipe.train
     if opts.resume and checkpoint is None and writer:
@@ -413,17 +434,24 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     batches_per_epoch = (len(dataset) // world) // per_rank_batch
     if batches_per_epoch == 0:
         raise UsageError(f"{train_dir}: {len(dataset)} samples are fewer than one batch of {cfg.batch_size}")
+    val_samples = _validation_samples(test_dir, opts.val_limit) if test_dir and recipe.data.val_every else []
+    if opts.overwrite and writer:
+        ckpt.clear_run(run_dir)
+    if world > 1:
+        torch.distributed.barrier()  # every rank has read what it needs before rank 0 writes or clears
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
 
-    session = Session(recipe, model, model, optimizer, scaler, device, dist_info, run_dir, batches_per_epoch)
+    session = Session(recipe, model, model, optimizer, scaler, device, dist_info, run_dir, batches_per_epoch,
+                      val_samples=val_samples)
     if checkpoint is not None:
         session.iteration, session.best = ckpt.restore_training_state(ckpt.load_checkpoint(checkpoint), model,
                                                                       optimizer, scaler, device)
         session.history = _read_log(run_dir / "log.jsonl", upto=session.iteration)
     if session.iteration >= cfg.iters:
         if writer:
-            print(f"matte train: {run_dir} is finished ({session.iteration} of {cfg.iters} iterations); "
-                  "--iters N with a larger N extends it")
+            done = (f"{session.iteration} of {cfg.iters} iterations" if session.iteration == cfg.iters else
+                    f"{session.iteration} iterations, more than --iters {cfg.iters}")  # not "200 of 30"
+            print(f"matte train: {run_dir} is finished ({done}); --iters N with a larger N extends it")
         last = session.history[-1]["loss"] if session.history else float("nan")
         return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True)
     if writer:
@@ -434,8 +462,6 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
         session.net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         session.net = torch.compile(session.net)
-    if test_dir and recipe.data.val_every:
-        session.val_samples = _validation_samples(test_dir, opts.val_limit)
     if opts.tensorboard and writer:
         from mattecli.train.curves import TensorBoardLog
 
@@ -468,10 +494,15 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
 
 
 def _validation_samples(test_dir: Path, limit: int):
-    from mattecli.data.manifest import read_manifest
+    from mattecli.data.manifest import manifest_file, missing_files, read_manifest
 
     samples = [s for s in read_manifest(test_dir) if s.image and s.trimap and s.alpha]
-    return samples[:limit] if limit else samples
+    samples = samples[:limit] if limit else samples
+    missing = missing_files(samples, ("image", "trimap", "alpha"))
+    if missing:  # else the first validation, perhaps hours in, stops the run
+        raise UsageError(f"{manifest_file(test_dir)}: {len(missing)} of the validation files it lists are "
+                         f"missing, e.g. {missing[0]}")
+    return samples
 
 
 def validate(model, recipe, samples, device) -> dict:
@@ -507,11 +538,21 @@ def _read_log(path: Path, upto: int) -> list[dict]:
     dropped from the file too, so the log of a resumed run equals an uninterrupted one."""
     if not path.is_file():
         return []
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [e for e in entries if e["iter"] <= upto]
-    if len(kept) != len(entries):
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [e for e in map(_log_entry, lines) if e is not None and e["iter"] <= upto]
+    if len(kept) != len(lines):
         path.write_text("".join(json.dumps(e) + "\n" for e in kept))
     return kept
+
+
+def _log_entry(line: str) -> dict | None:
+    """A log line, or None for the line a run killed mid-append cut short (it was a JSONDecodeError
+    on --resume)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("iter"), int) else None
 
 
 class _Progress:
