@@ -22,8 +22,10 @@ def atomic_write(path: str | Path, write) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
     try:  # from the first statement after mkstemp: a Ctrl-C during close or chmod left the file (seen in CI)
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
         write(Path(tmp))
+        # after the write: mkstemp creates 0600, and some writers (safetensors' save_file) replace
+        # the file with a 0600 one of their own; outputs get the usual permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
