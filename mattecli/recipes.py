@@ -33,6 +33,23 @@ def shipped(folder: str) -> Path:
 
 
 RECIPES_DIR = shipped("recipes")
+LOSS_NAMES = ("dim", "dim-a2u", "l1", "alpha", "tcp", "mmagic")  # mattecli.train.losses.LOSSES, without torch
+
+
+def _check_choices(config, **choices: tuple[str, ...]) -> None:
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+
+
+def _check_at_least(config, low: float, *names: str) -> None:
+    """A zero batch, stride or logging interval, or a negative size or rate, is a typo that would
+    otherwise surface as a ZeroDivisionError or an OpenCV assertion deep inside a run."""
+    for name in names:
+        values = getattr(config, name)
+        for value in values if isinstance(values, tuple) else (values,):
+            if value < low:
+                raise ValueError(f"{name} must be at least {low:g}, got {values!r}")
 
 
 @dataclass(frozen=True)
@@ -46,10 +63,9 @@ class DataConfig:
     val_metric: str = "sad"  # the metric that picks best.safetensors (lowest wins): sad | mse | grad | conn
 
     def __post_init__(self):
-        if self.val_unit not in ("iters", "epochs"):
-            raise ValueError(f"val_unit must be iters or epochs, got {self.val_unit!r}")
-        if self.val_metric not in ("sad", "mse", "grad", "conn"):
-            raise ValueError(f"val_metric must be sad, mse, grad or conn, got {self.val_metric!r}")
+        _check_choices(self, val_unit=("iters", "epochs"), val_metric=("sad", "mse", "grad", "conn"))
+        _check_at_least(self, 1, "crop_size")
+        _check_at_least(self, 0, "val_every")
 
 
 @dataclass(frozen=True)
@@ -86,10 +102,12 @@ class TrainConfig:
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        if self.pretrained not in ("imagenet", "none"):
-            raise ValueError(f"pretrained must be imagenet or none, got {self.pretrained!r}")
-        if self.milestone_unit not in ("iters", "epochs"):
-            raise ValueError(f"milestone_unit must be iters or epochs, got {self.milestone_unit!r}")
+        _check_choices(self, pretrained=("imagenet", "none"), milestone_unit=("iters", "epochs"),
+                       schedule=("multistep", "cosine"), loss=LOSS_NAMES,
+                       freeze_bn_scope=("backbone", "index-encoder"))
+        _check_at_least(self, 1, "iters", "batch_size", "log_every", "checkpoint_every")
+        _check_at_least(self, 0, "lr", "encoder_lr", "betas", "weight_decay", "milestones", "gamma",
+                        "warmup_iters", "grad_clip")
 
 
 @dataclass(frozen=True)
@@ -124,10 +142,12 @@ class InferConfig:
         return 3 + (3 if self.trimap == "onehot" else 1)
 
     def __post_init__(self):
-        for name, allowed in (("align", ("resize", "pad", "resize-down")), ("normalise", ("unit", "pixel")),
-                              ("known", ("copy", "force")), ("rounding", ("truncate", "half-even"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        _check_choices(self, align=("resize", "pad", "resize-down"), normalise=("unit", "pixel"),
+                       trimap=("scalar", "onehot"), known=("copy", "force"), rounding=("truncate", "half-even"))
+        _check_at_least(self, 1, "stride", "bytes_per_pixel")
+        _check_at_least(self, 0, "cuda_bytes_per_pixel", "cuda_half_bytes_per_pixel")
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std!r}")
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,30 @@ def test_set_overrides_any_value():
     ("train.iters=abc", "expected an integer"),
     ("model.index=foo", "index must be one of"),
     ("model.width_mult=1.4", "width_mult != 1"),
+    # each of these trained into a traceback (ZeroDivisionError, KeyError, an OpenCV assertion, a
+    # conv channel mismatch) or, stride 0, wrote weights that no command could run
+    ("infer.stride=0", "stride must be at least 1, got 0"),
+    ("infer.trimap=nope", "trimap must be one of scalar, onehot"),
+    ("infer.std=[0.2,0,0.2]", "std must be positive"),
+    ("data.crop_size=-5", "crop_size must be at least 1"),
+    ("train.batch_size=0", "batch_size must be at least 1"),
+    ("train.log_every=0", "log_every must be at least 1"),
+    ("train.checkpoint_every=0", "checkpoint_every must be at least 1"),
+    ("train.loss=nope", "loss must be one of dim, "),
+    ("train.schedule=nope", "schedule must be one of multistep, cosine"),
+    ("train.lr=-1", "lr must be at least 0"),
+    ("train.milestones=[10,-1]", r"milestones must be at least 0, got \(10, -1\)"),
 ])
 def test_bad_values_fail_naming_the_key(override, needle):
     with pytest.raises(UsageError, match=needle):
         load_recipe("indexnet-m2o-nl-ctx", [override])
+
+
+def test_the_loss_names_recipes_accept_are_the_losses_training_has():
+    from mattecli.recipes import LOSS_NAMES
+    from mattecli.train.losses import LOSSES
+
+    assert LOSS_NAMES == tuple(LOSSES)
 
 
 def test_only_one_base_level(tmp_path):
@@ -55,3 +75,4 @@ def test_the_network_input_has_rgb_and_the_trimaps_channels():
     from mattecli.recipes import InferConfig
 
     assert InferConfig(trimap="scalar").input_channels == 4 and InferConfig(trimap="onehot").input_channels == 6
+
