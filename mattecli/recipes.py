@@ -251,8 +251,10 @@ def recipe_path(name_or_path: str | Path) -> Path:
 def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UsageError(f"{path}: not valid YAML ({err})") from None
+    except yaml.YAMLError as err:  # its str() spans several lines, quoting the file
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or err})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a recipe is a mapping")
     return data
@@ -280,7 +282,9 @@ def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> R
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1]):
+            if not isinstance(node.get(key) or {}, dict):
+                raise UsageError(f"--set {text}: {'.'.join(keys[:depth + 1])} is a value, not a section")
             node[key] = dict(node.get(key) or {})
             node = node[key]
         node[keys[-1]] = value
@@ -288,7 +292,13 @@ def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> R
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise UsageError(f"recipe {name}: unknown key '{unknown[0]}' (known: {', '.join(sorted(allowed))})")
-    model = dict(raw.get("model") or {})
+    for key in ("name", "description"):
+        if not isinstance(raw.get(key, ""), str):
+            raise UsageError(f"recipe {name}: {key}: expected a string, got {raw[key]!r}")
+    model = raw.get("model") or {}
+    if not isinstance(model, dict):
+        raise UsageError(f"recipe {name}: model: expected a mapping, got {model!r}")
+    model = dict(model)
     family = model.pop("family", None)
     if family not in FAMILY_CONFIGS:
         raise UsageError(f"recipe {name}: model.family must be one of {', '.join(FAMILY_CONFIGS)}, got {family!r}")
@@ -309,6 +319,8 @@ def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str]
     path = recipe_path(name_or_path)
     raw = _read_yaml(path)
     base = raw.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise UsageError(f"{path}: base: expected a recipe name or path, got {base!r}")
     if base is not None:
         base_raw = _read_yaml(recipe_path(base))
         if "base" in base_raw:

@@ -76,3 +76,22 @@ def test_the_network_input_has_rgb_and_the_trimaps_channels():
 
     assert InferConfig(trimap="scalar").input_channels == 4 and InferConfig(trimap="onehot").input_channels == 6
 
+
+@pytest.mark.parametrize("text,needle", [
+    ("base: [tcp]\n", r"base: expected a recipe name or path, got \['tcp'\]"),
+    ("model: 5\n", "model: expected a mapping, got 5"),
+    ("name: 12\nmodel: {family: tcp}\n", "name: expected a string, got 12"),
+    ("model: {family: tcp}\ntrain:\n  lr: [1\n", r"not valid YAML at line 4, column 1 \(expected ',' or ']'"),
+])
+def test_a_malformed_recipe_file_fails_in_one_line_naming_it(tmp_path, text, needle):
+    """These were TypeErrors, or a YAML error over five lines quoting the file."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=needle) as err:
+        load_recipe(path)
+    assert "\n" not in str(err.value)
+
+
+def test_set_cannot_reach_inside_a_value():
+    with pytest.raises(UsageError, match="--set train.iters.x=2: train.iters is a value, not a section"):
+        load_recipe("demo-tcp", ["train.iters.x=2"])
