@@ -5,6 +5,7 @@ from mattecli.errors import UsageError
 from mattecli.models import build_model
 from mattecli.recipes import load_recipe
 from mattecli.weights import detect_indexnet_variant, import_indexnet_official, load_model, save_weights
+from tests.test_cli import run_main
 
 
 def official_checkpoint(path, name="indexnet-m2o-nl-ctx", with_counters=True, extra=None, drop=None):
@@ -82,3 +83,13 @@ def test_weights_file_without_recipe_is_refused(tmp_path):
 def test_detect_refuses_foreign_checkpoints():
     with pytest.raises(UsageError, match="does not look like"):
         detect_indexnet_variant({"conv1.weight": torch.zeros(1)})
+
+
+def test_convert_checks_out_before_reading_the_checkpoint(tmp_path):
+    """An --out that is a folder, or under a file, failed with a traceback after the conversion."""
+    (tmp_path / "w.safetensors").mkdir()
+    (tmp_path / "file").write_text("")
+    for out, said in (("w.safetensors", "is a folder, not a file"), ("file/w.safetensors", "is a file, not a folder")):
+        res = run_main("convert", tmp_path / "none.pth", "--from", "indexnet-official", "--out", tmp_path / out)
+        assert res.returncode == 2 and f"matte: error: --out {tmp_path / out.split('/')[0]}" in res.stderr, res.stderr
+        assert said in res.stderr and res.stderr.strip().count("\n") == 0

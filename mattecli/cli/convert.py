@@ -26,6 +26,7 @@ def main(
     """Import a released checkpoint: every source tensor consumed and every model tensor filled,
     or an error naming the keys. The recipe is stored in the weights file."""
     from mattecli.errors import UsageError
+    from mattecli.imageio import check_out_file
     from mattecli.models.layers import count_parameters
     from mattecli.weights import IMPORTERS, save_weights
 
@@ -33,6 +34,7 @@ def main(
         raise UsageError(f"--from {source}: unknown source (known: {', '.join(IMPORTERS)})")
     if out.suffix != ".safetensors":
         raise UsageError(f"--out {out}: weights files end in .safetensors")
+    check_out_file(out, "--out")  # before the checkpoint is read and converted
     model, rec = IMPORTERS[source](src, recipe)
     save_weights(model, rec, out)
     typer.echo(f"converted {src} ({source}) -> {out}: recipe {rec.name}, "
