@@ -91,6 +91,14 @@ def test_bench_usage_errors_are_one_line(weights, args, message):
     assert message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
 
 
+@pytest.mark.parametrize("e2e", [[], ["--e2e"]])
+def test_bench_checks_json_before_timing(tmp_path, weights, e2e):
+    """--json naming a folder failed with a traceback at the end of the whole run."""
+    res = run_main("bench", "--weights", weights, "--sizes", "32x32", "--json", tmp_path, *e2e)
+    assert res.returncode == 2 and f"--json {tmp_path}: is a folder, not a file" in res.stderr, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and not res.stdout
+
+
 def test_bench_refuses_missing_and_unsuitable_files(tmp_path):
     res = run_main("bench", "--weights", tmp_path / "none.safetensors")
     assert res.returncode == 2 and "no such weights file" in res.stderr and "Traceback" not in res.stderr

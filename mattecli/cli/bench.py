@@ -45,9 +45,12 @@ def main(
     from mattecli.bench import check_request, default_backends, run_bench
     from mattecli.cli.parsing import parse_backends, parse_sizes
     from mattecli.devices import resolve_device
+    from mattecli.imageio import check_out_file
     from mattecli.progress import progress_bar
 
     size_list = parse_sizes(sizes)
+    if json_out is not None:  # not after the whole run
+        check_out_file(json_out, "--json")
     device = resolve_device(device)
     if e2e:
         from mattecli.inference.backends import SUFFIX_TO_BACKEND
