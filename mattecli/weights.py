@@ -205,12 +205,28 @@ def _imported_model(state: dict, src, recipe_name: str | None, family: str, dete
     from mattecli.models import build_model
     from mattecli.recipes import load_recipe
 
-    recipe = load_recipe(recipe_name or detect(state))
+    if recipe_name is None:
+        try:
+            recipe_name = detect(state)
+        except UsageError as err:
+            raise _not_this_source(src, state, str(err)) from None
+    recipe = load_recipe(recipe_name)
     if recipe.family != family:
-        raise UsageError(f"--recipe {recipe.name} is a {recipe.family} recipe, not a {family} one")
+        raise UsageError(f"--recipe {recipe.name} is a {recipe.family} recipe; this source holds {family} tensors")
     model = build_model(recipe)
     load_state_strict(model, state, str(src))
     return model, recipe
+
+
+def _not_this_source(src, state: Mapping[str, object], reason: str) -> UsageError:
+    """`reason` with the file named and, when the tensors are another source's, that source's
+    `--from` (the usual slip: the right file, the wrong --from)."""
+    keys = {_strip_module(k) for k in state}
+    guess = ("mmagic" if any(k.startswith("backbone.encoder.") for k in keys)
+             else "a2u-official" if "bilinear0.bconv_U.1.weight" in keys
+             else "indexnet-official" if "layer0.0.weight" in keys and "decoder_layer0.dconv.0.weight" in keys
+             else None)
+    return UsageError(f"{src}: {reason}" + (f"; its tensors are those of --from {guess}" if guess else ""))
 
 
 def import_indexnet_official(src: str | Path, recipe_name: str | None = None):
@@ -303,7 +319,8 @@ def import_mmagic(src: str | Path, recipe_name: str | None = None):
         else:
             state[key] = tensor
     if unknown:
-        raise UsageError(f"{src}: {len(unknown)} tensor(s) that are not mmagic IndexNet's: {', '.join(unknown[:6])}")
+        raise _not_this_source(src, source, f"{len(unknown)} tensor(s) that are not mmagic IndexNet's: "
+                                            f"{', '.join(unknown[:6])}")
     if not state:
         raise UsageError(f"{src}: no mmagic IndexNet tensors (keys backbone.encoder.* / backbone.decoder.*)")
     model, recipe = _imported_model(state, src, recipe_name, "indexnet", detect_indexnet_variant)
@@ -381,7 +398,11 @@ def detect_a2u_variant(state_dict: Mapping[str, object]) -> str:
 
 def import_a2u_official(src: str | Path, recipe_name: str | None = None):
     """The A2U authors' released checkpoint (cs or cw) -> (model, recipe)."""
-    state = a2u_state_from_official(load_torch_checkpoint(src))
+    source = load_torch_checkpoint(src)
+    try:
+        state = a2u_state_from_official(source)
+    except UsageError as err:
+        raise _not_this_source(src, source, str(err)) from None
     return _imported_model(state, src, recipe_name, "a2u", detect_a2u_variant)
 
 # name -> (function(src, recipe_name) -> (model, recipe)); `matte convert --from NAME`

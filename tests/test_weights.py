@@ -93,3 +93,20 @@ def test_convert_checks_out_before_reading_the_checkpoint(tmp_path):
         res = run_main("convert", tmp_path / "none.pth", "--from", "indexnet-official", "--out", tmp_path / out)
         assert res.returncode == 2 and f"matte: error: --out {tmp_path / out.split('/')[0]}" in res.stderr, res.stderr
         assert said in res.stderr and res.stderr.strip().count("\n") == 0
+
+
+def test_the_wrong_from_names_the_file_and_the_source_its_tensors_fit(tmp_path):
+    """The usual slip, the right file with the wrong --from, said neither the file nor which --from."""
+    from mattecli.weights import import_a2u_official, import_mmagic
+    from tests.test_mmagic import mmagic_checkpoint
+
+    official_checkpoint(tmp_path / "indexnet.pth")
+    mmagic_checkpoint(tmp_path / "mmagic.pth")
+    torch.save({"state_dict": build_model(load_recipe("demo-a2u")).state_dict()}, tmp_path / "a2u.pth")
+    cases = [(import_a2u_official, "indexnet.pth", "indexnet-official"),
+             (import_mmagic, "indexnet.pth", "indexnet-official"),
+             (import_indexnet_official, "mmagic.pth", "mmagic"), (import_a2u_official, "mmagic.pth", "mmagic"),
+             (import_indexnet_official, "a2u.pth", "a2u-official"), (import_mmagic, "a2u.pth", "a2u-official")]
+    for importer, name, source in cases:
+        with pytest.raises(UsageError, match=f"^{tmp_path / name}: .*; its tensors are those of --from {source}$"):
+            importer(tmp_path / name)
