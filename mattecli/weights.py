@@ -151,8 +151,7 @@ def _load_weights_only(path: Path):
     with open(path, "rb") as f:
         head = f.read(9)
     if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
-        raise UsageError(f"{path}: a .safetensors file, not a torch checkpoint (a matte weights file "
-                         "needs no conversion: pass it to --weights)")
+        return _read_foreign_safetensors(path)
     head = head[:2]
     if head == b"PK" and not zipfile.is_zipfile(path):
         raise UsageError(f"{path}: a damaged zip archive (an interrupted download?), not a readable checkpoint")
@@ -170,6 +169,20 @@ def _load_weights_only(path: Path):
                 dropped.append((type(f"Dropped_{len(dropped)}", (_Dropped,), {}), found.group(1)))
                 continue
             raise UsageError(f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(text)}") from None
+
+
+def _read_foreign_safetensors(path: Path) -> dict:
+    """The tensors of a `.safetensors` file that matte did not write (a release republished in
+    that format): `--weights` refuses it for want of a recipe, so convert reads it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if "recipe" in (f.metadata() or {}):
+                raise UsageError(f"{path}: a matte weights file, which needs no conversion: pass it to --weights")
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
 
 
 def _unpickler_reason(text: str) -> str:

@@ -110,3 +110,17 @@ def test_the_wrong_from_names_the_file_and_the_source_its_tensors_fit(tmp_path):
     for importer, name, source in cases:
         with pytest.raises(UsageError, match=f"^{tmp_path / name}: .*; its tensors are those of --from {source}$"):
             importer(tmp_path / name)
+
+
+def test_a_release_republished_as_safetensors_converts(tmp_path):
+    """--weights refused a .safetensors without a recipe ('use matte convert') and convert refused
+    it as 'a matte weights file': a dead end between two commands."""
+    from safetensors.torch import save_file
+
+    reference = official_checkpoint(tmp_path / "c.pth")
+    save_file({f"module.{k}": v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "c.safetensors")
+    model, recipe = import_indexnet_official(tmp_path / "c.safetensors")
+    assert recipe.name == "indexnet-m2o-nl-ctx"
+    x = torch.randn(1, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), reference(x))
