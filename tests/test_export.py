@@ -485,6 +485,9 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["--weights", "{tmp}/missing.safetensors"], "missing.safetensors: no such weights file"),
     (["--format", "tflite"], "--format tflite: unknown format"),
+    # was "not a readable .safetensors file (Error while deserializing header: header too large)"
+    (["--weights", "{tmp}/m.onnx", "--out", "{tmp}/n.onnx"], "m.onnx: an exported .onnx model; export from the "
+                                                              ".safetensors weights file it came from"),
     (["--opt-shape", "1920by1088"], "--opt-shape: '1920by1088' is not WIDTHxHEIGHT"),
     (["--verify", "--verify-sizes", "64x"], "--verify-sizes: '64x' is not WIDTHxHEIGHT"),
     (["--opset", "13"], "--opset 13: choose 17 to 20"),
