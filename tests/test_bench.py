@@ -82,6 +82,10 @@ def test_bench_onnx_from_safetensors(tmp_path, weights, one_thread):
     (["--backends", "torch,tf"], "unknown backend 'tf'"),
     (["--sizes", "1920by1080"], "WIDTHxHEIGHT"),
     (["--half"], "--half needs --device cuda"),
+    # each was silently ignored: a "--compile" row timed the eager model
+    (["--compile", "--count", "2", "--sizes", "32x32", "--backends", "torch"], "--count, --compile: with --e2e only"),
+    (["--e2e", "--repeat", "9", "--sizes", "32x32", "--count", "1"],
+     "--repeat: for the model rows; --e2e times --count images"),
     (["--backends", "trt"], "use --device cuda" if importlib.util.find_spec("tensorrt")
      else "TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)"),
 ])

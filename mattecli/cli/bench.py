@@ -8,6 +8,7 @@ import typer
 
 
 def main(
+    ctx: typer.Context,
     weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (ONNX graph and TensorRT engine "
                                  "are exported from it into a temporary folder), an .onnx graph or an .engine."),
     backends: str = typer.Option(None, "--backends", help="Comma-separated, any of torch, onnx, trt (default: "
@@ -48,6 +49,7 @@ def main(
     from mattecli.imageio import check_out_file
     from mattecli.progress import progress_bar
 
+    _check_mode(ctx, e2e)
     size_list = parse_sizes(sizes)
     if json_out is not None:  # not after the whole run
         check_out_file(json_out, "--json")
@@ -84,6 +86,25 @@ def main(
                   soft_wrap=True)
     if failed:
         raise typer.Exit(1)
+
+
+# options each mode reads; given to the other, they were silently ignored (a "--compile" model row was eager)
+_E2E_ONLY = ("save", "count", "workers", "compile")
+_MODEL_ROWS_ONLY = ("repeat", "warmup")
+
+
+def _check_mode(ctx: typer.Context, e2e: bool) -> None:
+    from mattecli.errors import UsageError
+
+    unused = _MODEL_ROWS_ONLY if e2e else _E2E_ONLY
+    # by the source's name: typer 0.29 vendors click, so ParameterSource has no stable import path
+    given = [f"--{name}" for name in unused if ctx.get_parameter_source(name).name != "DEFAULT"]
+    if given and e2e:
+        raise UsageError(f"{', '.join(given)}: for the model rows; --e2e times --count images per size after "
+                         "four untimed ones")
+    if given:
+        raise UsageError(f"{', '.join(given)}: with --e2e only (the model rows time one backend call on a "
+                         "prepared input)")
 
 
 def _e2e(weights, names, size_list, device, half, compile, save, count, workers, json_out) -> None:
