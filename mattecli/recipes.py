@@ -322,7 +322,8 @@ def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str]
     if base is not None and not isinstance(base, str):
         raise UsageError(f"{path}: base: expected a recipe name or path, got {base!r}")
     if base is not None:
-        base_raw = _read_yaml(recipe_path(base))
+        beside = path.parent / base  # a file named by a relative path sits beside the recipe, wherever matte runs
+        base_raw = _read_yaml(recipe_path(beside if beside.suffix in (".yaml", ".yml") and beside.is_file() else base))
         if "base" in base_raw:
             raise UsageError(f"{path}: base recipe '{base}' has a base itself; only one level is allowed")
         base_raw.pop("description", None)

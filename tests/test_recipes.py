@@ -95,3 +95,13 @@ def test_a_malformed_recipe_file_fails_in_one_line_naming_it(tmp_path, text, nee
 def test_set_cannot_reach_inside_a_value():
     with pytest.raises(UsageError, match="--set train.iters.x=2: train.iters is a value, not a section"):
         load_recipe("demo-tcp", ["train.iters.x=2"])
+
+
+def test_a_base_file_is_found_beside_the_recipe_wherever_matte_runs(tmp_path, monkeypatch):
+    """`base: mine.yaml` was looked up in the current folder, so the recipe only loaded from its own."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "mine.yaml").write_text("model: {family: tcp, width: 0.25}\ntrain:\n  lr: 0.5\n")
+    (tmp_path / "exp" / "child.yaml").write_text("base: mine.yaml\ntrain:\n  iters: 7\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("exp/child.yaml")
+    assert (recipe.model.width, recipe.train.lr, recipe.train.iters) == (0.25, 0.5, 7)
