@@ -46,11 +46,17 @@ def test_set_overrides_any_value():
     ("train.loss=nope", "loss must be one of dim, "),
     ("train.schedule=nope", "schedule must be one of multistep, cosine"),
     ("train.lr=-1", "lr must be at least 0"),
+    ("model.decoder_kernel_size=4", "decoder_kernel_size must be odd and positive, got 4"),  # 64x64 -> 63x63
     ("train.milestones=[10,-1]", r"milestones must be at least 0, got \(10, -1\)"),
 ])
 def test_bad_values_fail_naming_the_key(override, needle):
     with pytest.raises(UsageError, match=needle):
         load_recipe("indexnet-m2o-nl-ctx", [override])
+
+
+def test_a_parameter_free_indexnet_needs_a_positive_width():
+    with pytest.raises(UsageError, match="width_mult must be positive, got -1.0"):
+        load_recipe("indexnet-unet-bilinear", ["model.width_mult=-1"])
 
 
 def test_the_loss_names_recipes_accept_are_the_losses_training_has():
