@@ -131,11 +131,19 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
     short = {"upload + prepare": "prepare", "restore + download": "restore", "foreground": "fg"}
     for col in ("size", "img/s", "wall/decode", *[short.get(s, s) for s in STAGES]):
         table.add_column(col, justify="left" if col == "size" else "right")
+    failed = [r for r in report["rows"] if "error" in r]
     for r in report["rows"]:
-        table.add_row(r["size"], f"{r['images_per_s']:.2f}", f"{r['wall_over_decode']:.2f}",
-                      *[f"{r['stages'][s]['ms_per_image']:.0f}" for s in STAGES])
+        if "error" in r:
+            table.add_row(r["size"], "failed", *[""] * (1 + len(STAGES)))
+        else:
+            table.add_row(r["size"], f"{r['images_per_s']:.2f}", f"{r['wall_over_decode']:.2f}",
+                          *[f"{r['stages'][s]['ms_per_image']:.0f}" for s in STAGES])
     Console().print(table)
     print("stage columns: ms per image (prepare: upload + prepare, restore: restore + download, fg: foreground); "
           "decode, foreground and encode run in the workers, overlapping the model, so stages add up to more "
           "than the wall time when overlap works; wall/decode: the run's wall time over decoding the same files "
           "one after the other")
+    for r in failed:
+        err.print(f"matte bench --e2e: {r['size']}: {r['error']}", markup=False, highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
