@@ -249,12 +249,13 @@ def recipe_path(name_or_path: str | Path) -> Path:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
+    try:  # bytes: PyYAML reads UTF-8 and UTF-16 by their marks and names any other encoding's bytes
+        data = yaml.safe_load(path.read_bytes())
     except yaml.YAMLError as err:  # its str() spans several lines, quoting the file
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UsageError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or err})") from None
+        reason = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise UsageError(f"{path}: not valid YAML{where} ({reason})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a recipe is a mapping")
     return data

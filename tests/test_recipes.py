@@ -98,6 +98,16 @@ def test_a_malformed_recipe_file_fails_in_one_line_naming_it(tmp_path, text, nee
     assert "\n" not in str(err.value)
 
 
+def test_a_recipe_in_another_encoding_is_read_or_named(tmp_path):
+    """A Latin-1 file raised a UnicodeDecodeError traceback; UTF-16 (with its mark) is read."""
+    (tmp_path / "latin.yaml").write_bytes("model: {family: tcp}\ndescription: \u00e9t\u00e9\n".encode("latin-1"))
+    with pytest.raises(UsageError, match=r"latin.yaml: not valid YAML \(unacceptable character") as err:
+        load_recipe(tmp_path / "latin.yaml")
+    assert "\n" not in str(err.value)
+    (tmp_path / "u16.yaml").write_text("model: {family: tcp}\ndescription: \u00e9t\u00e9\n", encoding="utf-16")
+    assert load_recipe(tmp_path / "u16.yaml").description == "\u00e9t\u00e9"
+
+
 def test_set_cannot_reach_inside_a_value():
     with pytest.raises(UsageError, match="--set train.iters.x=2: train.iters is a value, not a section"):
         load_recipe("demo-tcp", ["train.iters.x=2"])
