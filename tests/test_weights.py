@@ -124,3 +124,11 @@ def test_a_release_republished_as_safetensors_converts(tmp_path):
     x = torch.randn(1, 4, 32, 32)
     with torch.no_grad():
         assert torch.equal(model.eval()(x), reference(x))
+
+
+def test_convert_takes_an_uppercase_suffix_as_every_command_does(tmp_path):
+    """--out W.SAFETENSORS was refused ('weights files end in .safetensors'); infer and export take it."""
+    official_checkpoint(tmp_path / "c.pth")
+    res = run_main("convert", tmp_path / "c.pth", "--from", "indexnet-official", "--out", tmp_path / "W.SAFETENSORS")
+    assert res.returncode == 0, res.stderr
+    assert load_model(tmp_path / "W.SAFETENSORS")[1].name == "indexnet-m2o-nl-ctx"

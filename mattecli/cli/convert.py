@@ -32,7 +32,7 @@ def main(
 
     if source not in IMPORTERS:
         raise UsageError(f"--from {source}: unknown source (known: {', '.join(IMPORTERS)})")
-    if out.suffix != ".safetensors":
+    if out.suffix.lower() != ".safetensors":  # as every command reads suffixes
         raise UsageError(f"--out {out}: weights files end in .safetensors")
     check_out_file(out, "--out")  # before the checkpoint is read and converted
     model, rec = IMPORTERS[source](src, recipe)
