@@ -32,8 +32,9 @@ def save_weights(model, recipe, path: str | Path, metadata: dict[str, str] | Non
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
-def read_weights(path: str | Path):
-    """-> (recipe, state_dict) of a weights file."""
+def read_weights(path: str | Path, tensors: bool = True):
+    """-> (recipe, state_dict) of a weights file; `tensors=False` reads the recipe alone (the
+    state_dict is then empty): a cheap check that the file is usable."""
     from safetensors import SafetensorError, safe_open
 
     from mattecli.recipes import recipe_from_dict
@@ -44,7 +45,7 @@ def read_weights(path: str | Path):
     try:
         with safe_open(str(path), framework="pt") as f:  # one read for metadata and tensors
             meta = f.metadata() or {}
-            state = {name: f.get_tensor(name) for name in f.keys()}
+            state = {name: f.get_tensor(name) for name in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as err:
         raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
     if "recipe" not in meta:

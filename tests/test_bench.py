@@ -103,6 +103,17 @@ def test_bench_checks_json_before_timing(tmp_path, weights, e2e):
     assert res.stderr.strip().count("\n") == 0 and not res.stdout
 
 
+def test_bench_refuses_weights_without_a_recipe_before_any_row(tmp_path):
+    """It ran every row, each failing with the same reason, and exited 1 (or 2 after a progress bar)."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "foreign.safetensors")
+    res = run_main("bench", "--weights", tmp_path / "foreign.safetensors", "--backends", "torch", "--sizes", "32x32")
+    assert res.returncode == 2 and "foreign.safetensors: no recipe in the metadata" in res.stderr, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and not res.stdout
+
+
 def test_bench_refuses_missing_and_unsuitable_files(tmp_path):
     res = run_main("bench", "--weights", tmp_path / "none.safetensors")
     assert res.returncode == 2 and "no such weights file" in res.stderr and "Traceback" not in res.stderr
