@@ -59,6 +59,10 @@ def check_options(opts: ExportOptions) -> None:
     if not MIN_OPSET <= opts.opset <= MAX_OPSET:
         raise UsageError(f"--opset {opts.opset}: choose {MIN_OPSET} to {MAX_OPSET} (TensorRT-ready graphs need "
                          f"{MIN_OPSET} or later; torch's exporter writes up to {MAX_OPSET})")
+    given = Path(opts.weights).suffix.lower()
+    if SUFFIX_TO_BACKEND.get(given, "torch") != "torch":  # else read_weights says "not a readable .safetensors"
+        raise UsageError(f"--weights {opts.weights}: an exported {given} model; export from the .safetensors "
+                         "weights file it came from")
     suffix = Path(opts.out).suffix.lower()
     implied = SUFFIX_TO_BACKEND.get(suffix, opts.format)  # an unknown suffix contradicts nothing
     if implied != opts.format:

@@ -84,8 +84,9 @@ def check_profile(min_shape, opt_shape, max_shape) -> None:
         if len(shape) != 2 or any(int(s) <= 0 for s in shape):
             raise UsageError(f"--{name}-shape {shape}: expected HxW with positive sides")
     if not all(a <= b <= c for a, b, c in zip(min_shape, opt_shape, max_shape)):
-        raise UsageError(f"shapes must satisfy min <= opt <= max in both H and W, got {min_shape}, "
-                         f"{opt_shape}, {max_shape}")
+        given = ", ".join(f"--{name}-shape {w}x{h}" for name, (h, w) in
+                          zip(("min", "opt", "max"), (min_shape, opt_shape, max_shape)))
+        raise UsageError(f"{given}: need min <= opt <= max in both width and height")
 
 
 def _parser_error(err) -> str:

@@ -33,6 +33,11 @@ class IndexNetConfig:
         if self.index in LEARNED and self.width_mult != 1.0:
             # The authors' index blocks have hard-coded channel counts; so do ours.
             raise ValueError("width_mult != 1 is only available for the parameter-free index variants")
+        if self.width_mult <= 0:
+            raise ValueError(f"width_mult must be positive, got {self.width_mult}")
+        if self.decoder_kernel_size < 1 or self.decoder_kernel_size % 2 == 0:
+            # an even kernel's 'same' padding loses a pixel per decoder stage: 64x64 in, 63x63 out
+            raise ValueError(f"decoder_kernel_size must be odd and positive, got {self.decoder_kernel_size}")
 
 
 # --- A2U (models/a2u.py) -----------------------------------------------------------------------

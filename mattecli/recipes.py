@@ -33,6 +33,23 @@ def shipped(folder: str) -> Path:
 
 
 RECIPES_DIR = shipped("recipes")
+LOSS_NAMES = ("dim", "dim-a2u", "l1", "alpha", "tcp", "mmagic")  # mattecli.train.losses.LOSSES, without torch
+
+
+def _check_choices(config, **choices: tuple[str, ...]) -> None:
+    for name, allowed in choices.items():
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+
+
+def _check_at_least(config, low: float, *names: str) -> None:
+    """A zero batch, stride or logging interval, or a negative size or rate, is a typo that would
+    otherwise surface as a ZeroDivisionError or an OpenCV assertion deep inside a run."""
+    for name in names:
+        values = getattr(config, name)
+        for value in values if isinstance(values, tuple) else (values,):
+            if value < low:
+                raise ValueError(f"{name} must be at least {low:g}, got {values!r}")
 
 
 @dataclass(frozen=True)
@@ -46,11 +63,9 @@ class DataConfig:
     val_metric: str = "sad"  # the metric that picks best.safetensors (lowest wins): sad | mse | grad | conn
 
     def __post_init__(self):
-        if self.val_unit not in ("iters", "epochs"):
-            raise ValueError(f"val_unit must be iters or epochs, got {self.val_unit!r}")
-        if self.val_metric not in ("sad", "mse", "grad", "conn"):
-            raise ValueError(f"val_metric must be sad, mse, grad or conn, got {self.val_metric!r}")
-        _check_at_least(self, crop_size=1, val_every=0)
+        _check_choices(self, val_unit=("iters", "epochs"), val_metric=("sad", "mse", "grad", "conn"))
+        _check_at_least(self, 1, "crop_size")
+        _check_at_least(self, 0, "val_every")
 
 
 @dataclass(frozen=True)
@@ -87,21 +102,12 @@ class TrainConfig:
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        if self.pretrained not in ("imagenet", "none"):
-            raise ValueError(f"pretrained must be imagenet or none, got {self.pretrained!r}")
-        if self.milestone_unit not in ("iters", "epochs"):
-            raise ValueError(f"milestone_unit must be iters or epochs, got {self.milestone_unit!r}")
-        if self.schedule not in ("multistep", "cosine"):
-            raise ValueError(f"schedule must be multistep or cosine, got {self.schedule!r}")
-        _check_at_least(self, iters=1, batch_size=1, log_every=1, checkpoint_every=1, warmup_iters=0)
-
-
-def _check_at_least(config, **least: int) -> None:
-    """Counts a run divides by or steps through (`--set train.log_every=0` was a ZeroDivisionError
-    after the first step, `--batch-size 0` one before it)."""
-    for name, low in least.items():
-        if getattr(config, name) < low:
-            raise ValueError(f"{name} must be at least {low}, got {getattr(config, name)}")
+        _check_choices(self, pretrained=("imagenet", "none"), milestone_unit=("iters", "epochs"),
+                       schedule=("multistep", "cosine"), loss=LOSS_NAMES,
+                       freeze_bn_scope=("backbone", "index-encoder"))
+        _check_at_least(self, 1, "iters", "batch_size", "log_every", "checkpoint_every")
+        _check_at_least(self, 0, "lr", "encoder_lr", "betas", "weight_decay", "milestones", "gamma",
+                        "warmup_iters", "grad_clip")
 
 
 @dataclass(frozen=True)
@@ -136,11 +142,12 @@ class InferConfig:
         return 3 + (3 if self.trimap == "onehot" else 1)
 
     def __post_init__(self):
-        for name, allowed in (("align", ("resize", "pad", "resize-down")), ("normalise", ("unit", "pixel")),
-                              ("known", ("copy", "force")), ("rounding", ("truncate", "half-even"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        _check_at_least(self, stride=1)
+        _check_choices(self, align=("resize", "pad", "resize-down"), normalise=("unit", "pixel"),
+                       trimap=("scalar", "onehot"), known=("copy", "force"), rounding=("truncate", "half-even"))
+        _check_at_least(self, 1, "stride", "bytes_per_pixel")
+        _check_at_least(self, 0, "cuda_bytes_per_pixel", "cuda_half_bytes_per_pixel")
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std!r}")
 
 
 @dataclass(frozen=True)
@@ -242,10 +249,13 @@ def recipe_path(name_or_path: str | Path) -> Path:
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UsageError(f"{path}: not valid YAML ({err})") from None
+    try:  # bytes: PyYAML reads UTF-8 and UTF-16 by their marks and names any other encoding's bytes
+        data = yaml.safe_load(path.read_bytes())
+    except yaml.YAMLError as err:  # its str() spans several lines, quoting the file
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise UsageError(f"{path}: not valid YAML{where} ({reason})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a recipe is a mapping")
     return data
@@ -273,9 +283,9 @@ def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> R
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
-        for i, key in enumerate(keys[:-1]):
-            if not isinstance(node.get(key) or {}, dict):  # `--set train.lr.x=1`, or `train=1` then `train.lr=...`
-                raise UsageError(f"--set {text!r}: {'.'.join(keys[:i + 1])} is a value, not a section")
+        for depth, key in enumerate(keys[:-1]):
+            if not isinstance(node.get(key) or {}, dict):
+                raise UsageError(f"--set {text}: {'.'.join(keys[:depth + 1])} is a value, not a section")
             node[key] = dict(node.get(key) or {})
             node = node[key]
         node[keys[-1]] = value
@@ -283,7 +293,13 @@ def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> R
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise UsageError(f"recipe {name}: unknown key '{unknown[0]}' (known: {', '.join(sorted(allowed))})")
-    model = dict(raw.get("model") or {})
+    for key in ("name", "description"):
+        if not isinstance(raw.get(key, ""), str):
+            raise UsageError(f"recipe {name}: {key}: expected a string, got {raw[key]!r}")
+    model = raw.get("model") or {}
+    if not isinstance(model, dict):
+        raise UsageError(f"recipe {name}: model: expected a mapping, got {model!r}")
+    model = dict(model)
     family = model.pop("family", None)
     if family not in FAMILY_CONFIGS:
         raise UsageError(f"recipe {name}: model.family must be one of {', '.join(FAMILY_CONFIGS)}, got {family!r}")
@@ -304,8 +320,11 @@ def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str]
     path = recipe_path(name_or_path)
     raw = _read_yaml(path)
     base = raw.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise UsageError(f"{path}: base: expected a recipe name or path, got {base!r}")
     if base is not None:
-        base_raw = _read_yaml(recipe_path(base))
+        beside = path.parent / base  # a file named by a relative path sits beside the recipe, wherever matte runs
+        base_raw = _read_yaml(recipe_path(beside if beside.suffix in (".yaml", ".yml") and beside.is_file() else base))
         if "base" in base_raw:
             raise UsageError(f"{path}: base recipe '{base}' has a base itself; only one level is allowed")
         base_raw.pop("description", None)

@@ -32,8 +32,9 @@ def save_weights(model, recipe, path: str | Path, metadata: dict[str, str] | Non
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
-def read_weights(path: str | Path):
-    """-> (recipe, state_dict) of a weights file."""
+def read_weights(path: str | Path, tensors: bool = True):
+    """-> (recipe, state_dict) of a weights file; `tensors=False` reads the recipe alone (the
+    state_dict is then empty): a cheap check that the file is usable."""
     from safetensors import SafetensorError, safe_open
 
     from mattecli.recipes import recipe_from_dict
@@ -44,7 +45,7 @@ def read_weights(path: str | Path):
     try:
         with safe_open(str(path), framework="pt") as f:  # one read for metadata and tensors
             meta = f.metadata() or {}
-            state = {name: f.get_tensor(name) for name in f.keys()}
+            state = {name: f.get_tensor(name) for name in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError) as err:
         raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
     if "recipe" not in meta:
@@ -152,8 +153,7 @@ def _load_weights_only(path: Path):
     with open(path, "rb") as f:
         head = f.read(9)
     if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
-        raise UsageError(f"{path}: a .safetensors file, not a torch checkpoint (a matte weights file "
-                         "needs no conversion: pass it to --weights)")
+        return _read_foreign_safetensors(path)
     head = head[:2]
     if head == b"PK" and not zipfile.is_zipfile(path):
         raise UsageError(f"{path}: a damaged zip archive (an interrupted download?), not a readable checkpoint")
@@ -171,6 +171,20 @@ def _load_weights_only(path: Path):
                 dropped.append((type(f"Dropped_{len(dropped)}", (_Dropped,), {}), found.group(1)))
                 continue
             raise UsageError(f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(text)}") from None
+
+
+def _read_foreign_safetensors(path: Path) -> dict:
+    """The tensors of a `.safetensors` file that matte did not write (a release republished in
+    that format): `--weights` refuses it for want of a recipe, so convert reads it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if "recipe" in (f.metadata() or {}):
+                raise UsageError(f"{path}: a matte weights file, which needs no conversion: pass it to --weights")
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
 
 
 def _unpickler_reason(text: str) -> str:
@@ -206,12 +220,28 @@ def _imported_model(state: dict, src, recipe_name: str | None, family: str, dete
     from mattecli.models import build_model
     from mattecli.recipes import load_recipe
 
-    recipe = load_recipe(recipe_name or detect(state))
+    if recipe_name is None:
+        try:
+            recipe_name = detect(state)
+        except UsageError as err:
+            raise _not_this_source(src, state, str(err)) from None
+    recipe = load_recipe(recipe_name)
     if recipe.family != family:
-        raise UsageError(f"--recipe {recipe.name} is a {recipe.family} recipe, not a {family} one")
+        raise UsageError(f"--recipe {recipe.name} is a {recipe.family} recipe; this source holds {family} tensors")
     model = build_model(recipe)
     load_state_strict(model, state, str(src))
     return model, recipe
+
+
+def _not_this_source(src, state: Mapping[str, object], reason: str) -> UsageError:
+    """`reason` with the file named and, when the tensors are another source's, that source's
+    `--from` (the usual slip: the right file, the wrong --from)."""
+    keys = {_strip_module(k) for k in state}
+    guess = ("mmagic" if any(k.startswith("backbone.encoder.") for k in keys)
+             else "a2u-official" if "bilinear0.bconv_U.1.weight" in keys
+             else "indexnet-official" if "layer0.0.weight" in keys and "decoder_layer0.dconv.0.weight" in keys
+             else None)
+    return UsageError(f"{src}: {reason}" + (f"; its tensors are those of --from {guess}" if guess else ""))
 
 
 def import_indexnet_official(src: str | Path, recipe_name: str | None = None):
@@ -304,7 +334,8 @@ def import_mmagic(src: str | Path, recipe_name: str | None = None):
         else:
             state[key] = tensor
     if unknown:
-        raise UsageError(f"{src}: {len(unknown)} tensor(s) that are not mmagic IndexNet's: {', '.join(unknown[:6])}")
+        raise _not_this_source(src, source, f"{len(unknown)} tensor(s) that are not mmagic IndexNet's: "
+                                            f"{', '.join(unknown[:6])}")
     if not state:
         raise UsageError(f"{src}: no mmagic IndexNet tensors (keys backbone.encoder.* / backbone.decoder.*)")
     model, recipe = _imported_model(state, src, recipe_name, "indexnet", detect_indexnet_variant)
@@ -382,7 +413,11 @@ def detect_a2u_variant(state_dict: Mapping[str, object]) -> str:
 
 def import_a2u_official(src: str | Path, recipe_name: str | None = None):
     """The A2U authors' released checkpoint (cs or cw) -> (model, recipe)."""
-    state = a2u_state_from_official(load_torch_checkpoint(src))
+    source = load_torch_checkpoint(src)
+    try:
+        state = a2u_state_from_official(source)
+    except UsageError as err:
+        raise _not_this_source(src, source, str(err)) from None
     return _imported_model(state, src, recipe_name, "a2u", detect_a2u_variant)
 
 # name -> (function(src, recipe_name) -> (model, recipe)); `matte convert --from NAME`

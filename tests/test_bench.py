@@ -82,6 +82,10 @@ def test_bench_onnx_from_safetensors(tmp_path, weights, one_thread):
     (["--backends", "torch,tf"], "unknown backend 'tf'"),
     (["--sizes", "1920by1080"], "WIDTHxHEIGHT"),
     (["--half"], "--half needs --device cuda"),
+    # each was silently ignored: a "--compile" row timed the eager model
+    (["--compile", "--count", "2", "--sizes", "32x32", "--backends", "torch"], "--count, --compile: with --e2e only"),
+    (["--e2e", "--repeat", "9", "--sizes", "32x32", "--count", "1"],
+     "--repeat: for the model rows; --e2e times --count images"),
     (["--backends", "trt"], "use --device cuda" if importlib.util.find_spec("tensorrt")
      else "TensorRT is not installed (pip install tensorrt on a machine with an NVIDIA GPU)"),
 ])
@@ -89,6 +93,25 @@ def test_bench_usage_errors_are_one_line(weights, args, message):
     res = run_main("bench", "--weights", weights, *args)
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and res.stderr.strip().count("\n") == 0, res.stderr
+
+
+@pytest.mark.parametrize("e2e", [[], ["--e2e"]])
+def test_bench_checks_json_before_timing(tmp_path, weights, e2e):
+    """--json naming a folder failed with a traceback at the end of the whole run."""
+    res = run_main("bench", "--weights", weights, "--sizes", "32x32", "--json", tmp_path, *e2e)
+    assert res.returncode == 2 and f"--json {tmp_path}: is a folder, not a file" in res.stderr, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and not res.stdout
+
+
+def test_bench_refuses_weights_without_a_recipe_before_any_row(tmp_path):
+    """It ran every row, each failing with the same reason, and exited 1 (or 2 after a progress bar)."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "foreign.safetensors")
+    res = run_main("bench", "--weights", tmp_path / "foreign.safetensors", "--backends", "torch", "--sizes", "32x32")
+    assert res.returncode == 2 and "foreign.safetensors: no recipe in the metadata" in res.stderr, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and not res.stdout
 
 
 def test_bench_refuses_missing_and_unsuitable_files(tmp_path):

@@ -220,3 +220,14 @@ def test_infer_compile_writes_what_eager_writes_and_says_it_compiles(tmp_path):
     for name in ("a", "b"):
         a, b = read_gray(tmp_path / "eager" / f"{name}.png"), read_gray(tmp_path / "compiled" / f"{name}.png")
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float rounding, at most one level
+
+
+def test_recipes_name_prints_a_description_in_any_language_as_written(tmp_path):
+    """YAML's default escaped it: description: "\\xE9t\\xE9 \\u2014 fin"."""
+    from mattecli.recipes import load_recipe
+
+    (tmp_path / "mine.yaml").write_text("model: {family: tcp}\ndescription: été — fin\n", encoding="utf-8")
+    text = matte("recipes", tmp_path / "mine.yaml").stdout
+    assert "description: été — fin\n" in text
+    (tmp_path / "again.yaml").write_text(text, encoding="utf-8")
+    assert load_recipe(tmp_path / "again.yaml").description == "été — fin"

@@ -182,3 +182,27 @@ def test_max_memory_tiles_on_cuda_from_the_recipe_figure():
                         max_bytes=pass_bytes(300, 400, recipe.infer, per_pixel) // 2, bytes_per_pixel=per_pixel)
     alpha, how = pipeline.run(image, trimap)
     assert how.startswith("tiled") and alpha.shape == (300, 400) and alpha.dtype == np.uint8
+
+
+def test_bench_e2e_names_a_failing_size_and_times_the_others(tmp_path, monkeypatch, capsys):
+    """A size the model cannot run (a static graph's other sizes) ended the run with a RuntimeError
+    traceback naming a generated file; it is now a failed row, as in the model rows, and exit 1."""
+    from exporters.onnx import to_onnx
+    from mattecli.cli import main
+    from mattecli.recipes import load_recipe
+
+    class Null(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 3:4] * 1.0
+
+    graph = to_onnx(Null(), tmp_path / "static.onnx", recipe=load_recipe("indexnet-m2o-nl-ctx"), dynamic=False,
+                    size=(64, 64))
+    monkeypatch.setattr(sys, "argv", ["matte", "bench", "--weights", str(graph), "--e2e", "--sizes", "96x64,64x64",
+                                      "--count", "1", "--device", "cpu", "--json", str(tmp_path / "e.json")])
+    with pytest.raises(SystemExit) as done:
+        main()
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and "matte bench --e2e: 96x64: 1 of 1 images failed: " in err, err
+    assert "exported for 64x64 input only" in err and "Traceback" not in err
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert [r["size"] for r in rows] == ["96x64", "64x64"] and "error" in rows[0] and rows[1]["images_per_s"] > 0

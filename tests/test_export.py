@@ -485,12 +485,17 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, message", [
     (["--weights", "{tmp}/missing.safetensors"], "missing.safetensors: no such weights file"),
     (["--format", "tflite"], "--format tflite: unknown format"),
+    # was "not a readable .safetensors file (Error while deserializing header: header too large)"
+    (["--weights", "{tmp}/m.onnx", "--out", "{tmp}/n.onnx"], "m.onnx: an exported .onnx model; export from the "
+                                                              ".safetensors weights file it came from"),
     (["--opt-shape", "1920by1088"], "--opt-shape: '1920by1088' is not WIDTHxHEIGHT"),
     (["--verify", "--verify-sizes", "64x"], "--verify-sizes: '64x' is not WIDTHxHEIGHT"),
     (["--opset", "13"], "--opset 13: choose 17 to 20"),
     (["--opset", "21"], "--opset 21: choose 17 to 20"),
     (["--static", "--verify", "--verify-sizes", "64x64"], "--verify-sizes 64x64: a static graph runs at --opt-shape"),
-    (["--min-shape", "640x640", "--opt-shape", "320x320"], "min <= opt <= max"),
+    # WIDTHxHEIGHT as given, not (H, W) tuples: "got (480, 640), (320, 320), (2176, 3840)"
+    (["--min-shape", "640x480", "--opt-shape", "320x320"],
+     "--min-shape 640x480, --opt-shape 320x320, --max-shape 3840x2176: need min <= opt <= max in both width and height"),
     (["--out", "{tmp}/m.engine"], "m.engine: a .engine file is not what --format onnx writes (use .onnx, or "
                                   "--format trt)"),
     (["--format", "trt", "--out", "{tmp}/m.onnx"], "a .onnx file is not what --format trt writes (use .engine or "

@@ -77,3 +77,19 @@ def test_remove_stale_temps_spares_young_ones(tmp_path):
     old.write_text(""), young.write_text("")
     os.utime(old, (1, 1))
     assert remove_stale_temps(tmp_path, older_than=3600) == 1 and not old.exists() and young.exists()
+
+
+def test_weights_files_get_the_usual_permissions(tmp_path):
+    """safetensors' save_file replaces the file it writes with a 0600 one, so every weights file
+    matte wrote (train, convert) was unreadable to the rest of a group or a serving user."""
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    recipe = load_recipe("demo-tcp")
+    umask = os.umask(0o022)
+    try:
+        weights = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+    finally:
+        os.umask(umask)
+    assert _mode(weights) == 0o644

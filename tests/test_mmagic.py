@@ -175,7 +175,7 @@ def test_convert_given_other_files_says_what_they_are_in_one_line(tmp_path):
     save_weights(build_model(load_recipe("indexnet-unet-bilinear")), load_recipe("indexnet-unet-bilinear"),
                  tmp_path / "w.safetensors")
     expected = {"photo.png": "not a PyTorch checkpoint", "notes.txt": "not a PyTorch checkpoint",
-                "w.safetensors": "needs no conversion", ".": "a folder",
+                "w.safetensors": "a matte weights file, which needs no conversion", ".": "a folder",
                 "cut.pth": "damaged zip archive", "iter_00000300.pt": "matte training checkpoint (iteration 300)"}
     for name, said in expected.items():
         res = run_main("convert", tmp_path / name, "--from", "mmagic", "--out", tmp_path / "o.safetensors")

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from mattecli.errors import UsageError
@@ -34,19 +36,38 @@ def test_set_overrides_any_value():
     ("train.iters=abc", "expected an integer"),
     ("model.index=foo", "index must be one of"),
     ("model.width_mult=1.4", "width_mult != 1"),
-    # were tracebacks from the training loop (ZeroDivisionError, ValueError, a conv's RuntimeError)
-    ("train.log_every=0", "log_every must be at least 1, got 0"),
-    ("train.checkpoint_every=0", "checkpoint_every must be at least 1"),
+    # each of these trained into a traceback (ZeroDivisionError, KeyError, an OpenCV assertion, a
+    # conv channel mismatch) or, stride 0, wrote weights that no command could run
+    ("infer.stride=0", "stride must be at least 1, got 0"),
+    ("infer.trimap=nope", "trimap must be one of scalar, onehot"),
+    ("infer.std=[0.2,0,0.2]", "std must be positive"),
+    ("data.crop_size=-5", "crop_size must be at least 1"),
     ("train.batch_size=0", "batch_size must be at least 1"),
+    ("train.log_every=0", "log_every must be at least 1"),
+    ("train.checkpoint_every=0", "checkpoint_every must be at least 1"),
+    ("train.loss=nope", "loss must be one of dim, "),
+    ("train.schedule=nope", "schedule must be one of multistep, cosine"),
+    ("train.lr=-1", "lr must be at least 0"),
+    ("model.decoder_kernel_size=4", "decoder_kernel_size must be odd and positive, got 4"),  # 64x64 -> 63x63
+    ("train.milestones=[10,-1]", r"milestones must be at least 0, got \(10, -1\)"),
     ("train.warmup_iters=-5", "warmup_iters must be at least 0"),
-    ("data.crop_size=-3", "crop_size must be at least 1"),
     ("data.val_every=-1", "val_every must be at least 0"),
-    ("train.schedule=step", "schedule must be multistep or cosine, got 'step'"),
-    ("infer.stride=0", "stride must be at least 1"),
 ])
 def test_bad_values_fail_naming_the_key(override, needle):
     with pytest.raises(UsageError, match=needle):
         load_recipe("indexnet-m2o-nl-ctx", [override])
+
+
+def test_a_parameter_free_indexnet_needs_a_positive_width():
+    with pytest.raises(UsageError, match="width_mult must be positive, got -1.0"):
+        load_recipe("indexnet-unet-bilinear", ["model.width_mult=-1"])
+
+
+def test_the_loss_names_recipes_accept_are_the_losses_training_has():
+    from mattecli.recipes import LOSS_NAMES
+    from mattecli.train.losses import LOSSES
+
+    assert LOSS_NAMES == tuple(LOSSES)
 
 
 def test_only_one_base_level(tmp_path):
@@ -66,9 +87,47 @@ def test_the_network_input_has_rgb_and_the_trimaps_channels():
     assert InferConfig(trimap="scalar").input_channels == 4 and InferConfig(trimap="onehot").input_channels == 6
 
 
-@pytest.mark.parametrize("overrides", [["train.lr.x=1"], ["train=1", "train.batch_size=2"]])
-def test_set_below_a_value_is_a_usage_error(overrides):
-    """`--set train=1 --batch-size 2` was TypeError: 'int' object is not iterable."""
-    with pytest.raises(UsageError,
-                       match=r"--set 'train\.(lr\.x|batch_size)=.*': train(\.lr)? is a value, not a section"):
+@pytest.mark.parametrize("overrides,needle", [
+    (["train.lr.x=1"], "--set train.lr.x=1: train.lr is a value"),
+    (["train.iters.x=2"], "--set train.iters.x=2: train.iters is a value"),
+    (["train=1", "train.batch_size=2"], "--set train.batch_size=2: train is a value"),
+])
+def test_set_below_a_value_is_a_usage_error(overrides, needle):
+    """`--set train=1 --batch-size 2` was TypeError: 'int' object is not iterable; `train.iters.x=2` a ValueError."""
+    with pytest.raises(UsageError, match=re.escape(needle) + ", not a section"):
         load_recipe("demo-indexnet", overrides)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("base: [tcp]\n", r"base: expected a recipe name or path, got \['tcp'\]"),
+    ("model: 5\n", "model: expected a mapping, got 5"),
+    ("name: 12\nmodel: {family: tcp}\n", "name: expected a string, got 12"),
+    ("model: {family: tcp}\ntrain:\n  lr: [1\n", r"not valid YAML at line 4, column 1 \(expected ',' or ']'"),
+])
+def test_a_malformed_recipe_file_fails_in_one_line_naming_it(tmp_path, text, needle):
+    """These were TypeErrors, or a YAML error over five lines quoting the file."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError, match=needle) as err:
+        load_recipe(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_recipe_in_another_encoding_is_read_or_named(tmp_path):
+    """A Latin-1 file raised a UnicodeDecodeError traceback; UTF-16 (with its mark) is read."""
+    (tmp_path / "latin.yaml").write_bytes("model: {family: tcp}\ndescription: \u00e9t\u00e9\n".encode("latin-1"))
+    with pytest.raises(UsageError, match=r"latin.yaml: not valid YAML \(unacceptable character") as err:
+        load_recipe(tmp_path / "latin.yaml")
+    assert "\n" not in str(err.value)
+    (tmp_path / "u16.yaml").write_text("model: {family: tcp}\ndescription: \u00e9t\u00e9\n", encoding="utf-16")
+    assert load_recipe(tmp_path / "u16.yaml").description == "\u00e9t\u00e9"
+
+
+def test_a_base_file_is_found_beside_the_recipe_wherever_matte_runs(tmp_path, monkeypatch):
+    """`base: mine.yaml` was looked up in the current folder, so the recipe only loaded from its own."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "mine.yaml").write_text("model: {family: tcp, width: 0.25}\ntrain:\n  lr: 0.5\n")
+    (tmp_path / "exp" / "child.yaml").write_text("base: mine.yaml\ntrain:\n  iters: 7\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("exp/child.yaml")
+    assert (recipe.model.width, recipe.train.lr, recipe.train.iters) == (0.25, 0.5, 7)

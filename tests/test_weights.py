@@ -5,6 +5,7 @@ from mattecli.errors import UsageError
 from mattecli.models import build_model
 from mattecli.recipes import load_recipe
 from mattecli.weights import detect_indexnet_variant, import_indexnet_official, load_model, save_weights
+from tests.test_cli import run_main
 
 
 def official_checkpoint(path, name="indexnet-m2o-nl-ctx", with_counters=True, extra=None, drop=None):
@@ -82,3 +83,52 @@ def test_weights_file_without_recipe_is_refused(tmp_path):
 def test_detect_refuses_foreign_checkpoints():
     with pytest.raises(UsageError, match="does not look like"):
         detect_indexnet_variant({"conv1.weight": torch.zeros(1)})
+
+
+def test_convert_checks_out_before_reading_the_checkpoint(tmp_path):
+    """An --out that is a folder, or under a file, failed with a traceback after the conversion."""
+    (tmp_path / "w.safetensors").mkdir()
+    (tmp_path / "file").write_text("")
+    for out, said in (("w.safetensors", "is a folder, not a file"), ("file/w.safetensors", "is a file, not a folder")):
+        res = run_main("convert", tmp_path / "none.pth", "--from", "indexnet-official", "--out", tmp_path / out)
+        assert res.returncode == 2 and f"matte: error: --out {tmp_path / out.split('/')[0]}" in res.stderr, res.stderr
+        assert said in res.stderr and res.stderr.strip().count("\n") == 0
+
+
+def test_the_wrong_from_names_the_file_and_the_source_its_tensors_fit(tmp_path):
+    """The usual slip, the right file with the wrong --from, said neither the file nor which --from."""
+    from mattecli.weights import import_a2u_official, import_mmagic
+    from tests.test_mmagic import mmagic_checkpoint
+
+    official_checkpoint(tmp_path / "indexnet.pth")
+    mmagic_checkpoint(tmp_path / "mmagic.pth")
+    torch.save({"state_dict": build_model(load_recipe("demo-a2u")).state_dict()}, tmp_path / "a2u.pth")
+    cases = [(import_a2u_official, "indexnet.pth", "indexnet-official"),
+             (import_mmagic, "indexnet.pth", "indexnet-official"),
+             (import_indexnet_official, "mmagic.pth", "mmagic"), (import_a2u_official, "mmagic.pth", "mmagic"),
+             (import_indexnet_official, "a2u.pth", "a2u-official"), (import_mmagic, "a2u.pth", "a2u-official")]
+    for importer, name, source in cases:
+        with pytest.raises(UsageError, match=f"^{tmp_path / name}: .*; its tensors are those of --from {source}$"):
+            importer(tmp_path / name)
+
+
+def test_a_release_republished_as_safetensors_converts(tmp_path):
+    """--weights refused a .safetensors without a recipe ('use matte convert') and convert refused
+    it as 'a matte weights file': a dead end between two commands."""
+    from safetensors.torch import save_file
+
+    reference = official_checkpoint(tmp_path / "c.pth")
+    save_file({f"module.{k}": v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "c.safetensors")
+    model, recipe = import_indexnet_official(tmp_path / "c.safetensors")
+    assert recipe.name == "indexnet-m2o-nl-ctx"
+    x = torch.randn(1, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), reference(x))
+
+
+def test_convert_takes_an_uppercase_suffix_as_every_command_does(tmp_path):
+    """--out W.SAFETENSORS was refused ('weights files end in .safetensors'); infer and export take it."""
+    official_checkpoint(tmp_path / "c.pth")
+    res = run_main("convert", tmp_path / "c.pth", "--from", "indexnet-official", "--out", tmp_path / "W.SAFETENSORS")
+    assert res.returncode == 0, res.stderr
+    assert load_model(tmp_path / "W.SAFETENSORS")[1].name == "indexnet-m2o-nl-ctx"

@@ -8,6 +8,7 @@ import typer
 
 
 def main(
+    ctx: typer.Context,
     weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (ONNX graph and TensorRT engine "
                                  "are exported from it into a temporary folder), an .onnx graph or an .engine."),
     backends: str = typer.Option(None, "--backends", help="Comma-separated, any of torch, onnx, trt (default: "
@@ -45,9 +46,13 @@ def main(
     from mattecli.bench import check_request, default_backends, run_bench
     from mattecli.cli.parsing import parse_backends, parse_sizes
     from mattecli.devices import resolve_device
+    from mattecli.imageio import check_out_file
     from mattecli.progress import progress_bar
 
+    _check_mode(ctx, e2e)
     size_list = parse_sizes(sizes)
+    if json_out is not None:  # not after the whole run
+        check_out_file(json_out, "--json")
     device = resolve_device(device)
     if e2e:
         from mattecli.inference.backends import SUFFIX_TO_BACKEND
@@ -83,6 +88,25 @@ def main(
         raise typer.Exit(1)
 
 
+# options each mode reads; given to the other, they were silently ignored (a "--compile" model row was eager)
+_E2E_ONLY = ("save", "count", "workers", "compile")
+_MODEL_ROWS_ONLY = ("repeat", "warmup")
+
+
+def _check_mode(ctx: typer.Context, e2e: bool) -> None:
+    from mattecli.errors import UsageError
+
+    unused = _MODEL_ROWS_ONLY if e2e else _E2E_ONLY
+    # by the source's name: typer 0.29 vendors click, so ParameterSource has no stable import path
+    given = [f"--{name}" for name in unused if ctx.get_parameter_source(name).name != "DEFAULT"]
+    if given and e2e:
+        raise UsageError(f"{', '.join(given)}: for the model rows; --e2e times --count images per size after "
+                         "four untimed ones")
+    if given:
+        raise UsageError(f"{', '.join(given)}: with --e2e only (the model rows time one backend call on a "
+                         "prepared input)")
+
+
 def _e2e(weights, names, size_list, device, half, compile, save, count, workers, json_out) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -107,11 +131,19 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
     short = {"upload + prepare": "prepare", "restore + download": "restore", "foreground": "fg"}
     for col in ("size", "img/s", "wall/decode", *[short.get(s, s) for s in STAGES]):
         table.add_column(col, justify="left" if col == "size" else "right")
+    failed = [r for r in report["rows"] if "error" in r]
     for r in report["rows"]:
-        table.add_row(r["size"], f"{r['images_per_s']:.2f}", f"{r['wall_over_decode']:.2f}",
-                      *[f"{r['stages'][s]['ms_per_image']:.0f}" for s in STAGES])
+        if "error" in r:
+            table.add_row(r["size"], "failed", *[""] * (1 + len(STAGES)))
+        else:
+            table.add_row(r["size"], f"{r['images_per_s']:.2f}", f"{r['wall_over_decode']:.2f}",
+                          *[f"{r['stages'][s]['ms_per_image']:.0f}" for s in STAGES])
     Console().print(table)
     print("stage columns: ms per image (prepare: upload + prepare, restore: restore + download, fg: foreground); "
           "decode, foreground and encode run in the workers, overlapping the model, so stages add up to more "
           "than the wall time when overlap works; wall/decode: the run's wall time over decoding the same files "
           "one after the other")
+    for r in failed:
+        err.print(f"matte bench --e2e: {r['size']}: {r['error']}", markup=False, highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)

@@ -26,13 +26,15 @@ def main(
     """Import a released checkpoint: every source tensor consumed and every model tensor filled,
     or an error naming the keys. The recipe is stored in the weights file."""
     from mattecli.errors import UsageError
+    from mattecli.imageio import check_out_file
     from mattecli.models.layers import count_parameters
     from mattecli.weights import IMPORTERS, save_weights
 
     if source not in IMPORTERS:
         raise UsageError(f"--from {source}: unknown source (known: {', '.join(IMPORTERS)})")
-    if out.suffix != ".safetensors":
+    if out.suffix.lower() != ".safetensors":  # as every command reads suffixes
         raise UsageError(f"--out {out}: weights files end in .safetensors")
+    check_out_file(out, "--out")  # before the checkpoint is read and converted
     model, rec = IMPORTERS[source](src, recipe)
     save_weights(model, rec, out)
     typer.echo(f"converted {src} ({source}) -> {out}: recipe {rec.name}, "

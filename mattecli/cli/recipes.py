@@ -34,7 +34,7 @@ def recipe_text(name: str, as_json: bool = False) -> str:
     if as_json:
         return json.dumps(resolved, indent=1) + "\n"
     return (f"# {recipe.name}, resolved from {recipe_path(name)}\n"
-            + yaml.safe_dump(resolved, sort_keys=False, width=100))
+            + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True))
 
 
 def main(name: str = typer.Argument(None, metavar="[NAME]",
