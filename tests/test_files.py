@@ -29,19 +29,6 @@ def test_manifest_gets_the_permissions_of_every_other_output(tmp_path):
     assert [p.name for p in (tmp_path / "split").iterdir() if p.name.startswith(".")] == []
 
 
-def test_a_writer_that_makes_its_file_anew_still_gets_the_usual_permissions(tmp_path):
-    """safetensors' save_file replaces the file it is given with a 0600 one, so every weights file
-    (matte train, convert) was unreadable to other users: the mode is now set after the write."""
-    from safetensors.numpy import save_file
-
-    umask = os.umask(0o022)
-    try:
-        path = atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"a": np.zeros(2)}, str(tmp)))
-    finally:
-        os.umask(umask)
-    assert _mode(path) == 0o644
-
-
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "report.json"
     path.write_text("old")

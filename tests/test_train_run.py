@@ -174,11 +174,12 @@ def test_batch_that_does_not_split_across_ranks_is_one_line(tmp_path, synth, mon
 
 
 @pytest.mark.parametrize("override,says", [
-    ("train.loss=l2", "recipe demo-a2u: train.loss must be one of dim, dim-a2u, l1, alpha, tcp, mmagic, got 'l2'"),
+    ("train.loss=l2", "recipe demo-a2u: train: loss must be one of dim, dim-a2u, l1, alpha, tcp, mmagic, got 'l2'"),
     ("data.crop_size=40", "recipe demo-a2u: data.crop_size 40 is not a multiple of the model's stride 16"),
 ])
 def test_what_only_training_reads_of_a_recipe_is_checked_before_any_work(tmp_path, synth, override, says):
-    """Were a KeyError after the first batch and a ValueError from the model's forward."""
+    """Were a KeyError after the first batch and a ValueError from the model's forward (the loss is
+    the recipe's own check)."""
     code, text = run_cli("train", "--recipe", "demo-a2u", "--data", str(synth), "--out", str(tmp_path / "r"),
                          "--device", "cpu", "--set", override)
     assert (code, text) == (2, says)
