@@ -137,7 +137,7 @@ def test_schedules():
     assert [lr_factor(iters, i, per_epoch) for i in (3, 4)] == pytest.approx([1, 0.1])
     from mattecli.errors import UsageError
 
-    with pytest.raises(UsageError, match="milestone_unit must be iters or epochs"):
+    with pytest.raises(UsageError, match="milestone_unit must be one of iters, epochs, got .weeks."):
         load_recipe("indexnet-m2o-nl-ctx", ["train.milestone_unit=weeks"])
     cos = load_recipe("indexnet-m2o-nl-ctx", ["train.schedule=cosine", "train.warmup_iters=10", "train.iters=110"]).train
     assert lr_factor(cos, 0) == pytest.approx(0.1) and lr_factor(cos, 10) == pytest.approx(1.0)
