@@ -30,6 +30,29 @@ def test_help_lists_every_subcommand_without_importing_torch():
         assert name in out
 
 
+@pytest.mark.parametrize("args,says", [
+    (["infer", "--imgaes", "x"], "No such option: --imgaes (Possible options: --images, --masks, --trimaps) "
+                                 "(see matte infer --help)"),
+    (["trimap", "--masks", ".", "--out", "t", "--workers", "0"],
+     "Invalid value for '--workers': Input should be greater than or equal to 1 (see matte trimap --help)"),
+    (["eval", "--pred"], "Option '--pred' requires an argument. (see matte eval --help)"),  # click gives no context
+    (["prepare-data", "synthetic", "--train", "x"], "(see matte prepare-data synthetic --help)"),
+    (["bogus"], "No such command 'bogus'. (see matte --help)"),
+])
+def test_a_mistake_in_the_command_line_is_one_line(args, says):
+    """click printed these in three lines (usage, a hint, the error)."""
+    code = f"import sys; sys.argv = ['matte', *{args!r}]; from mattecli.cli import main; main()"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and res.stderr.startswith("matte: error: ")
+    assert res.stderr.rstrip().endswith(says), res.stderr
+
+
+def test_a_bare_command_still_shows_its_help():
+    for args in ([], ["prepare-data"]):
+        res = run_main(*args)
+        assert res.returncode == 2 and "Usage:" in res.stdout + res.stderr and "Commands" in res.stdout + res.stderr
+
+
 def test_the_runtime_never_imports_the_export_tooling():
     """`mattecli.inference` (what runs a model) must not depend on `exporters` (what writes one):
     every import statement in its modules, those inside functions included, is checked."""

@@ -9,7 +9,46 @@ import typer
 
 from mattecli.errors import InputError, UsageError
 
+try:  # typer 0.2x carries its own copy of click
+    from typer._click.exceptions import UsageError as _ClickUsageError
+except ImportError:
+    from click.exceptions import UsageError as _ClickUsageError
+from typer.core import TyperGroup
+
+
+class _OneLineUsage(TyperGroup):
+    """click shows a mistake in the command line (an unknown option, a value that does not parse)
+    in three lines: the usage, a hint and the error. matte's errors are one line, the error, naming
+    the command's --help. A bare command that shows its help (`matte prepare-data`) still does."""
+
+    def parse_args(self, ctx, args):
+        with _one_line_usage(ctx):
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        with _one_line_usage(ctx):  # a subcommand's own parsing happens inside its group's invoke
+            return super().invoke(ctx)
+
+
+class _one_line_usage:
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if not isinstance(err, _ClickUsageError) or type(err).__name__ == "NoArgsIsHelpError":
+            return False
+        if err.ctx is not None:
+            where = err.ctx.command_path
+        else:  # some parse errors carry no context: the subcommand being parsed, if any
+            where = " ".join(filter(None, (self.ctx.command_path, self.ctx.invoked_subcommand)))
+        raise UsageError(f"{err.format_message()} (see {where} --help)") from None
+
+
 app = typer.Typer(
+    cls=_OneLineUsage,
     name="matte",
     help="Trimap-based deep image matting: IndexNet, A2U and TCP, from data to TensorRT.",
     no_args_is_help=True,
