@@ -144,12 +144,25 @@ def eval_model(weights: Path, data: Path, *, backend: str | None = None, device:
     device = resolve_device(device)  # an unknown device is one line before any work
     errors = Console(stderr=True)
     items, failures = ev.match_manifest(_split(data))
+    if save_pred is not None:
+        _refuse_overwriting_inputs(items, Path(save_pred))
     _print_failures(errors, failures)
     pipeline = load_pipeline(weights, backend, device)
     worst = ev.WorstN(outputs.report_worst) if outputs.report is not None else None
     results, kept = ev.evaluate_model(items, pipeline, workers or ev.default_workers(), save_pred=save_pred,
                                       worst=worst, console=errors)
     return _finish(results + failures, items, kept, outputs, errors)
+
+
+def _refuse_overwriting_inputs(items, save_pred: Path) -> None:
+    """--save-pred pointed at the split's alpha/ folder would overwrite the ground truth with the
+    predictions, one file at a time, and score each against itself."""
+    inputs = {p.resolve() for item in items for p in (item.gt, item.trimap, item.image) if p is not None}
+    for item in items:
+        target = save_pred / f"{item.name}.png"
+        if target.resolve() in inputs:
+            raise UsageError(f"--save-pred {save_pred}: {target} is an input of --data; save the predictions "
+                             "in another folder")
 
 
 def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backend=None, device="cpu",
