@@ -310,14 +310,22 @@ def test_tensorboard_missing_is_one_line(monkeypatch):
         check_tensorboard()
 
 
-@pytest.mark.parametrize("recipe, says", [
-    ("demo-a2u", "the recipe never validates (data.val_every 0), so there is no best.safetensors"),
-    ("demo-indexnet", "no validation ran (the recipe validates every 100 iters on the data's test/ split), "
-                      "so there is no best.safetensors yet"),
+@pytest.mark.parametrize("recipe, split, says", [
+    ("demo-a2u", "", "the recipe never validates (data.val_every 0), so there is no best.safetensors"),
+    ("demo-indexnet", "", "no validation ran (the recipe validates every 100 iters on the data's test/ split), "
+                          "so there is no best.safetensors yet"),
+    # one split given as --data (or a test split with no sample) was also "no validation ran ... yet"
+    ("demo-indexnet", "train", "--data has no test split to validate on, so there is no best.safetensors"),
 ])
-def test_a_run_without_validation_says_why_there_is_no_best(tmp_path, synth, recipe, says):
-    code, text = run_cli("train", "--recipe", recipe, "--data", str(synth), "--out", str(tmp_path / "r"),
-                         "--iters", "1", "--device", "cpu", "--set", "train.batch_size=2")
+def test_a_run_without_validation_says_why_there_is_no_best(tmp_path, recipe, split, says):
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "data", n_train=2, n_test=1, size=64, seed=1)
+    code, text = run_cli("train", "--recipe", recipe, "--data", str(tmp_path / "data" / split), "--out",
+                         str(tmp_path / "r"), "--iters", "1", "--device", "cpu", "--set", "train.batch_size=2")
     assert code == 0, text
     assert f"weights: {tmp_path / 'r' / 'last.safetensors'}; {says}" in text
+    note = (f"matte train: note: --data {tmp_path / 'data' / 'train'} is one split (give the folder holding train/ "
+            "and test/ to validate), so this run does not validate and writes no best.safetensors")
+    assert (note in text) == (split == "train")
     assert not (tmp_path / "r" / "best.safetensors").exists()

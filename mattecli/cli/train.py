@@ -53,6 +53,8 @@ def main(
     if best:
         chosen = (f", best (val {best['metric'].upper()} {best['value']:.3f} at iteration {best['iter']}): "
                   f"{run_dir / 'best.safetensors'}")
+    elif rec.data.val_every and not result.validates:
+        chosen = "; --data has no test split to validate on, so there is no best.safetensors"
     elif rec.data.val_every:
         chosen = (f"; no validation ran (the recipe validates every {rec.data.val_every} {rec.data.val_unit} on "
                   "the data's test/ split), so there is no best.safetensors yet")

@@ -63,6 +63,7 @@ class TrainResult:
     run_dir: Path | None = None
     model: nn.Module | None = None  # the trained network (not wrapped in DDP or compiled)
     finished_before: bool = False  # --resume found the run already at its length: nothing was trained
+    validates: bool = True  # whether the data had a test split to validate on (so a best model can exist)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -432,6 +433,14 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     if batches_per_epoch == 0:
         raise UsageError(f"{train_dir}: {len(dataset)} samples are fewer than one batch of {cfg.batch_size}")
     val_samples = _validation_samples(test_dir, opts.val_limit) if test_dir and recipe.data.val_every else []
+    if recipe.data.val_every and not val_samples and writer:  # else only the last line, hours later, says so
+        if test_dir is not None:
+            why = f"{test_dir} lists no sample with an image, a trimap and an alpha"
+        elif train_dir == Path(opts.data):
+            why = f"--data {opts.data} is one split (give the folder holding train/ and test/ to validate)"
+        else:
+            why = f"--data {opts.data} has no test/ split"
+        print(f"matte train: note: {why}, so this run does not validate and writes no best.safetensors")
     if opts.overwrite and writer:
         ckpt.clear_run(run_dir)
     if world > 1:
@@ -487,7 +496,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
         progress.close()
         if session.tensorboard is not None:
             session.tensorboard.close()
-    return TrainResult(session.iteration, last_loss, session.history, session.best, run_dir, model)
+    return TrainResult(session.iteration, last_loss, session.history, session.best, run_dir, model,
+                       validates=bool(val_samples))
 
 
 def _validation_samples(test_dir: Path, limit: int):
