@@ -181,7 +181,8 @@ def _read_foreign_safetensors(path: Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             if "recipe" in (f.metadata() or {}):
-                raise UsageError(f"{path}: a matte weights file, which needs no conversion: pass it to --weights")
+                raise UsageError(f"{path}: a matte weights file, which needs no conversion (infer, eval, "
+                                 "export and bench take it as --weights)")
             return {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
