@@ -254,3 +254,13 @@ def test_inputs_are_prepared_ahead_only_when_they_fit_beside_the_pass():
     assert tight.prepare_host(image, trimap, ahead=1).shape == (1, 4, 64, 96)
     assert tight.prepare_host(image, trimap, ahead=2) is None  # prepared in its own pass instead
     assert Pipeline(backend=None, cfg=cfg).prepare_host(image, trimap, ahead=8) is not None  # no ceiling
+
+
+def test_a_folder_where_an_output_goes_is_not_taken_for_the_output(tmp_path):
+    """A folder named OUT/a.png counted a.png as done: it was skipped, without a word, on every run."""
+    images = make_pairs(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    (out / "a.png").mkdir(parents=True)
+    report = infer_folder(FakePipeline(), images, out, save=("alpha",), progress=False)
+    assert report.done == [str(images / "b.png")] and not report.skipped
+    assert report.failed == [(str(images / "a.png"), f"writing outputs: {out / 'a.png'} is a folder")]

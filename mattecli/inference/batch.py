@@ -409,6 +409,8 @@ def _record(report: BatchReport, item: _Item, future: Future) -> None:
         report.done.append(str(item.image_path))
     except InputError as err:
         report.failed.append((str(err.path), err.reason))
+    except IsADirectoryError as err:  # the rename onto a folder: name the folder, not the temp file
+        report.failed.append((str(item.image_path), f"writing outputs: {err.filename2 or err.filename} is a folder"))
     except (OSError, RuntimeError, ValueError, MemoryError) as err:  # e.g. disk full
         report.failed.append((str(item.image_path), f"writing outputs: {type(err).__name__}: {err}"))
 

@@ -112,7 +112,7 @@ def is_current(kind: str, path: Path, background: "Background | None" = None) ->
     current only when the background recorded in it (`RECORD_KEY`) is this run's. A composite
     without a record (written by an older matte) counts as made with another background.
     """
-    if not path.exists():
+    if not path.is_file():  # a folder there is no output: the write fails, named, instead of a silent skip
         return False
     if kind != "composite":
         return True
