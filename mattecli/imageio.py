@@ -507,21 +507,21 @@ def _probe_write(folder: Path, out: Path, option: str) -> None:
         raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
 
 
-def check_out_dir(out: str | Path, option: str = "--out") -> Path:
+def check_out_dir(out: str | Path, option: str = "--out", given: Path | None = None) -> Path:
     """Check that the folder `out` could be made and written, without making it (a run refused
     later for another reason leaves nothing behind): its nearest existing ancestor must be a
     writable folder.
 
     Raises:
-        UsageError: naming the option and the reason.
+        UsageError: naming the option, the path as given (`given`, else `out`) and the reason.
     """
     from mattecli.errors import UsageError
 
     out = Path(out)
     existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
     if not existing.is_dir():
-        raise UsageError(f"{option} {out}: {existing} is a file, not a folder")
-    _probe_write(existing, out, option)
+        raise UsageError(f"{option} {given or out}: {existing} is a file, not a folder")
+    _probe_write(existing, given or out, option)
     return out
 
 
@@ -536,5 +536,5 @@ def check_out_file(path: str | Path, option: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a folder, not a file")
-    check_out_dir(path.parent, option)
+    check_out_dir(path.parent, option, given=path)  # the message names the file, as given
     return path
