@@ -89,7 +89,6 @@ def test_recipes_json_lists_counts():
     assert all(r["description"] for r in rows)
 
 
-
 def test_recipes_name_prints_one_recipe_whole_and_it_trains_as_printed(tmp_path):
     from mattecli.recipes import list_recipe_names, load_recipe
 
@@ -105,6 +104,47 @@ def test_recipes_name_prints_one_recipe_whole_and_it_trains_as_printed(tmp_path)
     res = run_main("recipes", "no-such-recipe")
     assert res.returncode == 2 and "unknown recipe 'no-such-recipe'" in res.stderr
     assert res.stderr.count("\n") == 1
+
+
+def test_recipes_prints_the_recipe_a_model_file_carries(tmp_path):
+    """`matte recipes best.safetensors` (or an .onnx, an .engine): what was this model built from."""
+    import onnx
+    import yaml
+    from onnx import TensorProto, helper
+
+    from mattecli.inference.engine import write_engine_file
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    recipe = load_recipe("demo-tcp", ["train.lr=0.003"])
+    save_weights(build_model(recipe), recipe, tmp_path / "best.safetensors", {"selected_by": "sad 12.5 at 200"})
+    text = matte("recipes", tmp_path / "best.safetensors").stdout
+    assert text.startswith(f"# demo-tcp, carried by {tmp_path / 'best.safetensors'}; selected_by: sad 12.5 at 200\n")
+    assert yaml.safe_load(text) == json.loads(recipe.to_json())
+    assert json.loads(matte("recipes", tmp_path / "best.safetensors", "--json").stdout)["train"]["lr"] == 0.003
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"recipe": recipe.to_json(), "precision": "float16"})
+    onnx.save(model, tmp_path / "m.onnx")
+    assert matte("recipes", tmp_path / "m.onnx").stdout.startswith(
+        f"# demo-tcp, carried by {tmp_path / 'm.onnx'}; precision: float16\n")
+    write_engine_file(tmp_path / "m.engine", b"plan", {"recipe": json.loads(recipe.to_json()), "tensorrt": "10.9.0",
+                                                        "half": True})
+    assert yaml.safe_load(matte("recipes", tmp_path / "m.engine").stdout) == json.loads(recipe.to_json())
+    helper.set_model_props(model, {})
+    onnx.save(model, tmp_path / "bare.onnx")
+    (tmp_path / "junk.onnx").write_text("junk")
+    for path, says in (("bare.onnx", "carries no recipe (not exported by matte)"), ("missing.onnx", "no such file"),
+                       ("junk.onnx", "not a readable ONNX model"), ("junk.engine", "no such file")):
+        res = run_main("recipes", tmp_path / path)
+        assert res.returncode == 2 and res.stderr.startswith(f"matte: error: {tmp_path / path}: {says}"), res.stderr
+    (tmp_path / "notes.txt").write_text("")
+    res = run_main("recipes", tmp_path / "notes.txt")  # said "not a file" of a file
+    assert res.returncode == 2 and f"{tmp_path / 'notes.txt'}: not a recipe file (recipes end in .yaml)" in res.stderr
+
 
 def test_usage_errors_are_one_line_exit_2(tmp_path):
     res = run_main("convert", tmp_path / "x.pth", "--from", "nope", "--out", tmp_path / "o.safetensors")

@@ -4,6 +4,7 @@ one recipe printed whole."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -22,25 +23,78 @@ def recipe_table() -> list[dict]:
     return rows
 
 
+MODEL_SUFFIXES = (".safetensors", ".onnx", ".engine")  # files that carry the recipe they were built from
+
+
 def recipe_text(name: str, as_json: bool = False) -> str:
     """One recipe, resolved (`base:` merged, defaults filled in), as YAML that loads back to the
-    same recipe, or as JSON."""
+    same recipe, or as JSON. `name` may also be a model file (weights, ONNX graph, engine): the
+    recipe it carries."""
     import yaml
 
     from mattecli.recipes import load_recipe, recipe_path
 
-    recipe = load_recipe(name)
+    if Path(name).suffix.lower() in MODEL_SUFFIXES:
+        recipe, notes = carried_recipe(Path(name))
+        source = f"carried by {name}" + "".join(f"; {k}: {v}" for k, v in notes.items())
+    else:
+        recipe, source = load_recipe(name), f"resolved from {recipe_path(name)}"
     resolved = json.loads(json.dumps(recipe.to_dict()))  # tuples as lists, which YAML writes plainly
     if as_json:
         return json.dumps(resolved, indent=1) + "\n"
-    return (f"# {recipe.name}, resolved from {recipe_path(name)}\n"
-            + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True))
+    return f"# {recipe.name}, {source}\n" + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True)
+
+
+def carried_recipe(path: Path):
+    """-> (the recipe a model file carries, its other metadata worth showing): a `.safetensors`
+    weights file (e.g. `selected_by` of a run's best model), an exported `.onnx` graph (its
+    precision) or a TensorRT `.engine` (read without TensorRT). Nothing but the metadata is read.
+
+    Raises:
+        UsageError: naming the file, when it is missing, unreadable or carries no recipe.
+    """
+    from mattecli.errors import UsageError
+    from mattecli.recipes import recipe_from_dict
+
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        from mattecli.weights import read_weights
+
+        recipe, _ = read_weights(path, tensors=False)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as err:  # read_weights has read it, so hardly ever
+            raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
+        return recipe, {k: v for k, v in meta.items() if k not in ("recipe", "format")}
+    if suffix == ".onnx":
+        import onnx
+
+        try:  # the graph's protobuf without its external weights, if any
+            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except Exception as err:  # protobuf's DecodeError and friends: not an ONNX file
+            raise UsageError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
+        extra = {k: meta[k] for k in ("precision",) if k in meta}
+    else:
+        from mattecli.inference.engine import read_engine_file
+
+        meta, _ = read_engine_file(path)
+        extra = {k: meta[k] for k in ("tensorrt", "half", "profile") if k in meta}
+    if "recipe" not in meta:
+        raise UsageError(f"{path}: carries no recipe (not exported by matte)")
+    raw = json.loads(meta["recipe"]) if isinstance(meta["recipe"], str) else meta["recipe"]
+    return recipe_from_dict(raw, raw.get("name", path.stem)), extra
 
 
 def main(name: str = typer.Argument(None, metavar="[NAME]",
                                     help="One recipe (a name or a .yaml path): print it whole, its base: merged "
                                          "and every default filled in, as YAML that trains as it is "
-                                         "(--recipe FILE)."),
+                                         "(--recipe FILE). Or a model file (.safetensors, .onnx, .engine): "
+                                         "the recipe it carries."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table (or of YAML).")) -> None:
     """List the recipes: name, family, trainable parameters, one-line description; or print one."""
     if name is not None:
