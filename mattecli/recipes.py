@@ -245,6 +245,9 @@ def recipe_path(name_or_path: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     known = ", ".join(list_recipe_names()[:8])
+    if path.is_file() and path.suffix.lower() in (".safetensors", ".onnx", ".engine"):
+        raise UsageError(f"{path}: a model file, not a recipe; `matte recipes {path} > recipe.yaml` writes the "
+                         "recipe it carries")
     if path.is_file():  # said "not a file" of a file
         raise UsageError(f"{path}: not a recipe file (recipes end in .yaml); a name is one of {known}, ...")
     raise UsageError(f"unknown recipe '{name_or_path}' (not a file, not in {RECIPES_DIR}; e.g. {known}, ...)")
