@@ -115,3 +115,37 @@ def test_the_checker_catches_what_it_should():
     assert _check_line("matte no-such-command --x", root)
     assert _check_line("matte prepare-data synthetic --out o --train 4", root) == []
     assert _check_line("matte prepare-data synthetic --not-an-option 1", root)
+
+
+def _page_options(text: str) -> tuple[set[str], set[str]]:
+    """(options in the first column of the page's tables, options named anywhere on the page)."""
+    tabled = set()
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            tabled |= set(re.findall(r"--[a-z][a-z0-9-]*", line.split("|")[1]))
+    return tabled, set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text))
+
+
+def _help_options(cmd) -> set[str]:
+    """Every option --help lists for a command (for a group: for any of its subcommands)."""
+    cmds = cmd.commands.values() if hasattr(cmd, "commands") else [cmd]
+    return {o for c in cmds for p in c.params if p.param_type_name == "option" and not getattr(p, "hidden", False)
+            for o in (*p.opts, *p.secondary_opts) if o.startswith("--")} - {"--help"}
+
+
+@pytest.mark.parametrize("name", sorted(_click_tree().commands))
+def test_every_option_in_help_is_on_its_page_and_the_page_documents_no_other(name):
+    cmd = _click_tree().commands[name]
+    page = ROOT / "docs" / "commands" / f"{name}.md"
+    assert page.exists(), f"matte {name} has no page in docs/commands"
+    tabled, named = _page_options(page.read_text())
+    documented = named if hasattr(cmd, "commands") else tabled  # a group's page may name some in prose
+    assert not _help_options(cmd) - documented, f"{page.name} lacks {sorted(_help_options(cmd) - documented)}"
+    assert not tabled - _help_options(cmd), f"{page.name} documents {sorted(tabled - _help_options(cmd))}, not in --help"
+    arguments = {p.name.upper() for p in cmd.params if p.param_type_name == "argument"}
+    assert all(f"| `{a}`" in page.read_text() for a in arguments), f"{page.name} lacks an argument row"
+
+
+def test_the_option_table_check_catches_what_it_should():
+    tabled, named = _page_options("| `--a` / `--b` | x `--c` |\n| `--d K/N` | y |\nsee `--e`.")
+    assert tabled == {"--a", "--b", "--d"} and named == {"--a", "--b", "--c", "--d", "--e"}
