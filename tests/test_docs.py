@@ -149,3 +149,14 @@ def test_every_option_in_help_is_on_its_page_and_the_page_documents_no_other(nam
 def test_the_option_table_check_catches_what_it_should():
     tabled, named = _page_options("| `--a` / `--b` | x `--c` |\n| `--d K/N` | y |\nsee `--e`.")
     assert tabled == {"--a", "--b", "--d"} and named == {"--a", "--b", "--c", "--d", "--e"}
+
+
+def test_the_recipe_tables_are_what_matte_recipes_prints():
+    """README's and docs/recipes.md's tables: every recipe, with its family, parameter count and
+    description as `matte recipes` prints them (a recipe added or changed shows up here)."""
+    from mattecli.cli.recipes import recipe_table
+
+    printed = {r["name"]: (r["family"], f"{r['params']:,}", r["description"]) for r in recipe_table()}
+    for doc in (ROOT / "README.md", ROOT / "docs" / "recipes.md"):
+        rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| ([\d,]+) \| (.*) \|$", doc.read_text(), re.M)
+        assert {name: tuple(rest) for name, *rest in rows} == printed, f"{doc.name}'s recipe table"
