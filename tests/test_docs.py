@@ -160,3 +160,11 @@ def test_the_recipe_tables_are_what_matte_recipes_prints():
     for doc in (ROOT / "README.md", ROOT / "docs" / "recipes.md"):
         rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| ([\d,]+) \| (.*) \|$", doc.read_text(), re.M)
         assert {name: tuple(rest) for name, *rest in rows} == printed, f"{doc.name}'s recipe table"
+
+
+def test_the_index_links_every_page():
+    """docs/README.md is the index: a page it does not link is a page a newcomer never finds."""
+    index = ROOT / "docs" / "README.md"
+    linked = {(index.parent / t.partition("#")[0]).resolve() for t in _links(index) if not re.match(r"[a-z]+:", t)}
+    pages = set(DOCS) - {ROOT / "README.md", index}
+    assert not pages - linked, f"docs/README.md links none of {sorted(str(p.relative_to(ROOT)) for p in pages - linked)}"
