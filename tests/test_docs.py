@@ -168,3 +168,22 @@ def test_the_index_links_every_page():
     linked = {(index.parent / t.partition("#")[0]).resolve() for t in _links(index) if not re.match(r"[a-z]+:", t)}
     pages = set(DOCS) - {ROOT / "README.md", index}
     assert not pages - linked, f"docs/README.md links none of {sorted(str(p.relative_to(ROOT)) for p in pages - linked)}"
+
+
+@pytest.mark.parametrize("name", sorted(_click_tree().commands))
+def test_every_default_in_code_is_the_one_its_row_states(name):
+    """An option whose default is a value in the code (not None: resolved at run time, which the
+    row describes in words) has that value on its row, so a changed default shows up here."""
+    cmd = _click_tree().commands[name]
+    subs = cmd.commands.values() if hasattr(cmd, "commands") else [cmd]
+    params = {o: p for c in subs for p in c.params for o in (*p.opts, *p.secondary_opts)}
+    wrong, seen = [], set()
+    for line in (ROOT / "docs" / "commands" / f"{name}.md").read_text().splitlines():
+        if line.startswith("| `--"):
+            first, meaning = line.split("|")[1:3]
+            for opt in set(re.findall(r"--[a-z][a-z0-9-]*", first)) - seen:  # its row in the options table
+                seen.add(opt)
+                default = params[opt].default
+                if default is not None and not isinstance(default, (bool, list, tuple)) and str(default) not in meaning:
+                    wrong.append(f"{opt}: default {default!r} in the code, not on its row")
+    assert not wrong, "\n".join(wrong)
