@@ -187,3 +187,46 @@ def test_every_default_in_code_is_the_one_its_row_states(name):
                 if default is not None and not isinstance(default, (bool, list, tuple)) and str(default) not in meaning:
                     wrong.append(f"{opt}: default {default!r} in the code, not on its row")
     assert not wrong, "\n".join(wrong)
+
+
+def _python_blocks(doc: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", doc.read_text(), re.S | re.M)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_examples_compile(doc):
+    for block in _python_blocks(doc):
+        if ") -> " not in block:  # a signature (`load(weights, ...) -> Matter`) is not code
+            compile(block, str(doc), "exec")
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """With the files it names present (a seeded tiny model under the name it uses, the lemur cut
+    small as the photo, its trimap, a mask from it), README's Python example runs as it is."""
+    import warnings
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    torch.manual_seed(0)
+    recipe = load_recipe("demo-a2u")
+    save_weights(build_model(recipe), recipe, tmp_path / "indexnet.safetensors")
+    box = (230, 100, 330, 164)
+    Image.open(ROOT / "examples" / "lemur.png").convert("RGB").crop(box).save(tmp_path / "photo.jpg")
+    trimap = Image.open(ROOT / "examples" / "lemur_trimap.png").crop(box)
+    trimap.save(tmp_path / "photo_trimap.png")
+    Image.fromarray(np.where(np.asarray(trimap.convert("L")) >= 102, 255, 0).astype(np.uint8)).save(
+        tmp_path / "photo_mask.png")
+    (block,) = _python_blocks(ROOT / "README.md")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the hand-drawn trimap is mapped with a note
+        exec(compile(block, "README.md", "exec"), scope)
+    assert scope["alpha"].shape == (64, 100) and scope["fg"].shape == (64, 100, 3)
+    assert set(np.unique(scope["trimap"])) <= {0, 128, 255}
