@@ -1,4 +1,4 @@
-"""The README's picture of a trimap made from a mask: image, mask, trimap, alpha, side by side.
+"""The picture of a trimap made from a mask in docs/trimaps.md: image, mask, trimap, alpha, side by side.
 
 The mask stands in for a segmenter's: the example trimap's foreground plus the half of its unknown
 region nearer to the foreground (a hard cut through the hair, as a binary segmenter makes). The

@@ -314,8 +314,8 @@ _MM_PREPROCESSOR = ("data_preprocessor.mean", "data_preprocessor.std")
 
 def import_mmagic(src: str | Path, recipe_name: str | None = None):
     """An mmagic/MMEditing IndexNet checkpoint (mmengine's `{'meta', 'state_dict', ['optimizer']}`)
-    -> (model, recipe). Default recipe: `indexnet-mmagic` (`indexnet-mmagic-dimaug` for the DIM-
-    augmentation release; the two differ only in how they train and pad, not in tensors).
+    -> (model, recipe). Default recipe: `indexnet-mmagic`; the DIM-augmentation release needs
+    `indexnet-mmagic-dimaug` named (the two differ only in how they train and pad, not in tensors).
 
     Raises:
         UsageError: a tensor with no counterpart, a model tensor not filled, a shape mismatch, or

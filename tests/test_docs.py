@@ -115,3 +115,118 @@ def test_the_checker_catches_what_it_should():
     assert _check_line("matte no-such-command --x", root)
     assert _check_line("matte prepare-data synthetic --out o --train 4", root) == []
     assert _check_line("matte prepare-data synthetic --not-an-option 1", root)
+
+
+def _page_options(text: str) -> tuple[set[str], set[str]]:
+    """(options in the first column of the page's tables, options named anywhere on the page)."""
+    tabled = set()
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            tabled |= set(re.findall(r"--[a-z][a-z0-9-]*", line.split("|")[1]))
+    return tabled, set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", text))
+
+
+def _help_options(cmd) -> set[str]:
+    """Every option --help lists for a command (for a group: for any of its subcommands)."""
+    cmds = cmd.commands.values() if hasattr(cmd, "commands") else [cmd]
+    return {o for c in cmds for p in c.params if p.param_type_name == "option" and not getattr(p, "hidden", False)
+            for o in (*p.opts, *p.secondary_opts) if o.startswith("--")} - {"--help"}
+
+
+@pytest.mark.parametrize("name", sorted(_click_tree().commands))
+def test_every_option_in_help_is_on_its_page_and_the_page_documents_no_other(name):
+    cmd = _click_tree().commands[name]
+    page = ROOT / "docs" / "commands" / f"{name}.md"
+    assert page.exists(), f"matte {name} has no page in docs/commands"
+    tabled, named = _page_options(page.read_text())
+    documented = named if hasattr(cmd, "commands") else tabled  # a group's page may name some in prose
+    assert not _help_options(cmd) - documented, f"{page.name} lacks {sorted(_help_options(cmd) - documented)}"
+    assert not tabled - _help_options(cmd), f"{page.name} documents {sorted(tabled - _help_options(cmd))}, not in --help"
+    arguments = {p.name.upper() for p in cmd.params if p.param_type_name == "argument"}
+    assert all(f"| `{a}`" in page.read_text() for a in arguments), f"{page.name} lacks an argument row"
+
+
+def test_the_option_table_check_catches_what_it_should():
+    tabled, named = _page_options("| `--a` / `--b` | x `--c` |\n| `--d K/N` | y |\nsee `--e`.")
+    assert tabled == {"--a", "--b", "--d"} and named == {"--a", "--b", "--c", "--d", "--e"}
+
+
+def test_the_recipe_tables_are_what_matte_recipes_prints():
+    """README's and docs/recipes.md's tables: every recipe, with its family, parameter count and
+    description as `matte recipes` prints them (a recipe added or changed shows up here)."""
+    from mattecli.cli.recipes import recipe_table
+
+    printed = {r["name"]: (r["family"], f"{r['params']:,}", r["description"]) for r in recipe_table()}
+    for doc in (ROOT / "README.md", ROOT / "docs" / "recipes.md"):
+        rows = re.findall(r"^\| `([^`]+)` \| (\w+) \| ([\d,]+) \| (.*) \|$", doc.read_text(), re.M)
+        assert {name: tuple(rest) for name, *rest in rows} == printed, f"{doc.name}'s recipe table"
+
+
+def test_the_index_links_every_page():
+    """docs/README.md is the index: a page it does not link is a page a newcomer never finds."""
+    index = ROOT / "docs" / "README.md"
+    linked = {(index.parent / t.partition("#")[0]).resolve() for t in _links(index) if not re.match(r"[a-z]+:", t)}
+    pages = set(DOCS) - {ROOT / "README.md", index}
+    assert not pages - linked, f"docs/README.md links none of {sorted(str(p.relative_to(ROOT)) for p in pages - linked)}"
+
+
+@pytest.mark.parametrize("name", sorted(_click_tree().commands))
+def test_every_default_in_code_is_the_one_its_row_states(name):
+    """An option whose default is a value in the code (not None: resolved at run time, which the
+    row describes in words) has that value on its row, so a changed default shows up here."""
+    cmd = _click_tree().commands[name]
+    subs = cmd.commands.values() if hasattr(cmd, "commands") else [cmd]
+    params = {o: p for c in subs for p in c.params for o in (*p.opts, *p.secondary_opts)}
+    wrong, seen = [], set()
+    for line in (ROOT / "docs" / "commands" / f"{name}.md").read_text().splitlines():
+        if line.startswith("| `--"):
+            first, meaning = line.split("|")[1:3]
+            for opt in set(re.findall(r"--[a-z][a-z0-9-]*", first)) - seen:  # its row in the options table
+                seen.add(opt)
+                default = params[opt].default
+                if default is not None and not isinstance(default, (bool, list, tuple)) and str(default) not in meaning:
+                    wrong.append(f"{opt}: default {default!r} in the code, not on its row")
+    assert not wrong, "\n".join(wrong)
+
+
+def _python_blocks(doc: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", doc.read_text(), re.S | re.M)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_examples_compile(doc):
+    for block in _python_blocks(doc):
+        if ") -> " not in block:  # a signature (`load(weights, ...) -> Matter`) is not code
+            compile(block, str(doc), "exec")
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """With the files it names present (a seeded tiny model under the name it uses, the lemur cut
+    small as the photo, its trimap, a mask from it), README's Python example runs as it is."""
+    import warnings
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    torch.manual_seed(0)
+    recipe = load_recipe("demo-a2u")
+    save_weights(build_model(recipe), recipe, tmp_path / "indexnet.safetensors")
+    box = (230, 100, 330, 164)
+    Image.open(ROOT / "examples" / "lemur.png").convert("RGB").crop(box).save(tmp_path / "photo.jpg")
+    trimap = Image.open(ROOT / "examples" / "lemur_trimap.png").crop(box)
+    trimap.save(tmp_path / "photo_trimap.png")
+    Image.fromarray(np.where(np.asarray(trimap.convert("L")) >= 102, 255, 0).astype(np.uint8)).save(
+        tmp_path / "photo_mask.png")
+    (block,) = _python_blocks(ROOT / "README.md")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the hand-drawn trimap is mapped with a note
+        exec(compile(block, "README.md", "exec"), scope)
+    assert scope["alpha"].shape == (64, 100) and scope["fg"].shape == (64, 100, 3)
+    assert set(np.unique(scope["trimap"])) <= {0, 128, 255}

@@ -600,7 +600,7 @@ def test_the_torch_backend_names_an_exported_file_in_one_line(tmp_path):
 
 
 def test_onnx_backend_gives_the_arena_back_after_each_call(weights, tmp_path):
-    """Without arena shrinkage ONNX Runtime's CPU arena doubled on A2U's second 1080p call (README)."""
+    """Without arena shrinkage ONNX Runtime's CPU arena doubled on A2U's second 1080p call (docs/benchmarks.md)."""
     model, recipe = load_pipeline(weights).backend.model, load_pipeline(weights).recipe
     backend = load_backend(to_onnx(model, tmp_path / "m.onnx", recipe=recipe))
     assert backend.run_options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"

@@ -2,7 +2,7 @@
 
 Everything but the sweep order is PyMatting's exactly: with a raster-order (Gauss-Seidel) sweep
 put back in, the port equals `estimate_foreground_ml` to float rounding. The red-black sweep the
-port runs differs by the amounts stated in README "Foreground colours", pinned here on the lemur
+port runs differs by the amounts stated in docs/gpu.md "Foreground colours on the GPU", pinned here on the lemur
 photo and a synthetic composite with known colours.
 """
 
@@ -97,7 +97,7 @@ def _synthetic_case(h=301, w=417):
     return (image * 255 + 0.5).astype(np.uint8), (alpha * 255 + 0.5).astype(np.uint8)
 
 
-# Measured (README "Foreground colours"): lemur 2.79 / 0.94 / 10.8, synthetic 2.61 / 0.41 / 12.3.
+# Measured (docs/gpu.md "Foreground colours on the GPU"): lemur 2.79 / 0.94 / 10.8, synthetic 2.61 / 0.41 / 12.3.
 @pytest.mark.parametrize("case", [_lemur_case, _synthetic_case])
 def test_red_black_port_is_within_the_stated_tolerance_of_pymatting(case):
     """Over the pixels with 0 < alpha < 255 (of 255): mean |difference| <= 3.5, mean alpha-weighted

@@ -21,7 +21,8 @@ def main(
         f"{name} = {what}" for name, what in SOURCES.items()) + "."),
     out: Path = typer.Option(..., "--out", help="Output weights file (.safetensors)."),
     recipe: str = typer.Option(None, "--recipe", help="Recipe the checkpoint belongs to (default: detected from its tensors; "
-                                "indexnet-mmagic for --from mmagic, indexnet-mmagic-dimaug for its DIM-augmentation release)."),
+                                "indexnet-mmagic for --from mmagic; its DIM-augmentation release holds the same tensors: "
+                                "give it --recipe indexnet-mmagic-dimaug)."),
 ) -> None:
     """Import a released checkpoint: every source tensor consumed and every model tensor filled,
     or an error naming the keys. The recipe is stored in the weights file."""

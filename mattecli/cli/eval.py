@@ -26,7 +26,7 @@ def main(
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes computing metrics (default: all cores)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML page of the worst images by SAD into this folder."),
     report_worst: int = typer.Option(20, "--report-worst", help="How many of the worst images the report shows."),
-    images: Optional[Path] = typer.Option(None, "--images", help="With --pred: folder of the composites, shown in the report."),
+    images: Optional[Path] = typer.Option(None, "--images", help="With --pred --gt --trimap: folder of the composites, shown in the report (--data gives its own)."),
 ) -> None:
     """Evaluate alpha mattes with the official Deep Image Matting metrics.
 

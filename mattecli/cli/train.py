@@ -15,8 +15,8 @@ def main(
                                                     "the run's: a larger N extends it)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch size, split across torchrun's processes "
                                                               "(default: the recipe's)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda "
-                               "(under torchrun: one GPU per process)."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N] "
+                               "(under torchrun: each process its LOCAL_RANK's GPU)."),
     workers: int = typer.Option(0, "--workers", min=0, help="Data-loading worker processes."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint, "
                                                         "with the length and seed it was started with."),
