@@ -98,7 +98,9 @@ def test_cli_writes_every_output_with_an_image_background(tmp_path, weights):
            tmp_path / "out", "--save", "alpha,fg,rgba,composite", "--background", tmp_path / "bg.png"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert "2 written" in res.stdout
+    # stdout is the summary line alone, for scripts (`| tail -1`, `| head -1`); the bar is on stderr
+    assert res.stdout.startswith("2 written") and res.stdout.count("\n") == 1, res.stdout
+    assert "infer" in res.stderr
     alpha = read_gray(tmp_path / "out" / "ß.png")
     rgba = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "out" / "rgba" / "ß.png"))
     comp = read_image(tmp_path / "out" / "composite" / "ß.png")
