@@ -197,6 +197,22 @@ def test_temporary_files_of_a_killed_run_are_removed_once_old(tmp_path):
     assert not old.exists() and young.exists()
 
 
+def test_temporary_files_in_the_subfolders_of_a_recursive_run_are_removed_once_old(tmp_path):
+    import os
+    import time
+
+    images = tmp_path / "in"
+    make_pairs(images / "x" / "y", ["a"])
+    out = tmp_path / "out"
+    olds = [out / "x" / "y" / ".a.k3j4.png.tmp", out / "rgba" / "x" / "y" / ".a.p2q1.png.tmp"]
+    for old in olds:
+        old.parent.mkdir(parents=True)
+        old.write_bytes(b"half")
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
+    infer_folder(FakePipeline(), images, out, save=("alpha", "rgba"), progress=False, recursive=True)
+    assert not any(old.exists() for old in olds)
+
+
 @pytest.mark.parametrize("max_bytes", [None, 200 * 200 * 100])
 def test_inputs_prepared_in_the_workers_give_the_alpha_of_the_model_thread(tmp_path, max_bytes):
     # issue 13: on the numpy path the worker that decodes an image also prepares its network input,

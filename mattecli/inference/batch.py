@@ -252,10 +252,10 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     if background is not None and getattr(background, "path", None) is not None:
         inputs.add(Path(background.path).resolve())
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out, save)
-    todo = []
+    todo, folders = [], {out}
     for image_path, trimap_path in pairs:
         targets = output_paths(out, relative_name(image_path, image_root(images)), save)
+        folders.update(t.parent for t in targets.values())
         clash = [t for t in targets.values() if t.resolve() in inputs]
         if clash:
             report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
@@ -266,6 +266,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                 todo.append(_Item(image_path, trimap_path, stale, targets.get("alpha"), mask_rule))
             else:
                 report.skipped.append(str(image_path))
+    _remove_stale_temps(folders)
 
     device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
     prefetch = prefetch or max(2, workers)
@@ -415,10 +416,10 @@ def _record(report: BatchReport, item: _Item, future: Future) -> None:
         report.failed.append((str(item.image_path), f"writing outputs: {type(err).__name__}: {err}"))
 
 
-def _remove_stale_temps(out: Path, save) -> None:
-    """Young temporary files may belong to another shard writing into the same folder, so only
-    old ones are removed."""
-    for folder in [out] + [out / kind for kind in save if kind != "alpha"]:
+def _remove_stale_temps(folders) -> None:
+    """In every folder this run writes into (subfolders too, with --recursive): young temporary
+    files may belong to another shard writing into the same folder, so only old ones are removed."""
+    for folder in sorted(folders):
         remove_stale_temps(folder, ".*.png.tmp", older_than=STALE_TEMP_SECONDS)
 
 
