@@ -127,7 +127,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
     PyMatting's multi-level `estimate_foreground_ml` (Germer et al. 2020). Measured against the
     blur-fusion approximation (Forte & Pitie 2021) on a synthetic composite of the lemur photo
     (benchmarks/bench_foreground.py): ML's error is about half and its time is within 1.5x at 4K,
-    so ML is used. Where alpha has no fractional pixel, F is the image itself.
+    so ML is used. Where alpha has no fractional pixel, F is the image itself; where alpha is 255,
+    F is the image's pixel (image = F there exactly; the estimate's smoothing would change it).
 
     On a CUDA device the same method runs as the PyTorch port in `inference.foreground` (red-black
     sweeps instead of PyMatting's raster order; docs/gpu.md states the difference).
@@ -145,11 +146,15 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
     if device is not None and str(device).startswith("cuda"):
         from mattecli.inference.foreground import estimate_foreground_torch
 
-        return estimate_foreground_torch(image, alpha, device)
-    from pymatting import estimate_foreground_ml
+        fg = estimate_foreground_torch(image, alpha, device)
+    else:
+        from pymatting import estimate_foreground_ml
 
-    fg = estimate_foreground_ml(image.astype(np.float32) / np.float32(255), alpha.astype(np.float32) / np.float32(255))
-    return _to_uint8(fg)
+        fg = _to_uint8(estimate_foreground_ml(image.astype(np.float32) / np.float32(255),
+                                              alpha.astype(np.float32) / np.float32(255)))
+    opaque = alpha == 255
+    fg[opaque] = image[opaque]
+    return fg
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
