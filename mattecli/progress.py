@@ -12,13 +12,18 @@ def progress_bar(*extra_columns, console=None):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
+    import sys
+
     from rich.console import Console
 
     # stderr by default: stdout holds a command's result (infer's summary line, export's "wrote"),
-    # which scripts read, and rich writes the finished bar there too when stdout is not a terminal
+    # which scripts read, and rich writes the finished bar there too when stdout is not a terminal.
+    # Lines printed to stdout while the bar runs are drawn above it only when stdout is a terminal
+    # too: `matte train > log` keeps them in the log.
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    console=console or Console(stderr=True), transient=False)
+                    console=console or Console(stderr=True), transient=False,
+                    redirect_stdout=bool(getattr(sys.stdout, "isatty", lambda: False)()))
 
 
 class Tracker:
