@@ -389,7 +389,7 @@ def _nothing_to_matte(trimap: np.ndarray, from_mask: bool) -> str | None:
 
 def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap: np.ndarray, device=None,
            timer=None) -> None:
-    from mattecli.imageio import write_png
+    from mattecli.imageio import rgb_icc_profile, write_png
     from mattecli.inference.outputs import write_outputs
 
     if any(kind != "alpha" for kind in item.targets) and threading.current_thread() is not threading.main_thread():
@@ -398,8 +398,10 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap
         # The model already uses every core; a parallel foreground estimation beside it would
         # oversubscribe them (numba's thread count is per calling thread, so this stays local).
         numba.set_num_threads(1)
+    colour = any(kind not in ("alpha", "trimap") for kind in item.targets)
+    icc = rgb_icc_profile(item.image_path) if colour else None
     write_outputs({k: p for k, p in item.targets.items() if k != "trimap"}, image, alpha, background, device,
-                  timer=timer)
+                  timer=timer, icc=icc)
     if "trimap" in item.targets:
         write_png(item.targets["trimap"], trimap)
 

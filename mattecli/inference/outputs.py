@@ -174,8 +174,12 @@ def composite(fg: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.n
 
 
 def write_outputs(paths: dict[str, Path], image: np.ndarray, alpha: np.ndarray,
-                  background: Background | None = None, device=None, timer=None) -> None:
+                  background: Background | None = None, device=None, timer=None,
+                  icc: bytes | None = None) -> None:
     """Write the requested outputs (keys of `paths`) of one image, each atomically.
+
+    `icc`: the image's RGB colour profile, embedded in the colour outputs (fg, rgba, composite) so
+    that they show the image's colours (a background is taken in the image's colour space).
 
     The alpha is written first, so that a run interrupted between outputs can reuse it.
     `device` is where the foreground is estimated (see `estimate_foreground`); `timer(stage)`, when
@@ -195,11 +199,11 @@ def write_outputs(paths: dict[str, Path], image: np.ndarray, alpha: np.ndarray,
         fg = estimate_foreground(image, alpha, device)
     with stage(timer, "encode"):
         if "fg" in paths:
-            write_png(paths["fg"], fg)
+            write_png(paths["fg"], fg, icc=icc)
         if "rgba" in paths:
-            write_png(paths["rgba"], to_rgba(fg, alpha))
+            write_png(paths["rgba"], to_rgba(fg, alpha), icc=icc)
         if "composite" in paths:
             if background is None:
                 raise ValueError("a composite needs a background (--background)")
             write_png(paths["composite"], composite(fg, alpha, background.fit(*alpha.shape)),
-                      text={RECORD_KEY: background.record})
+                      text={RECORD_KEY: background.record}, icc=icc)
