@@ -391,9 +391,10 @@ def fit_orientation(stored: np.ndarray, path: Path, own: int, image_orientation:
     return fits[0], None
 
 
-def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None = None) -> Path:
+def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None = None,
+              icc: bytes | None = None) -> Path:
     """Write a uint8 gray (H, W), RGB or RGBA array as PNG, atomically, with optional tEXt chunks
-    (`text`, read back by `read_png_text`)."""
+    (`text`, read back by `read_png_text`) and ICC colour profile (`icc`, see `rgb_icc_profile`)."""
     from PIL import Image, PngImagePlugin
 
     if array.dtype != np.uint8:
@@ -404,7 +405,24 @@ def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None =
         info = PngImagePlugin.PngInfo()
         for key, value in text.items():
             info.add_text(key, value)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info, compress_level=PNG_LEVEL))
+    extra = {"icc_profile": icc} if icc else {}
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info, compress_level=PNG_LEVEL,
+                                                     **extra))
+
+
+def rgb_icc_profile(path: str | Path) -> bytes | None:
+    """The ICC colour profile embedded in an image file when it describes RGB colours (a phone's
+    Display P3, Adobe RGB), for colour outputs made from its pixels; None without one, for a gray
+    or CMYK profile (the pixels are read as RGB), or a file that cannot be opened. Reads the
+    header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            icc = image.info.get("icc_profile")
+    except (OSError, ValueError):
+        return None
+    return icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None  # the profile's colour space
 
 
 def read_png_text(path: str | Path) -> dict[str, str]:

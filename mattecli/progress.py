@@ -7,13 +7,23 @@ from contextlib import contextmanager
 
 
 def progress_bar(*extra_columns, console=None):
-    """A rich `Progress` with matte's columns; `extra_columns` go after the count (e.g. loss)."""
+    """A rich `Progress` with matte's columns, on stderr unless `console` says otherwise;
+    `extra_columns` go after the count (e.g. loss)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
+    import sys
+
+    from rich.console import Console
+
+    # stderr by default: stdout holds a command's result (infer's summary line, export's "wrote"),
+    # which scripts read, and rich writes the finished bar there too when stdout is not a terminal.
+    # Lines printed to stdout while the bar runs are drawn above it only when stdout is a terminal
+    # too: `matte train > log` keeps them in the log.
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-                    transient=False)
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console or Console(stderr=True), transient=False,
+                    redirect_stdout=bool(getattr(sys.stdout, "isatty", lambda: False)()))
 
 
 class Tracker:
@@ -40,7 +50,7 @@ def track(total: int, description: str, enabled: bool = True, console=None) -> I
         total: steps the block will `advance`.
         description: the text left of the bar.
         enabled: False shows nothing (lines still go to `console` if one is given).
-        console: the rich console to draw on (default: rich's, on stdout).
+        console: the rich console to draw on (default: one on stderr).
     """
     if not enabled or total <= 0:
         yield Tracker(console=console)

@@ -223,3 +223,32 @@ def test_write_png_round_trips_what_predict_returns(weights, tmp_path):
     alpha = mattecli.load(weights, device="cpu").predict(np.full((33, 47, 3), 90, np.uint8),
                                                          np.full((33, 47), 128, np.uint8))
     assert np.array_equal(read_gray(write_png(tmp_path / "a.png", alpha)), alpha)
+
+
+def test_one_loaded_model_serves_many_threads(weights):
+    """A web service calls one Matter from request threads: results are the sequential ones, and the
+    backend (a TensorRT context, its scratch memory) is never entered twice at once."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    matter = mattecli.load(weights, device="cpu", max_memory=None)
+    backend, inside, overlaps = matter.pipeline.backend, [0], []
+    real_call = backend.__call__
+
+    def call(x):  # a backend that is slow enough for calls to overlap, and counts when they do
+        inside[0] += 1
+        overlaps.append(inside[0] > 1)
+        time.sleep(0.02)
+        try:
+            return real_call(x)
+        finally:
+            inside[0] -= 1
+
+    matter.pipeline.backend = type("Slow", (), {"__call__": staticmethod(call), "device": backend.device})()
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(0, 256, (h, 40, 3), np.uint8), np.full((h, 40), 128, np.uint8)) for h in (32, 48, 64)]
+    sequential = [matter.predict(*case) for case in cases]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda case: matter.predict(*case), cases * 4))
+    assert all(np.array_equal(a, b) for a, b in zip(sequential * 4, threaded))
+    assert not any(overlaps), f"{sum(overlaps)} model calls overlapped another"

@@ -298,3 +298,23 @@ def test_recipes_name_prints_a_description_in_any_language_as_written(tmp_path):
     assert "description: été — fin\n" in text
     (tmp_path / "again.yaml").write_text(text, encoding="utf-8")
     assert load_recipe(tmp_path / "again.yaml").description == "été — fin"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_under_stdout_is_one_line_not_a_traceback():
+    with open("/dev/full", "w") as full:
+        res = subprocess.run([sys.executable, "-m", "mattecli", "recipes"], stdout=full, stderr=subprocess.PIPE,
+                             text=True)
+    assert res.returncode == 1 and res.stderr == "matte: error: No space left on device\n", res.stderr
+
+
+def test_lines_printed_under_a_bar_on_a_terminal_stay_on_a_redirected_stdout(capsys):
+    """`matte train > log` with the bar on the terminal (stderr): training's lines go to the log."""
+    from rich.console import Console
+
+    from mattecli.progress import progress_bar
+
+    with progress_bar(console=Console(file=sys.stderr, force_terminal=True)) as bar:
+        bar.add_task("train", total=2)
+        print("iteration 1: loss 0.5")
+    assert "iteration 1" in capsys.readouterr().out

@@ -32,6 +32,23 @@ def test_every_requested_output_is_written(tmp_path, green, workers):
     assert not list((tmp_path / "out").rglob(".*"))  # no temporary files left
 
 
+def test_colour_outputs_carry_the_images_rgb_colour_profile(tmp_path, green):
+    """A phone's Display P3 photo: fg, rgba and composite without its profile showed other colours."""
+    from PIL import Image, ImageCms
+
+    images = make_pairs(tmp_path / "in", ["p3", "grey"])
+    rgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # any RGB profile
+    Image.open(images / "p3.png").save(images / "p3.png", icc_profile=rgb)
+    gray = bytearray(rgb)
+    gray[16:20] = b"GRAY"  # a grey photo's profile does not describe the RGB outputs
+    Image.open(images / "grey.png").convert("L").save(images / "grey.png", icc_profile=bytes(gray))
+    infer_folder(FakePipeline(), images, tmp_path / "out", save=ALL, background=green, progress=False)
+    for kind in ("fg", "rgba", "composite"):
+        assert Image.open(tmp_path / "out" / kind / "p3.png").info.get("icc_profile") == rgb, kind
+        assert "icc_profile" not in Image.open(tmp_path / "out" / kind / "grey.png").info, kind
+    assert "icc_profile" not in Image.open(tmp_path / "out" / "p3.png").info  # an alpha has no colours
+
+
 def test_an_item_is_done_only_when_all_its_outputs_exist(tmp_path, green):
     images = make_pairs(tmp_path / "in", ["a", "b", "c"])
     out = tmp_path / "out"
@@ -195,6 +212,22 @@ def test_temporary_files_of_a_killed_run_are_removed_once_old(tmp_path):
     os.utime(old, (two_hours_ago, two_hours_ago))
     infer_folder(FakePipeline(), images, out, save=("alpha", "fg"), progress=False)
     assert not old.exists() and young.exists()
+
+
+def test_temporary_files_in_the_subfolders_of_a_recursive_run_are_removed_once_old(tmp_path):
+    import os
+    import time
+
+    images = tmp_path / "in"
+    make_pairs(images / "x" / "y", ["a"])
+    out = tmp_path / "out"
+    olds = [out / "x" / "y" / ".a.k3j4.png.tmp", out / "rgba" / "x" / "y" / ".a.p2q1.png.tmp"]
+    for old in olds:
+        old.parent.mkdir(parents=True)
+        old.write_bytes(b"half")
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
+    infer_folder(FakePipeline(), images, out, save=("alpha", "rgba"), progress=False, recursive=True)
+    assert not any(old.exists() for old in olds)
 
 
 @pytest.mark.parametrize("max_bytes", [None, 200 * 200 * 100])

@@ -257,6 +257,23 @@ def test_on_the_fly_trimaps_equal_the_written_ones(tmp_path):
         assert np.array_equal(alpha == 255, written == 255) and np.array_equal(alpha == 0, written == 0)
 
 
+def test_temporary_files_in_the_subfolders_of_a_recursive_run_are_removed_once_old(tmp_path):
+    import os
+    import time
+
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    write_png(tmp_path / "masks" / "x" / "a.png", mask)
+    olds = [tmp_path / "trimaps" / "x" / ".a.k3j4.png.tmp", tmp_path / "preview" / "x" / ".a.p2q1.jpg.tmp"]
+    for old in olds:
+        old.parent.mkdir(parents=True)
+        old.write_bytes(b"half")
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
+    report = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", TrimapJob(rule=MaskRule()), progress=False,
+                          preview=tmp_path / "preview", recursive=True)
+    assert len(report.done) == 1 and not any(old.exists() for old in olds)
+
+
 def test_masks_beside_the_images(tmp_path):
     images, masks = mask_folder(tmp_path)
     for m in masks.iterdir():

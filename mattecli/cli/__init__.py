@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
 
 import typer
@@ -136,6 +138,17 @@ def refuse_empty_paths(args: list[str]) -> None:
             raise UsageError(f"{name}: an empty path (an unset variable?); write . for the current folder")
 
 
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail a second time."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C says
     "matte: interrupted" and exits with 130."""
@@ -147,6 +160,15 @@ def main() -> None:
         sys.exit(2)
     except InputError as err:
         print(f"matte: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:
+        if err.errno not in _NO_ROOM:
+            raise
+        # a full disk or quota, where no per-file handler caught it (stdout redirected to a full
+        # disk, say): one line, not a traceback; what is still buffered for stdout is dropped
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"matte: error: {where}{err.strerror}", file=sys.stderr)
+        _drop_stdout()
         sys.exit(1)
     except KeyboardInterrupt:  # outside a command (while parsing, say)
         print("matte: interrupted", file=sys.stderr)

@@ -70,9 +70,6 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
     photos_beside = _photos_beside_masks(files, source) if job.rule is not None else []
     skip = set(photos_beside)
     files = [f for f in files if f not in skip]
-    for folder in (out, preview):  # left by a killed run; young ones may belong to a live one
-        if folder is not None:
-            remove_stale_temps(folder, ".*.tmp", older_than=STALE_TEMP_SECONDS)
     photos = {}
     if job.images is not None:
         # in one folder with the masks, a mask is no photo (not even its own)
@@ -80,6 +77,7 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         candidates = [f for f in list_images(job.images, recursive) if f.resolve() not in masks]
         photos = {name: found[0] for name, found in index_by_stem(candidates, job.images).items()}
     report, todo, seen = BatchReport(), [], {}
+    folders = {Path(f) for f in (out, preview) if f is not None}  # and their subfolders, with --recursive
     if photos_beside:
         more = f" (and {len(photos_beside) - 1} more like it)" if len(photos_beside) > 1 else ""
         report.notes.append(f"{photos_beside[0]}: its {{stem}}{MASK_SUFFIX} mask lies beside it, so it is taken as "
@@ -93,12 +91,15 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
             continue
         seen[name] = path
         targets = [out / f"{name}.png"] + ([Path(preview) / f"{name}.jpg"] if preview is not None else [])
+        folders.update(t.parent for t in targets)
         if not overwrite and all(t.exists() for t in targets):
             report.skipped.append(str(path))
         elif job.images is not None and name not in photos:
             report.failed.append((str(path), f"no image named {name}.* in --images {job.images}"))
         else:
             todo.append((path, name, targets, photos.get(name)))
+    for folder in sorted(folders):  # left by a killed run; young ones may belong to a live one
+        remove_stale_temps(folder, ".*.tmp", older_than=STALE_TEMP_SECONDS)
     workers = workers or os.cpu_count() or 1
     pool = executor(workers, name="matte-trimap")
     try:

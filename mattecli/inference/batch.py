@@ -252,10 +252,10 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     if background is not None and getattr(background, "path", None) is not None:
         inputs.add(Path(background.path).resolve())
     out.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out, save)
-    todo = []
+    todo, folders = [], {out}
     for image_path, trimap_path in pairs:
         targets = output_paths(out, relative_name(image_path, image_root(images)), save)
+        folders.update(t.parent for t in targets.values())
         clash = [t for t in targets.values() if t.resolve() in inputs]
         if clash:
             report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
@@ -266,6 +266,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                 todo.append(_Item(image_path, trimap_path, stale, targets.get("alpha"), mask_rule))
             else:
                 report.skipped.append(str(image_path))
+    _remove_stale_temps(folders)
 
     device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
     prefetch = prefetch or max(2, workers)
@@ -388,7 +389,7 @@ def _nothing_to_matte(trimap: np.ndarray, from_mask: bool) -> str | None:
 
 def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap: np.ndarray, device=None,
            timer=None) -> None:
-    from mattecli.imageio import write_png
+    from mattecli.imageio import rgb_icc_profile, write_png
     from mattecli.inference.outputs import write_outputs
 
     if any(kind != "alpha" for kind in item.targets) and threading.current_thread() is not threading.main_thread():
@@ -397,8 +398,10 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap
         # The model already uses every core; a parallel foreground estimation beside it would
         # oversubscribe them (numba's thread count is per calling thread, so this stays local).
         numba.set_num_threads(1)
+    colour = any(kind not in ("alpha", "trimap") for kind in item.targets)
+    icc = rgb_icc_profile(item.image_path) if colour else None
     write_outputs({k: p for k, p in item.targets.items() if k != "trimap"}, image, alpha, background, device,
-                  timer=timer)
+                  timer=timer, icc=icc)
     if "trimap" in item.targets:
         write_png(item.targets["trimap"], trimap)
 
@@ -415,10 +418,10 @@ def _record(report: BatchReport, item: _Item, future: Future) -> None:
         report.failed.append((str(item.image_path), f"writing outputs: {type(err).__name__}: {err}"))
 
 
-def _remove_stale_temps(out: Path, save) -> None:
-    """Young temporary files may belong to another shard writing into the same folder, so only
-    old ones are removed."""
-    for folder in [out] + [out / kind for kind in save if kind != "alpha"]:
+def _remove_stale_temps(folders) -> None:
+    """In every folder this run writes into (subfolders too, with --recursive): young temporary
+    files may belong to another shard writing into the same folder, so only old ones are removed."""
+    for folder in sorted(folders):
         remove_stale_temps(folder, ".*.png.tmp", older_than=STALE_TEMP_SECONDS)
 
 

@@ -127,7 +127,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
     PyMatting's multi-level `estimate_foreground_ml` (Germer et al. 2020). Measured against the
     blur-fusion approximation (Forte & Pitie 2021) on a synthetic composite of the lemur photo
     (benchmarks/bench_foreground.py): ML's error is about half and its time is within 1.5x at 4K,
-    so ML is used. Where alpha has no fractional pixel, F is the image itself.
+    so ML is used. Where alpha has no fractional pixel, F is the image itself; where alpha is 255,
+    F is the image's pixel (image = F there exactly; the estimate's smoothing would change it).
 
     On a CUDA device the same method runs as the PyTorch port in `inference.foreground` (red-black
     sweeps instead of PyMatting's raster order; docs/gpu.md states the difference).
@@ -145,11 +146,15 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
     if device is not None and str(device).startswith("cuda"):
         from mattecli.inference.foreground import estimate_foreground_torch
 
-        return estimate_foreground_torch(image, alpha, device)
-    from pymatting import estimate_foreground_ml
+        fg = estimate_foreground_torch(image, alpha, device)
+    else:
+        from pymatting import estimate_foreground_ml
 
-    fg = estimate_foreground_ml(image.astype(np.float32) / np.float32(255), alpha.astype(np.float32) / np.float32(255))
-    return _to_uint8(fg)
+        fg = _to_uint8(estimate_foreground_ml(image.astype(np.float32) / np.float32(255),
+                                              alpha.astype(np.float32) / np.float32(255)))
+    opaque = alpha == 255
+    fg[opaque] = image[opaque]
+    return fg
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -169,8 +174,12 @@ def composite(fg: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.n
 
 
 def write_outputs(paths: dict[str, Path], image: np.ndarray, alpha: np.ndarray,
-                  background: Background | None = None, device=None, timer=None) -> None:
+                  background: Background | None = None, device=None, timer=None,
+                  icc: bytes | None = None) -> None:
     """Write the requested outputs (keys of `paths`) of one image, each atomically.
+
+    `icc`: the image's RGB colour profile, embedded in the colour outputs (fg, rgba, composite) so
+    that they show the image's colours (a background is taken in the image's colour space).
 
     The alpha is written first, so that a run interrupted between outputs can reuse it.
     `device` is where the foreground is estimated (see `estimate_foreground`); `timer(stage)`, when
@@ -190,11 +199,11 @@ def write_outputs(paths: dict[str, Path], image: np.ndarray, alpha: np.ndarray,
         fg = estimate_foreground(image, alpha, device)
     with stage(timer, "encode"):
         if "fg" in paths:
-            write_png(paths["fg"], fg)
+            write_png(paths["fg"], fg, icc=icc)
         if "rgba" in paths:
-            write_png(paths["rgba"], to_rgba(fg, alpha))
+            write_png(paths["rgba"], to_rgba(fg, alpha), icc=icc)
         if "composite" in paths:
             if background is None:
                 raise ValueError("a composite needs a background (--background)")
             write_png(paths["composite"], composite(fg, alpha, background.fit(*alpha.shape)),
-                      text={RECORD_KEY: background.record})
+                      text={RECORD_KEY: background.record}, icc=icc)

@@ -19,7 +19,8 @@ only: on a CPU, numpy with OpenCV is faster and is the authors' arithmetic.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -363,6 +364,10 @@ class Pipeline:
     max_bytes: int | None = None
     bytes_per_pixel: int | None = None
     timer: object = None
+    # One model call at a time: a TensorRT context and its scratch memory, and the half-precision
+    # fallback count, are per backend, and a web service calls one loaded model from many threads.
+    # Preparing and restoring stay concurrent; concurrent passes would only share the same cores.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def ops(self):
@@ -412,7 +417,7 @@ class Pipeline:
             return ops.download(restore(raw, trimap_d, self.cfg, ops))
 
     def _forward(self, x, ops):
-        with self._stage("model"):
+        with self._stage("model"), self._lock:
             raw = self.backend(x) if ops is NUMPY else self.backend.forward(x)
             if not bool(ops.xp.isfinite(raw).all()):  # never a NaN alpha: the image fails, named
                 raise ValueError("the model's output is not finite (NaN or infinity) for this image")
