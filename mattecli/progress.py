@@ -9,12 +9,11 @@ from contextlib import contextmanager
 def progress_bar(*extra_columns, console=None):
     """A rich `Progress` with matte's columns, on stderr unless `console` says otherwise;
     `extra_columns` go after the count (e.g. loss)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
     import sys
 
     from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     # stderr by default: stdout holds a command's result (infer's summary line, export's "wrote"),
     # which scripts read, and rich writes the finished bar there too when stdout is not a terminal.
