@@ -143,7 +143,7 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
     from mattecli.inference.tiling import default_max_bytes, tile_size
 
     try:
-        device = resolve_device(device)
+        device = resolve_device(device, option="device")  # the argument's name, not the option's
         if max_memory == _DEFAULT:
             max_bytes = default_max_bytes(device)
         elif max_memory is None:

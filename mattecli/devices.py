@@ -11,26 +11,27 @@ import re
 from mattecli.errors import UsageError
 
 
-def resolve_device(text: str | None) -> str:
+def resolve_device(text: str | None, option: str = "--device") -> str:
     """`auto` (or None) -> "cuda" when a GPU is available, else "cpu"; cpu / cuda / cuda:N checked.
 
     Raises:
-        UsageError: for anything else (e.g. `gpu`), or a CUDA device this machine does not have.
+        UsageError: naming `option` (the Python API's `device=`), for anything else (e.g. `gpu`),
+            or a CUDA device this machine does not have.
     """
     name = (text or "auto").strip().lower()
     if name == "cpu":
         return "cpu"
     if name != "auto" and not re.fullmatch(r"cuda(:\d+)?", name):
-        raise UsageError(f"--device {text}: expected auto, cpu, cuda or cuda:N")
+        raise UsageError(f"{option} {text}: expected auto, cpu, cuda or cuda:N")
     import torch
 
     available = torch.cuda.is_available()
     if name == "auto":
         return "cuda" if available else "cpu"
     if not available:
-        raise UsageError(f"--device {text}: CUDA is not available on this machine")
+        raise UsageError(f"{option} {text}: CUDA is not available on this machine")
     index = int(name.split(":")[1]) if ":" in name else 0
     if index >= torch.cuda.device_count():
-        raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+        raise UsageError(f"{option} {text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                          f"numbered from 0")
     return name

@@ -297,3 +297,18 @@ def test_a_folder_where_an_output_goes_is_not_taken_for_the_output(tmp_path):
     report = infer_folder(FakePipeline(), images, out, save=("alpha",), progress=False)
     assert report.done == [str(images / "b.png")] and not report.skipped
     assert report.failed == [(str(images / "a.png"), f"writing outputs: {out / 'a.png'} is a folder")]
+
+
+def test_a_model_refusal_is_said_as_written(tmp_path):
+    """matte's own ValueErrors are sentences ('m.onnx was exported for 1920x1088 input only, ...'); the
+    failure line said 'ValueError: ...' before them; a library's RuntimeError keeps its type's name."""
+    import functools
+
+    images = make_pairs(tmp_path / "in", ["a", "b"])
+    said = "m.onnx was exported for 1920x1088 input only, got 32x24"
+    fake = FakePipeline(fail_on_call=1, exc=functools.partial(ValueError, said))
+    report = infer_folder(fake, images, tmp_path / "out", save=("alpha",), progress=False)
+    assert report.failed == [(str(images / "a.png"), said)] and report.done == [str(images / "b.png")]
+    fake = FakePipeline(fail_on_call=1, exc=functools.partial(RuntimeError, "CUDA error: misaligned address"))
+    report = infer_folder(fake, images, tmp_path / "out2", save=("alpha",), progress=False)
+    assert report.failed == [(str(images / "a.png"), "RuntimeError: CUDA error: misaligned address")]

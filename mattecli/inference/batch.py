@@ -327,7 +327,10 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     advance()
                     continue
                 except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory on a huge image
-                    report.failed.append((str(item.image_path), f"{type(err).__name__}: {err}"))
+                    # matte's own ValueErrors are sentences for the user ("... was exported for 1920x1088
+                    # input only"); a library's RuntimeError is named by its type
+                    said = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+                    report.failed.append((str(item.image_path), said))
                     advance()
                     continue
                 writes.append((item, pool.submit(_write, item, image, alpha, background, trimap, device, timer)))
