@@ -1,4 +1,5 @@
-"""Ctrl-C (SIGINT) during a command: one line "matte: interrupted", exit code 130, no partial files."""
+"""Ctrl-C (SIGINT) during a command: one line "matte: interrupted", exit code 130, no partial files;
+SIGTERM the same, "matte: terminated", exit code 143."""
 
 import os
 import shutil
@@ -59,8 +60,8 @@ COMMANDS = {
 }
 
 
-def interrupt(command: str, workdir: Path) -> None:
-    """Run `matte COMMAND`, send SIGINT once its work is under way, check what it leaves."""
+def interrupt(command: str, workdir: Path, signum: int = signal.SIGINT) -> None:
+    """Run `matte COMMAND`, send SIGINT (or SIGTERM) once its work is under way, check what it leaves."""
     args, watch, pattern = COMMANDS[command]
     shutil.rmtree(workdir / "out", ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -71,10 +72,11 @@ def interrupt(command: str, workdir: Path) -> None:
         assert proc.poll() is None, f"{command} ended before it was interrupted: {proc.communicate()}"
         assert time.monotonic() < deadline, f"{command} did not start"
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, (out, err)
-    assert err.count("matte: interrupted") == 1, err
+    code, said = (130, "matte: interrupted") if signum == signal.SIGINT else (143, "matte: terminated")
+    assert proc.returncode == code, (out, err)
+    assert err.count(said) == 1, err
     assert "Traceback" not in err, err
     assert not list((workdir / "out").rglob(".*.tmp")), "a temporary file was left behind"
 
@@ -83,7 +85,17 @@ def test_ctrl_c_in_prepare_data(tmp_path):
     interrupt("prepare-data", tmp_path)
 
 
+def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path):
+    """A scheduler's pre-emption (SIGTERM) killed matte at once, leaving temporary files."""
+    interrupt("prepare-data", tmp_path, signal.SIGTERM)
+
+
 @pytest.mark.slow  # ~5 s each on a quiet 2-core CPU (torch import, a model)
 @pytest.mark.parametrize("command", ["train", "infer", "eval"])
 def test_ctrl_c_in_torch_commands(workdir, command):
     interrupt(command, workdir)
+
+
+@pytest.mark.slow
+def test_sigterm_in_infer(workdir):
+    interrupt("infer", workdir, signal.SIGTERM)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import signal
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -149,9 +151,29 @@ def _drop_stdout() -> None:
         pass
 
 
+_TERMINATED: list[int] = []
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM (a scheduler pre-empting a job, `timeout`, torchrun stopping its workers) ends a
+    command as Ctrl-C does, so that nothing half-written is left; it was an instant death that left
+    temporary files for a later run to clear."""
+    _TERMINATED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> NoReturn:
+    if _TERMINATED:
+        print("matte: terminated", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)  # 143, as a shell reports a process SIGTERM ended
+    print("matte: interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C says
-    "matte: interrupted" and exits with 130."""
+    "matte: interrupted" and exits with 130; SIGTERM says "matte: terminated" and exits with 143."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         refuse_empty_paths(sys.argv[1:])
         app()
@@ -171,10 +193,9 @@ def main() -> None:
         _drop_stdout()
         sys.exit(1)
     except KeyboardInterrupt:  # outside a command (while parsing, say)
-        print("matte: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except SystemExit as done:
         # Typer turns a KeyboardInterrupt inside a command into a silent exit 130
         if done.code == 130 and _from_interrupt(done):
-            print("matte: interrupted", file=sys.stderr)
+            _interrupted()
         raise
