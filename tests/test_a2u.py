@@ -188,6 +188,26 @@ def test_forward_backward_keeps_size(name):
         assert model(x[:1]).shape == (1, 1, 48, 80)
 
 
+def test_new_layers_start_as_the_authors_init():
+    """resnet.py:657-683 with config/default.py:31-36: every conv xavier_normal_ with gain
+    calculate_gain('leaky_relu', 0.01), biases 0 (kaiming's fan-in std was 2.9x theirs at short0)."""
+    torch.manual_seed(0)
+    model = build_model(load_recipe("a2u-dynamic-cs-d-gn"))
+    encoder = {id(m) for e in model.encoder_modules() for m in e.modules()}
+    gain = torch.nn.init.calculate_gain("leaky_relu", 0.01)
+    checked = 0
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and id(m) not in encoder:
+            if m.bias is not None:
+                assert not m.bias.any(), name
+            if m.weight.numel() >= 2000:  # enough draws for the std to be within a few percent
+                fan_in, fan_out = m.weight[0].numel(), m.weight.shape[0] * m.weight[0, 0].numel()
+                expected = gain * (2 / (fan_in + fan_out)) ** 0.5
+                assert m.weight.std().item() == pytest.approx(expected, rel=0.1), name
+                checked += 1
+    assert checked > 20
+
+
 def test_forms_agree_on_the_whole_network():
     """Float64, so only the formulation (not float32 rounding through 60 layers) is compared."""
     torch.manual_seed(0)

@@ -144,6 +144,16 @@ def test_schedules():
     assert lr_factor(cos, 60) == pytest.approx(0.5) and lr_factor(cos, 110) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_indexnet_recipes_train_30_whole_epochs():
+    """hltrainval.py:428-436 loads batches of 16 with drop_last=True: 43,100 // 16 = 2,693 steps an
+    epoch, so the 30 epochs of train.sh are 80,790 iterations (80,820 ran 30 steps into a 31st)."""
+    per_epoch = 43_100 // 16  # as the loop counts an epoch: len(dataset) // batch (drop_last)
+    for name in ("indexnet-m2o-nl-ctx", "indexnet-hin-nl-ctx", "indexnet-unet-maxunpool"):
+        train = load_recipe(name).train
+        assert train.batch_size == 16 and train.iters == 30 * per_epoch == 80_790, name
+        assert lr_factor(train, train.iters - 1, per_epoch) == pytest.approx(0.01)  # still epoch 30
+
+
 def test_validate_equals_the_per_sample_loop_it_replaced(synth, monkeypatch, capfd):
     """validate() runs evaluation.evaluate quietly in-process; the means are those of the plain
     loop (pipeline, then metrics.evaluate, per sample) to the last bit."""

@@ -372,9 +372,12 @@ class A2UMatting(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
+        # the authors' (resnet.py:657-683, config/default.py:31-36): xavier_normal_ with the gain of
+        # LeakyReLU(0.01) on every conv; the pretrained encoder then replaces its own
+        gain = nn.init.calculate_gain("leaky_relu", 0.01)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, a=0.01, nonlinearity="leaky_relu")
+                nn.init.xavier_normal_(m.weight, gain=gain)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
