@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from mattecli.errors import UsageError
 from mattecli.imageio import read_gray
 from mattecli.inference.batch import find_pairs, infer_folder
 from tests.infer_helpers import FakePipeline, make_pairs
