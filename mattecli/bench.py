@@ -56,9 +56,9 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
             raise UsageError(f"{weights}: the {name} backend needs a .safetensors weights file "
                              f"(a {suffix} file serves {', '.join(usable[suffix])})")
     if suffix == ".safetensors":  # no recipe, or not readable: one usage error, not a failed row per size
-        from mattecli.weights import read_weights
+        from mattecli.weights import read_weights_header
 
-        read_weights(weights, tensors=False)
+        read_weights_header(weights)
     device = resolve_device(device)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs --device cuda (FP16 on a CPU is not a fast path in torch or ONNX Runtime)")

@@ -245,7 +245,9 @@ def recipe_path(name_or_path: str | Path) -> Path:
     if candidate.is_file():
         return candidate
     known = ", ".join(list_recipe_names()[:8])
-    if path.is_file() and path.suffix.lower() in (".safetensors", ".onnx", ".engine"):
+    from mattecli.inference.backends import SUFFIX_TO_BACKEND
+
+    if path.is_file() and path.suffix.lower() in SUFFIX_TO_BACKEND:
         raise UsageError(f"{path}: a model file, not a recipe; `matte recipes {path} > recipe.yaml` writes the "
                          "recipe it carries")
     if path.is_file():  # said "not a file" of a file

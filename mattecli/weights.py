@@ -32,26 +32,46 @@ def save_weights(model, recipe, path: str | Path, metadata: dict[str, str] | Non
     return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
-def read_weights(path: str | Path, tensors: bool = True):
-    """-> (recipe, state_dict) of a weights file; `tensors=False` reads the recipe alone (the
-    state_dict is then empty): a cheap check that the file is usable."""
-    from safetensors import SafetensorError, safe_open
+def read_weights(path: str | Path):
+    """-> (recipe, state_dict) of a weights file."""
+    recipe, _, state = _read_matte_weights(path, tensors=True)
+    return recipe, state
 
+
+def read_weights_header(path: str | Path):
+    """-> (recipe, metadata) of a weights file, its tensors left unread: a cheap check that the
+    file is usable, and what else it says of itself (e.g. a best model's `selected_by`)."""
+    recipe, meta, _ = _read_matte_weights(path, tensors=False)
+    return recipe, meta
+
+
+def _read_matte_weights(path: str | Path, tensors: bool):
     from mattecli.recipes import recipe_from_dict
 
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such weights file")
-    try:
-        with safe_open(str(path), framework="pt") as f:  # one read for metadata and tensors
-            meta = f.metadata() or {}
-            state = {name: f.get_tensor(name) for name in f.keys()} if tensors else {}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
+    meta, state = _read_safetensors(path, tensors)
     if "recipe" not in meta:
         raise UsageError(f"{path}: no recipe in the metadata (not written by matte; use `matte convert`)")
     raw = json.loads(meta["recipe"])
-    return recipe_from_dict(raw, raw.get("name", path.stem)), state
+    return recipe_from_dict(raw, raw.get("name", path.stem)), meta, state
+
+
+def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
+    """-> (metadata, tensors, or {} when `tensors` is False) of any `.safetensors` file, in one read.
+
+    Raises:
+        UsageError: naming the file, when it is not a readable .safetensors file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return meta, ({name: f.get_tensor(name) for name in f.keys()} if tensors else {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
 
 
 def load_model(path: str | Path):
@@ -176,16 +196,11 @@ def _load_weights_only(path: Path):
 def _read_foreign_safetensors(path: Path) -> dict:
     """The tensors of a `.safetensors` file that matte did not write (a release republished in
     that format): `--weights` refuses it for want of a recipe, so convert reads it."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            if "recipe" in (f.metadata() or {}):
-                raise UsageError(f"{path}: a matte weights file, which needs no conversion (infer, eval, "
-                                 "export and bench take it as --weights)")
-            return {name: f.get_tensor(name) for name in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
+    meta, state = _read_safetensors(path)
+    if "recipe" in meta:
+        raise UsageError(f"{path}: a matte weights file, which needs no conversion (infer, eval, "
+                         "export and bench take it as --weights)")
+    return state
 
 
 def _unpickler_reason(text: str) -> str:

@@ -7,6 +7,7 @@ import importlib
 import os
 import signal
 import sys
+from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
@@ -34,20 +35,17 @@ class _OneLineUsage(TyperGroup):
             return super().invoke(ctx)
 
 
-class _one_line_usage:
-    def __init__(self, ctx):
-        self.ctx = ctx
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, tb):
-        if not isinstance(err, _ClickUsageError) or type(err).__name__ == "NoArgsIsHelpError":
-            return False
+@contextmanager
+def _one_line_usage(ctx):
+    try:
+        yield
+    except _ClickUsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":
+            raise
         if err.ctx is not None:
             where = err.ctx.command_path
         else:  # some parse errors carry no context: the subcommand being parsed, if any
-            where = " ".join(filter(None, (self.ctx.command_path, self.ctx.invoked_subcommand)))
+            where = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
         raise UsageError(f"{err.format_message()} (see {where} --help)") from None
 
 

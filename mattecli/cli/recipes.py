@@ -23,9 +23,6 @@ def recipe_table() -> list[dict]:
     return rows
 
 
-MODEL_SUFFIXES = (".safetensors", ".onnx", ".engine")  # files that carry the recipe they were built from
-
-
 def recipe_text(name: str, as_json: bool = False) -> str:
     """One recipe, resolved (`base:` merged, defaults filled in), as YAML that loads back to the
     same recipe, or as JSON. `name` may also be a model file (weights, ONNX graph, engine): the
@@ -34,7 +31,9 @@ def recipe_text(name: str, as_json: bool = False) -> str:
 
     from mattecli.recipes import load_recipe, recipe_path
 
-    if Path(name).suffix.lower() in MODEL_SUFFIXES:
+    from mattecli.inference.backends import SUFFIX_TO_BACKEND  # model files carry their recipe
+
+    if Path(name).suffix.lower() in SUFFIX_TO_BACKEND:
         recipe, notes = carried_recipe(Path(name))
         source = f"carried by {name}" + "".join(f"; {k}: {v}" for k, v in notes.items())
     else:
@@ -60,16 +59,9 @@ def carried_recipe(path: Path):
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     if suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
+        from mattecli.weights import read_weights_header
 
-        from mattecli.weights import read_weights
-
-        recipe, _ = read_weights(path, tensors=False)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except (SafetensorError, OSError) as err:  # read_weights has read it, so hardly ever
-            raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
+        recipe, meta = read_weights_header(path)
         return recipe, {k: v for k, v in meta.items() if k not in ("recipe", "format")}
     if suffix == ".onnx":
         import onnx
