@@ -238,13 +238,13 @@ def test_model_on_a_prepared_split(tmp_path):
     # the dataset root that `matte train --data` takes: named, with the split to give instead
     root = run("--weights", weights, "--data", tmp_path)
     assert root.exit_code == 2 and root.stderr.strip() == (
-        f"matte eval: error: --data {tmp_path}: a prepared dataset with train/ and test/; give the split to "
+        f"matte: error: --data {tmp_path}: a prepared dataset with train/ and test/; give the split to "
         f"evaluate on, e.g. --data {split}")
     # --save-pred onto the ground truth: it overwrote each alpha with its prediction, scored against itself
     truth = {p: p.read_bytes() for p in (split / "alpha").iterdir()}
     onto = run("--weights", weights, "--data", split, "--save-pred", split / "alpha", "--workers", "1")
     assert onto.exit_code == 2 and onto.stderr.strip() == (
-        f"matte eval: error: --save-pred {split / 'alpha'}: {split / 'alpha' / 's_0.png'} is an input of --data; "
+        f"matte: error: --save-pred {split / 'alpha'}: {split / 'alpha' / 's_0.png'} is an input of --data; "
         "save the predictions in another folder")
     assert {p: p.read_bytes() for p in (split / "alpha").iterdir()} == truth
 

@@ -106,5 +106,5 @@ def test_eval_report_pointed_at_a_file_is_one_line(tmp_path):
         result = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path), "--gt", str(tmp_path), "--trimap",
                                           str(tmp_path), "--report", str(target)])
         assert result.exit_code == 2 and "Traceback" not in result.output
-        assert result.stderr.strip() == (f"matte eval: error: --report {target}: {tmp_path / 'report.html'} is a "
+        assert result.stderr.strip() == (f"matte: error: --report {target}: {tmp_path / 'report.html'} is a "
                                          "file; the report is a folder (index.html and its images): name a folder")

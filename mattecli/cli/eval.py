@@ -47,7 +47,7 @@ def main(
             code = eval_predictions(pred, gt=gt, trimap=trimap, data=data, images=images, workers=workers,
                                     outputs=outputs)
     except UsageError as err:
-        print(f"matte eval: error: {err}", file=sys.stderr)
+        print(f"matte: error: {err}", file=sys.stderr)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
