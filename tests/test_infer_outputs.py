@@ -1,5 +1,6 @@
 """Foreground estimation, straight RGBA, composites onto a colour or an image, and the CLI."""
 
+import os
 import subprocess
 import sys
 
@@ -48,6 +49,27 @@ def test_foreground_is_the_image_where_alpha_is_opaque():
     fg = estimate_foreground(image, alpha)
     assert np.array_equal(fg[alpha == 255], image[alpha == 255])
     assert np.array_equal(composite(fg, alpha, np.zeros(3, np.uint8))[:, 32:], image[:, 32:])
+
+
+def test_foreground_from_several_threads_survives_numbas_workqueue_layer():
+    """`infer --workers N --save fg` estimates foregrounds on N threads. Where numba has neither TBB
+    nor OpenMP it uses its workqueue layer, which aborted the whole process on the second thread."""
+    code = """if True:
+        import threading, numpy as np, numba
+        from mattecli.inference.outputs import estimate_foreground
+        image, alpha = np.full((60, 80, 3), 90, np.uint8), np.tile(np.arange(80, dtype=np.uint8) * 3, (60, 1))
+        def run():
+            numba.set_num_threads(1)  # as infer's writer threads do
+            for _ in range(4):
+                estimate_foreground(image, alpha)
+        threads = [threading.Thread(target=run) for _ in range(3)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print(numba.threading_layer())
+    """
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert (done.returncode, done.stdout.strip()) == (0, "workqueue"), done.stderr[-500:]
 
 
 def test_rgba_is_straight_not_premultiplied():

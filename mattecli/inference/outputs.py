@@ -9,6 +9,8 @@ premultiplied, alpha), `composite/{stem}.png` (the foreground over `--background
 from __future__ import annotations
 
 import re
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,11 +152,33 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
     else:
         from pymatting import estimate_foreground_ml
 
-        fg = _to_uint8(estimate_foreground_ml(image.astype(np.float32) / np.float32(255),
-                                              alpha.astype(np.float32) / np.float32(255)))
+        with _numba_guard():
+            fg = _to_uint8(estimate_foreground_ml(image.astype(np.float32) / np.float32(255),
+                                                  alpha.astype(np.float32) / np.float32(255)))
     opaque = alpha == 255
     fg[opaque] = image[opaque]
     return fg
+
+
+_NUMBA_WORKQUEUE = threading.Lock()
+
+
+def _numba_guard():
+    """One PyMatting call at a time unless numba's threading layer is known to be thread-safe.
+
+    PyMatting's kernels are numba `parallel=True` functions. Where numba finds neither TBB nor
+    OpenMP (macOS without libomp, say) it uses its "workqueue" layer, which aborts the whole
+    process ("Concurrent access has been detected") when two threads launch parallel kernels at
+    once, as `matte infer --workers N --save fg` does. The layer is chosen at the first launch, so
+    calls wait on each other until numba says which one it chose.
+    """
+    import numba
+
+    try:
+        safe = numba.threading_layer() != "workqueue"
+    except ValueError:  # no parallel kernel has run yet
+        safe = False
+    return nullcontext() if safe else _NUMBA_WORKQUEUE
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
