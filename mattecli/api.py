@@ -203,6 +203,10 @@ def _as_pil(x: ImageLike, what: str, apply_exif: bool = True):
 
         return _open(Path(x), apply_exif=apply_exif)
     if isinstance(x, Image.Image):
+        if x.mode == "F":  # Image.fromarray of a float32 array: checked as that array would be
+            from mattecli.imageio import array_values
+
+            array_values(np.asarray(x), what)
         return ImageOps.exif_transpose(x) if apply_exif else x
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":  # None, bytes (a file's content), a dict: np.asarray wraps them, shape ()

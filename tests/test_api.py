@@ -107,6 +107,11 @@ def test_arrays_of_other_dtypes_are_read_as_numpy_makes_them_or_refused(weights)
         matter.predict(image, trimap.astype(np.float64))
     slightly_over = np.clip(image / 255 * 1.1 - 0.05, -0.05, 1.05)  # a bicubic resize's overshoot: clipped
     matter.predict(slightly_over, trimap)
+    # Image.fromarray of a float32 array is a Pillow image of mode F: checked as the array is
+    with pytest.raises(ValueError, match="^trimap: float32 values from 0.0 to 255.0"):
+        matter.predict(image, Image.fromarray(trimap.astype(np.float32)))
+    assert np.array_equal(matter.predict(Image.fromarray(image[..., 0].astype(np.float32) / 255), trimap),
+                          matter.predict(image[..., 0], trimap))
 
 
 def test_paths_give_what_pillow_images_give(weights, photos, tmp_path):
