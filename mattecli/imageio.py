@@ -101,7 +101,7 @@ def _open(path: Path, apply_exif: bool = False):
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "no such file")
+        raise InputError(path, "a folder, not an image file" if path.is_dir() else "no such file")
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
     try:

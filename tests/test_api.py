@@ -130,6 +130,8 @@ def test_paths_give_what_pillow_images_give(weights, photos, tmp_path):
     junk.write_bytes(b"not a png")
     with pytest.raises(ValueError, match=f"^{missing}: no such file$"):
         matter.predict(missing, photos / "lemur_trimap.png")
+    with pytest.raises(ValueError, match=f"^{tmp_path}: a folder, not an image file$"):  # was "no such file"
+        matter.predict(photos / "lemur.png", tmp_path)
     with pytest.raises(ValueError, match=f"^{junk}: cannot decode image"):
         matter.predict(photos / "lemur.png", junk)
     with pytest.raises(ValueError, match=f"^{junk}: cannot decode image"):
