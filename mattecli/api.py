@@ -139,11 +139,14 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
     """
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
+    from mattecli.inference.backends import BACKENDS
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import default_max_bytes, tile_size
 
     try:
         device = resolve_device(device, option="device")  # the argument's name, not the option's
+        if backend is not None and backend not in BACKENDS:  # as device: not named --backend
+            raise ValueError(f"backend {backend!r}: unknown backend (choose {', '.join(BACKENDS)})")
         if max_memory == _DEFAULT:
             max_bytes = default_max_bytes(device)
         elif max_memory is None:

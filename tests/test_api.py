@@ -187,6 +187,8 @@ def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
     # named as the argument, not as the command line's --device
     with pytest.raises(ValueError, match="^device gpu: expected auto, cpu, cuda or cuda:N$"):
         mattecli.load(weights, device="gpu")
+    with pytest.raises(ValueError, match="^backend 'tensorrt': unknown backend \\(choose torch, onnx, trt\\)$"):
+        mattecli.load(weights, device="cpu", backend="tensorrt")
     with pytest.raises(ValueError, match="no such weights file"):
         mattecli.load(tmp_path / "missing.safetensors")
     # refused at load as `matte infer` refuses them, not taken silently (half ran CPU autocast; a
