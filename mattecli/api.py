@@ -157,6 +157,9 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
             from mattecli.cli.parsing import parse_memory
 
             max_bytes = parse_memory(max_memory, "max_memory")
+        elif max_memory != max_memory or max_memory == float("inf"):  # NaN, inf: int() raised its own words
+            raise ValueError(f"max_memory {max_memory!r}: expected bytes as an int, a size like '4GB', or None "
+                             "for no ceiling")
         elif max_memory <= 0:  # as parse_memory says of --max-memory 0: not a silent "no ceiling"
             raise ValueError(f"max_memory {max_memory!r}: a ceiling of zero leaves no memory for any pass; pass "
                              "None for no ceiling")

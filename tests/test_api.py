@@ -196,7 +196,8 @@ def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
     with pytest.raises(ValueError, match="^half needs a CUDA device"):
         mattecli.load(weights, device="cpu", half=True)
     for bad, match in [(0, "a ceiling of zero"), (-1, "a ceiling of zero"), (100, "^max_memory 100: a memory "
-                       "ceiling of 0 MiB is too small"), (True, "bytes as an int")]:
+                       "ceiling of 0 MiB is too small"), (True, "bytes as an int"),
+                       (float("nan"), "^max_memory nan: expected bytes"), (float("inf"), "^max_memory inf: expected bytes")]:
         with pytest.raises(ValueError, match=match):
             mattecli.load(weights, device="cpu", max_memory=bad)
     assert mattecli.load(weights, device="cpu", max_memory=1.5e9).pipeline.max_bytes == 1_500_000_000
