@@ -8,6 +8,7 @@ one, and the file gets the permissions any other program's output would (0666 le
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -16,8 +17,15 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(tmp_path)` then rename over `path`: a crash leaves the old file or the new one."""
+    """Call `write(tmp_path)` then rename over `path`: a crash leaves the old file or the new one.
+
+    A device, a FIFO or a path under /dev or /proc (`--json /dev/stdout`, `/dev/null`) is written
+    in place: renaming over it replaced /dev/stdout, or /dev/null, with a regular file when run as
+    root, and failed for anyone else."""
     path = Path(path)
+    if _special(path):
+        write(path)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
     try:  # from the first statement after mkstemp: a Ctrl-C during close or chmod left the file (seen in CI)
@@ -31,6 +39,14 @@ def atomic_write(path: str | Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _special(path: Path) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # not there yet (or unreadable): an ordinary new file
+        return False
+    return not stat.S_ISREG(mode) or path.absolute().parts[1:2] in (("dev",), ("proc",))
 
 
 def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: float = 0.0) -> int:

@@ -59,6 +59,24 @@ def test_ctrl_c_right_after_the_temp_file_is_made_leaves_no_temp(tmp_path, monke
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
+def test_a_fifo_or_a_device_is_written_in_place_not_replaced(tmp_path):
+    """`matte eval --json /dev/stdout` as root renamed a file over /dev/stdout (and /dev/null);
+    a FIFO, like them not a regular file, is written in place and stays a FIFO."""
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    atomic_write(fifo, lambda tmp: tmp.write_text("{}"))
+    reader.join(10)
+    assert got == ["{}"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+    atomic_write("/dev/null", lambda tmp: tmp.write_text("x"))  # no temp file made in /dev
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+
+
 def test_remove_stale_temps_spares_young_ones(tmp_path):
     old, young = tmp_path / ".a.png.tmp", tmp_path / ".b.png.tmp"
     old.write_text(""), young.write_text("")
