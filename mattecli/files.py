@@ -12,8 +12,21 @@ import stat
 import tempfile
 from pathlib import Path
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _umask() -> int:
+    """The process's umask, read where Linux shows it: os.umask can only read it by setting it,
+    which for that moment gives a file any other thread of the program creates mode 0666, and at
+    import time it was read once, missing a program's later os.umask."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)  # elsewhere (macOS, Linux before 4.7): the only way
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, write) -> Path:
@@ -33,7 +46,7 @@ def atomic_write(path: str | Path, write) -> Path:
         write(Path(tmp))
         # mkstemp creates 0600, and some writers (safetensors' save_file) make the file anew as 0600:
         # outputs get the usual permissions, set after the write
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -29,6 +29,24 @@ def test_manifest_gets_the_permissions_of_every_other_output(tmp_path):
     assert [p.name for p in (tmp_path / "split").iterdir() if p.name.startswith(".")] == []
 
 
+def test_the_umask_is_read_without_being_set(tmp_path, monkeypatch):
+    """Importing mattecli.files set the umask to 0 for a moment (a file another thread of a web
+    service made then got mode 0666), and kept the value it read then."""
+    import importlib
+
+    import mattecli.files
+
+    umask = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("os.umask called"))
+        files = importlib.reload(mattecli.files)
+        files.atomic_write(tmp_path / "out.txt", lambda tmp: tmp.write_text("x"))
+    finally:
+        monkeypatch.undo()
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o640
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "report.json"
     path.write_text("old")
