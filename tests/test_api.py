@@ -191,6 +191,11 @@ def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
         mattecli.load(weights, device="cpu", backend="tensorrt")
     with pytest.raises(ValueError, match="no such weights file"):
         mattecli.load(tmp_path / "missing.safetensors")
+    run = tmp_path / "run"  # a training run's folder, not a file in it: was "no such weights file"
+    run.mkdir()
+    (run / "last.safetensors").write_bytes(Path(weights).read_bytes())
+    with pytest.raises(ValueError, match=f"^{run}: a folder, not a weights file; name the file \\(last.safetensors in it\\)$"):
+        mattecli.load(run)
     # refused at load as `matte infer` refuses them, not taken silently (half ran CPU autocast; a
     # ceiling of 0, -1 or 100 bytes failed every predict; 1.5e9 raised AttributeError)
     with pytest.raises(ValueError, match="^half needs a CUDA device"):
