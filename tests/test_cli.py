@@ -318,6 +318,9 @@ def test_a_reader_that_stops_reading_ends_matte_quietly(args):
     res = subprocess.run([sys.executable, "-m", "mattecli", *args], stdout=write, stderr=subprocess.PIPE, text=True)
     os.close(write)
     assert (res.returncode, res.stderr) == (141, "")
+    closed = subprocess.run([sys.executable, "-m", "mattecli", *args], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: os.close(1))  # `>&-`: no stdout at all, as before
+    assert (closed.returncode, closed.stderr) == (0, "")
 
 
 def test_lines_printed_under_a_bar_on_a_terminal_stay_on_a_redirected_stdout(capsys):

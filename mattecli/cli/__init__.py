@@ -209,7 +209,8 @@ def main() -> None:
         # click and rich exit 1 when stdout's reader went away
         if done.code == 1 and _started_with(done, BrokenPipeError):
             _pipe_closed()
-        if done.code in (0, None):  # output still buffered fails here, not in the flush at exit
+        # output still buffered fails here, not in the flush at exit (stdout is None when closed: `>&-`)
+        if done.code in (0, None) and sys.stdout is not None:
             try:
                 sys.stdout.flush()
             except BrokenPipeError:
