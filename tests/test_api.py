@@ -49,6 +49,7 @@ def test_import_is_light_and_the_public_names_are_few():
     assert out.strip() == "['Matter', '__version__', 'load', 'trimap_from_mask']"
     with pytest.raises(AttributeError):
         mattecli.no_such_name  # noqa: B018
+    assert {"load", "Matter", "trimap_from_mask"} <= set(dir(mattecli))  # lazy, but offered for completion
 
 
 @pytest.mark.parametrize("max_memory", [None, "20MB"], ids=["whole", "tiled"])
