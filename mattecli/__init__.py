@@ -28,3 +28,8 @@ def __getattr__(name: str):
 
         return trimap_from_mask
     raise AttributeError(f"module 'mattecli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazy names too: a notebook's `mattecli.<Tab>` (and `dir`) offered none of them."""
+    return sorted(set(globals()) | set(__all__))

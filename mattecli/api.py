@@ -139,11 +139,14 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
     """
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
+    from mattecli.inference.backends import BACKENDS
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import default_max_bytes, tile_size
 
     try:
         device = resolve_device(device, option="device")  # the argument's name, not the option's
+        if backend is not None and backend not in BACKENDS:  # as device: not named --backend
+            raise ValueError(f"backend {backend!r}: unknown backend (choose {', '.join(BACKENDS)})")
         if max_memory == _DEFAULT:
             max_bytes = default_max_bytes(device)
         elif max_memory is None:
@@ -154,6 +157,9 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
             from mattecli.cli.parsing import parse_memory
 
             max_bytes = parse_memory(max_memory, "max_memory")
+        elif max_memory != max_memory or max_memory == float("inf"):  # NaN, inf: int() raised its own words
+            raise ValueError(f"max_memory {max_memory!r}: expected bytes as an int, a size like '4GB', or None "
+                             "for no ceiling")
         elif max_memory <= 0:  # as parse_memory says of --max-memory 0: not a silent "no ceiling"
             raise ValueError(f"max_memory {max_memory!r}: a ceiling of zero leaves no memory for any pass; pass "
                              "None for no ceiling")
@@ -203,6 +209,10 @@ def _as_pil(x: ImageLike, what: str, apply_exif: bool = True):
 
         return _open(Path(x), apply_exif=apply_exif)
     if isinstance(x, Image.Image):
+        if x.mode == "F":  # Image.fromarray of a float32 array: checked as that array would be
+            from mattecli.imageio import array_values
+
+            array_values(np.asarray(x), what)
         return ImageOps.exif_transpose(x) if apply_exif else x
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":  # None, bytes (a file's content), a dict: np.asarray wraps them, shape ()

@@ -42,8 +42,10 @@ def default_backends(weights: Path) -> list[str]:
 
 def check_request(weights: Path, backends: list[str], device: str, half: bool) -> None:
     """Refuse, in one line, what cannot run: missing or unsuitable file, device, --half, TensorRT."""
+    from mattecli.weights import no_weights_file
+
     if not weights.is_file():
-        raise UsageError(f"{weights}: no such weights file")
+        raise no_weights_file(weights)
     from mattecli.devices import resolve_device
     from mattecli.inference.backends import BACKENDS_FROM_SUFFIX
 

@@ -8,16 +8,37 @@ one, and the file gets the permissions any other program's output would (0666 le
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _umask() -> int:
+    """The process's umask, read where Linux shows it: os.umask can only read it by setting it,
+    which for that moment gives a file any other thread of the program creates mode 0666, and at
+    import time it was read once, missing a program's later os.umask."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)  # elsewhere (macOS, Linux before 4.7): the only way
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, write) -> Path:
-    """Call `write(tmp_path)` then rename over `path`: a crash leaves the old file or the new one."""
+    """Call `write(tmp_path)` then rename over `path`: a crash leaves the old file or the new one.
+
+    A device, a FIFO or a path under /dev or /proc (`--json /dev/stdout`, `/dev/null`) is written
+    in place: renaming over it replaced /dev/stdout, or /dev/null, with a regular file when run as
+    root, and failed for anyone else."""
     path = Path(path)
+    if _special(path):
+        write(path)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
     try:  # from the first statement after mkstemp: a Ctrl-C during close or chmod left the file (seen in CI)
@@ -25,12 +46,20 @@ def atomic_write(path: str | Path, write) -> Path:
         write(Path(tmp))
         # mkstemp creates 0600, and some writers (safetensors' save_file) make the file anew as 0600:
         # outputs get the usual permissions, set after the write
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _special(path: Path) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # not there yet (or unreadable): an ordinary new file
+        return False
+    return not stat.S_ISREG(mode) or path.absolute().parts[1:2] in (("dev",), ("proc",))
 
 
 def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: float = 0.0) -> int:

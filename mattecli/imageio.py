@@ -101,7 +101,7 @@ def _open(path: Path, apply_exif: bool = False):
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "no such file")
+        raise InputError(path, "a folder, not an image file" if path.is_dir() else "no such file")
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
     try:
@@ -113,6 +113,10 @@ def _open(path: Path, apply_exif: bool = False):
         raise InputError(path, f"too many pixels to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise InputError(path, f"cannot decode image ({err})") from None
+    if img.mode == "F":  # a float TIFF is read as [0, 1]: one of 0..255 values read as white, without a word
+        problem = float_problem(np.asarray(img))
+        if problem:
+            raise InputError(path, problem)
     return img
 
 
@@ -144,14 +148,23 @@ def array_values(arr: np.ndarray, what: str) -> np.ndarray:
             raise ValueError(f"{what}: {arr.dtype} values from {low} to {high}: expected 0..255 (8-bit values; "
                              "pass uint16 for 16-bit)")
         return arr.astype(np.uint8)
-    if arr.dtype.kind == "f" and arr.size:
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{what}: {arr.dtype} array holds NaN or infinite values")
-        low, high = float(arr.min()), float(arr.max())
-        if low < -0.5 or high > 1.5:
-            raise ValueError(f"{what}: {arr.dtype} values from {low:.1f} to {high:.1f}: floats are read as [0, 1] "
-                             "(divide 0..255 values by 255, undo a normalisation)")
+    problem = float_problem(arr)
+    if problem:
+        raise ValueError(f"{what}: {problem}")
     return arr
+
+
+def float_problem(arr: np.ndarray) -> str | None:
+    """Why float pixels cannot be read as [0, 1] (NaN, 0..255 or normalised values), or None."""
+    if arr.dtype.kind != "f" or not arr.size:
+        return None
+    if not np.isfinite(arr).all():
+        return f"{arr.dtype} array holds NaN or infinite values"
+    low, high = float(arr.min()), float(arr.max())
+    if low < -0.5 or high > 1.5:
+        return (f"{arr.dtype} values from {low:.1f} to {high:.1f}: floats are read as [0, 1] (divide 0..255 values "
+                "by 255, undo a normalisation)")
+    return None
 
 
 def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:

@@ -45,12 +45,22 @@ def read_weights_header(path: str | Path):
     return recipe, meta
 
 
+def no_weights_file(path: Path) -> UsageError:
+    """The error for a --weights path that is not a file: a training run's folder (a common slip
+    after `matte train --out RUN`) is named as one, with the files in it to pick from."""
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        hint = f" ({', '.join(found)} in it)" if found else ""
+        return UsageError(f"{path}: a folder, not a weights file; name the file{hint}")
+    return UsageError(f"{path}: no such weights file")
+
+
 def _read_matte_weights(path: str | Path, tensors: bool):
     from mattecli.recipes import recipe_from_dict
 
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path}: no such weights file")
+        raise no_weights_file(path)
     meta, state = _read_safetensors(path, tensors)
     if "recipe" not in meta:
         raise UsageError(f"{path}: no recipe in the metadata (not written by matte; use `matte convert`)")

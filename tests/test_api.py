@@ -49,6 +49,7 @@ def test_import_is_light_and_the_public_names_are_few():
     assert out.strip() == "['Matter', '__version__', 'load', 'trimap_from_mask']"
     with pytest.raises(AttributeError):
         mattecli.no_such_name  # noqa: B018
+    assert {"load", "Matter", "trimap_from_mask"} <= set(dir(mattecli))  # lazy, but offered for completion
 
 
 @pytest.mark.parametrize("max_memory", [None, "20MB"], ids=["whole", "tiled"])
@@ -107,6 +108,11 @@ def test_arrays_of_other_dtypes_are_read_as_numpy_makes_them_or_refused(weights)
         matter.predict(image, trimap.astype(np.float64))
     slightly_over = np.clip(image / 255 * 1.1 - 0.05, -0.05, 1.05)  # a bicubic resize's overshoot: clipped
     matter.predict(slightly_over, trimap)
+    # Image.fromarray of a float32 array is a Pillow image of mode F: checked as the array is
+    with pytest.raises(ValueError, match="^trimap: float32 values from 0.0 to 255.0"):
+        matter.predict(image, Image.fromarray(trimap.astype(np.float32)))
+    assert np.array_equal(matter.predict(Image.fromarray(image[..., 0].astype(np.float32) / 255), trimap),
+                          matter.predict(image[..., 0], trimap))
 
 
 def test_paths_give_what_pillow_images_give(weights, photos, tmp_path):
@@ -125,6 +131,8 @@ def test_paths_give_what_pillow_images_give(weights, photos, tmp_path):
     junk.write_bytes(b"not a png")
     with pytest.raises(ValueError, match=f"^{missing}: no such file$"):
         matter.predict(missing, photos / "lemur_trimap.png")
+    with pytest.raises(ValueError, match=f"^{tmp_path}: a folder, not an image file$"):  # was "no such file"
+        matter.predict(photos / "lemur.png", tmp_path)
     with pytest.raises(ValueError, match=f"^{junk}: cannot decode image"):
         matter.predict(photos / "lemur.png", junk)
     with pytest.raises(ValueError, match=f"^{junk}: cannot decode image"):
@@ -180,14 +188,22 @@ def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
     # named as the argument, not as the command line's --device
     with pytest.raises(ValueError, match="^device gpu: expected auto, cpu, cuda or cuda:N$"):
         mattecli.load(weights, device="gpu")
+    with pytest.raises(ValueError, match="^backend 'tensorrt': unknown backend \\(choose torch, onnx, trt\\)$"):
+        mattecli.load(weights, device="cpu", backend="tensorrt")
     with pytest.raises(ValueError, match="no such weights file"):
         mattecli.load(tmp_path / "missing.safetensors")
+    run = tmp_path / "run"  # a training run's folder, not a file in it: was "no such weights file"
+    run.mkdir()
+    (run / "last.safetensors").write_bytes(Path(weights).read_bytes())
+    with pytest.raises(ValueError, match=f"^{run}: a folder, not a weights file; name the file \\(last.safetensors in it\\)$"):
+        mattecli.load(run)
     # refused at load as `matte infer` refuses them, not taken silently (half ran CPU autocast; a
     # ceiling of 0, -1 or 100 bytes failed every predict; 1.5e9 raised AttributeError)
     with pytest.raises(ValueError, match="^half needs a CUDA device"):
         mattecli.load(weights, device="cpu", half=True)
     for bad, match in [(0, "a ceiling of zero"), (-1, "a ceiling of zero"), (100, "^max_memory 100: a memory "
-                       "ceiling of 0 MiB is too small"), (True, "bytes as an int")]:
+                       "ceiling of 0 MiB is too small"), (True, "bytes as an int"),
+                       (float("nan"), "^max_memory nan: expected bytes"), (float("inf"), "^max_memory inf: expected bytes")]:
         with pytest.raises(ValueError, match=match):
             mattecli.load(weights, device="cpu", max_memory=bad)
     assert mattecli.load(weights, device="cpu", max_memory=1.5e9).pipeline.max_bytes == 1_500_000_000

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -306,6 +307,20 @@ def test_a_full_disk_under_stdout_is_one_line_not_a_traceback():
         res = subprocess.run([sys.executable, "-m", "mattecli", "recipes"], stdout=full, stderr=subprocess.PIPE,
                              text=True)
     assert res.returncode == 1 and res.stderr == "matte: error: No space left on device\n", res.stderr
+
+
+@pytest.mark.parametrize("args", [["recipes"], ["recipes", "--json"], ["recipes", "demo-tcp"], ["--version"]])
+def test_a_reader_that_stops_reading_ends_matte_quietly(args):
+    """`matte recipes | head -1`: rich and click exited 1 when the pipe closed, a script saw a
+    failure; now quiet, 141 as a command SIGPIPE ends."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before matte writes
+    res = subprocess.run([sys.executable, "-m", "mattecli", *args], stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert (res.returncode, res.stderr) == (141, "")
+    closed = subprocess.run([sys.executable, "-m", "mattecli", *args], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: os.close(1))  # `>&-`: no stdout at all, as before
+    assert (closed.returncode, closed.stderr) == (0, "")
 
 
 def test_lines_printed_under_a_bar_on_a_terminal_stay_on_a_redirected_stdout(capsys):

@@ -29,6 +29,24 @@ def test_manifest_gets_the_permissions_of_every_other_output(tmp_path):
     assert [p.name for p in (tmp_path / "split").iterdir() if p.name.startswith(".")] == []
 
 
+def test_the_umask_is_read_without_being_set(tmp_path, monkeypatch):
+    """Importing mattecli.files set the umask to 0 for a moment (a file another thread of a web
+    service made then got mode 0666), and kept the value it read then."""
+    import importlib
+
+    import mattecli.files
+
+    umask = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("os.umask called"))
+        files = importlib.reload(mattecli.files)
+        files.atomic_write(tmp_path / "out.txt", lambda tmp: tmp.write_text("x"))
+    finally:
+        monkeypatch.undo()
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o640
+
+
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "report.json"
     path.write_text("old")
@@ -57,6 +75,24 @@ def test_ctrl_c_right_after_the_temp_file_is_made_leaves_no_temp(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, lambda tmp: tmp.write_text("new"))
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_a_fifo_or_a_device_is_written_in_place_not_replaced(tmp_path):
+    """`matte eval --json /dev/stdout` as root renamed a file over /dev/stdout (and /dev/null);
+    a FIFO, like them not a regular file, is written in place and stays a FIFO."""
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    atomic_write(fifo, lambda tmp: tmp.write_text("{}"))
+    reader.join(10)
+    assert got == ["{}"] and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+    atomic_write("/dev/null", lambda tmp: tmp.write_text("x"))  # no temp file made in /dev
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
 
 
 def test_remove_stale_temps_spares_young_ones(tmp_path):

@@ -150,3 +150,10 @@ def test_cuda_port_equals_the_cpu_port():
     cpu, gpu = (foreground.estimate_foreground_torch(image, alpha, d) for d in ("cpu", "cuda"))
     diff = np.abs(cpu.astype(int) - gpu)
     assert diff.max() <= 2, f"largest difference {diff.max()} levels at {np.unravel_index(diff.argmax(), diff.shape)}"
+
+
+def test_a_one_pixel_image_is_its_own_foreground():
+    """PyMatting's level count is 0 for a 1x1 image: `--save fg` and Matter.foreground raised
+    ZeroDivisionError on a one-pixel image with a fractional alpha."""
+    image = np.array([[[10, 200, 30]]], np.uint8)
+    assert np.array_equal(estimate_foreground(image, np.array([[100]], np.uint8)), image)

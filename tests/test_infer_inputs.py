@@ -136,6 +136,26 @@ def test_empty_and_unreadable_files_are_named_and_the_rest_goes_on(tmp_path, con
     assert (tmp_path / "out" / "good one é.png").is_file()
 
 
+def test_a_float_tiff_of_0_to_255_values_is_named_not_read_as_white(tmp_path):
+    """A 32-bit float TIFF is read as [0, 1]: a trimap of 0.0/128.0/255.0 became a binary mask
+    ("nothing to matte") and a photo of 0..255 floats a white image, without a word."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photo()).save(folder / "a.png")
+    Image.fromarray(trimap_png(tmp_path / "t.png").astype(np.float32)).save(folder / "a_trimap.tif")
+    Image.fromarray(photo()[..., 0].astype(np.float32)).save(folder / "b.tif")
+    trimap_png(folder / "b_trimap.png")
+    Image.fromarray(photo()[..., 0].astype(np.float32) / 255).save(folder / "c.tif")  # [0, 1]: read as before
+    trimap_png(folder / "c_trimap.png")
+    report, _ = run(folder, tmp_path)
+    assert report.done == [str(folder / "c.tif")]
+    assert sorted((p.split("/")[-1], r) for p, r in report.failed) == [
+        ("a_trimap.tif", "float32 values from 0.0 to 255.0: floats are read as [0, 1] (divide 0..255 values by 255, "
+                         "undo a normalisation)"),
+        ("b.tif", "float32 values from 0.0 to 232.0: floats are read as [0, 1] (divide 0..255 values by 255, "
+                  "undo a normalisation)")]
+
+
 def test_images_beyond_pillows_pixel_guard_are_named_not_fatal(tmp_path, monkeypatch):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -496,3 +496,13 @@ def test_matte_trimap_on_photos_with_their_masks_beside_them(tmp_path, capsys):
                            "--preview", tmp_path / "p", "--images", tmp_path / "images" / ".")  # spelt otherwise
     assert code == 1 and "2 written" in out and "c.png: no image named c.*" in err
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["a.jpg", "b.jpg"]
+
+
+def test_a_one_pixel_or_empty_mask_gives_a_trimap_of_its_size():
+    """OpenCV took a 1x1 array for a scalar: a 1x1 mask gave a 4x1 trimap (a float one an
+    OpenCV error), and a 0x0 mask raised AttributeError."""
+    for mask, expected in [(np.zeros((1, 1), np.uint8), 0), (np.full((1, 1), 200, np.uint8), 255),
+                           (np.full((1, 1), 0.7, np.float32), 255), (np.ones((1, 1), bool), 255)]:
+        assert trimap_from_mask(mask).tolist() == [[expected]]
+    assert trimap_from_mask(np.full((1, 1), 0.5), threshold=(0.2, 0.8)).tolist() == [[128]]
+    assert trimap_from_mask(np.zeros((0, 0), np.uint8)).shape == (0, 0)

@@ -96,11 +96,11 @@ for _name, _module in COMMANDS:
         app.command(_name, context_settings=getattr(_mod, "CONTEXT_SETTINGS", None))(_mod.main)
 
 
-def _from_interrupt(err: BaseException | None) -> bool:
-    """Whether a chain of exceptions started with Ctrl-C."""
+def _started_with(err: BaseException | None, kind: type[BaseException]) -> bool:
+    """Whether a chain of exceptions started with one of `kind` (Ctrl-C, a closed pipe)."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, KeyboardInterrupt):
+        if isinstance(err, kind):
             return True
         seen.add(id(err))
         err = err.__cause__ or err.__context__
@@ -168,6 +168,14 @@ def _interrupted() -> NoReturn:
     sys.exit(130)
 
 
+def _pipe_closed() -> NoReturn:
+    """The reader of stdout went away (`matte recipes | head -1`): end quietly, as a command that
+    SIGPIPE ends, with 141 (128 + SIGPIPE) and no traceback; stdout goes to /dev/null so that the
+    flush at exit does not fail again."""
+    _drop_stdout()
+    sys.exit(128 + signal.SIGPIPE)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C says
     "matte: interrupted" and exits with 130; SIGTERM says "matte: terminated" and exits with 143."""
@@ -192,8 +200,19 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:  # outside a command (while parsing, say)
         _interrupted()
+    except BrokenPipeError:
+        _pipe_closed()
     except SystemExit as done:
         # Typer turns a KeyboardInterrupt inside a command into a silent exit 130
-        if done.code == 130 and _from_interrupt(done):
+        if done.code == 130 and _started_with(done, KeyboardInterrupt):
             _interrupted()
+        # click and rich exit 1 when stdout's reader went away
+        if done.code == 1 and _started_with(done, BrokenPipeError):
+            _pipe_closed()
+        # output still buffered fails here, not in the flush at exit (stdout is None when closed: `>&-`)
+        if done.code in (0, None) and sys.stdout is not None:
+            try:
+                sys.stdout.flush()
+            except BrokenPipeError:
+                _pipe_closed()
         raise

@@ -319,6 +319,9 @@ def trimap_from_mask(mask: np.ndarray, band: str | float = DEFAULT_BAND,
         mask = mask.view(np.uint8) * np.uint8(255)
     elif mask.dtype != np.uint8:
         mask = _as_probability(mask)
+    if mask.size <= 1:  # OpenCV takes a 1x1 array for a scalar (a 4x1 trimap, or an error); no edge in it
+        p = _as_probability(mask)
+        return np.where(p >= threshold[1], 255, np.where(p < threshold[0], 0, UNKNOWN)).astype(np.uint8)
     radius = band_pixels(band, mask.shape)
     factor = 4 if radius >= 32 else 2 if radius >= 16 else 1
     if factor == 1:

@@ -306,7 +306,9 @@ def load_backend(path: str | Path, name: str | None = None, device: str = "cpu",
     an FP16 graph or engine with `matte export --half`)."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{path}: no such weights file")
+        from mattecli.weights import no_weights_file
+
+        raise no_weights_file(path)
     name = name or SUFFIX_TO_BACKEND.get(path.suffix.lower())
     if name is None:
         raise UsageError(f"{path}: unknown model file type (expected {', '.join(SUFFIX_TO_BACKEND)})")

@@ -143,7 +143,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
         device: the device of the model (a string or torch.device); None means the CPU.
     """
     fractional = (alpha > 0) & (alpha < 255)
-    if not fractional.any():
+    if not fractional.any() or alpha.size == 1:  # one pixel: no neighbour to tell F from B (PyMatting divided by 0)
         return image.copy()
     if device is not None and str(device).startswith("cuda"):
         from mattecli.inference.foreground import estimate_foreground_torch
