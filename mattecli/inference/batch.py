@@ -233,40 +233,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     Returns:
         The report: done, skipped, failed with reasons, notes.
     """
-    from mattecli.data.trimap import MaskRule
-    from mattecli.inference.outputs import is_current, output_paths
-
-    images, out = Path(images), Path(out)
-    if masks is not None:
-        mask_rule = mask_rule or MaskRule()
-        pairs, problems = find_pairs(images, Path(masks), shard, suffix=MASK_SUFFIX, option="--masks",
-                                     recursive=recursive, out=out)
-    else:
-        mask_rule = None
-        pairs, problems = find_pairs(images, Path(trimaps) if trimaps else None, shard, recursive=recursive, out=out)
-    report = BatchReport(failed=list(problems))
-    note = None if images.is_file() else subfolder_note(images, recursive, out)
-    if note:
-        report.notes.append(note)
-    inputs = {p.resolve() for pair in pairs for p in pair}
-    if background is not None and getattr(background, "path", None) is not None:
-        inputs.add(Path(background.path).resolve())
-    out.mkdir(parents=True, exist_ok=True)
-    todo, folders = [], {out}
-    for image_path, trimap_path in pairs:
-        targets = output_paths(out, relative_name(image_path, image_root(images)), save)
-        folders.update(t.parent for t in targets.values())
-        clash = [t for t in targets.values() if t.resolve() in inputs]
-        if clash:
-            report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
-                                                   "choose another --out"))
-        else:
-            stale = {kind: t for kind, t in targets.items() if overwrite or not is_current(kind, t, background)}
-            if stale:
-                todo.append(_Item(image_path, trimap_path, stale, targets.get("alpha"), mask_rule))
-            else:
-                report.skipped.append(str(image_path))
-    _remove_stale_temps(folders)
+    report, todo = _plan(Path(images), Path(out), trimaps=trimaps, masks=masks, mask_rule=mask_rule, shard=shard,
+                         recursive=recursive, save=save, background=background, overwrite=overwrite)
 
     device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
     prefetch = prefetch or max(2, workers)
@@ -343,6 +311,46 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
             future.cancel()
         pool.shutdown(wait=True)
     return report
+
+
+def _plan(images: Path, out: Path, *, trimaps, masks, mask_rule, shard, recursive, save, background,
+          overwrite) -> tuple[BatchReport, list[_Item]]:
+    """The pairs of this shard, each either to do (with the outputs it lacks), skipped (all current)
+    or failed (unpaired, or an output that would overwrite an input); OUT made, stale temps cleared."""
+    from mattecli.data.trimap import MaskRule
+    from mattecli.inference.outputs import is_current, output_paths
+
+    if masks is not None:
+        mask_rule = mask_rule or MaskRule()
+        pairs, problems = find_pairs(images, Path(masks), shard, suffix=MASK_SUFFIX, option="--masks",
+                                     recursive=recursive, out=out)
+    else:
+        mask_rule = None
+        pairs, problems = find_pairs(images, Path(trimaps) if trimaps else None, shard, recursive=recursive, out=out)
+    report = BatchReport(failed=list(problems))
+    note = None if images.is_file() else subfolder_note(images, recursive, out)
+    if note:
+        report.notes.append(note)
+    inputs = {p.resolve() for pair in pairs for p in pair}
+    if background is not None and getattr(background, "path", None) is not None:
+        inputs.add(Path(background.path).resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    todo, folders = [], {out}
+    for image_path, trimap_path in pairs:
+        targets = output_paths(out, relative_name(image_path, image_root(images)), save)
+        folders.update(t.parent for t in targets.values())
+        clash = [t for t in targets.values() if t.resolve() in inputs]
+        if clash:
+            report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
+                                                   "choose another --out"))
+        else:
+            stale = {kind: t for kind, t in targets.items() if overwrite or not is_current(kind, t, background)}
+            if stale:
+                todo.append(_Item(image_path, trimap_path, stale, targets.get("alpha"), mask_rule))
+            else:
+                report.skipped.append(str(image_path))
+    _remove_stale_temps(folders)
+    return report, todo
 
 
 def _load(item: _Item, overwrite: bool, timer=None, prepare=None):
