@@ -59,6 +59,15 @@ def test_16bit_rgba_gray_cmyk_and_progressive_inputs(tmp_path):
         assert np.abs(read_image(folder / lossy).astype(int) - rgb).mean() < 6, lossy
 
 
+def test_a_multi_page_tiff_or_animated_webp_is_read_as_its_first_frame(tmp_path):
+    rgb = photo()
+    first, second = Image.fromarray(rgb), Image.fromarray(255 - rgb)
+    first.save(tmp_path / "pages.tif", save_all=True, append_images=[second])
+    first.save(tmp_path / "frames.webp", save_all=True, append_images=[second], lossless=True)
+    for name in ("pages.tif", "frames.webp"):
+        assert np.array_equal(read_image(tmp_path / name), rgb), name
+
+
 def test_exif_orientation_applies_to_image_and_trimap_alike(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
