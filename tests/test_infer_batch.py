@@ -311,3 +311,17 @@ def test_a_model_refusal_is_said_as_written(tmp_path):
     fake = FakePipeline(fail_on_call=1, exc=functools.partial(RuntimeError, "CUDA error: misaligned address"))
     report = infer_folder(fake, images, tmp_path / "out2", save=("alpha",), progress=False)
     assert report.failed == [(str(images / "a.png"), "RuntimeError: CUDA error: misaligned address")]
+
+
+def test_a_missing_trimap_in_a_recursive_run_names_the_subfolder_searched(tmp_path):
+    """With --recursive the trimap of day1/x.png is looked for in TRIMAPS/day1, and the error said TRIMAPS."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "in" / "day1").mkdir(parents=True)
+    (tmp_path / "tri" / "day1").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / "day1" / "x.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "tri" / "x.png")  # not where it belongs
+    pairs, problems = find_pairs(tmp_path / "in", tmp_path / "tri", recursive=True)
+    assert not pairs
+    assert problems[0][1].endswith(f"in {tmp_path / 'tri' / 'day1'})")

@@ -101,7 +101,8 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
         candidates = by_name.get(name if not beside else "", []) + by_name.get(name + suffix, [])
         candidates = [c for c in candidates if c != img]
         if not candidates:
-            where = img.parent if beside else trimaps
+            # with --recursive the trimap is looked for at the image's relative folder, so name that one
+            where = img.parent if beside else trimaps / img.parent.relative_to(root)
             problems.append((img, f"no {suffix.strip('_')} found ({img.stem}.* or {img.stem}{suffix}.* in {where})"))
             continue
         pairs.append((img, candidates[0]))
