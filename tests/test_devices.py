@@ -128,6 +128,28 @@ def test_device_check_dry_run(tmp_path):
     assert "device_check.py: exit 0" in (tmp_path / "device_check.log").read_text()
 
 
+
+def test_device_check_records_a_failing_section_and_runs_the_next(tmp_path, monkeypatch):
+    """One GPU session is all the device check gets: a section that raised (out of memory on a
+    smaller GPU, say) ended the run, and the sections after it were never measured."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_check", ROOT / "benchmarks" / "device_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    monkeypatch.setattr(check, "parity_rows", out_of_memory)
+    monkeypatch.setattr(check, "foreground_rows", lambda *args: [{"size": "96x64", "median_ms": 1.0}])
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "parity,foreground"]) == 1
+    result = json.loads((tmp_path / "device_check.json").read_text())
+    assert result["errors"] == {"parity": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert result["foreground"] == [{"size": "96x64", "median_ms": 1.0}]
+    assert [p.name for p in tmp_path.iterdir()] == ["device_check.json"]  # renamed into place, no temp left
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
