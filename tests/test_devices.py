@@ -55,6 +55,41 @@ def test_an_unknown_device_is_one_line_on_every_command(command, monkeypatch, ca
     assert err.count("\n") == 1
 
 
+
+@pytest.mark.parametrize("command", ["infer", "train"])
+def test_a_gpu_that_cannot_take_the_model_is_one_line(command, monkeypatch, capsys, tmp_path):
+    """A GPU whose memory another process holds: moving the model there raised torch's
+    OutOfMemoryError as a traceback from matte infer (and train)."""
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    recipe = load_recipe("demo-indexnet")
+    weights = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+    for module in ("mattecli.devices", "mattecli.cli.infer"):  # as on a machine with a GPU
+        monkeypatch.setattr(f"{module}.resolve_device", lambda text, option="--device": "cuda", raising=False)
+    real_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        if args and str(args[0]).startswith("cuda"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total "
+                                         "capacity of 79.19 GiB of which 3.81 MiB is free.")
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    if command == "infer":
+        args = ["infer", "--weights", weights, "--images", tmp_path, "--out", tmp_path / "o", "--max-memory", "4GB"]
+    else:
+        from mattecli.data.synthetic import prepare_synthetic
+
+        prepare_synthetic(tmp_path / "d", n_train=2, n_test=0, size=64, seed=0)
+        args = ["train", "--recipe", "demo-indexnet", "--data", tmp_path / "d", "--out", tmp_path / "run"]
+    code, err = run_cli(monkeypatch, capsys, *args, "--device", "cuda")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("matte") and "error: the model could not be moved to cuda" in err
+    assert "CUDA out of memory. Tried to allocate" in err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--max-memory", "0"], "--max-memory '0': a ceiling of zero"),
     (["--max-memory", "0GB"], "--max-memory '0GB': a ceiling of zero"),
