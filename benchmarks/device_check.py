@@ -19,7 +19,8 @@ not depend on the values; no weights file travels), in sections (--only):
 - foreground: the GPU foreground estimation alone at 4K, and its difference from PyMatting's;
 - profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 folded, unfolded and channels_last;
 - compiled: float16 under torch.compile (last: compilation is the slowest part).
-Everything goes into OUT/device_check.json; progress into the log (stdout).
+Everything goes into OUT/device_check.json; progress into the log (stdout). A section that fails is
+recorded under "errors" (exit 1) and the sections after it still run.
 """
 
 from __future__ import annotations
@@ -398,7 +399,28 @@ def main(argv=None) -> int:
 
     def save():  # after every section, so a run stopped by its timeout keeps what it measured
         result["seconds"] = round(time.time() - started, 1)
-        path.write_text(json.dumps(result, indent=1))
+        tmp = path.with_name(path.name + ".tmp")  # renamed: a timeout's kill mid-write leaves the last whole file
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
+
+    def section(name: str, run, into: str | None = None) -> None:
+        """Run one section into result[into or name] (a list of rows), then save. A section that
+        raises (out of memory on a smaller GPU, a missing package) is logged and recorded under
+        result["errors"], and the sections after it still run: one GPU session is all there is."""
+        if name not in sections:
+            return
+        try:
+            result.setdefault(into or name, []).extend(run())
+        except Exception as err:  # noqa: BLE001 - recorded, and the other sections go on
+            import traceback
+
+            traceback.print_exc()
+            text = str(err).splitlines()[0][:300] if str(err) else ""
+            result.setdefault("errors", {})[name] = f"{type(err).__name__}: {text}"
+            log(f"section {name} failed: {result['errors'][name]}")
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        save()
 
     # the compiled rows come last, after everything the targets need: compilation is the slowest
     # and least certain part (IndexNet: 152 s on the H200), and a run stopped by its timeout still
@@ -406,33 +428,23 @@ def main(argv=None) -> int:
     eager = tuple(p for p in precisions if not p.endswith("compiled"))
     compiled = tuple(p for p in precisions if p.endswith("compiled"))
     result["model"] = []
-    if "model" in sections:
-        result["model"] = model_rows(device, sizes, repeat, warmup, started + args.budget, eager)
-        save()
-    if "parity" in sections:
-        result["parity"] = parity_rows(device, sizes[-1], half_precisions)
-        save()
-    if "e2e" in sections:
-        result["e2e"] = e2e_rows(device, e2e_size, count)
-        save()
-    if "foreground" in sections:
-        result["foreground"] = foreground_rows(device, e2e_size, repeat)
-        save()
-    if "profile" in sections:
-        result["profile"] = profile_rows(device, args.out, sizes[-1], *([("fp32",)] if args.cpu else []))
-        save()
-    if compiled and "compiled" in sections:
-        result["model"] += model_rows(device, sizes, repeat, warmup, time.time() + args.compile_budget,
-                                      compiled)
-        save()
+    section("model", lambda: model_rows(device, sizes, repeat, warmup, started + args.budget, eager))
+    section("parity", lambda: parity_rows(device, sizes[-1], half_precisions))
+    section("e2e", lambda: e2e_rows(device, e2e_size, count))
+    section("foreground", lambda: foreground_rows(device, e2e_size, repeat))
+    section("profile", lambda: profile_rows(device, args.out, sizes[-1], *([("fp32",)] if args.cpu else [])))
+    if compiled:
+        section("compiled", lambda: model_rows(device, sizes, repeat, warmup, time.time() + args.compile_budget,
+                                               compiled), into="model")
     per_pixel = {}
     for row in result["model"]:
         if "bytes_per_pixel" in row and row["size"] == f"{sizes[-1][0]}x{sizes[-1][1]}":
             per_pixel.setdefault(row["recipe"], {})[row["precision"]] = row["bytes_per_pixel"]
     result["bytes_per_pixel"] = per_pixel  # -> recipes' infer.cuda_bytes_per_pixel / cuda_half_bytes_per_pixel
     save()
-    log(f"wrote {path} in {result['seconds']} s")
-    return 0
+    log(f"wrote {path} in {result['seconds']} s" + (f"; failed sections: {', '.join(result['errors'])}"
+                                                     if result.get("errors") else ""))
+    return 1 if result.get("errors") else 0
 
 
 if __name__ == "__main__":

@@ -182,7 +182,6 @@ def measure(model_file: str, backend: str, size: Size, device: str, half: bool, 
 
     Meant to run in a fresh process (`run_row`): the peak memory it reports is the process's.
     """
-    import contextlib
     import time
 
     import numpy as np
@@ -190,27 +189,25 @@ def measure(model_file: str, backend: str, size: Size, device: str, half: bool, 
     from mattecli.inference.backends import load_backend
     from mattecli.inference.random_input import fresh_input
 
-    be = load_backend(model_file, backend, device)
+    # torch: the backend `matte infer --half` runs (autocast on a copy whose convolutions hold their
+    # weights in FP16); an exported model carries its precision
+    be = load_backend(model_file, backend, device, half=half and backend == "torch")
     x = fresh_input(size, be.recipe.infer, np.random.default_rng(0))
     cuda = device.startswith("cuda")
-    autocast = contextlib.nullcontext()
     if cuda:
         import torch
 
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) / 2**20
-        if half and backend == "torch":  # FP16 autocast: convolutions in FP16, normalisation kept FP32
-            autocast = torch.autocast("cuda", dtype=torch.float16)
     else:
         base = peak_rss_mib()
     times = []
-    with autocast:
-        for i in range(warmup + repeat):
-            start = time.perf_counter()
-            be(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+    for i in range(warmup + repeat):
+        start = time.perf_counter()
+        be(x)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mib()
     median = float(np.median(times))
     return {
@@ -235,7 +232,7 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
         backends: names from `inference.backends.BACKEND_NAMES`; None or empty: `default_backends(weights)`.
         sizes: input sizes (`Size`).
         device: cpu or cuda[:N].
-        half: FP16 (CUDA only): autocast for torch, an FP16 graph for onnx, FP16 engine for trt.
+        half: FP16 (CUDA only): `matte infer --half`'s torch backend, an FP16 graph for onnx, FP16 engine for trt.
         repeat, warmup: timed and untimed calls per row.
         json_path: where to write the report as JSON, atomically.
         log: called with a line of progress text (export and build steps).

@@ -131,3 +131,20 @@ def test_a_failing_row_is_named_and_the_others_still_run(tmp_path, weights, one_
     failures = [line for line in res.stderr.splitlines() if line.startswith("matte bench:")]
     assert len(failures) == 2 and all("not a loadable ONNX model" in line for line in failures), res.stderr
     assert res.stdout.count("failed") == 2
+
+
+def test_half_rows_time_the_backend_that_infer_half_runs(weights, monkeypatch):
+    """`bench --half` timed the float32 model under an outer autocast, which casts every convolution
+    weight at every call; `matte infer --half` runs `TorchBackend(half=True)`, whose convolutions hold
+    their weights in FP16 (and whose non-finite output is redone in float32). A row times the latter."""
+    from mattecli import bench
+    from mattecli.inference import backends
+
+    loaded = []
+    real = backends.load_backend
+    monkeypatch.setattr(backends, "load_backend", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    # on a CPU only to see which backend is built (the command refuses --half there)
+    row = bench.measure(str(weights), "torch", Size(40, 30), "cpu", True, 1, 0)
+    assert row["half"] is True and loaded[0].half is True
+    bench.measure(str(weights), "torch", Size(40, 30), "cpu", False, 1, 0)
+    assert loaded[1].half is False

@@ -55,6 +55,41 @@ def test_an_unknown_device_is_one_line_on_every_command(command, monkeypatch, ca
     assert err.count("\n") == 1
 
 
+
+@pytest.mark.parametrize("command", ["infer", "train"])
+def test_a_gpu_that_cannot_take_the_model_is_one_line(command, monkeypatch, capsys, tmp_path):
+    """A GPU whose memory another process holds: moving the model there raised torch's
+    OutOfMemoryError as a traceback from matte infer (and train)."""
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    recipe = load_recipe("demo-indexnet")
+    weights = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+    for module in ("mattecli.devices", "mattecli.cli.infer"):  # as on a machine with a GPU
+        monkeypatch.setattr(f"{module}.resolve_device", lambda text, option="--device": "cuda", raising=False)
+    real_to = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        if args and str(args[0]).startswith("cuda"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has a total "
+                                         "capacity of 79.19 GiB of which 3.81 MiB is free.")
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    if command == "infer":
+        args = ["infer", "--weights", weights, "--images", tmp_path, "--out", tmp_path / "o", "--max-memory", "4GB"]
+    else:
+        from mattecli.data.synthetic import prepare_synthetic
+
+        prepare_synthetic(tmp_path / "d", n_train=2, n_test=0, size=64, seed=0)
+        args = ["train", "--recipe", "demo-indexnet", "--data", tmp_path / "d", "--out", tmp_path / "run"]
+    code, err = run_cli(monkeypatch, capsys, *args, "--device", "cuda")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("matte") and "error: the model could not be moved to cuda" in err
+    assert "CUDA out of memory. Tried to allocate" in err
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--max-memory", "0"], "--max-memory '0': a ceiling of zero"),
     (["--max-memory", "0GB"], "--max-memory '0GB': a ceiling of zero"),
@@ -126,6 +161,28 @@ def test_device_check_dry_run(tmp_path):
     assert all(r["max_levels"] >= 0 for r in result["parity"])
     assert result["foreground"][0]["median_ms"] > 0 and result["foreground"][0]["max_levels"] >= 0
     assert "device_check.py: exit 0" in (tmp_path / "device_check.log").read_text()
+
+
+
+def test_device_check_records_a_failing_section_and_runs_the_next(tmp_path, monkeypatch):
+    """One GPU session is all the device check gets: a section that raised (out of memory on a
+    smaller GPU, say) ended the run, and the sections after it were never measured."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_check", ROOT / "benchmarks" / "device_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    monkeypatch.setattr(check, "parity_rows", out_of_memory)
+    monkeypatch.setattr(check, "foreground_rows", lambda *args: [{"size": "96x64", "median_ms": 1.0}])
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "parity,foreground"]) == 1
+    result = json.loads((tmp_path / "device_check.json").read_text())
+    assert result["errors"] == {"parity": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert result["foreground"] == [{"size": "96x64", "median_ms": 1.0}]
+    assert [p.name for p in tmp_path.iterdir()] == ["device_check.json"]  # renamed into place, no temp left
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -157,3 +157,16 @@ def test_a_one_pixel_image_is_its_own_foreground():
     ZeroDivisionError on a one-pixel image with a fractional alpha."""
     image = np.array([[[10, 200, 30]]], np.uint8)
     assert np.array_equal(estimate_foreground(image, np.array([[100]], np.uint8)), image)
+
+
+def test_read_only_arrays_are_taken_without_a_warning():
+    """Matter.foreground(image, np.asarray(Image.open("alpha.png"))) on CUDA: torch.from_numpy
+    warned that the read-only alpha made a non-writable tensor (the CPU's PyMatting did not)."""
+    import warnings
+
+    image, alpha = _synthetic_case(20, 30)
+    image.flags.writeable = alpha.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fg = foreground.estimate_foreground_torch(image, alpha, "cpu")
+    assert fg.shape == image.shape and fg.dtype == np.uint8

@@ -133,7 +133,8 @@ class Bounded:
 
 @pytest.mark.parametrize("error", [
     "torch", RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"),
-    MemoryError()], ids=["torch", "onnxruntime", "numpy"])
+    MemoryError(), RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")],
+    ids=["torch", "onnxruntime", "numpy", "cublas"])
 def test_a_pass_that_runs_out_of_memory_under_a_ceiling_is_redone_in_smaller_tiles(error):
     import torch
 

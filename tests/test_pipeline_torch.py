@@ -197,7 +197,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.mark.gpu
 @CUDA
-@pytest.mark.parametrize("cfg", [RESIZE, PAD, ONEHOT_PAD], ids=["resize", "pad", "onehot"])
+@pytest.mark.parametrize("cfg", [RESIZE, PAD, ONEHOT_PAD, MMAGIC], ids=["resize", "pad", "onehot", "mmagic"])
 def test_cuda_prepare_and_restore_against_numpy(cfg):
     image, trimap = case(1080 + 7, 1920 - 3)
     ops = TorchOps("cuda")

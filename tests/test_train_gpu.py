@@ -59,7 +59,9 @@ def test_amp_resume_restores_the_loss_scale(synth, tmp_path):
     train(TrainOptions(recipe("demo-indexnet", 3), synth, tmp_path / "run", device="cuda", progress=False))
     path = tmp_path / "run" / "checkpoints" / "iter_00000003.pt"
     state = torch.load(path, weights_only=True)
-    assert state["scaler"]["scale"] == 65536.0  # GradScaler's initial scale, not grown in 3 steps
+    # GradScaler's initial 65536, not grown in 3 steps; halved by each step whose float16 gradients
+    # overflowed, which the first steps of a randomly initialised network may well do
+    assert 0 < state["scaler"]["scale"] <= 65536.0
     state["scaler"]["scale"] = 1024.0  # as if overflows had shrunk it
     torch.save(state, path)
     train(TrainOptions(recipe("demo-indexnet", 6), synth, tmp_path / "run", device="cuda", resume=True,

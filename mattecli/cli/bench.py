@@ -18,8 +18,8 @@ def main(
                               "(aligned to the model's stride by the inference pipeline, as in `matte infer`)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N] "
                                "(trt and --half need cuda)."),
-    half: bool = typer.Option(False, "--half", help="FP16: autocast for torch, an FP16 ONNX graph for onnx, an FP16 "
-                              "engine for trt. CUDA only."),
+    half: bool = typer.Option(False, "--half", help="FP16: for torch as `matte infer --half` runs it, an FP16 "
+                              "ONNX graph for onnx, an FP16 engine for trt. CUDA only."),
     repeat: int = typer.Option(5, "--repeat", min=1, help="Timed calls per backend and size (the median is reported)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed calls before the timed ones."),
     json_out: Path = typer.Option(None, "--json", help="Also write the rows (and what was timed) as JSON."),

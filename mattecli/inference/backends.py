@@ -78,7 +78,7 @@ class TorchBackend:
             from mattecli.models.layers import fold_batchnorm
 
             self.folded = fold_batchnorm(model)
-        self.model = model.to(self.device).eval()
+        self.model = to_device(model, self.device).eval()
         self.recipe = recipe
         self.half, self.channels_last = half, channels_last
         self.half_dtype = getattr(torch, half_dtype)
@@ -131,6 +131,26 @@ class TorchBackend:
         import torch
 
         return self.forward(torch.from_numpy(x).to(self.device)).cpu().numpy()
+
+
+def to_device(model, device):
+    """`model.to(device)`, with a GPU that cannot take it (its memory held by another process, say)
+    said in one line: torch raised its OutOfMemoryError or CUDA error as a traceback.
+
+    Raises:
+        UsageError: naming the device and torch's reason.
+    """
+    import torch
+
+    try:
+        return model.to(device)
+    except RuntimeError as err:  # OutOfMemoryError is one, as are CUDA's own errors
+        if torch.device(device).type != "cuda":
+            raise
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # no option named: the Python API's `device=` comes here too
+        raise UsageError(f"the model could not be moved to {device}: the GPU's memory is held elsewhere or the GPU "
+                         f"refused it ({reason})") from None
 
 
 class TensorRTBackend:

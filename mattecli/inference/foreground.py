@@ -105,7 +105,9 @@ def estimate_foreground_torch(image, alpha, device: str | torch.device = "cpu"):
         device: where to compute (cpu, cuda, cuda:1, ...).
     """
     device = torch.device(device)
-    img = torch.from_numpy(image).to(device, non_blocking=True).permute(2, 0, 1).float().div_(255)
-    a = torch.from_numpy(alpha).to(device, non_blocking=True).float().div_(255)
+    # copied, not shared: a read-only array (np.asarray of a Pillow image, as a user may pass to
+    # Matter.foreground) made torch.from_numpy warn about non-writable tensors
+    img = torch.tensor(image, device=device).permute(2, 0, 1).float().div_(255)
+    a = torch.tensor(alpha, device=device).float().div_(255)
     fg, _ = estimate_fb_ml(img, a)
     return fg.mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()

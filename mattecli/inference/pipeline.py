@@ -494,11 +494,15 @@ RAN_OUT = "a larger pass ran out of memory"
 
 def out_of_memory(err: BaseException) -> bool:
     """Whether `err` is an allocation that failed: torch's (CUDA or CPU), numpy's or ONNX Runtime's,
-    whose errors are not MemoryErrors but say so."""
+    whose errors are not MemoryErrors but say so, and a CUDA library's (cuBLAS, cuDNN, cuFFT) that
+    allocates outside torch's caching allocator: torch raises its *_ALLOC_FAILED status as a plain
+    RuntimeError ("CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), typically when
+    the allocator's cache holds the memory that emptying it before the retry gives back."""
     if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
         return True
     text = str(err).lower()
-    return any(words in text for words in ("out of memory", "failed to allocate memory", "can't allocate memory"))
+    return any(words in text for words in ("out of memory", "failed to allocate memory", "can't allocate memory",
+                                           "alloc_failed"))
 
 
 def release_cached_memory(ops) -> None:

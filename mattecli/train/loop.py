@@ -420,11 +420,13 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
         check_tensorboard()
     train_dir, test_dir = _split_dirs(opts.data)
 
+    from mattecli.inference.backends import to_device
+
     torch.manual_seed(seed)
     model = build_model(recipe)
     if checkpoint is None:
         _initialise_encoder(model, recipe, opts.pretrained, writer)
-    model.to(device)
+    to_device(model, device)  # one line, not a traceback, when the GPU cannot take it
     if world > 1 and cfg.sync_bn and device.type == "cuda":  # SyncBatchNorm runs on GPUs only
         model = convert_sync_bn(model)
     optimizer = torch.optim.Adam(_param_groups(model, cfg), betas=cfg.betas, weight_decay=cfg.weight_decay)
