@@ -96,6 +96,12 @@ def _solve_level(img: torch.Tensor, a0: torch.Tensor, fb: torch.Tensor, sweeps: 
     return fb
 
 
+def _shared(array) -> torch.Tensor:
+    """The array as a CPU tensor, without a copy unless it is read-only (np.asarray of a Pillow
+    image, as a user may pass to Matter.foreground), which torch.from_numpy warns about."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def estimate_foreground_torch(image, alpha, device: str | torch.device = "cpu"):
     """`estimate_fb_ml`'s foreground of uint8 arrays, computed on `device`, back as (H, W, 3) uint8.
 
@@ -105,9 +111,7 @@ def estimate_foreground_torch(image, alpha, device: str | torch.device = "cpu"):
         device: where to compute (cpu, cuda, cuda:1, ...).
     """
     device = torch.device(device)
-    # copied, not shared: a read-only array (np.asarray of a Pillow image, as a user may pass to
-    # Matter.foreground) made torch.from_numpy warn about non-writable tensors
-    img = torch.tensor(image, device=device).permute(2, 0, 1).float().div_(255)
-    a = torch.tensor(alpha, device=device).float().div_(255)
+    img = _shared(image).to(device, non_blocking=True).permute(2, 0, 1).float().div_(255)
+    a = _shared(alpha).to(device, non_blocking=True).float().div_(255)
     fg, _ = estimate_fb_ml(img, a)
     return fg.mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
