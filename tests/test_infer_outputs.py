@@ -72,6 +72,33 @@ def test_foreground_from_several_threads_survives_numbas_workqueue_layer():
     assert (done.returncode, done.stdout.strip()) == (0, "workqueue"), done.stderr[-500:]
 
 
+def test_at_most_two_gpu_foregrounds_run_at_once(monkeypatch):
+    """Each GPU foreground holds ~480 B/px of GPU memory outside --max-memory's budget; infer's
+    writer threads (one per core on CUDA) must not all start one."""
+    import threading
+    import time
+
+    from mattecli.inference import foreground
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def estimate(image, alpha, device):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return image.copy()
+
+    monkeypatch.setattr(foreground, "estimate_foreground_torch", estimate)
+    image, alpha = np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 128, np.uint8)
+    threads = [threading.Thread(target=estimate_foreground, args=(image, alpha, "cuda")) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert most[0] == 2
+
+
 def test_rgba_is_straight_not_premultiplied():
     fg = np.full((2, 2, 3), 200, np.uint8)
     alpha = np.array([[0, 64], [128, 255]], np.uint8)

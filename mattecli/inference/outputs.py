@@ -148,7 +148,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
     if device is not None and str(device).startswith("cuda"):
         from mattecli.inference.foreground import estimate_foreground_torch
 
-        fg = estimate_foreground_torch(image, alpha, device)
+        with _CUDA_FOREGROUNDS:
+            fg = estimate_foreground_torch(image, alpha, device)
     else:
         from pymatting import estimate_foreground_ml
 
@@ -161,6 +162,10 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
 
 
 _NUMBA_WORKQUEUE = threading.Lock()
+# GPU foregrounds at once: each holds about 480 bytes per pixel of GPU memory (4 GB at 3840x2160)
+# beside the model, outside what --max-memory budgets, and `infer`'s writer threads (one per core on
+# CUDA) would otherwise all start one; their kernels share one stream, so two keep the GPU as busy
+_CUDA_FOREGROUNDS = threading.BoundedSemaphore(2)
 
 
 def _numba_guard():
