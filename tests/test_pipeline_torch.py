@@ -172,6 +172,31 @@ class HalfOverflow(SmoothNet):
         return out * float("inf") if torch.is_autocast_enabled(x.device.type) else out
 
 
+class WideOverflow(SmoothNet):
+    """Overflows under autocast only for inputs wider than 64."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out * float("inf") if torch.is_autocast_enabled(x.device.type) and x.shape[-1] > 64 else out
+
+
+def test_a_redone_pass_is_named_for_its_own_image_when_threads_share_the_pipeline():
+    import threading
+
+    pipeline = Pipeline(TorchBackend(WideOverflow(), Recipe(PAD), half=True), PAD)
+    hows = {"narrow": [], "wide": []}
+
+    def run(kind, w):
+        image, trimap = case(40, w)
+        for _ in range(40):
+            hows[kind].append(pipeline.run(image, trimap).how)
+
+    threads = [threading.Thread(target=run, args=("narrow", 50)), threading.Thread(target=run, args=("wide", 100))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert set(hows["narrow"]) == {"whole"} and set(hows["wide"]) == {f"whole; {REDONE_FP32}"}
+
+
 def test_half_output_not_finite_is_redone_in_fp32():
     image, trimap = case(40, 50)
     backend = TorchBackend(HalfOverflow(), Recipe(PAD), half=True)

@@ -7,6 +7,7 @@ Each backend imports its runtime inside `load`, so a missing runtime fails only 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -97,7 +98,13 @@ class TorchBackend:
         # two (measured at 4K: prepare 0.65 s against 1.7 s for torch on the same 2 cores) and
         # shares the tensors' memory, so the CPU keeps the reference path.
         self.ops = TorchOps(self.device) if self.device.type == "cuda" else NUMPY
-        self.fallbacks = 0
+        self._redone = threading.local()
+
+    @property
+    def fallbacks(self) -> int:
+        """Passes redone in float32 by the calling thread: per thread, so that a pipeline shared by
+        threads (the Python API's callers) names the image that was redone, not a neighbour's."""
+        return getattr(self._redone, "count", 0)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", half: bool = False, compile: bool = False) -> "TorchBackend":
@@ -123,7 +130,7 @@ class TorchBackend:
             with torch.autocast(self.device.type, dtype=self.half_dtype):
                 out = self.run(x).float()
             if not bool(torch.isfinite(out).all()):
-                self.fallbacks += 1
+                self._redone.count = self.fallbacks + 1
                 out = self.model(x).float()
             return out
 
