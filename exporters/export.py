@@ -3,6 +3,7 @@ TensorRT engine, and verify it against PyTorch. `mattecli/cli/export.py` only pa
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,11 +142,16 @@ def export(opts: ExportOptions, log=print) -> Exported:
         summary = (f"wrote {path}: ONNX opset {opts.opset}, {precision}, {axes}, recipe {recipe.name}, "
                    f"{path.stat().st_size / 2**20:.1f} MiB")
     else:
+        import torch
+
         from exporters.tensorrt import build_engine
 
-        path = build_engine(model, recipe, out, half=opts.half, tf32=opts.tf32, shapes=tuple(s.hw for s in shapes),
-                            dynamic=dynamic,
-                            opset=opts.opset)
+        # TensorRT builds on the current CUDA device (tuned for its architecture, in its memory):
+        # --device cuda:1's, not always the first GPU's
+        on_device = torch.cuda.device(opts.device) if opts.device.startswith("cuda") else contextlib.nullcontext()
+        with on_device:
+            path = build_engine(model, recipe, out, half=opts.half, tf32=opts.tf32,
+                                shapes=tuple(s.hw for s in shapes), dynamic=dynamic, opset=opts.opset)
         summary = (f"wrote {path}: TensorRT engine ({precision}{', TF32' if opts.tf32 and not opts.half else ''}), "
                    f"recipe {recipe.name}, sizes {shapes[0]} .. {shapes[2]}")
     return Exported(path, model, recipe, dynamic, shapes, summary)

@@ -576,6 +576,39 @@ def test_cli_trt_profile_decides_the_graph(weights, tmp_path, monkeypatch, shape
     assert ("aligned up to 1920x1088" in res.output) == ("1920x1080" in shapes)
 
 
+def test_cli_trt_builds_on_the_device_asked_for(weights, tmp_path, monkeypatch):
+    """TensorRT builds on the current CUDA device: `--device cuda:1` makes GPU 1 current for the build."""
+    import contextlib
+
+    import torch
+
+    import exporters.tensorrt as tensorrt
+    import mattecli.devices
+
+    current, seen = ["cuda:0"], {}
+
+    @contextlib.contextmanager
+    def device(where):
+        before, current[0] = current[0], str(where)
+        yield
+        current[0] = before
+
+    def fake_to_engine(onnx_path, path, **kwargs):
+        seen["built on"] = current[0]
+        Path(path).write_bytes(b"engine")
+        return Path(path)
+
+    monkeypatch.setattr(tensorrt, "to_engine", fake_to_engine)
+    monkeypatch.setattr(tensorrt, "fp16_graph_for", lambda half: False)
+    monkeypatch.setattr(tensorrt, "require_cuda", lambda: None)
+    monkeypatch.setattr(mattecli.devices, "resolve_device", lambda text, option="--device": text)
+    monkeypatch.setattr(torch.cuda, "device", device)
+    res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--format", "trt", "--device", "cuda:1",
+                                   "--out", str(tmp_path / "m.engine")])
+    assert res.exit_code == 0, res.output
+    assert seen["built on"] == "cuda:1" and current[0] == "cuda:0"
+
+
 def test_cli_export_is_dynamic_by_default_and_static_sizes_are_aligned(weights, tmp_path):
     res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--out", str(tmp_path / "d.onnx")])
     assert res.exit_code == 0, res.output
