@@ -34,7 +34,8 @@ def main(
     verify_sizes: str = typer.Option(None, "--verify-sizes", help="WIDTHxHEIGHT,... for --verify (default: 3s x 5s, "
                                      "11s x 7s for the model's stride s, and 1920x1088; a static graph: its size)."),
     device: str = typer.Option("auto", "--device", help="Where --verify runs both models: auto (cuda when "
-                               "available, else cpu), cpu or cuda[:N] (trt: cuda, and the GPU the engine is built on)."),
+                               "available, else cpu), cpu or cuda[:N] (trt: cuda, and the GPU the engine is "
+                               "built on)."),
 ) -> None:
     """Export a model for deployment: ONNX (opset >= 17, only operators TensorRT's ONNX parser
     takes, recipe and preprocessing in the metadata) or a TensorRT engine built from it.
