@@ -156,6 +156,27 @@ def test_a_pass_that_runs_out_of_memory_under_a_ceiling_is_redone_in_smaller_til
         Pipeline(lambda x: pointwise_backend(x) * np.nan, CFG, max_bytes=ceiling_for(1000)).run(image, trimap)
 
 
+def test_a_float32_redo_of_a_pass_that_then_ran_out_of_memory_is_not_noted_on_the_tiles():
+    """The whole pass overflowed in half precision, its float32 redo ran out of memory, and the tiles
+    that made the alpha ran in half precision without a redo: `how` must not say "redone in fp32"."""
+    import torch
+
+    from mattecli.inference.pipeline import REDONE_FP32
+
+    class OverflowThenOutOfMemory(Bounded):
+        fallbacks = 0
+
+        def __call__(self, x):
+            if x.shape[2] * x.shape[3] > self.limit:
+                self.fallbacks += 1  # the half pass was not finite; its float32 redo runs out
+            return super().__call__(x)
+
+    image, trimap = band_case()
+    backend = OverflowThenOutOfMemory(96 * 96, torch.OutOfMemoryError("CUDA out of memory"))
+    _, how = Pipeline(backend, CFG, max_bytes=ceiling_for(1000)).run(image, trimap)
+    assert how.startswith("tiled:") and REDONE_FP32 not in how, how
+
+
 def test_running_out_of_memory_even_in_the_smallest_tiles_names_the_last_tile():
     image, trimap = band_case()
     with pytest.raises(ValueError, match=r"^out of memory even in tiles of 80x80$"):  # then below 64, the least

@@ -473,6 +473,7 @@ class Pipeline:
             tiles = tiling.plan_tiles(trimap, side, overlap)
             if not tiles:  # nothing to estimate: the trimap is the alpha
                 return Matte(trimap.copy(), "no unknown pixels")
+            redone = getattr(self.backend, "fallbacks", 0)  # a failed larger pass's redo is not this result's
             try:
                 blended = tiling.blend_tiles(self._predict_float, image, trimap, tiles, overlap)
                 break
