@@ -200,3 +200,21 @@ def test_a_file_where_an_output_folder_goes_is_a_usage_error(tmp_path, weights):
     assert res.returncode == 2 and res.stderr == (f"matte: error: --out {tmp_path / 'out'}: {tmp_path / 'out' / 'fg'} "
                                                   "is a file, where --save fg writes its folder\n")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fg"]
+
+
+@pytest.mark.parametrize("layer, reason", [("tbb", "Intel TBB is required"), ("bogus", "unknown to Numba")])
+def test_a_threading_layer_numba_cannot_start_is_a_usage_error(tmp_path, weights, layer, reason):
+    """NUMBA_THREADING_LAYER=tbb without the tbb package (or a misspelt layer): every image failed
+    after its model pass, each with numba's four-line "HINT: ... pip install tbb" as its reason."""
+    from tests.infer_helpers import make_pairs
+
+    images = make_pairs(tmp_path / "in", ["a", "b"])
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer}
+    cmd = [sys.executable, "-m", "mattecli", "infer", "--weights", weights, "--images", images,
+           "--out", tmp_path / "out", "--save", "alpha,fg"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"matte: error: NUMBA_THREADING_LAYER={layer}: ") and reason in res.stderr
+    assert not (tmp_path / "out" / "a.png").exists()  # refused before the model ran
+    res = subprocess.run(cmd[:-2], capture_output=True, text=True, env=env)  # alphas alone need no numba
+    assert res.returncode == 0, res.stderr

@@ -77,7 +77,7 @@ def main(
     from mattecli.errors import InputError, UsageError
     from mattecli.imageio import list_images, prepare_out_dir
     from mattecli.inference.batch import default_workers, infer_folder, no_images, print_report
-    from mattecli.inference.outputs import OUTPUT_KINDS, Background
+    from mattecli.inference.outputs import OUTPUT_KINDS, Background, check_numba_threading_layer
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import default_max_bytes, tile_size
 
@@ -110,6 +110,8 @@ def main(
     max_bytes = parse_memory(max_memory) if max_memory is not None else default_max_bytes(device)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs a CUDA device (half precision on a CPU is not a fast path)")
+    if not device.startswith("cuda") and any(kind in ("fg", "rgba", "composite") for kind in kinds):
+        check_numba_threading_layer()  # PyMatting estimates the foregrounds: before any model pass
     pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
     if compile:  # else the first image's progress would look stuck for minutes
         typer.echo("matte: note: --compile: the first image waits while torch.compile builds the model (minutes); "

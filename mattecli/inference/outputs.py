@@ -186,6 +186,29 @@ def _numba_guard():
     return nullcontext() if safe else _NUMBA_WORKQUEUE
 
 
+def check_numba_threading_layer() -> None:
+    """Raise UsageError when numba cannot start the threading layer NUMBA_THREADING_LAYER names.
+
+    numba starts its layer at the first parallel kernel, so one it cannot load (`tbb` without the
+    tbb package, a misspelt name) failed every PyMatting foreground, each image after its model
+    pass and with numba's multi-line hint as the reason. Starting it here costs no kernel.
+    """
+    import numba
+
+    try:
+        from numba.np.ufunc.parallel import _launch_threads  # what the first parallel kernel calls
+    except ImportError:  # another numba layout: the first foreground will say it
+        return
+    try:
+        _launch_threads()
+    except ValueError as err:
+        from mattecli.errors import UsageError
+
+        raise UsageError(f"NUMBA_THREADING_LAYER={numba.config.THREADING_LAYER}: numba cannot start it "
+                         f"({' '.join(str(err).split())}); unset it or name an installed layer "
+                         "(workqueue is always there)") from None
+
+
 def _to_uint8(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, 0, 1) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
 
