@@ -164,7 +164,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
 _NUMBA_WORKQUEUE = threading.Lock()
 # GPU foregrounds at once: each holds about 480 bytes per pixel of GPU memory (4 GB at 3840x2160)
 # beside the model, outside what --max-memory budgets, and `infer`'s writer threads (one per core on
-# CUDA) would otherwise all start one; their kernels share one stream, so two keep the GPU as busy
+# CUDA) would otherwise all start one; their kernels share one stream, so two should keep the GPU as
+# busy (not yet measured on a GPU: the device check's e2e row with fg will say)
 _CUDA_FOREGROUNDS = threading.BoundedSemaphore(2)
 
 
