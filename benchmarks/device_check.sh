@@ -12,7 +12,8 @@
 #   pip download --no-deps --only-binary=:all: -d .whl PyMatting==1.1.16
 # and installed below with --no-index. Budget: under 8 minutes on one H100 and 16 cores.
 #
-# Writes $OUT/device_check.json (every figure) and $OUT/device_check.log (everything printed);
+# Writes $OUT/device_check.json (every figure), $OUT/device_report.md (the same as Markdown tables, issue
+# 13's targets met or not: benchmarks/device_report.py) and $OUT/device_check.log (everything printed);
 # OUT defaults to benchmarks/out. --cpu: a dry run on a CPU at tiny sizes (what the slow test runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,4 +49,6 @@ PY="${PYTHON:-python3}"
   echo "== figures"
   timeout "${FIGURES_TIMEOUT:-370}" "$PY" benchmarks/device_check.py --out "$OUT" "$@"
   echo "device_check.py: exit $?"
+  # the figures as Markdown, targets met or not (what docs/benchmarks.md's GPU tables take)
+  [[ -f "$OUT/device_check.json" ]] && "$PY" benchmarks/device_report.py "$OUT/device_check.json" --out "$OUT/device_report.md"
 } 2>&1 | tee "$LOG"

@@ -161,7 +161,47 @@ def test_device_check_dry_run(tmp_path):
     assert all(r["max_levels"] >= 0 for r in result["parity"])
     assert result["foreground"][0]["median_ms"] > 0 and result["foreground"][0]["max_levels"] >= 0
     assert "device_check.py: exit 0" in (tmp_path / "device_check.log").read_text()
+    assert "| end to end, 3840x2160, --save alpha |" in (tmp_path / "device_report.md").read_text()
 
+
+
+def _device_report():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_report", ROOT / "benchmarks" / "device_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_report_states_the_targets_from_the_h200_check():
+    """The report a GPU session pastes from: issue 13's targets, read from the stored H200 check."""
+    report = _device_report()
+    full = json.loads((ROOT / "benchmarks/results/device_check-h200-2026-11-27-full.json").read_text())
+    text = report.report(full)
+    assert ("| IndexNet float16 model-only, 1920x1080 | >= 300 images/s | 44.3 images/s; "
+            "fastest float16 row: fp16-compiled, 51.57 | no |") in text
+    assert "| end to end, 3840x2160, --save alpha | >= 30 images/s | 6.95 images/s (16 workers) | no |" in text
+    assert "| foreground, 3840x2160 | <= 50 ms | 48.26 ms | yes |" in text
+    assert "| indexnet-m2o-nl-ctx | 3840x2160 | 113.1 (8.84) | 89.5 (11.2) |" in text
+    assert "| indexnet-m2o-nl-ctx | 3840x2160 | torch.compile (fp16-compiled against fp16) | 1.34x |" in text
+    assert "- tcp fp16-compiled : time budget spent" in text
+    # the full check counted cuDNN's first-call search in its peaks: no recipe values are suggested from it
+    assert "first call included" in text and "suggest" not in text
+
+
+def test_device_report_suggests_the_recipe_memory_figures_from_steady_peaks(tmp_path):
+    """The rerun measured steady-state peaks; the recipes' figures are those plus about 15%, rounded
+    up to 50 (docs/benchmarks.md): IndexNet 1,280 / 1,043 B -> 1,500 / 1,200, TCP 383 -> 450."""
+    report = _device_report()
+    assert [report.suggested(b) for b in (1280, 1043, 1616, 1286, 510, 383)] == [1500, 1200, 1900, 1500, 600, 450]
+    source = ROOT / "benchmarks/results/device_check-h200-2026-11-27-memory.json"
+    assert report.main([str(source), "--out", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "| indexnet-m2o-nl-ctx | 1500 -> 1500 | 1200 -> 1200 |" in text
+    assert "| tcp | 600 -> 600 | 450 -> 450 |" in text
+    assert "| IndexNet float16 3840x2160, one pass | < 8 GB (7,629 MiB) | 8,313 MiB (steady state) | no |" in text
+    assert "| IndexNet float16 model-only, 1920x1080 | >= 300 images/s | not measured | not measured |" in text
 
 
 def test_device_check_records_a_failing_section_and_runs_the_next(tmp_path, monkeypatch):
