@@ -230,6 +230,38 @@ def test_dim_resizes_short_sides_below_the_crop_to_500(monkeypatch):
     assert arrays[0].shape[:2] == (500, 766) and side in (320, 480)
 
 
+def _indexnet_resize(arrays, size):
+    """hldataset.py resize_image_alpha: bicubic on the uint8 fg, alpha and bg, which stay uint8
+    (rounded and saturated)."""
+    return [cv2.resize(x, size, interpolation=cv2.INTER_CUBIC) for x in arrays]
+
+
+def test_dim_resizes_the_uint8_arrays_as_indexnet(monkeypatch):
+    """A transcription of IndexNet's RandomCrop (hldataset.py:97-137) on the window matte drew:
+    their arrays are uint8 throughout, so each bicubic resize rounds to 8 bits."""
+    calls = _record_crops(monkeypatch)
+    h, w = 150, 230  # short side below 320: resized to 500 first, then crops of 320 or 480
+    rng = np.random.default_rng(1)
+    row = {"fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 50),
+           "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    s = (320 + 180) / min(h, w)
+    big = _indexnet_resize([row[k] for k in ("fg", "alpha", "bg")],
+                           (int(np.floor(w * s)), int(np.floor(h * s))))
+    sides = set()
+    for seed in range(8):
+        calls.clear()
+        out = pipelines.dim_pipeline(_ArrayDataset([row], 320), 0, np.random.default_rng(seed))
+        _, top, left, side = calls[0]
+        sides.add(side)
+        theirs = [x[top:top + side, left:left + side] for x in big]
+        if side != 320:
+            theirs = _indexnet_resize(theirs, (320, 320))
+        got = [np.round(out[k] * 255).astype(np.uint8) for k in ("fg", "alpha", "bg")]
+        flipped = [np.ascontiguousarray(x[:, ::-1]) for x in theirs]
+        assert any(all(np.array_equal(g, t) for g, t in zip(got, want)) for want in (theirs, flipped))
+    assert sides == {320, 480}
+
+
 def test_gca_background_is_cropped_at_the_foreground_crop_never_squashed(monkeypatch):
     """A background larger than the foreground (also after its 640 x 640 resize) comes out as a
     window of itself at the foreground crop's place, not resized; a smaller one is upscaled."""

@@ -201,16 +201,19 @@ def dim_pipeline(ds: TrainingDataset, index: int, rng: np.random.Generator) -> d
     """IndexNet: trimap grown from the alpha by 1..19 px; images whose short side is below the
     crop are resized to short side 500 (x crop / 320) first; a crop side from `crop_sizes`,
     centred on an unknown pixel whose window fits; resized to the crop (bicubic, trimap nearest);
-    horizontal flip. Composed from the sample's own background, stored as cropped for it."""
+    horizontal flip. Composed from the sample's own background, stored as cropped for it.
+
+    Every resize works on the uint8 arrays, as theirs (hldataset.py:48-79): each bicubic result is
+    rounded to 8 bits before the next step."""
     crop = ds.crop_size
-    fg, alpha, bg = (_unit(ds.read(index, c)) for c in ("fg", "alpha", "bg"))
-    trimap = tri.random_grown_trimap(alpha, rng)  # on the full image, before any resize (theirs)
+    fg, alpha, bg = (ds.read(index, c) for c in ("fg", "alpha", "bg"))
+    trimap = tri.random_grown_trimap(_unit(alpha), rng)  # on the full image, before any resize (theirs)
     h, w = alpha.shape
     if min(h, w) < crop:
         # hldataset.py: s = (320 + 180) / min(h, w), sizes floored; scaled with the crop size
         s = (500 * crop / 320) / min(h, w)
         size = (int(math.floor(w * s)), int(math.floor(h * s)))
-        fg, alpha, bg = _resize(fg, size), _resize(alpha, size), _resize(bg, size)
+        fg, alpha, bg = (cv2.resize(x, size, interpolation=cv2.INTER_CUBIC) for x in (fg, alpha, bg))
         trimap = cv2.resize(trimap, size, interpolation=cv2.INTER_NEAREST)
         h, w = alpha.shape
     side = int(rng.choice(crop_sizes(crop, min(h, w))))
@@ -220,9 +223,10 @@ def dim_pipeline(ds: TrainingDataset, index: int, rng: np.random.Generator) -> d
                  or _random_window(h, w, side, rng))
     fg, alpha, bg, trimap = _crop([fg, alpha, bg, trimap], top, left, side)
     if side != crop:
-        fg, alpha, bg = (_resize(x, (crop, crop)) for x in (fg, alpha, bg))
+        fg, alpha, bg = (cv2.resize(x, (crop, crop), interpolation=cv2.INTER_CUBIC) for x in (fg, alpha, bg))
         trimap = cv2.resize(trimap, (crop, crop), interpolation=cv2.INTER_NEAREST)
     fg, alpha, bg, trimap = _flip([fg, alpha, bg, trimap], rng)
+    fg, alpha, bg = _unit(fg), _unit(alpha), _unit(bg)
     return {"image": _compose(fg, bg, alpha), "alpha": alpha, "fg": fg, "bg": bg, "trimap": trimap}
 
 
