@@ -172,8 +172,9 @@ def test_fitting_window_rules():
             if window is None:
                 continue
             top, left = window
+            half = side // 2 if exclusive else (side + 1) // 2  # IndexNet's centre: ceil(side / 2)
             assert 0 <= top <= h - side and 0 <= left <= w - side
-            assert unknown[top + side // 2, left + side // 2]
+            assert unknown[top + half, left + half]
     # the last window that fits: IndexNet's range includes it, A2U's and mmagic's do not
     unknown = np.zeros((10, 10), bool)
     unknown[7, 7] = True
@@ -188,6 +189,30 @@ def test_fitting_window_rules():
     assert fitting_window(many, 10, rng, exclusive_end=True, min_count=10) is None
     many[15, 14] = True
     assert fitting_window(many, 10, rng, exclusive_end=True, min_count=10) is not None
+
+
+def _indexnet_window(unknown, side):
+    """hldataset.py:111-128 for a mask with one unknown pixel: the centre offset is ceil(side / 2);
+    centres in [c, h - c] are taken as they are, any other is moved inside."""
+    h, w = unknown.shape
+    c = -(-side // 2)
+    (y,), (x,) = np.nonzero(unknown)
+    if c <= y <= h - c and c <= x <= w - c:
+        return y - c, x - c
+    top, left = min(max(y - c, 0), h), min(max(x - c, 0), w)
+    return (h - side if top + side > h else top), (w - side if left + side > w else left)
+
+
+@pytest.mark.parametrize("side", [5, 6])
+def test_dim_window_follows_indexnet_for_odd_and_even_sides(side):
+    rng = np.random.default_rng(0)
+    for y in range(12):
+        for x in range(11):
+            unknown = np.zeros((12, 11), bool)
+            unknown[y, x] = True
+            got = (pipelines.fitting_window(unknown, side, rng)
+                   or pipelines.clipped_window(unknown, side, rng, half=(side + 1) // 2))
+            assert got == _indexnet_window(unknown, side), (y, x)
 
 
 def test_indexnet_crop_sizes():
