@@ -260,8 +260,10 @@ def mix_foregrounds(fg1: np.ndarray, a1: np.ndarray, fg2: np.ndarray, a2: np.nda
     alpha = 1 - (1 - a1) * (1 - a2)
     if not (alpha < 1).any():
         return fg1, a1
+    # float32 products in their order (fg2 (1 - a1), then a2): another order truncates a few
+    # pixels one step differently
     fg = (fg1.astype(np.float32) * a1[..., None]
-          + fg2.astype(np.float32) * ((1 - a1) * a2)[..., None]) / (alpha[..., None] + 1e-5)
+          + fg2.astype(np.float32) * (1 - a1[..., None]) * a2[..., None]) / (alpha[..., None] + 1e-5)
     return fg.astype(np.uint8), alpha.astype(np.float32)
 
 
