@@ -172,8 +172,9 @@ def test_fitting_window_rules():
             if window is None:
                 continue
             top, left = window
+            half = side // 2 if exclusive else (side + 1) // 2  # IndexNet's centre: ceil(side / 2)
             assert 0 <= top <= h - side and 0 <= left <= w - side
-            assert unknown[top + side // 2, left + side // 2]
+            assert unknown[top + half, left + half]
     # the last window that fits: IndexNet's range includes it, A2U's and mmagic's do not
     unknown = np.zeros((10, 10), bool)
     unknown[7, 7] = True
@@ -188,6 +189,30 @@ def test_fitting_window_rules():
     assert fitting_window(many, 10, rng, exclusive_end=True, min_count=10) is None
     many[15, 14] = True
     assert fitting_window(many, 10, rng, exclusive_end=True, min_count=10) is not None
+
+
+def _indexnet_window(unknown, side):
+    """hldataset.py:111-128 for a mask with one unknown pixel: the centre offset is ceil(side / 2);
+    centres in [c, h - c] are taken as they are, any other is moved inside."""
+    h, w = unknown.shape
+    c = -(-side // 2)
+    (y,), (x,) = np.nonzero(unknown)
+    if c <= y <= h - c and c <= x <= w - c:
+        return y - c, x - c
+    top, left = min(max(y - c, 0), h), min(max(x - c, 0), w)
+    return (h - side if top + side > h else top), (w - side if left + side > w else left)
+
+
+@pytest.mark.parametrize("side", [5, 6])
+def test_dim_window_follows_indexnet_for_odd_and_even_sides(side):
+    rng = np.random.default_rng(0)
+    for y in range(12):
+        for x in range(11):
+            unknown = np.zeros((12, 11), bool)
+            unknown[y, x] = True
+            got = (pipelines.fitting_window(unknown, side, rng)
+                   or pipelines.clipped_window(unknown, side, rng, half=(side + 1) // 2))
+            assert got == _indexnet_window(unknown, side), (y, x)
 
 
 def test_indexnet_crop_sizes():
@@ -228,6 +253,38 @@ def test_dim_resizes_short_sides_below_the_crop_to_500(monkeypatch):
     arrays, _, _, side = calls[0]
     # s = 500 / 150, sizes floored: 500 x floor(230 * 500 / 150) = 766
     assert arrays[0].shape[:2] == (500, 766) and side in (320, 480)
+
+
+def _indexnet_resize(arrays, size):
+    """hldataset.py resize_image_alpha: bicubic on the uint8 fg, alpha and bg, which stay uint8
+    (rounded and saturated)."""
+    return [cv2.resize(x, size, interpolation=cv2.INTER_CUBIC) for x in arrays]
+
+
+def test_dim_resizes_the_uint8_arrays_as_indexnet(monkeypatch):
+    """A transcription of IndexNet's RandomCrop (hldataset.py:97-137) on the window matte drew:
+    their arrays are uint8 throughout, so each bicubic resize rounds to 8 bits."""
+    calls = _record_crops(monkeypatch)
+    h, w = 150, 230  # short side below 320: resized to 500 first, then crops of 320 or 480
+    rng = np.random.default_rng(1)
+    row = {"fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 50),
+           "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    s = (320 + 180) / min(h, w)
+    big = _indexnet_resize([row[k] for k in ("fg", "alpha", "bg")],
+                           (int(np.floor(w * s)), int(np.floor(h * s))))
+    sides = set()
+    for seed in range(8):
+        calls.clear()
+        out = pipelines.dim_pipeline(_ArrayDataset([row], 320), 0, np.random.default_rng(seed))
+        _, top, left, side = calls[0]
+        sides.add(side)
+        theirs = [x[top:top + side, left:left + side] for x in big]
+        if side != 320:
+            theirs = _indexnet_resize(theirs, (320, 320))
+        got = [np.round(out[k] * 255).astype(np.uint8) for k in ("fg", "alpha", "bg")]
+        flipped = [np.ascontiguousarray(x[:, ::-1]) for x in theirs]
+        assert any(all(np.array_equal(g, t) for g, t in zip(got, want)) for want in (theirs, flipped))
+    assert sides == {320, 480}
 
 
 def test_gca_background_is_cropped_at_the_foreground_crop_never_squashed(monkeypatch):
@@ -310,14 +367,17 @@ def test_a2u_affine_matches_a_transcription_of_their_matrix():
 
 
 def test_mix_foregrounds_as_a2u():
-    rng = np.random.default_rng(0)
-    fg1, fg2 = (rng.integers(0, 256, (9, 7, 3), dtype=np.uint8) for _ in range(2))
-    a1, a2 = (rng.integers(0, 256, (9, 7)).astype(np.float32) / 255 for _ in range(2))
+    rng = np.random.default_rng(2)  # a case where another order of the products truncates differently
+    fg1, fg2 = (rng.integers(0, 256, (300, 200, 3), dtype=np.uint8) for _ in range(2))
+    a1, a2 = (rng.integers(0, 256, (300, 200)).astype(np.float32) / 255 for _ in range(2))
     fg, alpha = pipelines.mix_foregrounds(fg1, a1, fg2, a2)
+    # data_generator.py:533-539 in float32, in its order of operations, then truncated
     union = 1 - (1 - a1) * (1 - a2)
-    want = ((fg1 * a1[..., None] + fg2 * ((1 - a1) * a2)[..., None]) / (union[..., None] + 1e-5))
-    np.testing.assert_allclose(alpha, union, atol=1e-7)
-    assert fg.dtype == np.uint8 and np.abs(fg.astype(int) - np.floor(want)).max() <= 1
+    want = (fg1.astype(np.float32) * a1[..., None]
+            + fg2.astype(np.float32) * (1 - a1[..., None]) * a2[..., None]) / (union[..., None] + 1e-5)
+    np.testing.assert_array_equal(alpha, union)
+    assert fg.dtype == np.uint8
+    np.testing.assert_array_equal(fg, want.astype(np.uint8))
     opaque = np.ones_like(a1)  # the union is opaque everywhere: nothing mixed
     assert pipelines.mix_foregrounds(fg1, opaque, fg2, a2)[0] is fg1
 

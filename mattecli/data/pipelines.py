@@ -64,10 +64,12 @@ def fitting_window(unknown: np.ndarray, side: int, rng: np.random.Generator,
                    exclusive_end: bool = False, min_count: int = 1) -> tuple[int, int] | None:
     """Top-left of a side x side window centred on a random unknown pixel whose window fits.
 
-    The window's centre is at offset side // 2. Every author draws the centre only among the
-    unknown pixels whose whole window lies inside the image: IndexNet's centres run up to the last
-    that fits; A2U's and mmagic's (`exclusive_end=True`) stop at h - side // 2 (exclusive), which
-    for an even side leaves out the window that ends exactly at the image's edge.
+    Every author draws the centre only among the unknown pixels whose whole window lies inside
+    the image. IndexNet's centre is at offset ceil(side / 2) in the window and its centres run
+    from there to h - ceil(side / 2) inclusive (hldataset.py:111-120): for an odd side that leaves
+    out the window ending at the image's edge. A2U's and mmagic's (`exclusive_end=True`) centre is
+    at offset side // 2 and their centres stop at h - side // 2 (exclusive), which for an even
+    side leaves out that window.
 
     Args:
         unknown: (H, W) bool mask of the unknown region.
@@ -80,8 +82,8 @@ def fitting_window(unknown: np.ndarray, side: int, rng: np.random.Generator,
         (top, left), or None when there are too few candidates.
     """
     h, w = unknown.shape
-    half = side // 2
-    stop_h, stop_w = (h - half, w - half) if exclusive_end else (h - side + half + 1, w - side + half + 1)
+    half = side // 2 if exclusive_end else (side + 1) // 2
+    stop_h, stop_w = (h - half, w - half) if exclusive_end else (h - half + 1, w - half + 1)
     allowed = np.zeros_like(unknown, dtype=bool)
     allowed[half:max(stop_h, 0), half:max(stop_w, 0)] = True
     ys, xs = np.nonzero(unknown & allowed)
@@ -91,14 +93,19 @@ def fitting_window(unknown: np.ndarray, side: int, rng: np.random.Generator,
     return int(ys[k]) - half, int(xs[k]) - half
 
 
-def clipped_window(unknown: np.ndarray, side: int, rng: np.random.Generator) -> tuple[int, int] | None:
-    """IndexNet's and mmagic's fallback: a window centred on any unknown pixel, moved inside."""
+def clipped_window(unknown: np.ndarray, side: int, rng: np.random.Generator,
+                   half: int | None = None) -> tuple[int, int] | None:
+    """IndexNet's and mmagic's fallback: a window centred on any unknown pixel, moved inside.
+
+    `half` is the centre's offset in the window: side // 2 by default (mmagic's), IndexNet's is
+    ceil(side / 2) (hldataset.py:111), which differs for odd sides."""
     h, w = unknown.shape
+    half = side // 2 if half is None else half
     ys, xs = np.nonzero(unknown)
     if len(ys) == 0:
         return None
     k = int(rng.integers(len(ys)))
-    return (int(np.clip(ys[k] - side // 2, 0, h - side)), int(np.clip(xs[k] - side // 2, 0, w - side)))
+    return (int(np.clip(ys[k] - half, 0, h - side)), int(np.clip(xs[k] - half, 0, w - side)))
 
 
 def _random_window(h: int, w: int, side: int, rng: np.random.Generator) -> tuple[int, int]:
@@ -201,28 +208,33 @@ def dim_pipeline(ds: TrainingDataset, index: int, rng: np.random.Generator) -> d
     """IndexNet: trimap grown from the alpha by 1..19 px; images whose short side is below the
     crop are resized to short side 500 (x crop / 320) first; a crop side from `crop_sizes`,
     centred on an unknown pixel whose window fits; resized to the crop (bicubic, trimap nearest);
-    horizontal flip. Composed from the sample's own background, stored as cropped for it."""
+    horizontal flip. Composed from the sample's own background, stored as cropped for it.
+
+    Every resize works on the uint8 arrays, as theirs (hldataset.py:48-79): each bicubic result is
+    rounded to 8 bits before the next step."""
     crop = ds.crop_size
-    fg, alpha, bg = (_unit(ds.read(index, c)) for c in ("fg", "alpha", "bg"))
-    trimap = tri.random_grown_trimap(alpha, rng)  # on the full image, before any resize (theirs)
+    fg, alpha, bg = (ds.read(index, c) for c in ("fg", "alpha", "bg"))
+    trimap = tri.random_grown_trimap(_unit(alpha), rng)  # on the full image, before any resize (theirs)
     h, w = alpha.shape
     if min(h, w) < crop:
         # hldataset.py: s = (320 + 180) / min(h, w), sizes floored; scaled with the crop size
         s = (500 * crop / 320) / min(h, w)
         size = (int(math.floor(w * s)), int(math.floor(h * s)))
-        fg, alpha, bg = _resize(fg, size), _resize(alpha, size), _resize(bg, size)
+        fg, alpha, bg = (cv2.resize(x, size, interpolation=cv2.INTER_CUBIC) for x in (fg, alpha, bg))
         trimap = cv2.resize(trimap, size, interpolation=cv2.INTER_NEAREST)
         h, w = alpha.shape
     side = int(rng.choice(crop_sizes(crop, min(h, w))))
     unknown = trimap == tri.UNKNOWN
     # their code crashes on a crop without unknown pixels; a random window is ours
-    top, left = (fitting_window(unknown, side, rng) or clipped_window(unknown, side, rng)
+    top, left = (fitting_window(unknown, side, rng)
+                 or clipped_window(unknown, side, rng, half=(side + 1) // 2)
                  or _random_window(h, w, side, rng))
     fg, alpha, bg, trimap = _crop([fg, alpha, bg, trimap], top, left, side)
     if side != crop:
-        fg, alpha, bg = (_resize(x, (crop, crop)) for x in (fg, alpha, bg))
+        fg, alpha, bg = (cv2.resize(x, (crop, crop), interpolation=cv2.INTER_CUBIC) for x in (fg, alpha, bg))
         trimap = cv2.resize(trimap, (crop, crop), interpolation=cv2.INTER_NEAREST)
     fg, alpha, bg, trimap = _flip([fg, alpha, bg, trimap], rng)
+    fg, alpha, bg = _unit(fg), _unit(alpha), _unit(bg)
     return {"image": _compose(fg, bg, alpha), "alpha": alpha, "fg": fg, "bg": bg, "trimap": trimap}
 
 
@@ -248,8 +260,10 @@ def mix_foregrounds(fg1: np.ndarray, a1: np.ndarray, fg2: np.ndarray, a2: np.nda
     alpha = 1 - (1 - a1) * (1 - a2)
     if not (alpha < 1).any():
         return fg1, a1
+    # float32 products in their order (fg2 (1 - a1), then a2): another order truncates a few
+    # pixels one step differently
     fg = (fg1.astype(np.float32) * a1[..., None]
-          + fg2.astype(np.float32) * ((1 - a1) * a2)[..., None]) / (alpha[..., None] + 1e-5)
+          + fg2.astype(np.float32) * (1 - a1[..., None]) * a2[..., None]) / (alpha[..., None] + 1e-5)
     return fg.astype(np.uint8), alpha.astype(np.float32)
 
 
@@ -395,7 +409,8 @@ def tcp_composited_pipeline(ds: TrainingDataset, index: int, rng: np.random.Gene
         trimap = cv2.resize(trimap, size, interpolation=cv2.INTER_NEAREST)
         h, w = alpha.shape
     unknown = trimap == tri.UNKNOWN
-    top, left = (fitting_window(unknown, crop, rng) or clipped_window(unknown, crop, rng)
+    top, left = (fitting_window(unknown, crop, rng)
+                 or clipped_window(unknown, crop, rng, half=(crop + 1) // 2)
                  or _random_window(h, w, crop, rng))
     image, alpha, trimap = _flip(_crop([image, alpha, trimap], top, left, crop), rng)
     arrays = {"image": image, "alpha": alpha, "trimap": trimap}
