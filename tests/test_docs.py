@@ -1,6 +1,6 @@
 """The docs stand on their own: every relative link resolves inside the repository, and every
 `matte ...` command line they show uses only commands and options that exist (read from the Typer
-app itself; no model runs)."""
+app itself; no model runs), as does every `benchmarks/...` command that reproduces a figure."""
 
 from __future__ import annotations
 
@@ -230,3 +230,34 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
         exec(compile(block, "README.md", "exec"), scope)
     assert scope["alpha"].shape == (64, 100) and scope["fg"].shape == (64, 100, 3)
     assert set(np.unique(scope["trimap"])) <= {0, 128, 255}
+
+
+def _benchmark_problems(text: str) -> list[str]:
+    """Problems with the `benchmarks/NAME.py --option ...` commands in a doc's text: a script that
+    is not there, or an option its parser does not define (`device_check.sh` passes its options
+    on to `device_check.py`)."""
+    problems = []
+    joined = re.sub(r"\\\n\s*", " ", text)  # lines continued by a backslash
+    for name, suffix, rest in re.findall(r"benchmarks/([a-z][a-z0-9_]*)\.(py|sh)([^`#\n]*)", joined):  # not NAME
+        script = ROOT / "benchmarks" / f"{name}.{suffix}"
+        if not script.exists():
+            problems.append(f"benchmarks/{name}.{suffix} does not exist")
+            continue
+        source = (ROOT / "benchmarks" / f"{name}.py").read_text()
+        options = re.findall(r"(?<!\S)--[a-z][\w-]*", rest)
+        problems += [f"benchmarks/{name}.{suffix} has no option {opt}" for opt in options if f'"{opt}"' not in source]
+    return problems
+
+
+def test_every_benchmark_command_in_the_docs_exists():
+    """A figure's reproduce command names a script that is there, with options it takes."""
+    problems = [f"{doc.name}: {p}" for doc in DOCS for p in _benchmark_problems(doc.read_text())]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_benchmark_check_catches_what_it_should():
+    assert _benchmark_problems("`PYTHONPATH=. python benchmarks/png_level.py --size 3840x2160`") == []
+    assert _benchmark_problems("bash benchmarks/device_check.sh \\\n    --only model --sizes 3840x2160  # x") == []
+    assert _benchmark_problems("benchmarks/png_level.py --no-such 1") == [
+        "benchmarks/png_level.py has no option --no-such"]
+    assert _benchmark_problems("benchmarks/gone.py, benchmarks/NAME.py") == ["benchmarks/gone.py does not exist"]
