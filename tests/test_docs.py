@@ -200,9 +200,11 @@ def test_python_examples_compile(doc):
             compile(block, str(doc), "exec")
 
 
-def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
-    """With the files it names present (a seeded tiny model under the name it uses, the lemur cut
-    small as the photo, its trimap, a mask from it), README's Python example runs as it is."""
+@pytest.mark.parametrize("doc", ["README.md", "docs/python-api.md"])
+def test_the_python_examples_run_as_written(doc, tmp_path, monkeypatch):
+    """With the files they name present (a seeded tiny model under the name they use, the lemur cut
+    small as the photo, its trimap, a mask from it), the Python examples of the README and of the
+    API page run as they are (a signature block is not an example)."""
     import warnings
 
     import numpy as np
@@ -222,14 +224,16 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     trimap.save(tmp_path / "photo_trimap.png")
     Image.fromarray(np.where(np.asarray(trimap.convert("L")) >= 102, 255, 0).astype(np.uint8)).save(
         tmp_path / "photo_mask.png")
-    (block,) = _python_blocks(ROOT / "README.md")
+    blocks = [b for b in _python_blocks(ROOT / doc) if ") -> " not in b]
+    assert blocks
     monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the hand-drawn trimap is mapped with a note
-        exec(compile(block, "README.md", "exec"), scope)
-    assert scope["alpha"].shape == (64, 100) and scope["fg"].shape == (64, 100, 3)
-    assert set(np.unique(scope["trimap"])) <= {0, 128, 255}
+    for block in blocks:
+        scope: dict = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the hand-drawn trimap is mapped with a note
+            exec(compile(block, doc, "exec"), scope)
+        assert scope["alpha"].shape == (64, 100) and set(np.unique(scope["trimap"])) <= {0, 128, 255}
+        assert scope.get("fg", np.zeros((64, 100, 3))).shape == (64, 100, 3)
 
 
 def _benchmark_problems(text: str) -> list[str]:
