@@ -265,3 +265,15 @@ def test_the_benchmark_check_catches_what_it_should():
     assert _benchmark_problems("benchmarks/png_level.py --no-such 1") == [
         "benchmarks/png_level.py has no option --no-such"]
     assert _benchmark_problems("benchmarks/gone.py, benchmarks/NAME.py") == ["benchmarks/gone.py does not exist"]
+
+
+def test_every_make_target_the_docs_name_is_in_the_makefile():
+    """`make demo`, `make test`, ...: what the README tells a newcomer to run is a Makefile target."""
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    named = set()
+    for doc in DOCS:
+        text = doc.read_text()
+        named |= {(doc.name, t) for block in FENCE.findall(text) for t in re.findall(r"^\s*make ([\w-]+)", block, re.M)}
+        named |= {(doc.name, t) for t in re.findall(r"`make ([\w-]+)`", FENCE.sub("", text))}
+    assert {t for _, t in named} >= {"demo", "test"}
+    assert not [n for n in named if n[1] not in targets], sorted(n for n in named if n[1] not in targets)
