@@ -1,10 +1,10 @@
 """How fast are the metrics? Seconds per megapixel for each, and a Composition-1k-sized run.
 
-    PYTHONPATH=. python benchmarks/bench_metrics.py [--size 1000x1500] [--repeats 5] [--images 16]
+    PYTHONPATH=. python benchmarks/bench_metrics.py [--size 1500x1000] [--repeats 5] [--images 16]
 
 Per-metric timings are single-process medians on a synthetic matte (a soft blob with hair-like
 strands, a prediction with blur and noise, a trimap with a ~10% unknown band). The end-to-end line
-writes `--images` such triples as PNG files and runs `evaluation.evaluate` over them with all cores
+writes `--images` such triples as PNG files and runs `evaluation.evaluate_files` over them with all cores
 (decoding included), then extrapolates to the 1000 images of Composition-1k.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mattecli import evaluation, metrics  # noqa: E402
+from mattecli.cli.parsing import parse_size  # noqa: E402
 from mattecli.imageio import write_png  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def median_time(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1000x1500", help="HxW of the synthetic images")
+    parser.add_argument("--size", default="1500x1000", help="WIDTHxHEIGHT of the synthetic images")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images", type=int, default=16, help="images in the end-to-end run (0: skip)")
     parser.add_argument("--workers", type=int, default=evaluation.default_workers())
@@ -65,10 +66,11 @@ def main() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # per-metric figures are for one core, as each worker process runs
-    h, w = map(int, args.size.lower().split("x"))
+    size = parse_size(args.size, "--size")  # WIDTHxHEIGHT, as everywhere in matte
+    h, w = size.height, size.width
     mp = h * w / 1e6
     pred, gt, trimap = synthetic(h, w)
-    print(f"{h}x{w} ({mp:.2f} MP), unknown region {100 * (trimap == 128).mean():.1f}%, "
+    print(f"{w}x{h} ({mp:.2f} MP), unknown region {100 * (trimap == 128).mean():.1f}%, "
           f"{args.workers} worker(s)")
 
     total = 0.0

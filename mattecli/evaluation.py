@@ -4,7 +4,7 @@ The plain functions here are what `matte eval` calls: `match_folders` / `match_m
 files by stem, `score` reads and checks one image and computes its metrics (it runs in worker
 processes), `evaluate_files` scores prediction files and `evaluate_model` runs a model and scores
 its predictions, both in parallel with a progress bar, and `summary` / `write_json` / `write_csv`
-produce the outputs CLI.md specifies.
+produce the outputs docs/commands/eval.md describes.
 """
 
 from __future__ import annotations
@@ -299,8 +299,8 @@ class WorstN:
 
 
 def summary(results: list[Result]) -> dict:
-    """The JSON layout of CLI.md: count, mean (papers' units) and per-image metrics; images that
-    could not be evaluated are listed under "failed" with the reason."""
+    """The JSON layout docs/commands/eval.md describes: count, mean (papers' units) and per-image
+    metrics; images that could not be evaluated are listed under "failed" with the reason."""
     good = [r for r in results if r.metrics is not None]
     mean = {m: (float(np.mean([r.metrics[m] for r in good])) if good else None) for m in METRICS}
     out = {"count": len(good), "mean": mean,

@@ -1,5 +1,6 @@
 """prepare-data adobe / d646 on a miniature dataset laid out as the real ones, checked pixel for pixel
-against a plain per-pixel transcription of Adobe's composition rule (CLI.md) written here."""
+against a plain per-pixel transcription of Adobe's composition rule (docs/commands/prepare-data.md)
+written here."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The docs stand on their own: every relative link resolves inside the repository, and every
 `matte ...` command line they show uses only commands and options that exist (read from the Typer
-app itself; no model runs)."""
+app itself; no model runs), as does every `benchmarks/...` command that reproduces a figure."""
 
 from __future__ import annotations
 
@@ -200,9 +200,11 @@ def test_python_examples_compile(doc):
             compile(block, str(doc), "exec")
 
 
-def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
-    """With the files it names present (a seeded tiny model under the name it uses, the lemur cut
-    small as the photo, its trimap, a mask from it), README's Python example runs as it is."""
+@pytest.mark.parametrize("doc", ["README.md", "docs/python-api.md"])
+def test_the_python_examples_run_as_written(doc, tmp_path, monkeypatch):
+    """With the files they name present (a seeded tiny model under the name they use, the lemur cut
+    small as the photo, its trimap, a mask from it), the Python examples of the README and of the
+    API page run as they are (a signature block is not an example)."""
     import warnings
 
     import numpy as np
@@ -222,11 +224,56 @@ def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     trimap.save(tmp_path / "photo_trimap.png")
     Image.fromarray(np.where(np.asarray(trimap.convert("L")) >= 102, 255, 0).astype(np.uint8)).save(
         tmp_path / "photo_mask.png")
-    (block,) = _python_blocks(ROOT / "README.md")
+    blocks = [b for b in _python_blocks(ROOT / doc) if ") -> " not in b]
+    assert blocks
     monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the hand-drawn trimap is mapped with a note
-        exec(compile(block, "README.md", "exec"), scope)
-    assert scope["alpha"].shape == (64, 100) and scope["fg"].shape == (64, 100, 3)
-    assert set(np.unique(scope["trimap"])) <= {0, 128, 255}
+    for block in blocks:
+        scope: dict = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the hand-drawn trimap is mapped with a note
+            exec(compile(block, doc, "exec"), scope)
+        assert scope["alpha"].shape == (64, 100) and set(np.unique(scope["trimap"])) <= {0, 128, 255}
+        assert scope.get("fg", np.zeros((64, 100, 3))).shape == (64, 100, 3)
+
+
+def _benchmark_problems(text: str) -> list[str]:
+    """Problems with the `benchmarks/NAME.py --option ...` commands in a doc's text: a script that
+    is not there, or an option its parser does not define (`device_check.sh` passes its options
+    on to `device_check.py`)."""
+    problems = []
+    joined = re.sub(r"\\\n\s*", " ", text)  # lines continued by a backslash
+    for name, suffix, rest in re.findall(r"benchmarks/([a-z][a-z0-9_]*)\.(py|sh)([^`#\n]*)", joined):  # not NAME
+        script = ROOT / "benchmarks" / f"{name}.{suffix}"
+        if not script.exists():
+            problems.append(f"benchmarks/{name}.{suffix} does not exist")
+            continue
+        source = (ROOT / "benchmarks" / f"{name}.py").read_text()
+        options = re.findall(r"(?<!\S)--[a-z][\w-]*", rest)
+        problems += [f"benchmarks/{name}.{suffix} has no option {opt}" for opt in options if f'"{opt}"' not in source]
+    return problems
+
+
+def test_every_benchmark_command_in_the_docs_exists():
+    """A figure's reproduce command names a script that is there, with options it takes."""
+    problems = [f"{doc.name}: {p}" for doc in DOCS for p in _benchmark_problems(doc.read_text())]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_benchmark_check_catches_what_it_should():
+    assert _benchmark_problems("`PYTHONPATH=. python benchmarks/png_level.py --size 3840x2160`") == []
+    assert _benchmark_problems("bash benchmarks/device_check.sh \\\n    --only model --sizes 3840x2160  # x") == []
+    assert _benchmark_problems("benchmarks/png_level.py --no-such 1") == [
+        "benchmarks/png_level.py has no option --no-such"]
+    assert _benchmark_problems("benchmarks/gone.py, benchmarks/NAME.py") == ["benchmarks/gone.py does not exist"]
+
+
+def test_every_make_target_the_docs_name_is_in_the_makefile():
+    """`make demo`, `make test`, ...: what the README tells a newcomer to run is a Makefile target."""
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+    named = set()
+    for doc in DOCS:
+        text = doc.read_text()
+        named |= {(doc.name, t) for block in FENCE.findall(text) for t in re.findall(r"^\s*make ([\w-]+)", block, re.M)}
+        named |= {(doc.name, t) for t in re.findall(r"`make ([\w-]+)`", FENCE.sub("", text))}
+    assert {t for _, t in named} >= {"demo", "test"}
+    assert not [n for n in named if n[1] not in targets], sorted(n for n in named if n[1] not in targets)

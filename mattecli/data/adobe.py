@@ -1,6 +1,6 @@
 """Composition-1k / Distinctions-646 preparation with Adobe's exact composition rule.
 
-The rule (CLI.md, `prepare-data`) in two functions, `adobe_background` and `adobe_blend`; the rest
+The rule (docs/commands/prepare-data.md) in two functions, `adobe_background` and `adobe_blend`; the rest
 plans which background goes with which foreground, and runs the plan over a process pool so that a
 bad file costs only its own samples, an interrupted run can be re-run (existing outputs are skipped)
 and every file is written atomically.

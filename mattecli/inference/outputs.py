@@ -1,7 +1,7 @@
 """What `matte infer --save` writes for one image: alpha, foreground colours, RGBA cut-out and
 composite, each as an 8-bit PNG written atomically.
 
-Layout under OUT (the contract in CLI.md): `{stem}.png` (alpha, one channel), `fg/{stem}.png`
+Layout under OUT (docs/commands/infer.md): `{stem}.png` (alpha, one channel), `fg/{stem}.png`
 (estimated foreground colours, RGB), `rgba/{stem}.png` (foreground with *straight*, not
 premultiplied, alpha), `composite/{stem}.png` (the foreground over `--background`, RGB).
 """
