@@ -1,4 +1,5 @@
-"""Writing any file atomically, and clearing what a killed writer left behind.
+"""Writing any file atomically, clearing what a killed writer left behind, and never writing over
+an input.
 
 Every output matte writes (images, weights, checkpoints, ONNX graphs, engines, manifests, reports)
 goes through `atomic_write`: a crash or Ctrl-C leaves the old file or the new one, never half of
@@ -79,3 +80,26 @@ def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: 
         except OSError:  # vanished meanwhile (renamed by its writer, or removed by another run)
             pass
     return removed
+
+
+class Inputs:
+    """The files a command reads, so that an output that would replace one is refused: compared by
+    path and by file identity, because on a case-insensitive file system (macOS, Windows) the
+    output a.png is the input a.PNG though their paths differ."""
+
+    def __init__(self, paths):
+        self.paths = {Path(p).resolve() for p in paths}
+        self.ids = {_file_id(p) for p in self.paths} - {None}
+
+    def __contains__(self, target) -> bool:
+        target = Path(target)
+        return target.resolve() in self.paths or _file_id(target) in self.ids
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file; None where there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino

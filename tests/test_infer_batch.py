@@ -1,5 +1,6 @@
 """Folder runs: skipping and resuming, interruption, shards, never writing over inputs."""
 
+import os
 import subprocess
 import sys
 
@@ -172,6 +173,19 @@ def test_outputs_never_overwrite_inputs(tmp_path):
     report = infer_folder(FakePipeline(), images, images, progress=False)  # --out = the image folder
     assert report.failed and "would overwrite an input" in report.failed[0][1]
     assert (images / "a.png").read_bytes() == original
+
+
+def test_an_output_that_is_an_input_by_another_name_is_refused(tmp_path):
+    """On a case-insensitive file system (macOS) the alpha a.png of the input a.PNG is that input,
+    and writing it with --out equal to --images replaced the photo. Paths differ there, so the file
+    is compared too; here a hard link stands for it: OUT/a.png is the photo under another name."""
+    images = make_pairs(tmp_path / "in", ["a"])
+    (images / "a.png").rename(images / "a.PNG")
+    (tmp_path / "o").mkdir()
+    os.link(images / "a.PNG", tmp_path / "o" / "a.png")
+    report = infer_folder(FakePipeline(), images, tmp_path / "o", progress=False)
+    assert report.failed and "would overwrite an input" in report.failed[0][1] and not report.done
+    assert os.path.samefile(images / "a.PNG", tmp_path / "o" / "a.png")
 
 
 def test_decoding_ahead_is_bounded(tmp_path, monkeypatch):

@@ -506,3 +506,28 @@ def test_a_one_pixel_or_empty_mask_gives_a_trimap_of_its_size():
         assert trimap_from_mask(mask).tolist() == [[expected]]
     assert trimap_from_mask(np.full((1, 1), 0.5), threshold=(0.2, 0.8)).tolist() == [[128]]
     assert trimap_from_mask(np.zeros((0, 0), np.uint8)).shape == (0, 0)
+
+
+def test_outputs_never_overwrite_the_photos(tmp_path):
+    """`matte trimap --masks m --images p --out p --overwrite` wrote the trimap p/a.png over the
+    photo p/a.png (without --overwrite it called the photo a trimap already made, and skipped it);
+    --preview p did the same to a photo a.jpg."""
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:15, 5:20] = 255
+    (tmp_path / "m").mkdir()
+    write_png(tmp_path / "m" / "a.png", mask)
+    photos = tmp_path / "p"
+    photos.mkdir()
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(photos / "a.png")
+    job = TrimapJob(rule=MaskRule(), images=photos)
+    for overwrite in (True, False):
+        report = make_trimaps(tmp_path / "m", photos, job, progress=False, overwrite=overwrite)
+        assert report.failed == [(str(tmp_path / "m" / "a.png"),
+                                  f"its output {photos / 'a.png'} would overwrite an input; choose another --out")]
+        assert not report.skipped
+    (photos / "a.png").rename(photos / "a.jpg")
+    before = (photos / "a.jpg").read_bytes()
+    report = make_trimaps(tmp_path / "m", tmp_path / "o", job, preview=photos, progress=False, overwrite=True)
+    assert report.failed == [(str(tmp_path / "m" / "a.png"),
+                              f"its output {photos / 'a.jpg'} would overwrite an input; choose another --preview")]
+    assert (photos / "a.jpg").read_bytes() == before and [p.name for p in photos.iterdir()] == ["a.jpg"]

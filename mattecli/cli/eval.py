@@ -157,10 +157,12 @@ def eval_model(weights: Path, data: Path, *, backend: str | None = None, device:
 def _refuse_overwriting_inputs(items, save_pred: Path) -> None:
     """--save-pred pointed at the split's alpha/ folder would overwrite the ground truth with the
     predictions, one file at a time, and score each against itself."""
-    inputs = {p.resolve() for item in items for p in (item.gt, item.trimap, item.image) if p is not None}
+    from mattecli.files import Inputs
+
+    inputs = Inputs(p for item in items for p in (item.gt, item.trimap, item.image) if p is not None)
     for item in items:
         target = save_pred / f"{item.name}.png"
-        if target.resolve() in inputs:
+        if target in inputs:
             raise UsageError(f"--save-pred {save_pred}: {target} is an input of --data; save the predictions "
                              "in another folder")
 

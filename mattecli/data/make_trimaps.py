@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.files import atomic_write, remove_stale_temps
+from mattecli.files import Inputs, atomic_write, remove_stale_temps
 from mattecli.imageio import (exif_orientation, fit_orientation, index_by_stem, list_images, orient, read_gray,
                               read_image, read_mask, relative_name, write_png)
 from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, no_images
@@ -70,12 +70,13 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
     photos_beside = _photos_beside_masks(files, source) if job.rule is not None else []
     skip = set(photos_beside)
     files = [f for f in files if f not in skip]
-    photos = {}
+    photos, candidates = {}, []
     if job.images is not None:
         # in one folder with the masks, a mask is no photo (not even its own)
         masks = {f.resolve() for f in files}
         candidates = [f for f in list_images(job.images, recursive) if f.resolve() not in masks]
         photos = {name: found[0] for name, found in index_by_stem(candidates, job.images).items()}
+    inputs = Inputs(files + candidates)  # e.g. --out or --preview given the --images folder
     report, todo, seen = BatchReport(), [], {}
     folders = {Path(f) for f in (out, preview) if f is not None}  # and their subfolders, with --recursive
     if photos_beside:
@@ -92,7 +93,11 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         seen[name] = path
         targets = [out / f"{name}.png"] + ([Path(preview) / f"{name}.jpg"] if preview is not None else [])
         folders.update(t.parent for t in targets)
-        if not overwrite and all(t.exists() for t in targets):
+        clash = [t for t in targets if t in inputs]
+        if clash:
+            report.failed.append((str(path), f"its output {clash[0]} would overwrite an input; choose another "
+                                             f"{'--preview' if clash[0] != targets[0] else '--out'}"))
+        elif not overwrite and all(t.exists() for t in targets):
             report.skipped.append(str(path))
         elif job.images is not None and name not in photos:
             report.failed.append((str(path), f"no image named {name}.* in --images {job.images}"))

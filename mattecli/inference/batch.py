@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.files import remove_stale_temps
+from mattecli.files import Inputs, remove_stale_temps
 from mattecli.imageio import (IMAGE_SUFFIXES, exif_orientation, fit_orientation, index_by_stem, list_images, read_gray,
                               read_image, read_mask, read_trimap, relative_name, subfolders_with_images)
 from mattecli.inference.pipeline import REDONE_FP32, stage
@@ -332,15 +332,16 @@ def _plan(images: Path, out: Path, *, trimaps, masks, mask_rule, shard, recursiv
     note = None if images.is_file() else subfolder_note(images, recursive, out)
     if note:
         report.notes.append(note)
-    inputs = {p.resolve() for pair in pairs for p in pair}
+    inputs = [p for pair in pairs for p in pair]
     if background is not None and getattr(background, "path", None) is not None:
-        inputs.add(Path(background.path).resolve())
+        inputs.append(Path(background.path))
+    inputs = Inputs(inputs)
     out.mkdir(parents=True, exist_ok=True)
     todo, folders = [], {out}
     for image_path, trimap_path in pairs:
         targets = output_paths(out, relative_name(image_path, image_root(images)), save)
         folders.update(t.parent for t in targets.values())
-        clash = [t for t in targets.values() if t.resolve() in inputs]
+        clash = [t for t in targets.values() if t in inputs]
         if clash:
             report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
                                                    "choose another --out"))
