@@ -60,5 +60,5 @@ def main(
                   "the data's test/ split), so there is no best.safetensors yet")
     else:
         chosen = "; the recipe never validates (data.val_every 0), so there is no best.safetensors"
-    typer.echo(f"trained {rec.name} for {result.iterations} iterations (last loss {result.last_loss:.4f}); "
+    typer.echo(f"trained {rec.name} for {result.iterations} iteration{'s' * (result.iterations != 1)} (last loss {result.last_loss:.4f}); "
                f"weights: {run_dir / 'last.safetensors'}{chosen}")

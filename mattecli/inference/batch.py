@@ -162,7 +162,8 @@ def _subfolder_hint(images: Path, recursive: bool, out: Path | None = None) -> s
     if not subs:
         return ""
     names = ", ".join(d.name for d in subs[:3]) + (", ..." if len(subs) > 3 else "")
-    return f"; {len(subs)} subfolders hold images ({names}): --recursive to include them"
+    held = "1 subfolder holds" if len(subs) == 1 else f"{len(subs)} subfolders hold"
+    return f"; {held} images ({names}): --recursive to include them"
 
 
 def subfolder_note(images: Path, recursive: bool, out: Path | None = None) -> str | None:

@@ -152,7 +152,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, clear: bool = 
         clear_run(run_dir)
     elif not resume and not overwrite and holds_run(run_dir):
         done = checkpoints(run_dir)
-        what = f"{done[-1][0]} iterations done" if done else "no checkpoint yet"
+        what = f"{done[-1][0]} iteration{'s' * (done[-1][0] != 1)} done" if done else "no checkpoint yet"
         raise UsageError(f"--out {run_dir} holds a run ({what}): use --resume to continue it, --overwrite to "
                          "start again, or another --out")
 
