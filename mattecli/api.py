@@ -97,10 +97,14 @@ class Matter:
 
         Returns:
             (H, W, 3) uint8.
+
+        Raises:
+            ValueError: the image is not readable, the alpha is not (H, W) uint8 of its size, or
+                NUMBA_THREADING_LAYER names a layer numba cannot start (PyMatting needs one).
         """
-        from mattecli.errors import InputError
+        from mattecli.errors import InputError, UsageError
         from mattecli.imageio import rgb_of
-        from mattecli.inference.outputs import estimate_foreground
+        from mattecli.inference.outputs import check_numba_threading_layer, estimate_foreground
 
         try:
             rgb = rgb_of(_as_pil(image, "image"))
@@ -110,6 +114,11 @@ class Matter:
         if alpha.dtype != np.uint8 or alpha.shape != rgb.shape[:2]:
             raise ValueError(f"alpha must be (H, W) uint8 of the image's size {rgb.shape[1]}x{rgb.shape[0]}, got "
                              f"{alpha.dtype} {alpha.shape}")
+        if not self.device.startswith("cuda"):  # PyMatting: a layer numba cannot start in one line, as infer says it
+            try:
+                check_numba_threading_layer()
+            except UsageError as err:
+                raise ValueError(str(err)) from None
         return estimate_foreground(rgb, alpha, self.device)
 
     def __repr__(self) -> str:

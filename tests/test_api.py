@@ -269,3 +269,21 @@ def test_one_loaded_model_serves_many_threads(weights):
         threaded = list(pool.map(lambda case: matter.predict(*case), cases * 4))
     assert all(np.array_equal(a, b) for a, b in zip(sequential * 4, threaded))
     assert not any(overlaps), f"{sum(overlaps)} model calls overlapped another"
+
+
+@pytest.mark.parametrize("layer, reason", [("tbb", "Intel TBB is required"), ("bogus", "unknown to Numba")])
+def test_a_threading_layer_numba_cannot_start_is_a_value_error_naming_it(weights, layer, reason):
+    """NUMBA_THREADING_LAYER=tbb without the tbb package (or a misspelt layer): `foreground` raised
+    numba's multi-line "HINT: ... pip install tbb" from inside PyMatting; `matte infer` says it in one line."""
+    import os
+
+    code = ("import numpy as np, mattecli\n"
+            f"matter = mattecli.load({str(weights)!r}, device='cpu')\n"
+            "try:\n"
+            "    matter.foreground(np.zeros((20, 30, 3), np.uint8), np.full((20, 30), 128, np.uint8))\n"
+            "except ValueError as err:\n"
+            "    print(err)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "NUMBA_THREADING_LAYER": layer})
+    assert res.returncode == 0 and res.stdout.count("\n") == 1, res.stdout + res.stderr
+    assert res.stdout.startswith(f"NUMBA_THREADING_LAYER={layer}: numba cannot start it") and reason in res.stdout
