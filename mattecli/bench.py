@@ -234,7 +234,7 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
         device: cpu or cuda[:N].
         half: FP16 (CUDA only): `matte infer --half`'s torch backend, an FP16 graph for onnx, FP16 engine for trt.
         repeat, warmup: timed and untimed calls per row.
-        json_path: where to write the report as JSON, atomically.
+        json_path: where to write the report as JSON, atomically (`-`: standard output).
         log: called with a line of progress text (export and build steps).
         on_row: called with each row as it completes.
 
@@ -264,10 +264,9 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
     report = {"weights": str(weights), "device": device, "half": half, "repeat": repeat, "warmup": warmup,
               "timed": TIMED, "rows": rows}
     if json_path:
-        from mattecli.files import atomic_write
+        from mattecli.files import write_text
 
-        text = json.dumps(report, indent=1)
-        atomic_write(json_path, lambda tmp_path: Path(tmp_path).write_text(text))
+        write_text(json_path, json.dumps(report, indent=1) + "\n")
     return report
 
 

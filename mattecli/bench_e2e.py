@@ -109,7 +109,7 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
         save: output kinds, as `matte infer --save`.
         count: timed images per size (WARM_IMAGES more, untimed, warm up first).
         workers: the runner's worker threads (default: `default_workers(device)`, as `matte infer`).
-        json_path: where to write the report as JSON, atomically.
+        json_path: where to write the report as JSON, atomically (`-`: standard output).
         log: called with a line of progress text.
 
     Returns:
@@ -167,8 +167,7 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
               "workers": workers, "timed": "matte infer's folder runner, files on disk to files written, after "
               f"{WARM_IMAGES} untimed images; stage times summed over the images (worker stages overlap)", "rows": rows}
     if json_path:
-        from mattecli.files import atomic_write
+        from mattecli.files import write_text
 
-        text = json.dumps(report, indent=1)
-        atomic_write(json_path, lambda tmp_path: Path(tmp_path).write_text(text))
+        write_text(json_path, json.dumps(report, indent=1) + "\n")
     return report

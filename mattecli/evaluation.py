@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.files import atomic_write
+from mattecli.files import write_text
 from mattecli.imageio import index_by_stem, list_images, read_alpha, read_gray
 from mattecli.metrics import METRICS
 
@@ -311,12 +311,12 @@ def summary(results: list[Result]) -> dict:
     return out
 
 
-def write_json(path: Path, data: dict) -> Path:
-    text = json.dumps(data, indent=1) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+def write_json(path: Path, data: dict) -> None:
+    """Into `path` atomically, or to standard output for `-` (see `files.to_stdout`)."""
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
-def write_csv(path: Path, results: list[Result]) -> Path:
+def write_csv(path: Path, results: list[Result]) -> None:
     """One row per evaluated image: name, sad, mse, grad, conn (papers' units)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -324,8 +324,7 @@ def write_csv(path: Path, results: list[Result]) -> Path:
     for r in results:
         if r.metrics is not None:
             writer.writerow([r.name] + [repr(r.metrics[m]) for m in METRICS])
-    text = buf.getvalue()
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    write_text(path, buf.getvalue())
 
 
 def print_table(data: dict, console=None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -53,6 +54,22 @@ def atomic_write(path: str | Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def to_stdout(path: str | Path | None) -> bool:
+    """Whether an output file option (`--json`, `--csv`) names standard output: `-`, as in most
+    Unix tools (it wrote a file named "-"), or /dev/stdout. Where it does, what else the command
+    prints goes to stderr, so that the output can be piped (`--json - | jq`)."""
+    return path is not None and str(path) in ("-", "/dev/stdout")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to standard output when `to_stdout(path)`, else into the file atomically."""
+    if to_stdout(path):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _special(path: Path) -> bool:

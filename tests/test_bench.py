@@ -103,6 +103,22 @@ def test_bench_checks_json_before_timing(tmp_path, weights, e2e):
     assert res.stderr.strip().count("\n") == 0 and not res.stdout
 
 
+@pytest.mark.parametrize("e2e", [[], ["--e2e"]])
+def test_bench_json_dash_is_stdout_alone(tmp_path, weights, one_thread, e2e):
+    """`--json -` wrote a file named "-"; now stdout holds the JSON alone (the table goes to stderr),
+    so `matte bench ... --json - | jq` works."""
+    import subprocess
+    import sys
+
+    timing = ["--count", "1"] if e2e else ["--repeat", "1", "--warmup", "0"]
+    res = subprocess.run([sys.executable, "-m", "mattecli", "bench", "--weights", str(weights), "--backends", "torch",
+                          "--sizes", "24x20", "--device", "cpu", "--json", "-", *timing, *e2e],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert [r["size"] for r in json.loads(res.stdout)["rows"]] == ["24x20"] and "24x20" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bench_refuses_weights_without_a_recipe_before_any_row(tmp_path):
     """It ran every row, each failing with the same reason, and exited 1 (or 2 after a progress bar)."""
     import torch

@@ -73,6 +73,26 @@ def test_json_csv_and_table(folders):
     assert float(rows[1]["conn"]) == pytest.approx(data["images"][1]["conn"], rel=1e-12)
 
 
+@pytest.mark.parametrize("option", ["--json", "--csv"])
+@pytest.mark.parametrize("target", ["-", "/dev/stdout"])
+def test_dash_writes_to_stdout_alone_and_the_table_to_stderr(folders, option, target):
+    """`--json -` wrote a file named "-" (and `--json /dev/stdout` put the table before the JSON), so
+    `matte eval ... --json - | jq` had nothing, or a table, to read."""
+    root, _ = folders
+    other = "--csv" if option == "--json" else "--json"
+    cmd = [sys.executable, "-m", "mattecli", "eval", *map(str, args_for(root))]
+    res = subprocess.run([*cmd, option, target, other, root / "other"], capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stderr
+    assert not (root / "-").exists() and "SAD" in res.stderr and (root / "other").is_file()
+    if option == "--json":
+        assert json.loads(res.stdout)["count"] == 3
+    else:
+        assert res.stdout.splitlines()[0] == "name,sad,mse,grad,conn" and len(res.stdout.splitlines()) == 4
+    res = subprocess.run([*cmd, "--json", "-", "--csv", "-"], capture_output=True, text=True, cwd=root)
+    assert res.returncode == 2 and res.stderr == ("matte: error: --json - --csv -: both on standard output would be "
+                                                  "mixed; send one to a file\n")
+
+
 def test_missing_counterpart_is_named_and_the_rest_evaluated(folders):
     root, _ = folders
     (root / "pred" / "b.png").unlink()

@@ -22,7 +22,8 @@ def main(
                               "ONNX graph for onnx, an FP16 engine for trt. CUDA only."),
     repeat: int = typer.Option(5, "--repeat", min=1, help="Timed calls per backend and size (the median is reported)."),
     warmup: int = typer.Option(1, "--warmup", min=0, help="Untimed calls before the timed ones."),
-    json_out: Path = typer.Option(None, "--json", help="Also write the rows (and what was timed) as JSON."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the rows (and what was timed) as JSON (`-`: to "
+                                  "stdout, the table to stderr)."),
     e2e: bool = typer.Option(False, "--e2e", help="End to end: `matte infer`'s runner over generated image files of "
                              "each size, files on disk to files written, with each stage's time (decode, upload + "
                              "prepare, model, restore + download, foreground, encode). One backend."),
@@ -46,12 +47,13 @@ def main(
     from mattecli.bench import check_request, default_backends, run_bench
     from mattecli.cli.parsing import parse_backends, parse_sizes
     from mattecli.devices import resolve_device
+    from mattecli.files import to_stdout
     from mattecli.imageio import check_out_file
     from mattecli.progress import progress_bar
 
     _check_mode(ctx, e2e)
     size_list = parse_sizes(sizes)
-    if json_out is not None:  # not after the whole run
+    if json_out is not None and not to_stdout(json_out):  # not after the whole run
         check_out_file(json_out, "--json")
     device = resolve_device(device)
     if e2e:
@@ -77,10 +79,12 @@ def main(
         else:
             table.add_row(r["backend"], r["size"], r["input"], f"{r['median_ms']:.1f}", f"{r['images_per_s']:.3f}",
                           f"{r['peak_memory_mib']:,.0f} ({r['base_memory_mib']:,.0f})")
-    Console().print(table)
+    out = err if to_stdout(json_out) else Console()  # --json -: stdout holds the JSON alone, for a pipe
+    out.print(table)
     good = [r for r in report["rows"] if "error" not in r]
     if good:
-        print(f"memory: {good[0]['memory']}; timed: {report['timed']}")
+        out.print(f"memory: {good[0]['memory']}; timed: {report['timed']}", markup=False, highlight=False,
+                  soft_wrap=True)
     for r in failed:
         err.print(f"matte bench: {r['backend']} at {r['size']}: {r['error']}", markup=False, highlight=False,
                   soft_wrap=True)
@@ -113,8 +117,9 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
 
     from mattecli.bench import check_request
     from mattecli.bench_e2e import STAGES, run_e2e
-    from mattecli.inference.outputs import OUTPUT_KINDS
     from mattecli.errors import UsageError
+    from mattecli.files import to_stdout
+    from mattecli.inference.outputs import OUTPUT_KINDS
 
     if len(names) != 1:
         raise UsageError("--e2e times one backend: name it with --backends (e.g. --backends torch)")
@@ -138,11 +143,12 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
         else:
             table.add_row(r["size"], f"{r['images_per_s']:.2f}", f"{r['wall_over_decode']:.2f}",
                           *[f"{r['stages'][s]['ms_per_image']:.0f}" for s in STAGES])
-    Console().print(table)
-    print("stage columns: ms per image (prepare: upload + prepare, restore: restore + download, fg: foreground); "
-          "decode, foreground and encode run in the workers, overlapping the model, so stages add up to more "
-          "than the wall time when overlap works; wall/decode: the run's wall time over decoding the same files "
-          "one after the other")
+    out = err if to_stdout(json_out) else Console()  # --json -: stdout holds the JSON alone, for a pipe
+    out.print(table)
+    out.print("stage columns: ms per image (prepare: upload + prepare, restore: restore + download, fg: foreground); "
+              "decode, foreground and encode run in the workers, overlapping the model, so stages add up to more "
+              "than the wall time when overlap works; wall/decode: the run's wall time over decoding the same "
+              "files one after the other", markup=False, highlight=False, soft_wrap=True)
     for r in failed:
         err.print(f"matte bench --e2e: {r['size']}: {r['error']}", markup=False, highlight=False, soft_wrap=True)
     if failed:

@@ -21,8 +21,8 @@ def main(
     backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnx or trt (default: from the weights file's suffix)."),
     device: str = typer.Option("auto", "--device", help="Device for --weights: auto (cuda when available, else cpu), cpu or cuda[:N]."),
     save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="With --weights: write the predictions to this folder as {name}.png."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write count, mean and per-image metrics as JSON."),
-    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image metrics as CSV (name,sad,mse,grad,conn)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write count, mean and per-image metrics as JSON (`-`: to stdout, the table to stderr)."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image metrics as CSV (name,sad,mse,grad,conn; `-`: to stdout, the table to stderr)."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes computing metrics (default: all cores)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML page of the worst images by SAD into this folder."),
     report_worst: int = typer.Option(20, "--report-worst", help="How many of the worst images the report shows."),
@@ -97,8 +97,13 @@ def _check_outputs(*, save_pred, report, json_out, csv_out) -> None:
     for option, folder in (("--save-pred", save_pred), ("--report", report)):
         if folder is not None:
             check_out_dir(folder, option)
+    from mattecli.files import to_stdout
+
+    if to_stdout(json_out) and to_stdout(csv_out):
+        raise UsageError(f"--json {json_out} --csv {csv_out}: both on standard output would be mixed; "
+                         "send one to a file")
     for option, file in (("--json", json_out), ("--csv", csv_out)):
-        if file is not None:
+        if file is not None and not to_stdout(file):
             check_out_file(file, option)
 
 
@@ -200,10 +205,12 @@ def _print_failures(errors, failures) -> None:
 def _finish(results, items, kept: dict, outputs: EvalOutputs, errors) -> int:
     """The table, the files asked for, and the exit code."""
     from mattecli import evaluation as ev
+    from mattecli.files import to_stdout
 
     results = sorted(results, key=lambda r: r.name)
     summary = ev.summary(results)
-    ev.print_table(summary)
+    # with --json - (or --csv -) stdout holds that alone, for a pipe; the table goes with the notes
+    ev.print_table(summary, console=errors if to_stdout(outputs.json) or to_stdout(outputs.csv) else None)
     if outputs.json is not None:
         ev.write_json(outputs.json, summary)
     if outputs.csv is not None:
