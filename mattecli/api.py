@@ -218,6 +218,11 @@ def _as_pil(x: ImageLike, what: str, apply_exif: bool = True):
 
         return _open(Path(x), apply_exif=apply_exif)
     if isinstance(x, Image.Image):
+        from mattecli.imageio import unsupported_mode
+
+        problem = unsupported_mode(x)
+        if problem:
+            raise ValueError(f"{what}: {problem}")
         if x.mode == "F":  # Image.fromarray of a float32 array: checked as that array would be
             from mattecli.imageio import array_values
 

@@ -113,11 +113,26 @@ def _open(path: Path, apply_exif: bool = False):
         raise InputError(path, f"too many pixels to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise InputError(path, f"cannot decode image ({err})") from None
+    problem = unsupported_mode(img)
+    if problem:
+        raise InputError(path, problem)
     if img.mode == "F":  # a float TIFF is read as [0, 1]: one of 0..255 values read as white, without a word
         problem = float_problem(np.asarray(img))
         if problem:
             raise InputError(path, problem)
     return img
+
+
+def unsupported_mode(img) -> str | None:
+    """Why a Pillow image's mode cannot be read, or None. Pillow cannot convert some modes at all
+    (La, grey with premultiplied alpha, which a TIFF with associated alpha opens as): the readers
+    failed with Pillow's "conversion from La to L not supported". Tried on one pixel."""
+    try:
+        img.crop((0, 0, 1, 1)).convert("RGB")
+    except ValueError:
+        return (f"unsupported image mode {img.mode} (Pillow cannot convert it to RGB); save it as RGB, RGBA, "
+                "L or LA")
+    return None
 
 
 def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:

@@ -38,3 +38,21 @@ def make_pairs(folder, names, size=(24, 32), seed=0):
         trimap[:, 2 * w // 3:] = 255
         write_png(folder / f"{name}_trimap.png", trimap)
     return folder
+
+
+def save_premultiplied_grey_tiff(path, grey: np.ndarray, alpha: np.ndarray):
+    """A grey TIFF with associated (premultiplied) alpha, which Pillow opens as mode "La" and
+    cannot convert. Pillow cannot write one: an LA TIFF has its ExtraSamples tag set to 1."""
+    import struct
+
+    from PIL import Image
+
+    Image.merge("LA", [Image.fromarray(grey), Image.fromarray(alpha)]).save(path)
+    data = bytearray(path.read_bytes())
+    ifd = struct.unpack("<I", data[4:8])[0]  # Pillow writes little-endian ("II")
+    for entry in range(ifd + 2, ifd + 2 + 12 * struct.unpack("<H", data[ifd:ifd + 2])[0], 12):
+        if struct.unpack("<H", data[entry:entry + 2])[0] == 338:  # ExtraSamples: 2 unassociated, 1 associated
+            data[entry + 8:entry + 10] = struct.pack("<H", 1)
+    path.write_bytes(bytes(data))
+    assert Image.open(path).mode == "La"
+    return path

@@ -1,6 +1,7 @@
 """The Python API (`mattecli.load`, `Matter.predict`, `Matter.foreground`, `trimap_from_mask`):
 byte for byte what `matte infer` writes for the same files, and `import mattecli` stays light."""
 
+import re
 import subprocess
 import sys
 import warnings
@@ -209,6 +210,26 @@ def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
     assert mattecli.load(weights, device="cpu", max_memory=1.5e9).pipeline.max_bytes == 1_500_000_000
     with pytest.raises(ValueError, match="uint8"):
         matter.foreground(image, np.zeros((40, 50), np.float32))
+
+
+def test_an_image_mode_pillow_cannot_convert_is_one_value_error(weights, tmp_path):
+    """A Pillow image of mode La (grey, premultiplied alpha) raised Pillow's "conversion from La to L
+    not supported"; as a trimap it was read by its premultiplied grey."""
+    from tests.infer_helpers import save_premultiplied_grey_tiff
+
+    matter = mattecli.load(weights, device="cpu")
+    grey, trimap = np.full((40, 50), 90, np.uint8), np.full((40, 50), 128, np.uint8)
+    la = Image.merge("LA", [Image.fromarray(grey)] * 2).convert("La")
+    reason = "unsupported image mode La (Pillow cannot convert it to RGB); save it as RGB, RGBA, L or LA"
+    with pytest.raises(ValueError, match=f"^image: {re.escape(reason)}$"):
+        matter.predict(la, trimap)
+    with pytest.raises(ValueError, match=f"^trimap: {re.escape(reason)}$"):
+        matter.predict(grey, Image.merge("LA", [Image.fromarray(trimap)] * 2).convert("La"))
+    with pytest.raises(ValueError, match=f"^image: {re.escape(reason)}$"):
+        matter.foreground(la, trimap)
+    path = save_premultiplied_grey_tiff(tmp_path / "la.tif", grey, np.full((40, 50), 255, np.uint8))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: {re.escape(reason)}$"):
+        matter.predict(path, trimap)
 
 
 def test_an_exported_graph_loads_the_same_way(weights, photos, tmp_path):

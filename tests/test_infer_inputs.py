@@ -165,6 +165,26 @@ def test_a_float_tiff_of_0_to_255_values_is_named_not_read_as_white(tmp_path):
                   "undo a normalisation)")]
 
 
+def test_an_image_mode_pillow_cannot_convert_is_named_in_one_line(tmp_path):
+    """A grey TIFF with premultiplied alpha (Pillow's mode La) failed with Pillow's own "conversion
+    from La to L not supported"; a trimap of that mode was read by its premultiplied grey."""
+    from tests.infer_helpers import save_premultiplied_grey_tiff
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    opaque = np.full((H, W), 255, np.uint8)
+    save_premultiplied_grey_tiff(folder / "a.tif", photo()[..., 0], opaque)
+    trimap_png(folder / "a_trimap.png")
+    Image.fromarray(photo()).save(folder / "b.png")
+    save_premultiplied_grey_tiff(folder / "b_trimap.tif", trimap_png(tmp_path / "t.png"), opaque)
+    Image.fromarray(photo()).save(folder / "c.png")
+    trimap_png(folder / "c_trimap.png")
+    report, _ = run(folder, tmp_path)
+    assert report.done == [str(folder / "c.png")]
+    reason = "unsupported image mode La (Pillow cannot convert it to RGB); save it as RGB, RGBA, L or LA"
+    assert sorted((p.split("/")[-1], r) for p, r in report.failed) == [("a.tif", reason), ("b_trimap.tif", reason)]
+
+
 def test_images_beyond_pillows_pixel_guard_are_named_not_fatal(tmp_path, monkeypatch):
     folder = tmp_path / "in"
     folder.mkdir()

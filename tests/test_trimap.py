@@ -303,6 +303,20 @@ def test_bad_masks_are_named_and_the_batch_goes_on(tmp_path):
     assert (read_gray(tmp_path / "trimaps" / "e.png") == 255).all()
 
 
+def test_a_mask_of_a_mode_pillow_cannot_convert_is_named_in_one_line(tmp_path):
+    """A grey TIFF with premultiplied alpha (mode La) failed with "ValueError: conversion from La to
+    L not supported"."""
+    from tests.infer_helpers import save_premultiplied_grey_tiff
+
+    images, masks = mask_folder(tmp_path)
+    (masks / "b_mask.png").unlink()
+    save_premultiplied_grey_tiff(masks / "b_mask.tif", np.zeros((48, 64), np.uint8), np.zeros((48, 64), np.uint8))
+    report = make_trimaps(masks, tmp_path / "trimaps", TrimapJob(rule=MaskRule()), progress=False)
+    assert report.done == [str(masks / "a.png")] and report.failed == [
+        (str(masks / "b_mask.tif"), "unsupported image mode La (Pillow cannot convert it to RGB); save it as RGB, "
+                                    "RGBA, L or LA")]
+
+
 def test_matte_trimap_reruns_finish_what_is_missing_and_previews(tmp_path, capsys):
     images, masks = mask_folder(tmp_path, names=("a", "b", "c"))
     code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", "--band", "4",
