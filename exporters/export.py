@@ -73,6 +73,8 @@ def check_options(opts: ExportOptions) -> None:
                          f"(use {own}{hint})")
     if opts.tf32 and opts.format != "trt":
         raise UsageError("--tf32 is for --format trt (ONNX graphs carry no such setting)")
+    if opts.verify_sizes is not None and not opts.verify:  # else the sizes were silently not run
+        raise UsageError("--verify-sizes is for --verify (add --verify to run the exported model at those sizes)")
     from mattecli.devices import resolve_device
 
     opts.device = resolve_device(opts.device)
