@@ -64,6 +64,10 @@ def check_options(opts: ExportOptions) -> None:
     if SUFFIX_TO_BACKEND.get(given, "torch") != "torch":  # else read_weights says "not a readable .safetensors"
         raise UsageError(f"--weights {opts.weights}: an exported {given} model; export from the .safetensors "
                          "weights file it came from")
+    from mattecli.weights import CHECKPOINT_SUFFIXES, unknown_model_file
+
+    if given in CHECKPOINT_SUFFIXES:  # read_weights said "not a readable .safetensors file (header too large)"
+        raise unknown_model_file(Path(opts.weights))
     suffix = Path(opts.out).suffix.lower()
     implied = SUFFIX_TO_BACKEND.get(suffix, opts.format)  # an unknown suffix contradicts nothing
     if implied != opts.format:

@@ -42,7 +42,7 @@ def default_backends(weights: Path) -> list[str]:
 
 def check_request(weights: Path, backends: list[str], device: str, half: bool) -> None:
     """Refuse, in one line, what cannot run: missing or unsuitable file, device, --half, TensorRT."""
-    from mattecli.weights import no_weights_file
+    from mattecli.weights import no_weights_file, unknown_model_file
 
     if not weights.is_file():
         raise no_weights_file(weights)
@@ -52,7 +52,7 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
     suffix = weights.suffix.lower()
     usable = BACKENDS_FROM_SUFFIX
     if suffix not in usable:
-        raise UsageError(f"{weights}: unknown model file type (expected .safetensors, .onnx or .engine)")
+        raise unknown_model_file(weights)
     for name in backends:
         if name not in usable[suffix]:
             raise UsageError(f"{weights}: the {name} backend needs a .safetensors weights file "

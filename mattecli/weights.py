@@ -55,6 +55,23 @@ def no_weights_file(path: Path) -> UsageError:
     return UsageError(f"{path}: no such weights file")
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt")  # torch.save files: no command runs one
+
+
+def unknown_model_file(path: Path) -> UsageError:
+    """The error for a --weights file of a type no backend runs. A PyTorch checkpoint (a training
+    run's checkpoints/*.pt, the authors' .pth.tar) is named as one, with what to give instead: it
+    was "unknown model file type" (infer, bench) or "header too large" (export)."""
+    from mattecli.inference.backends import SUFFIX_TO_BACKEND
+
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        return UsageError(f"{path}: unknown model file type (expected {', '.join(SUFFIX_TO_BACKEND)})")
+    found = sorted(path.parent.parent.glob("*.safetensors")) if path.parent.name == "checkpoints" else []
+    instead = " or ".join(map(str, found)) or "a run's last.safetensors or best.safetensors"
+    return UsageError(f"{path}: a PyTorch checkpoint, not a model file: give {instead} (what `matte train` "
+                      "writes), or import the authors' checkpoint with `matte convert`")
+
+
 def _read_matte_weights(path: str | Path, tensors: bool):
     from mattecli.recipes import recipe_from_dict
 

@@ -132,3 +132,25 @@ def test_convert_takes_an_uppercase_suffix_as_every_command_does(tmp_path):
     res = run_main("convert", tmp_path / "c.pth", "--from", "indexnet-official", "--out", tmp_path / "W.SAFETENSORS")
     assert res.returncode == 0, res.stderr
     assert load_model(tmp_path / "W.SAFETENSORS")[1].name == "indexnet-m2o-nl-ctx"
+
+
+def test_a_pytorch_checkpoint_given_as_weights_is_named_with_what_to_give(tmp_path):
+    """A training run's checkpoints/*.pt as --weights: infer and bench said "unknown model file
+    type", export "not a readable .safetensors file (Error while deserializing header: header too
+    large)"; the authors' .pth.tar likewise."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"model": {}, "iter": 2}, run / "checkpoints" / "iter_00000002.pt")
+    recipe = load_recipe("demo-tcp")
+    save_weights(build_model(recipe), recipe, run / "last.safetensors")
+    official = tmp_path / "indexnet_matting.pth.tar"
+    torch.save({"state_dict": {}}, official)
+    (tmp_path / "a.png").write_bytes(b"")
+    for checkpoint, instead in ((run / "checkpoints" / "iter_00000002.pt", f"give {run / 'last.safetensors'} "),
+                                (official, "give a run's last.safetensors or best.safetensors ")):
+        for command in (["infer", "--images", tmp_path / "a.png", "--out", tmp_path / "out"],
+                        ["bench", "--sizes", "32x32"], ["export", "--out", tmp_path / "m.onnx"]):
+            res = run_main(command[0], "--weights", checkpoint, *command[1:])
+            assert res.returncode == 2 and res.stderr == (
+                f"matte: error: {checkpoint}: a PyTorch checkpoint, not a model file: {instead}(what `matte train` "
+                "writes), or import the authors' checkpoint with `matte convert`\n"), (command, res.stderr)

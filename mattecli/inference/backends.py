@@ -338,7 +338,9 @@ def load_backend(path: str | Path, name: str | None = None, device: str = "cpu",
         raise no_weights_file(path)
     name = name or SUFFIX_TO_BACKEND.get(path.suffix.lower())
     if name is None:
-        raise UsageError(f"{path}: unknown model file type (expected {', '.join(SUFFIX_TO_BACKEND)})")
+        from mattecli.weights import unknown_model_file
+
+        raise unknown_model_file(path)
     if name not in BACKENDS:
         raise UsageError(f"--backend {name}: unknown backend (choose {', '.join(BACKENDS)})")
     from mattecli.devices import resolve_device
