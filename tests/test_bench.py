@@ -128,6 +128,18 @@ def test_bench_refuses_weights_without_a_recipe_before_any_row(tmp_path):
     res = run_main("bench", "--weights", tmp_path / "foreign.safetensors", "--backends", "torch", "--sizes", "32x32")
     assert res.returncode == 2 and "foreign.safetensors: no recipe in the metadata" in res.stderr, res.stderr
     assert res.stderr.strip().count("\n") == 0 and not res.stdout
+    # an ONNX graph not exported by matte, or not a graph at all: was a failed row per size, exit 1
+    import onnx
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4, None, None]) for name in ("input", "alpha")]
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["alpha"])], "g", io[:1], io[1:])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "foreign.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    for name, reason in (("foreign.onnx", "no recipe in the ONNX metadata"), ("junk.onnx", "not a loadable ONNX model")):
+        res = run_main("bench", "--weights", tmp_path / name, "--sizes", "32x32,48x48")
+        assert res.returncode == 2 and f"{name}: {reason}" in res.stderr, res.stderr
+        assert res.stderr.strip().count("\n") == 0 and not res.stdout
 
 
 def test_bench_refuses_missing_and_unsuitable_files(tmp_path):
@@ -140,13 +152,16 @@ def test_bench_refuses_missing_and_unsuitable_files(tmp_path):
 
 
 def test_a_failing_row_is_named_and_the_others_still_run(tmp_path, weights, one_thread):
-    graph = tmp_path / "broken.onnx"
-    graph.write_bytes(b"not a graph")
-    res = run_main("bench", "--weights", graph, "--sizes", "32x32,48x32", "--repeat", "1")  # onnx: the file's own
+    # a graph exported for 32x32 only fails at 48x32 (a file no row can load is a usage error, above)
+    graph = tmp_path / "static.onnx"
+    res = run_main("export", "--weights", weights, "--static", "--opt-shape", "32x32", "--out", graph)
+    assert res.returncode == 0, res.stderr
+    res = run_main("bench", "--weights", graph, "--sizes", "48x32,32x32,64x32", "--repeat", "1")  # onnx: its own
     assert res.returncode == 1
     failures = [line for line in res.stderr.splitlines() if line.startswith("matte bench:")]
-    assert len(failures) == 2 and all("not a loadable ONNX model" in line for line in failures), res.stderr
-    assert res.stdout.count("failed") == 2
+    assert [line.split(":")[1] for line in failures] == [" onnx at 48x32", " onnx at 64x32"], res.stderr
+    assert all("was exported for 32x32 input only" in line for line in failures), res.stderr
+    assert res.stdout.count("failed") == 2 and "32x32 │ 1x4x32x32" in res.stdout
 
 
 def test_half_rows_time_the_backend_that_infer_half_runs(weights, monkeypatch):
