@@ -62,3 +62,6 @@ def test_shards_and_backends():
     assert parse_backends("torch,onnx,torch") == ["torch", "onnx"]
     with pytest.raises(UsageError, match="unknown backend 'tensorflow'"):
         parse_backends("torch,tensorflow")
+    for empty in ("", " , "):  # said "unknown backend '(none)'"
+        with pytest.raises(UsageError, match=f"^--backends {empty!r}: names no backend; choose from torch, onnx, trt$"):
+            parse_backends(empty)

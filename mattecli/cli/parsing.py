@@ -101,7 +101,7 @@ def parse_backends(text: str, option: str = "--backends") -> list[str]:
 
     names = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
     bad = [n for n in names if n not in BACKEND_NAMES]
-    if bad or not names:
-        raise UsageError(f"{option} {text!r}: unknown backend {bad[0] if bad else '(none)'!r}; "
-                         f"choose from {', '.join(BACKEND_NAMES)}")
+    if bad or not names:  # as parse_sizes says of "": it was "unknown backend '(none)'"
+        problem = f"unknown backend {bad[0]!r}" if bad else "names no backend"
+        raise UsageError(f"{option} {text!r}: {problem}; choose from {', '.join(BACKEND_NAMES)}")
     return names
