@@ -77,6 +77,9 @@ def check_options(opts: ExportOptions) -> None:
                          f"(use {own}{hint})")
     if opts.tf32 and opts.format != "trt":
         raise UsageError("--tf32 is for --format trt (ONNX graphs carry no such setting)")
+    if opts.verify and Path(opts.out).exists() and not Path(opts.out).is_file():  # /dev/null: "no such weights file"
+        raise UsageError(f"--out {opts.out}: not a regular file, and --verify runs the model from the file written; "
+                         "export to a file (and delete it after)")
     if opts.verify_sizes is not None and not opts.verify:  # else the sizes were silently not run
         raise UsageError("--verify-sizes is for --verify (add --verify to run the exported model at those sizes)")
     from mattecli.devices import resolve_device

@@ -504,7 +504,9 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
     (["--device", "gpu"], "--device gpu: expected auto, cpu, cuda or cuda:N"),
     (["--device", "cuda:x"], "--device cuda:x: expected auto, cpu, cuda or cuda:N"),
     (["--tf32"], "--tf32 is for --format trt"),
-    (["--verify-sizes", "64x64"], "--verify-sizes is for --verify"),  # was exported and not verified, without a word
+    (["--verify-sizes", "64x64"], "--verify-sizes is for --verify"),
+    # a dry run's --out /dev/null wrote nothing to read back: "/dev/null: no such weights file" after the export
+    (["--verify", "--out", "/dev/null"], "--out /dev/null: not a regular file, and --verify runs the model from"),  # was exported and not verified, without a word
     # refused before any engine is built (a build takes minutes), TensorRT installed or not
     (["--format", "trt", "--out", "{tmp}/m.engine", "--verify"], "--verify of a TensorRT engine runs it on a GPU"),
 ])
