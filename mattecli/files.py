@@ -63,6 +63,15 @@ def to_stdout(path: str | Path | None) -> bool:
     return path is not None and str(path) in ("-", "/dev/stdout")
 
 
+def check_stdout(path: str | Path | None, option: str) -> None:
+    """Refuse `-` (or /dev/stdout) where there is no standard output (`>&-`), before the work:
+    the write at the end failed with a traceback."""
+    if to_stdout(path) and sys.stdout is None:
+        from mattecli.errors import UsageError
+
+        raise UsageError(f"{option} {path}: standard output is closed")
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to standard output when `to_stdout(path)`, else into the file atomically."""
     if to_stdout(path):

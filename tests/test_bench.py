@@ -119,6 +119,17 @@ def test_bench_json_dash_is_stdout_alone(tmp_path, weights, one_thread, e2e):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_bench_json_dash_with_stdout_closed_is_a_usage_error(weights):
+    """`--json - >&-` timed every row, then failed with a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "mattecli", "bench", "--weights", str(weights), "--sizes", "24x20",
+                          "--json", "-"], stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+    assert res.returncode == 2 and res.stderr == "matte: error: --json -: standard output is closed\n"
+
+
 def test_bench_refuses_weights_without_a_recipe_before_any_row(tmp_path):
     """It ran every row, each failing with the same reason, and exited 1 (or 2 after a progress bar)."""
     import torch

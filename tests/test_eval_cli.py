@@ -93,6 +93,18 @@ def test_dash_writes_to_stdout_alone_and_the_table_to_stderr(folders, option, ta
                                                   "mixed; send one to a file\n")
 
 
+def test_dash_with_stdout_closed_is_a_usage_error_before_any_image(folders):
+    """`matte eval ... --json - >&-` evaluated every image, then failed with a traceback
+    ("'NoneType' object has no attribute 'write'")."""
+    import os
+
+    root, _ = folders
+    for option in ("--json", "--csv"):
+        res = subprocess.run([sys.executable, "-m", "mattecli", "eval", *map(str, args_for(root)), option, "-"],
+                             stdout=None, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: os.close(1))
+        assert res.returncode == 2 and res.stderr == f"matte: error: {option} -: standard output is closed\n"
+
+
 def test_missing_counterpart_is_named_and_the_rest_evaluated(folders):
     root, _ = folders
     (root / "pred" / "b.png").unlink()

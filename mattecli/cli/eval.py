@@ -92,19 +92,19 @@ def _check_options(*, pred, gt, trimap, weights, data, save_pred, workers, repor
 
 def _check_outputs(*, save_pred, report, json_out, csv_out) -> None:
     """Every output place writable before any image is evaluated: a typo must not cost a model run."""
+    from mattecli.files import check_stdout, to_stdout
     from mattecli.imageio import check_out_dir, check_out_file
 
     for option, folder in (("--save-pred", save_pred), ("--report", report)):
         if folder is not None:
             check_out_dir(folder, option)
-    from mattecli.files import to_stdout
-
     if to_stdout(json_out) and to_stdout(csv_out):
         raise UsageError(f"--json {json_out} --csv {csv_out}: both on standard output would be mixed; "
                          "send one to a file")
     for option, file in (("--json", json_out), ("--csv", csv_out)):
         if file is not None and not to_stdout(file):
             check_out_file(file, option)
+        check_stdout(file, option)
 
 
 def eval_predictions(pred: Path, *, gt: Path | None = None, trimap: Path | None = None, data: Path | None = None,
