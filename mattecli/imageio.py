@@ -532,6 +532,7 @@ def prepare_out_dir(out: str | Path, option: str = "--out") -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{option} {out}: is a file, not a folder")
+    check_out_dir(out, option)  # a broken symbolic link on the way: mkdir said only "File exists"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -564,7 +565,9 @@ def check_out_dir(out: str | Path, option: str = "--out", given: Path | None = N
     from mattecli.errors import UsageError
 
     out = Path(out)
-    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists() or p.is_symlink())
+    if not existing.exists():  # a symbolic link to nothing: making the folder raised FileExistsError at the end
+        raise UsageError(f"{option} {given or out}: {existing} is a broken symbolic link (to {os.readlink(existing)})")
     if not existing.is_dir():
         raise UsageError(f"{option} {given or out}: {existing} is a file, not a folder")
     _probe_write(existing, given or out, option)

@@ -263,6 +263,41 @@ def test_train_export_and_eval_refuse_an_unwritable_output_before_any_work(tmp_p
     assert sorted(tmp_path.rglob("*")) == before  # a refused run leaves nothing behind
 
 
+def test_an_output_below_a_broken_symbolic_link_is_one_usage_error_before_any_work(tmp_path, capsys):
+    """OUT/... where OUT is a symbolic link to nothing passed the checks (no folder there to test),
+    then failed with a FileExistsError traceback when the folder was made: after the whole run for
+    eval --json and bench --json, "cannot write there (File exists)" for infer --out."""
+    from mattecli.cli import main
+
+    link = tmp_path / "results"
+    link.symlink_to(tmp_path / "gone")
+    folders = [tmp_path / d for d in ("pred", "gt", "tri")]
+    for d in folders:
+        d.mkdir()
+    runs = [
+        ["export", "--weights", "w.safetensors", "--out", link / "m.onnx"],
+        ["eval", "--pred", folders[0], "--gt", folders[1], "--trimap", folders[2], "--json", link / "r.json"],
+        ["bench", "--weights", "w.safetensors", "--json", link / "b.json"],
+        ["convert", "w.pth", "--from", "indexnet-official", "--out", link / "c.safetensors"],
+        ["prepare-data", "synthetic", "--out", link / "syn"],
+        ["trimap", "--masks", folders[0], "--out", link],
+        ["train", "--recipe", "demo-tcp", "--data", tmp_path, "--out", link / "run"],
+    ]
+    for args in runs:
+        old, sys.argv = sys.argv, ["matte", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as done:
+            code = done.code
+        finally:
+            sys.argv = old
+        err = capsys.readouterr().err
+        assert code == 2 and err.endswith(f": {link} is a broken symbolic link (to {tmp_path / 'gone'})\n"), (args, err)
+        assert err.count("\n") == 1, err
+    assert not (tmp_path / "gone").exists()
+
+
 @pytest.mark.slow  # torch.compile builds C++ kernels on a CPU: about half a minute for TCP's demo network
 def test_infer_compile_writes_what_eager_writes_and_says_it_compiles(tmp_path):
     import torch
