@@ -281,6 +281,25 @@ def test_model_on_a_prepared_split(tmp_path):
     assert {p: p.read_bytes() for p in (split / "alpha").iterdir()} == truth
 
 
+def test_json_or_csv_onto_an_input_is_refused_before_any_image(folders, tmp_path):
+    """`--csv data/test/manifest.csv` (a slip for m.csv) replaced the split's manifest with the
+    metrics after the run, and `--json gt/a.png` a ground truth."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    root, _ = folders
+    prepare_synthetic(tmp_path / "data", n_train=0, n_test=1, size=32)
+    split = tmp_path / "data" / "test"
+    cases = [(["--pred", split / "alpha", "--data", split, "--workers", "1"], "--csv", split / "manifest.csv"),
+             (args_for(root), "--json", root / "gt" / "a.png"),
+             (args_for(root), "--csv", root / "pred" / "b.png")]
+    for args, option, target in cases:
+        before = target.read_bytes()
+        result = run(*args, option, target)
+        assert result.exit_code == 2 and result.stderr == (
+            f"matte: error: {option} {target}: is an input of the evaluation; write it to another file\n")
+        assert target.read_bytes() == before
+
+
 def test_a_model_whose_output_is_not_finite_fails_each_image_in_one_line(tmp_path):
     """A diverged model (NaN weights) was the pipeline's ValueError traceback."""
     import torch

@@ -126,6 +126,7 @@ def eval_predictions(pred: Path, *, gt: Path | None = None, trimap: Path | None 
         items, failures = ev.match_folders(pred, gt, trimap, images=images)
         if not items and not failures:
             raise UsageError(f"{pred}, {gt}, {trimap}: no images to evaluate")
+    _refuse_overwriting_inputs(items, outputs, data=data)
     _print_failures(errors, failures)
     results = ev.evaluate_files(items, workers or ev.default_workers(), console=errors)
     return _finish(results + failures, items, {}, outputs, errors)
@@ -149,8 +150,7 @@ def eval_model(weights: Path, data: Path, *, backend: str | None = None, device:
     device = resolve_device(device)  # an unknown device is one line before any work
     errors = Console(stderr=True)
     items, failures = ev.match_manifest(_split(data))
-    if save_pred is not None:
-        _refuse_overwriting_inputs(items, Path(save_pred))
+    _refuse_overwriting_inputs(items, outputs, None if save_pred is None else Path(save_pred), data)
     _print_failures(errors, failures)
     pipeline = load_pipeline(weights, backend, device)
     worst = ev.WorstN(outputs.report_worst) if outputs.report is not None else None
@@ -159,17 +159,23 @@ def eval_model(weights: Path, data: Path, *, backend: str | None = None, device:
     return _finish(results + failures, items, kept, outputs, errors)
 
 
-def _refuse_overwriting_inputs(items, save_pred: Path) -> None:
-    """--save-pred pointed at the split's alpha/ folder would overwrite the ground truth with the
-    predictions, one file at a time, and score each against itself."""
-    from mattecli.files import Inputs
+def _refuse_overwriting_inputs(items, outputs: EvalOutputs, save_pred: Path | None = None,
+                               data: Path | None = None) -> None:
+    """Outputs onto inputs: --save-pred at the split's alpha/ folder overwrote the ground truth with
+    the predictions, one file at a time, and scored each against itself; --json or --csv at the
+    split's manifest.csv (or an image) replaced it after the run."""
+    from mattecli.files import Inputs, to_stdout
 
-    inputs = Inputs(p for item in items for p in (item.gt, item.trimap, item.image) if p is not None)
-    for item in items:
+    inputs = Inputs([*(p for item in items for p in (item.pred, item.gt, item.trimap, item.image) if p is not None),
+                     *([Path(data) / "manifest.csv"] if data is not None else [])])
+    for item in items if save_pred is not None else ():
         target = save_pred / f"{item.name}.png"
         if target in inputs:
             raise UsageError(f"--save-pred {save_pred}: {target} is an input of --data; save the predictions "
                              "in another folder")
+    for option, file in (("--json", outputs.json), ("--csv", outputs.csv)):
+        if file is not None and not to_stdout(file) and Path(file) in inputs:
+            raise UsageError(f"{option} {file}: is an input of the evaluation; write it to another file")
 
 
 def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backend=None, device="cpu",
