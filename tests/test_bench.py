@@ -130,6 +130,16 @@ def test_bench_json_dash_with_stdout_closed_is_a_usage_error(weights):
     assert res.returncode == 2 and res.stderr == "matte: error: --json -: standard output is closed\n"
 
 
+@pytest.mark.parametrize("e2e", [[], ["--e2e"]])
+def test_bench_json_onto_the_weights_file_is_refused(tmp_path, weights, e2e):
+    """`--json w.safetensors` (a slip for w.json) replaced the model with the report after the run."""
+    before = weights.read_bytes()
+    res = run_main("bench", "--weights", weights, "--sizes", "24x20", "--json", weights, *e2e)
+    assert res.returncode == 2 and res.stderr == (f"matte: error: --json {weights}: is the --weights file; write the "
+                                                  "report to another file\n")
+    assert weights.read_bytes() == before
+
+
 def test_bench_refuses_weights_without_a_recipe_before_any_row(tmp_path):
     """It ran every row, each failing with the same reason, and exited 1 (or 2 after a progress bar)."""
     import torch

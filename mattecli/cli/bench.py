@@ -47,7 +47,8 @@ def main(
     from mattecli.bench import check_request, default_backends, run_bench
     from mattecli.cli.parsing import parse_backends, parse_sizes
     from mattecli.devices import resolve_device
-    from mattecli.files import check_stdout, to_stdout
+    from mattecli.errors import UsageError
+    from mattecli.files import Inputs, check_stdout, to_stdout
     from mattecli.imageio import check_out_file
     from mattecli.progress import progress_bar
 
@@ -55,6 +56,8 @@ def main(
     size_list = parse_sizes(sizes)
     if json_out is not None and not to_stdout(json_out):  # not after the whole run
         check_out_file(json_out, "--json")
+        if json_out in Inputs([weights]):  # the report replaced the model file
+            raise UsageError(f"--json {json_out}: is the --weights file; write the report to another file")
     check_stdout(json_out, "--json")
     device = resolve_device(device)
     if e2e:
