@@ -149,6 +149,25 @@ def test_negative_workers_is_a_usage_error(tmp_path, synth):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_undecodable_training_file_is_one_line_with_or_without_workers(tmp_path, synth, workers):
+    """With --workers N a corrupt training image was DataLoader's RuntimeError, the worker's whole
+    traceback; in this process it was already the one line naming the file."""
+    import shutil
+
+    from mattecli.data.manifest import read_manifest
+    from mattecli.errors import InputError
+
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    bad = read_manifest(data / "train")[2].bg
+    bad.write_bytes(b"not a png")
+    with pytest.raises(InputError) as caught:
+        train(TrainOptions(load_recipe("demo-indexnet"), data, tmp_path / "run", workers=workers, iters=1,
+                           progress=False))
+    assert str(caught.value).startswith(f"{bad}: cannot decode image (") and "\n" not in str(caught.value)
+
+
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
 def test_an_unknown_device_is_one_line(tmp_path, synth, device):
     code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),

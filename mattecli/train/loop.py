@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mattecli.errors import UsageError
+from mattecli.errors import InputError, UsageError
 from mattecli.inference.pipeline import encode_batch
 from mattecli.models.layers import BNAct
 from mattecli.train import checkpoint as ckpt
@@ -486,7 +486,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
                 dataset, batch_size=per_rank_batch, sampler=sampler, num_workers=opts.workers, drop_last=True,
                 generator=torch.Generator(),  # keeps the loader from drawing on the global generator
                 pin_memory=device.type == "cuda")
-            for batch in loader:
+            for batch in _batches(loader):
                 last_loss = train_step(session, batch)
                 seen += cfg.batch_size
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
@@ -500,6 +500,25 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
             session.tensorboard.close()
     return TrainResult(session.iteration, last_loss, session.history, session.best, run_dir, model,
                        validates=bool(val_samples))
+
+
+# how a worker's traceback ends when an InputError stopped it: `mattecli.errors.InputError: PATH: REASON`
+_WORKER_INPUT_ERROR = f"\n{InputError.__module__}.{InputError.__qualname__}: "
+
+
+def _batches(loader):
+    """The loader's batches. A bad file read in a worker process (`--workers N`) is the one line
+    it is without workers: DataLoader re-raises a worker's exception as a RuntimeError holding the
+    worker's traceback (it cannot rebuild an InputError, which takes a path and a reason), and the
+    traceback's last line is the error's own."""
+    try:
+        yield from loader
+    except RuntimeError as err:
+        text = str(err)
+        if not text.startswith(f"Caught {InputError.__name__} ") or _WORKER_INPUT_ERROR not in text:
+            raise
+        path, _, reason = text.rsplit(_WORKER_INPUT_ERROR, 1)[1].strip().partition(": ")
+        raise InputError(path, reason) from None
 
 
 def _validation_samples(test_dir: Path, limit: int):
