@@ -113,6 +113,17 @@ def test_resume_drops_a_log_line_a_killed_run_cut_short(tmp_path):
     assert log.read_text() == '{"iter": 1, "loss": 0.5}\n{"iter": 2, "loss": 0.4}\n'
 
 
+def test_resume_before_the_first_checkpoint_starts_the_log_again(tmp_path, synth):
+    """A run killed before its first checkpoint, resumed: it trained from scratch and appended its
+    log lines after the killed run's, so log.jsonl held iterations 1, 2, 1, 2, ..."""
+    recipe = load_recipe("demo-indexnet")
+    run = tmp_path / "run"
+    ckpt.write_record(run, ckpt.RunRecord(recipe.to_dict(), 0, str(synth)))
+    (run / "log.jsonl").write_text('{"iter": 1, "loss": 0.5}\n{"iter": 2, "loss": 0.4}\n')
+    train(TrainOptions(recipe, synth, run, resume=True, iters=1, progress=False))
+    assert [json.loads(line)["iter"] for line in (run / "log.jsonl").read_text().splitlines()] == [1]
+
+
 def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     run = tmp_path / "run"
     recorded = load_recipe("demo-indexnet", ["train.iters=10"])
