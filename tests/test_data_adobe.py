@@ -292,6 +292,17 @@ def test_a_split_needs_only_its_own_background_folder(dataset, tmp_path):
         prepare_adobe(dataset["root"], dataset["coco"], tmp_path / "no-voc", tmp_path / "out", "all", workers=1)
 
 
+def test_a_background_folder_holding_none_of_the_listed_names_is_one_line(dataset, tmp_path):
+    """--coco naming COCO's parent folder (or train2017) failed every training sample on a line of
+    its own, 43,100 lines for Composition-1k, and exited 1."""
+    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "train2014").symlink_to(dataset["coco"])
+    with pytest.raises(UsageError, match=r"training_bg_names.txt: none of the 200 backgrounds it lists "
+                                         r"\(e.g. COCO_train2014_00000.jpg\) is in .*coco or .*VOC \(--coco is"):
+        prepare_adobe(dataset["root"], tmp_path / "coco", dataset["voc"], tmp_path / "out", "train", workers=1)
+    assert not (tmp_path / "out" / "train").exists()
+
+
 def test_cli_exit_codes(dataset, tmp_path):
     from mattecli.cli.prepare_data import app
 

@@ -163,6 +163,11 @@ def plan_jobs(fg_names: list[str], bg_names: list[str], per_fg: int, fg_dirs: li
             for k in range(per_fg))
         jobs.append(ForegroundJob(stem, fg_path, alpha_path, composites, out, merged,
                                   alpha_per_composite))
+    if jobs and not any(c.bg.is_file() for job in jobs for c in job.composites):
+        # a wrong folder (COCO's parent, train2017) failed every sample on a line of its own: 43,100 lines
+        raise UsageError(f"{names_file}: none of the {need} backgrounds it lists (e.g. {bg_names[0]}) is in "
+                         f"{' or '.join(str(d) for d in bg_dirs)} (--coco is COCO's train2014 image folder, "
+                         "--voc VOC2012's JPEGImages)")
     return jobs
 
 
