@@ -120,8 +120,8 @@ def load_state_strict(model, state: dict, source: str) -> None:
 
 
 def load_torch_checkpoint(path: str | Path) -> dict:
-    """The tensors of a torch checkpoint (`{'state_dict': ...}` or a bare state dict), `module.`
-    prefixes stripped. Only `weights_only=True` loading is used (see `_load_weights_only`)."""
+    """The tensors of a torch checkpoint (`{'state_dict': ...}`, a bare state dict, or one under
+    another key, `{'model': ...}`), `module.` prefixes stripped. Only `weights_only=True` loading is used (see `_load_weights_only`)."""
     import torch
 
     ckpt = _load_weights_only(Path(path))
@@ -131,6 +131,15 @@ def load_torch_checkpoint(path: str | Path) -> dict:
                          "--weights, and `matte train --recipe NAME --data DATA --out RUN_DIR --resume` "
                          "continues the run")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        # a training script's own layout, {'model': state_dict, 'epoch': 3} or {'net': ...}: it said
+        # "does not look like an IndexNet model" of the right tensors one level down
+        nested = [k for k, v in state.items() if isinstance(v, dict) and v
+                  and all(isinstance(t, torch.Tensor) for t in v.values())]
+        if len(nested) > 1:
+            raise UsageError(f"{path}: tensors under several keys ({', '.join(map(str, nested))}); save the one "
+                             "to convert on its own")
+        state = state[nested[0]] if nested else state
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UsageError(f"{path}: no state_dict in this checkpoint")
     stubbed = sorted(k for k, v in state.items() if isinstance(v, _Dropped))

@@ -63,6 +63,20 @@ def test_wrong_recipe_names_the_shape_mismatch(tmp_path):
         import_indexnet_official(tmp_path / "c.pth", "indexnet-o2o-nl-ctx")
 
 
+@pytest.mark.parametrize("layout", [lambda sd: {"model": sd, "epoch": 3}, lambda sd: {"net": sd}])
+def test_a_state_dict_under_another_key_converts(tmp_path, layout):
+    """A training script's own layout, {'model': state_dict, ...}: convert said the file "does not
+    look like an IndexNet matting model" of the right tensors one level down."""
+    reference = official_checkpoint(tmp_path / "c.pth")
+    torch.save(layout(torch.load(tmp_path / "c.pth")["state_dict"]), tmp_path / "nested.pth")
+    model, recipe = import_indexnet_official(tmp_path / "nested.pth")
+    assert recipe.name == "indexnet-m2o-nl-ctx"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    torch.save({"model": reference.state_dict(), "ema": reference.state_dict()}, tmp_path / "two.pth")
+    with pytest.raises(UsageError, match=r"two.pth: tensors under several keys \(model, ema\); save the one"):
+        import_indexnet_official(tmp_path / "two.pth")
+
+
 class Payload:
     """Any class outside torch's allow-list: unpickling it would run arbitrary code."""
 
