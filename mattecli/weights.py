@@ -130,7 +130,10 @@ def load_torch_checkpoint(path: str | Path) -> dict:
                          "one: its run folder already holds last.safetensors (and best.safetensors) for "
                          "--weights, and `matte train --recipe NAME --data DATA --out RUN_DIR --resume` "
                          "continues the run")
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    if isinstance(state, _Dropped):  # torch.save(model): the module pickled whole, which needs its code to load
+        raise UsageError(f"{path}: a whole pickled {state.global_name} object, not a state dict: where its code "
+                         "is, torch.save(model.state_dict(), FILE) and convert that")
     if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         # a training script's own layout, {'model': state_dict, 'epoch': 3} or {'net': ...}: it said
         # "does not look like an IndexNet model" of the right tensors one level down
@@ -207,7 +210,8 @@ def _load_weights_only(path: Path):
             text = str(err)
             found = _UNSUPPORTED_GLOBAL.search(text)
             if found and len(dropped) < _MAX_DROPPED and found.group(1) not in {n for _, n in dropped}:
-                dropped.append((type(f"Dropped_{len(dropped)}", (_Dropped,), {}), found.group(1)))
+                dropped.append((type(f"Dropped_{len(dropped)}", (_Dropped,), {"global_name": found.group(1)}),
+                                found.group(1)))
                 continue
             raise UsageError(f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(text)}") from None
 

@@ -77,6 +77,15 @@ def test_a_state_dict_under_another_key_converts(tmp_path, layout):
         import_indexnet_official(tmp_path / "two.pth")
 
 
+@pytest.mark.parametrize("saved", [lambda m: m, lambda m: {"state_dict": m, "epoch": 3}])
+def test_a_whole_pickled_model_says_to_save_its_state_dict(tmp_path, saved):
+    """torch.save(model) instead of its state_dict: convert said "no state_dict in this checkpoint"."""
+    torch.save(saved(torch.nn.Conv2d(4, 1, 1)), tmp_path / "full.pth")
+    with pytest.raises(UsageError, match=r"full.pth: a whole pickled torch.nn.modules.conv.Conv2d object, not a "
+                                         r"state dict: where its code is, torch.save\(model.state_dict\(\), FILE\)"):
+        import_indexnet_official(tmp_path / "full.pth")
+
+
 class Payload:
     """Any class outside torch's allow-list: unpickling it would run arbitrary code."""
 
