@@ -498,3 +498,11 @@ def test_synthetic_with_no_test_samples_writes_an_empty_test_manifest(tmp_path):
     report = prepare_synthetic(tmp_path / "s", n_train=1, n_test=0, size=32)
     assert report.manifests["test"] == tmp_path / "s" / "test" / "manifest.csv"
     assert read_manifest(tmp_path / "s" / "test") == []
+
+
+def test_synthetic_shows_a_progress_bar(tmp_path, capsys):
+    """prepare-data synthetic showed nothing until it ended (minutes for --train 1000), where every
+    other long command draws a progress bar on stderr."""
+    prepare_synthetic(tmp_path / "s", n_train=2, n_test=1, size=32)
+    err = capsys.readouterr().err
+    assert "synthetic train" in err and "2/2" in err and "synthetic test" in err
