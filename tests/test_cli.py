@@ -38,6 +38,8 @@ def test_help_lists_every_subcommand_without_importing_torch():
      "Invalid value for '--workers': Input should be greater than or equal to 1 (see matte trimap --help)"),
     (["eval", "--pred"], "Option '--pred' requires an argument. (see matte eval --help)"),  # click gives no context
     (["prepare-data", "synthetic", "--train", "x"], "(see matte prepare-data synthetic --help)"),
+    (["prepare-data", "synthetic", "--out", "o", "--size", "100000"],  # was numpy's MemoryError traceback
+     "Invalid value for '--size': Input should be less than or equal to 4096 (see matte prepare-data synthetic --help)"),
     (["bogus"], "No such command 'bogus'. (see matte --help)"),
 ])
 def test_a_mistake_in_the_command_line_is_one_line(args, says):
