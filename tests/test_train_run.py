@@ -2,6 +2,7 @@
 checkpoint order, the step's one-line refusals, the after-step cadence, SyncBatchNorm, the curves
 and TensorBoard. None of these trains for more than one step."""
 
+import dataclasses
 import json
 
 import pytest
@@ -226,6 +227,22 @@ def test_a_missing_validation_file_is_refused_before_training(tmp_path):
                          str(tmp_path / "r"), "--device", "cpu", "--batch-size", "2", "--set", "data.crop_size=32")
     assert code == 2 and text.endswith("manifest.csv: 1 of the validation files it lists are missing, e.g. "
                                        f"{tmp_path / 'data' / 'test' / 'trimap' / 'syn0001.png'}")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_test_split_naming_two_rows_alike_is_refused_before_training(tmp_path):
+    """A hand-made test manifest naming rows by file stem (a/001.png, b/001.png): validation keys
+    its results by name, so one sample's metrics stood for both in the validation mean."""
+    from mattecli.data.manifest import read_manifest, write_manifest
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "data", n_train=2, n_test=2, size=64, seed=1)
+    test = tmp_path / "data" / "test"
+    write_manifest(test, [dataclasses.replace(s, name="001") for s in read_manifest(test)])
+    code, text = run_cli("train", "--recipe", "demo-tcp", "--data", str(tmp_path / "data"), "--out",
+                         str(tmp_path / "r"), "--device", "cpu", "--batch-size", "2", "--set", "data.crop_size=32")
+    assert (code, text) == (2, f"{test / 'manifest.csv'}: the name '001' is on two rows; validation keys its "
+                               "results by name, so names must be unique in the test split")
     assert not (tmp_path / "r").exists()
 
 

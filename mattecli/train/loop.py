@@ -523,10 +523,16 @@ def _batches(loader):
 
 
 def _validation_samples(test_dir: Path, limit: int):
+    from collections import Counter
+
     from mattecli.data.manifest import manifest_file, missing_files, read_manifest
 
     samples = [s for s in read_manifest(test_dir) if s.image and s.trimap and s.alpha]
     samples = samples[:limit] if limit else samples
+    repeated = [name for name, rows in Counter(s.name for s in samples).items() if rows > 1]
+    if repeated:  # `validate` keys results by name: one sample's metrics stood for both in the mean
+        raise UsageError(f"{manifest_file(test_dir)}: the name {repeated[0]!r} is on two rows; validation keys its "
+                         "results by name, so names must be unique in the test split")
     missing = missing_files(samples, ("image", "trimap", "alpha"))
     if missing:  # else the first validation, perhaps hours in, stops the run
         raise UsageError(f"{manifest_file(test_dir)}: {len(missing)} of the validation files it lists are "
