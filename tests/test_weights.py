@@ -118,6 +118,21 @@ def test_convert_checks_out_before_reading_the_checkpoint(tmp_path):
         assert said in res.stderr and res.stderr.strip().count("\n") == 0
 
 
+def test_convert_refuses_an_out_that_is_its_source(tmp_path):
+    """A release republished as .safetensors, converted with --out naming it: the release was
+    replaced by the converted file."""
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(1)}, tmp_path / "release.safetensors")
+    before = (tmp_path / "release.safetensors").read_bytes()
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "release.safetensors")
+    for out in ("release.safetensors", "link.safetensors"):
+        res = run_main("convert", tmp_path / "release.safetensors", "--from", "indexnet-official", "--out", tmp_path / out)
+        assert res.returncode == 2 and res.stderr == (f"matte: error: --out {tmp_path / out} is SRC: converting would "
+                                                      "replace the release with the converted file; give another --out\n")
+    assert (tmp_path / "release.safetensors").read_bytes() == before
+
+
 def test_the_wrong_from_names_the_file_and_the_source_its_tensors_fit(tmp_path):
     """The usual slip, the right file with the wrong --from, said neither the file nor which --from."""
     from mattecli.weights import import_a2u_official, import_mmagic
