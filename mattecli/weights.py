@@ -196,6 +196,7 @@ def _load_weights_only(path: Path):
         head = f.read(9)
     if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
         return _read_foreign_safetensors(path)
+    _refuse_archive(path, head)
     head = head[:2]
     if head == b"PK" and not zipfile.is_zipfile(path):
         raise UsageError(f"{path}: a damaged zip archive (an interrupted download?), not a readable checkpoint")
@@ -214,6 +215,22 @@ def _load_weights_only(path: Path):
                                 found.group(1)))
                 continue
             raise UsageError(f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(text)}") from None
+
+
+def _refuse_archive(path: Path, head: bytes) -> None:
+    """A checkpoint packed in a .tar or .gz (a download as it came, or `tar cf` for a transfer): it
+    said torch.load found it "not readable as a checkpoint" (a tar holding a torch.save zip looks
+    like a zip archive). Old PyTorch's own tar format (`storages`, `tensors`, `pickle`) is torch's."""
+    import tarfile
+
+    if head[:2] == b"\x1f\x8b":
+        raise UsageError(f"{path}: a gzip-compressed file: decompress it (gunzip) and give the checkpoint")
+    if tarfile.is_tarfile(path):
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+        if "pickle" not in names:
+            raise UsageError(f"{path}: a tar archive holding {', '.join(names[:3]) or 'nothing'}"
+                             f"{' ...' if len(names) > 3 else ''}: unpack it (tar xf) and give the checkpoint")
 
 
 def _read_foreign_safetensors(path: Path) -> dict:

@@ -86,6 +86,23 @@ def test_a_whole_pickled_model_says_to_save_its_state_dict(tmp_path, saved):
         import_indexnet_official(tmp_path / "full.pth")
 
 
+def test_a_checkpoint_packed_in_a_tar_or_gzip_says_to_unpack_it(tmp_path):
+    """It said torch.load found it "not readable as a checkpoint" (a tar holding a torch.save zip)
+    or "not a PyTorch checkpoint"."""
+    import gzip
+    import tarfile
+
+    official_checkpoint(tmp_path / "indexnet_matting.pth.tar")
+    with tarfile.open(tmp_path / "download.tar", "w") as tar:
+        tar.add(tmp_path / "indexnet_matting.pth.tar", arcname="indexnet_matting.pth.tar")
+    (tmp_path / "c.pth.gz").write_bytes(gzip.compress((tmp_path / "indexnet_matting.pth.tar").read_bytes()))
+    with pytest.raises(UsageError, match=r"download.tar: a tar archive holding indexnet_matting.pth.tar: unpack it"):
+        import_indexnet_official(tmp_path / "download.tar")
+    with pytest.raises(UsageError, match=r"c.pth.gz: a gzip-compressed file: decompress it \(gunzip\)"):
+        import_indexnet_official(tmp_path / "c.pth.gz")
+    import_indexnet_official(tmp_path / "indexnet_matting.pth.tar")  # the authors' name: no tar archive
+
+
 class Payload:
     """Any class outside torch's allow-list: unpickling it would run arbitrary code."""
 
