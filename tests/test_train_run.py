@@ -125,6 +125,25 @@ def test_resume_before_the_first_checkpoint_starts_the_log_again(tmp_path, synth
     assert [json.loads(line)["iter"] for line in (run / "log.jsonl").read_text().splitlines()] == [1]
 
 
+def test_a_run_stopped_while_saving_its_last_weights_writes_them_on_resume(tmp_path, synth, monkeypatch):
+    """Stopped (SIGTERM, Ctrl-C) between the final checkpoint and last.safetensors: --resume said
+    the run was finished and trained nothing, and last.safetensors was never written."""
+    import mattecli.weights
+
+    recipe, run = load_recipe("demo-indexnet"), tmp_path / "run"
+    save_weights = mattecli.weights.save_weights
+
+    def stopped(model, recipe, path, metadata=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mattecli.weights, "save_weights", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainOptions(recipe, synth, run, iters=1, progress=False))
+    monkeypatch.setattr(mattecli.weights, "save_weights", save_weights)
+    train(TrainOptions(recipe, synth, run, resume=True, progress=False))
+    assert (run / "last.safetensors").is_file()
+
+
 def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     run = tmp_path / "run"
     recorded = load_recipe("demo-indexnet", ["train.iters=10"])

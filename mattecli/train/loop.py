@@ -362,9 +362,11 @@ def after_step(session: Session, loss: float, rate: float) -> None:
         if validate_now or last or s.iteration % cfg.checkpoint_every == 0:
             plot_curves(s.history, s.run_dir / "curves.png")  # drawn when something new is worth a look
     if s.iteration % cfg.checkpoint_every == 0 or last:
+        # the weights before the checkpoint, which marks the iteration done: a run stopped between
+        # the two at its last iteration was "finished" on --resume, with no last.safetensors of it
+        save_weights(s.model, s.recipe, s.run_dir / "last.safetensors")
         state = ckpt.training_state(s.model, s.optimizer, s.scaler, s.iteration, s.best, s.device)
         ckpt.save_checkpoint(s.run_dir, state, s.iteration)
-        save_weights(s.model, s.recipe, s.run_dir / "last.safetensors")
 
 
 # --- the loop --------------------------------------------------------------------------------------
