@@ -379,6 +379,31 @@ def test_d646(dataset, tmp_path):
     assert __import__("json").loads((out / "test" / "trimaps.json").read_text())["seed"] == 5
 
 
+def test_d646_stopped_after_its_draw_keeps_the_seed_of_it(dataset, tmp_path, monkeypatch):
+    """Stopped after bg_names.txt and before seed.json: a re-run with another --seed finished the
+    first draw and recorded the new seed in trimaps.json (what seed.json is there to refuse)."""
+    import mattecli.data.adobe as adobe
+
+    root = tmp_path / "D646"
+    for sub in ("FG", "GT"):
+        (root / "Test" / sub).mkdir(parents=True)
+    Image.fromarray(_rand_rgb(np.random.default_rng(0), 12, 10)).save(root / "Test/FG/b.png")
+    Image.fromarray(_alpha_rgb(np.random.default_rng(1), 12, 10)).save(root / "Test/GT/b.png")
+    write = adobe.atomic_write
+
+    def stopped_after_the_draw(path, writer):
+        write(path, writer)
+        if path.name == "bg_names.txt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(adobe, "atomic_write", stopped_after_the_draw)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_d646(root, tmp_path / "coco", dataset["voc"], tmp_path / "out", "test", workers=1, seed=5)
+    monkeypatch.setattr(adobe, "atomic_write", write)
+    with pytest.raises(UsageError, match="its test split was drawn with --seed 5"):
+        prepare_d646(root, tmp_path / "coco", dataset["voc"], tmp_path / "out", "test", workers=1, seed=6)
+
+
 def test_a_split_whose_every_input_fails_gets_an_empty_manifest_in_its_folder(dataset, tmp_path):
     """Every test foreground missing: the manifest was written as a file named `OUT/test`, and the
     re-run after restoring the inputs died with NotADirectoryError."""

@@ -384,13 +384,13 @@ def _pick_backgrounds(folder: Path, count: int, rng: np.random.Generator, option
     return [names[i] for i in rng.choice(len(names), size=count, replace=False)]
 
 
-def _names_file(path: Path, make) -> tuple[list[str], bool]:
+def _names_file(path: Path, make) -> list[str]:
     """Reuse a names file written by an earlier run (so a re-run pairs exactly as before)."""
     if path.is_file():
-        return read_names(path), False
+        return read_names(path)
     names = make()
     atomic_write(path, lambda tmp: tmp.write_text("".join(f"{n}\n" for n in names)))
-    return names, True
+    return names
 
 
 def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all",
@@ -418,12 +418,14 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
         fg_dir, gt_dir = _require_dir(folder / "FG", "--root"), _require_dir(folder / "GT", "--root")
         split_dir = out / name
         rng = np.random.default_rng(np.random.SeedSequence([seed, 646, int(name == "test")]))
-        fg_names, _ = _names_file(split_dir / "fg_names.txt", lambda: _image_names(fg_dir))
+        fg_names = _names_file(split_dir / "fg_names.txt", lambda: _image_names(fg_dir))
         bg_dir, option = sources[name]
-        bg_names, drawn = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
-            bg_dir, D646_PER_FG[name] * len(fg_names), rng, option))
-        if drawn:
+        if not (split_dir / "bg_names.txt").is_file():
+            # recorded before the draw it seeds: a run stopped between the two left a draw without its
+            # seed, which a re-run with another --seed then finished under the new seed's record
             atomic_write(split_dir / "seed.json", lambda tmp: tmp.write_text(json.dumps({"seed": seed}) + "\n"))
+        bg_names = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
+            bg_dir, D646_PER_FG[name] * len(fg_names), rng, option))
         jobs = plan_jobs(fg_names, bg_names, D646_PER_FG[name], [fg_dir], [gt_dir],
                          [bg_dir], split_dir, merged=(name == "test" or composite), trimap_dir=None,
                          names_file=split_dir / "bg_names.txt", alpha_per_composite=(name == "test"))
