@@ -172,6 +172,18 @@ def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
         loop._resolve_run(TrainOptions(load_recipe("demo-indexnet"), synth, tmp_path / "new", iters=0), run)
 
 
+def test_data_may_be_a_manifest_file(tmp_path, synth):
+    """`--data SPLIT/manifest.csv` (or a hand-made train.csv), as eval --data takes it, said
+    "no train/manifest.csv"."""
+    import shutil
+
+    shutil.copytree(synth / "train", tmp_path / "train")
+    (tmp_path / "train" / "manifest.csv").rename(tmp_path / "train" / "mine.csv")
+    result = train(TrainOptions(load_recipe("demo-indexnet"), tmp_path / "train" / "mine.csv", tmp_path / "run",
+                                iters=1, progress=False))
+    assert result.iterations == 1 and not result.validates
+
+
 def test_negative_workers_is_a_usage_error(tmp_path, synth):
     """--workers -1 was DataLoader's ValueError traceback, after the run folder was written."""
     code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),

@@ -9,7 +9,8 @@ import typer
 
 def main(
     recipe: str = typer.Option(..., "--recipe", help="Recipe name (recipes/NAME.yaml) or path."),
-    data: Path = typer.Option(..., "--data", help="Prepared dataset root (train/ and test/ with manifest.csv)."),
+    data: Path = typer.Option(..., "--data", help="Prepared dataset root (train/ and test/ with manifest.csv), or one "
+                                                 "split: its folder or manifest file (no validation)."),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/RECIPE)."),
     iters: int = typer.Option(None, "--iters", help="Total length of the run (default: the recipe's; on --resume, "
                                                     "the run's: a larger N extends it)."),

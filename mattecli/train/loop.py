@@ -179,6 +179,8 @@ def _split_dirs(data: Path) -> tuple[Path, Path | None]:
         return data / "train", (test if (test / "manifest.csv").is_file() else None)
     if (data / "manifest.csv").is_file():
         return data, None
+    if data.suffix.lower() == ".csv" and data.is_file():  # a split's manifest itself, as `eval --data` takes it
+        return data, None
     raise UsageError(f"--data {data}: no train/manifest.csv (prepare it with `matte prepare-data`)")
 
 
