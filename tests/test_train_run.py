@@ -144,6 +144,18 @@ def test_a_run_stopped_while_saving_its_last_weights_writes_them_on_resume(tmp_p
     assert (run / "last.safetensors").is_file()
 
 
+@pytest.mark.parametrize("name,text,says", [
+    ("run.json", '{"seed": "x"}', "seed 'x' is not an integer"),  # was int()'s ValueError traceback
+    ("run.json", "{bad", "Expecting property name"),  # was reported as recipe.json
+    ("recipe.json", "[]", "not a JSON object"),
+])
+def test_a_run_record_edited_by_hand_is_one_line_naming_its_file(tmp_path, name, text, says):
+    ckpt.write_record(tmp_path, ckpt.RunRecord(load_recipe("demo-indexnet").to_dict(), 0, "data"))
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UsageError, match=rf"^{tmp_path / name}: unreadable run record \(.*{says}"):
+        ckpt.read_record(tmp_path)
+
+
 def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     run = tmp_path / "run"
     recorded = load_recipe("demo-indexnet", ["train.iters=10"])
