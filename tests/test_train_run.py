@@ -156,6 +156,19 @@ def test_a_run_record_edited_by_hand_is_one_line_naming_its_file(tmp_path, name,
         ckpt.read_record(tmp_path)
 
 
+def test_resume_removes_what_a_run_killed_mid_save_left(tmp_path, synth):
+    """A run killed (SIGKILL, power loss) while saving left its checkpoint's temporary file, three
+    times the model's size, in checkpoints/ for good: one more per kill."""
+    recipe, run = load_recipe("demo-indexnet"), tmp_path / "run"
+    train(TrainOptions(recipe, synth, run, iters=1, progress=False))
+    stale = [run / "checkpoints" / ".iter_00000002.k3j2.pt.tmp", run / ".last.x9.safetensors.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (run / "notes.tmp").write_text("mine")  # not a temp file of matte's
+    train(TrainOptions(recipe, synth, run, iters=2, resume=True, progress=False))
+    assert not any(p.exists() for p in stale) and (run / "notes.tmp").exists()
+
+
 def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     run = tmp_path / "run"
     recorded = load_recipe("demo-indexnet", ["train.iters=10"])

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from mattecli.errors import InputError, UsageError
+from mattecli.files import remove_stale_temps
 from mattecli.inference.pipeline import encode_batch
 from mattecli.models.layers import BNAct
 from mattecli.train import checkpoint as ckpt
@@ -417,6 +418,11 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     cfg = recipe.train
     if opts.resume and checkpoint is None and writer:
         print(f"matte train: --resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
+    if opts.resume and writer:
+        # what a run killed mid-save left (a checkpoint's temp file is three times the model: Adam's
+        # state), one more per kill; one run writes a run folder at a time, so every one is stale
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_stale_temps(folder)
     per_rank_batch = cfg.batch_size // world
     if opts.tensorboard:
         from mattecli.train.curves import check_tensorboard
