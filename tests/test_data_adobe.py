@@ -404,6 +404,23 @@ def test_d646_stopped_after_its_draw_keeps_the_seed_of_it(dataset, tmp_path, mon
         prepare_d646(root, tmp_path / "coco", dataset["voc"], tmp_path / "out", "test", workers=1, seed=6)
 
 
+def test_a_rerun_removes_the_temp_files_a_killed_run_left_in_the_split_folder(dataset, tmp_path):
+    """Only the output folders under the split were cleared: a run killed while writing
+    manifest.csv left its temp file beside it for good."""
+    (tmp_path / "out" / "test" / "merged").mkdir(parents=True)
+    stale = [tmp_path / "out/test/.manifest.x1.csv.tmp", tmp_path / "out/test/merged/.cat_0.y2.png.tmp"]
+    for path in stale:
+        path.write_text("half")
+    prepare_adobe(dataset["root"], dataset["coco"], dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert not any(p.exists() for p in stale)
+    from mattecli.data.synthetic import prepare_synthetic  # which cleared none
+
+    for path in stale:
+        path.write_text("half")
+    prepare_synthetic(tmp_path / "out", n_train=0, n_test=1, size=32)
+    assert not any(p.exists() for p in stale)
+
+
 def test_a_split_whose_every_input_fails_gets_an_empty_manifest_in_its_folder(dataset, tmp_path):
     """Every test foreground missing: the manifest was written as a file named `OUT/test`, and the
     re-run after restoring the inputs died with NotADirectoryError."""

@@ -241,9 +241,11 @@ def _worker_signals() -> None:
 
 
 def remove_stale_split_temps(split_dir: Path) -> None:
-    """Delete temp files a killed run left in the split's output folders (a split is written by
-    one run at a time, so every temp file there is stale)."""
+    """Delete temp files a killed run left in the split folder (manifest.csv's, d646's names files')
+    and its output folders (a split is written by one run at a time, so every temp file there is
+    stale)."""
     if split_dir.is_dir():
+        remove_stale_temps(split_dir)
         for folder in split_dir.iterdir():
             remove_stale_temps(folder)
 

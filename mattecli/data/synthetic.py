@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mattecli.data.adobe import PrepareReport, adobe_blend, check_out
+from mattecli.data.adobe import PrepareReport, adobe_blend, check_out, remove_stale_split_temps
 from mattecli.data.manifest import Sample, write_manifest
 from mattecli.data.trimap import grown_trimap
 from mattecli.imageio import write_png
@@ -163,6 +163,7 @@ def prepare_synthetic(out: Path, n_train: int = 16, n_test: int = 8, size: int =
     report = PrepareReport({}, {}, [], [])
     for split_id, (split, count) in enumerate((("train", n_train), ("test", n_test))):
         samples = []
+        remove_stale_split_temps(out / split)  # what a killed run left
         with track(count, f"synthetic {split}") as bar:  # 16 samples of 320 px take seconds, 1000 minutes
             for i in range(count):
                 rng = np.random.default_rng(np.random.SeedSequence([seed, split_id, i]))
