@@ -302,6 +302,25 @@ def test_a_test_split_naming_two_rows_alike_is_refused_before_training(tmp_path)
     assert not (tmp_path / "r").exists()
 
 
+def test_validation_files_of_other_sizes_or_unreadable_are_refused_before_training(tmp_path):
+    """A test sample whose trimap has another size, or a file that is not an image, stopped the
+    run at its first validation (a published recipe's: hours in)."""
+    from PIL import Image
+
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "data", n_train=2, n_test=2, size=64, seed=1)
+    trimap = tmp_path / "data" / "test" / "trimap" / "syn0001.png"
+    Image.new("L", (60, 64)).save(trimap)
+    args = ("train", "--recipe", "demo-tcp", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+            "--device", "cpu", "--batch-size", "2", "--set", "data.crop_size=32", "--iters", "1")
+    assert run_cli(*args) == (2, "validation sample syn0001: sizes differ: image 64x64, trimap 60x64, alpha 64x64")
+    trimap.write_text("not an image")
+    code, text = run_cli(*args)
+    assert code == 2 and text.startswith(f"{trimap}: cannot open this validation image (")
+    assert not (tmp_path / "r").exists()
+
+
 def session_for(recipe, model, tmp_path, batches_per_epoch=4):
     optimizer = torch.optim.Adam(loop._param_groups(model, recipe.train))
     return Session(recipe, model, model, optimizer, torch.amp.GradScaler("cuda", enabled=False),

@@ -547,7 +547,22 @@ def _validation_samples(test_dir: Path, limit: int):
     if missing:  # else the first validation, perhaps hours in, stops the run
         raise UsageError(f"{manifest_file(test_dir)}: {len(missing)} of the validation files it lists are "
                          f"missing, e.g. {missing[0]}")
+    for s in samples:  # from the headers: a file Pillow cannot open, or sizes that differ, stopped the first validation
+        sizes = {c: _header_size(getattr(s, c)) for c in ("image", "trimap", "alpha")}
+        if len(set(sizes.values())) > 1:
+            raise UsageError(f"validation sample {s.name}: sizes differ: "
+                             + ", ".join(f"{c} {w}x{h}" for c, (w, h) in sizes.items()))
     return samples
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as err:  # noqa: BLE001 - Pillow's errors come in many types; the reason is what counts
+        raise UsageError(f"{path}: cannot open this validation image ({err})") from None
 
 
 def validate(model, recipe, samples, device) -> dict:
