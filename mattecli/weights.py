@@ -137,8 +137,8 @@ def load_state_strict(model, state: dict, source: str) -> None:
 
 
 def load_torch_checkpoint(path: str | Path) -> dict:
-    """The tensors of a torch checkpoint (`{'state_dict': ...}` or a bare state dict), `module.`
-    prefixes stripped. Only `weights_only=True` loading is used (see `_load_weights_only`)."""
+    """The tensors of a torch checkpoint (`{'state_dict': ...}`, a bare state dict, or one under
+    another key, `{'model': ...}`), `module.` prefixes stripped. Only `weights_only=True` loading is used (see `_load_weights_only`)."""
     import torch
 
     ckpt = _load_weights_only(Path(path))
@@ -147,7 +147,19 @@ def load_torch_checkpoint(path: str | Path) -> dict:
                          "one: its run folder already holds last.safetensors (and best.safetensors) for "
                          "--weights, and `matte train --recipe NAME --data DATA --out RUN_DIR --resume` "
                          "continues the run")
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+    if isinstance(state, _Dropped):  # torch.save(model): the module pickled whole, which needs its code to load
+        raise UsageError(f"{path}: a whole pickled {state.global_name} object, not a state dict: where its code "
+                         "is, torch.save(model.state_dict(), FILE) and convert that")
+    if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        # a training script's own layout, {'model': state_dict, 'epoch': 3} or {'net': ...}: it said
+        # "does not look like an IndexNet model" of the right tensors one level down
+        nested = [k for k, v in state.items() if isinstance(v, dict) and v
+                  and all(isinstance(t, torch.Tensor) for t in v.values())]
+        if len(nested) > 1:
+            raise UsageError(f"{path}: tensors under several keys ({', '.join(map(str, nested))}); save the one "
+                             "to convert on its own")
+        state = state[nested[0]] if nested else state
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UsageError(f"{path}: no state_dict in this checkpoint")
     stubbed = sorted(k for k, v in state.items() if isinstance(v, _Dropped))
@@ -201,6 +213,7 @@ def _load_weights_only(path: Path):
         head = f.read(9)
     if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
         return _read_foreign_safetensors(path)
+    _refuse_archive(path, head)
     head = head[:2]
     if head == b"PK" and not zipfile.is_zipfile(path):
         raise UsageError(f"{path}: a damaged zip archive (an interrupted download?), not a readable checkpoint")
@@ -215,9 +228,26 @@ def _load_weights_only(path: Path):
             text = str(err)
             found = _UNSUPPORTED_GLOBAL.search(text)
             if found and len(dropped) < _MAX_DROPPED and found.group(1) not in {n for _, n in dropped}:
-                dropped.append((type(f"Dropped_{len(dropped)}", (_Dropped,), {}), found.group(1)))
+                dropped.append((type(f"Dropped_{len(dropped)}", (_Dropped,), {"global_name": found.group(1)}),
+                                found.group(1)))
                 continue
             raise UsageError(f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(text)}") from None
+
+
+def _refuse_archive(path: Path, head: bytes) -> None:
+    """A checkpoint packed in a .tar or .gz (a download as it came, or `tar cf` for a transfer): it
+    said torch.load found it "not readable as a checkpoint" (a tar holding a torch.save zip looks
+    like a zip archive). Old PyTorch's own tar format (`storages`, `tensors`, `pickle`) is torch's."""
+    import tarfile
+
+    if head[:2] == b"\x1f\x8b":
+        raise UsageError(f"{path}: a gzip-compressed file: decompress it (gunzip) and give the checkpoint")
+    if tarfile.is_tarfile(path):
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+        if "pickle" not in names:
+            raise UsageError(f"{path}: a tar archive holding {', '.join(names[:3]) or 'nothing'}"
+                             f"{' ...' if len(names) > 3 else ''}: unpack it (tar xf) and give the checkpoint")
 
 
 def _read_foreign_safetensors(path: Path) -> dict:

@@ -38,6 +38,15 @@ def test_help_lists_every_subcommand_without_importing_torch():
      "Invalid value for '--workers': Input should be greater than or equal to 1 (see matte trimap --help)"),
     (["eval", "--pred"], "Option '--pred' requires an argument. (see matte eval --help)"),  # click gives no context
     (["prepare-data", "synthetic", "--train", "x"], "(see matte prepare-data synthetic --help)"),
+    (["prepare-data", "synthetic", "--out", "o", "--size", "100000"],  # was numpy's MemoryError traceback
+     "Invalid value for '--size': Input should be less than or equal to 4096 (see matte prepare-data synthetic --help)"),
+    # numpy's "expected non-negative integer" traceback (trimap: every file failed with it)
+    (["train", "--recipe", "demo-indexnet", "--data", ".", "--seed", "-1"],
+     "Invalid value for '--seed': Input should be greater than or equal to 0 (see matte train --help)"),
+    (["prepare-data", "d646", "--root", ".", "--coco", ".", "--voc", ".", "--out", "o", "--seed", "-1"],
+     "Invalid value for '--seed': Input should be greater than or equal to 0 (see matte prepare-data d646 --help)"),
+    (["trimap", "--alphas", ".", "--out", "t", "--seed", "-1"],
+     "Invalid value for '--seed': Input should be greater than or equal to 0 (see matte trimap --help)"),
     (["bogus"], "No such command 'bogus'. (see matte --help)"),
 ])
 def test_a_mistake_in_the_command_line_is_one_line(args, says):

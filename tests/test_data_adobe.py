@@ -292,6 +292,17 @@ def test_a_split_needs_only_its_own_background_folder(dataset, tmp_path):
         prepare_adobe(dataset["root"], dataset["coco"], tmp_path / "no-voc", tmp_path / "out", "all", workers=1)
 
 
+def test_a_background_folder_holding_none_of_the_listed_names_is_one_line(dataset, tmp_path):
+    """--coco naming COCO's parent folder (or train2017) failed every training sample on a line of
+    its own, 43,100 lines for Composition-1k, and exited 1."""
+    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "train2014").symlink_to(dataset["coco"])
+    with pytest.raises(UsageError, match=r"training_bg_names.txt: none of the 200 backgrounds it lists "
+                                         r"\(e.g. COCO_train2014_00000.jpg\) is in .*coco or .*VOC \(--coco is"):
+        prepare_adobe(dataset["root"], tmp_path / "coco", dataset["voc"], tmp_path / "out", "train", workers=1)
+    assert not (tmp_path / "out" / "train").exists()
+
+
 def test_cli_exit_codes(dataset, tmp_path):
     from mattecli.cli.prepare_data import app
 
@@ -366,6 +377,48 @@ def test_d646(dataset, tmp_path):
     with pytest.raises(UsageError, match=r"its train split was drawn with --seed 5; re-run with --seed 5"):
         prepare_d646(root, coco, voc, out, "all", workers=1, seed=6)
     assert __import__("json").loads((out / "test" / "trimaps.json").read_text())["seed"] == 5
+
+
+def test_d646_stopped_after_its_draw_keeps_the_seed_of_it(dataset, tmp_path, monkeypatch):
+    """Stopped after bg_names.txt and before seed.json: a re-run with another --seed finished the
+    first draw and recorded the new seed in trimaps.json (what seed.json is there to refuse)."""
+    import mattecli.data.adobe as adobe
+
+    root = tmp_path / "D646"
+    for sub in ("FG", "GT"):
+        (root / "Test" / sub).mkdir(parents=True)
+    Image.fromarray(_rand_rgb(np.random.default_rng(0), 12, 10)).save(root / "Test/FG/b.png")
+    Image.fromarray(_alpha_rgb(np.random.default_rng(1), 12, 10)).save(root / "Test/GT/b.png")
+    write = adobe.atomic_write
+
+    def stopped_after_the_draw(path, writer):
+        write(path, writer)
+        if path.name == "bg_names.txt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(adobe, "atomic_write", stopped_after_the_draw)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_d646(root, tmp_path / "coco", dataset["voc"], tmp_path / "out", "test", workers=1, seed=5)
+    monkeypatch.setattr(adobe, "atomic_write", write)
+    with pytest.raises(UsageError, match="its test split was drawn with --seed 5"):
+        prepare_d646(root, tmp_path / "coco", dataset["voc"], tmp_path / "out", "test", workers=1, seed=6)
+
+
+def test_a_rerun_removes_the_temp_files_a_killed_run_left_in_the_split_folder(dataset, tmp_path):
+    """Only the output folders under the split were cleared: a run killed while writing
+    manifest.csv left its temp file beside it for good."""
+    (tmp_path / "out" / "test" / "merged").mkdir(parents=True)
+    stale = [tmp_path / "out/test/.manifest.x1.csv.tmp", tmp_path / "out/test/merged/.cat_0.y2.png.tmp"]
+    for path in stale:
+        path.write_text("half")
+    prepare_adobe(dataset["root"], dataset["coco"], dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert not any(p.exists() for p in stale)
+    from mattecli.data.synthetic import prepare_synthetic  # which cleared none
+
+    for path in stale:
+        path.write_text("half")
+    prepare_synthetic(tmp_path / "out", n_train=0, n_test=1, size=32)
+    assert not any(p.exists() for p in stale)
 
 
 def test_a_split_whose_every_input_fails_gets_an_empty_manifest_in_its_folder(dataset, tmp_path):

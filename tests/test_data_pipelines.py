@@ -7,6 +7,7 @@ import dataclasses
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 from mattecli.data import trimap as tri
@@ -498,3 +499,30 @@ def test_synthetic_with_no_test_samples_writes_an_empty_test_manifest(tmp_path):
     report = prepare_synthetic(tmp_path / "s", n_train=1, n_test=0, size=32)
     assert report.manifests["test"] == tmp_path / "s" / "test" / "manifest.csv"
     assert read_manifest(tmp_path / "s" / "test") == []
+
+
+def test_synthetic_shows_a_progress_bar(tmp_path, capsys):
+    """prepare-data synthetic showed nothing until it ended (minutes for --train 1000), where every
+    other long command draws a progress bar on stderr."""
+    prepare_synthetic(tmp_path / "s", n_train=2, n_test=1, size=32)
+    err = capsys.readouterr().err
+    assert "synthetic train" in err and "2/2" in err and "synthetic test" in err
+
+
+@pytest.mark.parametrize("pipeline", ["dim", "gca", "tcp-composited", "mmagic"])
+def test_a_sample_whose_alpha_has_another_size_is_named(synth, tmp_path, pipeline):
+    """A hand-made manifest's alpha of another size than its foreground: a broadcasting ValueError
+    traceback at the batch (gca, tcp), or, for dim, fg and alpha cropped from two places unsaid."""
+    import shutil
+
+    from mattecli.errors import InputError
+
+    data = tmp_path / "train"
+    shutil.copytree(synth / "train", data)
+    alpha = read_manifest(data)[0].alpha
+    Image.fromarray(np.zeros((150, 140), np.uint8)).save(alpha)
+    ds = TrainingDataset(data, pipeline, crop_size=64)
+    # named as the odd one, or as the one read first (mmagic reads the alpha first)
+    with pytest.raises(InputError, match=rf"({alpha}: alpha is 140x150 but the sample's \w+ .* is 160x160|"
+                                         rf"is 160x160 but the sample's alpha {alpha} is 140x150)"):
+        ds[0]

@@ -2,6 +2,7 @@
 checkpoint order, the step's one-line refusals, the after-step cadence, SyncBatchNorm, the curves
 and TensorBoard. None of these trains for more than one step."""
 
+import dataclasses
 import json
 
 import pytest
@@ -113,6 +114,61 @@ def test_resume_drops_a_log_line_a_killed_run_cut_short(tmp_path):
     assert log.read_text() == '{"iter": 1, "loss": 0.5}\n{"iter": 2, "loss": 0.4}\n'
 
 
+def test_resume_before_the_first_checkpoint_starts_the_log_again(tmp_path, synth):
+    """A run killed before its first checkpoint, resumed: it trained from scratch and appended its
+    log lines after the killed run's, so log.jsonl held iterations 1, 2, 1, 2, ..."""
+    recipe = load_recipe("demo-indexnet")
+    run = tmp_path / "run"
+    ckpt.write_record(run, ckpt.RunRecord(recipe.to_dict(), 0, str(synth)))
+    (run / "log.jsonl").write_text('{"iter": 1, "loss": 0.5}\n{"iter": 2, "loss": 0.4}\n')
+    train(TrainOptions(recipe, synth, run, resume=True, iters=1, progress=False))
+    assert [json.loads(line)["iter"] for line in (run / "log.jsonl").read_text().splitlines()] == [1]
+
+
+def test_a_run_stopped_while_saving_its_last_weights_writes_them_on_resume(tmp_path, synth, monkeypatch):
+    """Stopped (SIGTERM, Ctrl-C) between the final checkpoint and last.safetensors: --resume said
+    the run was finished and trained nothing, and last.safetensors was never written."""
+    import mattecli.weights
+
+    recipe, run = load_recipe("demo-indexnet"), tmp_path / "run"
+    save_weights = mattecli.weights.save_weights
+
+    def stopped(model, recipe, path, metadata=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mattecli.weights, "save_weights", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainOptions(recipe, synth, run, iters=1, progress=False))
+    monkeypatch.setattr(mattecli.weights, "save_weights", save_weights)
+    train(TrainOptions(recipe, synth, run, resume=True, progress=False))
+    assert (run / "last.safetensors").is_file()
+
+
+@pytest.mark.parametrize("name,text,says", [
+    ("run.json", '{"seed": "x"}', "seed 'x' is not an integer"),  # was int()'s ValueError traceback
+    ("run.json", "{bad", "Expecting property name"),  # was reported as recipe.json
+    ("recipe.json", "[]", "not a JSON object"),
+])
+def test_a_run_record_edited_by_hand_is_one_line_naming_its_file(tmp_path, name, text, says):
+    ckpt.write_record(tmp_path, ckpt.RunRecord(load_recipe("demo-indexnet").to_dict(), 0, "data"))
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UsageError, match=rf"^{tmp_path / name}: unreadable run record \(.*{says}"):
+        ckpt.read_record(tmp_path)
+
+
+def test_resume_removes_what_a_run_killed_mid_save_left(tmp_path, synth):
+    """A run killed (SIGKILL, power loss) while saving left its checkpoint's temporary file, three
+    times the model's size, in checkpoints/ for good: one more per kill."""
+    recipe, run = load_recipe("demo-indexnet"), tmp_path / "run"
+    train(TrainOptions(recipe, synth, run, iters=1, progress=False))
+    stale = [run / "checkpoints" / ".iter_00000002.k3j2.pt.tmp", run / ".last.x9.safetensors.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (run / "notes.tmp").write_text("mine")  # not a temp file of matte's
+    train(TrainOptions(recipe, synth, run, iters=2, resume=True, progress=False))
+    assert not any(p.exists() for p in stale) and (run / "notes.tmp").exists()
+
+
 def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     run = tmp_path / "run"
     recorded = load_recipe("demo-indexnet", ["train.iters=10"])
@@ -141,12 +197,43 @@ def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
         loop._resolve_run(TrainOptions(load_recipe("demo-indexnet"), synth, tmp_path / "new", iters=0), run)
 
 
+def test_data_may_be_a_manifest_file(tmp_path, synth):
+    """`--data SPLIT/manifest.csv` (or a hand-made train.csv), as eval --data takes it, said
+    "no train/manifest.csv"."""
+    import shutil
+
+    shutil.copytree(synth / "train", tmp_path / "train")
+    (tmp_path / "train" / "manifest.csv").rename(tmp_path / "train" / "mine.csv")
+    result = train(TrainOptions(load_recipe("demo-indexnet"), tmp_path / "train" / "mine.csv", tmp_path / "run",
+                                iters=1, progress=False))
+    assert result.iterations == 1 and not result.validates
+
+
 def test_negative_workers_is_a_usage_error(tmp_path, synth):
     """--workers -1 was DataLoader's ValueError traceback, after the run folder was written."""
     code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),
                          "--workers", "-1")
     assert code == 2 and "--workers" in text
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_undecodable_training_file_is_one_line_with_or_without_workers(tmp_path, synth, workers):
+    """With --workers N a corrupt training image was DataLoader's RuntimeError, the worker's whole
+    traceback; in this process it was already the one line naming the file."""
+    import shutil
+
+    from mattecli.data.manifest import read_manifest
+    from mattecli.errors import InputError
+
+    data = tmp_path / "data"
+    shutil.copytree(synth, data)
+    bad = read_manifest(data / "train")[2].bg
+    bad.write_bytes(b"not a png")
+    with pytest.raises(InputError) as caught:
+        train(TrainOptions(load_recipe("demo-indexnet"), data, tmp_path / "run", workers=workers, iters=1,
+                           progress=False))
+    assert str(caught.value).startswith(f"{bad}: cannot decode image (") and "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
@@ -196,6 +283,41 @@ def test_a_missing_validation_file_is_refused_before_training(tmp_path):
                          str(tmp_path / "r"), "--device", "cpu", "--batch-size", "2", "--set", "data.crop_size=32")
     assert code == 2 and text.endswith("manifest.csv: 1 of the validation files it lists are missing, e.g. "
                                        f"{tmp_path / 'data' / 'test' / 'trimap' / 'syn0001.png'}")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_test_split_naming_two_rows_alike_is_refused_before_training(tmp_path):
+    """A hand-made test manifest naming rows by file stem (a/001.png, b/001.png): validation keys
+    its results by name, so one sample's metrics stood for both in the validation mean."""
+    from mattecli.data.manifest import read_manifest, write_manifest
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "data", n_train=2, n_test=2, size=64, seed=1)
+    test = tmp_path / "data" / "test"
+    write_manifest(test, [dataclasses.replace(s, name="001") for s in read_manifest(test)])
+    code, text = run_cli("train", "--recipe", "demo-tcp", "--data", str(tmp_path / "data"), "--out",
+                         str(tmp_path / "r"), "--device", "cpu", "--batch-size", "2", "--set", "data.crop_size=32")
+    assert (code, text) == (2, f"{test / 'manifest.csv'}: the name '001' is on two rows; validation keys its "
+                               "results by name, so names must be unique in the test split")
+    assert not (tmp_path / "r").exists()
+
+
+def test_validation_files_of_other_sizes_or_unreadable_are_refused_before_training(tmp_path):
+    """A test sample whose trimap has another size, or a file that is not an image, stopped the
+    run at its first validation (a published recipe's: hours in)."""
+    from PIL import Image
+
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "data", n_train=2, n_test=2, size=64, seed=1)
+    trimap = tmp_path / "data" / "test" / "trimap" / "syn0001.png"
+    Image.new("L", (60, 64)).save(trimap)
+    args = ("train", "--recipe", "demo-tcp", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+            "--device", "cpu", "--batch-size", "2", "--set", "data.crop_size=32", "--iters", "1")
+    assert run_cli(*args) == (2, "validation sample syn0001: sizes differ: image 64x64, trimap 60x64, alpha 64x64")
+    trimap.write_text("not an image")
+    code, text = run_cli(*args)
+    assert code == 2 and text.startswith(f"{trimap}: cannot open this validation image (")
     assert not (tmp_path / "r").exists()
 
 

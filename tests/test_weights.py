@@ -63,6 +63,46 @@ def test_wrong_recipe_names_the_shape_mismatch(tmp_path):
         import_indexnet_official(tmp_path / "c.pth", "indexnet-o2o-nl-ctx")
 
 
+@pytest.mark.parametrize("layout", [lambda sd: {"model": sd, "epoch": 3}, lambda sd: {"net": sd}])
+def test_a_state_dict_under_another_key_converts(tmp_path, layout):
+    """A training script's own layout, {'model': state_dict, ...}: convert said the file "does not
+    look like an IndexNet matting model" of the right tensors one level down."""
+    reference = official_checkpoint(tmp_path / "c.pth")
+    torch.save(layout(torch.load(tmp_path / "c.pth")["state_dict"]), tmp_path / "nested.pth")
+    model, recipe = import_indexnet_official(tmp_path / "nested.pth")
+    assert recipe.name == "indexnet-m2o-nl-ctx"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    torch.save({"model": reference.state_dict(), "ema": reference.state_dict()}, tmp_path / "two.pth")
+    with pytest.raises(UsageError, match=r"two.pth: tensors under several keys \(model, ema\); save the one"):
+        import_indexnet_official(tmp_path / "two.pth")
+
+
+@pytest.mark.parametrize("saved", [lambda m: m, lambda m: {"state_dict": m, "epoch": 3}])
+def test_a_whole_pickled_model_says_to_save_its_state_dict(tmp_path, saved):
+    """torch.save(model) instead of its state_dict: convert said "no state_dict in this checkpoint"."""
+    torch.save(saved(torch.nn.Conv2d(4, 1, 1)), tmp_path / "full.pth")
+    with pytest.raises(UsageError, match=r"full.pth: a whole pickled torch.nn.modules.conv.Conv2d object, not a "
+                                         r"state dict: where its code is, torch.save\(model.state_dict\(\), FILE\)"):
+        import_indexnet_official(tmp_path / "full.pth")
+
+
+def test_a_checkpoint_packed_in_a_tar_or_gzip_says_to_unpack_it(tmp_path):
+    """It said torch.load found it "not readable as a checkpoint" (a tar holding a torch.save zip)
+    or "not a PyTorch checkpoint"."""
+    import gzip
+    import tarfile
+
+    official_checkpoint(tmp_path / "indexnet_matting.pth.tar")
+    with tarfile.open(tmp_path / "download.tar", "w") as tar:
+        tar.add(tmp_path / "indexnet_matting.pth.tar", arcname="indexnet_matting.pth.tar")
+    (tmp_path / "c.pth.gz").write_bytes(gzip.compress((tmp_path / "indexnet_matting.pth.tar").read_bytes()))
+    with pytest.raises(UsageError, match=r"download.tar: a tar archive holding indexnet_matting.pth.tar: unpack it"):
+        import_indexnet_official(tmp_path / "download.tar")
+    with pytest.raises(UsageError, match=r"c.pth.gz: a gzip-compressed file: decompress it \(gunzip\)"):
+        import_indexnet_official(tmp_path / "c.pth.gz")
+    import_indexnet_official(tmp_path / "indexnet_matting.pth.tar")  # the authors' name: no tar archive
+
+
 class Payload:
     """Any class outside torch's allow-list: unpickling it would run arbitrary code."""
 
@@ -93,6 +133,21 @@ def test_convert_checks_out_before_reading_the_checkpoint(tmp_path):
         res = run_main("convert", tmp_path / "none.pth", "--from", "indexnet-official", "--out", tmp_path / out)
         assert res.returncode == 2 and f"matte: error: --out {tmp_path / out}: " in res.stderr, res.stderr  # as given
         assert said in res.stderr and res.stderr.strip().count("\n") == 0
+
+
+def test_convert_refuses_an_out_that_is_its_source(tmp_path):
+    """A release republished as .safetensors, converted with --out naming it: the release was
+    replaced by the converted file."""
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(1)}, tmp_path / "release.safetensors")
+    before = (tmp_path / "release.safetensors").read_bytes()
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "release.safetensors")
+    for out in ("release.safetensors", "link.safetensors"):
+        res = run_main("convert", tmp_path / "release.safetensors", "--from", "indexnet-official", "--out", tmp_path / out)
+        assert res.returncode == 2 and res.stderr == (f"matte: error: --out {tmp_path / out} is SRC: converting would "
+                                                      "replace the release with the converted file; give another --out\n")
+    assert (tmp_path / "release.safetensors").read_bytes() == before
 
 
 def test_the_wrong_from_names_the_file_and_the_source_its_tensors_fit(tmp_path):

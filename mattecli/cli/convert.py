@@ -36,6 +36,9 @@ def main(
     if out.suffix.lower() != ".safetensors":  # as every command reads suffixes
         raise UsageError(f"--out {out}: weights files end in .safetensors")
     check_out_file(out, "--out")  # before the checkpoint is read and converted
+    if out.exists() and src.exists() and out.samefile(src):  # a release republished as .safetensors, say
+        raise UsageError(f"--out {out} is SRC: converting would replace the release with the converted file; "
+                         "give another --out")
     model, rec = IMPORTERS[source](src, recipe)
     save_weights(model, rec, out)
     typer.echo(f"converted {src} ({source}) -> {out}: recipe {rec.name}, "

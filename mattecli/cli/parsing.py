@@ -12,6 +12,10 @@ import re
 from mattecli.errors import UsageError
 from mattecli.sizes import Size
 
+# numpy's and torch's seeds are unsigned 64-bit: --seed -1 was numpy's "expected non-negative
+# integer" traceback (and failed every file of `matte trimap`), 2**64 torch's overflow
+SEED_MIN, SEED_MAX = 0, 2**64 - 1
+
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20,
           "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
 

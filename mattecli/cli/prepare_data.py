@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from mattecli.cli.parsing import SEED_MAX, SEED_MIN
+
 app = typer.Typer(help="Prepare matting datasets: composites, ground truth and manifest.csv per split.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
@@ -50,7 +52,7 @@ def d646(root: Path = typer.Option(..., "--root", help="Distinctions-646 folder 
                                                        "Test/{FG,GT})."),
          coco: Path = COCO, voc: Path = VOC, out: Path = OUT, split: str = SPLIT,
          workers: int = WORKERS, composite: bool = COMPOSITE,
-         seed: int = typer.Option(0, "--seed", help="Seed for the background draw and the generated "
+         seed: int = typer.Option(0, "--seed", min=SEED_MIN, max=SEED_MAX, help="Seed for the background draw and the generated "
                                                     "test trimaps (recorded in OUT/test/trimaps.json).")
          ) -> None:
     """Distinctions-646: 596 train fg x 80 COCO, 50 test fg x 20 VOC, Adobe's composition rule;
@@ -64,8 +66,9 @@ def d646(root: Path = typer.Option(..., "--root", help="Distinctions-646 folder 
 def synthetic(out: Path = OUT,
               train: int = typer.Option(16, "--train", min=0, help="Training samples."),
               test: int = typer.Option(8, "--test", min=0, help="Test samples."),
-              size: int = typer.Option(320, "--size", min=32, help="Image side in pixels."),
-              seed: int = typer.Option(0, "--seed", help="Seed; equal seeds give identical files."),
+              # a 4096 px sample takes 1.3 GB and 20 s; 100000 px was numpy's MemoryError traceback
+              size: int = typer.Option(320, "--size", min=32, max=4096, help="Image side in pixels (32 to 4096)."),
+              seed: int = typer.Option(0, "--seed", min=SEED_MIN, max=SEED_MAX, help="Seed; equal seeds give identical files."),
               composite: bool = typer.Option(True, "--composite/--no-composite",
                                              help="Write train/merged/ too.")) -> None:
     """Procedural foregrounds (soft edges, hair strands, transparency, holes) on textured, noisy

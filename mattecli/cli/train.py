@@ -6,10 +6,13 @@ from pathlib import Path
 
 import typer
 
+from mattecli.cli.parsing import SEED_MAX, SEED_MIN
+
 
 def main(
     recipe: str = typer.Option(..., "--recipe", help="Recipe name (recipes/NAME.yaml) or path."),
-    data: Path = typer.Option(..., "--data", help="Prepared dataset root (train/ and test/ with manifest.csv)."),
+    data: Path = typer.Option(..., "--data", help="Prepared dataset root (train/ and test/ with manifest.csv), or one "
+                                                 "split: its folder or manifest file (no validation)."),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/RECIPE)."),
     iters: int = typer.Option(None, "--iters", help="Total length of the run (default: the recipe's; on --resume, "
                                                     "the run's: a larger N extends it)."),
@@ -21,7 +24,7 @@ def main(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint, "
                                                         "with the length and seed it was started with."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Remove the run in --out and start again."),
-    seed: int = typer.Option(None, "--seed", help="Seed of initialisation, data order and augmentation "
+    seed: int = typer.Option(None, "--seed", min=SEED_MIN, max=SEED_MAX, help="Seed of initialisation, data order and augmentation "
                                                   "(default 0; on --resume, the run's)."),
     pretrained: str = typer.Option(None, "--pretrained", help="ImageNet encoder checkpoint (torchvision's or the "
                                                               "authors' layout), or `none` to train from scratch."),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mattecli.cli.parsing import SEED_MAX, SEED_MIN
+
 EMPTY_CHOICES = ("skip", "pass")
 
 
@@ -24,7 +26,7 @@ def main(
     method: str = typer.Option(None, "--method", help="With --alphas: dist (the unknown region grown by a random "
                                "1..19 px, IndexNet's) or erode (fg and bg eroded by random 1..29 px kernels, "
                                "GCA's). Default dist."),
-    seed: int = typer.Option(None, "--seed", help="With --alphas: the random seed (default 0); each file's draw "
+    seed: int = typer.Option(None, "--seed", min=SEED_MIN, max=SEED_MAX, help="With --alphas: the random seed (default 0); each file's draw "
                              "depends only on the seed and its name."),
     preview: Path = typer.Option(None, "--preview", help="Folder for {stem}.jpg previews: the trimap over the "
                                  "image (unknown tinted magenta, background dimmed)."),

@@ -163,6 +163,11 @@ def plan_jobs(fg_names: list[str], bg_names: list[str], per_fg: int, fg_dirs: li
             for k in range(per_fg))
         jobs.append(ForegroundJob(stem, fg_path, alpha_path, composites, out, merged,
                                   alpha_per_composite))
+    if jobs and not any(c.bg.is_file() for job in jobs for c in job.composites):
+        # a wrong folder (COCO's parent, train2017) failed every sample on a line of its own: 43,100 lines
+        raise UsageError(f"{names_file}: none of the {need} backgrounds it lists (e.g. {bg_names[0]}) is in "
+                         f"{' or '.join(str(d) for d in bg_dirs)} (--coco is COCO's train2014 image folder, "
+                         "--voc VOC2012's JPEGImages)")
     return jobs
 
 
@@ -236,9 +241,11 @@ def _worker_signals() -> None:
 
 
 def remove_stale_split_temps(split_dir: Path) -> None:
-    """Delete temp files a killed run left in the split's output folders (a split is written by
-    one run at a time, so every temp file there is stale)."""
+    """Delete temp files a killed run left in the split folder (manifest.csv's, d646's names files')
+    and its output folders (a split is written by one run at a time, so every temp file there is
+    stale)."""
     if split_dir.is_dir():
+        remove_stale_temps(split_dir)
         for folder in split_dir.iterdir():
             remove_stale_temps(folder)
 
@@ -379,13 +386,13 @@ def _pick_backgrounds(folder: Path, count: int, rng: np.random.Generator, option
     return [names[i] for i in rng.choice(len(names), size=count, replace=False)]
 
 
-def _names_file(path: Path, make) -> tuple[list[str], bool]:
+def _names_file(path: Path, make) -> list[str]:
     """Reuse a names file written by an earlier run (so a re-run pairs exactly as before)."""
     if path.is_file():
-        return read_names(path), False
+        return read_names(path)
     names = make()
     atomic_write(path, lambda tmp: tmp.write_text("".join(f"{n}\n" for n in names)))
-    return names, True
+    return names
 
 
 def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all",
@@ -413,12 +420,14 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
         fg_dir, gt_dir = _require_dir(folder / "FG", "--root"), _require_dir(folder / "GT", "--root")
         split_dir = out / name
         rng = np.random.default_rng(np.random.SeedSequence([seed, 646, int(name == "test")]))
-        fg_names, _ = _names_file(split_dir / "fg_names.txt", lambda: _image_names(fg_dir))
+        fg_names = _names_file(split_dir / "fg_names.txt", lambda: _image_names(fg_dir))
         bg_dir, option = sources[name]
-        bg_names, drawn = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
-            bg_dir, D646_PER_FG[name] * len(fg_names), rng, option))
-        if drawn:
+        if not (split_dir / "bg_names.txt").is_file():
+            # recorded before the draw it seeds: a run stopped between the two left a draw without its
+            # seed, which a re-run with another --seed then finished under the new seed's record
             atomic_write(split_dir / "seed.json", lambda tmp: tmp.write_text(json.dumps({"seed": seed}) + "\n"))
+        bg_names = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
+            bg_dir, D646_PER_FG[name] * len(fg_names), rng, option))
         jobs = plan_jobs(fg_names, bg_names, D646_PER_FG[name], [fg_dir], [gt_dir],
                          [bg_dir], split_dir, merged=(name == "test" or composite), trimap_dir=None,
                          names_file=split_dir / "bg_names.txt", alpha_per_composite=(name == "test"))

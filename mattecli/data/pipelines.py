@@ -45,7 +45,7 @@ import torch
 
 from mattecli.data import trimap as tri
 from mattecli.data.manifest import manifest_file, missing_files, read_manifest
-from mattecli.errors import UsageError
+from mattecli.errors import InputError, UsageError
 from mattecli.imageio import read_gray, read_image
 
 
@@ -185,6 +185,20 @@ class TrainingDataset(torch.utils.data.Dataset):
         return item
 
 
+def _read_together(ds: TrainingDataset, index: int, columns: tuple[str, ...]) -> list[np.ndarray]:
+    """Files of one sample that lie pixel on pixel (fg, alpha, its composite and background), read
+    in order; one of another size than the first is named. A hand-made manifest's alpha of another
+    size was a broadcasting ValueError at the batch, or a crop of fg and alpha from two places."""
+    arrays = [ds.read(index, c) for c in columns]
+    h, w = arrays[0].shape[:2]
+    for column, array in zip(columns[1:], arrays[1:]):
+        if array.shape[:2] != (h, w):
+            sample = ds.samples[index]
+            raise InputError(getattr(sample, column), f"{column} is {array.shape[1]}x{array.shape[0]} but the "
+                             f"sample's {columns[0]} {getattr(sample, columns[0])} is {w}x{h}")
+    return arrays
+
+
 def _flip(arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
     """Horizontal flip with p = 0.5 (IndexNet's RandomFlip, mmagic's Flip)."""
     return [np.ascontiguousarray(x[:, ::-1]) for x in arrays] if rng.random() < 0.5 else arrays
@@ -213,7 +227,7 @@ def dim_pipeline(ds: TrainingDataset, index: int, rng: np.random.Generator) -> d
     Every resize works on the uint8 arrays, as theirs (hldataset.py:48-79): each bicubic result is
     rounded to 8 bits before the next step."""
     crop = ds.crop_size
-    fg, alpha, bg = (ds.read(index, c) for c in ("fg", "alpha", "bg"))
+    fg, alpha, bg = _read_together(ds, index, ("fg", "alpha", "bg"))
     trimap = tri.random_grown_trimap(_unit(alpha), rng)  # on the full image, before any resize (theirs)
     h, w = alpha.shape
     if min(h, w) < crop:
@@ -351,12 +365,14 @@ def gca_pipeline(ds: TrainingDataset, index: int, rng: np.random.Generator, max_
     around unknown pixels; HSV jitter; composed on a random background of the split, cropped at
     the foreground crop's place. Reads 3 files (5 when mixing)."""
     crop = ds.crop_size
-    fg, alpha = ds.read(index, "fg"), _unit(ds.read(index, "alpha"))
+    fg, alpha = _read_together(ds, index, ("fg", "alpha"))
+    alpha = _unit(alpha)
     h, w = alpha.shape
     if rng.random() < 0.5:
         other = int(rng.integers(len(ds)))
-        fg2 = cv2.resize(ds.read(other, "fg"), (w, h), interpolation=cv2.INTER_NEAREST)
-        a2 = cv2.resize(_unit(ds.read(other, "alpha")), (w, h), interpolation=cv2.INTER_NEAREST)
+        fg2, a2 = _read_together(ds, other, ("fg", "alpha"))
+        fg2 = cv2.resize(fg2, (w, h), interpolation=cv2.INTER_NEAREST)
+        a2 = cv2.resize(_unit(a2), (w, h), interpolation=cv2.INTER_NEAREST)
         fg, alpha = mix_foregrounds(fg, alpha, fg2, a2)
     if rng.random() < 0.25:
         fg, alpha = (cv2.resize(x, (640, 640), interpolation=cv2.INTER_NEAREST) for x in (fg, alpha))
@@ -399,7 +415,7 @@ def tcp_composited_pipeline(ds: TrainingDataset, index: int, rng: np.random.Gene
     (bicubic, trimap nearest), a window centred on an unknown pixel whose window fits, and a
     horizontal flip. Reads 2 files."""
     crop = ds.crop_size
-    image, alpha = _unit(ds.read(index, "image")), _unit(ds.read(index, "alpha"))
+    image, alpha = (_unit(x) for x in _read_together(ds, index, ("image", "alpha")))
     trimap = tri.random_eroded_trimap(alpha, rng, 30)
     h, w = alpha.shape
     if min(h, w) < crop:
@@ -447,7 +463,7 @@ def _mmagic_crop(arrays: list[np.ndarray], interps: list[int], crop: int,
 
 
 def _mmagic_read(ds: TrainingDataset, index: int) -> list[np.ndarray]:
-    return [ds.read(index, c) for c in ("alpha", "image", "fg", "bg")]
+    return _read_together(ds, index, ("alpha", "image", "fg", "bg"))
 
 
 def _mmagic_item(alpha, image, fg, bg, trimap) -> dict:

@@ -109,14 +109,26 @@ class RunRecord:
 
 def read_record(run_dir: Path) -> RunRecord | None:
     run_dir = Path(run_dir)
-    try:
-        recipe = json.loads((run_dir / "recipe.json").read_text())
-        run = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    except FileNotFoundError:
+    if not (run_dir / "recipe.json").is_file():
         return None
+    recipe = _read_object(run_dir / "recipe.json")
+    run = _read_object(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    seed = run.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):  # a hand edit: it was int()'s ValueError traceback
+        raise UsageError(f"{run_dir / 'run.json'}: unreadable run record (seed {seed!r} is not an integer)")
+    return RunRecord(recipe, seed, str(run.get("data", "")))
+
+
+def _read_object(path: Path) -> dict:
+    """A run record's JSON object; one that cannot be read names its own file (an unreadable
+    run.json was reported as recipe.json)."""
+    try:
+        value = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise UsageError(f"{run_dir / 'recipe.json'}: unreadable run record ({err})") from None
-    return RunRecord(recipe, int(run.get("seed", 0)), str(run.get("data", "")))
+        raise UsageError(f"{path}: unreadable run record ({err})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path}: unreadable run record (not a JSON object)")
+    return value
 
 
 def write_record(run_dir: Path, record: RunRecord) -> None:

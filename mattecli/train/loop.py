@@ -29,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mattecli.errors import UsageError
+from mattecli.errors import InputError, UsageError
+from mattecli.files import remove_stale_temps
 from mattecli.inference.pipeline import encode_batch
 from mattecli.models.layers import BNAct
 from mattecli.train import checkpoint as ckpt
@@ -178,6 +179,8 @@ def _split_dirs(data: Path) -> tuple[Path, Path | None]:
         test = data / "test"
         return data / "train", (test if (test / "manifest.csv").is_file() else None)
     if (data / "manifest.csv").is_file():
+        return data, None
+    if data.suffix.lower() == ".csv" and data.is_file():  # a split's manifest itself, as `eval --data` takes it
         return data, None
     raise UsageError(f"--data {data}: no train/manifest.csv (prepare it with `matte prepare-data`)")
 
@@ -362,9 +365,11 @@ def after_step(session: Session, loss: float, rate: float) -> None:
         if validate_now or last or s.iteration % cfg.checkpoint_every == 0:
             plot_curves(s.history, s.run_dir / "curves.png")  # drawn when something new is worth a look
     if s.iteration % cfg.checkpoint_every == 0 or last:
+        # the weights before the checkpoint, which marks the iteration done: a run stopped between
+        # the two at its last iteration was "finished" on --resume, with no last.safetensors of it
+        save_weights(s.model, s.recipe, s.run_dir / "last.safetensors")
         state = ckpt.training_state(s.model, s.optimizer, s.scaler, s.iteration, s.best, s.device)
         ckpt.save_checkpoint(s.run_dir, state, s.iteration)
-        save_weights(s.model, s.recipe, s.run_dir / "last.safetensors")
 
 
 # --- the loop --------------------------------------------------------------------------------------
@@ -413,6 +418,11 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     cfg = recipe.train
     if opts.resume and checkpoint is None and writer:
         print(f"matte train: --resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
+    if opts.resume and writer:
+        # what a run killed mid-save left (a checkpoint's temp file is three times the model: Adam's
+        # state), one more per kill; one run writes a run folder at a time, so every one is stale
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_stale_temps(folder)
     per_rank_batch = cfg.batch_size // world
     if opts.tensorboard:
         from mattecli.train.curves import check_tensorboard
@@ -454,6 +464,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     if checkpoint is not None:
         session.iteration, session.best = ckpt.restore_training_state(ckpt.load_checkpoint(checkpoint), model,
                                                                       optimizer, scaler, device)
+    if opts.resume:  # a run killed before its first checkpoint starts again: its log lines go too (they were kept)
         session.history = _read_log(run_dir / "log.jsonl", upto=session.iteration)
     if session.iteration >= cfg.iters:
         if writer:
@@ -486,7 +497,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
                 dataset, batch_size=per_rank_batch, sampler=sampler, num_workers=opts.workers, drop_last=True,
                 generator=torch.Generator(),  # keeps the loader from drawing on the global generator
                 pin_memory=device.type == "cuda")
-            for batch in loader:
+            for batch in _batches(loader):
                 last_loss = train_step(session, batch)
                 seen += cfg.batch_size
                 rate = seen / max(time.perf_counter() - t0, 1e-9)
@@ -502,16 +513,56 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
                        validates=bool(val_samples))
 
 
+# how a worker's traceback ends when an InputError stopped it: `mattecli.errors.InputError: PATH: REASON`
+_WORKER_INPUT_ERROR = f"\n{InputError.__module__}.{InputError.__qualname__}: "
+
+
+def _batches(loader):
+    """The loader's batches. A bad file read in a worker process (`--workers N`) is the one line
+    it is without workers: DataLoader re-raises a worker's exception as a RuntimeError holding the
+    worker's traceback (it cannot rebuild an InputError, which takes a path and a reason), and the
+    traceback's last line is the error's own."""
+    try:
+        yield from loader
+    except RuntimeError as err:
+        text = str(err)
+        if not text.startswith(f"Caught {InputError.__name__} ") or _WORKER_INPUT_ERROR not in text:
+            raise
+        path, _, reason = text.rsplit(_WORKER_INPUT_ERROR, 1)[1].strip().partition(": ")
+        raise InputError(path, reason) from None
+
+
 def _validation_samples(test_dir: Path, limit: int):
+    from collections import Counter
+
     from mattecli.data.manifest import manifest_file, missing_files, read_manifest
 
     samples = [s for s in read_manifest(test_dir) if s.image and s.trimap and s.alpha]
     samples = samples[:limit] if limit else samples
+    repeated = [name for name, rows in Counter(s.name for s in samples).items() if rows > 1]
+    if repeated:  # `validate` keys results by name: one sample's metrics stood for both in the mean
+        raise UsageError(f"{manifest_file(test_dir)}: the name {repeated[0]!r} is on two rows; validation keys its "
+                         "results by name, so names must be unique in the test split")
     missing = missing_files(samples, ("image", "trimap", "alpha"))
     if missing:  # else the first validation, perhaps hours in, stops the run
         raise UsageError(f"{manifest_file(test_dir)}: {len(missing)} of the validation files it lists are "
                          f"missing, e.g. {missing[0]}")
+    for s in samples:  # from the headers: a file Pillow cannot open, or sizes that differ, stopped the first validation
+        sizes = {c: _header_size(getattr(s, c)) for c in ("image", "trimap", "alpha")}
+        if len(set(sizes.values())) > 1:
+            raise UsageError(f"validation sample {s.name}: sizes differ: "
+                             + ", ".join(f"{c} {w}x{h}" for c, (w, h) in sizes.items()))
     return samples
+
+
+def _header_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception as err:  # noqa: BLE001 - Pillow's errors come in many types; the reason is what counts
+        raise UsageError(f"{path}: cannot open this validation image ({err})") from None
 
 
 def validate(model, recipe, samples, device) -> dict:
