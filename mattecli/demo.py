@@ -135,9 +135,13 @@ def infer_with_both(weights: Path, onnx_path: Path, out: Path) -> list:
     done(t0, f"alpha matte: {out / 'mattes' / 'lemur.png'} (a demo model trained for minutes on synthetic "
              "shapes: expect a rough matte; `matte convert` the authors' weights for real use); "
              f"the ONNX model's ({out / 'mattes-onnx'}) differs by at most {diff.max()} of 255 "
-             f"({np.count_nonzero(diff)} pixels differ)")
+             f"({_pixels_differ(np.count_nonzero(diff))})")
     return failed
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _pixels_differ(count: int) -> str:
+    return "1 pixel differs" if count == 1 else f"{count} pixels differ"
