@@ -61,10 +61,10 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
         from mattecli.weights import read_weights_header
 
         read_weights_header(weights)
-    elif suffix == ".onnx" and "onnx" in backends:  # the same for a graph (opened on the CPU: only a check)
-        from mattecli.inference.backends import OnnxBackend
+    elif suffix == ".onnx" and "onnx" in backends:  # the same for a graph
+        from mattecli.inference.backends import check_onnx_file
 
-        OnnxBackend.load(weights)
+        check_onnx_file(weights)
     device = resolve_device(device)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs --device cuda (FP16 on a CPU is not a fast path in torch or ONNX Runtime)")

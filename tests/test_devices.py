@@ -124,6 +124,21 @@ def null_graph(tmp_path_factory):
     return to_onnx(Null(), tmp_path_factory.mktemp("null") / "null.onnx", recipe=load_recipe("indexnet-m2o-nl-ctx"))
 
 
+def test_bench_checks_a_graph_without_a_session_of_its_own(null_graph, monkeypatch):
+    """bench's up-front check of an .onnx file made an ONNX Runtime session only to read the recipe;
+    that session slowed the run it was checking (bench --e2e on this graph at 3840x2160, CPU-2: 1.9x
+    the decode time instead of 1.5x, docs/benchmarks.md). The file is now read with onnx alone."""
+    import onnxruntime
+
+    from mattecli.bench import check_request
+
+    def no_session(*args, **kwargs):
+        raise AssertionError("an ONNX Runtime session was made for the check")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", no_session)
+    check_request(null_graph, ["onnx"], "cpu", False)
+
+
 def test_bench_e2e_reports_every_stage(null_graph, tmp_path):
     from mattecli.bench_e2e import STAGES, run_e2e
     from mattecli.sizes import Size
