@@ -233,7 +233,6 @@ def test_train_export_and_eval_refuse_an_unwritable_output_before_any_work(tmp_p
     import mattecli.train.loop
     import exporters.export
     import mattecli.cli.eval as eval_cli
-    from mattecli.cli import main
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("work started before the output was checked")
@@ -259,25 +258,30 @@ def test_train_export_and_eval_refuse_an_unwritable_output_before_any_work(tmp_p
     ]
     before = sorted(tmp_path.rglob("*"))
     for args, message in runs:
-        old, sys.argv = sys.argv, ["matte", *map(str, args)]
-        try:
-            main()
-            code = 0
-        except SystemExit as done:
-            code = done.code
-        finally:
-            sys.argv = old
-        err = capsys.readouterr().err
+        code, err = _in_process(args, capsys)
         assert code == 2 and message in err and err.count("\n") == 1, (args, code, err)
     assert sorted(tmp_path.rglob("*")) == before  # a refused run leaves nothing behind
+
+
+def _in_process(args, capsys) -> tuple[int, str]:
+    """`matte ARGS` run in this process: (exit code, stderr)."""
+    from mattecli.cli import main
+
+    old, sys.argv = sys.argv, ["matte", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err
 
 
 def test_an_output_below_a_broken_symbolic_link_is_one_usage_error_before_any_work(tmp_path, capsys):
     """OUT/... where OUT is a symbolic link to nothing passed the checks (no folder there to test),
     then failed with a FileExistsError traceback when the folder was made: after the whole run for
     eval --json and bench --json, "cannot write there (File exists)" for infer --out."""
-    from mattecli.cli import main
-
     link = tmp_path / "results"
     link.symlink_to(tmp_path / "gone")
     folders = [tmp_path / d for d in ("pred", "gt", "tri")]
@@ -293,15 +297,7 @@ def test_an_output_below_a_broken_symbolic_link_is_one_usage_error_before_any_wo
         ["train", "--recipe", "demo-tcp", "--data", tmp_path, "--out", link / "run"],
     ]
     for args in runs:
-        old, sys.argv = sys.argv, ["matte", *map(str, args)]
-        try:
-            main()
-            code = 0
-        except SystemExit as done:
-            code = done.code
-        finally:
-            sys.argv = old
-        err = capsys.readouterr().err
+        code, err = _in_process(args, capsys)
         assert code == 2 and err.endswith(f": {link} is a broken symbolic link (to {tmp_path / 'gone'})\n"), (args, err)
         assert err.count("\n") == 1, err
     assert not (tmp_path / "gone").exists()
