@@ -300,7 +300,8 @@ def _imported_model(state: dict, src, recipe_name: str | None, family: str, dete
             raise _not_this_source(src, state, str(err)) from None
     recipe = load_recipe(recipe_name)
     if recipe.family != family:
-        raise UsageError(f"--recipe {recipe.name} is a {recipe.family} recipe; this source holds {family} tensors")
+        article = "an" if recipe.family[0] in "aeiou" else "a"
+        raise UsageError(f"--recipe {recipe.name} is {article} {recipe.family} recipe; this source holds {family} tensors")
     model = build_model(recipe)
     load_state_strict(model, state, str(src))
     return model, recipe

@@ -260,6 +260,17 @@ def test_batch_that_does_not_split_across_ranks_is_one_line(tmp_path, synth, mon
         train(TrainOptions(load_recipe("demo-indexnet"), synth, tmp_path / "r", progress=False))
 
 
+@pytest.mark.parametrize("batch,says", [(5, "4 samples are"), (2, None)])
+def test_fewer_samples_than_one_batch_says_what_to_change(tmp_path, synth, batch, says):
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),
+                         "--device", "cpu", "--batch-size", str(batch), "--iters", "1")
+    if says is None:
+        assert code == 0, text
+    else:
+        assert (code, text) == (2, f"{synth / 'train'}: {says} fewer than one batch of {batch} (add samples, or "
+                                   "give a smaller --batch-size)")
+
+
 @pytest.mark.parametrize("override,says", [
     ("train.loss=l2", "recipe demo-a2u: train: loss must be one of dim, dim-a2u, l1, alpha, tcp, mmagic, got 'l2'"),
     ("data.crop_size=40", "recipe demo-a2u: data.crop_size 40 is not a multiple of the model's stride 16"),

@@ -63,6 +63,13 @@ def test_wrong_recipe_names_the_shape_mismatch(tmp_path):
         import_indexnet_official(tmp_path / "c.pth", "indexnet-o2o-nl-ctx")
 
 
+def test_a_recipe_of_another_family_is_named_with_its_article(tmp_path):
+    official_checkpoint(tmp_path / "c.pth", "indexnet-m2o-nl-ctx")
+    with pytest.raises(UsageError, match="^--recipe a2u-dynamic-cs-d-gn is an a2u recipe; this source holds "
+                                         "indexnet tensors$"):
+        import_indexnet_official(tmp_path / "c.pth", "a2u-dynamic-cs-d-gn")
+
+
 @pytest.mark.parametrize("layout", [lambda sd: {"model": sd, "epoch": 3}, lambda sd: {"net": sd}])
 def test_a_state_dict_under_another_key_converts(tmp_path, layout):
     """A training script's own layout, {'model': state_dict, ...}: convert said the file "does not

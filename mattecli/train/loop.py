@@ -443,7 +443,9 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     dataset = build_dataset(recipe.data, train_dir, seed=seed)
     batches_per_epoch = (len(dataset) // world) // per_rank_batch
     if batches_per_epoch == 0:
-        raise UsageError(f"{train_dir}: {len(dataset)} samples are fewer than one batch of {cfg.batch_size}")
+        few = "1 sample is" if len(dataset) == 1 else f"{len(dataset)} samples are"
+        raise UsageError(f"{train_dir}: {few} fewer than one batch of {cfg.batch_size} (add samples, or give a "
+                         "smaller --batch-size)")
     val_samples = _validation_samples(test_dir, opts.val_limit) if test_dir and recipe.data.val_every else []
     if recipe.data.val_every and not val_samples and writer:  # else only the last line, hours later, says so
         if test_dir is not None:
