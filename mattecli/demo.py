@@ -139,9 +139,9 @@ def infer_with_both(weights: Path, onnx_path: Path, out: Path) -> list:
     return failed
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _pixels_differ(count: int) -> str:
     return "1 pixel differs" if count == 1 else f"{count} pixels differ"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -75,3 +75,23 @@ def test_wheel_command_line_lists_the_recipes(installed):
                                    "from mattecli.cli import main; main()\n")
     assert sorted(r["name"] for r in json.loads(out)) == sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
 
+
+
+def test_a_script_block_is_the_last_statement_of_its_module():
+    """`python -m mattecli.demo` (make demo) failed with a NameError: a helper defined below the
+    `if __name__ == "__main__":` block did not exist yet when that block ran main(). Importing the
+    module, as the tests do, defines everything first and could not see it."""
+    import ast
+
+    def is_script_block(node):
+        return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__")
+
+    late = []
+    for path in sorted([*(ROOT / "mattecli").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"),
+                        *(ROOT / "exporters").rglob("*.py")]):
+        body = ast.parse(path.read_text()).body
+        blocks = [i for i, node in enumerate(body) if is_script_block(node)]
+        if blocks and blocks[-1] != len(body) - 1:
+            late.append(str(path.relative_to(ROOT)))
+    assert not late, late
