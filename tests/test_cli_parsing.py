@@ -35,7 +35,10 @@ def test_sizes_are_width_by_height():
         _, _ = size
 
 
-@pytest.mark.parametrize("bad", ["1920", "1920x", "0x10", "axb", "1920x1080x3", "96*160", ""])
+# "1080\u00b2" (a superscript) passed str.isdigit and was int()'s ValueError traceback; other scripts' digits
+# were taken as numbers
+@pytest.mark.parametrize("bad", ["1920", "1920x", "0x10", "axb", "1920x1080x3", "96*160", "", "1920x1080\u00b2",
+                                 "\u0661\u0669\u0662\u0660x1080"])
 def test_bad_sizes_name_the_option_and_the_convention(bad):
     with pytest.raises(UsageError, match="^--verify-sizes: .*WIDTHxHEIGHT"):
         parse_sizes(bad, "--verify-sizes")
@@ -56,7 +59,7 @@ def test_alignment_is_checked_per_side_and_suggests_the_aligned_size():
 
 def test_shards_and_backends():
     assert parse_shard("2/4") == (2, 4) and parse_shard(None) is None
-    for bad in ("3/3", "-1/3", "1/0", "a/b", "1", "1/2/3", "1.5/3"):
+    for bad in ("3/3", "-1/3", "1/0", "a/b", "1", "1/2/3", "1.5/3", "\u00b9/2", "\u0661/2"):
         with pytest.raises(UsageError, match="^--shard .*(0-based|K/N)"):
             parse_shard(bad)
     assert parse_backends("torch,onnx,torch") == ["torch", "onnx"]

@@ -115,7 +115,8 @@ def test_composite_onto_a_colour():
 
 @pytest.mark.parametrize("text, rgb", [("#00ff00", (0, 255, 0)), ("#0F0", (0, 255, 0)), ("10,20,30", (10, 20, 30)),
                                        ("green", (0, 128, 0)), ("Lime", (0, 255, 0)), (" rebeccapurple", (102, 51, 153)),
-                                       ("greenish", None), ("#12345", None), ("1,2,300", None)])
+                                       ("greenish", None), ("#12345", None), ("1,2,300", None),
+                                       ("1\u00b2,2,3", None), ("\u0662,2,3", None)])  # '²' was int()'s traceback
 def test_colours(text, rgb):
     assert parse_color(text) == rgb
 

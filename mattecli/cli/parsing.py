@@ -20,6 +20,11 @@ _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB"
           "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
 
 
+def is_whole_number(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also takes '²' (which `int` refuses) and other scripts' digits."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_memory(text: str | None, option: str = "--max-memory") -> int | None:
     """`"4GB"`, `"512MiB"`, `"1.5G"` -> bytes (binary units: 1 GB = 2**30); `None`, `""`, `"none"` -> None.
 
@@ -47,7 +52,7 @@ def parse_sizes(text: str, option: str = "--sizes") -> list[Size]:
     sizes = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
         a, sep, b = item.lower().partition("x")
-        if not sep or not a.isdigit() or not b.isdigit() or int(a) < 1 or int(b) < 1:
+        if not sep or not is_whole_number(a) or not is_whole_number(b) or int(a) < 1 or int(b) < 1:
             raise UsageError(f"{option}: {item!r} is not WIDTHxHEIGHT in pixels (e.g. 1920x1080)")
         sizes.append(Size(int(a), int(b)))
     if not sizes:
@@ -86,7 +91,7 @@ def parse_shard(text: str | None, option: str = "--shard") -> tuple[int, int] | 
     if text is None:
         return None
     parts = text.split("/")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    if len(parts) != 2 or not all(is_whole_number(p.strip()) for p in parts):
         raise UsageError(f"{option} {text}: expected K/N with whole numbers, e.g. 0/4 (K is 0-based)")
     k, n = int(parts[0]), int(parts[1])
     if n < 1 or k >= n:

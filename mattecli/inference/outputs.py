@@ -39,7 +39,7 @@ def parse_color(text: str) -> tuple[int, int, int] | None:
     if re.fullmatch(r"#[0-9a-fA-F]{3}", text):
         return tuple(int(c * 2, 16) for c in text[1:])
     parts = text.split(",")
-    if len(parts) == 3 and all(p.strip().isdigit() and int(p) <= 255 for p in parts):
+    if len(parts) == 3 and all(re.fullmatch(r"\s*[0-9]+\s*", p) and int(p) <= 255 for p in parts):
         return tuple(int(p) for p in parts)
     if text.lower() in ImageColor.colormap:  # the 148 CSS Color Module Level 4 names
         return ImageColor.getrgb(text.lower())[:3]
