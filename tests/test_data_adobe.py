@@ -271,13 +271,20 @@ def test_bad_inputs_are_named_and_the_batch_goes_on(dataset, tmp_path):
     import shutil
     shutil.copytree(dataset["voc"], voc)
     (voc / dataset["test_bgs"][20 + 4]).write_bytes(b"not a jpeg")
+    # a corrupt trimap and one of another size: both were copied as they were, for matte eval to
+    # trip over later
+    (group / "trimaps" / "dog_7.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((6, 4), np.uint8)).save(group / "trimaps" / "dog_9.png")
     out = tmp_path / "out"
     report = prepare_adobe(root, dataset["coco"], voc, out, "test", workers=1)
     text = "\n".join(report.errors)
     assert "cat.png" in text and "5x5" in text
     assert f"{dataset['test_bgs'][24]}: cannot decode" in text and "dog_4" in text
+    assert "dog_7.png: cannot decode" in text and "(sample dog_7)" in text
+    w, h = TEST_FG["dog.png"]
+    assert f"dog_9.png: trimap is 4x6 but its composite is {w}x{h} (sample dog_9)" in text
     names = [s.name for s in read_manifest(out / "test")]
-    assert names == [f"dog_{k}" for k in range(20) if k != 4]
+    assert names == [f"dog_{k}" for k in range(20) if k not in (4, 7, 9)]
     assert not (out / "test" / "merged" / "dog_4.png").exists()
     assert not list(out.rglob("*.tmp"))
 

@@ -188,6 +188,18 @@ def _copy_file(src: Path, dst: Path) -> None:
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
+def _copy_trimap(src: Path, dst: Path, fg: np.ndarray) -> None:
+    """Copy a shipped trimap byte for byte, after decoding it: an unreadable trimap, or one of
+    another size than its foreground, fails its sample here rather than at `matte eval` later."""
+    if not src.is_file():
+        raise InputError(src, "no such file")
+    trimap = read_gray(src)
+    if trimap.shape != fg.shape[:2]:
+        raise InputError(src, f"trimap is {trimap.shape[1]}x{trimap.shape[0]} but its composite is "
+                              f"{fg.shape[1]}x{fg.shape[0]}")
+    _copy_file(src, dst)
+
+
 def _foreground(job: ForegroundJob) -> tuple[np.ndarray, np.ndarray]:
     fg = read_image(job.fg)
     alpha = read_gray(job.alpha)
@@ -212,7 +224,7 @@ def run_job(job: ForegroundJob) -> JobResult:
             fg, alpha = loaded
             bg = adobe_background(read_image(c.bg), fg.shape[1], fg.shape[0])
             if c.trimap is not None:
-                _copy_file(c.trimap, paths["trimap"])
+                _copy_trimap(c.trimap, paths["trimap"], fg)
             if not paths["fg"].is_file():
                 write_png(paths["fg"], fg)
             if not paths["alpha"].is_file():
