@@ -114,6 +114,13 @@ def test_arrays_of_other_dtypes_are_read_as_numpy_makes_them_or_refused(weights)
         matter.predict(image, Image.fromarray(trimap.astype(np.float32)))
     assert np.array_equal(matter.predict(Image.fromarray(image[..., 0].astype(np.float32) / 255), trimap),
                           matter.predict(image[..., 0], trimap))
+    # and of an int32 array mode I, which was read as 16-bit: the trimap "only 0 and 1", the image near black
+    int_trimap = Image.fromarray(trimap.astype(np.int32))
+    assert int_trimap.mode == "I" and np.array_equal(matter.predict(image, int_trimap), expected)
+    assert np.array_equal(matter.predict(Image.fromarray(image[..., 0].astype(np.int32)), trimap),
+                          matter.predict(image[..., 0], trimap))
+    wide = Image.fromarray((image[..., 0].astype(np.int32) * 257))  # 16-bit values: scaled, as a file's are
+    assert np.array_equal(matter.predict(wide, trimap), matter.predict(image[..., 0], trimap))
 
 
 def test_paths_give_what_pillow_images_give(weights, photos, tmp_path):
