@@ -14,8 +14,8 @@ not depend on the values; no weights file travels), in sections (--only):
   `infer.cuda_half_bytes_per_pixel`);
 - parity: half precision against float32, the whole pipeline, on the lemur photo (examples/, CC0)
   tiled to 4K, in alpha levels over the unknown band;
-- e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg, and
-  --save alpha with half the workers;
+- e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg,
+  --save alpha with half the workers, and --save alpha over JPEG photos;
 - foreground: the GPU foreground estimation alone at 4K, and its difference from PyMatting's;
 - profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 folded, unfolded and channels_last;
 - compiled: float16 under torch.compile (last: compilation is the slowest part).
@@ -325,8 +325,9 @@ def profile_rows(device: str, out: Path, size, precisions=("fp16", "fp16-unfolde
 
 
 def e2e_rows(device: str, size, count: int) -> list[dict]:
-    """`bench --e2e` with the default workers, --save alpha and alpha,fg; and --save alpha with half
-    the workers, so the CUDA default of one worker per core is a measured choice."""
+    """`bench --e2e` with the default workers, --save alpha and alpha,fg; --save alpha with half
+    the workers, so the CUDA default of one worker per core is a measured choice; and --save alpha
+    over JPEG photos, what a folder of camera photos costs to decode."""
     import os
     import tempfile
 
@@ -347,10 +348,12 @@ def e2e_rows(device: str, size, count: int) -> list[dict]:
         save_weights(build_model(recipe), recipe, weights)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         fewer = max(2, cores // 2) if device.startswith("cuda") else 1
-        for save, workers in ((("alpha",), None), (("alpha",), fewer), (("alpha", "fg"), None)):
+        for save, workers, photos in ((("alpha",), None, "png"), (("alpha",), fewer, "png"),
+                                      (("alpha", "fg"), None, "png"), (("alpha",), None, "jpg")):
             report = run_e2e(weights, [Size(*size)], device=device, half=device.startswith("cuda"), save=save, count=count,
-                             workers=workers, log=log)
-            row = dict(report["rows"][0], save=",".join(save), workers=report["workers"], half=report["half"])
+                             workers=workers, photos=photos, log=log)
+            row = dict(report["rows"][0], save=",".join(save), workers=report["workers"], half=report["half"],
+                       photos=photos)
             log(json.dumps(row))
             rows.append(row)
     return rows

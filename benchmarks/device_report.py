@@ -52,7 +52,8 @@ def report(result: dict) -> str:
             measured += f"; fastest float16 row: {best['precision']}, {best['images_per_s']:g}"
         lines.append(f"| IndexNet float16 model-only, {size} | >= {goal} images/s | {measured} | "
                      f"{_met(best, lambda r: r['images_per_s'] >= goal)} |")
-    e2e = next((r for r in result.get("e2e", []) if r.get("save") == "alpha" and r.get("size") == UHD), None)
+    e2e = next((r for r in result.get("e2e", []) if r.get("save") == "alpha" and r.get("size") == UHD
+                and r.get("photos", "png") == "png"), None)
     shown = e2e and f"{e2e['images_per_s']:.2f} images/s ({e2e['workers']} workers)"
     lines.append(f"| end to end, {UHD}, --save alpha | >= {E2E_GOAL} images/s | {shown or 'not measured'} | "
                  f"{_met(e2e, lambda r: r['images_per_s'] >= E2E_GOAL)} |")
@@ -118,11 +119,12 @@ def report(result: dict) -> str:
     if result.get("e2e"):
         stages = list(dict.fromkeys(s for r in result["e2e"] for s in r.get("stages", {})))
         lines += ["", "## End to end (`bench --e2e`, stages in ms per image)", "",
-                  "| size | --save | workers | images/s | wall / decode | " + " | ".join(stages) + " |",
-                  "| --- | --- | ---: | ---: | ---: |" + " ---: |" * len(stages)]
+                  "| size | photos | --save | workers | images/s | wall / decode | " + " | ".join(stages) + " |",
+                  "| --- | --- | --- | ---: | ---: | ---: |" + " ---: |" * len(stages)]
         for r in result["e2e"]:
             cells = [f"{r['stages'][s]['ms_per_image']:.1f}" if s in r.get("stages", {}) else "-" for s in stages]
-            lines.append(f"| {r['size']} | {r.get('save')} | {r.get('workers')} | {r['images_per_s']:.2f} | "
+            lines.append(f"| {r['size']} | {r.get('photos', 'png')} | {r.get('save')} | {r.get('workers')} | "
+                         f"{r['images_per_s']:.2f} | "
                          f"{r['wall_over_decode']:.2f} | " + " | ".join(cells) + " |")
     for r in result.get("foreground", []):
         parity = (f"; against PyMatting ({r['pymatting_cpu_s']} s on the CPU): largest {r['max_levels']} levels, "

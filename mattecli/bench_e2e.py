@@ -1,8 +1,9 @@
 """`matte bench --e2e`: images/s of `matte infer`'s folder runner, from files on disk to files written.
 
-Inputs are generated PNGs of the requested size (the lemur photo in examples/, CC0, tiled to the
+Inputs are generated files of the requested size (the lemur photo in examples/, CC0, tiled to the
 size and mirrored differently per copy so no two files are equal, with its trimap alike), so the
-codecs see photographic content. The runner is `inference.batch.infer_folder` itself, with the
+codecs see photographic content: the photos as PNG, or as JPEG (`photos="jpg"`, quality 95, what
+cameras write), the trimaps as PNG. The runner is `inference.batch.infer_folder` itself, with the
 same pipeline, workers and outputs `matte infer` would use; WARM_IMAGES untimed images first, with
 the same workers, warm the model up (cuDNN's algorithm search, torch.compile) and let the process
 grow to its working set: until it has, every big array faults in fresh pages (on the 2-core CPU the
@@ -30,6 +31,7 @@ from mattecli.parallel import pool
 from mattecli.recipes import shipped
 
 WARM_IMAGES = 4
+PHOTO_FORMATS = ("png", "jpg")
 STAGES = ("decode", "upload + prepare", "model", "restore + download", "foreground", "encode")
 EXAMPLES = shipped("examples")
 
@@ -71,8 +73,11 @@ class StageClock:
         return _Timed()
 
 
-def make_inputs(folder: Path, count: int, width: int, height: int) -> None:
-    """`count` image/trimap PNG pairs of width x height in `folder`, named `e2e NNN[_trimap].png`."""
+def make_inputs(folder: Path, count: int, width: int, height: int, photos: str = "png") -> None:
+    """`count` image/trimap pairs of width x height in `folder`, named `e2e NNN.{photos}` and
+    `e2e NNN_trimap.png`."""
+    from PIL import Image
+
     from mattecli.imageio import read_image, read_trimap, write_png
 
     image = read_image(EXAMPLES / "lemur.png")
@@ -89,7 +94,10 @@ def make_inputs(folder: Path, count: int, width: int, height: int) -> None:
 
     def write_pair(i: int) -> None:
         flip = (slice(None, None, -1 if i % 4 >= 2 else 1), slice(None, None, -1 if i % 2 else 1))
-        write_png(folder / f"e2e {i:03d}.png", np.ascontiguousarray(big_image[flip]))
+        if photos == "jpg":
+            Image.fromarray(np.ascontiguousarray(big_image[flip])).save(folder / f"e2e {i:03d}.jpg", quality=95)
+        else:
+            write_png(folder / f"e2e {i:03d}.png", np.ascontiguousarray(big_image[flip]))
         write_png(folder / f"e2e {i:03d}_trimap.png", np.ascontiguousarray(big_trimap[flip]))
 
     # PNG encoding releases the GIL: on the 16 cores of a GPU machine the 4K inputs took 20 s one by one
@@ -99,7 +107,7 @@ def make_inputs(folder: Path, count: int, width: int, height: int) -> None:
 
 def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", half: bool = False,
             compile: bool = False, save=("alpha",), count: int = 8, workers: int | None = None,
-            json_path=None, log=None) -> dict:
+            photos: str = "png", json_path=None, log=None) -> dict:
     """Time `infer_folder` over `count` generated images per size; -> the report (also to `json_path`).
 
     Args:
@@ -109,6 +117,7 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
         save: output kinds, as `matte infer --save`.
         count: timed images per size (WARM_IMAGES more, untimed, warm up first).
         workers: the runner's worker threads (default: `default_workers(device)`, as `matte infer`).
+        photos: the photos' file format, "png" or "jpg" (quality 95); trimaps are PNG.
         json_path: where to write the report as JSON, atomically (`-`: standard output).
         log: called with a line of progress text.
 
@@ -135,12 +144,12 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
             width, height = size.width, size.height
             folder, warm = Path(tmp) / f"in-{width}x{height}", Path(tmp) / f"warm-{width}x{height}"
             log(f"writing {count + WARM_IMAGES} inputs of {width}x{height}")
-            make_inputs(folder, count, width, height)
-            make_inputs(warm, WARM_IMAGES, width, height)
+            make_inputs(folder, count, width, height, photos)
+            make_inputs(warm, WARM_IMAGES, width, height, photos)
             infer_folder(pipeline, warm, Path(tmp) / "out-warm", save=list(save), progress=False, workers=workers)
             start = time.perf_counter()  # the decoding alone, one image after the other: the target's yardstick
             for i in range(count):
-                read_image(folder / f"e2e {i:03d}.png", apply_exif=True)
+                read_image(folder / f"e2e {i:03d}.{photos}", apply_exif=True)
                 read_trimap(folder / f"e2e {i:03d}_trimap.png", apply_exif=True)
             decode_s = time.perf_counter() - start
             log(f"running {count} images of {width}x{height} ({workers} workers)")
@@ -164,7 +173,7 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
                                   "cpu_ms_per_image": round(1000 * clock.cpu[name] / count, 2)} for name in STAGES},
             })
     report = {"weights": str(weights), "device": device, "half": half, "compile": compile, "save": list(save),
-              "workers": workers, "timed": "matte infer's folder runner, files on disk to files written, after "
+              "workers": workers, "photos": photos, "timed": "matte infer's folder runner, files on disk to files written, after "
               f"{WARM_IMAGES} untimed images; stage times summed over the images (worker stages overlap)", "rows": rows}
     if json_path:
         from mattecli.files import write_text

@@ -84,6 +84,8 @@ def test_bench_onnx_from_safetensors(tmp_path, weights, one_thread):
     (["--half"], "--half needs --device cuda"),
     # each was silently ignored: a "--compile" row timed the eager model
     (["--compile", "--count", "2", "--sizes", "32x32", "--backends", "torch"], "--count, --compile: with --e2e only"),
+    (["--photos", "jpg"], "--photos: with --e2e only"),
+    (["--e2e", "--photos", "gif", "--sizes", "32x32", "--backends", "torch"], "--photos gif: choose from png, jpg"),
     (["--e2e", "--repeat", "9", "--sizes", "32x32", "--count", "1"],
      "--repeat: for the model rows; --e2e times --count images"),
     (["--backends", "trt"], "use --device cuda" if importlib.util.find_spec("tensorrt")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mattecli.devices import resolve_device
 from mattecli.errors import UsageError
@@ -153,6 +154,22 @@ def test_bench_e2e_reports_every_stage(null_graph, tmp_path):
     assert row["wall_over_decode"] == pytest.approx(row["wall_s"] / row["decode_s"], rel=1e-2)
 
 
+def test_bench_e2e_times_jpeg_photos(null_graph, tmp_path, monkeypatch):
+    """--photos jpg: the photos a camera writes (the decode a folder of them costs), trimaps PNG."""
+    import mattecli.bench_e2e as bench_e2e
+    import mattecli.inference.batch as batch
+    from mattecli.sizes import Size
+
+    read, formats = batch.read_image, []
+    monkeypatch.setattr(batch, "read_image", lambda path, **kw: formats.append(Path(path).suffix) or read(path, **kw))
+    report = bench_e2e.run_e2e(null_graph, [Size(97, 65)], count=2, workers=0, photos="jpg")
+    assert report["photos"] == "jpg" and report["rows"][0]["images"] == 2 and set(formats) == {".jpg"}
+    folder = tmp_path / "made"
+    bench_e2e.make_inputs(folder, 1, 97, 65, "jpg")
+    assert sorted(p.name for p in folder.iterdir()) == ["e2e 000.jpg", "e2e 000_trimap.png"]
+    assert Image.open(folder / "e2e 000.jpg").format == "JPEG"
+
+
 def test_bench_e2e_cli(null_graph, monkeypatch, capsys, tmp_path):
     from mattecli.cli import main
 
@@ -173,7 +190,8 @@ def test_device_check_dry_run(tmp_path):
     result = json.loads((tmp_path / "device_check.json").read_text())
     assert {r["recipe"] for r in result["model"]} == {"indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp"}
     assert all("median_ms" in r for r in result["model"])
-    assert [(r["save"], r["workers"]) for r in result["e2e"]] == [("alpha", 0), ("alpha", 1), ("alpha,fg", 0)]
+    assert [(r["save"], r["workers"], r["photos"]) for r in result["e2e"]] == [
+        ("alpha", 0, "png"), ("alpha", 1, "png"), ("alpha,fg", 0, "png"), ("alpha", 0, "jpg")]
     assert all(r["max_levels"] >= 0 for r in result["parity"])
     assert result["foreground"][0]["median_ms"] > 0 and result["foreground"][0]["max_levels"] >= 0
     assert "device_check.py: exit 0" in (tmp_path / "device_check.log").read_text()

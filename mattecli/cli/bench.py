@@ -31,6 +31,8 @@ def main(
     count: int = typer.Option(8, "--count", min=1, help="With --e2e: timed images per size."),
     workers: int = typer.Option(None, "--workers", min=0, help="With --e2e: as `matte infer --workers`."),
     compile: bool = typer.Option(False, "--compile", help="With --e2e: as `matte infer --compile`."),
+    photos: str = typer.Option("png", "--photos", help="With --e2e: the generated photos' format, png or jpg "
+                               "(quality 95, as cameras write; trimaps stay PNG)."),
 ) -> None:
     """Time each backend at each size: one table row per backend and size.
 
@@ -64,7 +66,7 @@ def main(
         from mattecli.inference.backends import SUFFIX_TO_BACKEND
 
         names = parse_backends(backends) if backends else [SUFFIX_TO_BACKEND.get(weights.suffix.lower(), "torch")]
-        return _e2e(weights, names, size_list, device, half, compile, save, count, workers, json_out)
+        return _e2e(weights, names, size_list, device, half, compile, save, count, workers, json_out, photos)
     names = parse_backends(backends) if backends is not None else default_backends(weights)
     check_request(weights, names, device, half)  # usage errors before the progress bar starts
     err = Console(stderr=True)
@@ -97,7 +99,7 @@ def main(
 
 
 # options each mode reads; given to the other, they were silently ignored (a "--compile" model row was eager)
-_E2E_ONLY = ("save", "count", "workers", "compile")
+_E2E_ONLY = ("save", "count", "workers", "compile", "photos")
 _MODEL_ROWS_ONLY = ("repeat", "warmup")
 
 
@@ -115,12 +117,12 @@ def _check_mode(ctx: typer.Context, e2e: bool) -> None:
                          "prepared input)")
 
 
-def _e2e(weights, names, size_list, device, half, compile, save, count, workers, json_out) -> None:
+def _e2e(weights, names, size_list, device, half, compile, save, count, workers, json_out, photos) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from mattecli.bench import check_request
-    from mattecli.bench_e2e import STAGES, run_e2e
+    from mattecli.bench_e2e import PHOTO_FORMATS, STAGES, run_e2e
     from mattecli.errors import UsageError
     from mattecli.files import to_stdout
     from mattecli.inference.outputs import OUTPUT_KINDS
@@ -130,13 +132,15 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
     kinds = list(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
     if not kinds or any(k not in OUTPUT_KINDS or k == "composite" for k in kinds):
         raise UsageError(f"--save {save}: with --e2e choose from alpha, fg, rgba")
+    if photos not in PHOTO_FORMATS:
+        raise UsageError(f"--photos {photos}: choose from {', '.join(PHOTO_FORMATS)}")
     check_request(weights, names, device, half)
     err = Console(stderr=True)
     report = run_e2e(weights, size_list, backend=names[0], device=device, half=half, compile=compile,
-                     save=kinds, count=count, workers=workers, json_path=json_out,
+                     save=kinds, count=count, workers=workers, photos=photos, json_path=json_out,
                      log=lambda line: err.print(line, markup=False, highlight=False))
     table = Table(title=f"matte bench --e2e: {weights.name} on {device}{' (FP16)' if half else ''}, "
-                        f"--save {','.join(kinds)}, {report['workers']} workers, {count} images per size")
+                        f"--save {','.join(kinds)}, {report['workers']} workers, {count} {photos.upper()} photos per size")
     short = {"upload + prepare": "prepare", "restore + download": "restore", "foreground": "fg"}
     for col in ("size", "img/s", "wall/decode", *[short.get(s, s) for s in STAGES]):
         table.add_column(col, justify="left" if col == "size" else "right")
