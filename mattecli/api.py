@@ -227,8 +227,10 @@ def _as_pil(x: ImageLike, what: str, apply_exif: bool = True):
             from mattecli.imageio import array_values
 
             array_values(np.asarray(x), what)
-        if x.mode == "I":  # Image.fromarray of an int32/int64 array (a mask made by np.where, say): 0..255
-            values = np.asarray(x)  # are the 8-bit values they are in that array; wider ones stay 16-bit
+        if x.mode == "I" and x.format is None:  # made in memory, not opened (older Pillow opens 16-bit PNGs as
+            # I): Image.fromarray of an int32/int64 array (a mask made by np.where, say), whose 0..255 are the
+            # 8-bit values they are in that array; wider ones stay 16-bit
+            values = np.asarray(x)
             if values.size and 0 <= values.min() and values.max() <= 255:
                 x = Image.fromarray(values.astype(np.uint8))
         return ImageOps.exif_transpose(x) if apply_exif else x
