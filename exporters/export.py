@@ -9,6 +9,7 @@ from pathlib import Path
 
 from exporters.onnx import MIN_OPSET
 from mattecli.errors import UsageError
+from mattecli.files import special_file
 from mattecli.inference.backends import SUFFIX_TO_BACKEND
 from mattecli.sizes import Size
 
@@ -69,12 +70,18 @@ def check_options(opts: ExportOptions) -> None:
     if given in CHECKPOINT_SUFFIXES:  # read_weights said "not a readable .safetensors file (header too large)"
         raise unknown_model_file(Path(opts.weights))
     suffix = Path(opts.out).suffix.lower()
-    implied = SUFFIX_TO_BACKEND.get(suffix, opts.format)  # an unknown suffix contradicts nothing
-    if implied != opts.format:
-        own = " or ".join(s for s, b in SUFFIX_TO_BACKEND.items() if b == opts.format)
+    own = " or ".join(s for s, b in SUFFIX_TO_BACKEND.items() if b == opts.format)
+    implied = SUFFIX_TO_BACKEND.get(suffix)
+    if implied is not None and implied != opts.format:
         hint = f", or --format {implied}" if implied in FORMATS else ""
         raise UsageError(f"--out {opts.out}: a {suffix} file is not what --format {opts.format} writes "
                          f"(use {own}{hint})")
+    # infer, eval and bench pick the backend by the suffix: `--out model` or `model.bin` wrote a file
+    # they then refused. A device (`--out /dev/null`, a dry run) is written in place, suffix or not.
+    if implied is None and not special_file(opts.out):
+        raise UsageError(f"--out {opts.out}: {f'a {suffix} file' if suffix else 'no suffix'}; name the "
+                         f"{'graph' if opts.format == 'onnx' else 'engine'} {own} (matte infer, eval and bench "
+                         "choose the backend by it)")
     if opts.tf32 and opts.format != "trt":
         raise UsageError("--tf32 is for --format trt (ONNX graphs carry no such setting)")
     if opts.verify and Path(opts.out).exists() and not Path(opts.out).is_file():  # /dev/null: "no such weights file"

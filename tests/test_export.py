@@ -501,6 +501,10 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
     (["--format", "trt", "--out", "{tmp}/m.onnx"], "a .onnx file is not what --format trt writes (use .engine or "
                                                     ".plan, or --format onnx)"),
     (["--out", "{tmp}/m.safetensors"], "a .safetensors file is not what --format onnx writes"),
+    # wrote a graph that `matte infer/bench --weights model` then refused: "unknown model file type"
+    (["--out", "{tmp}/model"], "--out {tmp}/model: no suffix; name the graph .onnx (matte infer, eval and bench"),
+    (["--out", "{tmp}/model.bin"], "model.bin: a .bin file; name the graph .onnx"),
+    (["--format", "trt", "--out", "{tmp}/model"], "model: no suffix; name the engine .engine or .plan"),
     (["--device", "gpu"], "--device gpu: expected auto, cpu, cuda or cuda:N"),
     (["--device", "cuda:x"], "--device cuda:x: expected auto, cpu, cuda or cuda:N"),
     (["--tf32"], "--tf32 is for --format trt"),
@@ -519,8 +523,15 @@ def test_cli_export_usage_errors_are_one_line(weights, tmp_path, args, message):
             given += [key, value]
     res = CliRunner().invoke(app, ["export", *given])
     assert isinstance(res.exception, UsageError), res.output
-    assert message in str(res.exception) and "\n" not in str(res.exception)
+    assert message.replace("{tmp}", str(tmp_path)) in str(res.exception) and "\n" not in str(res.exception)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_to_a_device_needs_no_suffix(weights):
+    """A dry run (`--out /dev/null`) is written in place: the suffix rule is for files infer reads back."""
+    from exporters.export import ExportOptions, check_options
+
+    check_options(ExportOptions(weights=weights, out=Path("/dev/null")))
 
 
 def test_cli_export_missing_weights_through_the_entry_point(tmp_path):
