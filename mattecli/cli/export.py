@@ -30,7 +30,8 @@ def main(
                               "here so that FP32 means FP32)."),
     verify: bool = typer.Option(False, "--verify", help="Run the exported model against PyTorch on fresh inputs at "
                                 "several sizes, print the errors, and exit 1 if any max-abs error exceeds 1e-4 "
-                                "(1e-2 with --half)."),
+                                "(1e-2 with --half) times the output's scale (max |PyTorch's output|, 1 at "
+                                "least)."),
     verify_sizes: str = typer.Option(None, "--verify-sizes", help="WIDTHxHEIGHT,... for --verify (default: 3s x 5s, "
                                      "11s x 7s for the model's stride s, and 1920x1088; a static graph: its size)."),
     device: str = typer.Option("auto", "--device", help="Where --verify runs both models: auto (cuda when "
@@ -59,7 +60,7 @@ def main(
     if not verify:
         return
     sizes, tolerance = exporting.verify_sizes(exported, opts), opts.tolerance
-    typer.echo(f"verify: {format} against PyTorch (FP32) on fresh inputs ({opts.device}), max-abs tolerance {tolerance:g}")
+    typer.echo(f"verify: {format} against PyTorch (FP32) on fresh inputs ({opts.device}), max-abs tolerance {tolerance:g} x max(1, max |ref|)")
     with progress_bar() as bar:
         task = bar.add_task("verify", total=len(sizes))
         results = exporting.verify_export(exported, opts, sizes, on_size=lambda _: bar.advance(task))
@@ -69,7 +70,7 @@ def main(
                    f"  {'ok' if r.ok else 'FAIL'}")
     failed = [r for r in results if not r.ok]
     if failed:
-        typer.echo(f"verify: FAILED at {len(failed)} of {len(results)} sizes (max-abs above {tolerance:g})", err=True)
+        typer.echo(f"verify: FAILED at {len(failed)} of {len(results)} sizes (max-abs above {tolerance:g} x max(1, max |ref|))", err=True)
         raise typer.Exit(1)
     typer.echo(f"verify: ok at all {len(results)} sizes")
 
