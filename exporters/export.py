@@ -29,6 +29,7 @@ class ExportOptions:
     tf32: bool = False
     dynamic: bool = True  # False: a static graph of batch 1 at the opt shape (`--static`)
     shapes: tuple = DEFAULT_SHAPES
+    shapes_given: tuple = ()  # the shape options the user gave ("--min-shape", ...): refused where unused
     opset: int = MIN_OPSET
     verify: bool = False
     verify_sizes: list | None = None
@@ -95,10 +96,28 @@ def check_options(opts: ExportOptions) -> None:
     if opts.verify and opts.format == "trt" and not opts.device.startswith("cuda"):
         raise UsageError(f"--verify of a TensorRT engine runs it on a GPU: add --device cuda (got --device "
                          f"{opts.device})")
+    _check_shapes_used(opts)
     if opts.dynamic:
         from exporters.tensorrt import check_profile
 
         check_profile(*(s.hw for s in opts.shapes))
+
+
+def _check_shapes_used(opts: ExportOptions) -> None:
+    """Refuse a shape option the export would ignore (they were accepted and silently dropped): the
+    profile's min and max are an engine's with dynamic sizes; opt is an engine's, or a --static
+    graph's one size. The defaults never trigger it."""
+    profile = opts.format == "trt" and opts.dynamic
+    unused = [name for name in opts.shapes_given
+              if not (profile or (name == "--opt-shape" and not opts.dynamic))]
+    if not unused:
+        return
+    if not opts.dynamic:
+        why = "a --static graph has one size, --opt-shape's"
+    else:
+        why = ("a dynamic ONNX graph runs at any size; the shapes are a TensorRT engine's profile (--format trt), "
+               "and --static --opt-shape WxH fixes an ONNX graph's size")
+    raise UsageError(f"{', '.join(unused)}: not used by this export ({why})")
 
 
 def _align_shapes(shapes, stride: int, used, log) -> tuple:

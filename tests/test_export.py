@@ -513,7 +513,7 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
     (["--opset", "21"], "--opset 21: choose 17 to 20"),
     (["--static", "--verify", "--verify-sizes", "64x64"], "--verify-sizes 64x64: a static graph runs at --opt-shape"),
     # WIDTHxHEIGHT as given, not (H, W) tuples: "got (480, 640), (320, 320), (2176, 3840)"
-    (["--min-shape", "640x480", "--opt-shape", "320x320"],
+    (["--format", "trt", "--out", "{tmp}/m.engine", "--min-shape", "640x480", "--opt-shape", "320x320"],
      "--min-shape 640x480, --opt-shape 320x320, --max-shape 3840x2176: need min <= opt <= max in both width and height"),
     (["--out", "{tmp}/m.engine"], "m.engine: a .engine file is not what --format onnx writes (use .onnx, or "
                                   "--format trt)"),
@@ -524,6 +524,13 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
     (["--out", "{tmp}/model"], "--out {tmp}/model: no suffix; name the graph .onnx (matte infer, eval and bench"),
     (["--out", "{tmp}/model.bin"], "model.bin: a .bin file; name the graph .onnx"),
     (["--format", "trt", "--out", "{tmp}/model"], "model: no suffix; name the engine .engine or .plan"),
+    # TensorRT-profile sizes were accepted with onnx and silently ignored
+    (["--min-shape", "320x320", "--max-shape", "1920x1088"], "--min-shape, --max-shape: not used by this export "
+                                                             "(a dynamic ONNX graph runs at any size"),
+    (["--opt-shape", "640x320"], "--opt-shape: not used by this export (a dynamic ONNX graph"),
+    (["--static", "--opt-shape", "640x320", "--max-shape", "1920x1088"], "--max-shape: not used by this export "
+                                                                          "(a --static graph has one size"),
+    (["--format", "trt", "--out", "{tmp}/m.engine", "--static", "--min-shape", "320x320"], "--min-shape: not used"),
     (["--device", "gpu"], "--device gpu: expected auto, cpu, cuda or cuda:N"),
     (["--device", "cuda:x"], "--device cuda:x: expected auto, cpu, cuda or cuda:N"),
     (["--tf32"], "--tf32 is for --format trt"),
