@@ -291,7 +291,6 @@ def _deployment_block() -> str:
 @pytest.mark.parametrize("name, overrides, static, exact", [
     ("demo-indexnet", (), False, False),
     ("demo-indexnet", (), True, False),
-    ("demo-a2u", (), False, True),
     ("demo-tcp", (), True, True),  # one-hot trimap
     ("demo-a2u", ("infer.normalise=pixel", "infer.known=force", "infer.rounding=half-even"), False, True),  # mmagic's
     ("demo-a2u", ("infer.align=resize-down",), False, False),
