@@ -9,6 +9,7 @@ from pathlib import Path
 
 from exporters.onnx import MIN_OPSET
 from mattecli.errors import UsageError
+from mattecli.files import special_file
 from mattecli.inference.backends import SUFFIX_TO_BACKEND
 from mattecli.sizes import Size
 
@@ -28,6 +29,7 @@ class ExportOptions:
     tf32: bool = False
     dynamic: bool = True  # False: a static graph of batch 1 at the opt shape (`--static`)
     shapes: tuple = DEFAULT_SHAPES
+    shapes_given: tuple = ()  # the shape options the user gave ("--min-shape", ...): refused where unused
     opset: int = MIN_OPSET
     verify: bool = False
     verify_sizes: list | None = None
@@ -69,12 +71,18 @@ def check_options(opts: ExportOptions) -> None:
     if given in CHECKPOINT_SUFFIXES:  # read_weights said "not a readable .safetensors file (header too large)"
         raise unknown_model_file(Path(opts.weights))
     suffix = Path(opts.out).suffix.lower()
-    implied = SUFFIX_TO_BACKEND.get(suffix, opts.format)  # an unknown suffix contradicts nothing
-    if implied != opts.format:
-        own = " or ".join(s for s, b in SUFFIX_TO_BACKEND.items() if b == opts.format)
+    own = " or ".join(s for s, b in SUFFIX_TO_BACKEND.items() if b == opts.format)
+    implied = SUFFIX_TO_BACKEND.get(suffix)
+    if implied is not None and implied != opts.format:
         hint = f", or --format {implied}" if implied in FORMATS else ""
         raise UsageError(f"--out {opts.out}: a {suffix} file is not what --format {opts.format} writes "
                          f"(use {own}{hint})")
+    # infer, eval and bench pick the backend by the suffix: `--out model` or `model.bin` wrote a file
+    # they then refused. A device (`--out /dev/null`, a dry run) is written in place, suffix or not.
+    if implied is None and not special_file(opts.out):
+        raise UsageError(f"--out {opts.out}: {f'a {suffix} file' if suffix else 'no suffix'}; name the "
+                         f"{'graph' if opts.format == 'onnx' else 'engine'} {own} (matte infer, eval and bench "
+                         "choose the backend by it)")
     if opts.tf32 and opts.format != "trt":
         raise UsageError("--tf32 is for --format trt (ONNX graphs carry no such setting)")
     if opts.verify and Path(opts.out).exists() and not Path(opts.out).is_file():  # /dev/null: "no such weights file"
@@ -88,10 +96,28 @@ def check_options(opts: ExportOptions) -> None:
     if opts.verify and opts.format == "trt" and not opts.device.startswith("cuda"):
         raise UsageError(f"--verify of a TensorRT engine runs it on a GPU: add --device cuda (got --device "
                          f"{opts.device})")
+    _check_shapes_used(opts)
     if opts.dynamic:
         from exporters.tensorrt import check_profile
 
         check_profile(*(s.hw for s in opts.shapes))
+
+
+def _check_shapes_used(opts: ExportOptions) -> None:
+    """Refuse a shape option the export would ignore (they were accepted and silently dropped): the
+    profile's min and max are an engine's with dynamic sizes; opt is an engine's, or a --static
+    graph's one size. The defaults never trigger it."""
+    profile = opts.format == "trt" and opts.dynamic
+    unused = [name for name in opts.shapes_given
+              if not (profile or (name == "--opt-shape" and not opts.dynamic))]
+    if not unused:
+        return
+    if not opts.dynamic:
+        why = "a --static graph has one size, --opt-shape's"
+    else:
+        why = ("a dynamic ONNX graph runs at any size; the shapes are a TensorRT engine's profile (--format trt), "
+               "and --static --opt-shape WxH fixes an ONNX graph's size")
+    raise UsageError(f"{', '.join(unused)}: not used by this export ({why})")
 
 
 def _align_shapes(shapes, stride: int, used, log) -> tuple:

@@ -97,7 +97,8 @@ def to_onnx(model, path, *, opset: int = MIN_OPSET, dynamic: bool = True, recipe
     The network is exported in its export form (`exporters.decompose.decompose`; the caller's model
     is untouched), compacted (`compact`), checked against the operator allow-list, and written with
     metadata: `recipe` (the resolved recipe JSON that `mattecli.recipes.recipe_from_dict` rebuilds),
-    `preprocessing` (mean, std, stride, align, trimap encoding) and `format`.
+    `preprocessing` (mean, std, normalise, stride, align, trimap encoding, known, rounding), `precision`
+    and `format`.
 
     Args:
         model: an IndexNet/A2U/... network (any mode; exported in eval mode).

@@ -38,7 +38,7 @@ def atomic_write(path: str | Path, write) -> Path:
     in place: renaming over it replaced /dev/stdout, or /dev/null, with a regular file when run as
     root, and failed for anyone else."""
     path = Path(path)
-    if _special(path):
+    if special_file(path):
         write(path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,9 @@ def write_text(path: str | Path, text: str) -> None:
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def _special(path: Path) -> bool:
+def special_file(path: str | Path) -> bool:
+    """Whether `path` is an existing device, FIFO or file under /dev or /proc (written in place)."""
+    path = Path(path)
     try:
         mode = os.stat(path).st_mode
     except OSError:  # not there yet (or unreadable): an ordinary new file

@@ -277,3 +277,59 @@ def test_every_make_target_the_docs_name_is_in_the_makefile():
         named |= {(doc.name, t) for t in re.findall(r"`make ([\w-]+)`", FENCE.sub("", text))}
     assert {t for _, t in named} >= {"demo", "test"}
     assert not [n for n in named if n[1] not in targets], sorted(n for n in named if n[1] not in targets)
+
+
+def _deployment_block() -> str:
+    """The Python block of docs/deployment.md that runs a graph with onnxruntime, numpy and Pillow."""
+    blocks = [b for b in _python_blocks(ROOT / "docs" / "deployment.md") if "onnxruntime" in b]
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+# (recipe, overrides, static, exact): `pad` is matte's arithmetic bit for bit; the numpy bicubic of
+# `resize` and `resize-down` differs from OpenCV's and torch's in the float rounding (a level at most)
+@pytest.mark.parametrize("name, overrides, static, exact", [
+    ("demo-indexnet", (), False, False),
+    ("demo-indexnet", (), True, False),
+    ("demo-tcp", (), True, True),  # one-hot trimap
+    ("demo-a2u", ("infer.normalise=pixel", "infer.known=force", "infer.rounding=half-even"), False, True),  # mmagic's
+    ("demo-a2u", ("infer.align=resize-down",), False, False),
+])
+def test_the_deployment_recipe_without_matte_gives_matte_infers_matte(name, overrides, static, exact, tmp_path):
+    """The documented numpy + Pillow + onnxruntime code, run as written with matte, OpenCV and torch
+    out of reach, on a crop of the lemur of odd size (RGBA, its trimap drawn with 102 for unknown),
+    gives the matte `matte infer` gives for the same graph (dynamic, or static at the aligned size)."""
+    import subprocess
+    import sys
+    import warnings
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from exporters.onnx import to_onnx
+    from mattecli.imageio import read_image, read_trimap
+    from mattecli.inference.pipeline import load_pipeline
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.sizes import aligned_size
+
+    box = (200, 90, 337, 173)  # 137x83: aligned up (and down) both ways
+    Image.open(ROOT / "examples" / "lemur.png").crop(box).save(tmp_path / "photo.png")
+    Image.open(ROOT / "examples" / "lemur_trimap.png").crop(box).save(tmp_path / "photo_trimap.png")
+    torch.manual_seed(0)
+    recipe = load_recipe(name, overrides)
+    size = aligned_size(83, 137, recipe.infer.stride)
+    graph = to_onnx(build_model(recipe), tmp_path / "model.onnx", recipe=recipe, dynamic=not static, size=size)
+    (tmp_path / "run.py").write_text(_deployment_block())
+    block = "import sys; sys.modules.update(dict.fromkeys(('mattecli', 'exporters', 'cv2', 'torch'))); exec(open('run.py').read())"
+    res = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the hand-drawn trimap is mapped with a note
+        trimap, _ = read_trimap(tmp_path / "photo_trimap.png", apply_exif=True)
+        want = load_pipeline(graph).predict_whole(read_image(tmp_path / "photo.png", apply_exif=True), trimap)
+    got = np.asarray(Image.open(tmp_path / "photo_alpha.png"))
+    assert got.shape == want.shape == (83, 137) and got.dtype == np.uint8
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= (0 if exact else 1), (diff.max(), int((diff > 0).sum()))
