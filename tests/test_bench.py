@@ -185,6 +185,12 @@ def test_a_failing_row_is_named_and_the_others_still_run(tmp_path, weights, one_
     assert [line.split(":")[1] for line in failures] == [" onnx at 48x32", " onnx at 64x32"], res.stderr
     assert all("was exported for 32x32 input only" in line for line in failures), res.stderr
     assert res.stdout.count("failed") == 2 and "32x32 │ 1x4x32x32" in res.stdout
+    # without --sizes a static graph is timed at its own size (the default 1920x1080 and 3840x2160
+    # rows both failed, exit 1)
+    res = run_main("bench", "--weights", graph, "--repeat", "1")
+    assert res.returncode == 0, res.stderr
+    assert "note: static.onnx is a static graph: timing its size, 32x32" in res.stderr
+    assert "32x32 │ 1x4x32x32" in res.stdout and "1920x1080" not in res.stdout
 
 
 def test_half_rows_time_the_backend_that_infer_half_runs(weights, monkeypatch):

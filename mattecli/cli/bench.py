@@ -15,7 +15,8 @@ def main(
                                  "torch,onnx for a .safetensors, onnx for an .onnx graph, trt for an engine; with "
                                  "--e2e the one the file's suffix implies)."),
     sizes: str = typer.Option("1920x1080,3840x2160", "--sizes", help="Comma-separated WIDTHxHEIGHT input sizes "
-                              "(aligned to the model's stride by the inference pipeline, as in `matte infer`)."),
+                              "(aligned to the model's stride by the inference pipeline, as in `matte infer`; "
+                              "default for a --static graph: its own size)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N] "
                                "(trt and --half need cuda)."),
     half: bool = typer.Option(False, "--half", help="FP16: for torch as `matte infer --half` runs it, an FP16 "
@@ -56,6 +57,14 @@ def main(
 
     _check_mode(ctx, e2e)
     size_list = parse_sizes(sizes)
+    if ctx.get_parameter_source("sizes").name == "DEFAULT" and weights.suffix.lower() == ".onnx":
+        from mattecli.inference.backends import static_onnx_size
+
+        static = static_onnx_size(weights)  # a --static graph runs at its own size only: the defaults failed
+        if static is not None:
+            size_list = [static]
+            Console(stderr=True).print(f"note: {weights.name} is a static graph: timing its size, {static}",
+                                       markup=False, highlight=False)
     if json_out is not None and not to_stdout(json_out):  # not after the whole run
         check_out_file(json_out, "--json")
         if json_out in Inputs([weights]):  # the report replaced the model file

@@ -313,6 +313,21 @@ def check_onnx_file(path: Path) -> None:
     onnx_recipe({p.key: p.value for p in model.metadata_props}, path)
 
 
+def static_onnx_size(path: Path):
+    """The one input size (`Size`) of a graph exported with `--static`, or None: a dynamic graph,
+    another kind of file, or one `onnx` cannot read (the backend's loading says why)."""
+    import onnx
+
+    from mattecli.sizes import Size
+
+    try:
+        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    except Exception:  # noqa: BLE001 - not a graph: no size to offer
+        return None
+    h, w = (d.dim_value for d in dims[2:4]) if len(dims) == 4 else (0, 0)
+    return Size(w, h) if h > 0 and w > 0 else None
+
+
 def _not_loadable(path: Path, err: Exception) -> UsageError:
     reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return UsageError(f"{path}: not a loadable ONNX model ({reason})")
