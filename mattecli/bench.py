@@ -169,7 +169,7 @@ def peak_rss_mib() -> float:
     # parent's peak across fork + exec (Linux keeps the larger), i.e. the bench parent's, with its
     # torch, model and ONNX export.
     try:
-        with open("/proc/self/status") as status:
+        with open("/proc/self/status", encoding="utf-8") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024

@@ -20,7 +20,7 @@ def _umask() -> int:
     which for that moment gives a file any other thread of the program creates mode 0666, and at
     import time it was read once, missing a program's later os.umask."""
     try:
-        with open("/proc/self/status") as status:
+        with open("/proc/self/status", encoding="utf-8") as status:
             for line in status:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
@@ -73,12 +73,13 @@ def check_stdout(path: str | Path | None, option: str) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write `text` to standard output when `to_stdout(path)`, else into the file atomically."""
+    """Write `text` to standard output when `to_stdout(path)`, else into the file atomically, as
+    UTF-8 (not the locale's code page, as Windows would: a CSV of unicode names failed there)."""
     if to_stdout(path):
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _special(path: Path) -> bool:
