@@ -373,3 +373,17 @@ def test_lines_printed_under_a_bar_on_a_terminal_stay_on_a_redirected_stdout(cap
         bar.add_task("train", total=2)
         print("iteration 1: loss 0.5")
     assert "iteration 1" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_quietly_where_there_is_no_sigpipe(monkeypatch):
+    """Windows has no signal.SIGPIPE: `matte recipes | more` stopped early ended in an
+    AttributeError traceback raised while handling the BrokenPipeError."""
+    import signal
+
+    import mattecli.cli as cli
+
+    monkeypatch.delattr(signal, "SIGPIPE")
+    monkeypatch.setattr(cli, "_drop_stdout", lambda: None)
+    with pytest.raises(SystemExit) as done:
+        cli._pipe_closed()
+    assert done.value.code == 141

@@ -173,7 +173,7 @@ def _pipe_closed() -> NoReturn:
     SIGPIPE ends, with 141 (128 + SIGPIPE) and no traceback; stdout goes to /dev/null so that the
     flush at exit does not fail again."""
     _drop_stdout()
-    sys.exit(128 + signal.SIGPIPE)
+    sys.exit(141)  # 128 + SIGPIPE (13), spelt out: Windows has no signal.SIGPIPE
 
 
 def main() -> None:
