@@ -341,6 +341,21 @@ def test_recipes_name_prints_a_description_in_any_language_as_written(tmp_path):
     assert load_recipe(tmp_path / "again.yaml").description == "été — fin"
 
 
+def test_a_redirected_stdout_in_a_code_page_gets_unicode_names_as_utf8(tmp_path):
+    """Windows writes a redirected stdout in cp1252: a recipe named 猫.yaml (or `matte infer`'s
+    '1 written to 猫out') was a UnicodeEncodeError traceback, and `matte recipes X > mine.yaml`
+    wrote bytes the recipe loader refuses. Simulated with PYTHONIOENCODING."""
+    from mattecli.recipes import load_recipe
+
+    (tmp_path / "猫.yaml").write_text("model: {family: tcp}\ndescription: été — 猫\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    res = subprocess.run([sys.executable, "-m", "mattecli", "recipes", tmp_path / "猫.yaml"], capture_output=True,
+                         env=env)
+    assert res.returncode == 0, res.stderr.decode()
+    (tmp_path / "again.yaml").write_bytes(res.stdout)
+    assert load_recipe(tmp_path / "again.yaml").description == "été — 猫"
+
+
 @pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_disk_under_stdout_is_one_line_not_a_traceback():
     with open("/dev/full", "w") as full:

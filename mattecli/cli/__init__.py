@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import errno
 import importlib
 import os
@@ -176,10 +177,26 @@ def _pipe_closed() -> NoReturn:
     sys.exit(141)  # 128 + SIGPIPE (13), spelt out: Windows has no signal.SIGPIPE
 
 
+def _unicode_stdout() -> None:
+    """Windows writes a redirected stdout in the locale's code page (cp1252), strictly: a file name
+    such as 猫.png in `matte infer ... > log` was a UnicodeEncodeError traceback, and
+    `matte recipes X > mine.yaml` wrote bytes that the recipe loader (UTF-8) refuses. Redirected,
+    stdout is UTF-8, as matte's files are; on a terminal what it cannot show is escaped, as stderr is."""
+    out = sys.stdout
+    try:
+        if out.isatty():
+            out.reconfigure(errors="backslashreplace")
+        elif codecs.lookup(out.encoding).name != "utf-8":
+            out.reconfigure(encoding="utf-8")
+    except (AttributeError, ValueError, LookupError):  # closed (`>&-`), replaced, or not a text file
+        pass
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C says
     "matte: interrupted" and exits with 130; SIGTERM says "matte: terminated" and exits with 143."""
     signal.signal(signal.SIGTERM, _terminate)
+    _unicode_stdout()
     try:
         refuse_empty_paths(sys.argv[1:])
         app()
