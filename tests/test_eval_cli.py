@@ -210,6 +210,24 @@ def test_workers_in_processes_give_the_same_numbers(folders):
     assert json.loads((root / "one.json").read_text()) == json.loads((root / "two.json").read_text())
 
 
+def test_a_worker_process_that_dies_is_one_line(folders, monkeypatch):
+    """A worker killed (the out-of-memory killer), or one dying as it starts (under spawn, a user's
+    script without an `if __name__ == "__main__":` guard): BrokenProcessPool's traceback, naming
+    neither. Simulated by a sitecustomize that ends every worker process as it starts."""
+    import os
+
+    root, _ = folders
+    (root / "site").mkdir()
+    (root / "site" / "sitecustomize.py").write_text(
+        "import os, sys\nif '--multiprocessing-fork' in sys.argv:\n    os._exit(9)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root / "site"), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-m", "mattecli", "eval", "--pred", root / "pred", "--gt", root / "gt",
+                          "--trimap", root / "trimap", "--workers", "2"], capture_output=True, text=True)
+    assert res.returncode == 1 and res.stderr.splitlines()[-1] == (
+        "matte: error: a worker process ended abruptly (out of memory, or killed); run again with fewer "
+        "--workers"), res.stderr
+
+
 def test_report_shows_worst_first(folders):
     root, cases = folders
     pred, gt, trimap = cases["c"]

@@ -215,6 +215,16 @@ def main() -> None:
         print(f"matte: error: {where}{err.strerror}", file=sys.stderr)
         _drop_stdout()
         sys.exit(1)
+    except RuntimeError as err:
+        from concurrent.futures import BrokenExecutor
+
+        if not isinstance(err, BrokenExecutor):
+            raise
+        # a worker process was killed (the out-of-memory killer, say) or died starting: one line,
+        # not BrokenProcessPool's traceback, which named neither
+        print("matte: error: a worker process ended abruptly (out of memory, or killed); run again with "
+              "fewer --workers", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:  # outside a command (while parsing, say)
         _interrupted()
     except BrokenPipeError:
