@@ -218,10 +218,10 @@ def main() -> None:
     except RuntimeError as err:
         from concurrent.futures import BrokenExecutor
 
-        if not isinstance(err, BrokenExecutor):
-            raise
         # a worker process was killed (the out-of-memory killer, say) or died starting: one line,
-        # not BrokenProcessPool's traceback, which named neither
+        # not the traceback of BrokenProcessPool (eval, prepare-data) or of train's DataLoader
+        if not (isinstance(err, BrokenExecutor) or str(err).startswith("DataLoader worker (pid")):
+            raise
         print("matte: error: a worker process ended abruptly (out of memory, or killed); run again with "
               "fewer --workers", file=sys.stderr)
         sys.exit(1)
