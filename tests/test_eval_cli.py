@@ -228,6 +228,32 @@ def test_a_worker_process_that_dies_is_one_line(folders, monkeypatch):
         "--workers"), res.stderr
 
 
+def test_an_output_file_another_program_holds_is_one_line(folders, monkeypatch, capsys):
+    """On Windows a --csv open in a spreadsheet cannot be replaced: PermissionError's traceback,
+    after the work. Simulated by an os.replace that refuses it."""
+    import os
+
+    from mattecli.cli import main
+
+    root, _ = folders
+    real = os.replace
+
+    def held(src, dst, *args, **kwargs):
+        if str(dst).endswith("m.csv"):
+            raise PermissionError(13, "The process cannot access the file because it is being used by another "
+                                      "process", str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", held)
+    monkeypatch.setattr(sys, "argv", ["matte", "eval", *map(str, args_for(root, "--csv", root / "m.csv"))])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (f"matte: error: {root / 'm.csv'}: The process cannot access "
+                                                        "the file because it is being used by another process")
+    assert sorted(p.name for p in root.iterdir()) == ["gt", "pred", "trimap"]  # and no temporary file
+
+
 def test_report_shows_worst_first(folders):
     root, cases = folders
     pred, gt, trimap = cases["c"]

@@ -207,13 +207,15 @@ def main() -> None:
         print(f"matte: error: {err}", file=sys.stderr)
         sys.exit(1)
     except OSError as err:
-        if err.errno not in _NO_ROOM:
+        if err.errno not in _NO_ROOM and not err.filename:
             raise
         # a full disk or quota, where no per-file handler caught it (stdout redirected to a full
-        # disk, say): one line, not a traceback; what is still buffered for stdout is dropped
+        # disk, say), or a file the system would not let matte write (on Windows, the --csv that a
+        # spreadsheet holds open): one line, not a traceback
         where = f"{err.filename}: " if err.filename else ""
-        print(f"matte: error: {where}{err.strerror}", file=sys.stderr)
-        _drop_stdout()
+        print(f"matte: error: {where}{err.strerror or err}", file=sys.stderr)
+        if err.errno in _NO_ROOM:
+            _drop_stdout()  # what is still buffered for stdout cannot be written either
         sys.exit(1)
     except RuntimeError as err:
         from concurrent.futures import BrokenExecutor
