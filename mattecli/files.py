@@ -109,6 +109,20 @@ def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: 
     return removed
 
 
+def case_insensitive(folder: str | Path) -> bool:
+    """Whether names in the existing `folder` ignore letter case (macOS's and Windows' file systems
+    by default), where the outputs of `Cat.jpg` and `cat.png` are one file: a probe file is looked
+    up under its name in capitals. A folder not made yet is asked of its nearest existing parent."""
+    folder = Path(folder).absolute()
+    folder = next((p for p in (folder, *folder.parents) if p.is_dir()), folder)
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".matte-case-", suffix=".tmp", dir=folder) as probe:
+            name = Path(probe.name)
+            return (name.parent / name.name.upper()).exists()
+    except OSError:  # a folder matte cannot write to fails later, where it is named
+        return False
+
+
 class Inputs:
     """The files a command reads, so that an output that would replace one is refused: compared by
     path and by file identity, because on a case-insensitive file system (macOS, Windows) the
