@@ -138,9 +138,10 @@ class Inputs:
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of an existing file; None where there is none."""
+    """(device, inode) of an existing file; None where there is none, or where the file system
+    gives no inode number (st_ino 0, which os.stat allows: it would make every file the same)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return (st.st_dev, st.st_ino) if st.st_ino else None
