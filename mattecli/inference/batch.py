@@ -301,6 +301,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     advance()
                     continue
                 except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory on a huge image
+                    _refuse_failed_compile(err)
                     # matte's own ValueErrors are sentences for the user ("... was exported for 1920x1088
                     # input only"); a library's RuntimeError is named by its type
                     said = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
@@ -422,6 +423,17 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap
                   timer=timer, icc=icc)
     if "trimap" in item.targets:
         write_png(item.targets["trimap"], trimap)
+
+
+def _refuse_failed_compile(err: Exception) -> None:
+    """--compile where torch.compile cannot build the model (no C++ compiler: Windows without MSVC,
+    macOS without Xcode's tools) failed each image in turn, each after minutes of trying, with a
+    message of several lines: it is one usage error, at the first image."""
+    dynamo = sys.modules.get("torch._dynamo.exc")  # loaded once torch.compile has run
+    if dynamo is not None and isinstance(err, dynamo.TorchDynamoException):
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"--compile: torch.compile could not build the model ({reason}); run without "
+                         "--compile") from None
 
 
 def _record(report: BatchReport, item: _Item, future: Future) -> None:
