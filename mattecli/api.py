@@ -124,6 +124,12 @@ class Matter:
     def __repr__(self) -> str:
         return f"Matter(recipe={self.recipe.name!r}, device={self.device!r})"
 
+    def __reduce__(self):
+        # `Pool.map(matter.predict, ...)` under spawn (macOS's and Windows' default) pickles the
+        # model for every worker; it failed with "cannot pickle '_thread._local' object"
+        raise TypeError("a loaded model cannot be sent to another process: call mattecli.load in each "
+                        "worker process (a Pool's initializer, say)")
+
 
 def load(weights: str | Path, device: str = "auto", *, backend: str | None = None, half: bool = False,
          compile: bool = False, max_memory: str | int | None = _DEFAULT) -> Matter:

@@ -163,20 +163,23 @@ def run_row(model_file: Path, backend: str, size: Size, device: str, half: bool,
     return {"backend": backend, "size": str(size), "error": reason}
 
 
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB."""
+def peak_rss_mib() -> float | None:
+    """Peak resident set size of this process so far, in MiB; None where neither /proc nor the
+    `resource` module is there (Windows): every CPU row failed there with "No module named 'resource'"."""
     # /proc's VmHWM belongs to this process's own address space; ru_maxrss would also carry the
     # parent's peak across fork + exec (Linux keeps the larger), i.e. the bench parent's, with its
     # torch, model and ONNX export.
     try:
-        with open("/proc/self/status") as status:
+        with open("/proc/self/status", encoding="utf-8") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    import resource
-
+    try:
+        import resource
+    except ImportError:
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
@@ -221,7 +224,8 @@ def measure(model_file: str, backend: str, size: Size, device: str, half: bool, 
         # otherwise lose up to 0.5% to rounding and disagree with images_per_s
         "median_ms": float(f"{median * 1000:.6g}"), "min_ms": float(f"{min(times) * 1000:.6g}"),
         "images_per_s": round(1 / median, 4),
-        "peak_memory_mib": round(peak, 1), "base_memory_mib": round(base, 1),
+        "peak_memory_mib": None if peak is None else round(peak, 1),
+        "base_memory_mib": None if base is None else round(base, 1),
         "memory": "torch.cuda.max_memory_allocated" if cuda else "peak RSS of the process",
     }
 

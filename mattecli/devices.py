@@ -22,7 +22,9 @@ def resolve_device(text: str | None, option: str = "--device") -> str:
     if name == "cpu":
         return "cpu"
     if name != "auto" and not re.fullmatch(r"cuda(:\d+)?", name):
-        raise UsageError(f"{option} {text}: expected auto, cpu, cuda or cuda:N")
+        # a Mac user tries mps: say it is not there rather than leave them to guess why
+        apple = " (Apple GPUs, mps, are not supported: use cpu)" if re.fullmatch(r"mps(:\d+)?", name) else ""
+        raise UsageError(f"{option} {text}: expected auto, cpu, cuda or cuda:N{apple}")
     import torch
 
     available = torch.cuda.is_available()

@@ -20,7 +20,7 @@ def _umask() -> int:
     which for that moment gives a file any other thread of the program creates mode 0666, and at
     import time it was read once, missing a program's later os.umask."""
     try:
-        with open("/proc/self/status") as status:
+        with open("/proc/self/status", encoding="utf-8") as status:
             for line in status:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
@@ -73,12 +73,13 @@ def check_stdout(path: str | Path | None, option: str) -> None:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write `text` to standard output when `to_stdout(path)`, else into the file atomically."""
+    """Write `text` to standard output when `to_stdout(path)`, else into the file atomically, as
+    UTF-8 (not the locale's code page, as Windows would: a CSV of unicode names failed there)."""
     if to_stdout(path):
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def special_file(path: str | Path) -> bool:
@@ -110,6 +111,20 @@ def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: 
     return removed
 
 
+def case_insensitive(folder: str | Path) -> bool:
+    """Whether names in the existing `folder` ignore letter case (macOS's and Windows' file systems
+    by default), where the outputs of `Cat.jpg` and `cat.png` are one file: a probe file is looked
+    up under its name in capitals. A folder not made yet is asked of its nearest existing parent."""
+    folder = Path(folder).absolute()
+    folder = next((p for p in (folder, *folder.parents) if p.is_dir()), folder)
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".matte-case-", suffix=".tmp", dir=folder) as probe:
+            name = Path(probe.name)
+            return (name.parent / name.name.upper()).exists()
+    except OSError:  # a folder matte cannot write to fails later, where it is named
+        return False
+
+
 class Inputs:
     """The files a command reads, so that an output that would replace one is refused: compared by
     path and by file identity, because on a case-insensitive file system (macOS, Windows) the
@@ -125,9 +140,10 @@ class Inputs:
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of an existing file; None where there is none."""
+    """(device, inode) of an existing file; None where there is none, or where the file system
+    gives no inode number (st_ino 0, which os.stat allows: it would make every file the same)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return (st.st_dev, st.st_ino) if st.st_ino else None

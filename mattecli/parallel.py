@@ -9,9 +9,12 @@ OpenMP's threads cannot be forked safely, and spawn is what macOS and Windows us
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+
+WINDOWS_MAX_PROCESSES = 61  # concurrent.futures' limit there (63 handles less its own two)
 
 
 class InlineExecutor(Executor):
@@ -33,6 +36,8 @@ def executor(workers: int, processes: bool = False, initializer: Callable | None
     if workers <= 0:
         return InlineExecutor()
     if processes:
+        if sys.platform == "win32":  # Windows waits on at most 63 handles: more is a ValueError there
+            workers = min(workers, WINDOWS_MAX_PROCESSES)
         return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer)
     return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=initializer)
 

@@ -270,6 +270,17 @@ def test_write_png_round_trips_what_predict_returns(weights, tmp_path):
     assert np.array_equal(read_gray(write_png(tmp_path / "a.png", alpha)), alpha)
 
 
+def test_a_loaded_model_sent_to_another_process_says_to_load_it_there(weights):
+    """`Pool.map(matter.predict, ...)` under spawn (macOS, Windows) pickles the model: it failed
+    with "cannot pickle '_thread._local' object"."""
+    import pickle
+
+    matter = mattecli.load(weights, device="cpu")
+    with pytest.raises(TypeError, match=r"^a loaded model cannot be sent to another process: call mattecli.load "
+                                        r"in each worker process"):
+        pickle.dumps(matter.predict)
+
+
 def test_one_loaded_model_serves_many_threads(weights):
     """A web service calls one Matter from request threads: results are the sequential ones, and the
     backend (a TensorRT context, its scratch memory) is never entered twice at once."""

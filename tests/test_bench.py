@@ -208,3 +208,26 @@ def test_half_rows_time_the_backend_that_infer_half_runs(weights, monkeypatch):
     assert row["half"] is True and loaded[0].half is True
     bench.measure(str(weights), "torch", Size(40, 30), "cpu", False, 1, 0)
     assert loaded[1].half is False
+
+
+def test_cpu_rows_run_where_peak_memory_cannot_be_read(tmp_path, weights, one_thread, monkeypatch):
+    """Windows has neither /proc nor Python's `resource` module: every CPU row failed with
+    "No module named 'resource'". Simulated in every process (a sitecustomize on PYTHONPATH)."""
+    import os
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "import builtins, sys\n"
+        "sys.modules['resource'] = None  # import resource: ImportError\n"
+        "_open = builtins.open\n"
+        "def _no_proc(file, *args, **kwargs):\n"
+        "    if str(file).startswith('/proc/'):\n"
+        "        raise FileNotFoundError(2, 'No such file or directory', str(file))\n"
+        "    return _open(file, *args, **kwargs)\n"
+        "builtins.open = _no_proc\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    res = run_main("bench", "--weights", weights, "--backends", "torch", "--sizes", "32x32", "--repeat", "1",
+                   "--json", tmp_path / "bench.json")
+    assert res.returncode == 0, res.stderr
+    row = json.loads((tmp_path / "bench.json").read_text())["rows"][0]
+    assert (row["peak_memory_mib"], row["base_memory_mib"]) == (None, None) and row["median_ms"] > 0
+    assert "not measured" in res.stdout

@@ -341,6 +341,21 @@ def test_recipes_name_prints_a_description_in_any_language_as_written(tmp_path):
     assert load_recipe(tmp_path / "again.yaml").description == "été — fin"
 
 
+def test_a_redirected_stdout_in_a_code_page_gets_unicode_names_as_utf8(tmp_path):
+    """Windows writes a redirected stdout in cp1252: a recipe named 猫.yaml (or `matte infer`'s
+    '1 written to 猫out') was a UnicodeEncodeError traceback, and `matte recipes X > mine.yaml`
+    wrote bytes the recipe loader refuses. Simulated with PYTHONIOENCODING."""
+    from mattecli.recipes import load_recipe
+
+    (tmp_path / "猫.yaml").write_text("model: {family: tcp}\ndescription: été — 猫\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    res = subprocess.run([sys.executable, "-m", "mattecli", "recipes", tmp_path / "猫.yaml"], capture_output=True,
+                         env=env)
+    assert res.returncode == 0, res.stderr.decode()
+    (tmp_path / "again.yaml").write_bytes(res.stdout)
+    assert load_recipe(tmp_path / "again.yaml").description == "été — 猫"
+
+
 @pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
 def test_a_full_disk_under_stdout_is_one_line_not_a_traceback():
     with open("/dev/full", "w") as full:
@@ -373,3 +388,17 @@ def test_lines_printed_under_a_bar_on_a_terminal_stay_on_a_redirected_stdout(cap
         bar.add_task("train", total=2)
         print("iteration 1: loss 0.5")
     assert "iteration 1" in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_quietly_where_there_is_no_sigpipe(monkeypatch):
+    """Windows has no signal.SIGPIPE: `matte recipes | more` stopped early ended in an
+    AttributeError traceback raised while handling the BrokenPipeError."""
+    import signal
+
+    import mattecli.cli as cli
+
+    monkeypatch.delattr(signal, "SIGPIPE")
+    monkeypatch.setattr(cli, "_drop_stdout", lambda: None)
+    with pytest.raises(SystemExit) as done:
+        cli._pipe_closed()
+    assert done.value.code == 141

@@ -484,3 +484,26 @@ def test_workers_stopped_by_ctrl_c_leave_no_temp_file(tmp_path):
                 time.sleep(0.05)
             raise KeyboardInterrupt
     assert not list(tmp_path.iterdir())
+
+
+def test_text_files_are_written_as_utf8_whatever_the_locale(tmp_path):
+    """On Windows open() writes in the locale's code page (cp1252): a manifest, names file or CSV
+    holding 'café' or '猫' failed to write, or was written in bytes the readers (UTF-8) refuse.
+    Python's EncodingWarning flags any text write that leaves the encoding to the locale."""
+    import subprocess
+    import sys
+
+    script = ("from pathlib import Path\n"
+              "from mattecli.data.adobe import _names_file, read_names\n"
+              "from mattecli.data.manifest import Sample, read_manifest, write_manifest\n"
+              "from mattecli.files import write_text\n"
+              f"out = Path({str(tmp_path)!r})\n"
+              "write_manifest(out, [Sample('猫 café', alpha=out / 'alpha' / '猫 café.png')])\n"
+              "assert read_manifest(out)[0].alpha.name == '猫 café.png'\n"
+              "_names_file(out / 'fg_names.txt', lambda: ['猫 café.png'])\n"
+              "assert read_names(out / 'fg_names.txt') == ['猫 café.png']\n"
+              "write_text(out / 'eval.csv', 'name\\n猫 café\\n')\n"
+              "assert (out / 'eval.csv').read_bytes() == 'name\\n猫 café\\n'.encode()\n")
+    run = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-W", "error::EncodingWarning", "-c", script],
+                         capture_output=True, text=True, encoding="utf-8")
+    assert run.returncode == 0, run.stderr

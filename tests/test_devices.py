@@ -23,6 +23,10 @@ def test_resolve_device():
     for bad in ("gpu", "cuda0", "cuda:x", "mps:0"):
         with pytest.raises(UsageError, match="expected auto, cpu, cuda or cuda:N"):
             resolve_device(bad)
+    # a Mac user's first guess is told it is not there, and what to use
+    with pytest.raises(UsageError, match=r"^--device mps: expected auto, cpu, cuda or cuda:N \(Apple GPUs, mps, are "
+                                         r"not supported: use cpu\)$"):
+        resolve_device("mps")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")

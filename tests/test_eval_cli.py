@@ -210,6 +210,50 @@ def test_workers_in_processes_give_the_same_numbers(folders):
     assert json.loads((root / "one.json").read_text()) == json.loads((root / "two.json").read_text())
 
 
+def test_a_worker_process_that_dies_is_one_line(folders, monkeypatch):
+    """A worker killed (the out-of-memory killer), or one dying as it starts (under spawn, a user's
+    script without an `if __name__ == "__main__":` guard): BrokenProcessPool's traceback, naming
+    neither. Simulated by a sitecustomize that ends every worker process as it starts."""
+    import os
+
+    root, _ = folders
+    (root / "site").mkdir()
+    (root / "site" / "sitecustomize.py").write_text(
+        "import os, sys\nif '--multiprocessing-fork' in sys.argv:\n    os._exit(9)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root / "site"), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-m", "mattecli", "eval", "--pred", root / "pred", "--gt", root / "gt",
+                          "--trimap", root / "trimap", "--workers", "2"], capture_output=True, text=True)
+    assert res.returncode == 1 and res.stderr.splitlines()[-1] == (
+        "matte: error: a worker process ended abruptly (out of memory, or killed); run again with fewer "
+        "--workers"), res.stderr
+
+
+def test_an_output_file_another_program_holds_is_one_line(folders, monkeypatch, capsys):
+    """On Windows a --csv open in a spreadsheet cannot be replaced: PermissionError's traceback,
+    after the work. Simulated by an os.replace that refuses it."""
+    import os
+
+    from mattecli.cli import main
+
+    root, _ = folders
+    real = os.replace
+
+    def held(src, dst, *args, **kwargs):
+        if str(dst).endswith("m.csv"):
+            raise PermissionError(13, "The process cannot access the file because it is being used by another "
+                                      "process", str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", held)
+    monkeypatch.setattr(sys, "argv", ["matte", "eval", *map(str, args_for(root, "--csv", root / "m.csv"))])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (f"matte: error: {root / 'm.csv'}: The process cannot access "
+                                                        "the file because it is being used by another process")
+    assert sorted(p.name for p in root.iterdir()) == ["gt", "pred", "trimap"]  # and no temporary file
+
+
 def test_report_shows_worst_first(folders):
     root, cases = folders
     pred, gt, trimap = cases["c"]

@@ -116,3 +116,24 @@ def test_weights_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert _mode(weights) == 0o644
+
+
+def test_a_file_system_without_inode_numbers_does_not_make_every_output_an_input(tmp_path, monkeypatch):
+    """os.stat's st_ino identifies a file only when it is not 0 (Python's docs: some file systems,
+    on Windows above all, report 0): with identity compared by (device, inode), any existing output
+    there was 'one of the inputs', so a re-run into the same --out failed every image."""
+    from pathlib import Path
+
+    from mattecli.files import Inputs
+
+    real = Path.stat
+
+    def no_inodes(self, *args, **kwargs):
+        st = real(self, *args, **kwargs)
+        return os.stat_result((st.st_mode, 0, st.st_dev, *tuple(st)[3:]))
+
+    monkeypatch.setattr(Path, "stat", no_inodes)
+    (tmp_path / "photo.png").write_bytes(b"x")
+    (tmp_path / "out.png").write_bytes(b"y")
+    inputs = Inputs([tmp_path / "photo.png"])
+    assert tmp_path / "photo.png" in inputs and tmp_path / "out.png" not in inputs

@@ -327,6 +327,22 @@ def test_a_model_refusal_is_said_as_written(tmp_path):
     assert report.failed == [(str(images / "a.png"), "RuntimeError: CUDA error: misaligned address")]
 
 
+def test_a_compile_that_cannot_build_is_one_usage_error_at_the_first_image(tmp_path):
+    """--compile without a C++ compiler (Windows without MSVC, macOS without Xcode's tools): every
+    image failed in turn, each after minutes of compiling, with a message of four lines."""
+    from torch._inductor.exc import InductorError, InvalidCxxCompiler
+
+    from mattecli.errors import UsageError
+
+    images = make_pairs(tmp_path / "in", ["a", "b"])
+    fake = FakePipeline(fail_on_call=1, exc=lambda: InductorError(InvalidCxxCompiler("/nonexistent/c++"), None))
+    with pytest.raises(UsageError) as caught:
+        infer_folder(fake, images, tmp_path / "out", save=("alpha",), progress=False)
+    assert str(caught.value) == ("--compile: torch.compile could not build the model (InvalidCxxCompiler: Compiler: "
+                                 "/nonexistent/c++ is not found.); run without --compile")
+    assert fake.calls == 1
+
+
 def test_a_missing_trimap_in_a_recursive_run_names_the_subfolder_searched(tmp_path):
     """With --recursive the trimap of day1/x.png is looked for in TRIMAPS/day1, and the error said TRIMAPS."""
     import numpy as np

@@ -337,3 +337,25 @@ def test_a_truncated_png_is_refused_as_before(tmp_path):
     for read in (read_image, read_trimap):
         with pytest.raises(InputError, match="cannot decode"):
             read(path if read is read_image else gray)
+
+
+def test_names_differing_only_in_case_on_a_case_insensitive_file_system(tmp_path, monkeypatch):
+    """On macOS or Windows `Cat.png` and `cat.png` are one output: both were matted and reported
+    written, the second replacing the first. Simulated: case_insensitive says so, as it does there;
+    on this file system (case-sensitive) both are written, as before."""
+    import mattecli.inference.batch as batch
+    from mattecli.files import case_insensitive
+    from tests.infer_helpers import make_pairs
+
+    folder = make_pairs(tmp_path / "in", ["Cat", "cat"])
+    assert not case_insensitive(tmp_path)
+    report, _ = run(folder, tmp_path)
+    assert len(report.done) == 2 and not report.failed
+    monkeypatch.setattr(batch, "case_insensitive", lambda folder: True)
+    report = infer_folder(FakePipeline(), folder, tmp_path / "out2", progress=False)
+    assert len(report.done) == 1 and report.failed == [
+        (str(folder / "cat.png"), "another image has the same name stem (Cat.png), letter case aside: this file "
+                                  "system does not tell it apart; outputs are named by stem")]
+    # shards agree on it: the second shard, which holds cat.png alone, names it too
+    report = infer_folder(FakePipeline(), folder, tmp_path / "out3", shard=(1, 2), progress=False)
+    assert report.done == [] and [path for path, _ in report.failed] == [str(folder / "cat.png")]

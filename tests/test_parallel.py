@@ -50,3 +50,18 @@ def test_track_without_a_bar_still_prints_to_its_console():
         bar.advance()
         bar.print("a note")
     assert lines == ["a note"]
+
+
+def test_a_process_pool_on_windows_is_capped_at_its_61_processes(monkeypatch):
+    """`matte eval` (default: all cores) or `prepare-data --workers 64` on a Windows machine of 64+
+    cores: ProcessPoolExecutor raised "max_workers must be <= 61", a traceback."""
+    import sys
+
+    from mattecli.parallel import executor
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    pool_ = executor(64, processes=True)  # no process starts before a task is submitted
+    try:
+        assert pool_._max_workers == 61
+    finally:
+        pool_.shutdown()

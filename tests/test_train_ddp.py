@@ -62,3 +62,29 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     saved = load_file(tmp_path / "run" / "last.safetensors")
     for name, value in weights[0].items():
         assert torch.equal(saved[name], value), name
+
+
+def test_a_cuda_run_without_nccl_joins_with_gloo(monkeypatch):
+    """torchrun on Windows with GPUs: PyTorch there has no NCCL, and the run ended in
+    'Distributed package doesn't have NCCL built in'. Simulated: no NCCL, a CUDA device, and the
+    process group's backend recorded instead of joined."""
+    import torch.distributed as dist
+
+    import mattecli.devices
+    from mattecli.train.loop import setup_distributed
+
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", "29500"), ("TORCHELASTIC_RUN_ID", "x")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(mattecli.devices, "resolve_device", lambda name, option="--device": "cuda")
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
+    joined = []
+
+    def init_process_group(backend, **kwargs):
+        joined.append(backend)
+        raise KeyboardInterrupt  # stop before the GPU is asked for
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    with pytest.raises(KeyboardInterrupt):
+        setup_distributed("cuda")
+    assert joined == ["gloo"]

@@ -236,6 +236,28 @@ def test_an_undecodable_training_file_is_one_line_with_or_without_workers(tmp_pa
     assert str(caught.value).startswith(f"{bad}: cannot decode image (") and "\n" not in str(caught.value)
 
 
+def test_a_data_loader_worker_that_dies_is_one_line(tmp_path, synth, monkeypatch, capsys):
+    """A DataLoader worker killed (the out-of-memory killer) or dying as it starts (under spawn,
+    macOS's and Windows' way): 'RuntimeError: DataLoader worker (pid(s) ...) exited unexpectedly'
+    and its traceback."""
+    import sys
+
+    from mattecli.cli import main
+
+    def dead(loader):
+        raise RuntimeError("DataLoader worker (pid(s) 3440, 3441) exited unexpectedly")
+        yield
+
+    monkeypatch.setattr(loop, "_batches", dead)
+    monkeypatch.setattr(sys, "argv", ["matte", "train", "--recipe", "demo-indexnet", "--data", str(synth), "--out",
+                                      str(tmp_path / "r"), "--workers", "2", "--iters", "1", "--device", "cpu"])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code == 1
+    assert capsys.readouterr().err.splitlines()[-1] == ("matte: error: a worker process ended abruptly (out of "
+                                                        "memory, or killed); run again with fewer --workers")
+
+
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu"])
 def test_an_unknown_device_is_one_line(tmp_path, synth, device):
     code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),

@@ -546,3 +546,23 @@ def test_outputs_never_overwrite_the_photos(tmp_path):
     assert report.failed == [(str(tmp_path / "m" / "a.png"),
                               f"its output {photos / 'a.jpg'} would overwrite an input; choose another --preview")]
     assert (photos / "a.jpg").read_bytes() == before and [p.name for p in photos.iterdir()] == ["a.jpg"]
+
+
+def test_mask_names_differing_only_in_case_on_a_case_insensitive_file_system(tmp_path, monkeypatch):
+    """On macOS or Windows the trimaps of `Cat.png` and `cat.tif` are one file: both were reported
+    written, the second replacing the first. Simulated: case_insensitive says so, as it does there."""
+    import mattecli.data.make_trimaps as module
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    write_png(masks / "Cat.png", mask)
+    Image.fromarray(mask).save(masks / "cat.tif")
+    report = make_trimaps(masks, tmp_path / "t1", TrimapJob(rule=MaskRule()), progress=False)
+    assert len(report.done) == 2 and not report.failed  # this file system tells them apart
+    monkeypatch.setattr(module, "case_insensitive", lambda folder: True)
+    report = make_trimaps(masks, tmp_path / "t2", TrimapJob(rule=MaskRule()), progress=False)
+    assert len(report.done) == 1 and report.failed == [
+        (str(masks / "cat.tif"), "another file gives the same name (Cat.png -> cat.png); this file system does not "
+                                 "tell letter case apart")]

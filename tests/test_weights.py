@@ -157,6 +157,34 @@ def test_convert_refuses_an_out_that_is_its_source(tmp_path):
     assert (tmp_path / "release.safetensors").read_bytes() == before
 
 
+def test_convert_onto_another_file_where_the_file_system_gives_no_inode_numbers(tmp_path, monkeypatch, capsys):
+    """Where st_ino is 0 for every file (Windows above all), Path.samefile took --out for SRC
+    whatever it named: converting onto an earlier conversion was refused as 'is SRC'."""
+    import os
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from mattecli.cli import main
+
+    real = Path.stat
+
+    def no_inodes(self, *args, **kwargs):
+        st = real(self, *args, **kwargs)
+        return os.stat_result((st.st_mode, 0, st.st_dev, *tuple(st)[3:]))
+
+    save_file({"a": torch.zeros(1)}, tmp_path / "release.safetensors")
+    (tmp_path / "earlier.safetensors").write_bytes(b"an earlier conversion")
+    monkeypatch.setattr(Path, "stat", no_inodes)
+    monkeypatch.setattr(sys, "argv", ["matte", "convert", str(tmp_path / "release.safetensors"), "--from",
+                                      "indexnet-official", "--out", str(tmp_path / "earlier.safetensors")])
+    with pytest.raises(SystemExit):
+        main()
+    err = capsys.readouterr().err
+    assert "is SRC" not in err and "does not look like" in err, err  # it went on to read the checkpoint
+
+
 def test_the_wrong_from_names_the_file_and_the_source_its_tensors_fit(tmp_path):
     """The usual slip, the right file with the wrong --from, said neither the file nor which --from."""
     from mattecli.weights import import_a2u_official, import_mmagic

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import errno
 import importlib
 import os
@@ -173,13 +174,29 @@ def _pipe_closed() -> NoReturn:
     SIGPIPE ends, with 141 (128 + SIGPIPE) and no traceback; stdout goes to /dev/null so that the
     flush at exit does not fail again."""
     _drop_stdout()
-    sys.exit(128 + signal.SIGPIPE)
+    sys.exit(141)  # 128 + SIGPIPE (13), spelt out: Windows has no signal.SIGPIPE
+
+
+def _unicode_stdout() -> None:
+    """Windows writes a redirected stdout in the locale's code page (cp1252), strictly: a file name
+    such as 猫.png in `matte infer ... > log` was a UnicodeEncodeError traceback, and
+    `matte recipes X > mine.yaml` wrote bytes that the recipe loader (UTF-8) refuses. Redirected,
+    stdout is UTF-8, as matte's files are; on a terminal what it cannot show is escaped, as stderr is."""
+    out = sys.stdout
+    try:
+        if out.isatty():
+            out.reconfigure(errors="backslashreplace")
+        elif codecs.lookup(out.encoding).name != "utf-8":
+            out.reconfigure(encoding="utf-8")
+    except (AttributeError, ValueError, LookupError):  # closed (`>&-`), replaced, or not a text file
+        pass
 
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C says
     "matte: interrupted" and exits with 130; SIGTERM says "matte: terminated" and exits with 143."""
     signal.signal(signal.SIGTERM, _terminate)
+    _unicode_stdout()
     try:
         refuse_empty_paths(sys.argv[1:])
         app()
@@ -190,13 +207,25 @@ def main() -> None:
         print(f"matte: error: {err}", file=sys.stderr)
         sys.exit(1)
     except OSError as err:
-        if err.errno not in _NO_ROOM:
+        if err.errno not in _NO_ROOM and not err.filename:
             raise
         # a full disk or quota, where no per-file handler caught it (stdout redirected to a full
-        # disk, say): one line, not a traceback; what is still buffered for stdout is dropped
+        # disk, say), or a file the system would not let matte write (on Windows, the --csv that a
+        # spreadsheet holds open): one line, not a traceback
         where = f"{err.filename}: " if err.filename else ""
-        print(f"matte: error: {where}{err.strerror}", file=sys.stderr)
-        _drop_stdout()
+        print(f"matte: error: {where}{err.strerror or err}", file=sys.stderr)
+        if err.errno in _NO_ROOM:
+            _drop_stdout()  # what is still buffered for stdout cannot be written either
+        sys.exit(1)
+    except RuntimeError as err:
+        from concurrent.futures import BrokenExecutor
+
+        # a worker process was killed (the out-of-memory killer, say) or died starting: one line,
+        # not the traceback of BrokenProcessPool (eval, prepare-data) or of train's DataLoader
+        if not (isinstance(err, BrokenExecutor) or str(err).startswith("DataLoader worker (pid")):
+            raise
+        print("matte: error: a worker process ended abruptly (out of memory, or killed); run again with "
+              "fewer --workers", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:  # outside a command (while parsing, say)
         _interrupted()

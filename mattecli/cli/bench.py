@@ -92,8 +92,10 @@ def main(
         if "error" in r:
             table.add_row(r["backend"], r["size"], "failed", "", "", "")
         else:
+            memory = ("not measured" if r["peak_memory_mib"] is None  # no /proc, no `resource` (Windows)
+                      else f"{r['peak_memory_mib']:,.0f} ({r['base_memory_mib']:,.0f})")
             table.add_row(r["backend"], r["size"], r["input"], f"{r['median_ms']:.1f}", f"{r['images_per_s']:.3f}",
-                          f"{r['peak_memory_mib']:,.0f} ({r['base_memory_mib']:,.0f})")
+                          memory)
     out = err if to_stdout(json_out) else Console()  # --json -: stdout holds the JSON alone, for a pipe
     out.print(table)
     good = [r for r in report["rows"] if "error" not in r]

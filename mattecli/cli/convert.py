@@ -27,6 +27,7 @@ def main(
     """Import a released checkpoint: every source tensor consumed and every model tensor filled,
     or an error naming the keys. The recipe is stored in the weights file."""
     from mattecli.errors import UsageError
+    from mattecli.files import Inputs
     from mattecli.imageio import check_out_file
     from mattecli.models.layers import count_parameters
     from mattecli.weights import IMPORTERS, save_weights
@@ -36,7 +37,9 @@ def main(
     if out.suffix.lower() != ".safetensors":  # as every command reads suffixes
         raise UsageError(f"--out {out}: weights files end in .safetensors")
     check_out_file(out, "--out")  # before the checkpoint is read and converted
-    if out.exists() and src.exists() and out.samefile(src):  # a release republished as .safetensors, say
+    # a release republished as .safetensors, say; Inputs, not samefile, which took every file for
+    # every other where the file system gives no inode numbers
+    if out.exists() and out in Inputs([src]):
         raise UsageError(f"--out {out} is SRC: converting would replace the release with the converted file; "
                          "give another --out")
     model, rec = IMPORTERS[source](src, recipe)

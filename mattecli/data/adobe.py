@@ -403,7 +403,7 @@ def _names_file(path: Path, make) -> list[str]:
     if path.is_file():
         return read_names(path)
     names = make()
-    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{n}\n" for n in names)))
+    atomic_write(path, lambda tmp: tmp.write_text("".join(f"{n}\n" for n in names), encoding="utf-8"))
     return names
 
 

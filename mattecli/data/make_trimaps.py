@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.files import Inputs, atomic_write, remove_stale_temps
+from mattecli.files import Inputs, atomic_write, case_insensitive, remove_stale_temps
 from mattecli.imageio import (exif_orientation, fit_orientation, index_by_stem, list_images, orient, read_gray,
                               read_image, read_mask, relative_name, write_png)
 from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, no_images
@@ -78,6 +78,7 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         photos = {name: found[0] for name, found in index_by_stem(candidates, job.images).items()}
     inputs = Inputs(files + candidates)  # e.g. --out or --preview given the --images folder
     report, todo, seen = BatchReport(), [], {}
+    fold = case_insensitive(out)  # Cat.png and cat.tif: one output there, the second replaced the first
     folders = {Path(f) for f in (out, preview) if f is not None}  # and their subfolders, with --recursive
     if photos_beside:
         more = f" (and {len(photos_beside) - 1} more like it)" if len(photos_beside) > 1 else ""
@@ -87,10 +88,13 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         name = relative_name(path, source)
         if job.rule is not None and name.endswith(MASK_SUFFIX):
             name = name[: -len(MASK_SUFFIX)]
-        if name in seen:
-            report.failed.append((str(path), f"another file gives the same name ({seen[name].name} -> {name}.png)"))
+        key = name.casefold() if fold else name
+        if key in seen:
+            first, first_name = seen[key]
+            case = "" if first_name == name else "; this file system does not tell letter case apart"
+            report.failed.append((str(path), f"another file gives the same name ({first.name} -> {name}.png){case}"))
             continue
-        seen[name] = path
+        seen[key] = path, name
         targets = [out / f"{name}.png"] + ([Path(preview) / f"{name}.jpg"] if preview is not None else [])
         folders.update(t.parent for t in targets)
         clash = [t for t in targets if t in inputs]

@@ -70,7 +70,7 @@ def write_manifest(path: str | Path, samples: list[Sample]) -> Path:
     root = path.parent
 
     def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
+        with tmp.open("w", newline="", encoding="utf-8") as f:  # as read_manifest reads it, on any locale
             writer = csv.writer(f)
             writer.writerow(COLUMNS)
             for s in samples:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.files import Inputs, remove_stale_temps
+from mattecli.files import Inputs, case_insensitive, remove_stale_temps
 from mattecli.imageio import (IMAGE_SUFFIXES, exif_orientation, fit_orientation, index_by_stem, list_images, read_gray,
                               read_image, read_mask, read_trimap, relative_name, subfolders_with_images)
 from mattecli.inference.pipeline import REDONE_FP32, stage
@@ -91,13 +91,17 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     maps_root = root if beside else trimaps
     by_name = index_by_stem(tri_files, maps_root)
     pairs, problems, seen = [], [], {}
+    fold = out is not None and case_insensitive(out)  # Cat.jpg and cat.png: one output there
     for img in files:  # duplicates are found over the whole list, so shards agree on them
         name = relative_name(img, root)
-        if name in seen:
-            problems.append((img, f"another image has the same name stem ({seen[name].name}); "
+        key = name.casefold() if fold else name
+        if key in seen:
+            case = "" if relative_name(seen[key], root) == name else ", letter case aside: this file system does " \
+                                                                     "not tell it apart"
+            problems.append((img, f"another image has the same name stem ({seen[key].name}){case}; "
                                   "outputs are named by stem"))
             continue
-        seen[name] = img
+        seen[key] = img
         candidates = by_name.get(name if not beside else "", []) + by_name.get(name + suffix, [])
         candidates = [c for c in candidates if c != img]
         if not candidates:
@@ -297,6 +301,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     advance()
                     continue
                 except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory on a huge image
+                    _refuse_failed_compile(err)
                     # matte's own ValueErrors are sentences for the user ("... was exported for 1920x1088
                     # input only"); a library's RuntimeError is named by its type
                     said = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
@@ -418,6 +423,17 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap
                   timer=timer, icc=icc)
     if "trimap" in item.targets:
         write_png(item.targets["trimap"], trimap)
+
+
+def _refuse_failed_compile(err: Exception) -> None:
+    """--compile where torch.compile cannot build the model (no C++ compiler: Windows without MSVC,
+    macOS without Xcode's tools) failed each image in turn, each after minutes of trying, with a
+    message of several lines: it is one usage error, at the first image."""
+    dynamo = sys.modules.get("torch._dynamo.exc")  # loaded once torch.compile has run
+    if dynamo is not None and isinstance(err, dynamo.TorchDynamoException):
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"--compile: torch.compile could not build the model ({reason}); run without "
+                         "--compile") from None
 
 
 def _record(report: BatchReport, item: _Item, future: Future) -> None:

@@ -111,7 +111,8 @@ def setup_distributed(device_name: str) -> Dist:
         import torch.distributed as dist
 
         _announce_group(world, rank)
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        # PyTorch for Windows (and macOS) has no NCCL: gloo, slower, also all-reduces CUDA tensors
+        backend = "nccl" if device.type == "cuda" and dist.is_nccl_available() else "gloo"
         # rank 0 validates and writes while the others wait in their next all-reduce: NCCL's
         # default 10-minute timeout would kill a run validating on Composition-1k
         dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
