@@ -99,3 +99,31 @@ def test_ctrl_c_in_torch_commands(workdir, command):
 @pytest.mark.slow
 def test_sigterm_in_infer(workdir):
     interrupt("infer", workdir, signal.SIGTERM)
+
+
+def test_sigterm_that_a_library_turned_into_its_own_error_still_ends_as_terminated(tmp_path, monkeypatch, capsys):
+    """SIGTERM while safetensors read the weights: the KeyboardInterrupt raised in the library's
+    callback came back as its ValueError, and matte said the weights file was not readable (exit 2)."""
+    import safetensors
+
+    from mattecli import cli
+
+    def reading(*args, **kwargs):  # what the library does with the handler's KeyboardInterrupt
+        try:
+            cli._terminate(signal.SIGTERM, None)
+        except KeyboardInterrupt:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
+
+    monkeypatch.setattr(safetensors, "safe_open", reading)
+    monkeypatch.setattr(cli, "_TERMINATED", [])
+    monkeypatch.setattr(sys, "argv", ["matte", "infer", "--weights", str(tmp_path / "w.safetensors"), "--images",
+                                      str(tmp_path), "--out", str(tmp_path / "out")])
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as done:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert done.value.code == 143
+    assert capsys.readouterr().err.strip() == "matte: terminated"

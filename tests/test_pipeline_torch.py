@@ -335,3 +335,16 @@ def test_loading_weights_on_cuda_folds_the_batchnorms(tmp_path):
     weights = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
     backend = TorchBackend.load(weights, "cuda")
     assert backend.folded == 61 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in backend.model.modules())
+
+
+def test_size_keyed_constants_do_not_pile_up_over_a_long_run():
+    """A service on CUDA sees photos of ever new sizes: the nearest-index vectors of each size
+    were kept for good, so the device memory grew with every new height and width."""
+    ops = TorchOps("cpu")
+    for h in range(40, 340):
+        image, trimap = case(h, h + 1)
+        prepare(ops.upload(image), ops.upload(trimap), RESIZE, ops)
+    assert len(ops._constants) <= TorchOps.CONSTANTS_KEPT
+    image, trimap = case(97, 131)  # an evicted vector is made again, the same
+    fresh = torch_prepare(image, trimap, RESIZE, TorchOps("cpu"))
+    assert np.array_equal(torch_prepare(image, trimap, RESIZE, ops), fresh)

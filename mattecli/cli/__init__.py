@@ -200,12 +200,11 @@ def main() -> None:
     try:
         refuse_empty_paths(sys.argv[1:])
         app()
-    except UsageError as err:
+    except (UsageError, InputError) as err:
+        if _TERMINATED:  # a library turned the handler's KeyboardInterrupt into its own error
+            _interrupted()  # (safetensors while reading weights: "not a readable .safetensors file")
         print(f"matte: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except InputError as err:
-        print(f"matte: error: {err}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if isinstance(err, UsageError) else 1)
     except OSError as err:
         if err.errno not in _NO_ROOM and not err.filename:
             raise

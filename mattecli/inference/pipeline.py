@@ -120,13 +120,19 @@ class TorchOps:
     is the finished uint8 alpha (or a tile's float alpha).
     """
 
+    # Constants kept on the device: the tables, and the nearest-index vectors of the sizes seen
+    # last. Those are keyed by size, so a service fed photos of ever new sizes would otherwise
+    # keep one pair per size for good.
+    CONSTANTS_KEPT = 64
+
     def __init__(self, device="cpu"):
         import torch
 
         self.torch = self.xp = torch
         self.device = torch.device(device)
         self.float32, self.uint8 = torch.float32, torch.uint8
-        self._constants: dict = {}
+        self._constants: dict = {}  # oldest first
+        self._constants_lock = threading.Lock()  # the API's threads prepare concurrently
 
     def upload(self, array: np.ndarray):
         tensor = self.torch.from_numpy(np.ascontiguousarray(array))
@@ -135,10 +141,16 @@ class TorchOps:
         return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def constant(self, key, make):
-        """A small constant (look-up table, index vector) uploaded once per device."""
-        if key not in self._constants:
-            self._constants[key] = self.upload(make())
-        return self._constants[key]
+        """A small constant (look-up table, index vector) uploaded once per device, while it is
+        among the CONSTANTS_KEPT used last."""
+        with self._constants_lock:
+            value = self._constants.pop(key, None)
+            if value is None:
+                value = self.upload(make())
+            self._constants[key] = value  # now the newest
+            while len(self._constants) > self.CONSTANTS_KEPT:
+                del self._constants[next(iter(self._constants))]
+            return value
 
     def download(self, tensor) -> np.ndarray:
         return tensor.cpu().numpy()
