@@ -128,6 +128,26 @@ def test_ctrl_c_leaves_only_whole_files_and_a_rerun_finishes(tmp_path, workers):
     assert len(report.skipped) == 3 and len(report.done) == 3 and fake.calls == 3
 
 
+def test_an_interrupt_a_library_turned_into_its_own_error_stops_the_run(tmp_path):
+    """A Ctrl-C or SIGTERM that a library re-raised as its own error (safetensors makes one a
+    ValueError) was recorded as that image's failure, and the batch went on (exit 1, not 130/143)."""
+    images = make_pairs(tmp_path / "in", ["a", "b", "c"])
+
+    class Converting(FakePipeline):
+        def run(self, image, trimap, prepared=None):
+            if self.calls == 1:
+                try:
+                    raise KeyboardInterrupt
+                except KeyboardInterrupt:
+                    raise ValueError("could not read the tensor") from None  # the context still says why
+            return super().run(image, trimap)
+
+    fake = Converting()
+    with pytest.raises(KeyboardInterrupt):
+        infer_folder(fake, images, tmp_path / "out", progress=False)
+    assert fake.calls == 1  # c was not run
+
+
 def test_a_crash_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     from PIL import Image
 

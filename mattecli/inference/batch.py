@@ -297,10 +297,12 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                         if REDONE_FP32 in how:
                             report.notes.append(f"{item.image_path}: {REDONE_FP32}")
                 except InputError as err:
+                    _reraise_interrupt(err)
                     report.failed.append((str(err.path), err.reason))
                     advance()
                     continue
                 except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory on a huge image
+                    _reraise_interrupt(err)
                     _refuse_failed_compile(err)
                     # matte's own ValueErrors are sentences for the user ("... was exported for 1920x1088
                     # input only"); a library's RuntimeError is named by its type
@@ -423,6 +425,17 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap
                   timer=timer, icc=icc)
     if "trimap" in item.targets:
         write_png(item.targets["trimap"], trimap)
+
+
+def _reraise_interrupt(err: Exception) -> None:
+    """A Ctrl-C or SIGTERM that a library turned into an error of its own (safetensors made one a
+    ValueError) stops the run, as it would have: it is not that image's failure, for the batch to
+    record and go on."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
+        seen = seen.__cause__ or seen.__context__
 
 
 def _refuse_failed_compile(err: Exception) -> None:
