@@ -12,3 +12,23 @@ class InputError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+# Signals that asked the running command to stop: the CLI's SIGTERM handler records one here, then
+# raises KeyboardInterrupt, as Ctrl-C does.
+STOP_SIGNALS: list[int] = []
+
+
+def stop_requested(err: BaseException) -> bool:
+    """Whether `err` stands for a request to stop rather than a failure: a library can turn the
+    KeyboardInterrupt of Ctrl-C or SIGTERM into an error of its own (safetensors made one a
+    ValueError). Seen by a signal recorded in STOP_SIGNALS, or by a KeyboardInterrupt in the
+    error's cause or context."""
+    if STOP_SIGNALS:
+        return True
+    seen = err
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

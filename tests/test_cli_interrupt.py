@@ -106,7 +106,7 @@ def test_sigterm_that_a_library_turned_into_its_own_error_still_ends_as_terminat
     callback came back as its ValueError, and matte said the weights file was not readable (exit 2)."""
     import safetensors
 
-    from mattecli import cli
+    from mattecli import cli, errors
 
     def reading(*args, **kwargs):  # what the library does with the handler's KeyboardInterrupt
         try:
@@ -115,7 +115,7 @@ def test_sigterm_that_a_library_turned_into_its_own_error_still_ends_as_terminat
             raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
 
     monkeypatch.setattr(safetensors, "safe_open", reading)
-    monkeypatch.setattr(cli, "_TERMINATED", [])
+    monkeypatch.setattr(errors, "STOP_SIGNALS", [])
     monkeypatch.setattr(sys, "argv", ["matte", "infer", "--weights", str(tmp_path / "w.safetensors"), "--images",
                                       str(tmp_path), "--out", str(tmp_path / "out")])
     (tmp_path / "w.safetensors").write_bytes(b"x")

@@ -128,13 +128,22 @@ def test_ctrl_c_leaves_only_whole_files_and_a_rerun_finishes(tmp_path, workers):
     assert len(report.skipped) == 3 and len(report.done) == 3 and fake.calls == 3
 
 
-def test_an_interrupt_a_library_turned_into_its_own_error_stops_the_run(tmp_path):
+@pytest.mark.parametrize("how", ["context", "signal"])
+def test_an_interrupt_a_library_turned_into_its_own_error_stops_the_run(tmp_path, monkeypatch, how):
     """A Ctrl-C or SIGTERM that a library re-raised as its own error (safetensors makes one a
-    ValueError) was recorded as that image's failure, and the batch went on (exit 1, not 130/143)."""
+    ValueError) was recorded as that image's failure, and the batch went on (exit 1, not 130/143).
+    Seen by the interrupt in the error's context, or by the SIGTERM the CLI's handler recorded
+    (a library in another language leaves no context)."""
+    from mattecli import errors
+
     images = make_pairs(tmp_path / "in", ["a", "b", "c"])
+    monkeypatch.setattr(errors, "STOP_SIGNALS", [])
 
     class Converting(FakePipeline):
         def run(self, image, trimap, prepared=None):
+            if self.calls == 1 and how == "signal":
+                errors.STOP_SIGNALS.append(15)
+                raise ValueError("could not read the tensor")
             if self.calls == 1:
                 try:
                     raise KeyboardInterrupt

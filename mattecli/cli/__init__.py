@@ -13,7 +13,8 @@ from typing import NoReturn
 
 import typer
 
-from mattecli.errors import InputError, UsageError
+from mattecli import errors
+from mattecli.errors import InputError, UsageError, stop_requested
 
 try:  # typer 0.2x carries its own copy of click
     from typer._click.exceptions import UsageError as _ClickUsageError
@@ -150,19 +151,16 @@ def _drop_stdout() -> None:
         pass
 
 
-_TERMINATED: list[int] = []
-
-
 def _terminate(signum, frame) -> None:
     """SIGTERM (a scheduler pre-empting a job, `timeout`, torchrun stopping its workers) ends a
     command as Ctrl-C does, so that nothing half-written is left; it was an instant death that left
     temporary files for a later run to clear."""
-    _TERMINATED.append(signum)
+    errors.STOP_SIGNALS.append(signum)
     raise KeyboardInterrupt
 
 
 def _interrupted() -> NoReturn:
-    if _TERMINATED:
+    if errors.STOP_SIGNALS:
         print("matte: terminated", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)  # 143, as a shell reports a process SIGTERM ended
     print("matte: interrupted", file=sys.stderr)
@@ -201,7 +199,7 @@ def main() -> None:
         refuse_empty_paths(sys.argv[1:])
         app()
     except (UsageError, InputError) as err:
-        if _TERMINATED:  # a library turned the handler's KeyboardInterrupt into its own error
+        if stop_requested(err):  # a library turned the KeyboardInterrupt into its own error
             _interrupted()  # (safetensors while reading weights: "not a readable .safetensors file")
         print(f"matte: error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, UsageError) else 1)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mattecli.errors import InputError, UsageError
+from mattecli.errors import InputError, UsageError, stop_requested
 from mattecli.files import Inputs, case_insensitive, remove_stale_temps
 from mattecli.imageio import (IMAGE_SUFFIXES, exif_orientation, fit_orientation, index_by_stem, list_images, read_gray,
                               read_image, read_mask, read_trimap, relative_name, subfolders_with_images)
@@ -428,14 +428,10 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap
 
 
 def _reraise_interrupt(err: Exception) -> None:
-    """A Ctrl-C or SIGTERM that a library turned into an error of its own (safetensors made one a
-    ValueError) stops the run, as it would have: it is not that image's failure, for the batch to
-    record and go on."""
-    seen = err
-    while seen is not None:
-        if isinstance(seen, KeyboardInterrupt):
-            raise KeyboardInterrupt from err
-        seen = seen.__cause__ or seen.__context__
+    """A Ctrl-C or SIGTERM that a library turned into an error of its own stops the run, as it
+    would have: it is not that image's failure, for the batch to record and go on."""
+    if stop_requested(err):
+        raise KeyboardInterrupt from err
 
 
 def _refuse_failed_compile(err: Exception) -> None:
