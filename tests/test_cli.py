@@ -390,6 +390,22 @@ def test_lines_printed_under_a_bar_on_a_terminal_stay_on_a_redirected_stdout(cap
     assert "iteration 1" in capsys.readouterr().out
 
 
+def test_a_broken_pipe_that_reaches_the_entry_point_ends_quietly(monkeypatch, capsys):
+    """main()'s BrokenPipeError handler sat after its OSError one, whose re-raise of an error without
+    a file name made it dead: a BrokenPipeError that click did not turn into an exit was a traceback."""
+    import mattecli.cli as cli
+
+    def app():
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(cli, "_drop_stdout", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["matte", "recipes"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 141 and capsys.readouterr().err == ""
+
+
 def test_a_closed_pipe_ends_quietly_where_there_is_no_sigpipe(monkeypatch):
     """Windows has no signal.SIGPIPE: `matte recipes | more` stopped early ended in an
     AttributeError traceback raised while handling the BrokenPipeError."""

@@ -203,6 +203,8 @@ def main() -> None:
             _interrupted()  # (safetensors while reading weights: "not a readable .safetensors file")
         print(f"matte: error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, UsageError) else 1)
+    except BrokenPipeError:  # before OSError, its base class, whose handler would re-raise it
+        _pipe_closed()
     except OSError as err:
         if err.errno not in _NO_ROOM and not err.filename:
             raise
@@ -226,8 +228,6 @@ def main() -> None:
         sys.exit(1)
     except KeyboardInterrupt:  # outside a command (while parsing, say)
         _interrupted()
-    except BrokenPipeError:
-        _pipe_closed()
     except SystemExit as done:
         # Typer turns a KeyboardInterrupt inside a command into a silent exit 130
         if done.code == 130 and _started_with(done, KeyboardInterrupt):
