@@ -48,7 +48,7 @@ def main(
     from rich.table import Table
 
     from mattecli.bench import check_request, default_backends, run_bench
-    from mattecli.cli.parsing import parse_backends, parse_sizes
+    from mattecli.cli.parsing import options_given, parse_backends, parse_sizes
     from mattecli.devices import resolve_device
     from mattecli.errors import UsageError
     from mattecli.files import Inputs, check_stdout, to_stdout
@@ -57,7 +57,7 @@ def main(
 
     _check_mode(ctx, e2e)
     size_list = parse_sizes(sizes)
-    if ctx.get_parameter_source("sizes").name == "DEFAULT" and weights.suffix.lower() == ".onnx":
+    if not options_given(ctx, ["sizes"]) and weights.suffix.lower() == ".onnx":
         from mattecli.inference.backends import static_onnx_size
 
         static = static_onnx_size(weights)  # a --static graph runs at its own size only: the defaults failed
@@ -115,11 +115,10 @@ _MODEL_ROWS_ONLY = ("repeat", "warmup")
 
 
 def _check_mode(ctx: typer.Context, e2e: bool) -> None:
+    from mattecli.cli.parsing import options_given
     from mattecli.errors import UsageError
 
-    unused = _MODEL_ROWS_ONLY if e2e else _E2E_ONLY
-    # by the source's name: typer 0.29 vendors click, so ParameterSource has no stable import path
-    given = [f"--{name}" for name in unused if ctx.get_parameter_source(name).name != "DEFAULT"]
+    given = options_given(ctx, _MODEL_ROWS_ONLY if e2e else _E2E_ONLY)
     if given and e2e:
         raise UsageError(f"{', '.join(given)}: for the model rows; --e2e times --count images per size after "
                          "four untimed ones")

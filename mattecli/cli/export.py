@@ -46,15 +46,13 @@ def main(
     through the same pipeline as the PyTorch model.
     """
     from exporters import export as exporting
-    from mattecli.cli.parsing import parse_size, parse_sizes
+    from mattecli.cli.parsing import options_given, parse_size, parse_sizes
     from mattecli.imageio import check_out_file
     from mattecli.progress import progress_bar
 
     shapes = tuple(parse_size(text, option)
                    for option, text in (("--min-shape", min_shape), ("--opt-shape", opt_shape), ("--max-shape", max_shape)))
-    # by the source's name, as `matte bench` checks its options (typer vendors click's ParameterSource)
-    given = tuple(f"--{name.replace('_', '-')}" for name in ("min_shape", "opt_shape", "max_shape")
-                  if ctx.get_parameter_source(name).name != "DEFAULT")
+    given = tuple(options_given(ctx, ("min_shape", "opt_shape", "max_shape")))
     sizes = None if verify_sizes is None else parse_sizes(verify_sizes, "--verify-sizes")
     opts = exporting.ExportOptions(weights=weights, out=out, format=format, half=half, tf32=tf32, dynamic=dynamic,
                                    shapes=shapes, shapes_given=given, opset=opset, verify=verify, verify_sizes=sizes, device=device)

@@ -20,6 +20,13 @@ _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB"
           "G": 2**30, "GB": 2**30, "GIB": 2**30, "T": 2**40, "TB": 2**40, "TIB": 2**40}
 
 
+def options_given(ctx, names) -> list[str]:
+    """The options among `names` (parameter names, `min_shape`) that the user gave, as they are
+    written (`--min-shape`): for options that are refused where unused, never for their defaults."""
+    # by the source's name: typer vendors click, so ParameterSource has no stable import path
+    return [f"--{name.replace('_', '-')}" for name in names if ctx.get_parameter_source(name).name != "DEFAULT"]
+
+
 def is_whole_number(text: str) -> bool:
     """ASCII digits only: `str.isdigit` also takes '²' (which `int` refuses) and other scripts' digits."""
     return text.isascii() and text.isdigit()
