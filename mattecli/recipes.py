@@ -229,6 +229,8 @@ def build_dataclass(cls: type, values: dict, where: str):
 def _deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for key, value in over.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue  # `train:` with its lines commented out is null, not "drop the base's section"
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value)
         else:

@@ -131,3 +131,12 @@ def test_a_base_file_is_found_beside_the_recipe_wherever_matte_runs(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     recipe = load_recipe("exp/child.yaml")
     assert (recipe.model.width, recipe.train.lr, recipe.train.iters) == (0.25, 0.5, 7)
+
+
+def test_an_empty_section_in_a_recipe_with_a_base_keeps_the_base_values(tmp_path):
+    """`train:` whose lines are all commented out is YAML null: it replaced the base's whole section,
+    so the recipe trained with the dataclass defaults (1000 iterations, no milestones, AMP on)."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: indexnet-m2o-nl-ctx\nmodel:\ntrain:\n#  lr: 0.02\ndata:\ninfer:\n")
+    mine, base = load_recipe(path), load_recipe("indexnet-m2o-nl-ctx")
+    assert (mine.model, mine.data, mine.train, mine.infer) == (base.model, base.data, base.train, base.infer)
