@@ -484,3 +484,18 @@ def test_a_run_without_validation_says_why_there_is_no_best(tmp_path, recipe, sp
             "and test/ to validate), so this run does not validate and writes no best.safetensors")
     assert (note in text) == (split == "train")
     assert not (tmp_path / "r" / "best.safetensors").exists()
+
+
+def test_resume_on_other_data_says_so(tmp_path, synth, capsys):
+    """--resume with another --data trained on it without a word, and best.safetensors went on to
+    compare validations on two test splits."""
+    import shutil
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(synth, other)
+    train(TrainOptions(load_recipe("demo-indexnet"), synth, run, iters=1, progress=False))
+    train(TrainOptions(load_recipe("demo-indexnet"), synth, run, iters=2, resume=True, progress=False))
+    assert "was started on --data" not in capsys.readouterr().out
+    train(TrainOptions(load_recipe("demo-indexnet"), other, run, iters=3, resume=True, progress=False))
+    assert f"was started on --data {synth}, now {other}: training goes on with it" in capsys.readouterr().out
+    assert json.loads((run / "run.json").read_text())["data"] == str(other.resolve())

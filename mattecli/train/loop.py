@@ -223,6 +223,17 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
     return recipe, seed, checkpoint
 
 
+def _note_other_data(run_dir: Path, data) -> None:
+    """Another --data on --resume is taken (a dataset moved to another disk is the same data), but
+    said: the data order is no longer the run's, and best.safetensors then compares validations on
+    two test splits. It was taken without a word."""
+    record = ckpt.read_record(run_dir)
+    if record is None or not record.data or Path(record.data).resolve() == Path(data).resolve():
+        return
+    print(f"matte train: note: --resume: {run_dir} was started on --data {record.data}, now {data}: training "
+          "goes on with it, in another data order, and best.safetensors compares validations on both")
+
+
 def _dotted(tree: dict, key: str):
     for part in key.split("."):
         tree = tree.get(part) if isinstance(tree, dict) else None
@@ -420,6 +431,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     if opts.resume and checkpoint is None and writer:
         print(f"matte train: --resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
     if opts.resume and writer:
+        _note_other_data(run_dir, opts.data)
+    if opts.resume and writer:
         # what a run killed mid-save left (a checkpoint's temp file is three times the model: Adam's
         # state), one more per kill; one run writes a run folder at a time, so every one is stale
         for folder in (run_dir, run_dir / "checkpoints"):
@@ -477,7 +490,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
         last = session.history[-1]["loss"] if session.history else float("nan")
         return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True)
     if writer:
-        ckpt.write_record(run_dir, ckpt.RunRecord(recipe.to_dict(), seed, str(opts.data)))
+        # absolute, so that a resume from another folder compares the same data as the same
+        ckpt.write_record(run_dir, ckpt.RunRecord(recipe.to_dict(), seed, str(Path(opts.data).resolve())))
         if checkpoint is not None:
             print(f"matte train: resumed from {checkpoint} at iteration {session.iteration} of {cfg.iters}")
     if world > 1:
