@@ -310,3 +310,15 @@ def test_pretrained_a2u_inplace_abn_resnet34_as_resnet_py_loads_it(tmp_path):
     for key in encoder_keys(via_tv):
         want = a[key].abs() + 1e-5 if key in bn_weights else a[key]
         assert torch.equal(b[key], want), key
+
+
+def test_a_matte_weights_file_as_pretrained_says_what_pretrained_takes(tmp_path):
+    """A run's best.safetensors given to --pretrained (to fine-tune) was refused in convert's words:
+    'a matte weights file, which needs no conversion (infer, eval, export and bench take it)'."""
+    from mattecli.weights import save_weights
+
+    recipe = load_recipe("demo-tcp")
+    save_weights(build_model(recipe), recipe, tmp_path / "best.safetensors")
+    with pytest.raises(UsageError, match=r"best.safetensors: a matte weights file \(a whole demo-tcp model\), "
+                                         r"not an ImageNet encoder: --pretrained takes torchvision's"):
+        load_pretrained_encoder(build_model(recipe), recipe, tmp_path / "best.safetensors")

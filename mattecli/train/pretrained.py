@@ -244,9 +244,29 @@ def map_encoder(model, family: str, source: dict, where: str = "--pretrained") -
     return {"loaded": len(mapped), "ignored": ignored, "layout": layout}
 
 
+def _refuse_matte_weights(path) -> None:
+    """A matte weights file (a run's best.safetensors, a converted release) is a whole matting model,
+    not an encoder. It was refused in `matte convert`'s words ("needs no conversion; infer, eval,
+    export and bench take it"), which told a user who meant to fine-tune nothing of --pretrained."""
+    from pathlib import Path
+
+    from mattecli.weights import read_weights_header
+
+    if Path(path).suffix.lower() != ".safetensors" or not Path(path).is_file():
+        return
+    try:
+        recipe, _ = read_weights_header(path)
+    except UsageError:
+        return  # no recipe: a release republished as safetensors, read as one below
+    raise UsageError(f"{path}: a matte weights file (a whole {recipe.name} model), not an ImageNet encoder: "
+                     "--pretrained takes torchvision's or the authors' encoder checkpoint, or none; training "
+                     "does not start from a trained model's weights")
+
+
 def load_pretrained_encoder(model, recipe, path) -> dict:
     """Read a torchvision-format checkpoint and copy it into `model`'s encoder (see `map_encoder`)."""
     from mattecli.weights import load_torch_checkpoint
 
     encoder_map(recipe.family)  # an unknown family fails before a large file is read
+    _refuse_matte_weights(path)
     return map_encoder(model, recipe.family, load_torch_checkpoint(path), where=str(path))
