@@ -499,3 +499,18 @@ def test_resume_on_other_data_says_so(tmp_path, synth, capsys):
     train(TrainOptions(load_recipe("demo-indexnet"), other, run, iters=3, resume=True, progress=False))
     assert f"was started on --data {synth}, now {other}: training goes on with it" in capsys.readouterr().out
     assert json.loads((run / "run.json").read_text())["data"] == str(other.resolve())
+
+
+def test_resume_with_other_iters_on_a_cosine_schedule_says_the_rate_jumps(tmp_path, synth, capsys):
+    """--resume --iters N stretches a cosine schedule over N: the learning rate jumped back up where
+    the run resumed (a finished TCP run extended went from 0 to most of train.lr) without a word."""
+    recipe, run = load_recipe("demo-indexnet", ["train.schedule=cosine"]), tmp_path / "run"
+    train(TrainOptions(recipe, synth, run, iters=1, progress=False))
+    capsys.readouterr()
+    train(TrainOptions(recipe, synth, run, iters=4, resume=True, progress=False))
+    assert ("note: --iters 4: the cosine schedule now spans 4 iterations, not the run's 1, so the learning rate at "
+            "iteration 1 is 0.854 x train.lr, not 0 x") in capsys.readouterr().out
+    plain, other = load_recipe("demo-indexnet"), tmp_path / "plain"
+    train(TrainOptions(plain, synth, other, iters=1, progress=False))
+    train(TrainOptions(plain, synth, other, iters=2, resume=True, progress=False))
+    assert "schedule" not in capsys.readouterr().out  # multi-step milestones do not move with --iters

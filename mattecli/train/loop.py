@@ -223,15 +223,23 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
     return recipe, seed, checkpoint
 
 
-def _note_other_data(run_dir: Path, data) -> None:
-    """Another --data on --resume is taken (a dataset moved to another disk is the same data), but
-    said: the data order is no longer the run's, and best.safetensors then compares validations on
-    two test splits. It was taken without a word."""
+def _resume_notes(run_dir: Path, data, recipe, iteration: int) -> None:
+    """What --resume takes but changes, said before training goes on (each was taken without a word).
+    Another --data (a dataset moved to another disk is the same data): the data order is no longer
+    the run's, and best.safetensors compares validations on two test splits. Another --iters with a
+    cosine schedule: the cosine spans the new length, so the learning rate jumps where it resumes."""
     record = ckpt.read_record(run_dir)
-    if record is None or not record.data or Path(record.data).resolve() == Path(data).resolve():
+    if record is None:
         return
-    print(f"matte train: note: --resume: {run_dir} was started on --data {record.data}, now {data}: training "
-          "goes on with it, in another data order, and best.safetensors compares validations on both")
+    if record.data and Path(record.data).resolve() != Path(data).resolve():
+        print(f"matte train: note: --resume: {run_dir} was started on --data {record.data}, now {data}: training "
+              "goes on with it, in another data order, and best.safetensors compares validations on both")
+    cfg, ran = recipe.train, record.recipe["train"]["iters"]
+    if cfg.schedule == "cosine" and cfg.iters != ran and iteration < cfg.iters:
+        before = lr_factor(dataclasses.replace(cfg, iters=ran), iteration)
+        print(f"matte train: note: --iters {cfg.iters}: the cosine schedule now spans {cfg.iters} iterations, not "
+              f"the run's {ran}, so the learning rate at iteration {iteration} is {lr_factor(cfg, iteration):.3g} "
+              f"x train.lr, not {before:.3g} x")
 
 
 def _dotted(tree: dict, key: str):
@@ -431,8 +439,6 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     if opts.resume and checkpoint is None and writer:
         print(f"matte train: --resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
     if opts.resume and writer:
-        _note_other_data(run_dir, opts.data)
-    if opts.resume and writer:
         # what a run killed mid-save left (a checkpoint's temp file is three times the model: Adam's
         # state), one more per kill; one run writes a run folder at a time, so every one is stale
         for folder in (run_dir, run_dir / "checkpoints"):
@@ -489,6 +495,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
             print(f"matte train: {run_dir} is finished ({done}); --iters N with a larger N extends it")
         last = session.history[-1]["loss"] if session.history else float("nan")
         return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True)
+    if opts.resume and writer:  # before the record is written anew
+        _resume_notes(run_dir, opts.data, recipe, session.iteration)
     if writer:
         # absolute, so that a resume from another folder compares the same data as the same
         ckpt.write_record(run_dir, ckpt.RunRecord(recipe.to_dict(), seed, str(Path(opts.data).resolve())))
