@@ -140,3 +140,14 @@ def test_an_empty_section_in_a_recipe_with_a_base_keeps_the_base_values(tmp_path
     path.write_text("base: indexnet-m2o-nl-ctx\nmodel:\ntrain:\n#  lr: 0.02\ndata:\ninfer:\n")
     mine, base = load_recipe(path), load_recipe("indexnet-m2o-nl-ctx")
     assert (mine.model, mine.data, mine.train, mine.infer) == (base.model, base.data, base.train, base.infer)
+
+
+@pytest.mark.parametrize("name,stride", [("demo-indexnet", 16), ("demo-a2u", 24), ("demo-tcp", 48)])
+def test_an_infer_stride_the_model_cannot_take_is_refused_when_the_model_is_built(name, stride):
+    """--set infer.stride=16 on an IndexNet (stride 32) trained into the model's ValueError traceback
+    at the first 80 px crop; infer, eval and bench failed on inputs aligned to 16 but not to 32."""
+    from mattecli.models import build_model
+
+    with pytest.raises(UsageError, match=f"recipe {name}: infer.stride {stride} is not a multiple of the "):
+        build_model(load_recipe(name, [f"infer.stride={stride}"]))
+    build_model(load_recipe(name, ["infer.stride=64"]))  # a coarser alignment is every model's multiple

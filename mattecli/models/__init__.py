@@ -15,5 +15,10 @@ FAMILIES = {
 
 def build_model(recipe):
     """The only way a network is made: from a recipe's family and model options."""
+    from mattecli.errors import UsageError
+
     _, network = FAMILIES[recipe.family]
+    if recipe.infer.stride % network.stride:  # else every input not a multiple of the model's was a traceback
+        raise UsageError(f"recipe {recipe.name}: infer.stride {recipe.infer.stride} is not a multiple of the "
+                         f"{recipe.family} model's stride {network.stride}")
     return network(recipe.model)
