@@ -151,3 +151,13 @@ def test_an_infer_stride_the_model_cannot_take_is_refused_when_the_model_is_buil
     with pytest.raises(UsageError, match=f"recipe {name}: infer.stride {stride} is not a multiple of the "):
         build_model(load_recipe(name, [f"infer.stride={stride}"]))
     build_model(load_recipe(name, ["infer.stride=64"]))  # a coarser alignment is every model's multiple
+
+
+@pytest.mark.parametrize("name,trimap", [("demo-indexnet", "onehot"), ("demo-a2u", "onehot"), ("demo-tcp", "scalar")])
+def test_a_trimap_encoding_the_model_cannot_take_is_refused_when_the_model_is_built(name, trimap):
+    """--set infer.trimap=onehot on an IndexNet trained into a conv's channel-mismatch traceback
+    ('expected input[2, 6, 64, 64] to have 4 channels')."""
+    from mattecli.models import build_model
+
+    with pytest.raises(UsageError, match=f"recipe {name}: infer.trimap {trimap} makes [46] input channels; the "):
+        build_model(load_recipe(name, [f"infer.trimap={trimap}"]))

@@ -21,4 +21,7 @@ def build_model(recipe):
     if recipe.infer.stride % network.stride:  # else every input not a multiple of the model's was a traceback
         raise UsageError(f"recipe {recipe.name}: infer.stride {recipe.infer.stride} is not a multiple of the "
                          f"{recipe.family} model's stride {network.stride}")
+    if recipe.infer.input_channels != network.input_channels:  # else a conv's channel-mismatch traceback
+        raise UsageError(f"recipe {recipe.name}: infer.trimap {recipe.infer.trimap} makes {recipe.infer.input_channels} "
+                         f"input channels; the {recipe.family} model takes {network.input_channels}")
     return network(recipe.model)

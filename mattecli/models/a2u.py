@@ -335,6 +335,7 @@ class A2UMatting(nn.Module):
     """4-channel input (normalised RGB, trimap/255) of side a multiple of 16 -> raw alpha."""
 
     stride = 16
+    input_channels = 4
 
     def __init__(self, cfg: A2UConfig = A2UConfig()):
         super().__init__()

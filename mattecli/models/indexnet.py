@@ -166,6 +166,7 @@ class IndexNetMatting(nn.Module):
     """4-channel input (normalised RGB, trimap/255) of side a multiple of 32 -> raw alpha (no sigmoid)."""
 
     stride = 32
+    input_channels = 4
 
     def __init__(self, cfg: IndexNetConfig = IndexNetConfig()):
         super().__init__()

@@ -176,6 +176,7 @@ class TCPMatting(nn.Module):
     """
 
     stride = 32
+    input_channels = IN_CHANNELS
 
     def __init__(self, cfg: TCPConfig = TCPConfig()):
         super().__init__()
