@@ -296,6 +296,9 @@ def test_fewer_samples_than_one_batch_says_what_to_change(tmp_path, synth, batch
 @pytest.mark.parametrize("override,says", [
     ("train.loss=l2", "recipe demo-a2u: train: loss must be one of dim, dim-a2u, l1, alpha, tcp, mmagic, got 'l2'"),
     ("data.crop_size=40", "recipe demo-a2u: data.crop_size 40 is not a multiple of the model's stride 16"),
+    # was IndexNet's and A2U's forward() TypeError ("takes 2 positional arguments but 3 were given")
+    ("data.pipeline=tcp-composited", "recipe demo-a2u: data.pipeline tcp-composited makes a second trimap for "
+                                     "TCP's textural path, which the a2u model has not (tcp-composited-clean makes none)"),
 ])
 def test_what_only_training_reads_of_a_recipe_is_checked_before_any_work(tmp_path, synth, override, says):
     """Were a KeyError after the first batch and a ValueError from the model's forward (the loss is

@@ -127,6 +127,7 @@ class Pipeline:
 
     run: Callable
     reads: tuple[str, ...]
+    second_trimap: bool = False  # `trimap2`, the model's second input: a model must take one
 
 
 class TrainingDataset(torch.utils.data.Dataset):
@@ -503,9 +504,9 @@ def mmagic_dimaug_pipeline(ds: TrainingDataset, index: int, rng: np.random.Gener
 PIPELINES = {
     "dim": Pipeline(dim_pipeline, ("fg", "alpha", "bg")),
     "gca": Pipeline(gca_pipeline, ("fg", "alpha", "bg")),
-    "tcp": Pipeline(tcp_pipeline, ("fg", "alpha", "bg")),
+    "tcp": Pipeline(tcp_pipeline, ("fg", "alpha", "bg"), second_trimap=True),
     "tcp-clean": Pipeline(tcp_clean_pipeline, ("fg", "alpha", "bg")),
-    "tcp-composited": Pipeline(tcp_composited_pipeline, ("image", "alpha")),
+    "tcp-composited": Pipeline(tcp_composited_pipeline, ("image", "alpha"), second_trimap=True),
     "tcp-composited-clean": Pipeline(tcp_composited_clean_pipeline, ("image", "alpha")),
     "mmagic": Pipeline(mmagic_pipeline, ("image", "fg", "alpha", "bg")),
     "mmagic-dimaug": Pipeline(mmagic_dimaug_pipeline, ("image", "fg", "alpha", "bg")),

@@ -177,6 +177,7 @@ class TCPMatting(nn.Module):
 
     stride = 32
     input_channels = IN_CHANNELS
+    takes_second_trimap = True  # forward(x, x_tcp); the other families' forward takes one input
 
     def __init__(self, cfg: TCPConfig = TCPConfig()):
         super().__init__()

@@ -423,6 +423,15 @@ def _check_recipe(recipe) -> None:
     if recipe.data.crop_size % recipe.infer.stride:
         raise UsageError(f"recipe {recipe.name}: data.crop_size {recipe.data.crop_size} is not a multiple of "
                          f"the model's stride {recipe.infer.stride}")
+    from mattecli.data.pipelines import PIPELINES
+    from mattecli.models import FAMILIES
+
+    pipeline = PIPELINES.get(recipe.data.pipeline)  # an unknown one is named where the data is read
+    if pipeline and pipeline.second_trimap and not getattr(FAMILIES[recipe.family][1], "takes_second_trimap", False):
+        # else the model's forward() TypeError at the first step
+        raise UsageError(f"recipe {recipe.name}: data.pipeline {recipe.data.pipeline} makes a second trimap for "
+                         f"TCP's textural path, which the {recipe.family} model has not "
+                         f"({recipe.data.pipeline}-clean makes none)")
 
 
 def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
