@@ -517,3 +517,16 @@ def test_resume_with_other_iters_on_a_cosine_schedule_says_the_rate_jumps(tmp_pa
     train(TrainOptions(plain, synth, other, iters=1, progress=False))
     train(TrainOptions(plain, synth, other, iters=2, resume=True, progress=False))
     assert "schedule" not in capsys.readouterr().out  # multi-step milestones do not move with --iters
+
+
+def test_resume_says_pretrained_is_not_read(tmp_path, synth, capsys):
+    """--pretrained FILE on --resume (a newer encoder file, say) was ignored without a word: the
+    checkpoint holds the model."""
+    recipe, run = load_recipe("demo-indexnet"), tmp_path / "run"
+    train(TrainOptions(recipe, synth, run, iters=1, progress=False))
+    capsys.readouterr()
+    train(TrainOptions(recipe, synth, run, iters=2, resume=True, pretrained="none", progress=False))
+    assert "--pretrained" not in capsys.readouterr().out  # from scratch on purpose: nothing to say
+    train(TrainOptions(recipe, synth, run, iters=3, resume=True, pretrained=tmp_path / "mbv2.pth", progress=False))
+    assert f"note: --pretrained {tmp_path / 'mbv2.pth'} is not read: the run goes on from its checkpoint's" \
+        in capsys.readouterr().out

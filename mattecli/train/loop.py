@@ -223,11 +223,15 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
     return recipe, seed, checkpoint
 
 
-def _resume_notes(run_dir: Path, data, recipe, iteration: int) -> None:
+def _resume_notes(run_dir: Path, data, recipe, iteration: int, pretrained) -> None:
     """What --resume takes but changes, said before training goes on (each was taken without a word).
     Another --data (a dataset moved to another disk is the same data): the data order is no longer
     the run's, and best.safetensors compares validations on two test splits. Another --iters with a
-    cosine schedule: the cosine spans the new length, so the learning rate jumps where it resumes."""
+    cosine schedule: the cosine spans the new length, so the learning rate jumps where it resumes.
+    --pretrained FILE: not read, as the checkpoint holds the whole model."""
+    if iteration and pretrained is not None and str(pretrained) != "none":
+        print(f"matte train: note: --pretrained {pretrained} is not read: the run goes on from its checkpoint's "
+              "weights (it fills the encoder of a run that starts)")
     record = ckpt.read_record(run_dir)
     if record is None:
         return
@@ -505,7 +509,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
         last = session.history[-1]["loss"] if session.history else float("nan")
         return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True)
     if opts.resume and writer:  # before the record is written anew
-        _resume_notes(run_dir, opts.data, recipe, session.iteration)
+        _resume_notes(run_dir, opts.data, recipe, session.iteration, opts.pretrained)
     if writer:
         # absolute, so that a resume from another folder compares the same data as the same
         ckpt.write_record(run_dir, ckpt.RunRecord(recipe.to_dict(), seed, str(Path(opts.data).resolve())))
