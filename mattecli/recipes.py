@@ -336,7 +336,8 @@ def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str]
         base_raw = _read_yaml(recipe_path(beside if beside.suffix in (".yaml", ".yml") and beside.is_file() else base))
         if "base" in base_raw:
             raise UsageError(f"{path}: base recipe '{base}' has a base itself; only one level is allowed")
-        base_raw.pop("description", None)
+        for key in ("name", "description"):  # the recipe's own, never its base's (a printed base names itself)
+            base_raw.pop(key, None)
         raw = _deep_merge(base_raw, raw)
     raw.setdefault("name", path.stem)
     return recipe_from_dict(raw, path.stem, tuple(overrides))

@@ -161,3 +161,13 @@ def test_a_trimap_encoding_the_model_cannot_take_is_refused_when_the_model_is_bu
 
     with pytest.raises(UsageError, match=f"recipe {name}: infer.trimap {trimap} makes [46] input channels; the "):
         build_model(load_recipe(name, [f"infer.trimap={trimap}"]))
+
+
+def test_a_recipe_is_named_after_itself_not_after_its_base(tmp_path):
+    """A base printed by `matte recipes demo-indexnet > base.yaml` carries `name: demo-indexnet`, and
+    every recipe built on it took that name: exp1.yaml and exp2.yaml both trained into
+    runs/demo-indexnet and wrote weights saying demo-indexnet."""
+    (tmp_path / "base.yaml").write_text("name: demo-indexnet\nmodel: {family: tcp, width: 0.25}\n")
+    (tmp_path / "exp1.yaml").write_text("base: base.yaml\ntrain:\n  lr: 0.02\n")
+    (tmp_path / "exp2.yaml").write_text("base: base.yaml\nname: mine\n")
+    assert (load_recipe(tmp_path / "exp1.yaml").name, load_recipe(tmp_path / "exp2.yaml").name) == ("exp1", "mine")
