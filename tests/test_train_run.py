@@ -299,6 +299,9 @@ def test_fewer_samples_than_one_batch_says_what_to_change(tmp_path, synth, batch
     # was IndexNet's and A2U's forward() TypeError ("takes 2 positional arguments but 3 were given")
     ("data.pipeline=tcp-composited", "recipe demo-a2u: data.pipeline tcp-composited makes a second trimap for "
                                      "TCP's textural path, which the a2u model has not (tcp-composited-clean makes none)"),
+    ("data.pipeline=tcp-composited-clean", "recipe demo-a2u: train.loss dim-a2u composes fg and bg, which "
+                                           "data.pipeline tcp-composited-clean does not give (it reads the "
+                                           "composite; train.loss alpha, l1 or tcp needs neither)"),  # was KeyError: 'fg'
 ])
 def test_what_only_training_reads_of_a_recipe_is_checked_before_any_work(tmp_path, synth, override, says):
     """Were a KeyError after the first batch and a ValueError from the model's forward (the loss is

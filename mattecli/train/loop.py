@@ -34,7 +34,7 @@ from mattecli.files import remove_stale_temps
 from mattecli.inference.pipeline import encode_batch
 from mattecli.models.layers import BNAct
 from mattecli.train import checkpoint as ckpt
-from mattecli.train.losses import LOSSES
+from mattecli.train.losses import COMPOSING, LOSSES
 from mattecli.train.schedules import lr_factor
 
 
@@ -436,6 +436,11 @@ def _check_recipe(recipe) -> None:
         raise UsageError(f"recipe {recipe.name}: data.pipeline {recipe.data.pipeline} makes a second trimap for "
                          f"TCP's textural path, which the {recipe.family} model has not "
                          f"({recipe.data.pipeline}-clean makes none)")
+    if pipeline and recipe.train.loss in COMPOSING and not {"fg", "bg"} <= set(pipeline.reads):
+        # else a KeyError: 'fg' traceback at the first step
+        raise UsageError(f"recipe {recipe.name}: train.loss {recipe.train.loss} composes fg and bg, which "
+                         f"data.pipeline {recipe.data.pipeline} does not give (it reads the composite; train.loss "
+                         "alpha, l1 or tcp needs neither)")
 
 
 def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:

@@ -101,3 +101,4 @@ def mmagic_loss(pred: torch.Tensor, batch: dict) -> torch.Tensor:
 
 LOSSES = {"dim": dim_loss, "dim-a2u": dim_a2u_loss, "l1": l1_loss, "alpha": alpha_loss, "tcp": tcp_loss,
           "mmagic": mmagic_loss}
+COMPOSING = ("dim", "dim-a2u", "mmagic")  # losses with a composition term: they read the batch's fg and bg
