@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from mattecli.data.adobe import (ADOBE_PER_FG, adobe_background, adobe_blend, prepare_adobe,
+from mattecli.data.adobe import (ADOBE_PER_FG, adobe_background, adobe_blend, plan_jobs, prepare_adobe,
                                  prepare_d646)
 from mattecli.data.manifest import read_manifest, write_manifest
 from mattecli.errors import UsageError
@@ -507,3 +507,26 @@ def test_text_files_are_written_as_utf8_whatever_the_locale(tmp_path):
     run = subprocess.run([sys.executable, "-X", "warn_default_encoding", "-W", "error::EncodingWarning", "-c", script],
                          capture_output=True, text=True, encoding="utf-8")
     assert run.returncode == 0, run.stderr
+
+
+def test_two_foregrounds_with_one_stem_are_refused_before_anything_is_written(dataset, tmp_path):
+    """D646-style FG/a.jpg and FG/a.png (a converted copy left beside the original) both wrote their
+    samples as a_0..a_79: 160 manifest rows of 80 names, one foreground's files paired with the
+    other's backgrounds. Adobe's names files the same, and a name listed twice."""
+    rng = np.random.default_rng(4)
+    root = tmp_path / "D646"
+    for sub in ("FG", "GT"):
+        (root / "Test" / sub).mkdir(parents=True)
+    for n in ("a.jpg", "a.png"):
+        Image.fromarray(_rand_rgb(rng, 12, 10)).save(root / "Test" / "FG" / n)
+        Image.fromarray(_alpha_rgb(rng, 12, 10)).save(root / "Test" / "GT" / n)
+    with pytest.raises(UsageError, match=r"FG: foreground a.png and a.jpg share the stem 'a', which names its "
+                                         r"samples and files: rename one"):
+        prepare_d646(root, tmp_path / "coco", dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert not (tmp_path / "out" / "test" / "fg_names.txt").exists()  # a re-run lists the folder afresh
+    names = root / "names.txt"
+    names.write_text("a.png\na.png\n")
+    with pytest.raises(UsageError, match="foreground a.png is listed twice"):
+        plan_jobs(["a.png", "a.png"], ["x.jpg"] * 2, 1, [root / "Test" / "FG"], [root / "Test" / "GT"],
+                  [dataset["voc"]], tmp_path / "o", merged=True, trimap_dir=None, names_file=names,
+                  alpha_per_composite=True)

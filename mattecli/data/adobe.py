@@ -132,6 +132,20 @@ def stem_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
+def _unique_stems(fg_names: list[str], where: Path) -> list[str]:
+    """The foreground names, refused when two share a stem (`a.jpg`, `a.png`): samples and their
+    files are named by the stem, so the second wrote over or was paired with the first's files."""
+    seen: dict[str, str] = {}
+    for name in fg_names:
+        other = seen.get(stem_of(name))
+        seen[stem_of(name)] = name
+        if other is not None:
+            again = "is listed twice" if other == name else f"and {other} share the stem {stem_of(name)!r}"
+            raise UsageError(f"{where}: foreground {name} {again}, which names its samples and files: "
+                             "rename one (or list it once)")
+    return fg_names
+
+
 def _find(name: str, folders: list[Path]) -> Path:
     """The first folder holding `name`; else the path in the first folder (whose reader then
     reports it missing, naming the path)."""
@@ -147,6 +161,7 @@ def plan_jobs(fg_names: list[str], bg_names: list[str], per_fg: int, fg_dirs: li
     A missing foreground or background still consumes its slot, so one bad file cannot shift the
     pairing of every later sample.
     """
+    _unique_stems(fg_names, fg_dirs[0].parent if len(fg_dirs) > 1 else fg_dirs[0])
     need = per_fg * len(fg_names)
     if len(bg_names) < need:
         raise UsageError(f"{names_file}: {len(bg_names)} background names, {need} needed "
@@ -432,7 +447,8 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
         fg_dir, gt_dir = _require_dir(folder / "FG", "--root"), _require_dir(folder / "GT", "--root")
         split_dir = out / name
         rng = np.random.default_rng(np.random.SeedSequence([seed, 646, int(name == "test")]))
-        fg_names = _names_file(split_dir / "fg_names.txt", lambda: _image_names(fg_dir))
+        # checked before the listing is recorded, which a re-run reuses
+        fg_names = _names_file(split_dir / "fg_names.txt", lambda: _unique_stems(_image_names(fg_dir), fg_dir))
         bg_dir, option = sources[name]
         if not (split_dir / "bg_names.txt").is_file():
             # recorded before the draw it seeds: a run stopped between the two left a draw without its
