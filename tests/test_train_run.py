@@ -181,6 +181,10 @@ def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     assert code == 2 and "was started with another train.lr than this recipe gives" in text
     # the values, so that the --set to resume with needs no look into recipe.json
     assert "(the run's 0.01, now 0.5: resume with the run's settings, e.g. --set train.lr=0.01;" in text
+    # the advice is --batch-size, which sets it after every --set (the --set it gave changed nothing)
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(run), "--resume",
+                         "--set", "train.batch_size=4", "--batch-size", "3")
+    assert code == 2 and "(the run's 4, now 3: resume with the run's settings, e.g. --batch-size 4;" in text
     code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(run), "--resume",
                          "--seed", "4")
     assert code == 2 and "was started with --seed 3, not 4" in text

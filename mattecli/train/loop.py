@@ -211,9 +211,11 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
         key = ckpt.first_difference(recorded, given)
         if key is not None:
             ran, now = (json.dumps(_dotted(d, key)) for d in (recorded, given))  # what --set would need
+            # --batch-size is applied after every --set: `--set train.batch_size=2` beside it changed nothing
+            fix = f"--batch-size {ran}" if key == "train.batch_size" else f"--set {key}={ran}"
             raise UsageError(f"--resume: {run_dir} was started with another {key} than this recipe gives "
                              f"(the run's {ran}, now {now}: resume with the run's settings, e.g. "
-                             f"--set {key}={ran}; another --out starts a new run)")
+                             f"{fix}; another --out starts a new run)")
         if opts.seed is not None and opts.seed != record.seed:
             raise UsageError(f"--resume: {run_dir} was started with --seed {record.seed}, not {opts.seed}")
         iters, seed = record.recipe["train"]["iters"] if opts.iters is None else opts.iters, record.seed
