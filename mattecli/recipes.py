@@ -335,7 +335,9 @@ def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str]
         beside = path.parent / base  # a file named by a relative path sits beside the recipe, wherever matte runs
         base_raw = _read_yaml(recipe_path(beside if beside.suffix in (".yaml", ".yml") and beside.is_file() else base))
         if "base" in base_raw:
-            raise UsageError(f"{path}: base recipe '{base}' has a base itself; only one level is allowed")
+            # the demo recipes, the ones to start from, each have a base: say how to build on one
+            raise UsageError(f"{path}: base recipe '{base}' has a base itself; only one level is allowed "
+                             f"(`matte recipes {base} > base.yaml` writes it resolved, a base that has none)")
         for key in ("name", "description"):  # the recipe's own, never its base's (a printed base names itself)
             base_raw.pop(key, None)
         raw = _deep_merge(base_raw, raw)

@@ -74,6 +74,11 @@ def test_only_one_base_level(tmp_path):
     (tmp_path / "a.yaml").write_text(f"base: {RECIPES_DIR / 'indexnet-o2o-lin.yaml'}\n")
     with pytest.raises(UsageError, match="only one level"):
         load_recipe(tmp_path / "a.yaml")
+    # `base: demo-tcp`, the natural start, said only that; it now says how to build on one
+    (tmp_path / "b.yaml").write_text("base: demo-tcp\n")
+    with pytest.raises(UsageError, match=re.escape("(`matte recipes demo-tcp > base.yaml` writes it resolved, a "
+                                                   "base that has none)")):
+        load_recipe(tmp_path / "b.yaml")
 
 
 def test_unknown_recipe_is_a_usage_error():
