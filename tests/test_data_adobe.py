@@ -530,3 +530,22 @@ def test_two_foregrounds_with_one_stem_are_refused_before_anything_is_written(da
         plan_jobs(["a.png", "a.png"], ["x.jpg"] * 2, 1, [root / "Test" / "FG"], [root / "Test" / "GT"],
                   [dataset["voc"]], tmp_path / "o", merged=True, trimap_dir=None, names_file=names,
                   alpha_per_composite=True)
+
+
+def test_a_foreground_turned_by_its_exif_tag_says_so(dataset, tmp_path):
+    """A phone photo as a foreground is stored landscape with an EXIF rotation; its alpha, made on the
+    upright picture, is portrait. The failure said only that the sizes differ, while every viewer
+    shows the two matching."""
+    root = tmp_path / "D646"
+    for sub in ("FG", "GT"):
+        (root / "Test" / sub).mkdir(parents=True)
+    photo = Image.fromarray(_rand_rgb(np.random.default_rng(5), 14, 10))  # 14 wide, 10 high
+    exif = photo.getexif()
+    exif[0x0112] = 6  # rotated 90 CW: shown 10 wide, 14 high
+    photo.save(root / "Test" / "FG" / "p.jpg", exif=exif)
+    Image.fromarray(np.zeros((14, 10), np.uint8)).save(root / "Test" / "GT" / "p.jpg")
+    report = prepare_d646(root, tmp_path / "coco", dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert len(report.errors) == 1
+    assert "alpha is 10x14 but its foreground" in report.errors[0]
+    assert "(p.jpg's EXIF tag says 'rotated 90 CW', which is ignored here as Adobe's script ignores it: save the " \
+           "file upright)" in report.errors[0]

@@ -21,7 +21,8 @@ import numpy as np
 from mattecli.data.manifest import Sample, write_manifest
 from mattecli.errors import InputError, UsageError
 from mattecli.files import atomic_write, remove_stale_temps
-from mattecli.imageio import IMAGE_SUFFIXES, read_gray, read_image, write_png
+from mattecli.imageio import (EXIF_ORIENTATIONS, IMAGE_SUFFIXES, exif_orientation, read_gray, read_image,
+                              write_png)
 
 ADOBE_PER_FG = {"train": 100, "test": 20}
 D646_PER_FG = {"train": 80, "test": 20}
@@ -219,8 +220,12 @@ def _foreground(job: ForegroundJob) -> tuple[np.ndarray, np.ndarray]:
     fg = read_image(job.fg)
     alpha = read_gray(job.alpha)
     if alpha.shape != fg.shape[:2]:
+        turned = [p for p in (job.fg, job.alpha) if exif_orientation(p) >= 5] if alpha.shape == fg.shape[1::-1] else []
+        # a phone photo as a foreground: viewers show it upright, beside an alpha made upright
+        why = (f" ({turned[0].name}'s EXIF tag says {EXIF_ORIENTATIONS[exif_orientation(turned[0])]!r}, which is "
+               "ignored here as Adobe's script ignores it: save the file upright)") if turned else ""
         raise InputError(job.alpha, f"alpha is {alpha.shape[1]}x{alpha.shape[0]} but its "
-                                    f"foreground {job.fg} is {fg.shape[1]}x{fg.shape[0]}")
+                                    f"foreground {job.fg} is {fg.shape[1]}x{fg.shape[0]}{why}")
     return fg, alpha
 
 
