@@ -257,9 +257,27 @@ def recipe_path(name_or_path: str | Path) -> Path:
     raise UsageError(f"unknown recipe '{name_or_path}' (not a file, not in {RECIPES_DIR}; e.g. {known}, ...)")
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last without
+    a word, so `lr: 0.02` added at the end of a section silently beat, or lost to, the `lr` above it.
+    Keys a `<<:` merge brings in may be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict:
     try:  # bytes: PyYAML reads UTF-8 and UTF-16 by their marks and names any other encoding's bytes
-        data = yaml.safe_load(path.read_bytes())
+        data = yaml.load(path.read_bytes(), Loader=_RecipeLoader)
     except yaml.YAMLError as err:  # its str() spans several lines, quoting the file
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

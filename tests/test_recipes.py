@@ -108,6 +108,9 @@ def test_set_below_a_value_is_a_usage_error(overrides, needle):
     ("model: 5\n", "model: expected a mapping, got 5"),
     ("name: 12\nmodel: {family: tcp}\n", "name: expected a string, got 12"),
     ("model: {family: tcp}\ntrain:\n  lr: [1\n", r"not valid YAML at line 4, column 1 \(expected ',' or ']'"),
+    # PyYAML kept the last of the two without a word
+    ("model: {family: tcp}\ntrain:\n  lr: 0.01\n  iters: 5\n  lr: 0.02\n",
+     r"not valid YAML at line 5, column 3 \(key 'lr' given twice \(first at line 3\)\)"),
 ])
 def test_a_malformed_recipe_file_fails_in_one_line_naming_it(tmp_path, text, needle):
     """These were TypeErrors, or a YAML error over five lines quoting the file."""
@@ -176,3 +179,12 @@ def test_a_recipe_is_named_after_itself_not_after_its_base(tmp_path):
     (tmp_path / "exp1.yaml").write_text("base: base.yaml\ntrain:\n  lr: 0.02\n")
     (tmp_path / "exp2.yaml").write_text("base: base.yaml\nname: mine\n")
     assert (load_recipe(tmp_path / "exp1.yaml").name, load_recipe(tmp_path / "exp2.yaml").name) == ("exp1", "mine")
+
+
+def test_a_merge_key_may_be_overridden(tmp_path):
+    """`<<: *anchor` then a key of the anchor's: YAML's override, not a key given twice."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("model: {family: tcp}\ntrain: &t\n  lr: 0.01\n  iters: 5\ndata: {crop_size: 64}\n"
+                    "infer:\n  <<: {stride: 32, align: pad}\n  align: resize\n")
+    recipe = load_recipe(path)
+    assert (recipe.infer.align, recipe.infer.stride, recipe.train.lr) == ("resize", 32, 0.01)
