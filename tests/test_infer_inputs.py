@@ -195,6 +195,26 @@ def test_images_beyond_pillows_pixel_guard_are_named_not_fatal(tmp_path, monkeyp
     assert len(report.failed) == 1 and "too many pixels" in report.failed[0][1]
 
 
+def test_a_name_of_invalid_utf8_bytes_is_read_not_a_crash(tmp_path):
+    """A file uploaded as b'bad\\xff.png' (Python's name for it holds a lone surrogate) killed the
+    whole process with a segmentation fault inside OpenCV's imread; run in a child for that reason."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photo()).save(os.fsdecode(bytes(folder) + b"/bad\xff.png"))
+    trimap_png(os.fsdecode(bytes(folder) + b"/bad\xff_trimap.png"))
+    code = ("import sys, numpy as np; from mattecli.imageio import read_image, read_trimap; "
+            "from tests.test_infer_inputs import photo; import os; d = os.fsencode(sys.argv[1]); "
+            "assert np.array_equal(read_image(os.fsdecode(d + b'/bad\\xff.png')), photo()); "
+            "print(read_trimap(os.fsdecode(d + b'/bad\\xff_trimap.png'))[0].shape)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"({H}, {W})"
+
+
 def test_a_single_image_file_with_its_trimap_beside_it_in_a_folder_or_as_a_file(tmp_path):
     from tests.infer_helpers import make_pairs
 
