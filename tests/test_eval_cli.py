@@ -131,6 +131,18 @@ def test_unreadable_file_is_named_and_nothing_left_gives_count_0(folders):
     assert (root / "out.csv").read_text() == "name,sad,mse,grad,conn\n"
 
 
+def test_control_characters_in_a_name_are_escaped(folders):
+    """A prediction named 'x\x1b]0;pwned\x07' reached the terminal as an escape sequence (rich drops the
+    BEL, not the ESC), which then swallowed what followed."""
+    root, _ = folders
+    for folder in ("pred", "gt", "trimap"):
+        (root / folder / "a.png").rename(root / folder / "x\x1b]0;pwned\x07.png")
+    (root / "pred" / "x\x1b]0;pwned\x07.png").write_bytes(b"not a png")
+    result = run(*args_for(root))
+    assert result.exit_code == 1 and "\x1b" not in result.stderr
+    assert "matte eval: x\\x1b]0;pwned\\x07: " in result.stderr
+
+
 def test_trimap_without_unknown_pixels_warns(folders):
     """A binary mask given as a trimap scored 0 on every metric without a word, lowering the mean."""
     root, cases = folders

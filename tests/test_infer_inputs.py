@@ -215,6 +215,25 @@ def test_a_name_of_invalid_utf8_bytes_is_read_not_a_crash(tmp_path):
     assert done.stdout.strip() == f"({H}, {W})"
 
 
+def test_control_characters_in_names_are_escaped_in_every_line(tmp_path, capsys):
+    """Uploaded names printed as they were: ESC[2J cleared the user's terminal, ESC]0;...BEL retitled
+    it, and a newline forged a line of matte's own in a log."""
+    from mattecli.inference.batch import print_report
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("clear\x1b[2J", "forged\nmatte: note: all good", "title\x1b]0;pwned\x07"):
+        (folder / f"{name}.png").write_bytes(b"not a png")
+        trimap_png(folder / f"{name}_trimap.png")
+    Image.fromarray(photo()).save(folder / "lone\x9b.png")  # C1 CSI, no trimap: the reason names it too
+    report, _ = run(folder, tmp_path)
+    print_report(report, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert not any(c in err for c in "\x1b\x07\x9b")
+    assert len(err.splitlines()) == 4 and all(line.startswith("matte: failed: ") for line in err.splitlines())
+    assert "forged\\nmatte: note: all good.png: cannot decode" in err and "lone\\x9b.* or" in err
+
+
 def test_a_single_image_file_with_its_trimap_beside_it_in_a_folder_or_as_a_file(tmp_path):
     from tests.infer_helpers import make_pairs
 

@@ -14,7 +14,7 @@ from typing import NoReturn
 import typer
 
 from mattecli import errors
-from mattecli.errors import InputError, UsageError, stop_requested
+from mattecli.errors import InputError, UsageError, printable, stop_requested
 
 try:  # typer 0.2x carries its own copy of click
     from typer._click.exceptions import UsageError as _ClickUsageError
@@ -201,7 +201,7 @@ def main() -> None:
     except (UsageError, InputError) as err:
         if stop_requested(err):  # a library turned the KeyboardInterrupt into its own error
             _interrupted()  # (safetensors while reading weights: "not a readable .safetensors file")
-        print(f"matte: error: {err}", file=sys.stderr)
+        print(printable(f"matte: error: {err}"), file=sys.stderr)
         sys.exit(2 if isinstance(err, UsageError) else 1)
     except BrokenPipeError:  # before OSError, its base class, whose handler would re-raise it
         _pipe_closed()
@@ -212,7 +212,7 @@ def main() -> None:
         # disk, say), or a file the system would not let matte write (on Windows, the --csv that a
         # spreadsheet holds open): one line, not a traceback
         where = f"{err.filename}: " if err.filename else ""
-        print(f"matte: error: {where}{err.strerror or err}", file=sys.stderr)
+        print(printable(f"matte: error: {where}{err.strerror or err}"), file=sys.stderr)
         if err.errno in _NO_ROOM:
             _drop_stdout()  # what is still buffered for stdout cannot be written either
         sys.exit(1)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from mattecli.errors import UsageError
+from mattecli.errors import UsageError, printable
 
 
 def main(
@@ -47,7 +47,7 @@ def main(
             code = eval_predictions(pred, gt=gt, trimap=trimap, data=data, images=images, workers=workers,
                                     outputs=outputs)
     except UsageError as err:
-        print(f"matte: error: {err}", file=sys.stderr)
+        print(printable(f"matte: error: {err}"), file=sys.stderr)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
@@ -205,7 +205,7 @@ def _split(data: Path) -> Path:
 
 def _print_failures(errors, failures) -> None:
     for failure in failures:
-        errors.print(f"matte eval: {failure.name}: {failure.error}", markup=False, highlight=False, soft_wrap=True)
+        errors.print(printable(f"matte eval: {failure.name}: {failure.error}"), markup=False, highlight=False, soft_wrap=True)
 
 
 def _finish(results, items, kept: dict, outputs: EvalOutputs, errors) -> int:
