@@ -337,6 +337,25 @@ def test_model_on_a_prepared_split(tmp_path):
     assert {p: p.read_bytes() for p in (split / "alpha").iterdir()} == truth
 
 
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "sub/../../escaped"])
+def test_a_manifest_name_that_leaves_the_save_pred_folder_is_refused_before_any_image(tmp_path, name):
+    """A manifest from someone else named a sample '../../escaped' (or an absolute path): eval
+    --save-pred wrote that prediction outside the folder, wherever the name pointed."""
+    from mattecli.data.manifest import Sample, write_manifest
+
+    split = tmp_path / "data" / "test"
+    _, alpha, trimap = make_case(np.random.default_rng(0))
+    for folder, array in (("alpha", alpha), ("trimap", trimap), ("merged", np.dstack([alpha] * 3))):
+        write_png(split / folder / "a.png", array)
+    write_manifest(split, [Sample(name, image=split / "merged" / "a.png", alpha=split / "alpha" / "a.png",
+                                  trimap=split / "trimap" / "a.png")])
+    (tmp_path / "w.safetensors").write_bytes(b"never read: refused before the model loads")
+    result = run("--weights", tmp_path / "w.safetensors", "--data", split, "--save-pred", tmp_path / "pred")
+    assert result.exit_code == 2 and f"the manifest's sample name {name!r} would put its prediction outside" in \
+        result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "pred").exists() and not (tmp_path / "escaped.png").exists()
+
+
 def test_json_or_csv_onto_an_input_is_refused_before_any_image(folders, tmp_path):
     """`--csv data/test/manifest.csv` (a slip for m.csv) replaced the split's manifest with the
     metrics after the run, and `--json gt/a.png` a ground truth."""
