@@ -7,7 +7,6 @@ in it. Foreign checkpoints are read with `torch.load(weights_only=True)` only (n
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -73,7 +72,7 @@ def unknown_model_file(path: Path) -> UsageError:
 
 
 def _read_matte_weights(path: str | Path, tensors: bool):
-    from mattecli.recipes import recipe_from_dict
+    from mattecli.recipes import stored_recipe
 
     path = Path(path)
     if not path.is_file():
@@ -81,8 +80,7 @@ def _read_matte_weights(path: str | Path, tensors: bool):
     meta, state = _read_safetensors(path, tensors)
     if "recipe" not in meta:
         raise UsageError(f"{path}: no recipe in the metadata (not written by matte; use `matte convert`)")
-    raw = json.loads(meta["recipe"])
-    return recipe_from_dict(raw, raw.get("name", path.stem)), meta, state
+    return stored_recipe(meta["recipe"], path), meta, state
 
 
 def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:

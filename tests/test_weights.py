@@ -127,6 +127,23 @@ def test_weights_file_without_recipe_is_refused(tmp_path):
         load_model(tmp_path / "bare.safetensors")
 
 
+@pytest.mark.parametrize("text, reason", [("{not json", "is not JSON (JSONDecodeError)"),
+                                          ("[" * 100000, "is not JSON (RecursionError)"),
+                                          ("[1, 2]", "is not a JSON object"), ('"indexnet"', "is not a JSON object")])
+def test_a_recipe_in_the_metadata_that_is_not_a_json_object_is_named(tmp_path, text, reason):
+    """A weights file from someone else whose recipe metadata is not a JSON object: json's
+    JSONDecodeError or an AttributeError traceback in every command that read it."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "odd.safetensors"
+    save_file({"a": torch.zeros(1)}, str(path), metadata={"format": "matte-weights/1", "recipe": text})
+    with pytest.raises(UsageError) as err:
+        load_model(path)
+    assert str(err.value) == f"{path}: the recipe in its metadata {reason}"
+    done = run_main("recipes", path)
+    assert done.returncode == 2 and done.stderr == f"matte: error: {path}: the recipe in its metadata {reason}\n"
+
+
 def test_detect_refuses_foreign_checkpoints():
     with pytest.raises(UsageError, match="does not look like"):
         detect_indexnet_variant({"conv1.weight": torch.zeros(1)})

@@ -53,7 +53,7 @@ def carried_recipe(path: Path):
         UsageError: naming the file, when it is missing, unreadable or carries no recipe.
     """
     from mattecli.errors import UsageError
-    from mattecli.recipes import recipe_from_dict
+    from mattecli.recipes import stored_recipe
 
     suffix = path.suffix.lower()
     if not path.is_file():
@@ -78,8 +78,7 @@ def carried_recipe(path: Path):
         extra = {k: meta[k] for k in ("tensorrt", "half", "profile") if k in meta}
     if "recipe" not in meta:
         raise UsageError(f"{path}: carries no recipe (not exported by matte)")
-    raw = json.loads(meta["recipe"]) if isinstance(meta["recipe"], str) else meta["recipe"]
-    return recipe_from_dict(raw, raw.get("name", path.stem)), extra
+    return stored_recipe(meta["recipe"], path), extra
 
 
 def main(name: str = typer.Argument(None, metavar="[NAME]",
