@@ -101,9 +101,16 @@ def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
 
 def load_model(path: str | Path):
     """-> (model in eval mode, recipe) rebuilt from a weights file."""
+    import torch
+
     from mattecli.models import build_model
 
     recipe, state = read_weights(path)
+    # the recipe is checked against the file's tensors on a model that holds no memory first: one
+    # from someone else asking for 10^5 times the channels allocated terabytes (a traceback, or
+    # the out-of-memory killer) before its tensors could be found not to fit
+    with torch.device("meta"):
+        check_state(build_model(recipe).state_dict(), state, str(path))
     model = build_model(recipe)
     load_state_strict(model, state, str(path))
     return model.eval(), recipe
@@ -113,6 +120,14 @@ def load_state_strict(model, state: dict, source: str) -> None:
     """Load a state dict requiring every model tensor filled and every source tensor consumed,
     with equal shapes; otherwise fail naming the keys."""
     own = model.state_dict()
+    check_state(own, state, source)
+    optional = {k for k in own if k.endswith("num_batches_tracked")}
+    model.load_state_dict({**{k: own[k] for k in optional}, **state}, strict=True)
+
+
+def check_state(own: dict, state: dict, source: str) -> None:
+    """Raise a UsageError naming the keys unless `state` fills every tensor of the model's state
+    dict `own` (batch-norm counters may be absent), with equal shapes, and has no others."""
     optional = {k for k in own if k.endswith("num_batches_tracked")}
     missing = sorted(set(own) - set(state) - optional)
     unexpected = sorted(set(state) - set(own))
@@ -127,7 +142,6 @@ def load_state_strict(model, state: dict, source: str) -> None:
             f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:6]))
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
-    model.load_state_dict({**{k: own[k] for k in optional}, **state}, strict=True)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -144,6 +144,32 @@ def test_a_recipe_in_the_metadata_that_is_not_a_json_object_is_named(tmp_path, t
     assert done.returncode == 2 and done.stderr == f"matte: error: {path}: the recipe in its metadata {reason}\n"
 
 
+def test_a_recipe_asking_for_a_model_far_larger_than_its_tensors_is_refused_before_allocating(tmp_path):
+    """A weights file from someone else whose recipe says decoder_kernel_size 20001: building the
+    model asked for 49 TB (a traceback here; the out-of-memory killer where it is only tens of GB)
+    before its tensors were found not to fit."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    recipe = load_recipe("demo-indexnet")
+    save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+    with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    raw = json.loads(meta["recipe"])
+    raw["model"]["decoder_kernel_size"] = 20001
+    save_file(state, str(tmp_path / "huge.safetensors"), metadata={**meta, "recipe": json.dumps(raw)})
+    with pytest.raises(UsageError, match=r"huge.safetensors: shape mismatch: decoder_layer0.dconv.0.weight "
+                                         r"\(32, 64, 5, 5\) vs \(32, 64, 20001, 20001\)"):
+        load_model(tmp_path / "huge.safetensors")
+    import warnings
+
+    with warnings.catch_warnings():  # the check on the meta device says nothing of its own (torch's "no-op" copy)
+        warnings.simplefilter("error")
+        load_model(tmp_path / "w.safetensors")
+
+
 def test_detect_refuses_foreign_checkpoints():
     with pytest.raises(UsageError, match="does not look like"):
         detect_indexnet_variant({"conv1.weight": torch.zeros(1)})
