@@ -278,7 +278,9 @@ def _unpickler_reason(text: str) -> str:
     for line in after.splitlines():
         line = line.strip()
         if line and "weights_only" not in line:
-            return line
+            # "Unsupported global: GLOBAL eval was not an allowed global by default. Please use
+            # `torch.serialization.add_safe_globals([eval])` ... if you trust this class/function."
+            return line.split(" Please use `torch.serialization", 1)[0]
     return "not readable as a checkpoint"
 
 

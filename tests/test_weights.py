@@ -120,6 +120,21 @@ def test_pickled_code_is_refused(tmp_path):
         import_indexnet_official(tmp_path / "evil.pth")
 
 
+class EvalPayload:
+    def __reduce__(self):
+        return eval, ("1 + 1",)
+
+
+def test_code_named_by_a_checkpoint_is_refused_without_advice_to_allow_it(tmp_path):
+    """A checkpoint whose pickle calls eval was refused with torch's advice to allowlist eval with
+    torch.serialization.add_safe_globals 'if you trust this class/function'."""
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "meta": EvalPayload()}, tmp_path / "evil.pth")
+    with pytest.raises(UsageError) as err:
+        import_indexnet_official(tmp_path / "evil.pth")
+    assert str(err.value) == (f"{tmp_path / 'evil.pth'}: refused by torch.load(weights_only=True): Unsupported "
+                              "global: GLOBAL eval was not an allowed global by default.")
+
+
 def test_weights_file_without_recipe_is_refused(tmp_path):
     from safetensors.torch import save_file
     save_file({"a": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
