@@ -5,6 +5,7 @@ written here."""
 from __future__ import annotations
 
 import math
+import re
 import os
 
 import numpy as np
@@ -338,6 +339,11 @@ def test_usage_errors(dataset, tmp_path):
     (root / "Test_set/test_fg_names.txt").write_bytes(b"cat.png\r\ndog\xe9.png\r\n")  # was UnicodeDecodeError
     with pytest.raises(UsageError, match=r"test_fg_names.txt: names file is not UTF-8 text \(byte 0xe9 at offset 12\)"):
         prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
+    for path in ("sub/dog.png", "../../dog.png", ".."):  # a names file edited by someone: was a ValueError traceback
+        (root / "Test_set/test_fg_names.txt").write_text(f"cat.png\n{path}\n")
+        with pytest.raises(UsageError, match=re.escape(f"test_fg_names.txt: '{path}' is a path; each line names a "
+                                                       "file in its folder")):
+            prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
     (root / "Test_set/test_fg_names.txt").write_text("cat.png\ndog.png\nextra.png\n")
     with pytest.raises(UsageError, match="40 background names, 60 needed"):
         prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
