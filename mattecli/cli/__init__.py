@@ -8,6 +8,7 @@ import importlib
 import os
 import signal
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -195,6 +196,9 @@ def main() -> None:
     "matte: interrupted" and exits with 130; SIGTERM says "matte: terminated" and exits with 143."""
     signal.signal(signal.SIGTERM, _terminate)
     _unicode_stdout()
+    # Pillow warns of a possible decompression bomb over 89 MP (a 16K photo is 133 MP) in two lines
+    # that name no file; the images it refuses, over twice that, are named by the readers
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels")
     try:
         refuse_empty_paths(sys.argv[1:])
         app()
