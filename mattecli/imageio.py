@@ -64,6 +64,8 @@ def _png_colour_type(path: Path) -> int | None:
     decompression bomb, or a file that cannot be opened."""
     from PIL import Image
 
+    if not Path(path).is_file():  # opening a named pipe (a link to one among the images) waited forever
+        return None
     try:
         with open(path, "rb") as f:
             head = f.read(29)
@@ -113,7 +115,8 @@ def _open(path: Path, apply_exif: bool = False):
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "a folder, not an image file" if path.is_dir() else "no such file")
+        raise InputError(path, "a folder, not an image file" if path.is_dir() else
+                         "not a regular file (a device or a named pipe)" if path.exists() else "no such file")
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
     try:

@@ -234,6 +234,29 @@ def test_control_characters_in_names_are_escaped_in_every_line(tmp_path, capsys)
     assert "forged\\nmatte: note: all good.png: cannot decode" in err and "lone\\x9b.* or" in err
 
 
+def test_a_link_to_a_named_pipe_or_a_device_is_named_not_waited_on(tmp_path):
+    """An upload folder holding x.png -> a named pipe: the PNG fast path opened it to read the header
+    and the whole batch waited forever. Run in a child, with a time limit, for that reason."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.mkfifo(tmp_path / "pipe")
+    (folder / "x.png").symlink_to(tmp_path / "pipe")
+    (folder / "z.png").symlink_to("/dev/zero")
+    Image.fromarray(photo()).save(folder / "ok.png")
+    for stem in ("x", "z", "ok"):
+        trimap_png(folder / f"{stem}_trimap.png")
+    code = ("import sys; from pathlib import Path; from tests.test_infer_inputs import run; "
+            "report, _ = run(Path(sys.argv[1]), Path(sys.argv[2])); print(report.done, report.failed)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder), str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    reason = "not a regular file (a device or a named pipe)"
+    assert done.stdout.strip() == f"{[str(folder / 'ok.png')]} {[(str(folder / n), reason) for n in ('x.png', 'z.png')]}"
+
+
 def test_a_single_image_file_with_its_trimap_beside_it_in_a_folder_or_as_a_file(tmp_path):
     from tests.infer_helpers import make_pairs
 
