@@ -160,6 +160,30 @@ def test_recipes_prints_the_recipe_a_model_file_carries(tmp_path):
         f"{tmp_path / 'best.safetensors'} > recipe.yaml` writes the recipe it carries\n")
 
 
+def test_recipes_escapes_the_control_characters_of_a_model_files_recipe_name(tmp_path):
+    """A graph from someone else whose recipe is named 'x\x1b[2J' cleared the terminal of `matte recipes
+    m.onnx`; a newline in the name (or in metadata shown beside it) ended the YAML comment, so the text
+    after it became recipe lines in `matte recipes m.onnx > recipe.yaml`."""
+    import onnx
+    import yaml
+    from onnx import TensorProto, helper
+
+    from mattecli.recipes import load_recipe
+
+    recipe = json.loads(load_recipe("demo-tcp").to_json())
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"recipe": json.dumps({**recipe, "name": "x\x1b[2J\ndata: {crop_size: 2}"}),
+                                   "precision": "float32\x1b]0;pwned\x07"})
+    onnx.save(model, tmp_path / "m.onnx")
+    text = matte("recipes", tmp_path / "m.onnx").stdout
+    assert text.splitlines()[0] == (f"# x\\x1b[2J\\ndata: {{crop_size: 2}}, carried by {tmp_path / 'm.onnx'}; "
+                                    "precision: float32\\x1b]0;pwned\\x07")
+    assert yaml.safe_load(text)["data"]["crop_size"] == recipe["data"]["crop_size"]
+
+
 def test_usage_errors_are_one_line_exit_2(tmp_path):
     res = run_main("convert", tmp_path / "x.pth", "--from", "nope", "--out", tmp_path / "o.safetensors")
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "unknown source" in res.stderr

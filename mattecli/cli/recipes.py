@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from mattecli.errors import printable
+
 
 def recipe_table() -> list[dict]:
     """One dict per recipe in `recipes/`: name, family, params (trainable), description."""
@@ -41,7 +43,8 @@ def recipe_text(name: str, as_json: bool = False) -> str:
     resolved = json.loads(json.dumps(recipe.to_dict()))  # tuples as lists, which YAML writes plainly
     if as_json:
         return json.dumps(resolved, indent=1) + "\n"
-    return f"# {recipe.name}, {source}\n" + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True)
+    # a model file's recipe name and metadata are anyone's text: a newline in them ended the comment
+    return printable(f"# {recipe.name}, {source}") + "\n" + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True)
 
 
 def carried_recipe(path: Path):
