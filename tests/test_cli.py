@@ -210,6 +210,9 @@ def make_folder(root, rng):
         write_png(images / f"{name}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         write_png(images / f"{name}_trimap.png", rng.choice(np.array([0, 102, 255], np.uint8), (h, w)))
     (images / "broken.png").write_bytes(b"\x89PNG not really")
+    header = (images / "b.png").read_bytes()[:33]  # a real header, garbage after: OpenCV logged two lines of its own
+    (images / "garbage.png").write_bytes(header + np.random.default_rng(1).bytes(300))
+    write_png(images / "garbage_trimap.png", np.zeros((40, 33), np.uint8))
     write_png(images / "broken_trimap.png", np.zeros((4, 4), np.uint8))
     write_png(images / "lonely.png", np.zeros((8, 8, 3), np.uint8))
     write_png(images / "mismatch.png", np.zeros((8, 8, 3), np.uint8))
@@ -228,8 +231,10 @@ def test_infer_over_a_folder_goes_on_past_bad_files(tmp_path, weights):
     trimap = np.asarray(read_gray(images / "a photo_trimap.png"))
     assert alpha.shape == (45, 67)
     assert (alpha[trimap == 0] == 0).all() and (alpha[trimap == 255] == 255).all()
-    for needle in ("broken.png: cannot decode", "lonely.png: no trimap", "9 but image", "3 written", "3 failed"):
+    for needle in ("broken.png: cannot decode", "garbage.png: cannot decode", "lonely.png: no trimap", "9 but image",
+                   "3 written", "4 failed"):
         assert needle in res.stderr + res.stdout
+    assert all(line.startswith(("matte: ", "infer ")) for line in res.stderr.splitlines()), res.stderr
     assert "mapped with <85 background" in res.stderr  # the 102-gray trimaps were converted, and said so
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 
