@@ -199,6 +199,9 @@ def main() -> None:
     # Pillow warns of a possible decompression bomb over 89 MP (a 16K photo is 133 MP) in two lines
     # that name no file; the images it refuses, over twice that, are named by the readers
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels")
+    # and of a damaged EXIF block, also in two lines that name no file: such a file is read with the
+    # orientation tag Pillow could still read, or as stored when none, as a file without a tag is
+    warnings.filterwarnings("ignore", message=r"(Possibly )?[Cc]orrupt EXIF")
     # OpenCV decodes PNGs first and, on a damaged one, logged lines such as "[ERROR:0@19.9] global
     # grfmt_png.cpp:297 readHeader IHDR chunk shall be first" that name no file; Pillow then decodes
     # it and the reader names the file with the reason. Read when cv2 is imported, later.
