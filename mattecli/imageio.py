@@ -456,8 +456,10 @@ def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None =
 def rgb_icc_profile(path: str | Path) -> bytes | None:
     """The ICC colour profile embedded in an image file when it describes RGB colours (a phone's
     Display P3, Adobe RGB), for colour outputs made from its pixels; None without one, for a gray
-    or CMYK profile (the pixels are read as RGB), or a file that cannot be opened. Reads the
-    header only."""
+    or CMYK profile (the pixels are read as RGB), a profile that does not parse, or a file that
+    cannot be opened. Reads the header only."""
+    import io
+
     from PIL import Image
 
     try:
@@ -465,7 +467,17 @@ def rgb_icc_profile(path: str | Path) -> bytes | None:
             icc = image.info.get("icc_profile")
     except (OSError, ValueError):
         return None
-    return icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None  # the profile's colour space
+    if not (isinstance(icc, bytes) and icc[16:20] == b"RGB "):  # the profile's colour space
+        return None
+    try:  # a damaged profile copied into the outputs made every reader warn of it (libpng: "iCCP: ...")
+        from PIL import ImageCms
+
+        ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except ImportError:  # a Pillow built without littlecms: kept unchecked
+        return icc
+    except OSError:
+        return None
+    return icc
 
 
 def read_png_text(path: str | Path) -> dict[str, str]:
