@@ -74,7 +74,10 @@ def check_stdout(path: str | Path | None, option: str) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to standard output when `to_stdout(path)`, else into the file atomically, as
-    UTF-8 (not the locale's code page, as Windows would: a CSV of unicode names failed there)."""
+    UTF-8 (not the locale's code page, as Windows would: a CSV of unicode names failed there).
+    A name that is not valid UTF-8 (b'bad\\xff.png', which Python holds as 'bad\\udcff.png') is
+    written as JSON writes it, 'bad\\udcff': it was a UnicodeEncodeError after all the work."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if to_stdout(path):
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -143,6 +143,21 @@ def test_control_characters_in_a_name_are_escaped(folders):
     assert "matte eval: x\\x1b]0;pwned\\x07: " in result.stderr
 
 
+def test_a_name_that_is_not_utf8_is_written_escaped_in_the_csv(folders):
+    """An upload named b'bad\\xff.png' (Python holds 'bad\\udcff'): eval --csv ended in a
+    UnicodeEncodeError after all the work, and wrote no CSV; it is written as --json writes it."""
+    import os
+
+    root, _ = folders
+    for folder in ("pred", "gt", "trimap"):
+        os.rename(root / folder / "a.png", os.fsdecode(os.fsencode(root / folder) + b"/bad\xff.png"))
+    result = run(*args_for(root, "--csv", root / "out.csv", "--json", root / "out.json"))
+    assert result.exit_code == 0, result.output
+    assert [line.split(",")[0] for line in (root / "out.csv").read_text(encoding="utf-8").splitlines()] == [
+        "name", "b", "bad\\udcff", "c"]
+    assert [im["name"] for im in json.loads((root / "out.json").read_text())["images"]] == ["b", "bad\udcff", "c"]
+
+
 def test_trimap_without_unknown_pixels_warns(folders):
     """A binary mask given as a trimap scored 0 on every metric without a word, lowering the mean."""
     root, cases = folders
