@@ -226,11 +226,13 @@ def test_control_characters_in_names_are_escaped_in_every_line(tmp_path, capsys)
         (folder / f"{name}.png").write_bytes(b"not a png")
         trimap_png(folder / f"{name}_trimap.png")
     Image.fromarray(photo()).save(folder / "lone\x9b.png")  # C1 CSI, no trimap: the reason names it too
+    (folder / "spoof\u202egnp.exe.png").write_bytes(b"not a png")  # shown as 'spoofexe.png' with the override
+    trimap_png(folder / "spoof\u202egnp.exe_trimap.png")
     report, _ = run(folder, tmp_path)
     print_report(report, tmp_path / "out")
     err = capsys.readouterr().err
-    assert not any(c in err for c in "\x1b\x07\x9b")
-    assert len(err.splitlines()) == 4 and all(line.startswith("matte: failed: ") for line in err.splitlines())
+    assert not any(c in err for c in "\x1b\x07\x9b\u202e") and "spoof\\u202egnp.exe.png: cannot" in err
+    assert len(err.splitlines()) == 5 and all(line.startswith("matte: failed: ") for line in err.splitlines())
     assert "forged\\nmatte: note: all good.png: cannot decode" in err and "lone\\x9b.* or" in err
 
 
