@@ -255,6 +255,18 @@ def test_a_manifest_saved_with_a_byte_order_mark_reads(tmp_path):
     assert [s.name for s in read_manifest(tmp_path)] == ["a"]
 
 
+def test_a_manifest_that_is_not_utf8_or_not_csv_is_one_usage_line(tmp_path):
+    """A manifest from elsewhere saved in a code page (or a field over csv's 128 KiB limit): eval --data
+    and train ended in UnicodeDecodeError's (or csv.Error's) traceback."""
+    (tmp_path / "manifest.csv").write_bytes(b"name,image,alpha\ncaf\xe9,merged/a.png,alpha/a.png\n")
+    with pytest.raises(UsageError, match=re.escape(f"{tmp_path / 'manifest.csv'}: manifest is not UTF-8 text "
+                                                   "(byte 0xe9 at offset 20)")):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.csv").write_text('name,image,alpha\n"' + "x" * 200000 + '",a,b\n')
+    with pytest.raises(UsageError, match="manifest.csv: not readable as CSV \\(field larger than field limit"):
+        read_manifest(tmp_path)
+
+
 def _copy_dataset(dataset, tmp_path):
     import shutil
 
