@@ -211,7 +211,8 @@ def _split(data: Path) -> Path:
 
 def _print_failures(errors, failures) -> None:
     for failure in failures:
-        errors.print(printable(f"matte eval: {failure.name}: {failure.error}"), markup=False, highlight=False, soft_wrap=True)
+        errors.print(printable(f"matte eval: {failure.name}: {failure.error}"), markup=False, highlight=False,
+                     soft_wrap=True)
 
 
 def _finish(results, items, kept: dict, outputs: EvalOutputs, errors) -> int:

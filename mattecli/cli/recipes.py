@@ -44,7 +44,8 @@ def recipe_text(name: str, as_json: bool = False) -> str:
     if as_json:
         return json.dumps(resolved, indent=1) + "\n"
     # a model file's recipe name and metadata are anyone's text: a newline in them ended the comment
-    return printable(f"# {recipe.name}, {source}") + "\n" + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True)
+    return (printable(f"# {recipe.name}, {source}") + "\n"
+            + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True))
 
 
 def carried_recipe(path: Path):
