@@ -231,6 +231,8 @@ def _load_weights_only(path: Path):
         raise UsageError(f"{path}: a damaged zip archive (an interrupted download?), not a readable checkpoint")
     if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # \x80: the pickle PROTO opcode
         raise UsageError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
+    if zipfile.is_zipfile(path):
+        _refuse_zip_bomb(path)
     dropped: list[tuple[type, str]] = []
     while True:
         try:
@@ -244,6 +246,26 @@ def _load_weights_only(path: Path):
                                 found.group(1)))
                 continue
             raise UsageError(f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(text)}") from None
+
+
+# torch.save stores a checkpoint's records uncompressed; deflate makes float weights smaller by a few
+# percent, so a checkpoint zipped again by hand still unpacks to about its own size
+ZIP_RATIO_LIMIT = 16
+
+
+def _refuse_zip_bomb(path: Path) -> None:
+    """torch.load unpacks each record of a zip checkpoint in memory: a 1 MB file whose record
+    unpacks to 1 GiB of zeros took 1.3 GB (a zip bomb sent as a checkpoint: any size, to the
+    out-of-memory killer). The sizes its entries declare are checked against the file's first."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        declared = sum(info.file_size for info in archive.infolist())
+    size = path.stat().st_size
+    if declared > ZIP_RATIO_LIMIT * size + 2**20:
+        raise UsageError(f"{path}: a zip archive whose entries unpack to {declared / 2**20:,.0f} MiB from "
+                         f"{size / 2**20:,.1f} MiB, more than {ZIP_RATIO_LIMIT} times its size (torch.save "
+                         "compresses nothing); refused as a zip bomb")
 
 
 def _refuse_archive(path: Path, head: bytes) -> None:

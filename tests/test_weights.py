@@ -135,6 +135,27 @@ def test_code_named_by_a_checkpoint_is_refused_without_advice_to_allow_it(tmp_pa
                               "global: GLOBAL eval was not an allowed global by default.")
 
 
+def test_a_zip_bomb_sent_as_a_checkpoint_is_refused_before_it_is_unpacked(tmp_path):
+    """torch.load unpacks a zip checkpoint's records in memory: a 1 MB .pth whose record unpacks to
+    1 GiB of zeros took 1.3 GB before torch found the sizes wrong (here 64 KiB to 64 MiB). A
+    checkpoint compressed by hand, at about its own size, still loads."""
+    import zipfile
+
+    torch.save({"state_dict": {"x": torch.zeros(10)}}, tmp_path / "plain.pth")
+    with zipfile.ZipFile(tmp_path / "plain.pth") as plain, \
+            zipfile.ZipFile(tmp_path / "bomb.pth", "w", zipfile.ZIP_DEFLATED) as bomb, \
+            zipfile.ZipFile(tmp_path / "zipped.pth", "w", zipfile.ZIP_DEFLATED) as zipped:
+        for info in plain.infolist():
+            data = plain.read(info.filename)
+            bomb.writestr(info.filename, bytes(64 * 2**20) if info.filename.endswith("data/0") else data)
+            zipped.writestr(info.filename, data)
+    with pytest.raises(UsageError, match=r"bomb.pth: a zip archive whose entries unpack to 64 MiB from 0.1 MiB, more "
+                                         r"than 16 times its size \(torch.save compresses nothing\); refused"):
+        import_indexnet_official(tmp_path / "bomb.pth")
+    with pytest.raises(UsageError, match="does not look like an IndexNet"):  # read, then found not to be one
+        import_indexnet_official(tmp_path / "zipped.pth")
+
+
 def test_weights_file_without_recipe_is_refused(tmp_path):
     from safetensors.torch import save_file
     save_file({"a": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
