@@ -86,13 +86,19 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def special_file(path: str | Path) -> bool:
-    """Whether `path` is an existing device, FIFO or file under /dev or /proc (written in place)."""
+    """Whether `path` is an existing device, FIFO or file under /dev or /proc (written in place).
+
+    A symbolic link elsewhere is not, whatever it points to: it is replaced, as a link to a regular
+    file is. A link named like an output among a folder's outputs (x.png -> /dev/null, or a disk)
+    had the output written through it: lost, or onto the device, and counted as written."""
     path = Path(path)
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except OSError:  # not there yet (or unreadable): an ordinary new file
         return False
-    return not stat.S_ISREG(mode) or path.absolute().parts[1:2] in (("dev",), ("proc",))
+    if path.absolute().parts[1:2] in (("dev",), ("proc",)):  # /dev/stdout is a link, to /proc/self/fd/1
+        return True
+    return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode))
 
 
 def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: float = 0.0) -> int:
