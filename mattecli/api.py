@@ -226,6 +226,10 @@ def _as_pil(x: ImageLike, what: str, apply_exif: bool = True):
     if isinstance(x, Image.Image):
         from mattecli.imageio import unsupported_mode
 
+        try:  # `Image.open(upload)` decodes lazily: a cut-off upload raised Pillow's OSError from deep inside
+            x.load()
+        except (OSError, ValueError, SyntaxError) as err:
+            raise ValueError(f"{getattr(x, 'filename', '') or what}: cannot decode image ({err})") from None
         problem = unsupported_mode(x)
         if problem:
             raise ValueError(f"{what}: {problem}")

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mattecli.errors import UsageError
+from mattecli.errors import UsageError, printable
 from mattecli.sizes import Size
 TIMED = ("one backend call on a pipeline-prepared input (numpy in, numpy out; host-device copies "
          "included), after warm-up calls; each backend and size in a fresh process")
@@ -284,7 +284,7 @@ def _child_main(argv: list[str]) -> int:
         row = measure(args["model"], args["backend"], Size(*args["size"]), args["device"], args["half"],
                       args["repeat"], args["warmup"])
     except (UsageError, ValueError) as err:
-        print(f"matte: error: {err}", file=sys.stderr)
+        print(printable(f"matte: error: {err}"), file=sys.stderr)
         return 2
     print(ROW_MARK + json.dumps(row), flush=True)
     return 0

@@ -32,3 +32,16 @@ def stop_requested(err: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+# control characters (C0, DEL, C1) as Python escapes them: \n, \t, \x1b, \x9b; and the
+# bidirectional overrides and isolates, which show 'x\u202egnp.exe' as 'xexe.png'
+_ESCAPES = {code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES |= {code: f"\\u{code:04x}" for code in (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def printable(text: object) -> str:
+    """`text` (a message, a file name) with its control characters escaped, for one line on a
+    terminal or in a log: a file named by a stranger ('x\\x1b[2J.png', a name holding a newline and
+    'matte: failed: ...') printed as it is clears the screen, retitles the window or forges lines."""
+    return str(text).translate(_ESCAPES)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mattecli.files import atomic_write
+from mattecli.files import write_text
 from mattecli.imageio import write_png
 
 PANELS = ("image", "trimap", "ground truth", "prediction", "error")
@@ -96,7 +96,8 @@ def write_report(out_dir: Path, entries: list[ReportEntry], title: str = "matte 
             sheet_rows.append(_sheet_row(f"#{rank} {entry.name}  SAD {m['sad']:.2f}", panels))
     parts.append("</body></html>\n")
     page = "".join(parts)
-    path = atomic_write(out_dir / "index.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    path = out_dir / "index.html"
+    write_text(path, page)  # atomically, as UTF-8, a name that is not UTF-8 escaped
     if sheet_rows:
         width = max(r.shape[1] for r in sheet_rows)
         sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255)
@@ -118,5 +119,7 @@ def _sheet_row(label: str, panels: dict[str, np.ndarray], height: int = 160) -> 
         tiles.append(np.full((height, 4, 3), 255, np.uint8))
     strip = np.concatenate(tiles, axis=1)
     banner = np.full((22, strip.shape[1], 3), 255, np.uint8)
+    # Hershey fonts draw ASCII only, and a lone surrogate (a name not valid UTF-8) crashed putText
+    label = label.encode("ascii", "backslashreplace").decode("ascii")
     cv2.putText(banner, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([banner, strip, np.full((6, strip.shape[1], 3), 255, np.uint8)])

@@ -74,7 +74,10 @@ def check_stdout(path: str | Path | None, option: str) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to standard output when `to_stdout(path)`, else into the file atomically, as
-    UTF-8 (not the locale's code page, as Windows would: a CSV of unicode names failed there)."""
+    UTF-8 (not the locale's code page, as Windows would: a CSV of unicode names failed there).
+    A name that is not valid UTF-8 (b'bad\\xff.png', which Python holds as 'bad\\udcff.png') is
+    written as JSON writes it, 'bad\\udcff': it was a UnicodeEncodeError after all the work."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if to_stdout(path):
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -83,13 +86,19 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def special_file(path: str | Path) -> bool:
-    """Whether `path` is an existing device, FIFO or file under /dev or /proc (written in place)."""
+    """Whether `path` is an existing device, FIFO or file under /dev or /proc (written in place).
+
+    A symbolic link elsewhere is not, whatever it points to: it is replaced, as a link to a regular
+    file is. A link named like an output among a folder's outputs (x.png -> /dev/null, or a disk)
+    had the output written through it: lost, or onto the device, and counted as written."""
     path = Path(path)
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except OSError:  # not there yet (or unreadable): an ordinary new file
         return False
-    return not stat.S_ISREG(mode) or path.absolute().parts[1:2] in (("dev",), ("proc",))
+    if path.absolute().parts[1:2] in (("dev",), ("proc",)):  # /dev/stdout is a link, to /proc/self/fd/1
+        return True
+    return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode))
 
 
 def remove_stale_temps(folder: str | Path, pattern: str = ".*.tmp", older_than: float = 0.0) -> int:

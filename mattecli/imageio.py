@@ -64,6 +64,8 @@ def _png_colour_type(path: Path) -> int | None:
     decompression bomb, or a file that cannot be opened."""
     from PIL import Image
 
+    if not Path(path).is_file():  # opening a named pipe (a link to one among the images) waited forever
+        return None
     try:
         with open(path, "rb") as f:
             head = f.read(29)
@@ -90,10 +92,22 @@ def _decode_png(path: Path, colour_types: tuple[int, ...], flags: int, apply_exi
 
     if _png_colour_type(path) not in colour_types:
         return None
+    if not _utf8_name(path):
+        return None  # OpenCV's imread crashes the process (segmentation fault) on such a name; Pillow reads it
     array = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
         return None
     return orient(array, exif_orientation(path)) if apply_exif else array
+
+
+def _utf8_name(path: Path) -> bool:
+    """Whether a path is valid UTF-8: a POSIX name of other bytes (an upload named in Latin-1)
+    reaches Python with lone surrogates in it (surrogateescape)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _open(path: Path, apply_exif: bool = False):
@@ -101,7 +115,8 @@ def _open(path: Path, apply_exif: bool = False):
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "a folder, not an image file" if path.is_dir() else "no such file")
+        raise InputError(path, "a folder, not an image file" if path.is_dir() else
+                         "not a regular file (a device or a named pipe)" if path.exists() else "no such file")
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
     try:
@@ -441,8 +456,10 @@ def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None =
 def rgb_icc_profile(path: str | Path) -> bytes | None:
     """The ICC colour profile embedded in an image file when it describes RGB colours (a phone's
     Display P3, Adobe RGB), for colour outputs made from its pixels; None without one, for a gray
-    or CMYK profile (the pixels are read as RGB), or a file that cannot be opened. Reads the
-    header only."""
+    or CMYK profile (the pixels are read as RGB), a profile that does not parse, or a file that
+    cannot be opened. Reads the header only."""
+    import io
+
     from PIL import Image
 
     try:
@@ -450,7 +467,17 @@ def rgb_icc_profile(path: str | Path) -> bytes | None:
             icc = image.info.get("icc_profile")
     except (OSError, ValueError):
         return None
-    return icc if isinstance(icc, bytes) and icc[16:20] == b"RGB " else None  # the profile's colour space
+    if not (isinstance(icc, bytes) and icc[16:20] == b"RGB "):  # the profile's colour space
+        return None
+    try:  # a damaged profile copied into the outputs made every reader warn of it (libpng: "iCCP: ...")
+        from PIL import ImageCms
+
+        ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except ImportError:  # a Pillow built without littlecms: kept unchecked
+        return icc
+    except OSError:
+        return None
+    return icc
 
 
 def read_png_text(path: str | Path) -> dict[str, str]:

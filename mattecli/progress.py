@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mattecli.errors import printable
+
 
 def progress_bar(*extra_columns, console=None):
     """A rich `Progress` with matte's columns, on stderr unless `console` says otherwise;
@@ -38,7 +40,7 @@ class Tracker:
     def print(self, text: str) -> None:
         console = self.progress.console if self.progress is not None else self.console
         if console is not None:
-            console.print(text, markup=False, highlight=False, soft_wrap=True)
+            console.print(printable(text), markup=False, highlight=False, soft_wrap=True)
 
 
 @contextmanager

@@ -342,6 +342,24 @@ def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> R
     )
 
 
+def stored_recipe(value: str | dict, path: Path) -> Recipe:
+    """The recipe a model file carries (JSON text in a weights file's or a graph's metadata, an
+    object in an engine's header), validated as a recipe file is.
+
+    Raises:
+        UsageError: naming the file, when the recipe is not a JSON object (a file made or edited by
+            someone else: it was json's or Python's traceback), or not a valid recipe.
+    """
+    try:
+        raw = json.loads(value) if isinstance(value, str) else value
+    except (ValueError, RecursionError) as err:  # RecursionError: brackets nested thousands deep
+        raise UsageError(f"{path}: the recipe in its metadata is not JSON ({type(err).__name__})") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: the recipe in its metadata is not a JSON object")
+    name = raw.get("name")
+    return recipe_from_dict(raw, name if isinstance(name, str) else Path(path).stem)
+
+
 def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Recipe:
     """Load `recipes/NAME.yaml` (or a path), resolve its one `base:` level and apply overrides."""
     path = recipe_path(name_or_path)

@@ -7,7 +7,6 @@ in it. Foreign checkpoints are read with `torch.load(weights_only=True)` only (n
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -73,7 +72,7 @@ def unknown_model_file(path: Path) -> UsageError:
 
 
 def _read_matte_weights(path: str | Path, tensors: bool):
-    from mattecli.recipes import recipe_from_dict
+    from mattecli.recipes import stored_recipe
 
     path = Path(path)
     if not path.is_file():
@@ -81,8 +80,7 @@ def _read_matte_weights(path: str | Path, tensors: bool):
     meta, state = _read_safetensors(path, tensors)
     if "recipe" not in meta:
         raise UsageError(f"{path}: no recipe in the metadata (not written by matte; use `matte convert`)")
-    raw = json.loads(meta["recipe"])
-    return recipe_from_dict(raw, raw.get("name", path.stem)), meta, state
+    return stored_recipe(meta["recipe"], path), meta, state
 
 
 def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
@@ -103,9 +101,16 @@ def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
 
 def load_model(path: str | Path):
     """-> (model in eval mode, recipe) rebuilt from a weights file."""
+    import torch
+
     from mattecli.models import build_model
 
     recipe, state = read_weights(path)
+    # the recipe is checked against the file's tensors on a model that holds no memory first: one
+    # from someone else asking for 10^5 times the channels allocated terabytes (a traceback, or
+    # the out-of-memory killer) before its tensors could be found not to fit
+    with torch.device("meta"):
+        check_state(build_model(recipe).state_dict(), state, str(path))
     model = build_model(recipe)
     load_state_strict(model, state, str(path))
     return model.eval(), recipe
@@ -115,6 +120,14 @@ def load_state_strict(model, state: dict, source: str) -> None:
     """Load a state dict requiring every model tensor filled and every source tensor consumed,
     with equal shapes; otherwise fail naming the keys."""
     own = model.state_dict()
+    check_state(own, state, source)
+    optional = {k for k in own if k.endswith("num_batches_tracked")}
+    model.load_state_dict({**{k: own[k] for k in optional}, **state}, strict=True)
+
+
+def check_state(own: dict, state: dict, source: str) -> None:
+    """Raise a UsageError naming the keys unless `state` fills every tensor of the model's state
+    dict `own` (batch-norm counters may be absent), with equal shapes, and has no others."""
     optional = {k for k in own if k.endswith("num_batches_tracked")}
     missing = sorted(set(own) - set(state) - optional)
     unexpected = sorted(set(state) - set(own))
@@ -129,7 +142,6 @@ def load_state_strict(model, state: dict, source: str) -> None:
             f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:6]))
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
-    model.load_state_dict({**{k: own[k] for k in optional}, **state}, strict=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,6 +231,8 @@ def _load_weights_only(path: Path):
         raise UsageError(f"{path}: a damaged zip archive (an interrupted download?), not a readable checkpoint")
     if not zipfile.is_zipfile(path) and head[:1] != b"\x80":  # \x80: the pickle PROTO opcode
         raise UsageError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
+    if zipfile.is_zipfile(path):
+        _refuse_zip_bomb(path)
     dropped: list[tuple[type, str]] = []
     while True:
         try:
@@ -232,6 +246,26 @@ def _load_weights_only(path: Path):
                                 found.group(1)))
                 continue
             raise UsageError(f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(text)}") from None
+
+
+# torch.save stores a checkpoint's records uncompressed; deflate makes float weights smaller by a few
+# percent, so a checkpoint zipped again by hand still unpacks to about its own size
+ZIP_RATIO_LIMIT = 16
+
+
+def _refuse_zip_bomb(path: Path) -> None:
+    """torch.load unpacks each record of a zip checkpoint in memory: a 1 MB file whose record
+    unpacks to 1 GiB of zeros took 1.3 GB (a zip bomb sent as a checkpoint: any size, to the
+    out-of-memory killer). The sizes its entries declare are checked against the file's first."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        declared = sum(info.file_size for info in archive.infolist())
+    size = path.stat().st_size
+    if declared > ZIP_RATIO_LIMIT * size + 2**20:
+        raise UsageError(f"{path}: a zip archive whose entries unpack to {declared / 2**20:,.0f} MiB from "
+                         f"{size / 2**20:,.1f} MiB, more than {ZIP_RATIO_LIMIT} times its size (torch.save "
+                         "compresses nothing); refused as a zip bomb")
 
 
 def _refuse_archive(path: Path, head: bytes) -> None:
@@ -266,7 +300,9 @@ def _unpickler_reason(text: str) -> str:
     for line in after.splitlines():
         line = line.strip()
         if line and "weights_only" not in line:
-            return line
+            # "Unsupported global: GLOBAL eval was not an allowed global by default. Please use
+            # `torch.serialization.add_safe_globals([eval])` ... if you trust this class/function."
+            return line.split(" Please use `torch.serialization", 1)[0]
     return "not readable as a checkpoint"
 
 

@@ -219,6 +219,26 @@ def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
         matter.foreground(image, np.zeros((40, 50), np.float32))
 
 
+def test_a_cut_off_upload_opened_by_pillow_is_a_value_error(weights, tmp_path):
+    """A web service's `Image.open(upload)` decodes lazily: a truncated upload raised Pillow's OSError
+    from inside predict and foreground, not the ValueError they document for an unreadable image."""
+    import io
+
+    matter = mattecli.load(weights, device="cpu")
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:-30])
+    trimap = np.full((40, 50), 128, np.uint8)
+    with pytest.raises(ValueError, match=r"^image: cannot decode image \(image file is truncated"):
+        matter.predict(Image.open(io.BytesIO(path.read_bytes())), trimap)
+    with pytest.raises(ValueError, match=f"^{path}: cannot decode image"):
+        matter.predict(Image.open(path), trimap)
+    with pytest.raises(ValueError, match=r"^trimap: cannot decode image"):
+        matter.predict(np.zeros((40, 50, 3), np.uint8), Image.open(io.BytesIO(path.read_bytes())))
+    with pytest.raises(ValueError, match=r"^image: cannot decode image"):
+        matter.foreground(Image.open(io.BytesIO(path.read_bytes())), np.zeros((40, 50), np.uint8))
+
+
 def test_an_image_mode_pillow_cannot_convert_is_one_value_error(weights, tmp_path):
     """A Pillow image of mode La (grey, premultiplied alpha) raised Pillow's "conversion from La to L
     not supported"; as a trimap it was read by its premultiplied grey."""

@@ -160,6 +160,30 @@ def test_recipes_prints_the_recipe_a_model_file_carries(tmp_path):
         f"{tmp_path / 'best.safetensors'} > recipe.yaml` writes the recipe it carries\n")
 
 
+def test_recipes_escapes_the_control_characters_of_a_model_files_recipe_name(tmp_path):
+    """A graph from someone else whose recipe is named 'x\x1b[2J' cleared the terminal of `matte recipes
+    m.onnx`; a newline in the name (or in metadata shown beside it) ended the YAML comment, so the text
+    after it became recipe lines in `matte recipes m.onnx > recipe.yaml`."""
+    import onnx
+    import yaml
+    from onnx import TensorProto, helper
+
+    from mattecli.recipes import load_recipe
+
+    recipe = json.loads(load_recipe("demo-tcp").to_json())
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"recipe": json.dumps({**recipe, "name": "x\x1b[2J\ndata: {crop_size: 2}"}),
+                                   "precision": "float32\x1b]0;pwned\x07"})
+    onnx.save(model, tmp_path / "m.onnx")
+    text = matte("recipes", tmp_path / "m.onnx").stdout
+    assert text.splitlines()[0] == (f"# x\\x1b[2J\\ndata: {{crop_size: 2}}, carried by {tmp_path / 'm.onnx'}; "
+                                    "precision: float32\\x1b]0;pwned\\x07")
+    assert yaml.safe_load(text)["data"]["crop_size"] == recipe["data"]["crop_size"]
+
+
 def test_usage_errors_are_one_line_exit_2(tmp_path):
     res = run_main("convert", tmp_path / "x.pth", "--from", "nope", "--out", tmp_path / "o.safetensors")
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "unknown source" in res.stderr
@@ -186,6 +210,9 @@ def make_folder(root, rng):
         write_png(images / f"{name}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         write_png(images / f"{name}_trimap.png", rng.choice(np.array([0, 102, 255], np.uint8), (h, w)))
     (images / "broken.png").write_bytes(b"\x89PNG not really")
+    header = (images / "b.png").read_bytes()[:33]  # a real header, garbage after: OpenCV logged two lines of its own
+    (images / "garbage.png").write_bytes(header + np.random.default_rng(1).bytes(300))
+    write_png(images / "garbage_trimap.png", np.zeros((40, 33), np.uint8))
     write_png(images / "broken_trimap.png", np.zeros((4, 4), np.uint8))
     write_png(images / "lonely.png", np.zeros((8, 8, 3), np.uint8))
     write_png(images / "mismatch.png", np.zeros((8, 8, 3), np.uint8))
@@ -204,8 +231,10 @@ def test_infer_over_a_folder_goes_on_past_bad_files(tmp_path, weights):
     trimap = np.asarray(read_gray(images / "a photo_trimap.png"))
     assert alpha.shape == (45, 67)
     assert (alpha[trimap == 0] == 0).all() and (alpha[trimap == 255] == 255).all()
-    for needle in ("broken.png: cannot decode", "lonely.png: no trimap", "9 but image", "3 written", "3 failed"):
+    for needle in ("broken.png: cannot decode", "garbage.png: cannot decode", "lonely.png: no trimap", "9 but image",
+                   "3 written", "4 failed"):
         assert needle in res.stderr + res.stdout
+    assert all(line.startswith(("matte: ", "infer ")) for line in res.stderr.splitlines()), res.stderr
     assert "mapped with <85 background" in res.stderr  # the 102-gray trimaps were converted, and said so
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
 

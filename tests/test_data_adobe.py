@@ -5,6 +5,7 @@ written here."""
 from __future__ import annotations
 
 import math
+import re
 import os
 
 import numpy as np
@@ -254,6 +255,18 @@ def test_a_manifest_saved_with_a_byte_order_mark_reads(tmp_path):
     assert [s.name for s in read_manifest(tmp_path)] == ["a"]
 
 
+def test_a_manifest_that_is_not_utf8_or_not_csv_is_one_usage_line(tmp_path):
+    """A manifest from elsewhere saved in a code page (or a field over csv's 128 KiB limit): eval --data
+    and train ended in UnicodeDecodeError's (or csv.Error's) traceback."""
+    (tmp_path / "manifest.csv").write_bytes(b"name,image,alpha\ncaf\xe9,merged/a.png,alpha/a.png\n")
+    with pytest.raises(UsageError, match=re.escape(f"{tmp_path / 'manifest.csv'}: manifest is not UTF-8 text "
+                                                   "(byte 0xe9 at offset 20)")):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.csv").write_text('name,image,alpha\n"' + "x" * 200000 + '",a,b\n')
+    with pytest.raises(UsageError, match="manifest.csv: not readable as CSV \\(field larger than field limit"):
+        read_manifest(tmp_path)
+
+
 def _copy_dataset(dataset, tmp_path):
     import shutil
 
@@ -338,6 +351,11 @@ def test_usage_errors(dataset, tmp_path):
     (root / "Test_set/test_fg_names.txt").write_bytes(b"cat.png\r\ndog\xe9.png\r\n")  # was UnicodeDecodeError
     with pytest.raises(UsageError, match=r"test_fg_names.txt: names file is not UTF-8 text \(byte 0xe9 at offset 12\)"):
         prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
+    for path in ("sub/dog.png", "../../dog.png", ".."):  # a names file edited by someone: was a ValueError traceback
+        (root / "Test_set/test_fg_names.txt").write_text(f"cat.png\n{path}\n")
+        with pytest.raises(UsageError, match=re.escape(f"test_fg_names.txt: '{path}' is a path; each line names a "
+                                                       "file in its folder")):
+            prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")
     (root / "Test_set/test_fg_names.txt").write_text("cat.png\ndog.png\nextra.png\n")
     with pytest.raises(UsageError, match="40 background names, 60 needed"):
         prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "test")

@@ -131,6 +131,33 @@ def test_unreadable_file_is_named_and_nothing_left_gives_count_0(folders):
     assert (root / "out.csv").read_text() == "name,sad,mse,grad,conn\n"
 
 
+def test_control_characters_in_a_name_are_escaped(folders):
+    """A prediction named 'x\x1b]0;pwned\x07' reached the terminal as an escape sequence (rich drops the
+    BEL, not the ESC), which then swallowed what followed."""
+    root, _ = folders
+    for folder in ("pred", "gt", "trimap"):
+        (root / folder / "a.png").rename(root / folder / "x\x1b]0;pwned\x07.png")
+    (root / "pred" / "x\x1b]0;pwned\x07.png").write_bytes(b"not a png")
+    result = run(*args_for(root))
+    assert result.exit_code == 1 and "\x1b" not in result.stderr
+    assert "matte eval: x\\x1b]0;pwned\\x07: " in result.stderr
+
+
+def test_a_name_that_is_not_utf8_is_written_escaped_in_the_csv(folders):
+    """An upload named b'bad\\xff.png' (Python holds 'bad\\udcff'): eval --csv ended in a
+    UnicodeEncodeError after all the work, and wrote no CSV; it is written as --json writes it."""
+    import os
+
+    root, _ = folders
+    for folder in ("pred", "gt", "trimap"):
+        os.rename(root / folder / "a.png", os.fsdecode(os.fsencode(root / folder) + b"/bad\xff.png"))
+    result = run(*args_for(root, "--csv", root / "out.csv", "--json", root / "out.json"))
+    assert result.exit_code == 0, result.output
+    assert [line.split(",")[0] for line in (root / "out.csv").read_text(encoding="utf-8").splitlines()] == [
+        "name", "b", "bad\\udcff", "c"]
+    assert [im["name"] for im in json.loads((root / "out.json").read_text())["images"]] == ["b", "bad\udcff", "c"]
+
+
 def test_trimap_without_unknown_pixels_warns(folders):
     """A binary mask given as a trimap scored 0 on every metric without a word, lowering the mean."""
     root, cases = folders
@@ -323,6 +350,25 @@ def test_model_on_a_prepared_split(tmp_path):
         f"matte: error: --save-pred {split / 'alpha'}: {split / 'alpha' / 's_0.png'} is an input of --data; "
         "save the predictions in another folder")
     assert {p: p.read_bytes() for p in (split / "alpha").iterdir()} == truth
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/abs", "sub/../../escaped"])
+def test_a_manifest_name_that_leaves_the_save_pred_folder_is_refused_before_any_image(tmp_path, name):
+    """A manifest from someone else named a sample '../../escaped' (or an absolute path): eval
+    --save-pred wrote that prediction outside the folder, wherever the name pointed."""
+    from mattecli.data.manifest import Sample, write_manifest
+
+    split = tmp_path / "data" / "test"
+    _, alpha, trimap = make_case(np.random.default_rng(0))
+    for folder, array in (("alpha", alpha), ("trimap", trimap), ("merged", np.dstack([alpha] * 3))):
+        write_png(split / folder / "a.png", array)
+    write_manifest(split, [Sample(name, image=split / "merged" / "a.png", alpha=split / "alpha" / "a.png",
+                                  trimap=split / "trimap" / "a.png")])
+    (tmp_path / "w.safetensors").write_bytes(b"never read: refused before the model loads")
+    result = run("--weights", tmp_path / "w.safetensors", "--data", split, "--save-pred", tmp_path / "pred")
+    assert result.exit_code == 2 and f"the manifest's sample name {name!r} would put its prediction outside" in \
+        result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "pred").exists() and not (tmp_path / "escaped.png").exists()
 
 
 def test_json_or_csv_onto_an_input_is_refused_before_any_image(folders, tmp_path):

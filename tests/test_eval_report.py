@@ -54,3 +54,20 @@ def test_write_report_keeps_order_escapes_names_and_writes_every_panel(tmp_path)
     assert np.array_equal(read_gray(pred_file), entries[1].pred)
     sheet = read_image(tmp_path / "r" / "contact_sheet.png")
     assert sheet.shape[0] == 2 * (22 + 160 + 6) and sheet.shape[2] == 3  # banner, panels, gap per row
+
+
+def test_a_name_that_is_not_utf8_is_written_escaped_not_a_crash(tmp_path):
+    """eval --report over an upload named b'bad\\xff.png' ('bad\\udcff' in Python) died with a
+    segmentation fault in OpenCV's putText (the contact sheet's label), and the page would have been a
+    UnicodeEncodeError; run in a child for that reason."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from pathlib import Path; from mattecli.eval_report import ReportEntry, "
+            "write_report; a = np.zeros((12, 10), np.uint8); "
+            "e = ReportEntry('bad\\udcff', {'sad': 1.0, 'mse': 0.0, 'grad': 0.0, 'conn': 0.0}, pred=a, gt=a, "
+            "trimap=a + 128, image=None); print(write_report(Path(sys.argv[1]), [e], title='t'))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "#1 bad\\udcff" in (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
+    assert read_image(tmp_path / "r" / "contact_sheet.png").shape[0] == 22 + 160 + 6

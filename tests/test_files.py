@@ -95,6 +95,22 @@ def test_a_fifo_or_a_device_is_written_in_place_not_replaced(tmp_path):
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
 
 
+def test_a_link_to_a_device_or_a_fifo_named_like_an_output_is_replaced_not_written_through(tmp_path):
+    """An output folder holding x.png -> /dev/null (planted among uploads, where --out is their folder):
+    matte infer wrote the alpha through the link, into /dev/null (or onto a disk, as root), and counted
+    it written; a link to a FIFO failed the image. A link is replaced, as one to a regular file is."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").symlink_to("/dev/null")
+    (out / "b.png").symlink_to(fifo)
+    for name in ("a.png", "b.png"):
+        atomic_write(out / name, lambda tmp: tmp.write_text("alpha"))
+        assert not (out / name).is_symlink() and (out / name).read_text() == "alpha", name
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
 def test_remove_stale_temps_spares_young_ones(tmp_path):
     old, young = tmp_path / ".a.png.tmp", tmp_path / ".b.png.tmp"
     old.write_text(""), young.write_text("")

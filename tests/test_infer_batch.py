@@ -47,6 +47,13 @@ def test_colour_outputs_carry_the_images_rgb_colour_profile(tmp_path, green):
         assert Image.open(tmp_path / "out" / kind / "p3.png").info.get("icc_profile") == rgb, kind
         assert "icc_profile" not in Image.open(tmp_path / "out" / kind / "grey.png").info, kind
     assert "icc_profile" not in Image.open(tmp_path / "out" / "p3.png").info  # an alpha has no colours
+    # a damaged RGB profile (an upload's, cut or made up) was copied as it was: every reader of the
+    # outputs warned of it (libpng: "iCCP: profile 'ICC Profile': ...: tag count too large")
+    damaged = rgb[:20] + b"\xff" * (len(rgb) - 20)
+    Image.open(images / "p3.png").save(images / "p3.png", icc_profile=damaged)
+    infer_folder(FakePipeline(), images, tmp_path / "out2", save=ALL, background=green, progress=False)
+    for kind in ("fg", "rgba", "composite"):
+        assert "icc_profile" not in Image.open(tmp_path / "out2" / kind / "p3.png").info, kind
 
 
 def test_an_item_is_done_only_when_all_its_outputs_exist(tmp_path, green):

@@ -195,6 +195,71 @@ def test_images_beyond_pillows_pixel_guard_are_named_not_fatal(tmp_path, monkeyp
     assert len(report.failed) == 1 and "too many pixels" in report.failed[0][1]
 
 
+def test_a_name_of_invalid_utf8_bytes_is_read_not_a_crash(tmp_path):
+    """A file uploaded as b'bad\\xff.png' (Python's name for it holds a lone surrogate) killed the
+    whole process with a segmentation fault inside OpenCV's imread; run in a child for that reason."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photo()).save(os.fsdecode(bytes(folder) + b"/bad\xff.png"))
+    trimap_png(os.fsdecode(bytes(folder) + b"/bad\xff_trimap.png"))
+    code = ("import sys, numpy as np; from mattecli.imageio import read_image, read_trimap; "
+            "from tests.test_infer_inputs import photo; import os; d = os.fsencode(sys.argv[1]); "
+            "assert np.array_equal(read_image(os.fsdecode(d + b'/bad\\xff.png')), photo()); "
+            "print(read_trimap(os.fsdecode(d + b'/bad\\xff_trimap.png'))[0].shape)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"({H}, {W})"
+
+
+def test_control_characters_in_names_are_escaped_in_every_line(tmp_path, capsys):
+    """Uploaded names printed as they were: ESC[2J cleared the user's terminal, ESC]0;...BEL retitled
+    it, and a newline forged a line of matte's own in a log."""
+    from mattecli.inference.batch import print_report
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("clear\x1b[2J", "forged\nmatte: note: all good", "title\x1b]0;pwned\x07"):
+        (folder / f"{name}.png").write_bytes(b"not a png")
+        trimap_png(folder / f"{name}_trimap.png")
+    Image.fromarray(photo()).save(folder / "lone\x9b.png")  # C1 CSI, no trimap: the reason names it too
+    (folder / "spoof\u202egnp.exe.png").write_bytes(b"not a png")  # shown as 'spoofexe.png' with the override
+    trimap_png(folder / "spoof\u202egnp.exe_trimap.png")
+    report, _ = run(folder, tmp_path)
+    print_report(report, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert not any(c in err for c in "\x1b\x07\x9b\u202e") and "spoof\\u202egnp.exe.png: cannot" in err
+    assert len(err.splitlines()) == 5 and all(line.startswith("matte: failed: ") for line in err.splitlines())
+    assert "forged\\nmatte: note: all good.png: cannot decode" in err and "lone\\x9b.* or" in err
+
+
+def test_a_link_to_a_named_pipe_or_a_device_is_named_not_waited_on(tmp_path):
+    """An upload folder holding x.png -> a named pipe: the PNG fast path opened it to read the header
+    and the whole batch waited forever. Run in a child, with a time limit, for that reason."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.mkfifo(tmp_path / "pipe")
+    (folder / "x.png").symlink_to(tmp_path / "pipe")
+    (folder / "z.png").symlink_to("/dev/zero")
+    Image.fromarray(photo()).save(folder / "ok.png")
+    for stem in ("x", "z", "ok"):
+        trimap_png(folder / f"{stem}_trimap.png")
+    code = ("import sys; from pathlib import Path; from tests.test_infer_inputs import run; "
+            "report, _ = run(Path(sys.argv[1]), Path(sys.argv[2])); print(report.done, report.failed)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder), str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    reason = "not a regular file (a device or a named pipe)"
+    failed = [(str(folder / name), reason) for name in ("x.png", "z.png")]
+    assert done.stdout.strip() == f"{[str(folder / 'ok.png')]} {failed}"
+
+
 def test_a_single_image_file_with_its_trimap_beside_it_in_a_folder_or_as_a_file(tmp_path):
     from tests.infer_helpers import make_pairs
 

@@ -566,3 +566,39 @@ def test_mask_names_differing_only_in_case_on_a_case_insensitive_file_system(tmp
     assert len(report.done) == 1 and report.failed == [
         (str(masks / "cat.tif"), "another file gives the same name (Cat.png -> cat.png); this file system does not "
                                  "tell letter case apart")]
+
+
+def test_a_mask_over_pillows_warning_size_is_named_without_its_two_line_warning(tmp_path):
+    """A PNG whose header declares 9500x9500 (90 MP, over Pillow's 89 MP warning size; a 16K photo is
+    133 MP) put Pillow's DecompressionBombWarning, two lines naming no file, among matte's lines."""
+    import struct
+    import zlib
+
+    from tests.test_cli import run_main
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(masks / "huge.png")
+    data = (masks / "huge.png").read_bytes()
+    ihdr = struct.pack(">II", 9500, 9500) + data[24:29]
+    (masks / "huge.png").write_bytes(data[:16] + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)) + data[33:])
+    done = run_main("trimap", "--masks", masks, "--out", tmp_path / "out")
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("trimap ")]  # less the progress bar
+    assert lines == [f"matte: failed: {masks / 'huge.png'}: cannot decode image (image file is truncated (0 bytes not "
+                     "processed))"]
+
+
+def test_a_damaged_exif_block_is_read_without_pillows_two_line_warning(tmp_path):
+    """A JPEG whose EXIF block is cut short put Pillow's 'UserWarning: Corrupt EXIF data', in two lines
+    naming no file, among matte's lines; the mask is read as stored, as one without a tag is."""
+    from tests.test_cli import run_main
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    mask = np.zeros((20, 30), np.uint8)
+    mask[:, 15:] = 255
+    Image.fromarray(mask).save(masks / "m.jpg", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x05\x01\x12")
+    done = run_main("trimap", "--masks", masks, "--out", tmp_path / "out")
+    assert done.returncode == 0 and [line for line in done.stderr.splitlines() if not line.startswith("trimap ")] == []
+    assert read_gray(tmp_path / "out" / "m.png").shape == (20, 30)

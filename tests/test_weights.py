@@ -120,11 +120,90 @@ def test_pickled_code_is_refused(tmp_path):
         import_indexnet_official(tmp_path / "evil.pth")
 
 
+class EvalPayload:
+    def __reduce__(self):
+        return eval, ("1 + 1",)
+
+
+def test_code_named_by_a_checkpoint_is_refused_without_advice_to_allow_it(tmp_path):
+    """A checkpoint whose pickle calls eval was refused with torch's advice to allowlist eval with
+    torch.serialization.add_safe_globals 'if you trust this class/function'."""
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "meta": EvalPayload()}, tmp_path / "evil.pth")
+    with pytest.raises(UsageError) as err:
+        import_indexnet_official(tmp_path / "evil.pth")
+    assert str(err.value) == (f"{tmp_path / 'evil.pth'}: refused by torch.load(weights_only=True): Unsupported "
+                              "global: GLOBAL eval was not an allowed global by default.")
+
+
+def test_a_zip_bomb_sent_as_a_checkpoint_is_refused_before_it_is_unpacked(tmp_path):
+    """torch.load unpacks a zip checkpoint's records in memory: a 1 MB .pth whose record unpacks to
+    1 GiB of zeros took 1.3 GB before torch found the sizes wrong (here 64 KiB to 64 MiB). A
+    checkpoint compressed by hand, at about its own size, still loads."""
+    import zipfile
+
+    torch.save({"state_dict": {"x": torch.zeros(10)}}, tmp_path / "plain.pth")
+    with zipfile.ZipFile(tmp_path / "plain.pth") as plain, \
+            zipfile.ZipFile(tmp_path / "bomb.pth", "w", zipfile.ZIP_DEFLATED) as bomb, \
+            zipfile.ZipFile(tmp_path / "zipped.pth", "w", zipfile.ZIP_DEFLATED) as zipped:
+        for info in plain.infolist():
+            data = plain.read(info.filename)
+            bomb.writestr(info.filename, bytes(64 * 2**20) if info.filename.endswith("data/0") else data)
+            zipped.writestr(info.filename, data)
+    with pytest.raises(UsageError, match=r"bomb.pth: a zip archive whose entries unpack to 64 MiB from 0.1 MiB, more "
+                                         r"than 16 times its size \(torch.save compresses nothing\); refused"):
+        import_indexnet_official(tmp_path / "bomb.pth")
+    with pytest.raises(UsageError, match="does not look like an IndexNet"):  # read, then found not to be one
+        import_indexnet_official(tmp_path / "zipped.pth")
+
+
 def test_weights_file_without_recipe_is_refused(tmp_path):
     from safetensors.torch import save_file
     save_file({"a": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
     with pytest.raises(UsageError, match="no recipe"):
         load_model(tmp_path / "bare.safetensors")
+
+
+@pytest.mark.parametrize("text, reason", [("{not json", "is not JSON (JSONDecodeError)"),
+                                          ("[" * 100000, "is not JSON (RecursionError)"),
+                                          ("[1, 2]", "is not a JSON object"), ('"indexnet"', "is not a JSON object")])
+def test_a_recipe_in_the_metadata_that_is_not_a_json_object_is_named(tmp_path, text, reason):
+    """A weights file from someone else whose recipe metadata is not a JSON object: json's
+    JSONDecodeError or an AttributeError traceback in every command that read it."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "odd.safetensors"
+    save_file({"a": torch.zeros(1)}, str(path), metadata={"format": "matte-weights/1", "recipe": text})
+    with pytest.raises(UsageError) as err:
+        load_model(path)
+    assert str(err.value) == f"{path}: the recipe in its metadata {reason}"
+    done = run_main("recipes", path)
+    assert done.returncode == 2 and done.stderr == f"matte: error: {path}: the recipe in its metadata {reason}\n"
+
+
+def test_a_recipe_asking_for_a_model_far_larger_than_its_tensors_is_refused_before_allocating(tmp_path):
+    """A weights file from someone else whose recipe says decoder_kernel_size 20001: building the
+    model asked for 49 TB (a traceback here; the out-of-memory killer where it is only tens of GB)
+    before its tensors were found not to fit."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    recipe = load_recipe("demo-indexnet")
+    save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+    with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    raw = json.loads(meta["recipe"])
+    raw["model"]["decoder_kernel_size"] = 20001
+    save_file(state, str(tmp_path / "huge.safetensors"), metadata={**meta, "recipe": json.dumps(raw)})
+    with pytest.raises(UsageError, match=r"huge.safetensors: shape mismatch: decoder_layer0.dconv.0.weight "
+                                         r"\(32, 64, 5, 5\) vs \(32, 64, 20001, 20001\)"):
+        load_model(tmp_path / "huge.safetensors")
+    import warnings
+
+    with warnings.catch_warnings():  # the check on the meta device says nothing of its own (torch's "no-op" copy)
+        warnings.simplefilter("error")
+        load_model(tmp_path / "w.safetensors")
 
 
 def test_detect_refuses_foreign_checkpoints():

@@ -8,13 +8,14 @@ import importlib
 import os
 import signal
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
 
 from mattecli import errors
-from mattecli.errors import InputError, UsageError, stop_requested
+from mattecli.errors import InputError, UsageError, printable, stop_requested
 
 try:  # typer 0.2x carries its own copy of click
     from typer._click.exceptions import UsageError as _ClickUsageError
@@ -195,13 +196,23 @@ def main() -> None:
     "matte: interrupted" and exits with 130; SIGTERM says "matte: terminated" and exits with 143."""
     signal.signal(signal.SIGTERM, _terminate)
     _unicode_stdout()
+    # Pillow warns of a possible decompression bomb over 89 MP (a 16K photo is 133 MP) in two lines
+    # that name no file; the images it refuses, over twice that, are named by the readers
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels")
+    # and of a damaged EXIF block, also in two lines that name no file: such a file is read with the
+    # orientation tag Pillow could still read, or as stored when none, as a file without a tag is
+    warnings.filterwarnings("ignore", message=r"(Possibly )?[Cc]orrupt EXIF")
+    # OpenCV decodes PNGs first and, on a damaged one, logged lines such as "[ERROR:0@19.9] global
+    # grfmt_png.cpp:297 readHeader IHDR chunk shall be first" that name no file; Pillow then decodes
+    # it and the reader names the file with the reason. Read when cv2 is imported, later.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     try:
         refuse_empty_paths(sys.argv[1:])
         app()
     except (UsageError, InputError) as err:
         if stop_requested(err):  # a library turned the KeyboardInterrupt into its own error
             _interrupted()  # (safetensors while reading weights: "not a readable .safetensors file")
-        print(f"matte: error: {err}", file=sys.stderr)
+        print(printable(f"matte: error: {err}"), file=sys.stderr)
         sys.exit(2 if isinstance(err, UsageError) else 1)
     except BrokenPipeError:  # before OSError, its base class, whose handler would re-raise it
         _pipe_closed()
@@ -212,7 +223,7 @@ def main() -> None:
         # disk, say), or a file the system would not let matte write (on Windows, the --csv that a
         # spreadsheet holds open): one line, not a traceback
         where = f"{err.filename}: " if err.filename else ""
-        print(f"matte: error: {where}{err.strerror or err}", file=sys.stderr)
+        print(printable(f"matte: error: {where}{err.strerror or err}"), file=sys.stderr)
         if err.errno in _NO_ROOM:
             _drop_stdout()  # what is still buffered for stdout cannot be written either
         sys.exit(1)

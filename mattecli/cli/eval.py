@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from mattecli.errors import UsageError
+from mattecli.errors import UsageError, printable
 
 
 def main(
@@ -47,7 +47,7 @@ def main(
             code = eval_predictions(pred, gt=gt, trimap=trimap, data=data, images=images, workers=workers,
                                     outputs=outputs)
     except UsageError as err:
-        print(f"matte: error: {err}", file=sys.stderr)
+        print(printable(f"matte: error: {err}"), file=sys.stderr)
         raise typer.Exit(2) from None
     raise typer.Exit(code)
 
@@ -163,13 +163,19 @@ def _refuse_overwriting_inputs(items, outputs: EvalOutputs, save_pred: Path | No
                                data: Path | None = None) -> None:
     """Outputs onto inputs: --save-pred at the split's alpha/ folder overwrote the ground truth with
     the predictions, one file at a time, and scored each against itself; --json or --csv at the
-    split's manifest.csv (or an image) replaced it after the run."""
+    split's manifest.csv (or an image) replaced it after the run. And outputs outside --save-pred:
+    a manifest's name column is free text, and '../../x' or '/abs/x' was written there."""
+    import os
+
     from mattecli.files import Inputs, to_stdout
 
     inputs = Inputs([*(p for item in items for p in (item.pred, item.gt, item.trimap, item.image) if p is not None),
                      *([Path(data) / "manifest.csv"] if data is not None else [])])
     for item in items if save_pred is not None else ():
         target = save_pred / f"{item.name}.png"
+        if not Path(os.path.normpath(target)).is_relative_to(os.path.normpath(save_pred)):
+            raise UsageError(f"--save-pred {save_pred}: the manifest's sample name {item.name!r} would put its "
+                             f"prediction outside the folder, at {os.path.normpath(target)}; rename the sample")
         if target in inputs:
             raise UsageError(f"--save-pred {save_pred}: {target} is an input of --data; save the predictions "
                              "in another folder")
@@ -205,7 +211,8 @@ def _split(data: Path) -> Path:
 
 def _print_failures(errors, failures) -> None:
     for failure in failures:
-        errors.print(f"matte eval: {failure.name}: {failure.error}", markup=False, highlight=False, soft_wrap=True)
+        errors.print(printable(f"matte eval: {failure.name}: {failure.error}"), markup=False, highlight=False,
+                     soft_wrap=True)
 
 
 def _finish(results, items, kept: dict, outputs: EvalOutputs, errors) -> int:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from mattecli.errors import printable
+
 
 def main(
     ctx: typer.Context,
@@ -58,7 +60,7 @@ def main(
                                    shapes=shapes, shapes_given=given, opset=opset, verify=verify, verify_sizes=sizes, device=device)
     check_out_file(out, "--out")  # before the model is loaded and traced
     exported = exporting.export(opts, log=lambda line: typer.echo(line, err=True))
-    typer.echo(exported.summary)
+    typer.echo(printable(exported.summary))  # it names the recipe the weights file carries: anyone's text
     if not verify:
         return
     sizes, tolerance = exporting.verify_sizes(exported, opts), opts.tolerance

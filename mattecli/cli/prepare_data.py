@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mattecli.cli.parsing import SEED_MAX, SEED_MIN
+from mattecli.errors import printable
 
 app = typer.Typer(help="Prepare matting datasets: composites, ground truth and manifest.csv per split.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
@@ -27,9 +28,9 @@ def _report(report) -> None:
     for split, path in report.manifests.items():
         print(f"{split}: {report.counts[split]} samples -> {path}")
     for note in report.notes:
-        print(f"note: {note}")
+        print(printable(f"note: {note}"))
     for error in report.errors:
-        print(f"matte prepare-data: {error}", file=sys.stderr)
+        print(printable(f"matte prepare-data: {error}"), file=sys.stderr)
     if report.errors:
         print(f"matte prepare-data: {len(report.errors)} input(s) failed; the others were written "
               f"(re-run to retry, existing outputs are skipped)", file=sys.stderr)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from mattecli.errors import printable
+
 
 def recipe_table() -> list[dict]:
     """One dict per recipe in `recipes/`: name, family, params (trainable), description."""
@@ -41,7 +43,9 @@ def recipe_text(name: str, as_json: bool = False) -> str:
     resolved = json.loads(json.dumps(recipe.to_dict()))  # tuples as lists, which YAML writes plainly
     if as_json:
         return json.dumps(resolved, indent=1) + "\n"
-    return f"# {recipe.name}, {source}\n" + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True)
+    # a model file's recipe name and metadata are anyone's text: a newline in them ended the comment
+    return (printable(f"# {recipe.name}, {source}") + "\n"
+            + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True))
 
 
 def carried_recipe(path: Path):
@@ -53,7 +57,7 @@ def carried_recipe(path: Path):
         UsageError: naming the file, when it is missing, unreadable or carries no recipe.
     """
     from mattecli.errors import UsageError
-    from mattecli.recipes import recipe_from_dict
+    from mattecli.recipes import stored_recipe
 
     suffix = path.suffix.lower()
     if not path.is_file():
@@ -78,8 +82,7 @@ def carried_recipe(path: Path):
         extra = {k: meta[k] for k in ("tensorrt", "half", "profile") if k in meta}
     if "recipe" not in meta:
         raise UsageError(f"{path}: carries no recipe (not exported by matte)")
-    raw = json.loads(meta["recipe"]) if isinstance(meta["recipe"], str) else meta["recipe"]
-    return recipe_from_dict(raw, raw.get("name", path.stem)), extra
+    return stored_recipe(meta["recipe"], path), extra
 
 
 def main(name: str = typer.Argument(None, metavar="[NAME]",

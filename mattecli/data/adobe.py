@@ -125,7 +125,13 @@ def read_names(path: Path) -> list[str]:
     except UnicodeDecodeError as err:  # Adobe's lists are ASCII: this one was edited or is another file
         raise UsageError(f"{path}: names file is not UTF-8 text (byte {err.object[err.start]:#04x} at "
                          f"offset {err.start})") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    for name in names:
+        # a path ('sub/x.png', '../x.png': a names file edited by someone) was a ValueError traceback
+        # when planning; the outputs are named after these names
+        if Path(name).name != name or name == "..":
+            raise UsageError(f"{path}: {name!r} is a path; each line names a file in its folder")
+    return names
 
 
 def stem_of(name: str) -> str:

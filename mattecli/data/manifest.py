@@ -15,6 +15,7 @@ the fly). Columns:
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -53,14 +54,21 @@ def read_manifest(path: str | Path) -> list[Sample]:
         raise UsageError(f"{path}: no manifest.csv here (prepare the data with `matte prepare-data`)")
     root = path.parent
     samples = []
-    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: a manifest saved by a spreadsheet starts with a BOM
-        reader = csv.DictReader(f)
+    try:  # -sig: a manifest saved by a spreadsheet starts with a BOM
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:  # saved in a code page, or not a manifest: it was the decoder's traceback
+        raise UsageError(f"{path}: manifest is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                         f"{err.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         missing = [c for c in ("name", "alpha") if c not in (reader.fieldnames or ())]
         if missing:
             raise UsageError(f"{path}: manifest lacks the column(s) {', '.join(missing)}")
         for row in reader:
             values = {c: (root / row[c] if row.get(c) else None) for c in COLUMNS if c != "name"}
             samples.append(Sample(name=row["name"], **values))
+    except csv.Error as err:  # a field over the csv module's 128 KiB limit: it was csv's traceback
+        raise UsageError(f"{path}: not readable as CSV ({err})") from None
     return samples
 
 

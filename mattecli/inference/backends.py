@@ -340,14 +340,11 @@ def _not_loadable(path: Path, err: Exception) -> UsageError:
 
 def onnx_recipe(meta: dict, path: Path):
     """The recipe `matte export` stores in a graph's metadata (key "recipe", JSON)."""
-    import json
-
-    from mattecli.recipes import recipe_from_dict
+    from mattecli.recipes import stored_recipe
 
     if "recipe" not in meta:
         raise UsageError(f"{path}: no recipe in the ONNX metadata (export it with `matte export`)")
-    raw = json.loads(meta["recipe"])
-    return recipe_from_dict(raw, raw.get("name", path.stem))
+    return stored_recipe(meta["recipe"], path)
 
 
 def _onnx_providers(ort, device: str) -> list:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mattecli.errors import InputError, UsageError, stop_requested
+from mattecli.errors import InputError, UsageError, printable, stop_requested
 from mattecli.files import Inputs, case_insensitive, remove_stale_temps
 from mattecli.imageio import (IMAGE_SUFFIXES, exif_orientation, fit_orientation, index_by_stem, list_images, read_gray,
                               read_image, read_mask, read_trimap, relative_name, subfolders_with_images)
@@ -469,19 +469,23 @@ MAX_NOTES = 5
 
 def print_report(report: BatchReport, out: Path) -> None:
     """Notes (at most MAX_NOTES, then a count) and every failure on stderr; the summary on stdout."""
+
+    def say(line: str) -> None:  # file names come from strangers: no control character reaches the terminal
+        print(printable(line), file=sys.stderr)
+
     for note in report.notes[:MAX_NOTES]:
-        print(f"matte: note: {note}", file=sys.stderr)
+        say(f"matte: note: {note}")
     if len(report.notes) > MAX_NOTES:
-        print(f"matte: note: ... and {len(report.notes) - MAX_NOTES} more like these", file=sys.stderr)
+        say(f"matte: note: ... and {len(report.notes) - MAX_NOTES} more like these")
     if report.tiled:
-        print(f"matte: note: {len(report.tiled)} images exceeded the memory ceiling (or ran out of memory) and ran "
-              f"as tiles over the unknown band (e.g. {report.tiled[0][0]}: {report.tiled[0][1]})", file=sys.stderr)
+        say(f"matte: note: {len(report.tiled)} images exceeded the memory ceiling (or ran out of memory) and ran "
+            f"as tiles over the unknown band (e.g. {report.tiled[0][0]}: {report.tiled[0][1]})")
     for path, reason in report.nothing:
-        print(f"matte: {path}: {reason}", file=sys.stderr)
+        say(f"matte: {path}: {reason}")
     for path, reason in report.warnings:
-        print(f"matte: warning: {path}: {reason}", file=sys.stderr)
+        say(f"matte: warning: {path}: {reason}")
     for path, reason in report.failed:
-        print(f"matte: failed: {path}: {reason}", file=sys.stderr)
+        say(f"matte: failed: {path}: {reason}")
     nothing = f", {len(report.nothing)} with nothing to matte" if report.nothing else ""
-    print(f"{len(report.done)} written to {out}, {len(report.skipped)} skipped (already present; "
-          f"--overwrite to redo), {len(report.failed)} failed{nothing}")
+    print(printable(f"{len(report.done)} written to {out}, {len(report.skipped)} skipped (already present; "
+                    f"--overwrite to redo), {len(report.failed)} failed{nothing}"))
