@@ -191,7 +191,10 @@ def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     """
     import cv2
 
-    fast = _decode_png(Path(path), (0, 2, 4, 6), cv2.IMREAD_COLOR_RGB, apply_exif)
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV 4.11+; before it, imread decodes to BGR only
+    fast = _decode_png(Path(path), (0, 2, 4, 6), cv2.IMREAD_COLOR if rgb is None else rgb, apply_exif)
+    if fast is not None and rgb is None:
+        fast = cv2.cvtColor(fast, cv2.COLOR_BGR2RGB)
     return fast if fast is not None else rgb_of(_open(Path(path), apply_exif))
 
 

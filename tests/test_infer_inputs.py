@@ -281,10 +281,17 @@ def _with_gamma_chunk(path):
 
 @pytest.mark.parametrize("kind", ["L", "RGB", "RGBA", "LA", "RGB-tRNS", "L-tRNS", "RGB-gAMA", "RGB-exif6",
                                   "I;16", "P"])
-def test_pngs_decoded_by_opencv_equal_what_pillow_decodes(tmp_path, kind, monkeypatch):
+@pytest.mark.parametrize("opencv", ["installed", "before 4.11"])
+def test_pngs_decoded_by_opencv_equal_what_pillow_decodes(tmp_path, kind, opencv, monkeypatch):
     """read_image and read_trimap decode 8-bit gray/RGB/RGBA PNGs with OpenCV (faster); the pixels
-    are Pillow's, EXIF orientation included. 16-bit and palette files keep the Pillow path."""
+    are Pillow's, EXIF orientation included. 16-bit and palette files keep the Pillow path.
+    OpenCV before 4.11 has no IMREAD_COLOR_RGB: every image was an AttributeError there."""
+    import cv2
+
     import mattecli.imageio as imageio
+
+    if opencv == "before 4.11":
+        monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)
 
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 256, (23, 37, 4), dtype=np.uint8)
