@@ -30,11 +30,16 @@ def exif_orientation(path: str | Path) -> int:
 
     try:
         with Image.open(path) as img:
-            if img.format == "PNG" and "exif" not in img.info:
+            if img.format == "PNG":
                 # Pillow decodes a whole PNG to look for an eXIf chunk after the pixels (70 ms at 4K,
-                # twice per image in `matte infer`); walking the chunk headers finds it without decoding
+                # twice per image in `matte infer`); walking the chunk headers finds it without decoding.
+                # The chunk holds a TIFF header; some writers put JPEG's "Exif\0\0" before it (Pillow's
+                # own Exif.tobytes does), which Pillow < 11 refused: such a photo was read unrotated
+                data = img.info.get("exif") or _png_exif(path) or b""
+                while data.startswith(b"Exif\x00\x00"):  # Pillow adds one more to a chunk before the pixels
+                    data = data[6:]
                 exif = Image.Exif()
-                exif.load(_png_exif(path) or b"")
+                exif.load(data)
             else:
                 exif = img.getexif()
             value = exif.get(EXIF_ORIENTATION_TAG, 1)
@@ -206,7 +211,10 @@ def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     """
     import cv2
 
-    fast = _decode_png(Path(path), (0, 2, 4, 6), cv2.IMREAD_COLOR_RGB, apply_exif)
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV 4.11+; before it, imread decodes to BGR only
+    fast = _decode_png(Path(path), (0, 2, 4, 6), cv2.IMREAD_COLOR if rgb is None else rgb, apply_exif)
+    if fast is not None and rgb is None:
+        fast = cv2.cvtColor(fast, cv2.COLOR_BGR2RGB)
     return fast if fast is not None else rgb_of(_open(Path(path), apply_exif))
 
 

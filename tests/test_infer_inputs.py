@@ -301,8 +301,12 @@ def test_a_single_file_is_refused_in_one_line_when_it_cannot_pair(tmp_path):
     assert report.failed == [(str(folder / "a_trimap.png"), f"no trimap found (a_trimap.* or a_trimap_trimap.* in {folder})")]
 
 
-def test_exif_orientation_of_a_png_is_found_before_or_after_the_pixels_without_decoding(tmp_path, monkeypatch):
-    # Pillow decodes a whole PNG to look for eXIf after IDAT; matte walks the chunk headers instead
+@pytest.mark.parametrize("prefix", [b"", b"Exif\x00\x00"])
+def test_exif_orientation_of_a_png_is_found_before_or_after_the_pixels_without_decoding(tmp_path, monkeypatch,
+                                                                                        prefix):
+    """Pillow decodes a whole PNG to look for eXIf after IDAT; matte walks the chunk headers instead.
+    The chunk holds a TIFF header, or, as some writers (Pillow's Exif.tobytes) put it, JPEG's
+    "Exif\\0\\0" and then the header, which Pillow reads from 11 on: Pillow 10 read no orientation."""
     import io
     import struct
     import zlib
@@ -315,16 +319,17 @@ def test_exif_orientation_of_a_png_is_found_before_or_after_the_pixels_without_d
     exif = img.getexif()
     exif[0x0112] = 6
     before = tmp_path / "before.png"
-    img.save(before, exif=exif)
     plain = io.BytesIO()
     img.save(plain, format="PNG")
-    payload = exif.tobytes()
+    payload = prefix + exif.tobytes().removeprefix(b"Exif\x00\x00")
     chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
     data = plain.getvalue()
+    before.write_bytes(data[:33] + chunk + data[33:])  # just after IHDR
     after = tmp_path / "after.png"
     after.write_bytes(data[:-12] + chunk + data[-12:])  # just before IEND
     (tmp_path / "none.png").write_bytes(data)
-    assert Image.open(after).getexif().get(0x0112) == 6  # what Pillow reads, decoding the pixels
+    if not prefix:
+        assert Image.open(after).getexif().get(0x0112) == 6  # what Pillow reads, decoding the pixels
 
     def no_decoding(self):
         raise AssertionError("the pixels were decoded to read the EXIF orientation")
@@ -346,10 +351,17 @@ def _with_gamma_chunk(path):
 
 @pytest.mark.parametrize("kind", ["L", "RGB", "RGBA", "LA", "RGB-tRNS", "L-tRNS", "RGB-gAMA", "RGB-exif6",
                                   "I;16", "P"])
-def test_pngs_decoded_by_opencv_equal_what_pillow_decodes(tmp_path, kind, monkeypatch):
+@pytest.mark.parametrize("opencv", ["installed", "before 4.11"])
+def test_pngs_decoded_by_opencv_equal_what_pillow_decodes(tmp_path, kind, opencv, monkeypatch):
     """read_image and read_trimap decode 8-bit gray/RGB/RGBA PNGs with OpenCV (faster); the pixels
-    are Pillow's, EXIF orientation included. 16-bit and palette files keep the Pillow path."""
+    are Pillow's, EXIF orientation included. 16-bit and palette files keep the Pillow path.
+    OpenCV before 4.11 has no IMREAD_COLOR_RGB: every image was an AttributeError there."""
+    import cv2
+
     import mattecli.imageio as imageio
+
+    if opencv == "before 4.11":
+        monkeypatch.delattr(cv2, "IMREAD_COLOR_RGB", raising=False)
 
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 256, (23, 37, 4), dtype=np.uint8)
