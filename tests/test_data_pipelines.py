@@ -458,6 +458,23 @@ def test_grown_trimap_width():
         assert (trimap[:, : 30 - 1 - radius] == 0).all() and (trimap[:, 30 + 1 + radius:] == 255).all()
 
 
+def test_grown_trimap_ignores_the_last_bits_of_opencvs_distances(monkeypatch):
+    """cv2's precise distance transform returns the same distance a few ulps apart from call to
+    call (a process's first calls differ from its later ones); `dist <= radius` flipped the pixels
+    exactly `radius` away, so a training sample's trimap depended on the calls before it."""
+    alpha = np.zeros((41, 41), np.float32)
+    alpha[20, 20] = 0.5  # one unknown pixel: pixels at 5 px (e.g. (20, 25), (23, 24)) lie exactly on the band
+    exact = tri.grown_trimap(alpha, 5, seam=False)
+    assert exact[20, 25] == exact[23, 24] == 128 and exact[20, 26] == 0
+    real = cv2.distanceTransform
+    for direction in (np.inf, -np.inf):
+        monkeypatch.setattr(tri.cv2, "distanceTransform",
+                            lambda *a: np.nextafter(real(*a), np.float32(direction)).astype(np.float32))
+        np.testing.assert_array_equal(tri.grown_trimap(alpha, 5, seam=False), exact)
+        np.testing.assert_array_equal(tri.grown_trimap(alpha, 2.5, seam=False) == 128,
+                                      np.hypot(*np.mgrid[-20:21, -20:21]) <= 2.5)
+
+
 def test_eroded_trimap_kernels():
     alpha = _step_alpha(ramp=4)
     base = tri.eroded_trimap(alpha, 1, 1)

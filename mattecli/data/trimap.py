@@ -60,7 +60,12 @@ def grown_trimap(alpha: np.ndarray, radius: float, seam: bool = True) -> np.ndar
         return _compose(fg, bg)
     # distanceTransform measures the distance to the nearest zero pixel: the seed is the zero set.
     dist = cv2.distanceTransform((~seed).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    unknown = dist <= radius
+    # The exact distances are square roots of whole numbers, but OpenCV's precise transform returns
+    # them a few float32 ulps apart from one call to the next (a process's first calls differ from
+    # its later ones, even on one thread): `dist <= radius` flipped pixels lying exactly `radius`
+    # away, so a sample's trimap depended on what the process had computed before it (a resumed run
+    # was not bit-equal to an uninterrupted one). Compared as whole squared distances instead.
+    unknown = np.rint(np.square(dist, dtype=np.float64)) <= np.floor(radius * radius)
     return _compose(fg & ~unknown, bg & ~unknown)
 
 
