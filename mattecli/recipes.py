@@ -33,6 +33,7 @@ def shipped(folder: str) -> Path:
 
 
 RECIPES_DIR = shipped("recipes")
+RECIPE_SUFFIXES = (".yaml", ".yml", ".json")  # .json: a run folder's recipe.json, the recipe resolved
 LOSS_NAMES = ("dim", "dim-a2u", "l1", "alpha", "tcp", "mmagic")  # mattecli.train.losses.LOSSES, without torch
 
 
@@ -239,9 +240,10 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
-    """`NAME` resolves to `recipes/NAME.yaml`; an existing path is used as is."""
+    """`NAME` resolves to `recipes/NAME.yaml`; an existing path is used as is (`.yaml`, or a run
+    folder's `recipe.json`)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix in RECIPE_SUFFIXES and path.is_file():
         return path
     candidate = RECIPES_DIR / f"{name_or_path}.yaml"
     if candidate.is_file():
@@ -253,7 +255,8 @@ def recipe_path(name_or_path: str | Path) -> Path:
         raise UsageError(f"{path}: a model file, not a recipe; `matte recipes {path} > recipe.yaml` writes the "
                          "recipe it carries")
     if path.is_file():  # said "not a file" of a file
-        raise UsageError(f"{path}: not a recipe file (recipes end in .yaml); a name is one of {known}, ...")
+        raise UsageError(f"{path}: not a recipe file (recipes end in .yaml, or .json as a run's recipe.json); "
+                         f"a name is one of {known}, ...")
     raise UsageError(f"unknown recipe '{name_or_path}' (not a file, not in {RECIPES_DIR}; e.g. {known}, ...)")
 
 
@@ -275,14 +278,22 @@ class _RecipeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _read_yaml(path: Path) -> dict:
-    try:  # bytes: PyYAML reads UTF-8 and UTF-16 by their marks and names any other encoding's bytes
-        data = yaml.load(path.read_bytes(), Loader=_RecipeLoader)
-    except yaml.YAMLError as err:  # its str() spans several lines, quoting the file
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = getattr(err, "problem", None) or " ".join(str(err).split())
-        raise UsageError(f"{path}: not valid YAML{where} ({reason})") from None
+def _read_recipe_file(path: Path) -> dict:
+    if path.suffix == ".json":
+        # a run folder's recipe.json, the recipe resolved (to resume a run whose .yaml is gone, say),
+        # read as JSON, not as YAML: PyYAML reads JSON's 1e-05 as a string
+        try:
+            data = json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as err:
+            raise UsageError(f"{path}: not valid JSON ({' '.join(str(err).split()) or type(err).__name__})") from None
+    else:
+        try:  # bytes: PyYAML reads UTF-8 and UTF-16 by their marks and names any other encoding's bytes
+            data = yaml.load(path.read_bytes(), Loader=_RecipeLoader)
+        except yaml.YAMLError as err:  # its str() spans several lines, quoting the file
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            reason = getattr(err, "problem", None) or " ".join(str(err).split())
+            raise UsageError(f"{path}: not valid YAML{where} ({reason})") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: a recipe is a mapping")
     return data
@@ -363,13 +374,13 @@ def stored_recipe(value: str | dict, path: Path) -> Recipe:
 def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Recipe:
     """Load `recipes/NAME.yaml` (or a path), resolve its one `base:` level and apply overrides."""
     path = recipe_path(name_or_path)
-    raw = _read_yaml(path)
+    raw = _read_recipe_file(path)
     base = raw.pop("base", None)
     if base is not None and not isinstance(base, str):
         raise UsageError(f"{path}: base: expected a recipe name or path, got {base!r}")
     if base is not None:
         beside = path.parent / base  # a file named by a relative path sits beside the recipe, wherever matte runs
-        base_raw = _read_yaml(recipe_path(beside if beside.suffix in (".yaml", ".yml") and beside.is_file() else base))
+        base_raw = _read_recipe_file(recipe_path(beside if beside.suffix in RECIPE_SUFFIXES and beside.is_file() else base))
         if "base" in base_raw:
             # the demo recipes, the ones to start from, each have a base: say how to build on one
             raise UsageError(f"{path}: base recipe '{base}' has a base itself; only one level is allowed "

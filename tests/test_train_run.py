@@ -537,3 +537,17 @@ def test_resume_says_pretrained_is_not_read(tmp_path, synth, capsys):
     train(TrainOptions(recipe, synth, run, iters=3, resume=True, pretrained=tmp_path / "mbv2.pth", progress=False))
     assert f"note: --pretrained {tmp_path / 'mbv2.pth'} is not read: the run goes on from its checkpoint's" \
         in capsys.readouterr().out
+
+
+def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
+    """With the run's .yaml edited or gone, `--recipe RUN/recipe.json` (the recipe resolved, as the run
+    folder keeps it) was refused: recipes had to end in .yaml. It loads as the recipe the run recorded
+    (read as JSON: YAML would read 1e-05 as a string) and the run resumes from it."""
+    recipe, run = load_recipe("demo-indexnet", ["train.lr=1e-05"]), tmp_path / "run"
+    train(TrainOptions(recipe, synth, run, iters=1, progress=False))
+    again = load_recipe(run / "recipe.json")
+    assert again.train.lr == 1e-05 and json.loads(json.dumps(again.to_dict())) == json.loads((run / "recipe.json").read_text())
+    assert train(TrainOptions(again, synth, run, iters=2, resume=True, progress=False)).iterations == 2
+    (tmp_path / "bad.json").write_text("{'train': 1}")
+    with pytest.raises(UsageError, match=r"bad.json: not valid JSON \(Expecting property name"):
+        load_recipe(tmp_path / "bad.json")
