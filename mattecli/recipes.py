@@ -380,7 +380,8 @@ def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str]
         raise UsageError(f"{path}: base: expected a recipe name or path, got {base!r}")
     if base is not None:
         beside = path.parent / base  # a file named by a relative path sits beside the recipe, wherever matte runs
-        base_raw = _read_recipe_file(recipe_path(beside if beside.suffix in RECIPE_SUFFIXES and beside.is_file() else base))
+        named = beside if beside.suffix in RECIPE_SUFFIXES and beside.is_file() else base
+        base_raw = _read_recipe_file(recipe_path(named))
         if "base" in base_raw:
             # the demo recipes, the ones to start from, each have a base: say how to build on one
             raise UsageError(f"{path}: base recipe '{base}' has a base itself; only one level is allowed "

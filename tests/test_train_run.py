@@ -546,7 +546,8 @@ def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
     recipe, run = load_recipe("demo-indexnet", ["train.lr=1e-05"]), tmp_path / "run"
     train(TrainOptions(recipe, synth, run, iters=1, progress=False))
     again = load_recipe(run / "recipe.json")
-    assert again.train.lr == 1e-05 and json.loads(json.dumps(again.to_dict())) == json.loads((run / "recipe.json").read_text())
+    assert again.train.lr == 1e-05
+    assert json.loads(json.dumps(again.to_dict())) == json.loads((run / "recipe.json").read_text())
     assert train(TrainOptions(again, synth, run, iters=2, resume=True, progress=False)).iterations == 2
     (tmp_path / "bad.json").write_text("{'train': 1}")
     with pytest.raises(UsageError, match=r"bad.json: not valid JSON \(Expecting property name"):

@@ -10,7 +10,8 @@ from mattecli.cli.parsing import SEED_MAX, SEED_MIN
 
 
 def main(
-    recipe: str = typer.Option(..., "--recipe", help="Recipe name (recipes/NAME.yaml) or path: a .yaml, or a run folder's recipe.json."),
+    recipe: str = typer.Option(..., "--recipe", help="Recipe name (recipes/NAME.yaml) or path: a .yaml, or a run "
+                                                     "folder's recipe.json."),
     data: Path = typer.Option(..., "--data", help="Prepared dataset root (train/ and test/ with manifest.csv), or one "
                                                  "split: its folder or manifest file (no validation)."),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/RECIPE)."),
