@@ -552,3 +552,16 @@ def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
     (tmp_path / "bad.json").write_text("{'train': 1}")
     with pytest.raises(UsageError, match=r"bad.json: not valid JSON \(Expecting property name"):
         load_recipe(tmp_path / "bad.json")
+
+
+def test_a_recipe_name_that_is_no_folder_name_asks_for_out(tmp_path, synth, monkeypatch):
+    """runs/NAME is the default run folder: a recipe named '../escaped' trained outside runs/, and one
+    named '' into runs/ itself."""
+    monkeypatch.chdir(tmp_path)
+    code, printed = run_cli("recipes", "demo-indexnet")
+    (tmp_path / "base.yaml").write_text(printed)
+    for name in ("../escaped", "", "a/b"):
+        (tmp_path / "r.yaml").write_text(f"base: base.yaml\nname: {json.dumps(name)}\n")
+        code, said = run_cli("train", "--recipe", "r.yaml", "--data", str(synth), "--iters", "1")
+        assert (code, said) == (2, f"recipe name {name!r} does not name a folder under runs/: give --out")
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mattecli.cli.parsing import SEED_MAX, SEED_MIN
+from mattecli.errors import UsageError
 
 
 def main(
@@ -46,6 +47,9 @@ def main(
     if batch_size is not None:
         extra.append(f"train.batch_size={batch_size}")
     rec = load_recipe(recipe, extra)
+    if out is None and (rec.name in ("", ".", "..") or any(c in rec.name for c in "/\\")):
+        # runs/NAME is the default run folder: `name: ../x` put the run outside runs/, `name: ""` in runs/ itself
+        raise UsageError(f"recipe name {rec.name!r} does not name a folder under runs/: give --out")
     run_dir = out or Path("runs") / rec.name
     check_out_dir(run_dir)  # before the data and the model are loaded
     result = train(TrainOptions(rec, data, run_dir, device=device, workers=workers, resume=resume,
