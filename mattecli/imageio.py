@@ -234,9 +234,20 @@ def read_gray(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     return _first_channel(_open(Path(path), apply_exif))
 
 
-def _first_channel(img) -> np.ndarray:
+def _as_channels(img):
+    """A Pillow image whose channels are grey, RGB or RGBA, as the readers index them: a palette
+    expanded, and the other colour spaces converted to RGB. Their own channels are not RGB's: a grey
+    CMYK JPEG or TIFF read by its first channel (cyan) came out inverted, as a ground truth or a
+    trimap, and a grey YCbCr or LAB TIFF was refused as a colour matte by `read_alpha`."""
     if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return img.convert("RGB")
+    return img
+
+
+def _first_channel(img) -> np.ndarray:
+    img = _as_channels(img)
     arr = np.array(img)
     if arr.ndim == 3:
         arr = arr[..., 0]
@@ -255,9 +266,7 @@ def read_alpha(path: str | Path) -> np.ndarray:
     Raises:
         InputError: for a colour image, naming what it is, and for unreadable files.
     """
-    img = _open(Path(path))
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    img = _as_channels(_open(Path(path)))
     arr = np.array(img)
     if arr.ndim == 2:
         return np.ascontiguousarray(_to_uint8(arr, img.mode))

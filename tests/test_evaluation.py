@@ -11,7 +11,7 @@ from mattecli import metrics
 from mattecli.cli import app
 from mattecli.errors import InputError
 from mattecli.evaluation import Item, WorstN, evaluate_files, evaluate_model
-from mattecli.imageio import read_alpha, read_gray, write_png
+from mattecli.imageio import read_alpha, read_gray, read_trimap, write_png
 
 
 def _case(rng, shape=(20, 28)):
@@ -84,6 +84,20 @@ def test_read_alpha_takes_grey_and_rgba_alpha_and_refuses_colour(tmp_path):
     for name, array in (("composite.png", colour), ("opaque-colour.png", np.dstack([colour, np.full_like(matte, 255)]))):
         with pytest.raises(InputError, match="a colour image .* not an alpha matte"):
             read_alpha(_save(tmp_path / name, array))
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "YCbCr"])
+def test_grey_files_in_other_colour_spaces_read_as_their_grey(tmp_path, mode):
+    # a grey matte or trimap saved by a print or scanner workflow: its first channel is cyan (inverted)
+    # or Y, and its channels are unequal
+    matte = np.array([[0, 40, 128], [200, 255, 77]], np.uint8)
+    path = tmp_path / f"grey-{mode}.tif"
+    Image.fromarray(matte).convert("RGB").convert(mode).save(path)
+    assert np.array_equal(read_alpha(path), matte)
+    assert np.array_equal(read_gray(path), matte)
+    trimap = np.array([[0, 128, 255], [255, 128, 0]], np.uint8)
+    Image.fromarray(trimap).convert("RGB").convert(mode).save(tmp_path / "t.tif")
+    assert np.array_equal(read_trimap(tmp_path / "t.tif")[0], trimap)
 
 
 def test_eval_refuses_colour_predictions_and_names_each(tmp_path):
