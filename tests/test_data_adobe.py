@@ -550,6 +550,20 @@ def test_two_foregrounds_with_one_stem_are_refused_before_anything_is_written(da
                   alpha_per_composite=True)
 
 
+@pytest.mark.parametrize("name", [os.fsdecode(b"caf\xe9.png"), "two\nlines.png", " edge.png"])
+def test_a_foreground_name_a_names_file_cannot_hold_is_one_line(dataset, tmp_path, name):
+    """An upload named in Latin-1 was a UnicodeEncodeError traceback writing fg_names.txt; a name
+    with a line break or edge spaces would be read back from it as other names by a re-run."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "D646"
+    for sub in ("FG", "GT"):
+        (root / "Test" / sub).mkdir(parents=True)
+        Image.fromarray(_alpha_rgb(rng, 12, 10)).save(root / "Test" / sub / name, format="PNG")
+    with pytest.raises(UsageError, match="fg_names.txt: cannot record the file name .* rename that file"):
+        prepare_d646(root, tmp_path / "coco", dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert not (tmp_path / "out" / "test" / "fg_names.txt").exists()
+
+
 def test_a_foreground_turned_by_its_exif_tag_says_so(dataset, tmp_path):
     """A phone photo as a foreground is stored landscape with an EXIF rotation; its alpha, made on the
     upright picture, is portrait. The failure said only that the sizes differ, while every viewer
