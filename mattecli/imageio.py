@@ -97,7 +97,7 @@ def _decode_png(path: Path, colour_types: tuple[int, ...], flags: int, apply_exi
 
     if _png_colour_type(path) not in colour_types:
         return None
-    if not _utf8_name(path):
+    if not utf8_name(path):
         return None  # OpenCV's imread crashes the process (segmentation fault) on such a name; Pillow reads it
     array = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
@@ -105,8 +105,8 @@ def _decode_png(path: Path, colour_types: tuple[int, ...], flags: int, apply_exi
     return orient(array, exif_orientation(path)) if apply_exif else array
 
 
-def _utf8_name(path: Path) -> bool:
-    """Whether a path is valid UTF-8: a POSIX name of other bytes (an upload named in Latin-1)
+def utf8_name(path: str | Path) -> bool:
+    """Whether a path (or a file name) is valid UTF-8: a POSIX name of other bytes (an upload named in Latin-1)
     reaches Python with lone surrogates in it (surrogateescape)."""
     try:
         str(path).encode("utf-8")

@@ -21,8 +21,8 @@ import numpy as np
 from mattecli.data.manifest import Sample, write_manifest
 from mattecli.errors import InputError, UsageError
 from mattecli.files import atomic_write, remove_stale_temps
-from mattecli.imageio import (EXIF_ORIENTATIONS, IMAGE_SUFFIXES, _utf8_name, exif_orientation, read_gray, read_image,
-                              write_png)
+from mattecli.imageio import (EXIF_ORIENTATIONS, IMAGE_SUFFIXES, exif_orientation, read_gray, read_image,
+                              utf8_name, write_png)
 
 ADOBE_PER_FG = {"train": 100, "test": 20}
 D646_PER_FG = {"train": 80, "test": 20}
@@ -433,7 +433,7 @@ def _names_file(path: Path, make) -> list[str]:
         # the file is UTF-8, one name a line, each stripped when read back: a name in another encoding
         # (an upload named in Latin-1) was a UnicodeEncodeError traceback, and one with a line break or
         # edge spaces would be read back as other names on a re-run
-        if not _utf8_name(Path(name)) or name.splitlines() != [name] or name != name.strip():
+        if not utf8_name(name) or name.splitlines() != [name] or name != name.strip():
             raise UsageError(f"{path}: cannot record the file name {ascii(name)} (not UTF-8, or a line break "
                              "or spaces at its ends): rename that file")
     atomic_write(path, lambda tmp: tmp.write_text("".join(f"{n}\n" for n in names), encoding="utf-8"))
