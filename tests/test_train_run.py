@@ -324,7 +324,7 @@ def test_a_missing_validation_file_is_refused_before_training(tmp_path):
     (tmp_path / "data" / "test" / "trimap" / "syn0001.png").unlink()
     code, text = run_cli("train", "--recipe", "demo-tcp", "--data", str(tmp_path / "data"), "--out",
                          str(tmp_path / "r"), "--device", "cpu", "--batch-size", "2", "--set", "data.crop_size=32")
-    assert code == 2 and text.endswith("manifest.csv: 1 of the validation files it lists are missing, e.g. "
+    assert code == 2 and text.endswith("manifest.csv: 1 of the validation files it lists is missing, e.g. "
                                        f"{tmp_path / 'data' / 'test' / 'trimap' / 'syn0001.png'}")
     assert not (tmp_path / "r").exists()
 

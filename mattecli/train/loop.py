@@ -590,8 +590,8 @@ def _validation_samples(test_dir: Path, limit: int):
                          "results by name, so names must be unique in the test split")
     missing = missing_files(samples, ("image", "trimap", "alpha"))
     if missing:  # else the first validation, perhaps hours in, stops the run
-        raise UsageError(f"{manifest_file(test_dir)}: {len(missing)} of the validation files it lists are "
-                         f"missing, e.g. {missing[0]}")
+        raise UsageError(f"{manifest_file(test_dir)}: {len(missing)} of the validation files it lists "
+                         f"{'is' if len(missing) == 1 else 'are'} missing, e.g. {missing[0]}")
     for s in samples:  # from the headers: a file Pillow cannot open, or sizes that differ, stopped the first validation
         sizes = {c: _header_size(getattr(s, c)) for c in ("image", "trimap", "alpha")}
         if len(set(sizes.values())) > 1:
