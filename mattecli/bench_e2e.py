@@ -173,8 +173,10 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
                                   "cpu_ms_per_image": round(1000 * clock.cpu[name] / count, 2)} for name in STAGES},
             })
     report = {"weights": str(weights), "device": device, "half": half, "compile": compile, "save": list(save),
-              "workers": workers, "photos": photos, "timed": "matte infer's folder runner, files on disk to files written, after "
-              f"{WARM_IMAGES} untimed images; stage times summed over the images (worker stages overlap)", "rows": rows}
+              "workers": workers, "photos": photos,
+              "timed": "matte infer's folder runner, files on disk to files written, after "
+                       f"{WARM_IMAGES} untimed images; stage times summed over the images (worker stages overlap)",
+              "rows": rows}
     if json_path:
         from mattecli.files import write_text
 

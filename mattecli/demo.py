@@ -107,7 +107,8 @@ def export_onnx(weights: Path, recipe, out: Path) -> tuple[Path, bool]:
     parity = verify(OnnxBackend.load(onnx_path), TorchBackend(model, recipe), [Size(96, 160), Size(352, 224)])
     errors = ", ".join(f"{r.width}x{r.height} {r.max_abs:.1e}" for r in parity)
     ok = all(r.ok for r in parity)
-    done(t0, f"{onnx_path}; max-abs error vs PyTorch: {errors} ({'within' if ok else 'ABOVE'} {TOLERANCE:g} x max(1, output scale))")
+    done(t0, f"{onnx_path}; max-abs error vs PyTorch: {errors} "
+             f"({'within' if ok else 'ABOVE'} {TOLERANCE:g} x max(1, output scale))")
     return onnx_path, ok
 
 

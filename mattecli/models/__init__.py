@@ -22,6 +22,7 @@ def build_model(recipe):
         raise UsageError(f"recipe {recipe.name}: infer.stride {recipe.infer.stride} is not a multiple of the "
                          f"{recipe.family} model's stride {network.stride}")
     if recipe.infer.input_channels != network.input_channels:  # else a conv's channel-mismatch traceback
-        raise UsageError(f"recipe {recipe.name}: infer.trimap {recipe.infer.trimap} makes {recipe.infer.input_channels} "
-                         f"input channels; the {recipe.family} model takes {network.input_channels}")
+        raise UsageError(f"recipe {recipe.name}: infer.trimap {recipe.infer.trimap} makes "
+                         f"{recipe.infer.input_channels} input channels; the {recipe.family} model takes "
+                         f"{network.input_channels}")
     return network(recipe.model)
