@@ -527,23 +527,52 @@ def index_by_stem(paths, root: Path | None = None) -> dict[str, list[Path]]:
     return index
 
 
-def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, ...] = ()) -> list[Path]:
+def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, ...] = (),
+                unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Image files of a folder, sorted by path; with `recursive`, of its subfolders too (hidden
-    ones and the folders in `skip`, e.g. an output folder inside the input folder, left out)."""
+    ones and the folders in `skip`, e.g. an output folder inside the input folder, left out).
+
+    A subfolder that cannot be read (or an entry that cannot be looked at, e.g. a link into a folder
+    this user may not enter) is left out and added to `unreadable` as (path, reason) when that list
+    is given, so that a batch goes on without it; otherwise its OSError is raised. An entry with an
+    image suffix that cannot be looked at is listed: reading it names the reason. `folder` itself
+    must be readable."""
     folder = Path(folder)
     skip_resolved = {Path(s).resolve() for s in skip}
     seen = {folder.resolve()}  # a folder reached twice (a symlink to a parent: a loop) is walked once
     found, todo = [], [folder]
+
+    def left_out(path: Path, err: OSError) -> None:
+        if unreadable is None:
+            raise err
+        unreadable.append((path, f"cannot be read ({err.strerror or err}); any images in it are left out"))
+
     while todo:
         here = todo.pop()
-        for p in sorted(here.iterdir()):  # sorted: which of two links to one folder is walked does not vary
+        try:
+            entries = sorted(here.iterdir())  # sorted: which of two links to one folder is walked does not vary
+        except OSError as err:
+            if here == folder:
+                raise
+            left_out(here, err)
+            continue
+        for p in entries:
             if p.name.startswith("."):
                 continue
-            if p.is_dir():
+            image = p.suffix.lower() in IMAGE_SUFFIXES
+            try:
+                is_dir = p.is_dir()
+            except OSError as err:
+                if image:
+                    found.append(p)
+                elif recursive:
+                    left_out(p, err)
+                continue
+            if is_dir:
                 if recursive and p.resolve() not in skip_resolved | seen:
                     seen.add(p.resolve())
                     todo.append(p)
-            elif p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()):  # a broken link: named
+            elif image and (p.is_file() or p.is_symlink()):  # a broken link: named
                 found.append(p)
     return sorted(found)
 
@@ -561,7 +590,13 @@ def subfolders_with_images(folder: str | Path, skip: tuple[Path, ...] = ()) -> l
                 return True
         return False
 
-    return [d for d in sorted(Path(folder).iterdir()) if d.is_dir() and not d.name.startswith(".")
+    def is_folder(path: Path) -> bool:
+        try:
+            return path.is_dir()
+        except OSError:  # e.g. a link into a folder this user may not enter
+            return False
+
+    return [d for d in sorted(Path(folder).iterdir()) if is_folder(d) and not d.name.startswith(".")
             and d.resolve() not in skip_resolved and has_image(d)]
 
 

@@ -430,6 +430,51 @@ def test_recursive_walks_a_folder_reached_twice_by_symlinks_once(tmp_path):
     assert report.failed == [(str(root / "gone.png"), f"no trimap found (gone.* or gone_trimap.* in {root})")]
 
 
+def refuse(monkeypatch, method: str, *names: str):
+    """Paths named `names` raise PermissionError from `Path.METHOD`, as for a user without the right to
+    enter them (the tests may run as root, who has every right)."""
+    import pathlib
+
+    real = getattr(pathlib.Path, method)
+
+    def refused(self, *args, **kwargs):
+        if self.name in names:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, method, refused)
+
+
+def test_an_unreadable_subfolder_is_one_failure_and_a_recursive_batch_goes_on(tmp_path, monkeypatch, capsys):
+    """`in/p -> /proc/1` under --recursive ended the whole batch ("in/p/cwd: Permission denied", exit 1,
+    nothing written); a link into a folder one may not enter ended even a run without --recursive."""
+    root = make_pairs(tmp_path / "in", ["a"])
+    make_pairs(root / "locked", ["b"])
+    make_pairs(root / "open", ["c"])
+    (root / "stuck").symlink_to(root / "open")  # its stat is refused: a link into a folder one may not enter
+    refuse(monkeypatch, "iterdir", "locked")
+    refuse(monkeypatch, "is_dir", "stuck")
+    left_out = "cannot be read (Permission denied); any images in it are left out"
+    report = infer_folder(FakePipeline(), root, tmp_path / "out", recursive=True, progress=False)
+    assert sorted(report.done) == [str(root / "a.png"), str(root / "open" / "c.png")]
+    assert sorted(report.failed) == [(str(root / "locked"), left_out), (str(root / "stuck"), left_out)]
+    shards = [find_pairs(root, None, (k, 2), recursive=True)[1] for k in (0, 1)]  # each failure in one shard
+    assert sorted(shards[0] + shards[1]) == sorted(report.failed) and not shards[1]
+    flat = infer_folder(FakePipeline(), root, tmp_path / "flat", progress=False)  # not walked: not a failure
+    assert flat.done == [str(root / "a.png")] and not flat.failed
+
+    masks = tmp_path / "masks"
+    for name in ("x", "locked/y"):
+        write_png(masks / f"{name}.png", np.pad(np.full((20, 20), 255, np.uint8), 10))
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "tri", "--recursive")
+    assert code == 1 and f"matte: failed: {masks / 'locked'}: {left_out}" in err
+    assert (tmp_path / "tri" / "x.png").is_file() and not (tmp_path / "tri" / "locked").exists()
+    (masks / "x.png").unlink()  # nothing left it could read: one line, saying why
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "tri2", "--recursive")
+    assert code != 0 and err.strip().splitlines() == [
+        f"matte: error: {masks}: no image files it could read: {masks / 'locked'} {left_out}"]
+
+
 class ModelMustNotRun:
     cfg = None
 

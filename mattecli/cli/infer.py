@@ -127,8 +127,9 @@ def main(
         per_pixel, source = model_bytes_per_pixel(pipeline.cfg, device, half)
         if "not measured" in source:
             typer.echo(f"matte: note: --max-memory on {device}: {per_pixel} bytes/pixel from {source}", err=True)
-    if images.is_dir() and not list_images(images, recursive):
-        raise no_images(images, recursive)
+    unreadable: list = []  # subfolders left out: failures of the batch, unless nothing else is there
+    if images.is_dir() and not list_images(images, recursive, unreadable=unreadable):
+        raise no_images(images, recursive, unreadable=unreadable)
     prepare_out_dir(out)  # before the model runs: a read-only --out must not cost a run
     for kind in kinds:  # likewise a file where an output folder goes, which would fail every image
         if kind != "alpha" and (out / kind).exists() and not (out / kind).is_dir():

@@ -64,9 +64,10 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         if folder is not None and Path(folder).resolve() == source.resolve():
             raise UsageError(f"{name} {folder}: is the {option} folder; outputs would mix with the inputs (or "
                              "overwrite them): choose another folder")
-    files = list_images(source, recursive, _inside(source, out, preview))
+    unreadable: list[tuple[Path, str]] = []  # subfolders left out: failures of the batch
+    files = list_images(source, recursive, _inside(source, out, preview), unreadable)
     if not files:
-        raise no_images(source, recursive)
+        raise no_images(source, recursive, unreadable=unreadable)
     photos_beside = _photos_beside_masks(files, source) if job.rule is not None else []
     skip = set(photos_beside)
     files = [f for f in files if f not in skip]
@@ -74,10 +75,10 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
     if job.images is not None:
         # in one folder with the masks, a mask is no photo (not even its own)
         masks = {f.resolve() for f in files}
-        candidates = [f for f in list_images(job.images, recursive) if f.resolve() not in masks]
+        candidates = [f for f in list_images(job.images, recursive, unreadable=unreadable) if f.resolve() not in masks]
         photos = {name: found[0] for name, found in index_by_stem(candidates, job.images).items()}
     inputs = Inputs(files + candidates)  # e.g. --out or --preview given the --images folder
-    report, todo, seen = BatchReport(), [], {}
+    report, todo, seen = BatchReport(failed=[(str(path), reason) for path, reason in unreadable]), [], {}
     fold = case_insensitive(out)  # Cat.png and cat.tif: one output there, the second replaced the first
     folders = {Path(f) for f in (out, preview) if f is not None}  # and their subfolders, with --recursive
     if photos_beside:

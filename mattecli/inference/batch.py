@@ -80,14 +80,15 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
         raise UsageError(f"{option} {trimaps}: no such folder or file")
     root = image_root(images)
     beside = trimaps is None or trimaps.resolve() == root.resolve()
-    files = [images] if single else _input_images(images, recursive, out)
+    unreadable: list[tuple[Path, str]] = []  # subfolders left out, each failed once (in shard 0)
+    files = [images] if single else _input_images(images, recursive, out, unreadable)
     if beside:
         tri_files = [p for p in (list_images(root) if single else files) if p.stem.endswith(suffix)]
         files = [p for p in files if single or not p.stem.endswith(suffix)]  # a file named by hand is the image
     else:
-        tri_files = list_images(trimaps, recursive)
+        tri_files = list_images(trimaps, recursive, unreadable=unreadable)
     if not files:
-        raise no_images(images, recursive, out)
+        raise no_images(images, recursive, out, unreadable)
     maps_root = root if beside else trimaps
     by_name = index_by_stem(tri_files, maps_root)
     pairs, problems, seen = [], [], {}
@@ -114,6 +115,8 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
         mine = set(files[shard[0]::shard[1]])
         pairs = [p for p in pairs if p[0] in mine]
         problems = [p for p in problems if p[0] in mine]
+    if shard is None or shard[0] == 0:
+        problems += unreadable
     return pairs, [(str(path), reason) for path, reason in problems]
 
 
@@ -132,12 +135,13 @@ def _output_folders(images: Path, out: Path | None) -> tuple[Path, ...]:
     return tuple(out_root / kind for kind in OUTPUT_FOLDERS) + ((out_root,) if out_root != root else ())
 
 
-def _input_images(images: Path, recursive: bool, out: Path | None) -> list[Path]:
+def _input_images(images: Path, recursive: bool, out: Path | None,
+                  unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
     """The image files under `images`, less the outputs of a run writing into `out`: when `out` is
     inside `images` its output subfolders are skipped, and when it is the image folder itself an
     alpha `{stem}.png` beside an image `{stem}.jpg` (say) is that image's output, not an input."""
     skip = _output_folders(images, out)
-    files = list_images(images, recursive, skip)
+    files = list_images(images, recursive, skip, unreadable)
     if not skip:
         return files
     out_root = out.resolve()
@@ -153,8 +157,14 @@ def _is_under(path: Path, root: Path) -> bool:
     return parent == root or root in parent.parents
 
 
-def no_images(images: Path, recursive: bool, out: Path | None = None) -> InputError:
-    """The error for an input folder without image files, saying what its subfolders hold."""
+def no_images(images: Path, recursive: bool, out: Path | None = None,
+              unreadable: list[tuple[Path, str]] = ()) -> InputError:
+    """The error for an input folder without image files, saying what its subfolders hold (or
+    which of them could not be read: `list_images`'s `unreadable`)."""
+    if unreadable:
+        path, reason = unreadable[0]
+        more = f" (and {len(unreadable) - 1} more like it)" if len(unreadable) > 1 else ""
+        return InputError(images, f"no image files it could read: {path} {reason}{more}")
     return InputError(images, "no image files here (" + ", ".join(IMAGE_SUFFIXES) + ")"
                       + _subfolder_hint(images, recursive, out))
 
