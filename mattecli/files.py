@@ -9,9 +9,9 @@ one, and the file gets the permissions any other program's output would (0666 le
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -42,18 +42,32 @@ def atomic_write(path: str | Path, write) -> Path:
         write(path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    try:  # from the first statement after mkstemp: a Ctrl-C during close or chmod left the file (seen in CI)
-        os.close(fd)
-        write(Path(tmp))
-        # mkstemp creates 0600, and some writers (safetensors' save_file) make the file anew as 0600:
+    tmp = fresh_name(path.parent, f".{path.stem}.", path.suffix + ".tmp")
+    try:  # from the moment the file is made: a Ctrl-C during close or chmod left it (seen in CI)
+        make_new(tmp)
+        write(tmp)
+        # made 0600, and some writers (safetensors' save_file) make the file anew as 0600:
         # outputs get the usual permissions, set after the write
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def fresh_name(folder: Path, prefix: str, suffix: str = "") -> Path:
+    """`folder/{prefix}{64 random bits}{suffix}`: a name no file has, for a temporary file.
+
+    The name comes before the file (`make_new`), so that the caller's cleanup can cover the moment
+    the file is made: `tempfile.mkstemp` makes the file and then returns its name, and a Ctrl-C or
+    SIGTERM in between (in its own Python code) left the file behind (seen in CI, under load)."""
+    return Path(folder) / f"{prefix}{secrets.token_hex(8)}{suffix}"
+
+
+def make_new(path: Path) -> None:
+    """Make `path` as a new empty file, readable by its owner only; FileExistsError if it exists."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600))
 
 
 def to_stdout(path: str | Path | None) -> bool:
@@ -126,12 +140,14 @@ def case_insensitive(folder: str | Path) -> bool:
     up under its name in capitals. A folder not made yet is asked of its nearest existing parent."""
     folder = Path(folder).absolute()
     folder = next((p for p in (folder, *folder.parents) if p.is_dir()), folder)
+    probe = fresh_name(folder, ".matte-case-", ".tmp")
     try:
-        with tempfile.NamedTemporaryFile(prefix=".matte-case-", suffix=".tmp", dir=folder) as probe:
-            name = Path(probe.name)
-            return (name.parent / name.name.upper()).exists()
+        make_new(probe)
+        return (probe.parent / probe.name.upper()).exists()
     except OSError:  # a folder matte cannot write to fails later, where it is named
         return False
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 class Inputs:

@@ -7,13 +7,12 @@ missing, empty, unreadable or of an unusable kind, so a batch can name it and go
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from mattecli.errors import InputError
-from mattecli.files import atomic_write
+from mattecli.files import atomic_write, fresh_name, make_new
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -625,12 +624,13 @@ def _probe_write(folder: Path, out: Path, option: str) -> None:
     and `out` (the path the user gave, `folder` or below it)."""
     from mattecli.errors import UsageError
 
+    probe = fresh_name(folder, ".matte-write-check.")
     try:
-        fd, probe = tempfile.mkstemp(prefix=".matte-write-check.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        make_new(probe)
     except OSError as err:
         raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def check_out_dir(out: str | Path, option: str = "--out", given: Path | None = None) -> Path:

@@ -77,6 +77,49 @@ def test_ctrl_c_right_after_the_temp_file_is_made_leaves_no_temp(tmp_path, monke
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
 
 
+def test_ctrl_c_while_the_temp_file_is_made_leaves_no_temp(tmp_path, monkeypatch):
+    """SIGTERM inside tempfile.mkstemp, after it made the file and before it returned the name (seen
+    under load as test_sigterm_ends_a_command_as_ctrl_c_does leaving .syn0000.gx0b2o2r.png.tmp): the
+    name is now chosen first, so the cleanup covers the moment the file is made."""
+    import mattecli.files
+
+    path = tmp_path / "a.png"
+    made = mattecli.files.make_new
+
+    def made_then_interrupted(tmp):
+        made(tmp)
+        assert tmp.parent == tmp_path and tmp.name.startswith(".a.") and tmp.name.endswith(".png.tmp")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mattecli.files, "make_new", made_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, lambda tmp: tmp.write_text("new"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_probe_files_are_removed_also_when_interrupted(tmp_path, monkeypatch):
+    """The write check of --out and the letter-case probe make a file and remove it, whatever happens."""
+    import mattecli.files
+    import mattecli.imageio
+    from mattecli.files import case_insensitive
+    from mattecli.imageio import prepare_out_dir
+
+    assert case_insensitive(tmp_path) is False and prepare_out_dir(tmp_path / "o") == tmp_path / "o"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"] and not list((tmp_path / "o").iterdir())
+    made = mattecli.files.make_new
+
+    def made_then_interrupted(tmp):
+        made(tmp)
+        raise KeyboardInterrupt
+
+    for module in (mattecli.files, mattecli.imageio):
+        monkeypatch.setattr(module, "make_new", made_then_interrupted)
+    for probe in (lambda: case_insensitive(tmp_path), lambda: prepare_out_dir(tmp_path / "o")):
+        with pytest.raises(KeyboardInterrupt):
+            probe()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["o"] and not list((tmp_path / "o").iterdir())
+
+
 def test_a_fifo_or_a_device_is_written_in_place_not_replaced(tmp_path):
     """`matte eval --json /dev/stdout` as root renamed a file over /dev/stdout (and /dev/null);
     a FIFO, like them not a regular file, is written in place and stays a FIFO."""

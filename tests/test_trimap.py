@@ -508,15 +508,14 @@ def test_infer_out_that_is_a_file_or_read_only_is_refused_before_the_model_runs(
 
 
 def test_an_unwritable_out_is_one_usage_error(tmp_path, monkeypatch):
-    import tempfile
-
+    import mattecli.imageio
     from mattecli.errors import UsageError
     from mattecli.imageio import prepare_out_dir
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # what a read-only folder does (root ignores chmod)
+    monkeypatch.setattr(mattecli.imageio, "make_new", refuse)  # what a read-only folder does (root ignores chmod)
     with pytest.raises(UsageError, match="--out .*: cannot write there \\(Permission denied\\)"):
         prepare_out_dir(tmp_path / "o")
 
