@@ -42,7 +42,7 @@ def atomic_write(path: str | Path, write) -> Path:
         write(path)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = fresh_name(path.parent, f".{path.stem}.", path.suffix + ".tmp")
+    tmp = fresh_name(path.parent, _temp_prefix(path), path.suffix + ".tmp")
     try:  # from the moment the file is made: a Ctrl-C during close or chmod left it (seen in CI)
         make_new(tmp)
         write(tmp)
@@ -50,8 +50,14 @@ def atomic_write(path: str | Path, write) -> Path:
         # outputs get the usual permissions, set after the write
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only file system refuses even that: the error to report is the first
+            pass
+        if isinstance(err, OSError) and err.errno is not None and (
+                err.filename is None or os.fspath(err.filename) == os.fspath(tmp)):
+            raise _naming(err, path) from err  # named by a temporary name no one knows, or (a full disk) by none
         raise
     return path
 
@@ -68,6 +74,34 @@ def fresh_name(folder: Path, prefix: str, suffix: str = "") -> Path:
 def make_new(path: Path) -> None:
     """Make `path` as a new empty file, readable by its owner only; FileExistsError if it exists."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600))
+
+
+_NAME_MAX = 255  # bytes in one file name (Linux, macOS; on Windows 255 characters)
+
+
+def _temp_prefix(path: Path) -> str:
+    """`.{stem}.`, the stem cut short so that the temporary name (`fresh_name`'s random part, the
+    suffix and `.tmp` added) fits in a file name: an output whose own name fits, a 250-byte stem,
+    failed with "File name too long" for its temporary name."""
+    room = _NAME_MAX - len(os.fsencode(fresh_name(Path(), "..", f"{path.suffix}.tmp").name))
+    stem = path.stem
+    while len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return f".{stem}."
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """`err` (of the same class: a full disk stays ENOSPC) naming the output `path`, not its temporary file."""
+    return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))
+
+
+def describe(err: BaseException) -> str:
+    """An error for one line of a batch's report: `PATH: reason` for a system error that names its
+    file (a full disk, a read-only file system: `atomic_write` names the output), else its class and
+    message."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    return f"{type(err).__name__}: {err}"
 
 
 def to_stdout(path: str | Path | None) -> bool:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mattecli.data.manifest import Sample, read_manifest, write_manifest
-from mattecli.files import atomic_write, remove_stale_temps
+from mattecli.files import atomic_write, describe, remove_stale_temps
 from mattecli.imageio import write_png
 
 
@@ -58,6 +58,25 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, fail)
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+
+
+def test_a_read_only_file_system_names_the_output_not_its_temporary_file(tmp_path, monkeypatch):
+    """An output folder remounted read-only mid-run: each image failed naming '.a.52n_krop.png.tmp'
+    (and removing the temporary file that was not made failed too, on that file system)."""
+    import errno
+    from pathlib import Path
+
+    import mattecli.files
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+
+    monkeypatch.setattr(mattecli.files, "make_new", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(OSError) as caught:
+        atomic_write(tmp_path / "a.png", lambda tmp: tmp.write_text("new"))
+    assert (caught.value.errno, caught.value.filename) == (errno.EROFS, str(tmp_path / "a.png"))
+    assert describe(caught.value) == f"{tmp_path / 'a.png'}: Read-only file system"
 
 
 def test_ctrl_c_right_after_the_temp_file_is_made_leaves_no_temp(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -182,6 +183,43 @@ def test_a_crash_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Image.Image, "save", real_save)
     report = infer_folder(FakePipeline(), images, tmp_path / "out", progress=False)
     assert len(report.done) == 1
+
+
+def test_a_name_near_the_length_limit_is_written(tmp_path):
+    """A 250-byte stem (its outputs' names fit in 255 bytes) failed after its model pass with "File
+    name too long": the temporary name adds 13 bytes to the output's."""
+    stem = "é" * 125  # 250 bytes in UTF-8
+    images = make_pairs(tmp_path / "in", ["a"])
+    (tmp_path / "trimaps").mkdir()
+    (images / "a.png").rename(images / f"{stem}.png")
+    (images / "a_trimap.png").rename(tmp_path / "trimaps" / f"{stem}.png")
+    report = infer_folder(FakePipeline(), images, tmp_path / "out", tmp_path / "trimaps", save=("alpha", "fg"),
+                          progress=False)
+    assert report.done == [str(images / f"{stem}.png")] and not report.failed
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == sorted(["fg", f"{stem}.png", f"{stem}.png"])
+
+
+def test_a_full_disk_names_the_output_that_did_not_fit(tmp_path, monkeypatch):
+    """A full disk was 'writing outputs: OSError: [Errno 28] No space left on device', naming no
+    file; a read-only file system named the hidden temporary file ('.a.x1y2z3.png.tmp')."""
+    import errno
+
+    from PIL import Image
+
+    images = make_pairs(tmp_path / "in", ["a", "b"])
+    real_save = Image.Image.save
+
+    def full_for_fg(self, fp, *args, **kwargs):
+        if Path(fp).parent.name == "fg":
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a file's write() raises it
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full_for_fg)
+    out = tmp_path / "out"
+    report = infer_folder(FakePipeline(), images, out, save=("alpha", "fg"), progress=False)
+    assert report.failed == [(str(images / f"{s}.png"), f"writing outputs: {out / 'fg' / s}.png: No space left on "
+                                                        "device") for s in "ab"]
+    assert sorted(p.name for p in out.rglob("*")) == ["a.png", "b.png", "fg"]  # the alphas, reused by a re-run
 
 
 def test_shards_split_the_sorted_list_deterministically(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.files import Inputs, atomic_write, case_insensitive, remove_stale_temps
+from mattecli.files import Inputs, atomic_write, case_insensitive, describe, remove_stale_temps
 from mattecli.imageio import (exif_orientation, fit_orientation, index_by_stem, list_images, orient, read_gray,
                               read_image, read_mask, relative_name, write_png)
 from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, no_images
@@ -129,7 +129,7 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
                 except InputError as err:
                     report.failed.append((str(err.path), err.reason))
                 except (OSError, ValueError, MemoryError) as err:  # e.g. disk full
-                    report.failed.append((str(path), f"{type(err).__name__}: {err}"))
+                    report.failed.append((str(path), describe(err)))
                 bar.advance()
     finally:  # on Ctrl-C the files being written finish (atomically); the rest are not started
         pool.shutdown(wait=True, cancel_futures=True)

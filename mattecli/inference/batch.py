@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError, printable, stop_requested
-from mattecli.files import Inputs, case_insensitive, remove_stale_temps
+from mattecli.files import Inputs, case_insensitive, describe, remove_stale_temps
 from mattecli.imageio import (IMAGE_SUFFIXES, exif_orientation, fit_orientation, index_by_stem, list_images, read_gray,
                               read_image, read_mask, read_trimap, relative_name, subfolders_with_images)
 from mattecli.inference.pipeline import REDONE_FP32, stage
@@ -464,7 +464,7 @@ def _record(report: BatchReport, item: _Item, future: Future) -> None:
     except IsADirectoryError as err:  # the rename onto a folder: name the folder, not the temp file
         report.failed.append((str(item.image_path), f"writing outputs: {err.filename2 or err.filename} is a folder"))
     except (OSError, RuntimeError, ValueError, MemoryError) as err:  # e.g. disk full
-        report.failed.append((str(item.image_path), f"writing outputs: {type(err).__name__}: {err}"))
+        report.failed.append((str(item.image_path), f"writing outputs: {describe(err)}"))
 
 
 def _remove_stale_temps(folders) -> None:
