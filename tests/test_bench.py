@@ -85,6 +85,11 @@ def test_bench_onnx_from_safetensors(tmp_path, weights, one_thread):
     # each was silently ignored: a "--compile" row timed the eager model
     (["--compile", "--count", "2", "--sizes", "32x32", "--backends", "torch"], "--count, --compile: with --e2e only"),
     (["--photos", "jpg"], "--photos: with --e2e only"),
+    # a list option given twice kept its last value without a word: the values are joined
+    (["--sizes", "bad", "--sizes", "32x32"], "--sizes: 'bad' is not WIDTHxHEIGHT"),
+    (["--e2e", "--backends", "torch", "--backends", "onnx", "--sizes", "32x32"], "--e2e times one backend"),
+    (["--e2e", "--save", "alpha", "--save", "composite", "--sizes", "32x32", "--backends", "torch"],
+     "--save alpha,composite: with --e2e choose from"),
     (["--e2e", "--photos", "gif", "--sizes", "32x32", "--backends", "torch"], "--photos gif: choose from png, jpg"),
     (["--e2e", "--repeat", "9", "--sizes", "32x32", "--count", "1"],
      "--repeat: for the model rows; --e2e times --count images"),

@@ -68,3 +68,10 @@ def test_shards_and_backends():
     for empty in ("", " , "):  # said "unknown backend '(none)'"
         with pytest.raises(UsageError, match=f"^--backends {empty!r}: names no backend; choose from torch, onnx, trt$"):
             parse_backends(empty)
+
+
+def test_comma_lists_given_once_or_more_are_one_list():
+    from mattecli.cli.parsing import comma_items
+
+    assert comma_items(["alpha, fg", "fg,", "rgba"]) == ["alpha", "fg", "rgba"]
+    assert comma_items(["alpha"]) == ["alpha"] and comma_items([" , "]) == []

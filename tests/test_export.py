@@ -509,6 +509,7 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
                                                               ".safetensors weights file it came from"),
     (["--opt-shape", "1920by1088"], "--opt-shape: '1920by1088' is not WIDTHxHEIGHT"),
     (["--verify", "--verify-sizes", "64x"], "--verify-sizes: '64x' is not WIDTHxHEIGHT"),
+    (["--verify", "--verify-sizes", "64x", "--verify-sizes", "64x64"], "--verify-sizes: '64x' is not WIDTHxHEIGHT"),
     (["--opset", "13"], "--opset 13: choose 17 to 20"),
     (["--opset", "21"], "--opset 21: choose 17 to 20"),
     (["--static", "--verify", "--verify-sizes", "64x64"], "--verify-sizes 64x64: a static graph runs at --opt-shape"),

@@ -174,10 +174,26 @@ def test_cli_writes_every_output_with_an_image_background(tmp_path, weights):
     assert "0 written" in res.stdout and "2 skipped" in res.stdout
 
 
+def test_save_given_twice_writes_both(tmp_path, weights):
+    """`--save alpha --save trimap` wrote the trimaps alone, without a word: click keeps the last
+    value of an option given twice. Both are written, as with `--save alpha,trimap`."""
+    from tests.infer_helpers import make_pairs
+
+    images = make_pairs(tmp_path / "in", ["a"])
+    res = subprocess.run([sys.executable, "-m", "mattecli", "infer", "--weights", weights, "--images", images,
+                          "--out", tmp_path / "out", "--save", "alpha", "--save", "trimap"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png")) == \
+        ["a.png", "trimap/a.png"]
+    assert np.array_equal(read_gray(tmp_path / "out" / "trimap" / "a.png"), read_gray(images / "a_trimap.png"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--save", "composite"], "needs --background"),
     (["--background", "#fff"], "only used by --save composite"),
     (["--save", "alpha,mask"], "choose from"),
+    (["--save", "alpha", "--save", "mask"], "--save alpha,mask: choose from"),
     (["--save", "composite", "--background", "nocolour"], "neither a colour"),
     (["--max-memory", "lots"], "--max-memory"),
     (["--max-memory", "1MB"], "too small"),

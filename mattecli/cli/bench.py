@@ -11,12 +11,14 @@ def main(
     ctx: typer.Context,
     weights: Path = typer.Option(..., "--weights", help="A .safetensors weights file (ONNX graph and TensorRT engine "
                                  "are exported from it into a temporary folder), an .onnx graph or an .engine."),
-    backends: str = typer.Option(None, "--backends", help="Comma-separated, any of torch, onnx, trt (default: "
-                                 "torch,onnx for a .safetensors, onnx for an .onnx graph, trt for an engine; with "
-                                 "--e2e the one the file's suffix implies)."),
-    sizes: str = typer.Option("1920x1080,3840x2160", "--sizes", help="Comma-separated WIDTHxHEIGHT input sizes "
-                              "(aligned to the model's stride by the inference pipeline, as in `matte infer`; "
-                              "default for a --static graph: its own size)."),
+    backends: list[str] = typer.Option(None, "--backends", help="Comma-separated (or --backends once for each), "
+                                       "any of torch, onnx, trt (default: torch,onnx for a .safetensors, onnx for "
+                                       "an .onnx graph, trt for an engine; with --e2e the one the file's suffix "
+                                       "implies)."),
+    sizes: list[str] = typer.Option(["1920x1080,3840x2160"], "--sizes", help="Comma-separated WIDTHxHEIGHT input "
+                                    "sizes, or --sizes once for each (aligned to the model's stride by the "
+                                    "inference pipeline, as in `matte infer`; default for a --static graph: its "
+                                    "own size)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N] "
                                "(trt and --half need cuda)."),
     half: bool = typer.Option(False, "--half", help="FP16: for torch as `matte infer --half` runs it, an FP16 "
@@ -28,7 +30,8 @@ def main(
     e2e: bool = typer.Option(False, "--e2e", help="End to end: `matte infer`'s runner over generated image files of "
                              "each size, files on disk to files written, with each stage's time (decode, upload + "
                              "prepare, model, restore + download, foreground, encode). One backend."),
-    save: str = typer.Option("alpha", "--save", help="With --e2e: the outputs written, as `matte infer --save`."),
+    save: list[str] = typer.Option(["alpha"], "--save", help="With --e2e: the outputs written, as `matte infer "
+                                   "--save`."),
     count: int = typer.Option(8, "--count", min=1, help="With --e2e: timed images per size."),
     workers: int = typer.Option(None, "--workers", min=0, help="With --e2e: as `matte infer --workers`."),
     compile: bool = typer.Option(False, "--compile", help="With --e2e: as `matte infer --compile`."),
@@ -56,6 +59,9 @@ def main(
     from mattecli.progress import progress_bar
 
     _check_mode(ctx, e2e)
+    # given twice, a list option kept only its last value (click's rule): the values are joined instead
+    backends = None if backends is None else ",".join(backends)
+    sizes, save = ",".join(sizes), ",".join(save)
     size_list = parse_sizes(sizes)
     if not options_given(ctx, ["sizes"]) and weights.suffix.lower() == ".onnx":
         from mattecli.inference.backends import static_onnx_size
@@ -133,13 +139,14 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
 
     from mattecli.bench import check_request
     from mattecli.bench_e2e import PHOTO_FORMATS, STAGES, run_e2e
+    from mattecli.cli.parsing import comma_items
     from mattecli.errors import UsageError
     from mattecli.files import to_stdout
     from mattecli.inference.outputs import OUTPUT_KINDS
 
     if len(names) != 1:
         raise UsageError("--e2e times one backend: name it with --backends (e.g. --backends torch)")
-    kinds = list(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
+    kinds = comma_items([save])
     if not kinds or any(k not in OUTPUT_KINDS or k == "composite" for k in kinds):
         raise UsageError(f"--save {save}: with --e2e choose from alpha, fg, rgba")
     if photos not in PHOTO_FORMATS:

@@ -35,8 +35,9 @@ def main(
                                 "several sizes, print the errors, and exit 1 if any max-abs error exceeds 1e-4 "
                                 "(1e-2 with --half) times the output's scale (max |PyTorch's output|, 1 at "
                                 "least)."),
-    verify_sizes: str = typer.Option(None, "--verify-sizes", help="WIDTHxHEIGHT,... for --verify (default: 3s x 5s, "
-                                     "11s x 7s for the model's stride s, and 1920x1088; a static graph: its size)."),
+    verify_sizes: list[str] = typer.Option(None, "--verify-sizes", help="WIDTHxHEIGHT,... (or --verify-sizes once "
+                                           "for each) for --verify (default: 3s x 5s, 11s x 7s for the model's "
+                                           "stride s, and 1920x1088; a static graph: its size)."),
     device: str = typer.Option("auto", "--device", help="Where --verify runs both models: auto (cuda when "
                                "available, else cpu), cpu or cuda[:N] (trt: cuda, and the GPU the engine is "
                                "built on)."),
@@ -55,7 +56,8 @@ def main(
     shapes = tuple(parse_size(text, option)
                    for option, text in (("--min-shape", min_shape), ("--opt-shape", opt_shape), ("--max-shape", max_shape)))
     given = tuple(options_given(ctx, ("min_shape", "opt_shape", "max_shape")))
-    sizes = None if verify_sizes is None else parse_sizes(verify_sizes, "--verify-sizes")
+    # given twice, it kept only its last value (click's rule): the values are joined instead
+    sizes = None if verify_sizes is None else parse_sizes(",".join(verify_sizes), "--verify-sizes")
     opts = exporting.ExportOptions(weights=weights, out=out, format=format, half=half, tf32=tf32, dynamic=dynamic,
                                    shapes=shapes, shapes_given=given, opset=opset, verify=verify, verify_sizes=sizes, device=device)
     check_out_file(out, "--out")  # before the model is loaded and traced

@@ -34,11 +34,11 @@ def main(
                               "softmax stay float32). An image whose output is not finite is redone in float32."),
     compile: bool = typer.Option(False, "--compile", help="Torch backend: torch.compile the model (dynamic height "
                                  "and width: one compilation for a folder of mixed sizes)."),
-    save: str = typer.Option("alpha", "--save", help="Comma-separated outputs, any of: alpha (OUT/{stem}.png), "
-                             "fg (estimated foreground colours, OUT/fg/{stem}.png), rgba (foreground + straight "
-                             "alpha, OUT/rgba/{stem}.png), composite (foreground over --background, "
-                             "OUT/composite/{stem}.png), trimap (the trimap used, OUT/trimap/{stem}.png). Only the "
-                             "listed outputs are written."),
+    save: list[str] = typer.Option(["alpha"], "--save", help="Comma-separated outputs (or --save once for each), "
+                                   "any of: alpha (OUT/{stem}.png), fg (estimated foreground colours, "
+                                   "OUT/fg/{stem}.png), rgba (foreground + straight alpha, OUT/rgba/{stem}.png), "
+                                   "composite (foreground over --background, OUT/composite/{stem}.png), trimap "
+                                   "(the trimap used, OUT/trimap/{stem}.png). Only the listed outputs are written."),
     background: str = typer.Option(None, "--background", help="For composite: a colour (#00ff00, #0f0, 0,255,0 or "
                                    "a CSS name: green, lime, ...) or an image, scaled to cover each photo (aspect "
                                    "kept) and centre-cropped. Changing it and re-running redoes only the "
@@ -70,7 +70,7 @@ def main(
     with another --background redoes only the composites. A bad file is named with the reason and
     skipped; the exit code is 1 if any failed.
     """
-    from mattecli.cli.parsing import parse_memory, parse_shard
+    from mattecli.cli.parsing import comma_items, parse_memory, parse_shard
     from mattecli.cli.trimap import EMPTY_CHOICES, parsed_option
     from mattecli.data.trimap import DEFAULT_BAND, DEFAULT_THRESHOLD, MaskRule, parse_band, parse_threshold
     from mattecli.devices import resolve_device
@@ -81,10 +81,10 @@ def main(
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import default_max_bytes, tile_size
 
-    kinds = list(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
+    kinds = comma_items(save)
     unknown = [k for k in kinds if k not in OUTPUT_KINDS]
     if unknown or not kinds:
-        raise UsageError(f"--save {save}: choose from {', '.join(OUTPUT_KINDS)}")
+        raise UsageError(f"--save {','.join(save)}: choose from {', '.join(OUTPUT_KINDS)}")
     if "composite" in kinds and not background:
         raise UsageError("--save composite needs --background (a colour like #00ff00, or an image)")
     if background and "composite" not in kinds:

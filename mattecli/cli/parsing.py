@@ -32,6 +32,13 @@ def is_whole_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def comma_items(values: list[str]) -> list[str]:
+    """The items of a comma-separated option given once or more: `--save alpha,fg` and `--save alpha
+    --save fg` are both ["alpha", "fg"] (a second --save silently replaced the first, click's rule
+    for an option given twice); stripped, empty items and duplicates dropped, order kept."""
+    return list(dict.fromkeys(item.strip() for value in values for item in value.split(",") if item.strip()))
+
+
 def parse_memory(text: str | None, option: str = "--max-memory") -> int | None:
     """`"4GB"`, `"512MiB"`, `"1.5G"` -> bytes (binary units: 1 GB = 2**30); `None`, `""`, `"none"` -> None.
 
