@@ -2,6 +2,7 @@
 found (class-index, colour-coded), and the input-side checks of `matte infer` (folders, --out)."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -505,6 +506,30 @@ def test_infer_out_that_is_a_file_or_read_only_is_refused_before_the_model_runs(
                          "--max-memory", "none")
     assert code == 1 and "no image files" in err and err.count("\n") == 1
     locked.chmod(0o700)
+
+
+def test_infer_output_subfolder_that_cannot_be_written_is_refused_before_the_model_runs(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """OUT writable but OUT/fg not (made by another user's run, or mounted read-only): every image
+    ran the model, then failed writing its foreground, and the exit code was 1."""
+    import mattecli.imageio
+    import mattecli.inference.pipeline
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", lambda *a, **k: ModelMustNotRun())
+    images = make_pairs(tmp_path / "in", ["a"])
+    (tmp_path / "out" / "fg").mkdir(parents=True)
+    real_make_new = mattecli.imageio.make_new
+
+    def read_only_fg(path):  # root ignores chmod
+        if Path(path).parent.name == "fg":
+            raise OSError(30, "Read-only file system")
+        return real_make_new(path)
+
+    monkeypatch.setattr(mattecli.imageio, "make_new", read_only_fg)
+    code, out, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images", images, "--out",
+                           tmp_path / "out", "--save", "alpha,fg", "--max-memory", "none")
+    assert (code, out, err) == (2, "", f"matte: error: --out {tmp_path / 'out' / 'fg'}: cannot write there "
+                                      "(Read-only file system)\n")
 
 
 def test_an_unwritable_out_is_one_usage_error(tmp_path, monkeypatch):

@@ -75,7 +75,7 @@ def main(
     from mattecli.data.trimap import DEFAULT_BAND, DEFAULT_THRESHOLD, MaskRule, parse_band, parse_threshold
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
-    from mattecli.imageio import list_images, prepare_out_dir
+    from mattecli.imageio import check_out_dir, list_images, prepare_out_dir
     from mattecli.inference.batch import default_workers, infer_folder, no_images, print_report
     from mattecli.inference.outputs import OUTPUT_KINDS, Background, check_numba_threading_layer
     from mattecli.inference.pipeline import load_pipeline
@@ -131,9 +131,11 @@ def main(
     if images.is_dir() and not list_images(images, recursive, unreadable=unreadable):
         raise no_images(images, recursive, unreadable=unreadable)
     prepare_out_dir(out)  # before the model runs: a read-only --out must not cost a run
-    for kind in kinds:  # likewise a file where an output folder goes, which would fail every image
-        if kind != "alpha" and (out / kind).exists() and not (out / kind).is_dir():
-            raise UsageError(f"--out {out}: {out / kind} is a file, where --save {kind} writes its folder")
+    for kind in kinds:  # likewise a file where an output folder goes, or one that cannot be written (another
+        if kind != "alpha" and (out / kind).exists():  # user's run made it): each would fail every image
+            if not (out / kind).is_dir():
+                raise UsageError(f"--out {out}: {out / kind} is a file, where --save {kind} writes its folder")
+            check_out_dir(out / kind)
     if workers is None:
         workers = default_workers(device)
     report = infer_folder(pipeline, images, out, trimaps, overwrite=overwrite, save=kinds, background=bg,
