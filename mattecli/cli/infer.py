@@ -26,7 +26,8 @@ def main(
     empty: str = typer.Option("skip", "--empty", help="An image whose trimap has no unknown pixel (nothing to "
                               "matte): skip (default) or pass (its trimap written as the alpha). Named either way."),
     recursive: bool = typer.Option(False, "--recursive", help="Walk subfolders of --images (and of --trimaps / "
-                                   "--masks at the same relative paths); outputs mirror the tree."),
+                                   "--masks at the same relative paths); outputs mirror the tree. Links to folders "
+                                   "are followed, each folder walked once."),
     backend: str = typer.Option(None, "--backend", help="torch|onnx|trt (default: from the weights file's suffix)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N]. "
                                "On CUDA the torch backend prepares and restores on the GPU too."),

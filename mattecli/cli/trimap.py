@@ -37,7 +37,8 @@ def main(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo trimaps that exist (default: skip them)."),
     workers: int = typer.Option(None, "--workers", min=1, help="Files processed at once (default: CPU cores)."),
     recursive: bool = typer.Option(False, "--recursive", help="Walk subfolders (and --images' at the same relative "
-                                   "paths); outputs mirror the tree."),
+                                   "paths); outputs mirror the tree. Links to folders are followed, each folder walked "
+                                   "once."),
 ) -> None:
     """Write OUT/{stem}.png, a 0/128/255 trimap, for every mask in --masks (or alpha in --alphas).
 
