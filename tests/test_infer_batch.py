@@ -222,6 +222,20 @@ def test_a_full_disk_names_the_output_that_did_not_fit(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.rglob("*")) == ["a.png", "b.png", "fg"]  # the alphas, reused by a re-run
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux's 4096-byte path limit")
+def test_an_output_path_over_the_system_limit_fails_that_image_only(tmp_path):
+    """A deep --recursive tree under a deep --out: the first output path over 4096 bytes ended the
+    whole run, before any image ("matte: error: ...x.png: File name too long", exit 1)."""
+    deep = tmp_path / "in" / "/".join(["d" * 250] * 15)  # ~3.8 KB: the input's own paths fit
+    make_pairs(deep, ["x"])
+    make_pairs(tmp_path / "in", ["a"])
+    out = tmp_path / ("o" * 200) / ("o" * 200)
+    report = infer_folder(FakePipeline(), tmp_path / "in", out, recursive=True, progress=False)
+    assert report.done == [str(tmp_path / "in" / "a.png")]
+    [(image, reason)] = report.failed
+    assert image == str(deep / "x.png") and reason.endswith("x.png: File name too long")
+
+
 def test_shards_split_the_sorted_list_deterministically(tmp_path):
     images = make_pairs(tmp_path / "in", [f"n{i:02d}" for i in range(10)])
     (images / "zz_lonely.png").write_bytes((images / "n00.png").read_bytes())  # a failure belongs to one shard

@@ -275,6 +275,22 @@ def test_temporary_files_in_the_subfolders_of_a_recursive_run_are_removed_once_o
     assert len(report.done) == 1 and not any(old.exists() for old in olds)
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux's 4096-byte path limit")
+def test_a_trimap_path_over_the_system_limit_fails_that_mask_only(tmp_path):
+    """As in matte infer: the first output path over 4096 bytes ended the run before any mask."""
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    deep = tmp_path / "masks" / "/".join(["d" * 250] * 15)
+    for folder in (deep, tmp_path / "masks"):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_png(folder / "a.png", mask)
+    report = make_trimaps(tmp_path / "masks", tmp_path / ("o" * 200) / ("o" * 200), TrimapJob(rule=MaskRule()),
+                          progress=False, recursive=True)
+    assert report.done == [str(tmp_path / "masks" / "a.png")]
+    [(mask_path, reason)] = report.failed
+    assert mask_path == str(deep / "a.png") and reason.endswith("a.png: File name too long")
+
+
 def test_masks_beside_the_images(tmp_path):
     images, masks = mask_folder(tmp_path)
     for m in masks.iterdir():

@@ -97,12 +97,17 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
             continue
         seen[key] = path, name
         targets = [out / f"{name}.png"] + ([Path(preview) / f"{name}.jpg"] if preview is not None else [])
+        try:
+            clash = [t for t in targets if t in inputs]
+            done = not overwrite and all(t.exists() for t in targets)
+        except OSError as err:  # e.g. a path over the system's limit (a deep tree under a deep --out): it ended the run
+            report.failed.append((str(path), f"its output {describe(err)}"))
+            continue
         folders.update(t.parent for t in targets)
-        clash = [t for t in targets if t in inputs]
         if clash:
             report.failed.append((str(path), f"its output {clash[0]} would overwrite an input; choose another "
                                              f"{'--preview' if clash[0] != targets[0] else '--out'}"))
-        elif not overwrite and all(t.exists() for t in targets):
+        elif done:
             report.skipped.append(str(path))
         elif job.images is not None and name not in photos:
             report.failed.append((str(path), f"no image named {name}.* in --images {job.images}"))

@@ -358,17 +358,21 @@ def _plan(images: Path, out: Path, *, trimaps, masks, mask_rule, shard, recursiv
     todo, folders = [], {out}
     for image_path, trimap_path in pairs:
         targets = output_paths(out, relative_name(image_path, image_root(images)), save)
+        try:
+            clash = [t for t in targets.values() if t in inputs]
+            stale = {} if clash else {kind: t for kind, t in targets.items()
+                                      if overwrite or not is_current(kind, t, background)}
+        except OSError as err:  # e.g. a path over the system's limit (a deep tree under a deep --out): it ended the run
+            report.failed.append((str(image_path), f"its output {describe(err)}"))
+            continue
         folders.update(t.parent for t in targets.values())
-        clash = [t for t in targets.values() if t in inputs]
         if clash:
             report.failed.append((str(image_path), f"its output {clash[0]} would overwrite an input; "
                                                    "choose another --out"))
+        elif stale:
+            todo.append(_Item(image_path, trimap_path, stale, targets.get("alpha"), mask_rule))
         else:
-            stale = {kind: t for kind, t in targets.items() if overwrite or not is_current(kind, t, background)}
-            if stale:
-                todo.append(_Item(image_path, trimap_path, stale, targets.get("alpha"), mask_rule))
-            else:
-                report.skipped.append(str(image_path))
+            report.skipped.append(str(image_path))
     _remove_stale_temps(folders)
     return report, todo
 
