@@ -236,6 +236,28 @@ def test_an_output_path_over_the_system_limit_fails_that_image_only(tmp_path):
     assert image == str(deep / "x.png") and reason.endswith("x.png: File name too long")
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_input_the_system_cannot_read_fails_that_image_only(tmp_path, monkeypatch, workers):
+    """A system error reading one input (a stale NFS handle, a disk error, a file a mover script took
+    between the listing and the read) ended the whole run: 'matte: error: in/b.png: Stale file handle'."""
+    import errno
+
+    import mattecli.inference.batch as batch
+
+    images = make_pairs(tmp_path / "in", ["a", "b", "c"])
+    real_read = batch.read_image
+
+    def stale_b(path, **kwargs):
+        if Path(path).name == "b.png":
+            raise OSError(errno.ESTALE, "Stale file handle", str(path))
+        return real_read(path, **kwargs)
+
+    monkeypatch.setattr(batch, "read_image", stale_b)
+    report = infer_folder(FakePipeline(), images, tmp_path / "out", progress=False, workers=workers)
+    assert sorted(report.done) == [str(images / "a.png"), str(images / "c.png")]
+    assert report.failed == [(str(images / "b.png"), "Stale file handle")]
+
+
 def test_shards_split_the_sorted_list_deterministically(tmp_path):
     images = make_pairs(tmp_path / "in", [f"n{i:02d}" for i in range(10)])
     (images / "zz_lonely.png").write_bytes((images / "n00.png").read_bytes())  # a failure belongs to one shard

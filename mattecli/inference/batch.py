@@ -311,13 +311,10 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     report.failed.append((str(err.path), err.reason))
                     advance()
                     continue
-                except (RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory on a huge image
+                except (OSError, RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory on a huge image
                     _reraise_interrupt(err)
                     _refuse_failed_compile(err)
-                    # matte's own ValueErrors are sentences for the user ("... was exported for 1920x1088
-                    # input only"); a library's RuntimeError is named by its type
-                    said = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-                    report.failed.append((str(item.image_path), said))
+                    report.failed.append(_failure(item, err))
                     advance()
                     continue
                 writes.append((item, pool.submit(_write, item, image, alpha, background, trimap, device, timer)))
@@ -439,6 +436,17 @@ def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap
                   timer=timer, icc=icc)
     if "trimap" in item.targets:
         write_png(item.targets["trimap"], trimap)
+
+
+def _failure(item: _Item, err: Exception) -> tuple[str, str]:
+    """(path, reason) for an image whose input could not be read or whose model pass failed."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        # an input the system would not read (a stale NFS handle, a disk error, a file removed between
+        # the listing and the read): it ended the whole run, at whichever image it was
+        return str(err.filename), err.strerror
+    # matte's own ValueErrors are sentences for the user ("... was exported for 1920x1088 input only");
+    # a library's RuntimeError is named by its type
+    return str(item.image_path), str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
 
 
 def _reraise_interrupt(err: Exception) -> None:
