@@ -65,7 +65,9 @@ def _png_exif(path: str | Path) -> bytes | None:
 def _png_colour_type(path: Path) -> int | None:
     """The colour type of an 8-bit PNG from its header (0 gray, 2 RGB, 4 gray + alpha, 6 RGBA);
     None for anything else: another format or depth, a palette, a size Pillow would refuse as a
-    decompression bomb, or a file that cannot be opened."""
+    decompression bomb, a file that cannot be opened, or one cut short (not ending in its IEND
+    chunk: a file still being copied in), on which OpenCV's libpng printed "libpng error: Read
+    Error", naming no file, before Pillow named it."""
     from PIL import Image
 
     if not Path(path).is_file():  # opening a named pipe (a link to one among the images) waited forever
@@ -73,9 +75,13 @@ def _png_colour_type(path: Path) -> int | None:
     try:
         with open(path, "rb") as f:
             head = f.read(29)
-    except OSError:
+            f.seek(-12, os.SEEK_END)
+            tail = f.read(12)
+    except OSError:  # also a file shorter than 12 bytes
         return None
     if len(head) < 29 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24] != 8:
+        return None
+    if tail[4:8] != b"IEND":
         return None
     pixels = int.from_bytes(head[16:20], "big") * int.from_bytes(head[20:24], "big")
     if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
