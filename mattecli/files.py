@@ -51,10 +51,7 @@ def atomic_write(path: str | Path, write) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as err:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # a read-only file system refuses even that: the error to report is the first
-            pass
+        discard(tmp)
         if isinstance(err, OSError) and err.errno is not None and (
                 err.filename is None or os.fspath(err.filename) == os.fspath(tmp)):
             raise _naming(err, path) from err  # named by a temporary name no one knows, or (a full disk) by none
@@ -69,6 +66,17 @@ def fresh_name(folder: Path, prefix: str, suffix: str = "") -> Path:
     the file is made: `tempfile.mkstemp` makes the file and then returns its name, and a Ctrl-C or
     SIGTERM in between (in its own Python code) left the file behind (seen in CI, under load)."""
     return Path(folder) / f"{prefix}{secrets.token_hex(8)}{suffix}"
+
+
+def discard(path: Path) -> None:
+    """Remove the temporary file `path` if it is there. A read-only file system refuses even to look
+    (EROFS, not "no such file"): the error to report is the one that made the file fail, and a probe
+    of a read-only --out was 'matte: error: OUT/.matte-write-check.1f2e...: Read-only file system',
+    exit 1, instead of the usage error naming --out."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def make_new(path: Path) -> None:
@@ -181,7 +189,7 @@ def case_insensitive(folder: str | Path) -> bool:
     except OSError:  # a folder matte cannot write to fails later, where it is named
         return False
     finally:
-        probe.unlink(missing_ok=True)
+        discard(probe)
 
 
 class Inputs:

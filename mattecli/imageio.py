@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError
-from mattecli.files import atomic_write, fresh_name, make_new
+from mattecli.files import atomic_write, discard, fresh_name, make_new
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -636,7 +636,7 @@ def _probe_write(folder: Path, out: Path, option: str) -> None:
     except OSError as err:
         raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
     finally:
-        probe.unlink(missing_ok=True)
+        discard(probe)
 
 
 def check_out_dir(out: str | Path, option: str = "--out", given: Path | None = None) -> Path:

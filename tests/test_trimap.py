@@ -561,6 +561,26 @@ def test_an_unwritable_out_is_one_usage_error(tmp_path, monkeypatch):
         prepare_out_dir(tmp_path / "o")
 
 
+def test_an_out_on_a_read_only_file_system_is_one_usage_error(tmp_path, monkeypatch):
+    """There, removing the probe that could not be made fails too (EROFS, not "no such file"): it
+    was 'matte: error: OUT/.matte-write-check.1f2e...: Read-only file system', exit 1."""
+    import mattecli.files
+    import mattecli.imageio
+    from mattecli.errors import UsageError
+    from mattecli.files import case_insensitive
+    from mattecli.imageio import prepare_out_dir
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(mattecli.imageio, "make_new", read_only)
+    monkeypatch.setattr(mattecli.files, "make_new", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(UsageError, match="--out .*: cannot write there \\(Read-only file system\\)"):
+        prepare_out_dir(tmp_path / "o")
+    assert case_insensitive(tmp_path) is False
+
+
 def test_matte_trimap_on_a_folder_without_masks_is_exit_1_with_one_line(tmp_path, capsys):
     (tmp_path / "masks" / "nested").mkdir(parents=True)
     write_png(tmp_path / "masks" / "nested" / "a.png", np.zeros((4, 4), np.uint8))
