@@ -137,7 +137,8 @@ def _open(path: Path, apply_exif: bool = False):
     except Image.DecompressionBombError as err:  # Pillow's guard against decompression bombs
         raise InputError(path, f"too many pixels to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise InputError(path, f"cannot decode image ({err})") from None
+        # Pillow's "cannot identify image file '/the/path'": the line names the file already
+        raise InputError(path, f"cannot decode image ({str(err).replace(f' {str(path)!r}', '')})") from None
     problem = unsupported_mode(img)
     if problem:
         raise InputError(path, problem)

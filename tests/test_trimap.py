@@ -707,3 +707,12 @@ def test_a_damaged_exif_block_is_read_without_pillows_two_line_warning(tmp_path)
     done = run_main("trimap", "--masks", masks, "--out", tmp_path / "out")
     assert done.returncode == 0 and [line for line in done.stderr.splitlines() if not line.startswith("trimap ")] == []
     assert read_gray(tmp_path / "out" / "m.png").shape == (20, 30)
+
+
+def test_an_undecodable_mask_is_named_once(tmp_path, capsys):
+    """Pillow's reason ("cannot identify image file '/the/path'") named the file a second time."""
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "bad.png").write_bytes(b"not a png")
+    code, _, err = matte(capsys, "trimap", "--masks", tmp_path / "masks", "--out", tmp_path / "t")
+    assert code == 1 and f"matte: failed: {tmp_path / 'masks' / 'bad.png'}: cannot decode image (cannot identify " \
+                          "image file)\n" in err and err.count("bad.png") == 1
