@@ -117,6 +117,32 @@ def test_the_checker_catches_what_it_should():
     assert _check_line("matte prepare-data synthetic --not-an-option 1", root)
 
 
+TENSORRT = re.compile(r"\btrt\b|\.engine\b|\.plan\b")
+
+
+def _unlabelled_tensorrt_lines(text: str) -> list[str]:
+    """Fenced command lines that use TensorRT (`--format trt`, `--backends ...trt`, an engine file)
+    without saying on the line that no machine of this project has run it."""
+    found = []
+    for block in FENCE.findall(text):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            command = line.split(" #")[0]
+            if command.strip().startswith("matte ") and TENSORRT.search(command) and "unverified" not in line:
+                found.append(line.strip())
+    return found
+
+
+def test_every_tensorrt_command_in_the_docs_says_it_is_unverified():
+    """A reader who copies an example from export.md or bench.md alone learns there that the
+    TensorRT path has never run on real hardware (those two pages showed it without a word)."""
+    problems = [f"{doc.name}: {line}" for doc in DOCS for line in _unlabelled_tensorrt_lines(doc.read_text())]
+    assert not problems, "\n".join(problems)
+    fence = "```\n"
+    assert _unlabelled_tensorrt_lines(fence + "matte export --weights w --format trt --out w.engine\n" + fence)
+    assert _unlabelled_tensorrt_lines(fence + "matte infer --weights w.engine \\\n  --out o   # fast\n" + fence)
+    assert not _unlabelled_tensorrt_lines(fence + "matte bench --weights w --backends trt   # unverified\n" + fence)
+    assert not _unlabelled_tensorrt_lines(fence + "matte export --weights w --out w.onnx   # not trt\n" + fence)
+
 def _page_options(text: str) -> tuple[set[str], set[str]]:
     """(options in the first column of the page's tables, options named anywhere on the page)."""
     tabled = set()
