@@ -233,7 +233,7 @@ def test_control_characters_in_names_are_escaped_in_every_line(tmp_path, capsys)
     err = capsys.readouterr().err
     assert not any(c in err for c in "\x1b\x07\x9b\u202e") and "spoof\\u202egnp.exe.png: cannot" in err
     assert len(err.splitlines()) == 5 and all(line.startswith("matte: failed: ") for line in err.splitlines())
-    assert "forged\\nmatte: note: all good.png: cannot decode" in err and "lone\\x9b.* or" in err
+    assert "forged\\nmatte: note: all good.png: cannot decode" in err and "lone\\x9b_trimap.* in" in err
 
 
 def test_a_link_to_a_named_pipe_or_a_device_is_named_not_waited_on(tmp_path):
@@ -298,8 +298,30 @@ def test_a_single_file_is_refused_in_one_line_when_it_cannot_pair(tmp_path):
     # a file named like a trimap, given as the image, is that image (it was left out, and listing
     # its "folder" for subfolders raised NotADirectoryError)
     report = infer_folder(FakePipeline(), folder / "a_trimap.png", tmp_path / "out2", progress=False)
-    assert report.failed == [(str(folder / "a_trimap.png"), f"no trimap found (a_trimap.* or a_trimap_trimap.* in {folder})")]
+    assert report.failed == [(str(folder / "a_trimap.png"), f"no trimap found (a_trimap_trimap.* in {folder}; "
+                                                            "--trimaps names a folder of trimaps named like the images)")]
 
+
+def test_a_missing_trimap_or_mask_is_named_as_what_was_looked_for_and_where(tmp_path):
+    """README's quick start puts photos in photos/ and trimaps in trimaps/; forgetting --trimaps said
+    'no trimap found (lemur.* or lemur_trimap.* in photos)', though lemur.* there is the photo itself
+    and only lemur_trimap.* was looked for. Beside the images only `{stem}_trimap.*` (`_mask.*`) is
+    named, with the option that names a folder; in a folder of trimaps both names are tried."""
+    from mattecli.data.trimap import MaskRule
+    from mattecli.inference.batch import infer_folder
+    from tests.infer_helpers import FakePipeline, make_pairs
+
+    photos = make_pairs(tmp_path / "photos", ["a"])
+    (photos / "a_trimap.png").unlink()
+    (tmp_path / "trimaps").mkdir()
+    report = infer_folder(FakePipeline(), photos, tmp_path / "out", progress=False)
+    assert report.failed == [(str(photos / "a.png"), f"no trimap found (a_trimap.* in {photos}; "
+                                                     "--trimaps names a folder of trimaps named like the images)")]
+    report = infer_folder(FakePipeline(), photos, tmp_path / "out", tmp_path / "trimaps", progress=False)
+    assert report.failed == [(str(photos / "a.png"), f"no trimap found (a.* or a_trimap.* in {tmp_path / 'trimaps'})")]
+    report = infer_folder(FakePipeline(), photos, tmp_path / "out", masks=photos, mask_rule=MaskRule(), progress=False)
+    assert report.failed == [(str(photos / "a.png"), f"no mask found (a_mask.* in {photos}; "
+                                                     "--masks names a folder of masks named like the images)")]
 
 @pytest.mark.parametrize("prefix", [b"", b"Exif\x00\x00"])
 def test_exif_orientation_of_a_png_is_found_before_or_after_the_pixels_without_decoding(tmp_path, monkeypatch,

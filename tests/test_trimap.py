@@ -444,7 +444,8 @@ def test_recursive_walks_a_folder_reached_twice_by_symlinks_once(tmp_path):
     (root / "gone.png").symlink_to(tmp_path / "missing.png")
     report = infer_folder(FakePipeline(), root, tmp_path / "out", recursive=True, progress=False)
     assert sorted(report.done) == [str(root / "a.png"), str(root / "sub" / "b.png")]
-    assert report.failed == [(str(root / "gone.png"), f"no trimap found (gone.* or gone_trimap.* in {root})")]
+    assert report.failed == [(str(root / "gone.png"), f"no trimap found (gone_trimap.* in {root}; "
+                                                      "--trimaps names a folder of trimaps named like the images)")]
 
 
 def refuse(monkeypatch, method: str, *names: str):

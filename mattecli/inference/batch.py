@@ -107,8 +107,13 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
         candidates = [c for c in candidates if c != img]
         if not candidates:
             # with --recursive the trimap is looked for at the image's relative folder, so name that one
-            where = img.parent if beside else trimaps / img.parent.relative_to(root)
-            problems.append((img, f"no {suffix.strip('_')} found ({img.stem}.* or {img.stem}{suffix}.* in {where})"))
+            kind = suffix.strip("_")
+            if beside:  # only `{stem}{suffix}.*` is looked for there: `{stem}.*` is the image itself
+                problems.append((img, f"no {kind} found ({img.stem}{suffix}.* in {img.parent}; "
+                                      f"{option} names a folder of {kind}s named like the images)"))
+                continue
+            where = trimaps / img.parent.relative_to(root)
+            problems.append((img, f"no {kind} found ({img.stem}.* or {img.stem}{suffix}.* in {where})"))
             continue
         pairs.append((img, candidates[0]))
     if shard is not None:
