@@ -17,7 +17,7 @@ def main(
                                                  "split: its folder or manifest file (no validation)."),
     out: Path = typer.Option(None, "--out", help="Run folder (default: runs/RECIPE)."),
     iters: int = typer.Option(None, "--iters", help="Total length of the run (default: the recipe's; on --resume, "
-                                                    "the run's: a larger N extends it)."),
+                                                    "the run's: a larger N extends it, a smaller one ends it sooner)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Global batch size, split across torchrun's processes "
                                                               "(default: the recipe's)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available, else cpu), cpu or cuda[:N] "
