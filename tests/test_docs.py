@@ -142,6 +142,10 @@ def test_every_tensorrt_command_in_the_docs_says_it_is_unverified():
     assert _unlabelled_tensorrt_lines(fence + "matte infer --weights w.engine \\\n  --out o   # fast\n" + fence)
     assert not _unlabelled_tensorrt_lines(fence + "matte bench --weights w --backends trt   # unverified\n" + fence)
     assert not _unlabelled_tensorrt_lines(fence + "matte export --weights w --out w.onnx   # not trt\n" + fence)
+    # and --help, where a newcomer reads first
+    root = _click_tree()
+    export_format = next(p for p in root.commands["export"].params if p.name == "format")
+    assert "unverified" in root.help and "unverified" in export_format.help
 
 def _page_options(text: str) -> tuple[set[str], set[str]]:
     """(options in the first column of the page's tables, options named anywhere on the page)."""

@@ -55,7 +55,7 @@ def _one_line_usage(ctx):
 app = typer.Typer(
     cls=_OneLineUsage,
     name="matte",
-    help="Trimap-based deep image matting: IndexNet, A2U and TCP, from data to TensorRT.",
+    help="Trimap-based deep image matting: IndexNet, A2U and TCP, from data to ONNX (and TensorRT, unverified).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -88,7 +88,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                        help="Print matte's version and exit.")) -> None:
-    """Trimap-based deep image matting: IndexNet, A2U and TCP, from data to TensorRT."""
+    """Trimap-based deep image matting: IndexNet, A2U and TCP, from data to ONNX (and TensorRT, unverified)."""
 
 
 for _name, _module in COMMANDS:

@@ -12,7 +12,8 @@ from mattecli.errors import printable
 def main(
     ctx: typer.Context,
     weights: Path = typer.Option(..., "--weights", help="The .safetensors weights file (its recipe travels with it)."),
-    format: str = typer.Option("onnx", "--format", help="onnx (a .onnx graph) or trt (a TensorRT engine)."),
+    format: str = typer.Option("onnx", "--format", help="onnx (a .onnx graph) or trt (a TensorRT engine; "
+                                                        "unverified: it has never run on real hardware)."),
     out: Path = typer.Option(..., "--out", help="The file to write: .onnx for onnx, .engine (or .plan) for trt."),
     half: bool = typer.Option(False, "--half", help="FP16. onnx: an FP16 graph (float32 input and output; "
                               "normalisation, softmax and reductions kept in FP32). trt: an FP16 engine, from that "
