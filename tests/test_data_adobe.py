@@ -429,6 +429,26 @@ def test_d646_stopped_after_its_draw_keeps_the_seed_of_it(dataset, tmp_path, mon
         prepare_d646(root, tmp_path / "coco", dataset["voc"], tmp_path / "out", "test", workers=1, seed=6)
 
 
+def test_d646_refused_for_too_few_backgrounds_binds_no_seed(dataset, tmp_path):
+    """Too few backgrounds is a usage error before any draw, but it left seed.json behind: the
+    re-run with the backgrounds fixed and another --seed was refused as 'drawn with --seed 0'."""
+    root = tmp_path / "D646"
+    for sub in ("FG", "GT"):
+        (root / "Test" / sub).mkdir(parents=True)
+    Image.fromarray(_rand_rgb(np.random.default_rng(0), 12, 10)).save(root / "Test/FG/b.png")
+    Image.fromarray(_alpha_rgb(np.random.default_rng(1), 12, 10)).save(root / "Test/GT/b.png")
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    for i in range(19):  # 20 needed
+        Image.fromarray(_rand_rgb(np.random.default_rng(i), 8, 6)).save(voc / f"{i:04d}.jpg")
+    with pytest.raises(UsageError, match="19 images, 20 backgrounds needed"):
+        prepare_d646(root, tmp_path / "coco", voc, tmp_path / "out", "test", workers=1, seed=0)
+    assert not (tmp_path / "out" / "test" / "seed.json").exists()
+    Image.fromarray(_rand_rgb(np.random.default_rng(19), 8, 6)).save(voc / "0019.jpg")
+    report = prepare_d646(root, tmp_path / "coco", voc, tmp_path / "out", "test", workers=1, seed=3)
+    assert report.counts == {"test": 20}
+    assert __import__("json").loads((tmp_path / "out" / "test" / "seed.json").read_text()) == {"seed": 3}
+
 def test_a_rerun_removes_the_temp_files_a_killed_run_left_in_the_split_folder(dataset, tmp_path):
     """Only the output folders under the split were cleared: a run killed while writing
     manifest.csv left its temp file beside it for good."""

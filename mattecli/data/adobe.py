@@ -468,12 +468,18 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
         # checked before the listing is recorded, which a re-run reuses
         fg_names = _names_file(split_dir / "fg_names.txt", lambda: _unique_stems(_image_names(fg_dir), fg_dir))
         bg_dir, option = sources[name]
-        if not (split_dir / "bg_names.txt").is_file():
+        fresh = not (split_dir / "bg_names.txt").is_file()
+        if fresh:
             # recorded before the draw it seeds: a run stopped between the two left a draw without its
             # seed, which a re-run with another --seed then finished under the new seed's record
             atomic_write(split_dir / "seed.json", lambda tmp: tmp.write_text(json.dumps({"seed": seed}) + "\n"))
-        bg_names = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
-            bg_dir, D646_PER_FG[name] * len(fg_names), rng, option))
+        try:
+            bg_names = _names_file(split_dir / "bg_names.txt", lambda: _pick_backgrounds(
+                bg_dir, D646_PER_FG[name] * len(fg_names), rng, option))
+        except UsageError:
+            if fresh:  # nothing was drawn (too few backgrounds): the seed binds no draw, so it must not bind a re-run
+                (split_dir / "seed.json").unlink(missing_ok=True)
+            raise
         jobs = plan_jobs(fg_names, bg_names, D646_PER_FG[name], [fg_dir], [gt_dir],
                          [bg_dir], split_dir, merged=(name == "test" or composite), trimap_dir=None,
                          names_file=split_dir / "bg_names.txt", alpha_per_composite=(name == "test"))
