@@ -348,6 +348,21 @@ def test_matte_trimap_reruns_finish_what_is_missing_and_previews(tmp_path, capsy
     assert (band4 == 128).sum() == ((trimap_from_mask(read_mask(masks / "a.png")[0], band=4)) == 128).sum()
 
 
+def test_a_preview_without_images_is_the_trimap_over_the_mask(tmp_path, capsys):
+    """What trimap.md says --preview draws on when no --images are given (it did not say)."""
+    from mattecli.data.trimap import trimap_preview
+
+    _, masks = mask_folder(tmp_path, names=("a",))
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", "--preview", tmp_path / "p")
+    assert code == 0 and "1 written" in out, err
+    mask, trimap = read_gray(masks / "a.png"), read_gray(tmp_path / "t" / "a.png")
+    expected = trimap_preview(np.repeat(mask[..., None], 3, axis=2), trimap).astype(int)
+    preview = np.asarray(Image.open(tmp_path / "p" / "a.jpg")).astype(int)
+    for region in (trimap == 0, trimap == 255):  # the mask's black and white, JPEG's ringing aside
+        assert np.abs(preview[region].mean(0) - expected[region].mean(0)).max() < 12
+    r, g, b = preview[trimap == 128].mean(0)  # the thin band: magenta, smeared by JPEG's chroma subsampling
+    assert min(r, b) > g + 30
+
 @pytest.mark.parametrize("args, message", [
     (["--band", "wide"], "--band wide"), (["--threshold", "0.9,0.1"], "--threshold"),
     (["--method", "erode"], "--method and --seed are for --alphas"), (["--empty", "maybe"], "--empty"),
