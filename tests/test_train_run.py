@@ -274,7 +274,10 @@ def test_a_published_recipe_needs_pretrained(tmp_path, synth):
     code, text = run_cli("train", "--recipe", "indexnet-m2o-nl-ctx", "--data", str(synth), "--out", str(tmp_path / "r"))
     assert code == 2, text
     assert "pass --pretrained FILE" in text and "--pretrained none to train from scratch" in text
+    assert "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth" in text  # a pip user has no docs folder
     assert len(text.splitlines()) == 1
+    with pytest.raises(UsageError, match="ResNet-34, https://download.pytorch.org/models/resnet34-b627a593.pth"):
+        loop._initialise_encoder(nn.Linear(1, 1), load_recipe("tcp"), None, writer=False)
     model = nn.Linear(1, 1)
     loop._initialise_encoder(model, load_recipe("indexnet-m2o-nl-ctx"), "none", writer=False)  # on purpose: fine
     loop._initialise_encoder(model, load_recipe("demo-indexnet"), None, writer=False)  # the demo says none

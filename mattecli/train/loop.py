@@ -280,8 +280,12 @@ def _initialise_encoder(model, recipe, pretrained, writer: bool) -> None:
     """`--pretrained FILE` fills the encoder; `none` keeps the random one on purpose. A recipe whose
     `train.pretrained` is `imagenet` (every published one) refuses to start without either."""
     if pretrained is None and recipe.train.pretrained == "imagenet":
-        raise UsageError(f"recipe {recipe.name} starts from an ImageNet encoder: pass --pretrained FILE "
-                         "(see docs/commands/train.md), or --pretrained none to train from scratch on purpose")
+        from mattecli.train.pretrained import ENCODER_MAPS, TORCHVISION_WEIGHTS
+
+        source = ENCODER_MAPS[recipe.family].source  # named with its address: a pip user has no docs folder
+        raise UsageError(f"recipe {recipe.name} starts from an ImageNet encoder: pass --pretrained FILE (torchvision's "
+                         f"{source}, {TORCHVISION_WEIGHTS[source]}, or the authors' checkpoint), or --pretrained "
+                         "none to train from scratch on purpose")
     if pretrained is None or str(pretrained) == "none":
         return
     from mattecli.train.pretrained import load_pretrained_encoder

@@ -171,6 +171,10 @@ class EncoderMap:
     authors: AuthorsLayout | None = None
 
 
+# where torchvision itself downloads each source's ImageNet weights (IMAGENET1K_V1)
+TORCHVISION_WEIGHTS = {"MobileNetV2": "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth",
+                       "ResNet-34": "https://download.pytorch.org/models/resnet34-b627a593.pth"}
+
 ENCODER_MAPS = {
     "indexnet": EncoderMap("MobileNetV2", mobilenetv2_key, "layer0.0.weight", AuthorsLayout(
         "CSAIL flat MobileNetV2", lambda sd: any(re.fullmatch(r"features\.\d+\.conv\.0\.weight", k) for k in sd),
