@@ -542,6 +542,25 @@ def test_resume_says_pretrained_is_not_read(tmp_path, synth, capsys):
         in capsys.readouterr().out
 
 
+def test_resume_says_set_train_iters_is_not_read(tmp_path, synth):
+    """`--set train.iters=N` on --resume of an unfinished run trained to the run's length without a
+    word (a finished run's line names --iters); --iters N is what sets it."""
+    run = tmp_path / "run"
+    first = ("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(run), "--device", "cpu",
+             "--batch-size", "2", "--set", "data.crop_size=32", "--set", "train.checkpoint_every=1")
+    assert run_cli(*first, "--iters", "2")[0] == 0
+    (run / "checkpoints" / "iter_00000002.pt").unlink()  # as if stopped after iteration 1 of 2
+    code, text = run_cli(*first, "--resume", "--set", "train.iters=5")
+    assert code == 0, text
+    assert ("matte train: note: --set train.iters=5 is not read on --resume: the run goes on to its length, "
+            "2 iterations (--iters 5 sets it)") in text
+    assert "trained demo-indexnet for 2 iterations" in text
+    # said only when the --set is what would have been ignored
+    (run / "checkpoints" / "iter_00000002.pt").unlink()
+    code, text = run_cli(*first, "--resume", "--set", "train.iters=5", "--iters", "3")
+    assert code == 0 and "is not read" not in text and "for 3 iterations" in text, text
+
+
 def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
     """With the run's .yaml edited or gone, `--recipe RUN/recipe.json` (the recipe resolved, as the run
     folder keeps it) was refused: recipes had to end in .yaml. It loads as the recipe the run recorded

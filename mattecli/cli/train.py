@@ -40,7 +40,7 @@ def main(
     exactly where the last checkpoint left off. A folder that holds a run is refused without
     --resume or --overwrite."""
     from mattecli.imageio import check_out_dir
-    from mattecli.recipes import load_recipe
+    from mattecli.recipes import load_recipe, parse_override
     from mattecli.train.loop import TrainOptions, train
 
     extra = list(overrides)
@@ -54,7 +54,8 @@ def main(
     check_out_dir(run_dir)  # before the data and the model are loaded
     result = train(TrainOptions(rec, data, run_dir, device=device, workers=workers, resume=resume,
                                 seed=seed, pretrained=pretrained, iters=iters, overwrite=overwrite,
-                                tensorboard=tensorboard))
+                                tensorboard=tensorboard,
+                                iters_set=any(parse_override(o)[0] == ["train", "iters"] for o in overrides)))
     if result.finished_before:
         return  # train() said the run is finished
     best = result.best

@@ -53,6 +53,7 @@ class TrainOptions:
     iters: int | None = None  # the run's length; None: the run's on --resume, else the recipe's
     overwrite: bool = False  # start again in a folder that holds a run
     tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard
+    iters_set: bool = False  # the recipe's train.iters came from --set: a resumed run does not read it, and says so
 
 
 @dataclass
@@ -225,15 +226,21 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
     return recipe, seed, checkpoint
 
 
-def _resume_notes(run_dir: Path, data, recipe, iteration: int, pretrained) -> None:
-    """What --resume takes but changes, said before training goes on (each was taken without a word).
-    Another --data (a dataset moved to another disk is the same data): the data order is no longer
-    the run's, and best.safetensors compares validations on two test splits. Another --iters with a
-    cosine schedule: the cosine spans the new length, so the learning rate jumps where it resumes.
-    --pretrained FILE: not read, as the checkpoint holds the whole model."""
+def _resume_notes(run_dir: Path, opts: TrainOptions, recipe, iteration: int) -> None:
+    """What --resume takes but changes or does not read, said before training goes on (each was taken
+    without a word). Another --data (a dataset moved to another disk is the same data): the data
+    order is no longer the run's, and best.safetensors compares validations on two test splits.
+    Another --iters with a cosine schedule: the cosine spans the new length, so the learning rate
+    jumps where it resumes. --pretrained FILE: not read, as the checkpoint holds the whole model.
+    --set train.iters=N: not read, as the run's length is its own (--iters sets it)."""
+    data, pretrained = opts.data, opts.pretrained
     if iteration and pretrained is not None and str(pretrained) != "none":
         print(f"matte train: note: --pretrained {pretrained} is not read: the run goes on from its checkpoint's "
               "weights (it fills the encoder of a run that starts)")
+    given = opts.recipe.train.iters
+    if opts.iters_set and opts.iters is None and given != recipe.train.iters:
+        print(f"matte train: note: --set train.iters={given} is not read on --resume: the run goes on to its "
+              f"length, {recipe.train.iters} iterations (--iters {given} sets it)")
     record = ckpt.read_record(run_dir)
     if record is None:
         return
@@ -520,7 +527,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
         last = session.history[-1]["loss"] if session.history else float("nan")
         return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True)
     if opts.resume and writer:  # before the record is written anew
-        _resume_notes(run_dir, opts.data, recipe, session.iteration, opts.pretrained)
+        _resume_notes(run_dir, opts, recipe, session.iteration)
     if writer:
         # absolute, so that a resume from another folder compares the same data as the same
         ckpt.write_record(run_dir, ckpt.RunRecord(recipe.to_dict(), seed, str(Path(opts.data).resolve())))
