@@ -561,6 +561,16 @@ def test_resume_says_set_train_iters_is_not_read(tmp_path, synth):
     assert code == 0 and "is not read" not in text and "for 3 iterations" in text, text
 
 
+def test_only_rank_0_reports_a_torchrun_run(tmp_path, synth, monkeypatch):
+    """Under torchrun every rank printed the last line: the others named their own share's loss and
+    said that no validation ran (rank 0 alone validates). Rank 1 here, in one process."""
+    monkeypatch.setattr(loop, "setup_distributed", lambda device: Dist(1, 1, 1, torch.device("cpu")))
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(tmp_path / "r"),
+                         "--iters", "1", "--batch-size", "2", "--set", "data.crop_size=32", "--device", "cpu")
+    assert (code, text) == (0, "")
+    assert not (tmp_path / "r" / "last.safetensors").exists()  # rank 0 writes
+
+
 def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
     """With the run's .yaml edited or gone, `--recipe RUN/recipe.json` (the recipe resolved, as the run
     folder keeps it) was refused: recipes had to end in .yaml. It loads as the recipe the run recorded

@@ -56,8 +56,10 @@ def main(
                                 seed=seed, pretrained=pretrained, iters=iters, overwrite=overwrite,
                                 tensorboard=tensorboard,
                                 iters_set=any(parse_override(o)[0] == ["train", "iters"] for o in overrides)))
-    if result.finished_before:
-        return  # train() said the run is finished
+    if result.finished_before or not result.writer:
+        # train() said the run is finished; under torchrun rank 0 alone reports (every rank printed a
+        # line, the others' saying no validation ran: only rank 0 validates)
+        return
     best = result.best
     if best:
         chosen = (f", best (val {best['metric'].upper()} {best['value']:.3f} at iteration {best['iter']}): "

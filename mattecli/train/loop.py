@@ -66,6 +66,7 @@ class TrainResult:
     model: nn.Module | None = None  # the trained network (not wrapped in DDP or compiled)
     finished_before: bool = False  # --resume found the run already at its length: nothing was trained
     validates: bool = True  # whether the data had a test split to validate on (so a best model can exist)
+    writer: bool = True  # rank 0, which writes and reports; another rank of a torchrun run says nothing
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -525,7 +526,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
                     f"{session.iteration} iterations, more than --iters {cfg.iters}")  # not "200 of 30"
             print(f"matte train: {run_dir} is finished ({done}); --iters N with a larger N extends it")
         last = session.history[-1]["loss"] if session.history else float("nan")
-        return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True)
+        return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True,
+                           writer=writer)
     if opts.resume and writer:  # before the record is written anew
         _resume_notes(run_dir, opts, recipe, session.iteration)
     if writer:
@@ -566,7 +568,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
         if session.tensorboard is not None:
             session.tensorboard.close()
     return TrainResult(session.iteration, last_loss, session.history, session.best, run_dir, model,
-                       validates=bool(val_samples))
+                       validates=bool(val_samples), writer=writer)
 
 
 # how a worker's traceback ends when an InputError stopped it: `mattecli.errors.InputError: PATH: REASON`
