@@ -55,6 +55,11 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     # weights are the ones every rank holds
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["iter"] for e in log] == list(range(1, iters + 1))
+    # the loss logged and returned is the mean of the ranks' (their shares of the global batch): rank 0's
+    # alone was logged, so the curve of a run changed with its number of processes
+    means = [(a + b) / 2 for a, b in zip(records[0]["losses"], records[1]["losses"])]
+    assert [e["loss"] for e in log] == pytest.approx(means, rel=1e-6)
+    assert records[0]["last_loss"] == records[1]["last_loss"] == log[-1]["loss"]
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == \
         ["iter_00000002.pt", "iter_00000003.pt"]
     from safetensors.torch import load_file

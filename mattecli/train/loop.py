@@ -340,7 +340,8 @@ class Session:
 
 
 def train_step(session: Session, batch: dict) -> float:
-    """One optimiser step on one batch at `session.iteration`'s learning rate; -> the loss."""
+    """One optimiser step on one batch at `session.iteration`'s learning rate; -> the loss (the global
+    batch's: the mean over the ranks)."""
     recipe, cfg, model, optimizer, scaler = session.recipe, session.recipe.train, session.model, \
         session.optimizer, session.scaler
     factor = lr_factor(cfg, session.iteration, session.batches_per_epoch)
@@ -371,6 +372,12 @@ def train_step(session: Session, batch: dict) -> float:
     scaler.step(optimizer)
     scaler.update()
     session.iteration += 1
+    loss = loss.detach().clone()
+    if session.dist.world > 1:
+        # the mean over the ranks, the loss whose gradient DDP's averaged step follows: rank 0's share
+        # alone was logged, so a run's loss curve changed with its number of processes
+        torch.distributed.all_reduce(loss)
+        loss /= session.dist.world
     return loss.item()
 
 
