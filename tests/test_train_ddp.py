@@ -23,6 +23,19 @@ def test_epoch_sampler_shards_evenly():
     assert EpochSampler(7, 1, 3, start=2, rank=1, world=2).indices == EpochSampler(7, 1, 3, rank=1, world=2).indices[2:]
 
 
+@pytest.mark.parametrize("n,batch,world", [(8, 4, 2), (9, 4, 2), (13, 4, 4), (17, 8, 2), (11, 6, 3)])
+def test_every_step_takes_the_same_samples_on_any_number_of_processes(n, batch, world):
+    """What lets a run resume on another number of processes (docs/commands/train.md): step k's global
+    batch is the same samples on 1 or W processes, also from a resumed position."""
+    from mattecli.train.loop import EpochSampler
+
+    share = batch // world
+    for start in range(n // batch):  # the step a run resumes at in this epoch
+        one = EpochSampler(n, 5, 2, start=start * batch).indices[:batch]
+        ranks = [EpochSampler(n, 5, 2, start=start * share, rank=r, world=world).indices[:share] for r in range(world)]
+        assert sorted(i for r in ranks for i in r) == sorted(one), (start, one, ranks)
+
+
 @pytest.mark.slow  # two processes importing torch and training: ~30 s on a 2-core CPU
 def test_torchrun_two_ranks_gloo(tmp_path):
     from mattecli.data.synthetic import prepare_synthetic
