@@ -561,7 +561,7 @@ def test_resume_says_set_train_iters_is_not_read(tmp_path, synth):
     assert code == 0 and "is not read" not in text and "for 3 iterations" in text, text
 
 
-def test_only_rank_0_reports_a_torchrun_run(tmp_path, synth, monkeypatch):
+def test_other_ranks_of_a_torchrun_run_neither_report_nor_rewrite_the_log(tmp_path, synth, monkeypatch):
     """Under torchrun every rank printed the last line: the others named their own share's loss and
     said that no validation ran (rank 0 alone validates). Rank 1 here, in one process."""
     monkeypatch.setattr(loop, "setup_distributed", lambda device: Dist(1, 1, 1, torch.device("cpu")))
@@ -569,6 +569,13 @@ def test_only_rank_0_reports_a_torchrun_run(tmp_path, synth, monkeypatch):
                          "--iters", "1", "--batch-size", "2", "--set", "data.crop_size=32", "--device", "cpu")
     assert (code, text) == (0, "")
     assert not (tmp_path / "r" / "last.safetensors").exists()  # rank 0 writes
+    # nor does it rewrite the log on --resume (it read it while rank 0 rewrote it, and wrote back what it read)
+    log = '{"iter": 1, "loss": 0.5}\n{"iter": 2, "lo'
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2"])
+    ckpt.write_record(tmp_path / "r", ckpt.RunRecord(recipe.to_dict(), 0, str(synth)))
+    (tmp_path / "r" / "log.jsonl").write_text(log)
+    train(TrainOptions(recipe, synth, tmp_path / "r", resume=True, iters=1, progress=False))
+    assert (tmp_path / "r" / "log.jsonl").read_text() == log
 
 
 def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):

@@ -525,7 +525,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     if checkpoint is not None:
         session.iteration, session.best = ckpt.restore_training_state(ckpt.load_checkpoint(checkpoint), model,
                                                                       optimizer, scaler, device)
-    if opts.resume:  # a run killed before its first checkpoint starts again: its log lines go too (they were kept)
+    if opts.resume and writer:  # a run killed before its first checkpoint starts again: its log lines go too
+        # (rank 0's alone: another rank rewrote the file too, and from a half-written copy it left lines out)
         session.history = _read_log(run_dir / "log.jsonl", upto=session.iteration)
     if session.iteration >= cfg.iters:
         if writer:
