@@ -459,6 +459,17 @@ def test_curves_and_tensorboard(tmp_path, monkeypatch):
     events.Reload()
     assert [s.value for s in events.Scalars("val/sad")][:2] == pytest.approx([10.0, 5.0])
     assert len(events.Scalars("train/loss")) == 100
+    # resumed from the checkpoint of iteration 40, then from none (a run killed before its first checkpoint
+    # starts again): the events after it are dropped, as log.jsonl's lines are (from none they were kept twice)
+    for start in (40, 0):
+        log = TensorBoardLog(tmp_path / "tb", start=start)
+        for e in history[start:start + 3]:
+            log.add({**e, "loss": 7.0})
+        log.close()
+        events = EventAccumulator(str(tmp_path / "tb"))
+        events.Reload()
+        kept = [(i, pytest.approx(1.0 / i)) for i in range(1, 41)] if start else []
+        assert [(s.step, s.value) for s in events.Scalars("train/loss")] == kept + [(start + i, 7.0) for i in (1, 2, 3)]
 
 
 def test_tensorboard_missing_is_one_line(monkeypatch):

@@ -60,8 +60,9 @@ class TensorBoardLog:
         check_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step drops events after the checkpoint a resumed run restarts from, as log.jsonl does
-        self.writer = SummaryWriter(str(folder), purge_step=start + 1 if start else None)
+        # purge_step drops events after the checkpoint a resumed run restarts from, as log.jsonl does; also
+        # from 0, a run resumed before its first checkpoint (it starts again: its steps were there twice)
+        self.writer = SummaryWriter(str(folder), purge_step=start + 1)
 
     def add(self, entry: dict) -> None:
         step = entry["iter"]
