@@ -419,6 +419,29 @@ def test_validation_runs_every_val_every_whatever_log_every(tmp_path, monkeypatc
     assert ckpt.latest_checkpoint(tmp_path).name == "iter_00000012.pt"  # the last iteration checkpoints
 
 
+def test_a_best_model_validated_after_the_checkpoint_stays_the_best_on_resume(tmp_path, monkeypatch):
+    """Stopped after a validation wrote best.safetensors, before the next checkpoint: the resumed run
+    compared with the checkpoint's older best, so where its own validation came out worse (another
+    GPU's arithmetic, other --data, another number of processes) it ended naming that older best
+    while best.safetensors held the newer, better one."""
+    from safetensors import safe_open
+
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "data", n_train=2, n_test=1, size=64, seed=1)
+    sads = iter([3.0, 2.0, 1.0, 5.0])  # the 4th: iteration 3 validated again, worse
+    monkeypatch.setattr(loop, "validate", lambda *a: {"sad": next(sads), "mse": 0.1, "grad": 2.0, "conn": 1.0})
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2", "data.val_every=1",
+                                           "train.checkpoint_every=2"])
+    run = tmp_path / "run"
+    train(TrainOptions(recipe, tmp_path / "data", run, iters=3, progress=False))
+    (run / "checkpoints" / "iter_00000003.pt").unlink()  # stopped before iteration 3's checkpoint
+    result = train(TrainOptions(recipe, tmp_path / "data", run, resume=True, progress=False))
+    with safe_open(str(run / "best.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["selected_by"]) == result.best == {"metric": "sad", "value": 1.0, "iter": 3}
+    assert torch.load(run / "checkpoints" / "iter_00000003.pt", weights_only=True)["best"] == result.best
+
+
 def test_sync_batchnorm_keeps_parameters_statistics_and_activations():
     from mattecli.models import build_model
 

@@ -256,6 +256,26 @@ def _resume_notes(run_dir: Path, opts: TrainOptions, recipe, iteration: int) -> 
               f"x train.lr, not {before:.3g} x")
 
 
+def _best_after(run_dir: Path, iteration: int, best: dict | None) -> dict | None:
+    """The best so far of a resumed run: its checkpoint's, or best.safetensors' where a validation
+    after that checkpoint wrote it (a run stopped before its next checkpoint). The file no longer
+    holds the model the checkpoint names, so the resumed run compares with the one it holds: it
+    compared with the checkpoint's, and where its own validation came out worse (another GPU's
+    arithmetic, another --data) it ended naming a best model other than the file's."""
+    from mattecli.weights import read_weights_header
+
+    path = run_dir / "best.safetensors"
+    if not path.is_file():
+        return best
+    try:
+        found = json.loads(read_weights_header(path)[1]["selected_by"])
+        after = found["iter"] > iteration and (best is None or (found["metric"] == best["metric"]
+                                                                and found["value"] <= best["value"]))
+    except (UsageError, KeyError, TypeError, ValueError):  # not one a run wrote: the next validation replaces it
+        return best
+    return {k: found[k] for k in ("metric", "value", "iter")} if after else best
+
+
 def _dotted(tree: dict, key: str):
     for part in key.split("."):
         tree = tree.get(part) if isinstance(tree, dict) else None
@@ -525,6 +545,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     if checkpoint is not None:
         session.iteration, session.best = ckpt.restore_training_state(ckpt.load_checkpoint(checkpoint), model,
                                                                       optimizer, scaler, device)
+    if opts.resume and writer:
+        session.best = _best_after(run_dir, session.iteration, session.best)
     if opts.resume and writer:  # a run killed before its first checkpoint starts again: its log lines go too
         # (rank 0's alone: another rank rewrote the file too, and from a half-written copy it left lines out)
         session.history = _read_log(run_dir / "log.jsonl", upto=session.iteration)
