@@ -557,6 +557,13 @@ def test_resume_with_other_iters_on_a_cosine_schedule_says_the_rate_jumps(tmp_pa
     train(TrainOptions(recipe, synth, run, iters=4, resume=True, progress=False))
     assert ("note: --iters 4: the cosine schedule now spans 4 iterations, not the run's 1, so the learning rate at "
             "iteration 1 is 0.854 x train.lr, not 0 x") in capsys.readouterr().out
+    # resumed in the warm-up, which does not move: it said "the learning rate ... is 0.4 x train.lr, not 0.4 x"
+    warm, other = load_recipe("demo-indexnet", ["train.schedule=cosine", "train.warmup_iters=5"]), tmp_path / "warm"
+    train(TrainOptions(warm, synth, other, iters=1, progress=False))
+    capsys.readouterr()
+    train(TrainOptions(warm, synth, other, iters=2, resume=True, progress=False))
+    assert ("note: --iters 2: the cosine schedule now spans 2 iterations, not the run's 1, the warm-up (to iteration "
+            "5) is the run's, the rates after it follow the new length") in capsys.readouterr().out
     plain, other = load_recipe("demo-indexnet"), tmp_path / "plain"
     train(TrainOptions(plain, synth, other, iters=1, progress=False))
     train(TrainOptions(plain, synth, other, iters=2, resume=True, progress=False))

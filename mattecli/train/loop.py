@@ -251,9 +251,14 @@ def _resume_notes(run_dir: Path, opts: TrainOptions, recipe, iteration: int) -> 
     cfg, ran = recipe.train, record.recipe["train"]["iters"]
     if cfg.schedule == "cosine" and cfg.iters != ran and iteration < cfg.iters:
         before = lr_factor(dataclasses.replace(cfg, iters=ran), iteration)
+        if iteration < cfg.warmup_iters:  # the warm-up does not move: it said the rate is 0.3 x, not 0.3 x
+            change = (f"the warm-up (to iteration {cfg.warmup_iters}) is the run's, the rates after it follow "
+                      "the new length")
+        else:
+            change = (f"so the learning rate at iteration {iteration} is {lr_factor(cfg, iteration):.3g} x "
+                      f"train.lr, not {before:.3g} x")
         print(f"matte train: note: --iters {cfg.iters}: the cosine schedule now spans {cfg.iters} iterations, not "
-              f"the run's {ran}, so the learning rate at iteration {iteration} is {lr_factor(cfg, iteration):.3g} "
-              f"x train.lr, not {before:.3g} x")
+              f"the run's {ran}, {change}")
 
 
 def _best_after(run_dir: Path, iteration: int, best: dict | None) -> dict | None:
