@@ -552,8 +552,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
                                                                       optimizer, scaler, device)
     if opts.resume and writer:
         session.best = _best_after(run_dir, session.iteration, session.best)
-    if opts.resume and writer:  # a run killed before its first checkpoint starts again: its log lines go too
-        # (rank 0's alone: another rank rewrote the file too, and from a half-written copy it left lines out)
+        # a run killed before its first checkpoint starts again: its log lines go too (rank 0's alone:
+        # another rank rewrote the file too, and from a half-written copy it left lines out)
         session.history = _read_log(run_dir / "log.jsonl", upto=session.iteration)
     if session.iteration >= cfg.iters:
         if writer:
