@@ -94,9 +94,10 @@ def _decode_png(path: Path, colour_types: tuple[int, ...], flags: int, apply_exi
     if asked; None where the Pillow path must read it.
 
     PNG is lossless, so the two decoders (OpenCV's libpng, Pillow's own zlib decoder) give the same
-    pixels (tests/test_infer_inputs.py compares them kind by kind), and OpenCV's is faster: 115 against 169 ms for a 3840x2160 RGB
-    photo and 11 against 24 ms for its trimap on the 2-core CPU; decoding is what `matte infer`'s
-    workers spend most of their time on. A file OpenCV cannot decode goes to Pillow, which says why.
+    pixels (tests/test_infer_inputs.py compares them kind by kind), and OpenCV's is faster: 115
+    against 169 ms for a 3840x2160 RGB photo and 11 against 24 ms for its trimap on the 2-core CPU;
+    decoding is what `matte infer`'s workers spend most of their time on. A file OpenCV cannot
+    decode goes to Pillow, which says why.
     """
     import cv2
 

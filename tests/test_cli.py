@@ -154,7 +154,8 @@ def test_recipes_prints_the_recipe_a_model_file_carries(tmp_path):
     (tmp_path / "notes.txt").write_text("")
     res = run_main("recipes", tmp_path / "notes.txt")  # said "not a file" of a file
     assert res.returncode == 2
-    assert f"{tmp_path / 'notes.txt'}: not a recipe file (recipes end in .yaml, or .json as a run's recipe.json)" in res.stderr
+    assert (f"{tmp_path / 'notes.txt'}: not a recipe file (recipes end in .yaml, or .json as a run's "
+            "recipe.json)") in res.stderr
     res = run_main("train", "--recipe", tmp_path / "best.safetensors", "--data", tmp_path)
     assert res.returncode == 2 and res.stderr == (
         f"matte: error: {tmp_path / 'best.safetensors'}: a model file, not a recipe; `matte recipes "

@@ -298,8 +298,9 @@ def test_a_single_file_is_refused_in_one_line_when_it_cannot_pair(tmp_path):
     # a file named like a trimap, given as the image, is that image (it was left out, and listing
     # its "folder" for subfolders raised NotADirectoryError)
     report = infer_folder(FakePipeline(), folder / "a_trimap.png", tmp_path / "out2", progress=False)
-    assert report.failed == [(str(folder / "a_trimap.png"), f"no trimap found (a_trimap_trimap.* in {folder}; "
-                                                            "--trimaps names a folder of trimaps named like the images)")]
+    assert report.failed == [(str(folder / "a_trimap.png"),
+                              f"no trimap found (a_trimap_trimap.* in {folder}; "
+                              "--trimaps names a folder of trimaps named like the images)")]
 
 
 def test_a_missing_trimap_or_mask_is_named_as_what_was_looked_for_and_where(tmp_path):
