@@ -169,6 +169,36 @@ def test_resume_removes_what_a_run_killed_mid_save_left(tmp_path, synth):
     assert not any(p.exists() for p in stale) and (run / "notes.tmp").exists()
 
 
+def test_a_run_that_is_writing_its_folder_is_neither_resumed_nor_overwritten(tmp_path, synth):
+    """A --resume typed while the run went on removed its temporary files as stale (the run then
+    stopped on the checkpoint it was writing), or both runs appended to log.jsonl."""
+    recipe, run = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2"]), tmp_path / "run"
+    train(TrainOptions(recipe, synth, run, iters=1, progress=False))
+    temp = run / "checkpoints" / ".iter_00000002.x.pt.tmp"  # the live run's checkpoint, being written
+    temp.write_bytes(b"half")
+    with ckpt.run_lock(run):  # the run, still training
+        for again in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(UsageError, match=f"--out {run}: another `matte train` is writing this run"):
+                train(TrainOptions(recipe, synth, run, iters=2, progress=False, **again))
+    assert temp.exists() and (run / "last.safetensors").is_file()
+    # once it has ended, however it ended, --resume continues and removes what it left
+    assert train(TrainOptions(recipe, synth, run, iters=2, resume=True, progress=False)).iterations == 2
+    assert not temp.exists()
+
+
+def test_a_file_system_without_locks_still_trains(tmp_path, synth, monkeypatch):
+    """flock fails with ENOLCK on some network mounts: that is not another run writing the folder."""
+    import errno
+    import fcntl
+
+    def no_locks(handle, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2"])
+    assert train(TrainOptions(recipe, synth, tmp_path / "run", iters=1, progress=False)).iterations == 1
+
+
 def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     run = tmp_path / "run"
     recorded = load_recipe("demo-indexnet", ["train.iters=10"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +168,30 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, clear: bool = 
         what = f"{done[-1][0]} iteration{'s' * (done[-1][0] != 1)} done" if done else "no checkpoint yet"
         raise UsageError(f"--out {run_dir} holds a run ({what}): use --resume to continue it, --overwrite to "
                          "start again, or another --out")
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """Hold RUN_DIR/.lock while a run writes its folder: a second `matte train` on it (a --resume typed
+    in another terminal while the run went on) removed the first's temporary files, which stopped it,
+    or both appended to log.jsonl. The operating system releases the lock when its process ends,
+    however it ends. Where there is no fcntl (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"--out {run_dir}: another `matte train` is writing this run; let it finish "
+                             "or stop it first (Ctrl-C; --resume then continues it)") from None
+        except OSError:  # a file system without locks (ENOLCK on some network mounts): run unlocked
+            pass
+        yield
 
 
 def clear_run(run_dir: Path) -> None:

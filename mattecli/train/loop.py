@@ -16,6 +16,7 @@ learning rates are a function of the iteration. A run killed at any point and re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -462,7 +463,8 @@ def train(opts: TrainOptions) -> TrainResult:
     run_dir = Path(opts.out)
     dist_info = setup_distributed(opts.device)
     try:
-        return _train(opts, run_dir, dist_info, build_dataset, build_model)
+        with contextlib.ExitStack() as held:  # the run folder's lock, released however the run ends
+            return _train(opts, run_dir, dist_info, build_dataset, build_model, held)
     finally:
         _teardown(dist_info)
 
@@ -489,7 +491,7 @@ def _check_recipe(recipe) -> None:
                          "alpha, l1 or tcp needs neither)")
 
 
-def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
+def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainResult:
     writer, device, world = dist_info.writer, dist_info.device, dist_info.world
     _check_recipe(opts.recipe)
     if opts.recipe.train.batch_size % world:
@@ -502,11 +504,6 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
     cfg = recipe.train
     if opts.resume and checkpoint is None and writer:
         print(f"matte train: --resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
-    if opts.resume and writer:
-        # what a run killed mid-save left (a checkpoint's temp file is three times the model: Adam's
-        # state), one more per kill; one run writes a run folder at a time, so every one is stale
-        for folder in (run_dir, run_dir / "checkpoints"):
-            remove_stale_temps(folder)
     per_rank_batch = cfg.batch_size // world
     if opts.tensorboard:
         from mattecli.train.curves import check_tensorboard
@@ -539,6 +536,13 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model) -> TrainResult:
         else:
             why = f"--data {opts.data} has no test/ split"
         print(f"matte train: note: {why}, so this run does not validate and writes no best.safetensors")
+    if writer:  # every check has passed: the run starts writing its folder
+        held.enter_context(ckpt.run_lock(run_dir))
+    if opts.resume and writer:
+        # what a run killed mid-save left (a checkpoint's temp file is three times the model: Adam's
+        # state), one more per kill; the lock keeps a live run out, so every one is stale
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_stale_temps(folder)
     if opts.overwrite and writer:
         ckpt.clear_run(run_dir)
     if world > 1:
