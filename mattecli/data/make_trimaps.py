@@ -19,7 +19,7 @@ from mattecli.errors import InputError, UsageError
 from mattecli.files import Inputs, atomic_write, case_insensitive, describe, remove_stale_temps
 from mattecli.imageio import (exif_orientation, fit_orientation, index_by_stem, list_images, orient, read_gray,
                               read_image, read_mask, relative_name, write_png)
-from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, no_images
+from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, claim_output_name, no_images
 from mattecli.parallel import executor
 from mattecli.progress import track
 
@@ -89,13 +89,10 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         name = relative_name(path, source)
         if job.rule is not None and name.endswith(MASK_SUFFIX):
             name = name[: -len(MASK_SUFFIX)]
-        key = name.casefold() if fold else name
-        if key in seen:
-            first, first_name = seen[key]
-            case = "" if first_name == name else "; this file system does not tell letter case apart"
-            report.failed.append((str(path), f"another file gives the same name ({first.name} -> {name}.png){case}"))
+        if taken := claim_output_name(seen, name, path, fold):
+            case = "" if taken[1] == name else "; this file system does not tell letter case apart"
+            report.failed.append((str(path), f"another file gives the same name ({taken[0].name} -> {name}.png){case}"))
             continue
-        seen[key] = path, name
         targets = [out / f"{name}.png"] + ([Path(preview) / f"{name}.jpg"] if preview is not None else [])
         try:
             clash = [t for t in targets if t in inputs]

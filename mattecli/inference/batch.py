@@ -95,14 +95,11 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     fold = out is not None and case_insensitive(out)  # Cat.jpg and cat.png: one output there
     for img in files:  # duplicates are found over the whole list, so shards agree on them
         name = relative_name(img, root)
-        key = name.casefold() if fold else name
-        if key in seen:
-            case = "" if relative_name(seen[key], root) == name else ", letter case aside: this file system does " \
-                                                                     "not tell it apart"
-            problems.append((img, f"another image has the same name stem ({seen[key].name}){case}; "
+        if taken := claim_output_name(seen, name, img, fold):
+            case = "" if taken[1] == name else ", letter case aside: this file system does not tell it apart"
+            problems.append((img, f"another image has the same name stem ({taken[0].name}){case}; "
                                   "outputs are named by stem"))
             continue
-        seen[key] = img
         candidates = by_name.get(name if not beside else "", []) + by_name.get(name + suffix, [])
         candidates = [c for c in candidates if c != img]
         if not candidates:
@@ -123,6 +120,17 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     if shard is None or shard[0] == 0:
         problems += unreadable
     return pairs, [(str(path), reason) for path, reason in problems]
+
+
+def claim_output_name(seen: dict, name: str, path: Path, fold: bool) -> tuple[Path, str] | None:
+    """Record `path` as the input whose outputs are named `name`; if another input has that name
+    already (letter case aside where the output folder does not tell case apart: `fold`), return
+    that input and its name instead. `seen` is the record, one per batch."""
+    key = name.casefold() if fold else name
+    if key in seen:
+        return seen[key]
+    seen[key] = path, name
+    return None
 
 
 def image_root(images: Path) -> Path:
