@@ -544,10 +544,21 @@ def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, .
     is given, so that a batch goes on without it; otherwise its OSError is raised. An entry with an
     image suffix that cannot be looked at is listed: reading it names the reason. `folder` itself
     must be readable."""
-    folder = Path(folder)
+    return sorted(_walk_images(Path(folder), recursive, skip, unreadable))
+
+
+def has_images(folder: str | Path, recursive: bool = False, unreadable: list[tuple[Path, str]] | None = None) -> bool:
+    """Whether `list_images` would list anything: the walk stops at the first image, so a check
+    before a batch does not walk a large tree a second time. When there is none, `unreadable`
+    holds what `list_images` would have added to it."""
+    return next(_walk_images(Path(folder), recursive, (), unreadable), None) is not None
+
+
+def _walk_images(folder: Path, recursive: bool, skip: tuple[Path, ...], unreadable: list[tuple[Path, str]] | None):
+    """`list_images`'s walk, yielding each image file as it is found (unsorted)."""
     skip_resolved = {Path(s).resolve() for s in skip}
     seen = {folder.resolve()}  # a folder reached twice (a symlink to a parent: a loop) is walked once
-    found, todo = [], [folder]
+    todo = [folder]
 
     def left_out(path: Path, err: OSError) -> None:
         if unreadable is None:
@@ -571,7 +582,7 @@ def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, .
                 is_dir = p.is_dir()
             except OSError as err:
                 if image:
-                    found.append(p)
+                    yield p
                 elif recursive:
                     left_out(p, err)
                 continue
@@ -580,8 +591,7 @@ def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, .
                     seen.add(p.resolve())
                     todo.append(p)
             elif image and (p.is_file() or p.is_symlink()):  # a broken link: named
-                found.append(p)
-    return sorted(found)
+                yield p
 
 
 def subfolders_with_images(folder: str | Path, skip: tuple[Path, ...] = ()) -> list[Path]:

@@ -732,3 +732,38 @@ def test_an_undecodable_mask_is_named_once(tmp_path, capsys):
     code, _, err = matte(capsys, "trimap", "--masks", tmp_path / "masks", "--out", tmp_path / "t")
     assert code == 1 and f"matte: failed: {tmp_path / 'masks' / 'bad.png'}: cannot decode image (cannot identify " \
                           "image file)\n" in err and err.count("bad.png") == 1
+
+
+def test_infer_walks_a_recursive_input_tree_once(tmp_path, capsys, monkeypatch):
+    """The CLI's check for an empty --images listed the whole tree before the batch listed it again
+    (on a tree of millions of files, a second walk); the check now stops at the first image."""
+    import pathlib
+
+    import mattecli.inference.pipeline
+
+    import mattecli.inference.tiling
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", lambda *a, **k: FakePipeline())
+    monkeypatch.setattr(mattecli.inference.tiling, "default_max_bytes", lambda device: None)  # no model to size
+    root = make_pairs(tmp_path / "in", ["a"])
+    for sub in ("s1", "s2", "s2/deep"):
+        make_pairs(root / sub, ["b"])
+    walked, real = [], pathlib.Path.iterdir
+
+    def counted(self):
+        walked.append(self.relative_to(root).as_posix() if self.is_relative_to(root) else str(self))
+        return real(self)
+
+    monkeypatch.setattr(pathlib.Path, "iterdir", counted)
+    code, out, err = matte(capsys, "infer", "--weights", __file__, "--images", root, "--out", tmp_path / "out",
+                           "--recursive", "--device", "cpu")
+    assert code == 0 and (tmp_path / "out" / "s2" / "deep" / "b.png").is_file(), err
+    assert sorted(w for w in walked if w != ".") == ["s1", "s2", "s2/deep"]  # each subfolder listed once
+    empty = tmp_path / "empty"
+    make_pairs(empty / "locked", ["c"])
+    refuse(monkeypatch, "iterdir", "locked")
+    code, out, err = matte(capsys, "infer", "--weights", __file__, "--images", empty, "--out", tmp_path / "out2",
+                           "--recursive", "--device", "cpu")
+    assert code == 1 and err.strip().splitlines() == [
+        f"matte: error: {empty}: no image files it could read: {empty / 'locked'} cannot be read (Permission denied); "
+        "any images in it are left out"] and not (tmp_path / "out2").exists()

@@ -76,7 +76,7 @@ def main(
     from mattecli.data.trimap import DEFAULT_BAND, DEFAULT_THRESHOLD, MaskRule, parse_band, parse_threshold
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
-    from mattecli.imageio import check_out_dir, list_images, prepare_out_dir
+    from mattecli.imageio import check_out_dir, has_images, prepare_out_dir
     from mattecli.inference.batch import default_workers, infer_folder, no_images, print_report
     from mattecli.inference.outputs import OUTPUT_KINDS, Background, check_numba_threading_layer
     from mattecli.inference.pipeline import load_pipeline
@@ -129,7 +129,7 @@ def main(
         if "not measured" in source:
             typer.echo(f"matte: note: --max-memory on {device}: {per_pixel} bytes/pixel from {source}", err=True)
     unreadable: list = []  # subfolders left out: failures of the batch, unless nothing else is there
-    if images.is_dir() and not list_images(images, recursive, unreadable=unreadable):
+    if images.is_dir() and not has_images(images, recursive, unreadable):  # stops at the first: infer lists them
         raise no_images(images, recursive, unreadable=unreadable)
     prepare_out_dir(out)  # before the model runs: a read-only --out must not cost a run
     for kind in kinds:  # likewise a file where an output folder goes, or one that cannot be written (another
