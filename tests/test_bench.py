@@ -236,3 +236,23 @@ def test_cpu_rows_run_where_peak_memory_cannot_be_read(tmp_path, weights, one_th
     row = json.loads((tmp_path / "bench.json").read_text())["rows"][0]
     assert (row["peak_memory_mib"], row["base_memory_mib"]) == (None, None) and row["median_ms"] > 0
     assert "not measured" in res.stdout
+
+
+def test_bench_of_a_graph_parses_it_once(tmp_path, monkeypatch):
+    """`matte bench --weights g.onnx` read the graph for its static size, then again to check it;
+    a file replaced in between is read anew."""
+    import onnx
+
+    from mattecli.inference.backends import check_onnx_file, static_onnx_size
+    from mattecli.recipes import load_recipe
+    from tests.test_tensorrt import tiny_onnx
+
+    graph = tiny_onnx(tmp_path / "g.onnx", channels=4, recipe=load_recipe("demo-a2u").to_dict())
+    parsed, real = [], onnx.load
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: parsed.append(a[0]) or real(*a, **k))
+    assert static_onnx_size(graph) is None and check_onnx_file(graph) is None and len(parsed) == 1
+    tiny_onnx(graph, channels=6, recipe=load_recipe("demo-a2u").to_dict())  # another graph, same name
+    assert static_onnx_size(graph) is None and len(parsed) == 2
+    graph.write_bytes(b"not a graph")
+    with pytest.raises(UsageError, match="not a loadable ONNX model"):
+        check_onnx_file(graph)

@@ -7,6 +7,8 @@ Each backend imports its runtime inside `load`, so a missing runtime fails only 
 
 from __future__ import annotations
 
+import functools
+
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -305,14 +307,31 @@ class OnnxBackend:
         return self.session.run([out], {inp: np.ascontiguousarray(x, dtype=np.float32)}, self.run_options)[0]
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    """(modification time, size) of a file, so that a file replaced in between is parsed again; a
+    missing file gives (0, 0), and parsing it then names the reason."""
+    try:
+        info = Path(path).stat()
+    except OSError:
+        return 0, 0
+    return info.st_mtime_ns, info.st_size
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_onnx(path: str, mtime_ns: int, size: int):
+    """An ONNX file parsed once for `check_onnx_file` and `static_onnx_size` (`matte bench` of a
+    graph asks both; a graph of tens of MB is read and decoded once); keyed by `_identity`."""
+    import onnx
+
+    return onnx.load(path, load_external_data=False)
+
+
 def check_onnx_file(path: Path) -> None:
     """What `OnnxBackend.load` would refuse about the file itself (not a graph, no recipe), read
     with `onnx` alone: an ONNX Runtime session made only for the check slowed the process's later
     sessions and host work (`matte bench --e2e` on a null graph: 1.9x the decode time, not 1.5x)."""
-    import onnx
-
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = _parsed_onnx(str(path), *_identity(path))
     except Exception as err:  # protobuf's DecodeError and onnx's own types
         raise _not_loadable(path, err) from None
     onnx_recipe({p.key: p.value for p in model.metadata_props}, path)
@@ -321,12 +340,10 @@ def check_onnx_file(path: Path) -> None:
 def static_onnx_size(path: Path):
     """The one input size (`Size`) of a graph exported with `--static`, or None: a dynamic graph,
     another kind of file, or one `onnx` cannot read (the backend's loading says why)."""
-    import onnx
-
     from mattecli.sizes import Size
 
     try:
-        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        dims = _parsed_onnx(str(path), *_identity(path)).graph.input[0].type.tensor_type.shape.dim
     except Exception:  # noqa: BLE001 - not a graph: no size to offer
         return None
     h, w = (d.dim_value for d in dims[2:4]) if len(dims) == 4 else (0, 0)
