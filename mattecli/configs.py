@@ -10,6 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+def _check_at_most(config, **limits: float) -> None:
+    """Sizes and counts far beyond any published model (`--set model.skip_convs=1000000000` built
+    layers until memory ran out, a hang): the limits are generous (several times the largest
+    published value) and only keep a typo from building a network that cannot fit anywhere."""
+    for name, limit in limits.items():
+        if getattr(config, name) > limit:
+            raise ValueError(f"{name} must be at most {limit:g}, got {getattr(config, name)!r}")
+
+
 # --- IndexNet (models/indexnet.py) -------------------------------------------------------------
 
 LEARNED = ("holistic", "o2o", "m2o")
@@ -38,6 +47,7 @@ class IndexNetConfig:
         if self.decoder_kernel_size < 1 or self.decoder_kernel_size % 2 == 0:
             # an even kernel's 'same' padding loses a pixel per decoder stage: 64x64 in, 63x63 out
             raise ValueError(f"decoder_kernel_size must be odd and positive, got {self.decoder_kernel_size}")
+        _check_at_most(self, width_mult=4, decoder_kernel_size=31)  # published: 1.4 and 5
 
 
 # --- A2U (models/a2u.py) -----------------------------------------------------------------------
@@ -94,6 +104,7 @@ class A2UConfig:
             raise ValueError("paired_down needs upsample: a2u")
         if not 0 < self.width <= 1:
             raise ValueError(f"width must be in (0, 1], got {self.width}")
+        _check_at_most(self, k_up=15, k_en=31)  # published: 3 (a larger one is no better) and 5 or 6
 
 
 # --- TCP (models/tcp.py) -----------------------------------------------------------------------
@@ -134,6 +145,7 @@ class TCPConfig:
             raise ValueError("width and tcp_width must be positive, skip_convs and tcp_tile >= 0")
         if 0 < self.tcp_tile <= 2 * TEXTURAL_RADIUS:
             raise ValueError(f"tcp_tile must be 0 or larger than {2 * TEXTURAL_RADIUS}, got {self.tcp_tile}")
+        _check_at_most(self, width=4, tcp_width=1024, skip_convs=32)  # published: 1, 32 and 2
 
 
 FAMILY_CONFIGS = {"indexnet": IndexNetConfig, "a2u": A2UConfig, "tcp": TCPConfig}

@@ -58,6 +58,21 @@ def test_bad_values_fail_naming_the_key(override, needle):
         load_recipe("indexnet-m2o-nl-ctx", [override])
 
 
+@pytest.mark.parametrize("recipe, override, needle", [
+    ("tcp", "model.skip_convs=1000000000", "skip_convs must be at most 32, got 1000000000"),
+    ("tcp", "model.tcp_width=100000", "tcp_width must be at most 1024"),
+    ("tcp", "model.width=50", "width must be at most 4"),
+    ("a2u-dynamic-cs", "model.k_up=101", "k_up must be at most 15"),
+    ("a2u-dynamic-cs", "model.k_en=64", "k_en must be at most 31"),
+    ("indexnet-unet-bilinear", "model.width_mult=40", "width_mult must be at most 4"),
+    ("indexnet-m2o-nl-ctx", "model.decoder_kernel_size=1001", "decoder_kernel_size must be at most 31"),
+])
+def test_sizes_far_beyond_any_published_model_are_refused(recipe, override, needle):
+    """`--set model.skip_convs=1000000000` built layers until memory ran out (a hang, no message)."""
+    with pytest.raises(UsageError, match=needle):
+        load_recipe(recipe, [override])
+
+
 def test_a_parameter_free_indexnet_needs_a_positive_width():
     with pytest.raises(UsageError, match="width_mult must be positive, got -1.0"):
         load_recipe("indexnet-unet-bilinear", ["model.width_mult=-1"])
