@@ -38,8 +38,21 @@ def executor(workers: int, processes: bool = False, initializer: Callable | None
     if processes:
         if sys.platform == "win32":  # Windows waits on at most 63 handles: more is a ValueError there
             workers = min(workers, WINDOWS_MAX_PROCESSES)
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer)
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_process_start, initargs=(initializer,))
     return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=initializer)
+
+
+def _process_start(initializer: Callable | None) -> None:
+    """In each worker process: a hang-up (the terminal closing) reaches the whole process group;
+    the parent handles it as it does SIGTERM and stops its workers, so a worker ignores it rather
+    than dying with a write half done (the pool then broken before the parent could say why)."""
+    import signal
+
+    if hasattr(signal, "SIGHUP"):  # none on Windows
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if initializer is not None:
+        initializer()
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """Ctrl-C (SIGINT) during a command: one line "matte: interrupted", exit code 130, no partial files;
-SIGTERM the same, "matte: terminated", exit code 143."""
+SIGTERM the same, "matte: terminated", exit code 143; SIGHUP "matte: hung up", 129."""
 
 import os
 import shutil
@@ -60,21 +60,27 @@ COMMANDS = {
 }
 
 
-def interrupt(command: str, workdir: Path, signum: int = signal.SIGINT) -> None:
-    """Run `matte COMMAND`, send SIGINT (or SIGTERM) once its work is under way, check what it leaves."""
+def interrupt(command: str, workdir: Path, signum: int = signal.SIGINT, group: bool = False) -> None:
+    """Run `matte COMMAND`, send SIGINT (or SIGTERM, SIGHUP) once its work is under way, check what it
+    leaves. `group`: to its whole process group, its worker processes too, as a closing terminal does."""
     args, watch, pattern = COMMANDS[command]
     shutil.rmtree(workdir / "out", ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "mattecli"] + [a.format(w=workdir) for a in args], cwd=workdir,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=group)
     deadline = time.monotonic() + 120
     while not _started(workdir / watch, pattern):
         assert proc.poll() is None, f"{command} ended before it was interrupted: {proc.communicate()}"
         assert time.monotonic() < deadline, f"{command} did not start"
         time.sleep(0.02)
-    proc.send_signal(signum)
+    if group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    code, said = (130, "matte: interrupted") if signum == signal.SIGINT else (143, "matte: terminated")
+    code, said = {signal.SIGINT: (130, "matte: interrupted"), signal.SIGTERM: (143, "matte: terminated"),
+                  getattr(signal, "SIGHUP", None): (129, "matte: hung up")}[signum]
     assert proc.returncode == code, (out, err)
     assert err.count(said) == 1, err
     assert "Traceback" not in err, err
@@ -88,6 +94,28 @@ def test_ctrl_c_in_prepare_data(tmp_path):
 def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path):
     """A scheduler's pre-emption (SIGTERM) killed matte at once, leaving temporary files."""
     interrupt("prepare-data", tmp_path, signal.SIGTERM)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
+def test_a_hang_up_ends_a_command_as_sigterm_does_unless_nohup_ignores_it(tmp_path):
+    """The terminal or ssh session closing (SIGHUP to the whole process group) killed matte and its
+    worker processes at once, leaving temporary files; under nohup (SIGHUP ignored) it must go on."""
+    interrupt("prepare-data", tmp_path, signal.SIGHUP, group=True)
+    args, watch, pattern = COMMANDS["prepare-data"]
+    shutil.rmtree(tmp_path / "out")
+    proc = subprocess.Popen([sys.executable, "-m", "mattecli"] + [a.format(w=tmp_path) for a in args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup does
+    deadline = time.monotonic() + 120
+    while not _started(tmp_path / watch, pattern):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGHUP)
+    time.sleep(1)
+    assert proc.poll() is None, "a hang-up under nohup ended the command"
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
 
 
 @pytest.mark.slow  # ~5 s each on a quiet 2-core CPU (torch import, a model)

@@ -65,3 +65,21 @@ def test_a_process_pool_on_windows_is_capped_at_its_61_processes(monkeypatch):
         assert pool_._max_workers == 61
     finally:
         pool_.shutdown()
+
+
+def _hangup_disposition_and_mark():
+    import signal
+
+    return signal.getsignal(signal.SIGHUP) == signal.SIG_IGN, os.environ.get("MATTE_TEST_INITIALIZED")
+
+
+def _mark_initialized():
+    os.environ["MATTE_TEST_INITIALIZED"] = "yes"
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGHUP"), reason="no SIGHUP on Windows")
+def test_worker_processes_leave_a_hang_up_to_the_parent_and_still_run_their_initializer():
+    """A closing terminal sends SIGHUP to every process of the group: a worker died at once (a write
+    half done, the pool broken) before the parent, which ends as on SIGTERM, could stop it."""
+    with pool(1, processes=True, initializer=_mark_initialized) as executor:
+        assert executor.submit(_hangup_disposition_and_mark).result() == (True, "yes")

@@ -153,17 +153,22 @@ def _drop_stdout() -> None:
 
 
 def _terminate(signum, frame) -> None:
-    """SIGTERM (a scheduler pre-empting a job, `timeout`, torchrun stopping its workers) ends a
-    command as Ctrl-C does, so that nothing half-written is left; it was an instant death that left
-    temporary files for a later run to clear."""
+    """SIGTERM (a scheduler pre-empting a job, `timeout`, torchrun stopping its workers) and SIGHUP
+    (a closing terminal) end a command as Ctrl-C does, so that nothing half-written is left; each
+    was an instant death that left temporary files for a later run to clear."""
     errors.STOP_SIGNALS.append(signum)
     raise KeyboardInterrupt
 
 
 def _interrupted() -> NoReturn:
     if errors.STOP_SIGNALS:
-        print("matte: terminated", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)  # 143, as a shell reports a process SIGTERM ended
+        signum = errors.STOP_SIGNALS[0]
+        hung_up = signum == getattr(signal, "SIGHUP", None)
+        try:  # after a hang-up the terminal may be gone (EIO)
+            print("matte: hung up" if hung_up else "matte: terminated", file=sys.stderr)
+        except OSError:
+            pass
+        sys.exit(128 + signum)  # 143 (SIGTERM) or 129 (SIGHUP), as a shell reports a process the signal ended
     print("matte: interrupted", file=sys.stderr)
     sys.exit(130)
 
@@ -193,8 +198,14 @@ def _unicode_stdout() -> None:
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C says
-    "matte: interrupted" and exits with 130; SIGTERM says "matte: terminated" and exits with 143."""
+    "matte: interrupted" and exits with 130; SIGTERM says "matte: terminated" and exits with 143, SIGHUP
+    "matte: hung up" and 129."""
     signal.signal(signal.SIGTERM, _terminate)
+    # SIGHUP (the terminal or ssh session closing) the same, unless the command was started to
+    # outlive it (`nohup` ignores it, and so does matte then)
+    hangup = getattr(signal, "SIGHUP", None)  # none on Windows
+    if hangup is not None and signal.getsignal(hangup) is signal.SIG_DFL:
+        signal.signal(hangup, _terminate)
     _unicode_stdout()
     # Pillow warns of a possible decompression bomb over 89 MP (a 16K photo is 133 MP) in two lines
     # that name no file; the images it refuses, over twice that, are named by the readers
