@@ -767,3 +767,46 @@ def test_infer_walks_a_recursive_input_tree_once(tmp_path, capsys, monkeypatch):
     assert code == 1 and err.strip().splitlines() == [
         f"matte: error: {empty}: no image files it could read: {empty / 'locked'} cannot be read (Permission denied); "
         "any images in it are left out"] and not (tmp_path / "out2").exists()
+
+
+def test_json_reports_each_file_for_scripts(tmp_path, capsys, monkeypatch):
+    """A script had only the summary line and `matte: failed: PATH: reason` lines on stderr
+    (ambiguous where a path holds ': '); --json writes the report, `-` to stdout alone."""
+    import json
+
+    import mattecli.inference.pipeline
+    import mattecli.inference.tiling
+
+    masks = tmp_path / "masks"
+    write_png(masks / "a: b.png", disc(60, 15)[0])
+    (masks / "bad.png").write_bytes(b"not a png")
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", "--json", "-")
+    report = json.loads(out)  # stdout holds the JSON alone; the summary went to stderr
+    assert code == 1 and "1 written to" in err and report["counts"] == {"done": 1, "skipped": 0, "failed": 1,
+                                                                         "nothing": 0}
+    assert report["done"] == [str(masks / "a: b.png")] and report["failed"][0]["path"] == str(masks / "bad.png")
+    assert report["failed"][0]["reason"].startswith("cannot decode image")
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", "--json", tmp_path / "r.json")
+    assert code == 1 and out.startswith("0 written to") and json.loads((tmp_path / "r.json").read_text())[
+        "skipped"] == [str(masks / "a: b.png")]
+    # an image's name (every input and output of a batch is an image) or the weights: refused before any work
+    before = (masks / "a: b.png").read_bytes()
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t2", "--json", masks / "a: b.PNG")
+    assert code == 2 and "an image's name" in err and (masks / "a: b.png").read_bytes() == before
+    assert not (tmp_path / "t2").exists()
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"weights")
+    code, out, err = matte(capsys, "infer", "--weights", weights, "--images", masks, "--out", tmp_path / "o",
+                           "--json", weights)
+    assert code == 2 and "is an input file" in err and weights.read_bytes() == b"weights"
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", lambda *a, **k: FakePipeline())
+    monkeypatch.setattr(mattecli.inference.tiling, "default_max_bytes", lambda device: None)
+    root = make_pairs(tmp_path / "in", ["x", "y"])
+    (root / "y_trimap.png").unlink()
+    code, out, err = matte(capsys, "infer", "--weights", weights, "--images", root, "--out", tmp_path / "o",
+                           "--device", "cpu", "--json", "-")
+    report = json.loads(out)
+    assert code == 1 and report["done"] == [str(root / "x.png")] and report["out"] == str(tmp_path / "o")
+    assert [f["path"] for f in report["failed"]] == [str(root / "y.png")] and "no trimap found" in report["failed"][0][
+        "reason"]

@@ -57,6 +57,9 @@ def main(
     workers: int = typer.Option(None, "--workers", min=0, help="Threads decoding inputs, estimating foregrounds and "
                                 "encoding outputs while the model runs; 0: in turn with the model. Default: every "
                                 "core with --device cuda, 0 on cpu (docs/commands/infer.md, \"Throughput\")."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON: counts, and each file done, "
+                                  "skipped or failed (with the reason), notes (`-`: to stdout, the summary line to "
+                                  "stderr)."),
 ) -> None:
     """Write OUT/{stem}.png (8-bit alpha), and what --save asks for, for every image with a trimap.
 
@@ -77,7 +80,7 @@ def main(
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
     from mattecli.imageio import check_out_dir, has_images, prepare_out_dir
-    from mattecli.inference.batch import default_workers, infer_folder, no_images, print_report
+    from mattecli.inference.batch import check_json_out, default_workers, infer_folder, no_images, print_report
     from mattecli.inference.outputs import OUTPUT_KINDS, Background, check_numba_threading_layer
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import default_max_bytes, tile_size
@@ -107,6 +110,8 @@ def main(
             bg = Background.parse(background)
         except (ValueError, InputError) as err:
             raise UsageError(f"--background {err}") from None
+    # before the model runs; a report that would replace the weights or a file given as input is refused
+    check_json_out(json_out, [p for p in (weights, images, trimaps, bg and getattr(bg, "path", None)) if p])
     device = resolve_device(device)
     max_bytes = parse_memory(max_memory) if max_memory is not None else default_max_bytes(device)
     if half and not device.startswith("cuda"):
@@ -142,6 +147,6 @@ def main(
     report = infer_folder(pipeline, images, out, trimaps, overwrite=overwrite, save=kinds, background=bg,
                           shard=shard_kn, workers=workers, masks=masks, mask_rule=rule, empty=empty,
                           recursive=recursive)
-    print_report(report, out)
+    print_report(report, out, json_out)
     if report.failed:
         raise typer.Exit(1)

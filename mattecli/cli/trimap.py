@@ -39,6 +39,9 @@ def main(
     recursive: bool = typer.Option(False, "--recursive", help="Walk subfolders (and --images' at the same relative "
                                    "paths); outputs mirror the tree. Links to folders are followed, each folder walked "
                                    "once."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the report as JSON: counts, and each file done, "
+                                  "skipped or failed (with the reason), notes (`-`: to stdout, the summary line to "
+                                  "stderr)."),
 ) -> None:
     """Write OUT/{stem}.png, a 0/128/255 trimap, for every mask in --masks (or alpha in --alphas).
 
@@ -52,7 +55,7 @@ def main(
     from mattecli.data.trimap import DEFAULT_BAND, DEFAULT_THRESHOLD, MaskRule, parse_band, parse_threshold
     from mattecli.errors import UsageError
     from mattecli.imageio import prepare_out_dir
-    from mattecli.inference.batch import print_report
+    from mattecli.inference.batch import check_json_out, print_report
 
     if (masks is None) == (alphas is None):
         raise UsageError("give either --masks DIR or --alphas DIR")
@@ -70,12 +73,13 @@ def main(
         if (method or "dist") not in METHODS:
             raise UsageError(f"--method {method}: choose {' or '.join(METHODS)}")
         job = TrimapJob(method=method or "dist", seed=seed or 0, images=images)
+    check_json_out(json_out, [])  # every input of trimap is an image, which check_json_out refuses
     prepare_out_dir(out)
     if preview is not None:
         prepare_out_dir(preview, "--preview")
     report = make_trimaps(masks or alphas, out, job, preview=preview, overwrite=overwrite, workers=workers,
                           recursive=recursive)
-    print_report(report, out)
+    print_report(report, out, json_out)
     if report.failed:
         raise typer.Exit(1)
 

@@ -11,6 +11,7 @@ stays bounded whatever the folder's size.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import threading
 from collections import deque
@@ -502,8 +503,39 @@ def _remove_stale_temps(folders) -> None:
 MAX_NOTES = 5
 
 
-def print_report(report: BatchReport, out: Path) -> None:
-    """Notes (at most MAX_NOTES, then a count) and every failure on stderr; the summary on stdout."""
+def report_json(report: BatchReport, out: Path) -> dict:
+    """What `--json` writes: the counts, then every file by what became of it, with its reason."""
+    def reasons(items: list[tuple[str, str]], key: str = "reason") -> list[dict]:
+        return [{"path": path, key: why} for path, why in items]
+
+    return {"out": str(out),
+            "counts": {"done": len(report.done), "skipped": len(report.skipped), "failed": len(report.failed),
+                       "nothing": len(report.nothing)},
+            "done": report.done, "skipped": report.skipped, "failed": reasons(report.failed),
+            "nothing": reasons(report.nothing), "warnings": reasons(report.warnings),
+            "tiled": reasons(report.tiled, "how"), "notes": report.notes}
+
+
+def check_json_out(json_out: Path | None, inputs: list[Path]) -> None:
+    """`--json`'s checks before any work: the file can be written, is not one of `inputs` (the
+    weights, say) nor named as an image (every input and output of a batch is one: `--json
+    masks/a.png` replaced a mask), and standard output is open where it names it."""
+    from mattecli.files import check_stdout, to_stdout
+    from mattecli.imageio import check_out_file
+
+    if json_out is not None and not to_stdout(json_out):
+        if Path(json_out).suffix.lower() in IMAGE_SUFFIXES:
+            raise UsageError(f"--json {json_out}: an image's name; the report is JSON (name it .json)")
+        check_out_file(json_out, "--json")
+        if json_out in Inputs(inputs):
+            raise UsageError(f"--json {json_out}: is an input file; write the report to another file")
+    check_stdout(json_out, "--json")
+
+
+def print_report(report: BatchReport, out: Path, json_out: Path | None = None) -> None:
+    """Notes (at most MAX_NOTES, then a count) and every failure on stderr; the summary on stdout,
+    or on stderr when `json_out` is standard output (`-`), which then holds the JSON report alone."""
+    from mattecli.files import to_stdout, write_text  # noqa: I001 - beside the module's own, kept local
 
     def say(line: str) -> None:  # file names come from strangers: no control character reaches the terminal
         print(printable(line), file=sys.stderr)
@@ -523,4 +555,7 @@ def print_report(report: BatchReport, out: Path) -> None:
         say(f"matte: failed: {path}: {reason}")
     nothing = f", {len(report.nothing)} with nothing to matte" if report.nothing else ""
     print(printable(f"{len(report.done)} written to {out}, {len(report.skipped)} skipped (already present; "
-                    f"--overwrite to redo), {len(report.failed)} failed{nothing}"))
+                    f"--overwrite to redo), {len(report.failed)} failed{nothing}"),
+          file=sys.stderr if to_stdout(json_out) else sys.stdout)
+    if json_out is not None:
+        write_text(json_out, json.dumps(report_json(report, out), indent=2, ensure_ascii=False) + "\n")
