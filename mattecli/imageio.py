@@ -48,17 +48,32 @@ def exif_orientation(path: str | Path) -> int:
 
 
 def _png_exif(path: str | Path) -> bytes | None:
-    """The payload of a PNG's eXIf chunk, read by seeking from chunk header to chunk header."""
+    """The payload of a PNG's eXIf chunk (before or after the pixels)."""
+    span = _png_chunk(path, b"eXIf", before_pixels=False)
+    if span is None:
+        return None
     with open(path, "rb") as f:
-        if f.read(8) != PNG_SIGNATURE:
-            return None
-        while len(head := f.read(8)) == 8:
-            length, kind = int.from_bytes(head[:4], "big"), head[4:]
-            if kind == b"eXIf":
-                return f.read(length)
-            if kind == b"IEND":
+        f.seek(span[0] + 8)
+        return f.read(span[1] - 12)
+
+
+def _png_chunk(path: str | Path, kind: bytes, before_pixels: bool = True) -> tuple[int, int] | None:
+    """(offset, size with its header and CRC) of a PNG's first `kind` chunk, found by seeking from
+    chunk header to chunk header without decoding; None when there is none (before the pixel data,
+    IDAT, when `before_pixels`) or the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != PNG_SIGNATURE:
                 return None
-            f.seek(length + 4, 1)  # the data and its CRC
+            while len(head := f.read(8)) == 8:
+                length, found = int.from_bytes(head[:4], "big"), head[4:]
+                if found == kind:
+                    return f.tell() - 8, length + 12
+                if found == b"IEND" or (before_pixels and found == b"IDAT"):
+                    return None
+                f.seek(length + 4, 1)  # the data and its CRC
+    except OSError:
+        return None
     return None
 
 
@@ -105,7 +120,20 @@ def _decode_png(path: Path, colour_types: tuple[int, ...], flags: int, apply_exi
         return None
     if not utf8_name(path):
         return None  # OpenCV's imread crashes the process (segmentation fault) on such a name; Pillow reads it
-    array = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    profile = _png_chunk(path, b"iCCP")
+    if profile is None:
+        array = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    else:
+        # libpng checks an embedded colour profile and prints what it dislikes ("libpng warning: iCCP:
+        # known incorrect sRGB profile", common in web PNGs) on stderr, naming no file, once per image.
+        # Neither decoder applies the profile, so OpenCV decodes the file without that chunk: same pixels.
+        start, size = profile
+        try:
+            data = Path(path).read_bytes()
+        except OSError:
+            return None
+        array = cv2.imdecode(np.frombuffer(data[:start] + data[start + size:], np.uint8),
+                             flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
         return None
     return orient(array, exif_orientation(path)) if apply_exif else array

@@ -463,3 +463,17 @@ def test_names_differing_only_in_case_on_a_case_insensitive_file_system(tmp_path
     # shards agree on it: the second shard, which holds cat.png alone, names it too
     report = infer_folder(FakePipeline(), folder, tmp_path / "out3", shard=(1, 2), progress=False)
     assert report.done == [] and [path for path, _ in report.failed] == [str(folder / "cat.png")]
+
+
+@pytest.mark.parametrize("kind", ["RGB", "L"])
+def test_a_png_with_a_colour_profile_libpng_dislikes_is_read_without_its_warning(tmp_path, capfd, kind):
+    """Web PNGs often embed a colour profile libpng finds wrong: it printed "libpng warning: iCCP: ..."
+    on stderr once per image, naming no file. Neither decoder applies the profile: same pixels."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 41, 3) if kind == "RGB" else (30, 41), dtype=np.uint8)
+    path = tmp_path / "web.png"
+    Image.fromarray(pixels).save(path, icc_profile=b"junk" * 10)  # libpng: "iCCP: too short"
+    assert b"iCCP" in path.read_bytes()
+    got = read_image(path) if kind == "RGB" else read_gray(path)
+    assert np.array_equal(got, pixels)
+    assert "libpng" not in capfd.readouterr().err
