@@ -368,7 +368,10 @@ def stored_recipe(value: str | dict, path: Path) -> Recipe:
     if not isinstance(raw, dict):
         raise UsageError(f"{path}: the recipe in its metadata is not a JSON object")
     name = raw.get("name")
-    return recipe_from_dict(raw, name if isinstance(name, str) else Path(path).stem)
+    try:
+        return recipe_from_dict(raw, name if isinstance(name, str) else Path(path).stem)
+    except UsageError as err:  # "recipe NAME: ...": the name inside the file, not the file
+        raise UsageError(f"{path}: the recipe in its metadata is not valid: {err}") from None
 
 
 def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Recipe:

@@ -194,10 +194,15 @@ def test_a_recipe_asking_for_a_model_far_larger_than_its_tensors_is_refused_befo
     with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
         meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     raw = json.loads(meta["recipe"])
-    raw["model"]["decoder_kernel_size"] = 20001
+    raw["model"]["decoder_kernel_size"] = 20001  # beyond any published model: the recipe itself is refused
+    save_file(state, str(tmp_path / "huge.safetensors"), metadata={**meta, "recipe": json.dumps(raw)})
+    with pytest.raises(UsageError, match=r"huge.safetensors: the recipe in its metadata is not valid: recipe "
+                                         r"demo-indexnet: model: decoder_kernel_size must be at most 31, got 20001"):
+        load_model(tmp_path / "huge.safetensors")
+    raw["model"]["decoder_kernel_size"] = 31  # within the limits: the tensors decide, before allocating
     save_file(state, str(tmp_path / "huge.safetensors"), metadata={**meta, "recipe": json.dumps(raw)})
     with pytest.raises(UsageError, match=r"huge.safetensors: shape mismatch: decoder_layer0.dconv.0.weight "
-                                         r"\(32, 64, 5, 5\) vs \(32, 64, 20001, 20001\)"):
+                                         r"\(32, 64, 5, 5\) vs \(32, 64, 31, 31\)"):
         load_model(tmp_path / "huge.safetensors")
     import warnings
 
