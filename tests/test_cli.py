@@ -449,3 +449,28 @@ def test_a_closed_pipe_ends_quietly_where_there_is_no_sigpipe(monkeypatch):
     with pytest.raises(SystemExit) as done:
         cli._pipe_closed()
     assert done.value.code == 141
+
+
+@pytest.mark.parametrize("args, named", [
+    (["infer", "--weights", "w.safetensors", "--images", ".", "--out", "a", "--out", "b"], "--out"),
+    (["prepare-data", "synthetic", "--out", "a", "--seed", "1", "--seed=2"], "--seed"),
+    (["eval", "--pred", "p", "--gt", "g", "--trimap", "t", "--json", "x.json", "--json", "x.json"], "--json"),
+])
+def test_an_option_of_one_value_given_twice_is_refused(tmp_path, monkeypatch, args, named):
+    """click kept the last value: `--out a ... --out b` wrote into b without a word."""
+    monkeypatch.chdir(tmp_path)
+    res = run_main(*args)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith(f"matte: error: {named} given twice: give it once (see ") and lines[0].endswith(
+        f"{' '.join(args[:2 if args[0] == 'prepare-data' else 1])} --help)")
+    assert not any(tmp_path.iterdir())  # nothing done
+
+
+def test_lists_and_flags_given_twice_are_not_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run_main("trimap", "--masks", "none", "--out", "t", "--overwrite", "--overwrite")  # a flag: harmless
+    assert res.returncode == 2 and "--masks none: not a folder" in res.stderr
+    res = run_main("infer", "--weights", "w.safetensors", "--images", ".", "--out", "o", "--save", "alpha",
+                   "--save", "fg")
+    assert res.returncode == 2 and "given twice" not in res.stderr and "no such weights file" in res.stderr

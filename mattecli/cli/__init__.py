@@ -21,7 +21,7 @@ try:  # typer 0.2x carries its own copy of click
     from typer._click.exceptions import UsageError as _ClickUsageError
 except ImportError:
     from click.exceptions import UsageError as _ClickUsageError
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 
 class _OneLineUsage(TyperGroup):
@@ -36,6 +36,21 @@ class _OneLineUsage(TyperGroup):
     def invoke(self, ctx):
         with _one_line_usage(ctx):  # a subcommand's own parsing happens inside its group's invoke
             return super().invoke(ctx)
+
+
+class _OptionsOnce(TyperCommand):
+    """click keeps the last value of an option given twice: `--out a ... --out b` (a script that
+    adds its own --out to one from a variable) wrote into b without a word. An option that takes
+    one value (not a list such as --save or --set, not a flag) given twice is a usage error."""
+
+    def parse_args(self, ctx, args):
+        _, _, order = self.make_parser(ctx).parse_args(args=list(args))  # every occurrence, in order
+        seen = set()
+        for param in order:
+            if param in seen and not (getattr(param, "multiple", False) or getattr(param, "is_flag", False)):
+                raise _ClickUsageError(f"{param.opts[0]} given twice: give it once", ctx)
+            seen.add(param)
+        return super().parse_args(ctx, args)
 
 
 @contextmanager
@@ -94,9 +109,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=_print_versi
 for _name, _module in COMMANDS:
     _mod = importlib.import_module(f"mattecli.cli.{_module}")
     if hasattr(_mod, "app"):  # a command with subcommands (prepare-data)
+        for _info in _mod.app.registered_commands:
+            _info.cls = _OptionsOnce if _info.cls in (None, TyperCommand) else _info.cls
         app.add_typer(_mod.app, name=_name)
     else:
-        app.command(_name, context_settings=getattr(_mod, "CONTEXT_SETTINGS", None))(_mod.main)
+        app.command(_name, cls=_OptionsOnce, context_settings=getattr(_mod, "CONTEXT_SETTINGS", None))(_mod.main)
 
 
 def _started_with(err: BaseException | None, kind: type[BaseException]) -> bool:
