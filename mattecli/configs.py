@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
 def _check_at_most(config, **limits: float) -> None:
     """Sizes and counts far beyond any published model (`--set model.skip_convs=1000000000` built
     layers until memory ran out, a hang): the limits are generous (several times the largest

@@ -8,7 +8,6 @@ Each backend imports its runtime inside `load`, so a missing runtime fails only 
 from __future__ import annotations
 
 import functools
-
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol

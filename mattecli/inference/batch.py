@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError, printable, stop_requested
-from mattecli.files import Inputs, case_insensitive, describe, remove_stale_temps
-from mattecli.imageio import (IMAGE_SUFFIXES, exif_orientation, fit_orientation, index_by_stem, list_images, read_gray,
-                              read_image, read_mask, read_trimap, relative_name, subfolders_with_images)
+from mattecli.files import Inputs, case_insensitive, check_stdout, describe, remove_stale_temps, to_stdout, write_text
+from mattecli.imageio import (IMAGE_SUFFIXES, check_out_file, exif_orientation, fit_orientation, index_by_stem,
+                              list_images, read_gray, read_image, read_mask, read_trimap, relative_name,
+                              subfolders_with_images)
 from mattecli.inference.pipeline import REDONE_FP32, stage
 from mattecli.parallel import executor
 from mattecli.progress import track
@@ -520,9 +521,6 @@ def check_json_out(json_out: Path | None, inputs: list[Path]) -> None:
     """`--json`'s checks before any work: the file can be written, is not one of `inputs` (the
     weights, say) nor named as an image (every input and output of a batch is one: `--json
     masks/a.png` replaced a mask), and standard output is open where it names it."""
-    from mattecli.files import check_stdout, to_stdout
-    from mattecli.imageio import check_out_file
-
     if json_out is not None and not to_stdout(json_out):
         if Path(json_out).suffix.lower() in IMAGE_SUFFIXES:
             raise UsageError(f"--json {json_out}: an image's name; the report is JSON (name it .json)")
@@ -535,7 +533,6 @@ def check_json_out(json_out: Path | None, inputs: list[Path]) -> None:
 def print_report(report: BatchReport, out: Path, json_out: Path | None = None) -> None:
     """Notes (at most MAX_NOTES, then a count) and every failure on stderr; the summary on stdout,
     or on stderr when `json_out` is standard output (`-`), which then holds the JSON report alone."""
-    from mattecli.files import to_stdout, write_text  # noqa: I001 - beside the module's own, kept local
 
     def say(line: str) -> None:  # file names come from strangers: no control character reaches the terminal
         print(printable(line), file=sys.stderr)
