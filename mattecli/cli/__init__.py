@@ -39,18 +39,23 @@ class _OneLineUsage(TyperGroup):
 
 
 class _OptionsOnce(TyperCommand):
-    """click keeps the last value of an option given twice: `--out a ... --out b` (a script that
-    adds its own --out to one from a variable) wrote into b without a word. An option that takes
-    one value (not a list such as --save or --set, not a flag) given twice is a usage error."""
+    """click keeps the last value of an option given twice: `--out a ... --out b` wrote into b
+    without a word. The last one still counts (a wrapper script may append an option to override
+    its own default), but a note on stderr says so. Lists (--save, --set) and flags may repeat."""
 
     def parse_args(self, ctx, args):
         _, _, order = self.make_parser(ctx).parse_args(args=list(args))  # every occurrence, in order
-        seen = set()
+        seen, twice = set(), []
         for param in order:
-            if param in seen and not (getattr(param, "multiple", False) or getattr(param, "is_flag", False)):
-                raise _ClickUsageError(f"{param.opts[0]} given twice: give it once", ctx)
+            if param in seen and param not in twice and not (getattr(param, "multiple", False)
+                                                             or getattr(param, "is_flag", False)):
+                twice.append(param)
             seen.add(param)
-        return super().parse_args(ctx, args)
+        rest = super().parse_args(ctx, args)
+        for param in twice:
+            print(printable(f"matte: note: {param.opts[0]} given more than once: the last counts "
+                            f"({ctx.params.get(param.name)})"), file=sys.stderr)
+        return rest
 
 
 @contextmanager
