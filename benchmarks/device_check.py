@@ -12,14 +12,15 @@ not depend on the values; no weights file travels), in sections (--only):
   row: time, and peak memory of the passes after the first (cuDNN's first-call search is reported
   apart) as bytes per aligned input pixel, what `--max-memory` needs (`infer.cuda_bytes_per_pixel`,
   `infer.cuda_half_bytes_per_pixel`);
-- parity: half precision against float32, the whole pipeline, on the lemur photo (examples/, CC0)
-  tiled to 4K, in alpha levels over the unknown band;
 - e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg,
   --save alpha with half the workers, and --save alpha over JPEG photos;
 - foreground: the GPU foreground estimation alone at 4K, and its difference from PyMatting's;
+- parity: half precision against float32, the whole pipeline, on the lemur photo (examples/, CC0)
+  tiled to 4K, in alpha levels over the unknown band;
 - profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 folded, unfolded and channels_last;
 - compiled: float16 under torch.compile (last: compilation is the slowest part).
-Everything goes into OUT/device_check.json; progress into the log (stdout). A section that fails is
+Everything goes into OUT/device_check.json, rewritten after each section and each model row (a run
+that its timeout kills keeps what it measured); progress into the log (stdout). A section that fails is
 recorded under "errors" (exit 1) and the sections after it still run.
 """
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from functools import partial
 import sys
 import time
 from pathlib import Path
@@ -46,7 +48,7 @@ ONLY_FOR = {"fp16-a2u-unfold": "a2u"}
 # compiled rows: IndexNet first (its targets), then by compilation time, so that a budget spent on
 # A2U's (557 s on the 2-core CPU against TCP's 32 s and IndexNet's 103 s) skips only A2U's
 COMPILE_ORDER = ("indexnet-m2o-nl-ctx", "tcp", "a2u-dynamic-cs-d-gn")
-SECTIONS = ("model", "parity", "e2e", "foreground", "profile", "compiled")
+SECTIONS = ("model", "e2e", "foreground", "parity", "profile", "compiled")
 
 
 def log(*parts) -> None:
@@ -133,8 +135,24 @@ def graphed(backend, x):
     return replay
 
 
-def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, precisions=PRECISIONS) -> list[dict]:
-    """Model-only figures: one forward pass on a prepared device tensor."""
+def model_order(precisions) -> list[tuple[str, str]]:
+    """(precision, recipe) in the order the model rows run: IndexNet in float16 first (issue 13's
+    model-only targets, and the peak memory that budgets `--half`), then IndexNet in float32 (the
+    other budget), then the rest by precision; compiled rows last, so that when the budget runs out
+    only compilations are skipped."""
+    order = [(p, n) for p in precisions if not p.endswith("compiled") for n in RECIPES]
+    first = [row for row in (("fp16", RECIPES[0]), ("fp32", RECIPES[0])) if row in order]
+    order = first + [row for row in order if row not in first]
+    order += [(p, n) for p in precisions if p.endswith("compiled") for n in COMPILE_ORDER]
+    return [(p, n) for p, n in order if n.startswith(ONLY_FOR.get(p, ""))]
+
+
+def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, precisions=PRECISIONS,
+               keep=None) -> list[dict]:
+    """Model-only figures: one forward pass on a prepared device tensor.
+
+    `keep(row)`, if given, takes each row as it is measured (the caller saves it: the outer timeout
+    may kill the run mid-section) and nothing is returned."""
     import torch
 
     from mattecli.inference.random_input import fresh_input
@@ -142,24 +160,21 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
 
     cuda = device.startswith("cuda")
     clock, rows = Clock(device), []
-    # compiled rows last: when the budget runs out, only compilations are skipped
-    order = [(p, n) for p in precisions if not p.endswith("compiled") for n in RECIPES]
-    order += [(p, n) for p in precisions if p.endswith("compiled") for n in COMPILE_ORDER]
-    order = [(p, n) for p, n in order if n.startswith(ONLY_FOR.get(p, ""))]
-    for precision, name in order:
+    add = keep or rows.append
+    for precision, name in model_order(precisions):
         if time.time() > deadline and precision != "fp32":
-            rows.append({"recipe": name, "precision": precision, "skipped": "time budget spent"})
+            add({"recipe": name, "precision": precision, "skipped": "time budget spent"})
             continue
         try:
             backend, recipe = seeded_backend(name, device, precision)
         except Exception as err:  # noqa: BLE001 - a row that cannot run is reported, the rest go on
-            rows.append({"recipe": name, "precision": precision, "error": f"{type(err).__name__}: {err}"})
+            add({"recipe": name, "precision": precision, "error": f"{type(err).__name__}: {err}"})
             continue
         for width, height in sizes:
             row = {"recipe": name, "precision": precision, "size": f"{width}x{height}"}
             if precision.endswith("graphs") and not cuda:
                 row["skipped"] = "CUDA graphs need CUDA"
-                rows.append(row)
+                add(row)
                 continue
             try:
                 x = torch.from_numpy(fresh_input(Size(width, height), recipe.infer, np.random.default_rng(0))).to(device)
@@ -180,7 +195,7 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
                     torch.cuda.synchronize(device)
                     row["first_call_peak_mib"] = round((torch.cuda.max_memory_allocated(device) - base) / 2**20, 1)
                     torch.cuda.reset_peak_memory_stats(device)
-                call = graphed(backend, x) if precision.endswith("graphs") else (lambda: backend.forward(x))
+                call = graphed(backend, x) if precision.endswith("graphs") else partial(backend.forward, x)
                 ms = clock.median_ms(call, repeat, warmup)
                 row.update(input="x".join(map(str, x.shape)), median_ms=round(ms, 3),
                            images_per_s=round(1000 / ms, 2))
@@ -192,7 +207,7 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
                 if cuda:
                     torch.cuda.empty_cache()
             log(json.dumps(row))
-            rows.append(row)
+            add(row)
         del backend
     return rows
 
@@ -406,14 +421,17 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(path)
 
-    def section(name: str, run, into: str | None = None) -> None:
-        """Run one section into result[into or name] (a list of rows), then save. A section that
+    def section(name: str, run) -> None:
+        """Run one section into result[name] (a list of rows; a section that keeps its rows as they
+        come returns none), then save. A section that
         raises (out of memory on a smaller GPU, a missing package) is logged and recorded under
         result["errors"], and the sections after it still run: one GPU session is all there is."""
         if name not in sections:
             return
         try:
-            result.setdefault(into or name, []).extend(run())
+            rows = run()
+            if rows:
+                result.setdefault(name, []).extend(rows)
         except Exception as err:  # noqa: BLE001 - recorded, and the other sections go on
             import traceback
 
@@ -431,14 +449,21 @@ def main(argv=None) -> int:
     eager = tuple(p for p in precisions if not p.endswith("compiled"))
     compiled = tuple(p for p in precisions if p.endswith("compiled"))
     result["model"] = []
-    section("model", lambda: model_rows(device, sizes, repeat, warmup, started + args.budget, eager))
-    section("parity", lambda: parity_rows(device, sizes[-1], half_precisions))
+
+    def keep(row):  # each model row on disk as it comes: the outer timeout may kill the run mid-section
+        result["model"].append(row)
+        save()
+
+    # issue 13's targets first (IndexNet float16 model-only and its peak memory, e2e at 4K, the
+    # foreground at 4K), so that a run cut short still answers them
+    section("model", lambda: model_rows(device, sizes, repeat, warmup, started + args.budget, eager, keep))
     section("e2e", lambda: e2e_rows(device, e2e_size, count))
     section("foreground", lambda: foreground_rows(device, e2e_size, repeat))
+    section("parity", lambda: parity_rows(device, sizes[-1], half_precisions))
     section("profile", lambda: profile_rows(device, args.out, sizes[-1], *([("fp32",)] if args.cpu else [])))
-    if compiled:
+    if compiled and "compiled" in sections:
         section("compiled", lambda: model_rows(device, sizes, repeat, warmup, time.time() + args.compile_budget,
-                                               compiled), into="model")
+                                               compiled, keep))
     per_pixel = {}
     for row in result["model"]:
         if "bytes_per_pixel" in row and row["size"] == f"{sizes[-1][0]}x{sizes[-1][1]}":

@@ -242,14 +242,19 @@ def test_device_report_suggests_the_recipe_memory_figures_from_steady_peaks(tmp_
     assert "| IndexNet float16 model-only, 1920x1080 | >= 300 images/s | not measured | not measured |" in text
 
 
-def test_device_check_records_a_failing_section_and_runs_the_next(tmp_path, monkeypatch):
-    """One GPU session is all the device check gets: a section that raised (out of memory on a
-    smaller GPU, say) ended the run, and the sections after it were never measured."""
+def _device_check():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("device_check", ROOT / "benchmarks" / "device_check.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_check_records_a_failing_section_and_runs_the_next(tmp_path, monkeypatch):
+    """One GPU session is all the device check gets: a section that raised (out of memory on a
+    smaller GPU, say) ended the run, and the sections after it were never measured."""
+    check = _device_check()
 
     def out_of_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
@@ -261,6 +266,29 @@ def test_device_check_records_a_failing_section_and_runs_the_next(tmp_path, monk
     assert result["errors"] == {"parity": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"}
     assert result["foreground"] == [{"size": "96x64", "median_ms": 1.0}]
     assert [p.name for p in tmp_path.iterdir()] == ["device_check.json"]  # renamed into place, no temp left
+
+
+def test_device_check_keeps_each_model_row_on_disk_as_it_is_measured(tmp_path, monkeypatch):
+    """The outer `timeout` kills device_check.py at 370 s: the model rows were written only when the
+    whole section ended, so a run killed in it lost every figure it had measured. Now each row is
+    saved as it comes, and IndexNet in float16 (issue 13's targets) comes first, compiled rows last."""
+    check = _device_check()
+    assert check.model_order(("fp32", "fp16", "bf16", "fp16-compiled"))[:3] == [
+        ("fp16", "indexnet-m2o-nl-ctx"), ("fp32", "indexnet-m2o-nl-ctx"), ("fp32", "a2u-dynamic-cs-d-gn")]
+    assert check.model_order(check.PRECISIONS)[-3:] == [("fp16-compiled", n) for n in check.COMPILE_ORDER]
+    assert check.SECTIONS.index("e2e") < check.SECTIONS.index("parity")
+    on_disk = []
+
+    def seeded_backend(name, device, precision):  # what the JSON holds when each backend is built
+        path = tmp_path / "device_check.json"
+        on_disk.append([row["recipe"] for row in json.loads(path.read_text())["model"]] if path.exists() else None)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(check, "seeded_backend", seeded_backend)
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "model", "--precisions", "fp16"]) == 0
+    assert on_disk == [None, ["indexnet-m2o-nl-ctx"], ["indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn"]]
+    rows = json.loads((tmp_path / "device_check.json").read_text())["model"]
+    assert [row["error"] for row in rows] == ["RuntimeError: CUDA error: an illegal memory access was encountered"] * 3
 
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
