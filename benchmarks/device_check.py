@@ -19,7 +19,7 @@ not depend on the values; no weights file travels), in sections (--only):
   tiled to 4K, in alpha levels over the unknown band;
 - profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 folded, unfolded and channels_last;
 - compiled: float16 under torch.compile (last: compilation is the slowest part).
-Everything goes into OUT/device_check.json, rewritten after each section and each model row (a run
+Everything goes into OUT/device_check.json, rewritten after each section, each model row and each e2e row (a run
 that its timeout kills keeps what it measured); progress into the log (stdout). A section that fails is
 recorded under "errors" (exit 1) and the sections after it still run.
 """
@@ -339,10 +339,11 @@ def profile_rows(device: str, out: Path, size, precisions=("fp16", "fp16-unfolde
     return rows
 
 
-def e2e_rows(device: str, size, count: int) -> list[dict]:
+def e2e_rows(device: str, size, count: int, keep=None) -> list[dict]:
     """`bench --e2e` with the default workers, --save alpha and alpha,fg; --save alpha with half
     the workers, so the CUDA default of one worker per core is a measured choice; and --save alpha
-    over JPEG photos, what a folder of camera photos costs to decode."""
+    over JPEG photos, what a folder of camera photos costs to decode. `keep`: as `model_rows`'
+    (each run takes some 25 s at 4K, its inputs' writing included)."""
     import os
     import tempfile
 
@@ -370,7 +371,7 @@ def e2e_rows(device: str, size, count: int) -> list[dict]:
             row = dict(report["rows"][0], save=",".join(save), workers=report["workers"], half=report["half"],
                        photos=photos)
             log(json.dumps(row))
-            rows.append(row)
+            (keep or rows.append)(row)
     return rows
 
 
@@ -450,20 +451,23 @@ def main(argv=None) -> int:
     compiled = tuple(p for p in precisions if p.endswith("compiled"))
     result["model"] = []
 
-    def keep(row):  # each model row on disk as it comes: the outer timeout may kill the run mid-section
-        result["model"].append(row)
-        save()
+    def keeper(name):  # each row on disk as it comes: the outer timeout may kill the run mid-section
+        def keep(row):
+            result.setdefault(name, []).append(row)
+            save()
+        return keep
 
     # issue 13's targets first (IndexNet float16 model-only and its peak memory, e2e at 4K, the
     # foreground at 4K), so that a run cut short still answers them
-    section("model", lambda: model_rows(device, sizes, repeat, warmup, started + args.budget, eager, keep))
-    section("e2e", lambda: e2e_rows(device, e2e_size, count))
+    section("model", lambda: model_rows(device, sizes, repeat, warmup, started + args.budget, eager,
+                                        keeper("model")))
+    section("e2e", lambda: e2e_rows(device, e2e_size, count, keeper("e2e")))
     section("foreground", lambda: foreground_rows(device, e2e_size, repeat))
     section("parity", lambda: parity_rows(device, sizes[-1], half_precisions))
     section("profile", lambda: profile_rows(device, args.out, sizes[-1], *([("fp32",)] if args.cpu else [])))
     if compiled and "compiled" in sections:
         section("compiled", lambda: model_rows(device, sizes, repeat, warmup, time.time() + args.compile_budget,
-                                               compiled, keep))
+                                               compiled, keeper("model")))
     per_pixel = {}
     for row in result["model"]:
         if "bytes_per_pixel" in row and row["size"] == f"{sizes[-1][0]}x{sizes[-1][1]}":

@@ -291,6 +291,23 @@ def test_device_check_keeps_each_model_row_on_disk_as_it_is_measured(tmp_path, m
     assert [row["error"] for row in rows] == ["RuntimeError: CUDA error: an illegal memory access was encountered"] * 3
 
 
+def test_device_check_keeps_each_e2e_row_on_disk_as_it_is_measured(tmp_path, monkeypatch):
+    """The same for the e2e section: four runs of some 25 s each at 4K, the first issue 13's target."""
+    import mattecli.bench_e2e
+
+    check, path, on_disk = _device_check(), tmp_path / "device_check.json", []
+
+    def run_e2e(weights, sizes, save, photos, **kwargs):
+        on_disk.append(len(json.loads(path.read_text()).get("e2e", [])) if path.exists() else None)
+        return {"rows": [{"size": "96x64", "images_per_s": 1.0}], "workers": 0, "half": False}
+
+    monkeypatch.setattr(mattecli.bench_e2e, "run_e2e", run_e2e)
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "e2e"]) == 0
+    assert on_disk == [None, 1, 2, 3]
+    assert [(row["save"], row["photos"]) for row in json.loads(path.read_text())["e2e"]] == [
+        ("alpha", "png"), ("alpha", "png"), ("alpha,fg", "png"), ("alpha", "jpg")]
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
