@@ -29,9 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from functools import partial
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np

@@ -214,8 +214,10 @@ def _constant(ops, key, make):
 
 @functools.lru_cache(maxsize=16)
 def _rgb_table(mean: tuple, std: tuple, normalise: str = "unit") -> np.ndarray:
-    # A uint8 channel has 256 values, so normalisation is a (3, 256) table computed exactly as the
-    # authors' arithmetic: bit-identical, and a gather instead of arithmetic over the whole image.
+    # A uint8 channel has 256 values, so normalisation is a (3, 256) table, a gather instead of
+    # arithmetic over the whole image, computed as IndexNet's and mmagic's code compute it (bit-identical
+    # to theirs); A2U's code normalises in float32 torch arithmetic, 1-2 ulps from this table on 591 of
+    # the 768 values (docs/training-fidelity.md).
     values = np.arange(256, dtype=np.float32)
     if normalise == "pixel":  # mmagic: (x - 255 mean) / (255 std), in float32 throughout
         mean32 = (np.asarray(mean, np.float64) * 255).astype(np.float32)[:, None]
