@@ -625,15 +625,8 @@ def _walk_images(folder: Path, recursive: bool, skip: tuple[Path, ...], unreadab
 def subfolders_with_images(folder: str | Path, skip: tuple[Path, ...] = ()) -> list[Path]:
     """The immediate subfolders of `folder` (less those in `skip`) that hold an image file at any
     depth, for telling a user what a non-recursive listing left out; each walk stops at its first
-    image."""
+    image (`has_images`: what `--recursive` would find there)."""
     skip_resolved = {Path(s).resolve() for s in skip}
-
-    def has_image(top: Path) -> bool:
-        for root, dirs, files in os.walk(top):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            if any(Path(f).suffix.lower() in IMAGE_SUFFIXES and not f.startswith(".") for f in files):
-                return True
-        return False
 
     def is_folder(path: Path) -> bool:
         try:
@@ -641,8 +634,14 @@ def subfolders_with_images(folder: str | Path, skip: tuple[Path, ...] = ()) -> l
         except OSError:  # e.g. a link into a folder this user may not enter
             return False
 
+    def holds_images(path: Path) -> bool:
+        try:
+            return has_images(path, recursive=True, unreadable=[])
+        except OSError:  # the subfolder itself cannot be read: nothing in it to point at
+            return False
+
     return [d for d in sorted(Path(folder).iterdir()) if is_folder(d) and not d.name.startswith(".")
-            and d.resolve() not in skip_resolved and has_image(d)]
+            and d.resolve() not in skip_resolved and holds_images(d)]
 
 
 def prepare_out_dir(out: str | Path, option: str = "--out") -> Path:

@@ -740,7 +740,6 @@ def test_infer_walks_a_recursive_input_tree_once(tmp_path, capsys, monkeypatch):
     import pathlib
 
     import mattecli.inference.pipeline
-
     import mattecli.inference.tiling
 
     monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", lambda *a, **k: FakePipeline())
