@@ -260,8 +260,6 @@ def test_an_image_mode_pillow_cannot_convert_is_one_value_error(weights, tmp_pat
 
 
 def test_an_exported_graph_loads_the_same_way(weights, photos, tmp_path):
-    from mattecli.cli.parsing import parse_memory  # noqa: F401 - the API takes what the CLI takes
-
     res = run_main("export", "--weights", weights, "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert res.returncode == 0, res.stderr
     matter = mattecli.load(tmp_path / "m.onnx", device="cpu")

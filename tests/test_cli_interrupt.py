@@ -41,6 +41,10 @@ def workdir(tmp_path_factory):
     return root
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _started(folder: Path, pattern: str) -> bool:
     return folder.is_dir() and any(folder.glob(pattern))
 
@@ -66,9 +70,11 @@ def interrupt(command: str, workdir: Path, signum: int = signal.SIGINT, group: b
     args, watch, pattern = COMMANDS[command]
     shutil.rmtree(workdir / "out", ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A shell without job control starts background jobs with SIGINT ignored, and matte (as Python)
+    # leaves an ignored SIGINT ignored: `make test &` would see no interruption. Restore it in the child.
     proc = subprocess.Popen([sys.executable, "-m", "mattecli"] + [a.format(w=workdir) for a in args], cwd=workdir,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=group)
+                            start_new_session=group, preexec_fn=_default_sigint if os.name == "posix" else None)
     deadline = time.monotonic() + 120
     while not _started(workdir / watch, pattern):
         assert proc.poll() is None, f"{command} ended before it was interrupted: {proc.communicate()}"
