@@ -123,8 +123,9 @@ class InferConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     trimap: str = "scalar"  # scalar: trimap/255 as one channel | onehot: bg/unknown/fg channels
-    # unit: x/255 in float32, then (x - mean) / std in float64 (the authors') | pixel: (x - 255 mean)
-    # / (255 std) and trimap / 255 in float32 (mmagic's MattorPreprocessor)
+    # unit: x/255 in float32, then (x - mean) / std in float64, trimap x (1/255) (IndexNet's) |
+    # unit-float32: x / 255, (x - mean) / std and trimap / 255, all in float32 (A2U's ToTensor) |
+    # pixel: (x - 255 mean) / (255 std) and trimap / 255 in float32 (mmagic's MattorPreprocessor)
     normalise: str = "unit"
     known: str = "copy"  # copy: every trimap value but 128 copied | force: only 0 -> 0 and 255 -> 255
     rounding: str = "truncate"  # truncate (the authors') | half-even (mmagic: torch.round)
@@ -143,7 +144,7 @@ class InferConfig:
         return 3 + (3 if self.trimap == "onehot" else 1)
 
     def __post_init__(self):
-        _check_choices(self, align=("resize", "pad", "resize-down"), normalise=("unit", "pixel"),
+        _check_choices(self, align=("resize", "pad", "resize-down"), normalise=("unit", "unit-float32", "pixel"),
                        trimap=("scalar", "onehot"), known=("copy", "force"), rounding=("truncate", "half-even"))
         _check_at_least(self, 1, "stride", "bytes_per_pixel")
         _check_at_least(self, 0, "cuda_bytes_per_pixel", "cuda_half_bytes_per_pixel")

@@ -215,14 +215,16 @@ def _constant(ops, key, make):
 @functools.lru_cache(maxsize=16)
 def _rgb_table(mean: tuple, std: tuple, normalise: str = "unit") -> np.ndarray:
     # A uint8 channel has 256 values, so normalisation is a (3, 256) table, a gather instead of
-    # arithmetic over the whole image, computed as IndexNet's and mmagic's code compute it (bit-identical
-    # to theirs); A2U's code normalises in float32 torch arithmetic, 1-2 ulps from this table on 591 of
-    # the 768 values (docs/training-fidelity.md).
+    # arithmetic over the whole image, computed as the authors' code computes it (bit-identical to
+    # IndexNet's, A2U's and mmagic's).
     values = np.arange(256, dtype=np.float32)
     if normalise == "pixel":  # mmagic: (x - 255 mean) / (255 std), in float32 throughout
         mean32 = (np.asarray(mean, np.float64) * 255).astype(np.float32)[:, None]
         std32 = (np.asarray(std, np.float64) * 255).astype(np.float32)[:, None]
         return (values[None, :] - mean32) / std32
+    if normalise == "unit-float32":  # A2U (data_generator.py ToTensor): x / 255, - mean, / std, float32 tensors
+        mean32, std32 = np.asarray(mean, np.float32)[:, None], np.asarray(std, np.float32)[:, None]
+        return ((values / np.float32(255))[None, :] - mean32) / std32
     # The authors scale in float32 (a python float times a float32 array), then subtract and
     # divide in float64, then cast back.
     scaled = values * np.float32(1.0 / 255)
@@ -242,7 +244,7 @@ def _trimap_tables(encoding: str, normalise: str = "unit") -> np.ndarray:
     values = np.arange(256, dtype=np.float32)
     if encoding == "onehot":  # background, unknown, foreground
         return np.stack([values == 0, values == 128, values == 255]).astype(np.float32)
-    if normalise == "pixel":  # mmagic divides (uint8 / 255.0 in float32)
+    if normalise in ("pixel", "unit-float32"):  # mmagic and A2U divide (trimap / 255.0 in float32)
         return (values / np.float32(255))[None]
     return (values * np.float32(1.0 / 255))[None]  # the authors multiply: 128 -> 0.50196..., not 0.5
 
