@@ -8,6 +8,7 @@ one, and the file gets the permissions any other program's output would (0666 le
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -101,6 +102,12 @@ def _temp_prefix(path: Path) -> str:
 def _naming(err: OSError, path: Path) -> OSError:
     """`err` (of the same class: a full disk stays ENOSPC) naming the output `path`, not its temporary file."""
     return OSError(err.errno, err.strerror or os.strerror(err.errno), str(path))
+
+
+def disk_full(err: BaseException | None) -> bool:
+    """Whether `err` is a write that found the disk, or the user's quota, full: a batch stops there
+    (every later output would fail too)."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def describe(err: BaseException) -> str:

@@ -222,6 +222,48 @@ def test_a_full_disk_names_the_output_that_did_not_fit(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.rglob("*")) == ["a.png", "b.png", "fg"]  # the alphas, reused by a re-run
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT"])
+def test_a_full_disk_stops_the_batch_and_a_rerun_finishes_it(tmp_path, monkeypatch, capsys, workers, code):
+    """Once the disk was full, every remaining image still ran the model, only to fail writing (a
+    folder of thousands: thousands of model passes and failure lines). Now nothing new starts after
+    the first write that finds it full; what is already computed is still written (it may fit), the
+    rest is reported as not attempted, and running again once there is room finishes the batch."""
+    import errno
+
+    from mattecli.inference import batch
+
+    if not hasattr(errno, code):
+        pytest.skip(f"no {code} here")
+    names = [f"p{k}" for k in range(12)]
+    images = make_pairs(tmp_path / "in", names)
+    out = tmp_path / "out"
+    real_write, written = batch._write, []
+
+    def fills_up(item, *args):
+        if len(written) >= 2:
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(out / item.image_path.name))
+        written.append(item.image_path.name)
+        return real_write(item, *args)
+
+    monkeypatch.setattr(batch, "_write", fills_up)
+    pipeline = FakePipeline()
+    report = batch.infer_folder(pipeline, images, out, progress=False, workers=workers)
+    assert report.done == [str(images / f"{n}.png") for n in names[:2]]
+    assert report.failed and all(why.startswith("writing outputs: ") for _, why in report.failed)
+    assert len(report.failed) <= 1 + max(2, workers)  # the first full write, and those already computed
+    tried = report.done + [path for path, _ in report.failed]
+    assert pipeline.calls == len(tried) < len(names)
+    assert sorted(tried + report.not_attempted) == sorted(str(images / f"{n}.png") for n in names)
+    batch.print_report(report, out)
+    err = capsys.readouterr().err
+    assert f"matte: stopped: the disk is full; {len(report.not_attempted)} inputs not attempted" in err
+
+    monkeypatch.setattr(batch, "_write", real_write)  # room again
+    again = batch.infer_folder(FakePipeline(), images, out, progress=False, workers=workers)
+    assert len(again.skipped) == 2 and len(again.done) == 10 and not again.failed and not again.not_attempted
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux's 4096-byte path limit")
 def test_an_output_path_over_the_system_limit_fails_that_image_only(tmp_path):
     """A deep --recursive tree under a deep --out: the first output path over 4096 bytes ended the

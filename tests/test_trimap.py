@@ -275,6 +275,42 @@ def test_temporary_files_in_the_subfolders_of_a_recursive_run_are_removed_once_o
     assert len(report.done) == 1 and not any(old.exists() for old in olds)
 
 
+def test_a_full_disk_stops_making_trimaps_and_a_rerun_finishes(tmp_path, monkeypatch):
+    """As in matte infer: once a trimap did not fit, every later mask was still read, made into a
+    trimap and failed, one line each. Now none starts after the first full write."""
+    import errno
+    import os
+    import time
+
+    from mattecli.data import make_trimaps as module
+
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    for k in range(10):
+        write_png(tmp_path / "masks" / f"m{k}.png", mask)
+    real_write, written, failures = module.write_png, [], []
+
+    def fills_up(path, *args, **kwargs):
+        if len(written) >= 2:
+            if failures:  # give the batch time to see the first failure: the worker runs on meanwhile
+                time.sleep(1)
+            failures.append(path)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        written.append(path)
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, "write_png", fills_up)
+    report = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", TrimapJob(rule=MaskRule()), progress=False,
+                          workers=1)
+    # the one worker may have started the next mask before the failure was seen
+    assert len(report.done) == 2 and 1 <= len(report.failed) <= 2
+    assert len(report.failed) + len(report.not_attempted) == 8
+    assert all(why.endswith("No space left on device") for _, why in report.failed)
+    monkeypatch.setattr(module, "write_png", real_write)
+    again = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", TrimapJob(rule=MaskRule()), progress=False)
+    assert len(again.skipped) == 2 and len(again.done) == 8 and not again.failed
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux's 4096-byte path limit")
 def test_a_trimap_path_over_the_system_limit_fails_that_mask_only(tmp_path):
     """As in matte infer: the first output path over 4096 bytes ended the run before any mask."""
@@ -782,7 +818,7 @@ def test_json_reports_each_file_for_scripts(tmp_path, capsys, monkeypatch):
     code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", "--json", "-")
     report = json.loads(out)  # stdout holds the JSON alone; the summary went to stderr
     assert code == 1 and "1 written to" in err and report["counts"] == {"done": 1, "skipped": 0, "failed": 1,
-                                                                         "nothing": 0}
+                                                                         "nothing": 0, "not_attempted": 0}
     assert report["done"] == [str(masks / "a: b.png")] and report["failed"][0]["path"] == str(masks / "bad.png")
     assert report["failed"][0]["reason"].startswith("cannot decode image")
     code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", "--json", tmp_path / "r.json")

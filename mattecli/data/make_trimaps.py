@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError
-from mattecli.files import Inputs, atomic_write, case_insensitive, describe, remove_stale_temps
+from mattecli.files import Inputs, atomic_write, case_insensitive, describe, disk_full, remove_stale_temps
 from mattecli.imageio import (exif_orientation, fit_orientation, index_by_stem, list_images, orient, read_gray,
                               read_image, read_mask, relative_name, write_png)
 from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, claim_output_name, no_images
@@ -119,6 +119,9 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
             futures = {pool.submit(_one, path, name, targets, photo, job): path for path, name, targets, photo in todo}
             for future in as_completed(futures):
                 path = futures[future]
+                if future.cancelled():  # after a full disk: not started
+                    report.not_attempted.append(str(path))
+                    continue
                 try:
                     outcome, notes = future.result()
                     report.notes.extend(notes)
@@ -132,10 +135,14 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
                     report.failed.append((str(err.path), err.reason))
                 except (OSError, ValueError, MemoryError) as err:  # e.g. disk full
                     report.failed.append((str(path), describe(err)))
+                    if disk_full(err):  # every later output would fail too: start none
+                        for other in futures:
+                            other.cancel()
                 bar.advance()
     finally:  # on Ctrl-C the files being written finish (atomically); the rest are not started
         pool.shutdown(wait=True, cancel_futures=True)
     report.failed.sort()
+    report.not_attempted.sort()
     return report
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from mattecli.errors import InputError, UsageError, printable, stop_requested
-from mattecli.files import Inputs, case_insensitive, check_stdout, describe, remove_stale_temps, to_stdout, write_text
+from mattecli.files import (Inputs, case_insensitive, check_stdout, describe, disk_full, remove_stale_temps, to_stdout,
+                            write_text)
 from mattecli.imageio import (IMAGE_SUFFIXES, check_out_file, exif_orientation, fit_orientation, index_by_stem,
                               list_images, read_gray, read_image, read_mask, read_trimap, relative_name,
                               subfolders_with_images)
@@ -44,6 +45,8 @@ class BatchReport:
     tiled: list[tuple[str, str]] = field(default_factory=list)  # (path, how), images run as tiles
     nothing: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): no unknown pixel
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): done, but look at it
+    # images left once a write found the disk full (each would have run the model only to fail)
+    not_attempted: list[str] = field(default_factory=list)
 
 
 OUTPUT_FOLDERS = ("fg", "rgba", "composite", "trimap")  # the non-alpha outputs' subfolders of --out
@@ -290,13 +293,16 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     reads.append((item, pool.submit(load, item, overwrite)))
 
             def drain_writes(limit):
+                nonlocal full
                 while len(writes) > limit:
                     item, future = writes.popleft()
-                    _record(report, item, future)
+                    if disk_full(_record(report, item, future)):
+                        full = True
                     advance()
 
+            full = False  # a write found the disk (or the user's quota) full: nothing new is started
             fill_reads()
-            while reads:
+            while reads and not full:
                 item, future = reads.popleft()
                 fill_reads()  # keep decoding ahead while the model runs
                 try:
@@ -334,7 +340,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     continue
                 writes.append((item, pool.submit(_write, item, image, alpha, background, trimap, device, timer)))
                 drain_writes(prefetch)
-            drain_writes(0)
+            drain_writes(0)  # results already computed are still written: each may fit
+            report.not_attempted = [str(item.image_path) for item, _ in reads] + [str(i.image_path) for i in queue]
     finally:
         # On Ctrl-C or a crash: decoding ahead is dropped, but results the model has already paid
         # for are still written (at most `prefetch`; each write is atomic, a second Ctrl-C stops them).
@@ -482,16 +489,21 @@ def _refuse_failed_compile(err: Exception) -> None:
                          "--compile") from None
 
 
-def _record(report: BatchReport, item: _Item, future: Future) -> None:
+def _record(report: BatchReport, item: _Item, future: Future) -> Exception | None:
+    """The outcome of one item's writes, into `report`; -> the error, if any."""
     try:
         future.result()
         report.done.append(str(item.image_path))
+        return None
     except InputError as err:
         report.failed.append((str(err.path), err.reason))
+        return err
     except IsADirectoryError as err:  # the rename onto a folder: name the folder, not the temp file
         report.failed.append((str(item.image_path), f"writing outputs: {err.filename2 or err.filename} is a folder"))
+        return err
     except (OSError, RuntimeError, ValueError, MemoryError) as err:  # e.g. disk full
         report.failed.append((str(item.image_path), f"writing outputs: {describe(err)}"))
+        return err
 
 
 def _remove_stale_temps(folders) -> None:
@@ -511,9 +523,10 @@ def report_json(report: BatchReport, out: Path) -> dict:
 
     return {"out": str(out),
             "counts": {"done": len(report.done), "skipped": len(report.skipped), "failed": len(report.failed),
-                       "nothing": len(report.nothing)},
+                       "nothing": len(report.nothing), "not_attempted": len(report.not_attempted)},
             "done": report.done, "skipped": report.skipped, "failed": reasons(report.failed),
-            "nothing": reasons(report.nothing), "warnings": reasons(report.warnings),
+            "nothing": reasons(report.nothing), "not_attempted": report.not_attempted,
+            "warnings": reasons(report.warnings),
             "tiled": reasons(report.tiled, "how"), "notes": report.notes}
 
 
@@ -550,9 +563,14 @@ def print_report(report: BatchReport, out: Path, json_out: Path | None = None) -
         say(f"matte: warning: {path}: {reason}")
     for path, reason in report.failed:
         say(f"matte: failed: {path}: {reason}")
+    if report.not_attempted:
+        say(f"matte: stopped: the disk is full; {len(report.not_attempted)} inputs not attempted (e.g. "
+            f"{report.not_attempted[0]}): free space and run the same command again (what was written is kept "
+            "and skipped)")
     nothing = f", {len(report.nothing)} with nothing to matte" if report.nothing else ""
+    stopped = f", {len(report.not_attempted)} not attempted (disk full)" if report.not_attempted else ""
     print(printable(f"{len(report.done)} written to {out}, {len(report.skipped)} skipped (already present; "
-                    f"--overwrite to redo), {len(report.failed)} failed{nothing}"),
+                    f"--overwrite to redo), {len(report.failed)} failed{nothing}{stopped}"),
           file=sys.stderr if to_stdout(json_out) else sys.stdout)
     if json_out is not None:
         write_text(json_out, json.dumps(report_json(report, out), indent=2, ensure_ascii=False) + "\n")
