@@ -123,6 +123,10 @@ def graphed(backend, x):
         for _ in range(3):
             body()
     torch.cuda.current_stream().wait_stream(side)
+    # The row's peak memory is the capture's and the replays': the warm-up's passes on the side stream
+    # are not what a replay needs (their blocks stay cached apart from the graph's private pool).
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = body()
