@@ -24,11 +24,14 @@ FORMAT = "matte-weights/1"
 def save_weights(model, recipe, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write the model's state (parameters and buffers) with the resolved recipe, atomically;
     `metadata` adds string entries (e.g. `selected_by` on a run's best.safetensors)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {**(metadata or {}), "format": FORMAT, "recipe": recipe.to_json()}
-    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+    # Serialised in memory, written by Python: safetensors' own file writer reports a full disk as
+    # its SafetensorError (a traceback), Python's write as the OSError every command names in one line
+    data = save(state, metadata=meta)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def read_weights(path: str | Path):

@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -328,3 +333,38 @@ def test_a_pytorch_checkpoint_given_as_weights_is_named_with_what_to_give(tmp_pa
             assert res.returncode == 2 and res.stderr == (
                 f"matte: error: {checkpoint}: a PyTorch checkpoint, not a model file: {instead}(what `matte train` "
                 "writes), or import the authors' checkpoint with `matte convert`\n"), (command, res.stderr)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_FSIZE")
+@pytest.mark.parametrize("what", ["weights", "checkpoint"])
+def test_a_write_that_does_not_fit_is_an_oserror_naming_the_file(tmp_path, what):
+    """A full disk while `matte train` wrote last.safetensors was a traceback ending in safetensors'
+    SafetensorError, and while it wrote a checkpoint torch's "RuntimeError: [enforce fail at
+    inline_container.cc:672] . unexpected pos ...": neither is the OSError that every command names
+    in one line. A file-size limit (RLIMIT_FSIZE) stands in for the full disk: the write fails part
+    way, as there, with EFBIG."""
+    script = f"""
+import errno, resource, sys
+from pathlib import Path
+from mattecli.models import build_model
+from mattecli.recipes import load_recipe
+from mattecli.train.checkpoint import save_checkpoint
+from mattecli.weights import save_weights
+out = Path(sys.argv[1])
+recipe = load_recipe("demo-indexnet")
+model = build_model(recipe)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))  # no file over 1 MiB
+try:
+    if "{what}" == "weights":
+        save_weights(model, recipe, out / "w.safetensors")
+    else:
+        save_checkpoint(out, {{"model": model.state_dict()}}, 5)
+except OSError as err:
+    print(err.errno == errno.EFBIG, Path(err.filename).name, sorted(p.name for p in out.rglob("*")))
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    name, left = ("w.safetensors", "[]") if what == "weights" else ("iter_00000005.pt", "['checkpoints']")
+    assert res.stdout.strip() == f"True {name} {left}"  # named by its own name, no temporary left

@@ -37,10 +37,16 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(run_dir: Path, state: dict, iteration: int) -> Path:
     """Write `state` as the checkpoint of `iteration`; keep the KEEP newest by iteration."""
+    import io
+
     import torch
 
     path = Path(run_dir) / "checkpoints" / f"iter_{iteration:08d}.pt"
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    # Serialised in memory, written by Python: torch.save's own writer reports a full disk as
+    # "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
     for _, old in checkpoints(run_dir)[:-KEEP]:
         old.unlink()
     return path
