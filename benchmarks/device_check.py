@@ -7,9 +7,7 @@ For each released recipe (IndexNet, A2U, TCP), with seeded random weights (speed
 not depend on the values; no weights file travels), in sections (--only):
 - model: one forward pass on a prepared device tensor at each size, in float32, float16 (autocast,
   as `--half`), float16 without BatchNorm folding (what `matte infer` did before folding), bfloat16,
-  float16 with channels_last, for A2U float16 with its kernels applied by unfolding, and float16
-  captured once as a CUDA graph and replayed (what launching some 600 calls per pass costs). Each
-  row: time, and peak memory of the passes after the first (cuDNN's first-call search is reported
+  float16 with channels_last, and for A2U float16 with its kernels applied by unfolding. Each row: time, and peak memory of the passes after the first (cuDNN's first-call search is reported
   apart) as bytes per aligned input pixel, what `--max-memory` needs (`infer.cuda_bytes_per_pixel`,
   `infer.cuda_half_bytes_per_pixel`);
 - e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg,
@@ -18,6 +16,9 @@ not depend on the values; no weights file travels), in sections (--only):
 - parity: half precision against float32, the whole pipeline, on the lemur photo (examples/, CC0)
   tiled to 4K, in alpha levels over the unknown band;
 - profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 folded, unfolded and channels_last;
+- graphs: model rows in float16 captured once as a CUDA graph and replayed (what launching some 600
+  calls per pass costs); after the sections above, because a capture that fails may leave the CUDA
+  context unusable for what follows (these rows have never run);
 - compiled: float16 under torch.compile (last: compilation is the slowest part).
 Everything goes into OUT/device_check.json, rewritten after each section, each model row and each e2e row (a run
 that its timeout kills keeps what it measured); progress into the log (stdout). A section that fails is
@@ -48,7 +49,7 @@ ONLY_FOR = {"fp16-a2u-unfold": "a2u"}
 # compiled rows: IndexNet first (its targets), then by compilation time, so that a budget spent on
 # A2U's (557 s on the 2-core CPU against TCP's 32 s and IndexNet's 103 s) skips only A2U's
 COMPILE_ORDER = ("indexnet-m2o-nl-ctx", "tcp", "a2u-dynamic-cs-d-gn")
-SECTIONS = ("model", "e2e", "foreground", "parity", "profile", "compiled")
+SECTIONS = ("model", "e2e", "foreground", "parity", "profile", "graphs", "compiled")
 
 
 def log(*parts) -> None:
@@ -384,6 +385,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cpu", action="store_true", help="dry run on a CPU at tiny sizes")
     parser.add_argument("--budget", type=float, default=190, help="seconds for the eager model rows before skipping")
+    parser.add_argument("--graphs-budget", type=float, default=40,
+                        help="seconds for the CUDA graph rows (after the profile) before skipping")
     parser.add_argument("--compile-budget", type=float, default=90,
                         help="seconds for the compiled model rows (run last) before skipping")
     parser.add_argument("--only", default=",".join(SECTIONS),
@@ -451,8 +454,9 @@ def main(argv=None) -> int:
     # the compiled rows come last, after everything the targets need: compilation is the slowest
     # and least certain part (IndexNet: 152 s on the H200), and a run stopped by its timeout still
     # has the rest
-    eager = tuple(p for p in precisions if not p.endswith("compiled"))
     compiled = tuple(p for p in precisions if p.endswith("compiled"))
+    graphs = tuple(p for p in precisions if p.endswith("graphs"))
+    eager = tuple(p for p in precisions if p not in compiled + graphs)
     result["model"] = []
 
     def keeper(name):  # each row on disk as it comes: the outer timeout may kill the run mid-section
@@ -469,6 +473,9 @@ def main(argv=None) -> int:
     section("foreground", lambda: foreground_rows(device, e2e_size, repeat))
     section("parity", lambda: parity_rows(device, sizes[-1], half_precisions))
     section("profile", lambda: profile_rows(device, args.out, sizes[-1], *([("fp32",)] if args.cpu else [])))
+    if graphs and "graphs" in sections:
+        section("graphs", lambda: model_rows(device, sizes, repeat, warmup, time.time() + args.graphs_budget,
+                                             graphs, keeper("model")))
     if compiled and "compiled" in sections:
         section("compiled", lambda: model_rows(device, sizes, repeat, warmup, time.time() + args.compile_budget,
                                                compiled, keeper("model")))

@@ -291,6 +291,18 @@ def test_device_check_keeps_each_model_row_on_disk_as_it_is_measured(tmp_path, m
     assert [row["error"] for row in rows] == ["RuntimeError: CUDA error: an illegal memory access was encountered"] * 3
 
 
+def test_device_check_captures_cuda_graphs_after_the_figures_the_targets_need(tmp_path, monkeypatch):
+    """The float16 CUDA-graph rows (never run yet) were model rows, before the e2e, foreground and
+    parity sections: a capture that fails can leave the CUDA context unusable, and every section
+    after it with it. They are a section of their own now, after the profile, before compilation."""
+    check, calls = _device_check(), []
+    assert check.SECTIONS.index("profile") < check.SECTIONS.index("graphs") < check.SECTIONS.index("compiled")
+    monkeypatch.setattr(check, "model_rows", lambda *args, **kwargs: calls.append(args[5]) or [])
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "model,graphs",
+                       "--precisions", "fp16,fp16-graphs,fp16-compiled"]) == 0
+    assert calls == [("fp16",), ("fp16-graphs",)]
+
+
 def test_device_check_keeps_each_e2e_row_on_disk_as_it_is_measured(tmp_path, monkeypatch):
     """The same for the e2e section: four runs of some 25 s each at 4K, the first issue 13's target."""
     import mattecli.bench_e2e
