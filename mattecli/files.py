@@ -47,7 +47,7 @@ def atomic_write(path: str | Path, write) -> Path:
     try:  # from the moment the file is made: a Ctrl-C during close or chmod left it (seen in CI)
         make_new(tmp)
         write(tmp)
-        # made 0600, and some writers (safetensors' save_file) make the file anew as 0600:
+        # made 0600 (a writer that makes the file anew, as safetensors' save_file does, makes it 0600 too):
         # outputs get the usual permissions, set after the write
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
