@@ -114,6 +114,28 @@ def test_resume_drops_a_log_line_a_killed_run_cut_short(tmp_path):
     assert log.read_text() == '{"iter": 1, "loss": 0.5}\n{"iter": 2, "loss": 0.4}\n'
 
 
+def test_a_failed_rewrite_of_the_log_on_resume_keeps_the_log(tmp_path, monkeypatch):
+    """--resume rewrote log.jsonl in place: a full disk (or a kill) part way through left it cut
+    short, the history of the run before the checkpoint lost."""
+    import errno
+    from pathlib import Path
+
+    log = tmp_path / "log.jsonl"
+    before = "".join(f'{{"iter": {i}, "loss": 0.5}}\n' for i in range(1, 5))
+    log.write_text(before)
+    real = Path.write_text
+
+    def half_then_full(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError):
+        loop._read_log(log, upto=2)
+    monkeypatch.undo()
+    assert log.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]
+
+
 def test_resume_before_the_first_checkpoint_starts_the_log_again(tmp_path, synth):
     """A run killed before its first checkpoint, resumed: it trained from scratch and appended its
     log lines after the killed run's, so log.jsonl held iterations 1, 2, 1, 2, ..."""

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from mattecli.errors import InputError, UsageError
-from mattecli.files import remove_stale_temps
+from mattecli.files import remove_stale_temps, write_text
 from mattecli.inference.pipeline import encode_batch
 from mattecli.models.layers import BNAct
 from mattecli.train import checkpoint as ckpt
@@ -697,8 +697,8 @@ def _read_log(path: Path, upto: int) -> list[dict]:
         return []
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [e for e in map(_log_entry, lines) if e is not None and e["iter"] <= upto]
-    if len(kept) != len(lines):
-        path.write_text("".join(json.dumps(e) + "\n" for e in kept))
+    if len(kept) != len(lines):  # atomically: a kill (or a full disk) mid-rewrite must not lose the log
+        write_text(path, "".join(json.dumps(e) + "\n" for e in kept))
     return kept
 
 
