@@ -57,7 +57,7 @@ class Matter:
 
         Returns:
             (H, W) uint8 alpha; a trimap with no unknown pixel is returned as the alpha (what
-            `matte infer --empty pass` writes).
+            `matte infer --empty pass` writes), with a `UserWarning` that says so.
 
         Raises:
             ValueError: the sizes differ, or an input is not an image (e.g. a colour-coded trimap),
@@ -83,7 +83,13 @@ class Matter:
                 warnings.warn(message, stacklevel=2)
         if rgb.shape[:2] != tri.shape:
             raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but trimap is {tri.shape[1]}x{tri.shape[0]}")
-        if not (tri == 128).any():
+        if not (tri == 128).any():  # said, as matte infer says it: a binary mask passed as the trimap, most likely
+            from mattecli.data.trimap import nothing_to_matte
+
+            reason = nothing_to_matte(tri)
+            if reason.endswith("no unknown pixel"):
+                reason += " (a binary mask? make a trimap of it with mattecli.trimap_from_mask)"
+            warnings.warn(f"{reason}; the trimap is returned as the alpha", stacklevel=2)
             return tri.copy()
         return self.pipeline.run(rgb, tri).alpha
 

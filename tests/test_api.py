@@ -171,11 +171,17 @@ def test_a_trimap_whose_exif_tag_differs_is_fitted_as_matte_infer_fits_it(weight
         assert np.array_equal(matter.predict(tmp_path / "square.png", upright), matter.predict(shown, upright))
 
 
-def test_a_trimap_with_nothing_to_matte_is_its_own_alpha(weights):
+def test_a_trimap_with_nothing_to_matte_is_its_own_alpha_with_a_warning(weights):
+    """A binary mask passed as the trimap (a bool array, say) came back as the alpha without a
+    word, where matte infer says "a binary mask? pass masks with --masks"."""
     matter = mattecli.load(weights, device="cpu")
     trimap = np.zeros((40, 50), np.uint8)
     trimap[10:30, 10:40] = 255
-    assert np.array_equal(matter.predict(np.zeros((40, 50, 3), np.uint8), trimap), trimap)
+    with pytest.warns(UserWarning, match=r"no unknown pixel \(a binary mask\? make a trimap of it with "
+                                         r"mattecli.trimap_from_mask\); the trimap is returned as the alpha"):
+        assert np.array_equal(matter.predict(np.zeros((40, 50, 3), np.uint8), trimap > 0), trimap)
+    with pytest.warns(UserWarning, match=r"^nothing to matte: the trimap has no foreground; the trimap is returned"):
+        assert not matter.predict(np.zeros((40, 50, 3), np.uint8), np.zeros((40, 50), np.uint8)).any()
 
 
 def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
