@@ -15,6 +15,10 @@ from mattecli.errors import InputError
 from mattecli.files import atomic_write, discard, fresh_name, make_new
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Picture formats matte does not decode (a phone's HEIC, a camera's raw files): a folder's files of
+# these types are counted in a note, not left out without a word
+UNREAD_SUFFIXES = (".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef", ".arw",
+                   ".raf", ".orf", ".rw2", ".psd", ".exr")
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -563,7 +567,7 @@ def index_by_stem(paths, root: Path | None = None) -> dict[str, list[Path]]:
 
 
 def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, ...] = (),
-                unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
+                unreadable: list[tuple[Path, str]] | None = None, others: list[Path] | None = None) -> list[Path]:
     """Image files of a folder, sorted by path; with `recursive`, of its subfolders too (hidden
     ones and the folders in `skip`, e.g. an output folder inside the input folder, left out).
 
@@ -571,8 +575,9 @@ def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, .
     this user may not enter) is left out and added to `unreadable` as (path, reason) when that list
     is given, so that a batch goes on without it; otherwise its OSError is raised. An entry with an
     image suffix that cannot be looked at is listed: reading it names the reason. `folder` itself
-    must be readable."""
-    return sorted(_walk_images(Path(folder), recursive, skip, unreadable))
+    must be readable. Files of a picture format matte does not read (`UNREAD_SUFFIXES`) are added
+    to `others` when it is given."""
+    return sorted(_walk_images(Path(folder), recursive, skip, unreadable, others))
 
 
 def has_images(folder: str | Path, recursive: bool = False, unreadable: list[tuple[Path, str]] | None = None) -> bool:
@@ -582,7 +587,8 @@ def has_images(folder: str | Path, recursive: bool = False, unreadable: list[tup
     return next(_walk_images(Path(folder), recursive, (), unreadable), None) is not None
 
 
-def _walk_images(folder: Path, recursive: bool, skip: tuple[Path, ...], unreadable: list[tuple[Path, str]] | None):
+def _walk_images(folder: Path, recursive: bool, skip: tuple[Path, ...], unreadable: list[tuple[Path, str]] | None,
+                 others: list[Path] | None = None):
     """`list_images`'s walk, yielding each image file as it is found (unsorted)."""
     skip_resolved = {Path(s).resolve() for s in skip}
     seen = {folder.resolve()}  # a folder reached twice (a symlink to a parent: a loop) is walked once
@@ -620,6 +626,8 @@ def _walk_images(folder: Path, recursive: bool, skip: tuple[Path, ...], unreadab
                     todo.append(p)
             elif image and (p.is_file() or p.is_symlink()):  # a broken link: named
                 yield p
+            elif others is not None and p.suffix.lower() in UNREAD_SUFFIXES:
+                others.append(p)
 
 
 def subfolders_with_images(folder: str | Path, skip: tuple[Path, ...] = ()) -> list[Path]:

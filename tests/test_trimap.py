@@ -275,6 +275,17 @@ def test_temporary_files_in_the_subfolders_of_a_recursive_run_are_removed_once_o
     assert len(report.done) == 1 and not any(old.exists() for old in olds)
 
 
+def test_masks_in_formats_matte_does_not_read_are_named_in_a_note(tmp_path):
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    write_png(tmp_path / "masks" / "m.png", mask)
+    (tmp_path / "masks" / "n.avif").write_bytes(b"")
+    report = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", TrimapJob(rule=MaskRule()), progress=False)
+    assert len(report.done) == 1 and report.notes == [
+        f"1 file in a picture format matte does not read left out (e.g. {tmp_path / 'masks' / 'n.avif'}): convert "
+        "to PNG, JPEG, TIFF, WebP or BMP to include them"]
+
+
 def test_a_full_disk_stops_making_trimaps_and_a_rerun_finishes(tmp_path, monkeypatch):
     """As in matte infer: once a trimap did not fit, every later mask was still read, made into a
     trimap and failed, one line each. Now none starts after the first full write."""

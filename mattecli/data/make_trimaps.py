@@ -19,7 +19,8 @@ from mattecli.errors import InputError, UsageError
 from mattecli.files import Inputs, atomic_write, case_insensitive, describe, disk_full, remove_stale_temps
 from mattecli.imageio import (exif_orientation, fit_orientation, index_by_stem, list_images, orient, read_gray,
                               read_image, read_mask, relative_name, write_png)
-from mattecli.inference.batch import MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, claim_output_name, no_images
+from mattecli.inference.batch import (MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, claim_output_name, no_images,
+                                      unread_note)
 from mattecli.parallel import executor
 from mattecli.progress import track
 
@@ -65,7 +66,8 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
             raise UsageError(f"{name} {folder}: is the {option} folder; outputs would mix with the inputs (or "
                              "overwrite them): choose another folder")
     unreadable: list[tuple[Path, str]] = []  # subfolders left out: failures of the batch
-    files = list_images(source, recursive, _inside(source, out, preview), unreadable)
+    others: list[Path] = []  # pictures in formats matte does not read: a note
+    files = list_images(source, recursive, _inside(source, out, preview), unreadable, others)
     if not files:
         raise no_images(source, recursive, unreadable=unreadable)
     photos_beside = _photos_beside_masks(files, source) if job.rule is not None else []
@@ -81,6 +83,8 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
     report, todo, seen = BatchReport(failed=[(str(path), reason) for path, reason in unreadable]), [], {}
     fold = case_insensitive(out)  # Cat.png and cat.tif: one output there, the second replaced the first
     folders = {Path(f) for f in (out, preview) if f is not None}  # and their subfolders, with --recursive
+    if note := unread_note(others):
+        report.notes.append(note)
     if photos_beside:
         more = f" (and {len(photos_beside) - 1} more like it)" if len(photos_beside) > 1 else ""
         report.notes.append(f"{photos_beside[0]}: its {{stem}}{MASK_SUFFIX} mask lies beside it, so it is taken as "

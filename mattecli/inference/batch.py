@@ -54,7 +54,8 @@ OUTPUT_FOLDERS = ("fg", "rgba", "composite", "trimap")  # the non-alpha outputs'
 
 def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None = None, *,
                suffix: str = TRIMAP_SUFFIX, option: str = "--trimaps", recursive: bool = False,
-               out: Path | None = None) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+               out: Path | None = None, others: list[Path] | None = None
+               ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """(image, trimap) pairs by stem, and (path, reason) for images that have no usable trimap.
 
     Without a trimap folder (or with the image folder itself), trimaps sit beside the images as
@@ -66,7 +67,8 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     are never inputs.
 
     `images` may also be one image file: its trimap is then `trimaps` when that is a file, else
-    found as above (in `trimaps`, or beside the image).
+    found as above (in `trimaps`, or beside the image). Files of `images` in a picture format matte
+    does not read are added to `others` when it is given.
 
     Raises:
         UsageError: a folder or file is missing; a trimap file without a single image file.
@@ -86,7 +88,7 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     root = image_root(images)
     beside = trimaps is None or trimaps.resolve() == root.resolve()
     unreadable: list[tuple[Path, str]] = []  # subfolders left out, each failed once (in shard 0)
-    files = [images] if single else _input_images(images, recursive, out, unreadable)
+    files = [images] if single else _input_images(images, recursive, out, unreadable, others)
     if beside:
         tri_files = [p for p in (list_images(root) if single else files) if p.stem.endswith(suffix)]
         files = [p for p in files if single or not p.stem.endswith(suffix)]  # a file named by hand is the image
@@ -154,12 +156,12 @@ def _output_folders(images: Path, out: Path | None) -> tuple[Path, ...]:
 
 
 def _input_images(images: Path, recursive: bool, out: Path | None,
-                  unreadable: list[tuple[Path, str]] | None = None) -> list[Path]:
+                  unreadable: list[tuple[Path, str]] | None = None, others: list[Path] | None = None) -> list[Path]:
     """The image files under `images`, less the outputs of a run writing into `out`: when `out` is
     inside `images` its output subfolders are skipped, and when it is the image folder itself an
     alpha `{stem}.png` beside an image `{stem}.jpg` (say) is that image's output, not an input."""
     skip = _output_folders(images, out)
-    files = list_images(images, recursive, skip, unreadable)
+    files = list_images(images, recursive, skip, unreadable, others)
     if not skip:
         return files
     out_root = out.resolve()
@@ -196,6 +198,15 @@ def _subfolder_hint(images: Path, recursive: bool, out: Path | None = None) -> s
     names = ", ".join(d.name for d in subs[:3]) + (", ..." if len(subs) > 3 else "")
     held = "1 subfolder holds" if len(subs) == 1 else f"{len(subs)} subfolders hold"
     return f"; {held} images ({names}): --recursive to include them"
+
+
+def unread_note(others: list[Path]) -> str | None:
+    """A note for the files of a picture format matte does not read, which a batch leaves out."""
+    if not others:
+        return None
+    count = "1 file" if len(others) == 1 else f"{len(others)} files"
+    return (f"{count} in a picture format matte does not read left out (e.g. {others[0]}): convert to "
+            "PNG, JPEG, TIFF, WebP or BMP to include them")
 
 
 def subfolder_note(images: Path, recursive: bool, out: Path | None = None) -> str | None:
@@ -358,17 +369,20 @@ def _plan(images: Path, out: Path, *, trimaps, masks, mask_rule, shard, recursiv
     from mattecli.data.trimap import MaskRule
     from mattecli.inference.outputs import is_current, output_paths
 
+    others: list[Path] = []
     if masks is not None:
         mask_rule = mask_rule or MaskRule()
         pairs, problems = find_pairs(images, Path(masks), shard, suffix=MASK_SUFFIX, option="--masks",
-                                     recursive=recursive, out=out)
+                                     recursive=recursive, out=out, others=others)
     else:
         mask_rule = None
-        pairs, problems = find_pairs(images, Path(trimaps) if trimaps else None, shard, recursive=recursive, out=out)
+        pairs, problems = find_pairs(images, Path(trimaps) if trimaps else None, shard, recursive=recursive, out=out,
+                                     others=others)
     report = BatchReport(failed=list(problems))
-    note = None if images.is_file() else subfolder_note(images, recursive, out)
-    if note:
-        report.notes.append(note)
+    notes = [] if images.is_file() else [subfolder_note(images, recursive, out)]
+    if shard is None or shard[0] == 0:  # said once for the shards, as unreadable folders are
+        notes.append(unread_note(others))
+    report.notes.extend(note for note in notes if note)
     inputs = [p for pair in pairs for p in pair]
     if background is not None and getattr(background, "path", None) is not None:
         inputs.append(Path(background.path))
