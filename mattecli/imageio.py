@@ -580,11 +580,12 @@ def list_images(folder: str | Path, recursive: bool = False, skip: tuple[Path, .
     return sorted(_walk_images(Path(folder), recursive, skip, unreadable, others))
 
 
-def has_images(folder: str | Path, recursive: bool = False, unreadable: list[tuple[Path, str]] | None = None) -> bool:
+def has_images(folder: str | Path, recursive: bool = False, unreadable: list[tuple[Path, str]] | None = None,
+               others: list[Path] | None = None) -> bool:
     """Whether `list_images` would list anything: the walk stops at the first image, so a check
     before a batch does not walk a large tree a second time. When there is none, `unreadable`
-    holds what `list_images` would have added to it."""
-    return next(_walk_images(Path(folder), recursive, (), unreadable), None) is not None
+    and `others` hold what `list_images` would have added to them."""
+    return next(_walk_images(Path(folder), recursive, (), unreadable, others), None) is not None
 
 
 def _walk_images(folder: Path, recursive: bool, skip: tuple[Path, ...], unreadable: list[tuple[Path, str]] | None,

@@ -286,6 +286,23 @@ def test_masks_in_formats_matte_does_not_read_are_named_in_a_note(tmp_path):
         "to PNG, JPEG, TIFF, WebP or BMP to include them"]
 
 
+def test_a_folder_of_pictures_matte_does_not_read_says_so(tmp_path, capsys, monkeypatch):
+    """A folder of HEIC photos (or masks): "no image files here (.png, ...)", as if it were empty."""
+    import mattecli.inference.pipeline
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", lambda *a, **k: ModelMustNotRun())
+    (tmp_path / "heic").mkdir()
+    for name in ("IMG_1.HEIC", "IMG_2.HEIC", "list.txt"):
+        (tmp_path / "heic" / name).write_bytes(b"")
+    said = (f"{tmp_path / 'heic'}: no image files here (.png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp); 2 files in a "
+            "picture format matte does not read (e.g. IMG_1.HEIC): convert to one of these\n")
+    code, _, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images", tmp_path / "heic", "--out",
+                         tmp_path / "o", "--max-memory", "none")
+    assert code == 1 and err == "matte: error: " + said
+    code, _, err = matte(capsys, "trimap", "--masks", tmp_path / "heic", "--out", tmp_path / "t")
+    assert code == 1 and err == "matte: error: " + said
+
+
 def test_a_full_disk_stops_making_trimaps_and_a_rerun_finishes(tmp_path, monkeypatch):
     """As in matte infer: once a trimap did not fit, every later mask was still read, made into a
     trimap and failed, one line each. Now none starts after the first full write."""

@@ -133,9 +133,9 @@ def main(
         per_pixel, source = model_bytes_per_pixel(pipeline.cfg, device, half)
         if "not measured" in source:
             typer.echo(f"matte: note: --max-memory on {device}: {per_pixel} bytes/pixel from {source}", err=True)
-    unreadable: list = []  # subfolders left out: failures of the batch, unless nothing else is there
-    if images.is_dir() and not has_images(images, recursive, unreadable):  # stops at the first: infer lists them
-        raise no_images(images, recursive, unreadable=unreadable)
+    unreadable, others = [], []  # subfolders left out: failures of the batch, unless nothing else is there
+    if images.is_dir() and not has_images(images, recursive, unreadable, others):  # stops at the first image
+        raise no_images(images, recursive, unreadable=unreadable, others=others)
     prepare_out_dir(out)  # before the model runs: a read-only --out must not cost a run
     for kind in kinds:  # likewise a file where an output folder goes, or one that cannot be written (another
         if kind != "alpha" and (out / kind).exists():  # user's run made it): each would fail every image

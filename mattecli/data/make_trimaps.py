@@ -69,7 +69,7 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
     others: list[Path] = []  # pictures in formats matte does not read: a note
     files = list_images(source, recursive, _inside(source, out, preview), unreadable, others)
     if not files:
-        raise no_images(source, recursive, unreadable=unreadable)
+        raise no_images(source, recursive, unreadable=unreadable, others=others)
     photos_beside = _photos_beside_masks(files, source) if job.rule is not None else []
     skip = set(photos_beside)
     files = [f for f in files if f not in skip]

@@ -95,7 +95,7 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     else:
         tri_files = list_images(trimaps, recursive, unreadable=unreadable)
     if not files:
-        raise no_images(images, recursive, out, unreadable)
+        raise no_images(images, recursive, out, unreadable, others or ())
     maps_root = root if beside else trimaps
     by_name = index_by_stem(tri_files, maps_root)
     pairs, problems, seen = [], [], {}
@@ -178,14 +178,19 @@ def _is_under(path: Path, root: Path) -> bool:
 
 
 def no_images(images: Path, recursive: bool, out: Path | None = None,
-              unreadable: list[tuple[Path, str]] = ()) -> InputError:
+              unreadable: list[tuple[Path, str]] = (), others: list[Path] = ()) -> InputError:
     """The error for an input folder without image files, saying what its subfolders hold (or
-    which of them could not be read: `list_images`'s `unreadable`)."""
+    which of them could not be read: `list_images`'s `unreadable`), and what pictures it holds in
+    formats matte does not read (`others`)."""
     if unreadable:
         path, reason = unreadable[0]
         more = f" (and {len(unreadable) - 1} more like it)" if len(unreadable) > 1 else ""
         return InputError(images, f"no image files it could read: {path} {reason}{more}")
-    return InputError(images, "no image files here (" + ", ".join(IMAGE_SUFFIXES) + ")"
+    held = ""
+    if others:
+        count = "1 file" if len(others) == 1 else f"{len(others)} files"
+        held = f"; {count} in a picture format matte does not read (e.g. {others[0].name}): convert to one of these"
+    return InputError(images, "no image files here (" + ", ".join(IMAGE_SUFFIXES) + ")" + held
                       + _subfolder_hint(images, recursive, out))
 
 
