@@ -7,7 +7,8 @@ For each released recipe (IndexNet, A2U, TCP), with seeded random weights (speed
 not depend on the values; no weights file travels), in sections (--only):
 - model: one forward pass on a prepared device tensor at each size, in float32, float16 (autocast,
   as `--half`), float16 without BatchNorm folding (what `matte infer` did before folding), bfloat16,
-  float16 with channels_last, and for A2U float16 with its kernels applied by unfolding. Each row: time, and peak memory of the passes after the first (cuDNN's first-call search is reported
+  float16 with channels_last, and for A2U float16 with its kernels applied by unfolding. Each row:
+  time, and peak memory of the passes after the first (cuDNN's first-call search is reported
   apart) as bytes per aligned input pixel, what `--max-memory` needs (`infer.cuda_bytes_per_pixel`,
   `infer.cuda_half_bytes_per_pixel`);
 - e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg,
@@ -473,10 +474,10 @@ def main(argv=None) -> int:
     section("foreground", lambda: foreground_rows(device, e2e_size, repeat))
     section("parity", lambda: parity_rows(device, sizes[-1], half_precisions))
     section("profile", lambda: profile_rows(device, args.out, sizes[-1], *([("fp32",)] if args.cpu else [])))
-    if graphs and "graphs" in sections:
+    if graphs:
         section("graphs", lambda: model_rows(device, sizes, repeat, warmup, time.time() + args.graphs_budget,
                                              graphs, keeper("model")))
-    if compiled and "compiled" in sections:
+    if compiled:
         section("compiled", lambda: model_rows(device, sizes, repeat, warmup, time.time() + args.compile_budget,
                                                compiled, keeper("model")))
     per_pixel = {}

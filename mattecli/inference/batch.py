@@ -186,10 +186,7 @@ def no_images(images: Path, recursive: bool, out: Path | None = None,
         path, reason = unreadable[0]
         more = f" (and {len(unreadable) - 1} more like it)" if len(unreadable) > 1 else ""
         return InputError(images, f"no image files it could read: {path} {reason}{more}")
-    held = ""
-    if others:
-        count = "1 file" if len(others) == 1 else f"{len(others)} files"
-        held = f"; {count} in a picture format matte does not read (e.g. {others[0].name}): convert to one of these"
+    held = f"; {_unread(others)} (e.g. {others[0].name}): convert to one of these" if others else ""
     return InputError(images, "no image files here (" + ", ".join(IMAGE_SUFFIXES) + ")" + held
                       + _subfolder_hint(images, recursive, out))
 
@@ -205,13 +202,15 @@ def _subfolder_hint(images: Path, recursive: bool, out: Path | None = None) -> s
     return f"; {held} images ({names}): --recursive to include them"
 
 
+def _unread(others: list[Path]) -> str:
+    return ("1 file" if len(others) == 1 else f"{len(others)} files") + " in a picture format matte does not read"
+
+
 def unread_note(others: list[Path]) -> str | None:
     """A note for the files of a picture format matte does not read, which a batch leaves out."""
     if not others:
         return None
-    count = "1 file" if len(others) == 1 else f"{len(others)} files"
-    return (f"{count} in a picture format matte does not read left out (e.g. {others[0]}): convert to "
-            "PNG, JPEG, TIFF, WebP or BMP to include them")
+    return f"{_unread(others)} left out (e.g. {others[0]}): convert to PNG, JPEG, TIFF, WebP or BMP to include them"
 
 
 def subfolder_note(images: Path, recursive: bool, out: Path | None = None) -> str | None:
