@@ -17,6 +17,7 @@ not depend on the values; no weights file travels), in sections (--only):
 - parity: half precision against float32, the whole pipeline, on the lemur photo (examples/, CC0)
   tiled to 4K, in alpha levels over the unknown band;
 - profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 folded, unfolded and channels_last;
+- pool: `matte infer`'s host work (decode, encode) in a pool of threads against processes, one per core;
 - graphs: model rows in float16 captured once as a CUDA graph and replayed (what launching some 600
   calls per pass costs); after the sections above, because a capture that fails may leave the CUDA
   context unusable for what follows (these rows have never run);
@@ -50,7 +51,7 @@ ONLY_FOR = {"fp16-a2u-unfold": "a2u"}
 # compiled rows: IndexNet first (its targets), then by compilation time, so that a budget spent on
 # A2U's (557 s on the 2-core CPU against TCP's 32 s and IndexNet's 103 s) skips only A2U's
 COMPILE_ORDER = ("indexnet-m2o-nl-ctx", "tcp", "a2u-dynamic-cs-d-gn")
-SECTIONS = ("model", "e2e", "foreground", "parity", "profile", "graphs", "compiled")
+SECTIONS = ("model", "e2e", "foreground", "parity", "profile", "pool", "graphs", "compiled")
 
 
 def log(*parts) -> None:
@@ -381,6 +382,30 @@ def e2e_rows(device: str, size, count: int, keep=None) -> list[dict]:
     return rows
 
 
+def pool_rows(size, count: int, rounds: int) -> list[dict]:
+    """`matte infer`'s host work (decode and hand over, encode) in a pool of one thread per core
+    against one process per core (`benchmarks/pool_kind.py`): threads won 1.56x / 1.33x on the
+    2-core CPU, but 16 threads decoding on the H200's host took 0.5 s per image each, more than one
+    core's decode, and processes do not share the GIL."""
+    import os
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from pool_kind import compare, summary
+
+    from mattecli.bench_e2e import make_inputs
+
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = max(count, 2 * workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        make_inputs(Path(tmp), count, *size)
+        rows = compare(Path(tmp), count, workers, rounds)
+    row = {"size": f"{size[0]}x{size[1]}", "count": count, "workers": workers, "rounds": rounds,
+           "images_per_s": rows, "median": summary(rows)}
+    log(json.dumps(row["median"]))
+    return [row]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -474,6 +499,7 @@ def main(argv=None) -> int:
     section("foreground", lambda: foreground_rows(device, e2e_size, repeat))
     section("parity", lambda: parity_rows(device, sizes[-1], half_precisions))
     section("profile", lambda: profile_rows(device, args.out, sizes[-1], *([("fp32",)] if args.cpu else [])))
+    section("pool", lambda: pool_rows(e2e_size, count, 1 if args.cpu else 2))
     if graphs:
         section("graphs", lambda: model_rows(device, sizes, repeat, warmup, time.time() + args.graphs_budget,
                                              graphs, keeper("model")))

@@ -131,6 +131,12 @@ def report(result: dict) -> str:
                   f"mean {r['mean_levels']:g}, {100 * r['share_within_4']:.3g}% within 4"
                   if "max_levels" in r else f"; {r.get('parity', '')}")
         lines += ["", "## Foreground", "", f"{r['size']} on {r['device']}: {r['median_ms']:g} ms{parity}."]
+    for r in result.get("pool", []):
+        lines += ["", f"## Host work in a pool: threads or processes ({r['size']}, {r['count']} images, "
+                  f"{r['workers']} workers, median of {r['rounds']}; images/s)", "",
+                  "| stage | threads | processes | threads / processes |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {stage} | {m['threads']:g} | {m['processes']:g} | {m['ratio']:g}x |"
+                  for stage, m in r["median"].items()]
     if result.get("profile"):
         lines += ["", "## Profile (IndexNet, kernels' own device time)", "",
                   "| precision | ms per pass | launches | shares |", "| --- | ---: | ---: | --- |"]

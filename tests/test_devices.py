@@ -303,6 +303,25 @@ def test_device_check_captures_cuda_graphs_after_the_figures_the_targets_need(tm
     assert calls == [("fp16",), ("fp16-graphs",)]
 
 
+def test_device_check_measures_the_host_pool_as_threads_and_as_processes(tmp_path):
+    """`matte infer`'s pool is threads on the reasoning that decoding and encoding release the GIL;
+    issue 13 asks for whichever measures faster. The `pool` section runs the same host work (decode
+    and hand the arrays over, encode and write) in threads and in spawned processes, one per core,
+    and the report shows both."""
+    check = _device_check()
+    assert check.SECTIONS.index("profile") < check.SECTIONS.index("pool") < check.SECTIONS.index("graphs")
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "pool"]) == 0
+    row, = json.loads((tmp_path / "device_check.json").read_text())["pool"]
+    assert (row["size"], row["rounds"], row["count"] >= 2 * row["workers"]) == ("96x64", 1, True)
+    for stage in ("decode", "encode"):
+        runs = {kind: row["images_per_s"][kind][0][stage] for kind in ("threads", "processes")}
+        assert all(value > 0 for value in runs.values())
+        assert row["median"][stage] == {"threads": round(runs["threads"], 2), "processes": round(runs["processes"], 2),
+                                        "ratio": round(runs["threads"] / runs["processes"], 2)}
+    text = _device_report().report(json.loads((tmp_path / "device_check.json").read_text()))
+    assert f"| decode | {row['median']['decode']['threads']:g} | {row['median']['decode']['processes']:g} |" in text
+
+
 def test_device_check_keeps_each_e2e_row_on_disk_as_it_is_measured(tmp_path, monkeypatch):
     """The same for the e2e section: four runs of some 25 s each at 4K, the first issue 13's target."""
     import mattecli.bench_e2e
