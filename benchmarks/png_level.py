@@ -1,6 +1,6 @@
 """PNG size and encoding time of what matte writes against Pillow's encoder at levels 1 and 6.
 
-matte writes PNGs at zlib level 1, every row filtered by PNG's Up filter (`imageio.write_png`);
+matte writes PNGs at zlib level 1, every row filtered by PNG's Up filter (`mattecli/png.py`);
 Pillow (and libpng by default) tries five filters on each row and keeps the best. The photo is the
 lemur tiled to --size as `matte bench --e2e` makes its inputs; the alpha is its trimap blurred
 (sigma 3), a soft matte. Sizes are exact; times are the best of --repeat encodes into memory (the
@@ -30,7 +30,8 @@ def main() -> None:
 
     from mattecli.bench_e2e import make_inputs
     from mattecli.cli.parsing import parse_size
-    from mattecli.imageio import PNG_LEVEL, encode_png, read_image, read_trimap
+    from mattecli import png
+    from mattecli.imageio import read_image, read_trimap
 
     size = parse_size(args.size, "--size")
     with tempfile.TemporaryDirectory(prefix="png-level-") as tmp:
@@ -46,8 +47,8 @@ def main() -> None:
             return buffer.getvalue()
         return encode
 
-    writers = ((f"matte (level {PNG_LEVEL}, Up filter)", encode_png),
-               (f"Pillow level {PNG_LEVEL}", pillow(PNG_LEVEL)), ("Pillow level 6 (its default)", pillow(6)))
+    writers = ((f"matte (level {png.LEVEL}, Up filter)", png.encode),
+               (f"Pillow level {png.LEVEL}", pillow(png.LEVEL)), ("Pillow level 6 (its default)", pillow(6)))
     for name, array in (("RGB photo", photo), ("alpha", alpha)):
         for label, encode in writers:
             times = []

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mattecli import png
 from mattecli.errors import InputError
 from mattecli.files import atomic_write, discard, fresh_name, make_new
 
@@ -21,7 +22,6 @@ UNREAD_SUFFIXES = (".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".
                    ".raf", ".orf", ".rw2", ".psd", ".exr")
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EXIF_ORIENTATION_TAG = 0x0112
 EXIF_ORIENTATIONS = {1: "none", 2: "mirrored", 3: "rotated 180", 4: "flipped", 5: "mirrored and rotated 90 CW",
                      6: "rotated 90 CW", 7: "mirrored and rotated 90 CCW", 8: "rotated 90 CCW"}
@@ -38,7 +38,7 @@ def exif_orientation(path: str | Path) -> int:
                 # twice per image in `matte infer`); walking the chunk headers finds it without decoding.
                 # The chunk holds a TIFF header; some writers put JPEG's "Exif\0\0" before it (Pillow's
                 # own Exif.tobytes does), which Pillow < 11 refused: such a photo was read unrotated
-                data = img.info.get("exif") or _png_exif(path) or b""
+                data = img.info.get("exif") or png.chunk_data(path, b"eXIf") or b""
                 while data.startswith(b"Exif\x00\x00"):  # Pillow adds one more to a chunk before the pixels
                     data = data[6:]
                 exif = Image.Exif()
@@ -49,63 +49,6 @@ def exif_orientation(path: str | Path) -> int:
     except Exception:  # noqa: BLE001 - the reader reports unreadable files; here they simply have no tag
         return 1
     return value if value in EXIF_ORIENTATIONS else 1
-
-
-def _png_exif(path: str | Path) -> bytes | None:
-    """The payload of a PNG's eXIf chunk (before or after the pixels)."""
-    span = _png_chunk(path, b"eXIf", before_pixels=False)
-    if span is None:
-        return None
-    with open(path, "rb") as f:
-        f.seek(span[0] + 8)
-        return f.read(span[1] - 12)
-
-
-def _png_chunk(path: str | Path, kind: bytes, before_pixels: bool = True) -> tuple[int, int] | None:
-    """(offset, size with its header and CRC) of a PNG's first `kind` chunk, found by seeking from
-    chunk header to chunk header without decoding; None when there is none (before the pixel data,
-    IDAT, when `before_pixels`) or the file cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            if f.read(8) != PNG_SIGNATURE:
-                return None
-            while len(head := f.read(8)) == 8:
-                length, found = int.from_bytes(head[:4], "big"), head[4:]
-                if found == kind:
-                    return f.tell() - 8, length + 12
-                if found == b"IEND" or (before_pixels and found == b"IDAT"):
-                    return None
-                f.seek(length + 4, 1)  # the data and its CRC
-    except OSError:
-        return None
-    return None
-
-
-def _png_colour_type(path: Path) -> int | None:
-    """The colour type of an 8-bit PNG from its header (0 gray, 2 RGB, 4 gray + alpha, 6 RGBA);
-    None for anything else: another format or depth, a palette, a size Pillow would refuse as a
-    decompression bomb, a file that cannot be opened, or one cut short (not ending in its IEND
-    chunk: a file still being copied in), on which OpenCV's libpng printed "libpng error: Read
-    Error", naming no file, before Pillow named it."""
-    from PIL import Image
-
-    if not Path(path).is_file():  # opening a named pipe (a link to one among the images) waited forever
-        return None
-    try:
-        with open(path, "rb") as f:
-            head = f.read(29)
-            f.seek(-12, os.SEEK_END)
-            tail = f.read(12)
-    except OSError:  # also a file shorter than 12 bytes
-        return None
-    if len(head) < 29 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24] != 8:
-        return None
-    if tail[4:8] != b"IEND":
-        return None
-    pixels = int.from_bytes(head[16:20], "big") * int.from_bytes(head[20:24], "big")
-    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
-        return None
-    return head[25] if head[25] in (0, 2, 4, 6) else None
 
 
 def _decode_png(path: Path, colour_types: tuple[int, ...], flags: int, apply_exif: bool) -> np.ndarray | None:
@@ -120,11 +63,11 @@ def _decode_png(path: Path, colour_types: tuple[int, ...], flags: int, apply_exi
     """
     import cv2
 
-    if _png_colour_type(path) not in colour_types:
+    if png.colour_type(path) not in colour_types:
         return None
     if not utf8_name(path):
         return None  # OpenCV's imread crashes the process (segmentation fault) on such a name; Pillow reads it
-    profile = _png_chunk(path, b"iCCP")
+    profile = png.find_chunk(path, b"iCCP")
     if profile is None:
         array = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
     else:
@@ -380,15 +323,6 @@ def _values(raw: np.ndarray) -> np.ndarray:
     return np.flatnonzero(cv2.calcHist([raw], [0], None, [256], [0, 256]).ravel()).astype(np.uint8)
 
 
-# zlib level 1, not Pillow's default 6, and every row filtered by PNG's Up filter (each byte less
-# the one above it) rather than the best of five filters tried on each row (Pillow's way, and
-# libpng's default): lossless either way. On a 3840x2160 photo (2-core CPU, benchmarks/png_level.py):
-# RGB 0.12 s and 2.78 MiB, against 0.25 s and 2.76 MiB (Pillow, level 1) and 0.90 s and 2.31 MiB
-# (Pillow, level 6); an alpha 0.02 s and 0.18 MiB, against 0.075 s / 0.18 MiB and 0.093 s / 0.12 MiB.
-PNG_LEVEL = 1
-PNG_STRIP_BYTES = 8 << 20  # rows filtered and deflated at a time: memory beside the array, not a copy of it
-
-
 # value -> trimap value, for the class-index encodings recognised (see read_trimap)
 _CLASS_ORDERS = {"0/1/2 (background, unknown, foreground)": {0: 0, 1: 128, 2: 255},
                  "1/2/3 (Oxford-IIIT Pet: foreground, background, unknown)": {1: 255, 2: 0, 3: 128}}
@@ -497,55 +431,8 @@ def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None =
               icc: bytes | None = None) -> Path:
     """Write a uint8 gray (H, W), RGB or RGBA array as PNG, atomically, with optional tEXt chunks
     (`text`, read back by `read_png_text`) and ICC colour profile (`icc`, see `rgb_icc_profile`)."""
-    data = encode_png(array, text, icc)
+    data = png.encode(array, text, icc)
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def encode_png(array: np.ndarray, text: dict[str, str] | None = None, icc: bytes | None = None) -> bytes:
-    """The PNG file `write_png` writes, in memory."""
-    if array.dtype != np.uint8:
-        raise TypeError(f"write_png expects uint8, got {array.dtype}")
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    colour_type = {2: 0, 3: {3: 2, 4: 6}.get(array.shape[-1])}.get(array.ndim)  # gray, RGB, RGBA
-    if colour_type is None or 0 in array.shape:
-        raise TypeError(f"write_png expects a non-empty (H, W), (H, W, 3) or (H, W, 4) array, got {array.shape}")
-    return b"".join(_png_stream(array, colour_type, text or {}, icc))
-
-
-def _png_stream(array: np.ndarray, colour_type: int, text: dict[str, str], icc: bytes | None):
-    """The PNG file of `array`, piece by piece: its header, an iCCP chunk for `icc`, a text chunk for
-    each item of `text` (tEXt when key and value are Latin-1, the PNG text encoding, else an
-    uncompressed UTF-8 iTXt, as Pillow writes them), then the pixels, every row Up-filtered (PNG_LEVEL's
-    comment says why) and deflated a strip of rows at a time, so a huge image needs no filtered copy."""
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
-
-    height, width = array.shape[:2]
-    yield PNG_SIGNATURE + chunk(b"IHDR", width.to_bytes(4, "big") + height.to_bytes(4, "big")
-                                + bytes([8, colour_type, 0, 0, 0]))  # 8 bits, deflate, a filter per row, no interlace
-    if icc:  # profile name, its terminator, compression method 0 (deflate), the compressed profile
-        yield chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc))
-    for key, value in text.items():
-        try:
-            yield chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
-        except UnicodeEncodeError:  # keyword, then: not compressed, method 0, no language, no translated keyword
-            yield chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8"))
-    rows = array.reshape(height, -1)
-    step = max(1, PNG_STRIP_BYTES // rows.shape[1])
-    filtered = np.empty((min(step, height), rows.shape[1] + 1), np.uint8)
-    filtered[:, 0] = 2  # filter type Up: each byte less the byte above it (the first row: less 0)
-    deflate, previous = zlib.compressobj(PNG_LEVEL), np.zeros_like(rows[0])
-    for top in range(0, height, step):
-        strip, out = rows[top:top + step], filtered[:min(step, height - top)]
-        np.subtract(strip[:1], previous, out=out[:1, 1:])
-        np.subtract(strip[1:], strip[:-1], out=out[1:, 1:])
-        previous = strip[-1]
-        if packed := deflate.compress(out):  # releases the GIL, as the subtractions do
-            yield chunk(b"IDAT", packed)
-    yield chunk(b"IDAT", deflate.flush()) + chunk(b"IEND", b"")
 
 
 def rgb_icc_profile(path: str | Path) -> bytes | None:
