@@ -28,9 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mattecli.bench_e2e import make_inputs  # noqa: E402
+from mattecli.cli.parsing import parse_sizes  # noqa: E402
 from mattecli.imageio import read_image, read_trimap, write_png  # noqa: E402
 from mattecli.parallel import executor  # noqa: E402
-from mattecli.cli.parsing import parse_sizes  # noqa: E402
 
 
 def decode(folder: str, i: int):
