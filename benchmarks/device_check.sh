@@ -3,7 +3,7 @@
 #
 # Options after --cpu go to benchmarks/device_check.py (e.g. --only model,profile --sizes 3840x2160).
 # TRAIN_TIMEOUT (seconds, default 40: tests/test_train_gpu.py), PYTEST_TIMEOUT (default 80: the other
-# `pytest -m gpu` tests; 0 skips both) and FIGURES_TIMEOUT (default 370) bound the three parts: 490 s.
+# `pytest -m gpu` tests; 0 skips both) and FIGURES_TIMEOUT (default 350) bound the three parts: 470 s.
 #
 # Needs: a CUDA machine with python3 holding PyTorch (2.x with CUDA), numpy, OpenCV, Pillow, numba,
 # scipy, safetensors, PyYAML, typer, rich and pytest, and no network. Not needed: TensorRT,
@@ -47,7 +47,7 @@ PY="${PYTHON:-python3}"
     echo "pytest -m gpu: exit $?"
   fi
   echo "== figures"
-  timeout "${FIGURES_TIMEOUT:-370}" "$PY" benchmarks/device_check.py --out "$OUT" "$@"
+  timeout "${FIGURES_TIMEOUT:-350}" "$PY" benchmarks/device_check.py --out "$OUT" "$@"
   echo "device_check.py: exit $?"
   # the figures as Markdown, targets met or not (what docs/benchmarks.md's GPU tables take)
   [[ -f "$OUT/device_check.json" ]] && "$PY" benchmarks/device_report.py "$OUT/device_check.json" --out "$OUT/device_report.md"

@@ -269,7 +269,7 @@ def test_device_check_records_a_failing_section_and_runs_the_next(tmp_path, monk
 
 
 def test_device_check_keeps_each_model_row_on_disk_as_it_is_measured(tmp_path, monkeypatch):
-    """The outer `timeout` kills device_check.py at 370 s: the model rows were written only when the
+    """The outer `timeout` kills device_check.py at 350 s: the model rows were written only when the
     whole section ended, so a run killed in it lost every figure it had measured. Now each row is
     saved as it comes, and IndexNet in float16 (issue 13's targets) comes first, compiled rows last."""
     check = _device_check()
