@@ -384,7 +384,7 @@ def e2e_rows(device: str, size, count: int, keep=None) -> list[dict]:
 
 def pool_rows(size, count: int, rounds: int) -> list[dict]:
     """`matte infer`'s host work (decode and hand over, encode) in a pool of one thread per core
-    against one process per core (`benchmarks/pool_kind.py`): threads won 1.85x / 1.93x on the
+    against one process per core (`benchmarks/pool_kind.py`): threads won 1.90x / 2.02x on the
     2-core CPU, but 16 threads decoding on the H200's host took 0.5 s per image each, more than one
     core's decode, and processes do not share the GIL."""
     import os

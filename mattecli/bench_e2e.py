@@ -78,7 +78,7 @@ def make_inputs(folder: Path, count: int, width: int, height: int, photos: str =
     `e2e NNN_trimap.png`."""
     from PIL import Image
 
-    from mattecli.imageio import read_image, read_trimap, write_png
+    from mattecli.imageio import read_image, read_trimap
 
     image = read_image(EXAMPLES / "lemur.png")
     trimap, _ = read_trimap(EXAMPLES / "lemur_trimap.png")
@@ -94,11 +94,11 @@ def make_inputs(folder: Path, count: int, width: int, height: int, photos: str =
 
     def write_pair(i: int) -> None:
         flip = (slice(None, None, -1 if i % 4 >= 2 else 1), slice(None, None, -1 if i % 2 else 1))
-        if photos == "jpg":
-            Image.fromarray(np.ascontiguousarray(big_image[flip])).save(folder / f"e2e {i:03d}.jpg", quality=95)
-        else:
-            write_png(folder / f"e2e {i:03d}.png", np.ascontiguousarray(big_image[flip]))
-        write_png(folder / f"e2e {i:03d}_trimap.png", np.ascontiguousarray(big_trimap[flip]))
+        photo, trimap = (Image.fromarray(np.ascontiguousarray(a[flip])) for a in (big_image, big_trimap))
+        # written as other programs write them (Pillow, libpng: a filter chosen per row), not by
+        # matte's own PNG writer, whose files decode faster (docs/benchmarks.md, "PNG compression")
+        photo.save(folder / f"e2e {i:03d}.{photos}", **({"quality": 95} if photos == "jpg" else {"compress_level": 1}))
+        trimap.save(folder / f"e2e {i:03d}_trimap.png", compress_level=1)
 
     # PNG encoding releases the GIL: on the 16 cores of a GPU machine the 4K inputs took 20 s one by one
     with pool(min(count, os.cpu_count() or 1)) as executor:

@@ -288,8 +288,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
     prefetch = prefetch or max(2, workers)
     # Threads, not processes: decoding, encoding, numba and torch release the GIL in their heavy
-    # loops, and a process would pickle every 4K image across; threads measured 1.85x (decoding) and
-    # 1.93x (encoding) faster on 2 cores (benchmarks/pool_kind.py, docs/benchmarks.md).
+    # loops, and a process would pickle every 4K image across; threads measured 1.90x (decoding) and
+    # 2.02x (encoding) faster on 2 cores (benchmarks/pool_kind.py, docs/benchmarks.md).
     pool = executor(workers, name="matte-io")
     # the workers also prepare the network input, beside the model (in turn with it, nothing gains)
     prepare = getattr(pipeline, "prepare_host", None) if workers else None
