@@ -135,6 +135,13 @@ def check_stdout(path: str | Path | None, option: str) -> None:
         raise UsageError(f"{option} {path}: standard output is closed")
 
 
+def write_bytes(path: str | Path, data) -> Path:
+    """Write `data` (bytes, or a buffer such as a BytesIO's) into the file atomically. Writers that
+    serialise in memory go through it, so a full disk is Python's OSError naming the file, which
+    every command reports in one line (safetensors' and torch's own file writers raise their own)."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to standard output when `to_stdout(path)`, else into the file atomically, as
     UTF-8 (not the locale's code page, as Windows would: a CSV of unicode names failed there).

@@ -13,7 +13,7 @@ import numpy as np
 
 from mattecli import png
 from mattecli.errors import InputError
-from mattecli.files import atomic_write, discard, fresh_name, make_new
+from mattecli.files import discard, fresh_name, make_new, write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Picture formats matte does not decode (a phone's HEIC, a camera's raw files): a folder's files of
@@ -431,8 +431,7 @@ def write_png(path: str | Path, array: np.ndarray, text: dict[str, str] | None =
               icc: bytes | None = None) -> Path:
     """Write a uint8 gray (H, W), RGB or RGBA array as PNG, atomically, with optional tEXt chunks
     (`text`, read back by `read_png_text`) and ICC colour profile (`icc`, see `rgb_icc_profile`)."""
-    data = png.encode(array, text, icc)
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return write_bytes(path, png.encode(array, text, icc))
 
 
 def rgb_icc_profile(path: str | Path) -> bytes | None:

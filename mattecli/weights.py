@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mattecli.errors import UsageError
-from mattecli.files import atomic_write
+from mattecli.files import write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -28,10 +28,7 @@ def save_weights(model, recipe, path: str | Path, metadata: dict[str, str] | Non
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {**(metadata or {}), "format": FORMAT, "recipe": recipe.to_json()}
-    # Serialised in memory, written by Python: safetensors' own file writer reports a full disk as
-    # its SafetensorError (a traceback), Python's write as the OSError every command names in one line
-    data = save(state, metadata=meta)
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    return write_bytes(path, save(state, metadata=meta))  # not save_file: see write_bytes
 
 
 def read_weights(path: str | Path):

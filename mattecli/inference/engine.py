@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 
 from mattecli.errors import UsageError
-from mattecli.files import atomic_write
+from mattecli.files import write_bytes
 
 MAGIC = b"MATTETRT"
 FORMAT = "matte-engine/1"
@@ -26,8 +26,7 @@ _HEADER_LEN = struct.Struct("<I")
 def write_engine_file(path: str | Path, engine: bytes, meta: dict) -> Path:
     """Write `MAGIC + len + JSON meta + engine` atomically; -> `path`."""
     header = json.dumps(meta, sort_keys=True).encode()
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(MAGIC + _HEADER_LEN.pack(len(header))
-                                                                + header + bytes(engine)))
+    return write_bytes(path, MAGIC + _HEADER_LEN.pack(len(header)) + header + bytes(engine))
 
 
 def read_engine_file(path: str | Path) -> tuple[dict, bytes]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mattecli.errors import UsageError
-from mattecli.files import atomic_write
+from mattecli.files import atomic_write, write_bytes
 
 KEEP = 3  # newest checkpoints kept in RUN_DIR/checkpoints
 # every file and folder a run writes: what --overwrite removes (nothing else in the folder)
@@ -42,11 +42,11 @@ def save_checkpoint(run_dir: Path, state: dict, iteration: int) -> Path:
     import torch
 
     path = Path(run_dir) / "checkpoints" / f"iter_{iteration:08d}.pt"
-    # Serialised in memory, written by Python: torch.save's own writer reports a full disk as
+    # Serialised in memory (see write_bytes): torch.save's own writer reports a full disk as
     # "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getbuffer()))
+    write_bytes(path, buffer.getbuffer())
     for _, old in checkpoints(run_dir)[:-KEEP]:
         old.unlink()
     return path
