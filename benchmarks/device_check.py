@@ -351,10 +351,10 @@ def e2e_rows(device: str, size, count: int, keep=None) -> list[dict]:
     the workers, so the CUDA default of one worker per core is a measured choice; and --save alpha
     over JPEG photos, what a folder of camera photos costs to decode. `keep`: as `model_rows`'
     (each run takes some 25 s at 4K, its inputs' writing included)."""
-    import os
     import tempfile
 
     from mattecli.bench_e2e import run_e2e
+    from mattecli.parallel import usable_cores
     from mattecli.sizes import Size
     from mattecli.weights import save_weights
 
@@ -369,8 +369,7 @@ def e2e_rows(device: str, size, count: int, keep=None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "indexnet.safetensors"
         save_weights(build_model(recipe), recipe, weights)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        fewer = max(2, cores // 2) if device.startswith("cuda") else 1
+        fewer = max(2, usable_cores() // 2) if device.startswith("cuda") else 1
         for save, workers, photos in ((("alpha",), None, "png"), (("alpha",), fewer, "png"),
                                       (("alpha", "fg"), None, "png"), (("alpha",), None, "jpg")):
             report = run_e2e(weights, [Size(*size)], device=device, half=device.startswith("cuda"), save=save, count=count,
@@ -387,15 +386,15 @@ def pool_rows(size, count: int, rounds: int) -> list[dict]:
     against one process per core (`benchmarks/pool_kind.py`): threads won 1.90x / 2.02x on the
     2-core CPU, but 16 threads decoding on the H200's host took 0.5 s per image each, more than one
     core's decode, and processes do not share the GIL."""
-    import os
     import tempfile
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from pool_kind import compare, summary
 
     from mattecli.bench_e2e import make_inputs
+    from mattecli.parallel import usable_cores
 
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = usable_cores()
     count = max(count, 2 * workers)
     with tempfile.TemporaryDirectory() as tmp:
         make_inputs(Path(tmp), count, *size)

@@ -13,7 +13,6 @@ import csv
 import heapq
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,10 +168,9 @@ def _init_worker() -> None:
 
 
 def default_workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    from mattecli.parallel import usable_cores
+
+    return usable_cores()
 
 
 def evaluate_files(items: list[Item], workers: int = 1, console=None) -> list[Result]:

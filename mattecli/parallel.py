@@ -9,6 +9,7 @@ OpenMP's threads cannot be forked safely, and spawn is what macOS and Windows us
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -27,6 +28,14 @@ class InlineExecutor(Executor):
         except Exception as err:  # noqa: BLE001 - delivered through the future, as a pool would
             future.set_exception(err)
         return future
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a job scheduler or a container
+    limits; every core where the platform does not say)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def executor(workers: int, processes: bool = False, initializer: Callable | None = None,

@@ -28,7 +28,7 @@ from mattecli.imageio import (IMAGE_SUFFIXES, check_out_file, exif_orientation, 
                               list_images, read_gray, read_image, read_mask, read_trimap, relative_name,
                               subfolders_with_images)
 from mattecli.inference.pipeline import REDONE_FP32, stage
-from mattecli.parallel import executor
+from mattecli.parallel import executor, usable_cores
 from mattecli.progress import track
 
 TRIMAP_SUFFIX = "_trimap"
@@ -236,12 +236,9 @@ def default_workers(device: str) -> int:
     they scale with threads. CPU: 0, in turn with the model, which already uses every core; a
     model that leaves cores idle (an exported graph on a small model) gains from `--workers 2`.
     """
-    import os
-
     if not str(device).startswith("cuda"):
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(2, cores)
+    return max(2, usable_cores())
 
 
 def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None, overwrite: bool = False,
