@@ -86,9 +86,8 @@ class Matter:
         if not (tri == 128).any():  # said, as matte infer says it: a binary mask passed as the trimap, most likely
             from mattecli.data.trimap import nothing_to_matte
 
-            reason = nothing_to_matte(tri)
-            if reason.endswith("no unknown pixel"):
-                reason += " (a binary mask? make a trimap of it with mattecli.trimap_from_mask)"
+            reason = nothing_to_matte(tri, mask_hint="a binary mask? make a trimap of it with "
+                                                     "mattecli.trimap_from_mask")
             warnings.warn(f"{reason}; the trimap is returned as the alpha", stacklevel=2)
             return tri.copy()
         return self.pipeline.run(rgb, tri).alpha

@@ -340,15 +340,16 @@ def trimap_from_mask(mask: np.ndarray, band: str | float = DEFAULT_BAND,
     return np.ascontiguousarray(full[:h, :w])
 
 
-def nothing_to_matte(trimap: np.ndarray, what: str = "trimap") -> str | None:
-    """Why a trimap gives the model nothing to do (no unknown pixel), or None when it has work."""
+def nothing_to_matte(trimap: np.ndarray, what: str = "trimap", mask_hint: str = "") -> str | None:
+    """Why a trimap gives the model nothing to do (no unknown pixel), or None when it has work.
+    `mask_hint` is added where it holds both 0 and 255 and nothing else: a binary mask, most likely."""
     if (trimap == UNKNOWN).any():
         return None
     if not (trimap == FG).any():
         return f"nothing to matte: the {what} has no foreground"
     if not (trimap == BG).any():
         return f"nothing to matte: the {what} is all foreground"
-    return f"nothing to matte: the {what} has no unknown pixel"
+    return f"nothing to matte: the {what} has no unknown pixel" + (f" ({mask_hint})" if mask_hint else "")
 
 
 def trimap_preview(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:

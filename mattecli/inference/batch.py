@@ -451,10 +451,9 @@ def _load(item: _Item, overwrite: bool, timer=None, prepare=None):
 def _nothing_to_matte(trimap: np.ndarray, from_mask: bool) -> str | None:
     from mattecli.data.trimap import nothing_to_matte
 
-    reason = nothing_to_matte(trimap, "mask" if from_mask else "trimap")
-    if reason and not from_mask and reason.endswith("no unknown pixel"):  # 0 and 255 only: a mask, most likely
-        reason += " (a binary mask? pass masks with --masks)"
-    return reason
+    if from_mask:
+        return nothing_to_matte(trimap, "mask")
+    return nothing_to_matte(trimap, mask_hint="a binary mask? pass masks with --masks")
 
 
 def _write(item: _Item, image: np.ndarray, alpha: np.ndarray, background, trimap: np.ndarray, device=None,
