@@ -19,7 +19,6 @@ whenever overlap works; upload + prepare, model and restore + download run in th
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mattecli.parallel import pool
+from mattecli.parallel import pool, usable_cores
 from mattecli.recipes import shipped
 
 WARM_IMAGES = 4
@@ -101,7 +100,7 @@ def make_inputs(folder: Path, count: int, width: int, height: int, photos: str =
         trimap.save(folder / f"e2e {i:03d}_trimap.png", compress_level=1)
 
     # PNG encoding releases the GIL: on the 16 cores of a GPU machine the 4K inputs took 20 s one by one
-    with pool(min(count, os.cpu_count() or 1)) as executor:
+    with pool(min(count, usable_cores())) as executor:
         list(executor.map(write_pair, range(count)))
 
 

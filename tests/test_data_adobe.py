@@ -601,3 +601,21 @@ def test_a_foreground_turned_by_its_exif_tag_says_so(dataset, tmp_path):
     assert "alpha is 10x14 but its foreground" in report.errors[0]
     assert "(p.jpg's EXIF tag says 'rotated 90 CW', which is ignored here as Adobe's script ignores it: save the " \
            "file upright)" in report.errors[0]
+
+
+def test_the_default_workers_are_the_cores_this_process_may_use(dataset, tmp_path, monkeypatch):
+    """Not os.cpu_count(): a job scheduler or a container that gives the process 3 of a machine's
+    64 cores started 64 worker processes."""
+    from mattecli.data import adobe
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 9}, raising=False)
+    real, asked = adobe.run_jobs, []
+
+    def recorded(jobs, workers, label):
+        asked.append(workers)
+        return real(jobs, 1, label)  # one process is enough to check the rest
+
+    monkeypatch.setattr(adobe, "run_jobs", recorded)
+    report = prepare_adobe(dataset["root"], dataset["coco"], dataset["voc"], tmp_path / "out", "test")
+    assert report.errors == [] and asked == [3]

@@ -340,6 +340,23 @@ def test_a_full_disk_stops_making_trimaps_and_a_rerun_finishes(tmp_path, monkeyp
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux's 4096-byte path limit")
+def test_the_default_workers_are_the_cores_this_process_may_use(tmp_path, monkeypatch):
+    """Not os.cpu_count(), which counts cores a job scheduler or a container does not give."""
+    import os
+
+    from mattecli.data import make_trimaps as module
+
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    write_png(tmp_path / "masks" / "m.png", mask)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 9}, raising=False)
+    real, asked = module.executor, []
+    monkeypatch.setattr(module, "executor", lambda workers, **kw: asked.append(workers) or real(1, **kw))
+    report = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", TrimapJob(rule=MaskRule()), progress=False)
+    assert report.done == [str(tmp_path / "masks" / "m.png")] and asked == [3]
+
+
 def test_a_trimap_path_over_the_system_limit_fails_that_mask_only(tmp_path):
     """As in matte infer: the first output path over 4096 bytes ended the run before any mask."""
     mask = np.zeros((40, 48), np.uint8)

@@ -14,7 +14,7 @@ app = typer.Typer(help="Prepare matting datasets: composites, ground truth and m
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
 SPLIT = typer.Option("all", "--split", help="Which split to prepare: train, test or all.")
-WORKERS = typer.Option(None, "--workers", min=1, help="Worker processes (default: all cores).")
+WORKERS = typer.Option(None, "--workers", min=1, help="Worker processes (default: every core this process may use).")
 COMPOSITE = typer.Option(False, "--composite",
                          help="Also write the training composites to train/merged/ (the test split "
                               "always has them).")

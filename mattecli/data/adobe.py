@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from mattecli.errors import InputError, UsageError
 from mattecli.files import atomic_write, remove_stale_temps
 from mattecli.imageio import (EXIF_ORIENTATIONS, IMAGE_SUFFIXES, exif_orientation, read_gray, read_image,
                               utf8_name, write_png)
+from mattecli.parallel import map_bounded, pool, usable_cores
 
 ADOBE_PER_FG = {"train": 100, "test": 20}
 D646_PER_FG = {"train": 80, "test": 20}
@@ -291,7 +291,6 @@ def remove_stale_split_temps(split_dir: Path) -> None:
 def run_jobs(jobs: list[ForegroundJob], workers: int, label: str) -> tuple[list[Sample], list[str]]:
     """Run jobs over `workers` processes (1: in this process) with a progress bar; samples come
     back in plan order."""
-    from mattecli.parallel import map_bounded, pool
     from mattecli.progress import track
 
     total = sum(len(j.composites) for j in jobs)
@@ -389,7 +388,7 @@ def prepare_adobe(root: Path, coco: Path, voc: Path, out: Path, split: str = "al
         raise UsageError(f"--root {root}: holds Combined_Dataset/; give --root {nested}")
     bg_dirs = {"train": [Path(coco), Path(voc)], "test": [Path(voc), Path(coco)]}
     _require_backgrounds(split, coco, voc)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     out = Path(out)
     check_out(out, _splits(split))
     report = PrepareReport({}, {}, [], [])
@@ -454,7 +453,7 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
     root = _require_dir(root, "--root")
     sources = {"train": (Path(coco), "--coco"), "test": (Path(voc), "--voc")}
     _require_backgrounds(split, coco, voc)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     out = Path(out)
     check_out(out, _splits(split))
     for name in _splits(split):

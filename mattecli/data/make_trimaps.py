@@ -7,7 +7,6 @@ finishes what is missing. Bad files are named with the reason and the batch goes
 
 from __future__ import annotations
 
-import os
 import zlib
 from concurrent.futures import as_completed
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from mattecli.imageio import (exif_orientation, fit_orientation, index_by_stem, 
                               read_image, read_mask, relative_name, write_png)
 from mattecli.inference.batch import (MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, claim_output_name, no_images,
                                       unread_note)
-from mattecli.parallel import executor
+from mattecli.parallel import executor, usable_cores
 from mattecli.progress import track
 
 METHODS = ("dist", "erode")
@@ -116,7 +115,7 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
             todo.append((path, name, targets, photos.get(name)))
     for folder in sorted(folders):  # left by a killed run; young ones may belong to a live one
         remove_stale_temps(folder, ".*.tmp", older_than=STALE_TEMP_SECONDS)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     pool = executor(workers, name="matte-trimap")
     try:
         with track(len(todo), "trimap", enabled=progress) as bar:
