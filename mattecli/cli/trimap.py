@@ -35,7 +35,8 @@ def main(
     empty: str = typer.Option("skip", "--empty", help="A mask with nothing to matte (no foreground, or all "
                               "foreground): skip (default) or pass (write its all-known trimap). Named either way."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo trimaps that exist (default: skip them)."),
-    workers: int = typer.Option(None, "--workers", min=1, help="Files processed at once (default: every core this process may use)."),
+    workers: int = typer.Option(None, "--workers", min=1, help="Files processed at once (default: every core this "
+                                "process may use)."),
     recursive: bool = typer.Option(False, "--recursive", help="Walk subfolders (and --images' at the same relative "
                                    "paths); outputs mirror the tree. Links to folders are followed, each folder walked "
                                    "once."),
