@@ -137,6 +137,10 @@ class InferConfig:
     # under --half; 0: not measured yet, the CPU figure stands in (tiling.model_bytes_per_pixel).
     cuda_bytes_per_pixel: int = 0
     cuda_half_bytes_per_pixel: int = 0
+    # The exported graph's in ONNX Runtime on a CPU (peak RSS, benchmarks/measure_memory.py --onnx),
+    # which runs it untiled and in its own order: above the PyTorch figure for some recipes (TCP's
+    # textural path, A2U's point-wise taps). 0: not measured, the CPU figure stands in.
+    onnx_bytes_per_pixel: int = 0
 
     @property
     def input_channels(self) -> int:
@@ -147,7 +151,7 @@ class InferConfig:
         _check_choices(self, align=("resize", "pad", "resize-down"), normalise=("unit", "unit-float32", "pixel"),
                        trimap=("scalar", "onehot"), known=("copy", "force"), rounding=("truncate", "half-even"))
         _check_at_least(self, 1, "stride", "bytes_per_pixel")
-        _check_at_least(self, 0, "cuda_bytes_per_pixel", "cuda_half_bytes_per_pixel")
+        _check_at_least(self, 0, "cuda_bytes_per_pixel", "cuda_half_bytes_per_pixel", "onnx_bytes_per_pixel")
         if not all(s > 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std!r}")
 

@@ -435,6 +435,16 @@ def test_compact_shares_integer_constants_only(tmp_path):
     assert [list(n.input) for n in model.graph.node] == [["x", "a1"], ["r1", "a1"], ["r2", "f1"], ["m", "f2"]]
 
 
+def test_the_graph_is_budgeted_by_its_onnx_runtime_figure_and_the_weights_by_pytorchs(exported):
+    """`--max-memory` for the graph uses what ONNX Runtime needs (measured per recipe), for the
+    weights file what PyTorch needs; the figure travels in the graph's recipe."""
+    _, recipe, path, _ = exported
+    cfg = recipe.infer
+    if recipe.family == "tcp":  # demo-tcp: its graph runs the textural path untiled, above the CPU figure
+        assert cfg.onnx_bytes_per_pixel > cfg.bytes_per_pixel
+    assert load_pipeline(path).bytes_per_pixel == (cfg.onnx_bytes_per_pixel or cfg.bytes_per_pixel)
+
+
 # ----------------------------------------------------------------------------------------------
 # The same pipeline for torch and onnx; the command line
 

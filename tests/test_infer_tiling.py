@@ -181,3 +181,20 @@ def test_running_out_of_memory_even_in_the_smallest_tiles_names_the_last_tile():
     image, trimap = band_case()
     with pytest.raises(ValueError, match=r"^out of memory even in tiles of 80x80$"):  # then below 64, the least
         Pipeline(Bounded(10, MemoryError()), CFG, max_bytes=ceiling_for(1000)).run(image, trimap)
+
+
+def test_an_exported_graph_on_a_cpu_is_budgeted_by_its_onnx_runtime_figure():
+    """ONNX Runtime runs TCP's graph untiled and A2U's point-wise taps in its own order: 1.3x and
+    1.7x PyTorch's peak, over the CPU figure. The recipe's onnx figure budgets it where stated."""
+    from mattecli.inference.tiling import model_bytes_per_pixel
+
+    cfg = InferConfig(bytes_per_pixel=600, onnx_bytes_per_pixel=720, cuda_bytes_per_pixel=500)
+    assert model_bytes_per_pixel(cfg, "cpu", backend="onnx")[0] == 720
+    assert model_bytes_per_pixel(cfg, "cpu", backend="torch")[0] == 600
+    assert model_bytes_per_pixel(cfg, "cpu")[0] == 600
+    assert model_bytes_per_pixel(cfg, "cuda", backend="onnx")[0] == 500  # ONNX Runtime on CUDA: unmeasured
+    plain = InferConfig(bytes_per_pixel=600)  # none stated: the CPU figure stands in
+    per_pixel, source = model_bytes_per_pixel(plain, "cpu", backend="onnx")
+    assert per_pixel == 600 and "infer.bytes_per_pixel" in source
+    with pytest.raises(ValueError):
+        InferConfig(onnx_bytes_per_pixel=-1)

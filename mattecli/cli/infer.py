@@ -130,7 +130,7 @@ def main(
     if max_bytes is not None and device.startswith("cuda"):
         from mattecli.inference.tiling import model_bytes_per_pixel
 
-        per_pixel, source = model_bytes_per_pixel(pipeline.cfg, device, half)
+        per_pixel, source = model_bytes_per_pixel(pipeline.cfg, device, half, pipeline.backend.name)
         if "not measured" in source:
             typer.echo(f"matte: note: --max-memory on {device}: {per_pixel} bytes/pixel from {source}", err=True)
     unreadable, others = [], []  # subfolders left out: failures of the batch, unless nothing else is there

@@ -65,6 +65,8 @@ class TorchBackend:
             arithmetic.
     """
 
+    name = "torch"  # as --backend names it
+
     def __init__(self, model, recipe, device: str = "cpu", half: bool = False, compile: bool = False,
                  channels_last: bool = False, fold_bn: bool = False, half_dtype: str = HALF_DTYPE):
         import copy
@@ -174,6 +176,8 @@ class TensorRTBackend:
     weights. On 10.0 TensorRT allocates the scratch memory itself.
     """
 
+    name = "trt"  # as --backend names it
+
     def __init__(self, engine_bytes: bytes, meta: dict, device: str = "cuda", source: str = "engine"):
         import torch
 
@@ -262,6 +266,8 @@ class TensorRTBackend:
 
 class OnnxBackend:
     """An exported `.onnx` graph in ONNX Runtime; the recipe comes from the graph's metadata."""
+
+    name = "onnx"  # as --backend names it
 
     def __init__(self, session, recipe, path: str | Path = "model.onnx", device: str = "cpu"):
         import onnxruntime as ort

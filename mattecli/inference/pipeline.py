@@ -586,7 +586,7 @@ def load_pipeline(weights, backend: str | None = None, device: str = "cpu",
 
     reuse_freed_buffers()
     be = load_backend(weights, backend, device, half=half, compile=compile)
-    per_pixel, _ = model_bytes_per_pixel(be.recipe.infer, device, half)
+    per_pixel, _ = model_bytes_per_pixel(be.recipe.infer, device, half, be.name)
     return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes,
                     bytes_per_pixel=per_pixel)
 

@@ -42,15 +42,19 @@ def default_max_bytes(device: str) -> int:
     return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
 
 
-def model_bytes_per_pixel(cfg, device: str = "cpu", half: bool = False) -> tuple[int, str]:
-    """The model's peak memory per input pixel on `device`, and where the figure comes from.
+def model_bytes_per_pixel(cfg, device: str = "cpu", half: bool = False, backend: str = "torch") -> tuple[int, str]:
+    """The model's peak memory per input pixel on `device` with `backend`, and where the figure
+    comes from.
 
-    CPU: `bytes_per_pixel` (peak RSS, benchmarks/measure_memory.py). CUDA:
+    CPU: `bytes_per_pixel` (peak RSS, benchmarks/measure_memory.py); an exported graph in ONNX
+    Runtime (`backend` "onnx"): `onnx_bytes_per_pixel` where the recipe has it. CUDA:
     `cuda_bytes_per_pixel` / `cuda_half_bytes_per_pixel` (torch.cuda.max_memory_allocated,
     benchmarks/device_check.sh) where the recipe has them; otherwise the CPU figure, which the
     float32 CUDA pass stays near (the same activations) and a half-precision pass stays under.
     """
     if not str(device).startswith("cuda"):
+        if backend == "onnx" and getattr(cfg, "onnx_bytes_per_pixel", 0):
+            return cfg.onnx_bytes_per_pixel, "recipe infer.onnx_bytes_per_pixel (ONNX Runtime on a CPU, measured)"
         return cfg.bytes_per_pixel, "recipe infer.bytes_per_pixel (CPU, measured)"
     key = "cuda_half_bytes_per_pixel" if half else "cuda_bytes_per_pixel"
     measured = getattr(cfg, key, 0)
