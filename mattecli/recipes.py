@@ -139,7 +139,8 @@ class InferConfig:
     cuda_half_bytes_per_pixel: int = 0
     # The exported graph's in ONNX Runtime on a CPU (peak RSS, benchmarks/measure_memory.py --onnx),
     # which runs it untiled and in its own order: above the PyTorch figure for some recipes (TCP's
-    # textural path, A2U's point-wise taps). 0: not measured, the CPU figure stands in.
+    # textural path, A2U's point-wise taps). 0: the CPU figure stands in (measured to cover ONNX
+    # Runtime's need for the released families' other recipes: the recipes' comments say so).
     onnx_bytes_per_pixel: int = 0
 
     @property
