@@ -275,12 +275,17 @@ class OnnxBackend:
         self.session = session
         self.recipe = recipe
         self.path = Path(path)
-        # Give the arena back after every call: without it ONNX Runtime's CPU arena roughly doubles
-        # on the second call of a big image (A2U at 1088x1920: 7.5 -> 14.3 GB peak; with it 8.0 GB,
-        # same speed; docs/benchmarks.md).
+        # The CPU arena is kept between calls. Shrinking it after every call handed its blocks to a
+        # C heap that `load_pipeline` tunes to keep freed blocks (`reuse_freed_buffers`), and the
+        # heap fragmented: the peak grew call after call (IndexNet's graph, tiles of about 1024x1024
+        # of four shapes: 871 -> 2,324 bytes/pixel in 8 calls; A2U's at 1920x1088: 2.9 -> 4.8 GB in 3),
+        # where the kept arena levels off at its first calls' size (872 flat; 2.9 -> 3.3 GB, same
+        # speed; docs/benchmarks.md). On CUDA the GPU arena is still given back after every call:
+        # the foreground estimation (PyTorch) shares the device.
         self.run_options = ort.RunOptions()
-        arenas = "cpu:0" + (f";gpu:{device.split(':', 1)[1] if ':' in device else 0}" if device.startswith("cuda") else "")
-        self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
+        if device.startswith("cuda"):
+            gpu = device.split(":", 1)[1] if ":" in device else "0"
+            self.run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", f"gpu:{gpu}")
         shape = session.get_inputs()[0].shape  # ints where fixed, names where dynamic
         self.fixed_size = tuple(shape[2:]) if all(isinstance(d, int) for d in shape[2:]) else None
 
