@@ -386,7 +386,7 @@ def _onnx_providers(ort, device: str) -> list:
     return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
 
-BACKENDS = {"torch": TorchBackend, "onnx": OnnxBackend, "trt": TensorRTBackend}
+BACKENDS = {backend.name: backend for backend in (TorchBackend, OnnxBackend, TensorRTBackend)}
 BACKEND_NAMES = tuple(BACKENDS)
 
 
