@@ -59,8 +59,13 @@ def test_alignment_is_checked_per_side_and_suggests_the_aligned_size():
 
 def test_shards_and_backends():
     assert parse_shard("2/4") == (2, 4) and parse_shard(None) is None
-    for bad in ("3/3", "-1/3", "1/0", "a/b", "1", "1/2/3", "1.5/3", "\u00b9/2", "\u0661/2"):
+    for bad in ("3/3", "-1/3", "a/b", "1", "1/2/3", "1.5/3", "\u00b9/2", "\u0661/2"):
         with pytest.raises(UsageError, match="^--shard .*(0-based|K/N)"):
+            parse_shard(bad)
+    with pytest.raises(UsageError, match=r"^--shard 3/3: need 0 <= K < N \(K is 0-based: 0/3 \.\. 2/3\)$"):
+        parse_shard("3/3")
+    for bad in ("1/0", "0/0"):  # the hint said "0/1 .. 0/1"
+        with pytest.raises(UsageError, match=f"^--shard {bad}: N, the number of shards, must be at least 1"):
             parse_shard(bad)
     assert parse_backends("torch,onnx,torch") == ["torch", "onnx"]
     with pytest.raises(UsageError, match="unknown backend 'tensorflow'"):

@@ -363,6 +363,28 @@ def test_usage_errors(dataset, tmp_path):
         prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "o", "val")
 
 
+def test_every_splits_names_files_are_checked_before_any_split_is_composed(dataset, tmp_path):
+    """--split all with a short test_bg_names.txt composed the whole training split first (43,100
+    composites, hours) and then stopped with a usage error that also hid the training failures."""
+    root = _copy_dataset(dataset, tmp_path)
+    names = (root / "Test_set/test_bg_names.txt").read_text().splitlines()
+    (root / "Test_set/test_bg_names.txt").write_text("\n".join(names[:-1]) + "\n")
+    with pytest.raises(UsageError, match=r"test_bg_names.txt: 39 background names, 40 needed"):
+        prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "out", "all", workers=1)
+    assert not (tmp_path / "out" / "train").exists()
+
+
+def test_a_foreground_in_neither_group_names_both_folders(dataset, tmp_path):
+    """A foreground of `Other` missing was reported at `Adobe-licensed images/fg/`, where it never was."""
+    root = _copy_dataset(dataset, tmp_path)
+    (root / "Training_set/Other/fg/net.jpg").unlink()
+    report = prepare_adobe(root, dataset["coco"], dataset["voc"], tmp_path / "out", "train", workers=1)
+    train = root / "Training_set"
+    assert report.errors == [f"{train / 'Adobe-licensed images/fg/net.jpg'}: no such file, nor in {train / 'Other/fg'} "
+                             f"(skipping {TRAIN_PER_FG} composites of net)"]
+    assert report.counts == {"train": TRAIN_PER_FG}
+
+
 def test_d646(dataset, tmp_path):
     rng = np.random.default_rng(3)
     root = tmp_path / "D646"

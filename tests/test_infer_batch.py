@@ -520,3 +520,33 @@ def test_a_missing_trimap_in_a_recursive_run_names_the_subfolder_searched(tmp_pa
     pairs, problems = find_pairs(tmp_path / "in", tmp_path / "tri", recursive=True)
     assert not pairs
     assert problems[0][1].endswith(f"in {tmp_path / 'tri' / 'day1'})")
+
+
+def test_maps_beside_their_photos_are_never_taken_for_photos(tmp_path):
+    """The default layout (a_trimap.png beside a.png) run with --trimaps or --masks: each map was
+    taken as a photo and failed for want of a trimap (exit 1); a mask beside its photo likewise."""
+    import shutil
+
+    images = make_pairs(tmp_path / "in", ["a", "b"])
+    shutil.copy(images / "b_trimap.png", images / "b_mask.png")
+    (tmp_path / "tri").mkdir()
+    for name in ("a", "b"):
+        shutil.copy(images / f"{name}_trimap.png", tmp_path / "tri" / f"{name}.png")
+    maps = []
+    pairs, problems = find_pairs(images, tmp_path / "tri", maps=maps)
+    assert [(i.name, t.parent.name) for i, t in pairs] == [("a.png", "tri"), ("b.png", "tri")] and not problems
+    assert sorted(m.name for m in maps) == ["a_trimap.png", "b_mask.png", "b_trimap.png"]
+    maps = []
+    pairs, problems = find_pairs(images, None, maps=maps)  # beside: the _trimap files pair, the mask is left out
+    assert [(i.name, t.name) for i, t in pairs] == [("a.png", "a_trimap.png"), ("b.png", "b_trimap.png")]
+    assert not problems and [m.name for m in maps] == ["b_mask.png"]
+    pairs, problems = find_pairs(images, tmp_path / "tri", suffix="_mask", option="--masks")
+    assert [i.name for i, _ in pairs] == ["a.png", "b.png"] and not problems
+    (images / "c_trimap.png").write_bytes((images / "a_trimap.png").read_bytes())  # no photo c: still an image
+    pairs, problems = find_pairs(images, tmp_path / "tri")
+    assert problems == [(str(images / "c_trimap.png"), problems[0][1])]
+    report = infer_folder(FakePipeline(), images, tmp_path / "out", trimaps=tmp_path / "tri", progress=False)
+    assert sorted(report.done) == [str(images / "a.png"), str(images / "b.png")]
+    assert any(note.startswith(f"{images / 'a_trimap.png'}: left out, as the trimap of the photo beside it "
+                               f"(this run reads the trimaps in --trimaps {tmp_path / 'tri'}) (and 2 more")
+               for note in report.notes)

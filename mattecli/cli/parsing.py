@@ -108,9 +108,10 @@ def parse_shard(text: str | None, option: str = "--shard") -> tuple[int, int] | 
     if len(parts) != 2 or not all(is_whole_number(p.strip()) for p in parts):
         raise UsageError(f"{option} {text}: expected K/N with whole numbers, e.g. 0/4 (K is 0-based)")
     k, n = int(parts[0]), int(parts[1])
-    if n < 1 or k >= n:
-        raise UsageError(f"{option} {text}: need N >= 1 and 0 <= K < N (K is 0-based: 0/{max(n, 1)} .. "
-                         f"{max(n, 1) - 1}/{max(n, 1)})")
+    if n < 1:
+        raise UsageError(f"{option} {text}: N, the number of shards, must be at least 1 (e.g. 0/4)")
+    if k >= n:
+        raise UsageError(f"{option} {text}: need 0 <= K < N (K is 0-based: 0/{n} .. {n - 1}/{n})")
     return k, n
 
 

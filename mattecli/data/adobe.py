@@ -101,6 +101,7 @@ class ForegroundJob:
     out: Path  # the split folder
     merged: bool  # write merged/{name}.png
     alpha_per_composite: bool  # alpha/{name}.png (test contract) rather than alpha/{stem}.png
+    fg_also: tuple[Path, ...] = ()  # the other folders searched for a missing foreground, for its error
 
     def outputs(self, c: Composite) -> dict[str, Path]:
         """Manifest column -> output path for one composite."""
@@ -183,8 +184,9 @@ def plan_jobs(fg_names: list[str], bg_names: list[str], per_fg: int, fg_dirs: li
             Composite(name=f"{stem}_{k}", bg=_find(bg_names[i * per_fg + k], bg_dirs),
                       trimap=None if trimap_dir is None else trimap_dir / f"{stem}_{k}.png")
             for k in range(per_fg))
+        missing = () if fg_path.is_file() else tuple(fg_dirs[1:])
         jobs.append(ForegroundJob(stem, fg_path, alpha_path, composites, out, merged,
-                                  alpha_per_composite))
+                                  alpha_per_composite, missing))
     if jobs and not any(c.bg.is_file() for job in jobs for c in job.composites):
         # a wrong folder (COCO's parent, train2017) failed every sample on a line of its own: 43,100 lines
         raise UsageError(f"{names_file}: none of the {need} backgrounds it lists (e.g. {bg_names[0]}) is in "
@@ -223,6 +225,8 @@ def _copy_trimap(src: Path, dst: Path, fg: np.ndarray) -> None:
 
 
 def _foreground(job: ForegroundJob) -> tuple[np.ndarray, np.ndarray]:
+    if job.fg_also and not job.fg.is_file():  # named at the first folder searched; it is in none
+        raise InputError(job.fg, f"no such file, nor in {' or '.join(str(d) for d in job.fg_also)}")
     fg = read_image(job.fg)
     alpha = read_gray(job.alpha)
     if alpha.shape != fg.shape[:2]:
@@ -391,7 +395,7 @@ def prepare_adobe(root: Path, coco: Path, voc: Path, out: Path, split: str = "al
     workers = workers or usable_cores()
     out = Path(out)
     check_out(out, _splits(split))
-    report = PrepareReport({}, {}, [], [])
+    plans = {}  # every split's names files are read and checked before any split is composed
     for name in _splits(split):
         if name == "train":
             base = root / "Training_set"
@@ -403,10 +407,12 @@ def prepare_adobe(root: Path, coco: Path, voc: Path, out: Path, split: str = "al
             groups = [base / "Adobe-licensed images"]
             fg_file, bg_file = base / "test_fg_names.txt", base / "test_bg_names.txt"
             trimap_dir = groups[0] / "trimaps"
-        jobs = plan_jobs(read_names(fg_file), read_names(bg_file), ADOBE_PER_FG[name],
-                         [g / "fg" for g in groups], [g / "alpha" for g in groups], bg_dirs[name],
-                         out / name, merged=(name == "test" or composite), trimap_dir=trimap_dir,
-                         names_file=bg_file, alpha_per_composite=(name == "test"))
+        plans[name] = plan_jobs(read_names(fg_file), read_names(bg_file), ADOBE_PER_FG[name],
+                                [g / "fg" for g in groups], [g / "alpha" for g in groups], bg_dirs[name],
+                                out / name, merged=(name == "test" or composite), trimap_dir=trimap_dir,
+                                names_file=bg_file, alpha_per_composite=(name == "test"))
+    report = PrepareReport({}, {}, [], [])
+    for name, jobs in plans.items():
         _finish(out, name, jobs, workers, f"adobe {name}", report)
     return report
 
@@ -458,7 +464,7 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
     check_out(out, _splits(split))
     for name in _splits(split):
         _check_seed(out / name, seed)
-    report = PrepareReport({}, {}, [], [])
+    plans = {}  # both splits drawn and checked before either is composed
     for name in _splits(split):
         folder = _require_dir(root / name.capitalize(), "--root")
         fg_dir, gt_dir = _require_dir(folder / "FG", "--root"), _require_dir(folder / "GT", "--root")
@@ -479,12 +485,14 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
             if fresh:  # nothing was drawn (too few backgrounds): the seed binds no draw, so it must not bind a re-run
                 (split_dir / "seed.json").unlink(missing_ok=True)
             raise
-        jobs = plan_jobs(fg_names, bg_names, D646_PER_FG[name], [fg_dir], [gt_dir],
-                         [bg_dir], split_dir, merged=(name == "test" or composite), trimap_dir=None,
-                         names_file=split_dir / "bg_names.txt", alpha_per_composite=(name == "test"))
+        plans[name] = plan_jobs(fg_names, bg_names, D646_PER_FG[name], [fg_dir], [gt_dir],
+                                [bg_dir], split_dir, merged=(name == "test" or composite), trimap_dir=None,
+                                names_file=split_dir / "bg_names.txt", alpha_per_composite=(name == "test"))
+    report = PrepareReport({}, {}, [], [])
+    for name, jobs in plans.items():
         _finish(out, name, jobs, workers, f"d646 {name}", report)
         if name == "test":
-            _d646_trimaps(split_dir, report, seed)
+            _d646_trimaps(out / name, report, seed)
     return report
 
 

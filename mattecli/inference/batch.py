@@ -54,7 +54,7 @@ OUTPUT_FOLDERS = ("fg", "rgba", "composite", "trimap")  # the non-alpha outputs'
 
 def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None = None, *,
                suffix: str = TRIMAP_SUFFIX, option: str = "--trimaps", recursive: bool = False,
-               out: Path | None = None, others: list[Path] | None = None
+               out: Path | None = None, others: list[Path] | None = None, maps: list[Path] | None = None
                ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """(image, trimap) pairs by stem, and (path, reason) for images that have no usable trimap.
 
@@ -68,7 +68,9 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
 
     `images` may also be one image file: its trimap is then `trimaps` when that is a file, else
     found as above (in `trimaps`, or beside the image). Files of `images` in a picture format matte
-    does not read are added to `others` when it is given.
+    does not read are added to `others` when it is given. A `{stem}_trimap` or `{stem}_mask` file
+    beside its photo `{stem}.*` is that photo's map, never an image; those not paired here (maps of
+    the other kind, or all of them when `trimaps` is another folder) are added to `maps` when given.
 
     Raises:
         UsageError: a folder or file is missing; a trimap file without a single image file.
@@ -94,6 +96,13 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
         files = [p for p in files if single or not p.stem.endswith(suffix)]  # a file named by hand is the image
     else:
         tri_files = list_images(trimaps, recursive, unreadable=unreadable)
+    if not single and (beside_maps := _maps_beside_photos(files, root)):
+        # e.g. the default layout's a_trimap.png beside a.png, in a run given --trimaps or --masks:
+        # taken as a photo, it failed for want of a trimap of its own
+        left_out = set(beside_maps)
+        files = [f for f in files if f not in left_out]
+        if maps is not None:
+            maps.extend(beside_maps)
     if not files:
         raise no_images(images, recursive, out, unreadable, others or ())
     maps_root = root if beside else trimaps
@@ -155,6 +164,13 @@ def _output_folders(images: Path, out: Path | None) -> tuple[Path, ...]:
     return tuple(out_root / kind for kind in OUTPUT_FOLDERS) + ((out_root,) if out_root != root else ())
 
 
+def _maps_beside_photos(files: list[Path], root: Path) -> list[Path]:
+    """The `{stem}_trimap` and `{stem}_mask` files whose photo `{stem}.*` is among `files`."""
+    names = {relative_name(f, root) for f in files}
+    return [f for f in files for suffix in (TRIMAP_SUFFIX, MASK_SUFFIX)
+            if f.stem.endswith(suffix) and relative_name(f, root)[:-len(suffix)] in names]
+
+
 def _input_images(images: Path, recursive: bool, out: Path | None,
                   unreadable: list[tuple[Path, str]] | None = None, others: list[Path] | None = None) -> list[Path]:
     """The image files under `images`, less the outputs of a run writing into `out`: when `out` is
@@ -204,6 +220,17 @@ def _subfolder_hint(images: Path, recursive: bool, out: Path | None = None) -> s
 
 def _unread(others: list[Path]) -> str:
     return ("1 file" if len(others) == 1 else f"{len(others)} files") + " in a picture format matte does not read"
+
+
+def maps_note(maps: list[Path], masks, trimaps) -> str | None:
+    """The note for the maps beside their photos that this run does not use."""
+    if not maps:
+        return None
+    reads = (f"the masks in --masks {masks}" if masks is not None else f"the trimaps in --trimaps {trimaps}"
+             if trimaps is not None else f"the {{stem}}{TRIMAP_SUFFIX} files")
+    kind = "mask" if maps[0].stem.endswith(MASK_SUFFIX) else "trimap"
+    more = f" (and {len(maps) - 1} more like it)" if len(maps) > 1 else ""
+    return f"{maps[0]}: left out, as the {kind} of the photo beside it (this run reads {reads}){more}"
 
 
 def unread_note(others: list[Path]) -> str | None:
@@ -372,18 +399,20 @@ def _plan(images: Path, out: Path, *, trimaps, masks, mask_rule, shard, recursiv
     from mattecli.inference.outputs import is_current, output_paths
 
     others: list[Path] = []
+    maps: list[Path] = []
     if masks is not None:
         mask_rule = mask_rule or MaskRule()
         pairs, problems = find_pairs(images, Path(masks), shard, suffix=MASK_SUFFIX, option="--masks",
-                                     recursive=recursive, out=out, others=others)
+                                     recursive=recursive, out=out, others=others, maps=maps)
     else:
         mask_rule = None
         pairs, problems = find_pairs(images, Path(trimaps) if trimaps else None, shard, recursive=recursive, out=out,
-                                     others=others)
+                                     others=others, maps=maps)
     report = BatchReport(failed=list(problems))
     notes = [] if images.is_file() else [subfolder_note(images, recursive, out)]
     if shard is None or shard[0] == 0:  # said once for the shards, as unreadable folders are
         notes.append(unread_note(others))
+        notes.append(maps_note(maps, masks, trimaps))
     report.notes.extend(note for note in notes if note)
     inputs = [p for pair in pairs for p in pair]
     if background is not None and getattr(background, "path", None) is not None:
