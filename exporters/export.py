@@ -4,6 +4,7 @@ TensorRT engine, and verify it against PyTorch. `mattecli/cli/export.py` only pa
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from exporters.onnx import MIN_OPSET
 from mattecli.errors import UsageError
 from mattecli.files import special_file
 from mattecli.inference.backends import SUFFIX_TO_BACKEND
+from mattecli.progress import track as progress_track
 from mattecli.sizes import Size
 
 FORMATS = ("onnx", "trt")  # backend names: the suffixes each writes are those SUFFIX_TO_BACKEND gives them
@@ -132,12 +134,14 @@ def _align_shapes(shapes, stride: int, used, log) -> tuple:
     return tuple(aligned)
 
 
-def export(opts: ExportOptions, log=print) -> Exported:
+def export(opts: ExportOptions, log=print, track=None) -> Exported:
     """Write the ONNX graph or TensorRT engine `opts` asks for.
 
     Args:
         opts: the request (see `ExportOptions`).
         log: called with notes (shapes aligned to the stride).
+        track: `mattecli.progress.track`, for a progress bar over the export itself (seconds for
+            ONNX, minutes for an engine), which starts once the options and weights are checked.
 
     Returns:
         the written file with the model and recipe it came from.
@@ -168,11 +172,14 @@ def export(opts: ExportOptions, log=print) -> Exported:
                              f"{'leave out --static' if not opts.dynamic else 'give the profile a range'})")
     out = Path(opts.out)
     precision = "FP16" if opts.half else "FP32"
+    working = track or functools.partial(progress_track, enabled=False)
     if opts.format == "onnx":
         from exporters.onnx import to_onnx
 
-        path = to_onnx(model, out, opset=opts.opset, dynamic=dynamic, recipe=recipe, half=opts.half,
-                       size=shapes[1].hw)
+        with working(1, f"export ONNX ({precision})") as bar:
+            path = to_onnx(model, out, opset=opts.opset, dynamic=dynamic, recipe=recipe, half=opts.half,
+                           size=shapes[1].hw)
+            bar.advance()
         axes = "dynamic batch, height and width" if dynamic else f"static batch 1 at {shapes[1]}"
         summary = (f"wrote {path}: ONNX opset {opts.opset}, {precision}, {axes}, recipe {recipe.name}, "
                    f"{path.stat().st_size / 2**20:.1f} MiB")
@@ -184,9 +191,10 @@ def export(opts: ExportOptions, log=print) -> Exported:
         # TensorRT builds on the current CUDA device (tuned for its architecture, in its memory):
         # --device cuda:1's, not always the first GPU's
         on_device = torch.cuda.device(opts.device) if opts.device.startswith("cuda") else contextlib.nullcontext()
-        with on_device:
+        with on_device, working(1, f"build TensorRT engine ({precision})") as bar:
             path = build_engine(model, recipe, out, half=opts.half, tf32=opts.tf32,
                                 shapes=tuple(s.hw for s in shapes), dynamic=dynamic, opset=opts.opset)
+            bar.advance()
         summary = (f"wrote {path}: TensorRT engine ({precision}{', TF32' if opts.tf32 and not opts.half else ''}), "
                    f"recipe {recipe.name}, sizes {shapes[0]} .. {shapes[2]}")
     return Exported(path, model, recipe, dynamic, shapes, summary)

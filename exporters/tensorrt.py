@@ -79,10 +79,12 @@ def onnx_io(onnx_path: Path) -> tuple[int, bool, dict]:
 
 
 def check_profile(min_shape, opt_shape, max_shape) -> None:
-    """One-line UsageError unless each shape is a positive HxW and min <= opt <= max on both sides."""
+    """One-line UsageError unless each shape, (height, width) here, has two positive sides and
+    min <= opt <= max on both sides (the command line names them WIDTHxHEIGHT)."""
     for name, shape in (("min", min_shape), ("opt", opt_shape), ("max", max_shape)):
         if len(shape) != 2 or any(int(s) <= 0 for s in shape):
-            raise UsageError(f"--{name}-shape {shape}: expected HxW with positive sides")
+            raise UsageError(f"--{name}-shape {'x'.join(map(str, shape[::-1]))}: expected WIDTHxHEIGHT with "
+                             "positive sides")
     if not all(a <= b <= c for a, b, c in zip(min_shape, opt_shape, max_shape)):
         given = ", ".join(f"--{name}-shape {w}x{h}" for name, (h, w) in
                           zip(("min", "opt", "max"), (min_shape, opt_shape, max_shape)))
@@ -135,8 +137,8 @@ def _add_profile(builder, config, channels: int, shapes) -> None:
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT, *((1, channels, *hw) for hw in shapes))
     if config.add_optimization_profile(profile) < 0:  # -1: TensorRT found the profile invalid
-        low, opt, high = ("x".join(map(str, hw)) for hw in shapes)
-        raise UsageError(f"TensorRT refused the optimisation profile (HxW min {low}, opt {opt}, max {high}, "
+        low, opt, high = ("x".join(map(str, hw[::-1])) for hw in shapes)
+        raise UsageError(f"TensorRT refused the optimisation profile (WIDTHxHEIGHT min {low}, opt {opt}, max {high}, "
                          f"{channels} channels, batch 1)")
 
 

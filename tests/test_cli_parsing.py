@@ -57,6 +57,20 @@ def test_alignment_is_checked_per_side_and_suggests_the_aligned_size():
         check_aligned(Size(1080, 1920), 32, "--opt-shape")  # 1080p written height first
 
 
+def test_a_size_larger_than_any_readable_image_is_one_line():
+    """export --opt-shape 99999999x99999999 and bench --sizes the same were a traceback from the first
+    allocation (torch.zeros, numpy) instead of a usage error."""
+    from PIL import Image
+
+    most = 2 * Image.MAX_IMAGE_PIXELS
+    assert parse_sizes(f"{most}x1") == [Size(most, 1)]
+    with pytest.raises(UsageError, match=f"^--sizes: '99999999x99999999' is 9,999,999,800,000,001 pixels, more than "
+                                         f"any image matte reads \\({most:,}, Pillow's limit against decompression"):
+        parse_sizes("320x240, 99999999x99999999")
+    with pytest.raises(UsageError, match="^--opt-shape: '.*' is .* pixels, more than any image matte reads"):
+        parse_size(f"{most + 1}x1", "--opt-shape")
+
+
 def test_shards_and_backends():
     assert parse_shard("2/4") == (2, 4) and parse_shard(None) is None
     for bad in ("3/3", "-1/3", "a/b", "1", "1/2/3", "1.5/3", "\u00b9/2", "\u0661/2"):

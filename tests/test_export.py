@@ -4,6 +4,7 @@ recipe, ONNX Runtime parity for every family at sizes other than the traced one,
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -665,6 +666,7 @@ def test_cli_export_is_dynamic_by_default_and_static_sizes_are_aligned(weights, 
     assert res.exit_code == 0, res.output
     dims = onnx.load(str(tmp_path / "d.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims] == ["batch", "", "height", "width"] and "dynamic batch" in res.output
+    assert re.search(r"export ONNX \(FP32\) .* 1/1", res.output)  # a progress bar: it takes seconds (none before)
     res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--static", "--opt-shape", "90x100",
                                    "--out", str(tmp_path / "s.onnx")])
     assert res.exit_code == 0, res.output

@@ -138,6 +138,8 @@ def test_to_engine_checks_before_needing_tensorrt(tmp_path):
     graph = tiny_onnx(tmp_path / "m.onnx")
     with pytest.raises(UsageError, match="min <= opt <= max"):
         trt_export.to_engine(graph, tmp_path / "m.engine", min_shape=(640, 640), opt_shape=(320, 320))
+    with pytest.raises(UsageError, match=r"^--min-shape 32x0: expected WIDTHxHEIGHT with positive sides$"):
+        trt_export.check_profile((0, 32), (64, 64), (64, 64))  # (height, width) inside; said "(0, 32): HxW"
 
 
 def test_missing_tensorrt_is_one_line(tmp_path, monkeypatch):
@@ -279,7 +281,7 @@ def test_a_profile_tensorrt_refuses_is_named(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
-    with pytest.raises(UsageError, match="refused the optimisation profile .HxW min 64x64, opt 128x96, max 256x256"):
+    with pytest.raises(UsageError, match="refused the optimisation profile .WIDTHxHEIGHT min 64x64, opt 96x128, max 256x256"):
         trt_export.to_engine(graph, tmp_path / "m.engine", min_shape=(64, 64), opt_shape=(128, 96),
                              max_shape=(256, 256))
     assert not (tmp_path / "m.engine").exists()

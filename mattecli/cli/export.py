@@ -52,7 +52,7 @@ def main(
     from exporters import export as exporting
     from mattecli.cli.parsing import options_given, parse_size, parse_sizes
     from mattecli.imageio import check_out_file
-    from mattecli.progress import progress_bar
+    from mattecli.progress import progress_bar, track
 
     shapes = tuple(parse_size(text, option)
                    for option, text in (("--min-shape", min_shape), ("--opt-shape", opt_shape), ("--max-shape", max_shape)))
@@ -62,7 +62,7 @@ def main(
     opts = exporting.ExportOptions(weights=weights, out=out, format=format, half=half, tf32=tf32, dynamic=dynamic,
                                    shapes=shapes, shapes_given=given, opset=opset, verify=verify, verify_sizes=sizes, device=device)
     check_out_file(out, "--out")  # before the model is loaded and traced
-    exported = exporting.export(opts, log=lambda line: typer.echo(line, err=True))
+    exported = exporting.export(opts, log=lambda line: typer.echo(line, err=True), track=track)
     typer.echo(printable(exported.summary))  # it names the recipe the weights file carries: anyone's text
     if not verify:
         return

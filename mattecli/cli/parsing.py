@@ -61,17 +61,29 @@ def parse_sizes(text: str, option: str = "--sizes") -> list[Size]:
     """`"1920x1080, 3840x2160"` -> [Size(1920, 1080), Size(3840, 2160)]: WIDTHxHEIGHT, as people say.
 
     Raises:
-        UsageError: naming the item that is not WIDTHxHEIGHT in pixels, or when none is given.
+        UsageError: naming the item that is not WIDTHxHEIGHT in pixels, or is larger than any image
+            matte reads, or when none is given.
     """
     sizes = []
     for item in (part.strip() for part in text.split(",") if part.strip()):
         a, sep, b = item.lower().partition("x")
         if not sep or not is_whole_number(a) or not is_whole_number(b) or int(a) < 1 or int(b) < 1:
             raise UsageError(f"{option}: {item!r} is not WIDTHxHEIGHT in pixels (e.g. 1920x1080)")
+        if int(a) * int(b) > (most := max_image_pixels()):  # was a traceback from the first allocation
+            raise UsageError(f"{option}: {item!r} is {int(a) * int(b):,} pixels, more than any image matte reads "
+                             f"({most:,}, Pillow's limit against decompression bombs)")
         sizes.append(Size(int(a), int(b)))
     if not sizes:
         raise UsageError(f"{option}: {text!r} names no size (WIDTHxHEIGHT, e.g. 1920x1080)")
     return sizes
+
+
+def max_image_pixels() -> int:
+    """The most pixels an image matte reads may have: above it Pillow refuses to decode a file (a
+    DecompressionBombError, which matte reports as "too many pixels"), so no larger size is ever run."""
+    from PIL import Image
+
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 2**31 - 1
 
 
 def parse_size(text: str, option: str) -> Size:
