@@ -47,7 +47,7 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
     if not weights.is_file():
         raise no_weights_file(weights)
     from mattecli.devices import resolve_device
-    from mattecli.inference.backends import BACKENDS_FROM_SUFFIX
+    from mattecli.inference.backends import BACKENDS_FROM_SUFFIX, SUFFIX_TO_BACKEND, exported_half
 
     suffix = weights.suffix.lower()
     usable = BACKENDS_FROM_SUFFIX
@@ -57,14 +57,18 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
         if name not in usable[suffix]:
             raise UsageError(f"{weights}: the {name} backend needs a .safetensors weights file "
                              f"(a {suffix} file serves {', '.join(usable[suffix])})")
-    if suffix == ".safetensors":  # no recipe, or not readable: one usage error, not a failed row per size
-        from mattecli.weights import read_weights_header
+    if suffix == ".safetensors":  # no recipe, tensors that do not fit it: one usage error, not a failed row per size
+        from mattecli.weights import check_weights
 
-        read_weights_header(weights)
+        check_weights(weights)
     elif suffix == ".onnx" and "onnx" in backends:  # the same for a graph
         from mattecli.inference.backends import check_onnx_file
 
         check_onnx_file(weights)
+    own = SUFFIX_TO_BACKEND[suffix]
+    if half and own != "torch" and own in backends and not exported_half(weights):  # its rows would run FP32
+        raise UsageError(f"--half: {weights.name} is an FP32 model and an exported model runs in the precision it "
+                         "was exported in: export it with `matte export --half`")
     device = resolve_device(device)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs --device cuda (FP16 on a CPU is not a fast path in torch or ONNX Runtime)")
@@ -219,7 +223,7 @@ def measure(model_file: str, backend: str, size: Size, device: str, half: bool, 
     median = float(np.median(times))
     return {
         "backend": backend, "size": str(size), "input": "x".join(map(str, x.shape)),
-        "device": device, "half": half, "repeat": repeat, "warmup": warmup,
+        "device": device, "half": be.half, "repeat": repeat, "warmup": warmup,  # the precision it ran in
         # six significant digits, not three decimals: a sub-millisecond call (a tiny graph) would
         # otherwise lose up to 0.5% to rounding and disagree with images_per_s
         "median_ms": float(f"{median * 1000:.6g}"), "min_ms": float(f"{min(times) * 1000:.6g}"),
@@ -241,14 +245,16 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
         sizes: input sizes (`Size`).
         device: cpu or cuda[:N].
         half: FP16 (CUDA only): `matte infer --half`'s torch backend, an FP16 graph for onnx, FP16 engine for trt.
+            An exported model runs in its own precision (refused with `half` where that is FP32).
         repeat, warmup: timed and untimed calls per row.
         json_path: where to write the report as JSON, atomically (`-`: standard output).
         log: called with a line of progress text (export and build steps).
         on_row: called with each row as it completes.
 
     Returns:
-        {"weights", "device", "half", "repeat", "warmup", "timed", "rows"}; a row whose process
-        failed holds only backend, size and error, and the others still run.
+        {"weights", "device", "half", "repeat", "warmup", "timed", "rows"}; "half" is the precision
+        the model ran in (`half`, or an FP16 graph's or engine's own), in each row that backend's. A
+        row whose process failed holds only backend, size and error, and the others still run.
 
     Raises:
         UsageError: a missing or unsuitable file, unknown backend, CUDA or TensorRT missing, an
@@ -259,6 +265,9 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
     if repeat < 1 or warmup < 0:
         raise UsageError(f"--repeat must be >= 1 and --warmup >= 0 (got {repeat}, {warmup})")
     check_request(weights, backends, device, half)
+    from mattecli.inference.backends import exported_half
+
+    half_models = half or exported_half(weights)  # an FP32 graph or engine with `half` was refused just above
     log = log or (lambda line: print(line, file=sys.stderr))
     rows = []
     with tempfile.TemporaryDirectory(prefix="matte-bench-") as tmp:
@@ -269,7 +278,7 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
                 rows.append(row)
                 if on_row:
                     on_row(row)
-    report = {"weights": str(weights), "device": device, "half": half, "repeat": repeat, "warmup": warmup,
+    report = {"weights": str(weights), "device": device, "half": half_models, "repeat": repeat, "warmup": warmup,
               "timed": TIMED, "rows": rows}
     if json_path:
         from mattecli.files import write_text

@@ -121,7 +121,8 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
         log: called with a line of progress text.
 
     Returns:
-        {"weights", "device", "half", "compile", "save", "workers", "rows"}; each row has size,
+        {"weights", "device", "half" (the precision the model ran in: `half`, or an exported
+        model's own), "compile", "save", "workers", "rows"}; each row has size,
         images, wall_s, images_per_s, decode_s (the inputs' decoding alone, measured serially
         beforehand), wall_over_decode, and per-stage {"total_s", "ms_per_image"}.
     """
@@ -171,8 +172,8 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
                                   "ms_per_image": round(1000 * clock.totals[name] / count, 2),
                                   "cpu_ms_per_image": round(1000 * clock.cpu[name] / count, 2)} for name in STAGES},
             })
-    report = {"weights": str(weights), "device": device, "half": half, "compile": compile, "save": list(save),
-              "workers": workers, "photos": photos,
+    report = {"weights": str(weights), "device": device, "half": pipeline.backend.half, "compile": compile,
+              "save": list(save), "workers": workers, "photos": photos,
               "timed": "matte infer's folder runner, files on disk to files written, after "
                        f"{WARM_IMAGES} untimed images; stage times summed over the images (worker stages overlap)",
               "rows": rows}

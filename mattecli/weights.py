@@ -44,6 +44,18 @@ def read_weights_header(path: str | Path):
     return recipe, meta
 
 
+def check_weights(path: str | Path):
+    """-> (recipe, metadata) of a weights file whose tensors fit its recipe's model, names and shapes
+    read from the header alone (no tensor data): what `load_model` refuses, refused cheaply.
+
+    Raises:
+        UsageError: naming the file: unreadable, no recipe, or tensors missing, extra or misshapen.
+    """
+    recipe, meta, shapes = _read_matte_weights(path, tensors=False)
+    _check_fits(recipe, shapes, str(path))
+    return recipe, meta
+
+
 def no_weights_file(path: Path) -> UsageError:
     """The error for a --weights path that is not a file: a training run's folder (a common slip
     after `matte train --out RUN`) is named as one, with the files in it to pick from."""
@@ -84,7 +96,8 @@ def _read_matte_weights(path: str | Path, tensors: bool):
 
 
 def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
-    """-> (metadata, tensors, or {} when `tensors` is False) of any `.safetensors` file, in one read.
+    """-> (metadata, tensors, or their shapes from the header when `tensors` is False) of any
+    `.safetensors` file, in one read.
 
     Raises:
         UsageError: naming the file, when it is not a readable .safetensors file.
@@ -94,26 +107,34 @@ def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            return meta, ({name: f.get_tensor(name) for name in f.keys()} if tensors else {})
+            if tensors:
+                return meta, {name: f.get_tensor(name) for name in f.keys()}
+            return meta, {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as err:
         raise UsageError(f"{path}: not a readable .safetensors file ({err})") from None
 
 
 def load_model(path: str | Path):
     """-> (model in eval mode, recipe) rebuilt from a weights file."""
+    from mattecli.models import build_model
+
+    recipe, state = read_weights(path)
+    _check_fits(recipe, state, str(path))
+    model = build_model(recipe)
+    load_state_strict(model, state, str(path))
+    return model.eval(), recipe
+
+
+def _check_fits(recipe, state: dict, source: str) -> None:
+    """`check_state` of tensors (or their shapes) against the recipe's model, built on a device that
+    holds no memory: a recipe from someone else asking for 10^5 times the channels allocated
+    terabytes (a traceback, or the out-of-memory killer) before its tensors could be found not to fit."""
     import torch
 
     from mattecli.models import build_model
 
-    recipe, state = read_weights(path)
-    # the recipe is checked against the file's tensors on a model that holds no memory first: one
-    # from someone else asking for 10^5 times the channels allocated terabytes (a traceback, or
-    # the out-of-memory killer) before its tensors could be found not to fit
     with torch.device("meta"):
-        check_state(build_model(recipe).state_dict(), state, str(path))
-    model = build_model(recipe)
-    load_state_strict(model, state, str(path))
-    return model.eval(), recipe
+        check_state(build_model(recipe).state_dict(), state, source)
 
 
 def load_state_strict(model, state: dict, source: str) -> None:
@@ -126,12 +147,14 @@ def load_state_strict(model, state: dict, source: str) -> None:
 
 
 def check_state(own: dict, state: dict, source: str) -> None:
-    """Raise a UsageError naming the keys unless `state` fills every tensor of the model's state
-    dict `own` (batch-norm counters may be absent), with equal shapes, and has no others."""
+    """Raise a UsageError naming the keys unless `state` (names to tensors, or to their shapes)
+    fills every tensor of the model's state dict `own` (batch-norm counters may be absent), with
+    equal shapes, and has no others."""
+    shapes = {k: tuple(v.shape if hasattr(v, "shape") else v) for k, v in state.items()}
     optional = {k for k in own if k.endswith("num_batches_tracked")}
     missing = sorted(set(own) - set(state) - optional)
     unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != shapes[k])
     problems = []
     if missing:
         problems.append(f"{len(missing)} model tensor(s) not filled: {', '.join(missing[:6])}")
@@ -139,7 +162,7 @@ def check_state(own: dict, state: dict, source: str) -> None:
         problems.append(f"{len(unexpected)} source tensor(s) not consumed: {', '.join(unexpected[:6])}")
     if mismatched:
         problems.append("shape mismatch: " + ", ".join(
-            f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:6]))
+            f"{k} {shapes[k]} vs {tuple(own[k].shape)}" for k in mismatched[:6]))
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
 

@@ -88,8 +88,10 @@ def test_bench_onnx_from_safetensors(tmp_path, weights, one_thread):
     # a list option given twice kept its last value without a word: the values are joined
     (["--sizes", "bad", "--sizes", "32x32"], "--sizes: 'bad' is not WIDTHxHEIGHT"),
     (["--e2e", "--backends", "torch", "--backends", "onnx", "--sizes", "32x32"], "--e2e times one backend"),
+    # it listed "alpha, fg, rgba" and took trimap too
     (["--e2e", "--save", "alpha", "--save", "composite", "--sizes", "32x32", "--backends", "torch"],
-     "--save alpha,composite: with --e2e choose from"),
+     "matte: error: --save alpha,composite: with --e2e choose from alpha, fg, rgba, trimap (composite needs "
+     "--background, which bench does not take)"),
     (["--e2e", "--photos", "gif", "--sizes", "32x32", "--backends", "torch"], "--photos gif: choose from png, jpg"),
     (["--e2e", "--repeat", "9", "--sizes", "32x32", "--count", "1"],
      "--repeat: for the model rows; --e2e times --count images"),
@@ -256,3 +258,82 @@ def test_bench_of_a_graph_parses_it_once(tmp_path, monkeypatch):
     graph.write_bytes(b"not a graph")
     with pytest.raises(UsageError, match="not a loadable ONNX model"):
         check_onnx_file(graph)
+
+
+@pytest.fixture(scope="module")
+def tcp_graphs(tmp_path_factory):
+    """demo-tcp's FP32 and FP16 graphs, as `matte export` writes them."""
+    import torch
+
+    from exporters.onnx import to_onnx
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+
+    torch.manual_seed(0)
+    recipe, folder = load_recipe("demo-tcp"), tmp_path_factory.mktemp("tcp")
+    model = build_model(recipe).eval()
+    return {half: to_onnx(model, folder / f"tcp{'-fp16' if half else ''}.onnx", recipe=recipe, half=half)
+            for half in (False, True)}
+
+
+@pytest.mark.parametrize("e2e", [[], ["--e2e", "--count", "1"]])
+def test_an_fp16_graph_is_reported_as_fp16(tcp_graphs, one_thread, e2e):
+    """"half" copied the --half flag: an FP16 graph benched without it (the only way: --half is for
+    the torch backend) said "half": false, and the table's title did not say FP16."""
+    timing = [] if e2e else ["--repeat", "1", "--warmup", "0"]
+    res = run_main("bench", "--weights", tcp_graphs[True], "--sizes", "48x32", "--device", "cpu", "--json", "-",
+                   *timing, *e2e)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["half"] is True and all(r["half"] is True for r in report["rows"] if not e2e)
+    title = "matte bench --e2e: tcp-fp16.onnx on cpu (FP16), " if e2e else "matte bench: tcp-fp16.onnx on cpu (FP16), "
+    assert title in res.stderr, res.stderr
+    res = run_main("bench", "--weights", tcp_graphs[False], "--sizes", "48x32", "--device", "cpu", "--json", "-",
+                   *timing, *e2e)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["half"] is False and all(r["half"] is False for r in report["rows"] if not e2e)
+    assert "(FP16)" not in res.stderr
+
+
+def test_half_with_an_fp32_graph_is_refused(tcp_graphs):
+    """Its onnx rows would run the graph's FP32 under a report saying FP16."""
+    from mattecli.bench import check_request
+
+    name = tcp_graphs[False].name
+    with pytest.raises(UsageError) as refused:
+        check_request(tcp_graphs[False], ["onnx"], "cpu", True)
+    assert str(refused.value) == (f"--half: {name} is an FP32 model and an exported model runs in the precision it "
+                                  "was exported in: export it with `matte export --half`")
+
+
+def test_a_size_named_twice_is_timed_once(tcp_graphs, one_thread):
+    """--sizes 48x32,64x32,48x32 timed 48x32 twice (--backends drops a repeated name)."""
+    res = run_main("bench", "--weights", tcp_graphs[False], "--sizes", "48x32,64x32", "--sizes", "48X32",
+                   "--repeat", "1", "--warmup", "0", "--device", "cpu", "--json", "-")
+    assert res.returncode == 0, res.stderr
+    assert [r["size"] for r in json.loads(res.stdout)["rows"]] == ["48x32", "64x32"]
+
+
+@pytest.mark.parametrize("backends", [[], ["--backends", "torch"]])
+@pytest.mark.parametrize("broken", ["missing", "misshapen"])
+def test_weights_whose_tensors_do_not_fit_are_a_usage_error(tmp_path, weights, backends, broken):
+    """With --backends torch a weights file that cannot be loaded was a failed row and exit 1 (its
+    header alone was checked); without, a usage error. Both are the usage error, before any row."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(weights), framework="pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    name = sorted(k for k in state if k.endswith(".weight"))[0]
+    shape = tuple(state[name].shape)
+    if broken == "missing":
+        del state[name]
+        reason = f"1 model tensor(s) not filled: {name}"
+    else:
+        state[name] = state[name][:1].clone()
+        reason = f"shape mismatch: {name} {(1, *shape[1:])} vs {shape}"
+    save_file(state, tmp_path / "broken.safetensors", metadata=meta)
+    res = run_main("bench", "--weights", tmp_path / "broken.safetensors", "--sizes", "32x32", *backends)
+    assert res.returncode == 2 and not res.stdout, res.stderr
+    assert res.stderr == f"matte: error: {tmp_path / 'broken.safetensors'}: {reason}\n"

@@ -28,6 +28,8 @@ def test_a_zero_ceiling_is_refused_not_taken_as_none(text):
 
 def test_sizes_are_width_by_height():
     assert parse_sizes("1920x1080, 3840X2160") == [Size(1920, 1080), Size(3840, 2160)]
+    # a repeated size was timed twice by bench, where a repeated backend is dropped
+    assert parse_sizes("320x240,333x111,320X240") == [Size(320, 240), Size(333, 111)]
     size = parse_size("1920x1080", "--opt-shape")
     assert (size.width, size.height, size.hw, str(size)) == (1920, 1080, (1080, 1920), "1920x1080")
     assert Size.of(np.zeros((1080, 1920, 3))) == size

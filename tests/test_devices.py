@@ -114,6 +114,17 @@ def test_half_and_compile_are_for_the_torch_backend(tmp_path):
     graph.write_bytes(b"")
     with pytest.raises(UsageError, match="--half is for the torch backend"):
         load_backend(graph, None, "cpu", half=True)
+    # --compile was told "an exported model has its precision built in: export it with `matte export --half`"
+    compile_reason = ("--compile is for the torch backend (a .safetensors file): torch.compile compiles a PyTorch "
+                      "model; an exported model is optimised by its own runtime (ONNX Runtime, TensorRT)")
+    with pytest.raises(UsageError) as refused:
+        load_backend(graph, None, "cpu", compile=True)
+    assert str(refused.value) == compile_reason
+    import mattecli
+
+    with pytest.raises(ValueError) as refused:
+        mattecli.load(graph, "cpu", compile=True)
+    assert str(refused.value) == compile_reason
 
 
 @pytest.fixture(scope="module")

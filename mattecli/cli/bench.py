@@ -31,7 +31,8 @@ def main(
                              "each size, files on disk to files written, with each stage's time (decode, upload + "
                              "prepare, model, restore + download, foreground, encode). One backend."),
     save: list[str] = typer.Option(["alpha"], "--save", help="With --e2e: the outputs written, as `matte infer "
-                                   "--save`."),
+                                   "--save` writes them: any of alpha, fg, rgba, trimap (not composite, which needs "
+                                   "--background)."),
     count: int = typer.Option(8, "--count", min=1, help="With --e2e: timed images per size."),
     workers: int = typer.Option(None, "--workers", min=0, help="With --e2e: as `matte infer --workers`."),
     compile: bool = typer.Option(False, "--compile", help="With --e2e: as `matte infer --compile`."),
@@ -89,7 +90,7 @@ def main(
         task = bar.add_task("bench", total=len(names) * len(size_list))
         report = run_bench(weights, names, size_list, device=device, half=half, repeat=repeat, warmup=warmup,
                            json_path=json_out, log=bar.console.print, on_row=lambda row: bar.advance(task))
-    table = Table(title=f"matte bench: {weights.name} on {device}{' (FP16)' if half else ''}, "
+    table = Table(title=f"matte bench: {weights.name} on {device}{' (FP16)' if report['half'] else ''}, "
                         f"median of {repeat} after {warmup} warm-up")
     for col in ("backend", "size", "input", "median ms", "images/s", "peak memory MiB (before)"):
         table.add_column(col, justify="left" if col in ("backend", "size", "input") else "right")
@@ -147,8 +148,10 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
     if len(names) != 1:
         raise UsageError("--e2e times one backend: name it with --backends (e.g. --backends torch)")
     kinds = comma_items([save])
-    if not kinds or any(k not in OUTPUT_KINDS or k == "composite" for k in kinds):
-        raise UsageError(f"--save {save}: with --e2e choose from alpha, fg, rgba")
+    accepted = [k for k in OUTPUT_KINDS if k != "composite"]  # a composite needs a --background, which bench lacks
+    if not kinds or any(k not in accepted for k in kinds):
+        raise UsageError(f"--save {save}: with --e2e choose from {', '.join(accepted)} (composite needs "
+                         "--background, which bench does not take)")
     if photos not in PHOTO_FORMATS:
         raise UsageError(f"--photos {photos}: choose from {', '.join(PHOTO_FORMATS)}")
     check_request(weights, names, device, half)
@@ -156,7 +159,7 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
     report = run_e2e(weights, size_list, backend=names[0], device=device, half=half, compile=compile,
                      save=kinds, count=count, workers=workers, photos=photos, json_path=json_out,
                      log=lambda line: err.print(line, markup=False, highlight=False))
-    table = Table(title=f"matte bench --e2e: {weights.name} on {device}{' (FP16)' if half else ''}, "
+    table = Table(title=f"matte bench --e2e: {weights.name} on {device}{' (FP16)' if report['half'] else ''}, "
                         f"--save {','.join(kinds)}, {report['workers']} workers, "
                         f"{count} {photos.upper()} photos per size")
     short = {"upload + prepare": "prepare", "restore + download": "restore", "foreground": "fg"}

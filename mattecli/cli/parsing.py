@@ -58,7 +58,8 @@ def parse_memory(text: str | None, option: str = "--max-memory") -> int | None:
 
 
 def parse_sizes(text: str, option: str = "--sizes") -> list[Size]:
-    """`"1920x1080, 3840x2160"` -> [Size(1920, 1080), Size(3840, 2160)]: WIDTHxHEIGHT, as people say.
+    """`"1920x1080, 3840x2160"` -> [Size(1920, 1080), Size(3840, 2160)]: WIDTHxHEIGHT, as people say
+    (duplicates dropped, order kept, as `parse_backends` drops them).
 
     Raises:
         UsageError: naming the item that is not WIDTHxHEIGHT in pixels, or is larger than any image
@@ -75,7 +76,7 @@ def parse_sizes(text: str, option: str = "--sizes") -> list[Size]:
         sizes.append(Size(int(a), int(b)))
     if not sizes:
         raise UsageError(f"{option}: {text!r} names no size (WIDTHxHEIGHT, e.g. 1920x1080)")
-    return sizes
+    return list(dict.fromkeys(sizes))
 
 
 def max_image_pixels() -> int:

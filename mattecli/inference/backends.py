@@ -30,6 +30,7 @@ class Backend(Protocol):
     """What the pipeline needs of a backend."""
 
     recipe: Recipe
+    half: bool  # runs in FP16: torch as asked (--half), an exported model as it was exported
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Aligned, normalised float32 (N, C, H, W) -> the network's raw (N, 1, H, W) float32 alpha."""
@@ -187,6 +188,7 @@ class TensorRTBackend:
         trt = import_tensorrt()
         self.trt, self.meta, self.source = trt, meta, source
         self.recipe = recipe_from_dict(meta["recipe"], meta["recipe"].get("name", source))
+        self.half = bool(meta.get("half"))  # the engine's precision, built in
         self.device = torch.device(device)
         with torch.cuda.device(self.device):
             self.stream = torch.cuda.Stream(self.device)
@@ -274,6 +276,7 @@ class OnnxBackend:
 
         self.session = session
         self.recipe = recipe
+        self.half = graph_is_half(session.get_modelmeta().custom_metadata_map)  # the graph's precision, built in
         self.path = Path(path)
         # The CPU arena is kept between calls. Shrinking it after every call handed its blocks to a
         # C heap that `load_pipeline` tunes to keep freed blocks (`reuse_freed_buffers`), and the
@@ -340,11 +343,33 @@ def check_onnx_file(path: Path) -> None:
     """What `OnnxBackend.load` would refuse about the file itself (not a graph, no recipe), read
     with `onnx` alone: an ONNX Runtime session made only for the check slowed the process's later
     sessions and host work (`matte bench --e2e` on a null graph: 1.9x the decode time, not 1.5x)."""
+    onnx_recipe(_onnx_metadata(path), path)
+
+
+def _onnx_metadata(path: Path) -> dict:
     try:
         model = _parsed_onnx(str(path), *_identity(path))
     except Exception as err:  # protobuf's DecodeError and onnx's own types
         raise _not_loadable(path, err) from None
-    onnx_recipe({p.key: p.value for p in model.metadata_props}, path)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def graph_is_half(meta: dict) -> bool:
+    """Whether a graph's metadata (`matte export`'s "precision") says it runs in FP16."""
+    return meta.get("precision") == "float16"
+
+
+def exported_half(path: Path) -> bool:
+    """Whether an exported model runs in FP16, from its metadata: an `.onnx` graph's precision, an
+    engine's header; False for any other file (a weights file runs as asked)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return graph_is_half(_onnx_metadata(path))
+    if SUFFIX_TO_BACKEND.get(suffix) == "trt":
+        from mattecli.inference.engine import read_engine_file
+
+        return bool(read_engine_file(path)[0].get("half"))
+    return False
 
 
 def static_onnx_size(path: Path):
@@ -411,10 +436,12 @@ def load_backend(path: str | Path, name: str | None = None, device: str = "cpu",
     from mattecli.devices import resolve_device
 
     device = resolve_device(device)
-    if (half or compile) and name != "torch":
-        flag = "--half" if half else "--compile"
-        raise UsageError(f"{flag} is for the torch backend (a .safetensors file); an exported model has its "
+    if half and name != "torch":
+        raise UsageError("--half is for the torch backend (a .safetensors file); an exported model has its "
                          "precision built in: export it with `matte export --half`")
+    if compile and name != "torch":
+        raise UsageError("--compile is for the torch backend (a .safetensors file): torch.compile compiles a PyTorch "
+                         "model; an exported model is optimised by its own runtime (ONNX Runtime, TensorRT)")
     if name == "torch":
         return BACKENDS[name].load(path, device=device, half=half, compile=compile)
     return BACKENDS[name].load(path, device=device)
