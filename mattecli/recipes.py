@@ -12,6 +12,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,20 +217,23 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def build_dataclass(cls: type, values: dict, where: str):
-    """Build a frozen dataclass from a dict, failing on unknown keys with the key named."""
+def build_dataclass(cls: type, values: dict, section: str, where: Callable[..., str]):
+    """Build a frozen dataclass from a recipe's section, failing on unknown keys with the key named.
+    `where(section, key)` names what wrote a key (its recipe file), the first words of each error."""
     if not isinstance(values, dict):
-        raise UsageError(f"{where}: expected a mapping, got {values!r}")
+        raise UsageError(f"{where(section)}: {section}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise UsageError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(sorted(names))})")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+        raise UsageError(f"{where(section, unknown[0])}: {section}: unknown key '{unknown[0]}' "
+                         f"(known: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where(section, k)}: {section}.{k}") for k, v in values.items()}
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise UsageError(f"{where}: {err}") from None
+        # the checks name the value first ("crop_size must be at least 1"): the file that wrote it
+        raise UsageError(f"{where(section, str(err).partition(' ')[0])}: {section}: {err}") from None
     return obj
 
 
@@ -319,13 +323,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> Recipe:
-    """Validate a resolved recipe dict (as read from YAML or a weights file's metadata)."""
+def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = (),
+                     written_by: dict[tuple[str, ...], str] | None = None) -> Recipe:
+    """Validate a resolved recipe dict (as read from YAML or a weights file's metadata).
+
+    `written_by` maps a key (`("train", "lr")`) to the file that wrote it, which an error about it
+    names; any other key (one `--set` gives, one of a weights file) is named as `recipe NAME`'s."""
     from mattecli.configs import FAMILY_CONFIGS  # torch-free: reading a recipe never imports torch
 
-    raw = dict(raw)
+    raw, written_by = dict(raw), dict(written_by or {})
     for text in overrides:
         keys, value = parse_override(text)
+        written_by = {key: file for key, file in written_by.items() if key[:len(keys)] != tuple(keys)}
         node = raw
         for depth, key in enumerate(keys[:-1]):
             if not isinstance(node.get(key) or {}, dict):
@@ -333,29 +342,34 @@ def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = ()) -> R
             node[key] = dict(node.get(key) or {})
             node = node[key]
         node[keys[-1]] = value
+
+    def where(*keys: str) -> str:
+        return written_by.get(keys, f"recipe {name}")
+
     allowed = {"name", "description", "model", "data", "train", "infer"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise UsageError(f"recipe {name}: unknown key '{unknown[0]}' (known: {', '.join(sorted(allowed))})")
+        raise UsageError(f"{where(unknown[0])}: unknown key '{unknown[0]}' (known: {', '.join(sorted(allowed))})")
     for key in ("name", "description"):
         if not isinstance(raw.get(key, ""), str):
-            raise UsageError(f"recipe {name}: {key}: expected a string, got {raw[key]!r}")
+            raise UsageError(f"{where(key)}: {key}: expected a string, got {raw[key]!r}")
     model = raw.get("model") or {}
     if not isinstance(model, dict):
-        raise UsageError(f"recipe {name}: model: expected a mapping, got {model!r}")
+        raise UsageError(f"{where('model')}: model: expected a mapping, got {model!r}")
     model = dict(model)
     family = model.pop("family", None)
     if family not in FAMILY_CONFIGS:
-        raise UsageError(f"recipe {name}: model.family must be one of {', '.join(FAMILY_CONFIGS)}, got {family!r}")
+        raise UsageError(f"{where('model', 'family')}: model.family must be one of {', '.join(FAMILY_CONFIGS)}, "
+                         f"got {family!r}")
     config_cls = FAMILY_CONFIGS[family]
     return Recipe(
         name=raw.get("name", name),
         description=raw.get("description", ""),
         family=family,
-        model=build_dataclass(config_cls, model, f"recipe {name}: model"),
-        data=build_dataclass(DataConfig, raw.get("data") or {}, f"recipe {name}: data"),
-        train=build_dataclass(TrainConfig, raw.get("train") or {}, f"recipe {name}: train"),
-        infer=build_dataclass(InferConfig, raw.get("infer") or {}, f"recipe {name}: infer"),
+        model=build_dataclass(config_cls, model, "model", where),
+        data=build_dataclass(DataConfig, raw.get("data") or {}, "data", where),
+        train=build_dataclass(TrainConfig, raw.get("train") or {}, "train", where),
+        infer=build_dataclass(InferConfig, raw.get("infer") or {}, "infer", where),
     )
 
 
@@ -387,19 +401,35 @@ def load_recipe(name_or_path: str | Path, overrides: tuple[str, ...] | list[str]
     base = raw.pop("base", None)
     if base is not None and not isinstance(base, str):
         raise UsageError(f"{path}: base: expected a recipe name or path, got {base!r}")
+    written_by = _keys_written(raw, _file_label(path, name_or_path))
     if base is not None:
         beside = path.parent / base  # a file named by a relative path sits beside the recipe, wherever matte runs
         named = beside if beside.suffix in RECIPE_SUFFIXES and beside.is_file() else base
-        base_raw = _read_recipe_file(recipe_path(named))
+        base_path = recipe_path(named)
+        base_raw = _read_recipe_file(base_path)
         if "base" in base_raw:
             # the demo recipes, the ones to start from, each have a base: say how to build on one
             raise UsageError(f"{path}: base recipe '{base}' has a base itself; only one level is allowed "
                              f"(`matte recipes {base} > base.yaml` writes it resolved, a base that has none)")
         for key in ("name", "description"):  # the recipe's own, never its base's (a printed base names itself)
             base_raw.pop(key, None)
+        # a key of the base was named as the recipe's, which does not hold it
+        written_by = {**_keys_written(base_raw, _file_label(base_path, named)), **written_by}
         raw = _deep_merge(base_raw, raw)
     raw.setdefault("name", path.stem)
-    return recipe_from_dict(raw, path.stem, tuple(overrides))
+    return recipe_from_dict(raw, path.stem, tuple(overrides), written_by)
+
+
+def _file_label(path: Path, name_or_path: str | Path) -> str:
+    """How errors name a recipe file: its path, or `recipe NAME` for a shipped recipe named by name."""
+    return str(path) if path == Path(name_or_path) else f"recipe {path.stem}"
+
+
+def _keys_written(raw: dict, label: str) -> dict[tuple[str, ...], str]:
+    """`label` for each key a recipe file writes: its own, and those of its sections."""
+    keys = {(key,): label for key in raw}
+    keys.update({(key, sub): label for key, section in raw.items() if isinstance(section, dict) for sub in section})
+    return keys
 
 
 def list_recipe_names() -> list[str]:

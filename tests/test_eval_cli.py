@@ -222,6 +222,33 @@ def test_bad_usage_exits_2_with_one_line(args, message):
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("extra,given", [
+    (["--device", "cuda"], "--device"),
+    (["--device", "auto"], "--device"),  # the default, but given: it says the user expects a model to run
+    (["--backend", "onnx"], "--backend"),
+    (["--save-pred", "S"], "--save-pred"),
+    (["--save-pred", "S", "--device", "cpu", "--backend", "torch"], "--backend, --device, --save-pred"),
+])
+def test_an_option_of_a_model_run_is_refused_with_pred(folders, extra, given):
+    """--device cuda (on a machine without one) and --backend onnx were taken without a word and
+    changed nothing, while --save-pred was refused."""
+    root, _ = folders
+    result = run(*args_for(root, *extra))
+    assert (result.exit_code, result.stderr) == (2, f"matte: error: {given}: with --weights only (with --pred the "
+                                                    "predictions are files already: no model runs)\n")
+    assert not (root / "S").exists()
+
+
+def test_run_eval_refuses_an_option_of_a_model_run_with_pred_alike(folders):
+    from mattecli.cli.eval import run_eval
+    from mattecli.errors import UsageError
+
+    root, _ = folders
+    with pytest.raises(UsageError, match=r"^--device: with --weights only \(with --pred the predictions are files"):
+        run_eval(pred=root / "pred", gt=root / "gt", trimap=root / "trimap", device="cuda", workers=1)
+    assert run_eval(pred=root / "pred", gt=root / "gt", trimap=root / "trimap", workers=1) == 0
+
+
 def test_missing_folder_exits_2(tmp_path):
     result = run("--pred", tmp_path / "nope", "--gt", tmp_path, "--trimap", tmp_path)
     assert result.exit_code == 2

@@ -203,3 +203,53 @@ def test_a_merge_key_may_be_overridden(tmp_path):
                     "infer:\n  <<: {stride: 32, align: pad}\n  align: resize\n")
     recipe = load_recipe(path)
     assert (recipe.infer.align, recipe.infer.stride, recipe.train.lr) == ("resize", 32, 0.01)
+
+
+@pytest.mark.parametrize("base,mine,says", [
+    # a key of the base was reported against the recipe using it ("recipe mine: train: unknown key 'itres'")
+    ("train:\n  itres: 300\n", "train:\n  lr: 1.0e-3\n", "{base}: train: unknown key 'itres' (known: amp, "),
+    ("train:\n  iters: abc\n", "", "{base}: train.iters: expected an integer, got 'abc'"),
+    ("data:\n  crop_size: -5\n", "", "{base}: data: crop_size must be at least 1, got -5"),
+    ("train:\n  iters: abc\n", "train:\n  iters: 7\n", None),  # the recipe's value is the one read
+    ("train:\n  lr: 0.5\n", "train:\n  lrr: 1\n", "{mine}: train: unknown key 'lrr' (known: amp, "),
+    ("", "model:\n  width: x\n", "{mine}: model.width: expected a number, got 'x'"),
+    ("", "flavour: 1\n", "{mine}: unknown key 'flavour' (known: data, description, infer, model, name, train)"),
+], ids=["base-unknown", "base-type", "base-value", "base-overridden", "recipe-unknown", "recipe-type", "recipe-top"])
+def test_an_error_names_the_file_that_holds_the_key(tmp_path, monkeypatch, base, mine, says):
+    """Keys and values of a recipe and of its base were all named as the recipe's: `recipe mine`,
+    the name, naming neither the file that holds the key nor its path."""
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "base.yaml").write_text("model: {family: tcp, width: 0.25}\n" + base)
+    (tmp_path / "exp" / "mine.yaml").write_text("base: base.yaml\n" + mine)
+    monkeypatch.chdir(tmp_path)
+    if says is None:
+        assert load_recipe("exp/mine.yaml").train.iters == 7
+        return
+    with pytest.raises(UsageError) as err:
+        load_recipe("exp/mine.yaml")
+    assert str(err.value).startswith(says.format(base="exp/base.yaml", mine="exp/mine.yaml"))
+
+
+def test_a_key_set_on_the_command_line_or_of_a_shipped_recipe_is_named_by_the_recipe(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: tcp\ntrain:\n  lr: 0.5\n")
+    with pytest.raises(UsageError, match=r"^recipe mine: train: unknown key 'lrr' "):
+        load_recipe(tmp_path / "mine.yaml", ["train.lrr=1"])
+    with pytest.raises(UsageError, match=r"^recipe mine: train.lr: expected a number, got 'x'$"):
+        load_recipe(tmp_path / "mine.yaml", ["train.lr=x"])  # the file's value, replaced
+    with pytest.raises(UsageError, match=r"^recipe tcp: model: unknown key 'ffu' "):  # tcp.yaml holds it
+        load_recipe(tmp_path / "mine.yaml", ["model.family=a2u"])
+    with pytest.raises(UsageError, match=r"^recipe indexnet-o2o-lin: train: unknown key 'lrr' "):
+        load_recipe("indexnet-o2o-lin", ["train.lrr=1"])
+
+
+def test_matte_recipes_names_the_base_file_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "base.yaml").write_text("model: {family: tcp}\ntrain:\n  itres: 300\n")
+    (tmp_path / "mine.yaml").write_text("base: base.yaml\ntrain:\n  lr: 1.0e-3\n")
+    res = subprocess.run([sys.executable, "-m", "mattecli", "recipes", "mine.yaml"], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("matte: error: base.yaml: train: unknown key 'itres' (known: amp, batch_size, ")
+    assert len(res.stderr.splitlines()) == 1

@@ -1,5 +1,5 @@
 """The parts of `train` on their own: the run folder (refusal, overwrite, record, resume checks),
-checkpoint order, the step's one-line refusals, the after-step cadence, SyncBatchNorm, the curves
+checkpoint order, the one-line refusals before any work, the after-step cadence, SyncBatchNorm, the curves
 and TensorBoard. None of these trains for more than one step."""
 
 import dataclasses
@@ -13,7 +13,7 @@ from mattecli.errors import UsageError
 from mattecli.recipes import load_recipe
 from mattecli.train import checkpoint as ckpt
 from mattecli.train import loop
-from mattecli.train.loop import Dist, Session, TrainOptions, after_step, train, train_step
+from mattecli.train.loop import Dist, Session, TrainOptions, after_step, train
 
 
 def run_cli(*args):
@@ -425,17 +425,36 @@ def session_for(recipe, model, tmp_path, batches_per_epoch=4):
                    torch.device("cpu"), Dist(0, 0, 1, torch.device("cpu")), tmp_path, batches_per_epoch)
 
 
-def test_batch_of_one_with_pooled_batchnorm_is_one_line(tmp_path):
-    from mattecli.models import build_model
+@pytest.mark.parametrize("recipe,crop,layer", [
+    ("demo-indexnet", 96, "dconv_pp.global_avg_pool.2"),  # ASPP's image pooling: 1x1 whatever the crop
+    ("demo-tcp", 32, "encoder.layer4.block1.proj_bn"),  # the deepest map of a crop the size of the stride
+])
+def test_a_batch_of_one_that_batchnorm_cannot_train_is_refused_before_the_run_folder(tmp_path, synth, recipe, crop,
+                                                                                     layer):
+    """It was the first step's ValueError, after the run folder was written: the corrected command was
+    then refused as a folder holding a run, and --resume asked for --batch-size 1 again."""
+    run = tmp_path / "r"
+    args = ("train", "--recipe", recipe, "--data", str(synth), "--out", str(run), "--device", "cpu", "--iters", "1",
+            "--set", f"data.crop_size={crop}")
+    assert run_cli(*args, "--batch-size", "1") == (
+        2, f"batch of 1 per process: recipe {recipe}'s BatchNorm {layer} normalises a 1x1 map of a {crop} px crop, "
+           "which needs at least 2 samples per process in training; use --batch-size 2 or more")
+    assert not run.exists()
+    assert run_cli(*args, "--batch-size", "2")[0] == 0
 
-    recipe = load_recipe("demo-indexnet")
-    session = session_for(recipe, build_model(recipe), tmp_path)
-    trimap = torch.full((1, 1, 64, 64), 128, dtype=torch.uint8)
-    batch = {"image": torch.rand(1, 3, 64, 64), "fg": torch.rand(1, 3, 64, 64), "bg": torch.rand(1, 3, 64, 64),
-             "alpha": torch.rand(1, 1, 64, 64), "trimap": trimap}
-    with pytest.raises(UsageError, match="batch of 1 per process: recipe demo-indexnet's model normalises a globally "
-                                         "pooled feature with BatchNorm, which needs at least 2 samples"):
-        train_step(session, batch)
+
+def test_a_batch_of_one_trains_where_no_batchnorm_sees_a_1x1_map(tmp_path, synth):
+    code, text = run_cli("train", "--recipe", "demo-tcp", "--data", str(synth), "--out", str(tmp_path / "r"),
+                         "--device", "cpu", "--iters", "1", "--batch-size", "1", "--set", "data.crop_size=64")
+    assert code == 0 and "trained demo-tcp for 1 iteration" in text, text
+
+
+def test_a_batch_of_one_per_process_is_refused_with_the_global_batch_that_trains(tmp_path, synth, monkeypatch):
+    monkeypatch.setattr(loop, "setup_distributed", lambda name: Dist(0, 0, 2, torch.device("cpu")))
+    recipe = load_recipe("demo-a2u", ["train.batch_size=2"])  # sync_bn: true, but SyncBatchNorm runs on GPUs only
+    with pytest.raises(UsageError, match=r"^batch of 1 per process: .* use --batch-size 4 or more$"):
+        train(TrainOptions(recipe, synth, tmp_path / "r", progress=False))
+    assert not (tmp_path / "r").exists()
 
 
 class Tiny(nn.Module):

@@ -11,14 +11,18 @@ import typer
 
 from mattecli.errors import UsageError, printable
 
+# what only a model run reads: with --pred no model runs, and `--device cuda` was taken without a word
+MODEL_OPTIONS = ("backend", "device", "save_pred")
+
 
 def main(
+    ctx: typer.Context,
     pred: Optional[Path] = typer.Option(None, "--pred", help="Folder of predicted alpha mattes (matched to --gt and --trimap by file stem)."),
     gt: Optional[Path] = typer.Option(None, "--gt", help="Folder of ground-truth alpha mattes (a 3-channel file uses its first channel)."),
     trimap: Optional[Path] = typer.Option(None, "--trimap", help="Folder of trimaps; the unknown region is exactly trimap == 128."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Run this model (.safetensors, .onnx or .engine) on --data instead of reading --pred."),
     data: Optional[Path] = typer.Option(None, "--data", help="A prepared split (e.g. OUT/test, with manifest.csv): images, alphas and trimaps."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnx or trt (default: from the weights file's suffix)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="With --weights: torch, onnx or trt (default: from the weights file's suffix)."),
     device: str = typer.Option("auto", "--device", help="Device for --weights: auto (cuda when available, else cpu), cpu or cuda[:N]."),
     save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="With --weights: write the predictions to this folder as {name}.png."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write count, mean and per-image metrics as JSON (`-`: to stdout, the table to stderr)."),
@@ -34,8 +38,10 @@ def main(
     a prepared split (--weights with --data). Prints the mean SAD/1000, MSE, Grad/1000 and Conn/1000
     (the units papers print); exit code 1 when some images could not be evaluated (each named).
     """
-    options = dict(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, save_pred=save_pred,
-                   workers=workers, report=report, report_worst=report_worst, images=images)
+    from mattecli.cli.parsing import options_given
+
+    options = dict(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, workers=workers, report=report,
+                   report_worst=report_worst, images=images, model_options=options_given(ctx, MODEL_OPTIONS))
     outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)
     try:
         _check_options(**options)
@@ -62,7 +68,9 @@ class EvalOutputs:
     report_worst: int = 20
 
 
-def _check_options(*, pred, gt, trimap, weights, data, save_pred, workers, report, report_worst, images) -> None:
+def _check_options(*, pred, gt, trimap, weights, data, workers, report, report_worst, images,
+                   model_options=()) -> None:
+    """`model_options`: those of MODEL_OPTIONS given, as written (`--save-pred`)."""
     if pred is not None and weights is not None:
         raise UsageError("--pred and --weights are mutually exclusive (evaluate files, or run a model)")
     if pred is None and weights is None:
@@ -73,8 +81,9 @@ def _check_options(*, pred, gt, trimap, weights, data, save_pred, workers, repor
         if gt is not None or trimap is not None or images is not None:
             raise UsageError("--gt, --trimap and --images go with --pred; with --weights the manifest gives them")
     else:
-        if save_pred is not None:
-            raise UsageError("--save-pred goes with --weights (with --pred the predictions are files already)")
+        if model_options:
+            raise UsageError(f"{', '.join(model_options)}: with --weights only (with --pred the predictions are "
+                             "files already: no model runs)")
         if data is not None and (gt is not None or trimap is not None or images is not None):
             raise UsageError("--data gives the ground truth, trimaps and images; do not add --gt, --trimap or --images")
         if data is None and (gt is None or trimap is None):
@@ -184,17 +193,20 @@ def _refuse_overwriting_inputs(items, outputs: EvalOutputs, save_pred: Path | No
             raise UsageError(f"{option} {file}: is an input of the evaluation; write it to another file")
 
 
-def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backend=None, device="cpu",
+def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backend=None, device=None,
              save_pred=None, json_out=None, csv_out=None, workers=None, report=None, report_worst=20,
              images=None) -> int:
     """The command as one function, options as on the command line (kept for callers of the one
-    function; `eval_predictions` and `eval_model` are the two modes); returns the exit code."""
-    _check_options(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, save_pred=save_pred,
-                   workers=workers, report=report, report_worst=report_worst, images=images)
+    function; `eval_predictions` and `eval_model` are the two modes; `device` None is the CPU);
+    returns the exit code."""
+    given = (("--backend", backend), ("--device", device), ("--save-pred", save_pred))
+    _check_options(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, workers=workers, report=report,
+                   report_worst=report_worst, images=images,
+                   model_options=[option for option, value in given if value is not None])
     outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)
     if weights is not None:
-        return eval_model(weights, data, backend=backend, device=device, save_pred=save_pred, workers=workers,
-                          outputs=outputs)
+        return eval_model(weights, data, backend=backend, device=device or "cpu", save_pred=save_pred,
+                          workers=workers, outputs=outputs)
     return eval_predictions(pred, gt=gt, trimap=trimap, data=data, images=images, workers=workers, outputs=outputs)
 
 

@@ -380,15 +380,8 @@ def train_step(session: Session, batch: dict) -> float:
     inputs = [encode_batch(batch["image"], batch["trimap"], recipe.infer)]
     if "trimap2" in batch:  # a second trimap (tcp pipeline) is the model's second input
         inputs.append(encode_batch(batch["image"], batch["trimap2"], recipe.infer))
-    try:
-        with torch.autocast(session.device.type, dtype=torch.float16, enabled=session.use_amp):
-            pred = session.net(*inputs)
-    except ValueError as err:
-        if "Expected more than 1 value per channel" not in str(err):
-            raise
-        raise UsageError(f"batch of {len(batch['image'])} per process: recipe {recipe.name}'s model normalises a "
-                         "globally pooled feature with BatchNorm, which needs at least 2 samples per process "
-                         "in training; use a larger --batch-size") from None
+    with torch.autocast(session.device.type, dtype=torch.float16, enabled=session.use_amp):
+        pred = session.net(*inputs)
     loss = LOSSES[cfg.loss](pred.float(), batch)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -491,12 +484,45 @@ def _check_recipe(recipe) -> None:
                          "alpha, l1 or tcp needs neither)")
 
 
+def _check_batch_norm(recipe, build_model, world: int) -> None:
+    """A BatchNorm in training needs more than one value per channel (batch x height x width): with one
+    sample per process it cannot train over a 1x1 map, such as ASPP's image pooling or the deepest map of
+    a crop the size of the model's stride. One forward pass of a crop through a throwaway model finds
+    such a BatchNorm before any work (it was the first step's ValueError, after the run folder was written)."""
+    from mattecli.data.pipelines import PIPELINES
+
+    if recipe.train.batch_size // world > 1:
+        return
+    model = build_model(recipe).train()
+    if recipe.train.freeze_encoder_bn:  # as each step holds them: in eval mode a BatchNorm takes any map
+        _freeze_encoder_bn(model, recipe.train.freeze_bn_scope)
+    names = {module: name for name, module in model.named_modules()}
+
+    def refuse(module, args):
+        if module.training and args[0].numel() == args[0].shape[1]:
+            raise UsageError(f"batch of 1 per process: recipe {recipe.name}'s BatchNorm {names[module]} normalises "
+                             f"a 1x1 map of a {recipe.data.crop_size} px crop, which needs at least 2 samples per "
+                             f"process in training; use --batch-size {2 * world} or more")
+
+    for module in names:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.register_forward_pre_hook(refuse)
+    pipeline = PIPELINES.get(recipe.data.pipeline)  # a second trimap is the model's second input
+    side = recipe.data.crop_size
+    x = torch.zeros(1, recipe.infer.input_channels, side, side)
+    with torch.no_grad():
+        model(*[x] * (2 if pipeline and pipeline.second_trimap else 1))
+
+
 def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainResult:
     writer, device, world = dist_info.writer, dist_info.device, dist_info.world
     _check_recipe(opts.recipe)
     if opts.recipe.train.batch_size % world:
         raise UsageError(f"batch size {opts.recipe.train.batch_size} does not split across {world} processes "
                          "(the recipe's batch is the global batch)")
+    sync_bn = world > 1 and opts.recipe.train.sync_bn and device.type == "cuda"  # SyncBatchNorm runs on GPUs only
+    if not sync_bn:  # SyncBatchNorm normalises over every process's samples: one each is enough
+        _check_batch_norm(opts.recipe, build_model, world)
     # the refusals only: --overwrite removes the old run once this one can start (a typo in --data
     # or --pretrained removed it, then refused to train)
     ckpt.prepare_run_dir(run_dir, opts.resume, opts.overwrite, clear=False)
@@ -518,7 +544,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainR
     if checkpoint is None:
         _initialise_encoder(model, recipe, opts.pretrained, writer)
     to_device(model, device)  # one line, not a traceback, when the GPU cannot take it
-    if world > 1 and cfg.sync_bn and device.type == "cuda":  # SyncBatchNorm runs on GPUs only
+    if sync_bn:
         model = convert_sync_bn(model)
     optimizer = torch.optim.Adam(_param_groups(model, cfg), betas=cfg.betas, weight_decay=cfg.weight_decay)
     dataset = build_dataset(recipe.data, train_dir, seed=seed)
