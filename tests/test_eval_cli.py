@@ -324,6 +324,9 @@ def test_report_shows_worst_first(folders):
     assert "001_c_image.png" in pngs and "001_c_error.png" in pngs and len(pngs) == 10
     assert (read_gray(root / "report" / "images" / "001_c_prediction.png") == 255 - gt).all()
     assert (root / "report" / "contact_sheet.png").is_file()
+    result = run(*args_for(root, "--report-worst", "2"))  # no page to show them on: it was taken without a word
+    assert result.exit_code == 2 and result.output.strip() == ("matte: error: --report-worst goes with --report (how "
+                                                               "many of the worst images its page shows)")
 
 
 def test_model_on_a_prepared_split(tmp_path):

@@ -371,6 +371,16 @@ def test_what_only_training_reads_of_a_recipe_is_checked_before_any_work(tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+def test_a_freeze_scope_the_model_has_not_is_refused_before_any_work(tmp_path, synth):
+    """It was refused at the first step, after the run folder was written."""
+    code, text = run_cli("train", "--recipe", "demo-a2u", "--data", str(synth), "--out", str(tmp_path / "r"),
+                         "--device", "cpu", "--iters", "1", "--set", "train.freeze_encoder_bn=true",
+                         "--set", "train.freeze_bn_scope=index-encoder")
+    assert (code, text) == (2, "recipe demo-a2u: train.freeze_bn_scope index-encoder is for IndexNet recipes (the "
+                               "a2u model has no index encoder; backbone freezes its encoder's)")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_missing_validation_file_is_refused_before_training(tmp_path):
     """It stopped the run at its first validation (a published recipe's: hours in)."""
     from mattecli.data.synthetic import prepare_synthetic

@@ -44,6 +44,8 @@ def main(
                    report_worst=report_worst, images=images, model_options=options_given(ctx, MODEL_OPTIONS))
     outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)
     try:
+        if report is None and options_given(ctx, ("report_worst",)):  # was taken without a word
+            raise UsageError("--report-worst goes with --report (how many of the worst images its page shows)")
         _check_options(**options)
         _check_outputs(save_pred=save_pred, report=report, json_out=json_out, csv_out=csv_out)
         if weights is not None:

@@ -471,8 +471,13 @@ def _check_recipe(recipe) -> None:
     from mattecli.data.pipelines import PIPELINES
     from mattecli.models import FAMILIES
 
+    model_cls = FAMILIES[recipe.family][1]
+    if recipe.train.freeze_encoder_bn and recipe.train.freeze_bn_scope == "index-encoder" \
+            and not hasattr(model_cls, "index_encoder_modules"):  # else refused at the first step
+        raise UsageError(f"recipe {recipe.name}: train.freeze_bn_scope index-encoder is for IndexNet recipes "
+                         f"(the {recipe.family} model has no index encoder; backbone freezes its encoder's)")
     pipeline = PIPELINES.get(recipe.data.pipeline)  # an unknown one is named where the data is read
-    if pipeline and pipeline.second_trimap and not getattr(FAMILIES[recipe.family][1], "takes_second_trimap", False):
+    if pipeline and pipeline.second_trimap and not getattr(model_cls, "takes_second_trimap", False):
         # else the model's forward() TypeError at the first step
         raise UsageError(f"recipe {recipe.name}: data.pipeline {recipe.data.pipeline} makes a second trimap for "
                          f"TCP's textural path, which the {recipe.family} model has not "
