@@ -137,19 +137,21 @@ def _check_fits(recipe, state: dict, source: str) -> None:
         check_state(build_model(recipe).state_dict(), state, source)
 
 
-def load_state_strict(model, state: dict, source: str) -> None:
+def load_state_strict(model, state: dict, source: str, shown: Mapping[str, str] | None = None) -> None:
     """Load a state dict requiring every model tensor filled and every source tensor consumed,
-    with equal shapes; otherwise fail naming the keys."""
+    with equal shapes; otherwise fail naming the keys (`shown`: see `check_state`)."""
     own = model.state_dict()
-    check_state(own, state, source)
+    check_state(own, state, source, shown)
     optional = {k for k in own if k.endswith("num_batches_tracked")}
     model.load_state_dict({**{k: own[k] for k in optional}, **state}, strict=True)
 
 
-def check_state(own: dict, state: dict, source: str) -> None:
+def check_state(own: dict, state: dict, source: str, shown: Mapping[str, str] | None = None) -> None:
     """Raise a UsageError naming the keys unless `state` (names to tensors, or to their shapes)
     fills every tensor of the model's state dict `own` (batch-norm counters may be absent), with
-    equal shapes, and has no others."""
+    equal shapes, and has no others. `shown` maps a key of `state` to the name the source file
+    gives it (an importer that renames), which errors about source tensors use."""
+    shown = shown or {}
     shapes = {k: tuple(v.shape if hasattr(v, "shape") else v) for k, v in state.items()}
     optional = {k for k in own if k.endswith("num_batches_tracked")}
     missing = sorted(set(own) - set(state) - optional)
@@ -159,10 +161,11 @@ def check_state(own: dict, state: dict, source: str) -> None:
     if missing:
         problems.append(f"{len(missing)} model tensor(s) not filled: {', '.join(missing[:6])}")
     if unexpected:
-        problems.append(f"{len(unexpected)} source tensor(s) not consumed: {', '.join(unexpected[:6])}")
+        problems.append(f"{len(unexpected)} source tensor(s) not consumed: "
+                        f"{', '.join(shown.get(k, k) for k in unexpected[:6])}")
     if mismatched:
         problems.append("shape mismatch: " + ", ".join(
-            f"{k} {shapes[k]} vs {tuple(own[k].shape)}" for k in mismatched[:6]))
+            f"{shown.get(k, k)} {shapes[k]} vs {tuple(own[k].shape)}" for k in mismatched[:6]))
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
 
@@ -198,6 +201,11 @@ def load_torch_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise UsageError(f"{path}: no state_dict in this checkpoint")
     stubbed = sorted(k for k, v in state.items() if isinstance(v, _Dropped))
+    whole = [k for k in stubbed if not state[k].global_name.startswith("numpy")]  # not an array in `meta`
+    if whole and state is ckpt and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        # {'model': model, 'epoch': 3}: a training script's layout around a module pickled whole
+        raise UsageError(f"{path}: {whole[0]} holds a whole pickled {state[whole[0]].global_name} object, not a "
+                         "state dict: where its code is, torch.save(model.state_dict(), FILE) and convert that")
     if stubbed:
         raise UsageError(f"{path}: state_dict entries {', '.join(stubbed[:4])} are pickled objects, not "
                          "tensors; refused (torch.load weights_only=True runs no code from a checkpoint)")
@@ -347,8 +355,10 @@ def detect_indexnet_variant(state: dict) -> str:
     return f"indexnet-{kind}-{'nl' if nonlinear else 'lin'}{'-ctx' if context else ''}"
 
 
-def _imported_model(state: dict, src, recipe_name: str | None, family: str, detect):
-    """Build the recipe's model (named, or detected from the tensors) and fill it strictly."""
+def _imported_model(state: dict, src, recipe_name: str | None, family: str, detect, given: str,
+                    shown: Mapping[str, str] | None = None):
+    """Build the recipe's model (named, or detected from the tensors) and fill it strictly (`given`:
+    the `--from` used; `shown`: the source's names of renamed tensors, for errors)."""
     from mattecli.models import build_model
     from mattecli.recipes import load_recipe
 
@@ -356,30 +366,33 @@ def _imported_model(state: dict, src, recipe_name: str | None, family: str, dete
         try:
             recipe_name = detect(state)
         except UsageError as err:
-            raise _not_this_source(src, state, str(err)) from None
+            raise _not_this_source(src, state, str(err), given) from None
     recipe = load_recipe(recipe_name)
     if recipe.family != family:
         article = "an" if recipe.family[0] in "aeiou" else "a"
-        raise UsageError(f"--recipe {recipe.name} is {article} {recipe.family} recipe; this source holds {family} tensors")
+        raise UsageError(f"{src}: --recipe {recipe.name} is {article} {recipe.family} recipe; this file holds "
+                         f"{family} tensors")
     model = build_model(recipe)
-    load_state_strict(model, state, str(src))
+    load_state_strict(model, state, str(src), shown)
     return model, recipe
 
 
-def _not_this_source(src, state: Mapping[str, object], reason: str) -> UsageError:
-    """`reason` with the file named and, when the tensors are another source's, that source's
-    `--from` (the usual slip: the right file, the wrong --from)."""
+def _not_this_source(src, state: Mapping[str, object], reason: str, given: str) -> UsageError:
+    """`reason` with the file named and, when the tensors are another source's than `given`, that
+    source's `--from` (the usual slip: the right file, the wrong --from)."""
     keys = {_strip_module(k) for k in state}
     guess = ("mmagic" if any(k.startswith("backbone.encoder.") for k in keys)
              else "a2u-official" if "bilinear0.bconv_U.1.weight" in keys
              else "indexnet-official" if "layer0.0.weight" in keys and "decoder_layer0.dconv.0.weight" in keys
              else None)
-    return UsageError(f"{src}: {reason}" + (f"; its tensors are those of --from {guess}" if guess else ""))
+    hint = f"; its tensors are those of --from {guess}" if guess and guess != given else ""
+    return UsageError(f"{src}: {reason}{hint}")
 
 
 def import_indexnet_official(src: str | Path, recipe_name: str | None = None):
     """The authors' IndexNet checkpoint -> (model, recipe). Their parameter names are ours."""
-    return _imported_model(load_torch_checkpoint(src), src, recipe_name, "indexnet", detect_indexnet_variant)
+    return _imported_model(load_torch_checkpoint(src), src, recipe_name, "indexnet", detect_indexnet_variant,
+                           "indexnet-official")
 
 # OpenMMLab mmagic (formerly MMEditing) IndexNet: `backbone.encoder.*` / `backbone.decoder.*`, built
 # from mmcv ConvModules (`conv` + `bn`) and DepthwiseSeparableConvModules (`depthwise_conv`,
@@ -457,7 +470,7 @@ def import_mmagic(src: str | Path, recipe_name: str | None = None):
 
     source = load_torch_checkpoint(src)
     recipe_name = recipe_name or "indexnet-mmagic"
-    state, unknown = {}, []
+    state, unknown, names = {}, [], {}
     for name, tensor in source.items():
         if name in _MM_PREPROCESSOR:
             continue
@@ -465,13 +478,13 @@ def import_mmagic(src: str | Path, recipe_name: str | None = None):
         if key is None:
             unknown.append(name)
         else:
-            state[key] = tensor
+            state[key], names[key] = tensor, name
     if unknown:
         raise _not_this_source(src, source, f"{len(unknown)} tensor(s) that are not mmagic IndexNet's: "
-                                            f"{', '.join(unknown[:6])}")
+                                            f"{', '.join(unknown[:6])}", "mmagic")
     if not state:
         raise UsageError(f"{src}: no mmagic IndexNet tensors (keys backbone.encoder.* / backbone.decoder.*)")
-    model, recipe = _imported_model(state, src, recipe_name, "indexnet", detect_indexnet_variant)
+    model, recipe = _imported_model(state, src, recipe_name, "indexnet", detect_indexnet_variant, "mmagic", names)
     for name, expected in zip(_MM_PREPROCESSOR, (recipe.infer.mean, recipe.infer.std)):
         if name in source and not torch.allclose(source[name].flatten().double(),
                                                  torch.tensor(expected, dtype=torch.float64) * 255, atol=1e-3):
@@ -550,8 +563,8 @@ def import_a2u_official(src: str | Path, recipe_name: str | None = None):
     try:
         state = a2u_state_from_official(source)
     except UsageError as err:
-        raise _not_this_source(src, source, str(err)) from None
-    return _imported_model(state, src, recipe_name, "a2u", detect_a2u_variant)
+        raise _not_this_source(src, source, str(err), "a2u-official") from None
+    return _imported_model(state, src, recipe_name, "a2u", detect_a2u_variant, "a2u-official")
 
 # name -> (function(src, recipe_name) -> (model, recipe)); `matte convert --from NAME`
 IMPORTERS = {

@@ -111,7 +111,19 @@ def test_missing_and_foreign_tensors_are_named(tmp_path):
                       drop=["backbone.decoder.pred.1.weight"])
     with pytest.raises(UsageError) as err:
         import_mmagic(tmp_path / "c.pth")
-    assert "backbone.refiner.conv.weight" in str(err.value)
+    # no hint to give the --from given ("its tensors are those of --from mmagic")
+    assert str(err.value) == f"{tmp_path / 'c.pth'}: 1 tensor(s) that are not mmagic IndexNet's: " \
+                             "backbone.refiner.conv.weight"
+    # a tensor the key map renames but the model has not, or of another shape: named as the file names it
+    ckpt = torch.load(tmp_path / "c.pth", weights_only=True)
+    del ckpt["state_dict"]["backbone.refiner.conv.weight"]
+    ckpt["state_dict"]["backbone.encoder.layers.8.0.conv.0.conv.weight"] = torch.zeros(1)
+    ckpt["state_dict"]["backbone.decoder.pred.1.weight"] = torch.zeros(2)
+    torch.save(ckpt, tmp_path / "e.pth")
+    with pytest.raises(UsageError) as err:
+        import_mmagic(tmp_path / "e.pth")
+    assert "not consumed: backbone.encoder.layers.8.0.conv.0.conv.weight;" in str(err.value)
+    assert "shape mismatch: backbone.decoder.pred.1.weight (2,) vs" in str(err.value)
     mmagic_checkpoint(tmp_path / "d.pth", drop=["backbone.decoder.pred.1.weight"])
     with pytest.raises(UsageError, match=r"pred\.1\.weight"):
         import_mmagic(tmp_path / "d.pth")

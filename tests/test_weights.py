@@ -70,8 +70,8 @@ def test_wrong_recipe_names_the_shape_mismatch(tmp_path):
 
 def test_a_recipe_of_another_family_is_named_with_its_article(tmp_path):
     official_checkpoint(tmp_path / "c.pth", "indexnet-m2o-nl-ctx")
-    with pytest.raises(UsageError, match="^--recipe a2u-dynamic-cs-d-gn is an a2u recipe; this source holds "
-                                         "indexnet tensors$"):
+    with pytest.raises(UsageError, match=f"^{tmp_path / 'c.pth'}: --recipe a2u-dynamic-cs-d-gn is an a2u recipe; "
+                                         "this file holds indexnet tensors$"):
         import_indexnet_official(tmp_path / "c.pth", "a2u-dynamic-cs-d-gn")
 
 
@@ -96,6 +96,17 @@ def test_a_whole_pickled_model_says_to_save_its_state_dict(tmp_path, saved):
     with pytest.raises(UsageError, match=r"full.pth: a whole pickled torch.nn.modules.conv.Conv2d object, not a "
                                          r"state dict: where its code is, torch.save\(model.state_dict\(\), FILE\)"):
         import_indexnet_official(tmp_path / "full.pth")
+
+
+def test_a_whole_pickled_model_under_another_key_says_to_save_its_state_dict(tmp_path):
+    """{'model': model, 'epoch': 1}, a training script's layout: it said "state_dict entries model are
+    pickled objects, not tensors", without the way out."""
+    import numpy as np
+
+    torch.save({"model": torch.nn.Conv2d(4, 1, 1), "epoch": 1, "best": np.float64(0.5)}, tmp_path / "run.pth")
+    with pytest.raises(UsageError, match=r"^.*run.pth: model holds a whole pickled torch.nn.modules.conv.Conv2d "
+                                         r"object, not a state dict: where its code is, torch.save\(model.state_dict"):
+        import_indexnet_official(tmp_path / "run.pth")
 
 
 def test_a_checkpoint_packed_in_a_tar_or_gzip_says_to_unpack_it(tmp_path):
