@@ -212,12 +212,14 @@ class Inputs:
     output a.png is the input a.PNG though their paths differ."""
 
     def __init__(self, paths):
-        self.paths = {Path(p).resolve() for p in paths}
+        # realpath, not Path.resolve: a symlink loop among the inputs was a RuntimeError traceback that
+        # stopped the batch; the loop itself fails when read, named with its reason
+        self.paths = {Path(os.path.realpath(p)) for p in paths}
         self.ids = {_file_id(p) for p in self.paths} - {None}
 
     def __contains__(self, target) -> bool:
         target = Path(target)
-        return target.resolve() in self.paths or _file_id(target) in self.ids
+        return Path(os.path.realpath(target)) in self.paths or _file_id(target) in self.ids
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

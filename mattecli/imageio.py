@@ -102,7 +102,9 @@ def _open(path: Path, apply_exif: bool = False):
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "a folder, not an image file" if path.is_dir() else
-                         "not a regular file (a device or a named pipe)" if path.exists() else "no such file")
+                         "not a regular file (a device or a named pipe)" if path.exists() else
+                         "a symbolic link that leads to no file (broken, or a loop)" if path.is_symlink() else
+                         "no such file")
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
     try:

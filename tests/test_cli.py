@@ -392,7 +392,7 @@ def test_a_full_disk_under_stdout_is_one_line_not_a_traceback():
     with open("/dev/full", "w") as full:
         res = subprocess.run([sys.executable, "-m", "mattecli", "recipes"], stdout=full, stderr=subprocess.PIPE,
                              text=True)
-    assert res.returncode == 1 and res.stderr == "matte: error: No space left on device\n", res.stderr
+    assert res.returncode == 1 and res.stderr == "matte: error: standard output: No space left on device\n", res.stderr
 
 
 @pytest.mark.parametrize("args", [["recipes"], ["recipes", "--json"], ["recipes", "demo-tcp"], ["--version"]])

@@ -161,3 +161,28 @@ def test_sigterm_that_a_library_turned_into_its_own_error_still_ends_as_terminat
         signal.signal(signal.SIGTERM, previous)
     assert done.value.code == 143
     assert capsys.readouterr().err.strip() == "matte: terminated"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the ignored interrupt, on purpose
+def test_a_stop_signal_whose_interrupt_was_swallowed_still_ends_the_command_as_stopped(monkeypatch, capsys):
+    """SIGTERM landing in a __del__ (llvmlite's, during numba's first compile for --save fg): Python
+    ignores an exception raised there, the run went on, and matte exited 0 as if no one had asked it
+    to stop."""
+    from mattecli import cli, errors
+
+    class Held:
+        def __del__(self):
+            cli._terminate(signal.SIGTERM, None)  # the handler's KeyboardInterrupt, ignored here
+
+    def recipes(*args, **kwargs):
+        Held()  # dropped at once: its __del__ runs and the interrupt is lost
+        print("a command that ran to its end")
+        sys.exit(0)  # as click ends every command
+
+    monkeypatch.setattr(errors, "STOP_SIGNALS", [])
+    monkeypatch.setattr(sys, "argv", ["matte", "recipes"])
+    monkeypatch.setattr(cli, "app", recipes)
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "matte: terminated"

@@ -550,3 +550,18 @@ def test_maps_beside_their_photos_are_never_taken_for_photos(tmp_path):
     assert any(note.startswith(f"{images / 'a_trimap.png'}: left out, as the trimap of the photo beside it "
                                f"(this run reads the trimaps in --trimaps {tmp_path / 'tri'}) (and 2 more")
                for note in report.notes)
+
+
+def test_a_symbolic_link_loop_among_the_inputs_fails_alone(tmp_path):
+    """loop.png -> loop.png: Path.resolve's RuntimeError ("Symlink loop") was a traceback that stopped
+    the whole batch before anything was written."""
+    import shutil
+
+    images = make_pairs(tmp_path / "in", ["a"])
+    (tmp_path / "tri").mkdir()
+    shutil.copy(images / "a_trimap.png", tmp_path / "tri" / "a.png")
+    shutil.copy(images / "a_trimap.png", tmp_path / "tri" / "loop.png")
+    (images / "loop.png").symlink_to("loop.png")
+    report = infer_folder(FakePipeline(), images, tmp_path / "out", trimaps=tmp_path / "tri", progress=False)
+    assert report.done == [str(images / "a.png")]
+    assert report.failed == [(str(images / "loop.png"), "a symbolic link that leads to no file (broken, or a loop)")]

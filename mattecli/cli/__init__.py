@@ -255,7 +255,8 @@ def main() -> None:
         # a full disk or quota, where no per-file handler caught it (stdout redirected to a full
         # disk, say), or a file the system would not let matte write (on Windows, the --csv that a
         # spreadsheet holds open): one line, not a traceback
-        where = f"{err.filename}: " if err.filename else ""
+        # no file name: a write to stdout (`> file` on a full disk; stderr could not say anything)
+        where = f"{err.filename}: " if err.filename else "standard output: " if err.errno in _NO_ROOM else ""
         print(printable(f"matte: error: {where}{err.strerror or err}"), file=sys.stderr)
         if err.errno in _NO_ROOM:
             _drop_stdout()  # what is still buffered for stdout cannot be written either
@@ -285,4 +286,6 @@ def main() -> None:
                 sys.stdout.flush()
             except BrokenPipeError:
                 _pipe_closed()
+        if errors.STOP_SIGNALS:  # the signal's KeyboardInterrupt was swallowed (raised in a __del__, as
+            _interrupted()       # llvmlite's during numba's first compile): the command ran on, but exits as stopped
         raise
