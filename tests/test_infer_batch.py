@@ -565,3 +565,21 @@ def test_a_symbolic_link_loop_among_the_inputs_fails_alone(tmp_path):
     report = infer_folder(FakePipeline(), images, tmp_path / "out", trimaps=tmp_path / "tri", progress=False)
     assert report.done == [str(images / "a.png")]
     assert report.failed == [(str(images / "loop.png"), "a symbolic link that leads to no file (broken, or a loop)")]
+
+
+def test_a_stop_whose_interrupt_was_lost_ends_the_batch_between_images(tmp_path, monkeypatch):
+    """SIGTERM's KeyboardInterrupt raised inside a __del__ (numba's first compile, for --save fg) is
+    ignored by Python: the batch went on to its end. The recorded signal stops it at the next image."""
+    from mattecli import errors
+
+    images = make_pairs(tmp_path / "in", ["a", "b", "c"])
+    monkeypatch.setattr(errors, "STOP_SIGNALS", [])
+
+    class Signalled(FakePipeline):
+        def run(self, image, trimap, prepared=None):
+            errors.STOP_SIGNALS.append(15)  # the handler ran; its interrupt went nowhere
+            return super().run(image, trimap)
+
+    with pytest.raises(KeyboardInterrupt):
+        infer_folder(Signalled(), images, tmp_path / "out", progress=False, workers=0)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]  # the image under way was finished

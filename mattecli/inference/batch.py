@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mattecli import errors
 from mattecli.errors import InputError, UsageError, printable, stop_requested
 from mattecli.files import (Inputs, case_insensitive, check_stdout, describe, disk_full, remove_stale_temps, to_stdout,
                             write_text)
@@ -343,6 +344,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
             full = False  # a write found the disk (or the user's quota) full: nothing new is started
             fill_reads()
             while reads and not full:
+                if errors.STOP_SIGNALS:  # a stop whose KeyboardInterrupt was lost (raised in a __del__, as
+                    raise KeyboardInterrupt  # llvmlite's in numba's first compile): it stops here, between images
                 item, future = reads.popleft()
                 fill_reads()  # keep decoding ahead while the model runs
                 try:
