@@ -112,7 +112,7 @@ def test_half_and_compile_are_for_the_torch_backend(tmp_path):
 
     graph = tmp_path / "m.onnx"
     graph.write_bytes(b"")
-    with pytest.raises(UsageError, match="--half is for the torch backend"):
+    with pytest.raises(UsageError, match="--half is for the torch backend .*: export it with `matte export --half`$"):
         load_backend(graph, None, "cpu", half=True)
     # --compile was told "an exported model has its precision built in: export it with `matte export --half`"
     compile_reason = ("--compile is for the torch backend (a .safetensors file): torch.compile compiles a PyTorch "
@@ -125,6 +125,14 @@ def test_half_and_compile_are_for_the_torch_backend(tmp_path):
     with pytest.raises(ValueError) as refused:
         mattecli.load(graph, "cpu", compile=True)
     assert str(refused.value) == compile_reason
+    onnx = pytest.importorskip("onnx")
+    fp16 = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    onnx.helper.set_model_props(fp16, {"precision": "float16"})  # what `matte export --half` writes
+    onnx.save(fp16, tmp_path / "m16.onnx")
+    with pytest.raises(UsageError) as refused:  # it said to export with --half, which made this graph
+        load_backend(tmp_path / "m16.onnx", None, "cpu", half=True)
+    assert str(refused.value) == ("--half is for the torch backend (a .safetensors file); m16.onnx runs in FP16 "
+                                  "already: leave out --half")
 
 
 @pytest.fixture(scope="module")

@@ -437,8 +437,13 @@ def load_backend(path: str | Path, name: str | None = None, device: str = "cpu",
 
     device = resolve_device(device)
     if half and name != "torch":
-        raise UsageError("--half is for the torch backend (a .safetensors file); an exported model has its "
-                         "precision built in: export it with `matte export --half`")
+        try:
+            already = exported_half(path)
+        except UsageError:  # not a readable graph: said when it is opened, the flag first
+            already = False
+        raise UsageError("--half is for the torch backend (a .safetensors file); " + (
+            f"{path.name} runs in FP16 already: leave out --half" if already else
+            "an exported model has its precision built in: export it with `matte export --half`"))
     if compile and name != "torch":
         raise UsageError("--compile is for the torch backend (a .safetensors file): torch.compile compiles a PyTorch "
                          "model; an exported model is optimised by its own runtime (ONNX Runtime, TensorRT)")
