@@ -40,8 +40,9 @@ def default_backends(weights: Path) -> list[str]:
     return ["torch", "onnx"] if own == "torch" else [own]
 
 
-def check_request(weights: Path, backends: list[str], device: str, half: bool) -> None:
-    """Refuse, in one line, what cannot run: missing or unsuitable file, device, --half, TensorRT."""
+def check_request(weights: Path, backends: list[str], device: str, half: bool) -> bool:
+    """Refuse, in one line, what cannot run: missing or unsuitable file, device, --half, TensorRT;
+    -> whether the model runs in FP16 (`half`, or an exported model's own precision)."""
     from mattecli.weights import no_weights_file, unknown_model_file
 
     if not weights.is_file():
@@ -65,8 +66,8 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
         from mattecli.inference.backends import check_onnx_file
 
         check_onnx_file(weights)
-    own = SUFFIX_TO_BACKEND[suffix]
-    if half and own != "torch" and own in backends and not exported_half(weights):  # its rows would run FP32
+    own, built_half = SUFFIX_TO_BACKEND[suffix], exported_half(weights)
+    if half and own != "torch" and own in backends and not built_half:  # its rows would run FP32
         raise UsageError(f"--half: {weights.name} is an FP32 model and an exported model runs in the precision it "
                          "was exported in: export it with `matte export --half`")
     device = resolve_device(device)
@@ -78,6 +79,7 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
         import_tensorrt()
         if not device.startswith("cuda"):
             raise UsageError("the trt backend runs on a GPU: use --device cuda")
+    return half or built_half  # an FP32 graph or engine with `half` was refused above
 
 
 def _profile(sizes: list[Size], stride: int):
@@ -264,10 +266,7 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
     backends = list(backends) if backends else default_backends(weights)
     if repeat < 1 or warmup < 0:
         raise UsageError(f"--repeat must be >= 1 and --warmup >= 0 (got {repeat}, {warmup})")
-    check_request(weights, backends, device, half)
-    from mattecli.inference.backends import exported_half
-
-    half_models = half or exported_half(weights)  # an FP32 graph or engine with `half` was refused just above
+    half_models = check_request(weights, backends, device, half)
     log = log or (lambda line: print(line, file=sys.stderr))
     rows = []
     with tempfile.TemporaryDirectory(prefix="matte-bench-") as tmp:

@@ -332,8 +332,8 @@ def _identity(path: Path) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=1)
 def _parsed_onnx(path: str, mtime_ns: int, size: int):
-    """An ONNX file parsed once for `check_onnx_file` and `static_onnx_size` (`matte bench` of a
-    graph asks both; a graph of tens of MB is read and decoded once); keyed by `_identity`."""
+    """An ONNX file parsed once for `check_onnx_file`, `exported_half` and `static_onnx_size` (`matte
+    bench` of a graph asks all three; a graph of tens of MB is read and decoded once); keyed by `_identity`."""
     import onnx
 
     return onnx.load(path, load_external_data=False)
