@@ -94,7 +94,7 @@ def check_options(opts: ExportOptions) -> None:
         raise UsageError("--verify-sizes is for --verify (add --verify to run the exported model at those sizes)")
     from mattecli.devices import resolve_device
 
-    opts.device = resolve_device(opts.device)
+    opts.device = resolve_device(opts.device, backend=opts.format)  # auto: where --verify can run the graph
     if opts.verify and opts.format == "trt" and not opts.device.startswith("cuda"):
         raise UsageError(f"--verify of a TensorRT engine runs it on a GPU: add --device cuda (got --device "
                          f"{opts.device})")

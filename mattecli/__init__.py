@@ -9,7 +9,7 @@ The Python API, a few names (see docs/python-api.md):
     trimap = mattecli.trimap_from_mask(mask, band="1.5%")           # 0/128/255
 
 `import mattecli` stays light: torch, OpenCV and ONNX Runtime are imported when a model is loaded
-or a function that needs them runs.
+or a name that needs them is first looked up (trimap_from_mask: OpenCV).
 """
 
 __version__ = "0.1.0"

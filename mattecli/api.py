@@ -61,7 +61,8 @@ class Matter:
 
         Raises:
             ValueError: the sizes differ, or an input is not an image (e.g. a colour-coded trimap),
-                or a path is not a readable image file (the message names it).
+                or a path is not a readable image file (the message names it); with compile=True,
+                torch.compile could not build the model (e.g. no C++ compiler).
         """
         from mattecli.errors import InputError
         from mattecli.imageio import fit_orientation, orient, rgb_of, trimap_of
@@ -90,7 +91,19 @@ class Matter:
                                                      "mattecli.trimap_from_mask")
             warnings.warn(f"{reason}; the trimap is returned as the alpha", stacklevel=2)
             return tri.copy()
-        return self.pipeline.run(rgb, tri).alpha
+        from mattecli.data.trimap import no_foreground
+
+        if warning := no_foreground(tri):  # as matte infer warns
+            warnings.warn(warning, stacklevel=2)
+        try:
+            return self.pipeline.run(rgb, tri).alpha
+        except RuntimeError as err:  # torch's many-line InductorError, minutes in: one line, as matte infer says it
+            from mattecli.errors import compile_failure
+
+            if (reason := compile_failure(err)) is None:
+                raise
+            raise ValueError(f"compile=True: torch.compile could not build the model ({reason}); load without "
+                             "compile=True") from None
 
     def foreground(self, image: ImageLike, alpha: np.ndarray) -> np.ndarray:
         """Estimated foreground colours F (image ~ alpha F + (1 - alpha) B), as `--save fg` writes
@@ -115,6 +128,9 @@ class Matter:
             rgb = rgb_of(_as_pil(image, "image"))
         except InputError as err:
             raise ValueError(str(err)) from None
+        if isinstance(alpha, (str, os.PathLike)):  # it said "got <U17 ()"
+            raise ValueError(f"alpha {alpha}: a path; pass the (H, W) uint8 array `predict` returned (or the file "
+                             "read as one)")
         alpha = np.asarray(alpha)
         if alpha.dtype != np.uint8 or alpha.shape != rgb.shape[:2]:
             raise ValueError(f"alpha must be (H, W) uint8 of the image's size {rgb.shape[1]}x{rgb.shape[0]}, got "
@@ -143,7 +159,8 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
     Args:
         weights: a `.safetensors` weights file (its recipe travels with it), an exported `.onnx`
             graph or a TensorRT `.engine`.
-        device: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N".
+        device: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N" (or a
+            `torch.device`).
         backend: "torch", "onnx" or "trt"; default: the one the file's suffix implies.
         half: the torch backend's half precision on CUDA (an output that is not finite is redone
             in float32).
@@ -159,12 +176,16 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
     """
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
-    from mattecli.inference.backends import BACKENDS
+    from mattecli.inference.backends import BACKENDS, implied_backend
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import default_max_bytes, tile_size
 
+    if type(device).__module__ == "torch" and type(device).__name__ == "device":  # torch.device("cuda", 1)
+        device = str(device)
+    if device is not None and not isinstance(device, str):  # 1 was an AttributeError, 0 taken as "auto"
+        raise ValueError(f"device {device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N' (or a torch.device)")
     try:
-        device = resolve_device(device, option="device")  # the argument's name, not the option's
+        device = resolve_device(device, option="device", backend=implied_backend(weights, backend))
         if backend is not None and backend not in BACKENDS:  # as device: not named --backend
             raise ValueError(f"backend {backend!r}: unknown backend (choose {', '.join(BACKENDS)})")
         if max_memory == _DEFAULT:

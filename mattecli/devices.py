@@ -11,8 +11,10 @@ import re
 from mattecli.errors import UsageError
 
 
-def resolve_device(text: str | None, option: str = "--device") -> str:
+def resolve_device(text: str | None, option: str = "--device", backend: str | None = None) -> str:
     """`auto` (or None) -> "cuda" when a GPU is available, else "cpu"; cpu / cuda / cuda:N checked.
+    With `backend="onnx"`, auto is "cuda" only where ONNX Runtime can run on it too (onnxruntime-gpu:
+    the plain onnxruntime package, which matte installs, runs on the CPU alone).
 
     Raises:
         UsageError: naming `option` (the Python API's `device=`), for anything else (e.g. `gpu`),
@@ -29,6 +31,10 @@ def resolve_device(text: str | None, option: str = "--device") -> str:
 
     available = torch.cuda.is_available()
     if name == "auto":
+        if available and backend == "onnx":  # a GPU, but an .onnx model failed by default without onnxruntime-gpu
+            import onnxruntime
+
+            available = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
         return "cuda" if available else "cpu"
     if not available:
         raise UsageError(f"{option} {text}: CUDA is not available on this machine")

@@ -34,6 +34,18 @@ def stop_requested(err: BaseException) -> bool:
     return False
 
 
+def compile_failure(err: BaseException) -> str | None:
+    """torch.compile's reason, in one line, when `err` is its failure to build a model (no C++
+    compiler: Windows without MSVC, macOS without Xcode's tools); else None. Its errors come after
+    minutes of trying and run to many lines."""
+    import sys
+
+    dynamo = sys.modules.get("torch._dynamo.exc")  # loaded once torch.compile has run
+    if dynamo is None or not isinstance(err, dynamo.TorchDynamoException):
+        return None
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 # control characters (C0, DEL, C1) as Python escapes them: \n, \t, \x1b, \x9b; and the
 # bidirectional overrides and isolates, which show 'x\u202egnp.exe' as 'xexe.png'
 _ESCAPES = {code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0))}

@@ -7,6 +7,7 @@ missing, empty, unreadable or of an unusable kind, so a batch can name it and go
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -107,16 +108,19 @@ def _open(path: Path, apply_exif: bool = False):
                          "no such file")
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
-    try:
-        img = Image.open(path)
-        img.load()
+    try:  # from a file object closed here: Pillow keeps a multi-frame file (and one failing to decode) open
+        with open(path, "rb") as f:  # until the collector runs, a ResourceWarning at every call of a service
+            img = Image.open(f)
+            img.load()
         if apply_exif:
             img = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as err:  # Pillow's guard against decompression bombs
         raise InputError(path, f"too many pixels to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         # Pillow's "cannot identify image file '/the/path'": the line names the file already
-        raise InputError(path, f"cannot decode image ({str(err).replace(f' {str(path)!r}', '')})") from None
+        # (of the file object it was given: "<_io.BufferedReader name='/the/path'>")
+        reason = re.sub(r" <_io\.\w+ name=.*>", "", str(err).replace(f" {str(path)!r}", ""))
+        raise InputError(path, f"cannot decode image ({reason})") from None
     problem = unsupported_mode(img)
     if problem:
         raise InputError(path, problem)
@@ -336,7 +340,8 @@ def _class_index_trimap(path: Path, raw: np.ndarray, values: set) -> tuple[np.nd
     elif values <= {1, 2, 3} and 3 in values and len(values) > 1:
         order = list(_CLASS_ORDERS)[1]
     else:
-        hint = " (a 0/1 binary mask? pass it with --masks)" if values <= {0, 1} else ""
+        hint = (" (a 0/1 binary mask? matte infer --masks, or mattecli.trimap_from_mask, makes a trimap of one)"
+                if values <= {0, 1} else "")
         raise InputError(path, f"trimap holds only the values {sorted(values)}: a class-index trimap whose "
                                f"order is ambiguous{hint}; save it as 0/128/255")
     lut = np.zeros(256, np.uint8)
@@ -632,6 +637,17 @@ def check_out_dir(out: str | Path, option: str = "--out", given: Path | None = N
         raise UsageError(f"{option} {given or out}: {existing} is a file, not a folder")
     _probe_write(existing, given or out, option)
     return out
+
+
+def check_report_file(path: str | Path, option: str, kind: str = "JSON") -> Path:
+    """`check_out_file` for a report (`--json`, `--csv`), which is never named as an image: every
+    input and output of a batch is one, and `--json masks/a.png` replaced a mask (`--json
+    pred/a.png` a saved prediction)."""
+    from mattecli.errors import UsageError
+
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"{option} {path}: an image's name; the report is {kind} (name it .{kind.lower()})")
+    return check_out_file(path, option)
 
 
 def check_out_file(path: str | Path, option: str = "--out") -> Path:

@@ -373,14 +373,26 @@ def recipe_from_dict(raw: dict, name: str, overrides: tuple[str, ...] = (),
     )
 
 
-def stored_recipe(value: str | dict, path: Path) -> Recipe:
+FILE_FORMAT_VERSION = "1"  # of matte-weights/N, matte-onnx/N and matte-engine/N, written in every model file
+
+
+def stored_recipe(value: str | dict, path: Path, file_format=None) -> Recipe:
     """The recipe a model file carries (JSON text in a weights file's or a graph's metadata, an
-    object in an engine's header), validated as a recipe file is.
+    object in an engine's header), validated as a recipe file is. `file_format`: the file's own
+    "format" entry (`matte-weights/1`), whose version must be one this matte reads.
 
     Raises:
-        UsageError: naming the file, when the recipe is not a JSON object (a file made or edited by
-            someone else: it was json's or Python's traceback), or not a valid recipe.
+        UsageError: naming the file, when it was written by a newer matte (a format version this one
+            does not know: it would be misread), when the recipe is not a JSON object (a file made or
+            edited by someone else: it was json's or Python's traceback), or not a valid recipe.
     """
+    if isinstance(file_format, str) and file_format.startswith("matte-"):
+        version = file_format.rpartition("/")[2]
+        if version != FILE_FORMAT_VERSION:
+            from mattecli import __version__
+
+            raise UsageError(f"{path}: written in {file_format}, a format this matte ({__version__}) does not read "
+                             f"(it reads version {FILE_FORMAT_VERSION}); upgrade matte")
     try:
         raw = json.loads(value) if isinstance(value, str) else value
     except (ValueError, RecursionError) as err:  # RecursionError: brackets nested thousands deep

@@ -92,7 +92,7 @@ def _read_matte_weights(path: str | Path, tensors: bool):
     meta, state = _read_safetensors(path, tensors)
     if "recipe" not in meta:
         raise UsageError(f"{path}: no recipe in the metadata (not written by matte; use `matte convert`)")
-    return stored_recipe(meta["recipe"], path), meta, state
+    return stored_recipe(meta["recipe"], path, meta.get("format")), meta, state
 
 
 def _read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict]:

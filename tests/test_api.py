@@ -182,6 +182,59 @@ def test_a_trimap_with_nothing_to_matte_is_its_own_alpha_with_a_warning(weights)
         assert np.array_equal(matter.predict(np.zeros((40, 50, 3), np.uint8), trimap > 0), trimap)
     with pytest.warns(UserWarning, match=r"^nothing to matte: the trimap has no foreground; the trimap is returned"):
         assert not matter.predict(np.zeros((40, 50, 3), np.uint8), np.zeros((40, 50), np.uint8)).any()
+    # work to do but no foreground pixel: matte infer warns "is it the right trimap?"; predict said nothing
+    for held, trimap in (("only background and unknown", np.where(trimap > 0, 128, 0).astype(np.uint8)),
+                         ("all unknown", np.full((40, 50), 128, np.uint8))):
+        with pytest.warns(UserWarning, match=rf"^no foreground pixel \({held}\): is it the right trimap\?$"):
+            matter.predict(np.zeros((40, 50, 3), np.uint8), trimap)
+
+
+def test_load_takes_a_torch_device_and_refuses_other_types(weights):
+    """`device=torch.device("cpu")` and `device=1` were AttributeErrors (`.strip`), and `device=0`
+    quietly meant "auto"."""
+    import torch
+
+    assert mattecli.load(weights, device=torch.device("cpu")).device == "cpu"
+    for bad in (0, 1, 1.0):
+        with pytest.raises(ValueError, match=rf"^device {bad!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+            mattecli.load(weights, device=bad)
+    with pytest.raises(ValueError, match=r"the trt backend runs a TensorRT engine; build one with `matte export"):
+        mattecli.load(weights, device="cpu", backend="trt")  # it said "TensorRT is not installed"
+
+
+def test_a_failed_torch_compile_is_one_value_error(weights, monkeypatch):
+    """compile=True without a C++ compiler: predict raised torch's InductorError of many lines after
+    minutes; matte infer says it in one line."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    from mattecli.inference.pipeline import Pipeline
+
+    def run(self, image, trimap, prepared=None):
+        raise TorchDynamoException("InvalidCxxCompiler: No working C++ compiler found\n\nSet TORCHDYNAMO_VERBOSE=1")
+
+    matter = mattecli.load(weights, device="cpu")
+    monkeypatch.setattr(Pipeline, "run", run)
+    trimap = np.full((40, 50), 128, np.uint8)
+    trimap[:, :10] = 255
+    with pytest.raises(ValueError, match=r"^compile=True: torch.compile could not build the model "
+                                         r"\(InvalidCxxCompiler: No working C\+\+ compiler found\); load without "
+                                         r"compile=True$"):
+        matter.predict(np.zeros((40, 50, 3), np.uint8), trimap)
+
+
+def test_a_path_where_an_array_is_wanted_says_so(weights, tmp_path):
+    matter = mattecli.load(weights, device="cpu")
+    with pytest.raises(ValueError, match=r"^alpha a.png: a path; pass the \(H, W\) uint8 array `predict` returned"):
+        matter.foreground(np.zeros((40, 50, 3), np.uint8), "a.png")  # it said "got <U5 ()"
+    with pytest.raises(ValueError, match=r"^trimap_from_mask takes an array or a Pillow image, not a path \(m.png\)"):
+        mattecli.trimap_from_mask("m.png")
+
+
+def test_a_binary_mask_as_the_trimap_names_the_api_remedy_too(weights):
+    matter = mattecli.load(weights, device="cpu")
+    with pytest.raises(ValueError, match=r"a 0/1 binary mask\? matte infer --masks, or mattecli.trimap_from_mask, "
+                                         r"makes a trimap of one"):
+        matter.predict(np.zeros((40, 50, 3), np.uint8), np.eye(40, 50, dtype=np.uint8))
 
 
 def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
@@ -216,7 +269,7 @@ def test_bad_inputs_are_value_errors_with_the_reason(weights, tmp_path):
     with pytest.raises(ValueError, match="^half needs a CUDA device"):
         mattecli.load(weights, device="cpu", half=True)
     for bad, match in [(0, "a ceiling of zero"), (-1, "a ceiling of zero"), (100, "^max_memory 100: a memory "
-                       "ceiling of 0 MiB is too small"), (True, "bytes as an int"),
+                       "ceiling of 100 bytes is too small"), ("", "an empty value"), (True, "bytes as an int"),
                        (float("nan"), "^max_memory nan: expected bytes"), (float("inf"), "^max_memory inf: expected bytes")]:
         with pytest.raises(ValueError, match=match):
             mattecli.load(weights, device="cpu", max_memory=bad)
@@ -288,6 +341,7 @@ def test_trimap_from_mask_is_the_command_line_one():
     assert set(np.unique(ours)) == {0, 128, 255} and (ours[55:65, 75:85] == 255).all()
 
 
+@pytest.mark.filterwarnings("ignore:no foreground pixel")  # all-unknown trimaps, on purpose
 def test_write_png_round_trips_what_predict_returns(weights, tmp_path):
     alpha = mattecli.load(weights, device="cpu").predict(np.full((33, 47, 3), 90, np.uint8),
                                                          np.full((33, 47), 128, np.uint8))
@@ -305,6 +359,7 @@ def test_a_loaded_model_sent_to_another_process_says_to_load_it_there(weights):
         pickle.dumps(matter.predict)
 
 
+@pytest.mark.filterwarnings("ignore:no foreground pixel")  # all-unknown trimaps, on purpose
 def test_one_loaded_model_serves_many_threads(weights):
     """A web service calls one Matter from request threads: results are the sequential ones, and the
     backend (a TensorRT context, its scratch memory) is never entered twice at once."""

@@ -37,7 +37,8 @@ def check_rows(rows, backends, sizes, inputs):
         assert set(r) == ROW_FIELDS
         assert 0 < r["min_ms"] <= r["median_ms"]
         assert r["images_per_s"] == pytest.approx(1000 / r["median_ms"], rel=1e-3)
-        assert 512 > r["peak_memory_mib"] >= r["base_memory_mib"] > 50  # Python, runtime and a model
+        # Python, runtime and a model (a CUDA build of torch loads more: 659 MiB with torch 2.11+cu130)
+        assert 1024 > r["peak_memory_mib"] >= r["base_memory_mib"] > 50
         assert r["memory"] == "peak RSS of the process" and r["warmup"] == 0 and r["repeat"] == 2
     assert [r["input"] for r in rows] == inputs * len(backends)
 

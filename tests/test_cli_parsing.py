@@ -20,6 +20,13 @@ def test_parse_memory_refuses_naming_the_option(text):
         parse_memory(text)
 
 
+@pytest.mark.parametrize("text", ["", "  "])
+def test_an_empty_ceiling_is_refused_not_taken_as_none(text):
+    """`--max-memory "$MEM"` with MEM unset lifted the default ceiling (4 GB on a CPU) without a word."""
+    with pytest.raises(UsageError, match="^--max-memory: an empty value \\(an unset variable\\?\\); write none for no"):
+        parse_memory(text)
+
+
 @pytest.mark.parametrize("text", ["0", "0GB", "0.0 MB"])
 def test_a_zero_ceiling_is_refused_not_taken_as_none(text):
     with pytest.raises(UsageError, match="write none for no ceiling"):

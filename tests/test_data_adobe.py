@@ -641,3 +641,17 @@ def test_the_default_workers_are_the_cores_this_process_may_use(dataset, tmp_pat
     monkeypatch.setattr(adobe, "run_jobs", recorded)
     report = prepare_adobe(dataset["root"], dataset["coco"], dataset["voc"], tmp_path / "out", "test")
     assert report.errors == [] and asked == [3]
+
+
+def test_prepare_data_notes_go_to_stderr_as_every_commands_do(capsys):
+    """They went to stdout as `note: ...`, beside the manifests' lines; infer, trimap and train
+    print `matte: note: ...` on stderr."""
+    from types import SimpleNamespace
+
+    from mattecli.cli.prepare_data import _report
+
+    _report(SimpleNamespace(manifests={"test": "o/test/manifest.csv"}, counts={"test": 3}, errors=[],
+                            notes=["d646 test trimaps are generated (seed 0), not official: o/test/trimaps.json"]))
+    out, err = capsys.readouterr()
+    assert out == "test: 3 samples -> o/test/manifest.csv\n"
+    assert err == "matte: note: d646 test trimaps are generated (seed 0), not official: o/test/trimaps.json\n"

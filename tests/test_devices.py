@@ -29,6 +29,28 @@ def test_resolve_device():
         resolve_device("mps")
 
 
+def test_auto_is_the_cpu_for_an_onnx_model_where_onnx_runtime_cannot_use_the_gpu(monkeypatch, tmp_path):
+    """A GPU host with the plain onnxruntime (what matte installs): `matte infer --weights m.onnx`
+    failed by default, asking for onnxruntime-gpu, and `mattecli.load("m.onnx")` called the
+    graph "not a loadable ONNX model"."""
+    import onnxruntime
+
+    from mattecli.inference.backends import OnnxBackend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert resolve_device("auto", backend="onnx") == "cpu"
+    assert resolve_device("auto", backend="torch") == resolve_device("auto") == "cuda"
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert resolve_device("auto", backend="onnx") == "cuda"
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    graph = tmp_path / "m.onnx"
+    graph.write_bytes(b"not even a graph")
+    with pytest.raises(UsageError, match=r"^--device cuda with the onnx backend needs onnxruntime-gpu"):
+        OnnxBackend.load(graph, device="cuda")  # the reason, not "not a loadable ONNX model"
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_cuda_without_a_gpu_is_one_line():
     with pytest.raises(UsageError, match="CUDA is not available"):
@@ -72,7 +94,8 @@ def test_a_gpu_that_cannot_take_the_model_is_one_line(command, monkeypatch, caps
     recipe = load_recipe("demo-indexnet")
     weights = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
     for module in ("mattecli.devices", "mattecli.cli.infer"):  # as on a machine with a GPU
-        monkeypatch.setattr(f"{module}.resolve_device", lambda text, option="--device": "cuda", raising=False)
+        monkeypatch.setattr(f"{module}.resolve_device", lambda text, option="--device", backend=None: "cuda",
+                            raising=False)
     real_to = torch.nn.Module.to
 
     def to(self, *args, **kwargs):

@@ -412,12 +412,39 @@ def test_json_or_csv_onto_an_input_is_refused_before_any_image(folders, tmp_path
     cases = [(["--pred", split / "alpha", "--data", split, "--workers", "1"], "--csv", split / "manifest.csv"),
              (args_for(root), "--json", root / "gt" / "a.png"),
              (args_for(root), "--csv", root / "pred" / "b.png")]
-    for args, option, target in cases:
+    reasons = ["is an input of the evaluation; write it to another file",
+               "an image's name; the report is JSON (name it .json)",
+               "an image's name; the report is CSV (name it .csv)"]
+    for (args, option, target), reason in zip(cases, reasons):
         before = target.read_bytes()
         result = run(*args, option, target)
-        assert result.exit_code == 2 and result.stderr == (
-            f"matte: error: {option} {target}: is an input of the evaluation; write it to another file\n")
+        assert result.exit_code == 2 and result.stderr == f"matte: error: {option} {target}: {reason}\n"
         assert target.read_bytes() == before
+
+
+def test_eval_outputs_onto_each_other_are_refused_before_any_image(folders, tmp_path):
+    """`--json X --csv X` (the CSV replaced the JSON), `--json p/a.png --save-pred p` (a saved
+    prediction replaced) and `--json R/index.html --report R` (the page replaced the JSON) ran to
+    the end, exit 0, one output lost; only both on stdout was refused. The function form too."""
+    from mattecli.cli.eval import run_eval
+    from mattecli.errors import UsageError
+
+    root, _ = folders
+    same = tmp_path / "same.txt"
+    cases = [(["--json", same, "--csv", same], f"--json {same} --csv {same}: the same file, so the CSV would "
+                                               "replace the JSON; write them to two files"),
+             (["--json", tmp_path / "p" / "a.png"], f"--json {tmp_path / 'p' / 'a.png'}: an image's name; the "
+                                                    "report is JSON (name it .json)"),
+             (["--report", tmp_path / "r", "--csv", tmp_path / "r" / "index.html"],
+              f"--csv {tmp_path / 'r' / 'index.html'}: is the --report page; write it to another file")]
+    for extra, message in cases:
+        result = run(*args_for(root, *extra))
+        assert (result.exit_code, result.stderr) == (2, f"matte: error: {message}\n")
+    assert not same.exists() and not (tmp_path / "r").exists()
+    with pytest.raises(UsageError, match="the same file"):
+        run_eval(pred=root / "pred", gt=root / "gt", trimap=root / "trimap", json_out=same, csv_out=same)
+    with pytest.raises(UsageError, match="--report-worst goes with --report"):
+        run_eval(pred=root / "pred", gt=root / "gt", trimap=root / "trimap", report_worst=5)
 
 
 def test_a_model_whose_output_is_not_finite_fails_each_image_in_one_line(tmp_path):
@@ -465,3 +492,31 @@ def test_worst_n_keeps_the_largest_sad():
     assert offered == [True, True, False, True, False]
     assert worst.names() == ["b", "d"]
     assert not worst(Result("f", error="unreadable"))
+
+
+def test_an_image_the_model_runs_out_of_memory_on_fails_alone(tmp_path, monkeypatch):
+    """Out of memory on one large test image (a RuntimeError, CPU or CUDA) was a traceback that lost
+    every other result and the JSON; infer names the same failure and goes on."""
+    from mattecli.data.synthetic import prepare_synthetic
+    from mattecli.inference.pipeline import Pipeline
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    prepare_synthetic(tmp_path / "data", n_train=0, n_test=3, size=32)
+    recipe = load_recipe("demo-tcp")
+    weights = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors")
+    real, calls = Pipeline.predict_whole, []
+
+    def predict_whole(self, image, trimap):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3230793728 bytes")
+        return real(self, image, trimap)
+
+    monkeypatch.setattr(Pipeline, "predict_whole", predict_whole)
+    result = run("--weights", weights, "--data", tmp_path / "data" / "test", "--device", "cpu", "--workers", "1",
+                 "--json", tmp_path / "m.json")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr, result.output
+    assert "matte eval: syn0001: RuntimeError: DefaultCPUAllocator: can't allocate memory" in result.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["count"] == 2

@@ -653,7 +653,7 @@ def test_cli_trt_builds_on_the_device_asked_for(weights, tmp_path, monkeypatch):
     monkeypatch.setattr(tensorrt, "to_engine", fake_to_engine)
     monkeypatch.setattr(tensorrt, "fp16_graph_for", lambda half: False)
     monkeypatch.setattr(tensorrt, "require_cuda", lambda: None)
-    monkeypatch.setattr(mattecli.devices, "resolve_device", lambda text, option="--device": text)
+    monkeypatch.setattr(mattecli.devices, "resolve_device", lambda text, option="--device", backend=None: text)
     monkeypatch.setattr(torch.cuda, "device", device)
     res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--format", "trt", "--device", "cuda:1",
                                    "--out", str(tmp_path / "m.engine")])

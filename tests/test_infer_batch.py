@@ -499,12 +499,19 @@ def test_a_compile_that_cannot_build_is_one_usage_error_at_the_first_image(tmp_p
 
     from mattecli.errors import UsageError
 
+    def failure():
+        try:
+            return InductorError(InvalidCxxCompiler("/nonexistent/c++"), None)
+        except TypeError:  # torch 2.11: InvalidCxxCompiler() takes no argument (and words it otherwise)
+            return InductorError(InvalidCxxCompiler(), None)
+
     images = make_pairs(tmp_path / "in", ["a", "b"])
-    fake = FakePipeline(fail_on_call=1, exc=lambda: InductorError(InvalidCxxCompiler("/nonexistent/c++"), None))
+    fake = FakePipeline(fail_on_call=1, exc=failure)
     with pytest.raises(UsageError) as caught:
         infer_folder(fake, images, tmp_path / "out", save=("alpha",), progress=False)
-    assert str(caught.value) == ("--compile: torch.compile could not build the model (InvalidCxxCompiler: Compiler: "
-                                 "/nonexistent/c++ is not found.); run without --compile")
+    reason = str(failure()).strip().splitlines()[0]
+    assert reason.startswith("InvalidCxxCompiler: ")
+    assert str(caught.value) == f"--compile: torch.compile could not build the model ({reason}); run without --compile"
     assert fake.calls == 1
 
 
@@ -550,6 +557,27 @@ def test_maps_beside_their_photos_are_never_taken_for_photos(tmp_path):
     assert any(note.startswith(f"{images / 'a_trimap.png'}: left out, as the trimap of the photo beside it "
                                f"(this run reads the trimaps in --trimaps {tmp_path / 'tri'}) (and 2 more")
                for note in report.notes)
+
+
+def test_an_image_with_several_trimaps_fails_naming_them(tmp_path):
+    """a.bmp and a.png in --trimaps (or a.png and a_trimap.png): the first by name was taken without a
+    word (exit 0, perhaps the wrong trimap), where eval refuses such a stem."""
+    import shutil
+
+    images = make_pairs(tmp_path / "in", ["a", "b", "c"])
+    (tmp_path / "tri").mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(images / f"{name}_trimap.png", tmp_path / "tri" / f"{name}.png")
+    shutil.copy(images / "a_trimap.png", tmp_path / "tri" / "a.bmp")
+    shutil.copy(images / "b_trimap.png", tmp_path / "tri" / "b_trimap.png")
+    shutil.copy(images / "c_trimap.png", images / "c_trimap.bmp")  # beside: two c_trimap files
+    pairs, problems = find_pairs(images, tmp_path / "tri")
+    assert [i.name for i, _ in pairs] == ["c.png"]
+    assert problems == [(str(images / "a.png"), "several trimaps for it (a.bmp, a.png); keep one"),
+                        (str(images / "b.png"), "several trimaps for it (b.png, b_trimap.png); keep one")]
+    pairs, problems = find_pairs(images, None)
+    assert [i.name for i, _ in pairs] == ["a.png", "b.png"]
+    assert problems == [(str(images / "c.png"), "several trimaps for it (c_trimap.bmp, c_trimap.png); keep one")]
 
 
 def test_a_symbolic_link_loop_among_the_inputs_fails_alone(tmp_path):

@@ -477,3 +477,20 @@ def test_a_png_with_a_colour_profile_libpng_dislikes_is_read_without_its_warning
     got = read_image(path) if kind == "RGB" else read_gray(path)
     assert np.array_equal(got, pixels)
     assert "libpng" not in capfd.readouterr().err
+
+
+def test_reading_a_multi_frame_file_leaves_no_file_open(tmp_path):
+    """Pillow keeps a multi-frame file (a multi-page TIFF, an APNG) open after load(): every read
+    left its handle to the garbage collector, a ResourceWarning at each call of a service."""
+    import gc
+    import warnings
+
+    frames = [Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)) for i in range(3)]
+    for name in ("multi.tif", "anim.png"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for name in ("multi.tif", "anim.png"):
+            assert read_image(tmp_path / name).shape == (20, 30, 3)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

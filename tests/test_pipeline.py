@@ -1,3 +1,5 @@
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -178,6 +180,15 @@ def test_run_tiles_only_when_needed():
     assert np.array_equal(result.alpha, pipeline.predict_whole(image, trimap))
     tiled = Pipeline(backend, cfg, max_bytes=(100 + 96) * 32 * 32).run(image, trimap)
     assert tiled.how.startswith("tiled: ") and tiled.alpha.shape == (45, 37)
+    # the tile as run, clipped to the image: a 4-pixel-high strip was "N tiles of 32x32", a 40x30
+    # image in one tile "1 tiles of 64x64"
+    wide = rng.integers(0, 256, (4, 400, 3), dtype=np.uint8)
+    pipeline = Pipeline(backend, cfg, max_bytes=(100 + 96) * 32 * 32)
+    strip = pipeline.run(wide, np.full((4, 400), 128, np.uint8))
+    assert re.fullmatch(r"tiled: \d+ tiles of 32x4", strip.how), strip.how
+    band = np.zeros((4, 400), np.uint8)
+    band[:, 2:10] = 128
+    assert pipeline.run(wide, band).how == "tiled: 1 tile of 32x4"
 
 
 def test_freed_buffers_are_kept_for_the_next_image_under_glibc():

@@ -28,13 +28,31 @@ def test_engine_header_round_trip(tmp_path):
     (MAGIC + b"\x01", "truncated engine header"),
     (MAGIC + (5).to_bytes(4, "little") + b"{nope" + b"engine", "corrupt engine header"),
     (MAGIC + (2).to_bytes(4, "little") + b"{}", "engine bytes are missing"),
+    (MAGIC + (9).to_bytes(4, "little") + b"{}", "truncated engine header"),
+    (MAGIC + (3).to_bytes(4, "little") + b"[1]" + b"engine", r"corrupt engine header \(not a JSON object\)"),
 ])
 def test_engine_header_errors_name_the_file(tmp_path, content, reason):
+    """A header that is JSON but not an object (`[1]`) was an AttributeError traceback in `matte
+    bench` (`.get` on a list). The header alone is read as the whole file is."""
     path = tmp_path / "bad.engine"
     path.write_bytes(content)
-    with pytest.raises(UsageError, match=reason) as err:
-        read_engine_file(path)
-    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    for header_only in (False, True):
+        with pytest.raises(UsageError, match=reason) as err:
+            read_engine_file(path, header_only=header_only)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_engine_header_alone_is_read_without_the_engine(tmp_path):
+    meta = {"recipe": {"name": "demo-a2u"}, "half": True}
+    path = write_engine_file(tmp_path / "m.engine", b"\x01" * 4096, meta)
+    assert read_engine_file(path, header_only=True) == (meta, b"")
+
+
+def test_matte_bench_of_an_engine_whose_header_is_not_an_object_is_one_line(tmp_path):
+    path = tmp_path / "bad.engine"
+    path.write_bytes(MAGIC + (3).to_bytes(4, "little") + b"[1]" + b"engine")
+    res = run_main("bench", "--weights", path, "--device", "cpu")
+    assert (res.returncode, res.stderr) == (2, f"matte: error: {path}: corrupt engine header (not a JSON object)\n")
 
 
 def fake_trt(version: str, fp16_flag: bool = True):
@@ -169,12 +187,16 @@ def test_infer_and_eval_with_trt_backend_say_tensorrt_is_missing(tmp_path):
     weights = tmp_path / "w.safetensors"  # the backend is asked for before the file is read
     weights.write_bytes(b"x")
     for command in (["infer", "--weights", engine, "--images", images, "--out", tmp_path / "out"],
-                    ["infer", "--weights", weights, "--backend", "trt", "--images", images, "--out", tmp_path / "o"],
                     ["eval", "--weights", engine, "--data", split, "--backend", "trt", "--workers", "1"]):
         res = run_main(*command)
         assert res.returncode == 2, res.stderr
         line = res.stderr.strip()
         assert "\n" not in line and line.endswith(f"error: {NOT_INSTALLED}"), command
+    # a weights file given to the trt backend: what is wrong is the file, TensorRT or not (it said "not installed")
+    res = run_main("infer", "--weights", weights, "--backend", "trt", "--images", images, "--out", tmp_path / "o")
+    assert (res.returncode, res.stderr) == (2, f"matte: error: {weights}: the trt backend runs a TensorRT engine; "
+                                               f"build one with `matte export --weights {weights} --format trt --out "
+                                               "MODEL.engine`\n")
 
 
 class FakeBuilder:
@@ -474,3 +496,19 @@ def test_engine_files_pick_the_tensorrt_backend(tmp_path):
     engine = write_engine_file(tmp_path / "m.engine", b"x", {"recipe": {}})
     with pytest.raises(UsageError, match="--backend tf: unknown backend"):
         load_backend(engine, "tf")
+
+
+@pytest.mark.parametrize("meta, reason", [
+    ({"half": False}, "m.engine: carries no recipe (not exported by matte)"),
+    ({"recipe": "demo-a2u"}, "m.engine: the recipe in its metadata is not JSON"),
+    ({"recipe": {"name": "x", "family": "nope"}}, "m.engine: the recipe in its metadata is not valid: "),
+])
+def test_the_trt_backend_checks_the_engines_recipe_as_other_formats_are(monkeypatch, meta, reason):
+    """It read meta["recipe"] directly: a KeyError or AttributeError traceback, or an invalid recipe
+    named as "recipe x" without the file (read without a GPU: the recipe is checked first)."""
+    from mattecli.inference.backends import TensorRTBackend
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt("10.13.0.35"))
+    with pytest.raises(UsageError) as err:
+        TensorRTBackend(b"engine", meta, device="cpu", source="m.engine")
+    assert str(err.value).startswith(reason) and "\n" not in str(err.value)

@@ -493,6 +493,24 @@ def test_alpha_trimaps_are_reproducible_by_seed(tmp_path, capsys):
                for i in range(3))
 
 
+def test_empty_with_alphas_is_refused_not_ignored(tmp_path, capsys):
+    """--empty says what to do with a mask that has nothing to matte; with --alphas it was taken and
+    ignored (every alpha's trimap is written)."""
+    write_png(tmp_path / "alphas" / "x.png", np.zeros((16, 16), np.uint8))
+    code, _, err = matte(capsys, "trimap", "--alphas", tmp_path / "alphas", "--out", tmp_path / "t", "--empty", "pass")
+    assert (code, err) == (2, "matte: error: --empty is for --masks; with --alphas every trimap is written\n")
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_folder_where_a_trimap_goes_is_no_output(tmp_path, capsys):
+    """A folder at OUT/a.png was counted as a trimap already written: skipped, exit 0, no trimap."""
+    _, masks = mask_folder(tmp_path)
+    (tmp_path / "t" / "a.png").mkdir(parents=True)
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t")
+    assert code == 1 and "1 written" in out and "0 skipped" in out
+    assert f"matte: failed: {masks / 'a.png'}: {tmp_path / 't' / 'a.png'}: Is a directory\n" in err, err
+
+
 # --- folders and --out (issue 19) ------------------------------------------------------------------
 
 def test_out_inside_the_image_folder_is_never_read_as_input(tmp_path):
@@ -723,6 +741,20 @@ def test_a_one_pixel_or_empty_mask_gives_a_trimap_of_its_size():
         assert trimap_from_mask(mask).tolist() == [[expected]]
     assert trimap_from_mask(np.full((1, 1), 0.5), threshold=(0.2, 0.8)).tolist() == [[128]]
     assert trimap_from_mask(np.zeros((0, 0), np.uint8)).shape == (0, 0)
+    assert trimap_from_mask(np.zeros((0, 5), np.uint8), band=40).shape == (0, 5)
+
+
+@pytest.mark.parametrize("shape, band", [((2, 2), 16), ((1, 2), 20), ((2, 1), 31), ((4, 4), 32), ((3, 3), 40),
+                                         ((4, 1), 40)])
+def test_a_mask_no_larger_than_one_block_of_a_wide_band(shape, band):
+    """A band of 16 px and more runs on a grid of 2x2 (4x4) blocks: a mask of one block made a 1x1
+    grid, which OpenCV took for a scalar: a float64 trimap, a traceback in `matte trimap` and an
+    OpenCV error that ended `matte infer --masks` with the rest of the batch."""
+    mask = np.zeros(shape, np.uint8)
+    mask.flat[0] = 255
+    trimap = trimap_from_mask(mask, band=band)
+    assert trimap.dtype == np.uint8 and trimap.shape == shape and (trimap == 128).all()
+    assert (trimap_from_mask(np.full(shape, 255, np.uint8), band=band) == 255).all()
 
 
 def test_outputs_never_overwrite_the_photos(tmp_path):
@@ -890,3 +922,18 @@ def test_json_reports_each_file_for_scripts(tmp_path, capsys, monkeypatch):
     assert code == 1 and report["done"] == [str(root / "x.png")] and report["out"] == str(tmp_path / "o")
     assert [f["path"] for f in report["failed"]] == [str(root / "y.png")] and "no trimap found" in report["failed"][0][
         "reason"]
+
+
+def test_an_alpha_trimap_with_nothing_to_matte_is_written_and_named(tmp_path, capsys):
+    """A hard-edged alpha under --method dist (the authors' rule grows only partial values) gave a
+    trimap with no unknown pixel without a word: every eval metric on it is 0."""
+    hard = np.zeros((64, 64), np.uint8)
+    hard[16:48, 16:48] = 255
+    write_png(tmp_path / "alphas" / "hard.png", hard)
+    code, out, err = matte(capsys, "trimap", "--alphas", tmp_path / "alphas", "--out", tmp_path / "t")
+    assert code == 0 and "1 written" in out and set(np.unique(read_gray(tmp_path / "t" / "hard.png"))) == {0, 255}
+    assert (f"{tmp_path / 'alphas' / 'hard.png'}: nothing to matte: the trimap of this alpha has no unknown pixel "
+            "(no partial value, which is all --method dist grows; erode bands the edge); written as is") in err
+    code, _, err = matte(capsys, "trimap", "--alphas", tmp_path / "alphas", "--out", tmp_path / "e",
+                         "--method", "erode")
+    assert code == 0 and "nothing to matte" not in err

@@ -379,3 +379,28 @@ except OSError as err:
     assert res.returncode == 0, res.stderr
     name, left = ("w.safetensors", "[]") if what == "weights" else ("iter_00000005.pt", "['checkpoints']")
     assert res.stdout.strip() == f"True {name} {left}"  # named by its own name, no temporary left
+
+
+def test_a_model_file_of_a_newer_format_is_refused_not_misread(tmp_path):
+    """Every model file says `matte-weights/1` (`matte-onnx/1`, `matte-engine/1`), and nothing read
+    it: a file of a later format would have been read as version 1."""
+    from exporters.onnx import FORMAT as ONNX_FORMAT
+    from mattecli.inference.engine import FORMAT as ENGINE_FORMAT
+    from mattecli.recipes import FILE_FORMAT_VERSION, stored_recipe
+    from mattecli.weights import FORMAT
+
+    assert {f.rpartition("/")[2] for f in (FORMAT, ONNX_FORMAT, ENGINE_FORMAT)} == {FILE_FORMAT_VERSION}
+    from safetensors.torch import save
+
+    recipe = load_recipe("demo-tcp")
+    state = {k: v.contiguous() for k, v in build_model(recipe).state_dict().items()}
+    path = tmp_path / "new.safetensors"
+    path.write_bytes(save(state, metadata={"format": "matte-weights/2", "recipe": recipe.to_json()}))
+    res = run_main("infer", "--weights", path, "--images", tmp_path, "--out", tmp_path / "o")
+    assert res.returncode == 2 and res.stderr.startswith(
+        f"matte: error: {path}: written in matte-weights/2, a format this matte (") and res.stderr.endswith(
+        ") does not read (it reads version 1); upgrade matte\n")
+    assert stored_recipe(recipe.to_json(), path, FORMAT).name == "demo-tcp"
+    assert stored_recipe(recipe.to_json(), path, None).name == "demo-tcp"  # files of matte's first days
+    with pytest.raises(UsageError, match="written in matte-engine/3"):
+        stored_recipe(recipe.to_json(), path, "matte-engine/3")

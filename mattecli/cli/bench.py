@@ -56,7 +56,7 @@ def main(
     from mattecli.devices import resolve_device
     from mattecli.errors import UsageError
     from mattecli.files import Inputs, check_stdout, to_stdout
-    from mattecli.imageio import check_out_file
+    from mattecli.imageio import check_report_file
     from mattecli.progress import progress_bar
 
     _check_mode(ctx, e2e)
@@ -73,7 +73,7 @@ def main(
             Console(stderr=True).print(f"note: {weights.name} is a static graph: timing its size, {static}",
                                        markup=False, highlight=False)
     if json_out is not None and not to_stdout(json_out):  # not after the whole run
-        check_out_file(json_out, "--json")
+        check_report_file(json_out, "--json")
         if json_out in Inputs([weights]):  # the report replaced the model file
             raise UsageError(f"--json {json_out}: is the --weights file; write the report to another file")
     check_stdout(json_out, "--json")

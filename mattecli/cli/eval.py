@@ -41,11 +41,10 @@ def main(
     from mattecli.cli.parsing import options_given
 
     options = dict(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, workers=workers, report=report,
-                   report_worst=report_worst, images=images, model_options=options_given(ctx, MODEL_OPTIONS))
+                   report_worst=report_worst, images=images, model_options=options_given(ctx, MODEL_OPTIONS),
+                   report_worst_given=bool(options_given(ctx, ("report_worst",))))
     outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)
     try:
-        if report is None and options_given(ctx, ("report_worst",)):  # was taken without a word
-            raise UsageError("--report-worst goes with --report (how many of the worst images its page shows)")
         _check_options(**options)
         _check_outputs(save_pred=save_pred, report=report, json_out=json_out, csv_out=csv_out)
         if weights is not None:
@@ -71,8 +70,10 @@ class EvalOutputs:
 
 
 def _check_options(*, pred, gt, trimap, weights, data, workers, report, report_worst, images,
-                   model_options=()) -> None:
+                   model_options=(), report_worst_given=False) -> None:
     """`model_options`: those of MODEL_OPTIONS given, as written (`--save-pred`)."""
+    if report is None and report_worst_given:  # was taken without a word
+        raise UsageError("--report-worst goes with --report (how many of the worst images its page shows)")
     if pred is not None and weights is not None:
         raise UsageError("--pred and --weights are mutually exclusive (evaluate files, or run a model)")
     if pred is None and weights is None:
@@ -103,8 +104,8 @@ def _check_options(*, pred, gt, trimap, weights, data, workers, report, report_w
 
 def _check_outputs(*, save_pred, report, json_out, csv_out) -> None:
     """Every output place writable before any image is evaluated: a typo must not cost a model run."""
-    from mattecli.files import check_stdout, to_stdout
-    from mattecli.imageio import check_out_dir, check_out_file
+    from mattecli.files import Inputs, check_stdout, to_stdout
+    from mattecli.imageio import check_out_dir, check_report_file
 
     for option, folder in (("--save-pred", save_pred), ("--report", report)):
         if folder is not None:
@@ -112,10 +113,17 @@ def _check_outputs(*, save_pred, report, json_out, csv_out) -> None:
     if to_stdout(json_out) and to_stdout(csv_out):
         raise UsageError(f"--json {json_out} --csv {csv_out}: both on standard output would be mixed; "
                          "send one to a file")
-    for option, file in (("--json", json_out), ("--csv", csv_out)):
+    for option, file, kind in (("--json", json_out, "JSON"), ("--csv", csv_out, "CSV")):
         if file is not None and not to_stdout(file):
-            check_out_file(file, option)
+            check_report_file(file, option, kind)
         check_stdout(file, option)
+    if json_out is not None and csv_out is not None and not to_stdout(json_out) and Path(csv_out) in Inputs([json_out]):
+        raise UsageError(f"--json {json_out} --csv {csv_out}: the same file, so the CSV would replace the JSON; "
+                         "write them to two files")
+    page = None if report is None else Path(report) / "index.html"
+    for option, file in (("--json", json_out), ("--csv", csv_out)):
+        if page is not None and file is not None and not to_stdout(file) and Path(file) in Inputs([page]):
+            raise UsageError(f"{option} {file}: is the --report page; write it to another file")
 
 
 def eval_predictions(pred: Path, *, gt: Path | None = None, trimap: Path | None = None, data: Path | None = None,
@@ -156,9 +164,10 @@ def eval_model(weights: Path, data: Path, *, backend: str | None = None, device:
 
     from mattecli import evaluation as ev
     from mattecli.devices import resolve_device
+    from mattecli.inference.backends import implied_backend
     from mattecli.inference.pipeline import load_pipeline
 
-    device = resolve_device(device)  # an unknown device is one line before any work
+    device = resolve_device(device, backend=implied_backend(weights, backend))  # one line before any work
     errors = Console(stderr=True)
     items, failures = ev.match_manifest(_split(data))
     _refuse_overwriting_inputs(items, outputs, None if save_pred is None else Path(save_pred), data)
@@ -203,8 +212,9 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
     returns the exit code."""
     given = (("--backend", backend), ("--device", device), ("--save-pred", save_pred))
     _check_options(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, workers=workers, report=report,
-                   report_worst=report_worst, images=images,
+                   report_worst=report_worst, images=images, report_worst_given=report_worst != 20,
                    model_options=[option for option, value in given if value is not None])
+    _check_outputs(save_pred=save_pred, report=report, json_out=json_out, csv_out=csv_out)
     outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)
     if weights is not None:
         return eval_model(weights, data, backend=backend, device=device or "cpu", save_pred=save_pred,

@@ -80,6 +80,7 @@ def main(
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
     from mattecli.imageio import check_out_dir, has_images, prepare_out_dir
+    from mattecli.inference.backends import implied_backend
     from mattecli.inference.batch import check_json_out, default_workers, infer_folder, no_images, print_report
     from mattecli.inference.outputs import OUTPUT_KINDS, Background, check_numba_threading_layer
     from mattecli.inference.pipeline import load_pipeline
@@ -112,7 +113,7 @@ def main(
             raise UsageError(f"--background {err}") from None
     # before the model runs; a report that would replace the weights or a file given as input is refused
     check_json_out(json_out, [p for p in (weights, images, trimaps, bg and getattr(bg, "path", None)) if p])
-    device = resolve_device(device)
+    device = resolve_device(device, backend=implied_backend(weights, backend))  # auto: where that backend runs
     max_bytes = parse_memory(max_memory) if max_memory is not None else default_max_bytes(device)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs a CUDA device (half precision on a CPU is not a fast path)")

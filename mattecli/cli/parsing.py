@@ -40,12 +40,15 @@ def comma_items(values: list[str]) -> list[str]:
 
 
 def parse_memory(text: str | None, option: str = "--max-memory") -> int | None:
-    """`"4GB"`, `"512MiB"`, `"1.5G"` -> bytes (binary units: 1 GB = 2**30); `None`, `""`, `"none"` -> None.
+    """`"4GB"`, `"512MiB"`, `"1.5G"` -> bytes (binary units: 1 GB = 2**30); `None`, `"none"` -> None.
 
     Raises:
-        UsageError: on anything else, naming the accepted forms.
+        UsageError: on anything else, naming the accepted forms; on an empty value (`--max-memory
+            "$MEM"` with MEM unset), which lifted the default ceiling without a word.
     """
-    if text is None or text.strip().lower() in ("", "none", "off"):
+    if text is not None and not text.strip():
+        raise UsageError(f"{option}: an empty value (an unset variable?); write none for no ceiling")
+    if text is None or text.strip().lower() in ("none", "off"):
         return None
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).upper() if match else None

@@ -27,8 +27,8 @@ def _report(report) -> None:
     """Print where things went; failures on stderr, one per line; exit 1 when any input failed."""
     for split, path in report.manifests.items():
         print(f"{split}: {report.counts[split]} samples -> {path}")
-    for note in report.notes:
-        print(printable(f"note: {note}"))
+    for note in report.notes:  # on stderr, as every command's notes: stdout holds what was written
+        print(printable(f"matte: note: {note}"), file=sys.stderr)
     for error in report.errors:
         print(printable(f"matte prepare-data: {error}"), file=sys.stderr)
     if report.errors:

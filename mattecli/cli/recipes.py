@@ -78,11 +78,11 @@ def carried_recipe(path: Path):
     else:
         from mattecli.inference.engine import read_engine_file
 
-        meta, _ = read_engine_file(path)
+        meta, _ = read_engine_file(path, header_only=True)
         extra = {k: meta[k] for k in ("tensorrt", "half", "profile") if k in meta}
     if "recipe" not in meta:
         raise UsageError(f"{path}: carries no recipe (not exported by matte)")
-    return stored_recipe(meta["recipe"], path), extra
+    return stored_recipe(meta["recipe"], path, meta.get("format")), extra
 
 
 def main(name: str = typer.Argument(None, metavar="[NAME]",

@@ -32,7 +32,7 @@ def main(
                                  "image (unknown tinted magenta, background dimmed)."),
     images: Path = typer.Option(None, "--images", help="The photos, matched by stem: previews are drawn over them "
                                 "and each mask (alpha) must fit its photo's size (masks: EXIF as matte infer)."),
-    empty: str = typer.Option("skip", "--empty", help="A mask with nothing to matte (no foreground, or all "
+    empty: str = typer.Option(None, "--empty", help="With --masks: a mask with nothing to matte (no foreground, or all "
                               "foreground): skip (default) or pass (write its all-known trimap). Named either way."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo trimaps that exist (default: skip them)."),
     workers: int = typer.Option(None, "--workers", min=1, help="Files processed at once (default: every core this "
@@ -60,17 +60,19 @@ def main(
 
     if (masks is None) == (alphas is None):
         raise UsageError("give either --masks DIR or --alphas DIR")
-    if empty not in EMPTY_CHOICES:
+    if empty is not None and empty not in EMPTY_CHOICES:
         raise UsageError(f"--empty {empty}: choose skip or pass")
     if masks is not None:
         if method is not None or seed is not None:
             raise UsageError("--method and --seed are for --alphas; with --masks use --band and --threshold")
         rule = MaskRule(parsed_option("--band", parse_band, band, DEFAULT_BAND),
                         parsed_option("--threshold", parse_threshold, threshold, DEFAULT_THRESHOLD))
-        job = TrimapJob(rule=rule, images=images, empty=empty)
+        job = TrimapJob(rule=rule, images=images, empty=empty or "skip")
     else:
         if band is not None or threshold is not None:
             raise UsageError("--band and --threshold are for --masks; with --alphas use --method and --seed")
+        if empty is not None:  # it was taken and ignored: an alpha's trimap is written whatever it holds
+            raise UsageError("--empty is for --masks; with --alphas every trimap is written")
         if (method or "dist") not in METHODS:
             raise UsageError(f"--method {method}: choose {' or '.join(METHODS)}")
         job = TrimapJob(method=method or "dist", seed=seed or 0, images=images)

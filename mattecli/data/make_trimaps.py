@@ -99,7 +99,7 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
         targets = [out / f"{name}.png"] + ([Path(preview) / f"{name}.jpg"] if preview is not None else [])
         try:
             clash = [t for t in targets if t in inputs]
-            done = not overwrite and all(t.exists() for t in targets)
+            done = not overwrite and all(t.is_file() for t in targets)  # a folder there is no output: named
         except OSError as err:  # e.g. a path over the system's limit (a deep tree under a deep --out): it ended the run
             report.failed.append((str(path), f"its output {describe(err)}"))
             continue
@@ -171,6 +171,10 @@ def _one(path: Path, name: str, targets: list[Path], photo: Path | None, job: Tr
         base = read_gray(path)
         rng = np.random.default_rng([job.seed, zlib.crc32(name.encode())])  # per file: any order, same result
         trimap = trimap_from_alpha(base, job.method, rng)
+        hint = "no partial value, which is all --method dist grows; erode bands the edge" if job.method == "dist" \
+            else ""
+        if (nothing := nothing_to_matte(trimap, "trimap of this alpha", hint)) is not None:  # every metric 0 on it
+            nothing += "; written as is"
         if photo is not None:
             image = read_image(photo)
             if image.shape[:2] != base.shape:

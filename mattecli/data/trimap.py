@@ -260,6 +260,9 @@ def _band_trimap(low: np.ndarray, high: np.ndarray, threshold: tuple[float, floa
     """The trimap of pixels whose lowest value is foreground and highest is background (both the
     same array at full resolution; a block's min and max on a reduced grid)."""
     lo, hi = threshold
+    if low.size <= 1:  # OpenCV takes a 1x1 array for a scalar (a float64 4x1 result, or an error); no edge in it
+        return np.where(_as_probability(low) >= hi, FG,
+                        np.where(_as_probability(high) < lo, BG, UNKNOWN)).astype(np.uint8).reshape(low.shape)
     if low.dtype == np.uint8:  # the same cut as on probabilities, without a float copy of a 4K mask
         levels = _as_probability(np.arange(256, dtype=np.uint8))
         k_hi, k_lo = (int(np.searchsorted(levels >= t, True)) for t in (hi, lo))
@@ -305,8 +308,13 @@ def trimap_from_mask(mask: np.ndarray, band: str | float = DEFAULT_BAND,
         ValueError: a mask that is not single-channel or holds values out of range, a negative band
             or a threshold out of order.
     """
+    import os
+
     from mattecli.imageio import array_values
 
+    if isinstance(mask, (str, os.PathLike)):  # it said "got shape ()"
+        raise ValueError(f"trimap_from_mask takes an array or a Pillow image, not a path ({mask}): read the file "
+                         "first, e.g. np.asarray(Image.open(path))")
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[..., 0]
@@ -324,9 +332,8 @@ def trimap_from_mask(mask: np.ndarray, band: str | float = DEFAULT_BAND,
         mask = mask.view(np.uint8) * np.uint8(255)
     elif mask.dtype != np.uint8:
         mask = _as_probability(mask)
-    if mask.size <= 1:  # OpenCV takes a 1x1 array for a scalar (a 4x1 trimap, or an error); no edge in it
-        p = _as_probability(mask)
-        return np.where(p >= threshold[1], 255, np.where(p < threshold[0], 0, UNKNOWN)).astype(np.uint8)
+    if mask.size == 0:
+        return np.zeros(mask.shape, np.uint8)
     radius = band_pixels(band, mask.shape)
     factor = 4 if radius >= 32 else 2 if radius >= 16 else 1
     if factor == 1:
@@ -350,6 +357,15 @@ def nothing_to_matte(trimap: np.ndarray, what: str = "trimap", mask_hint: str = 
     if not (trimap == BG).any():
         return f"nothing to matte: the {what} is all foreground"
     return f"nothing to matte: the {what} has no unknown pixel" + (f" ({mask_hint})" if mask_hint else "")
+
+
+def no_foreground(trimap: np.ndarray) -> str | None:
+    """A warning for a trimap with work to do but no foreground pixel (a mask of the background, or
+    the wrong file, most likely), or None."""
+    if (trimap == FG).any():
+        return None
+    held = "only background and unknown" if (trimap == BG).any() else "all unknown"
+    return f"no foreground pixel ({held}): is it the right trimap?"
 
 
 def trimap_preview(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:

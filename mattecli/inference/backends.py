@@ -183,11 +183,13 @@ class TensorRTBackend:
         import torch
 
         from mattecli.inference.engine import import_tensorrt
-        from mattecli.recipes import recipe_from_dict
+        from mattecli.recipes import stored_recipe
 
         trt = import_tensorrt()
         self.trt, self.meta, self.source = trt, meta, source
-        self.recipe = recipe_from_dict(meta["recipe"], meta["recipe"].get("name", source))
+        if "recipe" not in meta:
+            raise UsageError(f"{source}: carries no recipe (not exported by matte)")
+        self.recipe = stored_recipe(meta["recipe"], source, meta.get("format"))  # checked as other formats' are
         self.half = bool(meta.get("half"))  # the engine's precision, built in
         self.device = torch.device(device)
         with torch.cuda.device(self.device):
@@ -224,6 +226,10 @@ class TensorRTBackend:
     def load(cls, path: str | Path, device: str = "cuda") -> "TensorRTBackend":
         from mattecli.inference.engine import NO_CUDA, import_tensorrt, read_engine_file
 
+        path = Path(path)
+        if SUFFIX_TO_BACKEND.get(path.suffix.lower()) in ("torch", "onnx"):  # it said "TensorRT is not installed"
+            raise UsageError(f"{path}: the trt backend runs a TensorRT engine; build one with `matte export "
+                             f"--weights {path} --format trt --out MODEL.engine`")
         import_tensorrt()  # "not installed" before anything else
         if not device.startswith("cuda"):
             raise UsageError(f"{path}: a TensorRT engine runs on a GPU: use --device cuda (got --device {device})")
@@ -300,13 +306,14 @@ class OnnxBackend:
         if path.suffix.lower() == ".safetensors":
             raise UsageError(f"{path}: the onnx backend runs an exported model; make one with "
                              f"`matte export --weights {path} --format onnx --out MODEL.onnx`")
+        providers = _onnx_providers(ort, device)  # outside the try: no onnxruntime-gpu is not a bad file
         try:
             options = ort.SessionOptions()
             # ONNX Runtime keeps a memory pattern per input shape, for good: a folder or a service of
             # mixed sizes grew by 0.6 MB per new shape (A2U demo, 121 sizes: +70 MB, +14 MB without;
             # no slower on a CPU). A dynamic graph is run at every size, so no pattern is kept.
             options.enable_mem_pattern = False
-            session = ort.InferenceSession(str(path), options, providers=_onnx_providers(ort, device))
+            session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own exception types, one per failure kind
             raise _not_loadable(path, err) from None
         return cls(session, onnx_recipe(session.get_modelmeta().custom_metadata_map, path), path, device)
@@ -368,7 +375,7 @@ def exported_half(path: Path) -> bool:
     if SUFFIX_TO_BACKEND.get(suffix) == "trt":
         from mattecli.inference.engine import read_engine_file
 
-        return bool(read_engine_file(path)[0].get("half"))
+        return bool(read_engine_file(path, header_only=True)[0].get("half"))
     return False
 
 
@@ -396,7 +403,7 @@ def onnx_recipe(meta: dict, path: Path):
 
     if "recipe" not in meta:
         raise UsageError(f"{path}: no recipe in the ONNX metadata (export it with `matte export`)")
-    return stored_recipe(meta["recipe"], path)
+    return stored_recipe(meta["recipe"], path, meta.get("format"))
 
 
 def _onnx_providers(ort, device: str) -> list:
@@ -415,6 +422,12 @@ BACKENDS = {backend.name: backend for backend in (TorchBackend, OnnxBackend, Ten
 BACKEND_NAMES = tuple(BACKENDS)
 
 
+def implied_backend(weights: str | Path, backend: str | None = None) -> str | None:
+    """The backend that will run a model file: `backend` as given, else the one its suffix implies
+    (None for a suffix that implies none: refused when the model is loaded)."""
+    return backend or SUFFIX_TO_BACKEND.get(Path(weights).suffix.lower())
+
+
 def load_backend(path: str | Path, name: str | None = None, device: str = "cpu", half: bool = False,
                  compile: bool = False) -> Backend:
     """Open a model file with the named backend, or the one its suffix implies.
@@ -426,7 +439,7 @@ def load_backend(path: str | Path, name: str | None = None, device: str = "cpu",
         from mattecli.weights import no_weights_file
 
         raise no_weights_file(path)
-    name = name or SUFFIX_TO_BACKEND.get(path.suffix.lower())
+    name = implied_backend(path, name)
     if name is None:
         from mattecli.weights import unknown_model_file
 
@@ -435,7 +448,7 @@ def load_backend(path: str | Path, name: str | None = None, device: str = "cpu",
         raise UsageError(f"--backend {name}: unknown backend (choose {', '.join(BACKENDS)})")
     from mattecli.devices import resolve_device
 
-    device = resolve_device(device)
+    device = resolve_device(device, backend=name)
     if half and name != "torch":
         try:
             already = exported_half(path)

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from mattecli import errors
-from mattecli.errors import InputError, UsageError, printable, stop_requested
+from mattecli.errors import InputError, UsageError, compile_failure, printable, stop_requested
 from mattecli.files import (Inputs, case_insensitive, check_stdout, describe, disk_full, remove_stale_temps, to_stdout,
                             write_text)
-from mattecli.imageio import (IMAGE_SUFFIXES, check_out_file, exif_orientation, fit_orientation, index_by_stem,
+from mattecli.imageio import (IMAGE_SUFFIXES, check_report_file, exif_orientation, fit_orientation, index_by_stem,
                               list_images, read_gray, read_image, read_mask, read_trimap, relative_name,
                               subfolders_with_images)
 from mattecli.inference.pipeline import REDONE_FP32, stage
@@ -61,7 +61,8 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
 
     Without a trimap folder (or with the image folder itself), trimaps sit beside the images as
     `{stem}{suffix}.{ext}`. With one, `{stem}.{ext}` or `{stem}{suffix}.{ext}` in that folder (at the
-    same relative path with `recursive`). With `shard=(K, N)` only the images `sorted_images[K::N]`
+    same relative path with `recursive`). An image with several such files fails, naming them (which
+    one was meant is not guessed). With `shard=(K, N)` only the images `sorted_images[K::N]`
     are considered (a strided slice of the list sorted by path: every image, and every failure,
     belongs to exactly one shard, and shard sizes differ by at most one). Masks pair the same way
     (`suffix="_mask"`). Files that are outputs of this run (under `out` when it is inside `images`)
@@ -128,6 +129,11 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
                 continue
             where = trimaps / img.parent.relative_to(root)
             problems.append((img, f"no {kind} found ({img.stem}.* or {img.stem}{suffix}.* in {where})"))
+            continue
+        if len(candidates) > 1:  # a.bmp and a.png, or a.png and a_trimap.png: which was meant is not ours to guess
+            names = ", ".join(str(c.relative_to(maps_root)) if c.is_relative_to(maps_root) else str(c)
+                              for c in candidates)
+            problems.append((img, f"several {suffix.strip('_')}s for it ({names}); keep one"))
             continue
         pairs.append((img, candidates[0]))
     if shard is not None:
@@ -307,6 +313,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
     Returns:
         The report: done, skipped, failed with reasons, notes.
     """
+    from mattecli.data.trimap import no_foreground
+
     report, todo = _plan(Path(images), Path(out), trimaps=trimaps, masks=masks, mask_rule=mask_rule, shard=shard,
                          recursive=recursive, save=save, background=background, overwrite=overwrite)
 
@@ -358,9 +366,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     if nothing:
                         report.nothing.append((str(item.trimap_path), f"{nothing}; the trimap written as the alpha"))
                         alpha = trimap  # what the model's output becomes anyway once known regions are copied
-                    elif not (trimap == 255).any():
-                        report.warnings.append((str(item.trimap_path), "no foreground pixel (only background and "
-                                                                       "unknown): is it the right trimap?"))
+                    elif warning := no_foreground(trimap):
+                        report.warnings.append((str(item.trimap_path), warning))
                     if alpha is None:
                         alpha, how = pipeline.run(image, trimap, prepared) if prepared is not None else \
                             pipeline.run(image, trimap)
@@ -529,9 +536,7 @@ def _refuse_failed_compile(err: Exception) -> None:
     """--compile where torch.compile cannot build the model (no C++ compiler: Windows without MSVC,
     macOS without Xcode's tools) failed each image in turn, each after minutes of trying, with a
     message of several lines: it is one usage error, at the first image."""
-    dynamo = sys.modules.get("torch._dynamo.exc")  # loaded once torch.compile has run
-    if dynamo is not None and isinstance(err, dynamo.TorchDynamoException):
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if (reason := compile_failure(err)) is not None:
         raise UsageError(f"--compile: torch.compile could not build the model ({reason}); run without "
                          "--compile") from None
 
@@ -582,9 +587,7 @@ def check_json_out(json_out: Path | None, inputs: list[Path]) -> None:
     weights, say) nor named as an image (every input and output of a batch is one: `--json
     masks/a.png` replaced a mask), and standard output is open where it names it."""
     if json_out is not None and not to_stdout(json_out):
-        if Path(json_out).suffix.lower() in IMAGE_SUFFIXES:
-            raise UsageError(f"--json {json_out}: an image's name; the report is JSON (name it .json)")
-        check_out_file(json_out, "--json")
+        check_report_file(json_out, "--json")
         if json_out in Inputs(inputs):
             raise UsageError(f"--json {json_out}: is an input file; write the report to another file")
     check_stdout(json_out, "--json")

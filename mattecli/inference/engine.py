@@ -29,32 +29,41 @@ def write_engine_file(path: str | Path, engine: bytes, meta: dict) -> Path:
     return write_bytes(path, MAGIC + _HEADER_LEN.pack(len(header)) + header + bytes(engine))
 
 
-def read_engine_file(path: str | Path) -> tuple[dict, bytes]:
-    """-> (metadata, serialized engine) of a file written by `write_engine_file`.
+def read_engine_file(path: str | Path, header_only: bool = False) -> tuple[dict, bytes]:
+    """-> (metadata, serialized engine) of a file written by `write_engine_file`; with `header_only`,
+    (metadata, b"") without reading the engine (which may be hundreds of MB), only checking that it
+    is there.
 
     Raises:
-        UsageError: naming the file, when it is missing, has no matte header or a truncated one.
+        UsageError: naming the file, when it is missing, has no matte header, a truncated one or
+            one that is not a JSON object, or no engine bytes after it.
     """
     path = Path(path)
+    start = len(MAGIC) + _HEADER_LEN.size
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            head = f.read(start)
+            if not head.startswith(MAGIC):
+                raise UsageError(f"{path}: not a matte engine (no {MAGIC.decode()} header; build it with "
+                                 "`matte export --format trt`)")
+            if len(head) < start:
+                raise UsageError(f"{path}: truncated engine header")
+            (size,) = _HEADER_LEN.unpack_from(head, len(MAGIC))
+            header = f.read(size)
+            engine = f.read(1) if header_only else f.read()
     except OSError as err:
         raise UsageError(f"{path}: cannot read the engine ({err.strerror})") from None
-    if not data.startswith(MAGIC):
-        raise UsageError(f"{path}: not a matte engine (no {MAGIC.decode()} header; build it with "
-                         "`matte export --format trt`)")
-    start = len(MAGIC) + _HEADER_LEN.size
-    if len(data) < start:
-        raise UsageError(f"{path}: truncated engine header")
-    (size,) = _HEADER_LEN.unpack_from(data, len(MAGIC))
     try:
-        meta = json.loads(data[start:start + size].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = json.loads(header.decode()) if len(header) == size else None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise UsageError(f"{path}: corrupt engine header (not JSON)") from None
-    engine = data[start + size:]
+    if meta is None:
+        raise UsageError(f"{path}: truncated engine header")
+    if not isinstance(meta, dict):  # a list or a number: .get on it was a traceback
+        raise UsageError(f"{path}: corrupt engine header (not a JSON object)")
     if not engine:
         raise UsageError(f"{path}: the header is there but the engine bytes are missing (truncated file)")
-    return meta, engine
+    return meta, b"" if header_only else engine
 
 
 def import_tensorrt():

@@ -355,7 +355,8 @@ class Matte(NamedTuple):
     """What `Pipeline.run` returns: the 8-bit alpha and how it was computed."""
 
     alpha: np.ndarray  # (H, W) uint8
-    how: str  # "whole", "tiled: N tiles of SxS" or "no unknown pixels", maybe + "; redone in fp32 (...)"
+    # "whole", "tiled: N tiles of WxH" (the largest, as run) or "no unknown pixels", maybe + "; redone in fp32 (...)"
+    how: str
 
 
 @dataclass
@@ -497,7 +498,9 @@ class Pipeline:
                 if not out_of_memory(err):
                     raise
             budget //= 2  # tile_size refuses a ceiling below the smallest tile
-        how = f"tiled: {len(tiles)} tiles of {side}x{side}" + (f" ({RAN_OUT})" if ran_out else "")
+        tile_w, tile_h = max(t.x1 - t.x0 for t in tiles), max(t.y1 - t.y0 for t in tiles)  # as run: clipped
+        count = f"{len(tiles)} tiles of {tile_w}x{tile_h}" if len(tiles) > 1 else f"1 tile of {tile_w}x{tile_h}"
+        how = f"tiled: {count}" + (f" ({RAN_OUT})" if ran_out else "")
         return self._matte(quantise(blended, trimap, cfg=self.cfg), how, redone)
 
     def _matte(self, alpha, how: str, redone: int) -> Matte:

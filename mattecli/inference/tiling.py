@@ -81,8 +81,9 @@ def tile_size(max_bytes: int, cfg, per_pixel: int | None = None) -> int:
     smallest = MIN_TILE_STRIDES * cfg.stride
     if side < smallest:
         need = pass_bytes(smallest, smallest, cfg, per_pixel)
-        raise ValueError(f"a memory ceiling of {max_bytes / 2**20:.0f} MiB is too small for this model: "
-                         f"the smallest tile ({smallest}x{smallest}) needs about {need / 2**20:.0f} MiB")
+        ceiling = f"{max_bytes / 2**20:.0f} MiB" if max_bytes >= 2**20 else f"{max_bytes:,} bytes"  # 1KB: not "0 MiB"
+        raise ValueError(f"a memory ceiling of {ceiling} is too small for this model: "
+                         f"the smallest tile ({smallest}x{smallest}) needs about {-(-need // 2**20)} MiB")  # rounded up
     return side
 
 
