@@ -187,6 +187,18 @@ def test_validate_equals_the_per_sample_loop_it_replaced(synth, monkeypatch, cap
     assert validate(model, recipe, samples, torch.device("cpu")) == expected
     assert model.training  # restored
     assert capfd.readouterr() == ("", "")  # no progress bar, nothing printed
+    # on CUDA the backend turns cudnn.benchmark on, process-wide: the steps after a validation ran on
+    # autotuned algorithms (simulated here: the backend sets it as it does on a GPU)
+    real_init = TorchBackend.__init__
+
+    def on_a_gpu(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        torch.backends.cudnn.benchmark = True
+
+    monkeypatch.setattr(TorchBackend, "__init__", on_a_gpu)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    validate(model, recipe, samples, torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
 
 
 def test_a_stray_world_size_is_named_not_waited_on_in_silence(monkeypatch, capsys):

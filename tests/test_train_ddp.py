@@ -23,6 +23,18 @@ def test_epoch_sampler_shards_evenly():
     assert EpochSampler(7, 1, 3, start=2, rank=1, world=2).indices == EpochSampler(7, 1, 3, rank=1, world=2).indices[2:]
 
 
+def test_every_seed_the_option_takes_orders_an_epoch():
+    """--seed takes up to 2**64 - 1; from about 9.2e13 the sampler's seed overflowed torch's signed
+    64 bits: a traceback after the run folder was written. Smaller seeds keep their order."""
+    from mattecli.cli.parsing import SEED_MAX
+    from mattecli.train.loop import EpochSampler
+
+    for seed in (200_000_000_000_000, SEED_MAX):
+        assert sorted(EpochSampler(9, seed, 4).indices) == list(range(9))
+    expected = torch.randperm(9, generator=torch.Generator().manual_seed(5 * 100_003 + 2)).tolist()
+    assert EpochSampler(9, 5, 2).indices == expected
+
+
 @pytest.mark.parametrize("n,batch,world", [(8, 4, 2), (9, 4, 2), (13, 4, 4), (17, 8, 2), (11, 6, 3)])
 def test_every_step_takes_the_same_samples_on_any_number_of_processes(n, batch, world):
     """What lets a run resume on another number of processes (docs/commands/train.md): step k's global

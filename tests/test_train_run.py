@@ -240,6 +240,13 @@ def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
     code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(run), "--resume",
                          "--seed", "4")
     assert code == 2 and "was started with --seed 3, not 4" in text
+    # infer: every step encodes its input by it; a changed mean was taken without a word (not bit-exact)
+    code, text = run_cli("train", "--recipe", "demo-indexnet", "--data", str(synth), "--out", str(run), "--resume",
+                         "--set", "infer.mean=[0,0,0]")
+    assert code == 2 and "was started with another infer.mean than this recipe gives" in text, text
+    # its memory figures are measurements for tiling, not the run's
+    assert loop._comparable(recorded.to_dict()) == loop._comparable(
+        load_recipe("demo-indexnet", ["train.iters=10", "infer.bytes_per_pixel=999"]).to_dict())
     # the record's length and seed are the run's; an explicit --iters extends it
     options = TrainOptions(load_recipe("demo-indexnet"), synth, run, resume=True)
     recipe, seed, checkpoint = loop._resolve_run(options, run)

@@ -78,7 +78,8 @@ class EpochSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, n: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1):
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        # modulo 2**63: torch takes a signed 64-bit seed (--seed up to 2**64 - 1 overflowed); smaller seeds unchanged
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 100_003 + epoch) % 2**63)).tolist()
         self.indices = perm[: n - n % world][rank::world][start:]
 
     def __iter__(self):
@@ -195,7 +196,10 @@ def _comparable(recipe_dict: dict) -> dict:
 
     resolved = recipe_from_dict(recipe_dict, recipe_dict.get("name", "run")).to_dict()  # today's defaults filled in
     resolved["train"] = {k: v for k, v in resolved["train"].items() if k != "iters"}
-    return {k: resolved[k] for k in ("name", "model", "data", "train")}
+    # infer too: every step encodes its input by it (mean, std, trimap), validation aligns and rounds
+    # by it; only its memory figures, measurements for tiling, may differ
+    resolved["infer"] = {k: v for k, v in resolved["infer"].items() if not k.endswith("bytes_per_pixel")}
+    return {k: resolved[k] for k in ("name", "model", "data", "train", "infer")}
 
 
 def _resolve_run(opts: TrainOptions, run_dir: Path):
@@ -701,13 +705,14 @@ def validate(model, recipe, samples, device) -> dict:
     from mattecli.inference.pipeline import Pipeline
     from mattecli.metrics import METRICS
 
-    was_training = model.training
-    pipeline = Pipeline(TorchBackend(model, recipe, str(device)), recipe.infer, recipe)
+    was_training, benchmark = model.training, torch.backends.cudnn.benchmark
+    pipeline = Pipeline(TorchBackend(model, recipe, str(device)), recipe.infer, recipe)  # on CUDA: benchmark on
     items = [Item(s.name, gt=s.alpha, trimap=s.trimap, image=s.image) for s in samples]
     try:
         results, _ = evaluate_model(items, pipeline)  # in this process, nothing shown
-    finally:
+    finally:  # training's steps after a validation run as those before it (not on autotuned algorithms)
         model.train(was_training)
+        torch.backends.cudnn.benchmark = benchmark
     failed = [r for r in results if r.error]
     if failed:
         raise UsageError(f"validation sample {failed[0].name}: {failed[0].error}")
