@@ -122,14 +122,23 @@ def _check_shapes_used(opts: ExportOptions) -> None:
     raise UsageError(f"{', '.join(unused)}: not used by this export ({why})")
 
 
-def _align_shapes(shapes, stride: int, used, log) -> tuple:
-    """Each size rounded up to the stride, as the pipeline rounds its inputs; a note for each used one."""
+def _align_shapes(shapes, cfg, used, log) -> tuple:
+    """Each size as the pipeline aligns a photo of that size for the model (`cfg`: the recipe's
+    infer): up to the stride, or down for `resize-down` (a static graph aligned up could not run
+    the photo size it was exported for); a note for each used one."""
+    down = cfg.align == "resize-down"
     aligned = []
     for name, size, in_use in zip(("min", "opt", "max"), shapes, used):
-        new = size.aligned(stride)
+        try:
+            new = size.aligned(cfg.stride, down)
+        except ValueError as err:
+            if in_use:
+                raise UsageError(f"--{name}-shape {err}") from None
+            new = size  # not used (a static graph's min and max, --opt-shape's copies): said of --opt-shape
         if new != size and in_use:
-            log(f"note: --{name}-shape {size} aligned up to {new} (WIDTHxHEIGHT, a multiple of the model's "
-                f"stride {stride}, as the inference pipeline aligns its inputs)")
+            log(f"note: --{name}-shape {size} aligned {'down' if down else 'up'} to {new} (WIDTHxHEIGHT, a multiple "
+                f"of the model's stride {cfg.stride}, as the inference pipeline aligns its inputs"
+                f"{': this recipe resizes them down' if down else ''})")
         aligned.append(new)
     return tuple(aligned)
 
@@ -163,9 +172,15 @@ def export(opts: ExportOptions, log=print, track=None) -> Exported:
     dynamic = opts.dynamic and not (opts.format == "trt" and low == opt == high)
     trt_range = opts.format == "trt" and dynamic
     used = (trt_range, trt_range or not dynamic, trt_range)  # a dynamic ONNX graph has no shapes to note
-    shapes = _align_shapes(opts.shapes if dynamic else (opt,) * 3, recipe.infer.stride, used, log)
+    shapes = _align_shapes(opts.shapes if dynamic else (opt,) * 3, recipe.infer, used, log)
     if not dynamic and opts.verify_sizes:
-        other = [str(s) for s in opts.verify_sizes if s.aligned(recipe.infer.stride) != shapes[1]]
+        def runs_at(size) -> bool:  # as the pipeline would align a photo of that size
+            try:
+                return size.aligned(recipe.infer.stride, recipe.infer.align == "resize-down") == shapes[1]
+            except ValueError:  # under the stride, aligned down
+                return False
+
+        other = [str(s) for s in opts.verify_sizes if not runs_at(s)]
         if other:
             raise UsageError(f"--verify-sizes {','.join(other)}: a static graph runs at --opt-shape "
                              f"{shapes[1]} only ("

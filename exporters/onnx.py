@@ -351,8 +351,10 @@ def _set_metadata(graph, recipe, stride: int, half: bool = False) -> None:
     if recipe is not None:
         cfg = recipe.infer
         meta["recipe"] = recipe.to_json()
+        rgb = "(RGB - 255 mean)/(255 std)" if cfg.normalise == "pixel" else "(RGB/255 - mean)/std"
+        tri = "trimap==0, ==128, ==255 as 3 channels" if cfg.trimap == "onehot" else "trimap/255"
         meta["preprocessing"] = json.dumps({
-            "input": "N,C,H,W float32: (RGB/255 - mean)/std, then the trimap channel(s); H, W multiples of stride",
+            "input": f"N,C,H,W float32: {rgb}, then {tri}; H, W multiples of stride",
             "mean": list(cfg.mean), "std": list(cfg.std), "stride": cfg.stride, "align": cfg.align,
             "trimap": cfg.trimap, "output": "raw alpha N,1,H,W: clip to [0, 1]",
             "normalise": cfg.normalise, "known": cfg.known, "rounding": cfg.rounding})

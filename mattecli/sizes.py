@@ -36,7 +36,14 @@ class Size:
         """The size of an (H, W, ...) array."""
         return cls(int(array.shape[1]), int(array.shape[0]))
 
-    def aligned(self, stride: int) -> "Size":
-        """Rounded up to multiples of `stride` (the model's input size for this image)."""
+    def aligned(self, stride: int, down: bool = False) -> "Size":
+        """Rounded up to multiples of `stride` (the model's input size for this image); `down`:
+        rounded down, as recipes that align by resizing down (`infer.align: resize-down`) do,
+        or a ValueError for a side under `stride`, which such a recipe cannot run."""
+        if down:
+            if self.width < stride or self.height < stride:
+                raise ValueError(f"{self} is under {stride} pixels on a side, which a recipe that resizes its "
+                                 "inputs down to the stride cannot run")
+            return Size(self.width - self.width % stride, self.height - self.height % stride)
         h, w = aligned_size(self.height, self.width, stride)
         return Size(w, h)

@@ -272,7 +272,10 @@ def _load_weights_only(path: Path):
         except Exception as err:  # pickle errors come in many types; the message says which
             text = str(err)
             found = _UNSUPPORTED_GLOBAL.search(text)
-            if found and len(dropped) < _MAX_DROPPED and found.group(1) not in {n for _, n in dropped}:
+            # a builtin (eval, exec, getattr: torch 2.6 names it builtins.eval, later ones eval) is code the
+            # file names, never a class's data: refused, on every torch, not stood in for
+            builtin = found is not None and ("." not in found.group(1) or found.group(1).startswith("builtins."))
+            if found and not builtin and len(dropped) < _MAX_DROPPED and found.group(1) not in {n for _, n in dropped}:
                 dropped.append((type(f"Dropped_{len(dropped)}", (_Dropped,), {"global_name": found.group(1)}),
                                 found.group(1)))
                 continue

@@ -363,3 +363,28 @@ def test_the_deployment_recipe_without_matte_gives_matte_infers_matte(name, over
     assert got.shape == want.shape == (83, 137) and got.dtype == np.uint8
     diff = np.abs(got.astype(int) - want.astype(int))
     assert diff.max() <= (0 if exact else 1), (diff.max(), int((diff > 0).sum()))
+
+
+def test_the_documented_nearest_rule_is_torchs_for_resize_down():
+    """deployment.md's nearest() used OpenCV's float64 index rule for resize-down too, where matte
+    resizes with torch (float32): different trimap rows or columns for 161 of 1,325 sizes (232 -> 224)."""
+    import numpy as np
+    import torch
+
+    source = re.search(r"^def nearest\(.*?(?=^\S)", _deployment_block(), re.M | re.S).group(0)
+    for align in ("resize-down", "resize"):
+        for h in (232, 248, 168, 112, 300, 1079, 33):
+            w = h + 7
+            space = {"np": np, "pre": {"align": align}, "h": h, "w": w}
+            exec(source, space)
+            x = np.arange(h * w, dtype=np.int64).reshape(h, w)
+            out_h, out_w = (h - h % 32, w - w % 32) if align == "resize-down" else (-(-h // 32) * 32, -(-w // 32) * 32)
+            got = space["nearest"](x, out_h, out_w)
+            if align == "resize-down":
+                want = torch.nn.functional.interpolate(torch.from_numpy(x)[None, None].float(), (out_h, out_w),
+                                                       mode="nearest")[0, 0].long().numpy()
+            else:
+                import cv2
+
+                want = cv2.resize(x.astype(np.float64), (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+            assert np.array_equal(got, want.astype(np.int64)), (align, h)

@@ -676,6 +676,33 @@ def test_cli_export_is_dynamic_by_default_and_static_sizes_are_aligned(weights, 
     assert [d.dim_value for d in dims] == [1, 4, 128, 96] and "static batch 1 at 96x128" in res.output
 
 
+def test_a_static_graph_of_a_resize_down_recipe_runs_the_photo_size_it_was_exported_for(tmp_path):
+    """indexnet-mmagic aligns photos down (397x263 -> 384x256), but --opt-shape was aligned up
+    (416x288): `matte infer` refused the very photo size the graph was exported for, and --verify,
+    run at the graph's own size, passed."""
+    import numpy as np
+
+    from mattecli.inference.backends import OnnxBackend
+    from mattecli.inference.pipeline import Pipeline
+
+    model, recipe = _random_model("indexnet-unet-maxunpool", "model.width_mult=0.35", "infer.align=resize-down")
+    weights = save_weights(model, recipe, tmp_path / "mm.safetensors")
+    res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--static", "--opt-shape", "97x63",
+                                   "--out", str(tmp_path / "s.onnx")])
+    assert res.exit_code == 0, res.output
+    assert ("note: --opt-shape 97x63 aligned down to 96x32 (WIDTHxHEIGHT, a multiple of the model's stride 32, as "
+            "the inference pipeline aligns its inputs: this recipe resizes them down)") in res.output
+    backend = OnnxBackend.load(tmp_path / "s.onnx")
+    rng = np.random.default_rng(0)
+    alpha = Pipeline(backend, recipe.infer, recipe).run(rng.integers(0, 256, (63, 97, 3), dtype=np.uint8),
+                                                        np.full((63, 97), 128, np.uint8)).alpha
+    assert alpha.shape == (63, 97)
+    res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--static", "--opt-shape", "97x20",
+                                   "--out", str(tmp_path / "t.onnx")])
+    assert str(res.exception) == ("--opt-shape 97x20 is under 32 pixels on a side, which a recipe that resizes its "
+                                  "inputs down to the stride cannot run")
+
+
 def test_the_torch_backend_names_an_exported_file_in_one_line(tmp_path):
     for name, kind, backend in (("m.onnx", "an ONNX graph", "onnx"), ("m.engine", "a TensorRT engine", "trt")):
         (tmp_path / name).write_bytes(b"not weights")

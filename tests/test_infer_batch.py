@@ -495,15 +495,19 @@ def test_a_model_refusal_is_said_as_written(tmp_path):
 def test_a_compile_that_cannot_build_is_one_usage_error_at_the_first_image(tmp_path):
     """--compile without a C++ compiler (Windows without MSVC, macOS without Xcode's tools): every
     image failed in turn, each after minutes of compiling, with a message of four lines."""
-    from torch._inductor.exc import InductorError, InvalidCxxCompiler
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor import exc
 
     from mattecli.errors import UsageError
 
     def failure():
         try:
-            return InductorError(InvalidCxxCompiler("/nonexistent/c++"), None)
+            cause = exc.InvalidCxxCompiler("/nonexistent/c++")
         except TypeError:  # torch 2.11: InvalidCxxCompiler() takes no argument (and words it otherwise)
-            return InductorError(InvalidCxxCompiler(), None)
+            cause = exc.InvalidCxxCompiler()
+        if hasattr(exc, "InductorError"):
+            return exc.InductorError(cause, None)
+        return TorchDynamoException(f"InvalidCxxCompiler: {cause}")  # torch 2.6: raised as a dynamo error
 
     images = make_pairs(tmp_path / "in", ["a", "b"])
     fake = FakePipeline(fail_on_call=1, exc=failure)

@@ -25,8 +25,9 @@ def main(
     min_shape: str = typer.Option("320x320", "--min-shape", help="trt: smallest WIDTHxHEIGHT of the engine's "
                                   "profile (refused where unused: onnx, --static)."),
     opt_shape: str = typer.Option("1920x1088", "--opt-shape", help="WIDTHxHEIGHT the engine is tuned for; the size "
-                                  "of a --static graph (refused for a dynamic onnx graph). Shapes are aligned up to the model's stride, as inputs are "
-                                  "(1920x1080 -> 1920x1088 at stride 32)."),
+                                  "of a --static graph (refused for a dynamic onnx graph). Shapes are aligned to the "
+                                  "model's stride as the pipeline aligns a photo of that size (1920x1080 -> "
+                                  "1920x1088 at stride 32; down for a recipe that resizes down)."),
     max_shape: str = typer.Option("3840x2176", "--max-shape", help="trt: largest WIDTHxHEIGHT of the engine's "
                                   "profile (refused where unused: onnx, --static)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (17 to 20)."),
