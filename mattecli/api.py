@@ -84,15 +84,13 @@ class Matter:
                 warnings.warn(message, stacklevel=2)
         if rgb.shape[:2] != tri.shape:
             raise ValueError(f"image is {rgb.shape[1]}x{rgb.shape[0]} but trimap is {tri.shape[1]}x{tri.shape[0]}")
-        if not (tri == 128).any():  # said, as matte infer says it: a binary mask passed as the trimap, most likely
-            from mattecli.data.trimap import nothing_to_matte
+        from mattecli.data.trimap import no_foreground, nothing_to_matte
 
+        if not (tri == 128).any():  # said, as matte infer says it: a binary mask passed as the trimap, most likely
             reason = nothing_to_matte(tri, mask_hint="a binary mask? make a trimap of it with "
                                                      "mattecli.trimap_from_mask")
             warnings.warn(f"{reason}; the trimap is returned as the alpha", stacklevel=2)
             return tri.copy()
-        from mattecli.data.trimap import no_foreground
-
         if warning := no_foreground(tri):  # as matte infer warns
             warnings.warn(warning, stacklevel=2)
         try:

@@ -34,6 +34,13 @@ def stop_requested(err: BaseException) -> bool:
     return False
 
 
+def raise_if_stop(err: BaseException) -> None:
+    """A Ctrl-C or SIGTERM that a library turned into an error of its own stops the run, as it
+    would have: it is not that input's failure, for a batch to record and go on."""
+    if stop_requested(err):
+        raise KeyboardInterrupt from err
+
+
 def compile_failure(err: BaseException) -> str | None:
     """torch.compile's reason, in one line, when `err` is its failure to build a model (no C++
     compiler: Windows without MSVC, macOS without Xcode's tools); else None. Its errors come after

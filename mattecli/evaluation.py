@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mattecli.errors import InputError, UsageError, stop_requested
+from mattecli.errors import InputError, UsageError, raise_if_stop
 from mattecli.files import write_text
 from mattecli.imageio import index_by_stem, list_images, read_alpha, read_gray
 from mattecli.metrics import METRICS
@@ -221,8 +221,7 @@ def evaluate_model(items: list[Item], pipeline, workers: int = 1, save_pred: Pat
                 yield item.name, None, None, None, str(err)
                 continue
             except (RuntimeError, MemoryError) as err:  # out of memory on one large test image, as infer names it
-                if stop_requested(err):  # a Ctrl-C a library turned into its own error stops the run
-                    raise KeyboardInterrupt from err
+                raise_if_stop(err)
                 yield item.name, None, None, None, f"{type(err).__name__}: {err}"
                 continue
             if save_pred is not None:

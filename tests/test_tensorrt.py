@@ -30,6 +30,7 @@ def test_engine_header_round_trip(tmp_path):
     (MAGIC + (2).to_bytes(4, "little") + b"{}", "engine bytes are missing"),
     (MAGIC + (9).to_bytes(4, "little") + b"{}", "truncated engine header"),
     (MAGIC + (3).to_bytes(4, "little") + b"[1]" + b"engine", r"corrupt engine header \(not a JSON object\)"),
+    (MAGIC + (4).to_bytes(4, "little") + b"null" + b"engine", r"corrupt engine header \(not a JSON object\)"),
 ])
 def test_engine_header_errors_name_the_file(tmp_path, content, reason):
     """A header that is JSON but not an object (`[1]`) was an AttributeError traceback in `matte

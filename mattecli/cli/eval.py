@@ -113,17 +113,16 @@ def _check_outputs(*, save_pred, report, json_out, csv_out) -> None:
     if to_stdout(json_out) and to_stdout(csv_out):
         raise UsageError(f"--json {json_out} --csv {csv_out}: both on standard output would be mixed; "
                          "send one to a file")
+    page = None if report is None else Path(report) / "index.html"
     for option, file, kind in (("--json", json_out, "JSON"), ("--csv", csv_out, "CSV")):
         if file is not None and not to_stdout(file):
             check_report_file(file, option, kind)
+            if page is not None and Path(file) in Inputs([page]):
+                raise UsageError(f"{option} {file}: is the --report page; write it to another file")
         check_stdout(file, option)
     if json_out is not None and csv_out is not None and not to_stdout(json_out) and Path(csv_out) in Inputs([json_out]):
         raise UsageError(f"--json {json_out} --csv {csv_out}: the same file, so the CSV would replace the JSON; "
                          "write them to two files")
-    page = None if report is None else Path(report) / "index.html"
-    for option, file in (("--json", json_out), ("--csv", csv_out)):
-        if page is not None and file is not None and not to_stdout(file) and Path(file) in Inputs([page]):
-            raise UsageError(f"{option} {file}: is the --report page; write it to another file")
 
 
 def eval_predictions(pred: Path, *, gt: Path | None = None, trimap: Path | None = None, data: Path | None = None,

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mattecli import errors
-from mattecli.errors import InputError, UsageError, compile_failure, printable, stop_requested
+from mattecli.errors import InputError, UsageError, compile_failure, printable, raise_if_stop
 from mattecli.files import (Inputs, case_insensitive, check_stdout, describe, disk_full, remove_stale_temps, to_stdout,
                             write_text)
 from mattecli.imageio import (IMAGE_SUFFIXES, check_report_file, exif_orientation, fit_orientation, index_by_stem,
@@ -378,12 +378,12 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                         if REDONE_FP32 in how:
                             report.notes.append(f"{item.image_path}: {REDONE_FP32}")
                 except InputError as err:
-                    _reraise_interrupt(err)
+                    raise_if_stop(err)
                     report.failed.append((str(err.path), err.reason))
                     advance()
                     continue
                 except (OSError, RuntimeError, ValueError, MemoryError) as err:  # e.g. out of memory on a huge image
-                    _reraise_interrupt(err)
+                    raise_if_stop(err)
                     _refuse_failed_compile(err)
                     report.failed.append(_failure(item, err))
                     advance()
@@ -523,13 +523,6 @@ def _failure(item: _Item, err: Exception) -> tuple[str, str]:
     # matte's own ValueErrors are sentences for the user ("... was exported for 1920x1088 input only");
     # a library's RuntimeError is named by its type
     return str(item.image_path), str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-
-
-def _reraise_interrupt(err: Exception) -> None:
-    """A Ctrl-C or SIGTERM that a library turned into an error of its own stops the run, as it
-    would have: it is not that image's failure, for the batch to record and go on."""
-    if stop_requested(err):
-        raise KeyboardInterrupt from err
 
 
 def _refuse_failed_compile(err: Exception) -> None:

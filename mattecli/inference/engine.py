@@ -53,12 +53,12 @@ def read_engine_file(path: str | Path, header_only: bool = False) -> tuple[dict,
             engine = f.read(1) if header_only else f.read()
     except OSError as err:
         raise UsageError(f"{path}: cannot read the engine ({err.strerror})") from None
+    if len(header) < size:
+        raise UsageError(f"{path}: truncated engine header")
     try:
-        meta = json.loads(header.decode()) if len(header) == size else None
+        meta = json.loads(header.decode())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise UsageError(f"{path}: corrupt engine header (not JSON)") from None
-    if meta is None:
-        raise UsageError(f"{path}: truncated engine header")
     if not isinstance(meta, dict):  # a list or a number: .get on it was a traceback
         raise UsageError(f"{path}: corrupt engine header (not a JSON object)")
     if not engine:

@@ -499,8 +499,8 @@ class Pipeline:
                     raise
             budget //= 2  # tile_size refuses a ceiling below the smallest tile
         tile_w, tile_h = max(t.x1 - t.x0 for t in tiles), max(t.y1 - t.y0 for t in tiles)  # as run: clipped
-        count = f"{len(tiles)} tiles of {tile_w}x{tile_h}" if len(tiles) > 1 else f"1 tile of {tile_w}x{tile_h}"
-        how = f"tiled: {count}" + (f" ({RAN_OUT})" if ran_out else "")
+        how = f"tiled: {len(tiles)} tile{'s' if len(tiles) > 1 else ''} of {tile_w}x{tile_h}" + (
+            f" ({RAN_OUT})" if ran_out else "")
         return self._matte(quantise(blended, trimap, cfg=self.cfg), how, redone)
 
     def _matte(self, alpha, how: str, redone: int) -> Matte:
