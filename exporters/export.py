@@ -143,6 +143,29 @@ def _align_shapes(shapes, cfg, used, log) -> tuple:
     return tuple(aligned)
 
 
+def _check_verify_sizes(sizes, cfg, shapes, dynamic: bool, trt_range: bool, asked_dynamic: bool) -> None:
+    """A UsageError, before anything is exported, for a --verify-sizes size the written file cannot
+    run once the pipeline has aligned it (`cfg`: the recipe's infer): under the stride of a recipe
+    that aligns down, other than a static graph's one size, outside an engine's profile."""
+    low, opt, high = shapes
+    outside = []
+    for size in sizes:
+        try:
+            aligned = size.aligned(cfg.stride, cfg.align == "resize-down")
+        except ValueError as err:
+            raise UsageError(f"--verify-sizes {err}") from None
+        if (not dynamic and aligned != opt) or (trt_range and not (
+                low.height <= aligned.height <= high.height and low.width <= aligned.width <= high.width)):
+            outside.append(str(size))
+    if not outside:
+        return
+    if not dynamic:
+        raise UsageError(f"--verify-sizes {','.join(outside)}: a static graph runs at --opt-shape {opt} only "
+                         f"({'leave out --static' if not asked_dynamic else 'give the profile a range'})")
+    raise UsageError(f"--verify-sizes {','.join(outside)}: outside the engine's profile, {low} .. {high} once "
+                     "aligned (widen --min-shape/--max-shape)")
+
+
 def export(opts: ExportOptions, log=print, track=None) -> Exported:
     """Write the ONNX graph or TensorRT engine `opts` asks for.
 
@@ -173,18 +196,8 @@ def export(opts: ExportOptions, log=print, track=None) -> Exported:
     trt_range = opts.format == "trt" and dynamic
     used = (trt_range, trt_range or not dynamic, trt_range)  # a dynamic ONNX graph has no shapes to note
     shapes = _align_shapes(opts.shapes if dynamic else (opt,) * 3, recipe.infer, used, log)
-    if not dynamic and opts.verify_sizes:
-        def runs_at(size) -> bool:  # as the pipeline would align a photo of that size
-            try:
-                return size.aligned(recipe.infer.stride, recipe.infer.align == "resize-down") == shapes[1]
-            except ValueError:  # under the stride, aligned down
-                return False
-
-        other = [str(s) for s in opts.verify_sizes if not runs_at(s)]
-        if other:
-            raise UsageError(f"--verify-sizes {','.join(other)}: a static graph runs at --opt-shape "
-                             f"{shapes[1]} only ("
-                             f"{'leave out --static' if not opts.dynamic else 'give the profile a range'})")
+    if opts.verify_sizes:
+        _check_verify_sizes(opts.verify_sizes, recipe.infer, shapes, dynamic, trt_range, opts.dynamic)
     out = Path(opts.out)
     precision = "FP16" if opts.half else "FP32"
     working = track or functools.partial(progress_track, enabled=False)

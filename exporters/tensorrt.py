@@ -61,10 +61,9 @@ def onnx_io(onnx_path: Path) -> tuple[int, bool, dict]:
     """-> (input channels, whether the graph holds FP16 tensors, metadata_props) of an ONNX file."""
     import onnx
 
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError, OSError, ... for a bad file
-        raise UsageError(f"{onnx_path}: not a readable ONNX model ({err})") from None
+    from mattecli.inference.backends import read_onnx
+
+    model = read_onnx(onnx_path)
     inputs = {i.name: i for i in model.graph.input}
     if INPUT not in inputs:
         raise UsageError(f"{onnx_path}: no input tensor named '{INPUT}' (export it with `matte export`)")

@@ -40,9 +40,10 @@ def default_backends(weights: Path) -> list[str]:
     return ["torch", "onnx"] if own == "torch" else [own]
 
 
-def check_request(weights: Path, backends: list[str], device: str, half: bool) -> bool:
-    """Refuse, in one line, what cannot run: missing or unsuitable file, device, --half, TensorRT;
-    -> whether the model runs in FP16 (`half`, or an exported model's own precision)."""
+def check_request(weights: Path, backends: list[str], device: str, half: bool, sizes=()) -> bool:
+    """Refuse, in one line, what cannot run: missing or unsuitable file, a size the model cannot
+    take, device, --half, TensorRT; -> whether the model runs in FP16 (`half`, or an exported
+    model's own precision)."""
     from mattecli.weights import no_weights_file, unknown_model_file
 
     if not weights.is_file():
@@ -66,6 +67,10 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
         from mattecli.inference.backends import check_onnx_file
 
         check_onnx_file(weights)
+    if sizes:
+        from mattecli.recipes import carried_recipe
+
+        _aligned(sizes, carried_recipe(weights)[0].infer)
     own, built_half = SUFFIX_TO_BACKEND[suffix], exported_half(weights)
     if half and own != "torch" and own in backends and not built_half:  # its rows would run FP32
         raise UsageError(f"--half: {weights.name} is an FP32 model and an exported model runs in the precision it "
@@ -82,9 +87,19 @@ def check_request(weights: Path, backends: list[str], device: str, half: bool) -
     return half or built_half  # an FP32 graph or engine with `half` was refused above
 
 
-def _profile(sizes: list[Size], stride: int):
-    """TensorRT profile (H, W) covering every benchmarked size once aligned to the stride."""
-    shapes = [size.aligned(stride).hw for size in sizes]
+def _aligned(sizes: list[Size], cfg) -> list[Size]:
+    """Each size as the pipeline aligns a photo of that size for the model (`cfg`: its recipe's
+    infer): up to the stride, or down for a recipe that resizes down, which cannot run a side
+    under the stride (a UsageError naming --sizes, not a failed row)."""
+    try:
+        return [size.aligned(cfg.stride, cfg.align == "resize-down") for size in sizes]
+    except ValueError as err:
+        raise UsageError(f"--sizes {err}") from None
+
+
+def _profile(sizes: list[Size], cfg):
+    """TensorRT profile (H, W) covering every benchmarked size once aligned as the pipeline aligns it."""
+    shapes = [size.hw for size in _aligned(sizes, cfg)]
     low = (min(s[0] for s in shapes), min(s[1] for s in shapes))
     high = (max(s[0] for s in shapes), max(s[1] for s in shapes))
     return low, shapes[0], high
@@ -140,17 +155,16 @@ def _engine(weights: Path, model_and_recipe, sizes, half: bool, workdir: Path, l
     path, cache = workdir / "model.engine", workdir / "timing.cache"
     from_graph = weights.suffix.lower() == ".onnx"
     model, recipe = (None, None) if from_graph else model_and_recipe()
-    shapes = _profile(sizes, _stride_of(weights, onnx_io) if from_graph else recipe.infer.stride)
+    if from_graph:
+        from mattecli.recipes import carried_recipe
+
+        onnx_io(weights)  # the graph's own checks (an input named "input", (N, C, H, W)) before its recipe's
+    shapes = _profile(sizes, (carried_recipe(weights)[0] if from_graph else recipe).infer)
     log(f"building a TensorRT engine ({'FP16' if half else 'FP32'}, H x W profile {shapes[0]} .. {shapes[2]})")
     if from_graph:
         return to_engine(weights, path, half=half, min_shape=shapes[0], opt_shape=shapes[1], max_shape=shapes[2],
                          timing_cache=cache)
     return build_engine(model, recipe, path, half=half, shapes=shapes, timing_cache=cache)
-
-
-def _stride_of(onnx_file: Path, onnx_io) -> int:
-    recipe = json.loads(onnx_io(onnx_file)[2].get("recipe", "{}"))
-    return int(recipe.get("infer", {}).get("stride", 32))
 
 
 def run_row(model_file: Path, backend: str, size: Size, device: str, half: bool, repeat: int, warmup: int) -> dict:
@@ -266,7 +280,7 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
     backends = list(backends) if backends else default_backends(weights)
     if repeat < 1 or warmup < 0:
         raise UsageError(f"--repeat must be >= 1 and --warmup >= 0 (got {repeat}, {warmup})")
-    half_models = check_request(weights, backends, device, half)
+    half_models = check_request(weights, backends, device, half, sizes)
     log = log or (lambda line: print(line, file=sys.stderr))
     rows = []
     with tempfile.TemporaryDirectory(prefix="matte-bench-") as tmp:

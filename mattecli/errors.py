@@ -1,5 +1,8 @@
 """Errors a user can act on: the CLI prints them on one line, without a traceback."""
 
+import threading
+from contextlib import contextmanager
+
 
 class UsageError(Exception):
     """Bad usage: unknown recipe, missing folder, contradictory options (exit code 2)."""
@@ -14,9 +17,33 @@ class InputError(Exception):
         self.reason = reason
 
 
-# Signals that asked the running command to stop: the CLI's SIGTERM handler records one here, then
-# raises KeyboardInterrupt, as Ctrl-C does.
+# Signals that asked the running command to stop: the CLI's handlers (SIGINT, SIGTERM, SIGHUP) record
+# one here, then raise KeyboardInterrupt, unless the main thread is inside `stop_deferred`.
 STOP_SIGNALS: list[int] = []
+_DEFERRED = [0]  # depth of `stop_deferred` blocks in the main thread
+
+
+def stop_is_deferred() -> bool:
+    """Whether a stop signal must only be recorded now (the handler's question)."""
+    return _DEFERRED[0] > 0
+
+
+@contextmanager
+def stop_deferred():
+    """Run a block that a KeyboardInterrupt must not enter: a stop signal arriving in it is recorded
+    and raised when the block ends. numba compiles PyMatting's kernels at their first call through
+    callbacks from LLVM: an interrupt raised in one was lost (the command ran on and exited 0) or left
+    LLVM broken (a segmentation fault). Signals reach the main thread only; elsewhere this is a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _DEFERRED[0] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED[0] -= 1
+    if STOP_SIGNALS and not _DEFERRED[0]:
+        raise KeyboardInterrupt
 
 
 def stop_requested(err: BaseException) -> bool:

@@ -108,8 +108,12 @@ def _open(path: Path, apply_exif: bool = False):
                          "no such file")
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
+    try:
+        f = open(path, "rb")
+    except OSError as err:  # permission denied, say: not a decoder's failure ("cannot decode image ([Errno 13] ...")
+        raise InputError(path, f"cannot read ({err.strerror or type(err).__name__})") from None
     try:  # from a file object closed here: Pillow keeps a multi-frame file (and one failing to decode) open
-        with open(path, "rb") as f:  # until the collector runs, a ResourceWarning at every call of a service
+        with f:  # until the collector runs, a ResourceWarning at every call of a service
             img = Image.open(f)
             img.load()
         if apply_exif:
@@ -557,7 +561,7 @@ def _walk_images(folder: Path, recursive: bool, skip: tuple[Path, ...], unreadab
                 if recursive and p.resolve() not in skip_resolved | seen:
                     seen.add(p.resolve())
                     todo.append(p)
-            elif image and (p.is_file() or p.is_symlink()):  # a broken link: named
+            elif image:  # a broken link or a named pipe too: the reader names it
                 yield p
             elif others is not None and p.suffix.lower() in UNREAD_SUFFIXES:
                 others.append(p)

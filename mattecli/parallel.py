@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
@@ -47,19 +48,37 @@ def executor(workers: int, processes: bool = False, initializer: Callable | None
     if processes:
         if sys.platform == "win32":  # Windows waits on at most 63 handles: more is a ValueError there
             workers = min(workers, WINDOWS_MAX_PROCESSES)
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_process_start, initargs=(initializer,))
+        return _SpawnedPool(workers, mp_context=multiprocessing.get_context("spawn"),
+                            initializer=_process_start, initargs=(initializer,))
     return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=initializer)
 
 
-def _process_start(initializer: Callable | None) -> None:
-    """In each worker process: a hang-up (the terminal closing) reaches the whole process group;
-    the parent handles it as it does SIGTERM and stops its workers, so a worker ignores it rather
-    than dying with a write half done (the pool then broken before the parent could say why)."""
-    import signal
+class _SpawnedPool(ProcessPoolExecutor):
+    """Worker processes that leave Ctrl-C to their parent, from their first instruction on: a
+    terminal's Ctrl-C reaches the whole process group, and a worker still importing (spawn imports
+    the command anew) printed a 30-line traceback beside "matte: interrupted". The pool starts its
+    processes in `submit`, so each starts with SIGINT blocked, a mask it keeps through exec, until
+    `_process_start` ignores it; the parent stops its workers itself."""
 
+    def submit(self, fn, /, *args, **kwargs):
+        if not hasattr(signal, "pthread_sigmask"):  # Windows
+            return super().submit(fn, *args, **kwargs)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return super().submit(fn, *args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _process_start(initializer: Callable | None) -> None:
+    """In each worker process: a hang-up (the terminal closing) and Ctrl-C reach the whole process
+    group; the parent handles them as it does SIGTERM and stops its workers, so a worker ignores them
+    rather than dying with a write half done (the pool then broken before the parent could say why)."""
     if hasattr(signal, "SIGHUP"):  # none on Windows
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C pending since the start is dropped with it
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if initializer is not None:
         initializer()
 

@@ -264,6 +264,12 @@ def recipe_path(name_or_path: str | Path) -> Path:
     if path.is_file() and path.suffix.lower() in SUFFIX_TO_BACKEND:
         raise UsageError(f"{path}: a model file, not a recipe; `matte recipes {path} > recipe.yaml` writes the "
                          "recipe it carries")
+    if path.is_dir():  # said "unknown recipe"
+        run = path / "recipe.json"
+        raise UsageError(f"{path}: a folder, not a recipe" + (f"; the run's recipe is {run}" if run.is_file() else ""))
+    if path.is_file() and path.name.lower().endswith((".pth", ".pt", ".pth.tar", ".ckpt")):
+        raise UsageError(f"{path}: a PyTorch checkpoint, not a recipe (`matte convert` turns a released one into "
+                         "a weights file that carries its recipe)")
     if path.is_file():  # said "not a file" of a file
         raise UsageError(f"{path}: not a recipe file (recipes end in .yaml, or .json as a run's recipe.json); "
                          f"a name is one of {known}, ...")
@@ -446,3 +452,35 @@ def _keys_written(raw: dict, label: str) -> dict[tuple[str, ...], str]:
 
 def list_recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def carried_recipe(path: Path):
+    """-> (the recipe a model file carries, its other metadata worth showing): a `.safetensors`
+    weights file (e.g. `selected_by` of a run's best model), an exported `.onnx` graph (its
+    precision) or a TensorRT `.engine` (read without TensorRT). Nothing but the metadata is read.
+
+    Raises:
+        UsageError: naming the file, when it is missing, unreadable or carries no recipe.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    if suffix == ".safetensors":
+        from mattecli.weights import read_weights_header
+
+        recipe, meta = read_weights_header(path)
+        return recipe, {k: v for k, v in meta.items() if k not in ("recipe", "format")}
+    if suffix == ".onnx":
+        from mattecli.inference.backends import onnx_metadata
+
+        meta = onnx_metadata(path)
+        extra = {k: meta[k] for k in ("precision",) if k in meta}
+    else:
+        from mattecli.inference.engine import read_engine_file
+
+        meta, _ = read_engine_file(path, header_only=True)
+        extra = {k: meta[k] for k in ("tensorrt", "half", "profile") if k in meta}
+    if "recipe" not in meta:
+        raise UsageError(f"{path}: carries no recipe (not exported by matte)")
+    return stored_recipe(meta["recipe"], path, meta.get("format")), extra

@@ -8,6 +8,7 @@ in it. Foreign checkpoints are read with `torch.load(weights_only=True)` only (n
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -164,7 +165,7 @@ def check_state(own: dict, state: dict, source: str, shown: Mapping[str, str] | 
         problems.append(f"{len(unexpected)} source tensor(s) not consumed: "
                         f"{', '.join(shown.get(k, k) for k in unexpected[:6])}")
     if mismatched:
-        problems.append("shape mismatch: " + ", ".join(
+        problems.append("shape mismatch, the file's vs the model's: " + ", ".join(
             f"{shown.get(k, k)} {shapes[k]} vs {tuple(own[k].shape)}" for k in mismatched[:6]))
     if problems:
         raise UsageError(f"{source}: " + "; ".join(problems))
@@ -232,6 +233,25 @@ class _Dropped:
         pass
 
 
+def _legacy_torch_save(path: Path) -> bool:
+    """Whether a pickle file is what torch.save writes without its zip archive (torch < 1.6, or
+    `_use_new_zipfile_serialization=False`): a first pickle that holds torch's magic number alone.
+    Read with no class allowed, so nothing in the file runs."""
+    import pickle
+
+    import torch
+
+    class _NoClasses(pickle.Unpickler):
+        def find_class(self, module, name):
+            raise pickle.UnpicklingError(f"{module}.{name}")
+
+    try:
+        with open(path, "rb") as f:
+            return _NoClasses(f).load() == torch.serialization.MAGIC_NUMBER
+    except Exception:  # noqa: BLE001 - any pickle that does not start so is not one
+        return False
+
+
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 _MAX_DROPPED = 64  # different classes a checkpoint's bookkeeping may pickle
 
@@ -264,13 +284,26 @@ def _load_weights_only(path: Path):
         raise UsageError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
     if zipfile.is_zipfile(path):
         _refuse_zip_bomb(path)
+    elif not _legacy_torch_save(path):  # torch.load then said "Invalid magic number", or named its stand-ins
+        raise UsageError(f"{path}: a plain pickle, not a torch.save checkpoint (save the weights with "
+                         "torch.save(state_dict, FILE))")
     dropped: list[tuple[type, str]] = []
     while True:
         try:
-            with torch.serialization.safe_globals(dropped):
+            with torch.serialization.safe_globals(dropped), warnings.catch_warnings():
+                # a legacy file pickled with protocol 4 or 5 makes torch warn, in two lines naming
+                # no file, that its default is 2: the file reads all the same
+                warnings.simplefilter("ignore", UserWarning)
                 return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle errors come in many types; the message says which
             text = str(err)
+            if "EOF" in text and not zipfile.is_zipfile(path):  # "unexpected EOF, expected N more bytes"
+                raise UsageError(f"{path}: cut short (an interrupted download?), not a readable checkpoint "
+                                 f"({_unpickler_reason(text)})") from None
+            if "Unsupported operand" in text and not zipfile.is_zipfile(path):  # protocol 4's FRAME, say
+                raise UsageError(f"{path}: a legacy torch.save file in pickle protocol {head[1]}, which "
+                                 "torch.load(weights_only=True) cannot read; save it again with "
+                                 "torch.save(state_dict, FILE) and its default protocol") from None
             found = _UNSUPPORTED_GLOBAL.search(text)
             # a builtin (eval, exec, getattr: torch 2.6 names it builtins.eval, later ones eval) is code the
             # file names, never a class's data: refused, on every torch, not stood in for

@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 import json
 
@@ -333,8 +334,44 @@ def test_weights_whose_tensors_do_not_fit_are_a_usage_error(tmp_path, weights, b
         reason = f"1 model tensor(s) not filled: {name}"
     else:
         state[name] = state[name][:1].clone()
-        reason = f"shape mismatch: {name} {(1, *shape[1:])} vs {shape}"
+        reason = f"shape mismatch, the file's vs the model's: {name} {(1, *shape[1:])} vs {shape}"
     save_file(state, tmp_path / "broken.safetensors", metadata=meta)
     res = run_main("bench", "--weights", tmp_path / "broken.safetensors", "--sizes", "32x32", *backends)
     assert res.returncode == 2 and not res.stdout, res.stderr
     assert res.stderr == f"matte: error: {tmp_path / 'broken.safetensors'}: {reason}\n"
+
+
+@pytest.fixture(scope="module")
+def resize_down(tmp_path_factory):
+    """A small IndexNet whose recipe aligns photos down to the stride (32), as indexnet-mmagic's."""
+    import torch
+
+    from mattecli.models import build_model
+    from mattecli.recipes import load_recipe
+    from mattecli.weights import save_weights
+
+    torch.manual_seed(0)
+    recipe = load_recipe("demo-indexnet", ["infer.align=resize-down"])
+    return save_weights(build_model(recipe), recipe, tmp_path_factory.mktemp("w") / "down.safetensors")
+
+
+@pytest.mark.parametrize("e2e", [[], ["--e2e", "--count", "1"]])
+def test_a_size_a_resize_down_recipe_cannot_run_is_a_usage_error(resize_down, e2e):
+    """Was a failed row (exit 1) after the rows before it had been timed."""
+    res = run_main("bench", "--weights", resize_down, "--backends", "torch", "--sizes", "64x64,16x40",
+                   "--device", "cpu", *e2e)
+    assert res.returncode == 2
+    assert res.stderr == ("matte: error: --sizes 16x40 is under 32 pixels on a side, which a recipe that resizes its "
+                          "inputs down to the stride cannot run\n")
+
+
+def test_an_engine_profile_covers_the_sizes_as_the_pipeline_aligns_them(resize_down):
+    """Unverified on TensorRT (not installable here): for a recipe that resizes down, the profile was
+    aligned up (1088x1920) while the input timed was aligned down (1056x1920): every row outside it."""
+    from mattecli.bench import _profile
+    from mattecli.recipes import carried_recipe
+
+    down = carried_recipe(resize_down)[0].infer
+    assert _profile([Size(1920, 1080), Size(100, 70)], down) == ((64, 96), (1056, 1920), (1056, 1920))
+    up = dataclasses.replace(down, align="resize")
+    assert _profile([Size(1920, 1080), Size(100, 70)], up) == ((96, 128), (1088, 1920), (1088, 1920))

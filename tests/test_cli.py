@@ -148,7 +148,7 @@ def test_recipes_prints_the_recipe_a_model_file_carries(tmp_path):
     onnx.save(model, tmp_path / "bare.onnx")
     (tmp_path / "junk.onnx").write_text("junk")
     for path, says in (("bare.onnx", "carries no recipe (not exported by matte)"), ("missing.onnx", "no such file"),
-                       ("junk.onnx", "not a readable ONNX model"), ("junk.engine", "no such file")):
+                       ("junk.onnx", "not a loadable ONNX model"), ("junk.engine", "no such file")):
         res = run_main("recipes", tmp_path / path)
         assert res.returncode == 2 and res.stderr.startswith(f"matte: error: {tmp_path / path}: {says}"), res.stderr
     (tmp_path / "notes.txt").write_text("")

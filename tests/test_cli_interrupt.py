@@ -186,3 +186,67 @@ def test_a_stop_signal_whose_interrupt_was_swallowed_still_ends_the_command_as_s
         cli.main()
     assert done.value.code == 143
     assert capsys.readouterr().err.strip().splitlines()[-1] == "matte: terminated"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the ignored interrupt, on purpose
+def test_a_swallowed_ctrl_c_still_ends_the_command_as_interrupted(monkeypatch, capsys):
+    """Ctrl-C during numba's first compile (`--save fg`) landed in a callback from LLVM, which
+    ignored the KeyboardInterrupt: the batch ran to its end and exited 0. Ctrl-C is recorded now,
+    as SIGTERM is."""
+    from mattecli import cli, errors
+
+    class Held:
+        def __del__(self):
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # the handler main() installed
+
+    def recipes(*args, **kwargs):
+        Held()
+        sys.exit(0)
+
+    monkeypatch.setattr(errors, "STOP_SIGNALS", [])
+    monkeypatch.setattr(sys, "argv", ["matte", "recipes"])
+    monkeypatch.setattr(cli, "app", recipes)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "matte: interrupted"
+
+
+def test_a_stop_inside_a_deferred_block_is_raised_when_the_block_ends(monkeypatch):
+    """PyMatting's call runs with stops deferred: an interrupt raised inside numba's compilation
+    left LLVM broken (a segmentation fault, exit 139)."""
+    import threading
+
+    import numpy as np
+    import pymatting
+
+    from mattecli import cli, errors
+    from mattecli.inference.outputs import estimate_foreground
+
+    monkeypatch.setattr(errors, "STOP_SIGNALS", [])
+    with pytest.raises(KeyboardInterrupt):
+        with errors.stop_deferred():
+            cli._terminate(signal.SIGINT, None)  # recorded, not raised here
+            reached = True
+    assert reached and errors.STOP_SIGNALS == [signal.SIGINT] and not errors.stop_is_deferred()
+    errors.STOP_SIGNALS.clear()
+    seen = []
+
+    def elsewhere():  # signals reach the main thread only: a worker thread's block defers nothing
+        with errors.stop_deferred():
+            seen.append(errors.stop_is_deferred())
+
+    worker = threading.Thread(target=elsewhere)
+    worker.start(), worker.join()
+    assert seen == [False]
+
+    def compiling(image, alpha):  # Ctrl-C while numba compiles, in the main thread
+        cli._terminate(signal.SIGINT, None)
+        return image
+
+    monkeypatch.setattr(pymatting, "estimate_foreground_ml", compiling)
+    alpha = np.full((4, 4), 128, np.uint8)
+    with pytest.raises(KeyboardInterrupt):
+        estimate_foreground(np.zeros((4, 4, 3), np.uint8), alpha)
+    assert errors.STOP_SIGNALS == [signal.SIGINT]

@@ -701,6 +701,17 @@ def test_a_static_graph_of_a_resize_down_recipe_runs_the_photo_size_it_was_expor
                                    "--out", str(tmp_path / "t.onnx")])
     assert str(res.exception) == ("--opt-shape 97x20 is under 32 pixels on a side, which a recipe that resizes its "
                                   "inputs down to the stride cannot run")
+    # a dynamic graph's --verify-sizes too: a traceback (ValueError) after the graph was written
+    res = run_main("export", "--weights", weights, "--verify", "--verify-sizes", "16x16", "--out", tmp_path / "d.onnx")
+    assert res.returncode == 2 and not (tmp_path / "d.onnx").exists()
+    assert res.stderr == ("matte: error: --verify-sizes 16x16 is under 32 pixels on a side, which a recipe that "
+                          "resizes its inputs down to the stride cannot run\n")
+    # each size is run as the pipeline aligns it, and the table says so (it showed only 64x32)
+    res = run_main("export", "--weights", weights, "--verify", "--verify-sizes", "97x63,64x32",
+                   "--out", tmp_path / "d.onnx")
+    assert res.returncode == 0, res.stderr
+    rows = [line.split()[:3] for line in res.stdout.splitlines() if line.strip().startswith(("97x63", "64x32"))]
+    assert [row[:3] if row[1] == "->" else row[:1] for row in rows] == [["97x63", "->", "96x32"], ["64x32"]]
 
 
 def test_the_torch_backend_names_an_exported_file_in_one_line(tmp_path):
@@ -753,3 +764,20 @@ def test_onnx_backend_keeps_no_memory_pattern_per_input_size(weights, tmp_path):
     model, recipe = load_pipeline(weights).backend.model, load_pipeline(weights).recipe
     backend = load_backend(to_onnx(model, tmp_path / "m.onnx", recipe=recipe))
     assert backend.session.get_session_options().enable_mem_pattern is False
+
+
+def test_verify_sizes_an_engine_cannot_run_are_refused_before_building_it():
+    """Unverified on TensorRT (not installable here): a size outside a dynamic engine's profile
+    would have failed each verify row after minutes of building."""
+    from exporters.export import _check_verify_sizes
+    from mattecli.recipes import load_recipe
+    from mattecli.sizes import Size
+
+    cfg = load_recipe("demo-indexnet").infer
+    profile = (Size(64, 64), Size(128, 96), Size(256, 192))
+    _check_verify_sizes([Size(64, 64), Size(250, 190)], cfg, profile, True, True, True)
+    with pytest.raises(UsageError, match=r"^--verify-sizes 300x100: outside the engine's profile, 64x64 \.\. 256x192"):
+        _check_verify_sizes([Size(100, 100), Size(300, 100)], cfg, profile, True, True, True)
+    _check_verify_sizes([Size(300, 100)], cfg, profile, True, False, True)  # an ONNX graph runs any size
+    with pytest.raises(UsageError, match=r"^--verify-sizes 64x64: a static graph runs at --opt-shape 128x96 only"):
+        _check_verify_sizes([Size(127, 95), Size(64, 64)], cfg, profile, False, False, True)

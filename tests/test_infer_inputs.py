@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mattecli.errors import InputError, UsageError
 from mattecli.imageio import read_gray, read_image
 from mattecli.inference.batch import infer_folder
 from tests.infer_helpers import FakePipeline
@@ -248,16 +249,39 @@ def test_a_link_to_a_named_pipe_or_a_device_is_named_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "pipe")
     (folder / "x.png").symlink_to(tmp_path / "pipe")
     (folder / "z.png").symlink_to("/dev/zero")
+    os.mkfifo(folder / "p.png")  # a named pipe itself, not a link to one: left out without a word
     Image.fromarray(photo()).save(folder / "ok.png")
-    for stem in ("x", "z", "ok"):
+    for stem in ("x", "z", "ok", "p"):
         trimap_png(folder / f"{stem}_trimap.png")
     code = ("import sys; from pathlib import Path; from tests.test_infer_inputs import run; "
             "report, _ = run(Path(sys.argv[1]), Path(sys.argv[2])); print(report.done, report.failed)")
     done = subprocess.run([sys.executable, "-c", code, str(folder), str(tmp_path)], capture_output=True, text=True,
                           timeout=60)
     reason = "not a regular file (a device or a named pipe)"
-    failed = [(str(folder / name), reason) for name in ("x.png", "z.png")]
+    failed = [(str(folder / name), reason) for name in ("p.png", "x.png", "z.png")]
     assert done.stdout.strip() == f"{[str(folder / 'ok.png')]} {failed}"
+    # given by name: it said "no such folder or file"
+    with pytest.raises(UsageError, match=r"^--images .*p.png: not a regular file \(a device or a named pipe\)$"):
+        infer_folder(FakePipeline(), folder / "p.png", tmp_path / "o", progress=False)
+
+
+def test_a_file_that_cannot_be_opened_is_not_called_undecodable(tmp_path, monkeypatch):
+    """It said "cannot decode image ([Errno 13] Permission denied:)" (as a user without read access)."""
+    from mattecli import imageio, png
+
+    Image.fromarray(photo()).save(tmp_path / "a.png")
+    real = open
+
+    def refuse(path, *args, **kwargs):
+        if str(path).endswith("a.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    for module in (imageio, png):  # as for a user without read access: PNG's fast path cannot open it either
+        monkeypatch.setattr(module, "open", refuse, raising=False)
+    with pytest.raises(InputError) as err:
+        imageio.read_image(tmp_path / "a.png")
+    assert str(err.value) == f"{tmp_path / 'a.png'}: cannot read (Permission denied)"
 
 
 def test_a_single_image_file_with_its_trimap_beside_it_in_a_folder_or_as_a_file(tmp_path):
@@ -494,3 +518,20 @@ def test_reading_a_multi_frame_file_leaves_no_file_open(tmp_path):
             assert read_image(tmp_path / name).shape == (20, 30, 3)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_a_single_image_in_a_folder_that_cannot_be_listed_asks_for_its_trimap(tmp_path, monkeypatch):
+    """A folder that can be entered but not listed (mode 0311, as another user): "u/in: Permission
+    denied", exit 1, without a word on why matte lists it (to find the trimap beside the image)."""
+    from mattecli.inference import batch
+
+    Image.fromarray(photo()).save(tmp_path / "a.png")
+
+    def unlistable(folder, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(folder))
+
+    monkeypatch.setattr(batch, "list_images", unlistable)
+    with pytest.raises(UsageError) as err:
+        infer_folder(FakePipeline(), tmp_path / "a.png", tmp_path / "o", progress=False)
+    assert str(err.value) == (f"--images {tmp_path / 'a.png'}: its folder cannot be listed to find the trimap beside "
+                              "it (Permission denied); give it with --trimaps FILE")

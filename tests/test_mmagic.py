@@ -123,7 +123,7 @@ def test_missing_and_foreign_tensors_are_named(tmp_path):
     with pytest.raises(UsageError) as err:
         import_mmagic(tmp_path / "e.pth")
     assert "not consumed: backbone.encoder.layers.8.0.conv.0.conv.weight;" in str(err.value)
-    assert "shape mismatch: backbone.decoder.pred.1.weight (2,) vs" in str(err.value)
+    assert "shape mismatch, the file's vs the model's: backbone.decoder.pred.1.weight (2,) vs" in str(err.value)
     mmagic_checkpoint(tmp_path / "d.pth", drop=["backbone.decoder.pred.1.weight"])
     with pytest.raises(UsageError, match=r"pred\.1\.weight"):
         import_mmagic(tmp_path / "d.pth")

@@ -83,3 +83,24 @@ def test_worker_processes_leave_a_hang_up_to_the_parent_and_still_run_their_init
     half done, the pool broken) before the parent, which ends as on SIGTERM, could stop it."""
     with pool(1, processes=True, initializer=_mark_initialized) as executor:
         assert executor.submit(_hangup_disposition_and_mark).result() == (True, "yes")
+
+
+def _ctrl_c_state():
+    import signal
+
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN, signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="no signal masks on Windows")
+def test_worker_processes_leave_ctrl_c_to_the_parent_from_their_first_instruction():
+    """A terminal's Ctrl-C reaches every process of the group: a worker still importing printed a
+    30-line traceback beside "matte: interrupted" (matte eval --workers 2). Here the Ctrl-C comes
+    while the worker starts: it must neither die nor keep SIGINT blocked once started."""
+    import signal
+
+    with pool(1, processes=True) as executor:
+        future = executor.submit(_ctrl_c_state)
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the parent's mask as it was
+        for process in list(executor._processes.values()):
+            os.kill(process.pid, signal.SIGINT)
+        assert future.result(timeout=120) == (True, False)

@@ -101,6 +101,19 @@ def test_unknown_recipe_is_a_usage_error():
         load_recipe("nope")
 
 
+def test_a_folder_or_a_checkpoint_given_as_a_recipe_is_named_so(tmp_path):
+    """Both said "unknown recipe" or "not a recipe file (recipes end in .yaml ...)"."""
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UsageError, match=r"^.*run: a folder, not a recipe$"):
+        load_recipe(tmp_path / "run")
+    (tmp_path / "run" / "recipe.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"run: a folder, not a recipe; the run's recipe is .*run/recipe.json$"):
+        load_recipe(tmp_path / "run")
+    (tmp_path / "idx.pth.tar").write_bytes(b"PK")
+    with pytest.raises(UsageError, match=r"idx.pth.tar: a PyTorch checkpoint, not a recipe \(`matte convert`"):
+        load_recipe(tmp_path / "idx.pth.tar")
+
+
 def test_the_network_input_has_rgb_and_the_trimaps_channels():
     from mattecli.recipes import InferConfig
 

@@ -147,7 +147,7 @@ def test_onnx_io_reads_channels_precision_and_metadata(tmp_path):
     assert (channels, half, json.loads(props["recipe"])) == (6, False, {"name": "x"})
     assert trt_export.onnx_io(tiny_onnx(tmp_path / "b.onnx", 4, half=True))[:2] == (4, True)
     (tmp_path / "c.onnx").write_bytes(b"garbage")
-    with pytest.raises(UsageError, match="not a readable ONNX model"):
+    with pytest.raises(UsageError, match="not a loadable ONNX model"):
         trt_export.onnx_io(tmp_path / "c.onnx")
 
 

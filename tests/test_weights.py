@@ -221,7 +221,8 @@ def test_a_recipe_asking_for_a_model_far_larger_than_its_tensors_is_refused_befo
         load_model(tmp_path / "huge.safetensors")
     raw["model"]["decoder_kernel_size"] = 31  # within the limits: the tensors decide, before allocating
     save_file(state, str(tmp_path / "huge.safetensors"), metadata={**meta, "recipe": json.dumps(raw)})
-    with pytest.raises(UsageError, match=r"huge.safetensors: shape mismatch: decoder_layer0.dconv.0.weight "
+    with pytest.raises(UsageError, match=r"huge.safetensors: shape mismatch, the file's vs the model's: "
+                                         r"decoder_layer0.dconv.0.weight "
                                          r"\(32, 64, 5, 5\) vs \(32, 64, 31, 31\)"):
         load_model(tmp_path / "huge.safetensors")
     import warnings
@@ -408,3 +409,36 @@ def test_a_model_file_of_a_newer_format_is_refused_not_misread(tmp_path):
     assert stored_recipe(recipe.to_json(), path, None).name == "demo-tcp"  # files of matte's first days
     with pytest.raises(UsageError, match="written in matte-engine/3"):
         stored_recipe(recipe.to_json(), path, "matte-engine/3")
+
+
+def test_a_plain_pickle_or_a_cut_short_legacy_file_is_named_so(tmp_path, recwarn):
+    """pickle.dump of a state dict, not torch.save: torch.load said "Invalid magic number; corrupt
+    file?", "Unsupported operand 149" after a two-line warning, or named matte's stand-in class
+    ('Dropped_0' object has no attribute 'dtype'); a cut-short legacy file read as a refusal."""
+    import pickle
+
+    official_checkpoint(tmp_path / "zip.pth")
+    state = torch.load(tmp_path / "zip.pth", weights_only=True)
+    for protocol in (2, 4):
+        (tmp_path / f"p{protocol}.pkl").write_bytes(pickle.dumps({"w": torch.zeros(2)}, protocol=protocol))
+        with pytest.raises(UsageError) as err:
+            import_indexnet_official(tmp_path / f"p{protocol}.pkl")
+        assert str(err.value) == (f"{tmp_path / f'p{protocol}.pkl'}: a plain pickle, not a torch.save checkpoint "
+                                  "(save the weights with torch.save(state_dict, FILE))")
+    # torch.save without its zip archive reads as before; in pickle protocol 4, which torch's
+    # weights-only reader cannot read, it said "Unsupported operand 149" after a two-line warning
+    for protocol in (2, 4):
+        torch.save(state, tmp_path / f"legacy{protocol}.pth", _use_new_zipfile_serialization=False,
+                   pickle_protocol=protocol)
+    assert import_indexnet_official(tmp_path / "legacy2.pth")[1].name == "indexnet-m2o-nl-ctx"
+    with pytest.raises(UsageError) as err:
+        import_indexnet_official(tmp_path / "legacy4.pth")
+    assert str(err.value) == (f"{tmp_path / 'legacy4.pth'}: a legacy torch.save file in pickle protocol 4, which "
+                              "torch.load(weights_only=True) cannot read; save it again with torch.save(state_dict, "
+                              "FILE) and its default protocol")
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+    whole = (tmp_path / "legacy2.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(UsageError, match=r"cut.pth: cut short \(an interrupted download\?\), not a readable "
+                                         r"checkpoint \(.*EOF"):
+        import_indexnet_official(tmp_path / "cut.pth")

@@ -177,13 +177,15 @@ def _drop_stdout() -> None:
 def _terminate(signum, frame) -> None:
     """SIGTERM (a scheduler pre-empting a job, `timeout`, torchrun stopping its workers) and SIGHUP
     (a closing terminal) end a command as Ctrl-C does, so that nothing half-written is left; each
-    was an instant death that left temporary files for a later run to clear."""
+    was an instant death that left temporary files for a later run to clear. Ctrl-C (SIGINT) is
+    recorded too: a KeyboardInterrupt that a library swallows still stops the command."""
     errors.STOP_SIGNALS.append(signum)
-    raise KeyboardInterrupt
+    if not errors.stop_is_deferred():  # else raised when the deferred block ends
+        raise KeyboardInterrupt
 
 
 def _interrupted() -> NoReturn:
-    if errors.STOP_SIGNALS:
+    if errors.STOP_SIGNALS and errors.STOP_SIGNALS[0] != signal.SIGINT:
         signum = errors.STOP_SIGNALS[0]
         hung_up = signum == getattr(signal, "SIGHUP", None)
         try:  # after a hang-up the terminal may be gone (EIO)
@@ -222,7 +224,10 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; Ctrl-C says
     "matte: interrupted" and exits with 130; SIGTERM says "matte: terminated" and exits with 143, SIGHUP
     "matte: hung up" and 129."""
+    errors.STOP_SIGNALS.clear()
     signal.signal(signal.SIGTERM, _terminate)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell ignores it (`cmd &`)
+        signal.signal(signal.SIGINT, _terminate)
     # SIGHUP (the terminal or ssh session closing) the same, unless the command was started to
     # outlive it (`nohup` ignores it, and so does matte then)
     hangup = getattr(signal, "SIGHUP", None)  # none on Windows

@@ -84,7 +84,7 @@ def main(
         names = parse_backends(backends) if backends else [SUFFIX_TO_BACKEND.get(weights.suffix.lower(), "torch")]
         return _e2e(weights, names, size_list, device, half, compile, save, count, workers, json_out, photos)
     names = parse_backends(backends) if backends is not None else default_backends(weights)
-    check_request(weights, names, device, half)  # usage errors before the progress bar starts
+    check_request(weights, names, device, half, size_list)  # usage errors before the progress bar starts
     err = Console(stderr=True)
     with progress_bar(console=err) as bar:
         task = bar.add_task("bench", total=len(names) * len(size_list))
@@ -154,7 +154,7 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
                          "--background, which bench does not take)")
     if photos not in PHOTO_FORMATS:
         raise UsageError(f"--photos {photos}: choose from {', '.join(PHOTO_FORMATS)}")
-    check_request(weights, names, device, half)
+    check_request(weights, names, device, half, size_list)
     err = Console(stderr=True)
     report = run_e2e(weights, size_list, backend=names[0], device=device, half=half, compile=compile,
                      save=kinds, count=count, workers=workers, photos=photos, json_path=json_out,

@@ -72,9 +72,13 @@ def main(
     with progress_bar() as bar:
         task = bar.add_task("verify", total=len(sizes))
         results = exporting.verify_export(exported, opts, sizes, on_size=lambda _: bar.advance(task))
-    typer.echo(f"{'size (WxH)':>12} {'max abs':>10} {'mean abs':>10} {'max |ref|':>10}")
-    for r in results:
-        typer.echo(f"{f'{r.width}x{r.height}':>12} {r.max_abs:10.2e} {r.mean_abs:10.2e} {r.scale:10.3g}"
+    # a size the model cannot take as it is is run as the pipeline would align a photo of that size
+    labels = [f"{size} -> {r.width}x{r.height}" if (r.width, r.height) != (size.width, size.height) else str(size)
+              for size, r in zip(sizes, results)]
+    width = max(12, *map(len, labels))
+    typer.echo(f"{'size (WxH)':>{width}} {'max abs':>10} {'mean abs':>10} {'max |ref|':>10}")
+    for label, r in zip(labels, results):
+        typer.echo(f"{label:>{width}} {r.max_abs:10.2e} {r.mean_abs:10.2e} {r.scale:10.3g}"
                    f"  {'ok' if r.ok else 'FAIL'}")
     failed = [r for r in results if not r.ok]
     if failed:

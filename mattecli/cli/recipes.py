@@ -31,9 +31,8 @@ def recipe_text(name: str, as_json: bool = False) -> str:
     recipe it carries."""
     import yaml
 
-    from mattecli.recipes import load_recipe, recipe_path
-
     from mattecli.inference.backends import SUFFIX_TO_BACKEND  # model files carry their recipe
+    from mattecli.recipes import carried_recipe, load_recipe, recipe_path
 
     if Path(name).suffix.lower() in SUFFIX_TO_BACKEND:
         recipe, notes = carried_recipe(Path(name))
@@ -46,43 +45,6 @@ def recipe_text(name: str, as_json: bool = False) -> str:
     # a model file's recipe name and metadata are anyone's text: a newline in them ended the comment
     return (printable(f"# {recipe.name}, {source}") + "\n"
             + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True))
-
-
-def carried_recipe(path: Path):
-    """-> (the recipe a model file carries, its other metadata worth showing): a `.safetensors`
-    weights file (e.g. `selected_by` of a run's best model), an exported `.onnx` graph (its
-    precision) or a TensorRT `.engine` (read without TensorRT). Nothing but the metadata is read.
-
-    Raises:
-        UsageError: naming the file, when it is missing, unreadable or carries no recipe.
-    """
-    from mattecli.errors import UsageError
-    from mattecli.recipes import stored_recipe
-
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    if suffix == ".safetensors":
-        from mattecli.weights import read_weights_header
-
-        recipe, meta = read_weights_header(path)
-        return recipe, {k: v for k, v in meta.items() if k not in ("recipe", "format")}
-    if suffix == ".onnx":
-        import onnx
-
-        try:  # the graph's protobuf without its external weights, if any
-            meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        except Exception as err:  # protobuf's DecodeError and friends: not an ONNX file
-            raise UsageError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
-        extra = {k: meta[k] for k in ("precision",) if k in meta}
-    else:
-        from mattecli.inference.engine import read_engine_file
-
-        meta, _ = read_engine_file(path, header_only=True)
-        extra = {k: meta[k] for k in ("tensorrt", "half", "profile") if k in meta}
-    if "recipe" not in meta:
-        raise UsageError(f"{path}: carries no recipe (not exported by matte)")
-    return stored_recipe(meta["recipe"], path, meta.get("format")), extra
 
 
 def main(name: str = typer.Argument(None, metavar="[NAME]",

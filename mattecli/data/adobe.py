@@ -276,9 +276,9 @@ def _worker_signals() -> None:
     import signal
     import sys
 
-    # Ctrl-C goes to the parent, which stops the pool by terminating the workers (SIGTERM): they
-    # leave through Python, so that atomic_write removes the temp file of a write under way.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C goes to the parent (a worker ignores it: `parallel`), which stops the pool by terminating
+    # the workers (SIGTERM): they leave through Python, so that atomic_write removes the temp file of a
+    # write under way.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
 

@@ -339,8 +339,8 @@ def _identity(path: Path) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=1)
 def _parsed_onnx(path: str, mtime_ns: int, size: int):
-    """An ONNX file parsed once for `check_onnx_file`, `exported_half` and `static_onnx_size` (`matte
-    bench` of a graph asks all three; a graph of tens of MB is read and decoded once); keyed by `_identity`."""
+    """An ONNX file parsed once for `read_onnx`'s callers (`matte bench` of a graph asks for its recipe,
+    precision and static size: a graph of tens of MB is read and decoded once); keyed by `_identity`."""
     import onnx
 
     return onnx.load(path, load_external_data=False)
@@ -350,15 +350,21 @@ def check_onnx_file(path: Path) -> None:
     """What `OnnxBackend.load` would refuse about the file itself (not a graph, no recipe), read
     with `onnx` alone: an ONNX Runtime session made only for the check slowed the process's later
     sessions and host work (`matte bench --e2e` on a null graph: 1.9x the decode time, not 1.5x)."""
-    onnx_recipe(_onnx_metadata(path), path)
+    onnx_recipe(onnx_metadata(path), path)
 
 
-def _onnx_metadata(path: Path) -> dict:
+def read_onnx(path: Path):
+    """The graph of an ONNX file (its protobuf, without external weights), parsed once while the
+    file is unchanged; a file that is not one is a UsageError naming it and the reason."""
     try:
-        model = _parsed_onnx(str(path), *_identity(path))
-    except Exception as err:  # protobuf's DecodeError and onnx's own types
+        return _parsed_onnx(str(path), *_identity(path))
+    except Exception as err:  # protobuf's DecodeError, OSError and onnx's own types
         raise _not_loadable(path, err) from None
-    return {p.key: p.value for p in model.metadata_props}
+
+
+def onnx_metadata(path: Path) -> dict:
+    """An ONNX file's metadata_props as a dict (`matte export` writes the recipe there)."""
+    return {p.key: p.value for p in read_onnx(path).metadata_props}
 
 
 def graph_is_half(meta: dict) -> bool:
@@ -371,7 +377,7 @@ def exported_half(path: Path) -> bool:
     engine's header; False for any other file (a weights file runs as asked)."""
     suffix = Path(path).suffix.lower()
     if suffix == ".onnx":
-        return graph_is_half(_onnx_metadata(path))
+        return graph_is_half(onnx_metadata(path))
     if SUFFIX_TO_BACKEND.get(suffix) == "trt":
         from mattecli.inference.engine import read_engine_file
 
@@ -385,7 +391,7 @@ def static_onnx_size(path: Path):
     from mattecli.sizes import Size
 
     try:
-        dims = _parsed_onnx(str(path), *_identity(path)).graph.input[0].type.tensor_type.shape.dim
+        dims = read_onnx(path).graph.input[0].type.tensor_type.shape.dim
     except Exception:  # noqa: BLE001 - not a graph: no size to offer
         return None
     h, w = (d.dim_value for d in dims[2:4]) if len(dims) == 4 else (0, 0)

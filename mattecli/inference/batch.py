@@ -82,19 +82,24 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     if single and images.suffix.lower() not in IMAGE_SUFFIXES:
         raise UsageError(f"--images {images}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
     if not single and not images.is_dir():
-        raise UsageError(f"--images {images}: no such folder or file")
+        raise UsageError(f"--images {images}: {_not_there(images)}")
     if trimaps is not None and trimaps.is_file():
         if not single:
             raise UsageError(f"{option} {trimaps}: a single file pairs with a single --images file")
         return ([(images, trimaps)] if shard is None or shard[0] == 0 else []), []
     if trimaps is not None and not trimaps.is_dir():
-        raise UsageError(f"{option} {trimaps}: no such folder or file")
+        raise UsageError(f"{option} {trimaps}: {_not_there(trimaps)}")
     root = image_root(images)
     beside = trimaps is None or trimaps.resolve() == root.resolve()
     unreadable: list[tuple[Path, str]] = []  # subfolders left out, each failed once (in shard 0)
     files = [images] if single else _input_images(images, recursive, out, unreadable, others)
     if beside:
-        tri_files = [p for p in (list_images(root) if single else files) if p.stem.endswith(suffix)]
+        try:
+            beside_files = list_images(root) if single else files
+        except OSError as err:  # a folder that can be entered but not listed: "u/in: Permission denied", exit 1
+            raise UsageError(f"--images {images}: its folder cannot be listed to find the {option.lstrip('-')[:-1]} "
+                             f"beside it ({err.strerror or err}); give it with {option} FILE") from None
+        tri_files = [p for p in beside_files if p.stem.endswith(suffix)]
         files = [p for p in files if single or not p.stem.endswith(suffix)]  # a file named by hand is the image
     else:
         tri_files = list_images(trimaps, recursive, unreadable=unreadable)
@@ -143,6 +148,11 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     if shard is None or shard[0] == 0:
         problems += unreadable
     return pairs, [(str(path), reason) for path, reason in problems]
+
+
+def _not_there(path: Path) -> str:
+    """Why a path given for a folder or an image file is neither: missing, or something else (a named pipe)."""
+    return "not a regular file (a device or a named pipe)" if path.exists() else "no such folder or file"
 
 
 def claim_output_name(seen: dict, name: str, path: Path, fold: bool) -> tuple[Path, str] | None:

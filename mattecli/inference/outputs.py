@@ -153,7 +153,9 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
     else:
         from pymatting import estimate_foreground_ml
 
-        with _numba_guard():
+        from mattecli.errors import stop_deferred
+
+        with _numba_guard(), stop_deferred():  # numba compiles the kernels at the first call
             fg = _to_uint8(estimate_foreground_ml(image.astype(np.float32) / np.float32(255),
                                                   alpha.astype(np.float32) / np.float32(255)))
     opaque = alpha == 255
