@@ -5,7 +5,8 @@
 
 For each released recipe (IndexNet, A2U, TCP), with seeded random weights (speed and memory do
 not depend on the values; no weights file travels), in sections (--only):
-- model: one forward pass on a prepared device tensor at each size, in float32, float16 (autocast,
+- model: one forward pass on a prepared device tensor at each size, in float32 (cuDNN's convolutions
+  in TF32, torch's default, as `matte infer` without --half runs), float16 (autocast,
   as `--half`), float16 without BatchNorm folding (what `matte infer` did before folding), bfloat16,
   float16 with channels_last, and for A2U float16 with its kernels applied by unfolding. Each row:
   time, and peak memory of the passes after the first (cuDNN's first-call search is reported
@@ -14,14 +15,16 @@ not depend on the values; no weights file travels), in sections (--only):
 - e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg,
   --save alpha with half the workers, and --save alpha over JPEG photos;
 - foreground: the GPU foreground estimation alone at 4K, and its difference from PyMatting's;
-- parity: half precision against float32, the whole pipeline, on the lemur photo (examples/, CC0)
-  tiled to 4K, in alpha levels over the unknown band;
+- parity: half precision against float32 (TF32 off), the whole pipeline, on the lemur photo (examples/,
+  CC0) tiled to 4K, in alpha levels over the unknown band;
 - profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 folded, unfolded and channels_last;
-- pool: `matte infer`'s host work (decode, encode) in a pool of threads against processes, one per core;
 - graphs: model rows in float16 captured once as a CUDA graph and replayed (what launching some 600
   calls per pass costs); after the sections above, because a capture that fails may leave the CUDA
   context unusable for what follows (these rows have never run);
-- compiled: float16 under torch.compile (last: compilation is the slowest part).
+- pool: `matte infer`'s host work (decode, encode) in a pool of threads against processes, one per
+  core (no GPU: after the graphs, which answer a bigger question);
+- compiled: float16 under torch.compile (last: compilation is the slowest part; a compilation
+  starts only while --time-limit leaves it 170 s).
 Everything goes into OUT/device_check.json, rewritten after each section, each model row and each e2e row (a run
 that its timeout kills keeps what it measured); progress into the log (stdout). A section that fails is
 recorded under "errors" (exit 1) and the sections after it still run.
@@ -51,7 +54,8 @@ ONLY_FOR = {"fp16-a2u-unfold": "a2u"}
 # compiled rows: IndexNet first (its targets), then by compilation time, so that a budget spent on
 # A2U's (557 s on the 2-core CPU against TCP's 32 s and IndexNet's 103 s) skips only A2U's
 COMPILE_ORDER = ("indexnet-m2o-nl-ctx", "tcp", "a2u-dynamic-cs-d-gn")
-SECTIONS = ("model", "e2e", "foreground", "parity", "profile", "pool", "graphs", "compiled")
+SECTIONS = ("model", "e2e", "foreground", "parity", "profile", "graphs", "pool", "compiled")
+COMPILE_NEEDS_S = 170  # IndexNet's first compiled call took 152 s on the H200 (2026-11-27)
 
 
 def log(*parts) -> None:
@@ -156,10 +160,12 @@ def model_order(precisions) -> list[tuple[str, str]]:
 
 def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, precisions=PRECISIONS,
                keep=None) -> list[dict]:
-    """Model-only figures: one forward pass on a prepared device tensor.
+    """Model-only figures: one forward pass on a prepared device tensor. "fp32" runs as `matte infer`
+    without --half does: cuDNN's convolutions in TF32, torch's default on GPUs that have it.
 
     `keep(row)`, if given, takes each row as it is measured (the caller saves it: the outer timeout
-    may kill the run mid-section) and nothing is returned."""
+    may kill the run mid-section) and nothing is returned. A recipe's rows start only before
+    `deadline` (fp32's always)."""
     import torch
 
     from mattecli.inference.random_input import fresh_input
@@ -229,9 +235,11 @@ def lemur(height: int, width: int):
 
 
 def parity_rows(device: str, size, precisions=("fp16", "bf16")) -> list[dict]:
-    """Half precision against float32, the whole pipeline, on the lemur photo tiled to `size`."""
+    """Half precision against float32, the whole pipeline, on the lemur photo tiled to `size`. The
+    reference runs with TF32 off (cuDNN's convolutions use it by default): half against true float32."""
     import torch
 
+    from exporters.verify import strict_fp32
     from mattecli.inference.pipeline import Pipeline
 
     image, trimap = lemur(size[1], size[0])
@@ -241,7 +249,8 @@ def parity_rows(device: str, size, precisions=("fp16", "bf16")) -> list[dict]:
     rows = []
     for name in RECIPES:
         ref_backend, recipe = seeded_backend(name, device, "fp32")
-        ref = Pipeline(ref_backend, recipe.infer).run(image, trimap).alpha
+        with strict_fp32():
+            ref = Pipeline(ref_backend, recipe.infer).run(image, trimap).alpha
         for precision in precisions:
             backend, _ = seeded_backend(name, device, precision)
             alpha, how = Pipeline(backend, recipe.infer).run(image, trimap)
@@ -414,6 +423,9 @@ def main(argv=None) -> int:
                         help="seconds for the CUDA graph rows (after the profile) before skipping")
     parser.add_argument("--compile-budget", type=float, default=90,
                         help="seconds for the compiled model rows (run last) before skipping")
+    parser.add_argument("--time-limit", type=float,
+                        help="seconds the whole run may take (device_check.sh's FIGURES_TIMEOUT): a compilation "
+                             f"starts only with {COMPILE_NEEDS_S} s left, not to be cut off by the timeout")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run, in this order: {','.join(SECTIONS)}")
     parser.add_argument("--sizes", help="model rows' sizes, e.g. 3840x2160 (default 1920x1080,3840x2160)")
@@ -498,13 +510,17 @@ def main(argv=None) -> int:
     section("foreground", lambda: foreground_rows(device, e2e_size, repeat))
     section("parity", lambda: parity_rows(device, sizes[-1], half_precisions))
     section("profile", lambda: profile_rows(device, args.out, sizes[-1], *([("fp32",)] if args.cpu else [])))
-    section("pool", lambda: pool_rows(e2e_size, count, 1 if args.cpu else 2))
-    if graphs:
+    if graphs:  # before the pool rows, which answer a smaller question
         section("graphs", lambda: model_rows(device, sizes, repeat, warmup, time.time() + args.graphs_budget,
                                              graphs, keeper("model")))
+    section("pool", lambda: pool_rows(e2e_size, count, 1 if args.cpu else 2))
     if compiled:
-        section("compiled", lambda: model_rows(device, sizes, repeat, warmup, time.time() + args.compile_budget,
-                                               compiled, keeper("model")))
+        def compile_deadline() -> float:  # a compilation cut off by the outer timeout measures nothing
+            budget = time.time() + args.compile_budget
+            return budget if args.time_limit is None else min(budget, started + args.time_limit - COMPILE_NEEDS_S)
+
+        section("compiled", lambda: model_rows(device, sizes, repeat, warmup, compile_deadline(), compiled,
+                                               keeper("model")))
     per_pixel = {}
     for row in result["model"]:
         if "bytes_per_pixel" in row and row["size"] == f"{sizes[-1][0]}x{sizes[-1][1]}":

@@ -47,7 +47,8 @@ PY="${PYTHON:-python3}"
     echo "pytest -m gpu: exit $?"
   fi
   echo "== figures"
-  timeout "${FIGURES_TIMEOUT:-350}" "$PY" benchmarks/device_check.py --out "$OUT" "$@"
+  timeout "${FIGURES_TIMEOUT:-350}" "$PY" benchmarks/device_check.py --out "$OUT" \
+    --time-limit "${FIGURES_TIMEOUT:-350}" "$@"
   echo "device_check.py: exit $?"
   # the figures as Markdown, targets met or not (what docs/benchmarks.md's GPU tables take)
   [[ -f "$OUT/device_check.json" ]] && "$PY" benchmarks/device_report.py "$OUT/device_check.json" --out "$OUT/device_report.md"

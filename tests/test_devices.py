@@ -4,7 +4,9 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -345,13 +347,52 @@ def test_device_check_captures_cuda_graphs_after_the_figures_the_targets_need(tm
     assert calls == [("fp16",), ("fp16-graphs",)]
 
 
+def test_a_compilation_starts_only_with_the_time_it_needs_left(tmp_path, monkeypatch):
+    """IndexNet's first compiled call took 152 s on the H200; the compiled rows come last, and one
+    started with less left was cut off by device_check.sh's timeout, measuring nothing."""
+    check, deadlines = _device_check(), []
+    monkeypatch.setattr(check, "model_rows", lambda *args, **kwargs: deadlines.append(args[4]) or [])
+    start = time.time()
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "compiled", "--precisions", "fp16-compiled",
+                       "--time-limit", "350", "--compile-budget", "600"]) == 0
+    assert start + 350 - check.COMPILE_NEEDS_S - 5 < deadlines[0] <= time.time() + 350 - check.COMPILE_NEEDS_S
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "compiled", "--precisions", "fp16-compiled",
+                       "--compile-budget", "90"]) == 0  # without a limit: the budget alone
+    assert time.time() + 85 < deadlines[1] <= time.time() + 90
+
+
+def test_the_parity_reference_is_float32_without_tf32(monkeypatch):
+    """cuDNN runs float32 convolutions in TF32 by default: "half against float32" was half against TF32."""
+    from collections import namedtuple
+
+    check, seen, Run = _device_check(), [], namedtuple("Run", "alpha how")
+
+    class Recording:
+        def __init__(self, backend, cfg):
+            pass
+
+        def run(self, image, trimap):
+            seen.append(torch.backends.cudnn.allow_tf32)
+            return Run(np.zeros(trimap.shape, np.uint8), "whole")
+
+    import mattecli.inference.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "Pipeline", Recording)
+    monkeypatch.setattr(check, "seeded_backend", lambda name, device, precision: (None, SimpleNamespace(infer=None)))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    rows = check.parity_rows("cpu", (96, 64), ("fp16",))
+    assert seen == [False, True] * len(check.RECIPES) and torch.backends.cudnn.allow_tf32
+    assert [row["max_levels"] for row in rows] == [0] * len(check.RECIPES)
+
+
 def test_device_check_measures_the_host_pool_as_threads_and_as_processes(tmp_path):
     """`matte infer`'s pool is threads on the reasoning that decoding and encoding release the GIL;
     issue 13 asks for whichever measures faster. The `pool` section runs the same host work (decode
     and hand the arrays over, encode and write) in threads and in spawned processes, one per core,
     and the report shows both."""
     check = _device_check()
-    assert check.SECTIONS.index("profile") < check.SECTIONS.index("pool") < check.SECTIONS.index("graphs")
+    # after the graphs (the pool uses no GPU and answers a smaller question), before compilation
+    assert check.SECTIONS.index("graphs") < check.SECTIONS.index("pool") < check.SECTIONS.index("compiled")
     assert check.main(["--out", str(tmp_path), "--cpu", "--only", "pool"]) == 0
     row, = json.loads((tmp_path / "device_check.json").read_text())["pool"]
     assert (row["size"], row["rounds"], row["count"] >= 2 * row["workers"]) == ("96x64", 1, True)

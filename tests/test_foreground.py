@@ -170,3 +170,12 @@ def test_read_only_arrays_are_taken_without_a_warning():
         warnings.simplefilter("error")
         fg = foreground.estimate_foreground_torch(image, alpha, "cpu")
     assert fg.shape == image.shape and fg.dtype == np.uint8
+
+
+def test_views_with_negative_strides_are_taken():
+    """`Matter.foreground(image[:, ::-1], alpha[:, ::-1])` on CUDA: torch.from_numpy refused the
+    views (PyMatting on a CPU takes them)."""
+    image, alpha = _synthetic_case(20, 30)
+    flipped = foreground.estimate_foreground_torch(image[:, ::-1], alpha[:, ::-1], "cpu")
+    assert np.array_equal(flipped, foreground.estimate_foreground_torch(image[:, ::-1].copy(), alpha[:, ::-1].copy(),
+                                                                         "cpu"))

@@ -6,7 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from mattecli.errors import UsageError
 from mattecli.imageio import read_gray, read_image, write_png
 from mattecli.inference.outputs import (Background, composite, estimate_foreground, output_paths, parse_color,
                                         to_rgba)
@@ -235,3 +237,25 @@ def test_a_threading_layer_numba_cannot_start_is_a_usage_error(tmp_path, weights
     assert not (tmp_path / "out" / "a.png").exists()  # refused before the model ran
     res = subprocess.run(cmd[:-2], capture_output=True, text=True, env=env)  # alphas alone need no numba
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("weights_name, checked", [("m.onnx", True), ("m.safetensors", False)])
+def test_the_numba_check_runs_where_pymatting_will_estimate_the_foregrounds(tmp_path, monkeypatch, weights_name,
+                                                                         checked):
+    """On CUDA the torch backend's foregrounds run on the GPU (no numba); an ONNX Runtime model on
+    CUDA holds no torch device, so PyMatting estimates them on the CPU: its threading layer was not
+    checked, and a layer numba cannot start failed every image after its model pass."""
+    import mattecli.devices
+    import mattecli.inference.outputs as outputs
+    from mattecli.cli import app
+
+    def refused():
+        raise UsageError("numba checked")
+
+    monkeypatch.setattr(mattecli.devices, "resolve_device", lambda device, backend=None: "cuda")
+    monkeypatch.setattr(outputs, "check_numba_threading_layer", refused)
+    (tmp_path / weights_name).write_bytes(b"x")
+    (tmp_path / "in").mkdir()
+    res = CliRunner().invoke(app, ["infer", "--weights", str(tmp_path / weights_name), "--images", str(tmp_path / "in"),
+                                   "--out", str(tmp_path / "out"), "--save", "alpha,fg", "--max-memory", "none"])
+    assert (str(res.exception) == "numba checked") == checked, res.exception

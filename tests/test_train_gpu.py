@@ -64,7 +64,8 @@ def test_amp_resume_restores_the_loss_scale(synth, tmp_path):
     assert 0 < state["scaler"]["scale"] <= 65536.0
     state["scaler"]["scale"] = 1024.0  # as if overflows had shrunk it
     torch.save(state, path)
-    train(TrainOptions(recipe("demo-indexnet", 6), synth, tmp_path / "run", device="cuda", resume=True,
+    # iters=6, as `--iters 6` would: a resumed run keeps its own length (3) otherwise, and trained nothing
+    train(TrainOptions(recipe("demo-indexnet", 6), synth, tmp_path / "run", device="cuda", resume=True, iters=6,
                        progress=False))
     after = torch.load(tmp_path / "run" / "checkpoints" / "iter_00000006.pt", weights_only=True)
     assert after["scaler"]["scale"] <= 1024.0  # continued from the restored scale (halved on overflow)

@@ -113,12 +113,15 @@ def main(
             raise UsageError(f"--background {err}") from None
     # before the model runs; a report that would replace the weights or a file given as input is refused
     check_json_out(json_out, [p for p in (weights, images, trimaps, bg and getattr(bg, "path", None)) if p])
-    device = resolve_device(device, backend=implied_backend(weights, backend))  # auto: where that backend runs
+    runs_on = implied_backend(weights, backend)
+    device = resolve_device(device, backend=runs_on)  # auto: where that backend runs
     max_bytes = parse_memory(max_memory) if max_memory is not None else default_max_bytes(device)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs a CUDA device (half precision on a CPU is not a fast path)")
-    if not device.startswith("cuda") and any(kind in ("fg", "rgba", "composite") for kind in kinds):
-        check_numba_threading_layer()  # PyMatting estimates the foregrounds: before any model pass
+    # PyMatting estimates the foregrounds on a CPU, and beside an ONNX Runtime model on CUDA (that
+    # backend holds no torch device for the GPU port): its threading layer checked before any model pass
+    if (not device.startswith("cuda") or runs_on == "onnx") and any(k in ("fg", "rgba", "composite") for k in kinds):
+        check_numba_threading_layer()
     pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
     if compile:  # else the first image's progress would look stuck for minutes
         typer.echo("matte: note: --compile: the first image waits while torch.compile builds the model (minutes); "

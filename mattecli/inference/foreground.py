@@ -98,8 +98,11 @@ def _solve_level(img: torch.Tensor, a0: torch.Tensor, fb: torch.Tensor, sweeps: 
 
 def _shared(array) -> torch.Tensor:
     """The array as a CPU tensor, without a copy unless it is read-only (np.asarray of a Pillow
-    image, as a user may pass to Matter.foreground), which torch.from_numpy warns about."""
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
+    image, as a user may pass to Matter.foreground), which torch.from_numpy warns about, or a view
+    with a negative stride (`alpha[::-1]`), which it refuses (PyMatting, on a CPU, takes both)."""
+    if not array.flags.writeable or any(stride < 0 for stride in array.strides):
+        array = array.copy()
+    return torch.from_numpy(array)
 
 
 def estimate_foreground_torch(image, alpha, device: str | torch.device = "cpu"):

@@ -123,7 +123,7 @@ def is_current(kind: str, path: Path, background: "Background | None" = None) ->
     return background is not None and read_png_text(path).get(RECORD_KEY) == background.record
 
 
-def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np.ndarray:
+def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None, timer=None) -> np.ndarray:
     """Foreground colours F such that image ~ alpha * F + (1 - alpha) * B, as (H, W, 3) uint8.
 
     PyMatting's multi-level `estimate_foreground_ml` (Germer et al. 2020). Measured against the
@@ -141,21 +141,25 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None) -> np
         image: (H, W, 3) uint8.
         alpha: (H, W) uint8.
         device: the device of the model (a string or torch.device); None means the CPU.
+        timer: `matte bench --e2e`'s, timing the "foreground" stage: the estimate itself, not the
+            wait for a turn at the GPU (two at a time) or at a numba that is not thread-safe.
     """
+    from mattecli.inference.pipeline import stage
+
     fractional = (alpha > 0) & (alpha < 255)
     if not fractional.any() or alpha.size == 1:  # one pixel: no neighbour to tell F from B (PyMatting divided by 0)
         return image.copy()
     if device is not None and str(device).startswith("cuda"):
         from mattecli.inference.foreground import estimate_foreground_torch
 
-        with _CUDA_FOREGROUNDS:
+        with _CUDA_FOREGROUNDS, stage(timer, "foreground"):
             fg = estimate_foreground_torch(image, alpha, device)
     else:
         from pymatting import estimate_foreground_ml
 
         from mattecli.errors import stop_deferred
 
-        with _numba_guard(), stop_deferred():  # numba compiles the kernels at the first call
+        with _numba_guard(), stop_deferred(), stage(timer, "foreground"):  # numba compiles at the first call
             fg = _to_uint8(estimate_foreground_ml(image.astype(np.float32) / np.float32(255),
                                                   alpha.astype(np.float32) / np.float32(255)))
     opaque = alpha == 255
@@ -250,8 +254,7 @@ def write_outputs(paths: dict[str, Path], image: np.ndarray, alpha: np.ndarray,
             write_png(paths["alpha"], alpha)
     if not any(kind in paths for kind in _NEEDS_FOREGROUND):
         return
-    with stage(timer, "foreground"):
-        fg = estimate_foreground(image, alpha, device)
+    fg = estimate_foreground(image, alpha, device, timer)
     with stage(timer, "encode"):
         if "fg" in paths:
             write_png(paths["fg"], fg, icc=icc)
