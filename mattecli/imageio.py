@@ -368,7 +368,8 @@ def read_mask(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray, s
 
     A cut-out (RGBA, LA, or a palette with transparency) whose alpha is not all opaque: its alpha.
     Palette files: their gray levels when the palette is gray, else a label map (index 0
-    background, any other index foreground). 16-bit: scaled to 8 bits. Colour (RGB whose channels
+    background, any other index foreground). 16- and 32-bit integers: scaled to 8 bits, unless no
+    value is above 255 (8-bit values stored wide). Colour (RGB whose channels
     differ, such as a red overlay on black): the brightest channel. Values 0/1 only: scaled to 0/255.
     """
     path = Path(path)
@@ -381,7 +382,17 @@ def read_mask(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray, s
     elif img.mode == "P" and not _is_gray(img):
         mask = np.where(np.asarray(img) > 0, 255, 0).astype(np.uint8)
         note = f"{path}: palette mask read as labels (index 0 background, any other index foreground)"
-    elif img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    elif img.mode.startswith("I"):  # 16- or 32-bit integers
+        wide = np.array(img)
+        if wide.size and 0 <= wide.min() and wide.max() <= 255:
+            # 8-bit values stored wide (cv2.imwrite of a uint16 array: 0/1, 0/255, 0..255 probabilities);
+            # in 16-bit levels a foreground is far above 255. Scaled by 65535, a 0/1 mask was all background.
+            mask = wide.astype(np.uint8)
+            if mask.max(initial=0) > 1:
+                note = f"{path}: {img.mode} mask holding values 0..255 only, read as 8-bit"
+        else:
+            mask = _to_uint8(wide, img.mode)
+    elif img.mode == "F":
         mask = _to_uint8(np.array(img), img.mode)
     elif img.mode == "L":
         mask = np.asarray(img)

@@ -122,6 +122,34 @@ def test_an_unreadable_alpha_on_disk_is_replaced_when_the_model_reruns(tmp_path,
     assert read_gray(out / "a.png").shape == (24, 32)
 
 
+def test_an_alpha_on_disk_from_another_trimap_is_not_finished_with_this_runs(tmp_path):
+    """`infer --masks --band 3% --save alpha,trimap`, trimap/x.png deleted, then a re-run with
+    --band 20: the alpha of the first band was kept and the second band's trimap written beside it
+    (12,043 known pixels where the two disagreed). An alpha whose known regions contradict this
+    run's trimap fails the image, named; one that agrees is finished as before."""
+    import numpy as np
+
+    from mattecli.imageio import write_png
+
+    images = make_pairs(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    infer_folder(FakePipeline(), images, out, save=("alpha", "trimap"), progress=False)
+    for name in ("a", "b"):
+        (out / "trimap" / f"{name}.png").unlink()
+    narrower = read_gray(images / "a_trimap.png").copy()
+    left = np.arange(narrower.shape[1])[None, :] < 16
+    narrower[(narrower == 128) & left] = 255  # unknown pixels now foreground: the alpha's ramp contradicts them
+    write_png(images / "a_trimap.png", narrower)
+    fake = FakePipeline()
+    report = infer_folder(fake, images, out, save=("alpha", "trimap"), progress=False)
+    assert report.failed == [(str(out / "a.png"), "made from another trimap than this run's (its known regions "
+                                                  "differ), and other outputs of the image are missing: --overwrite "
+                                                  "redoes the image")]
+    assert report.done == [str(images / "b.png")] and fake.calls == 0 and not (out / "trimap" / "a.png").exists()
+    report = infer_folder(fake, images, out, save=("alpha", "trimap"), progress=False, overwrite=True)
+    assert len(report.done) == 2 and np.array_equal(read_gray(out / "trimap" / "a.png"), narrower)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_ctrl_c_leaves_only_whole_files_and_a_rerun_finishes(tmp_path, workers):
     images = make_pairs(tmp_path / "in", [f"img{i}" for i in range(6)])

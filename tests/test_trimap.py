@@ -170,6 +170,27 @@ def test_masks_as_found_read_to_the_same_mask(tmp_path):
     assert np.array_equal(noisy, trimap_from_mask(mask, band=4))  # JPEG ringing stays inside the band
 
 
+def test_wide_integer_masks_holding_8bit_values_are_read_as_those_values(tmp_path):
+    """A segmenter's cv2.imwrite of a uint16 0/1 array, or a 32-bit integer TIFF of 0/1, was scaled as
+    16-bit levels (1/65535 -> 0): all background, skipped as nothing to matte; 0..255 probabilities
+    stored as uint16 lost their levels to the 0/1 rule. A mask in 16-bit levels is still scaled."""
+    import cv2
+
+    mask, _ = disc(size=64, radius=20)
+    soft = cv2.GaussianBlur(mask, (0, 0), 3)
+    cv2.imwrite(str(tmp_path / "u16_01.png"), (mask // 255).astype(np.uint16))
+    Image.fromarray((mask // 255).astype(np.int32)).save(tmp_path / "i32_01.tif")
+    cv2.imwrite(str(tmp_path / "u16_soft.png"), soft.astype(np.uint16))
+    cv2.imwrite(str(tmp_path / "u16_levels.png"), soft.astype(np.uint16) * 257)
+    for name in ("u16_01.png", "i32_01.tif"):
+        got, note = read_mask(tmp_path / name)
+        assert np.array_equal(got, mask) and "0/1 mask" in note, name
+    got, note = read_mask(tmp_path / "u16_soft.png")
+    assert np.array_equal(got, soft) and "values 0..255 only, read as 8-bit" in note
+    got, note = read_mask(tmp_path / "u16_levels.png")
+    assert np.array_equal(got, soft) and note is None
+
+
 # --- trimaps as found (issue 19) -----------------------------------------------------------------
 
 @pytest.mark.parametrize("values, expected", [((0, 1, 2), (0, 128, 255)), ((2, 3, 1), (0, 128, 255))])
@@ -273,6 +294,18 @@ def test_temporary_files_in_the_subfolders_of_a_recursive_run_are_removed_once_o
     report = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", TrimapJob(rule=MaskRule()), progress=False,
                           preview=tmp_path / "preview", recursive=True)
     assert len(report.done) == 1 and not any(old.exists() for old in olds)
+
+
+def test_a_mask_that_makes_no_foreground_is_warned_of_as_infer_masks_does(tmp_path):
+    """A label mask of 0/1 objects with a 255 void border read the object as background and the
+    border as foreground... or here, a mask thinner than the band: `matte trimap` wrote a trimap
+    with no foreground pixel without a word, where `matte infer --masks` warns."""
+    mask = np.zeros((40, 48), np.uint8)
+    mask[20, 5:40] = 255  # a one-pixel line: unknown entirely, no foreground left
+    write_png(tmp_path / "masks" / "m.png", mask)
+    report = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", TrimapJob(rule=MaskRule(band="4")), progress=False)
+    assert len(report.done) == 1 and report.warnings == [
+        (str(tmp_path / "masks" / "m.png"), "no foreground pixel (only background and unknown): is it the right mask?")]
 
 
 def test_masks_in_formats_matte_does_not_read_are_named_in_a_note(tmp_path):

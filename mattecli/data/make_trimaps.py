@@ -126,8 +126,10 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
                     report.not_attempted.append(str(path))
                     continue
                 try:
-                    outcome, notes = future.result()
+                    outcome, notes, warning = future.result()
                     report.notes.extend(notes)
+                    if warning:
+                        report.warnings.append((str(path), warning))
                     if outcome is None:
                         report.done.append(str(path))
                     else:
@@ -163,10 +165,12 @@ def _inside(source: Path, *folders: Path | None) -> tuple[Path, ...]:
 
 
 def _one(path: Path, name: str, targets: list[Path], photo: Path | None, job: TrimapJob):
-    """Make and write one trimap (and its preview): (None or the nothing-to-matte reason, notes)."""
-    from mattecli.data.trimap import nothing_to_matte, trimap_from_alpha, trimap_from_mask, trimap_preview
+    """Make and write one trimap (and its preview): (None or the nothing-to-matte reason, notes,
+    None or a warning)."""
+    from mattecli.data.trimap import (no_foreground, nothing_to_matte, trimap_from_alpha, trimap_from_mask,
+                                      trimap_preview)
 
-    notes, image, nothing = [], None, None
+    notes, image, nothing, warning = [], None, None, None
     if job.rule is None:  # a dataset's alpha: the benchmark convention, EXIF ignored
         base = read_gray(path)
         rng = np.random.default_rng([job.seed, zlib.crc32(name.encode())])  # per file: any order, same result
@@ -193,9 +197,11 @@ def _one(path: Path, name: str, targets: list[Path], photo: Path | None, job: Tr
         trimap = trimap_from_mask(base, job.rule.band, job.rule.threshold)
         nothing = nothing_to_matte(trimap, "mask")
         if nothing is not None and job.empty == "skip":
-            return f"{nothing}; skipped", notes
+            return f"{nothing}; skipped", notes, None
         if nothing is not None:
             nothing += "; written as is"
+        else:  # as `matte infer --masks` warns: a mask of the background, labels read the wrong way round
+            warning = no_foreground(trimap, "mask")
     write_png(targets[0], trimap)
     if len(targets) > 1:
         from PIL import Image
@@ -203,4 +209,4 @@ def _one(path: Path, name: str, targets: list[Path], photo: Path | None, job: Tr
         under = image if image is not None else np.repeat(base[..., None], 3, axis=2)
         drawn = Image.fromarray(trimap_preview(under, trimap))
         atomic_write(targets[1], lambda tmp: drawn.save(tmp, format="JPEG", quality=90))
-    return nothing, notes
+    return nothing, notes, warning

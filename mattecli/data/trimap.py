@@ -359,13 +359,13 @@ def nothing_to_matte(trimap: np.ndarray, what: str = "trimap", mask_hint: str = 
     return f"nothing to matte: the {what} has no unknown pixel" + (f" ({mask_hint})" if mask_hint else "")
 
 
-def no_foreground(trimap: np.ndarray) -> str | None:
+def no_foreground(trimap: np.ndarray, what: str = "trimap") -> str | None:
     """A warning for a trimap with work to do but no foreground pixel (a mask of the background, or
-    the wrong file, most likely), or None."""
+    the wrong file, most likely), or None; `what` the file was (a trimap, or the mask it came from)."""
     if (trimap == FG).any():
         return None
     held = "only background and unknown" if (trimap == BG).any() else "all unknown"
-    return f"no foreground pixel ({held}): is it the right trimap?"
+    return f"no foreground pixel ({held}): is it the right {what}?"
 
 
 def trimap_preview(image: np.ndarray, trimap: np.ndarray) -> np.ndarray:

@@ -376,7 +376,7 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
                     if nothing:
                         report.nothing.append((str(item.trimap_path), f"{nothing}; the trimap written as the alpha"))
                         alpha = trimap  # what the model's output becomes anyway once known regions are copied
-                    elif warning := no_foreground(trimap):
+                    elif warning := no_foreground(trimap, "trimap" if item.mask_rule is None else "mask"):
                         report.warnings.append((str(item.trimap_path), warning))
                     if alpha is None:
                         alpha, how = pipeline.run(image, trimap, prepared) if prepared is not None else \
@@ -490,6 +490,12 @@ def _load(item: _Item, overwrite: bool, timer=None, prepare=None):
             alpha = None
         if alpha is not None and alpha.shape != trimap.shape:
             alpha = None
+        if alpha is not None and ((alpha[trimap == 0] != 0).any() or (alpha[trimap == 255] != 255).any()):
+            # matte copies the known regions into every alpha it writes: this one came from another trimap
+            # (another --band or --threshold, an edited trimap or mask), and the outputs still to write
+            # beside it (the trimap, a foreground) would not match it
+            raise InputError(existing, f"made from another {what} than this run's (its known regions differ), and "
+                                       "other outputs of the image are missing: --overwrite redoes the image")
     nothing = _nothing_to_matte(trimap, mask_rule is not None)
     prepared = None
     if prepare is not None and alpha is None and not nothing:
