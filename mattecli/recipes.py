@@ -110,6 +110,8 @@ class TrainConfig:
         _check_at_least(self, 1, "iters", "batch_size", "log_every", "checkpoint_every")
         _check_at_least(self, 0, "lr", "encoder_lr", "betas", "weight_decay", "milestones", "gamma",
                         "warmup_iters", "grad_clip")
+        if any(beta >= 1 for beta in self.betas):  # Adam's traceback at the first step
+            raise ValueError(f"betas must be two values under 1, got {self.betas!r}")
 
 
 @dataclass(frozen=True)

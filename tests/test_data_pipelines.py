@@ -433,7 +433,7 @@ def test_a_manifest_listing_missing_files_is_refused_before_training(synth, tmp_
     rows = read_manifest(synth / "train")
     gone = tmp_path / "gone.png"
     write_manifest(tmp_path / "manifest.csv", [rows[0], dataclasses.replace(rows[1], bg=gone)])
-    with pytest.raises(UsageError, match=f"manifest.csv: 1 of the files it lists are missing, e.g. {gone}$"):
+    with pytest.raises(UsageError, match=f"manifest.csv: 1 of the files it lists is missing, e.g. {gone}$"):
         TrainingDataset(tmp_path, "dim")
     assert len(TrainingDataset(tmp_path, "tcp-composited")) == 2  # reads image and alpha only
 

@@ -52,6 +52,7 @@ def test_set_overrides_any_value():
     ("train.milestones=[10,-1]", r"milestones must be at least 0, got \(10, -1\)"),
     ("train.warmup_iters=-5", "warmup_iters must be at least 0"),
     ("data.val_every=-1", "val_every must be at least 0"),
+    ("train.betas=[1.5,0.9]", r"betas must be two values under 1, got \(1.5, 0.9\)"),  # Adam's traceback
 ])
 def test_bad_values_fail_naming_the_key(override, needle):
     with pytest.raises(UsageError, match=needle):

@@ -530,6 +530,51 @@ def test_a_best_model_validated_after_the_checkpoint_stays_the_best_on_resume(tm
     assert torch.load(run / "checkpoints" / "iter_00000003.pt", weights_only=True)["best"] == result.best
 
 
+def test_a_best_model_from_beyond_a_shortened_run_is_removed_on_resume(tmp_path, monkeypatch, capsys):
+    """Resumed from an older checkpoint with a smaller --iters: best.safetensors still held the model
+    validated at a later, discarded iteration, and the run ended naming it ("best ... at iteration 8"
+    of a 5-iteration run)."""
+    from safetensors import safe_open
+
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "data", n_train=2, n_test=1, size=64, seed=1)
+    sads = iter([3.0, 2.0, 1.0, 0.5, 4.0, 5.0])
+    monkeypatch.setattr(loop, "validate", lambda *a: {"sad": next(sads), "mse": 0.1, "grad": 2.0, "conn": 1.0})
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2", "data.val_every=1",
+                                           "train.checkpoint_every=2"])
+    run = tmp_path / "run"
+    train(TrainOptions(recipe, tmp_path / "data", run, iters=4, progress=False))  # best: 0.5 at iteration 4
+    for name in ("iter_00000003.pt", "iter_00000004.pt"):
+        (run / "checkpoints" / name).unlink(missing_ok=True)
+    capsys.readouterr()
+    result = train(TrainOptions(recipe, tmp_path / "data", run, resume=True, iters=3, progress=False))
+    said = capsys.readouterr().out
+    assert f"{run / 'best.safetensors'} was selected at iteration 4, beyond this run's 3: removed" in said
+    assert result.best == {"metric": "sad", "value": 4.0, "iter": 3}  # iteration 3's validation, the only one after
+    with safe_open(str(run / "best.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["selected_by"]) == result.best
+
+
+def test_resume_with_iters_at_an_older_checkpoint_ends_the_run_there(tmp_path, synth):
+    """--resume --iters 2 where checkpoint 2 is the newest left (of a 3-iteration run): "finished (2 of 2
+    iterations)", but recipe.json kept 3 (a later --resume trained on to 3) and last.safetensors the
+    model of iteration 3."""
+    from safetensors.torch import load_file
+
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2", "train.checkpoint_every=1"])
+    run = tmp_path / "run"
+    train(TrainOptions(recipe, synth, run, iters=3, progress=False))
+    (run / "checkpoints" / "iter_00000003.pt").unlink()
+    result = train(TrainOptions(recipe, synth, run, resume=True, iters=2, progress=False))
+    assert result.finished_before and result.iterations == 2
+    assert ckpt.read_record(run).recipe["train"]["iters"] == 2
+    at_2 = torch.load(run / "checkpoints" / "iter_00000002.pt", weights_only=True)["model"]
+    last = load_file(str(run / "last.safetensors"))
+    assert all(torch.equal(last[k], at_2[k].float() if last[k].is_floating_point() else at_2[k]) for k in last)
+    assert train(TrainOptions(recipe, synth, run, resume=True, progress=False)).finished_before
+
+
 def test_sync_batchnorm_keeps_parameters_statistics_and_activations():
     from mattecli.models import build_model
 
@@ -705,6 +750,29 @@ def test_other_ranks_of_a_torchrun_run_neither_report_nor_rewrite_the_log(tmp_pa
     (tmp_path / "r" / "log.jsonl").write_text(log)
     train(TrainOptions(recipe, synth, tmp_path / "r", resume=True, iters=1, progress=False))
     assert (tmp_path / "r" / "log.jsonl").read_text() == log
+
+
+def test_a_lost_torchrun_peer_ends_the_run_in_one_line(tmp_path, synth, monkeypatch):
+    """A rank killed (out of memory, say) under torchrun: the others' collectives failed with gloo's
+    "Connection closed by peer" and printed a 40-line traceback. Rank 0 of two here, in one process."""
+    from mattecli.errors import InputError
+
+    def step(session, batch):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                           "[127.0.0.1]:29500")
+
+    monkeypatch.setattr(loop, "setup_distributed", lambda device: Dist(0, 0, 2, torch.device("cpu")))
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel", lambda model, **kwargs: model)
+    monkeypatch.setattr(loop, "train_step", step)
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=4"])
+    with pytest.raises(InputError) as err:
+        train(TrainOptions(recipe, synth, tmp_path / "r", iters=2, progress=False))
+    assert str(err.value) == (f"{tmp_path / 'r'}: another process of this torchrun run ended (killed, or out of "
+                              "memory) during iteration 1; --resume continues from the last checkpoint")
+    monkeypatch.setattr(loop, "train_step", lambda s, b: (_ for _ in ()).throw(RuntimeError("a bug of matte's")))
+    with pytest.raises(RuntimeError, match="a bug of matte's"):  # other errors are not taken for a lost peer
+        train(TrainOptions(recipe, synth, tmp_path / "r2", iters=2, progress=False))
 
 
 def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):

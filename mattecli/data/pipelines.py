@@ -157,8 +157,8 @@ class TrainingDataset(torch.utils.data.Dataset):
                              f"{lacking[:1]}){hint}")
         missing = missing_files(self.samples, reads)
         if missing:
-            raise UsageError(f"{manifest_file(manifest)}: {len(missing)} of the files it lists are missing, "
-                             f"e.g. {missing[0]}")
+            raise UsageError(f"{manifest_file(manifest)}: {len(missing)} of the files it lists "
+                             f"{'is' if len(missing) == 1 else 'are'} missing, e.g. {missing[0]}")
         self.pipeline, self.crop_size, self.seed, self.epoch = pipeline, crop_size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -266,12 +266,16 @@ def _resume_notes(run_dir: Path, opts: TrainOptions, recipe, iteration: int) -> 
               f"the run's {ran}, {change}")
 
 
-def _best_after(run_dir: Path, iteration: int, best: dict | None) -> dict | None:
+def _best_after(run_dir: Path, iteration: int, best: dict | None, iters: int) -> dict | None:
     """The best so far of a resumed run: its checkpoint's, or best.safetensors' where a validation
     after that checkpoint wrote it (a run stopped before its next checkpoint). The file no longer
     holds the model the checkpoint names, so the resumed run compares with the one it holds: it
     compared with the checkpoint's, and where its own validation came out worse (another GPU's
-    arithmetic, another --data) it ended naming a best model other than the file's."""
+    arithmetic, another --data) it ended naming a best model other than the file's.
+
+    A file from beyond the run's length (`iters`: a resume from an older checkpoint with a smaller
+    --iters) holds a model of a part of the run that is discarded: it is removed, and the run's
+    best starts again from its next validation (the checkpoint's best has no weights file left)."""
     from mattecli.weights import read_weights_header
 
     path = run_dir / "best.safetensors"
@@ -279,11 +283,22 @@ def _best_after(run_dir: Path, iteration: int, best: dict | None) -> dict | None
         return best
     try:
         found = json.loads(read_weights_header(path)[1]["selected_by"])
+        if found["iter"] > iters:
+            path.unlink()
+            print(f"matte train: note: {path} was selected at iteration {found['iter']}, beyond this run's "
+                  f"{iters}: removed; the next validation writes it again")
+            return None
         after = found["iter"] > iteration and (best is None or (found["metric"] == best["metric"]
                                                                 and found["value"] <= best["value"]))
     except (UsageError, KeyError, TypeError, ValueError):  # not one a run wrote: the next validation replaces it
         return best
     return {k: found[k] for k in ("metric", "value", "iter")} if after else best
+
+
+def _recorded_iters(run_dir: Path) -> int | None:
+    """The length recipe.json records for a run, or None."""
+    record = ckpt.read_record(run_dir)
+    return None if record is None else record.recipe["train"]["iters"]
 
 
 def _dotted(tree: dict, key: str):
@@ -590,15 +605,24 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainR
         session.iteration, session.best = ckpt.restore_training_state(ckpt.load_checkpoint(checkpoint), model,
                                                                       optimizer, scaler, device)
     if opts.resume and writer:
-        session.best = _best_after(run_dir, session.iteration, session.best)
+        session.best = _best_after(run_dir, session.iteration, session.best, cfg.iters)
         # a run killed before its first checkpoint starts again: its log lines go too (rank 0's alone:
         # another rank rewrote the file too, and from a half-written copy it left lines out)
         session.history = _read_log(run_dir / "log.jsonl", upto=session.iteration)
     if session.iteration >= cfg.iters:
+        if writer and checkpoint is not None and session.iteration == cfg.iters != _recorded_iters(run_dir):
+            # --iters N ends the run at its checkpoint N: N becomes its recorded length, and
+            # last.safetensors its model (it held the model of the discarded iterations after N)
+            from mattecli.weights import save_weights
+
+            save_weights(model, recipe, run_dir / "last.safetensors")
+            ckpt.write_record(run_dir, ckpt.RunRecord(recipe.to_dict(), seed, str(Path(opts.data).resolve())))
         if writer:
             done = (f"{session.iteration} of {cfg.iters} iterations" if session.iteration == cfg.iters else
                     f"{session.iteration} iterations, more than --iters {cfg.iters}")  # not "200 of 30"
-            print(f"matte train: {run_dir} is finished ({done}); --iters N with a larger N extends it")
+            unread = (f" (--set train.iters={opts.recipe.train.iters} is not read on --resume)"
+                      if opts.resume and opts.iters_set and opts.iters is None else "")
+            print(f"matte train: {run_dir} is finished ({done}); --iters N with a larger N extends it{unread}")
         last = session.history[-1]["loss"] if session.history else float("nan")
         return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True,
                            writer=writer)
@@ -637,12 +661,26 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainR
                 after_step(session, last_loss, rate)
                 if session.iteration >= cfg.iters:
                     break
+    except RuntimeError as err:
+        if world > 1 and _peer_lost(err):  # was the collective's 40-line traceback, on every rank left
+            raise InputError(run_dir, "another process of this torchrun run ended (killed, or out of memory) "
+                                      f"during iteration {session.iteration + 1}; --resume continues from the "
+                                      "last checkpoint") from None
+        raise
     finally:
         progress.close()
         if session.tensorboard is not None:
             session.tensorboard.close()
     return TrainResult(session.iteration, last_loss, session.history, session.best, run_dir, model,
                        validates=bool(val_samples), writer=writer)
+
+
+def _peer_lost(err: RuntimeError) -> bool:
+    """Whether a collective failed because another rank's process went away (gloo: "Connection
+    closed by peer"; NCCL: a DistBackendError)."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(err)
+    return isinstance(err, dist_error) or any(s in text for s in ("closed by peer", "reset by peer", "Broken pipe"))
 
 
 # how a worker's traceback ends when an InputError stopped it: `mattecli.errors.InputError: PATH: REASON`
