@@ -20,7 +20,7 @@ import numpy as np
 
 from mattecli.errors import InputError, UsageError, raise_if_stop
 from mattecli.files import write_text
-from mattecli.imageio import index_by_stem, list_images, read_alpha, read_gray
+from mattecli.imageio import index_by_stem, list_images, read_alpha, read_gray, read_ground_truth
 from mattecli.metrics import METRICS
 
 TRIMAP_VALUES = (0, 128, 255)
@@ -142,7 +142,7 @@ def score(name: str, pred, gt: Path, trimap) -> Result:
     result = Result(name)
     try:
         p = read_alpha(pred) if isinstance(pred, (str, Path)) else pred
-        g = read_gray(gt)  # the first channel of a 3-channel ground truth
+        g = read_ground_truth(gt)  # the first channel of a 3-channel one, the alpha of a cut-out
         t = read_gray(trimap) if isinstance(trimap, (str, Path)) else trimap
     except InputError as err:
         result.error = str(err)

@@ -222,8 +222,21 @@ def rgb_of(img) -> np.ndarray:
 
 def read_gray(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     """A single-channel uint8 (H, W) map: the *first* channel of a multi-channel file (as the
-    benchmark's scripts index it), 16-bit scaled to 8 bits; EXIF orientation as in `read_image`."""
+    benchmark's scripts index it), 16-bit scaled to 8 bits (unless no value is above 255: 8-bit
+    values stored wide); EXIF orientation as in `read_image`."""
     return _first_channel(_open(Path(path), apply_exif))
+
+
+def read_ground_truth(path: str | Path) -> np.ndarray:
+    """A ground-truth alpha as (H, W) uint8: `read_gray`'s first channel (a 3-channel alpha, as
+    Adobe ships them), except in a cut-out (grey or RGB + alpha) whose alpha channel is not fully
+    opaque: that alpha channel is the matte (its first channel, a colour, was scored)."""
+    img = _as_channels(_open(Path(path)))
+    if img.mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(img.getchannel("A"))
+        if (alpha != 255).any():
+            return np.ascontiguousarray(alpha)
+    return _first_channel(img)
 
 
 def _as_channels(img):
@@ -243,15 +256,29 @@ def _first_channel(img) -> np.ndarray:
     arr = np.array(img)
     if arr.ndim == 3:
         arr = arr[..., 0]
-    return np.ascontiguousarray(_to_uint8(arr, img.mode))
+    return np.ascontiguousarray(_wide_8bit(arr) if _holds_8bit(arr) else _to_uint8(arr, img.mode))
+
+
+def _holds_8bit(arr: np.ndarray) -> bool:
+    """Whether a 16- or 32-bit integer map holds only 0..255: 8-bit values stored wide (cv2.imwrite
+    of a uint16 array of an 8-bit matte or trimap), read as such; scaled as 16-bit levels they were
+    1/257 of themselves (a matte scored near 0, a 0/128/255 trimap 0/0/1). A real 16-bit matte with
+    any foreground is far above 255."""
+    return arr.dtype.kind in "ui" and arr.dtype.itemsize > 1 and arr.size > 0 and arr.min() >= 0 and arr.max() <= 255
+
+
+def _wide_8bit(arr: np.ndarray) -> np.ndarray:
+    return arr.astype(np.uint8)
 
 
 def read_alpha(path: str | Path) -> np.ndarray:
     """A predicted alpha matte as (H, W) uint8, read by a rule that never scores a colour image:
 
     - single-channel (8- or 16-bit grey): as it is;
-    - RGBA or grey + alpha whose alpha channel is not fully opaque: the alpha channel is the matte
-      (`matte infer --save rgba` writes foreground colours with the matte as alpha);
+    - RGBA or grey + alpha whose alpha channel is not fully opaque, or RGBA whose colour channels
+      differ: the alpha channel is the matte (`matte infer --save rgba` writes foreground colours
+      with the matte as alpha; an all-foreground one has an alpha all 255);
+    - 16- or 32-bit grey holding only 0..255: 8-bit values stored wide, read as such;
     - otherwise (RGB, or RGBA/grey + alpha that is fully opaque): the colour channels must be equal,
       a grey matte stored as colour; a colour image (a composite, a photo) is refused.
 
@@ -261,16 +288,16 @@ def read_alpha(path: str | Path) -> np.ndarray:
     img = _as_channels(_open(Path(path)))
     arr = np.array(img)
     if arr.ndim == 2:
-        return np.ascontiguousarray(_to_uint8(arr, img.mode))
+        return np.ascontiguousarray(_wide_8bit(arr) if _holds_8bit(arr) else _to_uint8(arr, img.mode))
     arr = _to_uint8(arr, img.mode)
     if arr.shape[2] in (2, 4):  # grey + alpha, RGBA
-        if (arr[..., -1] != 255).any():
+        colour = arr.shape[2] == 4 and not ((arr[..., 1:3] == arr[..., :1]).all())
+        if (arr[..., -1] != 255).any() or colour:  # an all-foreground `--save rgba`: colours, alpha all 255
             return np.ascontiguousarray(arr[..., -1])
         arr = arr[..., :-1]
     if arr.shape[2] == 1 or ((arr[..., 1:] == arr[..., :1]).all()):
         return np.ascontiguousarray(arr[..., 0])
-    kind = "RGBA with an opaque alpha channel" if img.mode in ("RGBA", "LA", "PA") else img.mode
-    raise InputError(path, f"a colour image ({kind} with unequal channels), not an alpha matte: a prediction is "
+    raise InputError(path, f"a colour image ({img.mode} with unequal channels), not an alpha matte: a prediction is "
                            "single-channel, grey stored as RGB, or RGBA with the matte as alpha (point --pred at "
                            "the alpha mattes, e.g. matte infer's OUT/ rather than OUT/composite)")
 
@@ -384,10 +411,8 @@ def read_mask(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray, s
         note = f"{path}: palette mask read as labels (index 0 background, any other index foreground)"
     elif img.mode.startswith("I"):  # 16- or 32-bit integers
         wide = np.array(img)
-        if wide.size and 0 <= wide.min() and wide.max() <= 255:
-            # 8-bit values stored wide (cv2.imwrite of a uint16 array: 0/1, 0/255, 0..255 probabilities);
-            # in 16-bit levels a foreground is far above 255. Scaled by 65535, a 0/1 mask was all background.
-            mask = wide.astype(np.uint8)
+        if _holds_8bit(wide):  # 0/1, 0/255 or 0..255 probabilities: scaled by 65535, a 0/1 mask was all background
+            mask = _wide_8bit(wide)
             if mask.max(initial=0) > 1:
                 note = f"{path}: {img.mode} mask holding values 0..255 only, read as 8-bit"
         else:

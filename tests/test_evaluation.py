@@ -81,9 +81,37 @@ def test_read_alpha_takes_grey_and_rgba_alpha_and_refuses_colour(tmp_path):
     assert np.array_equal(read_alpha(_save(tmp_path / "opaque.png", opaque_grey)), matte)
     sixteen = (matte.astype(np.uint16) * 257)
     assert np.array_equal(read_alpha(_save(tmp_path / "16.png", sixteen)), matte)
-    for name, array in (("composite.png", colour), ("opaque-colour.png", np.dstack([colour, np.full_like(matte, 255)]))):
-        with pytest.raises(InputError, match="a colour image .* not an alpha matte"):
-            read_alpha(_save(tmp_path / name, array))
+    # an all-foreground `--save rgba`: colours, alpha all 255 (refused as "a colour image")
+    opaque_colour = np.dstack([colour, np.full_like(matte, 255)])
+    assert (read_alpha(_save(tmp_path / "opaque-colour.png", opaque_colour)) == 255).all()
+    with pytest.raises(InputError, match="a colour image .* not an alpha matte"):
+        read_alpha(_save(tmp_path / "composite.png", colour))
+
+
+def test_wide_files_holding_8bit_values_and_cut_out_ground_truths_read_as_what_they_hold(tmp_path):
+    """cv2.imwrite of uint16 arrays of an 8-bit matte, ground truth or 0/128/255 trimap: scaled as
+    16-bit levels, a matte scored near 0 and a trimap became 0/0/1 (no unknown pixel, every metric 0);
+    a ground truth with its matte in an alpha channel (a cut-out) was scored on its red channel."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    matte = rng.integers(0, 256, (6, 7)).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "m16.png"), matte.astype(np.uint16))
+    assert np.array_equal(read_alpha(tmp_path / "m16.png"), matte)
+    assert np.array_equal(read_gray(tmp_path / "m16.png"), matte)
+    trimap = np.array([[0, 128, 255], [255, 128, 0]], np.uint8)
+    cv2.imwrite(str(tmp_path / "t16.png"), trimap.astype(np.uint16))
+    assert np.array_equal(read_gray(tmp_path / "t16.png"), trimap)
+    from mattecli.imageio import read_ground_truth
+
+    colour = rng.integers(0, 256, (6, 7, 3)).astype(np.uint8)
+    assert np.array_equal(read_ground_truth(_save(tmp_path / "cut.png", np.dstack([colour, matte]))), matte)
+    Image.fromarray(np.dstack([np.full_like(matte, 255), matte]), "LA").save(tmp_path / "la.png")
+    assert np.array_equal(read_ground_truth(tmp_path / "la.png"), matte)
+    opaque = np.dstack([np.repeat(matte[..., None], 3, axis=2), np.full_like(matte, 255)])
+    assert np.array_equal(read_ground_truth(_save(tmp_path / "opaque.png", opaque)), matte)  # its first channel
+    three = np.dstack([matte, colour[..., 1], colour[..., 2]])  # Adobe's 3-channel alphas: the first channel
+    assert np.array_equal(read_ground_truth(_save(tmp_path / "three.png", three)), matte)
 
 
 @pytest.mark.parametrize("mode", ["CMYK", "YCbCr"])
