@@ -256,7 +256,7 @@ def _first_channel(img) -> np.ndarray:
     arr = np.array(img)
     if arr.ndim == 3:
         arr = arr[..., 0]
-    return np.ascontiguousarray(_wide_8bit(arr) if _holds_8bit(arr) else _to_uint8(arr, img.mode))
+    return np.ascontiguousarray(arr.astype(np.uint8) if _holds_8bit(arr) else _to_uint8(arr, img.mode))
 
 
 def _holds_8bit(arr: np.ndarray) -> bool:
@@ -267,20 +267,17 @@ def _holds_8bit(arr: np.ndarray) -> bool:
     return arr.dtype.kind in "ui" and arr.dtype.itemsize > 1 and arr.size > 0 and arr.min() >= 0 and arr.max() <= 255
 
 
-def _wide_8bit(arr: np.ndarray) -> np.ndarray:
-    return arr.astype(np.uint8)
-
-
 def read_alpha(path: str | Path) -> np.ndarray:
     """A predicted alpha matte as (H, W) uint8, read by a rule that never scores a colour image:
 
     - single-channel (8- or 16-bit grey): as it is;
-    - RGBA or grey + alpha whose alpha channel is not fully opaque, or RGBA whose colour channels
-      differ: the alpha channel is the matte (`matte infer --save rgba` writes foreground colours
-      with the matte as alpha; an all-foreground one has an alpha all 255);
+    - RGBA or grey + alpha whose alpha channel is not fully opaque: the alpha channel is the matte
+      (`matte infer --save rgba` writes foreground colours with the matte as alpha);
     - 16- or 32-bit grey holding only 0..255: 8-bit values stored wide, read as such;
     - otherwise (RGB, or RGBA/grey + alpha that is fully opaque): the colour channels must be equal,
-      a grey matte stored as colour; a colour image (a composite, a photo) is refused.
+      a grey matte stored as colour; a colour image (a composite, a photo) is refused, an opaque
+      RGBA one too (an all-foreground `--save rgba` cannot be told from a photo saved with an alpha
+      channel, which tools often write).
 
     Raises:
         InputError: for a colour image, naming what it is, and for unreadable files.
@@ -288,16 +285,16 @@ def read_alpha(path: str | Path) -> np.ndarray:
     img = _as_channels(_open(Path(path)))
     arr = np.array(img)
     if arr.ndim == 2:
-        return np.ascontiguousarray(_wide_8bit(arr) if _holds_8bit(arr) else _to_uint8(arr, img.mode))
+        return np.ascontiguousarray(arr.astype(np.uint8) if _holds_8bit(arr) else _to_uint8(arr, img.mode))
     arr = _to_uint8(arr, img.mode)
     if arr.shape[2] in (2, 4):  # grey + alpha, RGBA
-        colour = arr.shape[2] == 4 and not ((arr[..., 1:3] == arr[..., :1]).all())
-        if (arr[..., -1] != 255).any() or colour:  # an all-foreground `--save rgba`: colours, alpha all 255
+        if (arr[..., -1] != 255).any():
             return np.ascontiguousarray(arr[..., -1])
         arr = arr[..., :-1]
     if arr.shape[2] == 1 or ((arr[..., 1:] == arr[..., :1]).all()):
         return np.ascontiguousarray(arr[..., 0])
-    raise InputError(path, f"a colour image ({img.mode} with unequal channels), not an alpha matte: a prediction is "
+    kind = "RGBA with an opaque alpha channel" if img.mode in ("RGBA", "LA", "PA") else img.mode
+    raise InputError(path, f"a colour image ({kind} with unequal channels), not an alpha matte: a prediction is "
                            "single-channel, grey stored as RGB, or RGBA with the matte as alpha (point --pred at "
                            "the alpha mattes, e.g. matte infer's OUT/ rather than OUT/composite)")
 
@@ -412,7 +409,7 @@ def read_mask(path: str | Path, apply_exif: bool = False) -> tuple[np.ndarray, s
     elif img.mode.startswith("I"):  # 16- or 32-bit integers
         wide = np.array(img)
         if _holds_8bit(wide):  # 0/1, 0/255 or 0..255 probabilities: scaled by 65535, a 0/1 mask was all background
-            mask = _wide_8bit(wide)
+            mask = wide.astype(np.uint8)
             if mask.max(initial=0) > 1:
                 note = f"{path}: {img.mode} mask holding values 0..255 only, read as 8-bit"
         else:

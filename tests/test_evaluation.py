@@ -81,11 +81,9 @@ def test_read_alpha_takes_grey_and_rgba_alpha_and_refuses_colour(tmp_path):
     assert np.array_equal(read_alpha(_save(tmp_path / "opaque.png", opaque_grey)), matte)
     sixteen = (matte.astype(np.uint16) * 257)
     assert np.array_equal(read_alpha(_save(tmp_path / "16.png", sixteen)), matte)
-    # an all-foreground `--save rgba`: colours, alpha all 255 (refused as "a colour image")
-    opaque_colour = np.dstack([colour, np.full_like(matte, 255)])
-    assert (read_alpha(_save(tmp_path / "opaque-colour.png", opaque_colour)) == 255).all()
-    with pytest.raises(InputError, match="a colour image .* not an alpha matte"):
-        read_alpha(_save(tmp_path / "composite.png", colour))
+    for name, array in (("composite.png", colour), ("opaque-colour.png", np.dstack([colour, np.full_like(matte, 255)]))):
+        with pytest.raises(InputError, match="a colour image .* not an alpha matte"):
+            read_alpha(_save(tmp_path / name, array))
 
 
 def test_wide_files_holding_8bit_values_and_cut_out_ground_truths_read_as_what_they_hold(tmp_path):
