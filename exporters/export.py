@@ -130,7 +130,7 @@ def _align_shapes(shapes, cfg, used, log) -> tuple:
     aligned = []
     for name, size, in_use in zip(("min", "opt", "max"), shapes, used):
         try:
-            new = size.aligned(cfg.stride, down)
+            new = cfg.aligned(size)
         except ValueError as err:
             if in_use:
                 raise UsageError(f"--{name}-shape {err}") from None
@@ -151,7 +151,7 @@ def _check_verify_sizes(sizes, cfg, shapes, dynamic: bool, trt_range: bool, aske
     outside = []
     for size in sizes:
         try:
-            aligned = size.aligned(cfg.stride, cfg.align == "resize-down")
+            aligned = cfg.aligned(size)
         except ValueError as err:
             raise UsageError(f"--verify-sizes {err}") from None
         if (not dynamic and aligned != opt) or (trt_range and not (

@@ -92,7 +92,7 @@ def _aligned(sizes: list[Size], cfg) -> list[Size]:
     infer): up to the stride, or down for a recipe that resizes down, which cannot run a side
     under the stride (a UsageError naming --sizes, not a failed row)."""
     try:
-        return [size.aligned(cfg.stride, cfg.align == "resize-down") for size in sizes]
+        return [cfg.aligned(size) for size in sizes]
     except ValueError as err:
         raise UsageError(f"--sizes {err}") from None
 

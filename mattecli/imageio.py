@@ -256,7 +256,13 @@ def _first_channel(img) -> np.ndarray:
     arr = np.array(img)
     if arr.ndim == 3:
         arr = arr[..., 0]
-    return np.ascontiguousarray(arr.astype(np.uint8) if _holds_8bit(arr) else _to_uint8(arr, img.mode))
+    return _gray_uint8(arr, img.mode)
+
+
+def _gray_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """A single-channel map as uint8: 8-bit values stored wide as they are (`_holds_8bit`), anything
+    else scaled (`_to_uint8`)."""
+    return np.ascontiguousarray(arr.astype(np.uint8) if _holds_8bit(arr) else _to_uint8(arr, mode))
 
 
 def _holds_8bit(arr: np.ndarray) -> bool:
@@ -285,7 +291,7 @@ def read_alpha(path: str | Path) -> np.ndarray:
     img = _as_channels(_open(Path(path)))
     arr = np.array(img)
     if arr.ndim == 2:
-        return np.ascontiguousarray(arr.astype(np.uint8) if _holds_8bit(arr) else _to_uint8(arr, img.mode))
+        return _gray_uint8(arr, img.mode)
     arr = _to_uint8(arr, img.mode)
     if arr.shape[2] in (2, 4):  # grey + alpha, RGBA
         if (arr[..., -1] != 255).any():
@@ -324,12 +330,8 @@ def trimap_of(img, path) -> tuple[np.ndarray, str | None]:
     if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") and not _is_gray(img, tolerance=48, share=0.01):
         raise InputError(path, "trimap is colour-coded (its channels differ); matte reads gray trimaps "
                                "(0 background, 128 unknown, 255 foreground): save it so")
-    if img.mode.startswith("I"):  # 16- or 32-bit grey
-        wide = np.array(img)
-        # all values <= 255: 8-bit codes stored wide (cv2.imwrite of a uint16 array), 0/128/255 or class
-        # indices; in 16-bit levels any foreground is far above 255
-        if wide.size and 0 <= wide.min() and wide.max() <= 255:
-            return _trimap_of_gray(np.ascontiguousarray(wide.astype(np.uint8)), path)
+    # a 16- or 32-bit trimap holding only 0..255 (cv2.imwrite of a uint16 array: 0/128/255 or class
+    # indices) is read as those codes by `_first_channel`
     return _trimap_of_gray(_first_channel(img), path)
 
 

@@ -151,6 +151,12 @@ class InferConfig:
         """Channels of the network input: RGB and the trimap's encoding (1 scalar, 3 one-hot)."""
         return 3 + (3 if self.trimap == "onehot" else 1)
 
+    def aligned(self, size):
+        """The network input size (`Size`) for a photo of `size`, as the pipeline aligns it: up to the
+        stride, or down for `resize-down` (a ValueError for a side under the stride, which such a
+        recipe cannot run)."""
+        return size.aligned(self.stride, down=self.align == "resize-down")
+
     def __post_init__(self):
         _check_choices(self, align=("resize", "pad", "resize-down"), normalise=("unit", "unit-float32", "pixel"),
                        trimap=("scalar", "onehot"), known=("copy", "force"), rounding=("truncate", "half-even"))

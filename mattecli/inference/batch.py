@@ -97,7 +97,7 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
         try:
             beside_files = list_images(root) if single else files
         except OSError as err:  # a folder that can be entered but not listed: "u/in: Permission denied", exit 1
-            raise UsageError(f"--images {images}: its folder cannot be listed to find the {option.lstrip('-')[:-1]} "
+            raise UsageError(f"--images {images}: its folder cannot be listed to find the {suffix.strip('_')} "
                              f"beside it ({err.strerror or err}); give it with {option} FILE") from None
         tri_files = [p for p in beside_files if p.stem.endswith(suffix)]
         files = [p for p in files if single or not p.stem.endswith(suffix)]  # a file named by hand is the image

@@ -609,6 +609,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainR
         # a run killed before its first checkpoint starts again: its log lines go too (rank 0's alone:
         # another rank rewrote the file too, and from a half-written copy it left lines out)
         session.history = _read_log(run_dir / "log.jsonl", upto=session.iteration)
+    # absolute, so that a resume from another folder compares the same data as the same
+    record = ckpt.RunRecord(recipe.to_dict(), seed, str(Path(opts.data).resolve()))
     if session.iteration >= cfg.iters:
         if writer and checkpoint is not None and session.iteration == cfg.iters != _recorded_iters(run_dir):
             # --iters N ends the run at its checkpoint N: N becomes its recorded length, and
@@ -616,7 +618,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainR
             from mattecli.weights import save_weights
 
             save_weights(model, recipe, run_dir / "last.safetensors")
-            ckpt.write_record(run_dir, ckpt.RunRecord(recipe.to_dict(), seed, str(Path(opts.data).resolve())))
+            ckpt.write_record(run_dir, record)
         if writer:
             done = (f"{session.iteration} of {cfg.iters} iterations" if session.iteration == cfg.iters else
                     f"{session.iteration} iterations, more than --iters {cfg.iters}")  # not "200 of 30"
@@ -629,8 +631,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainR
     if opts.resume and writer:  # before the record is written anew
         _resume_notes(run_dir, opts, recipe, session.iteration)
     if writer:
-        # absolute, so that a resume from another folder compares the same data as the same
-        ckpt.write_record(run_dir, ckpt.RunRecord(recipe.to_dict(), seed, str(Path(opts.data).resolve())))
+        ckpt.write_record(run_dir, record)
         if checkpoint is not None:
             print(f"matte train: resumed from {checkpoint} at iteration {session.iteration} of {cfg.iters}")
     if world > 1:
