@@ -18,9 +18,6 @@ import numpy as np
 from mattecli.files import write_text
 from mattecli.imageio import write_png
 
-PANELS = ("image", "trimap", "ground truth", "prediction", "error")
-
-
 @dataclass
 class ReportEntry:
     name: str

@@ -31,11 +31,6 @@ class Size:
         """(height, width): the order of an array's shape."""
         return self.height, self.width
 
-    @classmethod
-    def of(cls, array) -> "Size":
-        """The size of an (H, W, ...) array."""
-        return cls(int(array.shape[1]), int(array.shape[0]))
-
     def aligned(self, stride: int, down: bool = False) -> "Size":
         """Rounded up to multiples of `stride` (the model's input size for this image); `down`:
         rounded down, as recipes that align by resizing down (`infer.align: resize-down`) do,

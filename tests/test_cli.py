@@ -132,7 +132,9 @@ def test_recipes_prints_the_recipe_a_model_file_carries(tmp_path):
     text = matte("recipes", tmp_path / "best.safetensors").stdout
     assert text.startswith(f"# demo-tcp, carried by {tmp_path / 'best.safetensors'}; selected_by: sad 12.5 at 200\n")
     assert yaml.safe_load(text) == json.loads(recipe.to_json())
-    assert json.loads(matte("recipes", tmp_path / "best.safetensors", "--json").stdout)["train"]["lr"] == 0.003
+    as_json = matte("recipes", tmp_path / "best.safetensors", "--json")
+    assert json.loads(as_json.stdout)["train"]["lr"] == 0.003  # the recipe alone: it loads back
+    assert as_json.stderr == f"# demo-tcp, carried by {tmp_path / 'best.safetensors'}; selected_by: sad 12.5 at 200\n"
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])

@@ -100,6 +100,11 @@ def test_the_band_as_a_share_of_the_diagonal_doubles_from_1080p_to_4k():
     for bad in ("-1", "px", "120%", "nan"):
         with pytest.raises(ValueError):
             parse_band(bad)
+    # the message said "between 0 and the image size", which parsing cannot know: a band wider than the
+    # image is taken (all of it unknown), and the message says what is refused
+    assert parse_band("1e9") == "1e9"
+    with pytest.raises(ValueError, match=r"^-1: must be pixels, 0 or more, or a share .* from 0% to 100%$"):
+        parse_band("-1")
 
 
 def test_masks_from_numpy_are_read_as_mask_files_are():

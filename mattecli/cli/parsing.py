@@ -98,19 +98,6 @@ def parse_size(text: str, option: str) -> Size:
     return sizes[0]
 
 
-def check_aligned(size: Size, stride: int, option: str) -> None:
-    """Refuse a size that is not a multiple of the model's stride, saying which side is off, that
-    sizes are WIDTHxHEIGHT, and the aligned size to write instead.
-
-    Raises:
-        UsageError: when width or height is not a multiple of `stride`.
-    """
-    off = [f"{side} {value}" for side, value in (("width", size.width), ("height", size.height)) if value % stride]
-    if off:
-        raise UsageError(f"{option} {size}: {' and '.join(off)} not a multiple of the model's stride {stride} "
-                         f"(sizes are WIDTHxHEIGHT; aligned up: {size.aligned(stride)})")
-
-
 def parse_shard(text: str | None, option: str = "--shard") -> tuple[int, int] | None:
     """`"K/N"` -> (K, N) with K 0-based (0 <= K < N), as SLURM array and Kubernetes indexed-job
     indices are; None -> None.

@@ -4,6 +4,7 @@ one recipe printed whole."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -25,10 +26,11 @@ def recipe_table() -> list[dict]:
     return rows
 
 
-def recipe_text(name: str, as_json: bool = False) -> str:
-    """One recipe, resolved (`base:` merged, defaults filled in), as YAML that loads back to the
-    same recipe, or as JSON. `name` may also be a model file (weights, ONNX graph, engine): the
-    recipe it carries."""
+def recipe_text(name: str, as_json: bool = False) -> tuple[str, str]:
+    """One recipe, resolved (`base:` merged, defaults filled in) -> (a header line naming where it
+    came from, the recipe as YAML that loads back to the same recipe or as JSON). `name` may also
+    be a model file (weights, ONNX graph, engine): the recipe it carries, with its other metadata
+    (a best model's selection, a graph's precision) in the header."""
     import yaml
 
     from mattecli.inference.backends import SUFFIX_TO_BACKEND  # model files carry their recipe
@@ -40,11 +42,11 @@ def recipe_text(name: str, as_json: bool = False) -> str:
     else:
         recipe, source = load_recipe(name), f"resolved from {recipe_path(name)}"
     resolved = json.loads(json.dumps(recipe.to_dict()))  # tuples as lists, which YAML writes plainly
-    if as_json:
-        return json.dumps(resolved, indent=1) + "\n"
     # a model file's recipe name and metadata are anyone's text: a newline in them ended the comment
-    return (printable(f"# {recipe.name}, {source}") + "\n"
-            + yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True))
+    header = printable(f"# {recipe.name}, {source}") + "\n"
+    if as_json:
+        return header, json.dumps(resolved, indent=1) + "\n"
+    return header, yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True)
 
 
 def main(name: str = typer.Argument(None, metavar="[NAME]",
@@ -55,7 +57,10 @@ def main(name: str = typer.Argument(None, metavar="[NAME]",
          as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table (or of YAML).")) -> None:
     """List the recipes: name, family, trainable parameters, one-line description; or print one."""
     if name is not None:
-        print(recipe_text(name, as_json), end="")
+        header, text = recipe_text(name, as_json)
+        # JSON has no comments: the header goes to stderr, so that stdout stays a recipe that loads back
+        print(header, end="", file=sys.stderr if as_json else sys.stdout)
+        print(text, end="")
         return
     rows = recipe_table()
     if as_json:

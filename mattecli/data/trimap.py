@@ -177,7 +177,7 @@ def parse_band(text: str) -> str:
     except ValueError:
         raise ValueError(f"{text}: expected pixels (e.g. 20) or a share of the image diagonal (e.g. 1.5%)") from None
     if not np.isfinite(value) or value < 0 or (text.endswith("%") and value > 100):
-        raise ValueError(f"{text}: must be between 0 and the image size (a share at most 100%)")
+        raise ValueError(f"{text}: must be pixels, 0 or more, or a share of the image diagonal from 0% to 100%")
     return text
 
 
