@@ -6,8 +6,8 @@ engine are exported from the same weights; each (backend, size) runs in a fresh 
 after the other. Latency ratios are the backend's median over torch's (below 1: faster than
 torch); memory is each row's peak (CPU: peak RSS of the process; CUDA: torch's peak allocation).
 
-    PYTHONPATH=. python benchmarks/bench_backends.py                                   # CPU, 1920x1088
-    PYTHONPATH=. python benchmarks/bench_backends.py --device cuda --backends torch,onnx,trt --half
+    python benchmarks/bench_backends.py                                   # CPU, 1920x1088
+    python benchmarks/bench_backends.py --device cuda --backends torch,onnx,trt --half
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 the same inputs (and checked equal); (b) training-pipeline samples/s in one process (= per
 DataLoader worker) at 320 and 512 crops, on synthetic 800 px samples.
 
-    PYTHONPATH=. python benchmarks/bench_data.py [--quick]
+    python benchmarks/bench_data.py [--quick]
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ the error is measured where 0 < alpha < 1 (of 255), plain and weighted by alpha 
 cut-out shows). Timings at the photo's size and at 3840x2160 (the port: median of 5 after a
 warm-up, synchronised on CUDA).
 
-    PYTHONPATH=. python benchmarks/bench_foreground.py                 # CPU: all methods
-    PYTHONPATH=. python benchmarks/bench_foreground.py --device cuda   # the port on the GPU (+ PyMatting for parity)
+    python benchmarks/bench_foreground.py                 # CPU: all methods
+    python benchmarks/bench_foreground.py --device cuda   # the port on the GPU (+ PyMatting for parity)
 
 `--json FILE` also writes the figures as JSON (benchmarks/device_check.sh uses `run_port`).
 """

@@ -7,7 +7,7 @@ differently per copy so the files differ), with a seeded random model of --recip
 step after the other; `infer_folder` decodes and encodes in a bounded thread pool while the model
 runs. Each runs --repeat times, alternating, and the best time of each is reported.
 
-    PYTHONPATH=. python benchmarks/bench_infer.py --size 3840x2160 --count 3
+    python benchmarks/bench_infer.py --size 3840x2160 --count 3
 
 On a CPU the model dominates (it shares the cores with the I/O threads), so expect a modest
 ratio; with the model on a GPU the CPU-side decoding and encoding are what overlapping hides.

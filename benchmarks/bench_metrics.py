@@ -1,6 +1,6 @@
 """How fast are the metrics? Seconds per megapixel for each, and a Composition-1k-sized run.
 
-    PYTHONPATH=. python benchmarks/bench_metrics.py [--size 1500x1000] [--repeats 5] [--images 16]
+    python benchmarks/bench_metrics.py [--size 1500x1000] [--repeats 5] [--images 16]
 
 Per-metric timings are single-process medians on a synthetic matte (a soft blob with hair-like
 strands, a prediction with blur and noise, a trimap with a ~10% unknown band). The end-to-end line

@@ -12,14 +12,14 @@ goes through a dispatch mode that keeps the bytes of the tensors alive:
   nothing), by operator. At the GPU's memory bandwidth this is a floor on the time of a pass whose
   kernels each read their inputs and write their outputs once, as eager PyTorch's do.
 
-    PYTHONPATH=. python benchmarks/cuda_estimate.py --recipes indexnet-m2o-nl-ctx --sizes 3840x2160
-    PYTHONPATH=. python benchmarks/cuda_estimate.py --precisions fp32,fp16,fp16-unfolded --top 8 --json est.json
+    python benchmarks/cuda_estimate.py --recipes indexnet-m2o-nl-ctx --sizes 3840x2160
+    python benchmarks/cuda_estimate.py --precisions fp32,fp16,fp16-unfolded --top 8 --json est.json
 
 `--parity` instead replays every call on real CPU tensors in the dtypes the fake CUDA run chose
 (`Replay`), so float16 autocast's numerics can be compared with float32's without a GPU: the
 device check's parity rows (the lemur photo, alpha levels over the unknown band), on a CPU.
 
-    PYTHONPATH=. python benchmarks/cuda_estimate.py --parity --sizes 1920x1080 --precisions fp16
+    python benchmarks/cuda_estimate.py --parity --sizes 1920x1080 --precisions fp16
 
 Both are estimates: docs/benchmarks.md compares them with what the H200 measured.
 """

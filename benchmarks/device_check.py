@@ -1,4 +1,5 @@
-"""The GPU figures of issue 13 in one run: `benchmarks/device_check.sh` calls this (see its header).
+"""The GPU figures in one run (docs/gpu.md; the targets in docs/benchmarks.md): `benchmarks/device_check.sh`
+calls this (see its header).
 
     python benchmarks/device_check.py --out OUT            # on a CUDA machine: < 8 minutes on one H100
     python benchmarks/device_check.py --out OUT --cpu      # dry run on a CPU, tiny sizes (for the test)
@@ -147,7 +148,7 @@ def graphed(backend, x):
 
 
 def model_order(precisions) -> list[tuple[str, str]]:
-    """(precision, recipe) in the order the model rows run: IndexNet in float16 first (issue 13's
+    """(precision, recipe) in the order the model rows run: IndexNet in float16 first (the
     model-only targets, and the peak memory that budgets `--half`), then IndexNet in float32 (the
     other budget), then the rest by precision; compiled rows last, so that when the budget runs out
     only compilations are skipped."""
@@ -502,7 +503,7 @@ def main(argv=None) -> int:
             save()
         return keep
 
-    # issue 13's targets first (IndexNet float16 model-only and its peak memory, e2e at 4K, the
+    # the targets first (IndexNet float16 model-only and its peak memory, e2e at 4K, the
     # foreground at 4K), so that a run cut short still answers them
     section("model", lambda: model_rows(device, sizes, repeat, warmup, started + args.budget, eager,
                                         keeper("model")))

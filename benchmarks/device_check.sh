@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 13, one command:   bash benchmarks/device_check.sh [--cpu] [device_check.py options]
+# The GPU check (docs/gpu.md), one command:   bash benchmarks/device_check.sh [--cpu] [device_check.py options]
 #
 # Options after --cpu go to benchmarks/device_check.py (e.g. --only model,profile --sizes 3840x2160).
 # TRAIN_TIMEOUT (seconds, default 40: tests/test_train_gpu.py), PYTEST_TIMEOUT (default 80: the other

@@ -1,4 +1,4 @@
-"""What a device check measured, as Markdown: issue 13's targets met or not, and the tables of
+"""What a device check measured, as Markdown: the GPU targets met or not, and the tables of
 docs/benchmarks.md ("GPU figures"), from the JSON that `benchmarks/device_check.sh` writes.
 
     python benchmarks/device_report.py OUT/device_check.json [--out OUT/device_report.md]
@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 INDEXNET = "indexnet-m2o-nl-ctx"
 HD, UHD = "1920x1080", "3840x2160"
-# issue 13's targets, stated for an H100
+# the GPU targets (docs/benchmarks.md), stated for an H100
 MODEL_GOALS = {HD: 300, UHD: 75}  # IndexNet float16 model-only, images/s
 E2E_GOAL = 30  # images/s at 3840x2160, --save alpha
 FOREGROUND_GOAL_MS = 50  # at 3840x2160
@@ -41,7 +41,7 @@ def report(result: dict) -> str:
     lines = [f"# Device check: {result.get('device', '?')}",
              "", f"torch {result.get('torch')}, CUDA {result.get('cuda')}, cuDNN {result.get('cudnn')}; "
                  f"{result.get('seconds', '?')} s."]
-    lines += ["", "## Targets (issue 13, stated for an H100)", "",
+    lines += ["", "## Targets (stated for an H100)", "",
               "| target | goal | measured | met |", "| --- | --- | --- | --- |"]
     for size, goal in MODEL_GOALS.items():
         row = model.get((INDEXNET, size, "fp16"))

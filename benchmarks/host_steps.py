@@ -11,7 +11,7 @@ Each configuration runs in its own process, because `inference.pipeline.reuse_fr
 `load_pipeline` calls) changes the C library's allocator for the whole process; `--compare-reuse`
 runs each recipe with and without it, side by side:
 
-    PYTHONPATH=. python benchmarks/host_steps.py --size 3840x2160 --count 6 --compare-reuse
+    python benchmarks/host_steps.py --size 3840x2160 --count 6 --compare-reuse
 """
 
 from __future__ import annotations

@@ -4,15 +4,15 @@ Each measurement runs in a fresh subprocess and reads the peak resident set size
 before and after one float32 forward pass on CPU, after a small warm-up pass so that the weights
 and the allocator's first arenas are not counted.
 
-    PYTHONPATH=. python benchmarks/measure_memory.py --recipes indexnet-m2o-nl-ctx,indexnet-unet-maxunpool \
+    python benchmarks/measure_memory.py --recipes indexnet-m2o-nl-ctx,indexnet-unet-maxunpool \
         --sizes 512x512,1024x1024
-    PYTHONPATH=. python benchmarks/measure_memory.py --recipes tcp --sizes 3840x2160 --set model.tcp_tile=512
+    python benchmarks/measure_memory.py --recipes tcp --sizes 3840x2160 --set model.tcp_tile=512
 
 `--onnx` also exports each recipe (its export form, `exporters/decompose.py`) and measures the
 same pass in ONNX Runtime (`OnnxBackend`, as `matte infer` runs it), printing the ratio to
 PyTorch's; the two run one after the other in one invocation:
 
-    PYTHONPATH=. python benchmarks/measure_memory.py --recipes a2u-dynamic-cs-d-gn --sizes 768x768 --onnx
+    python benchmarks/measure_memory.py --recipes a2u-dynamic-cs-d-gn --sizes 768x768 --onnx
 
 The input is aligned to the recipe's stride as the inference pipeline aligns it (bytes per aligned
 pixel, which `--max-memory` uses) and has the channels of the recipe's trimap encoding (4 scalar,

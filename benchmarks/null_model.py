@@ -3,7 +3,7 @@
 `matte infer` and `matte bench --e2e` around it measure the host work alone (decoding, preparing,
 restoring, encoding and writing), which is what the CPU target of docs/benchmarks.md is about:
 
-    PYTHONPATH=. python benchmarks/null_model.py --out null.onnx
+    python benchmarks/null_model.py --out null.onnx
     matte bench --weights null.onnx --e2e --sizes 3840x2160 --count 8 --workers 2 --device cpu
 
 The graph carries the metadata of --recipe (default IndexNet's, whose alignment resizes), so the

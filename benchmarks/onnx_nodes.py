@@ -3,7 +3,7 @@
 The counts in docs/benchmarks.md and docs/deployment.md come from this script; it builds each model
 with seeded random weights (the graph does not depend on the values) and exports no file it keeps:
 
-    PYTHONPATH=. python benchmarks/onnx_nodes.py --recipes indexnet-m2o-nl-ctx,a2u-dynamic-cs-d-gn,tcp
+    python benchmarks/onnx_nodes.py --recipes indexnet-m2o-nl-ctx,a2u-dynamic-cs-d-gn,tcp
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ lemur tiled to --size as `matte bench --e2e` makes its inputs; the alpha is its 
 (sigma 3), a soft matte. Sizes are exact; times are the best of --repeat encodes into memory (the
 file write is the same for all), on this machine; every file is decoded and compared:
 
-    PYTHONPATH=. python benchmarks/png_level.py --size 3840x2160
+    python benchmarks/png_level.py --size 3840x2160
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ threads and in a pool of as many spawned processes, alternating --rounds times:
 
 Prints images/s of each stage for both kinds, and the ratio; `--json FILE` keeps the figures.
 
-    PYTHONPATH=. python benchmarks/pool_kind.py --size 3840x2160 --count 12 --workers 2 --rounds 3
+    python benchmarks/pool_kind.py --size 3840x2160 --count 12 --workers 2 --rounds 3
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ float32, eval, inference_mode) after a warm-up pass; the peak counts the path's 
 image, 24 bytes/pixel, and the projected features) and its output (4 bytes/pixel). Repeat a tile
 side in `--tiles` to interleave timing runs.
 
-    PYTHONPATH=. python benchmarks/tcp_textural_memory.py --size 3840x2176 --tiles 0,512,1024
+    python benchmarks/tcp_textural_memory.py --size 3840x2176 --tiles 0,512,1024
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ once with a memory ceiling that forces tiles of --tile pixels. Reports SAD (sum 
 differences in [0, 1], / 1000, the papers' unit) and the largest difference (of 255) over the
 unknown region, and both timings.
 
-    PYTHONPATH=. python benchmarks/tiling_error.py --scale 2 --tile 512
+    python benchmarks/tiling_error.py --scale 2 --tile 512
 
 A random model is not a trained one: trained weights use context differently (a trained network
 may lean more on far context), so treat the figure as a check of the mechanics (no seams, known

@@ -17,7 +17,7 @@ regions are copied into the result, so no model can undo it), and the band's sha
 
 Then it times a 4K mask to a trimap against decoding that mask (PNG and JPEG), one thread.
 
-    PYTHONPATH=. python benchmarks/trimap_band.py [--size 512] [--count 16]
+    python benchmarks/trimap_band.py [--size 512] [--count 16]
 """
 
 from __future__ import annotations

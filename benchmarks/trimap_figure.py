@@ -6,7 +6,7 @@ trimap is `trimap_from_mask` with the default band. The repository ships no trai
 alpha comes from pymatting's closed-form matting on that trimap (with `matte infer --weights W
 --masks ...` a model's alpha takes its place).
 
-    PYTHONPATH=. python benchmarks/trimap_figure.py [--out docs/trimap_from_mask.jpg]
+    python benchmarks/trimap_figure.py [--out docs/trimap_from_mask.jpg]
 """
 
 from __future__ import annotations

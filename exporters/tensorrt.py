@@ -171,7 +171,7 @@ def _use_timing_cache(config, cache_path: Path | None) -> None:
         cache = None
     if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         if data:  # written by another TensorRT version or GPU, or damaged: replaced after the build
-            print(f"note: {cache_path}: timing cache not usable here; starting a new one", file=sys.stderr)
+            print(f"matte: note: {cache_path}: timing cache not usable here; starting a new one", file=sys.stderr)
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 

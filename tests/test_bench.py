@@ -198,7 +198,7 @@ def test_a_failing_row_is_named_and_the_others_still_run(tmp_path, weights, one_
     # rows both failed, exit 1)
     res = run_main("bench", "--weights", graph, "--repeat", "1")
     assert res.returncode == 0, res.stderr
-    assert "note: static.onnx is a static graph: timing its size, 32x32" in res.stderr
+    assert "matte: note: static.onnx is a static graph: timing its size, 32x32" in res.stderr
     assert "32x32 │ 1x4x32x32" in res.stdout and "1920x1080" not in res.stdout
 
 

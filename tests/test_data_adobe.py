@@ -310,6 +310,19 @@ def test_a_split_needs_only_its_own_background_folder(dataset, tmp_path):
         prepare_adobe(dataset["root"], tmp_path / "no-coco", dataset["voc"], tmp_path / "out", "train", workers=1)
     with pytest.raises(UsageError, match="--voc .*no-voc: no such folder"):
         prepare_adobe(dataset["root"], dataset["coco"], tmp_path / "no-voc", tmp_path / "out", "all", workers=1)
+    # and the option may be left out: the folder need not exist, so it was required for nothing
+    from mattecli.cli.prepare_data import app
+
+    result = CliRunner().invoke(app, ["adobe", "--root", str(dataset["root"]), "--voc", str(dataset["voc"]),
+                                      "--out", str(tmp_path / "cli"), "--split", "test", "--workers", "1"])
+    assert result.exit_code == 0 and "test: 40 samples" in result.output, result.output
+    assert [p.name for p in sorted((tmp_path / "cli/test/merged").iterdir())] == sorted(
+        p.name for p in (tmp_path / "out/test/merged").iterdir())
+    with pytest.raises(UsageError, match=r"^the train split needs --coco \(COCO's train2014 image folder: the "
+                                         r"training backgrounds\); --split test prepares Composition-1k alone$"):
+        prepare_adobe(dataset["root"], None, dataset["voc"], tmp_path / "out", "all", workers=1)
+    with pytest.raises(UsageError, match=r"^the test split needs --voc \(VOC2012's JPEGImages folder"):
+        prepare_d646(tmp_path, dataset["coco"], None, tmp_path / "out", "test", workers=1)
 
 
 def test_a_background_folder_holding_none_of_the_listed_names_is_one_line(dataset, tmp_path):

@@ -670,7 +670,7 @@ def test_cli_export_is_dynamic_by_default_and_static_sizes_are_aligned(weights, 
     res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--static", "--opt-shape", "90x100",
                                    "--out", str(tmp_path / "s.onnx")])
     assert res.exit_code == 0, res.output
-    assert "note: --opt-shape 90x100 aligned up to 96x128 (WIDTHxHEIGHT, a multiple of the model's stride 32" \
+    assert "matte: note: --opt-shape 90x100 aligned up to 96x128 (WIDTHxHEIGHT, a multiple of the model's stride 32" \
         in res.output
     dims = onnx.load(str(tmp_path / "s.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 4, 128, 96] and "static batch 1 at 96x128" in res.output

@@ -70,7 +70,7 @@ def main(
         static = static_onnx_size(weights)  # a --static graph runs at its own size only: the defaults failed
         if static is not None:
             size_list = [static]
-            Console(stderr=True).print(f"note: {weights.name} is a static graph: timing its size, {static}",
+            Console(stderr=True).print(f"matte: note: {weights.name} is a static graph: timing its size, {static}",
                                        markup=False, highlight=False)
     if json_out is not None and not to_stdout(json_out):  # not after the whole run
         check_report_file(json_out, "--json")

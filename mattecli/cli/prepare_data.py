@@ -18,8 +18,9 @@ WORKERS = typer.Option(None, "--workers", min=1, help="Worker processes (default
 COMPOSITE = typer.Option(False, "--composite",
                          help="Also write the training composites to train/merged/ (the test split "
                               "always has them).")
-COCO = typer.Option(..., "--coco", help="COCO train2014 image folder (training backgrounds).")
-VOC = typer.Option(..., "--voc", help="VOC2012 JPEGImages folder (test backgrounds).")
+COCO = typer.Option(None, "--coco", help="COCO train2014 image folder (training backgrounds; not needed with "
+                                           "--split test).")
+VOC = typer.Option(None, "--voc", help="VOC2012 JPEGImages folder (test backgrounds; not needed with --split train).")
 OUT = typer.Option(..., "--out", help="Output folder; splits are written to OUT/train and OUT/test.")
 
 

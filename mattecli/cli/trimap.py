@@ -12,7 +12,7 @@ EMPTY_CHOICES = ("skip", "pass")
 
 
 def main(
-    masks: Path = typer.Option(None, "--masks", help="Folder of segmentation masks ({stem}.png or {stem}_mask.png): "
+    masks: Path = typer.Option(None, "--masks", help="Folder of segmentation masks ({stem}.* or {stem}_mask.*): "
                                "binary, soft probabilities, RGBA cut-outs (their alpha), 16-bit, palette, JPEG. A "
                                "file with a {stem}_mask file beside it is its photo, not a mask."),
     alphas: Path = typer.Option(None, "--alphas", help="Folder of ground-truth alphas (instead of --masks): "

@@ -341,12 +341,17 @@ def _splits(split: str) -> list[str]:
     return ["train", "test"] if split == "all" else [split]
 
 
-def _require_backgrounds(split: str, coco: Path, voc: Path) -> None:
+def _require_backgrounds(split: str, coco: Path | None, voc: Path | None) -> None:
     """The background folders of the splits asked for: `--split test` (Composition-1k's
-    evaluation) needs no COCO train2014 on disk."""
-    needed = {"train": (coco, "--coco"), "test": (voc, "--voc")}
+    evaluation) needs no COCO train2014, and may leave `--coco` out (None); `--split train` no VOC."""
+    needed = {"train": (coco, "--coco", "COCO's train2014 image folder: the training backgrounds"),
+              "test": (voc, "--voc", "VOC2012's JPEGImages folder: the test backgrounds")}
     for name in _splits(split):
-        _require_dir(*needed[name])
+        folder, option, what = needed[name]
+        if folder is None:
+            raise UsageError(f"the {name} split needs {option} ({what})"
+                             + ("; --split test prepares Composition-1k alone" if name == "train" else ""))
+        _require_dir(folder, option)
 
 
 def check_out(out: Path, splits: list[str]) -> None:
@@ -369,7 +374,7 @@ def _finish(out: Path, split: str, jobs: list[ForegroundJob], workers: int, labe
     report.errors.extend(errors)
 
 
-def prepare_adobe(root: Path, coco: Path, voc: Path, out: Path, split: str = "all",
+def prepare_adobe(root: Path, coco: Path | None, voc: Path | None, out: Path, split: str = "all",
                   workers: int | None = None, composite: bool = False) -> PrepareReport:
     """Prepare Adobe's Combined_Dataset (Composition-1k test, 431 x 100 training samples).
 
@@ -390,8 +395,9 @@ def prepare_adobe(root: Path, coco: Path, voc: Path, out: Path, split: str = "al
     if nested.is_dir() and not any((root / s).is_dir() for s in ("Training_set", "Test_set")):
         # the folder Adobe's archive unpacks to, one level above
         raise UsageError(f"--root {root}: holds Combined_Dataset/; give --root {nested}")
-    bg_dirs = {"train": [Path(coco), Path(voc)], "test": [Path(voc), Path(coco)]}
     _require_backgrounds(split, coco, voc)
+    bg_dirs = {"train": [Path(d) for d in (coco, voc) if d is not None],
+               "test": [Path(d) for d in (voc, coco) if d is not None]}
     workers = workers or usable_cores()
     out = Path(out)
     check_out(out, _splits(split))
@@ -445,7 +451,7 @@ def _names_file(path: Path, make) -> list[str]:
     return names
 
 
-def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all",
+def prepare_d646(root: Path, coco: Path | None, voc: Path | None, out: Path, split: str = "all",
                  workers: int | None = None, composite: bool = False, seed: int = 0) -> PrepareReport:
     """Prepare Distinctions-646 (596 train fg x 80 COCO, 50 test fg x 20 VOC) with Adobe's rule.
 
@@ -457,8 +463,8 @@ def prepare_d646(root: Path, coco: Path, voc: Path, out: Path, split: str = "all
     `OUT/test/trimaps.json`.
     """
     root = _require_dir(root, "--root")
-    sources = {"train": (Path(coco), "--coco"), "test": (Path(voc), "--voc")}
     _require_backgrounds(split, coco, voc)
+    sources = {"train": (coco and Path(coco), "--coco"), "test": (voc and Path(voc), "--voc")}
     workers = workers or usable_cores()
     out = Path(out)
     check_out(out, _splits(split))
