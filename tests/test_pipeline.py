@@ -201,3 +201,41 @@ def test_freed_buffers_are_kept_for_the_next_image_under_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only (elsewhere a no-op)")
     assert reuse_freed_buffers() is True
+
+
+def every_value_image(h=32, w=32):
+    """(h, w, 3) uint8 holding every 8-bit value in each channel (channels shifted apart)."""
+    v = np.arange(h * w).reshape(h, w)
+    return np.stack([v % 256, (v + 85) % 256, (v + 170) % 256], axis=2).astype(np.uint8)
+
+
+def test_unit_normalisation_is_the_demos_arithmetic_bit_for_bit():
+    # IndexNet's demo: ((1.0 / 255) * float32 image - mean) / std, the scaling in float32 and the
+    # rest in float64, then cast to float32. Dividing by 255 instead differs in the last bit for
+    # 126 of the 256 values; the uint8 alpha of a whole pass can hide that, the input does not.
+    image, trimap = every_value_image(), np.full((32, 32), 128, np.uint8)
+    x = prepare(image, trimap, InferConfig())
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    expected = (((1.0 / 255) * image.astype(np.float32)) - mean) / std
+    assert np.array_equal(x[0, :3], expected.astype(np.float32).transpose(2, 0, 1))
+
+
+def test_pixel_normalisation_is_mmagics_arithmetic():
+    # mmagic: (x - 255 mean) / (255 std) with its literal mean and std, in float32
+    image, trimap = every_value_image(), np.full((32, 32), 128, np.uint8)
+    x = prepare(image, trimap, InferConfig(align="pad", stride=32, normalise="pixel"))
+    mean = np.array([123.675, 116.28, 103.53], np.float32)
+    std = np.array([58.395, 57.12, 57.375], np.float32)
+    expected = (image.astype(np.float32) - mean) / std
+    assert np.array_equal(x[0, :3], expected.transpose(2, 0, 1))
+
+
+def test_trimap_encoding_multiplies_by_one_over_255_at_every_value():
+    # the demo multiplies by (1.0 / 255) in float32; x / 255 differs in the last bit at some values
+    # (not at 0, 128, 255, but an API caller's trimap may hold any value)
+    image = every_value_image()
+    trimap = (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8)
+    x = prepare(image, trimap, InferConfig())
+    assert np.array_equal(x[0, 3], (1.0 / 255) * trimap.astype(np.float32))
+    a2u = prepare(image, trimap, InferConfig(align="pad", stride=32, normalise="unit-float32"))
+    assert np.array_equal(a2u[0, 3], trimap.astype(np.float32) / np.float32(255))  # A2U divides
