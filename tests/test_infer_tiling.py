@@ -198,3 +198,10 @@ def test_an_exported_graph_on_a_cpu_is_budgeted_by_its_onnx_runtime_figure():
     assert per_pixel == 600 and "infer.bytes_per_pixel" in source
     with pytest.raises(ValueError):
         InferConfig(onnx_bytes_per_pixel=-1)
+
+
+def test_too_small_ceiling_names_the_smallest_tiles_need_rounded_up():
+    # the smallest tile is 4 strides: 64x64 at stride 16, 4096 px * (1000 + 96) B = 4,489,216 B
+    # = 4.28 MiB, said as 5 MiB (rounded up: a ceiling of 4 MiB would still be too small)
+    with pytest.raises(ValueError, match=r"the smallest tile \(64x64\) needs about 5 MiB"):
+        tile_size(2**20, CFG)

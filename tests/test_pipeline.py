@@ -239,3 +239,11 @@ def test_trimap_encoding_multiplies_by_one_over_255_at_every_value():
     assert np.array_equal(x[0, 3], (1.0 / 255) * trimap.astype(np.float32))
     a2u = prepare(image, trimap, InferConfig(align="pad", stride=32, normalise="unit-float32"))
     assert np.array_equal(a2u[0, 3], trimap.astype(np.float32) / np.float32(255))  # A2U divides
+
+
+@pytest.mark.parametrize("size", [(40, 20), (20, 40)])
+def test_resize_down_refuses_a_side_under_the_stride(size):
+    # resize-down rounds each side down to the stride: a side under it would become 0
+    image, trimap = random_case(*size)
+    with pytest.raises(ValueError, match="at least 32 pixels on each side"):
+        prepare(image, trimap, InferConfig(align="resize-down", stride=32))
