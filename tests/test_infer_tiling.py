@@ -205,3 +205,15 @@ def test_too_small_ceiling_names_the_smallest_tiles_need_rounded_up():
     # = 4.28 MiB, said as 5 MiB (rounded up: a ceiling of 4 MiB would still be too small)
     with pytest.raises(ValueError, match=r"the smallest tile \(64x64\) needs about 5 MiB"):
         tile_size(2**20, CFG)
+
+
+def test_window_starts_centre_a_narrow_band_and_spread_evenly_over_a_wide_one():
+    from mattecli.inference.tiling import _starts
+
+    # a band of 10 in a tile of 32: one window, centred (22 spare pixels, 11 before the band)
+    assert _starts(40, 50, 200, 32, 8) == [29]
+    # a band exactly one tile wide: that one window, on the band
+    assert _starts(10, 42, 100, 32, 8) == [10]
+    # 10..190 with tiles of 64 overlapping by >= 16: from 10 to 126 in ceil(116 / 48) = 3 steps,
+    # rounded to the nearest pixel: 10 + 38.67, 10 + 77.33
+    assert _starts(10, 190, 200, 64, 16) == [10, 49, 87, 126]
