@@ -247,3 +247,18 @@ def test_resize_down_refuses_a_side_under_the_stride(size):
     image, trimap = random_case(*size)
     with pytest.raises(ValueError, match="at least 32 pixels on each side"):
         prepare(image, trimap, InferConfig(align="resize-down", stride=32))
+
+
+def test_mmagic_quantise_forces_only_0_and_255_and_rounds_half_to_even():
+    from mattecli.inference.pipeline import quantise
+
+    alpha = np.array([[100.5, 101.5, 7.0, 50.2, 60.7, 254.5]], np.float32)
+    trimap = np.array([[128, 128, 255, 0, 200, 128]], np.uint8)
+    # force: 255 -> 255 and 0 -> 0 only; 128 and any other value keep the (rounded) alpha
+    forced = quantise(alpha, trimap, cfg=InferConfig(known="force", rounding="half-even"))
+    assert forced.dtype == np.uint8 and forced.tolist() == [[100, 102, 255, 0, 61, 254]]
+    # copy + half-even: every value but 128 copied from the trimap, the unknown ones rounded
+    copied = quantise(alpha, trimap, cfg=InferConfig(known="copy", rounding="half-even"))
+    assert copied.tolist() == [[100, 102, 255, 0, 200, 254]]
+    # the authors' protocol: copy and truncate
+    assert quantise(alpha, trimap, cfg=InferConfig()).tolist() == [[100, 101, 255, 0, 200, 254]]
