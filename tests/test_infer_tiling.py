@@ -217,3 +217,22 @@ def test_window_starts_centre_a_narrow_band_and_spread_evenly_over_a_wide_one():
     # 10..190 with tiles of 64 overlapping by >= 16: from 10 to 126 in ceil(116 / 48) = 3 steps,
     # rounded to the nearest pixel: 10 + 38.67, 10 + 77.33
     assert _starts(10, 190, 200, 64, 16) == [10, 49, 87, 126]
+
+
+def test_ramps_rise_over_the_overlap_in_steps_of_one_over_n_plus_1():
+    from mattecli.inference.tiling import _ramp
+
+    # overlap 3 on both ends: 1/4, 2/4, 3/4 up and down again, never 0 or 1 inside the fade
+    np.testing.assert_allclose(_ramp(10, 3, True, True), [.25, .5, .75, 1, 1, 1, 1, .75, .5, .25])
+    np.testing.assert_allclose(_ramp(6, 3, False, True), [1, 1, 1, .75, .5, .25])
+    # a window shorter than twice the overlap fades over half of it: n = 2, steps of 1/3
+    np.testing.assert_allclose(_ramp(4, 3, True, True), [1 / 3, 2 / 3, 2 / 3, 1 / 3])
+
+
+def test_band_box_is_widened_by_half_the_overlap_before_centring():
+    # unknown rows and columns 40..60 (21 pixels); overlap 8 widens the box by 4 on each side
+    # to 36..64 (29 pixels); one tile of 32 centred on it starts 3 // 2 = 1 pixel before: 35
+    trimap = np.zeros((100, 100), np.uint8)
+    trimap[40:61, 40:61] = 128
+    tiles = plan_tiles(trimap, 32, 8)
+    assert [(t.y0, t.x0, t.y1, t.x1) for t in tiles] == [(35, 35, 67, 67)]
