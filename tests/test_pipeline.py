@@ -262,3 +262,15 @@ def test_mmagic_quantise_forces_only_0_and_255_and_rounds_half_to_even():
     assert copied.tolist() == [[100, 102, 255, 0, 200, 254]]
     # the authors' protocol: copy and truncate
     assert quantise(alpha, trimap, cfg=InferConfig()).tolist() == [[100, 101, 255, 0, 200, 254]]
+
+
+def test_resize_down_restores_by_bicubic_not_nearest():
+    from mattecli.inference.pipeline import unalign
+
+    # 2 -> 4 columns, align_corners False, cubic a = -0.75, edges clamped: by hand, output
+    # columns sample at -0.25, 0.25, 0.75, 1.25 with weights (-0.0352, 0.2617, 0.8789, -0.1055)
+    # and mirrored: 0.2 * 1.1055 - 0.6 * 0.1055 = 0.15781, 0.2 * 0.7734 + 0.6 * 0.2266 = 0.29063
+    raw = np.array([[[[0.2, 0.6], [0.2, 0.6]]]], np.float32)
+    alpha = unalign(raw, 2, 4, InferConfig(align="resize-down", stride=2))
+    expected = np.array([0.1578125, 0.290625, 0.509375, 0.6421875]) * 255
+    np.testing.assert_allclose(alpha, np.stack([expected, expected]), rtol=0, atol=1e-3)
