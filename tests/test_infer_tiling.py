@@ -198,3 +198,41 @@ def test_an_exported_graph_on_a_cpu_is_budgeted_by_its_onnx_runtime_figure():
     assert per_pixel == 600 and "infer.bytes_per_pixel" in source
     with pytest.raises(ValueError):
         InferConfig(onnx_bytes_per_pixel=-1)
+
+
+def test_too_small_ceiling_names_the_smallest_tiles_need_rounded_up():
+    # the smallest tile is 4 strides: 64x64 at stride 16, 4096 px * (1000 + 96) B = 4,489,216 B
+    # = 4.28 MiB, said as 5 MiB (rounded up: a ceiling of 4 MiB would still be too small)
+    with pytest.raises(ValueError, match=r"the smallest tile \(64x64\) needs about 5 MiB"):
+        tile_size(2**20, CFG)
+
+
+def test_window_starts_centre_a_narrow_band_and_spread_evenly_over_a_wide_one():
+    from mattecli.inference.tiling import _starts
+
+    # a band of 10 in a tile of 32: one window, centred (22 spare pixels, 11 before the band)
+    assert _starts(40, 50, 200, 32, 8) == [29]
+    # a band exactly one tile wide: that one window, on the band
+    assert _starts(10, 42, 100, 32, 8) == [10]
+    # 10..190 with tiles of 64 overlapping by >= 16: from 10 to 126 in ceil(116 / 48) = 3 steps,
+    # rounded to the nearest pixel: 10 + 38.67, 10 + 77.33
+    assert _starts(10, 190, 200, 64, 16) == [10, 49, 87, 126]
+
+
+def test_ramps_rise_over_the_overlap_in_steps_of_one_over_n_plus_1():
+    from mattecli.inference.tiling import _ramp
+
+    # overlap 3 on both ends: 1/4, 2/4, 3/4 up and down again, never 0 or 1 inside the fade
+    np.testing.assert_allclose(_ramp(10, 3, True, True), [.25, .5, .75, 1, 1, 1, 1, .75, .5, .25])
+    np.testing.assert_allclose(_ramp(6, 3, False, True), [1, 1, 1, .75, .5, .25])
+    # a window shorter than twice the overlap fades over half of it: n = 2, steps of 1/3
+    np.testing.assert_allclose(_ramp(4, 3, True, True), [1 / 3, 2 / 3, 2 / 3, 1 / 3])
+
+
+def test_band_box_is_widened_by_half_the_overlap_before_centring():
+    # unknown rows and columns 40..60 (21 pixels); overlap 8 widens the box by 4 on each side
+    # to 36..64 (29 pixels); one tile of 32 centred on it starts 3 // 2 = 1 pixel before: 35
+    trimap = np.zeros((100, 100), np.uint8)
+    trimap[40:61, 40:61] = 128
+    tiles = plan_tiles(trimap, 32, 8)
+    assert [(t.y0, t.x0, t.y1, t.x1) for t in tiles] == [(35, 35, 67, 67)]

@@ -329,3 +329,23 @@ def test_conn_many_tied_single_pixel_components_matches_reference():
     trimap = unknown(pred.shape)
     assert M.conn(pred, gt, trimap) == pytest.approx(conn_reference(pred, gt, trimap), rel=1e-6)
     assert M.largest_component(pred > 0)[0, 0] and M.largest_component(pred > 0).sum() == 1
+
+
+def test_conn_pixels_that_never_leave_the_component_get_level_one():
+    # 115/255 = 0.451, 120/255 = 0.471: the pixel is the component at t = 0.1 .. 0.4; at 0.5 the
+    # intersection is empty, so it stays unassigned and gets l = 1 (not 0): d < 0 -> phi = 1 for
+    # both, error 0. With l = 0, phi would be 1 - 0.451 against 1 - 0.471 (error 5/255/1000).
+    pred, gt = np.array([[115]], np.uint8), np.array([[120]], np.uint8)
+    assert M.connectivity_levels(pred, gt).tolist() == [[1.0]]
+    assert M.conn(pred, gt, unknown((1, 1))) == 0.0
+
+
+def test_conn_levels_use_the_last_threshold_one():
+    # thresholds 0:0.1:1 include 1: pixel 0 (both 255) is the component at t = 1 -> l = 1;
+    # pixel 1 (240/255 = 0.94 >= 0.9) leaves it only at t = 1 -> l = 0.9; pixel 2 (0) lies
+    # outside every component -> l = 0 (the first threshold).
+    p = np.array([[255, 240, 0]], np.uint8)
+    levels = M.connectivity_levels(p, p)
+    assert levels.dtype == np.float32
+    assert levels.tolist() == [[1.0, float(np.float32(0.9)), 0.0]]
+    assert len(M.conn_thresholds()) == 11 and M.conn_thresholds()[-1] == np.float32(1)

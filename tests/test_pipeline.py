@@ -201,3 +201,76 @@ def test_freed_buffers_are_kept_for_the_next_image_under_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only (elsewhere a no-op)")
     assert reuse_freed_buffers() is True
+
+
+def every_value_image(h=32, w=32):
+    """(h, w, 3) uint8 holding every 8-bit value in each channel (channels shifted apart)."""
+    v = np.arange(h * w).reshape(h, w)
+    return np.stack([v % 256, (v + 85) % 256, (v + 170) % 256], axis=2).astype(np.uint8)
+
+
+def test_unit_normalisation_is_the_demos_arithmetic_bit_for_bit():
+    # IndexNet's demo: ((1.0 / 255) * float32 image - mean) / std, the scaling in float32 and the
+    # rest in float64, then cast to float32. Dividing by 255 instead differs in the last bit for
+    # 126 of the 256 values; the uint8 alpha of a whole pass can hide that, the input does not.
+    image, trimap = every_value_image(), np.full((32, 32), 128, np.uint8)
+    x = prepare(image, trimap, InferConfig())
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    expected = (((1.0 / 255) * image.astype(np.float32)) - mean) / std
+    assert np.array_equal(x[0, :3], expected.astype(np.float32).transpose(2, 0, 1))
+
+
+def test_pixel_normalisation_is_mmagics_arithmetic():
+    # mmagic: (x - 255 mean) / (255 std) with its literal mean and std, in float32
+    image, trimap = every_value_image(), np.full((32, 32), 128, np.uint8)
+    x = prepare(image, trimap, InferConfig(align="pad", stride=32, normalise="pixel"))
+    mean = np.array([123.675, 116.28, 103.53], np.float32)
+    std = np.array([58.395, 57.12, 57.375], np.float32)
+    expected = (image.astype(np.float32) - mean) / std
+    assert np.array_equal(x[0, :3], expected.transpose(2, 0, 1))
+
+
+def test_trimap_encoding_multiplies_by_one_over_255_at_every_value():
+    # the demo multiplies by (1.0 / 255) in float32; x / 255 differs in the last bit at some values
+    # (not at 0, 128, 255, but an API caller's trimap may hold any value)
+    image = every_value_image()
+    trimap = (np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8)
+    x = prepare(image, trimap, InferConfig())
+    assert np.array_equal(x[0, 3], (1.0 / 255) * trimap.astype(np.float32))
+    a2u = prepare(image, trimap, InferConfig(align="pad", stride=32, normalise="unit-float32"))
+    assert np.array_equal(a2u[0, 3], trimap.astype(np.float32) / np.float32(255))  # A2U divides
+
+
+@pytest.mark.parametrize("size", [(40, 20), (20, 40)])
+def test_resize_down_refuses_a_side_under_the_stride(size):
+    # resize-down rounds each side down to the stride: a side under it would become 0
+    image, trimap = random_case(*size)
+    with pytest.raises(ValueError, match="at least 32 pixels on each side"):
+        prepare(image, trimap, InferConfig(align="resize-down", stride=32))
+
+
+def test_mmagic_quantise_forces_only_0_and_255_and_rounds_half_to_even():
+    from mattecli.inference.pipeline import quantise
+
+    alpha = np.array([[100.5, 101.5, 7.0, 50.2, 60.7, 254.5]], np.float32)
+    trimap = np.array([[128, 128, 255, 0, 200, 128]], np.uint8)
+    # force: 255 -> 255 and 0 -> 0 only; 128 and any other value keep the (rounded) alpha
+    forced = quantise(alpha, trimap, cfg=InferConfig(known="force", rounding="half-even"))
+    assert forced.dtype == np.uint8 and forced.tolist() == [[100, 102, 255, 0, 61, 254]]
+    # copy + half-even: every value but 128 copied from the trimap, the unknown ones rounded
+    copied = quantise(alpha, trimap, cfg=InferConfig(known="copy", rounding="half-even"))
+    assert copied.tolist() == [[100, 102, 255, 0, 200, 254]]
+    # the authors' protocol: copy and truncate
+    assert quantise(alpha, trimap, cfg=InferConfig()).tolist() == [[100, 101, 255, 0, 200, 254]]
+
+
+def test_resize_down_restores_by_bicubic_not_nearest():
+    from mattecli.inference.pipeline import unalign
+
+    # 2 -> 4 columns, align_corners False, cubic a = -0.75, edges clamped: by hand, output
+    # columns sample at -0.25, 0.25, 0.75, 1.25 with weights (-0.0352, 0.2617, 0.8789, -0.1055)
+    # and mirrored: 0.2 * 1.1055 - 0.6 * 0.1055 = 0.15781, 0.2 * 0.7734 + 0.6 * 0.2266 = 0.29063
+    raw = np.array([[[[0.2, 0.6], [0.2, 0.6]]]], np.float32)
+    alpha = unalign(raw, 2, 4, InferConfig(align="resize-down", stride=2))
+    expected = np.array([0.1578125, 0.290625, 0.509375, 0.6421875]) * 255
+    np.testing.assert_allclose(alpha, np.stack([expected, expected]), rtol=0, atol=1e-3)
