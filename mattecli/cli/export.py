@@ -83,6 +83,10 @@ def main(
     failed = [r for r in results if not r.ok]
     if failed:
         typer.echo(f"verify: FAILED at {len(failed)} of {len(results)} sizes (max-abs above {tolerance:g} x max(1, max |ref|))", err=True)
+        if getattr(exported.recipe.model, "index", None) in ("max", "holistic-max"):
+            typer.echo("matte: note: this recipe unpools at max indices: where a pooled cell's values (nearly) tie, "
+                       "another runtime's rounding can pick another position, and the output jumps there "
+                       "(docs/deployment.md: what parity means per family)", err=True)
         raise typer.Exit(1)
     typer.echo(f"verify: ok at all {len(results)} sizes")
 
