@@ -69,6 +69,36 @@ def test_wide_bands_measured_on_a_reduced_mask_stay_within_the_factor(band, fact
     assert (trimap_from_mask(strand, band=band)[100:100 + factor + 1] == 128).all()
 
 
+
+@pytest.mark.parametrize("band, factor", [(15.9, 1), (16, 2), (31.9, 2), (32, 4)])
+def test_the_reduced_grid_starts_at_16_and_32_pixels(band, factor):
+    """2x2 blocks from a 16 px band, 4x4 from 32 px: the trimap is constant on the blocks of the
+    grid it was measured on (anchored at the top-left), and not on the next coarser one."""
+    mask, _ = disc(size=400, radius=120.3, centre=199.7)
+    trimap = trimap_from_mask(mask, band=band)
+
+    def blockwise_constant(f):
+        blocks = trimap.reshape(400 // f, f, 400 // f, f)
+        return bool((blocks == blocks[:, :1, :, :1]).all())
+
+    assert blockwise_constant(factor) and not blockwise_constant(2 * factor)
+
+
+
+def test_a_16bit_mask_is_read_over_65535():
+    """65535 is probability 1 exactly: foreground even at a threshold of 1 (65535 / 65536 was not)."""
+    mask = np.array([[0, 40000, 65534, 65535]], np.uint16)
+    assert trimap_from_mask(mask, band=0, threshold=(1.0, 1.0)).tolist() == [[0, 0, 0, 255]]
+
+def test_preview_dims_the_background_to_a_third_and_tints_the_band_half_magenta():
+    from mattecli.data.trimap import trimap_preview
+
+    image = np.array([[[200, 100, 50], [200, 100, 50], [200, 100, 50]]], np.uint8)
+    trimap = np.array([[0, 128, 255]], np.uint8)
+    # background: 200/3 = 66.67 -> 67, 100/3 = 33.3 -> 33, 50/3 = 16.67 -> 17 (rounded, not truncated);
+    # unknown: half the pixel plus half of (255, 0, 255): 227.5 -> 228, 50, 152.5 -> 152 (half to even)
+    assert trimap_preview(image, trimap).tolist() == [[[67, 33, 17], [228, 50, 152], [200, 100, 50]]]
+
 def test_a_straight_edge_gets_band_pixels_on_each_side_and_the_border_no_band():
     mask = np.zeros((40, 60), np.uint8)
     mask[:, :30] = 255  # touches the top, bottom and left borders
