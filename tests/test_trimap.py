@@ -561,6 +561,43 @@ def test_alpha_trimaps_are_reproducible_by_seed(tmp_path, capsys):
                for i in range(3))
 
 
+
+def _rotated_png(path, array, orientation=6):
+    """A PNG whose EXIF says: turn the stored pixels (orientation 6: 90 degrees clockwise) to show it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(array).save(path, exif=exif.tobytes())
+
+
+def test_a_masks_exif_orientation_is_applied_without_images(tmp_path):
+    """A 30x20 mask stored turned (orientation 6) is a 20x30 picture: its trimap is the upright one."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    stored = np.zeros((20, 30), np.uint8)
+    stored[:, 15:] = 255  # the right half, stored; upright (90 degrees clockwise) the bottom half
+    _rotated_png(masks / "m.png", stored)
+    report = make_trimaps(masks, tmp_path / "out", TrimapJob(rule=MaskRule(band="2")), progress=False)
+    assert len(report.done) == 1, report.failed
+    trimap = read_gray(tmp_path / "out" / "m.png")
+    assert trimap.shape == (30, 20)
+    assert (trimap[:12] == 0).all() and (trimap[18:] == 255).all() and (trimap[14:16] == 128).all()
+
+
+def test_alpha_trimaps_keep_the_alpha_names_and_read_their_photos_unturned(tmp_path):
+    """--alphas: a name ending in _mask is the alpha's own (no mask suffix to strip); alphas and
+    their photos are read as stored (the benchmark convention), EXIF tag or not."""
+    alphas, images = tmp_path / "alphas", tmp_path / "images"
+    alphas.mkdir()
+    images.mkdir()
+    alpha = np.zeros((20, 30), np.uint8)
+    alpha[:, 12:18] = 128
+    alpha[:, 18:] = 255
+    write_png(alphas / "hair_mask.png", alpha)
+    _rotated_png(images / "hair_mask.png", np.zeros((20, 30, 3), np.uint8))
+    report = make_trimaps(alphas, tmp_path / "out", TrimapJob(images=images), progress=False)
+    assert report.failed == [] and len(report.done) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hair_mask.png"]
+
 def test_empty_with_alphas_is_refused_not_ignored(tmp_path, capsys):
     """--empty says what to do with a mask that has nothing to matte; with --alphas it was taken and
     ignored (every alpha's trimap is written)."""
