@@ -128,6 +128,23 @@ def test_kernel_generator_forms_equal(cfg):
     torch.testing.assert_close(results["shift"][0].sum(1), torch.ones(2, 22, 18)) if k > 1 else None
 
 
+
+@pytest.mark.parametrize("encoding", ["cs", "cw"])
+def test_affinity_is_the_channel_sum_of_the_encodings_over_the_root_of_the_channel_count(encoding):
+    """specs/a2u.md: a = sum_c (U*X)_c (V*X)_c / sqrt(C); the up kernels are softmax over the taps
+    of sigmoid(pixel_shuffle(a P_up)), the down kernels softmax(a P_down). C = 64: a / 8, not a / 64."""
+    torch.manual_seed(0)
+    site = A2UKernels(64, A2UConfig(encoding=encoding), True).eval()
+    x = torch.randn(2, 64, 12, 10)
+    with torch.no_grad():
+        up, down = site(x)
+        u, v = site._encode(x)
+        a = torch.cat([(ui * vi).sum(1, keepdim=True) for ui, vi in zip(u, v)], 1) / 8
+        want_up = torch.softmax(torch.sigmoid(F.pixel_shuffle(a * site._p(x, "up"), 2)), dim=1)
+        want_down = torch.softmax(a * site._p(x, "down"), dim=1)
+    torch.testing.assert_close(up, want_up, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(down, want_down, atol=1e-6, rtol=1e-5)
+
 def test_kernels_come_out_in_autocasts_precision():
     """Under autocast the kernels' softmax runs in float32; the kernels are handed on in autocast's
     lower precision, so the sums of taps and the decoder after them stay in it (CUDA's float16 on a

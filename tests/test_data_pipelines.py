@@ -484,6 +484,37 @@ def test_eroded_trimap_kernels():
     assert grown == 9 // 2 + 5 // 2
 
 
+
+def test_definite_alpha_is_exactly_0_or_1_of_an_8bit_alpha():
+    """1/255 and 254/255 are partial alpha (unknown), only 0 and 255 are definite bg / fg."""
+    fg, bg = tri.definite_masks(np.array([0, 1, 2, 253, 254, 255], np.float64) / 255)
+    assert fg.tolist() == [False] * 5 + [True] and bg.tolist() == [True] + [False] * 5
+
+
+def test_random_trimaps_draw_the_authors_ranges(monkeypatch):
+    """`dim`: radius np.random.randint(1, 20), 1..19; GCA: fg and bg kernels each 1..29, TCP 1..30
+    (both ends included); `matte trimap --alphas --method erode` is GCA's."""
+    radii, kernels = set(), set()
+    monkeypatch.setattr(tri, "grown_trimap", lambda a, radius, seam: radii.add((radius, seam)))
+    monkeypatch.setattr(tri, "eroded_trimap", lambda a, k_fg, k_bg: kernels.update((k_fg, k_bg)))
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        tri.random_grown_trimap(None, rng)
+        tri.random_eroded_trimap(None, rng, 30)
+    assert radii == {(r, False) for r in range(1, 20)} and kernels == set(range(1, 31))
+    kernels.clear()
+    for _ in range(400):
+        tri.trimap_from_alpha(np.zeros((2, 2), np.uint8), "erode", rng)
+    assert kernels == set(range(1, 30))
+
+
+def test_noise_labels_a_pixel_of_alpha_one_half_leaving_the_unknown_region_foreground():
+    """Alpha >= 0.5 -> 255, below -> 0, for the pixels an erosion takes out of the unknown region."""
+    alpha = np.array([[0.0, 0.49, 0.5, 0.5, 0.51, 1.0]], np.float32)
+    trimap = np.array([[0, 128, 128, 128, 128, 255]], np.uint8)
+    out = tri.apply_noise_steps(trimap, alpha, [tri.NoiseStep("erode", 3, 3)])
+    assert out.tolist() == [[0, 0, 255, 255, 255, 255]]
+
 def test_noise_step_ranges():
     steps = [tri.draw_noise_steps(np.random.default_rng(i)) for i in range(3000)]
     assert {len(s) for s in steps} == {0, 1, 2, 3}

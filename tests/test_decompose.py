@@ -99,3 +99,26 @@ def test_a2u_kernel_generators_have_no_live_adaptive_pooling_after_decompose():
     sites = [m for m in export.modules() if isinstance(m, A2UKernels)]
     assert sites and not any(isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1))
                              for site in sites for m in site.modules())
+
+
+def test_decompose_keeps_global_pooling_written_as_a_pair():
+    """1x1 written (1, 1) is global pooling too: kept for ONNX's GlobalAveragePool, not swapped."""
+    export = decompose(nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.AdaptiveAvgPool2d((1, 2))))
+    assert isinstance(export[0], nn.AdaptiveAvgPool2d) and isinstance(export[1], BinAvgPool)
+
+
+def test_decompose_returns_an_eval_mode_copy_of_a_model_in_training():
+    """A model handed over in training mode: the copy normalises with the running statistics and
+    drops nothing (as `model.eval()` does); the caller's model stays in training mode."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.BatchNorm2d(2), nn.Dropout(0.5)).train()
+    with torch.no_grad():
+        net[0].running_mean.fill_(1.0)
+        net[0].running_var.fill_(4.0)
+    export = decompose(net)
+    assert not any(m.training for m in export.modules())
+    assert net.training and net[0].training
+    x = torch.randn(2, 2, 3, 5)
+    with torch.no_grad():
+        # eval: (x - 1) / sqrt(4 + eps) with the default affine (weight 1, bias 0)
+        torch.testing.assert_close(export(x), (x - 1) / (4 + 1e-5) ** 0.5, atol=1e-6, rtol=0)

@@ -46,7 +46,9 @@ def _raster_level(img, a0, fb, sweeps, regularization, gradient_weight):
     return torch.from_numpy(fb).float()
 
 
-@pytest.mark.parametrize("size", [(9, 13), (17, 6), (40, 33)])
+# (70, 9) and (9, 70): a level with one side over small_size and the other not takes the big levels'
+# sweep count (PyMatting: the small levels' count only when both sides are within small_size)
+@pytest.mark.parametrize("size", [(9, 13), (17, 6), (40, 33), (70, 9), (9, 70)])
 def test_port_with_a_raster_sweep_is_pymatting(monkeypatch, size):
     """Levels, nearest resizes, mean-colour start, per-level sweep counts and the 2x2 solves are exact."""
     rng = np.random.default_rng(sum(size))
@@ -59,6 +61,23 @@ def test_port_with_a_raster_sweep_is_pymatting(monkeypatch, size):
     np.testing.assert_allclose(fg.permute(1, 2, 0).numpy(), want_fg, atol=1e-5)
     np.testing.assert_allclose(bg.permute(1, 2, 0).numpy(), want_bg, atol=1e-5)
 
+
+
+def test_the_start_colours_are_pymattings_means_over_alpha_above_0_9_and_below_0_1():
+    """With no sweeps at all, every level keeps the start: F the mean colour where alpha > 0.9,
+    B where alpha < 0.1 (alphas 0.85 and 0.15 belong to neither), as PyMatting's."""
+    rng = np.random.default_rng(7)
+    image = rng.random((6, 8, 3), dtype=np.float32)
+    alpha = np.tile(np.array([0.0, 0.05, 0.15, 0.5, 0.85, 0.95, 1.0, 0.5], np.float32), (6, 1))
+    fg, bg = foreground.estimate_fb_ml(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(alpha),
+                                       n_small_iterations=0, n_big_iterations=0)
+    want_f, want_b = image[:, 5:7].reshape(-1, 3).mean(0), image[:, 0:2].reshape(-1, 3).mean(0)
+    np.testing.assert_allclose(fg.permute(1, 2, 0).numpy(), np.broadcast_to(want_f, (6, 8, 3)), atol=1e-5)
+    np.testing.assert_allclose(bg.permute(1, 2, 0).numpy(), np.broadcast_to(want_b, (6, 8, 3)), atol=1e-5)
+    want_fg, want_bg = pymatting.estimate_foreground_ml(image, alpha, n_small_iterations=0, n_big_iterations=0,
+                                                        return_background=True)
+    np.testing.assert_allclose(fg.permute(1, 2, 0).numpy(), want_fg, atol=1e-5)
+    np.testing.assert_allclose(bg.permute(1, 2, 0).numpy(), want_bg, atol=1e-5)
 
 @pytest.mark.parametrize("size", [(1, 7), (5, 1), (23, 64)])
 def test_nearest_resize_is_pymatting(size):
@@ -158,6 +177,14 @@ def test_a_one_pixel_image_is_its_own_foreground():
     image = np.array([[[10, 200, 30]]], np.uint8)
     assert np.array_equal(estimate_foreground(image, np.array([[100]], np.uint8)), image)
 
+
+
+def test_an_opaque_image_is_its_own_foreground_rounded_not_truncated():
+    """Under alpha 255 the foreground is the image: the solve lands within a hair of each value,
+    above or below, and the uint8 result rounds it (truncation lost a level on about half the pixels)."""
+    image = np.random.default_rng(2).integers(0, 256, (24, 31, 3), dtype=np.uint8)
+    got = foreground.estimate_foreground_torch(image, np.full((24, 31), 255, np.uint8), "cpu")
+    assert np.array_equal(got, image)
 
 def test_read_only_arrays_are_taken_without_a_warning():
     """Matter.foreground(image, np.asarray(Image.open("alpha.png"))) on CUDA: torch.from_numpy

@@ -83,3 +83,21 @@ def test_half_precision_convolution_weights_give_autocasts_result_bit_for_bit(na
         backend = TorchBackend(model, recipe, "cpu", half=True)
         assert torch.equal(backend.forward(x), want)
         assert next(model.parameters()).dtype == torch.float32  # the model as given: the float32 redo's
+
+
+def test_bnact_applies_its_own_negative_slope():
+    """BNAct(…, "leaky_relu", 0.2) in eval with fresh statistics (mean 0, var 1, weight 1, bias 0):
+    x / sqrt(1 + 1e-5), negatives times 0.2 (not LeakyReLU's default 0.01)."""
+    bn = BNAct(2, "leaky_relu", 0.2).eval()
+    x = torch.tensor([-1.0, 2.0]).view(1, 2, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(bn(x).flatten(), torch.tensor([-0.2, 2.0]) / (1 + 1e-5) ** 0.5)
+
+
+def test_conv_norm_act_pads_a_dilated_kernel_to_keep_the_size():
+    """Padding dilation * (kernel - 1) / 2 keeps an odd kernel's output the size of its input."""
+    from mattecli.models.layers import conv_norm_act
+
+    block = conv_norm_act(2, 3, 3, dilation=2)
+    assert block[0].padding == (2, 2) and block[0].dilation == (2, 2)
+    assert block(torch.randn(1, 2, 9, 7)).shape == (1, 3, 9, 7)

@@ -191,6 +191,19 @@ def test_run_tiles_only_when_needed():
     assert pipeline.run(wide, band).how == "tiled: 1 tile of 32x4"
 
 
+
+def test_prepare_host_fits_the_pass_and_the_inputs_waiting_beside_it_at_the_ceiling():
+    """A whole pass of a 45x41 image (aligned: 48x48 at stride 8) takes 48 * 48 * (100 + 96) bytes;
+    each input prepared ahead holds 48 * 48 float32 values in each of the 4 (scalar) or 6 (onehot)
+    input channels. Exactly at `max_bytes` it still fits; one byte under, it does not."""
+    image = np.zeros((41, 45, 3), np.uint8)
+    trimap = np.full((41, 45), 128, np.uint8)
+    for encoding, channels in (("scalar", 4), ("onehot", 6)):
+        cfg = InferConfig(stride=8, bytes_per_pixel=100, trimap=encoding)
+        need = 48 * 48 * (100 + 96) + 2 * 48 * 48 * 4 * channels  # two inputs ahead
+        assert Pipeline(None, cfg, max_bytes=need).prepare_host(image, trimap, ahead=2).shape == (1, channels, 48, 48)
+        assert Pipeline(None, cfg, max_bytes=need - 1).prepare_host(image, trimap, ahead=2) is None
+
 def test_freed_buffers_are_kept_for_the_next_image_under_glibc():
     # load_pipeline raises glibc's mmap/trim thresholds (and one arena): a 4K image's big arrays
     # reuse the previous image's pages instead of faulting in fresh ones (benchmarks/host_steps.py)

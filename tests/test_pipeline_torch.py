@@ -348,3 +348,16 @@ def test_size_keyed_constants_do_not_pile_up_over_a_long_run():
     image, trimap = case(97, 131)  # an evicted vector is made again, the same
     fresh = torch_prepare(image, trimap, RESIZE, TorchOps("cpu"))
     assert np.array_equal(torch_prepare(image, trimap, RESIZE, ops), fresh)
+
+
+def test_constants_keep_exactly_the_ones_used_last():
+    """CONSTANTS_KEPT (64) constants stay, the least recently used evicted first; a constant used
+    again becomes the newest."""
+    ops = TorchOps("cpu")
+    assert TorchOps.CONSTANTS_KEPT == 64
+    for k in range(69):
+        ops.constant(("k", k), lambda: np.zeros(1, np.float32))
+    assert list(ops._constants) == [("k", k) for k in range(5, 69)]
+    ops.constant(("k", 5), lambda: np.zeros(1, np.float32))  # used again: now the newest
+    ops.constant(("k", 999), lambda: np.zeros(1, np.float32))  # evicts ("k", 6), the oldest
+    assert list(ops._constants) == [("k", k) for k in range(7, 69)] + [("k", 5), ("k", 999)]

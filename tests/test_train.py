@@ -127,6 +127,39 @@ def test_losses_are_normalised_per_sample():
     assert alpha_loss(pred, batch).item() == pytest.approx(0.5, abs=1e-5)  # both samples weigh 0.5
 
 
+
+def test_dim_loss_adds_eps_for_every_pixel_outside_the_unknown_region():
+    """The authors' `weighted_loss` takes the Charbonnier of the *masked* difference, so each pixel
+    (and channel) outside the region adds sqrt(0 + eps^2) = 1e-6 to the sum; the sum is divided by
+    the region's pixel count. One unknown pixel of 100, a perfect prediction: alpha term 100e-6,
+    composition term 3 * 100e-6 (3 channels); dim = 0.5 * 1e-4 + 0.5 * 3e-4, dim-a2u divides by 2."""
+    from mattecli.train.losses import dim_a2u_loss
+
+    batch = batch_of([0.3] * 100, trimap=[128] + [0] * 99)
+    batch["image"] = batch["alpha"].expand(1, 3, 1, -1) * batch["fg"] + (1 - batch["alpha"]) * batch["bg"]
+    pred = batch["alpha"].clone()
+    assert dim_loss(pred, batch).item() == pytest.approx(0.5 * 100e-6 + 0.5 * 300e-6, rel=1e-3)
+    assert dim_a2u_loss(pred, batch).item() == pytest.approx((0.5 * 100e-6 + 0.5 * 300e-6) / 2, rel=1e-3)
+
+
+def test_mmagic_and_l1_losses_on_a_hand_made_case():
+    """One unknown pixel, alpha 0, prediction 0.5; fg (1, 0, 0), bg 0, so the image is 0 and the
+    predicted composite (0.5, 0, 0). Alpha error 0.5; composition error, averaged over the 3
+    channels as mmagic's sample-wise mask reduction does: 0.5 / 3. mmagic's configs weigh them
+    0.5 and 1.5; l1 is the plain absolute error."""
+    from mattecli.train.losses import l1_loss, mmagic_loss
+
+    batch = batch_of([0.0, 0.0], trimap=[128, 255])
+    batch["fg"] = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 1, 2).clone()
+    batch["image"] = torch.zeros(1, 3, 1, 2)
+    pred = torch.tensor([0.5, 0.9]).view(1, 1, 1, 2)  # the known pixel's error counts nowhere
+    assert alpha_loss(pred, batch).item() == pytest.approx(0.5, abs=1e-5)
+    assert composition_loss(pred, batch).item() == pytest.approx(0.5 / 3, abs=1e-5)
+    assert mmagic_loss(pred, batch).item() == pytest.approx(0.5 * 0.5 + 1.5 * 0.5 / 3, abs=1e-5)
+    assert l1_loss(pred, batch).item() == pytest.approx(0.5, abs=1e-6)
+    pred = torch.tensor([0.2, 0.9]).view(1, 1, 1, 2)
+    assert l1_loss(pred, batch).item() == pytest.approx(0.2, abs=1e-6)  # not squared (0.04)
+
 def test_schedules():
     cfg = load_recipe("indexnet-m2o-nl-ctx").train
     # the authors step their scheduler once per epoch: x0.1 from the first iteration of epoch 20, and of 26
@@ -143,6 +176,21 @@ def test_schedules():
     assert lr_factor(cos, 0) == pytest.approx(0.1) and lr_factor(cos, 10) == pytest.approx(1.0)
     assert lr_factor(cos, 60) == pytest.approx(0.5) and lr_factor(cos, 110) == pytest.approx(0.0, abs=1e-9)
 
+
+
+def test_cosine_schedule_values_and_its_floor_after_the_last_iteration():
+    """Linear warm-up (i + 1) / warmup, then 0.5 (1 + cos(pi t)), t = (i - warmup) / (iters - warmup),
+    held at 0 once t passes 1 (an extended run does not climb back up the cosine)."""
+    import math
+
+    cos = load_recipe("indexnet-m2o-nl-ctx", ["train.schedule=cosine", "train.warmup_iters=4", "train.iters=104"]).train
+    assert lr_factor(cos, 1) == pytest.approx(2 / 4)
+    assert lr_factor(cos, 29) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))  # 0.853553...
+    assert lr_factor(cos, 79) == pytest.approx(0.5 * (1 - math.cos(math.pi / 4)))  # 0.146446...
+    assert [lr_factor(cos, i) for i in (104, 130, 204)] == pytest.approx([0, 0, 0], abs=1e-12)
+    multi = load_recipe("indexnet-m2o-nl-ctx", ["train.milestone_unit=iters", "train.milestones=[4,8,12]",
+                                                 "train.gamma=0.5"]).train
+    assert [lr_factor(multi, i) for i in (3, 4, 8, 12, 99)] == pytest.approx([1, 0.5, 0.25, 0.125, 0.125])
 
 def test_indexnet_recipes_train_30_whole_epochs():
     """hltrainval.py:428-436 loads batches of 16 with drop_last=True: 43,100 // 16 = 2,693 steps an

@@ -69,6 +69,36 @@ def test_wide_bands_measured_on_a_reduced_mask_stay_within_the_factor(band, fact
     assert (trimap_from_mask(strand, band=band)[100:100 + factor + 1] == 128).all()
 
 
+
+@pytest.mark.parametrize("band, factor", [(15.9, 1), (16, 2), (31.9, 2), (32, 4)])
+def test_the_reduced_grid_starts_at_16_and_32_pixels(band, factor):
+    """2x2 blocks from a 16 px band, 4x4 from 32 px: the trimap is constant on the blocks of the
+    grid it was measured on (anchored at the top-left), and not on the next coarser one."""
+    mask, _ = disc(size=400, radius=120.3, centre=199.7)
+    trimap = trimap_from_mask(mask, band=band)
+
+    def blockwise_constant(f):
+        blocks = trimap.reshape(400 // f, f, 400 // f, f)
+        return bool((blocks == blocks[:, :1, :, :1]).all())
+
+    assert blockwise_constant(factor) and not blockwise_constant(2 * factor)
+
+
+
+def test_a_16bit_mask_is_read_over_65535():
+    """65535 is probability 1 exactly: foreground even at a threshold of 1 (65535 / 65536 was not)."""
+    mask = np.array([[0, 40000, 65534, 65535]], np.uint16)
+    assert trimap_from_mask(mask, band=0, threshold=(1.0, 1.0)).tolist() == [[0, 0, 0, 255]]
+
+def test_preview_dims_the_background_to_a_third_and_tints_the_band_half_magenta():
+    from mattecli.data.trimap import trimap_preview
+
+    image = np.array([[[200, 100, 50], [200, 100, 50], [200, 100, 50]]], np.uint8)
+    trimap = np.array([[0, 128, 255]], np.uint8)
+    # background: 200/3 = 66.67 -> 67, 100/3 = 33.3 -> 33, 50/3 = 16.67 -> 17 (rounded, not truncated);
+    # unknown: half the pixel plus half of (255, 0, 255): 227.5 -> 228, 50, 152.5 -> 152 (half to even)
+    assert trimap_preview(image, trimap).tolist() == [[[67, 33, 17], [228, 50, 152], [200, 100, 50]]]
+
 def test_a_straight_edge_gets_band_pixels_on_each_side_and_the_border_no_band():
     mask = np.zeros((40, 60), np.uint8)
     mask[:, :30] = 255  # touches the top, bottom and left borders
@@ -530,6 +560,43 @@ def test_alpha_trimaps_are_reproducible_by_seed(tmp_path, capsys):
     assert any(not np.array_equal(read_gray(tmp_path / "s1" / f"x{i}.png"), read_gray(tmp_path / "s2" / f"x{i}.png"))
                for i in range(3))
 
+
+
+def _rotated_png(path, array, orientation=6):
+    """A PNG whose EXIF says: turn the stored pixels (orientation 6: 90 degrees clockwise) to show it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(array).save(path, exif=exif.tobytes())
+
+
+def test_a_masks_exif_orientation_is_applied_without_images(tmp_path):
+    """A 30x20 mask stored turned (orientation 6) is a 20x30 picture: its trimap is the upright one."""
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    stored = np.zeros((20, 30), np.uint8)
+    stored[:, 15:] = 255  # the right half, stored; upright (90 degrees clockwise) the bottom half
+    _rotated_png(masks / "m.png", stored)
+    report = make_trimaps(masks, tmp_path / "out", TrimapJob(rule=MaskRule(band="2")), progress=False)
+    assert len(report.done) == 1, report.failed
+    trimap = read_gray(tmp_path / "out" / "m.png")
+    assert trimap.shape == (30, 20)
+    assert (trimap[:12] == 0).all() and (trimap[18:] == 255).all() and (trimap[14:16] == 128).all()
+
+
+def test_alpha_trimaps_keep_the_alpha_names_and_read_their_photos_unturned(tmp_path):
+    """--alphas: a name ending in _mask is the alpha's own (no mask suffix to strip); alphas and
+    their photos are read as stored (the benchmark convention), EXIF tag or not."""
+    alphas, images = tmp_path / "alphas", tmp_path / "images"
+    alphas.mkdir()
+    images.mkdir()
+    alpha = np.zeros((20, 30), np.uint8)
+    alpha[:, 12:18] = 128
+    alpha[:, 18:] = 255
+    write_png(alphas / "hair_mask.png", alpha)
+    _rotated_png(images / "hair_mask.png", np.zeros((20, 30, 3), np.uint8))
+    report = make_trimaps(alphas, tmp_path / "out", TrimapJob(images=images), progress=False)
+    assert report.failed == [] and len(report.done) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hair_mask.png"]
 
 def test_empty_with_alphas_is_refused_not_ignored(tmp_path, capsys):
     """--empty says what to do with a mask that has nothing to matte; with --alphas it was taken and
