@@ -128,7 +128,6 @@ def test_kernel_generator_forms_equal(cfg):
     torch.testing.assert_close(results["shift"][0].sum(1), torch.ones(2, 22, 18)) if k > 1 else None
 
 
-
 @pytest.mark.parametrize("encoding", ["cs", "cw"])
 def test_affinity_is_the_channel_sum_of_the_encodings_over_the_root_of_the_channel_count(encoding):
     """specs/a2u.md: a = sum_c (U*X)_c (V*X)_c / sqrt(C); the up kernels are softmax over the taps
@@ -144,6 +143,7 @@ def test_affinity_is_the_channel_sum_of_the_encodings_over_the_root_of_the_chann
         want_down = torch.softmax(a * site._p(x, "down"), dim=1)
     torch.testing.assert_close(up, want_up, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(down, want_down, atol=1e-6, rtol=1e-5)
+
 
 def test_kernels_come_out_in_autocasts_precision():
     """Under autocast the kernels' softmax runs in float32; the kernels are handed on in autocast's

@@ -484,7 +484,6 @@ def test_eroded_trimap_kernels():
     assert grown == 9 // 2 + 5 // 2
 
 
-
 def test_definite_alpha_is_exactly_0_or_1_of_an_8bit_alpha():
     """1/255 and 254/255 are partial alpha (unknown), only 0 and 255 are definite bg / fg."""
     fg, bg = tri.definite_masks(np.array([0, 1, 2, 253, 254, 255], np.float64) / 255)
@@ -514,6 +513,7 @@ def test_noise_labels_a_pixel_of_alpha_one_half_leaving_the_unknown_region_foreg
     trimap = np.array([[0, 128, 128, 128, 128, 255]], np.uint8)
     out = tri.apply_noise_steps(trimap, alpha, [tri.NoiseStep("erode", 3, 3)])
     assert out.tolist() == [[0, 0, 255, 255, 255, 255]]
+
 
 def test_noise_step_ranges():
     steps = [tri.draw_noise_steps(np.random.default_rng(i)) for i in range(3000)]

@@ -62,7 +62,6 @@ def test_port_with_a_raster_sweep_is_pymatting(monkeypatch, size):
     np.testing.assert_allclose(bg.permute(1, 2, 0).numpy(), want_bg, atol=1e-5)
 
 
-
 def test_the_start_colours_are_pymattings_means_over_alpha_above_0_9_and_below_0_1():
     """With no sweeps at all, every level keeps the start: F the mean colour where alpha > 0.9,
     B where alpha < 0.1 (alphas 0.85 and 0.15 belong to neither), as PyMatting's."""
@@ -78,6 +77,7 @@ def test_the_start_colours_are_pymattings_means_over_alpha_above_0_9_and_below_0
                                                         return_background=True)
     np.testing.assert_allclose(fg.permute(1, 2, 0).numpy(), want_fg, atol=1e-5)
     np.testing.assert_allclose(bg.permute(1, 2, 0).numpy(), want_bg, atol=1e-5)
+
 
 @pytest.mark.parametrize("size", [(1, 7), (5, 1), (23, 64)])
 def test_nearest_resize_is_pymatting(size):
@@ -178,13 +178,13 @@ def test_a_one_pixel_image_is_its_own_foreground():
     assert np.array_equal(estimate_foreground(image, np.array([[100]], np.uint8)), image)
 
 
-
 def test_an_opaque_image_is_its_own_foreground_rounded_not_truncated():
     """Under alpha 255 the foreground is the image: the solve lands within a hair of each value,
     above or below, and the uint8 result rounds it (truncation lost a level on about half the pixels)."""
     image = np.random.default_rng(2).integers(0, 256, (24, 31, 3), dtype=np.uint8)
     got = foreground.estimate_foreground_torch(image, np.full((24, 31), 255, np.uint8), "cpu")
     assert np.array_equal(got, image)
+
 
 def test_read_only_arrays_are_taken_without_a_warning():
     """Matter.foreground(image, np.asarray(Image.open("alpha.png"))) on CUDA: torch.from_numpy

@@ -191,7 +191,6 @@ def test_run_tiles_only_when_needed():
     assert pipeline.run(wide, band).how == "tiled: 1 tile of 32x4"
 
 
-
 def test_prepare_host_fits_the_pass_and_the_inputs_waiting_beside_it_at_the_ceiling():
     """A whole pass of a 45x41 image (aligned: 48x48 at stride 8) takes 48 * 48 * (100 + 96) bytes;
     each input prepared ahead holds 48 * 48 float32 values in each of the 4 (scalar) or 6 (onehot)
@@ -203,6 +202,7 @@ def test_prepare_host_fits_the_pass_and_the_inputs_waiting_beside_it_at_the_ceil
         need = 48 * 48 * (100 + 96) + 2 * 48 * 48 * 4 * channels  # two inputs ahead
         assert Pipeline(None, cfg, max_bytes=need).prepare_host(image, trimap, ahead=2).shape == (1, channels, 48, 48)
         assert Pipeline(None, cfg, max_bytes=need - 1).prepare_host(image, trimap, ahead=2) is None
+
 
 def test_freed_buffers_are_kept_for_the_next_image_under_glibc():
     # load_pipeline raises glibc's mmap/trim thresholds (and one arena): a 4K image's big arrays

@@ -127,7 +127,6 @@ def test_losses_are_normalised_per_sample():
     assert alpha_loss(pred, batch).item() == pytest.approx(0.5, abs=1e-5)  # both samples weigh 0.5
 
 
-
 def test_dim_loss_adds_eps_for_every_pixel_outside_the_unknown_region():
     """The authors' `weighted_loss` takes the Charbonnier of the *masked* difference, so each pixel
     (and channel) outside the region adds sqrt(0 + eps^2) = 1e-6 to the sum; the sum is divided by
@@ -160,6 +159,7 @@ def test_mmagic_and_l1_losses_on_a_hand_made_case():
     pred = torch.tensor([0.2, 0.9]).view(1, 1, 1, 2)
     assert l1_loss(pred, batch).item() == pytest.approx(0.2, abs=1e-6)  # not squared (0.04)
 
+
 def test_schedules():
     cfg = load_recipe("indexnet-m2o-nl-ctx").train
     # the authors step their scheduler once per epoch: x0.1 from the first iteration of epoch 20, and of 26
@@ -177,7 +177,6 @@ def test_schedules():
     assert lr_factor(cos, 60) == pytest.approx(0.5) and lr_factor(cos, 110) == pytest.approx(0.0, abs=1e-9)
 
 
-
 def test_cosine_schedule_values_and_its_floor_after_the_last_iteration():
     """Linear warm-up (i + 1) / warmup, then 0.5 (1 + cos(pi t)), t = (i - warmup) / (iters - warmup),
     held at 0 once t passes 1 (an extended run does not climb back up the cosine)."""
@@ -191,6 +190,7 @@ def test_cosine_schedule_values_and_its_floor_after_the_last_iteration():
     multi = load_recipe("indexnet-m2o-nl-ctx", ["train.milestone_unit=iters", "train.milestones=[4,8,12]",
                                                  "train.gamma=0.5"]).train
     assert [lr_factor(multi, i) for i in (3, 4, 8, 12, 99)] == pytest.approx([1, 0.5, 0.25, 0.125, 0.125])
+
 
 def test_indexnet_recipes_train_30_whole_epochs():
     """hltrainval.py:428-436 loads batches of 16 with drop_last=True: 43,100 // 16 = 2,693 steps an

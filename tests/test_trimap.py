@@ -69,7 +69,6 @@ def test_wide_bands_measured_on_a_reduced_mask_stay_within_the_factor(band, fact
     assert (trimap_from_mask(strand, band=band)[100:100 + factor + 1] == 128).all()
 
 
-
 @pytest.mark.parametrize("band, factor", [(15.9, 1), (16, 2), (31.9, 2), (32, 4)])
 def test_the_reduced_grid_starts_at_16_and_32_pixels(band, factor):
     """2x2 blocks from a 16 px band, 4x4 from 32 px: the trimap is constant on the blocks of the
@@ -84,11 +83,11 @@ def test_the_reduced_grid_starts_at_16_and_32_pixels(band, factor):
     assert blockwise_constant(factor) and not blockwise_constant(2 * factor)
 
 
-
 def test_a_16bit_mask_is_read_over_65535():
     """65535 is probability 1 exactly: foreground even at a threshold of 1 (65535 / 65536 was not)."""
     mask = np.array([[0, 40000, 65534, 65535]], np.uint16)
     assert trimap_from_mask(mask, band=0, threshold=(1.0, 1.0)).tolist() == [[0, 0, 0, 255]]
+
 
 def test_preview_dims_the_background_to_a_third_and_tints_the_band_half_magenta():
     from mattecli.data.trimap import trimap_preview
@@ -98,6 +97,7 @@ def test_preview_dims_the_background_to_a_third_and_tints_the_band_half_magenta(
     # background: 200/3 = 66.67 -> 67, 100/3 = 33.3 -> 33, 50/3 = 16.67 -> 17 (rounded, not truncated);
     # unknown: half the pixel plus half of (255, 0, 255): 227.5 -> 228, 50, 152.5 -> 152 (half to even)
     assert trimap_preview(image, trimap).tolist() == [[[67, 33, 17], [228, 50, 152], [200, 100, 50]]]
+
 
 def test_a_straight_edge_gets_band_pixels_on_each_side_and_the_border_no_band():
     mask = np.zeros((40, 60), np.uint8)
@@ -512,6 +512,7 @@ def test_a_preview_without_images_is_the_trimap_over_the_mask(tmp_path, capsys):
     r, g, b = preview[trimap == 128].mean(0)  # the thin band: magenta, smeared by JPEG's chroma subsampling
     assert min(r, b) > g + 30
 
+
 @pytest.mark.parametrize("args, message", [
     (["--band", "wide"], "--band wide"), (["--threshold", "0.9,0.1"], "--threshold"),
     (["--method", "erode"], "--method and --seed are for --alphas"), (["--empty", "maybe"], "--empty"),
@@ -561,7 +562,6 @@ def test_alpha_trimaps_are_reproducible_by_seed(tmp_path, capsys):
                for i in range(3))
 
 
-
 def _rotated_png(path, array, orientation=6):
     """A PNG whose EXIF says: turn the stored pixels (orientation 6: 90 degrees clockwise) to show it."""
     exif = Image.Exif()
@@ -597,6 +597,7 @@ def test_alpha_trimaps_keep_the_alpha_names_and_read_their_photos_unturned(tmp_p
     report = make_trimaps(alphas, tmp_path / "out", TrimapJob(images=images), progress=False)
     assert report.failed == [] and len(report.done) == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hair_mask.png"]
+
 
 def test_empty_with_alphas_is_refused_not_ignored(tmp_path, capsys):
     """--empty says what to do with a mask that has nothing to matte; with --alphas it was taken and
