@@ -27,6 +27,21 @@ def progress_bar(*extra_columns, console=None):
                     redirect_stdout=bool(getattr(sys.stdout, "isatty", lambda: False)()))
 
 
+def print_table(console, table) -> None:
+    """Print a rich table with every value whole. Written to a file or a pipe (no terminal: rich
+    assumes 80 columns), the table is as wide as its widest row; it cut values to an ellipsis
+    ("3840x2…" in `matte bench ... > log`). On a terminal, a value too wide wraps in its cell."""
+    import io
+
+    from rich.console import Console
+
+    for column in table.columns:
+        column.overflow = "fold"
+    if not console.is_terminal:
+        console.width = max(console.width, Console(width=100_000, file=io.StringIO()).measure(table).maximum)
+    console.print(table)
+
+
 class Tracker:
     """What `track` yields: `advance(n)` the bar, `print(text)` a line above it (or to the console)."""
 

@@ -375,3 +375,24 @@ def test_an_engine_profile_covers_the_sizes_as_the_pipeline_aligns_them(resize_d
     assert _profile([Size(1920, 1080), Size(100, 70)], down) == ((64, 96), (1056, 1920), (1056, 1920))
     up = dataclasses.replace(down, align="resize")
     assert _profile([Size(1920, 1080), Size(100, 70)], up) == ((96, 128), (1088, 1920), (1088, 1920))
+
+
+def test_a_table_written_to_a_file_keeps_every_value_whole():
+    """`matte bench ... > log`: rich gave a console that is not a terminal 80 columns and cut the
+    values that did not fit to an ellipsis ("3840x2…", "wall/d…" in the e2e table)."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mattecli.progress import print_table
+
+    table = Table(title="t")
+    for col in ("size", "img/s", "wall/decode", "decode", "prepare", "model", "restore", "fg", "encode", "more"):
+        table.add_column(col)
+    table.add_row("3840x2160", "4.78", "2.12", "237", "95", "14", "52", "0", "52", "a-long-value-" * 3)
+    out = io.StringIO()
+    print_table(Console(file=out, width=80), table)
+    text = out.getvalue()
+    assert "…" not in text and "3840x2160" in text and "wall/decode" in text and "a-long-value-" * 3 in text
+    assert max(map(len, text.splitlines())) > 80

@@ -57,7 +57,7 @@ def main(
     from mattecli.errors import UsageError
     from mattecli.files import Inputs, check_stdout, to_stdout
     from mattecli.imageio import check_report_file
-    from mattecli.progress import progress_bar
+    from mattecli.progress import print_table, progress_bar
 
     _check_mode(ctx, e2e)
     # given twice, a list option kept only its last value (click's rule): the values are joined instead
@@ -104,7 +104,7 @@ def main(
             table.add_row(r["backend"], r["size"], r["input"], f"{r['median_ms']:.1f}", f"{r['images_per_s']:.3f}",
                           memory)
     out = err if to_stdout(json_out) else Console()  # --json -: stdout holds the JSON alone, for a pipe
-    out.print(table)
+    print_table(out, table)
     good = [r for r in report["rows"] if "error" not in r]
     if good:
         out.print(f"memory: {good[0]['memory']}; timed: {report['timed']}", markup=False, highlight=False,
@@ -144,6 +144,7 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
     from mattecli.errors import UsageError
     from mattecli.files import to_stdout
     from mattecli.inference.outputs import OUTPUT_KINDS
+    from mattecli.progress import print_table
 
     if len(names) != 1:
         raise UsageError("--e2e times one backend: name it with --backends (e.g. --backends torch)")
@@ -173,7 +174,7 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
             table.add_row(r["size"], f"{r['images_per_s']:.2f}", f"{r['wall_over_decode']:.2f}",
                           *[f"{r['stages'][s]['ms_per_image']:.0f}" for s in STAGES])
     out = err if to_stdout(json_out) else Console()  # --json -: stdout holds the JSON alone, for a pipe
-    out.print(table)
+    print_table(out, table)
     out.print("stage columns: ms per image (prepare: upload + prepare, restore: restore + download, fg: foreground); "
               "decode, foreground and encode run in the workers, overlapping the model, so stages add up to more "
               "than the wall time when overlap works; wall/decode: the run's wall time over decoding the same "
