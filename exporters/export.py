@@ -136,8 +136,8 @@ def _align_shapes(shapes, cfg, used, log) -> tuple:
                 raise UsageError(f"--{name}-shape {err}") from None
             new = size  # not used (a static graph's min and max, --opt-shape's copies): said of --opt-shape
         if new != size and in_use:
-            log(f"matte: note: --{name}-shape {size} aligned {'down' if down else 'up'} to {new} (WIDTHxHEIGHT, a multiple "
-                f"of the model's stride {cfg.stride}, as the inference pipeline aligns its inputs"
+            log(f"matte: note: --{name}-shape {size} aligned {'down' if down else 'up'} to {new} (WIDTHxHEIGHT, a "
+                f"multiple of the model's stride {cfg.stride}, as the inference pipeline aligns its inputs"
                 f"{': this recipe resizes them down' if down else ''})")
         aligned.append(new)
     return tuple(aligned)
