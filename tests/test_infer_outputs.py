@@ -101,6 +101,39 @@ def test_at_most_two_gpu_foregrounds_run_at_once(monkeypatch):
     assert most[0] == 2
 
 
+def test_a_slow_pymatting_import_is_announced_and_a_cached_one_is_not(monkeypatch):
+    """PyMatting's numba kernels compile when it is imported (about 40 s on 2 cores, the first time
+    per installation): `matte infer --save fg` on a CPU sat on its first image without a word."""
+    import importlib.abc
+    import importlib.util
+    import time
+
+    from mattecli.inference.outputs import import_pymatting
+
+    class Slow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path=None, target=None):
+            return importlib.util.spec_from_loader(name, self) if name == "pymatting" else None
+
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            time.sleep(0.5)  # compiling
+
+    import pymatting  # noqa: F401  (the real one, which monkeypatch puts back after the test)
+
+    notes = []
+    monkeypatch.delitem(sys.modules, "pymatting")
+    monkeypatch.setattr(sys, "meta_path", [Slow(), *sys.meta_path])
+    import_pymatting(notes.append, after=0.05)
+    assert "pymatting" in sys.modules
+    assert notes == ["PyMatting is compiling its foreground kernels (once per installation: about a minute; "
+                     "Ctrl-C takes effect when it ends)"]
+    import_pymatting(notes.append, after=0)  # imported: nothing to wait for, nothing said
+    time.sleep(0.1)
+    assert len(notes) == 1
+
+
 def test_rgba_is_straight_not_premultiplied():
     fg = np.full((2, 2, 3), 200, np.uint8)
     alpha = np.array([[0, 64], [128, 255]], np.uint8)

@@ -82,7 +82,7 @@ def main(
     from mattecli.imageio import check_out_dir, has_images, prepare_out_dir
     from mattecli.inference.backends import implied_backend
     from mattecli.inference.batch import check_json_out, default_workers, infer_folder, no_images, print_report
-    from mattecli.inference.outputs import OUTPUT_KINDS, Background, check_numba_threading_layer
+    from mattecli.inference.outputs import OUTPUT_KINDS, Background, check_numba_threading_layer, import_pymatting
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import default_max_bytes, tile_size
 
@@ -122,6 +122,7 @@ def main(
     # backend holds no torch device for the GPU port): its threading layer checked before any model pass
     if (not device.startswith("cuda") or runs_on == "onnx") and any(k in ("fg", "rgba", "composite") for k in kinds):
         check_numba_threading_layer()
+        import_pymatting(lambda text: typer.echo(f"matte: note: {text}", err=True))
     pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
     if compile:  # else the first image's progress would look stuck for minutes
         typer.echo("matte: note: --compile: the first image waits while torch.compile builds the model (minutes); "

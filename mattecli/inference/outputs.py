@@ -216,6 +216,30 @@ def check_numba_threading_layer() -> None:
                          "(workqueue is always there)") from None
 
 
+def import_pymatting(note, after: float = 2.0) -> None:
+    """Import PyMatting, saying so through `note(text)` when that takes over `after` seconds.
+
+    PyMatting's numba kernels compile when it is imported: about 40 s on 2 cores the first time,
+    1 s once numba has cached them (once per installation). Imported by the first foreground, that
+    was a silent pause of the first image. A stop signal in the import is raised when it ends
+    (`errors.stop_deferred`: numba compiles through callbacks from LLVM)."""
+    import sys
+
+    if "pymatting" in sys.modules:
+        return
+    from mattecli.errors import stop_deferred
+
+    timer = threading.Timer(after, note, ["PyMatting is compiling its foreground kernels (once per installation: "
+                                          "about a minute; Ctrl-C takes effect when it ends)"])
+    timer.daemon = True
+    timer.start()
+    try:
+        with stop_deferred():
+            import pymatting  # noqa: F401
+    finally:
+        timer.cancel()
+
+
 def _to_uint8(x: np.ndarray) -> np.ndarray:
     return (np.clip(x, 0, 1) * np.float32(255) + np.float32(0.5)).astype(np.uint8)
 
