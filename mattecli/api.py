@@ -105,7 +105,8 @@ class Matter:
 
     def foreground(self, image: ImageLike, alpha: np.ndarray) -> np.ndarray:
         """Estimated foreground colours F (image ~ alpha F + (1 - alpha) B), as `--save fg` writes
-        them: PyMatting's multi-level method on a CPU, its PyTorch port on a CUDA device.
+        them: PyMatting's multi-level method on a CPU, its PyTorch port on a CUDA device (PyMatting
+        beside an exported ONNX graph, whose runtime holds no torch device, on CUDA too).
 
         Args:
             image: as for `predict` (a path too).
@@ -120,7 +121,7 @@ class Matter:
         """
         from mattecli.errors import InputError, UsageError
         from mattecli.imageio import rgb_of
-        from mattecli.inference.outputs import check_numba_threading_layer, estimate_foreground
+        from mattecli.inference.outputs import check_numba_threading_layer, estimate_foreground, foreground_device
 
         try:
             rgb = rgb_of(_as_pil(image, "image"))
@@ -133,12 +134,13 @@ class Matter:
         if alpha.dtype != np.uint8 or alpha.shape != rgb.shape[:2]:
             raise ValueError(f"alpha must be (H, W) uint8 of the image's size {rgb.shape[1]}x{rgb.shape[0]}, got "
                              f"{alpha.dtype} {alpha.shape}")
-        if not self.device.startswith("cuda"):  # PyMatting: a layer numba cannot start in one line, as infer says it
+        device = foreground_device(self.pipeline.backend)
+        if device is None or device.type != "cuda":  # PyMatting: a layer numba cannot start, in one line as infer
             try:
                 check_numba_threading_layer()
             except UsageError as err:
                 raise ValueError(str(err)) from None
-        return estimate_foreground(rgb, alpha, self.device)
+        return estimate_foreground(rgb, alpha, device)
 
     def __repr__(self) -> str:
         return f"Matter(recipe={self.recipe.name!r}, device={self.device!r})"

@@ -73,6 +73,33 @@ def test_predict_equals_matte_infer_byte_for_byte(weights, photos, tmp_path, max
     assert np.array_equal(fg, read_image(out / "fg" / "lemur.png"))
 
 
+def test_foregrounds_are_estimated_where_matte_infer_estimates_them(monkeypatch):
+    """Beside an ONNX graph on CUDA, `matte infer --save fg` runs PyMatting (ONNX Runtime holds no
+    torch device); Matter.foreground chose by the device string and ran the PyTorch port, whose
+    estimate differs (red-black sweeps), so the API and infer gave other foregrounds."""
+    import torch
+
+    from mattecli.api import Matter
+    from mattecli.inference import outputs
+
+    seen = []
+    monkeypatch.setattr(outputs, "estimate_foreground", lambda image, alpha, device: seen.append(device) or image)
+    monkeypatch.setattr(outputs, "check_numba_threading_layer", lambda: seen.append("numba checked"))
+    image, alpha = np.zeros((4, 5, 3), np.uint8), np.full((4, 5), 128, np.uint8)
+
+    class Onnx:  # what OnnxBackend holds: no torch device
+        pass
+
+    class Torch:
+        device = torch.device("cuda", 1)
+
+    Matter(type("P", (), {"backend": Onnx()})(), "cuda").foreground(image, alpha)
+    assert seen == ["numba checked", None]
+    seen.clear()
+    Matter(type("P", (), {"backend": Torch()})(), "cuda:1").foreground(image, alpha)
+    assert seen == [torch.device("cuda", 1)]
+
+
 def test_numpy_arrays_give_what_pillow_images_give(weights, photos):
     matter = mattecli.load(weights, device="cpu")
     image = Image.open(photos / "lemur.png")

@@ -104,6 +104,7 @@ def test_at_most_two_gpu_foregrounds_run_at_once(monkeypatch):
 def test_a_slow_pymatting_import_is_announced_and_a_cached_one_is_not(monkeypatch):
     """PyMatting's numba kernels compile when it is imported (about 40 s on 2 cores, the first time
     per installation): `matte infer --save fg` on a CPU sat on its first image without a word."""
+    import importlib
     import importlib.abc
     import importlib.util
     import time
@@ -120,7 +121,7 @@ def test_a_slow_pymatting_import_is_announced_and_a_cached_one_is_not(monkeypatc
         def exec_module(self, module):
             time.sleep(0.5)  # compiling
 
-    import pymatting  # noqa: F401  (the real one, which monkeypatch puts back after the test)
+    importlib.import_module("pymatting")  # the real one, which monkeypatch puts back after the test
 
     notes = []
     monkeypatch.delitem(sys.modules, "pymatting")

@@ -324,11 +324,12 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         The report: done, skipped, failed with reasons, notes.
     """
     from mattecli.data.trimap import no_foreground
+    from mattecli.inference.outputs import foreground_device
 
     report, todo = _plan(Path(images), Path(out), trimaps=trimaps, masks=masks, mask_rule=mask_rule, shard=shard,
                          recursive=recursive, save=save, background=background, overwrite=overwrite)
 
-    device = getattr(getattr(pipeline, "backend", None), "device", None)  # the foreground runs there too
+    device = foreground_device(getattr(pipeline, "backend", None))
     prefetch = prefetch or max(2, workers)
     # Threads, not processes: decoding, encoding, numba and torch release the GIL in their heavy
     # loops, and a process would pickle every 4K image across; threads measured 1.90x (decoding) and

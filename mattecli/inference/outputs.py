@@ -193,6 +193,13 @@ def _numba_guard():
     return nullcontext() if safe else _NUMBA_WORKQUEUE
 
 
+def foreground_device(backend):
+    """Where the foregrounds of a model's photos are estimated: the torch device its backend holds
+    (the PyTorch port runs on a CUDA one), or None, PyMatting on the CPU: an ONNX Runtime backend
+    holds no torch device, on CUDA too. `matte infer` and `Matter.foreground` both ask here."""
+    return getattr(backend, "device", None)
+
+
 def check_numba_threading_layer() -> None:
     """Raise UsageError when numba cannot start the threading layer NUMBA_THREADING_LAYER names.
 
@@ -223,6 +230,7 @@ def import_pymatting(note, after: float = 2.0) -> None:
     1 s once numba has cached them (once per installation). Imported by the first foreground, that
     was a silent pause of the first image. A stop signal in the import is raised when it ends
     (`errors.stop_deferred`: numba compiles through callbacks from LLVM)."""
+    import importlib
     import sys
 
     if "pymatting" in sys.modules:
@@ -235,7 +243,7 @@ def import_pymatting(note, after: float = 2.0) -> None:
     timer.start()
     try:
         with stop_deferred():
-            import pymatting  # noqa: F401
+            importlib.import_module("pymatting")
     finally:
         timer.cancel()
 
