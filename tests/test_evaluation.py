@@ -148,3 +148,17 @@ def test_eval_report_pointed_at_a_file_is_one_line(tmp_path):
         assert result.exit_code == 2 and "Traceback" not in result.output
         assert result.stderr.strip() == (f"matte: error: --report {target}: {tmp_path / 'report.html'} is a "
                                          "file; the report is a folder (index.html and its images): name a folder")
+
+
+def test_means_are_over_the_evaluated_images_only():
+    """docs/commands/eval.md: the mean is over the images evaluated; one that failed is listed
+    under "failed", not counted as zeros."""
+    from mattecli.evaluation import Result, summary
+
+    a = {"sad": 1.0, "mse": 0.01, "grad": 2.0, "conn": 3.0}
+    b = {"sad": 3.0, "mse": 0.03, "grad": 4.0, "conn": 5.0}
+    data = summary([Result("a", a), Result("b", b), Result("c", error="unreadable")])
+    assert data["count"] == 2 and data["failed"] == [{"name": "c", "reason": "unreadable"}]
+    assert data["mean"] == pytest.approx({"sad": 2.0, "mse": 0.02, "grad": 3.0, "conn": 4.0})
+    assert summary([Result("c", error="unreadable")])["mean"] == {"sad": None, "mse": None, "grad": None,
+                                                                   "conn": None}

@@ -215,3 +215,23 @@ def test_a_file_system_without_inode_numbers_does_not_make_every_output_an_input
     (tmp_path / "out.png").write_bytes(b"y")
     inputs = Inputs([tmp_path / "photo.png"])
     assert tmp_path / "photo.png" in inputs and tmp_path / "out.png" not in inputs
+
+
+def test_an_input_reached_by_another_name_is_still_an_input(tmp_path):
+    """A hard link (as a case-insensitive file system's A.PNG for a.png) is the same file: an
+    output there would replace the input."""
+    from mattecli.files import Inputs
+
+    (tmp_path / "a.png").write_bytes(b"photo")
+    os.link(tmp_path / "a.png", tmp_path / "other.png")
+    inputs = Inputs([tmp_path / "a.png"])
+    assert tmp_path / "other.png" in inputs and tmp_path / "a.png" in inputs
+    (tmp_path / "b.png").write_bytes(b"photo")
+    assert tmp_path / "b.png" not in inputs
+
+
+def test_a_long_name_in_a_multibyte_script_gets_a_temporary_name_that_fits(tmp_path):
+    """File names are limited in bytes (255), not characters: 'é' is two bytes in UTF-8."""
+    path = tmp_path / ("é" * 125 + ".png")  # 254 bytes: a name that fits
+    atomic_write(path, lambda tmp: tmp.write_bytes(b"x"))
+    assert path.read_bytes() == b"x" and [p.name for p in tmp_path.iterdir()] == [path.name]

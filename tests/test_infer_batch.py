@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mattecli.imageio import read_gray
@@ -643,3 +644,90 @@ def test_a_stop_whose_interrupt_was_lost_ends_the_batch_between_images(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         infer_folder(Signalled(), images, tmp_path / "out", progress=False, workers=0)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]  # the image under way was finished
+
+
+def test_a_single_image_and_trimap_file_belong_to_shard_0_only(tmp_path):
+    """`--shard K/N` splits the work disjointly and completely: one image given as a file (with its
+    trimap as a file) is one item, done by exactly one shard, the first."""
+    images = make_pairs(tmp_path / "in", ["a"])
+    pair = (images / "a.png", images / "a_trimap.png")
+    assert find_pairs(*pair) == ([pair], [])
+    shards = [find_pairs(*pair, shard=(k, 3)) for k in range(3)]
+    assert shards == [([pair], []), ([], []), ([], [])]
+
+
+def test_two_images_with_one_stem_fail_one_of_them_naming_the_other(tmp_path):
+    """Outputs are named by stem: a.png and a.jpg would write one a.png, so the second is a named
+    failure, not a silent overwrite of the first's outputs."""
+    from PIL import Image
+
+    images = make_pairs(tmp_path / "in", ["a"])
+    Image.open(images / "a.png").save(images / "a.jpg")
+    pairs, problems = find_pairs(images, None)
+    assert pairs == [(images / "a.jpg", images / "a_trimap.png")]
+    assert problems == [(str(images / "a.png"), "another image has the same name stem (a.jpg); outputs are named by stem")]
+
+
+def test_an_alpha_on_disk_of_another_size_is_not_reused(tmp_path):
+    """An alpha left by a run on another version of the photo (another size) cannot finish this
+    image's other outputs: the model runs again and replaces it, and the batch goes on."""
+    from mattecli.imageio import write_png
+
+    images = make_pairs(tmp_path / "in", ["a", "b"])
+    out = tmp_path / "out"
+    write_png(out / "a.png", np.zeros((10, 10), np.uint8))
+    fake = FakePipeline()
+    report = infer_folder(fake, images, out, save=("alpha", "fg"), progress=False)
+    assert sorted(report.done) == [str(images / "a.png"), str(images / "b.png")] and not report.failed
+    assert fake.calls == 2 and read_gray(out / "a.png").shape == (24, 32)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_write_failing_for_another_reason_than_a_full_disk_fails_that_image_only(tmp_path, workers):
+    """Only a full disk stops the batch; an output that cannot be written for its own reason (a
+    folder where the file goes) is that image's named failure, and the rest are written."""
+    images = make_pairs(tmp_path / "in", ["a", "b", "c", "d"])
+    out = tmp_path / "out"
+    (out / "fg" / "a.png").mkdir(parents=True)  # a folder where a's foreground goes
+    report = infer_folder(FakePipeline(), images, out, save=("alpha", "fg"), progress=False, workers=workers,
+                          prefetch=1)
+    assert [path for path, _ in report.failed] == [str(images / "a.png")]
+    assert "is a folder" in report.failed[0][1]
+    assert sorted(report.done) == [str(images / f"{s}.png") for s in "bcd"] and not report.not_attempted
+
+
+def test_the_json_report_counts_each_kind_of_outcome(tmp_path):
+    """--json's counts are the lengths of its lists: done, skipped, failed, nothing, not_attempted."""
+    import json
+
+    from mattecli.inference.batch import BatchReport, print_report, report_json
+
+    report = BatchReport(done=["d1"], skipped=["s1", "s2"], failed=[("f1", "r"), ("f2", "r"), ("f3", "r")],
+                         nothing=[(f"n{i}", "r") for i in range(4)], not_attempted=[f"x{i}" for i in range(5)])
+    counts = {"done": 1, "skipped": 2, "failed": 3, "nothing": 4, "not_attempted": 5}
+    assert report_json(report, tmp_path)["counts"] == counts
+    print_report(report, tmp_path, tmp_path / "report.json")
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert written["counts"] == counts and written["failed"][2] == {"path": "f3", "reason": "r"}
+    assert written["not_attempted"] == report.not_attempted and written["out"] == str(tmp_path)
+
+
+def test_at_most_five_notes_are_shown_then_a_count_of_the_rest(tmp_path, capsys):
+    from mattecli.inference.batch import BatchReport, print_report
+
+    print_report(BatchReport(notes=[f"n{i}" for i in range(5)]), tmp_path)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"matte: note: n{i}" for i in range(5)]  # five: all shown, nothing more
+    print_report(BatchReport(notes=[f"n{i}" for i in range(7)]), tmp_path)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"matte: note: n{i}" for i in range(5)] + ["matte: note: ... and 2 more like these"]
+
+
+def test_json_report_onto_an_input_is_refused_before_any_work(tmp_path):
+    from mattecli.errors import UsageError
+    from mattecli.inference.batch import check_json_out
+
+    images = make_pairs(tmp_path / "in", ["a"])
+    with pytest.raises(UsageError, match="is an input file"):
+        check_json_out(images / "a.json", [images / "a.json", images / "a.png"])
+    check_json_out(tmp_path / "report.json", [images / "a.png"])  # any other file is fine

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from mattecli.errors import UsageError
 from mattecli.imageio import read_gray, read_image, write_png
 from mattecli.inference.outputs import (Background, composite, estimate_foreground, output_paths, parse_color,
-                                        to_rgba)
+                                        to_rgba, write_outputs)
 
 
 def soft_case(h=40, w=48):
@@ -293,3 +293,23 @@ def test_the_numba_check_runs_where_pymatting_will_estimate_the_foregrounds(tmp_
     res = CliRunner().invoke(app, ["infer", "--weights", str(tmp_path / weights_name), "--images", str(tmp_path / "in"),
                                    "--out", str(tmp_path / "out"), "--save", "alpha,fg", "--max-memory", "none"])
     assert (str(res.exception) == "numba checked") == checked, res.exception
+
+
+def test_a_composite_is_current_only_for_the_background_recorded_in_it(tmp_path):
+    from mattecli.inference.outputs import is_current
+
+    fg, alpha = np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 255, np.uint8)
+    paths = {"composite": tmp_path / "composite" / "a.png"}
+    write_outputs(paths, fg, alpha, Background.parse("#00ff00"))
+    assert is_current("composite", paths["composite"], Background.parse("lime"))  # the same colour
+    assert not is_current("composite", paths["composite"], Background.parse("#0000ff"))
+    assert not is_current("composite", paths["composite"], None)  # no background: none recorded is this run's
+
+
+def test_an_alpha_alone_estimates_no_foreground(tmp_path, monkeypatch):
+    import mattecli.inference.outputs as outputs
+
+    monkeypatch.setattr(outputs, "estimate_foreground", lambda *a, **k: pytest.fail("foreground estimated"))
+    alpha = np.tile(np.linspace(0, 255, 8).astype(np.uint8), (8, 1))  # fractional: an estimate would run
+    write_outputs({"alpha": tmp_path / "a.png"}, np.zeros((8, 8, 3), np.uint8), alpha)
+    assert (read_gray(tmp_path / "a.png") == alpha).all()

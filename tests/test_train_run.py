@@ -801,3 +801,23 @@ def test_a_recipe_name_that_is_no_folder_name_asks_for_out(tmp_path, synth, monk
         code, said = run_cli("train", "--recipe", "r.yaml", "--data", str(synth), "--iters", "1")
         assert (code, said) == (2, f"recipe name {name!r} does not name a folder under runs/: give --out")
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_cut_short_by_a_crash_is_never_taken_for_the_newest(tmp_path, monkeypatch):
+    """Checkpoints are written atomically: a write that dies half way leaves the older checkpoints,
+    and --resume continues from the newest whole one."""
+    from pathlib import Path
+
+    ckpt.save_checkpoint(tmp_path, {"iteration": 2}, 2)
+    real = Path.write_bytes
+
+    def dying(self, data):
+        real(self, bytes(data)[:10])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", dying)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(tmp_path, {"iteration": 4}, 4)
+    monkeypatch.undo()
+    assert [i for i, _ in ckpt.checkpoints(tmp_path)] == [2]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_00000002.pt"]
