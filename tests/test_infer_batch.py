@@ -665,7 +665,8 @@ def test_two_images_with_one_stem_fail_one_of_them_naming_the_other(tmp_path):
     Image.open(images / "a.png").save(images / "a.jpg")
     pairs, problems = find_pairs(images, None)
     assert pairs == [(images / "a.jpg", images / "a_trimap.png")]
-    assert problems == [(str(images / "a.png"), "another image has the same name stem (a.jpg); outputs are named by stem")]
+    assert problems == [(str(images / "a.png"),
+                         "another image has the same name stem (a.jpg); outputs are named by stem")]
 
 
 def test_an_alpha_on_disk_of_another_size_is_not_reused(tmp_path):
