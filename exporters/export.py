@@ -39,7 +39,8 @@ class ExportOptions:
 
     @property
     def tolerance(self) -> float:
-        """The max-abs error `--verify` allows: 1e-4, or 1e-2 for FP16."""
+        """The max-abs error `--verify` allows per unit of the reference output's scale (max |output|,
+        at least 1): 1e-4, or 1e-2 for FP16."""
         from exporters.verify import HALF_TOLERANCE, TOLERANCE
 
         return HALF_TOLERANCE if self.half else TOLERANCE

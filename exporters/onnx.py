@@ -168,7 +168,7 @@ def compact(model):
       the outputs that enters each node's inputs from the latest-listed producer first. In the
       tracer's order an accumulation `acc + tap * kernel` lists each product after the previous
       sum, so every product of a chain was made before the first sum and all were alive at once
-      (A2U at 768x768: 3,516 bytes/pixel against PyTorch's 1,595). Breadth-first, the deeper sum
+      (A2U at 768x768: 3,516 bytes/pixel against PyTorch's 1,639). Breadth-first, the deeper sum
       is listed later, so it is entered first and each product is consumed as soon as it is made
       (1,596 bytes/pixel; docs/benchmarks.md).
 

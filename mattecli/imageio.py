@@ -1,7 +1,8 @@
 """Reading images as they are found in the wild, and writing them atomically (`files.atomic_write`).
 
-Every reader returns uint8 numpy arrays and raises `InputError(path, reason)` for a file that is
-missing, empty, unreadable or of an unusable kind, so a batch can name it and go on.
+Every reader returns uint8 numpy arrays (the trimap and mask readers with a note) and raises
+`InputError(path, reason)` for a file that is missing, empty, unreadable or of an unusable kind,
+so a batch can name it and go on.
 """
 
 from __future__ import annotations

@@ -520,3 +520,17 @@ def test_an_image_the_model_runs_out_of_memory_on_fails_alone(tmp_path, monkeypa
     assert result.exit_code == 1 and "Traceback" not in result.stderr, result.output
     assert "matte eval: syn0001: RuntimeError: DefaultCPUAllocator: can't allocate memory" in result.stderr
     assert json.loads((tmp_path / "m.json").read_text())["count"] == 2
+
+
+def test_the_report_shows_a_cut_out_ground_truth_as_it_was_scored(folders):
+    """A ground truth with its matte in an alpha channel (an RGBA cut-out) is scored by that alpha;
+    the report's panel showed its red channel."""
+    root, cases = folders
+    _, gt, _ = cases["a"]
+    rgb = np.random.default_rng(9).integers(0, 256, gt.shape + (3,)).astype(np.uint8)
+    (root / "gt" / "a.png").unlink()
+    write_png(root / "gt" / "a.png", np.dstack([rgb, gt]))
+    result = run(*args_for(root, "--report", root / "report", "--report-worst", "3"))
+    assert result.exit_code == 0, result.output
+    shown = [p for p in (root / "report" / "images").iterdir() if "_a_ground" in p.name]
+    assert len(shown) == 1 and (read_gray(shown[0]) == gt).all()

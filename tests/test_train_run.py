@@ -44,16 +44,17 @@ def test_a_folder_holding_a_run_is_refused_and_overwrite_clears_only_the_run(tmp
     (run / "notes.txt").write_text("mine")
     with pytest.raises(UsageError, match=r"holds a run \(7 iterations done\): use --resume to continue it, "
                                          r"--overwrite to start again, or another --out"):
-        ckpt.prepare_run_dir(run, resume=False, overwrite=False)
-    ckpt.prepare_run_dir(run, resume=True, overwrite=False)  # resuming is what the folder is for
+        ckpt.check_run_dir(run, resume=False, overwrite=False)
+    ckpt.check_run_dir(run, resume=True, overwrite=False)  # resuming is what the folder is for
     with pytest.raises(UsageError, match="--resume and --overwrite"):
-        ckpt.prepare_run_dir(run, resume=True, overwrite=True)
-    ckpt.prepare_run_dir(run, resume=False, overwrite=True)
+        ckpt.check_run_dir(run, resume=True, overwrite=True)
+    ckpt.check_run_dir(run, resume=False, overwrite=True)
+    ckpt.clear_run(run)
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
-    ckpt.prepare_run_dir(run, resume=False, overwrite=False)  # nothing of a run is left
+    ckpt.check_run_dir(run, resume=False, overwrite=False)  # nothing of a run is left
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="is a file"):
-        ckpt.prepare_run_dir(tmp_path / "file", resume=False, overwrite=False)
+        ckpt.check_run_dir(tmp_path / "file", resume=False, overwrite=False)
 
 
 def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, synth):

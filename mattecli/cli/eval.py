@@ -264,7 +264,7 @@ def _finish(results, items, kept: dict, outputs: EvalOutputs, errors) -> int:
 
 def _write_report(out_dir: Path, results, items, kept: dict, count: int) -> Path:
     from mattecli.eval_report import ReportEntry, write_report
-    from mattecli.imageio import read_alpha, read_gray, read_image
+    from mattecli.imageio import read_alpha, read_gray, read_ground_truth, read_image
 
     by_name = {item.name: item for item in items}
     good = sorted((r for r in results if r.metrics is not None), key=lambda r: (-r.metrics["sad"], r.name))
@@ -275,5 +275,6 @@ def _write_report(out_dir: Path, results, items, kept: dict, count: int) -> Path
         item = by_name[r.name]
         pred = kept[r.name] if r.name in kept else read_alpha(item.pred)
         image = read_image(item.image) if item.image is not None else None
-        entries.append(ReportEntry(r.name, r.metrics, pred, read_gray(item.gt), read_gray(item.trimap), image))
+        # the ground truth as it was scored (a cut-out's alpha, not its red channel)
+        entries.append(ReportEntry(r.name, r.metrics, pred, read_ground_truth(item.gt), read_gray(item.trimap), image))
     return write_report(out_dir, entries, title="matte eval: worst images by SAD")

@@ -12,7 +12,7 @@ def main(
     images: Path = typer.Option(..., "--images", help="Folder of images (PNG, JPEG, TIFF, WebP, BMP), or one image "
                                 "file."),
     out: Path = typer.Option(..., "--out", help="Output folder: OUT/{stem}.png is the 8-bit alpha; "
-                             "OUT/fg/, OUT/rgba/, OUT/composite/ hold the other --save outputs."),
+                             "OUT/fg/, OUT/rgba/, OUT/composite/, OUT/trimap/ hold the other --save outputs."),
     trimaps: Path = typer.Option(None, "--trimaps", help="Folder of trimaps named like the images, or one trimap "
                                  "file for one --images file "
                                  "(default: {stem}_trimap.* beside each image)."),
@@ -47,7 +47,7 @@ def main(
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist (default: an image "
                                    "whose requested outputs all exist is skipped)."),
     shard: str = typer.Option(None, "--shard", help="K/N: process only the K-th of N slices of the input list "
-                              "sorted by file name (images K, K+N, K+2N, ...). K is 0-based: 0/4 .. 3/4."),
+                              "sorted by path (images K, K+N, K+2N, ...). K is 0-based: 0/4 .. 3/4."),
     max_memory: str = typer.Option(None, "--max-memory", help="Memory ceiling of one model pass (e.g. 4GB, 512MB; "
                                    "none: no ceiling; 0 is refused; default 4GB on cpu, on cuda 90% of the GPU's "
                                    "memory): host memory on cpu, GPU memory on cuda, "

@@ -99,8 +99,9 @@ class TorchBackend:
             convolutions_in(run, self.half_dtype)
         self.run = torch.compile(run, dynamic=True) if compile else run
         # On CUDA the pipeline runs on the device; on a CPU numpy with OpenCV is the faster of the
-        # two (measured at 4K: prepare 0.65 s against 1.7 s for torch on the same 2 cores) and
-        # shares the tensors' memory, so the CPU keeps the reference path.
+        # two (measured at 4K, code ebadc0c: prepare 0.65 s against 1.7 s for torch on the same 2
+        # cores; numpy's has since dropped to about 55 ms, docs/gpu.md) and shares the tensors'
+        # memory, so the CPU keeps the reference path.
         self.ops = TorchOps(self.device) if self.device.type == "cuda" else NUMPY
         self._redone = threading.local()
 

@@ -312,7 +312,8 @@ def infer_folder(pipeline, images: Path, out: Path, trimaps: Path | None = None,
         prefetch: items decoded ahead of the model, and items queued for writing (the memory
             bound); default max(2, workers), so that every worker has an item.
         timer: `timer(stage)` -> a context manager around each decode, foreground and encode (in
-            the workers) and each pipeline stage (`matte bench --e2e`); None: not timed.
+            the workers; `matte bench --e2e`); None: not timed. The pipeline's own stages are
+            timed by its `timer` attribute, which the caller sets.
         masks: folder of segmentation masks (instead of trimaps; the image folder itself for
             `{stem}_mask.*` beside the images): trimaps are made from them with `mask_rule`
             (a `data.trimap.MaskRule`), exactly as `matte trimap` makes them.
@@ -464,7 +465,7 @@ def _plan(images: Path, out: Path, *, trimaps, masks, mask_rule, shard, recursiv
 
 def _load(item: _Item, overwrite: bool, timer=None, prepare=None):
     """Decode one item: (image, trimap, existing alpha or None, notes, why there is nothing to matte
-    or None, prepared network input or None). Runs in a worker thread.
+    or None, prepared network input or None). Runs in a worker thread (in the calling one with no workers).
 
     With a `mask_rule` the item's second file is a mask, made into a trimap here. With `prepare`
     (`Pipeline.prepare_host`) the network input is made here too, beside the model, when the model

@@ -3,7 +3,8 @@ composite, each as an 8-bit PNG written atomically.
 
 Layout under OUT (docs/commands/infer.md): `{stem}.png` (alpha, one channel), `fg/{stem}.png`
 (estimated foreground colours, RGB), `rgba/{stem}.png` (foreground with *straight*, not
-premultiplied, alpha), `composite/{stem}.png` (the foreground over `--background`, RGB).
+premultiplied, alpha), `composite/{stem}.png` (the foreground over `--background`, RGB),
+`trimap/{stem}.png` (the trimap used, e.g. the one made from a mask with `--masks`).
 """
 
 from __future__ import annotations

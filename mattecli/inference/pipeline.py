@@ -324,9 +324,10 @@ def unalign(raw, h: int, w: int, cfg: InferConfig, ops=NUMPY):
 
 def quantise(alpha, trimap, ops=NUMPY, cfg: InferConfig | None = None):
     """Float alpha * 255 -> the 8-bit matte, as the papers' protocols make it: the known trimap
-    regions copied from the trimap, then truncated (not rounded) to uint8. With the recipe's
-    `known: force` and `rounding: half-even`, mmagic's postprocess instead: only trimap values 0
-    and 255 forced, then rounded half to even."""
+    regions copied from the trimap, then truncated (not rounded) to uint8. Each of two recipe
+    options leaves that path: `known: force` sets only the pixels whose trimap is 0 or 255 (any
+    other value keeps the alpha; `copy` copies every value but 128), `rounding: half-even` rounds
+    half to even; both together are mmagic's postprocess."""
     xp = ops.xp
     if cfg is None or (cfg.known != "force" and cfg.rounding != "half-even"):
         # Truncate, then copy the known regions from the trimap, in uint8: the bits of the authors'
@@ -355,7 +356,8 @@ class Matte(NamedTuple):
     """What `Pipeline.run` returns: the 8-bit alpha and how it was computed."""
 
     alpha: np.ndarray  # (H, W) uint8
-    # "whole", "tiled: N tiles of WxH" (the largest, as run) or "no unknown pixels", maybe + "; redone in fp32 (...)"
+    # "whole", "tiled: N tiles of WxH" (the largest, as run; + " (a larger pass ran out of memory)" where one
+    # did) or "no unknown pixels", maybe + "; redone in fp32 (...)"
     how: str
 
 

@@ -8,8 +8,9 @@ a tile that holds no unknown pixel is never run, and known regions are copied fr
 Neighbouring tiles overlap by a quarter of the tile and are blended with linear ramps, so no seam
 falls where only one tile saw the context.
 
-Global context is, by design, limited to one tile: a model with image-level pooling (IndexNet's
-ASPP has none, but its deep receptive field is large) sees less of the image than in a whole pass.
+Global context is, by design, limited to one tile: a model with image-level pooling (the ASPP of
+IndexNet's released recipes pools its whole map; A2U's GroupNorm normalises over it) sees less of the
+image than in a whole pass.
 docs/benchmarks.md states the measured difference.
 """
 
@@ -112,8 +113,8 @@ def _starts(lo: int, hi: int, size: int, tile: int, overlap: int) -> list[int]:
 def plan_tiles(trimap: np.ndarray, tile: int, overlap: int) -> list[Tile]:
     """Square windows of side `tile` (clipped to the image) covering every unknown pixel (128).
 
-    Windows are laid on a regular grid over the bounding box of the unknown band, widened by the
-    overlap so that band pixels near the box's edge still get context; windows holding no unknown
+    Windows are laid on a regular grid over the bounding box of the unknown band, widened by half
+    the overlap on each side so that band pixels near the box's edge still get context; windows holding no unknown
     pixel are dropped.
     """
     h, w = trimap.shape

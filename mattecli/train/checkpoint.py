@@ -159,17 +159,15 @@ def first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
     return None
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, clear: bool = True) -> None:
-    """Refuse a folder that holds a run unless asked to resume it or start again (then, when
-    `clear`, remove the run's files: only rank 0 of a multi-process run does)."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder that holds a run unless asked to resume it or start again. Every process of a
+    run checks; `clear_run` removes the old run's files later, in rank 0, once every check passed."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--out {run_dir}: is a file, not a folder")
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other: choose one")
-    if overwrite and clear:
-        clear_run(run_dir)
-    elif not resume and not overwrite and holds_run(run_dir):
+    if not resume and not overwrite and holds_run(run_dir):
         done = checkpoints(run_dir)
         what = f"{done[-1][0]} iteration{'s' * (done[-1][0] != 1)} done" if done else "no checkpoint yet"
         raise UsageError(f"--out {run_dir} holds a run ({what}): use --resume to continue it, --overwrite to "

@@ -42,7 +42,7 @@ from mattecli.train.schedules import lr_factor
 @dataclass
 class TrainOptions:
     recipe: object
-    data: Path  # a prepared dataset root (with train/ and optionally test/) or a train split folder
+    data: Path  # a prepared dataset root (with train/ and optionally test/), a split folder or its manifest.csv
     out: Path
     device: str = "cpu"
     workers: int = 0
@@ -185,7 +185,7 @@ def _split_dirs(data: Path) -> tuple[Path, Path | None]:
         return data / "train", (test if (test / "manifest.csv").is_file() else None)
     if (data / "manifest.csv").is_file():
         return data, None
-    if data.suffix.lower() == ".csv" and data.is_file():  # a split's manifest itself, as `eval --data` takes it
+    if data.suffix.lower() == ".csv" and data.is_file():  # a split's manifest itself (a hand-made one, say)
         return data, None
     raise UsageError(f"--data {data}: no train/manifest.csv (prepare it with `matte prepare-data`)")
 
@@ -549,7 +549,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainR
         _check_batch_norm(opts.recipe, build_model, world)
     # the refusals only: --overwrite removes the old run once this one can start (a typo in --data
     # or --pretrained removed it, then refused to train)
-    ckpt.prepare_run_dir(run_dir, opts.resume, opts.overwrite, clear=False)
+    ckpt.check_run_dir(run_dir, opts.resume, opts.overwrite)
     recipe, seed, checkpoint = _resolve_run(opts, run_dir)
     cfg = recipe.train
     if opts.resume and checkpoint is None and writer:
