@@ -162,3 +162,40 @@ def test_means_are_over_the_evaluated_images_only():
     assert data["mean"] == pytest.approx({"sad": 2.0, "mse": 0.02, "grad": 3.0, "conn": 4.0})
     assert summary([Result("c", error="unreadable")])["mean"] == {"sad": None, "mse": None, "grad": None,
                                                                    "conn": None}
+
+
+def test_match_folders_names_each_failure_once_in_name_order(tmp_path):
+    """Pairing by stem: a stem with two files in a folder, and stems missing a counterpart, are each
+    one failure naming what is wrong, listed by name whatever kind of failure each is."""
+    from mattecli.evaluation import match_folders
+
+    alpha = np.zeros((4, 5), np.uint8)
+    for folder, stems in (("pred", "abmz"), ("gt", "bmz"), ("trimap", "abz")):
+        for stem in stems:
+            write_png(tmp_path / folder / f"{stem}.png", alpha)
+    Image.fromarray(alpha).save(tmp_path / "pred" / "z.jpg")  # z: two predictions
+    items, failures = match_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "trimap")
+    assert [i.name for i in items] == ["b"]
+    assert [r.name for r in failures] == ["a", "m", "z"]
+    assert failures[0].error == f"no ground truth in {tmp_path / 'gt'}"
+    assert failures[1].error == f"no trimap in {tmp_path / 'trimap'}"
+    assert failures[2].error == "several prediction files with this stem: z.jpg, z.png"
+
+
+def test_a_sample_with_two_prediction_files_is_one_failure_not_scored(tmp_path):
+    """eval --data --pred: a sample whose stem has two prediction files is ambiguous: it is named as
+    a failure and not evaluated with either file."""
+    from mattecli.data.manifest import Sample, write_manifest
+    from mattecli.evaluation import match_manifest
+
+    alpha = np.zeros((4, 5), np.uint8)
+    samples = [Sample(name, alpha=write_png(tmp_path / "split" / "alpha" / f"{name}.png", alpha),
+                      trimap=write_png(tmp_path / "split" / "trimap" / f"{name}.png", alpha)) for name in "ab"]
+    write_manifest(tmp_path / "split", samples)
+    for name in "ab":
+        write_png(tmp_path / "pred" / f"{name}.png", alpha)
+    Image.fromarray(alpha).save(tmp_path / "pred" / "a.jpg")
+    items, failures = match_manifest(tmp_path / "split", pred=tmp_path / "pred")
+    assert [i.name for i in items] == ["b"] and items[0].pred == tmp_path / "pred" / "b.png"
+    assert ("a", "several prediction files with this stem: a.jpg, a.png") in [(r.name, r.error) for r in failures]
+    assert {r.name for r in failures} == {"a"}
