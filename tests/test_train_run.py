@@ -610,6 +610,27 @@ def test_a_best_model_from_beyond_a_shortened_run_is_removed_on_resume(tmp_path,
         assert json.loads(f.metadata()["selected_by"]) == result.best
 
 
+
+def _best_file(run_dir, selected_by):
+    from mattecli.weights import save_weights
+
+    save_weights(Tiny(), load_recipe("demo-indexnet"), run_dir / "best.safetensors",
+                 metadata={"selected_by": json.dumps(selected_by)})
+
+
+def test_best_after_a_checkpoint_is_the_model_best_safetensors_holds(tmp_path):
+    """docs/commands/train.md: a run stopped after a validation wrote best.safetensors and before the next
+    checkpoint goes on, on --resume, comparing with the model the file holds; one selected beyond the
+    run's length is removed, one selected at its last iteration is the run's."""
+    at_2 = {"metric": "sad", "value": 2.0, "iter": 2}  # the checkpoint's (iteration 2) best
+    assert loop._best_after(tmp_path, 2, at_2, iters=3) == at_2  # no best.safetensors
+    _best_file(tmp_path, {"metric": "sad", "value": 1.0, "iter": 3})  # validated at 3, a better model
+    assert loop._best_after(tmp_path, 2, at_2, iters=3) == {"metric": "sad", "value": 1.0, "iter": 3}
+    assert loop._best_after(tmp_path, 2, None, iters=3) == {"metric": "sad", "value": 1.0, "iter": 3}
+    assert (tmp_path / "best.safetensors").is_file()
+    assert loop._best_after(tmp_path, 2, at_2, iters=2) is None  # beyond a run shortened to 2
+    assert not (tmp_path / "best.safetensors").exists()
+
 def test_resume_with_iters_at_an_older_checkpoint_ends_the_run_there(tmp_path, synth):
     """--resume --iters 2 where checkpoint 2 is the newest left (of a 3-iteration run): "finished (2 of 2
     iterations)", but recipe.json kept 3 (a later --resume trained on to 3) and last.safetensors the
