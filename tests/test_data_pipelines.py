@@ -438,6 +438,30 @@ def test_a_manifest_listing_missing_files_is_refused_before_training(synth, tmp_
     assert len(TrainingDataset(tmp_path, "tcp-composited")) == 2  # reads image and alpha only
 
 
+
+def test_a_folder_where_a_listed_file_should_be_is_missing(tmp_path):
+    """missing_files: a file a manifest lists is there when a file is there; a folder of its name is
+    no training file (it stopped the run at the first batch that read it)."""
+    from mattecli.data.manifest import Sample, missing_files
+
+    (tmp_path / "alpha.png").write_bytes(b"x")
+    (tmp_path / "bg.png").mkdir()
+    samples = [Sample("a", alpha=tmp_path / "alpha.png", bg=tmp_path / "bg.png", fg=tmp_path / "fg.png")]
+    assert missing_files(samples, ("alpha", "fg", "bg")) == [tmp_path / "fg.png", tmp_path / "bg.png"]
+    assert missing_files(samples, ("alpha", "image")) == []  # an empty column is no file to check
+
+
+def test_a_manifest_write_that_fails_keeps_the_old_manifest(tmp_path):
+    """write_manifest writes atomically: one stopped half way (here a row it cannot write) leaves the
+    manifest that was there, not a truncated one, and no temporary file."""
+    from mattecli.data.manifest import Sample
+
+    path = write_manifest(tmp_path / "manifest.csv", [Sample("a", alpha=tmp_path / "alpha" / "a.png")])
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        write_manifest(path, [Sample("b", alpha=tmp_path / "alpha" / "b.png"), Sample("c", alpha=3)])
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"]
+
 # ---------------------------------------------------------------------------- trimaps
 
 

@@ -162,3 +162,73 @@ def test_means_are_over_the_evaluated_images_only():
     assert data["mean"] == pytest.approx({"sad": 2.0, "mse": 0.02, "grad": 3.0, "conn": 4.0})
     assert summary([Result("c", error="unreadable")])["mean"] == {"sad": None, "mse": None, "grad": None,
                                                                    "conn": None}
+
+
+def test_match_folders_names_each_failure_once_in_name_order(tmp_path):
+    """Pairing by stem: a stem with two files in a folder, and stems missing a counterpart, are each
+    one failure naming what is wrong, listed by name whatever kind of failure each is."""
+    from mattecli.evaluation import match_folders
+
+    alpha = np.zeros((4, 5), np.uint8)
+    for folder, stems in (("pred", "abmz"), ("gt", "bmz"), ("trimap", "abz")):
+        for stem in stems:
+            write_png(tmp_path / folder / f"{stem}.png", alpha)
+    Image.fromarray(alpha).save(tmp_path / "pred" / "z.jpg")  # z: two predictions
+    items, failures = match_folders(tmp_path / "pred", tmp_path / "gt", tmp_path / "trimap")
+    assert [i.name for i in items] == ["b"]
+    assert [r.name for r in failures] == ["a", "m", "z"]
+    assert failures[0].error == f"no ground truth in {tmp_path / 'gt'}"
+    assert failures[1].error == f"no trimap in {tmp_path / 'trimap'}"
+    assert failures[2].error == "several prediction files with this stem: z.jpg, z.png"
+
+
+def test_a_sample_with_two_prediction_files_is_one_failure_not_scored(tmp_path):
+    """eval --data --pred: a sample whose stem has two prediction files is ambiguous: it is named as
+    a failure and not evaluated with either file."""
+    from mattecli.data.manifest import Sample, write_manifest
+    from mattecli.evaluation import match_manifest
+
+    alpha = np.zeros((4, 5), np.uint8)
+    samples = [Sample(name, alpha=write_png(tmp_path / "split" / "alpha" / f"{name}.png", alpha),
+                      trimap=write_png(tmp_path / "split" / "trimap" / f"{name}.png", alpha)) for name in "ab"]
+    write_manifest(tmp_path / "split", samples)
+    for name in "ab":
+        write_png(tmp_path / "pred" / f"{name}.png", alpha)
+    Image.fromarray(alpha).save(tmp_path / "pred" / "a.jpg")
+    items, failures = match_manifest(tmp_path / "split", pred=tmp_path / "pred")
+    assert [i.name for i in items] == ["b"] and items[0].pred == tmp_path / "pred" / "b.png"
+    assert ("a", "several prediction files with this stem: a.jpg, a.png") in [(r.name, r.error) for r in failures]
+    assert {r.name for r in failures} == {"a"}
+
+
+def test_eval_data_pred_names_a_sample_without_prediction_and_a_prediction_without_sample(tmp_path):
+    """docs/commands/eval.md: missing counterparts are named and skipped, both ways round: a sample of the
+    manifest with no prediction file, and a prediction file no sample of the manifest names."""
+    from mattecli.data.manifest import Sample, write_manifest
+    from mattecli.evaluation import match_manifest
+
+    alpha = np.zeros((4, 5), np.uint8)
+    samples = [Sample(name, alpha=write_png(tmp_path / "split" / "alpha" / f"{name}.png", alpha),
+                      trimap=write_png(tmp_path / "split" / "trimap" / f"{name}.png", alpha)) for name in "ab"]
+    write_manifest(tmp_path / "split", samples)
+    for name in "ax":
+        write_png(tmp_path / "pred" / f"{name}.png", alpha)
+    items, failures = match_manifest(tmp_path / "split", pred=tmp_path / "pred")
+    assert [(i.name, i.pred) for i in items] == [("a", tmp_path / "pred" / "a.png")]
+    assert sorted((r.name, r.error) for r in failures) == [("b", f"no prediction in {tmp_path / 'pred'}"),
+                                                           ("x", "prediction without a sample in the manifest")]
+
+
+def test_model_mode_keeps_in_memory_only_the_predictions_worst_selects(tmp_path):
+    """evaluate_model's `worst` selects which predictions are kept and returned: a prediction that was
+    among the worst N and is then pushed out by a worse one is dropped, not returned too."""
+    items = []
+    for k, name in enumerate("abc", 1):  # SAD grows from a to c: each pushes the one before out of the worst 1
+        image = np.zeros((6, 8, 3), np.uint8)
+        image[..., 0] = 20 * k
+        items.append(Item(name, gt=write_png(tmp_path / "gt" / f"{name}.png", np.zeros((6, 8), np.uint8)),
+                          trimap=write_png(tmp_path / "trimap" / f"{name}.png", np.full((6, 8), 128, np.uint8)),
+                          image=write_png(tmp_path / "image" / f"{name}.png", image)))
+    results, kept = evaluate_model(items, Shift(), worst=WorstN(1))
+    assert [r.metrics["sad"] for r in results] == sorted(r.metrics["sad"] for r in results)
+    assert list(kept) == ["c"] and np.array_equal(kept["c"], np.full((6, 8), 60, np.uint8))

@@ -81,6 +81,59 @@ def test_checkpoints_are_ordered_by_iteration_not_by_name(tmp_path):
     assert [i for i, _ in ckpt.checkpoints(tmp_path)] == [99999999, 100000000, 100000001]  # the oldest pruned
 
 
+
+def test_only_files_named_iter_n_pt_are_checkpoints(tmp_path):
+    """A checkpoint is checkpoints/iter_N.pt; a copy kept beside it under a longer name is not one."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("iter_00000005.pt", "iter_00000009.pt.bak.pt", "iter_last.pt"):
+        torch.save({}, folder / name)
+    assert [p.name for _, p in ckpt.checkpoints(tmp_path)] == ["iter_00000005.pt"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "iter_00000005.pt"
+
+
+def _stepped(lr=0.1):
+    """A Tiny model and an Adam optimiser that has taken one step (so it holds state)."""
+    model = Tiny()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.conv(torch.ones(1, 1, 2, 2)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_restore_training_state_gives_back_model_optimizer_rng_iteration_and_best(tmp_path):
+    """docs/commands/train.md: --resume restores model, optimizer, iteration and the torch RNG (and
+    the best so far, which best.safetensors is compared with)."""
+    cpu, scaler = torch.device("cpu"), torch.amp.GradScaler("cuda", enabled=False)
+    model, optimizer = _stepped()
+    best = {"metric": "sad", "value": 2.5, "iter": 4}
+    torch.manual_seed(3)
+    path = ckpt.save_checkpoint(tmp_path, ckpt.training_state(model, optimizer, scaler, 7, best, cpu), 7)
+    drawn = torch.rand(4)  # what the run draws next, after its checkpoint
+    other = Tiny()
+    other_optimizer = torch.optim.Adam(other.parameters(), lr=0.1)
+    torch.manual_seed(0)
+    assert ckpt.restore_training_state(ckpt.load_checkpoint(path), other, other_optimizer, scaler, cpu) == (7, best)
+    assert torch.equal(torch.rand(4), drawn)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    saved, restored = optimizer.state_dict()["state"], other_optimizer.state_dict()["state"]
+    assert sorted(restored) == sorted(saved) and all(torch.equal(restored[k]["exp_avg"], saved[k]["exp_avg"])
+                                                     for k in saved)
+
+
+def test_a_checkpoint_from_before_the_best_field_resumes_with_its_best_sad():
+    """Checkpoints written before `best` recorded the best SAD alone (`best_sad`): a resume from one
+    goes on comparing with that SAD, not as if nothing had been validated."""
+    cpu, scaler = torch.device("cpu"), torch.amp.GradScaler("cuda", enabled=False)
+    model, optimizer = _stepped()
+    state = ckpt.training_state(model, optimizer, scaler, 6, None, cpu)
+    del state["best"]
+    state["best_sad"] = 1.5
+    iteration, best = ckpt.restore_training_state(state, Tiny(), torch.optim.Adam(Tiny().parameters()), scaler, cpu)
+    assert iteration == 6 and (best["metric"], best["value"]) == ("sad", 1.5) and best["iter"] <= 6
+    state["best_sad"] = None  # nothing validated yet
+    assert ckpt.restore_training_state(state, Tiny(), torch.optim.Adam(Tiny().parameters()), scaler, cpu) == (6, None)
+
 @pytest.mark.parametrize("damage", [lambda b: b[:1000], lambda b: b"", lambda b: b"not a checkpoint"])
 def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, damage):
     """A truncated checkpoint was torch.load's RuntimeError on --resume, an empty one click's bare
@@ -556,6 +609,27 @@ def test_a_best_model_from_beyond_a_shortened_run_is_removed_on_resume(tmp_path,
     with safe_open(str(run / "best.safetensors"), framework="pt") as f:
         assert json.loads(f.metadata()["selected_by"]) == result.best
 
+
+
+def _best_file(run_dir, selected_by):
+    from mattecli.weights import save_weights
+
+    save_weights(Tiny(), load_recipe("demo-indexnet"), run_dir / "best.safetensors",
+                 metadata={"selected_by": json.dumps(selected_by)})
+
+
+def test_best_after_a_checkpoint_is_the_model_best_safetensors_holds(tmp_path):
+    """docs/commands/train.md: a run stopped after a validation wrote best.safetensors and before the next
+    checkpoint goes on, on --resume, comparing with the model the file holds; one selected beyond the
+    run's length is removed, one selected at its last iteration is the run's."""
+    at_2 = {"metric": "sad", "value": 2.0, "iter": 2}  # the checkpoint's (iteration 2) best
+    assert loop._best_after(tmp_path, 2, at_2, iters=3) == at_2  # no best.safetensors
+    _best_file(tmp_path, {"metric": "sad", "value": 1.0, "iter": 3})  # validated at 3, a better model
+    assert loop._best_after(tmp_path, 2, at_2, iters=3) == {"metric": "sad", "value": 1.0, "iter": 3}
+    assert loop._best_after(tmp_path, 2, None, iters=3) == {"metric": "sad", "value": 1.0, "iter": 3}
+    assert (tmp_path / "best.safetensors").is_file()
+    assert loop._best_after(tmp_path, 2, at_2, iters=2) is None  # beyond a run shortened to 2
+    assert not (tmp_path / "best.safetensors").exists()
 
 def test_resume_with_iters_at_an_older_checkpoint_ends_the_run_there(tmp_path, synth):
     """--resume --iters 2 where checkpoint 2 is the newest left (of a 3-iteration run): "finished (2 of 2
