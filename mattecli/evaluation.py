@@ -92,8 +92,11 @@ def match_manifest(data: Path, pred: Path | None = None) -> tuple[list[Item], li
     if not samples:
         raise UsageError(f"{data}: the manifest lists no samples")
     preds, failures = _by_stem(Path(pred), "prediction") if pred is not None else ({}, [])
+    ambiguous = {r.name for r in failures}  # named once, as match_folders names them (it said "no prediction" too)
     items = []
     for s in samples:
+        if s.name in ambiguous:
+            continue
         missing = [c for c in ("alpha", "trimap") if getattr(s, c) is None]
         if pred is None and s.image is None:
             missing.append("image")

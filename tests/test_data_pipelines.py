@@ -438,7 +438,6 @@ def test_a_manifest_listing_missing_files_is_refused_before_training(synth, tmp_
     assert len(TrainingDataset(tmp_path, "tcp-composited")) == 2  # reads image and alpha only
 
 
-
 def test_a_folder_where_a_listed_file_should_be_is_missing(tmp_path):
     """missing_files: a file a manifest lists is there when a file is there; a folder of its name is
     no training file (it stopped the run at the first batch that read it)."""

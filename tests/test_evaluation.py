@@ -197,8 +197,8 @@ def test_a_sample_with_two_prediction_files_is_one_failure_not_scored(tmp_path):
     Image.fromarray(alpha).save(tmp_path / "pred" / "a.jpg")
     items, failures = match_manifest(tmp_path / "split", pred=tmp_path / "pred")
     assert [i.name for i in items] == ["b"] and items[0].pred == tmp_path / "pred" / "b.png"
-    assert ("a", "several prediction files with this stem: a.jpg, a.png") in [(r.name, r.error) for r in failures]
-    assert {r.name for r in failures} == {"a"}
+    # one failure: it was named a second time, "no prediction in pred", and counted as two images not evaluated
+    assert [(r.name, r.error) for r in failures] == [("a", "several prediction files with this stem: a.jpg, a.png")]
 
 
 def test_eval_data_pred_names_a_sample_without_prediction_and_a_prediction_without_sample(tmp_path):

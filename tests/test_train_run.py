@@ -81,7 +81,6 @@ def test_checkpoints_are_ordered_by_iteration_not_by_name(tmp_path):
     assert [i for i, _ in ckpt.checkpoints(tmp_path)] == [99999999, 100000000, 100000001]  # the oldest pruned
 
 
-
 def test_only_files_named_iter_n_pt_are_checkpoints(tmp_path):
     """A checkpoint is checkpoints/iter_N.pt; a copy kept beside it under a longer name is not one."""
     folder = tmp_path / "checkpoints"
@@ -133,6 +132,7 @@ def test_a_checkpoint_from_before_the_best_field_resumes_with_its_best_sad():
     assert iteration == 6 and (best["metric"], best["value"]) == ("sad", 1.5) and best["iter"] <= 6
     state["best_sad"] = None  # nothing validated yet
     assert ckpt.restore_training_state(state, Tiny(), torch.optim.Adam(Tiny().parameters()), scaler, cpu) == (6, None)
+
 
 @pytest.mark.parametrize("damage", [lambda b: b[:1000], lambda b: b"", lambda b: b"not a checkpoint"])
 def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, damage):
@@ -610,7 +610,6 @@ def test_a_best_model_from_beyond_a_shortened_run_is_removed_on_resume(tmp_path,
         assert json.loads(f.metadata()["selected_by"]) == result.best
 
 
-
 def _best_file(run_dir, selected_by):
     from mattecli.weights import save_weights
 
@@ -630,6 +629,7 @@ def test_best_after_a_checkpoint_is_the_model_best_safetensors_holds(tmp_path):
     assert (tmp_path / "best.safetensors").is_file()
     assert loop._best_after(tmp_path, 2, at_2, iters=2) is None  # beyond a run shortened to 2
     assert not (tmp_path / "best.safetensors").exists()
+
 
 def test_resume_with_iters_at_an_older_checkpoint_ends_the_run_there(tmp_path, synth):
     """--resume --iters 2 where checkpoint 2 is the newest left (of a 3-iteration run): "finished (2 of 2
