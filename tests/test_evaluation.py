@@ -182,19 +182,25 @@ def test_match_folders_names_each_failure_once_in_name_order(tmp_path):
     assert failures[2].error == "several prediction files with this stem: z.jpg, z.png"
 
 
+def _split_with_predictions(root, samples, predictions):
+    """root/split: a manifest of `samples` (4x5 alphas and trimaps); root/pred: the files named."""
+    from mattecli.data.manifest import Sample, write_manifest
+
+    alpha = np.zeros((4, 5), np.uint8)
+    write_manifest(root / "split", [Sample(name, alpha=write_png(root / "split" / "alpha" / f"{name}.png", alpha),
+                                           trimap=write_png(root / "split" / "trimap" / f"{name}.png", alpha))
+                                    for name in samples])
+    (root / "pred").mkdir()
+    for name in predictions:
+        Image.fromarray(alpha).save(root / "pred" / name)
+
+
 def test_a_sample_with_two_prediction_files_is_one_failure_not_scored(tmp_path):
     """eval --data --pred: a sample whose stem has two prediction files is ambiguous: it is named as
     a failure and not evaluated with either file."""
-    from mattecli.data.manifest import Sample, write_manifest
     from mattecli.evaluation import match_manifest
 
-    alpha = np.zeros((4, 5), np.uint8)
-    samples = [Sample(name, alpha=write_png(tmp_path / "split" / "alpha" / f"{name}.png", alpha),
-                      trimap=write_png(tmp_path / "split" / "trimap" / f"{name}.png", alpha)) for name in "ab"]
-    write_manifest(tmp_path / "split", samples)
-    for name in "ab":
-        write_png(tmp_path / "pred" / f"{name}.png", alpha)
-    Image.fromarray(alpha).save(tmp_path / "pred" / "a.jpg")
+    _split_with_predictions(tmp_path, "ab", ["a.png", "b.png", "a.jpg"])
     items, failures = match_manifest(tmp_path / "split", pred=tmp_path / "pred")
     assert [i.name for i in items] == ["b"] and items[0].pred == tmp_path / "pred" / "b.png"
     # one failure: it was named a second time, "no prediction in pred", and counted as two images not evaluated
@@ -204,15 +210,9 @@ def test_a_sample_with_two_prediction_files_is_one_failure_not_scored(tmp_path):
 def test_eval_data_pred_names_a_sample_without_prediction_and_a_prediction_without_sample(tmp_path):
     """docs/commands/eval.md: missing counterparts are named and skipped, both ways round: a sample of the
     manifest with no prediction file, and a prediction file no sample of the manifest names."""
-    from mattecli.data.manifest import Sample, write_manifest
     from mattecli.evaluation import match_manifest
 
-    alpha = np.zeros((4, 5), np.uint8)
-    samples = [Sample(name, alpha=write_png(tmp_path / "split" / "alpha" / f"{name}.png", alpha),
-                      trimap=write_png(tmp_path / "split" / "trimap" / f"{name}.png", alpha)) for name in "ab"]
-    write_manifest(tmp_path / "split", samples)
-    for name in "ax":
-        write_png(tmp_path / "pred" / f"{name}.png", alpha)
+    _split_with_predictions(tmp_path, "ab", ["a.png", "x.png"])
     items, failures = match_manifest(tmp_path / "split", pred=tmp_path / "pred")
     assert [(i.name, i.pred) for i in items] == [("a", tmp_path / "pred" / "a.png")]
     assert sorted((r.name, r.error) for r in failures) == [("b", f"no prediction in {tmp_path / 'pred'}"),
