@@ -40,19 +40,11 @@ def main(
     """
     from mattecli.cli.parsing import options_given
 
-    options = dict(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, workers=workers, report=report,
-                   report_worst=report_worst, images=images, model_options=options_given(ctx, MODEL_OPTIONS),
-                   report_worst_given=bool(options_given(ctx, ("report_worst",))))
-    outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)
     try:
-        _check_options(**options)
-        _check_outputs(save_pred=save_pred, report=report, json_out=json_out, csv_out=csv_out)
-        if weights is not None:
-            code = eval_model(weights, data, backend=backend, device=device, save_pred=save_pred, workers=workers,
-                              outputs=outputs)
-        else:
-            code = eval_predictions(pred, gt=gt, trimap=trimap, data=data, images=images, workers=workers,
-                                    outputs=outputs)
+        code = run_eval(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, backend=backend, device=device,
+                        save_pred=save_pred, json_out=json_out, csv_out=csv_out, workers=workers, report=report,
+                        report_worst=report_worst, images=images, model_options=options_given(ctx, MODEL_OPTIONS),
+                        report_worst_given=bool(options_given(ctx, ("report_worst",))))
     except UsageError as err:
         print(printable(f"matte: error: {err}"), file=sys.stderr)
         raise typer.Exit(2) from None
@@ -205,14 +197,17 @@ def _refuse_overwriting_inputs(items, outputs: EvalOutputs, save_pred: Path | No
 
 def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backend=None, device=None,
              save_pred=None, json_out=None, csv_out=None, workers=None, report=None, report_worst=20,
-             images=None) -> int:
-    """The command as one function, options as on the command line (kept for callers of the one
-    function; `eval_predictions` and `eval_model` are the two modes; `device` None is the CPU);
-    returns the exit code."""
-    given = (("--backend", backend), ("--device", device), ("--save-pred", save_pred))
+             images=None, model_options=None, report_worst_given=None) -> int:
+    """The command as one function, options as on the command line (`main` calls it; `eval_predictions`
+    and `eval_model` are the two modes; `device` None is the CPU); returns the exit code.
+    `model_options` (the model's options given, as written) and `report_worst_given` are what the
+    command line says was given; by default, the ones that are not None and a `report_worst` not 20."""
+    if model_options is None:
+        given = (("--backend", backend), ("--device", device), ("--save-pred", save_pred))
+        model_options = [option for option, value in given if value is not None]
     _check_options(pred=pred, gt=gt, trimap=trimap, weights=weights, data=data, workers=workers, report=report,
-                   report_worst=report_worst, images=images, report_worst_given=report_worst != 20,
-                   model_options=[option for option, value in given if value is not None])
+                   report_worst=report_worst, images=images, model_options=model_options,
+                   report_worst_given=report_worst != 20 if report_worst_given is None else report_worst_given)
     _check_outputs(save_pred=save_pred, report=report, json_out=json_out, csv_out=csv_out)
     outputs = EvalOutputs(json=json_out, csv=csv_out, report=report, report_worst=report_worst)
     if weights is not None:
