@@ -319,10 +319,16 @@ def test_a_split_needs_only_its_own_background_folder(dataset, tmp_path):
     assert [p.name for p in sorted((tmp_path / "cli/test/merged").iterdir())] == sorted(
         p.name for p in (tmp_path / "out/test/merged").iterdir())
     with pytest.raises(UsageError, match=r"^the train split needs --coco \(COCO's train2014 image folder: the "
-                                         r"training backgrounds\); --split test prepares Composition-1k alone$"):
+                                         r"training backgrounds\); --split test prepares the test split alone$"):
         prepare_adobe(dataset["root"], None, dataset["voc"], tmp_path / "out", "all", workers=1)
-    with pytest.raises(UsageError, match=r"^the test split needs --voc \(VOC2012's JPEGImages folder"):
+    with pytest.raises(UsageError, match=r"^the test split needs --voc \(VOC2012's JPEGImages folder: the test "
+                                         r"backgrounds\)$"):  # --split test: no other split to suggest
         prepare_d646(tmp_path, dataset["coco"], None, tmp_path / "out", "test", workers=1)
+    with pytest.raises(UsageError) as both:  # both missing: both named at once, not one per run
+        prepare_adobe(dataset["root"], None, None, tmp_path / "out", "all", workers=1)
+    assert str(both.value) == ("the train split needs --coco (COCO's train2014 image folder: the training "
+                               "backgrounds); the test split needs --voc (VOC2012's JPEGImages folder: the test "
+                               "backgrounds)")
 
 
 def test_a_background_folder_holding_none_of_the_listed_names_is_one_line(dataset, tmp_path):

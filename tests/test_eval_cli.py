@@ -116,6 +116,9 @@ def test_missing_counterpart_is_named_and_the_rest_evaluated(folders):
     data = json.loads((root / "out.json").read_text())
     assert data["count"] == 2 and [im["name"] for im in data["images"]] == ["a", "c"]
     assert {f["name"] for f in data["failed"]} == {"b", "extra"}
+    # "2 image(s) not evaluated" of a 3-image folder with 2 evaluated: extra is a name, not an image
+    assert result.stderr.splitlines()[-1] == ("matte eval: 2 name(s) not evaluated (each named above); "
+                                              "2 image(s) evaluated")
 
 
 def test_unreadable_file_is_named_and_nothing_left_gives_count_0(folders):

@@ -133,6 +133,11 @@ def test_the_band_as_a_share_of_the_diagonal_doubles_from_1080p_to_4k():
     # the message said "between 0 and the image size", which parsing cannot know: a band wider than the
     # image is taken (all of it unknown), and the message says what is refused
     assert parse_band("1e9") == "1e9"
+    # and is cut to the image: 1e20 overflowed OpenCV's C long in the crop bounds (a traceback)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:15, 10:20] = 255
+    for huge in ("1e9", "1e20", "1e300"):
+        assert (trimap_from_mask(mask, band=huge) == 128).all()
     with pytest.raises(ValueError, match=r"^-1: must be pixels, 0 or more, or a share .* from 0% to 100%$"):
         parse_band("-1")
 

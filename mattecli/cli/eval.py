@@ -251,8 +251,9 @@ def _finish(results, items, kept: dict, outputs: EvalOutputs, errors) -> int:
         errors.print(f"report: {page}", markup=False, highlight=False, soft_wrap=True)
     failed = [r for r in results if r.error]
     if failed:
-        errors.print(f"matte eval: {len(failed)} image(s) not evaluated (named above); "
-                     f"{summary['count']} evaluated", markup=False, highlight=False, soft_wrap=True)
+        # a failure may be a file without a counterpart (a prediction no sample names), not an image
+        errors.print(f"matte eval: {len(failed)} name(s) not evaluated (each named above); "
+                     f"{summary['count']} image(s) evaluated", markup=False, highlight=False, soft_wrap=True)
         return 1
     return 0
 

@@ -343,15 +343,20 @@ def _splits(split: str) -> list[str]:
 
 def _require_backgrounds(split: str, coco: Path | None, voc: Path | None) -> None:
     """The background folders of the splits asked for: `--split test` (Composition-1k's
-    evaluation) needs no COCO train2014, and may leave `--coco` out (None); `--split train` no VOC."""
+    evaluation) needs no COCO train2014, and may leave `--coco` out (None); `--split train` no VOC.
+    The other split's folder, when given, need not exist (scripts written when both options were
+    required pass one that is not on disk)."""
     needed = {"train": (coco, "--coco", "COCO's train2014 image folder: the training backgrounds"),
               "test": (voc, "--voc", "VOC2012's JPEGImages folder: the test backgrounds")}
-    for name in _splits(split):
-        folder, option, what = needed[name]
-        if folder is None:
-            raise UsageError(f"the {name} split needs {option} ({what})"
-                             + ("; --split test prepares Composition-1k alone" if name == "train" else ""))
-        _require_dir(folder, option)
+    splits = _splits(split)
+    missing = [(name, *needed[name]) for name in splits if needed[name][0] is None]
+    if missing:
+        alone = [f"--split {other} prepares the {other} split alone" for other in ("train", "test")
+                 if other not in {m[0] for m in missing}]
+        raise UsageError("; ".join(f"the {name} split needs {option} ({what})" for name, _, option, what in missing)
+                         + (f"; {alone[0]}" if alone and split == "all" else ""))
+    for name in splits:
+        _require_dir(*needed[name][:2])
 
 
 def check_out(out: Path, splits: list[str]) -> None:

@@ -183,12 +183,15 @@ def parse_band(text: str) -> str:
 
 def band_pixels(band: str | float, shape: tuple[int, int]) -> float:
     """The band's half-width in pixels for an image of `shape` (H, W); a share of the diagonal is
-    at least one pixel (unless 0%), so a small image's edge is still unknown."""
+    at least one pixel (unless 0%), so a small image's edge is still unknown. A band wider than the
+    image (`--band 1e20`, whose crop bounds overflowed OpenCV's C long) is cut to twice the diagonal,
+    which already reaches every pixel, the chamfer distance's 2% over the Euclidean one included."""
     band = str(band).strip()
+    diagonal = float(np.hypot(*shape[:2]))
     if band.endswith("%"):
         share = float(band[:-1]) / 100
-        return max(share * float(np.hypot(*shape[:2])), 1.0) if share > 0 else 0.0
-    return float(band)
+        return max(share * diagonal, 1.0) if share > 0 else 0.0
+    return min(float(band), 2 * diagonal + 2)
 
 
 def parse_threshold(text: str) -> tuple[float, float]:
