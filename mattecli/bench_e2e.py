@@ -152,7 +152,8 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
                 read_image(folder / f"e2e {i:03d}.{photos}", apply_exif=True)
                 read_trimap(folder / f"e2e {i:03d}_trimap.png", apply_exif=True)
             decode_s = time.perf_counter() - start
-            log(f"running {count} images of {width}x{height} ({workers} workers)")
+            log(f"running {count} image{'s' * (count != 1)} of {width}x{height} "
+                f"({workers} worker{'s' * (workers != 1)})")
             clock = StageClock(sync)
             pipeline.timer = clock
             start = time.perf_counter()

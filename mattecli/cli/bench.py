@@ -161,8 +161,8 @@ def _e2e(weights, names, size_list, device, half, compile, save, count, workers,
                      save=kinds, count=count, workers=workers, photos=photos, json_path=json_out,
                      log=lambda line: err.print(line, markup=False, highlight=False))
     table = Table(title=f"matte bench --e2e: {weights.name} on {device}{' (FP16)' if report['half'] else ''}, "
-                        f"--save {','.join(kinds)}, {report['workers']} workers, "
-                        f"{count} {photos.upper()} photos per size")
+                        f"--save {','.join(kinds)}, {report['workers']} worker{'s' * (report['workers'] != 1)}, "
+                        f"{count} {photos.upper()} photo{'s' * (count != 1)} per size")
     short = {"upload + prepare": "prepare", "restore + download": "restore", "foreground": "fg"}
     for col in ("size", "img/s", "wall/decode", *[short.get(s, s) for s in STAGES]):
         table.add_column(col, justify="left" if col == "size" else "right")
