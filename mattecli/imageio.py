@@ -233,11 +233,18 @@ def read_ground_truth(path: str | Path) -> np.ndarray:
     Adobe ships them), except in a cut-out (grey or RGB + alpha) whose alpha channel is not fully
     opaque: that alpha channel is the matte (its first channel, a colour, was scored)."""
     img = _as_channels(_open(Path(path)))
-    if img.mode in ("RGBA", "LA", "PA"):
-        alpha = np.asarray(img.getchannel("A"))
-        if (alpha != 255).any():
-            return np.ascontiguousarray(alpha)
-    return _first_channel(img)
+    arr = np.array(img)
+    alpha = _cutout_alpha(arr, img.mode)
+    return alpha if alpha is not None else _gray_uint8(arr if arr.ndim == 2 else arr[..., 0], img.mode)
+
+
+def _cutout_alpha(arr: np.ndarray, mode: str) -> np.ndarray | None:
+    """The matte of a cut-out: the alpha channel of a grey + alpha or RGBA array, as uint8, when it
+    is not all opaque; None for anything else (`read_alpha` and `read_ground_truth` read cut-outs so)."""
+    if arr.ndim != 3 or arr.shape[2] not in (2, 4):
+        return None
+    alpha = _to_uint8(arr[..., -1], mode)
+    return np.ascontiguousarray(alpha) if (alpha != 255).any() else None
 
 
 def _as_channels(img):
@@ -293,10 +300,11 @@ def read_alpha(path: str | Path) -> np.ndarray:
     arr = np.array(img)
     if arr.ndim == 2:
         return _gray_uint8(arr, img.mode)
+    alpha = _cutout_alpha(arr, img.mode)
+    if alpha is not None:
+        return alpha
     arr = _to_uint8(arr, img.mode)
-    if arr.shape[2] in (2, 4):  # grey + alpha, RGBA
-        if (arr[..., -1] != 255).any():
-            return np.ascontiguousarray(arr[..., -1])
+    if arr.shape[2] in (2, 4):  # grey + alpha, RGBA, all opaque: the colour channels must be a grey matte
         arr = arr[..., :-1]
     if arr.shape[2] == 1 or ((arr[..., 1:] == arr[..., :1]).all()):
         return np.ascontiguousarray(arr[..., 0])
