@@ -303,7 +303,7 @@ def test_resume_checks_the_recipe_and_seed_in_one_line(tmp_path, synth):
         load_recipe("demo-indexnet", ["train.iters=10", "infer.bytes_per_pixel=999"]).to_dict())
     # the record's length and seed are the run's; an explicit --iters extends it
     options = TrainOptions(load_recipe("demo-indexnet"), synth, run, resume=True)
-    recipe, seed, checkpoint = loop._resolve_run(options, run)
+    recipe, seed, checkpoint, _ = loop._resolve_run(options, run)
     assert (recipe.train.iters, seed, checkpoint) == (10, 3, None)
     options.iters = 25
     assert loop._resolve_run(options, run)[0].train.iters == 25

@@ -203,7 +203,8 @@ def _comparable(recipe_dict: dict) -> dict:
 
 
 def _resolve_run(opts: TrainOptions, run_dir: Path):
-    """-> (recipe with train.iters = the run's length, seed, checkpoint to resume from or None)."""
+    """-> (recipe with train.iters = the run's length, seed, checkpoint to resume from or None, the
+    run's record as --resume found it or None)."""
     recipe = opts.recipe
     record = ckpt.read_record(run_dir) if opts.resume else None
     checkpoint = ckpt.latest_checkpoint(run_dir) if opts.resume else None
@@ -229,10 +230,10 @@ def _resolve_run(opts: TrainOptions, run_dir: Path):
     if iters < 1:
         raise UsageError(f"--iters {iters}: a run needs at least one iteration")
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, iters=iters))
-    return recipe, seed, checkpoint
+    return recipe, seed, checkpoint, record
 
 
-def _resume_notes(run_dir: Path, opts: TrainOptions, recipe, iteration: int) -> None:
+def _resume_notes(run_dir: Path, opts: TrainOptions, recipe, iteration: int, record) -> None:
     """What --resume takes but changes or does not read, said before training goes on (each was taken
     without a word). Another --data (a dataset moved to another disk is the same data): the data
     order is no longer the run's, and best.safetensors compares validations on two test splits.
@@ -247,8 +248,7 @@ def _resume_notes(run_dir: Path, opts: TrainOptions, recipe, iteration: int) -> 
     if opts.iters_set and opts.iters is None and given != recipe.train.iters:
         print(f"matte train: note: --set train.iters={given} is not read on --resume: the run goes on to its "
               f"length, {recipe.train.iters} iterations (--iters {given} sets it)")
-    record = ckpt.read_record(run_dir)
-    if record is None:
+    if record is None:  # the run's record as --resume found it
         return
     if record.data and Path(record.data).resolve() != Path(data).resolve():
         print(f"matte train: note: --resume: {run_dir} was started on --data {record.data}, now {data}: training "
@@ -293,12 +293,6 @@ def _best_after(run_dir: Path, iteration: int, best: dict | None, iters: int) ->
     except (UsageError, KeyError, TypeError, ValueError):  # not one a run wrote: the next validation replaces it
         return best
     return {k: found[k] for k in ("metric", "value", "iter")} if after else best
-
-
-def _recorded_iters(run_dir: Path) -> int | None:
-    """The length recipe.json records for a run, or None."""
-    record = ckpt.read_record(run_dir)
-    return None if record is None else record.recipe["train"]["iters"]
 
 
 def _dotted(tree: dict, key: str):
@@ -550,7 +544,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainR
     # the refusals only: --overwrite removes the old run once this one can start (a typo in --data
     # or --pretrained removed it, then refused to train)
     ckpt.check_run_dir(run_dir, opts.resume, opts.overwrite)
-    recipe, seed, checkpoint = _resolve_run(opts, run_dir)
+    recipe, seed, checkpoint, found = _resolve_run(opts, run_dir)
     cfg = recipe.train
     if opts.resume and checkpoint is None and writer:
         print(f"matte train: --resume: no checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
@@ -612,7 +606,8 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainR
     # absolute, so that a resume from another folder compares the same data as the same
     record = ckpt.RunRecord(recipe.to_dict(), seed, str(Path(opts.data).resolve()))
     if session.iteration >= cfg.iters:
-        if writer and checkpoint is not None and session.iteration == cfg.iters != _recorded_iters(run_dir):
+        recorded = None if found is None else found.recipe["train"]["iters"]
+        if writer and checkpoint is not None and session.iteration == cfg.iters != recorded:
             # --iters N ends the run at its checkpoint N: N becomes its recorded length, and
             # last.safetensors its model (it held the model of the discarded iterations after N)
             from mattecli.weights import save_weights
@@ -629,7 +624,7 @@ def _train(opts, run_dir, dist_info, build_dataset, build_model, held) -> TrainR
         return TrainResult(session.iteration, last, session.history, session.best, run_dir, model, True,
                            writer=writer)
     if opts.resume and writer:  # before the record is written anew
-        _resume_notes(run_dir, opts, recipe, session.iteration)
+        _resume_notes(run_dir, opts, recipe, session.iteration, found)
     if writer:
         ckpt.write_record(run_dir, record)
         if checkpoint is not None:
