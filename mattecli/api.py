@@ -121,7 +121,8 @@ class Matter:
         """
         from mattecli.errors import InputError, UsageError
         from mattecli.imageio import rgb_of
-        from mattecli.inference.outputs import check_numba_threading_layer, estimate_foreground, foreground_device
+        from mattecli.inference.outputs import (check_numba_threading_layer, estimate_foreground, foreground_device,
+                                                runs_pymatting)
 
         try:
             rgb = rgb_of(_as_pil(image, "image"))
@@ -134,13 +135,12 @@ class Matter:
         if alpha.dtype != np.uint8 or alpha.shape != rgb.shape[:2]:
             raise ValueError(f"alpha must be (H, W) uint8 of the image's size {rgb.shape[1]}x{rgb.shape[0]}, got "
                              f"{alpha.dtype} {alpha.shape}")
-        device = foreground_device(self.pipeline.backend)
-        if device is None or device.type != "cuda":  # PyMatting: a layer numba cannot start, in one line as infer
+        if runs_pymatting(self.pipeline.backend):  # a layer numba cannot start: in one line, as by infer
             try:
                 check_numba_threading_layer()
             except UsageError as err:
                 raise ValueError(str(err)) from None
-        return estimate_foreground(rgb, alpha, device)
+        return estimate_foreground(rgb, alpha, foreground_device(self.pipeline.backend))
 
     def __repr__(self) -> str:
         return f"Matter(recipe={self.recipe.name!r}, device={self.device!r})"

@@ -1,5 +1,6 @@
 """Foreground estimation, straight RGBA, composites onto a colour or an image, and the CLI."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -273,26 +274,32 @@ def test_a_threading_layer_numba_cannot_start_is_a_usage_error(tmp_path, weights
     assert res.returncode == 0, res.stderr
 
 
-@pytest.mark.parametrize("weights_name, checked", [("m.onnx", True), ("m.safetensors", False)])
-def test_the_numba_check_runs_where_pymatting_will_estimate_the_foregrounds(tmp_path, monkeypatch, weights_name,
-                                                                         checked):
+@pytest.mark.parametrize("holds, checked", [(None, True), ("cuda", False), ("cpu", True)])
+def test_the_numba_check_runs_where_pymatting_will_estimate_the_foregrounds(tmp_path, monkeypatch, holds, checked):
     """On CUDA the torch backend's foregrounds run on the GPU (no numba); an ONNX Runtime model on
     CUDA holds no torch device, so PyMatting estimates them on the CPU: its threading layer was not
-    checked, and a layer numba cannot start failed every image after its model pass."""
+    checked, and a layer numba cannot start failed every image after its model pass. infer asks the
+    loaded backend, as `Matter.foreground` and the batch do (it once decided by the file's suffix)."""
+    import torch
+
     import mattecli.devices
     import mattecli.inference.outputs as outputs
+    import mattecli.inference.pipeline as pipeline
     from mattecli.cli import app
+    from mattecli.inference.backends import OnnxBackend
 
     def refused():
         raise UsageError("numba checked")
 
+    backend = type("B", (), {} if holds is None else {"device": torch.device(holds)})()
     monkeypatch.setattr(mattecli.devices, "resolve_device", lambda device, backend=None: "cuda")
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: type("P", (), {"backend": backend})())
     monkeypatch.setattr(outputs, "check_numba_threading_layer", refused)
-    (tmp_path / weights_name).write_bytes(b"x")
     (tmp_path / "in").mkdir()
-    res = CliRunner().invoke(app, ["infer", "--weights", str(tmp_path / weights_name), "--images", str(tmp_path / "in"),
+    res = CliRunner().invoke(app, ["infer", "--weights", str(tmp_path / "m.onnx"), "--images", str(tmp_path / "in"),
                                    "--out", str(tmp_path / "out"), "--save", "alpha,fg", "--max-memory", "none"])
     assert (str(res.exception) == "numba checked") == checked, res.exception
+    assert "self.device" not in inspect.getsource(OnnxBackend)  # the rule's premise: ONNX Runtime holds none
 
 
 def test_a_composite_is_current_only_for_the_background_recorded_in_it(tmp_path):

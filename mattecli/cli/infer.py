@@ -82,7 +82,8 @@ def main(
     from mattecli.imageio import check_out_dir, has_images, prepare_out_dir
     from mattecli.inference.backends import implied_backend
     from mattecli.inference.batch import check_json_out, default_workers, infer_folder, no_images, print_report
-    from mattecli.inference.outputs import OUTPUT_KINDS, Background, check_numba_threading_layer, import_pymatting
+    from mattecli.inference.outputs import (OUTPUT_KINDS, Background, check_numba_threading_layer, import_pymatting,
+                                            runs_pymatting)
     from mattecli.inference.pipeline import load_pipeline
     from mattecli.inference.tiling import default_max_bytes, tile_size
 
@@ -113,17 +114,15 @@ def main(
             raise UsageError(f"--background {err}") from None
     # before the model runs; a report that would replace the weights or a file given as input is refused
     check_json_out(json_out, [p for p in (weights, images, trimaps, bg and getattr(bg, "path", None)) if p])
-    runs_on = implied_backend(weights, backend)
-    device = resolve_device(device, backend=runs_on)  # auto: where that backend runs
+    device = resolve_device(device, backend=implied_backend(weights, backend))  # auto: where that backend runs
     max_bytes = parse_memory(max_memory) if max_memory is not None else default_max_bytes(device)
     if half and not device.startswith("cuda"):
         raise UsageError("--half needs a CUDA device (half precision on a CPU is not a fast path)")
-    # PyMatting estimates the foregrounds on a CPU, and beside an ONNX Runtime model on CUDA (that
-    # backend holds no torch device for the GPU port): its threading layer checked before any model pass
-    if (not device.startswith("cuda") or runs_on == "onnx") and any(k in ("fg", "rgba", "composite") for k in kinds):
+    pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
+    # where PyMatting will estimate the foregrounds, its threading layer is checked before any model pass
+    if any(k in ("fg", "rgba", "composite") for k in kinds) and runs_pymatting(pipeline.backend):
         check_numba_threading_layer()
         import_pymatting(lambda text: typer.echo(f"matte: note: {text}", err=True))
-    pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
     if compile:  # else the first image's progress would look stuck for minutes
         typer.echo("matte: note: --compile: the first image waits while torch.compile builds the model (minutes); "
                    "later images, of any size, reuse it", err=True)

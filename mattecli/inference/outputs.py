@@ -150,7 +150,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, device=None, timer
     fractional = (alpha > 0) & (alpha < 255)
     if not fractional.any() or alpha.size == 1:  # one pixel: no neighbour to tell F from B (PyMatting divided by 0)
         return image.copy()
-    if device is not None and str(device).startswith("cuda"):
+    if _on_cuda(device):
         from mattecli.inference.foreground import estimate_foreground_torch
 
         with _CUDA_FOREGROUNDS, stage(timer, "foreground"):
@@ -194,11 +194,22 @@ def _numba_guard():
     return nullcontext() if safe else _NUMBA_WORKQUEUE
 
 
+def _on_cuda(device) -> bool:
+    return device is not None and str(device).startswith("cuda")
+
+
 def foreground_device(backend):
     """Where the foregrounds of a model's photos are estimated: the torch device its backend holds
     (the PyTorch port runs on a CUDA one), or None, PyMatting on the CPU: an ONNX Runtime backend
     holds no torch device, on CUDA too. `matte infer` and `Matter.foreground` both ask here."""
     return getattr(backend, "device", None)
+
+
+def runs_pymatting(backend) -> bool:
+    """Whether PyMatting estimates this backend's foregrounds (`estimate_foreground` at
+    `foreground_device(backend)`): then numba's threading layer must start, and its kernels compile
+    at the first import (`import_pymatting`)."""
+    return not _on_cuda(foreground_device(backend))
 
 
 def check_numba_threading_layer() -> None:
