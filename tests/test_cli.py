@@ -48,6 +48,11 @@ def test_help_lists_every_subcommand_without_importing_torch():
     (["trimap", "--alphas", ".", "--out", "t", "--seed", "-1"],
      "Invalid value for '--seed': Input should be greater than or equal to 0 (see matte trimap --help)"),
     (["bogus"], "No such command 'bogus'. (see matte --help)"),
+    # another command's option: click's nearest name was "(Possible options: --device)"
+    (["export", "--recipe", "x"], "No such option: --recipe (an option of matte convert and matte train) "
+                                  "(see matte export --help)"),
+    (["export", "--coco", "x"], "No such option: --coco (an option of matte prepare-data adobe and matte "
+                                "prepare-data d646) (see matte export --help)"),
 ])
 def test_a_mistake_in_the_command_line_is_one_line(args, says):
     """click printed these in three lines (usage, a hint, the error)."""

@@ -69,7 +69,24 @@ def _one_line_usage(ctx):
             where = err.ctx.command_path
         else:  # some parse errors carry no context: the subcommand being parsed, if any
             where = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
-        raise UsageError(f"{err.format_message()} (see {where} --help)") from None
+        message = err.format_message()
+        if type(err).__name__ == "NoSuchOption":  # difflib's nearest name can mislead: export --recipe got --device
+            owners = _commands_taking(err.option_name, ctx.find_root().command)
+            if owners:
+                owners = ", ".join(owners[:-1]) + " and " * (len(owners) > 1) + owners[-1]
+                message = f"No such option: {err.option_name} (an option of {owners})"
+        raise UsageError(f"{message} (see {where} --help)") from None
+
+
+def _commands_taking(option: str, group, path: str = "matte") -> list[str]:
+    """The subcommands (`matte train`, `matte prepare-data adobe`) that take `option` as spelt."""
+    found = []
+    for name, command in sorted(group.commands.items()):
+        if hasattr(command, "commands"):  # prepare-data's datasets
+            found += _commands_taking(option, command, f"{path} {name}")
+        elif any(option in param.opts + param.secondary_opts for param in command.params):
+            found.append(f"{path} {name}")
+    return found
 
 
 app = typer.Typer(
