@@ -302,7 +302,7 @@ def run_bench(weights, backends, sizes, *, device: str = "cpu", half: bool = Fal
     if json_path:
         from mattecli.files import write_text
 
-        write_text(json_path, json.dumps(report, indent=1) + "\n")
+        write_text(json_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report
 
 

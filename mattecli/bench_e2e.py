@@ -181,5 +181,5 @@ def run_e2e(weights, sizes, *, backend: str | None = None, device: str = "cpu", 
     if json_path:
         from mattecli.files import write_text
 
-        write_text(json_path, json.dumps(report, indent=1) + "\n")
+        write_text(json_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report

@@ -318,7 +318,7 @@ def summary(results: list[Result]) -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     """Into `path` atomically, or to standard output for `-` (see `files.to_stdout`)."""
-    write_text(path, json.dumps(data, indent=1) + "\n")
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_csv(path: Path, results: list[Result]) -> None:

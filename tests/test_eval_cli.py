@@ -161,6 +161,17 @@ def test_a_name_that_is_not_utf8_is_written_escaped_in_the_csv(folders):
     assert [im["name"] for im in json.loads((root / "out.json").read_text())["images"]] == ["b", "bad\udcff", "c"]
 
 
+def test_the_json_report_is_readable_utf8_as_infers_is(folders):
+    """eval's (and bench's, recipes') JSON was indented by 1 and escaped every non-ASCII name
+    (\\u732b for 猫) where infer's report writes it as it is, indented by 2."""
+    root, _ = folders
+    for folder in ("pred", "gt", "trimap"):
+        (root / folder / "a.png").rename(root / folder / "猫.png")
+    assert run(*args_for(root, "--json", root / "out.json")).exit_code == 0
+    text = (root / "out.json").read_text(encoding="utf-8")
+    assert '"name": "猫"' in text and '\n  "count": 3' in text
+
+
 def test_trimap_without_unknown_pixels_warns(folders):
     """A binary mask given as a trimap scored 0 on every metric without a word, lowering the mean."""
     root, cases = folders

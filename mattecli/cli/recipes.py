@@ -45,7 +45,7 @@ def recipe_text(name: str, as_json: bool = False) -> tuple[str, str]:
     # a model file's recipe name and metadata are anyone's text: a newline in them ended the comment
     header = printable(f"# {recipe.name}, {source}") + "\n"
     if as_json:
-        return header, json.dumps(resolved, indent=1) + "\n"
+        return header, json.dumps(resolved, indent=2, ensure_ascii=False) + "\n"
     return header, yaml.safe_dump(resolved, sort_keys=False, width=100, allow_unicode=True)
 
 
@@ -64,7 +64,7 @@ def main(name: str = typer.Argument(None, metavar="[NAME]",
         return
     rows = recipe_table()
     if as_json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
         return
     from rich.console import Console
     from rich.table import Table

@@ -544,7 +544,7 @@ def _d646_trimaps(split_dir: Path, report: PrepareReport, seed: int) -> None:
     record = {"seed": seed, "method": "grown_trimap (distance-transform growth of 0<alpha<1)",
               "radius_range": list(D646_TRIMAP_RADII), "radius": radii}
     json_path = split_dir / "trimaps.json"
-    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=1) + "\n"))
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
     report.manifests["test"] = write_manifest(split_dir, kept)
     report.counts["test"] = len(kept)
     report.notes.append(f"d646 test trimaps are generated (seed {seed}), not official: {json_path}")

@@ -141,9 +141,9 @@ def _read_object(path: Path) -> dict:
 def write_record(run_dir: Path, record: RunRecord) -> None:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "recipe.json", lambda tmp: Path(tmp).write_text(json.dumps(record.recipe, indent=1)))
+    atomic_write(run_dir / "recipe.json", lambda tmp: Path(tmp).write_text(json.dumps(record.recipe, indent=2)))
     run = {"seed": record.seed, "data": record.data}
-    atomic_write(run_dir / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=1)))
+    atomic_write(run_dir / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run, indent=2)))
 
 
 def first_difference(a: dict, b: dict, prefix: str = "") -> str | None:
