@@ -30,16 +30,44 @@ def progress_bar(*extra_columns, console=None):
 def print_table(console, table) -> None:
     """Print a rich table with every value whole. Written to a file or a pipe (no terminal: rich
     assumes 80 columns), the table is as wide as its widest row; it cut values to an ellipsis
-    ("3840x2…" in `matte bench ... > log`). On a terminal, a value too wide wraps in its cell."""
+    ("3840x2…" in `matte bench ... > log`). On a terminal too narrow for it, a lighter frame is tried,
+    then each row is printed as a block of "header  value" lines: folding cells split numbers
+    mid-digit ("3840 / x216 / 0").
+    """
     import io
 
+    from rich import box
     from rich.console import Console
+
+    def width() -> int:
+        return Console(width=100_000, file=io.StringIO()).measure(table).maximum
 
     for column in table.columns:
         column.overflow = "fold"
     if not console.is_terminal:
-        console.width = max(console.width, Console(width=100_000, file=io.StringIO()).measure(table).maximum)
+        console.width = max(console.width, width())
+    elif width() > console.width:  # a frame of spaces: columns two apart, then one
+        table.box, table.show_edge, table.pad_edge, table.collapse_padding = box.SIMPLE_HEAD, False, False, True
+        for padding in ((0, 1), (0, 0)):
+            table.padding = padding
+            if width() <= console.width:
+                break
+        else:
+            _print_rows(console, table)
+            return
     console.print(table)
+
+
+def _print_rows(console, table) -> None:
+    headers = [str(column.header) for column in table.columns]
+    rows = list(zip(*(column._cells for column in table.columns)))
+    label = max(map(len, headers[1:]), default=0)
+    lines = [str(table.title)] if table.title else []
+    for row in rows:
+        lines.append(f"{row[0]}")
+        lines += [f"  {header:<{label}}  {value}" for header, value in zip(headers[1:], row[1:]) if str(value)]
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 class Tracker:

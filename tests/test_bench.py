@@ -396,3 +396,32 @@ def test_a_table_written_to_a_file_keeps_every_value_whole():
     text = out.getvalue()
     assert "…" not in text and "3840x2160" in text and "wall/decode" in text and "a-long-value-" * 3 in text
     assert max(map(len, text.splitlines())) > 80
+
+
+@pytest.mark.parametrize("width, layout", [(100, "frame"), (75, "spaces"), (60, "rows")])
+def test_a_table_on_a_narrow_terminal_keeps_every_value_whole(width, layout):
+    """On a 60-column terminal rich folded the e2e table's cells mid-number ("3840 / x216 / 0",
+    "123 / 45"): a frame of spaces is tried, then each row as "header  value" lines."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mattecli.progress import print_table
+
+    table = Table(title="t")
+    for col in ("size", "img/s", "wall/decode", "decode", "prepare", "model", "restore", "fg", "encode"):
+        table.add_column(col, justify="left" if col == "size" else "right")
+    table.add_row("3840x2160", "0.52", "1.25", "240", "12345", "1234567", "80", "3100", "660")
+    out = io.StringIO()
+    print_table(Console(file=out, width=width, force_terminal=True, color_system=None), table)
+    lines = out.getvalue().splitlines()
+    assert max(map(len, lines)) <= width
+    if layout == "rows":
+        assert lines == ["t", "3840x2160", "  img/s        0.52", "  wall/decode  1.25", "  decode       240",
+                         "  prepare      12345", "  model        1234567", "  restore      80", "  fg           3100",
+                         "  encode       660"]
+    else:
+        values = "3840x2160 0.52 1.25 240 12345 1234567 80 3100 660".split()
+        assert lines[-2 if layout == "frame" else -1].replace("│", " ").split() == values
+        assert ("┃" in out.getvalue()) == (layout == "frame")
