@@ -138,8 +138,13 @@ def write_sample(split_dir: Path, name: str, size: int, rng: np.random.Generator
         paths["image"] = write_png(split_dir / "merged" / f"{name}.png", adobe_blend(fg, bg, alpha))
     if trimap:
         radius = int(rng.integers(5, 16))
-        paths["trimap"] = write_png(split_dir / "trimap" / f"{name}.png",
-                                    grown_trimap(alpha / 255.0, radius))
+        band = grown_trimap(alpha / 255.0, radius)
+        # a small image's band can cover its whole silhouette (--size 64: half the trimaps had no
+        # foreground, and infer asked of each "is it the right trimap?"): narrowed until some is left
+        while radius > 1 and not (band == 255).any():
+            radius -= 1
+            band = grown_trimap(alpha / 255.0, radius)
+        paths["trimap"] = write_png(split_dir / "trimap" / f"{name}.png", band)
     return Sample(name=name, **paths)
 
 
