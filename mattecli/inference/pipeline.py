@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from mattecli.recipes import InferConfig
-from mattecli.sizes import aligned_size
+from mattecli.sizes import Size, aligned_size
 
 if TYPE_CHECKING:
     from mattecli.inference.backends import Backend
@@ -268,7 +268,7 @@ def prepare(image, trimap, cfg: InferConfig, ops=NUMPY):
     float image and no joining copy (half the time of `prepare` at 4K).
     """
     h, w = trimap.shape
-    ah, aw = _aligned_down(h, w, cfg.stride) if cfg.align == "resize-down" else aligned_size(h, w, cfg.stride)
+    ah, aw = cfg.aligned(Size(w, h)).hw
     out = ops.empty((1, cfg.input_channels, ah, aw))
     rgb_out, tri_out = out[0, :3], out[0, 3:]
     if (ah, aw) == (h, w):
@@ -292,12 +292,6 @@ def prepare(image, trimap, cfg: InferConfig, ops=NUMPY):
     else:
         raise ValueError(f"unknown alignment {cfg.align!r}")
     return out
-
-
-def _aligned_down(h: int, w: int, stride: int) -> tuple[int, int]:
-    if h < stride or w < stride:
-        raise ValueError(f"image is {w}x{h}: align resize-down needs at least {stride} pixels on each side")
-    return h - h % stride, w - w % stride
 
 
 def _reflect_pad(x: np.ndarray, pad) -> np.ndarray:
