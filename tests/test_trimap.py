@@ -233,6 +233,18 @@ def test_wide_integer_masks_holding_8bit_values_are_read_as_those_values(tmp_pat
 
 # --- trimaps as found (issue 19) -----------------------------------------------------------------
 
+def test_a_grey_trimap_in_another_encoding_is_mapped_by_gca_thresholds_at_their_edges(tmp_path):
+    """read_trimap's rule (GCA-Matting's): < 85 background, >= 170 foreground, otherwise unknown, so
+    84 -> 0, 85 and 169 -> 128, 170 -> 255; the note counts the pixels not in 0/128/255. Only 0/1/2 and
+    1/2/3 are class indices: a map of 0 and 4 is such a grey trimap (all background), not refused."""
+    Image.fromarray(np.array([[84, 85, 169, 170, 0, 255, 128]], np.uint8)).save(tmp_path / "t.png")
+    trimap, note = read_trimap(tmp_path / "t.png")
+    assert trimap.tolist() == [[0, 128, 128, 255, 0, 255, 128]] and "(4 pixels of other values)" in note
+    Image.fromarray(np.array([[0, 4, 4]], np.uint8)).save(tmp_path / "low.png")
+    trimap, note = read_trimap(tmp_path / "low.png")
+    assert trimap.tolist() == [[0, 0, 0]] and "(2 pixels of other values)" in note
+
+
 @pytest.mark.parametrize("values, expected", [((0, 1, 2), (0, 128, 255)), ((2, 3, 1), (0, 128, 255))])
 def test_class_index_trimaps_are_mapped_with_a_note(tmp_path, values, expected):
     Image.fromarray(np.array([values], np.uint8)).save(tmp_path / "t.png")
@@ -241,11 +253,29 @@ def test_class_index_trimaps_are_mapped_with_a_note(tmp_path, values, expected):
 
 
 @pytest.mark.parametrize("pixels, reason", [([[0, 1, 1]], "binary mask"), ([[1, 2, 2]], "ambiguous"),
+                                            ([[0, 1, 2, 3]], "ambiguous"), ([[3, 3, 3]], "ambiguous"),
                                             ([[[255, 0, 0], [0, 0, 255], [0, 255, 0]]], "colour-coded")])
 def test_colour_coded_and_ambiguous_trimaps_are_refused(tmp_path, pixels, reason):
+    """read_trimap: class indices in neither 0/1/2 nor 1/2/3 order (0..3, one value alone) are refused."""
     Image.fromarray(np.array(pixels, np.uint8)).save(tmp_path / "t.png")
     with pytest.raises(InputError, match=reason):
         read_trimap(tmp_path / "t.png")
+
+
+def test_a_colour_trimap_is_refused_only_past_1_percent_of_pixels_over_48_levels_apart(tmp_path):
+    """docs/commands/infer.md: colour-coded trimaps (more than 1% of pixels with channels over 48
+    levels apart) are refused; a grey one with chroma noise is read on its first channel."""
+    rgb = np.zeros((10, 10, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1:] = 128, 80  # every pixel's channels exactly 48 apart
+    Image.fromarray(rgb).save(tmp_path / "t48.png")
+    assert read_trimap(tmp_path / "t48.png")[0].tolist() == [[128] * 10] * 10
+    rgb[0, 0, 1:] = 79  # 1 pixel of 100, 49 apart: 1%, not more
+    Image.fromarray(rgb).save(tmp_path / "t1.png")
+    assert read_trimap(tmp_path / "t1.png")[0].tolist() == [[128] * 10] * 10
+    rgb[0, 1, 1:] = 79  # 2%
+    Image.fromarray(rgb).save(tmp_path / "t2.png")
+    with pytest.raises(InputError, match="colour-coded"):
+        read_trimap(tmp_path / "t2.png")
 
 
 def test_16bit_trimaps_holding_8bit_codes_are_read_as_those_codes(tmp_path):
