@@ -190,6 +190,28 @@ def test_a_4k_mask_is_made_into_a_trimap():
 
 # --- masks as found ---------------------------------------------------------------------------------
 
+def test_an_opaque_cut_out_mask_is_read_by_its_colour_and_an_all_black_mask_gets_no_note(tmp_path):
+    """read_mask: a cut-out's alpha is the mask only when it is not all opaque; otherwise the picture
+    is read (grey here). Only a 0/1 mask is scaled to 0/255 with a note: an all-black one is as it is."""
+    grey = np.array([[0, 90, 255]], np.uint8)
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    assert read_mask(tmp_path / "opaque.png")[0].tolist() == [[0, 90, 255]]
+    Image.fromarray(np.zeros((2, 3), np.uint8)).save(tmp_path / "black.png")
+    mask, note = read_mask(tmp_path / "black.png")
+    assert mask.tolist() == [[0, 0, 0]] * 2 and note is None
+
+
+def test_a_colour_palette_mask_is_a_label_map_where_every_index_but_0_is_foreground(tmp_path):
+    """read_mask: a palette whose colours are not grey is read as labels, index 0 background, any
+    other index (1 too) foreground, with a note."""
+    labels = Image.fromarray(np.array([[0, 1, 2, 1]], np.uint8), "P")
+    labels.putpalette([0, 0, 0, 200, 30, 30, 30, 200, 30])
+    labels.save(tmp_path / "labels.png")
+    mask, note = read_mask(tmp_path / "labels.png")
+    assert mask.tolist() == [[0, 255, 255, 255]] and "read as labels" in note
+
+
 def test_masks_as_found_read_to_the_same_mask(tmp_path):
     mask, _ = disc(size=64, radius=20)
     Image.fromarray(mask).save(tmp_path / "binary.png")
