@@ -186,6 +186,40 @@ def test_wide_integer_arrays_must_hold_8_bit_values():
         array_values(np.array([0, 256], np.int64), "mask")
 
 
+def test_each_exif_orientation_turns_the_stored_pixels_as_the_tag_says():
+    """EXIF orientation (TIFF 6.0 tag 274) by hand on [[1, 2, 3], [4, 5, 6]]: 2 mirror left-right, 3 turn
+    180, 4 flip top-bottom, 5 transpose, 6 turn 90 clockwise, 7 transverse, 8 turn 90 anticlockwise;
+    what Pillow's ImageOps.exif_transpose shows. 1 and unknown tags leave it."""
+    from PIL import ImageOps
+
+    from mattecli.imageio import orient
+
+    a = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
+    want = {1: [[1, 2, 3], [4, 5, 6]], 2: [[3, 2, 1], [6, 5, 4]], 3: [[6, 5, 4], [3, 2, 1]],
+            4: [[4, 5, 6], [1, 2, 3]], 5: [[1, 4], [2, 5], [3, 6]], 6: [[4, 1], [5, 2], [6, 3]],
+            7: [[6, 3], [5, 2], [4, 1]], 8: [[3, 6], [2, 5], [1, 4]], 9: [[1, 2, 3], [4, 5, 6]]}
+    for tag, expected in want.items():
+        assert orient(a, tag).tolist() == expected, tag
+        if tag <= 8:
+            img = Image.fromarray(a)
+            exif = img.getexif()
+            exif[0x0112] = tag
+            img.info["exif"] = exif.tobytes()
+            assert np.asarray(ImageOps.exif_transpose(img)).tolist() == expected, tag
+
+
+def test_an_exif_orientation_outside_1_to_8_is_read_as_none(tmp_path):
+    """exif_orientation: the tag's values are 1..8 (TIFF 6.0); any other (9, 0) is no orientation (1)."""
+    from mattecli.imageio import exif_orientation
+
+    for tag in (9, 0, 6):
+        img = Image.fromarray(photo())
+        exif = img.getexif()
+        exif[0x0112] = tag
+        img.save(tmp_path / f"o{tag}.jpg", exif=exif)
+    assert [exif_orientation(tmp_path / f"o{tag}.jpg") for tag in (9, 0, 6)] == [1, 1, 6]
+
+
 def test_a_float_tiff_of_0_to_255_values_is_named_not_read_as_white(tmp_path):
     """A 32-bit float TIFF is read as [0, 1]: a trimap of 0.0/128.0/255.0 became a binary mask
     ("nothing to matte") and a photo of 0..255 floats a white image, without a word."""
