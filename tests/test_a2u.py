@@ -306,6 +306,40 @@ def test_import_official_checkpoint(variant, with_nbt, shared_specs):
     torch.testing.assert_close(model.bilinear1.bnu[0].weight, raw["module.bilinear1.bnu.0.weight"])
 
 
+def test_import_sets_every_bn_counter_to_zero_whatever_the_release_held(shared_specs):
+    """a2u_state_from_official's contract: `num_batches_tracked` is 0 for every BN, the released values
+    (12345 in this fake) ignored; specs/a2u.md: some releases hold the counters, some do not."""
+    from mattecli.weights import a2u_state_from_official
+
+    for with_nbt in (True, False):
+        state = a2u_state_from_official(_fake_official(shared_specs, "cs", with_nbt)["state_dict"])
+        counters = {k: int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
+        want = {e["name"] for e in _listing(shared_specs, "cs") if e["name"].endswith("num_batches_tracked")}
+        assert set(counters) == want and set(counters.values()) == {0}
+
+
+def test_import_takes_the_whole_checkpoint_as_the_authors_save_it(shared_specs):
+    """specs/a2u.md: the checkpoint is {'state_dict': {'module.' + name: tensor}}; the importer takes it
+    whole as well as its state_dict, with the same result."""
+    from mattecli.weights import a2u_state_from_official
+
+    checkpoint = _fake_official(shared_specs, "cw", with_nbt=False)
+    whole, inner = a2u_state_from_official(checkpoint), a2u_state_from_official(checkpoint["state_dict"])
+    assert list(whole) == list(inner) and all(torch.equal(whole[k], inner[k]) for k in inner)
+
+
+def test_detect_takes_shapes_and_refuses_a_u_generator_neither_shared_nor_channel_wise():
+    """The released U generators are [1, C, 1, 1] (cs) or [C, C, 1, 1] (cw) (a2u_official_keys_*.json);
+    any other shape is named, not guessed as cw. Shapes alone (from a header) are enough."""
+    from mattecli.errors import UsageError
+    from mattecli.weights import detect_a2u_variant
+
+    assert detect_a2u_variant({"module.bilinear0.bconv_U.1.weight": (1, 64, 1, 1)}) == "a2u-dynamic-cs-d-gn"
+    assert detect_a2u_variant({"bilinear0.bconv_U.1.weight": (64, 64, 1, 1)}) == "a2u-dynamic-cw-d-gn"
+    with pytest.raises(UsageError, match=r"unexpected A2U U-generator shape \[32, 64, 1, 1\]"):
+        detect_a2u_variant({"bilinear0.bconv_U.1.weight": torch.zeros(32, 64, 1, 1)})
+
+
 def test_detect_rejects_other_checkpoints():
     from mattecli.weights import detect_a2u_variant
     from mattecli.errors import UsageError

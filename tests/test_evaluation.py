@@ -86,6 +86,22 @@ def test_read_alpha_takes_grey_and_rgba_alpha_and_refuses_colour(tmp_path):
             read_alpha(_save(tmp_path / name, array))
 
 
+@pytest.mark.filterwarnings("ignore:Palette images with Transparency")  # Pillow's, on a palette cut-out
+def test_read_alpha_needs_every_colour_channel_equal_and_reads_opaque_grey_alpha_and_palette_cut_outs(tmp_path):
+    """read_alpha's rule: the colour channels must all be equal (blue too, not only green); an opaque
+    grey + alpha file is its grey; a palette with transparency is a cut-out whose alpha is the matte."""
+    matte = np.array([[0, 40, 128], [200, 255, 77]], np.uint8)
+    blue_differs = np.dstack([matte, matte, 255 - matte])
+    with pytest.raises(InputError, match="a colour image .* not an alpha matte"):
+        read_alpha(_save(tmp_path / "rrb.png", blue_differs))
+    Image.fromarray(np.dstack([matte, np.full_like(matte, 255)]), "LA").save(tmp_path / "la.png")
+    assert np.array_equal(read_alpha(tmp_path / "la.png"), matte)
+    palette = Image.fromarray(np.array([[0, 1, 2]], np.uint8), "P")
+    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255])
+    palette.save(tmp_path / "p.png", transparency=bytes([0, 128, 200]))
+    assert read_alpha(tmp_path / "p.png").tolist() == [[0, 128, 200]]
+
+
 def test_wide_files_holding_8bit_values_and_cut_out_ground_truths_read_as_what_they_hold(tmp_path):
     """cv2.imwrite of uint16 arrays of an 8-bit matte, ground truth or 0/128/255 trimap: scaled as
     16-bit levels, a matte scored near 0 and a trimap became 0/0/1 (no unknown pixel, every metric 0);

@@ -146,6 +146,80 @@ def test_empty_and_unreadable_files_are_named_and_the_rest_goes_on(tmp_path, con
     assert (tmp_path / "out" / "good one é.png").is_file()
 
 
+def test_wide_integer_float_and_1_bit_grey_files_scale_to_8_bits_rounded(tmp_path):
+    """_to_uint8: 32-bit integers of 16-bit levels (max 65535, an exact edge) scale by 255/65535, floats
+    are clipped to [0, 1] then x 255, both rounded to the nearest level (32768 -> 127.50 -> 128, 0.5 ->
+    127.5 -> 128 half to even, 0.25 -> 63.75 -> 64); a 1-bit file's white is 255. By hand."""
+    Image.fromarray(np.array([[0, 65535, 32768, 257]], np.int32)).save(tmp_path / "i32.tif")
+    assert read_gray(tmp_path / "i32.tif").tolist() == [[0, 255, 128, 1]]
+    Image.fromarray(np.array([[0, 0.5, 1.2, -0.2, 0.25]], np.float32)).save(tmp_path / "f.tif")
+    assert read_gray(tmp_path / "f.tif").tolist() == [[0, 128, 255, 0, 64]]
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "u16.png"), np.array([[0, 256, 255]], np.uint16))  # 256: not 8-bit values stored wide
+    assert read_gray(tmp_path / "u16.png").tolist() == [[0, 1, 1]]
+    Image.fromarray(np.array([[-1, 100]], np.int32)).save(tmp_path / "neg.tif")  # below 0: not 8-bit values either
+    assert read_gray(tmp_path / "neg.tif").tolist() == [[0, 0]]
+    Image.fromarray(np.array([[True, False]])).save(tmp_path / "bits.png")
+    assert read_gray(tmp_path / "bits.png").tolist() == [[255, 0]]
+
+
+def test_floats_beyond_1_5_are_refused_not_clipped_to_white(tmp_path):
+    """array_values / float_problem: floats outside [-0.5, 1.5] are not [0, 1] values (a resampling's
+    overshoot is); 2.0 is refused by the reader and the Python API alike."""
+    from mattecli.imageio import array_values
+
+    Image.fromarray(np.array([[0, 2.0]], np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(InputError, match="values from 0.0 to 2.0: floats are read as"):
+        read_gray(tmp_path / "f.tif")
+    with pytest.raises(ValueError, match="alpha: float32 values from 0.0 to 2.0"):
+        array_values(np.array([0, 2.0], np.float32), "alpha")
+    assert array_values(np.array([-0.5, 1.5], np.float32), "alpha").tolist() == [-0.5, 1.5]
+
+
+def test_wide_integer_arrays_must_hold_8_bit_values():
+    """array_values: an int64 array (np.where(m, 255, 0)) holds 8-bit values; 256 is out of 0..255."""
+    from mattecli.imageio import array_values
+
+    assert array_values(np.array([0, 255], np.int64), "mask").dtype == np.uint8
+    with pytest.raises(ValueError, match="mask: int64 values from 0 to 256: expected 0..255"):
+        array_values(np.array([0, 256], np.int64), "mask")
+
+
+def test_each_exif_orientation_turns_the_stored_pixels_as_the_tag_says():
+    """EXIF orientation (TIFF 6.0 tag 274) by hand on [[1, 2, 3], [4, 5, 6]]: 2 mirror left-right, 3 turn
+    180, 4 flip top-bottom, 5 transpose, 6 turn 90 clockwise, 7 transverse, 8 turn 90 anticlockwise;
+    what Pillow's ImageOps.exif_transpose shows. 1 and unknown tags leave it."""
+    from PIL import ImageOps
+
+    from mattecli.imageio import orient
+
+    a = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
+    want = {1: [[1, 2, 3], [4, 5, 6]], 2: [[3, 2, 1], [6, 5, 4]], 3: [[6, 5, 4], [3, 2, 1]],
+            4: [[4, 5, 6], [1, 2, 3]], 5: [[1, 4], [2, 5], [3, 6]], 6: [[4, 1], [5, 2], [6, 3]],
+            7: [[6, 3], [5, 2], [4, 1]], 8: [[3, 6], [2, 5], [1, 4]], 9: [[1, 2, 3], [4, 5, 6]]}
+    for tag, expected in want.items():
+        assert orient(a, tag).tolist() == expected, tag
+        if tag <= 8:
+            img = Image.fromarray(a)
+            exif = img.getexif()
+            exif[0x0112] = tag
+            img.info["exif"] = exif.tobytes()
+            assert np.asarray(ImageOps.exif_transpose(img)).tolist() == expected, tag
+
+
+def test_an_exif_orientation_outside_1_to_8_is_read_as_none(tmp_path):
+    """exif_orientation: the tag's values are 1..8 (TIFF 6.0); any other (9, 0) is no orientation (1)."""
+    from mattecli.imageio import exif_orientation
+
+    for tag in (9, 0, 6):
+        img = Image.fromarray(photo())
+        exif = img.getexif()
+        exif[0x0112] = tag
+        img.save(tmp_path / f"o{tag}.jpg", exif=exif)
+    assert [exif_orientation(tmp_path / f"o{tag}.jpg") for tag in (9, 0, 6)] == [1, 1, 6]
+
+
 def test_a_float_tiff_of_0_to_255_values_is_named_not_read_as_white(tmp_path):
     """A 32-bit float TIFF is read as [0, 1]: a trimap of 0.0/128.0/255.0 became a binary mask
     ("nothing to matte") and a photo of 0..255 floats a white image, without a word."""

@@ -139,6 +139,25 @@ def test_preprocessor_buffers_are_checked_not_loaded(tmp_path):
         import_mmagic(tmp_path / "d.pth")
 
 
+def test_preprocessor_constants_a_level_off_are_refused(tmp_path):
+    """The recipe normalises by mean/std x 255 (std 58.395, 57.12, 57.375 in RGB order, mmagic's
+    MattorPreprocessor); the same numbers in BGR order are off by about 1 and must be refused, not taken
+    as close enough."""
+    std_bgr = torch.tensor([57.375, 57.12, 58.395]).view(3, 1, 1)
+    mmagic_checkpoint(tmp_path / "c.pth", extra={"data_preprocessor.std": std_bgr})
+    with pytest.raises(UsageError, match="data_preprocessor.std"):
+        import_mmagic(tmp_path / "c.pth")
+
+
+def test_a_linear_holistic_index_block_maps_to_the_bare_conv():
+    """mmagic's linear HolisticIndexBlock is one ConvModule without norm (`index_block.conv`); ours is a
+    bare Conv2d named `indexnet` (HolisticIndexBlock, models/indexnet.py), not a Sequential's `indexnet.0`.
+    encoder.index_layers.i pools after layers 0, 2, 3, 4, 6, which name our index blocks."""
+    assert mmagic_indexnet_key("backbone.encoder.index_layers.1.index_block.conv.weight") == "index2.indexnet.weight"
+    assert mmagic_indexnet_key("encoder.index_layers.4.index_block.0.conv.weight") == "index6.indexnet.0.weight"
+    assert mmagic_indexnet_key("encoder.index_layers.0.index_blocks.3.conv.weight") == "index0.indexnet4.0.weight"
+
+
 def test_mmengine_bookkeeping_objects_are_read_without_running_them(tmp_path, monkeypatch):
     """A training-time checkpoint pickles mmengine objects (message_hub) and numpy values: they are
     read as inert stand-ins, never imported; the tensors still convert."""

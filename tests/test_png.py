@@ -50,3 +50,18 @@ def test_the_writer_refuses_what_is_not_an_8_bit_image_and_writes_nothing(array,
     with pytest.raises(TypeError, match="^write_png expects"):
         write_png(tmp_path / "x.png", array)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_chunk_is_found_whole_with_its_header_and_crc(tmp_path):
+    """find_chunk: (offset, 4-byte length + 4-byte type + data + 4-byte CRC); chunk_data: the data
+    alone. A PNG's IHDR chunk (8 + 13 + 4 bytes) follows its 8-byte signature: iCCP starts at 33."""
+    from mattecli.png import chunk_data, find_chunk
+
+    icc = b"not a real profile, bytes only"
+    body = b"ICC Profile\0\0" + zlib.compress(icc)
+    path = write_png(tmp_path / "x.png", np.zeros((2, 3), np.uint8), icc=icc)
+    start, size = find_chunk(path, b"iCCP")
+    data = path.read_bytes()
+    assert (start, size) == (33, 12 + len(body)) and data[start + size + 4:start + size + 8] == b"IDAT"
+    assert chunk_data(path, b"iCCP") == body
+    assert find_chunk(path, b"eXIf") is None and chunk_data(path, b"eXIf") is None

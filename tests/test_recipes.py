@@ -53,10 +53,24 @@ def test_set_overrides_any_value():
     ("train.warmup_iters=-5", "warmup_iters must be at least 0"),
     ("data.val_every=-1", "val_every must be at least 0"),
     ("train.betas=[1.5,0.9]", r"betas must be two values under 1, got \(1.5, 0.9\)"),  # Adam's traceback
+    ("train.betas=[0.9,1.0]", r"betas must be two values under 1, got \(0.9, 1.0\)"),  # under 1: 1 is not
+    ("data.crop_size=true", "crop_size: expected an integer, got True"),  # YAML's true is not 1
+    ("train.lr=true", "lr: expected a number, got True"),
+    ("infer.mean=[0.5,0.5]", r"infer.mean: expected 3 values, got 2"),  # RGB: three
 ])
 def test_bad_values_fail_naming_the_key(override, needle):
     with pytest.raises(UsageError, match=needle):
         load_recipe("indexnet-m2o-nl-ctx", [override])
+
+
+def test_a_model_file_of_any_format_version_but_this_one_is_refused(tmp_path):
+    """stored_recipe reads FILE_FORMAT_VERSION ("1") only: an older or unknown version ("0") is not read
+    as version 1 either."""
+    from mattecli.recipes import stored_recipe
+
+    recipe = load_recipe("demo-tcp")
+    with pytest.raises(UsageError, match=r"written in matte-weights/0, a format this matte .* reads version 1"):
+        stored_recipe(recipe.to_json(), tmp_path / "w.safetensors", "matte-weights/0")
 
 
 @pytest.mark.parametrize("recipe, override, needle", [

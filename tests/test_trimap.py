@@ -190,6 +190,28 @@ def test_a_4k_mask_is_made_into_a_trimap():
 
 # --- masks as found ---------------------------------------------------------------------------------
 
+def test_an_opaque_cut_out_mask_is_read_by_its_colour_and_an_all_black_mask_gets_no_note(tmp_path):
+    """read_mask: a cut-out's alpha is the mask only when it is not all opaque; otherwise the picture
+    is read (grey here). Only a 0/1 mask is scaled to 0/255 with a note: an all-black one is as it is."""
+    grey = np.array([[0, 90, 255]], np.uint8)
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    assert read_mask(tmp_path / "opaque.png")[0].tolist() == [[0, 90, 255]]
+    Image.fromarray(np.zeros((2, 3), np.uint8)).save(tmp_path / "black.png")
+    mask, note = read_mask(tmp_path / "black.png")
+    assert mask.tolist() == [[0, 0, 0]] * 2 and note is None
+
+
+def test_a_colour_palette_mask_is_a_label_map_where_every_index_but_0_is_foreground(tmp_path):
+    """read_mask: a palette whose colours are not grey is read as labels, index 0 background, any
+    other index (1 too) foreground, with a note."""
+    labels = Image.fromarray(np.array([[0, 1, 2, 1]], np.uint8), "P")
+    labels.putpalette([0, 0, 0, 200, 30, 30, 30, 200, 30])
+    labels.save(tmp_path / "labels.png")
+    mask, note = read_mask(tmp_path / "labels.png")
+    assert mask.tolist() == [[0, 255, 255, 255]] and "read as labels" in note
+
+
 def test_masks_as_found_read_to_the_same_mask(tmp_path):
     mask, _ = disc(size=64, radius=20)
     Image.fromarray(mask).save(tmp_path / "binary.png")
@@ -233,6 +255,18 @@ def test_wide_integer_masks_holding_8bit_values_are_read_as_those_values(tmp_pat
 
 # --- trimaps as found (issue 19) -----------------------------------------------------------------
 
+def test_a_grey_trimap_in_another_encoding_is_mapped_by_gca_thresholds_at_their_edges(tmp_path):
+    """read_trimap's rule (GCA-Matting's): < 85 background, >= 170 foreground, otherwise unknown, so
+    84 -> 0, 85 and 169 -> 128, 170 -> 255; the note counts the pixels not in 0/128/255. Only 0/1/2 and
+    1/2/3 are class indices: a map of 0 and 4 is such a grey trimap (all background), not refused."""
+    Image.fromarray(np.array([[84, 85, 169, 170, 0, 255, 128]], np.uint8)).save(tmp_path / "t.png")
+    trimap, note = read_trimap(tmp_path / "t.png")
+    assert trimap.tolist() == [[0, 128, 128, 255, 0, 255, 128]] and "(4 pixels of other values)" in note
+    Image.fromarray(np.array([[0, 4, 4]], np.uint8)).save(tmp_path / "low.png")
+    trimap, note = read_trimap(tmp_path / "low.png")
+    assert trimap.tolist() == [[0, 0, 0]] and "(2 pixels of other values)" in note
+
+
 @pytest.mark.parametrize("values, expected", [((0, 1, 2), (0, 128, 255)), ((2, 3, 1), (0, 128, 255))])
 def test_class_index_trimaps_are_mapped_with_a_note(tmp_path, values, expected):
     Image.fromarray(np.array([values], np.uint8)).save(tmp_path / "t.png")
@@ -241,11 +275,29 @@ def test_class_index_trimaps_are_mapped_with_a_note(tmp_path, values, expected):
 
 
 @pytest.mark.parametrize("pixels, reason", [([[0, 1, 1]], "binary mask"), ([[1, 2, 2]], "ambiguous"),
+                                            ([[0, 1, 2, 3]], "ambiguous"), ([[3, 3, 3]], "ambiguous"),
                                             ([[[255, 0, 0], [0, 0, 255], [0, 255, 0]]], "colour-coded")])
 def test_colour_coded_and_ambiguous_trimaps_are_refused(tmp_path, pixels, reason):
+    """read_trimap: class indices in neither 0/1/2 nor 1/2/3 order (0..3, one value alone) are refused."""
     Image.fromarray(np.array(pixels, np.uint8)).save(tmp_path / "t.png")
     with pytest.raises(InputError, match=reason):
         read_trimap(tmp_path / "t.png")
+
+
+def test_a_colour_trimap_is_refused_only_past_1_percent_of_pixels_over_48_levels_apart(tmp_path):
+    """docs/commands/infer.md: colour-coded trimaps (more than 1% of pixels with channels over 48
+    levels apart) are refused; a grey one with chroma noise is read on its first channel."""
+    rgb = np.zeros((10, 10, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1:] = 128, 80  # every pixel's channels exactly 48 apart
+    Image.fromarray(rgb).save(tmp_path / "t48.png")
+    assert read_trimap(tmp_path / "t48.png")[0].tolist() == [[128] * 10] * 10
+    rgb[0, 0, 1:] = 79  # 1 pixel of 100, 49 apart: 1%, not more
+    Image.fromarray(rgb).save(tmp_path / "t1.png")
+    assert read_trimap(tmp_path / "t1.png")[0].tolist() == [[128] * 10] * 10
+    rgb[0, 1, 1:] = 79  # 2%
+    Image.fromarray(rgb).save(tmp_path / "t2.png")
+    with pytest.raises(InputError, match="colour-coded"):
+        read_trimap(tmp_path / "t2.png")
 
 
 def test_16bit_trimaps_holding_8bit_codes_are_read_as_those_codes(tmp_path):

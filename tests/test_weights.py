@@ -43,6 +43,19 @@ def test_convert_round_trip_gives_the_same_outputs(tmp_path):
         assert torch.equal(loaded(x), reference(x))
 
 
+def test_extra_metadata_adds_entries_but_never_replaces_the_format_or_the_recipe(tmp_path):
+    """save_weights: `metadata` adds string entries (a best model's `selected_by`); the file's
+    `format` (matte-weights/1) and `recipe` are its own, whatever a caller's dict holds."""
+    from mattecli.weights import FORMAT, read_weights_header
+
+    recipe = load_recipe("demo-tcp")
+    path = save_weights(build_model(recipe), recipe, tmp_path / "w.safetensors",
+                        {"selected_by": "sad", "format": "matte-weights/9", "recipe": "{}"})
+    stored, meta = read_weights_header(path)
+    assert meta["selected_by"] == "sad" and meta["format"] == FORMAT == "matte-weights/1"
+    assert stored == recipe
+
+
 def test_counters_may_be_absent(tmp_path):
     official_checkpoint(tmp_path / "c.pth", with_counters=False)
     import_indexnet_official(tmp_path / "c.pth")
