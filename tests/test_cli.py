@@ -474,3 +474,21 @@ def test_an_option_of_one_value_given_twice_says_which_counts(tmp_path, monkeypa
     res = run_main("infer", "--weights", "w.safetensors", "--images", ".", "--out", "o", "--save", "alpha",
                    "--save", "fg")  # a list: every value counts
     assert res.returncode == 2 and "more than once" not in res.stderr and "no such weights file" in res.stderr
+
+
+def test_a_palette_cut_out_photo_is_read_without_pillows_two_line_warning(tmp_path, weights):
+    """A palette PNG with transparency (a GIF-style cut-out) put Pillow's 'UserWarning: Palette images
+    with Transparency expressed in bytes should be converted to RGBA images', in two lines naming no
+    file, above infer's progress: matte converts it to RGBA itself."""
+    from PIL import Image
+
+    (tmp_path / "in").mkdir()
+    photo = Image.fromarray(np.repeat(np.array([[0] * 16 + [1] * 16], np.uint8), 32, axis=0), "P")
+    photo.putpalette([0, 0, 0, 200, 100, 50])
+    photo.save(tmp_path / "in" / "a.png", transparency=bytes([0, 128]))
+    trimap = np.full((32, 32), 128, np.uint8)
+    trimap[:4] = 0
+    write_png(tmp_path / "in" / "a_trimap.png", trimap)
+    res = run_main("infer", "--weights", weights, "--images", tmp_path / "in", "--out", tmp_path / "out")
+    assert res.returncode == 0 and "Warning" not in res.stderr, res.stderr
+    assert read_gray(tmp_path / "out" / "a.png").shape == (32, 32)

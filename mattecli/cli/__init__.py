@@ -257,6 +257,9 @@ def main() -> None:
     # and of a damaged EXIF block, also in two lines that name no file: such a file is read with the
     # orientation tag Pillow could still read, or as stored when none, as a file without a tag is
     warnings.filterwarnings("ignore", message=r"(Possibly )?[Cc]orrupt EXIF")
+    # and that a palette image with transparency "should be converted to RGBA images": matte converts
+    # it (a palette cut-out's alpha is its matte), so the advice is for no one
+    warnings.filterwarnings("ignore", message="Palette images with Transparency expressed in bytes")
     # OpenCV decodes PNGs first and, on a damaged one, logged lines such as "[ERROR:0@19.9] global
     # grfmt_png.cpp:297 readHeader IHDR chunk shall be first" that name no file; Pillow then decodes
     # it and the reader names the file with the reason. Read when cv2 is imported, later.
