@@ -597,3 +597,71 @@ def test_a_sample_whose_alpha_has_another_size_is_named(synth, tmp_path, pipelin
     with pytest.raises(InputError, match=rf"({alpha}: alpha is 140x150 but the sample's \w+ .* is 160x160|"
                                          rf"is 160x160 but the sample's alpha {alpha} is 140x150)"):
         ds[0]
+
+
+# ---------------------------------------------------------------------------- mutation-testing gaps
+
+
+def test_fitting_window_reaches_the_top_left_window():
+    """The first centre of both ranges is the window's own centre offset: IndexNet's start at
+    ceil(side / 2) (hldataset.py:111-120), mmagic's at side // 2 (random_choose_unknown's
+    `mask[delta_h:h - delta_h]`), so an unknown pixel there gives the window at (0, 0), and one a
+    row or column before it fits no window."""
+    rng = np.random.default_rng(0)
+    for side in (5, 6):
+        for exclusive, half in ((False, (side + 1) // 2), (True, side // 2)):
+            unknown = np.zeros((12, 13), bool)
+            unknown[half, half] = True
+            assert fitting_window(unknown, side, rng, exclusive_end=exclusive) == (0, 0)
+            for y, x in ((half - 1, half), (half, half - 1)):
+                unknown[:] = False
+                unknown[y, x] = True
+                assert fitting_window(unknown, side, rng, exclusive_end=exclusive) is None
+
+
+def test_clipped_window_centres_at_side_floor_half_by_default():
+    """mmagic's random_choose_unknown: top = clip(centre - crop // 2, 0, h - crop); for an odd side
+    that is floor(side / 2), IndexNet's ceil(side / 2) only when asked for (hldataset.py:111)."""
+    rng = np.random.default_rng(0)
+    unknown = np.zeros((10, 11), bool)
+    unknown[4, 6] = True
+    assert clipped_window(unknown, 5, rng) == (2, 4)
+    assert clipped_window(unknown, 5, rng, half=3) == (1, 3)
+    unknown[:] = False
+    unknown[9, 10] = True  # moved inside: the last window, h - side and w - side
+    assert clipped_window(unknown, 5, rng) == (5, 6)
+
+
+def test_random_window_draws_every_position_including_the_last():
+    """A2U/GCA RandomCrop's fallback: left_top = (randint(0, h - crop + 1), randint(0, w - crop + 1)),
+    i.e. every top in 0..h - crop and left in 0..w - crop, the last window included."""
+    rng = np.random.default_rng(0)
+    tops, lefts = set(), set()
+    for _ in range(400):
+        top, left = pipelines._random_window(7, 9, 4, rng)
+        tops.add(top)
+        lefts.add(left)
+    assert tops == set(range(4)) and lefts == set(range(6))
+
+
+def test_flip_is_horizontal_with_probability_one_half():
+    """IndexNet's RandomFlip and mmagic's Flip(flip_ratio=0.5): a horizontal flip, half the time."""
+    x = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    flipped = 0
+    for seed in range(2000):
+        (out,) = pipelines._flip([x], np.random.default_rng(seed))
+        assert np.array_equal(out, x) or np.array_equal(out, x[:, ::-1])
+        flipped += not np.array_equal(out, x)
+    assert 0.46 < flipped / 2000 < 0.54  # binomial sd 0.011
+
+
+def test_tcp_composited_upscaled_image_stays_in_unit_range():
+    """An image whose short side is below the crop is upscaled bicubically, which overshoots at
+    hard edges; the item's image is documented in [0, 1] (module docstring), so it is clipped."""
+    h, w = 40, 50
+    yy, xx = np.mgrid[0:h, 0:w]
+    checker = (((yy // 2 + xx // 2) % 2) * 255).astype(np.uint8)
+    row = {"image": np.repeat(checker[..., None], 3, axis=2), "alpha": _soft_disc(h, w, 12)}
+    out = pipelines.tcp_composited_pipeline(_ArrayDataset([row], 64), 0, np.random.default_rng(0))
+    assert out["image"].shape == (64, 64, 3) and out["image"].dtype == np.float32
+    assert out["image"].min() == 0 and out["image"].max() == 1
