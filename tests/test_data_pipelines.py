@@ -665,3 +665,49 @@ def test_tcp_composited_upscaled_image_stays_in_unit_range():
     out = pipelines.tcp_composited_pipeline(_ArrayDataset([row], 64), 0, np.random.default_rng(0))
     assert out["image"].shape == (64, 64, 3) and out["image"].dtype == np.float32
     assert out["image"].min() == 0 and out["image"].max() == 1
+
+
+def test_dim_does_not_resize_an_image_whose_short_side_equals_the_crop(monkeypatch):
+    """IndexNet (hldataset.py, specs/data.md): only images whose short side is *below* the crop are
+    upscaled to short side 500 (x crop / 320); one of exactly the crop side is cropped as it is."""
+    calls = _record_crops(monkeypatch)
+    h, w = 32, 40
+    rng = np.random.default_rng(1)
+    row = {"fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 10),
+           "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    pipelines.dim_pipeline(_ArrayDataset([row], 32), 0, np.random.default_rng(0))
+    arrays, _, _, side = calls[0]
+    assert arrays[0].shape[:2] == (h, w) and side == 32
+
+
+def test_dim_upscales_the_trimap_nearest():
+    """specs/data.md (dim): the trimap is resized nearest, also by the upscale of short sides below
+    the crop to 500, so it keeps the three labels 0, 128 and 255 only."""
+    h, w = 150, 230
+    rng = np.random.default_rng(1)
+    row = {"fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 50),
+           "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    for seed in range(3):
+        out = pipelines.dim_pipeline(_ArrayDataset([row], 320), 0, np.random.default_rng(seed))
+        assert set(np.unique(out["trimap"]).tolist()) <= {0, 128, 255}
+
+
+def test_dim_fallback_window_uses_indexnets_centre_offset(monkeypatch):
+    """IndexNet (hldataset.py:111-128): when no window centred on an unknown pixel fits, the window
+    around one is moved inside, its centre at offset ceil(side / 2), which differs for odd sides."""
+    calls = _record_crops(monkeypatch)
+    h = w = 70
+    trimap = np.zeros((h, w), np.uint8)
+    trimap[2, 30] = 128  # too close to the top for any window: the fallback
+    monkeypatch.setattr(pipelines.tri, "random_grown_trimap", lambda alpha, rng: trimap.copy())
+    rng = np.random.default_rng(1)
+    row = {"fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 20),
+           "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    sides = set()
+    for seed in range(12):
+        calls.clear()
+        pipelines.dim_pipeline(_ArrayDataset([row], 33), 0, np.random.default_rng(seed))
+        _, top, left, side = calls[0]
+        sides.add(side)
+        assert (top, left) == _indexnet_window(trimap == 128, side)
+    assert sides & {33, 49}  # odd sides drawn
