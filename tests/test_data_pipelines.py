@@ -711,3 +711,21 @@ def test_dim_fallback_window_uses_indexnets_centre_offset(monkeypatch):
         sides.add(side)
         assert (top, left) == _indexnet_window(trimap == 128, side)
     assert sides & {33, 49}  # odd sides drawn
+
+
+def test_random_affine_draws_span_the_authors_ranges():
+    """specs/data.md (gca, A2U's RandomAffine): rotation in +-30 deg from a long side of 1024 on (none
+    below), scale 0.8..1.25 per axis, shear +-10 deg, a flip per axis with p = 0.5: the draws fill
+    each whole range, not only stay inside it."""
+    rng = np.random.default_rng(0)
+    draws = [pipelines.random_affine_params(700, 1024, rng) for _ in range(1000)]
+    angles = [p["angle"] for p in draws]
+    shears = [p["shear"] for p in draws]
+    assert -30 <= min(angles) < -28 and 28 < max(angles) <= 30
+    assert -10 <= min(shears) < -9.5 and 9.5 < max(shears) <= 10
+    for axis in (0, 1):
+        scales = [p["scale"][axis] for p in draws]
+        assert 0.8 <= min(scales) < 0.82 and 1.23 < max(scales) <= 1.25
+        flipped = sum(p["flip"][axis] == -1 for p in draws) / len(draws)
+        assert 0.45 < flipped < 0.55  # binomial sd 0.016
+    assert all(pipelines.random_affine_params(1023, 700, rng)["angle"] == 0 for _ in range(20))
