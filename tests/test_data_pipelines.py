@@ -729,3 +729,37 @@ def test_random_affine_draws_span_the_authors_ranges():
         flipped = sum(p["flip"][axis] == -1 for p in draws) / len(draws)
         assert 0.45 < flipped < 0.55  # binomial sd 0.016
     assert all(pipelines.random_affine_params(1023, 700, rng)["angle"] == 0 for _ in range(20))
+
+
+def test_hsv_jitter_bounds_come_from_the_visible_pixels_only():
+    """A2U/GCA RandomJitter: the saturation and value offsets are bounded by (1.1 - m) / 10 with m
+    the channel's mean over the alpha > 0 pixels only, not over the whole crop."""
+    fg = np.zeros((16, 16, 3), np.float32)
+    fg[:, :8] = (0.9, 0.1, 0.1)  # visible: S = (0.9 - 0.1) / 0.9 = 8 / 9, V = 0.9
+    fg[:, 8:] = (0.1, 0.09, 0.09)  # transparent: S = V = 0.1 (a whole-crop mean allows about 0.06)
+    alpha = np.zeros((16, 16), np.float32)
+    alpha[:, :8] = 1
+    before = _hsv(fg)[:, :8]
+    offsets = {1: [], 2: []}
+    for seed in range(200):
+        after = _hsv(pipelines.hsv_jitter(fg, alpha, np.random.default_rng(seed)))[:, :8]
+        for c in (1, 2):
+            offsets[c].append(float(np.median(after[..., c] - before[..., c])))
+    for c, mean in ((1, 8 / 9), (2, 0.9)):
+        bound = (1.1 - mean) / 10
+        assert bound * 0.9 <= max(np.abs(offsets[c])) <= bound + 1e-3
+
+
+def test_hsv_jitter_folds_saturation_and_value_back_into_the_unit_range():
+    """A2U/GCA RandomJitter: a jittered S or V below 0 is taken as |x|, one above 1 as 2 - x, so a
+    channel at 1 moved by u comes back as 1 - |u| and the foreground stays a colour in [0, 1]."""
+    fg = np.zeros((8, 8, 3), np.float32)
+    fg[:4] = (1.0, 0.5, 0.5)  # V = 1
+    fg[4:] = (0.004, 0.002, 0.002)  # V = 0.004
+    alpha = np.ones((8, 8), np.float32)
+    bound = (1.1 - 0.502) / 10  # V's mean is 0.502 (S is 0.5 everywhere)
+    for seed in range(60):
+        out = pipelines.hsv_jitter(fg, alpha, np.random.default_rng(seed))
+        assert -1e-6 <= out.min() and out.max() <= 1 + 1e-6
+        v = _hsv(out)[..., 2]
+        assert (v[:4] >= 1 - bound - 1e-4).all() and (v[4:] <= 0.004 + bound + 1e-4).all()
