@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import cv2
 import numpy as np
@@ -763,3 +764,29 @@ def test_hsv_jitter_folds_saturation_and_value_back_into_the_unit_range():
         assert -1e-6 <= out.min() and out.max() <= 1 + 1e-6
         v = _hsv(out)[..., 2]
         assert (v[:4] >= 1 - bound - 1e-4).all() and (v[4:] <= 0.004 + bound + 1e-4).all()
+
+
+def _a2u_crop_inputs(monkeypatch, h, w, bg_shape, crop):
+    """The arrays a2u_crop hands to its crop (fg, alpha, trimap, bg) for a soft disc of h x w."""
+    calls = _record_crops(monkeypatch)
+    alpha = _soft_disc(h, w, min(h, w) / 3) / 255
+    fg = np.full((h, w, 3), 100, np.uint8)
+    bg = np.zeros((*bg_shape, 3), np.uint8)
+    pipelines.a2u_crop(fg, alpha, tri.eroded_trimap(alpha, 3, 3), bg, crop, np.random.default_rng(0))
+    return calls[-1][0]
+
+
+def test_a2u_background_upscale_rounds_its_size_up(monkeypatch):
+    """Adobe's compose script, which A2U's RandomCrop follows: a background smaller than the
+    foreground is resized by r = max(h / hb, w / wb) to (ceil(wb r), ceil(hb r)), so it is never
+    a pixel short of the foreground."""
+    arrays = _a2u_crop_inputs(monkeypatch, 120, 100, (70, 90), 64)
+    r = max(120 / 70, 100 / 90)
+    assert arrays[3].shape[:2] == (math.ceil(70 * r), math.ceil(90 * r)) == (120, 155)
+
+
+def test_a2u_upscales_an_image_no_larger_than_the_crop(monkeypatch):
+    """A2U/GCA RandomCrop: `if h < crop + 1 or w < crop + 1` the images are resized (nearest) by
+    1.1 x crop / min(h, w), sizes truncated: a 64 x 80 image and a crop of 64 give 70 x 88."""
+    arrays = _a2u_crop_inputs(monkeypatch, 64, 80, (200, 200), 64)
+    assert arrays[0].shape[:2] == arrays[2].shape == (70, 88)
