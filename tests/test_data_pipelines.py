@@ -790,3 +790,36 @@ def test_a2u_upscales_an_image_no_larger_than_the_crop(monkeypatch):
     1.1 x crop / min(h, w), sizes truncated: a 64 x 80 image and a crop of 64 give 70 x 88."""
     arrays = _a2u_crop_inputs(monkeypatch, 64, 80, (200, 200), 64)
     assert arrays[0].shape[:2] == arrays[2].shape == (70, 88)
+
+
+def test_a2u_upscale_is_nearest_and_the_background_bicubic(monkeypatch):
+    """A2U/GCA RandomCrop: the small image's fg, alpha and trimap are upscaled nearest, the
+    background bicubically by the same ratio (1.1 x crop / min(h, w), sizes truncated)."""
+    calls = _record_crops(monkeypatch)
+    h, w, crop = 64, 80, 64
+    rng = np.random.default_rng(0)
+    alpha = _soft_disc(h, w, 20) / 255
+    fg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    bg = rng.integers(0, 256, (90, 100, 3), dtype=np.uint8)
+    trimap = tri.eroded_trimap(alpha, 3, 3)
+    pipelines.a2u_crop(fg, alpha, trimap, bg, crop, np.random.default_rng(0))
+    got_fg, got_alpha, got_trimap, got_bg = calls[-1][0]
+    nearest = [cv2.resize(x, (88, 70), interpolation=cv2.INTER_NEAREST) for x in (fg, alpha, trimap)]
+    for got, want in zip((got_fg, got_alpha, got_trimap), nearest):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_bg, cv2.resize(bg, (110, 99), interpolation=cv2.INTER_CUBIC))
+
+
+def test_a2u_crop_without_unknown_pixels_resizes_nearest(monkeypatch):
+    """A2U/GCA RandomCrop: a trimap with no unknown pixel gets the whole image resized to the crop,
+    fg, alpha and trimap nearest, the background bicubic."""
+    h, w, crop = 100, 120, 64
+    rng = np.random.default_rng(0)
+    fg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    alpha = np.ones((h, w), np.float32)
+    trimap = np.full((h, w), 255, np.uint8)
+    bg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    out = pipelines.a2u_crop(fg, alpha, trimap, bg, crop, np.random.default_rng(0))
+    np.testing.assert_array_equal(out[0], cv2.resize(fg, (crop, crop), interpolation=cv2.INTER_NEAREST))
+    np.testing.assert_array_equal(out[3], cv2.resize(bg, (crop, crop), interpolation=cv2.INTER_CUBIC))
+    assert out[1].shape == out[2].shape == (crop, crop)
