@@ -823,3 +823,149 @@ def test_a2u_crop_without_unknown_pixels_resizes_nearest(monkeypatch):
     np.testing.assert_array_equal(out[0], cv2.resize(fg, (crop, crop), interpolation=cv2.INTER_NEAREST))
     np.testing.assert_array_equal(out[3], cv2.resize(bg, (crop, crop), interpolation=cv2.INTER_CUBIC))
     assert out[1].shape == out[2].shape == (crop, crop)
+
+
+@pytest.fixture(scope="module")
+def gca_trace():
+    """400 runs of `gca` on two small in-memory samples, recording what each step was given."""
+    rng = np.random.default_rng(5)
+    alpha0 = np.zeros((40, 48), np.uint8)
+    alpha0[8:32, 10:30], alpha0[14:26, 16:24] = 128, 255  # three values, asymmetric
+    rows = [{"fg": rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), "alpha": alpha0,
+             "bg": rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)},
+            {"fg": rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), "alpha": _soft_disc(20, 30, 6),
+             "bg": rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)}]
+    ds, runs = _ArrayDataset(rows, 32), []
+    real_read, real_mix, real_warp = ds.read, pipelines.mix_foregrounds, cv2.warpAffine
+    real_trimap = pipelines.tri.random_eroded_trimap
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ds, "read", lambda i, c: runs[-1]["reads"].append((i, c)) or real_read(i, c))
+        mp.setattr(pipelines, "mix_foregrounds",
+                   lambda *a: runs[-1].update(mix=[np.array(x) for x in a]) or real_mix(*a))
+
+        def warp(x, m, size, flags):
+            out = real_warp(x, m, size, flags=flags)
+            runs[-1]["warp"].append((np.array(x), out.copy(), flags))
+            return out
+
+        mp.setattr(pipelines.cv2, "warpAffine", warp)
+        mp.setattr(pipelines.tri, "random_eroded_trimap",
+                   lambda a, r, k: runs[-1].update(trimap_alpha=np.array(a), max_kernel=k) or real_trimap(a, r, k))
+        for seed in range(400):
+            runs.append({"reads": [], "warp": []})
+            pipelines.gca_pipeline(ds, 0, np.random.default_rng(seed))
+    return rows, runs
+
+
+def test_gca_mixes_a_second_foreground_half_the_time_resized_nearest(gca_trace):
+    """specs/data.md (gca): with p = 0.5 a second foreground is mixed in; A2U's _composite_fg
+    resizes it to the first one's size nearest."""
+    rows, runs = gca_trace
+    mixed = [r for r in runs if "mix" in r]
+    assert 0.43 < len(mixed) / len(runs) < 0.57
+    for run in mixed:
+        fg1, a1, fg2, a2 = run["mix"]
+        other = [i for i, c in run["reads"] if c == "fg"][1]
+        np.testing.assert_array_equal(fg2, cv2.resize(rows[other]["fg"], (48, 40), interpolation=cv2.INTER_NEAREST))
+
+
+def test_gca_resizes_to_640_a_quarter_of_the_time_and_warps_nearest(gca_trace):
+    """specs/data.md (gca): with p = 0.25 fg and alpha are resized to 640 x 640 before the random
+    affine, which A2U warps nearest (no alpha value that was not there appears, but 0 at borders)."""
+    rows, runs = gca_trace
+    big = [r for r in runs if r["warp"][0][0].shape[:2] == (640, 640)]
+    assert all(r["warp"][0][0].shape[:2] in ((640, 640), (40, 48)) for r in runs)
+    assert 0.19 < len(big) / len(runs) < 0.31
+    for run in runs:
+        if "mix" not in run:  # the alpha is the sample's own: values 0, 128 and 255 only
+            assert set(np.unique(np.round(run["trimap_alpha"] * 255)).tolist()) <= {0, 128, 255}
+
+
+def test_gca_flips_horizontally_half_the_time_after_the_affine(gca_trace):
+    """A2U's RandomHorizontalFlip (p = 0.5) follows RandomAffine: the trimap is made from the warped
+    alpha, mirrored in about half the runs."""
+    _, runs = gca_trace
+    flipped = 0
+    for run in runs:
+        warped, got = run["warp"][1][1], run["trimap_alpha"]
+        assert np.array_equal(got, warped) or np.array_equal(got, warped[:, ::-1])
+        flipped += not np.array_equal(got, warped)
+    assert 0.43 < flipped / len(runs) < 0.57
+
+
+def test_gca_composes_on_a_random_background_of_the_split(gca_trace):
+    """specs/data.md (gca): composite with a random background (A2U), not the sample's own: with two
+    samples, sample 0 gets sample 1's background about half the time; kernels 1..29."""
+    _, runs = gca_trace
+    bgs = [i for run in runs for i, c in run["reads"] if c == "bg"]
+    assert len(bgs) == len(runs) and 0.43 < bgs.count(1) / len(runs) < 0.57
+    assert {run["max_kernel"] for run in runs} == {29}
+
+
+def test_a2u_crop_window_needs_ten_fitting_unknown_pixels(monkeypatch):
+    """A2U's RandomCrop: the window is centred (offset crop // 2, odd crops too) on one of the
+    unknown pixels whose window fits, when there are at least 10; with fewer it is anywhere."""
+    calls = _record_crops(monkeypatch)
+    h = w = 80
+    crop = 33
+    fg, alpha, bg = np.zeros((h, w, 3), np.uint8), np.full((h, w), 0.5, np.float32), np.zeros((h, w, 3), np.uint8)
+    trimap = np.zeros((h, w), np.uint8)
+    trimap[40, 30:39] = 128  # 9 candidates
+    lonely = []
+    for seed in range(20):
+        pipelines.a2u_crop(fg, alpha, trimap, bg, crop, np.random.default_rng(seed))
+        _, top, left, _ = calls[-1]
+        lonely.append(trimap[top + crop // 2, left + crop // 2] == 128)
+    assert not all(lonely)
+    trimap[40, 39] = 128  # 10 candidates
+    for seed in range(20):
+        pipelines.a2u_crop(fg, alpha, trimap, bg, crop, np.random.default_rng(seed))
+        _, top, left, _ = calls[-1]
+        assert trimap[top + crop // 2, left + crop // 2] == 128
+
+
+@pytest.mark.parametrize("name,kernel", [("gca", 29), ("tcp", 30), ("tcp-clean", 30), ("tcp-composited", 30),
+                                         ("tcp-composited-clean", 30), ("mmagic-dimaug", 29)])
+def test_eroded_trimap_kernel_range_per_pipeline(synth, monkeypatch, name, kernel):
+    """Erosion kernels 1..29 for gca (specs/data.md) and mmagic's GenerateTrimap kernel_size=(1, 30),
+    1..30 for every TCP pipeline (specs/tcp.md: the SP trimap erodes fg and bg by kernels 1..30)."""
+    seen = []
+    real = pipelines.tri.random_eroded_trimap
+    monkeypatch.setattr(pipelines.tri, "random_eroded_trimap", lambda a, r, k: seen.append(k) or real(a, r, k))
+    TrainingDataset(synth / "train", name, CROP, seed=0)[0]
+    assert seen == [kernel]
+
+
+def test_tcp_composited_upscales_bicubic_with_the_trimap_nearest(monkeypatch):
+    """tcp-composited (module docstring): a short side below the crop is resized up to it, image
+    and alpha bicubic (clipped to [0, 1]), the trimap nearest, before the window is cut."""
+    calls = _record_crops(monkeypatch)
+    h, w, crop = 40, 50, 64
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    alpha = _soft_disc(h, w, 12)
+    trimap = tri.eroded_trimap(alpha / 255, 3, 3)
+    monkeypatch.setattr(pipelines.tri, "random_eroded_trimap", lambda a, r, k: trimap.copy())
+    pipelines.tcp_composited_pipeline(_ArrayDataset([{"image": image, "alpha": alpha}], crop), 0,
+                                      np.random.default_rng(0))
+    got_image, got_alpha, got_trimap = calls[0][0]
+    size = (80, 64)  # s = 64 / 40: 50 x 1.6 = 80
+    cubic = [np.clip(cv2.resize(x.astype(np.float32) / 255, size, interpolation=cv2.INTER_CUBIC), 0, 1)
+             for x in (image, alpha)]
+    np.testing.assert_array_equal(got_image, cubic[0])
+    np.testing.assert_array_equal(got_alpha, cubic[1])
+    np.testing.assert_array_equal(got_trimap, cv2.resize(trimap, size, interpolation=cv2.INTER_NEAREST))
+
+
+def test_tcp_composited_fallback_window_uses_the_ceil_centre_offset(monkeypatch):
+    """tcp-composited cuts its window as dim does (IndexNet, hldataset.py:111-128): with no
+    fitting window, the one around an unknown pixel is moved inside, centre offset ceil(side / 2)."""
+    calls = _record_crops(monkeypatch)
+    h = w = 70
+    trimap = np.zeros((h, w), np.uint8)
+    trimap[2, 30] = 128
+    monkeypatch.setattr(pipelines.tri, "random_eroded_trimap", lambda a, r, k: trimap.copy())
+    row = {"image": np.zeros((h, w, 3), np.uint8), "alpha": _soft_disc(h, w, 20)}
+    pipelines.tcp_composited_pipeline(_ArrayDataset([row], 33), 0, np.random.default_rng(0))
+    _, top, left, side = calls[0]
+    assert side == 33 and (top, left) == _indexnet_window(trimap == 128, 33) == (0, 13)
