@@ -969,3 +969,49 @@ def test_tcp_composited_fallback_window_uses_the_ceil_centre_offset(monkeypatch)
     pipelines.tcp_composited_pipeline(_ArrayDataset([row], 33), 0, np.random.default_rng(0))
     _, top, left, side = calls[0]
     assert side == 33 and (top, left) == _indexnet_window(trimap == 128, 33) == (0, 13)
+
+
+def test_mmagic_crop_around_unknown_upscales_as_mmagic(monkeypatch):
+    """mmagic CropAroundUnknown: r = max(side / h, side / w); when r > 1 every array is resized to
+    (max(int(h r), side), max(int(w r), side)) (h x w; the max catches 47 x 48/47 = 47.999...), the
+    alpha cubic and, in the mmagic pipeline, the trimap nearest (labels 0, 128, 255 kept)."""
+    calls = _record_crops(monkeypatch)
+    h, w = 47, 60
+    rng = np.random.default_rng(2)
+    alpha = _soft_disc(h, w, 15)
+    row = {"alpha": alpha, "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+           "fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    sides = set()
+    for seed in range(12):
+        calls.clear()
+        pipelines.mmagic_pipeline(_ArrayDataset([row], 32), 0, np.random.default_rng(seed))
+        arrays, _, _, side = calls[0]
+        sides.add(side)
+        r = max(side / h, side / w)
+        want = (max(int(h * r), side), max(int(w * r), side)) if r > 1 else (h, w)
+        assert arrays[0].shape == want and arrays[1].shape[:2] == want
+        if r > 1:
+            np.testing.assert_array_equal(arrays[0], cv2.resize(alpha, want[::-1], interpolation=cv2.INTER_CUBIC))
+        assert set(np.unique(arrays[4]).tolist()) <= {0, 128, 255}
+    assert sides == {32, 48, 64}
+
+
+def test_mmagic_crop_without_unknown_pixels_is_the_top_left_window(monkeypatch):
+    """mmagic random_choose_unknown: no 0 < alpha < 255 pixel at all leaves the centre at
+    (crop // 2, crop // 2), i.e. the window at the top-left corner."""
+    calls = _record_crops(monkeypatch)
+    alpha = np.zeros((90, 100), np.uint8)
+    alpha[40:, 50:] = 255
+    for seed in range(5):
+        pipelines._mmagic_crop([alpha], [cv2.INTER_LINEAR], 32, np.random.default_rng(seed))
+        assert calls[-1][1:3] == (0, 0)
+
+
+def test_mmagic_crop_centres_are_mmagics_range(monkeypatch):
+    """mmagic random_choose_unknown: candidate centres lie in [side // 2, h - side // 2), the
+    exclusive end (A2U's too), not IndexNet's inclusive range."""
+    seen = []
+    real = pipelines.fitting_window
+    monkeypatch.setattr(pipelines, "fitting_window", lambda *a, **k: seen.append(k) or real(*a, **k))
+    pipelines._mmagic_crop([_soft_disc(90, 100, 30)], [cv2.INTER_LINEAR], 32, np.random.default_rng(0))
+    assert seen == [{"exclusive_end": True}]
