@@ -1015,3 +1015,55 @@ def test_mmagic_crop_centres_are_mmagics_range(monkeypatch):
     monkeypatch.setattr(pipelines, "fitting_window", lambda *a, **k: seen.append(k) or real(*a, **k))
     pipelines._mmagic_crop([_soft_disc(90, 100, 30)], [cv2.INTER_LINEAR], 32, np.random.default_rng(0))
     assert seen == [{"exclusive_end": True}]
+
+
+@pytest.mark.parametrize("name,interp", [("mmagic", cv2.INTER_CUBIC), ("mmagic-dimaug", cv2.INTER_LINEAR)])
+def test_mmagic_resizes_the_window_to_the_crop(monkeypatch, name, interp):
+    """mmagic's IndexNet configs: the window is resized to the crop, `Resize` bicubic in the
+    IndexNet config and bilinear in the DIM-augmentation one (the trimap, when made before, nearest)."""
+    calls = _record_crops(monkeypatch)
+    h = w = 140
+    rng = np.random.default_rng(4)
+    row = {"alpha": _soft_disc(h, w, 40), "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+           "fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    run = {"mmagic": pipelines.mmagic_pipeline, "mmagic-dimaug": pipelines.mmagic_dimaug_pipeline}[name]
+    resized = 0
+    for seed in range(6):
+        calls.clear()
+        out = run(_ArrayDataset([row], 32), 0, np.random.default_rng(seed))
+        arrays, top, left, side = calls[0]
+        window = arrays[1][top:top + side, left:left + side]
+        want = cv2.resize(window, (32, 32), interpolation=interp)
+        got = np.round(out["image"] * 255).astype(np.uint8)
+        assert np.array_equal(got, want) or np.array_equal(got, want[:, ::-1])
+        resized += side != 32
+    assert resized
+
+
+def test_dataset_items_are_channel_first_of_the_pipeline_arrays(synth, monkeypatch):
+    """Module docstring: items are (C, H, W) tensors of the pipeline's (H, W, C) arrays, (1, H, W)
+    for the (H, W) ones."""
+    image = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
+    trimap = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    monkeypatch.setitem(PIPELINES, "dim", dataclasses.replace(
+        PIPELINES["dim"], run=lambda ds, i, rng: {"image": image, "trimap": trimap}))
+    item = TrainingDataset(synth / "train", "dim", CROP)[0]
+    assert item["image"].shape == (3, 4, 6) and item["trimap"].shape == (1, 4, 6)
+    assert item["image"][2, 1, 5] == image[1, 5, 2] and item["trimap"][0, 3, 1] == trimap[3, 1]
+
+
+def test_second_trimap_flag_matches_the_items(synth):
+    """A pipeline whose items carry `trimap2` says so (the training loop feeds the model a second
+    input only then): tcp and tcp-composited (specs/tcp.md)."""
+    for name, pipeline in PIPELINES.items():
+        item = TrainingDataset(synth / "train", name, CROP, seed=0)[0]
+        assert pipeline.second_trimap == ("trimap2" in item), name
+    assert {n for n, p in PIPELINES.items() if p.second_trimap} == {"tcp", "tcp-composited"}
+
+
+def test_item_stream_is_the_documented_seed_sequence(synth):
+    """Module docstring: item i of epoch e draws from default_rng(SeedSequence([seed, e, i]))."""
+    ds = TrainingDataset(synth / "train", "dim", CROP, seed=11)
+    ds.set_epoch(3)
+    want = np.random.default_rng(np.random.SeedSequence([11, 3, 2])).random(4)
+    np.testing.assert_array_equal(ds.rng(2).random(4), want)
