@@ -1067,3 +1067,41 @@ def test_item_stream_is_the_documented_seed_sequence(synth):
     ds.set_epoch(3)
     want = np.random.default_rng(np.random.SeedSequence([11, 3, 2])).random(4)
     np.testing.assert_array_equal(ds.rng(2).random(4), want)
+
+
+def test_synthetic_soft_edge_is_centred_on_the_boundary():
+    """synthetic._soft: coverage from a signed distance is a ramp `softness` px wide centred on the
+    boundary: 1/2 on it, 1 from softness / 2 inside, 0 from softness / 2 outside."""
+    from mattecli.data.synthetic import _soft
+
+    d = np.array([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(_soft(d, 4.0), [1, 1, 0.75, 0.5, 0.25, 0, 0])
+
+
+def test_synthetic_foreground_saturates_instead_of_wrapping(monkeypatch):
+    """make_foreground: base + noise above 1 is clipped to 255, not wrapped around by the uint8 cast
+    (base 0.15..0.85 plus up to 0.125 + 0.04 of noise can exceed 1)."""
+    from mattecli.data import synthetic
+
+    monkeypatch.setattr(synthetic, "_value_noise", lambda size, rng, cells: np.ones((size, size, 3), np.float32))
+    for seed in range(20):
+        base = np.random.default_rng(seed).uniform(0.15, 0.85, size=3)
+        fg = synthetic.make_foreground(4, np.random.default_rng(seed))
+        want = np.round(np.minimum(base + 0.25 * 0.5 + 0.08 * 0.5, 1) * 255)
+        np.testing.assert_array_equal(fg[0, 0], want)
+
+
+def test_synthetic_sample_streams_and_background_kinds(tmp_path):
+    """synthetic module docstring: sample i of split s (train 0, test 1) draws from
+    default_rng(SeedSequence([seed, s, i])), and the background kinds cycle textured, noisy, smooth."""
+    from mattecli.data import synthetic
+
+    synthetic.prepare_synthetic(tmp_path / "s", n_train=2, n_test=1, size=24, seed=5)
+    for split, split_id, i in (("train", 0, 1), ("test", 1, 0)):
+        kind = synthetic.BACKGROUND_KINDS[i]
+        sample = synthetic.write_sample(tmp_path / "again", "x", 24, np.random.default_rng(
+            np.random.SeedSequence([5, split_id, i])), kind, merged=True, trimap=split == "test")
+        for column in ("fg", "alpha", "bg", "image"):
+            got = tmp_path / "s" / split / column.replace("image", "merged") / f"syn{i:04d}.png"
+            assert np.array_equal(np.array(Image.open(got)), np.array(Image.open(getattr(sample, column))))
+    assert synthetic.BACKGROUND_KINDS == ("textured", "noisy", "smooth")
