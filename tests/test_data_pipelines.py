@@ -1105,3 +1105,61 @@ def test_synthetic_sample_streams_and_background_kinds(tmp_path):
             got = tmp_path / "s" / split / column.replace("image", "merged") / f"syn{i:04d}.png"
             assert np.array_equal(np.array(Image.open(got)), np.array(Image.open(getattr(sample, column))))
     assert synthetic.BACKGROUND_KINDS == ("textured", "noisy", "smooth")
+
+
+def test_tcp_composited_flips_horizontally_half_the_time(monkeypatch):
+    """tcp-composited (module docstring): the crop every pipeline makes, then a horizontal flip with
+    p = 0.5 (the augmentation dim and mmagic share)."""
+    calls = _record_crops(monkeypatch)
+    h = w = 48
+    rng = np.random.default_rng(6)
+    row = {"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 14)}
+    flipped = 0
+    for seed in range(200):
+        calls.clear()
+        out = pipelines.tcp_composited_pipeline(_ArrayDataset([row], 32), 0, np.random.default_rng(seed))
+        arrays, top, left, side = calls[0]
+        window = arrays[0][top:top + side, left:left + side]
+        assert np.array_equal(out["image"], window) or np.array_equal(out["image"], window[:, ::-1])
+        flipped += not np.array_equal(out["image"], window)
+    assert 0.4 < flipped / 200 < 0.6  # binomial sd 0.035
+
+
+@pytest.mark.parametrize("name", ["tcp", "tcp-composited"])
+def test_second_trimap_labels_released_pixels_from_the_crops_alpha(synth, name):
+    """specs/tcp.md: the second trimap erodes or dilates the unknown region of the first; a pixel
+    eroded out of it is labelled from the item's own alpha (foreground from 1/2 up, else background)."""
+    ds = TrainingDataset(synth / "train", name, CROP, seed=1)
+    released = 0
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for index in range(len(ds)):
+            item = ds[index]
+            t, t2, a = item["trimap"][0], item["trimap2"][0], item["alpha"][0]
+            left = (t == 128) & (t2 != 128)
+            released += int(left.sum())
+            assert torch.equal(t2[left], torch.where(a[left] >= 0.5, 255, 0).to(torch.uint8))
+    assert released > 0
+
+
+@pytest.mark.parametrize("name", ["mmagic", "mmagic-dimaug"])
+def test_mmagic_pipelines_flip_half_the_time(monkeypatch, name):
+    """mmagic's IndexNet configs: Flip(direction='horizontal', flip_ratio=0.5) of the window."""
+    calls = _record_crops(monkeypatch)
+    h = w = 40
+    rng = np.random.default_rng(8)
+    row = {"alpha": _soft_disc(h, w, 12), "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+           "fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    run = {"mmagic": pipelines.mmagic_pipeline, "mmagic-dimaug": pipelines.mmagic_dimaug_pipeline}[name]
+    flipped = 0
+    for seed in range(200):
+        calls.clear()
+        out = run(_ArrayDataset([row], 8), 0, np.random.default_rng(seed))
+        arrays, top, left, side = calls[0]
+        window = arrays[1][top:top + side, left:left + side]
+        interp = cv2.INTER_CUBIC if name == "mmagic" else cv2.INTER_LINEAR
+        want = cv2.resize(window, (8, 8), interpolation=interp)
+        got = np.round(out["image"] * 255).astype(np.uint8)
+        assert np.array_equal(got, want) or np.array_equal(got, want[:, ::-1])
+        flipped += not np.array_equal(got, want)
+    assert 0.4 < flipped / 200 < 0.6
