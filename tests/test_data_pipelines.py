@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import cv2
 import numpy as np
@@ -608,3 +609,568 @@ def test_a_sample_whose_alpha_has_another_size_is_named(synth, tmp_path, pipelin
     with pytest.raises(InputError, match=rf"({alpha}: alpha is 140x150 but the sample's \w+ .* is 160x160|"
                                          rf"is 160x160 but the sample's alpha {alpha} is 140x150)"):
         ds[0]
+
+
+# ---------------------------------------------------------------------------- mutation-testing gaps
+
+
+def test_fitting_window_reaches_the_top_left_window():
+    """The first centre of both ranges is the window's own centre offset: IndexNet's start at
+    ceil(side / 2) (hldataset.py:111-120), mmagic's at side // 2 (random_choose_unknown's
+    `mask[delta_h:h - delta_h]`), so an unknown pixel there gives the window at (0, 0), and one a
+    row or column before it fits no window."""
+    rng = np.random.default_rng(0)
+    for side in (5, 6):
+        for exclusive, half in ((False, (side + 1) // 2), (True, side // 2)):
+            unknown = np.zeros((12, 13), bool)
+            unknown[half, half] = True
+            assert fitting_window(unknown, side, rng, exclusive_end=exclusive) == (0, 0)
+            for y, x in ((half - 1, half), (half, half - 1)):
+                unknown[:] = False
+                unknown[y, x] = True
+                assert fitting_window(unknown, side, rng, exclusive_end=exclusive) is None
+
+
+def test_clipped_window_centres_at_side_floor_half_by_default():
+    """mmagic's random_choose_unknown: top = clip(centre - crop // 2, 0, h - crop); for an odd side
+    that is floor(side / 2), IndexNet's ceil(side / 2) only when asked for (hldataset.py:111)."""
+    rng = np.random.default_rng(0)
+    unknown = np.zeros((10, 11), bool)
+    unknown[4, 6] = True
+    assert clipped_window(unknown, 5, rng) == (2, 4)
+    assert clipped_window(unknown, 5, rng, half=3) == (1, 3)
+    unknown[:] = False
+    unknown[9, 10] = True  # moved inside: the last window, h - side and w - side
+    assert clipped_window(unknown, 5, rng) == (5, 6)
+
+
+def test_random_window_draws_every_position_including_the_last():
+    """A2U/GCA RandomCrop's fallback: left_top = (randint(0, h - crop + 1), randint(0, w - crop + 1)),
+    i.e. every top in 0..h - crop and left in 0..w - crop, the last window included."""
+    rng = np.random.default_rng(0)
+    tops, lefts = set(), set()
+    for _ in range(400):
+        top, left = pipelines._random_window(7, 9, 4, rng)
+        tops.add(top)
+        lefts.add(left)
+    assert tops == set(range(4)) and lefts == set(range(6))
+
+
+def test_flip_is_horizontal_with_probability_one_half():
+    """IndexNet's RandomFlip and mmagic's Flip(flip_ratio=0.5): a horizontal flip, half the time."""
+    x = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    flipped = 0
+    for seed in range(2000):
+        (out,) = pipelines._flip([x], np.random.default_rng(seed))
+        assert np.array_equal(out, x) or np.array_equal(out, x[:, ::-1])
+        flipped += not np.array_equal(out, x)
+    assert 0.46 < flipped / 2000 < 0.54  # binomial sd 0.011
+
+
+def test_tcp_composited_upscaled_image_stays_in_unit_range():
+    """An image whose short side is below the crop is upscaled bicubically, which overshoots at
+    hard edges; the item's image is documented in [0, 1] (module docstring), so it is clipped."""
+    h, w = 40, 50
+    yy, xx = np.mgrid[0:h, 0:w]
+    checker = (((yy // 2 + xx // 2) % 2) * 255).astype(np.uint8)
+    row = {"image": np.repeat(checker[..., None], 3, axis=2), "alpha": _soft_disc(h, w, 12)}
+    out = pipelines.tcp_composited_pipeline(_ArrayDataset([row], 64), 0, np.random.default_rng(0))
+    assert out["image"].shape == (64, 64, 3) and out["image"].dtype == np.float32
+    assert out["image"].min() == 0 and out["image"].max() == 1
+
+
+def test_dim_does_not_resize_an_image_whose_short_side_equals_the_crop(monkeypatch):
+    """IndexNet (hldataset.py, specs/data.md): only images whose short side is *below* the crop are
+    upscaled to short side 500 (x crop / 320); one of exactly the crop side is cropped as it is."""
+    calls = _record_crops(monkeypatch)
+    h, w = 32, 40
+    rng = np.random.default_rng(1)
+    row = {"fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 10),
+           "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    pipelines.dim_pipeline(_ArrayDataset([row], 32), 0, np.random.default_rng(0))
+    arrays, _, _, side = calls[0]
+    assert arrays[0].shape[:2] == (h, w) and side == 32
+
+
+def test_dim_upscales_the_trimap_nearest():
+    """specs/data.md (dim): the trimap is resized nearest, also by the upscale of short sides below
+    the crop to 500, so it keeps the three labels 0, 128 and 255 only."""
+    h, w = 150, 230
+    rng = np.random.default_rng(1)
+    row = {"fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 50),
+           "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    for seed in range(3):
+        out = pipelines.dim_pipeline(_ArrayDataset([row], 320), 0, np.random.default_rng(seed))
+        assert set(np.unique(out["trimap"]).tolist()) <= {0, 128, 255}
+
+
+def test_dim_fallback_window_uses_indexnets_centre_offset(monkeypatch):
+    """IndexNet (hldataset.py:111-128): when no window centred on an unknown pixel fits, the window
+    around one is moved inside, its centre at offset ceil(side / 2), which differs for odd sides."""
+    calls = _record_crops(monkeypatch)
+    h = w = 70
+    trimap = np.zeros((h, w), np.uint8)
+    trimap[2, 30] = 128  # too close to the top for any window: the fallback
+    monkeypatch.setattr(pipelines.tri, "random_grown_trimap", lambda alpha, rng: trimap.copy())
+    rng = np.random.default_rng(1)
+    row = {"fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 20),
+           "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    sides = set()
+    for seed in range(12):
+        calls.clear()
+        pipelines.dim_pipeline(_ArrayDataset([row], 33), 0, np.random.default_rng(seed))
+        _, top, left, side = calls[0]
+        sides.add(side)
+        assert (top, left) == _indexnet_window(trimap == 128, side)
+    assert sides & {33, 49}  # odd sides drawn
+
+
+def test_random_affine_draws_span_the_authors_ranges():
+    """specs/data.md (gca, A2U's RandomAffine): rotation in +-30 deg from a long side of 1024 on (none
+    below), scale 0.8..1.25 per axis, shear +-10 deg, a flip per axis with p = 0.5: the draws fill
+    each whole range, not only stay inside it."""
+    rng = np.random.default_rng(0)
+    draws = [pipelines.random_affine_params(700, 1024, rng) for _ in range(1000)]
+    angles = [p["angle"] for p in draws]
+    shears = [p["shear"] for p in draws]
+    assert -30 <= min(angles) < -28 and 28 < max(angles) <= 30
+    assert -10 <= min(shears) < -9.5 and 9.5 < max(shears) <= 10
+    for axis in (0, 1):
+        scales = [p["scale"][axis] for p in draws]
+        assert 0.8 <= min(scales) < 0.82 and 1.23 < max(scales) <= 1.25
+        flipped = sum(p["flip"][axis] == -1 for p in draws) / len(draws)
+        assert 0.45 < flipped < 0.55  # binomial sd 0.016
+    assert all(pipelines.random_affine_params(1023, 700, rng)["angle"] == 0 for _ in range(20))
+
+
+def test_hsv_jitter_bounds_come_from_the_visible_pixels_only():
+    """A2U/GCA RandomJitter: the saturation and value offsets are bounded by (1.1 - m) / 10 with m
+    the channel's mean over the alpha > 0 pixels only, not over the whole crop."""
+    fg = np.zeros((16, 16, 3), np.float32)
+    fg[:, :8] = (0.9, 0.1, 0.1)  # visible: S = (0.9 - 0.1) / 0.9 = 8 / 9, V = 0.9
+    fg[:, 8:] = (0.1, 0.09, 0.09)  # transparent: S = V = 0.1 (a whole-crop mean allows about 0.06)
+    alpha = np.zeros((16, 16), np.float32)
+    alpha[:, :8] = 1
+    before = _hsv(fg)[:, :8]
+    offsets = {1: [], 2: []}
+    for seed in range(200):
+        after = _hsv(pipelines.hsv_jitter(fg, alpha, np.random.default_rng(seed)))[:, :8]
+        for c in (1, 2):
+            offsets[c].append(float(np.median(after[..., c] - before[..., c])))
+    for c, mean in ((1, 8 / 9), (2, 0.9)):
+        bound = (1.1 - mean) / 10
+        assert bound * 0.9 <= max(np.abs(offsets[c])) <= bound + 1e-3
+
+
+def test_hsv_jitter_folds_saturation_and_value_back_into_the_unit_range():
+    """A2U/GCA RandomJitter: a jittered S or V below 0 is taken as |x|, one above 1 as 2 - x, so a
+    channel at 1 moved by u comes back as 1 - |u| and the foreground stays a colour in [0, 1]."""
+    fg = np.zeros((8, 8, 3), np.float32)
+    fg[:4] = (1.0, 0.5, 0.5)  # V = 1
+    fg[4:] = (0.004, 0.002, 0.002)  # V = 0.004
+    alpha = np.ones((8, 8), np.float32)
+    bound = (1.1 - 0.502) / 10  # V's mean is 0.502 (S is 0.5 everywhere)
+    for seed in range(60):
+        out = pipelines.hsv_jitter(fg, alpha, np.random.default_rng(seed))
+        assert -1e-6 <= out.min() and out.max() <= 1 + 1e-6
+        v = _hsv(out)[..., 2]
+        assert (v[:4] >= 1 - bound - 1e-4).all() and (v[4:] <= 0.004 + bound + 1e-4).all()
+
+
+def _a2u_crop_inputs(monkeypatch, h, w, bg_shape, crop):
+    """The arrays a2u_crop hands to its crop (fg, alpha, trimap, bg) for a soft disc of h x w."""
+    calls = _record_crops(monkeypatch)
+    alpha = _soft_disc(h, w, min(h, w) / 3) / 255
+    fg = np.full((h, w, 3), 100, np.uint8)
+    bg = np.zeros((*bg_shape, 3), np.uint8)
+    pipelines.a2u_crop(fg, alpha, tri.eroded_trimap(alpha, 3, 3), bg, crop, np.random.default_rng(0))
+    return calls[-1][0]
+
+
+def test_a2u_background_upscale_rounds_its_size_up(monkeypatch):
+    """Adobe's compose script, which A2U's RandomCrop follows: a background smaller than the
+    foreground is resized by r = max(h / hb, w / wb) to (ceil(wb r), ceil(hb r)), so it is never
+    a pixel short of the foreground."""
+    arrays = _a2u_crop_inputs(monkeypatch, 120, 100, (70, 90), 64)
+    r = max(120 / 70, 100 / 90)
+    assert arrays[3].shape[:2] == (math.ceil(70 * r), math.ceil(90 * r)) == (120, 155)
+
+
+def test_a2u_upscales_an_image_no_larger_than_the_crop(monkeypatch):
+    """A2U/GCA RandomCrop: `if h < crop + 1 or w < crop + 1` the images are resized (nearest) by
+    1.1 x crop / min(h, w), sizes truncated: a 64 x 80 image and a crop of 64 give 70 x 88."""
+    arrays = _a2u_crop_inputs(monkeypatch, 64, 80, (200, 200), 64)
+    assert arrays[0].shape[:2] == arrays[2].shape == (70, 88)
+
+
+def test_a2u_upscale_is_nearest_and_the_background_bicubic(monkeypatch):
+    """A2U/GCA RandomCrop: the small image's fg, alpha and trimap are upscaled nearest, the
+    background bicubically by the same ratio (1.1 x crop / min(h, w), sizes truncated)."""
+    calls = _record_crops(monkeypatch)
+    h, w, crop = 64, 80, 64
+    rng = np.random.default_rng(0)
+    alpha = _soft_disc(h, w, 20) / 255
+    fg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    bg = rng.integers(0, 256, (90, 100, 3), dtype=np.uint8)
+    trimap = tri.eroded_trimap(alpha, 3, 3)
+    pipelines.a2u_crop(fg, alpha, trimap, bg, crop, np.random.default_rng(0))
+    got_fg, got_alpha, got_trimap, got_bg = calls[-1][0]
+    nearest = [cv2.resize(x, (88, 70), interpolation=cv2.INTER_NEAREST) for x in (fg, alpha, trimap)]
+    for got, want in zip((got_fg, got_alpha, got_trimap), nearest):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_bg, cv2.resize(bg, (110, 99), interpolation=cv2.INTER_CUBIC))
+
+
+def test_a2u_crop_without_unknown_pixels_resizes_nearest(monkeypatch):
+    """A2U/GCA RandomCrop: a trimap with no unknown pixel gets the whole image resized to the crop,
+    fg, alpha and trimap nearest, the background bicubic."""
+    h, w, crop = 100, 120, 64
+    rng = np.random.default_rng(0)
+    fg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    alpha = np.ones((h, w), np.float32)
+    trimap = np.full((h, w), 255, np.uint8)
+    bg = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    out = pipelines.a2u_crop(fg, alpha, trimap, bg, crop, np.random.default_rng(0))
+    np.testing.assert_array_equal(out[0], cv2.resize(fg, (crop, crop), interpolation=cv2.INTER_NEAREST))
+    np.testing.assert_array_equal(out[3], cv2.resize(bg, (crop, crop), interpolation=cv2.INTER_CUBIC))
+    assert out[1].shape == out[2].shape == (crop, crop)
+
+
+@pytest.fixture(scope="module")
+def gca_trace():
+    """400 runs of `gca` on two small in-memory samples, recording what each step was given."""
+    rng = np.random.default_rng(5)
+    alpha0 = np.zeros((40, 48), np.uint8)
+    alpha0[8:32, 10:30], alpha0[14:26, 16:24] = 128, 255  # three values, asymmetric
+    rows = [{"fg": rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), "alpha": alpha0,
+             "bg": rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)},
+            {"fg": rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), "alpha": _soft_disc(20, 30, 6),
+             "bg": rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)}]
+    ds, runs = _ArrayDataset(rows, 32), []
+    real_read, real_mix, real_warp = ds.read, pipelines.mix_foregrounds, cv2.warpAffine
+    real_trimap = pipelines.tri.random_eroded_trimap
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ds, "read", lambda i, c: runs[-1]["reads"].append((i, c)) or real_read(i, c))
+        mp.setattr(pipelines, "mix_foregrounds",
+                   lambda *a: runs[-1].update(mix=[np.array(x) for x in a]) or real_mix(*a))
+
+        def warp(x, m, size, flags):
+            out = real_warp(x, m, size, flags=flags)
+            runs[-1]["warp"].append((np.array(x), out.copy(), flags))
+            return out
+
+        mp.setattr(pipelines.cv2, "warpAffine", warp)
+        mp.setattr(pipelines.tri, "random_eroded_trimap",
+                   lambda a, r, k: runs[-1].update(trimap_alpha=np.array(a), max_kernel=k) or real_trimap(a, r, k))
+        for seed in range(400):
+            runs.append({"reads": [], "warp": []})
+            pipelines.gca_pipeline(ds, 0, np.random.default_rng(seed))
+    return rows, runs
+
+
+def test_gca_mixes_a_second_foreground_half_the_time_resized_nearest(gca_trace):
+    """specs/data.md (gca): with p = 0.5 a second foreground is mixed in; A2U's _composite_fg
+    resizes it to the first one's size nearest."""
+    rows, runs = gca_trace
+    mixed = [r for r in runs if "mix" in r]
+    assert 0.43 < len(mixed) / len(runs) < 0.57
+    for run in mixed:
+        fg1, a1, fg2, a2 = run["mix"]
+        other = [i for i, c in run["reads"] if c == "fg"][1]
+        np.testing.assert_array_equal(fg2, cv2.resize(rows[other]["fg"], (48, 40), interpolation=cv2.INTER_NEAREST))
+
+
+def test_gca_resizes_to_640_a_quarter_of_the_time_and_warps_nearest(gca_trace):
+    """specs/data.md (gca): with p = 0.25 fg and alpha are resized to 640 x 640 before the random
+    affine, which A2U warps nearest (no alpha value that was not there appears, but 0 at borders)."""
+    rows, runs = gca_trace
+    big = [r for r in runs if r["warp"][0][0].shape[:2] == (640, 640)]
+    assert all(r["warp"][0][0].shape[:2] in ((640, 640), (40, 48)) for r in runs)
+    assert 0.19 < len(big) / len(runs) < 0.31
+    for run in runs:
+        if "mix" not in run:  # the alpha is the sample's own: values 0, 128 and 255 only
+            assert set(np.unique(np.round(run["trimap_alpha"] * 255)).tolist()) <= {0, 128, 255}
+
+
+def test_gca_flips_horizontally_half_the_time_after_the_affine(gca_trace):
+    """A2U's RandomHorizontalFlip (p = 0.5) follows RandomAffine: the trimap is made from the warped
+    alpha, mirrored in about half the runs."""
+    _, runs = gca_trace
+    flipped = 0
+    for run in runs:
+        warped, got = run["warp"][1][1], run["trimap_alpha"]
+        assert np.array_equal(got, warped) or np.array_equal(got, warped[:, ::-1])
+        flipped += not np.array_equal(got, warped)
+    assert 0.43 < flipped / len(runs) < 0.57
+
+
+def test_gca_composes_on_a_random_background_of_the_split(gca_trace):
+    """specs/data.md (gca): composite with a random background (A2U), not the sample's own: with two
+    samples, sample 0 gets sample 1's background about half the time; kernels 1..29."""
+    _, runs = gca_trace
+    bgs = [i for run in runs for i, c in run["reads"] if c == "bg"]
+    assert len(bgs) == len(runs) and 0.43 < bgs.count(1) / len(runs) < 0.57
+    assert {run["max_kernel"] for run in runs} == {29}
+
+
+def test_a2u_crop_window_needs_ten_fitting_unknown_pixels(monkeypatch):
+    """A2U's RandomCrop: the window is centred (offset crop // 2, odd crops too) on one of the
+    unknown pixels whose window fits, when there are at least 10; with fewer it is anywhere."""
+    calls = _record_crops(monkeypatch)
+    h = w = 80
+    crop = 33
+    fg, alpha, bg = np.zeros((h, w, 3), np.uint8), np.full((h, w), 0.5, np.float32), np.zeros((h, w, 3), np.uint8)
+    trimap = np.zeros((h, w), np.uint8)
+    trimap[40, 30:39] = 128  # 9 candidates
+    lonely = []
+    for seed in range(20):
+        pipelines.a2u_crop(fg, alpha, trimap, bg, crop, np.random.default_rng(seed))
+        _, top, left, _ = calls[-1]
+        lonely.append(trimap[top + crop // 2, left + crop // 2] == 128)
+    assert not all(lonely)
+    trimap[40, 39] = 128  # 10 candidates
+    for seed in range(20):
+        pipelines.a2u_crop(fg, alpha, trimap, bg, crop, np.random.default_rng(seed))
+        _, top, left, _ = calls[-1]
+        assert trimap[top + crop // 2, left + crop // 2] == 128
+
+
+@pytest.mark.parametrize("name,kernel", [("gca", 29), ("tcp", 30), ("tcp-clean", 30), ("tcp-composited", 30),
+                                         ("tcp-composited-clean", 30), ("mmagic-dimaug", 29)])
+def test_eroded_trimap_kernel_range_per_pipeline(synth, monkeypatch, name, kernel):
+    """Erosion kernels 1..29 for gca (specs/data.md) and mmagic's GenerateTrimap kernel_size=(1, 30),
+    1..30 for every TCP pipeline (specs/tcp.md: the SP trimap erodes fg and bg by kernels 1..30)."""
+    seen = []
+    real = pipelines.tri.random_eroded_trimap
+    monkeypatch.setattr(pipelines.tri, "random_eroded_trimap", lambda a, r, k: seen.append(k) or real(a, r, k))
+    TrainingDataset(synth / "train", name, CROP, seed=0)[0]
+    assert seen == [kernel]
+
+
+def test_tcp_composited_upscales_bicubic_with_the_trimap_nearest(monkeypatch):
+    """tcp-composited (module docstring): a short side below the crop is resized up to it, image
+    and alpha bicubic (clipped to [0, 1]), the trimap nearest, before the window is cut."""
+    calls = _record_crops(monkeypatch)
+    h, w, crop = 40, 50, 64
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    alpha = _soft_disc(h, w, 12)
+    trimap = tri.eroded_trimap(alpha / 255, 3, 3)
+    monkeypatch.setattr(pipelines.tri, "random_eroded_trimap", lambda a, r, k: trimap.copy())
+    pipelines.tcp_composited_pipeline(_ArrayDataset([{"image": image, "alpha": alpha}], crop), 0,
+                                      np.random.default_rng(0))
+    got_image, got_alpha, got_trimap = calls[0][0]
+    size = (80, 64)  # s = 64 / 40: 50 x 1.6 = 80
+    cubic = [np.clip(cv2.resize(x.astype(np.float32) / 255, size, interpolation=cv2.INTER_CUBIC), 0, 1)
+             for x in (image, alpha)]
+    np.testing.assert_array_equal(got_image, cubic[0])
+    np.testing.assert_array_equal(got_alpha, cubic[1])
+    np.testing.assert_array_equal(got_trimap, cv2.resize(trimap, size, interpolation=cv2.INTER_NEAREST))
+
+
+def test_tcp_composited_fallback_window_uses_the_ceil_centre_offset(monkeypatch):
+    """tcp-composited cuts its window as dim does (IndexNet, hldataset.py:111-128): with no
+    fitting window, the one around an unknown pixel is moved inside, centre offset ceil(side / 2)."""
+    calls = _record_crops(monkeypatch)
+    h = w = 70
+    trimap = np.zeros((h, w), np.uint8)
+    trimap[2, 30] = 128
+    monkeypatch.setattr(pipelines.tri, "random_eroded_trimap", lambda a, r, k: trimap.copy())
+    row = {"image": np.zeros((h, w, 3), np.uint8), "alpha": _soft_disc(h, w, 20)}
+    pipelines.tcp_composited_pipeline(_ArrayDataset([row], 33), 0, np.random.default_rng(0))
+    _, top, left, side = calls[0]
+    assert side == 33 and (top, left) == _indexnet_window(trimap == 128, 33) == (0, 13)
+
+
+def test_mmagic_crop_around_unknown_upscales_as_mmagic(monkeypatch):
+    """mmagic CropAroundUnknown: r = max(side / h, side / w); when r > 1 every array is resized to
+    (max(int(h r), side), max(int(w r), side)) (h x w; the max catches 47 x 48/47 = 47.999...), the
+    alpha cubic and, in the mmagic pipeline, the trimap nearest (labels 0, 128, 255 kept)."""
+    calls = _record_crops(monkeypatch)
+    h, w = 47, 60
+    rng = np.random.default_rng(2)
+    alpha = _soft_disc(h, w, 15)
+    row = {"alpha": alpha, "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+           "fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    sides = set()
+    for seed in range(12):
+        calls.clear()
+        pipelines.mmagic_pipeline(_ArrayDataset([row], 32), 0, np.random.default_rng(seed))
+        arrays, _, _, side = calls[0]
+        sides.add(side)
+        r = max(side / h, side / w)
+        want = (max(int(h * r), side), max(int(w * r), side)) if r > 1 else (h, w)
+        assert arrays[0].shape == want and arrays[1].shape[:2] == want
+        if r > 1:
+            np.testing.assert_array_equal(arrays[0], cv2.resize(alpha, want[::-1], interpolation=cv2.INTER_CUBIC))
+        assert set(np.unique(arrays[4]).tolist()) <= {0, 128, 255}
+    assert sides == {32, 48, 64}
+
+
+def test_mmagic_crop_without_unknown_pixels_is_the_top_left_window(monkeypatch):
+    """mmagic random_choose_unknown: no 0 < alpha < 255 pixel at all leaves the centre at
+    (crop // 2, crop // 2), i.e. the window at the top-left corner."""
+    calls = _record_crops(monkeypatch)
+    alpha = np.zeros((90, 100), np.uint8)
+    alpha[40:, 50:] = 255
+    for seed in range(5):
+        pipelines._mmagic_crop([alpha], [cv2.INTER_LINEAR], 32, np.random.default_rng(seed))
+        assert calls[-1][1:3] == (0, 0)
+
+
+def test_mmagic_crop_centres_are_mmagics_range(monkeypatch):
+    """mmagic random_choose_unknown: candidate centres lie in [side // 2, h - side // 2), the
+    exclusive end (A2U's too), not IndexNet's inclusive range."""
+    seen = []
+    real = pipelines.fitting_window
+    monkeypatch.setattr(pipelines, "fitting_window", lambda *a, **k: seen.append(k) or real(*a, **k))
+    pipelines._mmagic_crop([_soft_disc(90, 100, 30)], [cv2.INTER_LINEAR], 32, np.random.default_rng(0))
+    assert seen == [{"exclusive_end": True}]
+
+
+@pytest.mark.parametrize("name,interp", [("mmagic", cv2.INTER_CUBIC), ("mmagic-dimaug", cv2.INTER_LINEAR)])
+def test_mmagic_resizes_the_window_to_the_crop(monkeypatch, name, interp):
+    """mmagic's IndexNet configs: the window is resized to the crop, `Resize` bicubic in the
+    IndexNet config and bilinear in the DIM-augmentation one (the trimap, when made before, nearest)."""
+    calls = _record_crops(monkeypatch)
+    h = w = 140
+    rng = np.random.default_rng(4)
+    row = {"alpha": _soft_disc(h, w, 40), "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+           "fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    run = {"mmagic": pipelines.mmagic_pipeline, "mmagic-dimaug": pipelines.mmagic_dimaug_pipeline}[name]
+    resized = 0
+    for seed in range(6):
+        calls.clear()
+        out = run(_ArrayDataset([row], 32), 0, np.random.default_rng(seed))
+        arrays, top, left, side = calls[0]
+        window = arrays[1][top:top + side, left:left + side]
+        want = cv2.resize(window, (32, 32), interpolation=interp)
+        got = np.round(out["image"] * 255).astype(np.uint8)
+        assert np.array_equal(got, want) or np.array_equal(got, want[:, ::-1])
+        resized += side != 32
+    assert resized
+
+
+def test_dataset_items_are_channel_first_of_the_pipeline_arrays(synth, monkeypatch):
+    """Module docstring: items are (C, H, W) tensors of the pipeline's (H, W, C) arrays, (1, H, W)
+    for the (H, W) ones."""
+    image = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
+    trimap = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    monkeypatch.setitem(PIPELINES, "dim", dataclasses.replace(
+        PIPELINES["dim"], run=lambda ds, i, rng: {"image": image, "trimap": trimap}))
+    item = TrainingDataset(synth / "train", "dim", CROP)[0]
+    assert item["image"].shape == (3, 4, 6) and item["trimap"].shape == (1, 4, 6)
+    assert item["image"][2, 1, 5] == image[1, 5, 2] and item["trimap"][0, 3, 1] == trimap[3, 1]
+
+
+def test_second_trimap_flag_matches_the_items(synth):
+    """A pipeline whose items carry `trimap2` says so (the training loop feeds the model a second
+    input only then): tcp and tcp-composited (specs/tcp.md)."""
+    for name, pipeline in PIPELINES.items():
+        item = TrainingDataset(synth / "train", name, CROP, seed=0)[0]
+        assert pipeline.second_trimap == ("trimap2" in item), name
+    assert {n for n, p in PIPELINES.items() if p.second_trimap} == {"tcp", "tcp-composited"}
+
+
+def test_item_stream_is_the_documented_seed_sequence(synth):
+    """Module docstring: item i of epoch e draws from default_rng(SeedSequence([seed, e, i]))."""
+    ds = TrainingDataset(synth / "train", "dim", CROP, seed=11)
+    ds.set_epoch(3)
+    want = np.random.default_rng(np.random.SeedSequence([11, 3, 2])).random(4)
+    np.testing.assert_array_equal(ds.rng(2).random(4), want)
+
+
+def test_synthetic_soft_edge_is_centred_on_the_boundary():
+    """synthetic._soft: coverage from a signed distance is a ramp `softness` px wide centred on the
+    boundary: 1/2 on it, 1 from softness / 2 inside, 0 from softness / 2 outside."""
+    from mattecli.data.synthetic import _soft
+
+    d = np.array([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(_soft(d, 4.0), [1, 1, 0.75, 0.5, 0.25, 0, 0])
+
+
+def test_synthetic_foreground_saturates_instead_of_wrapping(monkeypatch):
+    """make_foreground: base + noise above 1 is clipped to 255, not wrapped around by the uint8 cast
+    (base 0.15..0.85 plus up to 0.125 + 0.04 of noise can exceed 1)."""
+    from mattecli.data import synthetic
+
+    monkeypatch.setattr(synthetic, "_value_noise", lambda size, rng, cells: np.ones((size, size, 3), np.float32))
+    for seed in range(20):
+        base = np.random.default_rng(seed).uniform(0.15, 0.85, size=3)
+        fg = synthetic.make_foreground(4, np.random.default_rng(seed))
+        want = np.round(np.minimum(base + 0.25 * 0.5 + 0.08 * 0.5, 1) * 255)
+        np.testing.assert_array_equal(fg[0, 0], want)
+
+
+def test_synthetic_sample_streams_and_background_kinds(tmp_path):
+    """synthetic module docstring: sample i of split s (train 0, test 1) draws from
+    default_rng(SeedSequence([seed, s, i])), and the background kinds cycle textured, noisy, smooth."""
+    from mattecli.data import synthetic
+
+    synthetic.prepare_synthetic(tmp_path / "s", n_train=2, n_test=1, size=24, seed=5)
+    for split, split_id, i in (("train", 0, 1), ("test", 1, 0)):
+        kind = synthetic.BACKGROUND_KINDS[i]
+        sample = synthetic.write_sample(tmp_path / "again", "x", 24, np.random.default_rng(
+            np.random.SeedSequence([5, split_id, i])), kind, merged=True, trimap=split == "test")
+        for column in ("fg", "alpha", "bg", "image"):
+            got = tmp_path / "s" / split / column.replace("image", "merged") / f"syn{i:04d}.png"
+            assert np.array_equal(np.array(Image.open(got)), np.array(Image.open(getattr(sample, column))))
+    assert synthetic.BACKGROUND_KINDS == ("textured", "noisy", "smooth")
+
+
+def test_tcp_composited_flips_horizontally_half_the_time(monkeypatch):
+    """tcp-composited (module docstring): the crop every pipeline makes, then a horizontal flip with
+    p = 0.5 (the augmentation dim and mmagic share)."""
+    calls = _record_crops(monkeypatch)
+    h = w = 48
+    rng = np.random.default_rng(6)
+    row = {"image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "alpha": _soft_disc(h, w, 14)}
+    flipped = 0
+    for seed in range(200):
+        calls.clear()
+        out = pipelines.tcp_composited_pipeline(_ArrayDataset([row], 32), 0, np.random.default_rng(seed))
+        arrays, top, left, side = calls[0]
+        window = arrays[0][top:top + side, left:left + side]
+        assert np.array_equal(out["image"], window) or np.array_equal(out["image"], window[:, ::-1])
+        flipped += not np.array_equal(out["image"], window)
+    assert 0.4 < flipped / 200 < 0.6  # binomial sd 0.035
+
+
+@pytest.mark.parametrize("name", ["tcp", "tcp-composited"])
+def test_second_trimap_labels_released_pixels_from_the_crops_alpha(synth, name):
+    """specs/tcp.md: the second trimap erodes or dilates the unknown region of the first; a pixel
+    eroded out of it is labelled from the item's own alpha (foreground from 1/2 up, else background)."""
+    ds = TrainingDataset(synth / "train", name, CROP, seed=1)
+    released = 0
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for index in range(len(ds)):
+            item = ds[index]
+            t, t2, a = item["trimap"][0], item["trimap2"][0], item["alpha"][0]
+            left = (t == 128) & (t2 != 128)
+            released += int(left.sum())
+            assert torch.equal(t2[left], torch.where(a[left] >= 0.5, 255, 0).to(torch.uint8))
+    assert released > 0
+
+
+@pytest.mark.parametrize("name", ["mmagic", "mmagic-dimaug"])
+def test_mmagic_pipelines_flip_half_the_time(monkeypatch, name):
+    """mmagic's IndexNet configs: Flip(direction='horizontal', flip_ratio=0.5) of the window."""
+    calls = _record_crops(monkeypatch)
+    h = w = 40
+    rng = np.random.default_rng(8)
+    row = {"alpha": _soft_disc(h, w, 12), "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+           "fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    run = {"mmagic": pipelines.mmagic_pipeline, "mmagic-dimaug": pipelines.mmagic_dimaug_pipeline}[name]
+    flipped = 0
+    for seed in range(200):
+        calls.clear()
+        out = run(_ArrayDataset([row], 8), 0, np.random.default_rng(seed))
+        arrays, top, left, side = calls[0]
+        window = arrays[1][top:top + side, left:left + side]
+        interp = cv2.INTER_CUBIC if name == "mmagic" else cv2.INTER_LINEAR
+        want = cv2.resize(window, (8, 8), interpolation=interp)
+        got = np.round(out["image"] * 255).astype(np.uint8)
+        assert np.array_equal(got, want) or np.array_equal(got, want[:, ::-1])
+        flipped += not np.array_equal(got, want)
+    assert 0.4 < flipped / 200 < 0.6
