@@ -120,7 +120,7 @@ def main(
         raise UsageError("--half needs a CUDA device (half precision on a CPU is not a fast path)")
     pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
     # where PyMatting will estimate the foregrounds, its threading layer is checked before any model pass
-    if any(k in ("fg", "rgba", "composite") for k in kinds) and runs_pymatting(pipeline.backend):
+    if any(k in ("fg", "rgba", "composite") for k in kinds) and runs_pymatting(getattr(pipeline, "backend", None)):
         check_numba_threading_layer()
         import_pymatting(lambda text: typer.echo(f"matte: note: {text}", err=True))
     if compile:  # else the first image's progress would look stuck for minutes
