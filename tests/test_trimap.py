@@ -1100,3 +1100,16 @@ def test_an_alpha_trimap_with_nothing_to_matte_is_written_and_named(tmp_path, ca
     code, _, err = matte(capsys, "trimap", "--alphas", tmp_path / "alphas", "--out", tmp_path / "e",
                          "--method", "erode")
     assert code == 0 and "nothing to matte" not in err
+
+
+def test_a_symlink_loop_among_the_masks_or_photos_is_one_failure(tmp_path):
+    """`matte trimap --images`: a symlink loop among the masks or the photos (x.png -> x.png) was a
+    RuntimeError traceback ("Symlink loop from ...") from Path.resolve that stopped the batch."""
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    for folder in ("masks", "photos"):
+        write_png(tmp_path / folder / "a.png", mask)
+        (tmp_path / folder / "loop.png").symlink_to("loop.png")
+    job = TrimapJob(rule=MaskRule(), images=tmp_path / "photos")
+    report = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", job, progress=False, workers=1)
+    assert len(report.done) == 1 and [path for path, _ in report.failed] == [str(tmp_path / "masks" / "loop.png")]
