@@ -57,19 +57,22 @@ def colour_type(path: str | Path) -> int | None:
     None for anything else: another format or depth, a palette, a size Pillow would refuse as a
     decompression bomb, a file that cannot be opened, or one cut short (not ending in its IEND
     chunk: a file still being copied in), on which OpenCV's libpng printed "libpng error: Read
-    Error", naming no file, before Pillow named it."""
+    Error", naming no file, before Pillow named it; or whose header fails its checksum ("libpng
+    error: IHDR: CRC error")."""
     from PIL import Image
 
     if not Path(path).is_file():  # opening a named pipe (a link to one among the images) waited forever
         return None
     try:
         with open(path, "rb") as f:
-            head = f.read(29)
+            head = f.read(33)
             f.seek(-12, os.SEEK_END)
             tail = f.read(12)
     except OSError:  # also a file shorter than 12 bytes
         return None
-    if len(head) < 29 or head[:8] != SIGNATURE or head[12:16] != b"IHDR" or head[24] != 8:
+    if len(head) < 33 or head[:8] != SIGNATURE or head[12:16] != b"IHDR" or head[24] != 8:
+        return None
+    if zlib.crc32(head[12:29]) != int.from_bytes(head[29:33], "big"):
         return None
     if tail[4:8] != b"IEND":
         return None

@@ -343,6 +343,22 @@ def test_report_shows_worst_first(folders):
                                                                "many of the worst images its page shows)")
 
 
+def test_an_unreadable_composite_leaves_its_panel_out_of_the_report(folders):
+    """`--report` with `--images`: a composite that could not be read (cut off, damaged) stopped the
+    run after the metrics with 'matte: error: ...' and no page; the page is written without its panel."""
+    root, cases = folders
+    for name in cases:
+        write_png(root / "images" / f"{name}.png", np.zeros((24, 32, 3), np.uint8))
+    (root / "images" / "b.png").write_bytes(b"")
+    result = run(*args_for(root, "--report", root / "report", "--images", root / "images"))
+    assert result.exit_code == 0, result.output
+    assert f"matte eval: warning: {root / 'images' / 'b.png'}: empty file; the report shows b without its " \
+           "composite" in result.output
+    pngs = [p.name for p in (root / "report" / "images").iterdir()]
+    assert sorted(p[4:] for p in pngs if p.endswith("_image.png")) == ["a_image.png", "c_image.png"]
+    assert len(pngs) == 14 and (root / "report" / "index.html").is_file()
+
+
 def test_model_on_a_prepared_split(tmp_path):
     from mattecli.data.manifest import Sample, write_manifest
     from mattecli.models import build_model

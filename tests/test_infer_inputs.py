@@ -541,6 +541,25 @@ def test_a_truncated_png_is_refused_as_before(tmp_path, capfd):
     assert capfd.readouterr().err == ""
 
 
+def test_a_png_whose_header_fails_its_checksum_is_refused_without_libpngs_line(tmp_path, capfd):
+    """A PNG whose IHDR chunk is damaged (its CRC does not match): OpenCV's libpng printed "libpng error:
+    IHDR: CRC error" on stderr, naming no file, before Pillow refused it, naming the file."""
+    from mattecli.imageio import read_trimap
+
+    photo, trimap = tmp_path / "a.png", tmp_path / "a_trimap.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(photo)
+    trimap_png(trimap, 20, 30)
+    for path in (photo, trimap):
+        data = bytearray(path.read_bytes())
+        data[29] ^= 0xFF  # the first byte of IHDR's CRC
+        path.write_bytes(bytes(data))
+    capfd.readouterr()
+    for read, path in ((read_image, photo), (read_trimap, trimap)):
+        with pytest.raises(InputError, match="cannot decode"):
+            read(path)
+    assert capfd.readouterr().err == ""
+
+
 def test_names_differing_only_in_case_on_a_case_insensitive_file_system(tmp_path, monkeypatch):
     """On macOS or Windows `Cat.png` and `cat.png` are one output: both were matted and reported
     written, the second replacing the first. Simulated: case_insensitive says so, as it does there;

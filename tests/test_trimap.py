@@ -1001,6 +1001,30 @@ def test_a_damaged_exif_block_is_read_without_pillows_two_line_warning(tmp_path)
     assert read_gray(tmp_path / "out" / "m.png").shape == (20, 30)
 
 
+def test_exif_tags_running_past_the_block_or_of_too_many_values_are_read_without_pillows_warnings(tmp_path):
+    """A JPEG whose EXIF holds a tag whose data runs past the block's end (a description cut off), or
+    an orientation of two values, put Pillow's 'UserWarning: Tag data larger than file. Skipping tag
+    270' or 'Metadata Warning, tag 274 had too many entries', in two lines naming no file, among
+    matte's lines; the orientation Pillow still reads is applied."""
+    import struct
+
+    from tests.test_cli import run_main
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    mask = np.zeros((20, 30), np.uint8)
+    mask[:, 15:] = 255
+    head = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08"
+    description = struct.pack(">HHII", 0x010E, 2, 100, 38)  # 100 characters, past the end
+    orientation = struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0)  # rotated 90 CW
+    Image.fromarray(mask).save(masks / "long.jpg", exif=head + b"\x00\x02" + description + orientation + bytes(4))
+    twice = struct.pack(">HHIHH", 0x0112, 3, 2, 6, 6)  # two values: the first is read
+    Image.fromarray(mask).save(masks / "many.jpg", exif=head + b"\x00\x01" + twice + bytes(4))
+    done = run_main("trimap", "--masks", masks, "--out", tmp_path / "out")
+    assert done.returncode == 0 and [line for line in done.stderr.splitlines() if not line.startswith("trimap ")] == []
+    assert read_gray(tmp_path / "out" / "long.png").shape == read_gray(tmp_path / "out" / "many.png").shape == (30, 20)
+
+
 def test_an_undecodable_mask_is_named_once(tmp_path, capsys):
     """Pillow's reason ("cannot identify image file '/the/path'") named the file a second time."""
     (tmp_path / "masks").mkdir()
@@ -1100,3 +1124,16 @@ def test_an_alpha_trimap_with_nothing_to_matte_is_written_and_named(tmp_path, ca
     code, _, err = matte(capsys, "trimap", "--alphas", tmp_path / "alphas", "--out", tmp_path / "e",
                          "--method", "erode")
     assert code == 0 and "nothing to matte" not in err
+
+
+def test_a_symlink_loop_among_the_masks_or_photos_is_one_failure(tmp_path):
+    """`matte trimap --images`: a symlink loop among the masks or the photos (x.png -> x.png) was a
+    RuntimeError traceback ("Symlink loop from ...") from Path.resolve that stopped the batch."""
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    for folder in ("masks", "photos"):
+        write_png(tmp_path / folder / "a.png", mask)
+        (tmp_path / folder / "loop.png").symlink_to("loop.png")
+    job = TrimapJob(rule=MaskRule(), images=tmp_path / "photos")
+    report = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", job, progress=False, workers=1)
+    assert len(report.done) == 1 and [path for path, _ in report.failed] == [str(tmp_path / "masks" / "loop.png")]

@@ -257,6 +257,9 @@ def main() -> None:
     # and of a damaged EXIF block, also in two lines that name no file: such a file is read with the
     # orientation tag Pillow could still read, or as stored when none, as a file without a tag is
     warnings.filterwarnings("ignore", message=r"(Possibly )?[Cc]orrupt EXIF")
+    # (a tag whose data runs past the block's end, or of more values than it holds: the same damaged
+    # EXIF, the same two lines; the tag is skipped, or its first value read)
+    warnings.filterwarnings("ignore", message=r"Tag data larger than file|Metadata Warning, tag \d+ had too many")
     # and that a palette image with transparency "should be converted to RGBA images": matte converts
     # it (a palette cut-out's alpha is its matte), so the advice is for no one
     warnings.filterwarnings("ignore", message="Palette images with Transparency expressed in bytes")

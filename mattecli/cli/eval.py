@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from mattecli.errors import UsageError, printable
+from mattecli.errors import InputError, UsageError, printable
 
 # what only a model run reads: with --pred no model runs, and `--device cuda` was taken without a word
 MODEL_OPTIONS = ("backend", "device", "save_pred")
@@ -247,7 +247,7 @@ def _finish(results, items, kept: dict, outputs: EvalOutputs, errors) -> int:
     if outputs.csv is not None:
         ev.write_csv(outputs.csv, results)
     if outputs.report is not None:
-        page = _write_report(outputs.report, results, items, kept, outputs.report_worst)
+        page = _write_report(outputs.report, results, items, kept, outputs.report_worst, errors)
         errors.print(f"report: {page}", markup=False, highlight=False, soft_wrap=True)
     failed = [r for r in results if r.error]
     if failed:
@@ -258,7 +258,7 @@ def _finish(results, items, kept: dict, outputs: EvalOutputs, errors) -> int:
     return 0
 
 
-def _write_report(out_dir: Path, results, items, kept: dict, count: int) -> Path:
+def _write_report(out_dir: Path, results, items, kept: dict, count: int, errors) -> Path:
     from mattecli.eval_report import ReportEntry, write_report
     from mattecli.imageio import read_alpha, read_gray, read_ground_truth, read_image
 
@@ -270,7 +270,12 @@ def _write_report(out_dir: Path, results, items, kept: dict, count: int) -> Path
     for r in good[:count]:
         item = by_name[r.name]
         pred = kept[r.name] if r.name in kept else read_alpha(item.pred)
-        image = read_image(item.image) if item.image is not None else None
+        try:  # a composite is shown, not scored: one that cannot be read (cut off) stopped the run, with no page
+            image = read_image(item.image) if item.image is not None else None
+        except InputError as err:
+            image = None
+            errors.print(printable(f"matte eval: warning: {err}; the report shows {r.name} without its composite"),
+                         markup=False, highlight=False, soft_wrap=True)
         # the ground truth as it was scored (a cut-out's alpha, not its red channel)
         entries.append(ReportEntry(r.name, r.metrics, pred, read_ground_truth(item.gt), read_gray(item.trimap), image))
     return write_report(out_dir, entries, title="matte eval: worst images by SAD")

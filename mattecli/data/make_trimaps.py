@@ -7,6 +7,7 @@ finishes what is missing. Bad files are named with the reason and the batch goes
 
 from __future__ import annotations
 
+import os
 import zlib
 from concurrent.futures import as_completed
 from dataclasses import dataclass
@@ -74,9 +75,11 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
     files = [f for f in files if f not in skip]
     photos, candidates = {}, []
     if job.images is not None:
-        # in one folder with the masks, a mask is no photo (not even its own)
-        masks = {f.resolve() for f in files}
-        candidates = [f for f in list_images(job.images, recursive, unreadable=unreadable) if f.resolve() not in masks]
+        # in one folder with the masks, a mask is no photo (not even its own); realpath, not Path.resolve:
+        # a symlink loop among them was a RuntimeError traceback, where reading it names it
+        masks = {os.path.realpath(f) for f in files}
+        candidates = [f for f in list_images(job.images, recursive, unreadable=unreadable)
+                      if os.path.realpath(f) not in masks]
         photos = {name: found[0] for name, found in index_by_stem(candidates, job.images).items()}
     inputs = Inputs(files + candidates)  # e.g. --out or --preview given the --images folder
     report, todo, seen = BatchReport(failed=[(str(path), reason) for path, reason in unreadable]), [], {}
