@@ -21,7 +21,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Picture formats matte does not decode (a phone's HEIC, a camera's raw files): a folder's files of
 # these types are counted in a note, not left out without a word
 UNREAD_SUFFIXES = (".heic", ".heif", ".avif", ".gif", ".jxl", ".jp2", ".dng", ".cr2", ".cr3", ".nef", ".arw",
-                   ".raf", ".orf", ".rw2", ".psd", ".exr")
+                   ".raf", ".orf", ".rw2", ".psd", ".exr", ".tga", ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".jfif")
 
 
 EXIF_ORIENTATION_TAG = 0x0112

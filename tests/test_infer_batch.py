@@ -250,16 +250,16 @@ def test_pictures_in_formats_matte_does_not_read_are_named_in_a_note(tmp_path):
     """A folder of phone photos, some saved as HEIC: those were left out without a word, the
     summary counting only the others."""
     images = make_pairs(tmp_path / "in", ["a"])
-    for name in ("IMG_2.HEIC", "IMG_2_trimap.png", "logo.gif", "notes.txt", "scan.dng"):
+    for name in ("IMG_2.HEIC", "IMG_2_trimap.png", "logo.gif", "notes.txt", "scan.dng", "render.tga"):
         (images / name).write_bytes(b"")
     (images / "sub").mkdir()
     (images / "sub" / "deep.heic").write_bytes(b"")
     report = infer_folder(FakePipeline(), images, tmp_path / "out", progress=False)
     assert report.done == [str(images / "a.png")]
-    assert (f"3 files in a picture format matte does not read left out (e.g. {images / 'IMG_2.HEIC'}): convert to PNG, "
+    assert (f"4 files in a picture format matte does not read left out (e.g. {images / 'IMG_2.HEIC'}): convert to PNG, "
             "JPEG, TIFF, WebP or BMP to include them") in report.notes
     recursive = infer_folder(FakePipeline(), images, tmp_path / "out2", progress=False, recursive=True)
-    assert any(note.startswith("4 files in a picture format") for note in recursive.notes)
+    assert any(note.startswith("5 files in a picture format") for note in recursive.notes)
     later_shard = infer_folder(FakePipeline(), images, tmp_path / "out3", progress=False, shard=(1, 2))
     assert not any("picture format" in note for note in later_shard.notes)  # said once, in shard 0
 
