@@ -359,6 +359,21 @@ def test_an_unreadable_composite_leaves_its_panel_out_of_the_report(folders):
     assert len(pngs) == 14 and (root / "report" / "index.html").is_file()
 
 
+def test_a_composite_of_another_size_leaves_its_panel_out_of_the_report(folders):
+    """`--report` with `--images`: a composite of another size than its ground truth (another photo's)
+    was shown beside the matte without a word; it is named with both sizes and its panel left out."""
+    root, cases = folders
+    for name in cases:
+        write_png(root / "images" / f"{name}.png", np.zeros((24, 32, 3), np.uint8))
+    write_png(root / "images" / "c.png", np.zeros((24, 31, 3), np.uint8))
+    result = run(*args_for(root, "--report", root / "report", "--images", root / "images"))
+    assert result.exit_code == 0, result.output
+    assert f"matte eval: warning: {root / 'images' / 'c.png'}: 31x24, its ground truth 32x24; the report shows c " \
+           "without its composite" in result.output
+    pngs = [p.name for p in (root / "report" / "images").iterdir()]
+    assert sorted(p[4:] for p in pngs if p.endswith("_image.png")) == ["a_image.png", "b_image.png"]
+
+
 def test_model_on_a_prepared_split(tmp_path):
     from mattecli.data.manifest import Sample, write_manifest
     from mattecli.models import build_model

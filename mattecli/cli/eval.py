@@ -270,12 +270,20 @@ def _write_report(out_dir: Path, results, items, kept: dict, count: int, errors)
     for r in good[:count]:
         item = by_name[r.name]
         pred = kept[r.name] if r.name in kept else read_alpha(item.pred)
-        try:  # a composite is shown, not scored: one that cannot be read (cut off) stopped the run, with no page
+        gt = read_ground_truth(item.gt)  # as it was scored (a cut-out's alpha, not its red channel)
+        # a composite is shown, not scored: one that cannot be read (cut off) stopped the run, with no
+        # page, and one of another size (another photo's) was shown beside this matte without a word
+        problem, image = None, None
+        try:
             image = read_image(item.image) if item.image is not None else None
         except InputError as err:
+            problem = str(err)
+        if image is not None and image.shape[:2] != gt.shape:
+            problem = (f"{item.image}: {image.shape[1]}x{image.shape[0]}, its ground truth {gt.shape[1]}x"
+                       f"{gt.shape[0]}")
             image = None
-            errors.print(printable(f"matte eval: warning: {err}; the report shows {r.name} without its composite"),
-                         markup=False, highlight=False, soft_wrap=True)
-        # the ground truth as it was scored (a cut-out's alpha, not its red channel)
-        entries.append(ReportEntry(r.name, r.metrics, pred, read_ground_truth(item.gt), read_gray(item.trimap), image))
+        if problem:
+            errors.print(printable(f"matte eval: warning: {problem}; the report shows {r.name} without its "
+                                   "composite"), markup=False, highlight=False, soft_wrap=True)
+        entries.append(ReportEntry(r.name, r.metrics, pred, gt, read_gray(item.trimap), image))
     return write_report(out_dir, entries, title="matte eval: worst images by SAD")
