@@ -896,3 +896,82 @@ def test_a_checkpoint_cut_short_by_a_crash_is_never_taken_for_the_newest(tmp_pat
     monkeypatch.undo()
     assert [i for i, _ in ckpt.checkpoints(tmp_path)] == [2]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_00000002.pt"]
+
+
+class TwoPart(nn.Module):
+    """An encoder (the low-lr group) and a head, each a 1x1 convolution and a BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3))
+        self.head = nn.Sequential(nn.Conv2d(3, 1, 1), nn.BatchNorm2d(1))
+
+    def encoder_modules(self):
+        return [self.enc]
+
+    def forward(self, x):
+        return torch.sigmoid(self.head(self.enc(x)))
+
+
+def step_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    trimap = torch.tensor([0, 128, 255], dtype=torch.uint8)[torch.randint(0, 3, (2, 1, 8, 8), generator=g)]
+    trimap[:, :, :2] = 128  # every sample has unknown pixels
+    return {"image": torch.rand(2, 3, 8, 8, generator=g), "trimap": trimap, "alpha": torch.rand(2, 1, 8, 8, generator=g)}
+
+
+def step_session(tmp_path, *sets, seed=0):
+    torch.manual_seed(seed)
+    recipe = load_recipe("demo-indexnet", ["train.loss=alpha", "train.lr=0.01", "train.encoder_lr=0.001", *sets])
+    return session_for(recipe, TwoPart(), tmp_path)
+
+
+@pytest.mark.parametrize("unit,milestone,at,factors", [("iters", 2, (1, 2), (1.0, 0.1)),
+                                                       ("epochs", 1, (3, 4), (1.0, 0.1))])
+def test_a_step_runs_adam_at_each_groups_rate_of_its_iteration(tmp_path, unit, milestone, at, factors):
+    """train_step: the rate of step i (0-based) is base_lr x lr_factor(i), the encoder's train.encoder_lr and the
+    new layers' train.lr (indexnet.md: 1e-2 new layers, 1e-4 the encoder); Adam's first step moves each
+    parameter by lr x g / (|g| + eps), eps 1e-8 (Kingma & Ba, Algorithm 1)."""
+    for iteration, factor in zip(at, factors):
+        s = step_session(tmp_path, f"train.milestones=[{milestone}]", f"train.milestone_unit={unit}",
+                         "train.gamma=0.1")  # session_for: 4 batches per epoch
+        s.iteration = iteration
+        before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+        loop.train_step(s, step_batch())
+        assert s.iteration == iteration + 1
+        assert [(g["name"], g["lr"]) for g in s.optimizer.param_groups] == [
+            ("encoder", pytest.approx(0.001 * factor)), ("new", pytest.approx(0.01 * factor))]
+        for name, p in s.model.named_parameters():
+            lr = (0.001 if name.startswith("enc.") else 0.01) * factor
+            moved = p.detach() - before[name]
+            assert torch.allclose(moved, -lr * p.grad / (p.grad.abs() + 1e-8), rtol=1e-3, atol=1e-8), name
+
+
+def test_a_step_clips_the_gradient_norm_and_starts_from_zero_gradients(tmp_path):
+    """train.grad_clip: the gradients Adam steps on have a total norm of at most grad_clip
+    (torch.nn.utils.clip_grad_norm_); 0 leaves them as they are. Each step's gradients are its own
+    batch's: a second step on the same batch at learning rate 0 has the same gradients (zero_grad)."""
+    norms = {}
+    for clip in (0.0, 0.005):
+        s = step_session(tmp_path, "train.lr=0", "train.encoder_lr=0", f"train.grad_clip={clip}")
+        grads = []
+        for _ in range(2):
+            loop.train_step(s, step_batch())
+            grads.append([p.grad.clone() for p in s.model.parameters()])
+        assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(*grads))
+        norms[clip] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads[1]])))
+    assert norms[0.0] > 0.02 and norms[0.005] == pytest.approx(0.005, rel=1e-3)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_step_trains_the_model_with_the_encoders_batchnorm_frozen_if_asked(tmp_path, freeze):
+    """train.freeze_encoder_bn (indexnet.md: the encoder's BN frozen): a step puts the model in training mode
+    (a validation left it in eval) with the encoder's BatchNorms in eval mode, their statistics unchanged;
+    without it every BatchNorm trains."""
+    s = step_session(tmp_path, f"train.freeze_encoder_bn={str(freeze).lower()}")
+    s.model.eval()
+    enc_bn, head_bn = s.model.enc[1], s.model.head[1]
+    loop.train_step(s, step_batch())
+    assert (enc_bn.training, head_bn.training) == (not freeze, True)
+    assert torch.equal(enc_bn.running_mean, torch.zeros(3)) == freeze
+    assert not torch.equal(head_bn.running_mean, torch.zeros(1))
