@@ -917,7 +917,8 @@ def step_batch(seed=0):
     g = torch.Generator().manual_seed(seed)
     trimap = torch.tensor([0, 128, 255], dtype=torch.uint8)[torch.randint(0, 3, (2, 1, 8, 8), generator=g)]
     trimap[:, :, :2] = 128  # every sample has unknown pixels
-    return {"image": torch.rand(2, 3, 8, 8, generator=g), "trimap": trimap, "alpha": torch.rand(2, 1, 8, 8, generator=g)}
+    image, alpha = torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)
+    return {"image": image, "trimap": trimap, "alpha": alpha}
 
 
 def step_session(tmp_path, *sets, seed=0):
