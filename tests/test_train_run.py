@@ -976,3 +976,44 @@ def test_a_step_trains_the_model_with_the_encoders_batchnorm_frozen_if_asked(tmp
     assert (enc_bn.training, head_bn.training) == (not freeze, True)
     assert torch.equal(enc_bn.running_mean, torch.zeros(3)) == freeze
     assert not torch.equal(head_bn.running_mean, torch.zeros(1))
+
+
+def test_the_log_holds_each_steps_loss_the_new_layers_rate_and_its_samples_per_second(tmp_path):
+    """after_step: a log line every train.log_every iterations and at the run's last (docs/commands/train.md:
+    `iter`, `loss`, `lr`, `samples_per_s`), `lr` the new layers' rate (train.lr); last.safetensors and a
+    checkpoint every train.checkpoint_every iterations and at the last."""
+    s = step_session(tmp_path, "train.log_every=2", "train.checkpoint_every=3", "train.iters=5")
+    s.optimizer.param_groups[0]["lr"], s.optimizer.param_groups[1]["lr"] = 0.0003, 0.003  # as a step sets them
+    checkpoints = []
+    for i in range(1, 6):
+        s.iteration = i
+        after_step(s, loss=1.0 / i, rate=12.345678)
+        checkpoints.append(ckpt.latest_checkpoint(tmp_path))
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log == [{"iter": i, "loss": 1.0 / i, "lr": 0.003, "samples_per_s": 12.35} for i in (2, 4, 5)]
+    assert [c and c.name for c in checkpoints] == [None, None, "iter_00000003.pt", "iter_00000003.pt",
+                                                   "iter_00000005.pt"]
+    assert (tmp_path / "last.safetensors").is_file()
+
+
+def test_a_run_builds_its_seeded_model_and_adam_with_the_recipes_betas_and_weight_decay(tmp_path, synth, monkeypatch):
+    """The model is built after torch.manual_seed(--seed) (a run is reproducible from its seed); the optimiser
+    is Adam with train.betas and train.weight_decay (a2u.md, tcp.md: Adam, weight decay as given)."""
+    from mattecli.models import build_model
+
+    seen = {}
+
+    def step(session, batch):
+        seen["adam"] = {k: session.optimizer.defaults[k] for k in ("betas", "weight_decay")}
+        seen["state"] = {k: v.clone() for k, v in session.model.state_dict().items()}
+        session.iteration += 1
+        return 1.0
+
+    monkeypatch.setattr(loop, "train_step", step)
+    recipe = load_recipe("demo-tcp", ["data.crop_size=64", "train.batch_size=2", "train.betas=[0.5, 0.9]",
+                                      "train.weight_decay=0.01"])
+    train(TrainOptions(recipe, synth, tmp_path / "r", iters=1, seed=7, pretrained="none", progress=False))
+    assert seen["adam"] == {"betas": (0.5, 0.9), "weight_decay": 0.01}
+    torch.manual_seed(7)
+    want = build_model(recipe).state_dict()
+    assert want.keys() == seen["state"].keys() and all(torch.equal(seen["state"][k], v) for k, v in want.items())
