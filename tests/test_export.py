@@ -378,6 +378,15 @@ def test_default_sizes():
     assert Parity(32, 32, 2e-4, 0, 0.5).ok is False  # a small output is held to 1e-4 itself, not to less
 
 
+def test_the_tolerance_is_per_unit_of_the_outputs_scale_and_at_least_absolute():
+    """verify.py: max-abs per unit of max |output|, 1 at least: an output under 1 (a trained matte, or all
+    zeros) is held to TOLERANCE absolute, not to a fraction of it; the bound itself passes."""
+    assert [Parity(32, 32, 0.9e-4, 0, scale).ok for scale in (0.0, 0.5, 1.0)] == [True, True, True]
+    assert Parity(32, 32, 0.9e-4, 0, 0.5).allowed == TOLERANCE == 1e-4
+    assert Parity(32, 32, 3e-4, 0, 4.0).allowed == pytest.approx(4e-4) and Parity(32, 32, 4e-4, 0, 4.0).ok
+    assert Parity(32, 32, 1e-2, 0, 1.0, tolerance=1e-2).ok and not Parity(32, 32, 1.1e-2, 0, 1.0, tolerance=1e-2).ok
+
+
 # ----------------------------------------------------------------------------------------------
 # Compaction (exporters.onnx.compact)
 
