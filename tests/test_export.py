@@ -827,3 +827,42 @@ def test_verify_sizes_an_engine_cannot_run_are_refused_before_building_it():
     _check_verify_sizes([Size(300, 100)], cfg, profile, True, False, True)  # an ONNX graph runs any size
     with pytest.raises(UsageError, match=r"^--verify-sizes 64x64: a static graph runs at --opt-shape 128x96 only"):
         _check_verify_sizes([Size(127, 95), Size(64, 64)], cfg, profile, False, False, True)
+
+
+@pytest.mark.parametrize("op", ["BatchNormalization", "Softmax", "ReduceMean", "ReduceSum", "GlobalAveragePool",
+                                "LayerNormalization", "InstanceNormalization"])
+def test_half_keeps_each_norm_softmax_and_reduction_in_fp32_with_its_parameters(op):
+    """to_half (docs/deployment.md, --half): FP16 weights and activations, but each normalisation, softmax and
+    reduction fed and run in FP32 with its parameters (scale, bias, statistics) in FP32; Resize's scales
+    stay float32 as the operator requires; input and output float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.onnx import to_half
+
+    f32 = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.full((1, 2, 1, 1), 0.5, np.float32), "w"),
+             numpy_helper.from_array(np.array([], np.float32), "roi"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    params = {"BatchNormalization": [np.ones(2), np.zeros(2), np.zeros(2), np.ones(2)],
+              "LayerNormalization": [np.ones(4), np.zeros(4)], "InstanceNormalization": [np.ones(2), np.zeros(2)],
+              "ReduceSum": [np.array([1], np.int64)]}.get(op, [])
+    names = [f"p{i}" for i in range(len(params))]
+    inits += [numpy_helper.from_array(p if p.dtype == np.int64 else p.astype(np.float32), n)
+              for n, p in zip(names, params)]
+    attrs = {"axes": [1]} if op == "ReduceMean" else {}
+    nodes = [helper.make_node("Mul", ["x", "w"], ["m"]), helper.make_node(op, ["m", *names], ["n"], **attrs),
+             helper.make_node("Resize", ["n", "roi", "scales"], ["y"], mode="nearest")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f32, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", f32, None)], initializer=inits)
+    half = onnx.shape_inference.infer_shapes(to_half(helper.make_model(
+        graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*half.graph.value_info, *half.graph.input,
+                                                             *half.graph.output]}
+    types.update({t.name: t.data_type for t in half.graph.initializer})
+    assert types["x"] == types["y"] == f32 and types["w"] == TensorProto.FLOAT16
+    assert types["roi"] == types["scales"] == f32
+    kept = next(n for n in half.graph.node if n.op_type == op)
+    assert [types[name] for name in kept.input] == [f32] + [TensorProto.INT64 if op == "ReduceSum" else f32] * len(names)
+    assert types[kept.output[0]] == f32
+    mul, resize = (next(n for n in half.graph.node if n.op_type == t) for t in ("Mul", "Resize"))
+    assert types[mul.output[0]] == types[resize.input[0]] == TensorProto.FLOAT16
