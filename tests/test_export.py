@@ -856,13 +856,14 @@ def test_half_keeps_each_norm_softmax_and_reduction_in_fp32_with_its_parameters(
                               [helper.make_tensor_value_info("y", f32, None)], initializer=inits)
     half = onnx.shape_inference.infer_shapes(to_half(helper.make_model(
         graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])))
-    types = {v.name: v.type.tensor_type.elem_type for v in [*half.graph.value_info, *half.graph.input,
-                                                             *half.graph.output]}
+    values = [*half.graph.value_info, *half.graph.input, *half.graph.output]
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
     types.update({t.name: t.data_type for t in half.graph.initializer})
     assert types["x"] == types["y"] == f32 and types["w"] == TensorProto.FLOAT16
     assert types["roi"] == types["scales"] == f32
     kept = next(n for n in half.graph.node if n.op_type == op)
-    assert [types[name] for name in kept.input] == [f32] + [TensorProto.INT64 if op == "ReduceSum" else f32] * len(names)
+    param = TensorProto.INT64 if op == "ReduceSum" else f32  # ReduceSum's axes input: int64
+    assert [types[name] for name in kept.input] == [f32] + [param] * len(names)
     assert types[kept.output[0]] == f32
     mul, resize = (next(n for n in half.graph.node if n.op_type == t) for t in ("Mul", "Resize"))
     assert types[mul.output[0]] == types[resize.input[0]] == TensorProto.FLOAT16
