@@ -921,10 +921,10 @@ def step_batch(seed=0):
     return {"image": image, "trimap": trimap, "alpha": alpha}
 
 
-def step_session(tmp_path, *sets, seed=0):
+def step_session(tmp_path, *sets, seed=0, model=None):
     torch.manual_seed(seed)
     recipe = load_recipe("demo-indexnet", ["train.loss=alpha", "train.lr=0.01", "train.encoder_lr=0.001", *sets])
-    return session_for(recipe, TwoPart(), tmp_path)
+    return session_for(recipe, model or TwoPart(), tmp_path)
 
 
 @pytest.mark.parametrize("unit,milestone,at,factors", [("iters", 2, (1, 2), (1.0, 0.1)),
@@ -1017,3 +1017,26 @@ def test_a_run_builds_its_seeded_model_and_adam_with_the_recipes_betas_and_weigh
     torch.manual_seed(7)
     want = build_model(recipe).state_dict()
     assert want.keys() == seen["state"].keys() and all(torch.equal(seen["state"][k], v) for k, v in want.items())
+
+
+class TwoTrimaps(TwoPart):
+    """TwoPart taking TCP's second input (the image with the noisier trimap), recording both."""
+
+    takes_second_trimap = True
+
+    def forward(self, x, x2):
+        self.seen = (x, x2)
+        return super().forward(x) + 0 * x2[:, :1]
+
+
+def test_a_step_gives_the_second_trimap_as_the_models_second_input(tmp_path):
+    """The tcp pipelines' `trimap2` (the noisier trimap of TCP's textural path, data/pipelines.py) is the
+    model's second input, encoded as the first: the same normalised image beside trimap2 / 255."""
+    s = step_session(tmp_path, model=TwoTrimaps())
+    batch = step_batch()
+    batch["trimap2"] = torch.where(batch["trimap"] == 128, torch.tensor(255, dtype=torch.uint8), batch["trimap"])
+    loop.train_step(s, batch)
+    x, x2 = s.model.seen
+    assert torch.equal(x[:, :3], x2[:, :3])
+    assert torch.allclose(x[:, 3:] * 255, batch["trimap"].float()) and torch.allclose(x2[:, 3:] * 255,
+                                                                                     batch["trimap2"].float())
