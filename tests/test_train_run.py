@@ -1038,5 +1038,5 @@ def test_a_step_gives_the_second_trimap_as_the_models_second_input(tmp_path):
     loop.train_step(s, batch)
     x, x2 = s.model.seen
     assert torch.equal(x[:, :3], x2[:, :3])
-    assert torch.allclose(x[:, 3:] * 255, batch["trimap"].float()) and torch.allclose(x2[:, 3:] * 255,
-                                                                                     batch["trimap2"].float())
+    assert torch.allclose(x[:, 3:] * 255, batch["trimap"].float())
+    assert torch.allclose(x2[:, 3:] * 255, batch["trimap2"].float())
