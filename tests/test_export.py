@@ -829,6 +829,17 @@ def test_verify_sizes_an_engine_cannot_run_are_refused_before_building_it():
         _check_verify_sizes([Size(127, 95), Size(64, 64)], cfg, profile, False, False, True)
 
 
+
+def test_verify_allows_1e_4_or_1e_2_with_half_per_unit_of_scale():
+    """docs/commands/export.md: `--verify` exits 1 above 1e-4 (1e-2 with `--half`) times the output's scale
+    (at least 1): an FP16 graph 1.5e-2 off at scale 1 fails, 0.9e-2 off passes; FP32 0.9e-4 passes, 1.1e-4 fails."""
+    from exporters.export import ExportOptions
+    from exporters.verify import HALF_TOLERANCE
+
+    assert [ExportOptions(Path("w"), Path("o"), half=half).tolerance for half in (False, True)] == [1e-4, 1e-2]
+    assert [Parity(32, 32, err, 0, 1.0, tolerance=HALF_TOLERANCE).ok for err in (0.9e-2, 1.5e-2)] == [True, False]
+    assert [Parity(32, 32, err, 0, 1.0).ok for err in (0.9e-4, 1.1e-4)] == [True, False]
+
 @pytest.mark.parametrize("op", ["BatchNormalization", "Softmax", "ReduceMean", "ReduceSum", "GlobalAveragePool",
                                 "LayerNormalization", "InstanceNormalization"])
 def test_half_keeps_each_norm_softmax_and_reduction_in_fp32_with_its_parameters(op):
