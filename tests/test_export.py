@@ -840,6 +840,7 @@ def test_verify_allows_1e_4_or_1e_2_with_half_per_unit_of_scale():
     assert [Parity(32, 32, err, 0, 1.0, tolerance=HALF_TOLERANCE).ok for err in (0.9e-2, 1.5e-2)] == [True, False]
     assert [Parity(32, 32, err, 0, 1.0).ok for err in (0.9e-4, 1.1e-4)] == [True, False]
 
+
 @pytest.mark.parametrize("op", ["BatchNormalization", "Softmax", "ReduceMean", "ReduceSum", "GlobalAveragePool",
                                 "LayerNormalization", "InstanceNormalization"])
 def test_half_keeps_each_norm_softmax_and_reduction_in_fp32_with_its_parameters(op):
