@@ -829,7 +829,6 @@ def test_verify_sizes_an_engine_cannot_run_are_refused_before_building_it():
         _check_verify_sizes([Size(127, 95), Size(64, 64)], cfg, profile, False, False, True)
 
 
-
 def test_verify_allows_1e_4_or_1e_2_with_half_per_unit_of_scale():
     """docs/commands/export.md: `--verify` exits 1 above 1e-4 (1e-2 with `--half`) times the output's scale
     (at least 1): an FP16 graph 1.5e-2 off at scale 1 fails, 0.9e-2 off passes; FP32 0.9e-4 passes, 1.1e-4 fails."""
