@@ -378,6 +378,12 @@ def test_default_sizes():
     assert Parity(32, 32, 2e-4, 0, 0.5).ok is False  # a small output is held to 1e-4 itself, not to less
 
 
+def test_default_sizes_are_non_square_both_ways_round_and_1080p():
+    """verify.default_sizes: 3 strides wide by 5 high, 11 by 7, and 1920x1088 (Size is WIDTHxHEIGHT)."""
+    assert default_sizes(32) == [Size(96, 160), Size(352, 224), Size(1920, 1088)]
+    assert default_sizes(16)[:2] == [Size(48, 80), Size(176, 112)]
+
+
 def test_the_tolerance_is_per_unit_of_the_outputs_scale_and_at_least_absolute():
     """verify.py: max-abs per unit of max |output|, 1 at least: an output under 1 (a trained matte, or all
     zeros) is held to TOLERANCE absolute, not to a fraction of it; the bound itself passes."""
