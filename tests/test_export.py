@@ -384,6 +384,23 @@ def test_default_sizes_are_non_square_both_ways_round_and_1080p():
     assert default_sizes(16)[:2] == [Size(48, 80), Size(176, 112)]
 
 
+def test_the_reference_runs_with_tf32_off_and_the_settings_come_back():
+    """verify.strict_fp32: TF32 off in torch's CUDA convolutions and matmuls for the reference (cuDNN allows
+    it by default), the caller's settings back afterwards, also after an error."""
+    from exporters.verify import strict_fp32
+
+    backends = torch.backends
+    saved = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+    try:
+        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = True
+        with pytest.raises(KeyError), strict_fp32():
+            assert (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32) == (False, False)
+            raise KeyError("stop")
+        assert (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
+
+
 def test_the_tolerance_is_per_unit_of_the_outputs_scale_and_at_least_absolute():
     """verify.py: max-abs per unit of max |output|, 1 at least: an output under 1 (a trained matte, or all
     zeros) is held to TOLERANCE absolute, not to a fraction of it; the bound itself passes."""
