@@ -401,6 +401,25 @@ def test_the_reference_runs_with_tf32_off_and_the_settings_come_back():
         backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
 
 
+def test_verify_reads_the_error_against_the_references_scale_at_the_given_tolerance():
+    """verify: each size's Parity is the aligned input's height and width, the max-abs error, and the scale of
+    the reference (PyTorch's max |output|, not the backend's), allowed `tolerance` per unit of that scale."""
+    class Const:
+        recipe = load_recipe("demo-indexnet")
+
+        def __init__(self, value):
+            self.value = value
+
+        def __call__(self, x):
+            return np.full((x.shape[0], 1, *x.shape[2:]), self.value, np.float64)
+
+    (r,) = verify(Const(2.5), Const(2.0), [Size(96, 64)])
+    assert (r.height, r.width, r.max_abs, r.mean_abs, r.scale) == (64, 96, 0.5, 0.5, 2.0)
+    assert not r.ok and r.allowed == pytest.approx(2e-4)
+    (r,) = verify(Const(2.5), Const(2.0), [Size(96, 64)], tolerance=0.25)
+    assert r.ok and r.allowed == 0.5
+
+
 def test_the_tolerance_is_per_unit_of_the_outputs_scale_and_at_least_absolute():
     """verify.py: max-abs per unit of max |output|, 1 at least: an output under 1 (a trained matte, or all
     zeros) is held to TOLERANCE absolute, not to a fraction of it; the bound itself passes."""
