@@ -978,10 +978,14 @@ def test_a_step_trains_the_model_with_the_encoders_batchnorm_frozen_if_asked(tmp
     assert not torch.equal(head_bn.running_mean, torch.zeros(1))
 
 
-def test_the_log_holds_each_steps_loss_the_new_layers_rate_and_its_samples_per_second(tmp_path):
+def test_the_log_holds_each_steps_loss_the_new_layers_rate_and_its_samples_per_second(tmp_path, monkeypatch):
     """after_step: a log line every train.log_every iterations and at the run's last (docs/commands/train.md:
     `iter`, `loss`, `lr`, `samples_per_s`), `lr` the new layers' rate (train.lr); last.safetensors and a
-    checkpoint every train.checkpoint_every iterations and at the last."""
+    checkpoint every train.checkpoint_every iterations and at the last; curves.png with a log line there."""
+    from mattecli.train import curves
+
+    drawn = []
+    monkeypatch.setattr(curves, "plot_curves", lambda history, path: drawn.append(history[-1]["iter"]))
     s = step_session(tmp_path, "train.log_every=2", "train.checkpoint_every=3", "train.iters=5")
     s.optimizer.param_groups[0]["lr"], s.optimizer.param_groups[1]["lr"] = 0.0003, 0.003  # as a step sets them
     checkpoints = []
@@ -993,7 +997,7 @@ def test_the_log_holds_each_steps_loss_the_new_layers_rate_and_its_samples_per_s
     assert log == [{"iter": i, "loss": 1.0 / i, "lr": 0.003, "samples_per_s": 12.35} for i in (2, 4, 5)]
     assert [c and c.name for c in checkpoints] == [None, None, "iter_00000003.pt", "iter_00000003.pt",
                                                    "iter_00000005.pt"]
-    assert (tmp_path / "last.safetensors").is_file()
+    assert (tmp_path / "last.safetensors").is_file() and drawn == [5]  # drawn with a log line: at 3 there is none
 
 
 def test_a_run_builds_its_seeded_model_and_adam_with_the_recipes_betas_and_weight_decay(tmp_path, synth, monkeypatch):
