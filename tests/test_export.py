@@ -522,6 +522,30 @@ def test_compact_shares_integer_constants_only(tmp_path):
     assert [list(n.input) for n in model.graph.node] == [["x", "a1"], ["r1", "a1"], ["r2", "f1"], ["m", "f2"]]
 
 
+def test_compact_merges_slices_on_other_axes_only():
+    """compact: Slice(Slice(x)) becomes one Slice where the two cut distinct axes; two cuts of one axis stay
+    two (x[:, :, 1:5][:, :, 1:3] is x[:, :, 2:4]; one Slice holding the axis twice is not a valid graph)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.onnx import compact
+
+    def ints(name, values):
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    inits = [ints("s1", [1]), ints("e1", [5]), ints("a2", [2]), ints("one", [1]), ints("e2", [3]), ints("a3", [3])]
+    x = np.arange(2 * 6 * 6, dtype=np.float32).reshape(1, 2, 6, 6)
+    for axis, want in (("a2", x[:, :, 2:4]), ("a3", x[:, :, 1:5, 1:3])):
+        nodes = [helper.make_node("Slice", ["x", "s1", "e1", "a2", "one"], ["t"]),
+                 helper.make_node("Slice", ["t", "s1", "e2", axis, "one"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+        model = compact(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]))
+        assert len(model.graph.node) == (2 if axis == "a2" else 1)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], want)
+
+
 def test_the_graph_is_budgeted_by_its_onnx_runtime_figure_and_the_weights_by_pytorchs(exported):
     """`--max-memory` for the graph uses what ONNX Runtime needs (measured per recipe), for the
     weights file what PyTorch needs; the figure travels in the graph's recipe."""
