@@ -522,6 +522,25 @@ def test_compact_shares_integer_constants_only(tmp_path):
     assert [list(n.input) for n in model.graph.node] == [["x", "a1"], ["r1", "a1"], ["r2", "f1"], ["m", "f2"]]
 
 
+def test_compact_lists_nodes_breadth_first_and_drops_chained_identities():
+    """compact: Kahn's order with a first-in first-out queue, ties in the given order (two chains a, b from
+    the input: a1, b1, a2, b2); Identity nodes dropped, a chain of two too, their readers reading the source."""
+    from onnx import TensorProto, helper
+
+    from exporters.onnx import compact
+
+    nodes = [helper.make_node("Relu", ["x"], ["a1"], name="a1"), helper.make_node("Identity", ["a1"], ["i1"]),
+             helper.make_node("Identity", ["i1"], ["i2"]), helper.make_node("Relu", ["i2"], ["a2"], name="a2"),
+             helper.make_node("Neg", ["x"], ["b1"], name="b1"), helper.make_node("Neg", ["b1"], ["b2"], name="b2"),
+             helper.make_node("Add", ["a2", "b2"], ["y"], name="y")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = compact(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]))
+    onnx.checker.check_model(model)
+    assert [n.name for n in model.graph.node] == ["a1", "b1", "a2", "b2", "y"]
+    assert list(model.graph.node[2].input) == ["a1"]
+
+
 def test_compact_merges_slices_on_other_axes_only():
     """compact: Slice(Slice(x)) becomes one Slice where the two cut distinct axes; two cuts of one axis stay
     two (x[:, :, 1:5][:, :, 1:3] is x[:, :, 2:4]; one Slice holding the axis twice is not a valid graph)."""
