@@ -1044,3 +1044,17 @@ def test_a_step_gives_the_second_trimap_as_the_models_second_input(tmp_path):
     assert torch.equal(x[:, :3], x2[:, :3])
     assert torch.allclose(x[:, 3:] * 255, batch["trimap"].float())
     assert torch.allclose(x2[:, 3:] * 255, batch["trimap2"].float())
+
+
+def test_a_run_with_no_validation_samples_never_validates(tmp_path, monkeypatch):
+    """data.val_every with no test samples (no test split): no validation and no best.safetensors, only the
+    log's lines (docs/commands/train.md: a run whose --data has no test/ split has no best.safetensors)."""
+    monkeypatch.setattr(loop, "validate", lambda *a: pytest.fail("validated on no samples"))
+    s = step_session(tmp_path, "data.val_every=1", "train.log_every=1", "train.iters=2")
+    assert s.val_samples == [] and s.val_iters == 0
+    for i in (1, 2):
+        s.iteration = i
+        after_step(s, loss=0.5, rate=1.0)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [sorted(e) for e in log] == [["iter", "loss", "lr", "samples_per_s"]] * 2
+    assert s.best is None and not (tmp_path / "best.safetensors").exists()
