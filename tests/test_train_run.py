@@ -1058,3 +1058,30 @@ def test_a_run_with_no_validation_samples_never_validates(tmp_path, monkeypatch)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [sorted(e) for e in log] == [["iter", "loss", "lr", "samples_per_s"]] * 2
     assert s.best is None and not (tmp_path / "best.safetensors").exists()
+
+
+def test_a_run_that_starts_fills_its_encoder_from_pretrained_and_a_resumed_one_does_not(tmp_path, synth,
+                                                                                        monkeypatch, capsys):
+    """--pretrained FILE fills the encoder of a run that starts (docs/commands/train.md); a resumed run goes on
+    from its checkpoint's weights and does not read it."""
+    from mattecli.train import pretrained
+
+    loaded = []
+
+    def load(model, recipe, path):
+        loaded.append(path)
+        return {"loaded": 3, "layout": "test", "ignored": []}
+
+    def step(session, batch):
+        session.iteration += 1
+        return 1.0
+
+    monkeypatch.setattr(pretrained, "load_pretrained_encoder", load)
+    monkeypatch.setattr(loop, "train_step", step)
+    recipe = load_recipe("demo-tcp", ["data.crop_size=64", "train.batch_size=2"])
+    run = tmp_path / "r"
+    train(TrainOptions(recipe, synth, run, iters=1, pretrained=tmp_path / "enc.pth", progress=False))
+    assert loaded == [tmp_path / "enc.pth"]
+    assert "3 encoder tensors loaded (test layout), 0 unused" in capsys.readouterr().out
+    train(TrainOptions(recipe, synth, run, iters=2, resume=True, pretrained=tmp_path / "enc.pth", progress=False))
+    assert len(loaded) == 1
