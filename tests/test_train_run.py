@@ -1085,3 +1085,13 @@ def test_a_run_that_starts_fills_its_encoder_from_pretrained_and_a_resumed_one_d
     assert "3 encoder tensors loaded (test layout), 0 unused" in capsys.readouterr().out
     train(TrainOptions(recipe, synth, run, iters=2, resume=True, pretrained=tmp_path / "enc.pth", progress=False))
     assert len(loaded) == 1
+
+
+def test_a_run_that_starts_takes_seed_0_and_the_recipes_length_unless_given(tmp_path, synth):
+    """TrainOptions: --seed defaults to 0 for a run that starts (the run's own on --resume); --iters to the
+    recipe's train.iters."""
+    recipe = load_recipe("demo-indexnet")
+    for seed, iters, want in ((None, None, (0, recipe.train.iters)), (5, 7, (5, 7))):
+        got, got_seed, checkpoint, record = loop._resolve_run(
+            TrainOptions(recipe, synth, tmp_path / "r", seed=seed, iters=iters), tmp_path / "r")
+        assert (got_seed, got.train.iters, checkpoint, record) == (*want, None, None)
