@@ -963,3 +963,24 @@ def test_half_keeps_each_norm_softmax_and_reduction_in_fp32_with_its_parameters(
     assert types[kept.output[0]] == f32
     mul, resize = (next(n for n in half.graph.node if n.op_type == t) for t in ("Mul", "Resize"))
     assert types[mul.output[0]] == types[resize.input[0]] == TensorProto.FLOAT16
+
+
+def test_metadata_says_the_precision_and_the_input_in_words(tmp_path):
+    """docs/deployment.md: `precision` is float32 or float16 (--half); `input` says in words how RGB is
+    normalised (unit: RGB/255 - mean; pixel: RGB - 255 mean) and the trimap encoded (trimap/255, or 3 channels)."""
+    from onnx import helper
+
+    from exporters.onnx import _set_metadata
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 1, 1)).eval()
+    for half in (False, True):
+        path = to_onnx(net, tmp_path / f"{half}.onnx", half=half)
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert meta["precision"] == ("float16" if half else "float32")
+    for name, words in (("demo-indexnet", ("RGB/255 - mean", "trimap/255")), ("tcp", ("RGB/255 - mean", "3 channels")),
+                        ("indexnet-mmagic", ("RGB - 255 mean", "trimap/255"))):
+        graph = helper.make_graph([], "g", [], [])
+        _set_metadata(graph, load_recipe(name), 32)
+        meta = {p.key: p.value for p in graph.metadata_props}
+        text = json.loads(meta["preprocessing"])["input"]
+        assert all(w in text for w in words) and not ("3 channels" in text and "trimap/255" in text), (name, text)
