@@ -1095,3 +1095,14 @@ def test_a_run_that_starts_takes_seed_0_and_the_recipes_length_unless_given(tmp_
         got, got_seed, checkpoint, record = loop._resolve_run(
             TrainOptions(recipe, synth, tmp_path / "r", seed=seed, iters=iters), tmp_path / "r")
         assert (got_seed, got.train.iters, checkpoint, record) == (*want, None, None)
+
+
+def test_a_best_file_validated_after_the_checkpoint_with_an_equal_value_is_the_best_on_resume(tmp_path):
+    """Ties go to the later model, as the authors' `<=` does (hltrainval.py:476, trainval.py:234): a file
+    validated after the checkpoint at the checkpoint's best value is the run's best; one of another metric
+    is not (it compares nothing)."""
+    at_2 = {"metric": "sad", "value": 2.0, "iter": 2}
+    _best_file(tmp_path, {"metric": "sad", "value": 2.0, "iter": 3})
+    assert loop._best_after(tmp_path, 2, at_2, iters=5) == {"metric": "sad", "value": 2.0, "iter": 3}
+    _best_file(tmp_path, {"metric": "grad", "value": 1.0, "iter": 3})
+    assert loop._best_after(tmp_path, 2, at_2, iters=5) == at_2
