@@ -1106,3 +1106,30 @@ def test_a_best_file_validated_after_the_checkpoint_with_an_equal_value_is_the_b
     assert loop._best_after(tmp_path, 2, at_2, iters=5) == {"metric": "sad", "value": 2.0, "iter": 3}
     _best_file(tmp_path, {"metric": "grad", "value": 1.0, "iter": 3})
     assert loop._best_after(tmp_path, 2, at_2, iters=5) == at_2
+
+
+class PooledEncoder(nn.Module):
+    """An encoder whose BatchNorm sees a 1x1 map (global pooling), and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4))
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def encoder_modules(self):
+        return [self.enc]
+
+    def forward(self, x):
+        return self.head(self.enc(x))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_batch_of_one_is_refused_only_where_a_training_batchnorm_sees_a_1x1_map(freeze):
+    """A BatchNorm in eval mode (the encoder's, train.freeze_encoder_bn) normalises a 1x1 map of one sample
+    with its running statistics: only one that trains needs 2 values per channel."""
+    recipe = load_recipe("demo-indexnet", ["train.batch_size=1", f"train.freeze_encoder_bn={str(freeze).lower()}"])
+    if freeze:
+        loop._check_batch_norm(recipe, lambda r: PooledEncoder(), 1)
+    else:
+        with pytest.raises(UsageError, match=r"BatchNorm enc\.1 normalises a 1x1 map"):
+            loop._check_batch_norm(recipe, lambda r: PooledEncoder(), 1)
