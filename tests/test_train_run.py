@@ -1133,3 +1133,14 @@ def test_a_batch_of_one_is_refused_only_where_a_training_batchnorm_sees_a_1x1_ma
     else:
         with pytest.raises(UsageError, match=r"BatchNorm enc\.1 normalises a 1x1 map"):
             loop._check_batch_norm(recipe, lambda r: PooledEncoder(), 1)
+
+
+def test_val_limit_validates_on_at_most_that_many_samples(tmp_path):
+    """TrainOptions.val_limit: validate on at most this many samples of the test split, in its order; 0: all."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path, n_train=1, n_test=3, size=32, seed=1)
+    every = [s.name for s in loop._validation_samples(tmp_path / "test", 0)]
+    assert len(every) == 3
+    assert [[s.name for s in loop._validation_samples(tmp_path / "test", n)] for n in (1, 2, 5)] == \
+        [every[:1], every[:2], every]
