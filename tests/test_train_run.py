@@ -1144,3 +1144,16 @@ def test_val_limit_validates_on_at_most_that_many_samples(tmp_path):
     assert len(every) == 3
     assert [[s.name for s in loop._validation_samples(tmp_path / "test", n)] for n in (1, 2, 5)] == \
         [every[:1], every[:2], every]
+
+
+def test_sync_batchnorm_keeps_each_batchnorms_eps_momentum_and_mode():
+    """convert_sync_bn: every BatchNorm as SyncBatchNorm with its own eps and momentum (A2U's InPlaceABNSync
+    and TCP's BN are not torch's defaults) and its training or eval mode."""
+    from mattecli.models.layers import BNAct
+
+    model = nn.Sequential(nn.BatchNorm2d(2, eps=1e-3, momentum=0.3), BNAct(2, "leaky_relu", 0.01))
+    model[1].eps, model[1].momentum = 2e-5, 0.05
+    model[1].eval()
+    synced = loop.convert_sync_bn(model)
+    assert [(type(m).__name__, m.eps, m.momentum, m.training) for m in synced] == [
+        ("SyncBatchNorm", 1e-3, 0.3, True), ("SyncBNAct", 2e-5, 0.05, False)]
