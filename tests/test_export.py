@@ -378,6 +378,57 @@ def test_default_sizes():
     assert Parity(32, 32, 2e-4, 0, 0.5).ok is False  # a small output is held to 1e-4 itself, not to less
 
 
+def test_default_sizes_are_non_square_both_ways_round_and_1080p():
+    """verify.default_sizes: 3 strides wide by 5 high, 11 by 7, and 1920x1088 (Size is WIDTHxHEIGHT)."""
+    assert default_sizes(32) == [Size(96, 160), Size(352, 224), Size(1920, 1088)]
+    assert default_sizes(16)[:2] == [Size(48, 80), Size(176, 112)]
+
+
+def test_the_reference_runs_with_tf32_off_and_the_settings_come_back():
+    """verify.strict_fp32: TF32 off in torch's CUDA convolutions and matmuls for the reference (cuDNN allows
+    it by default), the caller's settings back afterwards, also after an error."""
+    from exporters.verify import strict_fp32
+
+    backends = torch.backends
+    saved = backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32
+    try:
+        backends.cudnn.allow_tf32 = backends.cuda.matmul.allow_tf32 = True
+        with pytest.raises(KeyError), strict_fp32():
+            assert (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32) == (False, False)
+            raise KeyError("stop")
+        assert (backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32) == (True, True)
+    finally:
+        backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_verify_reads_the_error_against_the_references_scale_at_the_given_tolerance():
+    """verify: each size's Parity is the aligned input's height and width, the max-abs error, and the scale of
+    the reference (PyTorch's max |output|, not the backend's), allowed `tolerance` per unit of that scale."""
+    class Const:
+        recipe = load_recipe("demo-indexnet")
+
+        def __init__(self, value):
+            self.value = value
+
+        def __call__(self, x):
+            return np.full((x.shape[0], 1, *x.shape[2:]), self.value, np.float64)
+
+    (r,) = verify(Const(2.5), Const(2.0), [Size(96, 64)])
+    assert (r.height, r.width, r.max_abs, r.mean_abs, r.scale) == (64, 96, 0.5, 0.5, 2.0)
+    assert not r.ok and r.allowed == pytest.approx(2e-4)
+    (r,) = verify(Const(2.5), Const(2.0), [Size(96, 64)], tolerance=0.25)
+    assert r.ok and r.allowed == 0.5
+
+
+def test_the_tolerance_is_per_unit_of_the_outputs_scale_and_at_least_absolute():
+    """verify.py: max-abs per unit of max |output|, 1 at least: an output under 1 (a trained matte, or all
+    zeros) is held to TOLERANCE absolute, not to a fraction of it; the bound itself passes."""
+    assert [Parity(32, 32, 0.9e-4, 0, scale).ok for scale in (0.0, 0.5, 1.0)] == [True, True, True]
+    assert Parity(32, 32, 0.9e-4, 0, 0.5).allowed == TOLERANCE == 1e-4
+    assert Parity(32, 32, 3e-4, 0, 4.0).allowed == pytest.approx(4e-4) and Parity(32, 32, 4e-4, 0, 4.0).ok
+    assert Parity(32, 32, 1e-2, 0, 1.0, tolerance=1e-2).ok and not Parity(32, 32, 1.1e-2, 0, 1.0, tolerance=1e-2).ok
+
+
 # ----------------------------------------------------------------------------------------------
 # Compaction (exporters.onnx.compact)
 
@@ -469,6 +520,49 @@ def test_compact_shares_integer_constants_only(tmp_path):
     assert [n.op_type for n in model.graph.node] == ["Reshape", "Reshape", "Mul", "Mul"]
     assert sorted(t.name for t in model.graph.initializer) == ["a1", "f1", "f2"]
     assert [list(n.input) for n in model.graph.node] == [["x", "a1"], ["r1", "a1"], ["r2", "f1"], ["m", "f2"]]
+
+
+def test_compact_lists_nodes_breadth_first_and_drops_chained_identities():
+    """compact: Kahn's order with a first-in first-out queue, ties in the given order (two chains a, b from
+    the input: a1, b1, a2, b2); Identity nodes dropped, a chain of two too, their readers reading the source."""
+    from onnx import TensorProto, helper
+
+    from exporters.onnx import compact
+
+    nodes = [helper.make_node("Relu", ["x"], ["a1"], name="a1"), helper.make_node("Identity", ["a1"], ["i1"]),
+             helper.make_node("Identity", ["i1"], ["i2"]), helper.make_node("Relu", ["i2"], ["a2"], name="a2"),
+             helper.make_node("Neg", ["x"], ["b1"], name="b1"), helper.make_node("Neg", ["b1"], ["b2"], name="b2"),
+             helper.make_node("Add", ["a2", "b2"], ["y"], name="y")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = compact(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]))
+    onnx.checker.check_model(model)
+    assert [n.name for n in model.graph.node] == ["a1", "b1", "a2", "b2", "y"]
+    assert list(model.graph.node[2].input) == ["a1"]
+
+
+def test_compact_merges_slices_on_other_axes_only():
+    """compact: Slice(Slice(x)) becomes one Slice where the two cut distinct axes; two cuts of one axis stay
+    two (x[:, :, 1:5][:, :, 1:3] is x[:, :, 2:4]; one Slice holding the axis twice is not a valid graph)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.onnx import compact
+
+    def ints(name, values):
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    inits = [ints("s1", [1]), ints("e1", [5]), ints("a2", [2]), ints("one", [1]), ints("e2", [3]), ints("a3", [3])]
+    x = np.arange(2 * 6 * 6, dtype=np.float32).reshape(1, 2, 6, 6)
+    for axis, want in (("a2", x[:, :, 2:4]), ("a3", x[:, :, 1:5, 1:3])):
+        nodes = [helper.make_node("Slice", ["x", "s1", "e1", "a2", "one"], ["t"]),
+                 helper.make_node("Slice", ["t", "s1", "e2", axis, "one"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+        model = compact(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]))
+        assert len(model.graph.node) == (2 if axis == "a2" else 1)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], want)
 
 
 def test_the_graph_is_budgeted_by_its_onnx_runtime_figure_and_the_weights_by_pytorchs(exported):
@@ -818,3 +912,75 @@ def test_verify_sizes_an_engine_cannot_run_are_refused_before_building_it():
     _check_verify_sizes([Size(300, 100)], cfg, profile, True, False, True)  # an ONNX graph runs any size
     with pytest.raises(UsageError, match=r"^--verify-sizes 64x64: a static graph runs at --opt-shape 128x96 only"):
         _check_verify_sizes([Size(127, 95), Size(64, 64)], cfg, profile, False, False, True)
+
+
+def test_verify_allows_1e_4_or_1e_2_with_half_per_unit_of_scale():
+    """docs/commands/export.md: `--verify` exits 1 above 1e-4 (1e-2 with `--half`) times the output's scale
+    (at least 1): an FP16 graph 1.5e-2 off at scale 1 fails, 0.9e-2 off passes; FP32 0.9e-4 passes, 1.1e-4 fails."""
+    from exporters.export import ExportOptions
+    from exporters.verify import HALF_TOLERANCE
+
+    assert [ExportOptions(Path("w"), Path("o"), half=half).tolerance for half in (False, True)] == [1e-4, 1e-2]
+    assert [Parity(32, 32, err, 0, 1.0, tolerance=HALF_TOLERANCE).ok for err in (0.9e-2, 1.5e-2)] == [True, False]
+    assert [Parity(32, 32, err, 0, 1.0).ok for err in (0.9e-4, 1.1e-4)] == [True, False]
+
+
+@pytest.mark.parametrize("op", ["BatchNormalization", "Softmax", "ReduceMean", "ReduceSum", "GlobalAveragePool",
+                                "LayerNormalization", "InstanceNormalization"])
+def test_half_keeps_each_norm_softmax_and_reduction_in_fp32_with_its_parameters(op):
+    """to_half (docs/deployment.md, --half): FP16 weights and activations, but each normalisation, softmax and
+    reduction fed and run in FP32 with its parameters (scale, bias, statistics) in FP32; Resize's scales
+    stay float32 as the operator requires; input and output float32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.onnx import to_half
+
+    f32 = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(np.full((1, 2, 1, 1), 0.5, np.float32), "w"),
+             numpy_helper.from_array(np.array([], np.float32), "roi"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")]
+    params = {"BatchNormalization": [np.ones(2), np.zeros(2), np.zeros(2), np.ones(2)],
+              "LayerNormalization": [np.ones(4), np.zeros(4)], "InstanceNormalization": [np.ones(2), np.zeros(2)],
+              "ReduceSum": [np.array([1], np.int64)]}.get(op, [])
+    names = [f"p{i}" for i in range(len(params))]
+    inits += [numpy_helper.from_array(p if p.dtype == np.int64 else p.astype(np.float32), n)
+              for n, p in zip(names, params)]
+    attrs = {"axes": [1]} if op == "ReduceMean" else {}
+    nodes = [helper.make_node("Mul", ["x", "w"], ["m"]), helper.make_node(op, ["m", *names], ["n"], **attrs),
+             helper.make_node("Resize", ["n", "roi", "scales"], ["y"], mode="nearest")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f32, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", f32, None)], initializer=inits)
+    half = onnx.shape_inference.infer_shapes(to_half(helper.make_model(
+        graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])))
+    values = [*half.graph.value_info, *half.graph.input, *half.graph.output]
+    types = {v.name: v.type.tensor_type.elem_type for v in values}
+    types.update({t.name: t.data_type for t in half.graph.initializer})
+    assert types["x"] == types["y"] == f32 and types["w"] == TensorProto.FLOAT16
+    assert types["roi"] == types["scales"] == f32
+    kept = next(n for n in half.graph.node if n.op_type == op)
+    param = TensorProto.INT64 if op == "ReduceSum" else f32  # ReduceSum's axes input: int64
+    assert [types[name] for name in kept.input] == [f32] + [param] * len(names)
+    assert types[kept.output[0]] == f32
+    mul, resize = (next(n for n in half.graph.node if n.op_type == t) for t in ("Mul", "Resize"))
+    assert types[mul.output[0]] == types[resize.input[0]] == TensorProto.FLOAT16
+
+
+def test_metadata_says_the_precision_and_the_input_in_words(tmp_path):
+    """docs/deployment.md: `precision` is float32 or float16 (--half); `input` says in words how RGB is
+    normalised (unit: RGB/255 - mean; pixel: RGB - 255 mean) and the trimap encoded (trimap/255, or 3 channels)."""
+    from onnx import helper
+
+    from exporters.onnx import _set_metadata
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 1, 1)).eval()
+    for half in (False, True):
+        path = to_onnx(net, tmp_path / f"{half}.onnx", half=half)
+        meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        assert meta["precision"] == ("float16" if half else "float32")
+    for name, words in (("demo-indexnet", ("RGB/255 - mean", "trimap/255")), ("tcp", ("RGB/255 - mean", "3 channels")),
+                        ("indexnet-mmagic", ("RGB - 255 mean", "trimap/255"))):
+        graph = helper.make_graph([], "g", [], [])
+        _set_metadata(graph, load_recipe(name), 32)
+        meta = {p.key: p.value for p in graph.metadata_props}
+        text = json.loads(meta["preprocessing"])["input"]
+        assert all(w in text for w in words) and not ("3 channels" in text and "trimap/255" in text), (name, text)

@@ -896,3 +896,264 @@ def test_a_checkpoint_cut_short_by_a_crash_is_never_taken_for_the_newest(tmp_pat
     monkeypatch.undo()
     assert [i for i, _ in ckpt.checkpoints(tmp_path)] == [2]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_00000002.pt"]
+
+
+class TwoPart(nn.Module):
+    """An encoder (the low-lr group) and a head, each a 1x1 convolution and a BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3))
+        self.head = nn.Sequential(nn.Conv2d(3, 1, 1), nn.BatchNorm2d(1))
+
+    def encoder_modules(self):
+        return [self.enc]
+
+    def forward(self, x):
+        return torch.sigmoid(self.head(self.enc(x)))
+
+
+def step_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    trimap = torch.tensor([0, 128, 255], dtype=torch.uint8)[torch.randint(0, 3, (2, 1, 8, 8), generator=g)]
+    trimap[:, :, :2] = 128  # every sample has unknown pixels
+    image, alpha = torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g)
+    return {"image": image, "trimap": trimap, "alpha": alpha}
+
+
+def step_session(tmp_path, *sets, seed=0, model=None):
+    torch.manual_seed(seed)
+    recipe = load_recipe("demo-indexnet", ["train.loss=alpha", "train.lr=0.01", "train.encoder_lr=0.001", *sets])
+    return session_for(recipe, model or TwoPart(), tmp_path)
+
+
+@pytest.mark.parametrize("unit,milestone,at,factors", [("iters", 2, (1, 2), (1.0, 0.1)),
+                                                       ("epochs", 1, (3, 4), (1.0, 0.1))])
+def test_a_step_runs_adam_at_each_groups_rate_of_its_iteration(tmp_path, unit, milestone, at, factors):
+    """train_step: the rate of step i (0-based) is base_lr x lr_factor(i), the encoder's train.encoder_lr and the
+    new layers' train.lr (indexnet.md: 1e-2 new layers, 1e-4 the encoder); Adam's first step moves each
+    parameter by lr x g / (|g| + eps), eps 1e-8 (Kingma & Ba, Algorithm 1)."""
+    for iteration, factor in zip(at, factors):
+        s = step_session(tmp_path, f"train.milestones=[{milestone}]", f"train.milestone_unit={unit}",
+                         "train.gamma=0.1")  # session_for: 4 batches per epoch
+        s.iteration = iteration
+        before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+        loop.train_step(s, step_batch())
+        assert s.iteration == iteration + 1
+        assert [(g["name"], g["lr"]) for g in s.optimizer.param_groups] == [
+            ("encoder", pytest.approx(0.001 * factor)), ("new", pytest.approx(0.01 * factor))]
+        for name, p in s.model.named_parameters():
+            lr = (0.001 if name.startswith("enc.") else 0.01) * factor
+            moved = p.detach() - before[name]
+            assert torch.allclose(moved, -lr * p.grad / (p.grad.abs() + 1e-8), rtol=1e-3, atol=1e-8), name
+
+
+def test_a_step_clips_the_gradient_norm_and_starts_from_zero_gradients(tmp_path):
+    """train.grad_clip: the gradients Adam steps on have a total norm of at most grad_clip
+    (torch.nn.utils.clip_grad_norm_); 0 leaves them as they are. Each step's gradients are its own
+    batch's: a second step on the same batch at learning rate 0 has the same gradients (zero_grad)."""
+    norms = {}
+    for clip in (0.0, 0.005):
+        s = step_session(tmp_path, "train.lr=0", "train.encoder_lr=0", f"train.grad_clip={clip}")
+        grads = []
+        for _ in range(2):
+            loop.train_step(s, step_batch())
+            grads.append([p.grad.clone() for p in s.model.parameters()])
+        assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(*grads))
+        norms[clip] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads[1]])))
+    assert norms[0.0] > 0.02 and norms[0.005] == pytest.approx(0.005, rel=1e-3)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_step_trains_the_model_with_the_encoders_batchnorm_frozen_if_asked(tmp_path, freeze):
+    """train.freeze_encoder_bn (indexnet.md: the encoder's BN frozen): a step puts the model in training mode
+    (a validation left it in eval) with the encoder's BatchNorms in eval mode, their statistics unchanged;
+    without it every BatchNorm trains."""
+    s = step_session(tmp_path, f"train.freeze_encoder_bn={str(freeze).lower()}")
+    s.model.eval()
+    enc_bn, head_bn = s.model.enc[1], s.model.head[1]
+    loop.train_step(s, step_batch())
+    assert (enc_bn.training, head_bn.training) == (not freeze, True)
+    assert torch.equal(enc_bn.running_mean, torch.zeros(3)) == freeze
+    assert not torch.equal(head_bn.running_mean, torch.zeros(1))
+
+
+def test_the_log_holds_each_steps_loss_the_new_layers_rate_and_its_samples_per_second(tmp_path, monkeypatch):
+    """after_step: a log line every train.log_every iterations and at the run's last (docs/commands/train.md:
+    `iter`, `loss`, `lr`, `samples_per_s`), `lr` the new layers' rate (train.lr); last.safetensors and a
+    checkpoint every train.checkpoint_every iterations and at the last; curves.png with a log line there."""
+    from mattecli.train import curves
+
+    drawn = []
+    monkeypatch.setattr(curves, "plot_curves", lambda history, path: drawn.append(history[-1]["iter"]))
+    s = step_session(tmp_path, "train.log_every=2", "train.checkpoint_every=3", "train.iters=5")
+    s.optimizer.param_groups[0]["lr"], s.optimizer.param_groups[1]["lr"] = 0.0003, 0.003  # as a step sets them
+    checkpoints = []
+    for i in range(1, 6):
+        s.iteration = i
+        after_step(s, loss=1.0 / i, rate=12.345678)
+        checkpoints.append(ckpt.latest_checkpoint(tmp_path))
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log == [{"iter": i, "loss": 1.0 / i, "lr": 0.003, "samples_per_s": 12.35} for i in (2, 4, 5)]
+    assert [c and c.name for c in checkpoints] == [None, None, "iter_00000003.pt", "iter_00000003.pt",
+                                                   "iter_00000005.pt"]
+    assert (tmp_path / "last.safetensors").is_file() and drawn == [5]  # drawn with a log line: at 3 there is none
+
+
+def test_a_run_builds_its_seeded_model_and_adam_with_the_recipes_betas_and_weight_decay(tmp_path, synth, monkeypatch):
+    """The model is built after torch.manual_seed(--seed) (a run is reproducible from its seed); the optimiser
+    is Adam with train.betas and train.weight_decay (a2u.md, tcp.md: Adam, weight decay as given)."""
+    from mattecli.models import build_model
+
+    seen = {}
+
+    def step(session, batch):
+        seen["adam"] = {k: session.optimizer.defaults[k] for k in ("betas", "weight_decay")}
+        seen["state"] = {k: v.clone() for k, v in session.model.state_dict().items()}
+        session.iteration += 1
+        return 1.0
+
+    monkeypatch.setattr(loop, "train_step", step)
+    recipe = load_recipe("demo-tcp", ["data.crop_size=64", "train.batch_size=2", "train.betas=[0.5, 0.9]",
+                                      "train.weight_decay=0.01"])
+    train(TrainOptions(recipe, synth, tmp_path / "r", iters=1, seed=7, pretrained="none", progress=False))
+    assert seen["adam"] == {"betas": (0.5, 0.9), "weight_decay": 0.01}
+    torch.manual_seed(7)
+    want = build_model(recipe).state_dict()
+    assert want.keys() == seen["state"].keys() and all(torch.equal(seen["state"][k], v) for k, v in want.items())
+
+
+class TwoTrimaps(TwoPart):
+    """TwoPart taking TCP's second input (the image with the noisier trimap), recording both."""
+
+    takes_second_trimap = True
+
+    def forward(self, x, x2):
+        self.seen = (x, x2)
+        return super().forward(x) + 0 * x2[:, :1]
+
+
+def test_a_step_gives_the_second_trimap_as_the_models_second_input(tmp_path):
+    """The tcp pipelines' `trimap2` (the noisier trimap of TCP's textural path, data/pipelines.py) is the
+    model's second input, encoded as the first: the same normalised image beside trimap2 / 255."""
+    s = step_session(tmp_path, model=TwoTrimaps())
+    batch = step_batch()
+    batch["trimap2"] = torch.where(batch["trimap"] == 128, torch.tensor(255, dtype=torch.uint8), batch["trimap"])
+    loop.train_step(s, batch)
+    x, x2 = s.model.seen
+    assert torch.equal(x[:, :3], x2[:, :3])
+    assert torch.allclose(x[:, 3:] * 255, batch["trimap"].float())
+    assert torch.allclose(x2[:, 3:] * 255, batch["trimap2"].float())
+
+
+def test_a_run_with_no_validation_samples_never_validates(tmp_path, monkeypatch):
+    """data.val_every with no test samples (no test split): no validation and no best.safetensors, only the
+    log's lines (docs/commands/train.md: a run whose --data has no test/ split has no best.safetensors)."""
+    monkeypatch.setattr(loop, "validate", lambda *a: pytest.fail("validated on no samples"))
+    s = step_session(tmp_path, "data.val_every=1", "train.log_every=1", "train.iters=2")
+    assert s.val_samples == [] and s.val_iters == 0
+    for i in (1, 2):
+        s.iteration = i
+        after_step(s, loss=0.5, rate=1.0)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [sorted(e) for e in log] == [["iter", "loss", "lr", "samples_per_s"]] * 2
+    assert s.best is None and not (tmp_path / "best.safetensors").exists()
+
+
+def test_a_run_that_starts_fills_its_encoder_from_pretrained_and_a_resumed_one_does_not(tmp_path, synth,
+                                                                                        monkeypatch, capsys):
+    """--pretrained FILE fills the encoder of a run that starts (docs/commands/train.md); a resumed run goes on
+    from its checkpoint's weights and does not read it."""
+    from mattecli.train import pretrained
+
+    loaded = []
+
+    def load(model, recipe, path):
+        loaded.append(path)
+        return {"loaded": 3, "layout": "test", "ignored": []}
+
+    def step(session, batch):
+        session.iteration += 1
+        return 1.0
+
+    monkeypatch.setattr(pretrained, "load_pretrained_encoder", load)
+    monkeypatch.setattr(loop, "train_step", step)
+    recipe = load_recipe("demo-tcp", ["data.crop_size=64", "train.batch_size=2"])
+    run = tmp_path / "r"
+    train(TrainOptions(recipe, synth, run, iters=1, pretrained=tmp_path / "enc.pth", progress=False))
+    assert loaded == [tmp_path / "enc.pth"]
+    assert "3 encoder tensors loaded (test layout), 0 unused" in capsys.readouterr().out
+    train(TrainOptions(recipe, synth, run, iters=2, resume=True, pretrained=tmp_path / "enc.pth", progress=False))
+    assert len(loaded) == 1
+
+
+def test_a_run_that_starts_takes_seed_0_and_the_recipes_length_unless_given(tmp_path, synth):
+    """TrainOptions: --seed defaults to 0 for a run that starts (the run's own on --resume); --iters to the
+    recipe's train.iters."""
+    recipe = load_recipe("demo-indexnet")
+    for seed, iters, want in ((None, None, (0, recipe.train.iters)), (5, 7, (5, 7))):
+        got, got_seed, checkpoint, record = loop._resolve_run(
+            TrainOptions(recipe, synth, tmp_path / "r", seed=seed, iters=iters), tmp_path / "r")
+        assert (got_seed, got.train.iters, checkpoint, record) == (*want, None, None)
+
+
+def test_a_best_file_validated_after_the_checkpoint_with_an_equal_value_is_the_best_on_resume(tmp_path):
+    """Ties go to the later model, as the authors' `<=` does (hltrainval.py:476, trainval.py:234): a file
+    validated after the checkpoint at the checkpoint's best value is the run's best; one of another metric
+    is not (it compares nothing)."""
+    at_2 = {"metric": "sad", "value": 2.0, "iter": 2}
+    _best_file(tmp_path, {"metric": "sad", "value": 2.0, "iter": 3})
+    assert loop._best_after(tmp_path, 2, at_2, iters=5) == {"metric": "sad", "value": 2.0, "iter": 3}
+    _best_file(tmp_path, {"metric": "grad", "value": 1.0, "iter": 3})
+    assert loop._best_after(tmp_path, 2, at_2, iters=5) == at_2
+
+
+class PooledEncoder(nn.Module):
+    """An encoder whose BatchNorm sees a 1x1 map (global pooling), and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4))
+        self.head = nn.Conv2d(4, 1, 1)
+
+    def encoder_modules(self):
+        return [self.enc]
+
+    def forward(self, x):
+        return self.head(self.enc(x))
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_a_batch_of_one_is_refused_only_where_a_training_batchnorm_sees_a_1x1_map(freeze):
+    """A BatchNorm in eval mode (the encoder's, train.freeze_encoder_bn) normalises a 1x1 map of one sample
+    with its running statistics: only one that trains needs 2 values per channel."""
+    recipe = load_recipe("demo-indexnet", ["train.batch_size=1", f"train.freeze_encoder_bn={str(freeze).lower()}"])
+    if freeze:
+        loop._check_batch_norm(recipe, lambda r: PooledEncoder(), 1)
+    else:
+        with pytest.raises(UsageError, match=r"BatchNorm enc\.1 normalises a 1x1 map"):
+            loop._check_batch_norm(recipe, lambda r: PooledEncoder(), 1)
+
+
+def test_val_limit_validates_on_at_most_that_many_samples(tmp_path):
+    """TrainOptions.val_limit: validate on at most this many samples of the test split, in its order; 0: all."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path, n_train=1, n_test=3, size=32, seed=1)
+    every = [s.name for s in loop._validation_samples(tmp_path / "test", 0)]
+    assert len(every) == 3
+    assert [[s.name for s in loop._validation_samples(tmp_path / "test", n)] for n in (1, 2, 5)] == \
+        [every[:1], every[:2], every]
+
+
+def test_sync_batchnorm_keeps_each_batchnorms_eps_momentum_and_mode():
+    """convert_sync_bn: every BatchNorm as SyncBatchNorm with its own eps and momentum (A2U's InPlaceABNSync
+    and TCP's BN are not torch's defaults) and its training or eval mode."""
+    from mattecli.models.layers import BNAct
+
+    model = nn.Sequential(nn.BatchNorm2d(2, eps=1e-3, momentum=0.3), BNAct(2, "leaky_relu", 0.01))
+    model[1].eps, model[1].momentum = 2e-5, 0.05
+    model[1].eval()
+    synced = loop.convert_sync_bn(model)
+    assert [(type(m).__name__, m.eps, m.momentum, m.training) for m in synced] == [
+        ("SyncBatchNorm", 1e-3, 0.3, True), ("SyncBNAct", 2e-5, 0.05, False)]
