@@ -1157,3 +1157,52 @@ def test_sync_batchnorm_keeps_each_batchnorms_eps_momentum_and_mode():
     synced = loop.convert_sync_bn(model)
     assert [(type(m).__name__, m.eps, m.momentum, m.training) for m in synced] == [
         ("SyncBatchNorm", 1e-3, 0.3, True), ("SyncBNAct", 2e-5, 0.05, False)]
+
+
+def _notes(tmp_path, capsys, iteration, ran=None, opts_kw=None, sets=(), length=None):
+    """What _resume_notes says on resuming at `iteration` a run recorded with train.iters `ran`
+    (the resolved run's length `length`, else the given recipe's)."""
+    given = load_recipe("demo-indexnet", list(sets))
+    recipe = given if length is None else dataclasses.replace(given, train=dataclasses.replace(given.train, iters=length))
+    opts = TrainOptions(given, tmp_path, tmp_path / "run", **(opts_kw or {}))
+    record = None if ran is None else ckpt.RunRecord(
+        dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, iters=ran)).to_dict(), 0, str(tmp_path))
+    capsys.readouterr()
+    loop._resume_notes(tmp_path / "run", opts, recipe, iteration, record)
+    return capsys.readouterr().out
+
+
+def test_resume_notes_on_pretrained_only_where_a_checkpoint_holds_the_weights(tmp_path, capsys):
+    """docs/commands/train.md: --pretrained FILE is not read on --resume from a checkpoint; a resume
+    that found none (iteration 0) starts the run, which reads it; `none` is never a note."""
+    said = "is not read: the run goes on from its checkpoint's weights"
+    assert said in _notes(tmp_path, capsys, 3, opts_kw={"pretrained": tmp_path / "mbv2.pth"})
+    assert _notes(tmp_path, capsys, 0, opts_kw={"pretrained": tmp_path / "mbv2.pth"}) == ""
+    assert _notes(tmp_path, capsys, 3, opts_kw={"pretrained": "none"}) == ""
+    assert _notes(tmp_path, capsys, 3) == ""
+
+
+def test_resume_notes_on_set_train_iters_only_where_it_differs_from_the_runs_length(tmp_path, capsys):
+    """--set train.iters=N is not read on --resume: said where N is not the run's length, not where
+    it is the same number (nothing is lost), nor where --iters was given."""
+    kw, sets = {"iters_set": True}, ["train.iters=7"]
+    assert ("note: --set train.iters=7 is not read on --resume: the run goes on to its length, 2 iterations "
+            "(--iters 7 sets it)") in _notes(tmp_path, capsys, 1, opts_kw=kw, sets=sets, length=2)
+    assert _notes(tmp_path, capsys, 1, opts_kw=kw, sets=sets, length=7) == ""
+    assert _notes(tmp_path, capsys, 1, opts_kw={"iters_set": True, "iters": 2}, sets=sets, length=2) == ""
+
+
+def test_resume_notes_on_a_cosine_schedule_stretched_by_iters(tmp_path, capsys):
+    """docs/commands/train.md: --resume --iters N with a cosine schedule spans N: the rate at the
+    resumed iteration is said (hand computed: iters 4, iteration 1 -> 0.5 (1 + cos(pi/4)) = 0.854;
+    the run's 1 -> 0); in the warm-up (iteration < warmup_iters) the warm-up is the run's; the
+    same length or a multi-step schedule is no note."""
+    cos = ["train.schedule=cosine", "train.iters=4"]
+    assert ("the cosine schedule now spans 4 iterations, not the run's 1, so the learning rate at iteration 1 is "
+            "0.854 x train.lr, not 0 x") in _notes(tmp_path, capsys, 1, ran=1, sets=cos)
+    assert "schedule" not in _notes(tmp_path, capsys, 1, ran=4, sets=cos)
+    assert "schedule" not in _notes(tmp_path, capsys, 1, ran=1, sets=["train.schedule=multistep", "train.iters=4"])
+    warm = cos + ["train.warmup_iters=2"]
+    assert "the warm-up (to iteration 2) is the run's" in _notes(tmp_path, capsys, 1, ran=3, sets=warm)
+    # iteration 3 of 4 after a warm-up of 2: (3 - 2) / (4 - 2) -> 0.5 (1 + cos(pi/2)) = 0.5; of 3: 1 / 1 -> 0
+    assert "at iteration 3 is 0.5 x train.lr, not 0 x" in _notes(tmp_path, capsys, 3, ran=3, sets=warm)
