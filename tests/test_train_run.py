@@ -1163,7 +1163,8 @@ def _notes(tmp_path, capsys, iteration, ran=None, opts_kw=None, sets=(), length=
     """What _resume_notes says on resuming at `iteration` a run recorded with train.iters `ran`
     (the resolved run's length `length`, else the given recipe's)."""
     given = load_recipe("demo-indexnet", list(sets))
-    recipe = given if length is None else dataclasses.replace(given, train=dataclasses.replace(given.train, iters=length))
+    recipe = given if length is None else dataclasses.replace(
+        given, train=dataclasses.replace(given.train, iters=length))
     opts = TrainOptions(given, tmp_path, tmp_path / "run", **(opts_kw or {}))
     record = None if ran is None else ckpt.RunRecord(
         dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, iters=ran)).to_dict(), 0, str(tmp_path))
