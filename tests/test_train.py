@@ -234,6 +234,12 @@ def test_validate_equals_the_per_sample_loop_it_replaced(synth, monkeypatch, cap
     monkeypatch.setattr(mattecli.parallel, "ProcessPoolExecutor", None)
     assert validate(model, recipe, samples, torch.device("cpu")) == expected
     assert model.training  # restored
+    model.eval()  # restored, not set to training: a model validated in eval mode stays in it
+    assert validate(model, recipe, samples, torch.device("cpu")) == expected and not model.training
+    # the mean over the samples as listed (hand computed from the per-sample scores), not their median
+    three = {k: float(np.mean([scores[0][k], scores[1][k], scores[0][k]])) for k in scores[0]}
+    assert validate(model, recipe, [samples[0], samples[1], samples[0]], torch.device("cpu")) == three
+    model.train()
     assert capfd.readouterr() == ("", "")  # no progress bar, nothing printed
     # on CUDA the backend turns cudnn.benchmark on, process-wide: the steps after a validation ran on
     # autotuned algorithms (simulated here: the backend sets it as it does on a GPU)
