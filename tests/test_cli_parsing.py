@@ -13,6 +13,14 @@ def test_parse_memory(text, value):
     assert parse_memory(text) == value
 
 
+@pytest.mark.parametrize("text, value", [("512K", 512 * 1024), ("1KiB", 1024), ("2T", 2 * 2**40), ("1 TiB", 2**40),
+                                         ("3MiB", 3 * 2**20), ("100B", 100), ("100", 100)])
+def test_every_memory_unit_is_binary(text, value):
+    """parse_memory's rule, binary units (1 GB = 2**30), for each prefix: K 2**10, M 2**20, T 2**40; no unit or B is
+    bytes (hand computed)."""
+    assert parse_memory(text) == value
+
+
 @pytest.mark.parametrize("text", ["lots", "4XB", "-1GB", "GB"])
 def test_parse_memory_refuses_naming_the_option(text):
     with pytest.raises(UsageError, match=f"^--max-memory '{text}': expected a size"):
@@ -44,7 +52,7 @@ def test_sizes_are_width_by_height():
 
 # "1080\u00b2" (a superscript) passed str.isdigit and was int()'s ValueError traceback; other scripts' digits
 # were taken as numbers
-@pytest.mark.parametrize("bad", ["1920", "1920x", "0x10", "axb", "1920x1080x3", "96*160", "", "1920x1080\u00b2",
+@pytest.mark.parametrize("bad", ["1920", "1920x", "0x10", "10x0", "axb", "1920x1080x3", "96*160", "", "1920x1080\u00b2",
                                  "\u0661\u0669\u0662\u0660x1080"])
 def test_bad_sizes_name_the_option_and_the_convention(bad):
     with pytest.raises(UsageError, match="^--verify-sizes: .*WIDTHxHEIGHT"):
