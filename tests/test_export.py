@@ -725,6 +725,22 @@ def test_exported_file_suffix_picks_the_onnx_backend(weights, tmp_path):
     assert isinstance(load_backend(Path(weights)), TorchBackend)
 
 
+def test_backend_torch_runs_a_weights_file_of_any_other_suffix(weights, tmp_path):
+    """docs/commands/infer.md: --backend is torch, onnx or trt, by default from the suffix; named, torch
+    opens a weights file whatever its name (only an ONNX graph's or an engine's suffix is refused)."""
+    import shutil
+
+    from mattecli.inference.backends import implied_backend
+
+    renamed = Path(shutil.copy(weights, tmp_path / "m.weights"))
+    assert implied_backend(renamed) is None and implied_backend(renamed, "torch") == "torch"
+    assert isinstance(load_backend(renamed, "torch"), TorchBackend)
+    graph = tmp_path / "m.ONNX"  # a suffix in any case, as every command takes it: refused before it is read
+    graph.write_bytes(b"not read")
+    with pytest.raises(UsageError, match="this is an ONNX graph: use --backend onnx"):
+        load_backend(graph, "torch")
+
+
 @pytest.mark.parametrize("shapes, dynamic_hw, profile", [
     (["--min-shape", "320x320", "--opt-shape", "640x320", "--max-shape", "960x640"], True,  # the issue's form
      ((320, 320), (320, 640), (640, 960))),
