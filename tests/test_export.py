@@ -1000,3 +1000,11 @@ def test_metadata_says_the_precision_and_the_input_in_words(tmp_path):
         meta = {p.key: p.value for p in graph.metadata_props}
         text = json.loads(meta["preprocessing"])["input"]
         assert all(w in text for w in words) and not ("3 channels" in text and "trimap/255" in text), (name, text)
+
+
+def test_a_weights_file_on_the_cpu_runs_its_batchnorms_unfolded(weights):
+    """docs/architecture.md: TorchBackend folds the BatchNorms into the convolutions on CUDA only; on the
+    CPU the loaded model keeps them (the reference path, bit for bit the unfolded model)."""
+    backend = TorchBackend.load(weights, "cpu")
+    assert backend.folded == 0
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backend.model.modules())
