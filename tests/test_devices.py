@@ -500,3 +500,14 @@ def test_bench_e2e_names_a_failing_size_and_times_the_others(tmp_path, monkeypat
     assert "exported for 64x64 input only" in err and "Traceback" not in err
     rows = json.loads((tmp_path / "e.json").read_text())["rows"]
     assert [r["size"] for r in rows] == ["96x64", "64x64"] and "error" in rows[0] and rows[1]["images_per_s"] > 0
+
+
+def test_onnx_runtime_runs_on_the_gpu_the_device_names():
+    """docs/commands/infer.md: --device cuda (torch's first GPU) or cuda:N; ONNX Runtime gets CUDA on that
+    device_id, then the CPU for the operators CUDA lacks; a cpu device gets the CPU alone."""
+    from mattecli.inference.backends import _onnx_providers
+
+    ort = SimpleNamespace(get_available_providers=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert _onnx_providers(ort, "cuda") == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert _onnx_providers(ort, "cuda:1") == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert _onnx_providers(ort, "cpu") == ["CPUExecutionProvider"]
