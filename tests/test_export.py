@@ -343,6 +343,9 @@ def test_static_export_is_fixed_and_says_so_at_other_sizes(tmp_path):
     path = to_onnx(model, tmp_path / "s.onnx", dynamic=False, recipe=recipe, size=(64, 96))
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 4, 64, 96]
+    from mattecli.inference.backends import static_onnx_size
+
+    assert static_onnx_size(path) == Size(96, 64)  # WIDTHxHEIGHT: 64 rows of 96
     backend = OnnxBackend.load(path)
     x = np.random.default_rng(0).normal(size=(1, 4, 64, 96)).astype(np.float32)
     with torch.no_grad():
