@@ -139,6 +139,10 @@ def test_half_and_compile_are_for_the_torch_backend(tmp_path):
     graph.write_bytes(b"")
     with pytest.raises(UsageError, match="--half is for the torch backend .*: export it with `matte export --half`$"):
         load_backend(graph, None, "cpu", half=True)
+    junk = tmp_path / "junk.onnx"  # not a graph: the flag is refused first, the file when it is opened
+    junk.write_bytes(b"not a graph")
+    with pytest.raises(UsageError, match="^--half is for the torch backend .*: export it with `matte export --half`$"):
+        load_backend(junk, None, "cpu", half=True)
     # --compile was told "an exported model has its precision built in: export it with `matte export --half`"
     compile_reason = ("--compile is for the torch backend (a .safetensors file): torch.compile compiles a PyTorch "
                       "model; an exported model is optimised by its own runtime (ONNX Runtime, TensorRT)")
