@@ -982,16 +982,24 @@ def test_tcp_composited_fallback_window_uses_the_ceil_centre_offset(monkeypatch)
     assert side == 33 and (top, left) == _indexnet_window(trimap == 128, 33) == (0, 13)
 
 
+MMAGIC_PIPELINES = {"mmagic": pipelines.mmagic_pipeline, "mmagic-dimaug": pipelines.mmagic_dimaug_pipeline}
+
+
+def _disc_row(h: int, w: int, radius: int, seed: int) -> dict:
+    """A sample row: a soft disc's alpha and random image, foreground and background."""
+    rng = np.random.default_rng(seed)
+    image, fg, bg = (rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(3))
+    return {"alpha": _soft_disc(h, w, radius), "image": image, "fg": fg, "bg": bg}
+
+
 def test_mmagic_crop_around_unknown_upscales_as_mmagic(monkeypatch):
     """mmagic CropAroundUnknown: r = max(side / h, side / w); when r > 1 every array is resized to
     (max(int(h r), side), max(int(w r), side)) (h x w; the max catches 47 x 48/47 = 47.999...), the
     alpha cubic and, in the mmagic pipeline, the trimap nearest (labels 0, 128, 255 kept)."""
     calls = _record_crops(monkeypatch)
     h, w = 47, 60
-    rng = np.random.default_rng(2)
-    alpha = _soft_disc(h, w, 15)
-    row = {"alpha": alpha, "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
-           "fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
+    row = _disc_row(h, w, 15, seed=2)
+    alpha = row["alpha"]
     sides = set()
     for seed in range(12):
         calls.clear()
@@ -1034,10 +1042,8 @@ def test_mmagic_resizes_the_window_to_the_crop(monkeypatch, name, interp):
     IndexNet config and bilinear in the DIM-augmentation one (the trimap, when made before, nearest)."""
     calls = _record_crops(monkeypatch)
     h = w = 140
-    rng = np.random.default_rng(4)
-    row = {"alpha": _soft_disc(h, w, 40), "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
-           "fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
-    run = {"mmagic": pipelines.mmagic_pipeline, "mmagic-dimaug": pipelines.mmagic_dimaug_pipeline}[name]
+    row = _disc_row(h, w, 40, seed=4)
+    run = MMAGIC_PIPELINES[name]
     resized = 0
     for seed in range(6):
         calls.clear()
@@ -1158,10 +1164,8 @@ def test_mmagic_pipelines_flip_half_the_time(monkeypatch, name):
     """mmagic's IndexNet configs: Flip(direction='horizontal', flip_ratio=0.5) of the window."""
     calls = _record_crops(monkeypatch)
     h = w = 40
-    rng = np.random.default_rng(8)
-    row = {"alpha": _soft_disc(h, w, 12), "image": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
-           "fg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "bg": rng.integers(0, 256, (h, w, 3), dtype=np.uint8)}
-    run = {"mmagic": pipelines.mmagic_pipeline, "mmagic-dimaug": pipelines.mmagic_dimaug_pipeline}[name]
+    row = _disc_row(h, w, 12, seed=8)
+    run = MMAGIC_PIPELINES[name]
     flipped = 0
     for seed in range(200):
         calls.clear()
