@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mattecli.errors import UsageError
+from mattecli.errors import InputError, UsageError
 from mattecli.imageio import read_gray, read_image, write_png
 from mattecli.inference.outputs import (Background, composite, estimate_foreground, output_paths, parse_color,
                                         to_rgba, write_outputs)
@@ -169,6 +169,12 @@ def test_background_image_covers_and_is_centre_cropped(tmp_path):
     assert enlarged.shape == (200, 100, 3) and abs(int(enlarged[100, 50, 0]) - 50) <= 2
     with pytest.raises(ValueError, match="neither a colour"):
         Background.parse(str(tmp_path / "missing.png"))
+    # a path that is there but no file: the reader's reason, not "neither a colour nor an image file"
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "folder.png").mkdir()
+    for name, reason in (("loop.png", "a symbolic link that leads to no file"), ("folder.png", "a folder, not")):
+        with pytest.raises(InputError, match=reason):
+            Background.parse(str(tmp_path / name))
 
 
 def test_output_layout():

@@ -9,6 +9,7 @@ premultiplied, alpha), `composite/{stem}.png` (the foreground over `--background
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from contextlib import nullcontext
@@ -82,6 +83,8 @@ class Background:
         if color is not None:
             return cls(color=color)
         if not Path(text).is_file():
+            if os.path.lexists(text):  # a folder, a broken link or a loop: the reader says which
+                read_image(text)
             raise ValueError(f"{text!r} is neither a colour (#00ff00, #0f0, 0,255,0, a CSS name like green) "
                              "nor an image file")
         image = read_image(text, apply_exif=True)
