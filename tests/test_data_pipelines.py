@@ -1036,27 +1036,6 @@ def test_mmagic_crop_centres_are_mmagics_range(monkeypatch):
     assert seen == [{"exclusive_end": True}]
 
 
-@pytest.mark.parametrize("name,interp", [("mmagic", cv2.INTER_CUBIC), ("mmagic-dimaug", cv2.INTER_LINEAR)])
-def test_mmagic_resizes_the_window_to_the_crop(monkeypatch, name, interp):
-    """mmagic's IndexNet configs: the window is resized to the crop, `Resize` bicubic in the
-    IndexNet config and bilinear in the DIM-augmentation one (the trimap, when made before, nearest)."""
-    calls = _record_crops(monkeypatch)
-    h = w = 140
-    row = _disc_row(h, w, 40, seed=4)
-    run = MMAGIC_PIPELINES[name]
-    resized = 0
-    for seed in range(6):
-        calls.clear()
-        out = run(_ArrayDataset([row], 32), 0, np.random.default_rng(seed))
-        arrays, top, left, side = calls[0]
-        window = arrays[1][top:top + side, left:left + side]
-        want = cv2.resize(window, (32, 32), interpolation=interp)
-        got = np.round(out["image"] * 255).astype(np.uint8)
-        assert np.array_equal(got, want) or np.array_equal(got, want[:, ::-1])
-        resized += side != 32
-    assert resized
-
-
 def test_dataset_items_are_channel_first_of_the_pipeline_arrays(synth, monkeypatch):
     """Module docstring: items are (C, H, W) tensors of the pipeline's (H, W, C) arrays, (1, H, W)
     for the (H, W) ones."""
@@ -1160,13 +1139,14 @@ def test_second_trimap_labels_released_pixels_from_the_crops_alpha(synth, name):
 
 
 @pytest.mark.parametrize("name", ["mmagic", "mmagic-dimaug"])
-def test_mmagic_pipelines_flip_half_the_time(monkeypatch, name):
-    """mmagic's IndexNet configs: Flip(direction='horizontal', flip_ratio=0.5) of the window."""
+def test_mmagic_pipelines_resize_the_window_to_the_crop_and_flip_half_the_time(monkeypatch, name):
+    """mmagic's IndexNet configs: the window is resized to the crop, `Resize` bicubic in the IndexNet
+    config and bilinear in the DIM-augmentation one, then Flip(direction='horizontal', flip_ratio=0.5)."""
     calls = _record_crops(monkeypatch)
     h = w = 40
     row = _disc_row(h, w, 12, seed=8)
     run = MMAGIC_PIPELINES[name]
-    flipped = 0
+    flipped = resized = 0
     for seed in range(200):
         calls.clear()
         out = run(_ArrayDataset([row], 8), 0, np.random.default_rng(seed))
@@ -1177,4 +1157,5 @@ def test_mmagic_pipelines_flip_half_the_time(monkeypatch, name):
         got = np.round(out["image"] * 255).astype(np.uint8)
         assert np.array_equal(got, want) or np.array_equal(got, want[:, ::-1])
         flipped += not np.array_equal(got, want)
-    assert 0.4 < flipped / 200 < 0.6
+        resized += side != 8
+    assert 0.4 < flipped / 200 < 0.6 and resized
