@@ -98,15 +98,21 @@ def utf8_name(path: str | Path) -> bool:
     return True
 
 
-def _open(path: Path, apply_exif: bool = False):
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
+def check_file(path: Path) -> None:
+    """Raise InputError saying why `path` is not a regular file to read: a folder, a device or named
+    pipe, a symbolic link that leads nowhere (broken, or a loop), or nothing at all."""
     if not path.is_file():
         raise InputError(path, "a folder, not an image file" if path.is_dir() else
                          "not a regular file (a device or a named pipe)" if path.exists() else
                          "a symbolic link that leads to no file (broken, or a loop)" if path.is_symlink() else
                          "no such file")
+
+
+def _open(path: Path, apply_exif: bool = False):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    check_file(path)
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
     try:

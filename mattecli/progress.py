@@ -60,7 +60,7 @@ def print_table(console, table) -> None:
 
 def _print_rows(console, table) -> None:
     headers = [str(column.header) for column in table.columns]
-    rows = list(zip(*(column._cells for column in table.columns)))
+    rows = list(zip(*(column.cells for column in table.columns)))
     label = max(map(len, headers[1:]), default=0)
     lines = [str(table.title)] if table.title else []
     for row in rows:

@@ -343,35 +343,26 @@ def test_report_shows_worst_first(folders):
                                                                "many of the worst images its page shows)")
 
 
-def test_an_unreadable_composite_leaves_its_panel_out_of_the_report(folders):
+@pytest.mark.parametrize("bad, says", [("b", "empty file"), ("c", "31x24, its ground truth 32x24")])
+def test_a_composite_that_cannot_be_shown_leaves_its_panel_out_of_the_report(folders, bad, says):
     """`--report` with `--images`: a composite that could not be read (cut off, damaged) stopped the
-    run after the metrics with 'matte: error: ...' and no page; the page is written without its panel."""
+    run after the metrics with 'matte: error: ...' and no page, and one of another size than its
+    ground truth (another photo's) was shown beside the matte without a word; each is named in a
+    warning and the page is written without its panel."""
     root, cases = folders
     for name in cases:
         write_png(root / "images" / f"{name}.png", np.zeros((24, 32, 3), np.uint8))
-    (root / "images" / "b.png").write_bytes(b"")
+    if bad == "b":
+        (root / "images" / "b.png").write_bytes(b"")
+    else:
+        write_png(root / "images" / "c.png", np.zeros((24, 31, 3), np.uint8))
     result = run(*args_for(root, "--report", root / "report", "--images", root / "images"))
     assert result.exit_code == 0, result.output
-    assert f"matte eval: warning: {root / 'images' / 'b.png'}: empty file; the report shows b without its " \
+    assert f"matte eval: warning: {root / 'images' / f'{bad}.png'}: {says}; the report shows {bad} without its " \
            "composite" in result.output
     pngs = [p.name for p in (root / "report" / "images").iterdir()]
-    assert sorted(p[4:] for p in pngs if p.endswith("_image.png")) == ["a_image.png", "c_image.png"]
+    assert sorted(p[4:] for p in pngs if p.endswith("_image.png")) == [f"{n}_image.png" for n in "abc" if n != bad]
     assert len(pngs) == 14 and (root / "report" / "index.html").is_file()
-
-
-def test_a_composite_of_another_size_leaves_its_panel_out_of_the_report(folders):
-    """`--report` with `--images`: a composite of another size than its ground truth (another photo's)
-    was shown beside the matte without a word; it is named with both sizes and its panel left out."""
-    root, cases = folders
-    for name in cases:
-        write_png(root / "images" / f"{name}.png", np.zeros((24, 32, 3), np.uint8))
-    write_png(root / "images" / "c.png", np.zeros((24, 31, 3), np.uint8))
-    result = run(*args_for(root, "--report", root / "report", "--images", root / "images"))
-    assert result.exit_code == 0, result.output
-    assert f"matte eval: warning: {root / 'images' / 'c.png'}: 31x24, its ground truth 32x24; the report shows c " \
-           "without its composite" in result.output
-    pngs = [p.name for p in (root / "report" / "images").iterdir()]
-    assert sorted(p[4:] for p in pngs if p.endswith("_image.png")) == ["a_image.png", "b_image.png"]
 
 
 def test_model_on_a_prepared_split(tmp_path):

@@ -351,10 +351,12 @@ def _require_backgrounds(split: str, coco: Path | None, voc: Path | None) -> Non
     splits = _splits(split)
     missing = [(name, *needed[name]) for name in splits if needed[name][0] is None]
     if missing:
-        alone = [f"--split {other} prepares the {other} split alone" for other in ("train", "test")
-                 if other not in {m[0] for m in missing}]
+        hint = ""
+        if split == "all" and len(missing) == 1:  # the split whose folder was given can be prepared alone
+            other = "test" if missing[0][0] == "train" else "train"
+            hint = f"; --split {other} prepares the {other} split alone"
         raise UsageError("; ".join(f"the {name} split needs {option} ({what})" for name, _, option, what in missing)
-                         + (f"; {alone[0]}" if alone and split == "all" else ""))
+                         + hint)
     for name in splits:
         _require_dir(*needed[name][:2])
 

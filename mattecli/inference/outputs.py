@@ -75,7 +75,7 @@ class Background:
             InputError: for an image that cannot be read (the CLI turns this into a usage error).
             ValueError: for text that is neither a colour nor an existing file.
         """
-        from mattecli.imageio import read_image
+        from mattecli.imageio import check_file, read_image
 
         import hashlib
 
@@ -83,8 +83,8 @@ class Background:
         if color is not None:
             return cls(color=color)
         if not Path(text).is_file():
-            if os.path.lexists(text):  # a folder, a broken link or a loop: the reader says which
-                read_image(text)
+            if os.path.lexists(text):  # a folder, a broken link or a loop: said as the readers say it
+                check_file(Path(text))
             raise ValueError(f"{text!r} is neither a colour (#00ff00, #0f0, 0,255,0, a CSS name like green) "
                              "nor an image file")
         image = read_image(text, apply_exif=True)
