@@ -178,7 +178,7 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
     from mattecli.errors import InputError, UsageError
     from mattecli.inference.backends import BACKENDS, implied_backend
     from mattecli.inference.pipeline import load_pipeline
-    from mattecli.inference.tiling import default_max_bytes, tile_size
+    from mattecli.inference.tiling import default_max_bytes
 
     if type(device).__module__ == "torch" and type(device).__name__ == "device":  # torch.device("cuda", 1)
         device = str(device)
@@ -206,16 +206,10 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
                              "None for no ceiling")
         else:
             max_bytes = int(max_memory)
-        if half and not device.startswith("cuda"):  # as matte infer --half
-            raise ValueError("half needs a CUDA device (half precision on a CPU is not a fast path)")
-        pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
+        pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile,
+                                 options=("half", f"max_memory {max_memory}"))  # as matte infer
     except (UsageError, InputError) as err:
         raise ValueError(str(err)) from None
-    if max_bytes is not None:  # a ceiling no tile fits is refused here, as by matte infer, not at every predict
-        try:
-            tile_size(max_bytes, pipeline.cfg, pipeline.bytes_per_pixel)
-        except ValueError as err:
-            raise ValueError(f"max_memory {max_memory}: {err}") from None
     return Matter(pipeline, device)
 
 

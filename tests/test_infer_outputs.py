@@ -239,7 +239,7 @@ def test_save_given_twice_writes_both(tmp_path, weights):
     (["--save", "alpha", "--save", "mask"], "--save alpha,mask: choose from"),
     (["--save", "composite", "--background", "nocolour"], "neither a colour"),
     (["--max-memory", "lots"], "--max-memory"),
-    (["--max-memory", "1MB"], "too small"),
+    (["--max-memory", "1MB"], "error: --max-memory 1MB: a memory ceiling of 1 MiB is too small for this model"),
 ])
 def test_contradictory_options_exit_2(tmp_path, weights, args, message):
     (tmp_path / "in").mkdir()

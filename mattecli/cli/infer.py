@@ -85,7 +85,7 @@ def main(
     from mattecli.inference.outputs import (OUTPUT_KINDS, Background, check_numba_threading_layer, import_pymatting,
                                             runs_pymatting)
     from mattecli.inference.pipeline import load_pipeline
-    from mattecli.inference.tiling import default_max_bytes, tile_size
+    from mattecli.inference.tiling import default_max_bytes
 
     kinds = comma_items(save)
     unknown = [k for k in kinds if k not in OUTPUT_KINDS]
@@ -116,9 +116,8 @@ def main(
     check_json_out(json_out, [p for p in (weights, images, trimaps, bg and getattr(bg, "path", None)) if p])
     device = resolve_device(device, backend=implied_backend(weights, backend))  # auto: where that backend runs
     max_bytes = parse_memory(max_memory) if max_memory is not None else default_max_bytes(device)
-    if half and not device.startswith("cuda"):
-        raise UsageError("--half needs a CUDA device (half precision on a CPU is not a fast path)")
-    pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile)
+    pipeline = load_pipeline(weights, backend, device, max_bytes=max_bytes, half=half, compile=compile,
+                             options=("--half", f"--max-memory {max_memory or '(default)'}"))
     # where PyMatting will estimate the foregrounds, its threading layer is checked before any model pass
     if any(k in ("fg", "rgba", "composite") for k in kinds) and runs_pymatting(getattr(pipeline, "backend", None)):
         check_numba_threading_layer()
@@ -126,11 +125,6 @@ def main(
     if compile:  # else the first image's progress would look stuck for minutes
         typer.echo("matte: note: --compile: the first image waits while torch.compile builds the model (minutes); "
                    "later images, of any size, reuse it", err=True)
-    if max_bytes is not None:
-        try:
-            tile_size(max_bytes, pipeline.cfg, pipeline.bytes_per_pixel)
-        except ValueError as err:
-            raise UsageError(f"--max-memory {max_memory or '(default)'}: {err}") from None
     if max_bytes is not None and device.startswith("cuda"):
         from mattecli.inference.tiling import model_bytes_per_pixel
 

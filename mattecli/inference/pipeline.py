@@ -569,8 +569,9 @@ def reuse_freed_buffers() -> bool:
         and bool(mallopt(m_arena_max, 1))
 
 
-def load_pipeline(weights, backend: str | None = None, device: str = "cpu",
-                  max_bytes: int | None = None, half: bool = False, compile: bool = False) -> Pipeline:
+def load_pipeline(weights, backend: str | None = None, device: str = "cpu", max_bytes: int | None = None,
+                  half: bool = False, compile: bool = False, options: tuple[str, str] = ("--half", "--max-memory"),
+                  ) -> Pipeline:
     """Build the pipeline for a weights file (`.safetensors`; exported models via their backend).
 
     Args:
@@ -579,15 +580,30 @@ def load_pipeline(weights, backend: str | None = None, device: str = "cpu",
         device: cpu or cuda[:N] (already resolved, see `mattecli.devices.resolve_device`).
         max_bytes: memory ceiling of one model pass (None: always the whole image).
         half, compile: the torch backend's half precision and torch.compile (see `TorchBackend`).
-    """
-    from mattecli.inference.backends import load_backend
-    from mattecli.inference.tiling import model_bytes_per_pixel
+        options: how the caller's user names `half`, and the ceiling as they gave it, for the
+            messages ("--max-memory 1MB", "max_memory 100").
 
+    Raises:
+        UsageError: half off CUDA, or a ceiling that not even the smallest tile fits (refused
+            here, before any image, rather than at every one).
+    """
+    from mattecli.errors import UsageError
+    from mattecli.inference.backends import load_backend
+    from mattecli.inference.tiling import model_bytes_per_pixel, tile_size
+
+    if half and not str(device).startswith("cuda"):
+        raise UsageError(f"{options[0]} needs a CUDA device (half precision on a CPU is not a fast path)")
     reuse_freed_buffers()
     be = load_backend(weights, backend, device, half=half, compile=compile)
     per_pixel, _ = model_bytes_per_pixel(be.recipe.infer, device, half, be.name)
-    return Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes,
-                    bytes_per_pixel=per_pixel)
+    pipeline = Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes,
+                        bytes_per_pixel=per_pixel)
+    if max_bytes is not None:
+        try:
+            tile_size(max_bytes, pipeline.cfg, pipeline.bytes_per_pixel)
+        except ValueError as err:
+            raise UsageError(f"{options[1]}: {err}") from None
+    return pipeline
 
 
 def encode_batch(image, trimap, cfg: InferConfig):
