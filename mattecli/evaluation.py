@@ -20,7 +20,7 @@ import numpy as np
 
 from mattecli.errors import InputError, UsageError, raise_if_stop
 from mattecli.files import write_text
-from mattecli.imageio import index_by_stem, list_images, read_alpha, read_gray, read_ground_truth
+from mattecli.imageio import index_by_stem, list_images, missing_reason, read_alpha, read_gray, read_ground_truth
 from mattecli.metrics import METRICS
 
 TRIMAP_VALUES = (0, 128, 255)
@@ -52,7 +52,7 @@ class Result:
 
 def _by_stem(folder: Path, what: str) -> tuple[dict[str, Path], list[Result]]:
     if not folder.is_dir():
-        raise UsageError(f"{folder}: no such folder ({what})")
+        raise UsageError(f"{folder}: {missing_reason(folder)} ({what})")
     found = index_by_stem(list_images(folder))
     unique = {stem: paths[0] for stem, paths in found.items() if len(paths) == 1}
     clashes = [Result(stem, error=f"several {what} files with this stem: "

@@ -108,6 +108,18 @@ def check_file(path: Path) -> None:
                          "no such file")
 
 
+def missing_reason(path: Path, wanted: str = "folder") -> str:
+    """Why `path`, given where a folder (`wanted`: "folder", or "folder or file") should be, is not
+    one: nothing there, a symbolic link that leads nowhere, a file, or a device or named pipe."""
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link that leads nowhere (broken, or a loop)"
+    if not path.exists():
+        return f"no such {wanted}"
+    if path.is_file():
+        return "a file, not a folder"
+    return "not a regular file (a device or a named pipe)"
+
+
 def _open(path: Path, apply_exif: bool = False):
     from PIL import Image, ImageOps, UnidentifiedImageError
 

@@ -470,7 +470,7 @@ def test_an_option_of_one_value_given_twice_says_which_counts(tmp_path, monkeypa
                      "matte: note: --seed given more than once: the last counts (2)"]
     assert (tmp_path / "b").is_dir() and not (tmp_path / "a").exists()
     res = run_main("trimap", "--masks", "none", "--out", "t", "--overwrite", "--overwrite")  # a flag: harmless
-    assert res.returncode == 2 and res.stderr == "matte: error: --masks none: not a folder\n"
+    assert res.returncode == 2 and res.stderr == "matte: error: --masks none: no such folder\n"
     res = run_main("infer", "--weights", "w.safetensors", "--images", ".", "--out", "o", "--save", "alpha",
                    "--save", "fg")  # a list: every value counts
     assert res.returncode == 2 and "more than once" not in res.stderr and "no such weights file" in res.stderr
@@ -492,3 +492,28 @@ def test_a_palette_cut_out_photo_is_read_without_pillows_two_line_warning(tmp_pa
     res = run_main("infer", "--weights", weights, "--images", tmp_path / "in", "--out", tmp_path / "out")
     assert res.returncode == 0 and "Warning" not in res.stderr, res.stderr
     assert read_gray(tmp_path / "out" / "a.png").shape == (32, 32)
+
+
+def test_a_folder_option_says_why_the_path_is_no_folder(tmp_path):
+    """A broken link or a loop given as a folder was "no such folder or file" (or "not a folder",
+    or "no such folder" for a file): now the reason, in the same words wherever a folder is asked for."""
+    from mattecli.imageio import missing_reason
+
+    (tmp_path / "broken").symlink_to(tmp_path / "nothing")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "file.txt").write_text("x")
+    os.mkfifo(tmp_path / "pipe")
+    link = "a symbolic link that leads nowhere (broken, or a loop)"
+    assert [missing_reason(tmp_path / name) for name in ("broken", "loop", "absent", "file.txt", "pipe")] == \
+        [link, link, "no such folder", "a file, not a folder", "not a regular file (a device or a named pipe)"]
+    assert missing_reason(tmp_path / "absent", "folder or file") == "no such folder or file"
+    for args, said in [(["infer", "--weights", tmp_path / "w.safetensors", "--images", tmp_path / "loop", "--out",
+                         tmp_path / "o"], f"--images {tmp_path / 'loop'}: {link}"),
+                       (["trimap", "--masks", tmp_path / "broken", "--out", tmp_path / "t"],
+                        f"--masks {tmp_path / 'broken'}: {link}"),
+                       (["trimap", "--masks", tmp_path / "file.txt", "--out", tmp_path / "t"],
+                        f"--masks {tmp_path / 'file.txt'}: a file, not a folder"),
+                       (["eval", "--weights", tmp_path / "w.safetensors", "--data", tmp_path / "broken"],
+                        f"{tmp_path / 'broken'}: {link} (--data)")]:
+        res = run_main(*args)
+        assert (res.returncode, res.stderr) == (2, f"matte: error: {said}\n"), args

@@ -217,8 +217,10 @@ def run_eval(*, pred=None, gt=None, trimap=None, weights=None, data=None, backen
 
 
 def _split(data: Path) -> Path:
+    from mattecli.imageio import missing_reason
+
     if not Path(data).is_dir():
-        raise UsageError(f"{data}: no such folder (--data)")
+        raise UsageError(f"{data}: {missing_reason(Path(data))} (--data)")
     test = Path(data) / "test"
     if not (Path(data) / "manifest.csv").is_file() and (test / "manifest.csv").is_file():
         # the folder `matte train --data` takes: its root, where eval wants one split

@@ -79,7 +79,7 @@ def main(
     from mattecli.data.trimap import DEFAULT_BAND, DEFAULT_THRESHOLD, MaskRule, parse_band, parse_threshold
     from mattecli.devices import resolve_device
     from mattecli.errors import InputError, UsageError
-    from mattecli.imageio import check_out_dir, has_images, prepare_out_dir
+    from mattecli.imageio import check_out_dir, has_images, missing_reason, prepare_out_dir
     from mattecli.inference.backends import implied_backend
     from mattecli.inference.batch import check_json_out, default_workers, infer_folder, no_images, print_report
     from mattecli.inference.outputs import (OUTPUT_KINDS, Background, check_numba_threading_layer, import_pymatting,
@@ -96,7 +96,7 @@ def main(
     if background and "composite" not in kinds:
         raise UsageError("--background is only used by --save composite; add composite to --save")
     if not images.exists():
-        raise UsageError(f"--images {images}: no such folder or file")
+        raise UsageError(f"--images {images}: {missing_reason(images, 'folder or file')}")
     if masks is not None and trimaps is not None:
         raise UsageError("give --trimaps or --masks, not both")
     if masks is None and (band is not None or threshold is not None):

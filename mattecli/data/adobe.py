@@ -20,8 +20,8 @@ import numpy as np
 from mattecli.data.manifest import Sample, write_manifest
 from mattecli.errors import InputError, UsageError
 from mattecli.files import atomic_write, remove_stale_temps
-from mattecli.imageio import (EXIF_ORIENTATIONS, IMAGE_SUFFIXES, exif_orientation, read_gray, read_image,
-                              utf8_name, write_png)
+from mattecli.imageio import (EXIF_ORIENTATIONS, IMAGE_SUFFIXES, exif_orientation, missing_reason, read_gray,
+                              read_image, utf8_name, write_png)
 from mattecli.parallel import map_bounded, pool, usable_cores
 
 ADOBE_PER_FG = {"train": 100, "test": 20}
@@ -331,7 +331,7 @@ class PrepareReport:
 def _require_dir(path: Path, option: str) -> Path:
     path = Path(path)
     if not path.is_dir():
-        raise UsageError(f"{option} {path}: no such folder")
+        raise UsageError(f"{option} {path}: {missing_reason(path)}")
     return path
 
 

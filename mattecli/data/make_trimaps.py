@@ -17,8 +17,8 @@ import numpy as np
 
 from mattecli.errors import InputError, UsageError
 from mattecli.files import Inputs, atomic_write, case_insensitive, describe, disk_full, remove_stale_temps
-from mattecli.imageio import (exif_orientation, fit_orientation, index_by_stem, list_images, orient, read_gray,
-                              read_image, read_mask, relative_name, write_png)
+from mattecli.imageio import (exif_orientation, fit_orientation, index_by_stem, list_images, missing_reason, orient,
+                              read_gray, read_image, read_mask, relative_name, write_png)
 from mattecli.inference.batch import (MASK_SUFFIX, STALE_TEMP_SECONDS, BatchReport, claim_output_name, no_images,
                                       unread_note)
 from mattecli.parallel import executor, usable_cores
@@ -58,9 +58,9 @@ def make_trimaps(source: Path, out: Path, job: TrimapJob, preview: Path | None =
     source, out = Path(source), Path(out)
     option = "--masks" if job.rule is not None else "--alphas"
     if not source.is_dir():
-        raise UsageError(f"{option} {source}: not a folder")
+        raise UsageError(f"{option} {source}: {missing_reason(source)}")
     if job.images is not None and not Path(job.images).is_dir():
-        raise UsageError(f"--images {job.images}: not a folder")
+        raise UsageError(f"--images {job.images}: {missing_reason(Path(job.images))}")
     for folder, name in ((out, "--out"), (preview, "--preview")):
         if folder is not None and Path(folder).resolve() == source.resolve():
             raise UsageError(f"{name} {folder}: is the {option} folder; outputs would mix with the inputs (or "

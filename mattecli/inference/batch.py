@@ -26,7 +26,7 @@ from mattecli.errors import InputError, UsageError, compile_failure, printable, 
 from mattecli.files import (Inputs, case_insensitive, check_stdout, describe, disk_full, remove_stale_temps, to_stdout,
                             write_text)
 from mattecli.imageio import (IMAGE_SUFFIXES, check_report_file, exif_orientation, fit_orientation, index_by_stem,
-                              list_images, read_gray, read_image, read_mask, read_trimap, relative_name,
+                              list_images, missing_reason, read_gray, read_image, read_mask, read_trimap, relative_name,
                               subfolders_with_images)
 from mattecli.inference.pipeline import REDONE_FP32, stage
 from mattecli.parallel import executor, usable_cores
@@ -82,13 +82,13 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     if single and images.suffix.lower() not in IMAGE_SUFFIXES:
         raise UsageError(f"--images {images}: not an image file ({', '.join(IMAGE_SUFFIXES)})")
     if not single and not images.is_dir():
-        raise UsageError(f"--images {images}: {_not_there(images)}")
+        raise UsageError(f"--images {images}: {missing_reason(images, 'folder or file')}")
     if trimaps is not None and trimaps.is_file():
         if not single:
             raise UsageError(f"{option} {trimaps}: a single file pairs with a single --images file")
         return ([(images, trimaps)] if shard is None or shard[0] == 0 else []), []
     if trimaps is not None and not trimaps.is_dir():
-        raise UsageError(f"{option} {trimaps}: {_not_there(trimaps)}")
+        raise UsageError(f"{option} {trimaps}: {missing_reason(trimaps, 'folder or file')}")
     root = image_root(images)
     beside = trimaps is None or trimaps.resolve() == root.resolve()
     unreadable: list[tuple[Path, str]] = []  # subfolders left out, each failed once (in shard 0)
@@ -148,11 +148,6 @@ def find_pairs(images: Path, trimaps: Path | None, shard: tuple[int, int] | None
     if shard is None or shard[0] == 0:
         problems += unreadable
     return pairs, [(str(path), reason) for path, reason in problems]
-
-
-def _not_there(path: Path) -> str:
-    """Why a path given for a folder or an image file is neither: missing, or something else (a named pipe)."""
-    return "not a regular file (a device or a named pipe)" if path.exists() else "no such folder or file"
 
 
 def claim_output_name(seen: dict, name: str, path: Path, fold: bool) -> tuple[Path, str] | None:
