@@ -517,3 +517,18 @@ def test_a_folder_option_says_why_the_path_is_no_folder(tmp_path):
                         f"{tmp_path / 'broken'}: {link} (--data)")]:
         res = run_main(*args)
         assert (res.returncode, res.stderr) == (2, f"matte: error: {said}\n"), args
+
+
+def test_under_torchrun_a_usage_error_is_said_once_per_machine(tmp_path):
+    """Every rank parses the same command line; each printed the same line (twice with
+    --nproc_per_node 2). Local rank 0 says it; every rank exits 2."""
+    args = [sys.executable, "-m", "mattecli", "train", "--recipe", "demo-indexnet", "--data", tmp_path / "none",
+            "--out", tmp_path / "run"]
+    said = {}
+    for rank in ("0", "1"):
+        env = {**os.environ, "RANK": rank, "LOCAL_RANK": rank}  # (no WORLD_SIZE: not refused for that)
+        res = subprocess.run(args, capture_output=True, text=True, env=env)
+        said[rank] = (res.returncode, res.stderr)
+    assert said["0"][0] == said["1"][0] == 2
+    assert said["0"][1].startswith(f"matte: error: --data {tmp_path / 'none'}: ") and said["0"][1].count("\n") == 1
+    assert said["1"][1] == ""

@@ -273,7 +273,10 @@ def main() -> None:
     except (UsageError, InputError) as err:
         if stop_requested(err):  # a library turned the KeyboardInterrupt into its own error
             _interrupted()  # (safetensors while reading weights: "not a readable .safetensors file")
-        print(printable(f"matte: error: {err}"), file=sys.stderr)
+        # under torchrun every process parses the same command line: a usage error is said once per
+        # machine, by local rank 0 (an input error may be one rank's own, and every rank says its own)
+        if not (isinstance(err, UsageError) and os.environ.get("LOCAL_RANK", "0") != "0"):
+            print(printable(f"matte: error: {err}"), file=sys.stderr)
         sys.exit(2 if isinstance(err, UsageError) else 1)
     except BrokenPipeError:  # before OSError, its base class, whose handler would re-raise it
         _pipe_closed()
