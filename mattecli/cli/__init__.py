@@ -44,7 +44,8 @@ class _OptionsOnce(TyperCommand):
     its own default), but a note on stderr says so. Lists (--save, --set) and flags may repeat."""
 
     def parse_args(self, ctx, args):
-        _, _, order = self.make_parser(ctx).parse_args(args=list(args))  # every occurrence, in order
+        given, _, order = self.make_parser(ctx).parse_args(args=list(args))  # every occurrence, in order
+        ctx.meta[_GIVEN] = given  # the values as typed, for a value out of its range (`_range_message`)
         seen, twice = set(), []
         for param in order:
             if param in seen and param not in twice and not (getattr(param, "multiple", False)
@@ -69,6 +70,9 @@ def _one_line_usage(ctx):
             where = err.ctx.command_path
         else:  # some parse errors carry no context: the subcommand being parsed, if any
             where = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
+        message = _range_message(err)
+        if message is not None:  # as matte's own checks word it ("--workers must be at least 1, not 0")
+            raise UsageError(message) from None
         message = err.format_message()
         if type(err).__name__ == "NoSuchOption":  # difflib's nearest name can mislead: export --recipe got --device
             owners = _commands_taking(err.option_name, ctx.find_root().command)
@@ -76,6 +80,32 @@ def _one_line_usage(ctx):
                 owners = ", ".join(owners[:-1]) + " and " * (len(owners) > 1) + owners[-1]
                 message = f"No such option: {err.option_name} (an option of {owners})"
         raise UsageError(f"{message} (see {where} --help)") from None
+
+
+_GIVEN = "matte.given"
+
+
+def _range_message(err) -> str | None:
+    """An integer option outside its range, in words that do not change with typer's release
+    (click's "0 is not in the range x>=1", pydantic's "Input should be greater than or equal to 1");
+    None for any other mistake."""
+    param = getattr(err, "param", None)
+    if type(err).__name__ != "BadParameter" or param is None or err.ctx is None:
+        return None
+    low = getattr(param, "min", getattr(getattr(param, "type", None), "min", None))  # typer 0.2x, or click's
+    high = getattr(param, "max", getattr(getattr(param, "type", None), "max", None))  # IntRange
+    try:
+        value = int(err.ctx.meta.get(_GIVEN, {}).get(param.name))
+    except (TypeError, ValueError):  # not a whole number: a mistake of another kind
+        return None
+    if (low is None or value >= low) and (high is None or value <= high):
+        return None
+    name = param.opts[0]
+    if high is None:
+        return f"{name} must be at least {low}, not {value}"
+    if low is None:
+        return f"{name} must be at most {high}, not {value}"
+    return f"{name} must be from {low} to {high}, not {value}"
 
 
 def _commands_taking(option: str, group, path: str = "matte") -> list[str]:
@@ -111,7 +141,6 @@ COMMANDS = [
     ("trimap", "trimap"),
     ("recipes", "recipes"),
 ]
-
 
 
 def _print_version(value: bool) -> None:
