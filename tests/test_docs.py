@@ -147,6 +147,7 @@ def test_every_tensorrt_command_in_the_docs_says_it_is_unverified():
     export_format = next(p for p in root.commands["export"].params if p.name == "format")
     assert "unverified" in root.help and "unverified" in export_format.help
 
+
 def _page_options(text: str) -> tuple[set[str], set[str]]:
     """(options in the first column of the page's tables, options named anywhere on the page)."""
     tabled = set()
@@ -171,7 +172,8 @@ def test_every_option_in_help_is_on_its_page_and_the_page_documents_no_other(nam
     tabled, named = _page_options(page.read_text())
     documented = named if hasattr(cmd, "commands") else tabled  # a group's page may name some in prose
     assert not _help_options(cmd) - documented, f"{page.name} lacks {sorted(_help_options(cmd) - documented)}"
-    assert not tabled - _help_options(cmd), f"{page.name} documents {sorted(tabled - _help_options(cmd))}, not in --help"
+    extra = sorted(tabled - _help_options(cmd))
+    assert not extra, f"{page.name} documents {extra}, not in --help"
     arguments = {p.name.upper() for p in cmd.params if p.param_type_name == "argument"}
     assert all(f"| `{a}`" in page.read_text() for a in arguments), f"{page.name} lacks an argument row"
 
@@ -197,7 +199,8 @@ def test_the_index_links_every_page():
     index = ROOT / "docs" / "README.md"
     linked = {(index.parent / t.partition("#")[0]).resolve() for t in _links(index) if not re.match(r"[a-z]+:", t)}
     pages = set(DOCS) - {ROOT / "README.md", index}
-    assert not pages - linked, f"docs/README.md links none of {sorted(str(p.relative_to(ROOT)) for p in pages - linked)}"
+    unlinked = sorted(str(p.relative_to(ROOT)) for p in pages - linked)
+    assert not unlinked, f"docs/README.md links none of {unlinked}"
 
 
 @pytest.mark.parametrize("name", sorted(_click_tree().commands))
@@ -352,7 +355,8 @@ def test_the_deployment_recipe_without_matte_gives_matte_infers_matte(name, over
     size = aligned_size(83, 137, recipe.infer.stride)
     graph = to_onnx(build_model(recipe), tmp_path / "model.onnx", recipe=recipe, dynamic=not static, size=size)
     (tmp_path / "run.py").write_text(_deployment_block())
-    block = "import sys; sys.modules.update(dict.fromkeys(('mattecli', 'exporters', 'cv2', 'torch'))); exec(open('run.py').read())"
+    block = ("import sys; sys.modules.update(dict.fromkeys(('mattecli', 'exporters', 'cv2', 'torch'))); "
+             "exec(open('run.py').read())")
     res = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     with warnings.catch_warnings():
@@ -388,3 +392,36 @@ def test_the_documented_nearest_rule_is_torchs_for_resize_down():
 
                 want = cv2.resize(x.astype(np.float64), (out_w, out_h), interpolation=cv2.INTER_NEAREST)
             assert np.array_equal(got, want.astype(np.int64)), (align, h)
+
+
+REPO_PATH = re.compile(r"`((?:mattecli|exporters|tests|benchmarks|recipes|examples)/[\w./-]*)(.?)")
+NOT_IN_THE_TREE = {"mattecli/_recipes", "mattecli/_examples",  # recipes/ and examples/ as a wheel installs them
+                   "benchmarks/out"}  # the device check's OUT, made when it runs
+
+
+def _missing_paths(text: str) -> list[str]:
+    """Repository paths in a doc's code spans (`mattecli/inference/tiling.py`, `tests/test_x.py`)
+    that are not in the checkout, and `file.py: name` references whose file defines no such name.
+    A path written as a pattern (`NAME`, `*`, `{stem}`) is not checked."""
+    missing = []
+    for m in REPO_PATH.finditer(text):
+        path, after = m.group(1).rstrip("."), m.group(2)
+        if (after and after in "*{") or "NAME" in path or path in NOT_IN_THE_TREE:
+            continue
+        if not (ROOT / path).exists():
+            missing.append(path)
+    for file, name in re.findall(r"`((?:mattecli|exporters|benchmarks)/[\w/]+\.py): (\w+)", text):
+        source = (ROOT / file).read_text() if (ROOT / file).exists() else ""
+        if not re.search(rf"^\s*(?:def|class)\s+{name}\b|^{name}\s*[:=]", source, re.M):
+            missing.append(f"{file}: {name}")
+    return missing
+
+
+def test_every_repository_path_the_docs_name_exists():
+    """A file renamed or removed leaves no page pointing at it (`mattecli/...`, `tests/...`,
+    `benchmarks/...`, and `exporters/onnx.py: ALLOWED_OPS`-style references to a definition)."""
+    problems = [f"{doc.relative_to(ROOT)}: {p}" for doc in DOCS for p in _missing_paths(doc.read_text())]
+    assert not problems, "\n".join(problems)
+    assert _missing_paths("`mattecli/gone.py`, `tests/test_docs.py`, `recipes/NAME.yaml`") == ["mattecli/gone.py"]
+    assert _missing_paths("`benchmarks/results/x-*.json`, `exporters/onnx.py: compact`") == []
+    assert _missing_paths("`exporters/onnx.py: no_such_name`") == ["exporters/onnx.py: no_such_name"]
