@@ -425,3 +425,28 @@ def test_every_repository_path_the_docs_name_exists():
     assert _missing_paths("`mattecli/gone.py`, `tests/test_docs.py`, `recipes/NAME.yaml`") == ["mattecli/gone.py"]
     assert _missing_paths("`benchmarks/results/x-*.json`, `exporters/onnx.py: compact`") == []
     assert _missing_paths("`exporters/onnx.py: no_such_name`") == ["exporters/onnx.py: no_such_name"]
+
+
+def _unknown_recipe_keys(text: str) -> list[str]:
+    """Recipe keys a doc names in code (`train.lr`, `infer.align`, `model.tcp_tile`, `--set KEY=VALUE`)
+    that no recipe takes: a key renamed in the code leaves no page telling readers to set the old one."""
+    import dataclasses
+
+    from mattecli.configs import FAMILY_CONFIGS
+    from mattecli.recipes import DataConfig, InferConfig, TrainConfig
+
+    fields = {"data": DataConfig, "train": TrainConfig, "infer": InferConfig}
+    known = {s: {f.name for f in dataclasses.fields(c)} for s, c in fields.items()}
+    known["model"] = {f.name for c in FAMILY_CONFIGS.values() for f in dataclasses.fields(c)} | {"family"}
+    spans = re.findall(r"`([^`\n]+)`", FENCE.sub("", text)) + FENCE.findall(text)
+    key = re.compile(r"(?<![\w./-])((?:model|data|train|infer)\.[a-z_0-9]+)(?![\w.(])")
+    keys = {m for span in spans for m in key.findall(span)}
+    files = {"py", "sh", "onnx", "safetensors", "engine", "plan", "pt", "yaml", "json", "png", "md"}  # train.py
+    return sorted(k for k in keys if k.partition(".")[2] not in known[k.partition(".")[0]] | files)
+
+
+def test_every_recipe_key_the_docs_name_is_one_a_recipe_takes():
+    problems = [f"{doc.relative_to(ROOT)}: {k}" for doc in DOCS for k in _unknown_recipe_keys(doc.read_text())]
+    assert not problems, "\n".join(problems)
+    assert _unknown_recipe_keys("`train.lr`, `--set model.tcp_tile=0`, `infer.py`, `model.onnx`") == []
+    assert _unknown_recipe_keys("`--set train.no_such=1` and `infer.aligned`") == ["infer.aligned", "train.no_such"]
