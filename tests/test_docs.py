@@ -450,3 +450,58 @@ def test_every_recipe_key_the_docs_name_is_one_a_recipe_takes():
     assert not problems, "\n".join(problems)
     assert _unknown_recipe_keys("`train.lr`, `--set model.tcp_tile=0`, `infer.py`, `model.onnx`") == []
     assert _unknown_recipe_keys("`--set train.no_such=1` and `infer.aligned`") == ["infer.aligned", "train.no_such"]
+
+
+def _enumerated_values() -> dict[str, set[str]]:
+    """The options whose values are names from a list in the code, and those names."""
+    from mattecli.bench_e2e import PHOTO_FORMATS
+    from mattecli.cli.convert import SOURCES
+    from mattecli.cli.trimap import EMPTY_CHOICES
+    from mattecli.data.make_trimaps import METHODS
+    from mattecli.inference.backends import BACKEND_NAMES
+    from mattecli.inference.outputs import OUTPUT_KINDS
+
+    return {"--save": set(OUTPUT_KINDS), "--from": set(SOURCES), "--format": {"onnx", "trt"},
+            "--backend": set(BACKEND_NAMES), "--backends": set(BACKEND_NAMES), "--method": set(METHODS),
+            "--split": {"train", "test", "all"}, "--empty": set(EMPTY_CHOICES), "--photos": set(PHOTO_FORMATS)}
+
+
+def _bad_values(line: str) -> list[str]:
+    """Values a documented command line gives that the command does not take: a `--save` kind, a
+    `--from` source, a backend, ... or a recipe by a name no recipe has (`--recipe`, `matte recipes
+    NAME`). Placeholders (`NAME`, `a|b` alternatives checked one by one) and paths are let through."""
+    from mattecli.recipes import list_recipe_names
+
+    allowed, recipes = _enumerated_values(), set(list_recipe_names())
+    try:
+        words = shlex.split(re.sub(r"[\[\]]", " ", line))
+    except ValueError:
+        return []
+    bad = []
+    for option, value in zip(words, words[1:]):
+        option, _, inline = option.partition("=")
+        value = inline or value
+        if value.startswith("-") or value.isupper():
+            continue
+        names = {n for part in value.split("|") for n in part.split(",")}
+        if option in allowed:
+            bad += [f"{option} {n}" for n in sorted(names - allowed[option])]
+        elif option == "--recipe" and not re.search(r"[/.]", value) and value not in recipes:
+            bad.append(f"--recipe {value}")
+    if words[1:2] == ["recipes"] and len(words) > 2 and re.fullmatch(r"[a-z0-9][a-z0-9.-]*", words[2]):
+        if "." not in words[2] and words[2] not in recipes:
+            bad.append(f"recipes {words[2]}")
+    return bad
+
+
+def test_every_documented_option_value_is_one_the_command_takes():
+    problems = [f"{doc.relative_to(ROOT)}: {line!r}: {b}" for doc in DOCS for line in _command_lines(doc)
+                for b in _bad_values(line)]
+    assert not problems, "\n".join(problems)
+    assert _bad_values("matte infer --weights W --save alpha,fg --backend onnx --out o") == []
+    assert _bad_values("matte infer --weights W --save alpha,mask --out o") == ["--save mask"]
+    assert _bad_values("matte convert x.pth --from mmagic|indexnet-offical --out y") == ["--from indexnet-offical"]
+    assert _bad_values("matte train --recipe indexnet-m2o-nl --data d") == []
+    assert _bad_values("matte train --recipe indexnet-nl-m2o --data d") == ["--recipe indexnet-nl-m2o"]
+    assert _bad_values("matte train --recipe my.yaml --data d") == _bad_values("matte recipes NAME") == []
+    assert _bad_values("matte recipes tcpp --json") == ["recipes tcpp"]
