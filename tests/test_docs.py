@@ -505,3 +505,25 @@ def test_every_documented_option_value_is_one_the_command_takes():
     assert _bad_values("matte train --recipe indexnet-nl-m2o --data d") == ["--recipe indexnet-nl-m2o"]
     assert _bad_values("matte train --recipe my.yaml --data d") == _bad_values("matte recipes NAME") == []
     assert _bad_values("matte recipes tcpp --json") == ["recipes tcpp"]
+
+
+def test_the_documented_signatures_are_the_functions():
+    """python-api.md's signature lines (`mattecli.load(weights, device="auto", *, ...) -> Matter`) name
+    the parameters, in order and kind, with the defaults the functions have (`<default>`: one the
+    page describes in words)."""
+    import inspect
+
+    import mattecli
+
+    blocks = [b for b in _python_blocks(ROOT / "docs" / "python-api.md") if ") -> " in b]
+    assert len(blocks) == 2
+    for block in blocks:
+        name, params = re.match(r"mattecli\.(\w+)\((.*)\) -> ", block.strip()).groups()
+        scope: dict = {}
+        exec(f"def documented({params.replace('<default>', 'None')}): pass", scope)
+        want = inspect.signature(scope["documented"]).parameters
+        have = inspect.signature(getattr(mattecli, name)).parameters
+        assert [(p.name, p.kind) for p in want.values()] == [(p.name, p.kind) for p in have.values()], name
+        for p in want.values():
+            if "<default>" not in params.split(p.name + "=")[-1].split(",")[0]:
+                assert p.default == have[p.name].default, f"{name}: {p.name}={have[p.name].default!r} in the code"
