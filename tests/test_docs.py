@@ -527,3 +527,18 @@ def test_the_documented_signatures_are_the_functions():
         for p in want.values():
             if "<default>" not in params.split(p.name + "=")[-1].split(",")[0]:
                 assert p.default == have[p.name].default, f"{name}: {p.name}={have[p.name].default!r} in the code"
+
+
+def test_the_conventions_name_every_option_given_once_for_each_value():
+    """docs/README.md's conventions list the options that may be given once per value (`--save a
+    --save b`); an option made repeatable, or no longer, shows up here."""
+    def walk(cmd):
+        yield cmd
+        for sub in getattr(cmd, "commands", {}).values():
+            yield from walk(sub)
+
+    repeatable = {o for c in walk(_click_tree()) for p in c.params if getattr(p, "multiple", False) for o in p.opts}
+    text = (ROOT / "docs" / "README.md").read_text().replace("\n", " ")
+    listed = re.search(r"Lists \(([^)]*)\) may be given once for each value", text)
+    assert listed, "docs/README.md no longer says which options take one value each time"
+    assert set(re.findall(r"--[a-z][a-z-]*", listed.group(1))) == repeatable
