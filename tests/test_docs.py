@@ -147,6 +147,7 @@ def test_every_tensorrt_command_in_the_docs_says_it_is_unverified():
     export_format = next(p for p in root.commands["export"].params if p.name == "format")
     assert "unverified" in root.help and "unverified" in export_format.help
 
+
 def _page_options(text: str) -> tuple[set[str], set[str]]:
     """(options in the first column of the page's tables, options named anywhere on the page)."""
     tabled = set()
@@ -171,7 +172,8 @@ def test_every_option_in_help_is_on_its_page_and_the_page_documents_no_other(nam
     tabled, named = _page_options(page.read_text())
     documented = named if hasattr(cmd, "commands") else tabled  # a group's page may name some in prose
     assert not _help_options(cmd) - documented, f"{page.name} lacks {sorted(_help_options(cmd) - documented)}"
-    assert not tabled - _help_options(cmd), f"{page.name} documents {sorted(tabled - _help_options(cmd))}, not in --help"
+    extra = sorted(tabled - _help_options(cmd))
+    assert not extra, f"{page.name} documents {extra}, not in --help"
     arguments = {p.name.upper() for p in cmd.params if p.param_type_name == "argument"}
     assert all(f"| `{a}`" in page.read_text() for a in arguments), f"{page.name} lacks an argument row"
 
@@ -197,7 +199,8 @@ def test_the_index_links_every_page():
     index = ROOT / "docs" / "README.md"
     linked = {(index.parent / t.partition("#")[0]).resolve() for t in _links(index) if not re.match(r"[a-z]+:", t)}
     pages = set(DOCS) - {ROOT / "README.md", index}
-    assert not pages - linked, f"docs/README.md links none of {sorted(str(p.relative_to(ROOT)) for p in pages - linked)}"
+    unlinked = sorted(str(p.relative_to(ROOT)) for p in pages - linked)
+    assert not unlinked, f"docs/README.md links none of {unlinked}"
 
 
 @pytest.mark.parametrize("name", sorted(_click_tree().commands))
@@ -352,7 +355,8 @@ def test_the_deployment_recipe_without_matte_gives_matte_infers_matte(name, over
     size = aligned_size(83, 137, recipe.infer.stride)
     graph = to_onnx(build_model(recipe), tmp_path / "model.onnx", recipe=recipe, dynamic=not static, size=size)
     (tmp_path / "run.py").write_text(_deployment_block())
-    block = "import sys; sys.modules.update(dict.fromkeys(('mattecli', 'exporters', 'cv2', 'torch'))); exec(open('run.py').read())"
+    block = ("import sys; sys.modules.update(dict.fromkeys(('mattecli', 'exporters', 'cv2', 'torch'))); "
+             "exec(open('run.py').read())")
     res = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     with warnings.catch_warnings():
@@ -388,3 +392,153 @@ def test_the_documented_nearest_rule_is_torchs_for_resize_down():
 
                 want = cv2.resize(x.astype(np.float64), (out_w, out_h), interpolation=cv2.INTER_NEAREST)
             assert np.array_equal(got, want.astype(np.int64)), (align, h)
+
+
+REPO_PATH = re.compile(r"`((?:mattecli|exporters|tests|benchmarks|recipes|examples)/[\w./-]*)(.?)")
+NOT_IN_THE_TREE = {"mattecli/_recipes", "mattecli/_examples",  # recipes/ and examples/ as a wheel installs them
+                   "benchmarks/out"}  # the device check's OUT, made when it runs
+
+
+def _missing_paths(text: str) -> list[str]:
+    """Repository paths in a doc's code spans (`mattecli/inference/tiling.py`, `tests/test_x.py`)
+    that are not in the checkout, and `file.py: name` references whose file defines no such name.
+    A path written as a pattern (`NAME`, `*`, `{stem}`) is not checked."""
+    missing = []
+    for m in REPO_PATH.finditer(text):
+        path, after = m.group(1).rstrip("."), m.group(2)
+        if (after and after in "*{") or "NAME" in path or path in NOT_IN_THE_TREE:
+            continue
+        if not (ROOT / path).exists():
+            missing.append(path)
+    for file, name in re.findall(r"`((?:mattecli|exporters|benchmarks)/[\w/]+\.py): (\w+)", text):
+        source = (ROOT / file).read_text() if (ROOT / file).exists() else ""
+        if not re.search(rf"^\s*(?:def|class)\s+{name}\b|^{name}\s*[:=]", source, re.M):
+            missing.append(f"{file}: {name}")
+    return missing
+
+
+def test_every_repository_path_the_docs_name_exists():
+    """A file renamed or removed leaves no page pointing at it (`mattecli/...`, `tests/...`,
+    `benchmarks/...`, and `exporters/onnx.py: ALLOWED_OPS`-style references to a definition)."""
+    problems = [f"{doc.relative_to(ROOT)}: {p}" for doc in DOCS for p in _missing_paths(doc.read_text())]
+    assert not problems, "\n".join(problems)
+    assert _missing_paths("`mattecli/gone.py`, `tests/test_docs.py`, `recipes/NAME.yaml`") == ["mattecli/gone.py"]
+    assert _missing_paths("`benchmarks/results/x-*.json`, `exporters/onnx.py: compact`") == []
+    assert _missing_paths("`exporters/onnx.py: no_such_name`") == ["exporters/onnx.py: no_such_name"]
+
+
+def _unknown_recipe_keys(text: str) -> list[str]:
+    """Recipe keys a doc names in code (`train.lr`, `infer.align`, `model.tcp_tile`, `--set KEY=VALUE`)
+    that no recipe takes: a key renamed in the code leaves no page telling readers to set the old one."""
+    import dataclasses
+
+    from mattecli.configs import FAMILY_CONFIGS
+    from mattecli.recipes import DataConfig, InferConfig, TrainConfig
+
+    fields = {"data": DataConfig, "train": TrainConfig, "infer": InferConfig}
+    known = {s: {f.name for f in dataclasses.fields(c)} for s, c in fields.items()}
+    known["model"] = {f.name for c in FAMILY_CONFIGS.values() for f in dataclasses.fields(c)} | {"family"}
+    spans = re.findall(r"`([^`\n]+)`", FENCE.sub("", text)) + FENCE.findall(text)
+    key = re.compile(r"(?<![\w./-])((?:model|data|train|infer)\.[a-z_0-9]+)(?![\w.(])")
+    keys = {m for span in spans for m in key.findall(span)}
+    files = {"py", "sh", "onnx", "safetensors", "engine", "plan", "pt", "yaml", "json", "png", "md"}  # train.py
+    return sorted(k for k in keys if k.partition(".")[2] not in known[k.partition(".")[0]] | files)
+
+
+def test_every_recipe_key_the_docs_name_is_one_a_recipe_takes():
+    problems = [f"{doc.relative_to(ROOT)}: {k}" for doc in DOCS for k in _unknown_recipe_keys(doc.read_text())]
+    assert not problems, "\n".join(problems)
+    assert _unknown_recipe_keys("`train.lr`, `--set model.tcp_tile=0`, `infer.py`, `model.onnx`") == []
+    assert _unknown_recipe_keys("`--set train.no_such=1` and `infer.aligned`") == ["infer.aligned", "train.no_such"]
+
+
+def _enumerated_values() -> dict[str, set[str]]:
+    """The options whose values are names from a list in the code, and those names."""
+    from mattecli.bench_e2e import PHOTO_FORMATS
+    from mattecli.cli.convert import SOURCES
+    from mattecli.cli.trimap import EMPTY_CHOICES
+    from mattecli.data.make_trimaps import METHODS
+    from mattecli.inference.backends import BACKEND_NAMES
+    from mattecli.inference.outputs import OUTPUT_KINDS
+
+    return {"--save": set(OUTPUT_KINDS), "--from": set(SOURCES), "--format": {"onnx", "trt"},
+            "--backend": set(BACKEND_NAMES), "--backends": set(BACKEND_NAMES), "--method": set(METHODS),
+            "--split": {"train", "test", "all"}, "--empty": set(EMPTY_CHOICES), "--photos": set(PHOTO_FORMATS)}
+
+
+def _bad_values(line: str) -> list[str]:
+    """Values a documented command line gives that the command does not take: a `--save` kind, a
+    `--from` source, a backend, ... or a recipe by a name no recipe has (`--recipe`, `matte recipes
+    NAME`). Placeholders (`NAME`, `a|b` alternatives checked one by one) and paths are let through."""
+    from mattecli.recipes import list_recipe_names
+
+    allowed, recipes = _enumerated_values(), set(list_recipe_names())
+    try:
+        words = shlex.split(re.sub(r"[\[\]]", " ", line))
+    except ValueError:
+        return []
+    bad = []
+    for option, value in zip(words, words[1:]):
+        option, _, inline = option.partition("=")
+        value = inline or value
+        if value.startswith("-") or value.isupper():
+            continue
+        names = {n for part in value.split("|") for n in part.split(",")}
+        if option in allowed:
+            bad += [f"{option} {n}" for n in sorted(names - allowed[option])]
+        elif option == "--recipe" and not re.search(r"[/.]", value) and value not in recipes:
+            bad.append(f"--recipe {value}")
+    if words[1:2] == ["recipes"] and len(words) > 2 and re.fullmatch(r"[a-z0-9][a-z0-9.-]*", words[2]):
+        if "." not in words[2] and words[2] not in recipes:
+            bad.append(f"recipes {words[2]}")
+    return bad
+
+
+def test_every_documented_option_value_is_one_the_command_takes():
+    problems = [f"{doc.relative_to(ROOT)}: {line!r}: {b}" for doc in DOCS for line in _command_lines(doc)
+                for b in _bad_values(line)]
+    assert not problems, "\n".join(problems)
+    assert _bad_values("matte infer --weights W --save alpha,fg --backend onnx --out o") == []
+    assert _bad_values("matte infer --weights W --save alpha,mask --out o") == ["--save mask"]
+    assert _bad_values("matte convert x.pth --from mmagic|indexnet-offical --out y") == ["--from indexnet-offical"]
+    assert _bad_values("matte train --recipe indexnet-m2o-nl --data d") == []
+    assert _bad_values("matte train --recipe indexnet-nl-m2o --data d") == ["--recipe indexnet-nl-m2o"]
+    assert _bad_values("matte train --recipe my.yaml --data d") == _bad_values("matte recipes NAME") == []
+    assert _bad_values("matte recipes tcpp --json") == ["recipes tcpp"]
+
+
+def test_the_documented_signatures_are_the_functions():
+    """python-api.md's signature lines (`mattecli.load(weights, device="auto", *, ...) -> Matter`) name
+    the parameters, in order and kind, with the defaults the functions have (`<default>`: one the
+    page describes in words)."""
+    import inspect
+
+    import mattecli
+
+    blocks = [b for b in _python_blocks(ROOT / "docs" / "python-api.md") if ") -> " in b]
+    assert len(blocks) == 2
+    for block in blocks:
+        name, params = re.match(r"mattecli\.(\w+)\((.*)\) -> ", block.strip()).groups()
+        scope: dict = {}
+        exec(f"def documented({params.replace('<default>', 'None')}): pass", scope)
+        want = inspect.signature(scope["documented"]).parameters
+        have = inspect.signature(getattr(mattecli, name)).parameters
+        assert [(p.name, p.kind) for p in want.values()] == [(p.name, p.kind) for p in have.values()], name
+        for p in want.values():
+            if "<default>" not in params.split(p.name + "=")[-1].split(",")[0]:
+                assert p.default == have[p.name].default, f"{name}: {p.name}={have[p.name].default!r} in the code"
+
+
+def test_the_conventions_name_every_option_given_once_for_each_value():
+    """docs/README.md's conventions list the options that may be given once per value (`--save a
+    --save b`); an option made repeatable, or no longer, shows up here."""
+    def walk(cmd):
+        yield cmd
+        for sub in getattr(cmd, "commands", {}).values():
+            yield from walk(sub)
+
+    repeatable = {o for c in walk(_click_tree()) for p in c.params if getattr(p, "multiple", False) for o in p.opts}
+    text = (ROOT / "docs" / "README.md").read_text().replace("\n", " ")
+    listed = re.search(r"Lists \(([^)]*)\) may be given once for each value", text)
+    assert listed, "docs/README.md no longer says which options take one value each time"
+    assert set(re.findall(r"--[a-z][a-z-]*", listed.group(1))) == repeatable

@@ -27,7 +27,8 @@ def main(
     save_pred: Optional[Path] = typer.Option(None, "--save-pred", help="With --weights: write the predictions to this folder as {name}.png."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write count, mean and per-image metrics as JSON (`-`: to stdout, the table to stderr)."),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write per-image metrics as CSV (name,sad,mse,grad,conn; `-`: to stdout, the table to stderr)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes computing metrics (default: all cores)."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Processes computing metrics (default: every core this process may use)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML page of the worst images by SAD into this folder."),
     report_worst: int = typer.Option(20, "--report-worst", help="How many of the worst images the report shows."),
     images: Optional[Path] = typer.Option(None, "--images", help="With --pred --gt --trimap: folder of the composites, shown in the report (--data gives its own)."),
