@@ -514,3 +514,68 @@ def test_the_trt_backend_checks_the_engines_recipe_as_other_formats_are(monkeypa
     with pytest.raises(UsageError) as err:
         TensorRTBackend(b"engine", meta, device="cpu", source="m.engine")
     assert str(err.value).startswith(reason) and "\n" not in str(err.value)
+
+
+def test_onnx_input_without_a_fixed_channel_count_is_refused(tmp_path):
+    """A symbolic C (dim_value 0) made a profile of 0 channels, which TensorRT refused without naming the input."""
+    import onnx
+
+    path = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "c"  # clears dim_value: a oneof
+    onnx.save(model, str(path))
+    with pytest.raises(UsageError, match=r"input 'input' must be \(N, C, H, W\) with a fixed C"):
+        trt_export.onnx_io(path)
+
+
+class KeepingBuilder(FakeBuilder):
+    """TensorRT's timing cache and parser rules: `set_timing_cache(cache, ignore_mismatch=False)` returns
+    False for a cache made on another device (True only when the mismatch is ignored), and the parser owns
+    the weights its network refers to, so it must be alive when the network is built."""
+
+    parsers = []
+
+    def create_builder_config(self):
+        config = super().create_builder_config()
+        calls = self.calls
+
+        def set_timing_cache(cache, ignore_mismatch):
+            calls.setdefault("caches", []).append((cache, ignore_mismatch))
+            return ignore_mismatch or cache == {"cache": b""}  # the file's cache: another GPU's
+        config.set_timing_cache = set_timing_cache
+        return config
+
+    def build_serialized_network(self, network, config):
+        self.calls["parser_alive"] = self.parsers[-1]() is not None
+        return super().build_serialized_network(network, config)
+
+
+def test_a_timing_cache_from_another_gpu_is_replaced_and_the_parser_outlives_the_build(tmp_path, monkeypatch,
+                                                                                       capsys):
+    import weakref
+
+    import torch
+
+    trt = fake_builder_trt("10.11.0", [FakeLayer("softmax", "f32")])
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            KeepingBuilder.parsers.append(weakref.ref(self))
+
+        def parse_from_file(self, path):
+            return True
+    trt.OnnxParser = Parser
+    trt.Builder = lambda logger: KeepingBuilder(trt, [FakeLayer("softmax", "f32")])
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"another gpu's timings")
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    engine = trt_export.to_engine(graph, tmp_path / "m.engine", half=True, tf32=True, timing_cache=cache)
+    assert trt.calls["caches"] == [({"cache": b"another gpu's timings"}, False), ({"cache": b""}, False)]
+    assert "timing cache not usable here; starting a new one" in capsys.readouterr().err
+    assert trt.calls["parser_alive"]
+    meta, _ = read_engine_file(engine)
+    assert (meta["half"], meta["tf32"]) == (True, False)  # TF32 concerns FP32 engines only
