@@ -763,3 +763,31 @@ def test_d646_skips_hidden_files_and_its_trimaps_keep_opaque_pixels_known(datase
     assert (out / "test/fg_names.txt").read_text() == "b.png\n"
     trimap = _read(out / "test/trimap/b_0.png")
     assert trimap.shape == (40, 40) and (trimap[:, 39] == 255).all() and (trimap[:, 0] == 0).all()
+
+
+@pytest.mark.parametrize("tag", [5, 8])
+def test_every_exif_tag_that_swaps_the_sides_is_named(dataset, tmp_path, tag):
+    """Tags 5 to 8 turn the picture by 90 degrees (5 and 7 also mirror it), so each explains a
+    width/height swap; the first of them was left out."""
+    root = tmp_path / "D646"
+    for sub in ("FG", "GT"):
+        (root / "Test" / sub).mkdir(parents=True)
+    photo = Image.fromarray(_rand_rgb(np.random.default_rng(5), 14, 10))
+    exif = photo.getexif()
+    exif[0x0112] = tag
+    photo.save(root / "Test" / "FG" / "p.jpg", exif=exif)
+    Image.fromarray(np.zeros((14, 10), np.uint8)).save(root / "Test" / "GT" / "p.jpg")
+    report = prepare_d646(root, None, dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert len(report.errors) == 1 and "(p.jpg's EXIF tag says '" in report.errors[0]
+
+
+def test_a_test_background_is_read_from_voc_before_coco(dataset, tmp_path):
+    """Composition-1k's backgrounds are VOC's: a COCO file of the same name (a merged image folder) is not used."""
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(coco / dataset["test_bgs"][0])
+    out = tmp_path / "out"
+    assert prepare_adobe(dataset["root"], coco, dataset["voc"], out, "test", workers=1).errors == []
+    group = dataset["root"] / "Test_set/Adobe-licensed images"
+    np.testing.assert_array_equal(_read(out / "test/merged/cat_0.png"), reference_composite(
+        group / "fg/cat.png", group / "alpha/cat.png", dataset["voc"] / dataset["test_bgs"][0]))
