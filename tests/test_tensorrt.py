@@ -579,3 +579,62 @@ def test_a_timing_cache_from_another_gpu_is_replaced_and_the_parser_outlives_the
     assert trt.calls["parser_alive"]
     meta, _ = read_engine_file(engine)
     assert (meta["half"], meta["tf32"]) == (True, False)  # TF32 concerns FP32 engines only
+
+
+def test_a_first_build_starts_its_timing_cache_quietly_and_a_damaged_one_is_replaced(tmp_path, monkeypatch, capsys):
+    """No cache file yet: no note (nothing was unusable). A damaged file TensorRT's binding refuses with a
+    TypeError: a note and a fresh cache. The recipe is the header's own field, not repeated in onnx_metadata."""
+    import torch
+
+    trt = fake_builder_trt("10.13.0", [])
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    cache = tmp_path / "timing.cache"
+    engine = trt_export.to_engine(graph, tmp_path / "m.engine", timing_cache=cache)
+    assert capsys.readouterr().err == "" and cache.read_bytes() == b"timings"
+    assert "recipe" not in read_engine_file(engine)[0]["onnx_metadata"]
+    real = FakeBuilder.create_builder_config
+
+    def create_timing_cache(data):
+        if data:
+            raise TypeError("cannot deserialize the timing cache")
+        return {"cache": b""}
+
+    def refusing(self):
+        config = real(self)
+        config.create_timing_cache = create_timing_cache
+        return config
+    monkeypatch.setattr(FakeBuilder, "create_builder_config", refusing)
+    cache.write_bytes(b"damaged")
+    trt_export.to_engine(graph, tmp_path / "m.engine", timing_cache=cache)
+    assert "timing cache not usable here; starting a new one" in capsys.readouterr().err
+    assert trt.calls["cache_in"] == {"cache": b""}
+
+
+def test_parser_errors_are_one_line(tmp_path, monkeypatch):
+    import torch
+
+    trt = fake_builder_trt("10.13.0", [])
+    error = types.SimpleNamespace(node_name=lambda: "Conv_0", desc=lambda: "unsupported\nattribute")
+    trt.OnnxParser = lambda network, logger: types.SimpleNamespace(parse_from_file=lambda path: False, num_errors=1,
+                                                                   get_error=lambda i: error)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    with pytest.raises(UsageError) as err:
+        trt_export.to_engine(graph, tmp_path / "m.engine")
+    assert str(err.value).endswith("TensorRT's ONNX parser failed: node Conv_0: unsupported attribute")
+
+
+def test_onnx_io_sees_fp16_weights_behind_fp32_inputs(tmp_path):
+    """A graph with FP32 inputs and outputs (casts at its edges) and FP16 weights, without a precision
+    property, is an FP16 graph."""
+    import onnx
+
+    path = tiny_onnx(tmp_path / "m.onnx", channels=4, half=True)
+    model = onnx.load(str(path))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    onnx.save(model, str(path))
+    assert trt_export.onnx_io(path)[:2] == (4, True)
