@@ -791,3 +791,16 @@ def test_a_test_background_is_read_from_voc_before_coco(dataset, tmp_path):
     group = dataset["root"] / "Test_set/Adobe-licensed images"
     np.testing.assert_array_equal(_read(out / "test/merged/cat_0.png"), reference_composite(
         group / "fg/cat.png", group / "alpha/cat.png", dataset["voc"] / dataset["test_bgs"][0]))
+
+
+def test_a_root_with_its_own_test_set_is_used_even_beside_a_nested_combined_dataset(dataset, tmp_path):
+    """Only a --root holding neither Training_set/ nor Test_set/ is the folder above Adobe's archive."""
+    import shutil
+
+    root = _copy_dataset(dataset, tmp_path)
+    shutil.rmtree(root / "Training_set")
+    (root / "Combined_Dataset").mkdir()
+    report = prepare_adobe(root, None, dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert report.errors == [] and report.counts == {"test": 40}
+    with pytest.raises(UsageError, match="holds Combined_Dataset/; give --root"):
+        prepare_adobe(tmp_path, None, dataset["voc"], tmp_path / "out", "test", workers=1)
