@@ -674,3 +674,133 @@ def test_prepare_data_notes_go_to_stderr_as_every_commands_do(capsys):
     out, err = capsys.readouterr()
     assert out == "test: 3 samples -> o/test/manifest.csv\n"
     assert err == "matte: note: d646 test trimaps are generated (seed 0), not official: o/test/trimaps.json\n"
+
+
+def test_the_output_stem_drops_only_the_extension_as_adobes_script_does():
+    """The script names a composite `im_name[:len(im_name)-4] + '_' + str(k)`: only the last dot goes."""
+    from mattecli.data.adobe import stem_of
+
+    assert stem_of("a.b.png") == "a.b" and stem_of("cat.jpg") == "cat" and stem_of("noext") == "noext"
+
+
+def test_a_names_file_saved_with_a_byte_order_mark_reads(tmp_path):
+    """Notepad saves UTF-8 with a BOM, which is not whitespace: the first name came out as '\\ufeffcat.png'."""
+    from mattecli.data.adobe import read_names
+
+    (tmp_path / "names.txt").write_bytes(b"\xef\xbb\xbfcat.png\r\ndog.png\r\n")
+    assert read_names(tmp_path / "names.txt") == ["cat.png", "dog.png"]
+
+
+def test_a_missing_background_fails_its_sample_alone_and_keeps_the_pairing(dataset, tmp_path):
+    import shutil
+
+    voc = tmp_path / "voc"
+    shutil.copytree(dataset["voc"], voc)
+    (voc / dataset["test_bgs"][20 + 4]).unlink()
+    out = tmp_path / "out"
+    report = prepare_adobe(dataset["root"], None, voc, out, "test", workers=1)
+    assert len(report.errors) == 1
+    assert dataset["test_bgs"][24] in report.errors[0] and "(sample dog_4)" in report.errors[0]
+    assert [s.name for s in read_manifest(out / "test")][20:] == [f"dog_{k}" for k in range(20) if k != 4]
+    group = dataset["root"] / "Test_set/Adobe-licensed images"
+    np.testing.assert_array_equal(_read(out / "test/merged/dog_5.png"), reference_composite(
+        group / "fg/dog.png", group / "alpha/dog.png", voc / dataset["test_bgs"][25]))
+
+
+def test_a_rerun_leaves_the_foreground_and_alpha_files_it_finds_alone(dataset, tmp_path):
+    out = tmp_path / "out"
+    prepare_adobe(dataset["root"], None, dataset["voc"], out, "test", workers=1)
+    (out / "test/bg/cat_3.png").unlink()
+    kept = [out / "test/fg/cat.png", out / "test/alpha/cat_3.png"]
+    before = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in kept]
+    report = prepare_adobe(dataset["root"], None, dataset["voc"], out, "test", workers=1)
+    assert report.errors == [] and (out / "test/bg/cat_3.png").is_file()
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in kept] == before
+
+
+def test_an_alpha_or_trimap_one_column_narrower_is_refused(dataset, tmp_path):
+    """Same height, other width: a check of the heights alone let them through."""
+    root = _copy_dataset(dataset, tmp_path)
+    group = root / "Test_set/Adobe-licensed images"
+    (cw, ch), (dw, dh) = TEST_FG["cat.png"], TEST_FG["dog.png"]
+    Image.fromarray(np.zeros((ch, cw - 1), np.uint8)).save(group / "alpha" / "cat.png")
+    Image.fromarray(np.zeros((dh, dw - 1), np.uint8)).save(group / "trimaps" / "dog_2.png")
+    report = prepare_adobe(root, None, dataset["voc"], tmp_path / "out", "test", workers=1)
+    text = "\n".join(report.errors)
+    assert f"alpha is {cw - 1}x{ch} but its foreground" in text
+    assert f"dog_2.png: trimap is {dw - 1}x{dh} but its composite is {dw}x{dh} (sample dog_2)" in text
+    assert [s.name for s in read_manifest(tmp_path / "out/test")] == [f"dog_{k}" for k in range(20) if k != 2]
+
+
+def test_one_worker_runs_in_this_process(dataset, tmp_path, monkeypatch):
+    """`--workers 1` composes in the calling process (no pool of one spawned process)."""
+    from mattecli.data import adobe
+
+    real, pids = adobe.run_job, []
+    monkeypatch.setattr(adobe, "run_job", lambda job: pids.append(os.getpid()) or real(job))
+    report = prepare_adobe(dataset["root"], None, dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert report.counts == {"test": 40} and pids == [os.getpid()] * 2
+
+
+def test_d646_skips_hidden_files_and_its_trimaps_keep_opaque_pixels_known(dataset, tmp_path):
+    """A macOS copy leaves `._b.png` beside `b.png`: it is no foreground. A generated trimap is 255 where
+    the alpha is 255 away from the edge, 0 where it is 0."""
+    root = tmp_path / "D646"
+    for sub in ("FG", "GT"):
+        (root / "Test" / sub).mkdir(parents=True)
+    alpha = np.zeros((40, 40), np.uint8)
+    alpha[:, 20:] = 255
+    Image.fromarray(_rand_rgb(np.random.default_rng(1), 40, 40)).save(root / "Test/FG/b.png")
+    Image.fromarray(alpha).save(root / "Test/GT/b.png")
+    (root / "Test/FG/._b.png").write_bytes(b"AppleDouble")
+    voc = tmp_path / "voc"
+    voc.mkdir()
+    for i in range(20):
+        Image.fromarray(_rand_rgb(np.random.default_rng(i), 8, 6)).save(voc / f"{i:04d}.jpg")
+    out = tmp_path / "out"
+    report = prepare_d646(root, None, voc, out, "test", workers=1)
+    assert report.errors == [] and report.counts == {"test": 20}
+    assert (out / "test/fg_names.txt").read_text() == "b.png\n"
+    trimap = _read(out / "test/trimap/b_0.png")
+    assert trimap.shape == (40, 40) and (trimap[:, 39] == 255).all() and (trimap[:, 0] == 0).all()
+
+
+@pytest.mark.parametrize("tag", [5, 8])
+def test_every_exif_tag_that_swaps_the_sides_is_named(dataset, tmp_path, tag):
+    """Tags 5 to 8 turn the picture by 90 degrees (5 and 7 also mirror it), so each explains a
+    width/height swap; the first of them was left out."""
+    root = tmp_path / "D646"
+    for sub in ("FG", "GT"):
+        (root / "Test" / sub).mkdir(parents=True)
+    photo = Image.fromarray(_rand_rgb(np.random.default_rng(5), 14, 10))
+    exif = photo.getexif()
+    exif[0x0112] = tag
+    photo.save(root / "Test" / "FG" / "p.jpg", exif=exif)
+    Image.fromarray(np.zeros((14, 10), np.uint8)).save(root / "Test" / "GT" / "p.jpg")
+    report = prepare_d646(root, None, dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert len(report.errors) == 1 and "(p.jpg's EXIF tag says '" in report.errors[0]
+
+
+def test_a_test_background_is_read_from_voc_before_coco(dataset, tmp_path):
+    """Composition-1k's backgrounds are VOC's: a COCO file of the same name (a merged image folder) is not used."""
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(coco / dataset["test_bgs"][0])
+    out = tmp_path / "out"
+    assert prepare_adobe(dataset["root"], coco, dataset["voc"], out, "test", workers=1).errors == []
+    group = dataset["root"] / "Test_set/Adobe-licensed images"
+    np.testing.assert_array_equal(_read(out / "test/merged/cat_0.png"), reference_composite(
+        group / "fg/cat.png", group / "alpha/cat.png", dataset["voc"] / dataset["test_bgs"][0]))
+
+
+def test_a_root_with_its_own_test_set_is_used_even_beside_a_nested_combined_dataset(dataset, tmp_path):
+    """Only a --root holding neither Training_set/ nor Test_set/ is the folder above Adobe's archive."""
+    import shutil
+
+    root = _copy_dataset(dataset, tmp_path)
+    shutil.rmtree(root / "Training_set")
+    (root / "Combined_Dataset").mkdir()
+    report = prepare_adobe(root, None, dataset["voc"], tmp_path / "out", "test", workers=1)
+    assert report.errors == [] and report.counts == {"test": 40}
+    with pytest.raises(UsageError, match="holds Combined_Dataset/; give --root"):
+        prepare_adobe(tmp_path, None, dataset["voc"], tmp_path / "out", "test", workers=1)

@@ -71,3 +71,26 @@ def test_a_name_that_is_not_utf8_is_written_escaped_not_a_crash(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "#1 bad\\udcff" in (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
     assert read_image(tmp_path / "r" / "contact_sheet.png").shape[0] == 22 + 160 + 6
+
+
+def test_report_sizes_metrics_and_the_contact_sheet_layout(tmp_path):
+    """Size as width x height; MSE to 5 decimals (its values are small); each panel scaled to 160 px high at
+    its aspect ratio (a 40 wide, 20 high image: 320 px wide tiles, 4 px white gaps); a narrower row padded
+    with white; no sheet when not asked for."""
+    def entry(name, w, h, mse):
+        gt = np.zeros((h, w), np.uint8)
+        return ReportEntry(name, {"sad": 1.0, "mse": mse, "grad": 0.0, "conn": 0.0}, pred=gt, gt=gt,
+                           trimap=gt + 128)
+
+    page = write_report(tmp_path / "r", [entry("wide", 40, 20, 0.00123), entry("narrow", 20, 40, 0.5)])
+    text = page.read_text()
+    assert text.index("<td>40&times;20</td>") < text.index("<td>20&times;40</td>") and "<td>0.00123</td>" in text
+    sheet = read_image(tmp_path / "r" / "contact_sheet.png")
+    # wide: 4 panels (trimap, gt, prediction, error) of 320 + 4; narrow: of 80 + 4
+    assert sheet.shape == (2 * (22 + 160 + 6), 4 * (320 + 4), 3)
+    assert (sheet[22:22 + 160, 320:324] == 255).all()  # the gap after the first tile
+    second = sheet[22 + 160 + 6 + 22:22 + 160 + 6 + 22 + 160]
+    assert (second[:, 4 * (80 + 4):] == 255).all()  # padded with white, not black
+    assert (second[:, :80] == 128).all()  # the trimap's first tile, scaled, not distorted
+    write_report(tmp_path / "n", [entry("wide", 40, 20, 0.1)], contact_sheet=False)
+    assert not (tmp_path / "n" / "contact_sheet.png").exists()

@@ -1011,3 +1011,64 @@ def test_a_weights_file_on_the_cpu_runs_its_batchnorms_unfolded(weights):
     backend = TorchBackend.load(weights, "cpu")
     assert backend.folded == 0
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backend.model.modules())
+
+
+def test_both_ends_of_the_opset_range_are_accepted(tmp_path):
+    """docs: --opset 17 to 20 (torch's TorchScript exporter writes up to 20)."""
+    from exporters.export import ExportOptions, check_options
+
+    for opset in (17, 20):
+        check_options(ExportOptions(weights=Path("m.safetensors"), out=tmp_path / "m.onnx", opset=opset))
+
+
+def test_verify_runs_the_default_sizes_an_engine_can_run_else_its_opt_shape():
+    """Defaults for stride 32: 96x160, 352x224, 1920x1088; an engine runs those inside its profile, and its
+    opt shape where none is; a static graph runs its one size."""
+    from types import SimpleNamespace
+
+    from exporters.export import Exported, ExportOptions, verify_sizes
+    from mattecli.sizes import Size
+
+    recipe = SimpleNamespace(infer=SimpleNamespace(stride=32))
+    trt, onnx_ = (ExportOptions(Path("m.safetensors"), Path("m." + f), format=f) for f in ("trt", "onnx"))
+    narrow = (Size(320, 320), Size(640, 640), Size(960, 960))  # none of the defaults fits
+    wide = (Size(64, 64), Size(320, 320), Size(1920, 1088))
+    assert verify_sizes(Exported(Path("m.engine"), None, recipe, True, narrow), trt) == [Size(640, 640)]
+    assert verify_sizes(Exported(Path("m.engine"), None, recipe, True, wide), trt) == [
+        Size(96, 160), Size(352, 224), Size(1920, 1088)]
+    assert verify_sizes(Exported(Path("m.onnx"), None, recipe, True, narrow), onnx_) == [
+        Size(96, 160), Size(352, 224), Size(1920, 1088)]
+    assert verify_sizes(Exported(Path("m.onnx"), None, recipe, False, narrow), onnx_) == [Size(640, 640)]
+
+
+def test_only_the_shapes_in_use_are_noted_when_aligned():
+    """A --static graph's min and max are copies of --opt-shape: one note, for --opt-shape, not three."""
+    from exporters.export import _align_shapes
+    from mattecli.recipes import load_recipe
+    from mattecli.sizes import Size
+
+    notes = []
+    shapes = _align_shapes((Size(90, 100),) * 3, load_recipe("demo-indexnet").infer, (False, True, False),
+                           notes.append)
+    assert shapes == (Size(96, 128),) * 3  # stride 32, aligned up
+    assert len(notes) == 1 and notes[0].startswith("matte: note: --opt-shape 90x100 aligned up to 96x128 ")
+
+
+def test_cli_trt_summary_says_tf32_for_an_fp32_engine_only(weights, tmp_path, monkeypatch):
+    """TF32 is an FP32 engine's setting (exporters.tensorrt: `tf32` lets an FP32 engine use it)."""
+    import exporters.tensorrt as tensorrt
+
+    built = []
+
+    def fake_build_engine(model, recipe, path, **kwargs):
+        built.append(kwargs["tf32"])
+        Path(path).write_bytes(b"engine")
+        return Path(path)
+
+    monkeypatch.setattr(tensorrt, "build_engine", fake_build_engine)
+    monkeypatch.setattr(tensorrt, "fp16_graph_for", lambda half: False)
+    for extra, says in (([], ": TensorRT engine (FP32, TF32), "), (["--half"], ": TensorRT engine (FP16), ")):
+        res = CliRunner().invoke(app, ["export", "--weights", str(weights), "--format", "trt", "--tf32", *extra,
+                                       "--out", str(tmp_path / "m.engine")])
+        assert res.exit_code == 0 and says in res.output, res.output
+    assert built == [True, True]  # passed on as asked: to_engine applies it to FP32 engines only

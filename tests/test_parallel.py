@@ -104,3 +104,38 @@ def test_worker_processes_leave_ctrl_c_to_the_parent_from_their_first_instructio
         for process in list(executor._processes.values()):
             os.kill(process.pid, signal.SIGINT)
         assert future.result(timeout=120) == (True, False)
+
+
+def test_an_inline_task_that_raises_any_exception_delivers_it_through_its_future():
+    """As a pool does: the caller meets the error at `result()`, not at `submit`."""
+    future = InlineExecutor().submit(lambda: {}["missing"])
+    assert isinstance(future.exception(), KeyError)
+
+
+def test_thread_workers_run_the_initializer():
+    import threading
+
+    started = threading.local()
+    with pool(2, initializer=lambda: setattr(started, "yes", True)) as executor:
+        assert all(executor.submit(lambda: getattr(started, "yes", False)).result() for _ in range(4))
+
+
+def test_leaving_the_block_normally_waits_for_every_task():
+    import time
+
+    done = []
+    with pool(2) as executor:
+        executor.submit(lambda: time.sleep(0.2) or done.append(1))
+    assert done == [1]
+
+
+def test_leaving_the_block_by_an_error_cancels_the_tasks_not_yet_started():
+    import time
+
+    ran = []
+    with pytest.raises(RuntimeError), pool(1) as executor:
+        executor.submit(time.sleep, 0.2)  # the one thread is busy with this one
+        for x in range(3):
+            executor.submit(ran.append, x)
+        raise RuntimeError("stop")
+    assert ran == []

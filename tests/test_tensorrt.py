@@ -514,3 +514,127 @@ def test_the_trt_backend_checks_the_engines_recipe_as_other_formats_are(monkeypa
     with pytest.raises(UsageError) as err:
         TensorRTBackend(b"engine", meta, device="cpu", source="m.engine")
     assert str(err.value).startswith(reason) and "\n" not in str(err.value)
+
+
+def test_onnx_input_without_a_fixed_channel_count_is_refused(tmp_path):
+    """A symbolic C (dim_value 0) made a profile of 0 channels, which TensorRT refused without naming the input."""
+    import onnx
+
+    path = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "c"  # clears dim_value: a oneof
+    onnx.save(model, str(path))
+    with pytest.raises(UsageError, match=r"input 'input' must be \(N, C, H, W\) with a fixed C"):
+        trt_export.onnx_io(path)
+
+
+class KeepingBuilder(FakeBuilder):
+    """TensorRT's timing cache and parser rules: `set_timing_cache(cache, ignore_mismatch=False)` returns
+    False for a cache made on another device (True only when the mismatch is ignored), and the parser owns
+    the weights its network refers to, so it must be alive when the network is built."""
+
+    parsers = []
+
+    def create_builder_config(self):
+        config = super().create_builder_config()
+        calls = self.calls
+
+        def set_timing_cache(cache, ignore_mismatch):
+            calls.setdefault("caches", []).append((cache, ignore_mismatch))
+            return ignore_mismatch or cache == {"cache": b""}  # the file's cache: another GPU's
+        config.set_timing_cache = set_timing_cache
+        return config
+
+    def build_serialized_network(self, network, config):
+        self.calls["parser_alive"] = self.parsers[-1]() is not None
+        return super().build_serialized_network(network, config)
+
+
+def test_a_timing_cache_from_another_gpu_is_replaced_and_the_parser_outlives_the_build(tmp_path, monkeypatch,
+                                                                                       capsys):
+    import weakref
+
+    import torch
+
+    trt = fake_builder_trt("10.11.0", [FakeLayer("softmax", "f32")])
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            KeepingBuilder.parsers.append(weakref.ref(self))
+
+        def parse_from_file(self, path):
+            return True
+    trt.OnnxParser = Parser
+    trt.Builder = lambda logger: KeepingBuilder(trt, [FakeLayer("softmax", "f32")])
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"another gpu's timings")
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    engine = trt_export.to_engine(graph, tmp_path / "m.engine", half=True, tf32=True, timing_cache=cache)
+    assert trt.calls["caches"] == [({"cache": b"another gpu's timings"}, False), ({"cache": b""}, False)]
+    assert "timing cache not usable here; starting a new one" in capsys.readouterr().err
+    assert trt.calls["parser_alive"]
+    meta, _ = read_engine_file(engine)
+    assert (meta["half"], meta["tf32"]) == (True, False)  # TF32 concerns FP32 engines only
+
+
+def test_a_first_build_starts_its_timing_cache_quietly_and_a_damaged_one_is_replaced(tmp_path, monkeypatch, capsys):
+    """No cache file yet: no note (nothing was unusable). A damaged file TensorRT's binding refuses with a
+    TypeError: a note and a fresh cache. The recipe is the header's own field, not repeated in onnx_metadata."""
+    import torch
+
+    trt = fake_builder_trt("10.13.0", [])
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    cache = tmp_path / "timing.cache"
+    engine = trt_export.to_engine(graph, tmp_path / "m.engine", timing_cache=cache)
+    assert capsys.readouterr().err == "" and cache.read_bytes() == b"timings"
+    assert "recipe" not in read_engine_file(engine)[0]["onnx_metadata"]
+    real = FakeBuilder.create_builder_config
+
+    def create_timing_cache(data):
+        if data:
+            raise TypeError("cannot deserialize the timing cache")
+        return {"cache": b""}
+
+    def refusing(self):
+        config = real(self)
+        config.create_timing_cache = create_timing_cache
+        return config
+    monkeypatch.setattr(FakeBuilder, "create_builder_config", refusing)
+    cache.write_bytes(b"damaged")
+    trt_export.to_engine(graph, tmp_path / "m.engine", timing_cache=cache)
+    assert "timing cache not usable here; starting a new one" in capsys.readouterr().err
+    assert trt.calls["cache_in"] == {"cache": b""}
+
+
+def test_parser_errors_are_one_line(tmp_path, monkeypatch):
+    import torch
+
+    trt = fake_builder_trt("10.13.0", [])
+    error = types.SimpleNamespace(node_name=lambda: "Conv_0", desc=lambda: "unsupported\nattribute")
+    trt.OnnxParser = lambda network, logger: types.SimpleNamespace(parse_from_file=lambda path: False, num_errors=1,
+                                                                   get_error=lambda i: error)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    graph = tiny_onnx(tmp_path / "m.onnx", channels=4, recipe={"name": "x"})
+    with pytest.raises(UsageError) as err:
+        trt_export.to_engine(graph, tmp_path / "m.engine")
+    assert str(err.value).endswith("TensorRT's ONNX parser failed: node Conv_0: unsupported attribute")
+
+
+def test_onnx_io_sees_fp16_weights_behind_fp32_inputs(tmp_path):
+    """A graph with FP32 inputs and outputs (casts at its edges) and FP16 weights, without a precision
+    property, is an FP16 graph."""
+    import onnx
+
+    path = tiny_onnx(tmp_path / "m.onnx", channels=4, half=True)
+    model = onnx.load(str(path))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    onnx.save(model, str(path))
+    assert trt_export.onnx_io(path)[:2] == (4, True)
