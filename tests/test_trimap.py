@@ -923,6 +923,27 @@ def test_infer_shard_k_of_n_takes_images_k_k_plus_n_of_the_sorted_list(tmp_path,
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["n1.png", "n4.png"]
 
 
+@pytest.mark.parametrize("flags, ceiling", [([], 4 * 2**30), (["--max-memory", "512MB"], 512 * 2**20),
+                                            (["--max-memory", "none"], None)])
+def test_infer_memory_ceiling_is_4gb_on_a_cpu_unless_given(tmp_path, capsys, monkeypatch, flags, ceiling):
+    """docs/commands/infer.md: --max-memory "default 4GB on a CPU" (binary units), `none` for no
+    ceiling: the ceiling the model is loaded with."""
+    import mattecli.inference.pipeline
+    from mattecli.errors import UsageError
+
+    asked = []
+
+    def load(*args, **kwargs):
+        asked.append(kwargs["max_bytes"])
+        raise UsageError("loaded")
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", load)
+    images = make_pairs(tmp_path / "in", ["a"])
+    code, _, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images", images, "--out", tmp_path / "o",
+                         "--device", "cpu", *flags)
+    assert (code, err, asked) == (2, "matte: error: loaded\n", [ceiling])
+
+
 def test_an_unwritable_out_is_one_usage_error(tmp_path, monkeypatch):
     import mattecli.imageio
     from mattecli.errors import UsageError
