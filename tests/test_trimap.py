@@ -573,6 +573,7 @@ def test_a_preview_without_images_is_the_trimap_over_the_mask(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--band", "wide"], "--band wide"), (["--threshold", "0.9,0.1"], "--threshold"),
     (["--method", "erode"], "--method and --seed are for --alphas"), (["--empty", "maybe"], "--empty"),
+    (["--seed", "3"], "--method and --seed are for --alphas"),
     (["--out-is-masks"], "is the --masks folder"),
 ])
 def test_matte_trimap_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
@@ -581,6 +582,25 @@ def test_matte_trimap_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, 
     args = [] if args == ["--out-is-masks"] else args
     code, _, err = matte(capsys, "trimap", "--masks", masks, "--out", out, *args)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give either --masks DIR or --alphas DIR"),
+    (["--masks", "{m}", "--alphas", "{m}"], "give either --masks DIR or --alphas DIR"),
+    (["--alphas", "{m}", "--band", "4"], "--band and --threshold are for --masks; with --alphas use --method "
+                                         "and --seed"),
+    (["--alphas", "{m}", "--threshold", "0.3,0.7"], "--band and --threshold are for --masks; with --alphas use "
+                                                    "--method and --seed"),
+    (["--alphas", "{m}", "--method", "blur"], "--method blur: choose dist or erode"),
+])
+def test_matte_trimap_neither_both_or_the_other_sources_options_exit_2(tmp_path, capsys, args, message):
+    """docs/commands/trimap.md: neither or both of --masks / --alphas is a usage error (2, one
+    line); --band and --threshold are for masks, --method (dist or erode) for alphas."""
+    _, masks = mask_folder(tmp_path)
+    args = [str(masks) if a == "{m}" else a for a in args]
+    code, out, err = matte(capsys, "trimap", *args, "--out", tmp_path / "t")
+    assert (code, out, err) == (2, "", f"matte: error: {message}\n")
+    assert not (tmp_path / "t").exists()
 
 
 def test_an_empty_path_is_a_usage_error_not_the_current_folder(tmp_path, capsys, monkeypatch):
