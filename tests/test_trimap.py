@@ -574,6 +574,8 @@ def test_a_preview_without_images_is_the_trimap_over_the_mask(tmp_path, capsys):
     (["--band", "wide"], "--band wide"), (["--threshold", "0.9,0.1"], "--threshold"),
     (["--method", "erode"], "--method and --seed are for --alphas"), (["--empty", "maybe"], "--empty"),
     (["--seed", "3"], "--method and --seed are for --alphas"),
+    # an unset variable (`--band "$BAND"`) is refused, not taken as the default
+    (["--band", ""], "--band : expected pixels"), (["--threshold", ""], "--threshold : expected LO,HI"),
     (["--out-is-masks"], "is the --masks folder"),
 ])
 def test_matte_trimap_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
@@ -601,6 +603,25 @@ def test_matte_trimap_neither_both_or_the_other_sources_options_exit_2(tmp_path,
     code, out, err = matte(capsys, "trimap", *args, "--out", tmp_path / "t")
     assert (code, out, err) == (2, "", f"matte: error: {message}\n")
     assert not (tmp_path / "t").exists()
+
+
+def test_matte_trimap_redoes_existing_trimaps_with_overwrite_only(tmp_path, capsys):
+    """CLI.md `[--overwrite]`: existing trimaps are skipped (a re-run finishes what is missing) unless
+    --overwrite; a --preview that is a file is refused before any trimap, as --out is."""
+    _, masks = mask_folder(tmp_path)
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t")
+    assert code == 0 and out.startswith("2 written"), err
+    made = read_gray(tmp_path / "t" / "a.png")
+    write_png(tmp_path / "t" / "a.png", np.zeros_like(made))
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t")
+    assert code == 0 and out.startswith("0 written") and not read_gray(tmp_path / "t" / "a.png").any(), err
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", "--overwrite")
+    assert code == 0 and out.startswith("2 written"), err
+    assert np.array_equal(read_gray(tmp_path / "t" / "a.png"), made)
+    (tmp_path / "p").write_text("x")
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t2", "--preview", tmp_path / "p")
+    assert (code, out, err) == (2, "", f"matte: error: --preview {tmp_path / 'p'}: is a file, not a folder\n")
+    assert not list((tmp_path / "t2").glob("*.png"))
 
 
 def test_an_empty_path_is_a_usage_error_not_the_current_folder(tmp_path, capsys, monkeypatch):
