@@ -66,6 +66,7 @@ def test_a_bare_command_still_shows_its_help():
     for args in ([], ["prepare-data"]):
         res = run_main(*args)
         assert res.returncode == 2 and "Usage:" in res.stdout + res.stderr and "Commands" in res.stdout + res.stderr
+        assert "matte: error" not in res.stderr  # the help as it is, not squashed into one error line
 
 
 def test_the_runtime_never_imports_the_export_tooling():
