@@ -87,6 +87,7 @@ def test_bench_onnx_from_safetensors(tmp_path, weights, one_thread):
     # each was silently ignored: a "--compile" row timed the eager model
     (["--compile", "--count", "2", "--sizes", "32x32", "--backends", "torch"], "--count, --compile: with --e2e only"),
     (["--photos", "jpg"], "--photos: with --e2e only"),
+    (["--save", "fg", "--sizes", "32x32", "--backends", "torch", "--repeat", "1"], "--save: with --e2e only"),
     # a list option given twice kept its last value without a word: the values are joined
     (["--sizes", "bad", "--sizes", "32x32"], "--sizes: 'bad' is not WIDTHxHEIGHT"),
     (["--e2e", "--backends", "torch", "--backends", "onnx", "--sizes", "32x32"], "--e2e times one backend"),

@@ -70,6 +70,7 @@ def test_a_bare_command_still_shows_its_help():
     for args in ([], ["prepare-data"]):
         res = run_main(*args)
         assert res.returncode == 2 and "Usage:" in res.stdout + res.stderr and "Commands" in res.stdout + res.stderr
+        assert "matte: error" not in res.stderr  # the help as it is, not squashed into one error line
 
 
 def test_the_runtime_never_imports_the_export_tooling():
@@ -467,7 +468,7 @@ def test_an_option_of_one_value_given_twice_says_which_counts(tmp_path, monkeypa
     counts (a wrapper may append an option to override its default), with a note on stderr."""
     monkeypatch.chdir(tmp_path)
     res = run_main("prepare-data", "synthetic", "--out", "a", "--out", "b", "--train", "1", "--test", "1",
-                   "--size", "32", "--seed", "1", "--seed=2")
+                   "--size", "32", "--seed", "1", "--seed", "3", "--seed=2")  # thrice: one note
     assert res.returncode == 0, res.stderr
     notes = [line for line in res.stderr.splitlines() if "given more than once" in line]
     assert notes == ["matte: note: --out given more than once: the last counts (b)",

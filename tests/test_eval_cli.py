@@ -228,6 +228,13 @@ def test_three_channel_ground_truth_uses_its_first_channel(folders):
     ([], "give --pred"),
     (["--pred", "P"], "--pred needs --gt"),
     (["--weights", "W.safetensors"], "--weights needs --data"),
+    # docs/commands/eval.md: an option of the other mode is a usage error, one line
+    (["--weights", "W.safetensors", "--data", "D", "--gt", "G"], "--gt, --trimap and --images go with --pred"),
+    (["--weights", "W.safetensors", "--data", "D", "--images", "I"], "--gt, --trimap and --images go with --pred"),
+    (["--pred", "P", "--data", "D", "--trimap", "T"], "--data gives the ground truth, trimaps and images; do not "
+                                                      "add --gt, --trimap or --images"),
+    (["--pred", "P", "--gt", "G"], "--pred needs --gt DIR and --trimap DIR (or --data)"),
+    (["--pred", "P", "--gt", "G", "--trimap", "T", "--workers", "0"], "--workers must be at least 1, not 0"),
 ])
 def test_bad_usage_exits_2_with_one_line(args, message):
     result = run(*args)
@@ -261,6 +268,15 @@ def test_run_eval_refuses_an_option_of_a_model_run_with_pred_alike(folders):
     with pytest.raises(UsageError, match=r"^--device: with --weights only \(with --pred the predictions are files"):
         run_eval(pred=root / "pred", gt=root / "gt", trimap=root / "trimap", device="cuda", workers=1)
     assert run_eval(pred=root / "pred", gt=root / "gt", trimap=root / "trimap", workers=1) == 0
+
+
+def test_a_report_of_no_images_is_a_usage_error(folders):
+    """--report-worst is how many of the worst images the report shows (docs/commands/eval.md): 0,
+    a page of no images, is refused before any image is evaluated."""
+    root, _ = folders
+    result = run(*args_for(root, "--report", root / "r", "--report-worst", "0"))
+    assert (result.exit_code, result.stderr) == (2, "matte: error: --report-worst must be at least 1, not 0\n")
+    assert not (root / "r").exists()
 
 
 def test_missing_folder_exits_2(tmp_path):

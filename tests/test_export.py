@@ -646,6 +646,43 @@ def test_cli_verify_fails_above_the_tolerance(weights, tmp_path, monkeypatch):
     assert "matte: note: this recipe unpools at max indices: where a pooled cell's values (nearly) tie" in res.stderr
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_cli_export_prints_the_summary_and_with_verify_a_row_per_size(tmp_path, monkeypatch, verify):
+    """The summary on stdout; without --verify nothing runs against PyTorch; with it, a row per size
+    (a size the pipeline aligns shown as asked -> run), ok or FAIL against 1e-4 x max(1, max |ref|)
+    (--verify's help), and exit 1 saying how many sizes failed. The export itself is faked."""
+    import exporters.export as exporting
+
+    recipe = type("Recipe", (), {"model": type("Model", (), {"index": None})()})()
+    exported = exporting.Exported(tmp_path / "m.onnx", None, recipe, True, (), summary="wrote m.onnx")
+
+    def sizes(exported, opts):
+        assert verify, "verification sizes asked for without --verify"
+        return [Size(64, 32), Size(97, 95), Size(128, 64)]
+
+    def verify_export(exported, opts, sizes, on_size):
+        assert verify, "verified without --verify"
+        # 5e-5 <= 1e-4 x 1: ok; 3e-4 > 1e-4 x 2.0: FAIL; 1e-5: ok
+        return [Parity(32, 64, 5e-5, 1e-6, 0.5), Parity(96, 96, 3e-4, 2e-5, 2.0), Parity(64, 128, 1e-5, 1e-7, 1.0)]
+
+    monkeypatch.setattr(exporting, "export", lambda opts, log, track: exported)
+    monkeypatch.setattr(exporting, "verify_sizes", sizes)
+    monkeypatch.setattr(exporting, "verify_export", verify_export)
+    res = CliRunner().invoke(app, ["export", "--weights", str(tmp_path / "w.safetensors"),
+                                   "--out", str(tmp_path / "m.onnx"), *(["--verify"] if verify else [])])
+    lines = res.stdout.splitlines()
+    assert lines[0] == "wrote m.onnx"
+    if not verify:
+        assert (res.exit_code, lines, res.stderr) == (0, ["wrote m.onnx"], "")
+        return
+    rows = [line.split() for line in lines if line.strip().startswith(("64x32", "97x95", "128x64"))]
+    assert rows == [["64x32", "5.00e-05", "1.00e-06", "0.5", "ok"],
+                    ["97x95", "->", "96x96", "3.00e-04", "2.00e-05", "2", "FAIL"],
+                    ["128x64", "1.00e-05", "1.00e-07", "1", "ok"]]
+    assert res.exit_code == 1 and "verify: ok" not in res.stdout
+    assert "verify: FAILED at 1 of 3 sizes (max-abs above 0.0001 x max(1, max |ref|))" in res.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--weights", "{tmp}/missing.safetensors"], "missing.safetensors: no such weights file"),
     (["--format", "tflite"], "--format tflite: unknown format"),

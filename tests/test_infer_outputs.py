@@ -308,6 +308,28 @@ def test_the_numba_check_runs_where_pymatting_will_estimate_the_foregrounds(tmp_
     assert "self.device" not in inspect.getsource(OnnxBackend)  # the rule's premise: ONNX Runtime holds none
 
 
+@pytest.mark.parametrize("save, checked", [("fg", True), ("rgba", True), ("composite", True),
+                                           ("alpha,trimap", False)])
+def test_the_numba_check_runs_for_each_output_pymatting_makes(tmp_path, monkeypatch, save, checked):
+    """docs/commands/infer.md: `--save fg` (rgba, composite) with a NUMBA_THREADING_LAYER numba cannot
+    start is a usage error before any image; an alpha or a trimap needs no foreground, nor numba."""
+    import mattecli.inference.outputs as outputs
+    import mattecli.inference.pipeline as pipeline
+    from mattecli.cli import app
+
+    def refused():
+        raise UsageError("numba checked")
+
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: type("P", (), {"backend": None})())
+    monkeypatch.setattr(outputs, "check_numba_threading_layer", refused)
+    (tmp_path / "in").mkdir()
+    background = ["--background", "#00ff00"] if save == "composite" else []
+    res = CliRunner().invoke(app, ["infer", "--weights", str(tmp_path / "m.onnx"), "--images", str(tmp_path / "in"),
+                                   "--out", str(tmp_path / "out"), "--device", "cpu", "--save", save,
+                                   "--max-memory", "none", *background])
+    assert (str(res.exception) == "numba checked") == checked, res.exception
+
+
 def test_a_composite_is_current_only_for_the_background_recorded_in_it(tmp_path):
     from mattecli.inference.outputs import is_current
 

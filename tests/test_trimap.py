@@ -573,6 +573,9 @@ def test_a_preview_without_images_is_the_trimap_over_the_mask(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--band", "wide"], "--band wide"), (["--threshold", "0.9,0.1"], "--threshold"),
     (["--method", "erode"], "--method and --seed are for --alphas"), (["--empty", "maybe"], "--empty"),
+    (["--seed", "3"], "--method and --seed are for --alphas"),
+    # an unset variable (`--band "$BAND"`) is refused, not taken as the default
+    (["--band", ""], "--band : expected pixels"), (["--threshold", ""], "--threshold : expected LO,HI"),
     (["--out-is-masks"], "is the --masks folder"),
 ])
 def test_matte_trimap_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
@@ -581,6 +584,44 @@ def test_matte_trimap_usage_errors_exit_2_with_one_line(tmp_path, capsys, args, 
     args = [] if args == ["--out-is-masks"] else args
     code, _, err = matte(capsys, "trimap", "--masks", masks, "--out", out, *args)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give either --masks DIR or --alphas DIR"),
+    (["--masks", "{m}", "--alphas", "{m}"], "give either --masks DIR or --alphas DIR"),
+    (["--alphas", "{m}", "--band", "4"], "--band and --threshold are for --masks; with --alphas use --method "
+                                         "and --seed"),
+    (["--alphas", "{m}", "--threshold", "0.3,0.7"], "--band and --threshold are for --masks; with --alphas use "
+                                                    "--method and --seed"),
+    (["--alphas", "{m}", "--method", "blur"], "--method blur: choose dist or erode"),
+])
+def test_matte_trimap_neither_both_or_the_other_sources_options_exit_2(tmp_path, capsys, args, message):
+    """docs/commands/trimap.md: neither or both of --masks / --alphas is a usage error (2, one
+    line); --band and --threshold are for masks, --method (dist or erode) for alphas."""
+    _, masks = mask_folder(tmp_path)
+    args = [str(masks) if a == "{m}" else a for a in args]
+    code, out, err = matte(capsys, "trimap", *args, "--out", tmp_path / "t")
+    assert (code, out, err) == (2, "", f"matte: error: {message}\n")
+    assert not (tmp_path / "t").exists()
+
+
+def test_matte_trimap_redoes_existing_trimaps_with_overwrite_only(tmp_path, capsys):
+    """CLI.md `[--overwrite]`: existing trimaps are skipped (a re-run finishes what is missing) unless
+    --overwrite; a --preview that is a file is refused before any trimap, as --out is."""
+    _, masks = mask_folder(tmp_path)
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t")
+    assert code == 0 and out.startswith("2 written"), err
+    made = read_gray(tmp_path / "t" / "a.png")
+    write_png(tmp_path / "t" / "a.png", np.zeros_like(made))
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t")
+    assert code == 0 and out.startswith("0 written") and not read_gray(tmp_path / "t" / "a.png").any(), err
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", "--overwrite")
+    assert code == 0 and out.startswith("2 written"), err
+    assert np.array_equal(read_gray(tmp_path / "t" / "a.png"), made)
+    (tmp_path / "p").write_text("x")
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t2", "--preview", tmp_path / "p")
+    assert (code, out, err) == (2, "", f"matte: error: --preview {tmp_path / 'p'}: is a file, not a folder\n")
+    assert not list((tmp_path / "t2").glob("*.png"))
 
 
 def test_an_empty_path_is_a_usage_error_not_the_current_folder(tmp_path, capsys, monkeypatch):
@@ -824,6 +865,124 @@ def test_infer_output_subfolder_that_cannot_be_written_is_refused_before_the_mod
                            tmp_path / "out", "--save", "alpha,fg", "--max-memory", "none")
     assert (code, out, err) == (2, "", f"matte: error: --out {tmp_path / 'out' / 'fg'}: cannot write there "
                                       "(Read-only file system)\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trimaps", "T", "--masks", "M"], "give --trimaps or --masks, not both"),
+    (["--band", "20"], "--band and --threshold make trimaps from --masks; add --masks DIR"),
+    (["--threshold", "0.3,0.7"], "--band and --threshold make trimaps from --masks; add --masks DIR"),
+    (["--empty", "maybe"], "--empty maybe: choose skip or pass"),
+    (["--save", ","], "--save ,: choose from alpha, fg, rgba, composite, trimap"),
+])
+def test_infer_usage_errors_exit_2_with_one_line_before_the_model_runs(tmp_path, capsys, monkeypatch, args,
+                                                                       message):
+    """docs/commands/infer.md: `--trimaps` with `--masks` is a usage error (2, one line); --band and
+    --threshold are "with --masks"; --empty is skip or pass; --save names at least one output."""
+    import mattecli.inference.pipeline
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", lambda *a, **k: ModelMustNotRun())
+    images = make_pairs(tmp_path / "in", ["a"])
+    code, out, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images", images, "--out",
+                           tmp_path / "out", "--max-memory", "none", *args)
+    assert (code, out, err) == (2, "", f"matte: error: {message}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_infer_refuses_missing_images_and_a_json_onto_its_trimap_before_the_model_runs(tmp_path, capsys, monkeypatch):
+    """docs/commands/infer.md: `--images` neither a folder nor an image file is a usage error (2,
+    one line, nothing made), and a --json "naming an input file is refused before any work": a
+    --trimaps file named without an image suffix (which --json refuses anyway) is one."""
+    import mattecli.inference.pipeline
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", lambda *a, **k: ModelMustNotRun())
+    images = make_pairs(tmp_path / "in", ["a"])
+    (images / "a_trimap.png").rename(tmp_path / "tri")
+    base = ["infer", "--weights", "w.safetensors", "--out", tmp_path / "out", "--max-memory", "none"]
+    code, out, err = matte(capsys, *base, "--images", tmp_path / "nowhere")
+    assert (code, out, err) == (2, "", f"matte: error: --images {tmp_path / 'nowhere'}: no such folder or file\n")
+    before = (tmp_path / "tri").read_bytes()
+    code, out, err = matte(capsys, *base, "--images", images / "a.png", "--trimaps", tmp_path / "tri",
+                           "--json", tmp_path / "tri")
+    assert (code, out, err) == (2, "", f"matte: error: --json {tmp_path / 'tri'}: is an input file; write the "
+                                       "report to another file\n")
+    assert (tmp_path / "tri").read_bytes() == before and not (tmp_path / "out").exists()
+
+
+def test_infer_compile_reaches_the_pipeline_and_a_note_says_the_first_image_waits(tmp_path, capsys, monkeypatch):
+    """docs/commands/infer.md: with --compile "the first image waits for the compilation (minutes)
+    ..., a note says so"; without it, no note."""
+    import mattecli.inference.pipeline
+
+    asked = []
+
+    def load(*args, **kwargs):
+        asked.append(kwargs["compile"])
+        return FakePipeline()
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", load)
+    images = make_pairs(tmp_path / "in", ["a"])
+    for flags, out in (([], "eager"), (["--compile"], "compiled")):
+        code, stdout, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images", images, "--out",
+                                  tmp_path / out, "--device", "cpu", "--max-memory", "none", *flags)
+        assert code == 0 and stdout.startswith("1 written"), err
+        assert ("matte: note: --compile: the first image waits" in err) == bool(flags), err
+    assert asked == [False, True]
+
+
+def test_infer_masks_band_and_threshold_make_the_trimaps_matte_trimap_makes(tmp_path, capsys, monkeypatch):
+    """CLI.md: with --masks, trimaps are made "exactly as `matte trimap` makes them", --band and
+    --threshold included (a soft patch of 0.39: unknown between 0.3 and 0.7, background at 0.5)."""
+    import mattecli.inference.pipeline
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", lambda *a, **k: FakePipeline())
+    images, masks = mask_folder(tmp_path)
+    soft = read_gray(masks / "a.png")
+    soft[2:8, 50:60] = 100
+    write_png(masks / "a.png", soft)
+    rule = ["--band", "4", "--threshold", "0.3,0.7"]
+    code, out, err = matte(capsys, "trimap", "--masks", masks, "--out", tmp_path / "t", *rule)
+    assert code == 0, err
+    code, out, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images", images, "--masks", masks,
+                           "--out", tmp_path / "o", "--save", "alpha,trimap", "--max-memory", "none", *rule)
+    assert code == 0 and out.startswith("2 written"), err
+    for name in ("a", "b"):
+        made = read_gray(tmp_path / "t" / f"{name}.png")
+        assert np.array_equal(read_gray(tmp_path / "o" / "trimap" / f"{name}.png"), made)
+    assert (read_gray(tmp_path / "t" / "a.png")[2:8, 50:60] == 128).all()
+
+
+def test_infer_shard_k_of_n_takes_images_k_k_plus_n_of_the_sorted_list(tmp_path, capsys, monkeypatch):
+    """`--shard K/N` (its help; docs/commands/infer.md): the K-th, 0-based, of N slices of the input
+    list sorted by path, images K, K+N, K+2N, ...: 1/3 of n0..n4 is n1 and n4."""
+    import mattecli.inference.pipeline
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", lambda *a, **k: FakePipeline())
+    images = make_pairs(tmp_path / "in", [f"n{i}" for i in (3, 0, 4, 1, 2)])
+    code, out, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images", images, "--out", tmp_path / "o",
+                           "--shard", "1/3", "--max-memory", "none")
+    assert code == 0 and out.startswith("2 written"), err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["n1.png", "n4.png"]
+
+
+@pytest.mark.parametrize("flags, ceiling", [([], 4 * 2**30), (["--max-memory", "512MB"], 512 * 2**20),
+                                            (["--max-memory", "none"], None)])
+def test_infer_memory_ceiling_is_4gb_on_a_cpu_unless_given(tmp_path, capsys, monkeypatch, flags, ceiling):
+    """docs/commands/infer.md: --max-memory "default 4GB on a CPU" (binary units), `none` for no
+    ceiling: the ceiling the model is loaded with."""
+    import mattecli.inference.pipeline
+    from mattecli.errors import UsageError
+
+    asked = []
+
+    def load(*args, **kwargs):
+        asked.append(kwargs["max_bytes"])
+        raise UsageError("loaded")
+
+    monkeypatch.setattr(mattecli.inference.pipeline, "load_pipeline", load)
+    images = make_pairs(tmp_path / "in", ["a"])
+    code, _, err = matte(capsys, "infer", "--weights", "w.safetensors", "--images", images, "--out", tmp_path / "o",
+                         "--device", "cpu", *flags)
+    assert (code, err, asked) == (2, "matte: error: loaded\n", [ceiling])
 
 
 def test_an_unwritable_out_is_one_usage_error(tmp_path, monkeypatch):
