@@ -236,3 +236,84 @@ def test_band_box_is_widened_by_half_the_overlap_before_centring():
     trimap[40:61, 40:61] = 128
     tiles = plan_tiles(trimap, 32, 8)
     assert [(t.y0, t.x0, t.y1, t.x1) for t in tiles] == [(35, 35, 67, 67)]
+
+
+def test_a_narrow_band_at_the_far_edge_gets_the_last_window_that_fits():
+    from mattecli.inference.tiling import _starts
+
+    # a band 90..98 of 100 centred in a tile of 32 would start at 78 and end past the image:
+    # the window is pushed back to end at the image's edge, 100 - 32 = 68
+    assert _starts(90, 98, 100, 32, 8) == [68]
+    assert _starts(0, 5, 100, 32, 8) == [0]  # and at the near edge, to start at 0
+
+
+@pytest.mark.parametrize("tile, overlap", [(64, 16), (32, 8), (48, 12)])
+def test_adjacent_windows_overlap_by_at_least_the_overlap_and_cover_the_band(tile, overlap):
+    """Every band width from one to four tiles: the windows cover [lo, hi), stay in the image and
+    each overlaps the next by >= `overlap` (a step of `tile - overlap + 1` left one pixel short)."""
+    from mattecli.inference.tiling import _starts
+
+    size, lo = 400, 7
+    for hi in range(lo + tile + 1, lo + 4 * tile):
+        starts = _starts(lo, hi, size, tile, overlap)
+        assert starts[0] <= lo and starts[-1] + tile >= hi and starts[-1] + tile <= size, (hi, starts)
+        steps = np.diff(starts)
+        assert (steps > 0).all() and (tile - steps >= overlap).all(), (hi, starts)
+
+
+def test_windows_are_clipped_to_an_image_smaller_than_the_tile():
+    # 40 rows and a tile of 64: the windows are 40 high, not 64 (plan_tiles: "clipped to the image")
+    trimap = np.zeros((40, 300), np.uint8)
+    trimap[10:30, 20:280] = 128
+    tiles = plan_tiles(trimap, 64, 16)
+    assert tiles and all(t.y0 == 0 and t.y1 == 40 for t in tiles)
+    assert all(t.x1 <= 300 and t.x1 - t.x0 == 64 for t in tiles)
+
+
+def test_blend_fades_a_tile_only_away_from_the_image_border():
+    """Two tiles one above the other, predicting 0 and 90: the upper one, at the image's top, keeps
+    weight 1 down to its faded end; the lower one rises in steps of 1/9 (overlap 8) from its first row."""
+    from mattecli.inference.tiling import Tile
+
+    trimap = np.full((44, 8), 128, np.uint8)
+    image = np.zeros((44, 8, 3), np.uint8)
+    values = iter([np.float32(0), np.float32(90)])
+    out = blend_tiles(lambda im, tri: np.full(tri.shape, next(values), np.float32), image, trimap,
+                      [Tile(0, 0, 40, 8), Tile(4, 0, 44, 8)], 8)
+    # row 4: upper weight 1 (not faded at the image's top), lower 1/9: 90 * (1/9) / (10/9) = 9
+    # row 32: upper 8/9 (its fade starts 8 rows before its end at 40), lower 1: 90 / (17/9) = 47.6
+    np.testing.assert_allclose(out[:, 0][[0, 3, 4, 32, 40, 43]], [0, 0, 9, 90 * 9 / 17, 90, 90], rtol=1e-5)
+
+
+def test_pixels_no_tile_covers_are_zero():
+    import warnings
+
+    from mattecli.inference.tiling import Tile
+
+    trimap = np.full((20, 30), 128, np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0 / 0
+        out = blend_tiles(lambda im, tri: np.full(tri.shape, 200, np.float32), np.zeros((20, 30, 3), np.uint8),
+                          trimap, [Tile(0, 0, 20, 10)], 4)
+    assert (out[:, :10] == 200).all() and (out[:, 10:] == 0).all()
+
+
+def test_default_ceiling_is_4gb_on_a_cpu_and_90_percent_of_the_gpu_on_cuda(monkeypatch):
+    """docs/python-api.md: `max_memory` defaults to 4 GB on a CPU, 90% of the GPU's memory on CUDA."""
+    import types
+
+    import torch
+
+    from mattecli.inference.tiling import default_max_bytes
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: types.SimpleNamespace(total_memory=10**10))
+    assert default_max_bytes("cpu") == 4 * 2**30
+    assert default_max_bytes("cuda") == default_max_bytes("cuda:1") == 9 * 10**9
+
+
+def test_cuda_without_a_measured_figure_is_budgeted_by_the_cpu_figure():
+    from mattecli.inference.tiling import model_bytes_per_pixel
+
+    per_pixel, source = model_bytes_per_pixel(InferConfig(bytes_per_pixel=600), "cuda", half=True)
+    assert per_pixel == 600 and "cuda_half_bytes_per_pixel not measured" in source
+    assert model_bytes_per_pixel(InferConfig(bytes_per_pixel=600, cuda_bytes_per_pixel=500), "cuda")[0] == 500
