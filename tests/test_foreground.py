@@ -79,6 +79,42 @@ def test_the_start_colours_are_pymattings_means_over_alpha_above_0_9_and_below_0
     np.testing.assert_allclose(bg.permute(1, 2, 0).numpy(), want_bg, atol=1e-5)
 
 
+def test_alphas_of_exactly_0_9_and_0_1_belong_to_neither_start_colour():
+    """PyMatting's start: F the mean where alpha > 0.9, B where alpha < 0.1, strictly; an alpha of
+    exactly 0.9 (or 0.1) counts for neither."""
+    rng = np.random.default_rng(3)
+    image = rng.random((4, 6, 3), dtype=np.float32)
+    alpha = np.tile(np.array([0.0, 0.1, 0.5, 0.9, 1.0, 0.5], np.float32), (4, 1))
+    fg, bg = foreground.estimate_fb_ml(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(alpha),
+                                       n_small_iterations=0, n_big_iterations=0)
+    np.testing.assert_allclose(fg[:, 0, 0].numpy(), image[:, 4].mean(0), atol=1e-5)
+    np.testing.assert_allclose(bg[:, 0, 0].numpy(), image[:, 0].mean(0), atol=1e-5)
+    want_fg, want_bg = pymatting.estimate_foreground_ml(image, alpha, n_small_iterations=0, n_big_iterations=0,
+                                                        return_background=True)
+    np.testing.assert_allclose(fg.permute(1, 2, 0).numpy(), want_fg, atol=1e-5)
+    np.testing.assert_allclose(bg.permute(1, 2, 0).numpy(), want_bg, atol=1e-5)
+
+
+# a last level of exactly small_size (32) on one side: still a small level, 10 sweeps, as PyMatting's `<=`
+@pytest.mark.parametrize("size", [(32, 20), (20, 32)])
+def test_a_level_of_exactly_small_size_takes_the_small_sweep_count(monkeypatch, size):
+    rng = np.random.default_rng(5)
+    image = rng.random((*size, 3), dtype=np.float32)
+    alpha = rng.random(size, dtype=np.float32)
+    counts = []
+
+    def counting(img, a0, fb, sweeps, *rest):
+        counts.append((tuple(a0.shape[-2:]), sweeps))
+        return _raster_level(img, a0, fb, sweeps, *rest)
+
+    monkeypatch.setattr(foreground, "_solve_level", counting)
+    fg, bg = foreground.estimate_fb_ml(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(alpha))
+    assert counts[-1] == (size, 10)
+    want_fg, want_bg = pymatting.estimate_foreground_ml(image, alpha, return_background=True)
+    np.testing.assert_allclose(fg.permute(1, 2, 0).numpy(), want_fg, atol=1e-5)
+    np.testing.assert_allclose(bg.permute(1, 2, 0).numpy(), want_bg, atol=1e-5)
+
+
 @pytest.mark.parametrize("size", [(1, 7), (5, 1), (23, 64)])
 def test_nearest_resize_is_pymatting(size):
     from pymatting.foreground.estimate_foreground_ml import _resize_nearest_multichannel
@@ -206,3 +242,25 @@ def test_views_with_negative_strides_are_taken():
     flipped = foreground.estimate_foreground_torch(image[:, ::-1], alpha[:, ::-1], "cpu")
     assert np.array_equal(flipped, foreground.estimate_foreground_torch(image[:, ::-1].copy(), alpha[:, ::-1].copy(),
                                                                          "cpu"))
+
+
+def test_views_reversed_along_every_axis_are_taken():
+    """`alpha[::-1, ::-1]` has no positive stride at all: it is copied as the one-axis flips are."""
+    image, alpha = _synthetic_case(20, 30)
+    turned = foreground.estimate_foreground_torch(image[::-1, ::-1], alpha[::-1, ::-1], "cpu")
+    want = foreground.estimate_foreground_torch(image[::-1, ::-1].copy(), alpha[::-1, ::-1].copy(), "cpu")
+    assert np.array_equal(turned, want)
+
+
+@pytest.mark.parametrize("shape", [(1, 2), (2, 1)])
+def test_on_two_pixels_the_red_black_sweep_is_the_raster_sweep(shape):
+    """With two pixels, even x + y first then the odd one from its new neighbour is raster order
+    exactly: the port's solve, with non-default regularization and gradient_weight, equals PyMatting's."""
+    rng = np.random.default_rng(11)
+    img = torch.from_numpy(rng.random((3, *shape), dtype=np.float32))
+    a0 = torch.tensor([0.2, 0.7], dtype=torch.float32).view(1, *shape)
+    fb = torch.from_numpy(rng.random((6, *shape), dtype=np.float32))
+    for regularization, gradient_weight in [(1e-5, 1.0), (0.05, 0.3), (1e-3, 4.0)]:
+        got = foreground._solve_level(img, a0, fb.clone(), 3, regularization, gradient_weight)
+        want = _raster_level(img, a0, fb, 3, regularization, gradient_weight)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
