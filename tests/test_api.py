@@ -432,3 +432,15 @@ def test_a_threading_layer_numba_cannot_start_is_a_value_error_naming_it(weights
                          env={**os.environ, "NUMBA_THREADING_LAYER": layer})
     assert res.returncode == 0 and res.stdout.count("\n") == 1, res.stdout + res.stderr
     assert res.stdout.startswith(f"NUMBA_THREADING_LAYER={layer}: numba cannot start it") and reason in res.stdout
+
+
+def test_a_pillow_images_exif_orientation_outside_1_to_8_is_taken_as_upright():
+    """A damaged tag (0, 9) means no turn, as `matte infer` reads such files; an array has none."""
+    from mattecli.api import _orientation
+
+    for value, expected in [(6, 6), (8, 8), (0, 1), (9, 1)]:
+        image = Image.new("L", (4, 3))
+        image.getexif()[0x0112] = value
+        assert _orientation(image) == expected, value
+    assert _orientation(Image.new("L", (4, 3))) == 1
+    assert _orientation(np.zeros((3, 4), np.uint8)) is None

@@ -1296,3 +1296,90 @@ def test_a_symlink_loop_among_the_masks_or_photos_is_one_failure(tmp_path):
     job = TrimapJob(rule=MaskRule(), images=tmp_path / "photos")
     report = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", job, progress=False, workers=1)
     assert len(report.done) == 1 and [path for path, _ in report.failed] == [str(tmp_path / "masks" / "loop.png")]
+
+
+def test_make_trimaps_refuses_a_missing_source_folder_as_a_usage_error(tmp_path):
+    """Called from Python as from `matte trimap`: a --masks (or --alphas) folder that is not there
+    is a usage error naming the option and why, not a batch over nothing."""
+    from mattecli.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"^--masks .*missing: no such folder$"):
+        make_trimaps(tmp_path / "missing", tmp_path / "t", TrimapJob(rule=MaskRule()), progress=False)
+    with pytest.raises(UsageError, match=r"^--alphas .*missing: no such folder$"):
+        make_trimaps(tmp_path / "missing", tmp_path / "t", TrimapJob(), progress=False)
+    assert not (tmp_path / "t").exists()
+
+
+def test_one_photo_beside_its_mask_is_noted_without_and_more(tmp_path):
+    """One photo with its `_mask` beside it: the note names it and says no "(and 0 more like it)"."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    mask = np.zeros((32, 40), np.uint8)
+    mask[8:24, 10:30] = 255
+    write_png(folder / "a.png", np.stack([mask] * 3, -1))
+    write_png(folder / "a_mask.png", mask)
+    report = make_trimaps(folder, tmp_path / "t", TrimapJob(rule=MaskRule(band="2")), progress=False)
+    assert [Path(p).name for p in report.done] == ["a_mask.png"]
+    notes = [n for n in report.notes if "lies beside it" in n]
+    assert len(notes) == 1 and notes[0].endswith("so it is taken as a photo, not a mask"), notes
+
+
+def test_a_rerun_remakes_a_missing_preview_of_a_trimap_that_exists(tmp_path):
+    """A mask is skipped only when all its outputs exist: with its preview gone, both are made again."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    mask = np.zeros((32, 40), np.uint8)
+    mask[8:24, 10:30] = 255
+    write_png(folder / "a.png", mask)
+    job = TrimapJob(rule=MaskRule(band="2"))
+    first = make_trimaps(folder, tmp_path / "t", job, preview=tmp_path / "p", progress=False)
+    assert len(first.done) == 1 and (tmp_path / "p" / "a.jpg").is_file()
+    (tmp_path / "p" / "a.jpg").unlink()
+    again = make_trimaps(folder, tmp_path / "t", job, preview=tmp_path / "p", progress=False)
+    assert len(again.done) == 1 and again.skipped == [] and (tmp_path / "p" / "a.jpg").is_file()
+    third = make_trimaps(folder, tmp_path / "t", job, preview=tmp_path / "p", progress=False)
+    assert third.done == [] and len(third.skipped) == 1
+
+
+def test_a_young_temporary_file_may_be_a_live_runs_and_is_kept(tmp_path):
+    """Only temporaries older than an hour (STALE_TEMP_SECONDS) are removed: a young one may belong
+    to another `matte trimap` writing into the same folder now."""
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    write_png(tmp_path / "masks" / "a.png", mask)
+    young = tmp_path / "trimaps" / ".b.k3j4.png.tmp"
+    young.parent.mkdir()
+    young.write_bytes(b"half")
+    report = make_trimaps(tmp_path / "masks", tmp_path / "trimaps", TrimapJob(rule=MaskRule()), progress=False)
+    assert len(report.done) == 1 and young.exists()
+
+
+def test_failures_are_listed_in_path_order(tmp_path):
+    """Name clashes found while listing and files that fail while being made: one list, sorted by path."""
+    masks = tmp_path / "masks"
+    mask = np.zeros((40, 48), np.uint8)
+    mask[10:30, 10:30] = 255
+    write_png(masks / "z.png", mask)
+    Image.fromarray(mask).save(masks / "z.tif")  # the same output name as z.png
+    (masks / "b.png").write_bytes(b"not a png")
+    report = make_trimaps(masks, tmp_path / "trimaps", TrimapJob(rule=MaskRule()), progress=False, workers=1)
+    assert [Path(p).name for p, _ in report.failed] == ["b.png", "z.tif"], report.failed
+
+
+def test_masks_photos_are_read_upright_by_their_exif_orientation(tmp_path):
+    """--masks with --images: a photo stored 30 wide and 20 high with orientation 6 is shown 20 wide
+    and 30 high; an untagged upright mask of that size fits it as it is (a note says the tags differ), and the
+    preview is upright."""
+    masks, images = tmp_path / "masks", tmp_path / "images"
+    masks.mkdir()
+    images.mkdir()
+    upright = np.zeros((30, 20), np.uint8)
+    upright[15:] = 255
+    write_png(masks / "m.png", upright)
+    _rotated_png(images / "m.png", np.zeros((20, 30, 3), np.uint8))
+    report = make_trimaps(masks, tmp_path / "out", TrimapJob(rule=MaskRule(band="2"), images=images),
+                          preview=tmp_path / "p", progress=False)
+    assert report.failed == [] and len(report.done) == 1, report.failed
+    assert any("only its own EXIF orientation (none) fits its size, used" in n for n in report.notes), report.notes
+    assert np.array_equal(read_gray(tmp_path / "out" / "m.png"), trimap_from_mask(upright, band=2))
+    assert Image.open(tmp_path / "p" / "m.jpg").size == (20, 30)
