@@ -444,3 +444,21 @@ def test_a_pillow_images_exif_orientation_outside_1_to_8_is_taken_as_upright():
         assert _orientation(image) == expected, value
     assert _orientation(Image.new("L", (4, 3))) == 1
     assert _orientation(np.zeros((3, 4), np.uint8)) is None
+
+
+def test_a_16bit_colour_array_is_scaled_to_8_bits_as_a_16bit_grey_one():
+    """docs/python-api.md: uint16 images are scaled to 8 bits, RGB as well as grey (65535 -> 255)."""
+    from mattecli.api import _as_pil
+
+    rgb = np.zeros((3, 4, 3), np.uint16)
+    rgb[0], rgb[1] = 65535, 257 * 100
+    pil = _as_pil(rgb, "image")
+    assert pil.mode == "RGB" and np.array_equal(np.asarray(pil)[:, 0, 0], [255, 100, 0])
+    grey = _as_pil(rgb[..., 0].copy(), "trimap")  # grey stays 16-bit here (Pillow's I;16), scaled when read
+    assert np.asarray(grey).dtype == np.uint16
+
+
+def test_a_pathlib_path_where_an_array_is_wanted_says_so_too(weights, tmp_path):
+    matter = mattecli.load(weights, device="cpu")
+    with pytest.raises(ValueError, match=r"^alpha .*a.png: a path; pass the \(H, W\) uint8 array `predict` returned"):
+        matter.foreground(np.zeros((40, 50, 3), np.uint8), tmp_path / "a.png")
