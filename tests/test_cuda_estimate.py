@@ -53,6 +53,7 @@ def test_folded_batchnorm_and_in_place_activation_keep_one_map_alive(folded):
     assert live.calls["relu_"] == 1 and "batch_norm" not in live.calls if folded else live.calls["batch_norm"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # torch 2.13 deprecates tracing
 def test_a2u_taps_accumulate_in_place_when_run_and_as_mul_add_when_traced():
     from mattecli.models.a2u import downsample_shift, upsample_shift
 
