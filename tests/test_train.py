@@ -160,6 +160,16 @@ def test_mmagic_and_l1_losses_on_a_hand_made_case():
     assert l1_loss(pred, batch).item() == pytest.approx(0.2, abs=1e-6)  # not squared (0.04)
 
 
+def test_alpha_loss_takes_the_region_it_is_given():
+    """alpha_loss(pred, batch, region): the Charbonnier error averaged over `region`, not the unknown band.
+    Unknown pixels 0, 1 (errors 0.5); the given region is pixels 2, 3 (errors 0.2, 0) -> 0.1."""
+    batch = batch_of([0.0] * 4, trimap=[128, 128, 0, 0])
+    pred = torch.tensor([0.5, 0.5, 0.2, 0.0]).view(1, 1, 1, 4)
+    region = torch.tensor([False, False, True, True]).view(1, 1, 1, 4)
+    assert alpha_loss(pred, batch).item() == pytest.approx(0.5, abs=1e-5)
+    assert alpha_loss(pred, batch, region).item() == pytest.approx(0.1, abs=1e-5)
+
+
 def test_schedules():
     cfg = load_recipe("indexnet-m2o-nl-ctx").train
     # the authors step their scheduler once per epoch: x0.1 from the first iteration of epoch 20, and of 26
