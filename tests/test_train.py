@@ -202,6 +202,16 @@ def test_cosine_schedule_values_and_its_floor_after_the_last_iteration():
     assert [lr_factor(multi, i) for i in (3, 4, 8, 12, 99)] == pytest.approx([1, 0.5, 0.25, 0.125, 0.125])
 
 
+def test_an_unknown_schedule_is_refused_not_taken_for_a_constant_rate():
+    """lr_factor called on a config the recipe checks did not see (a schedule of another version):
+    a ValueError naming it, not a silent rate of 1 (or None) for the whole run."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(schedule="poly", warmup_iters=0, iters=100, milestones=[], gamma=0.1, milestone_unit="iters")
+    with pytest.raises(ValueError, match="unknown schedule 'poly'"):
+        lr_factor(cfg, 5)
+
+
 def test_indexnet_recipes_train_30_whole_epochs():
     """hltrainval.py:428-436 loads batches of 16 with drop_last=True: 43,100 // 16 = 2,693 steps an
     epoch, so the 30 epochs of train.sh are 80,790 iterations (80,820 ran 30 steps into a 31st)."""
