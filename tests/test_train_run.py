@@ -150,6 +150,17 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, damage):
         ckpt.load_checkpoint(tmp_path / "checkpoints" / "iter_00000006.pt")
 
 
+@pytest.mark.parametrize("missing", ["model", "optimizer", "iteration", "torch_rng"])
+def test_a_checkpoint_without_what_resume_restores_is_refused_in_one_line(tmp_path, missing):
+    """A resume restores the model, the optimiser, the iteration and the torch RNG: a file lacking one
+    is not a training checkpoint (it was a KeyError traceback in restore_training_state)."""
+    state = {"model": {}, "optimizer": {}, "iteration": 2, "torch_rng": torch.get_rng_state()}
+    del state[missing]
+    path = ckpt.save_checkpoint(tmp_path, state, 2)
+    with pytest.raises(UsageError, match="iter_00000002.pt: not a matte training checkpoint; remove it"):
+        ckpt.load_checkpoint(path)
+
+
 def test_a_training_checkpoint_given_as_pretrained_says_how_to_resume(tmp_path):
     """It said `matte train --resume RUN_DIR`, which is no command line (--resume takes no value)."""
     from mattecli.weights import load_torch_checkpoint
