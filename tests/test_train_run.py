@@ -120,6 +120,23 @@ def test_restore_training_state_gives_back_model_optimizer_rng_iteration_and_bes
                                                      for k in saved)
 
 
+def test_a_checkpoint_holds_the_loss_scale_of_an_amp_run_and_resume_restores_it():
+    """train.amp: the GradScaler's scale (grown or shrunk during the run) is part of the state a resume
+    restores; a run without amp (scaler disabled) has none to save. A CPU scaler stands in for CUDA's."""
+    cpu = torch.device("cpu")
+    model, optimizer = _stepped()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=True)
+    scaler.scale(torch.ones(()))
+    scaler.update(2.0 ** 7)  # the scale a run had shrunk to
+    state = ckpt.training_state(model, optimizer, scaler, 5, None, cpu)
+    assert state["scaler"]["scale"] == 2.0 ** 7
+    other = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=True)
+    assert ckpt.restore_training_state(state, Tiny(), torch.optim.Adam(Tiny().parameters()), other, cpu) == (5, None)
+    assert other.get_scale() == 2.0 ** 7
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    assert "scaler" not in ckpt.training_state(model, optimizer, off, 5, None, cpu)
+
+
 def test_a_checkpoint_from_before_the_best_field_resumes_with_its_best_sad():
     """Checkpoints written before `best` recorded the best SAD alone (`best_sad`): a resume from one
     goes on comparing with that SAD, not as if nothing had been validated."""
