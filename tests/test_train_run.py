@@ -976,6 +976,24 @@ def test_a_step_runs_adam_at_each_groups_rate_of_its_iteration(tmp_path, unit, m
             assert torch.allclose(moved, -lr * p.grad / (p.grad.abs() + 1e-8), rtol=1e-3, atol=1e-8), name
 
 
+def test_a_step_of_a_torchrun_run_returns_the_mean_of_the_ranks_losses(tmp_path, monkeypatch):
+    """Under torchrun each rank's loss is its share of the global batch; a step returns (and rank 0 logs)
+    their mean: all_reduce sums the W losses, then / W. Rank 0 of 2 here, in one process, the other
+    rank's loss 0.75 added by a stand-in all_reduce."""
+    own = loop.train_step(step_session(tmp_path), step_batch())
+    calls = []
+
+    def all_reduce(tensor, *args, **kwargs):
+        calls.append(tensor.item())
+        tensor.add_(0.75)
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    s = step_session(tmp_path)
+    s.dist = Dist(0, 0, 2, torch.device("cpu"))
+    assert loop.train_step(s, step_batch()) == pytest.approx((own + 0.75) / 2, rel=1e-6)
+    assert calls == [pytest.approx(own, rel=1e-6)]
+
+
 def test_a_step_clips_the_gradient_norm_and_starts_from_zero_gradients(tmp_path):
     """train.grad_clip: the gradients Adam steps on have a total norm of at most grad_clip
     (torch.nn.utils.clip_grad_norm_); 0 leaves them as they are. Each step's gradients are its own
