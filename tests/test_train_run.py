@@ -260,6 +260,26 @@ def test_a_run_record_edited_by_hand_is_one_line_naming_its_file(tmp_path, name,
         ckpt.read_record(tmp_path)
 
 
+def test_a_run_record_round_trips_and_one_without_run_json_has_seed_0(tmp_path):
+    """write_record/read_record give back the recipe, seed and data; a folder holding recipe.json alone
+    (no run.json) was started with the default seed 0 on unnamed data; one without recipe.json holds none."""
+    assert ckpt.read_record(tmp_path) is None
+    recipe = {"name": "demo-indexnet", "train": {"iters": 3, "lr": 0.01}}
+    ckpt.write_record(tmp_path, ckpt.RunRecord(recipe, 7, "/data/x"))
+    assert ckpt.read_record(tmp_path) == ckpt.RunRecord(recipe, 7, "/data/x")
+    (tmp_path / "run.json").unlink()
+    assert ckpt.read_record(tmp_path) == ckpt.RunRecord(recipe, 0, "")
+
+
+def test_first_difference_names_a_key_only_one_side_has():
+    """The resume check's first differing dotted key: a setting present on one side only differs too."""
+    a = {"train": {"lr": 0.01, "iters": 5}, "data": {"crop_size": 64}}
+    assert ckpt.first_difference(a, a) is None
+    assert ckpt.first_difference(a, {**a, "train": {"lr": 0.01, "iters": 5, "amp": True}}) == "train.amp"
+    assert ckpt.first_difference({**a, "train": {"lr": 0.01, "iters": 5, "amp": True}}, a) == "train.amp"
+    assert ckpt.first_difference(a, {**a, "data": {"crop_size": 32}}) == "data.crop_size"
+
+
 def test_resume_removes_what_a_run_killed_mid_save_left(tmp_path, synth):
     """A run killed (SIGKILL, power loss) while saving left its checkpoint's temporary file, three
     times the model's size, in checkpoints/ for good: one more per kill."""
