@@ -57,6 +57,18 @@ def test_a_folder_holding_a_run_is_refused_and_overwrite_clears_only_the_run(tmp
         ckpt.check_run_dir(tmp_path / "file", resume=False, overwrite=False)
 
 
+def test_a_folder_holding_only_tensorboard_events_holds_a_run_and_overwrite_removes_them(tmp_path):
+    """--tensorboard writes RUN/tensorboard: a folder holding only that (a run stopped before its record was
+    read back) is a run's, and --overwrite removes the old event files (else TensorBoard drew both runs)."""
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"holds a run \(no checkpoint yet\)"):
+        ckpt.check_run_dir(run, resume=False, overwrite=False)
+    ckpt.clear_run(run)
+    assert list(run.iterdir()) == []
+
+
 def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, synth):
     """A typo in --data (or a bad --pretrained, a missing --tensorboard) with --overwrite removed the
     old run, then refused to train."""
