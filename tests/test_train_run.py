@@ -763,6 +763,28 @@ def test_curves_and_tensorboard(tmp_path, monkeypatch):
         assert [(s.step, s.value) for s in events.Scalars("train/loss")] == kept + [(start + i, 7.0) for i in (1, 2, 3)]
 
 
+def test_tensorboard_scalars_are_each_log_entrys_values_at_its_iteration(tmp_path):
+    """Each log.jsonl entry becomes train/loss, train/lr, train/samples_per_s and val/METRIC scalars at the
+    entry's own iteration (validation at 2 and 4 here)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mattecli.train.curves import TensorBoardLog
+
+    log = TensorBoardLog(tmp_path / "tb", start=0)
+    for i in range(1, 5):
+        log.add({"iter": i, "loss": 1.0 / i, "lr": 0.01 * i, "samples_per_s": 2.5 * i,
+                 **({"val": {"sad": 10.0 * i}} if i % 2 == 0 else {})})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = {tag: [(s.step, s.value) for s in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert scalars == {"train/loss": [(i, pytest.approx(1.0 / i)) for i in range(1, 5)],
+                       "train/lr": [(i, pytest.approx(0.01 * i)) for i in range(1, 5)],
+                       "train/samples_per_s": [(i, pytest.approx(2.5 * i)) for i in range(1, 5)],
+                       "val/sad": [(2, pytest.approx(20.0)), (4, pytest.approx(40.0))]}
+
+
 def test_tensorboard_missing_is_one_line(monkeypatch):
     import builtins
 
