@@ -785,6 +785,20 @@ def test_tensorboard_scalars_are_each_log_entrys_values_at_its_iteration(tmp_pat
                        "val/sad": [(2, pytest.approx(20.0)), (4, pytest.approx(40.0))]}
 
 
+@pytest.mark.parametrize("losses,log_axis", [([0.5, 0.25, 0.125], True), ([0.5, 0.0, 0.125], False)])
+def test_the_loss_panel_is_on_a_log_axis_only_where_every_loss_is_positive(tmp_path, monkeypatch, losses, log_axis):
+    """A loss of 0 (l1 on a perfect batch) has no place on a log axis: the panel stays linear then."""
+    import matplotlib.axes
+
+    from mattecli.train.curves import plot_curves
+
+    scales = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yscale", lambda self, value, **kw: scales.append(value))
+    plot_curves([{"iter": i + 1, "loss": v, "lr": 0.01} for i, v in enumerate(losses)], tmp_path / "curves.png")
+    assert scales == (["log"] if log_axis else [])
+    assert (tmp_path / "curves.png").is_file()
+
+
 def test_tensorboard_missing_is_one_line(monkeypatch):
     import builtins
 
