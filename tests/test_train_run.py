@@ -946,6 +946,26 @@ def test_a_lost_torchrun_peer_ends_the_run_in_one_line(tmp_path, synth, monkeypa
         train(TrainOptions(recipe, synth, tmp_path / "r2", iters=2, progress=False))
 
 
+def test_a_torchrun_rank_counts_its_epoch_in_its_own_share_of_the_samples(tmp_path, synth, monkeypatch):
+    """4 samples over 2 ranks are 2 per rank; a global batch of 4 is 2 per rank: one step an epoch (counted
+    over the whole data, 2 steps, the second found no samples left in the rank's share of the epoch).
+    Rank 0 of two here, in one process; the step records what it is given."""
+    seen = []
+
+    def step(session, batch):
+        seen.append((session.batches_per_epoch, len(batch["alpha"])))
+        session.iteration += 1
+        return 0.5
+
+    monkeypatch.setattr(loop, "setup_distributed", lambda device: Dist(0, 0, 2, torch.device("cpu")))
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel", lambda model, **kwargs: model)
+    monkeypatch.setattr(loop, "train_step", step)
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=4", "data.val_every=0"])
+    train(TrainOptions(recipe, synth, tmp_path / "r", iters=1, progress=False))
+    assert seen == [(1, 2)]
+
+
 def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
     """With the run's .yaml edited or gone, `--recipe RUN/recipe.json` (the recipe resolved, as the run
     folder keeps it) was refused: recipes had to end in .yaml. It loads as the recipe the run recorded
