@@ -473,6 +473,16 @@ def test_fewer_samples_than_one_batch_says_what_to_change(tmp_path, synth, batch
                                    "give a smaller --batch-size)")
 
 
+@pytest.mark.parametrize("n,says", [(1, "1 sample is"), (2, "2 samples are")])
+def test_fewer_samples_than_one_batch_counts_them_in_words(tmp_path, n, says):
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "d", n_train=n, n_test=0, size=32, seed=1)
+    with pytest.raises(UsageError, match=rf"^{tmp_path / 'd' / 'train'}: {says} fewer than one batch of 4 "):
+        train(TrainOptions(load_recipe("demo-indexnet", ["data.crop_size=32"]), tmp_path / "d", tmp_path / "r",
+                           progress=False))
+
+
 @pytest.mark.parametrize("override,says", [
     ("train.loss=l2", "recipe demo-a2u: train: loss must be one of dim, dim-a2u, l1, alpha, tcp, mmagic, got 'l2'"),
     ("data.crop_size=40", "recipe demo-a2u: data.crop_size 40 is not a multiple of the model's stride 16"),
