@@ -968,12 +968,13 @@ def test_a_torchrun_rank_counts_its_epoch_in_its_own_share_of_the_samples(tmp_pa
         return 0.5
 
     monkeypatch.setattr(loop, "setup_distributed", lambda device: Dist(0, 0, 2, torch.device("cpu")))
-    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: seen.append("barrier"))
     monkeypatch.setattr(nn.parallel, "DistributedDataParallel", lambda model, **kwargs: model)
     monkeypatch.setattr(loop, "train_step", step)
     recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=4", "data.val_every=0"])
     train(TrainOptions(recipe, synth, tmp_path / "r", iters=1, progress=False))
-    assert seen == [(1, 2)]
+    # the ranks meet once before the first step: every rank has read the old run before rank 0 clears it
+    assert seen == ["barrier", (1, 2)]
 
 
 def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
@@ -1288,6 +1289,20 @@ def test_val_limit_validates_on_at_most_that_many_samples(tmp_path):
     assert len(every) == 3
     assert [[s.name for s in loop._validation_samples(tmp_path / "test", n)] for n in (1, 2, 5)] == \
         [every[:1], every[:2], every]
+
+
+def test_a_run_validates_on_its_val_limit_samples(tmp_path, monkeypatch):
+    """--val-limit N reaches the run's validations: each one evaluates the first N samples of test/."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "d", n_train=2, n_test=3, size=32, seed=1)
+    validated = []
+    monkeypatch.setattr(loop, "validate", lambda model, recipe, samples, device: validated.append(len(samples))
+                        or {"sad": 1.0, "mse": 0.1, "grad": 1.0, "conn": 1.0})
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2", "data.val_every=1"])
+    train(TrainOptions(recipe, tmp_path / "d", tmp_path / "r", iters=1, progress=False, val_limit=2,
+                       pretrained="none"))
+    assert validated == [2]
 
 
 def test_sync_batchnorm_keeps_each_batchnorms_eps_momentum_and_mode():
