@@ -1305,6 +1305,18 @@ def test_a_run_validates_on_its_val_limit_samples(tmp_path, monkeypatch):
     assert validated == [2]
 
 
+def test_a_run_that_never_validates_neither_reads_nor_checks_the_test_split(tmp_path):
+    """data.val_every 0: the test split is not validated on, so a validation file missing from it stops
+    nothing, and the run has no best model to name."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "d", n_train=2, n_test=1, size=32, seed=1)
+    (tmp_path / "d" / "test" / "alpha" / "syn0000.png").unlink()
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2", "data.val_every=0"])
+    result = train(TrainOptions(recipe, tmp_path / "d", tmp_path / "r", iters=1, progress=False, pretrained="none"))
+    assert result.iterations == 1 and not result.validates
+
+
 def test_sync_batchnorm_keeps_each_batchnorms_eps_momentum_and_mode():
     """convert_sync_bn: every BatchNorm as SyncBatchNorm with its own eps and momentum (A2U's InPlaceABNSync
     and TCP's BN are not torch's defaults) and its training or eval mode."""
