@@ -977,6 +977,34 @@ def test_a_torchrun_rank_counts_its_epoch_in_its_own_share_of_the_samples(tmp_pa
     assert seen == ["barrier", (1, 2)]
 
 
+def test_a_torchrun_rank_resumes_mid_epoch_at_its_own_share_of_the_position(tmp_path, synth, monkeypatch):
+    """Resumed at iteration 1 of an epoch of 2 steps (4 samples, 2 ranks, a global batch of 2: 1 per rank),
+    rank 0 skips the 1 sample of its share it took before, not the global batch's 2 (which left it none).
+    Rank 0 of two in one process; the step is a stand-in."""
+    starts = []
+
+    class Sampler(loop.EpochSampler):
+        def __init__(self, n, seed, epoch, start=0, rank=0, world=1):
+            starts.append((epoch, start, rank, world))
+            assert len(starts) < 5, starts  # an empty share repeats for ever
+            super().__init__(n, seed, epoch, start, rank, world)
+
+    def step(session, batch):
+        session.iteration += 1
+        return 0.5
+
+    monkeypatch.setattr(loop, "setup_distributed", lambda device: Dist(0, 0, 2, torch.device("cpu")))
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel", lambda model, **kwargs: model)
+    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(loop, "EpochSampler", Sampler)
+    recipe = load_recipe("demo-tcp", ["data.crop_size=64", "train.batch_size=2", "data.val_every=0",
+                                      "train.checkpoint_every=1"])
+    train(TrainOptions(recipe, synth, tmp_path / "r", iters=1, progress=False, pretrained="none"))
+    train(TrainOptions(recipe, synth, tmp_path / "r", iters=2, progress=False, resume=True))
+    assert starts == [(0, 0, 0, 2), (0, 1, 0, 2)]
+
+
 def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
     """With the run's .yaml edited or gone, `--recipe RUN/recipe.json` (the recipe resolved, as the run
     folder keeps it) was refused: recipes had to end in .yaml. It loads as the recipe the run recorded
