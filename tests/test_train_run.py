@@ -1005,6 +1005,18 @@ def test_a_torchrun_rank_resumes_mid_epoch_at_its_own_share_of_the_position(tmp_
     assert starts == [(0, 0, 0, 2), (0, 1, 0, 2)]
 
 
+def test_a_single_process_run_never_blames_a_lost_torchrun_peer(tmp_path, synth, monkeypatch):
+    """Without torchrun there is no peer to lose: an error whose text merely looks like a lost connection
+    (a data source over the network, say) is raised as it is."""
+    def step(session, batch):
+        raise RuntimeError("Connection reset by peer")
+
+    monkeypatch.setattr(loop, "train_step", step)
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2"])
+    with pytest.raises(RuntimeError, match="^Connection reset by peer$"):
+        train(TrainOptions(recipe, synth, tmp_path / "r", iters=1, progress=False, pretrained="none"))
+
+
 def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
     """With the run's .yaml edited or gone, `--recipe RUN/recipe.json` (the recipe resolved, as the run
     folder keeps it) was refused: recipes had to end in .yaml. It loads as the recipe the run recorded
