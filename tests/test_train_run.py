@@ -1017,6 +1017,32 @@ def test_a_single_process_run_never_blames_a_lost_torchrun_peer(tmp_path, synth,
         train(TrainOptions(recipe, synth, tmp_path / "r", iters=1, progress=False, pretrained="none"))
 
 
+def test_each_epoch_draws_its_own_augmentations_and_order(tmp_path, synth, monkeypatch):
+    """4 samples in batches of 2: 2 steps an epoch, so 5 steps run epochs 0, 0, 1, 1, 2. Each epoch tells the
+    dataset its number (the seed of its random crops and flips) and orders its samples by (seed, epoch)."""
+    from mattecli.data.pipelines import TrainingDataset
+
+    epochs, orders = [], []
+    set_epoch = TrainingDataset.set_epoch
+    monkeypatch.setattr(TrainingDataset, "set_epoch", lambda self, e: epochs.append(e) or set_epoch(self, e))
+
+    class Sampler(loop.EpochSampler):
+        def __init__(self, n, seed, epoch, start=0, rank=0, world=1):
+            orders.append((epoch, start))
+            assert len(orders) < 9, orders
+            super().__init__(n, seed, epoch, start, rank, world)
+
+    def step(session, batch):
+        session.iteration += 1
+        return 0.5
+
+    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(loop, "EpochSampler", Sampler)
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2", "data.val_every=0"])
+    train(TrainOptions(recipe, synth, tmp_path / "r", iters=5, progress=False, pretrained="none"))
+    assert epochs == [0, 1, 2] and orders == [(0, 0), (1, 0), (2, 0)]
+
+
 def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
     """With the run's .yaml edited or gone, `--recipe RUN/recipe.json` (the recipe resolved, as the run
     folder keeps it) was refused: recipes had to end in .yaml. It loads as the recipe the run recorded
