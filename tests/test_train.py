@@ -160,6 +160,16 @@ def test_mmagic_and_l1_losses_on_a_hand_made_case():
     assert l1_loss(pred, batch).item() == pytest.approx(0.2, abs=1e-6)  # not squared (0.04)
 
 
+def test_alpha_loss_takes_the_region_it_is_given():
+    """alpha_loss(pred, batch, region): the Charbonnier error averaged over `region`, not the unknown band.
+    Unknown pixels 0, 1 (errors 0.5); the given region is pixels 2, 3 (errors 0.2, 0) -> 0.1."""
+    batch = batch_of([0.0] * 4, trimap=[128, 128, 0, 0])
+    pred = torch.tensor([0.5, 0.5, 0.2, 0.0]).view(1, 1, 1, 4)
+    region = torch.tensor([False, False, True, True]).view(1, 1, 1, 4)
+    assert alpha_loss(pred, batch).item() == pytest.approx(0.5, abs=1e-5)
+    assert alpha_loss(pred, batch, region).item() == pytest.approx(0.1, abs=1e-5)
+
+
 def test_schedules():
     cfg = load_recipe("indexnet-m2o-nl-ctx").train
     # the authors step their scheduler once per epoch: x0.1 from the first iteration of epoch 20, and of 26
@@ -190,6 +200,16 @@ def test_cosine_schedule_values_and_its_floor_after_the_last_iteration():
     multi = load_recipe("indexnet-m2o-nl-ctx", ["train.milestone_unit=iters", "train.milestones=[4,8,12]",
                                                  "train.gamma=0.5"]).train
     assert [lr_factor(multi, i) for i in (3, 4, 8, 12, 99)] == pytest.approx([1, 0.5, 0.25, 0.125, 0.125])
+
+
+def test_an_unknown_schedule_is_refused_not_taken_for_a_constant_rate():
+    """lr_factor called on a config the recipe checks did not see (a schedule of another version):
+    a ValueError naming it, not a silent rate of 1 (or None) for the whole run."""
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(schedule="poly", warmup_iters=0, iters=100, milestones=[], gamma=0.1, milestone_unit="iters")
+    with pytest.raises(ValueError, match="unknown schedule 'poly'"):
+        lr_factor(cfg, 5)
 
 
 def test_indexnet_recipes_train_30_whole_epochs():

@@ -57,6 +57,18 @@ def test_a_folder_holding_a_run_is_refused_and_overwrite_clears_only_the_run(tmp
         ckpt.check_run_dir(tmp_path / "file", resume=False, overwrite=False)
 
 
+def test_a_folder_holding_only_tensorboard_events_holds_a_run_and_overwrite_removes_them(tmp_path):
+    """--tensorboard writes RUN/tensorboard: a folder holding only that (a run stopped before its record was
+    read back) is a run's, and --overwrite removes the old event files (else TensorBoard drew both runs)."""
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"holds a run \(no checkpoint yet\)"):
+        ckpt.check_run_dir(run, resume=False, overwrite=False)
+    ckpt.clear_run(run)
+    assert list(run.iterdir()) == []
+
+
 def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, synth):
     """A typo in --data (or a bad --pretrained, a missing --tensorboard) with --overwrite removed the
     old run, then refused to train."""
@@ -120,6 +132,23 @@ def test_restore_training_state_gives_back_model_optimizer_rng_iteration_and_bes
                                                      for k in saved)
 
 
+def test_a_checkpoint_holds_the_loss_scale_of_an_amp_run_and_resume_restores_it():
+    """train.amp: the GradScaler's scale (grown or shrunk during the run) is part of the state a resume
+    restores; a run without amp (scaler disabled) has none to save. A CPU scaler stands in for CUDA's."""
+    cpu = torch.device("cpu")
+    model, optimizer = _stepped()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=True)
+    scaler.scale(torch.ones(()))
+    scaler.update(2.0 ** 7)  # the scale a run had shrunk to
+    state = ckpt.training_state(model, optimizer, scaler, 5, None, cpu)
+    assert state["scaler"]["scale"] == 2.0 ** 7
+    other = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=True)
+    assert ckpt.restore_training_state(state, Tiny(), torch.optim.Adam(Tiny().parameters()), other, cpu) == (5, None)
+    assert other.get_scale() == 2.0 ** 7
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    assert "scaler" not in ckpt.training_state(model, optimizer, off, 5, None, cpu)
+
+
 def test_a_checkpoint_from_before_the_best_field_resumes_with_its_best_sad():
     """Checkpoints written before `best` recorded the best SAD alone (`best_sad`): a resume from one
     goes on comparing with that SAD, not as if nothing had been validated."""
@@ -148,6 +177,17 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, damage):
     ckpt.save_checkpoint(tmp_path, {"iteration": 6}, 6)
     with pytest.raises(UsageError, match="iter_00000006.pt: not a matte training checkpoint"):
         ckpt.load_checkpoint(tmp_path / "checkpoints" / "iter_00000006.pt")
+
+
+@pytest.mark.parametrize("missing", ["model", "optimizer", "iteration", "torch_rng"])
+def test_a_checkpoint_without_what_resume_restores_is_refused_in_one_line(tmp_path, missing):
+    """A resume restores the model, the optimiser, the iteration and the torch RNG: a file lacking one
+    is not a training checkpoint (it was a KeyError traceback in restore_training_state)."""
+    state = {"model": {}, "optimizer": {}, "iteration": 2, "torch_rng": torch.get_rng_state()}
+    del state[missing]
+    path = ckpt.save_checkpoint(tmp_path, state, 2)
+    with pytest.raises(UsageError, match="iter_00000002.pt: not a matte training checkpoint; remove it"):
+        ckpt.load_checkpoint(path)
 
 
 def test_a_training_checkpoint_given_as_pretrained_says_how_to_resume(tmp_path):
@@ -230,6 +270,26 @@ def test_a_run_record_edited_by_hand_is_one_line_naming_its_file(tmp_path, name,
     (tmp_path / name).write_text(text)
     with pytest.raises(UsageError, match=rf"^{tmp_path / name}: unreadable run record \(.*{says}"):
         ckpt.read_record(tmp_path)
+
+
+def test_a_run_record_round_trips_and_one_without_run_json_has_seed_0(tmp_path):
+    """write_record/read_record give back the recipe, seed and data; a folder holding recipe.json alone
+    (no run.json) was started with the default seed 0 on unnamed data; one without recipe.json holds none."""
+    assert ckpt.read_record(tmp_path) is None
+    recipe = {"name": "demo-indexnet", "train": {"iters": 3, "lr": 0.01}}
+    ckpt.write_record(tmp_path, ckpt.RunRecord(recipe, 7, "/data/x"))
+    assert ckpt.read_record(tmp_path) == ckpt.RunRecord(recipe, 7, "/data/x")
+    (tmp_path / "run.json").unlink()
+    assert ckpt.read_record(tmp_path) == ckpt.RunRecord(recipe, 0, "")
+
+
+def test_first_difference_names_a_key_only_one_side_has():
+    """The resume check's first differing dotted key: a setting present on one side only differs too."""
+    a = {"train": {"lr": 0.01, "iters": 5}, "data": {"crop_size": 64}}
+    assert ckpt.first_difference(a, a) is None
+    assert ckpt.first_difference(a, {**a, "train": {"lr": 0.01, "iters": 5, "amp": True}}) == "train.amp"
+    assert ckpt.first_difference({**a, "train": {"lr": 0.01, "iters": 5, "amp": True}}, a) == "train.amp"
+    assert ckpt.first_difference(a, {**a, "data": {"crop_size": 32}}) == "data.crop_size"
 
 
 def test_resume_removes_what_a_run_killed_mid_save_left(tmp_path, synth):
@@ -411,6 +471,16 @@ def test_fewer_samples_than_one_batch_says_what_to_change(tmp_path, synth, batch
     else:
         assert (code, text) == (2, f"{synth / 'train'}: {says} fewer than one batch of {batch} (add samples, or "
                                    "give a smaller --batch-size)")
+
+
+@pytest.mark.parametrize("n,says", [(1, "1 sample is"), (2, "2 samples are")])
+def test_fewer_samples_than_one_batch_counts_them_in_words(tmp_path, n, says):
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "d", n_train=n, n_test=0, size=32, seed=1)
+    with pytest.raises(UsageError, match=rf"^{tmp_path / 'd' / 'train'}: {says} fewer than one batch of 4 "):
+        train(TrainOptions(load_recipe("demo-indexnet", ["data.crop_size=32"]), tmp_path / "d", tmp_path / "r",
+                           progress=False))
 
 
 @pytest.mark.parametrize("override,says", [
@@ -703,6 +773,42 @@ def test_curves_and_tensorboard(tmp_path, monkeypatch):
         assert [(s.step, s.value) for s in events.Scalars("train/loss")] == kept + [(start + i, 7.0) for i in (1, 2, 3)]
 
 
+def test_tensorboard_scalars_are_each_log_entrys_values_at_its_iteration(tmp_path):
+    """Each log.jsonl entry becomes train/loss, train/lr, train/samples_per_s and val/METRIC scalars at the
+    entry's own iteration (validation at 2 and 4 here)."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mattecli.train.curves import TensorBoardLog
+
+    log = TensorBoardLog(tmp_path / "tb", start=0)
+    for i in range(1, 5):
+        log.add({"iter": i, "loss": 1.0 / i, "lr": 0.01 * i, "samples_per_s": 2.5 * i,
+                 **({"val": {"sad": 10.0 * i}} if i % 2 == 0 else {})})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = {tag: [(s.step, s.value) for s in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert scalars == {"train/loss": [(i, pytest.approx(1.0 / i)) for i in range(1, 5)],
+                       "train/lr": [(i, pytest.approx(0.01 * i)) for i in range(1, 5)],
+                       "train/samples_per_s": [(i, pytest.approx(2.5 * i)) for i in range(1, 5)],
+                       "val/sad": [(2, pytest.approx(20.0)), (4, pytest.approx(40.0))]}
+
+
+@pytest.mark.parametrize("losses,log_axis", [([0.5, 0.25, 0.125], True), ([0.5, 0.0, 0.125], False)])
+def test_the_loss_panel_is_on_a_log_axis_only_where_every_loss_is_positive(tmp_path, monkeypatch, losses, log_axis):
+    """A loss of 0 (l1 on a perfect batch) has no place on a log axis: the panel stays linear then."""
+    import matplotlib.axes
+
+    from mattecli.train.curves import plot_curves
+
+    scales = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yscale", lambda self, value, **kw: scales.append(value))
+    plot_curves([{"iter": i + 1, "loss": v, "lr": 0.01} for i, v in enumerate(losses)], tmp_path / "curves.png")
+    assert scales == (["log"] if log_axis else [])
+    assert (tmp_path / "curves.png").is_file()
+
+
 def test_tensorboard_missing_is_one_line(monkeypatch):
     import builtins
 
@@ -850,6 +956,93 @@ def test_a_lost_torchrun_peer_ends_the_run_in_one_line(tmp_path, synth, monkeypa
         train(TrainOptions(recipe, synth, tmp_path / "r2", iters=2, progress=False))
 
 
+def test_a_torchrun_rank_counts_its_epoch_in_its_own_share_of_the_samples(tmp_path, synth, monkeypatch):
+    """4 samples over 2 ranks are 2 per rank; a global batch of 4 is 2 per rank: one step an epoch (counted
+    over the whole data, 2 steps, the second found no samples left in the rank's share of the epoch).
+    Rank 0 of two here, in one process; the step records what it is given."""
+    seen = []
+
+    def step(session, batch):
+        seen.append((session.batches_per_epoch, len(batch["alpha"])))
+        session.iteration += 1
+        return 0.5
+
+    monkeypatch.setattr(loop, "setup_distributed", lambda device: Dist(0, 0, 2, torch.device("cpu")))
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: seen.append("barrier"))
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel", lambda model, **kwargs: model)
+    monkeypatch.setattr(loop, "train_step", step)
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=4", "data.val_every=0"])
+    train(TrainOptions(recipe, synth, tmp_path / "r", iters=1, progress=False))
+    # the ranks meet once before the first step: every rank has read the old run before rank 0 clears it
+    assert seen == ["barrier", (1, 2)]
+
+
+def test_a_torchrun_rank_resumes_mid_epoch_at_its_own_share_of_the_position(tmp_path, synth, monkeypatch):
+    """Resumed at iteration 1 of an epoch of 2 steps (4 samples, 2 ranks, a global batch of 2: 1 per rank),
+    rank 0 skips the 1 sample of its share it took before, not the global batch's 2 (which left it none).
+    Rank 0 of two in one process; the step is a stand-in."""
+    starts = []
+
+    class Sampler(loop.EpochSampler):
+        def __init__(self, n, seed, epoch, start=0, rank=0, world=1):
+            starts.append((epoch, start, rank, world))
+            assert len(starts) < 5, starts  # an empty share repeats for ever
+            super().__init__(n, seed, epoch, start, rank, world)
+
+    def step(session, batch):
+        session.iteration += 1
+        return 0.5
+
+    monkeypatch.setattr(loop, "setup_distributed", lambda device: Dist(0, 0, 2, torch.device("cpu")))
+    monkeypatch.setattr(torch.distributed, "barrier", lambda *a, **k: None)
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel", lambda model, **kwargs: model)
+    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(loop, "EpochSampler", Sampler)
+    recipe = load_recipe("demo-tcp", ["data.crop_size=64", "train.batch_size=2", "data.val_every=0",
+                                      "train.checkpoint_every=1"])
+    train(TrainOptions(recipe, synth, tmp_path / "r", iters=1, progress=False, pretrained="none"))
+    train(TrainOptions(recipe, synth, tmp_path / "r", iters=2, progress=False, resume=True))
+    assert starts == [(0, 0, 0, 2), (0, 1, 0, 2)]
+
+
+def test_a_single_process_run_never_blames_a_lost_torchrun_peer(tmp_path, synth, monkeypatch):
+    """Without torchrun there is no peer to lose: an error whose text merely looks like a lost connection
+    (a data source over the network, say) is raised as it is."""
+    def step(session, batch):
+        raise RuntimeError("Connection reset by peer")
+
+    monkeypatch.setattr(loop, "train_step", step)
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2"])
+    with pytest.raises(RuntimeError, match="^Connection reset by peer$"):
+        train(TrainOptions(recipe, synth, tmp_path / "r", iters=1, progress=False, pretrained="none"))
+
+
+def test_each_epoch_draws_its_own_augmentations_and_order(tmp_path, synth, monkeypatch):
+    """4 samples in batches of 2: 2 steps an epoch, so 5 steps run epochs 0, 0, 1, 1, 2. Each epoch tells the
+    dataset its number (the seed of its random crops and flips) and orders its samples by (seed, epoch)."""
+    from mattecli.data.pipelines import TrainingDataset
+
+    epochs, orders = [], []
+    set_epoch = TrainingDataset.set_epoch
+    monkeypatch.setattr(TrainingDataset, "set_epoch", lambda self, e: epochs.append(e) or set_epoch(self, e))
+
+    class Sampler(loop.EpochSampler):
+        def __init__(self, n, seed, epoch, start=0, rank=0, world=1):
+            orders.append((epoch, start))
+            assert len(orders) < 9, orders
+            super().__init__(n, seed, epoch, start, rank, world)
+
+    def step(session, batch):
+        session.iteration += 1
+        return 0.5
+
+    monkeypatch.setattr(loop, "train_step", step)
+    monkeypatch.setattr(loop, "EpochSampler", Sampler)
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2", "data.val_every=0"])
+    train(TrainOptions(recipe, synth, tmp_path / "r", iters=5, progress=False, pretrained="none"))
+    assert epochs == [0, 1, 2] and orders == [(0, 0), (1, 0), (2, 0)]
+
+
 def test_a_run_resumes_from_its_own_recipe_json(tmp_path, synth):
     """With the run's .yaml edited or gone, `--recipe RUN/recipe.json` (the recipe resolved, as the run
     folder keeps it) was refused: recipes had to end in .yaml. It loads as the recipe the run recorded
@@ -946,6 +1139,24 @@ def test_a_step_runs_adam_at_each_groups_rate_of_its_iteration(tmp_path, unit, m
             lr = (0.001 if name.startswith("enc.") else 0.01) * factor
             moved = p.detach() - before[name]
             assert torch.allclose(moved, -lr * p.grad / (p.grad.abs() + 1e-8), rtol=1e-3, atol=1e-8), name
+
+
+def test_a_step_of_a_torchrun_run_returns_the_mean_of_the_ranks_losses(tmp_path, monkeypatch):
+    """Under torchrun each rank's loss is its share of the global batch; a step returns (and rank 0 logs)
+    their mean: all_reduce sums the W losses, then / W. Rank 0 of 2 here, in one process, the other
+    rank's loss 0.75 added by a stand-in all_reduce."""
+    own = loop.train_step(step_session(tmp_path), step_batch())
+    calls = []
+
+    def all_reduce(tensor, *args, **kwargs):
+        calls.append(tensor.item())
+        tensor.add_(0.75)
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    s = step_session(tmp_path)
+    s.dist = Dist(0, 0, 2, torch.device("cpu"))
+    assert loop.train_step(s, step_batch()) == pytest.approx((own + 0.75) / 2, rel=1e-6)
+    assert calls == [pytest.approx(own, rel=1e-6)]
 
 
 def test_a_step_clips_the_gradient_norm_and_starts_from_zero_gradients(tmp_path):
@@ -1144,6 +1355,32 @@ def test_val_limit_validates_on_at_most_that_many_samples(tmp_path):
     assert len(every) == 3
     assert [[s.name for s in loop._validation_samples(tmp_path / "test", n)] for n in (1, 2, 5)] == \
         [every[:1], every[:2], every]
+
+
+def test_a_run_validates_on_its_val_limit_samples(tmp_path, monkeypatch):
+    """--val-limit N reaches the run's validations: each one evaluates the first N samples of test/."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "d", n_train=2, n_test=3, size=32, seed=1)
+    validated = []
+    monkeypatch.setattr(loop, "validate", lambda model, recipe, samples, device: validated.append(len(samples))
+                        or {"sad": 1.0, "mse": 0.1, "grad": 1.0, "conn": 1.0})
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2", "data.val_every=1"])
+    train(TrainOptions(recipe, tmp_path / "d", tmp_path / "r", iters=1, progress=False, val_limit=2,
+                       pretrained="none"))
+    assert validated == [2]
+
+
+def test_a_run_that_never_validates_neither_reads_nor_checks_the_test_split(tmp_path):
+    """data.val_every 0: the test split is not validated on, so a validation file missing from it stops
+    nothing, and the run has no best model to name."""
+    from mattecli.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "d", n_train=2, n_test=1, size=32, seed=1)
+    (tmp_path / "d" / "test" / "alpha" / "syn0000.png").unlink()
+    recipe = load_recipe("demo-indexnet", ["data.crop_size=32", "train.batch_size=2", "data.val_every=0"])
+    result = train(TrainOptions(recipe, tmp_path / "d", tmp_path / "r", iters=1, progress=False, pretrained="none"))
+    assert result.iterations == 1 and not result.validates
 
 
 def test_sync_batchnorm_keeps_each_batchnorms_eps_momentum_and_mode():
