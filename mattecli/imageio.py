@@ -99,23 +99,22 @@ def utf8_name(path: str | Path) -> bool:
 
 
 def check_file(path: Path) -> None:
-    """Raise InputError saying why `path` is not a regular file to read: a folder, a device or named
-    pipe, a symbolic link that leads nowhere (broken, or a loop), or nothing at all."""
+    """Raise InputError saying why `path` is not a regular file to read (`missing_reason`)."""
     if not path.is_file():
-        raise InputError(path, "a folder, not an image file" if path.is_dir() else
-                         "not a regular file (a device or a named pipe)" if path.exists() else
-                         "a symbolic link that leads to no file (broken, or a loop)" if path.is_symlink() else
-                         "no such file")
+        raise InputError(path, missing_reason(path, "file"))
 
 
 def missing_reason(path: Path, wanted: str = "folder") -> str:
-    """Why `path`, given where a folder (`wanted`: "folder", or "folder or file") should be, is not
-    one: nothing there, a symbolic link that leads nowhere, a file, or a device or named pipe."""
+    """Why `path` is not the `wanted` ("file", "folder", or "folder or file" where either may be
+    given): a symbolic link that leads nowhere, nothing there, the other kind, or a device or named
+    pipe."""
     if path.is_symlink() and not path.exists():
-        return "a symbolic link that leads nowhere (broken, or a loop)"
+        return f"a symbolic link that leads to no {wanted} (broken, or a loop)"
     if not path.exists():
         return f"no such {wanted}"
-    if path.is_file():
+    if path.is_dir() and "folder" not in wanted:
+        return "a folder, not an image file"
+    if path.is_file() and "file" not in wanted:
         return "a file, not a folder"
     return "not a regular file (a device or a named pipe)"
 

@@ -508,12 +508,18 @@ def test_a_folder_option_says_why_the_path_is_no_folder(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     (tmp_path / "file.txt").write_text("x")
     os.mkfifo(tmp_path / "pipe")
-    link = "a symbolic link that leads nowhere (broken, or a loop)"
+    link = "a symbolic link that leads to no folder (broken, or a loop)"
     assert [missing_reason(tmp_path / name) for name in ("broken", "loop", "absent", "file.txt", "pipe")] == \
         [link, link, "no such folder", "a file, not a folder", "not a regular file (a device or a named pipe)"]
     assert missing_reason(tmp_path / "absent", "folder or file") == "no such folder or file"
+    # where a file is wanted (imageio.check_file), the same reasons turned round
+    assert [missing_reason(tmp_path / name, "file") for name in ("broken", "absent", ".", "pipe")] == \
+        ["a symbolic link that leads to no file (broken, or a loop)", "no such file", "a folder, not an image file",
+         "not a regular file (a device or a named pipe)"]
     for args, said in [(["infer", "--weights", tmp_path / "w.safetensors", "--images", tmp_path / "loop", "--out",
-                         tmp_path / "o"], f"--images {tmp_path / 'loop'}: {link}"),
+                         tmp_path / "o"],
+                        f"--images {tmp_path / 'loop'}: a symbolic link that leads to no folder or file (broken, "
+                        "or a loop)"),
                        (["trimap", "--masks", tmp_path / "broken", "--out", tmp_path / "t"],
                         f"--masks {tmp_path / 'broken'}: {link}"),
                        (["trimap", "--masks", tmp_path / "file.txt", "--out", tmp_path / "t"],
