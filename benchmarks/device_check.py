@@ -8,24 +8,26 @@ For each released recipe (IndexNet, A2U, TCP), with seeded random weights (speed
 not depend on the values; no weights file travels), in sections (--only):
 - model: one forward pass on a prepared device tensor at each size, in float32 (cuDNN's convolutions
   in TF32, torch's default, as `matte infer` without --half runs), float16 (autocast,
-  as `--half`), float16 without BatchNorm folding (what `matte infer` did before folding), bfloat16,
-  float16 with channels_last, and for A2U float16 with its kernels applied by unfolding. Each row:
+  as `--half`), float16 without BatchNorm folding (what `matte infer` did before folding), float16
+  with channels_last (and with --precisions: bfloat16, and for A2U float16 with its kernels applied
+  by unfolding). Each row:
   time, and peak memory of the passes after the first (cuDNN's first-call search is reported
   apart) as bytes per aligned input pixel, what `--max-memory` needs (`infer.cuda_bytes_per_pixel`,
   `infer.cuda_half_bytes_per_pixel`);
 - e2e: `bench --e2e` at 4K (IndexNet, --half) with --save alpha and with --save alpha,fg,
   --save alpha with half the workers, and --save alpha over JPEG photos;
 - foreground: the GPU foreground estimation alone at 4K, and its difference from PyMatting's;
-- parity: half precision against float32 (TF32 off), the whole pipeline, on the lemur photo (examples/,
-  CC0) tiled to 4K, in alpha levels over the unknown band;
+- parity: half precision (float16, bfloat16, float16 in channels_last) against float32 (TF32 off), the
+  whole pipeline, on the lemur photo (examples/, CC0) tiled to 4K, in alpha levels over the unknown band;
 - profile: IndexNet's CUDA kernels at 4K (OUT/profile.txt), float16 folded, unfolded and channels_last;
 - graphs: model rows in float16 captured once as a CUDA graph and replayed (what launching some 600
   calls per pass costs); after the sections above, because a capture that fails may leave the CUDA
   context unusable for what follows (these rows have never run);
 - pool: `matte infer`'s host work (decode, encode) in a pool of threads against processes, one per
   core (no GPU: after the graphs, which answer a bigger question);
-- compiled: float16 under torch.compile (last: compilation is the slowest part; a compilation
-  starts only while --time-limit leaves it 170 s).
+- compiled: float16 under torch.compile as `--compile` compiles it (last: compilation is the slowest
+  part; a compilation starts only while --time-limit leaves it 60 s); then, time left, IndexNet
+  compiled end to end (`bench --e2e --compile`, --save alpha) and against float32 (parity).
 Everything goes into OUT/device_check.json, rewritten after each section, each model row and each e2e row (a run
 that its timeout kills keeps what it measured); progress into the log (stdout). A section that fails is
 recorded under "errors" (exit 1) and the sections after it still run.
@@ -47,8 +49,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RECIPES = ("indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn", "tcp")
-PRECISIONS = ("fp32", "fp16", "fp16-unfolded", "bf16", "fp16-channels-last", "fp16-a2u-unfold", "fp16-graphs",
-              "fp16-compiled")
+# bf16 and fp16-a2u-unfold (A2U's kernels by unfolding) only where --precisions names them: measured
+# twice on the H200, both slower (bf16 also further from float32; the parity section still compares it)
+PRECISIONS = ("fp32", "fp16", "fp16-unfolded", "fp16-channels-last", "fp16-graphs", "fp16-compiled")
 # rows that only mean something for some recipes: A2U's kernels applied by unfolding (the training
 # form) rather than by shifted taps (the eval default, chosen for its CPU memory)
 ONLY_FOR = {"fp16-a2u-unfold": "a2u"}
@@ -56,7 +59,9 @@ ONLY_FOR = {"fp16-a2u-unfold": "a2u"}
 # A2U's (557 s on the 2-core CPU against TCP's 32 s and IndexNet's 103 s) skips only A2U's
 COMPILE_ORDER = ("indexnet-m2o-nl-ctx", "tcp", "a2u-dynamic-cs-d-gn")
 SECTIONS = ("model", "e2e", "foreground", "parity", "profile", "graphs", "pool", "compiled")
-COMPILE_NEEDS_S = 170  # IndexNet's first compiled call took 152 s on the H200 (2026-11-27)
+# a first compiled call on the H200 (2026-11-30, static shapes, 3840x2160): IndexNet 37 s, TCP 15 s, A2U 58 s
+# (dynamic shapes, before: IndexNet 101-152 s)
+COMPILE_NEEDS_S = 60
 
 
 def log(*parts) -> None:
@@ -160,13 +165,14 @@ def model_order(precisions) -> list[tuple[str, str]]:
 
 
 def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, precisions=PRECISIONS,
-               keep=None) -> list[dict]:
+               keep=None, only=None) -> list[dict]:
     """Model-only figures: one forward pass on a prepared device tensor. "fp32" runs as `matte infer`
     without --half does: cuDNN's convolutions in TF32, torch's default on GPUs that have it.
 
     `keep(row)`, if given, takes each row as it is measured (the caller saves it: the outer timeout
     may kill the run mid-section) and nothing is returned. A recipe's rows start only before
-    `deadline` (fp32's always)."""
+    `deadline` (fp32's always), and a compiled row (each size a compilation of its own) likewise.
+    `only(recipe, (width, height))`: the rows to run (default: all)."""
     import torch
 
     from mattecli.inference.random_input import fresh_input
@@ -176,6 +182,8 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
     clock, rows = Clock(device), []
     add = keep or rows.append
     for precision, name in model_order(precisions):
+        if only is not None and not any(only(name, size) for size in sizes):
+            continue
         if time.time() > deadline and precision != "fp32":
             add({"recipe": name, "precision": precision, "skipped": "time budget spent"})
             continue
@@ -185,7 +193,13 @@ def model_rows(device: str, sizes, repeat: int, warmup: int, deadline: float, pr
             add({"recipe": name, "precision": precision, "error": f"{type(err).__name__}: {err}"})
             continue
         for width, height in sizes:
+            if only is not None and not only(name, (width, height)):
+                continue
             row = {"recipe": name, "precision": precision, "size": f"{width}x{height}"}
+            if precision.endswith("compiled") and time.time() > deadline:
+                row["skipped"] = "time budget spent"
+                add(row)
+                continue
             if precision.endswith("graphs") and not cuda:
                 row["skipped"] = "CUDA graphs need CUDA"
                 add(row)
@@ -235,7 +249,7 @@ def lemur(height: int, width: int):
     return read_image(folder / "e2e 000.png"), read_trimap(folder / "e2e 000_trimap.png")[0]
 
 
-def parity_rows(device: str, size, precisions=("fp16", "bf16")) -> list[dict]:
+def parity_rows(device: str, size, precisions=("fp16", "bf16"), recipes=RECIPES) -> list[dict]:
     """Half precision against float32, the whole pipeline, on the lemur photo tiled to `size`. The
     reference runs with TF32 off (cuDNN's convolutions use it by default): half against true float32."""
     import torch
@@ -248,7 +262,7 @@ def parity_rows(device: str, size, precisions=("fp16", "bf16")) -> list[dict]:
     if not unknown.any():  # a dry run's tiny crop of the photo may hold no band: compare everything
         unknown[:] = True
     rows = []
-    for name in RECIPES:
+    for name in recipes:
         ref_backend, recipe = seeded_backend(name, device, "fp32")
         with strict_fp32():
             ref = Pipeline(ref_backend, recipe.infer).run(image, trimap).alpha
@@ -285,6 +299,18 @@ def foreground_rows(device: str, size, repeat: int) -> list[dict]:
     ms = clock.median_ms(lambda: estimate_foreground_torch(image, alpha, device), repeat, 1)
     row.update(median_ms=round(ms, 2))
     fg = estimate_foreground_torch(image, alpha, device)
+    if device.startswith("cuda"):  # the same estimate replayed as one CUDA graph: the launches' share
+        try:
+            from mattecli.inference.foreground import GraphedForeground
+
+            graph = GraphedForeground(*alpha.shape, device)
+            ms = clock.median_ms(lambda: estimate_foreground_torch(image, alpha, device, graph), repeat, 1)
+            same = estimate_foreground_torch(image, alpha, device, graph)
+            row.update(graphed_median_ms=round(ms, 2),
+                       graphed_max_levels_from_eager=int(np.abs(same.astype(np.int16) - fg.astype(np.int16)).max()))
+            del graph
+        except Exception as err:  # noqa: BLE001 - a capture that fails is a finding, not the end of the row
+            row["graphed"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
     try:
         from mattecli.inference.outputs import estimate_foreground
 
@@ -356,11 +382,16 @@ def profile_rows(device: str, out: Path, size, precisions=("fp16", "fp16-unfolde
     return rows
 
 
-def e2e_rows(device: str, size, count: int, keep=None) -> list[dict]:
+E2E_RUNS = ((("alpha",), None, "png"), (("alpha",), "fewer", "png"), (("alpha", "fg"), None, "png"),
+            (("alpha",), None, "jpg"))  # (--save, workers (None: the default), photos)
+
+
+def e2e_rows(device: str, size, count: int, keep=None, runs=E2E_RUNS, compile: bool = False) -> list[dict]:
     """`bench --e2e` with the default workers, --save alpha and alpha,fg; --save alpha with half
     the workers, so the CUDA default of one worker per core is a measured choice; and --save alpha
     over JPEG photos, what a folder of camera photos costs to decode. `keep`: as `model_rows`'
-    (each run takes some 25 s at 4K, its inputs' writing included)."""
+    (each run takes some 7 s at 4K on the H200, its inputs' writing included). `runs`: which of
+    these; `compile`: as `--compile` (the `compiled` section's row)."""
     import tempfile
 
     from mattecli.bench_e2e import run_e2e
@@ -380,12 +411,12 @@ def e2e_rows(device: str, size, count: int, keep=None) -> list[dict]:
         weights = Path(tmp) / "indexnet.safetensors"
         save_weights(build_model(recipe), recipe, weights)
         fewer = max(2, usable_cores() // 2) if device.startswith("cuda") else 1
-        for save, workers, photos in ((("alpha",), None, "png"), (("alpha",), fewer, "png"),
-                                      (("alpha", "fg"), None, "png"), (("alpha",), None, "jpg")):
+        for save, workers, photos in runs:
+            workers = fewer if workers == "fewer" else workers
             report = run_e2e(weights, [Size(*size)], device=device, half=device.startswith("cuda"), save=save, count=count,
-                             workers=workers, photos=photos, log=log)
+                             workers=workers, photos=photos, log=log, compile=compile)
             row = dict(report["rows"][0], save=",".join(save), workers=report["workers"], half=report["half"],
-                       photos=photos)
+                       photos=photos, **({"compile": True} if compile else {}))
             log(json.dumps(row))
             (keep or rows.append)(row)
     return rows
@@ -440,7 +471,7 @@ def main(argv=None) -> int:
 
     from mattecli.cli.parsing import parse_sizes
 
-    precisions, half_precisions = PRECISIONS, ("fp16", "bf16")
+    precisions, half_precisions = PRECISIONS, ("fp16", "bf16", "fp16-channels-last")
     if args.cpu:  # every code path once, at sizes a busy 2-core CPU runs in a minute; no compilation
         device, sizes, e2e_size, repeat, warmup, count = "cpu", [(96, 64)], (96, 64), 1, 0, 1
         precisions, half_precisions = ("fp32", "fp16"), ("fp16",)
@@ -467,12 +498,13 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(result, indent=1))
         tmp.replace(path)
 
-    def section(name: str, run) -> None:
+    def section(name: str, run, part_of: str | None = None) -> None:
         """Run one section into result[name] (a list of rows; a section that keeps its rows as they
         come returns none), then save. A section that
         raises (out of memory on a smaller GPU, a missing package) is logged and recorded under
-        result["errors"], and the sections after it still run: one GPU session is all there is."""
-        if name not in sections:
+        result["errors"], and the sections after it still run: one GPU session is all there is.
+        `part_of`: the --only section that selects this one (default: its own name)."""
+        if (part_of or name) not in sections:
             return
         try:
             rows = run()
@@ -490,7 +522,7 @@ def main(argv=None) -> int:
         save()
 
     # the compiled rows come last, after everything the targets need: compilation is the slowest
-    # and least certain part (IndexNet: 152 s on the H200), and a run stopped by its timeout still
+    # and least certain part (IndexNet: 37 s static on the H200, 152 s dynamic), and a run stopped by its timeout still
     # has the rest
     compiled = tuple(p for p in precisions if p.endswith("compiled"))
     graphs = tuple(p for p in precisions if p.endswith("graphs"))
@@ -520,8 +552,22 @@ def main(argv=None) -> int:
             budget = time.time() + args.compile_budget
             return budget if args.time_limit is None else min(budget, started + args.time_limit - COMPILE_NEEDS_S)
 
+        # IndexNet at the largest size first (the targets), then, time left, IndexNet compiled end to
+        # end (--save alpha: the 30 images/s target) and against float32 (what --compile changes in
+        # the alpha), then the other compiled rows; each a compilation of its own
+        def target(name, size):
+            return name == COMPILE_ORDER[0] and size == tuple(sizes[-1])
+
         section("compiled", lambda: model_rows(device, sizes, repeat, warmup, compile_deadline(), compiled,
-                                               keeper("model")))
+                                               keeper("model"), only=target))
+        if time.time() < compile_deadline():
+            section("compiled e2e", lambda: e2e_rows(device, e2e_size, count, keeper("e2e"), runs=E2E_RUNS[:1],
+                                                     compile=True), part_of="compiled")
+        if time.time() < compile_deadline():
+            section("compiled parity", lambda: result.setdefault("parity", []).extend(
+                parity_rows(device, sizes[-1], ("fp16-compiled",), recipes=RECIPES[:1])), part_of="compiled")
+        section("compiled", lambda: model_rows(device, sizes, repeat, warmup, compile_deadline(), compiled,
+                                               keeper("model"), only=lambda name, size: not target(name, size)))
     per_pixel = {}
     for row in result["model"]:
         if "bytes_per_pixel" in row and row["size"] == f"{sizes[-1][0]}x{sizes[-1][1]}":

@@ -164,8 +164,10 @@ def load(weights: str | Path, device: str = "auto", *, backend: str | None = Non
         backend: "torch", "onnx" or "trt"; default: the one the file's suffix implies.
         half: the torch backend's half precision on CUDA (an output that is not finite is redone
             in float32).
-        compile: torch.compile the model (dynamic height and width); the first `predict` compiles
-            it (minutes), later calls of any size reuse it.
+        compile: torch.compile the model. On CUDA one graph per input size (static shapes), for the
+            first 8 sizes, each compiled by the first `predict` of that size (about a minute); later
+            sizes run uncompiled. On a CPU one graph for every size (dynamic height and width),
+            compiled by the first `predict` (minutes).
         max_memory: memory ceiling of one model pass, as `matte infer --max-memory` takes it
             ("4GB", bytes as an int, or None for no ceiling); default as `matte infer`'s: 4 GB on a
             CPU, 90% of the GPU's memory on CUDA. Larger images run as tiles over the unknown band.

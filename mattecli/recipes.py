@@ -140,6 +140,12 @@ class InferConfig:
     # under --half; 0: not measured yet, the CPU figure stands in (tiling.model_bytes_per_pixel).
     cuda_bytes_per_pixel: int = 0
     cuda_half_bytes_per_pixel: int = 0
+    # Under --compile on CUDA (static graphs, float16), where it is above the eager figure (A2U: the
+    # compiled graph holds more of its taps at once); float32 counts twice it. 0: as eager.
+    cuda_compiled_half_bytes_per_pixel: int = 0
+    # Eager --half passes on CUDA in channels_last (NHWC) memory layout: only where it measured faster
+    # (benchmarks/device_check.sh's fp16-channels-last rows; TCP 0.76x the time, IndexNet and A2U slower)
+    cuda_half_channels_last: bool = False
     # The exported graph's in ONNX Runtime on a CPU (peak RSS, benchmarks/measure_memory.py --onnx),
     # which runs it untiled and in its own order: above the PyTorch figure for some recipes (TCP's
     # textural path, A2U's point-wise taps). 0: the CPU figure stands in (measured to cover ONNX
@@ -161,7 +167,8 @@ class InferConfig:
         _check_choices(self, align=("resize", "pad", "resize-down"), normalise=("unit", "unit-float32", "pixel"),
                        trimap=("scalar", "onehot"), known=("copy", "force"), rounding=("truncate", "half-even"))
         _check_at_least(self, 1, "stride", "bytes_per_pixel")
-        _check_at_least(self, 0, "cuda_bytes_per_pixel", "cuda_half_bytes_per_pixel", "onnx_bytes_per_pixel")
+        _check_at_least(self, 0, "cuda_bytes_per_pixel", "cuda_half_bytes_per_pixel",
+                        "cuda_compiled_half_bytes_per_pixel", "onnx_bytes_per_pixel")
         if not all(s > 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std!r}")
 

@@ -281,11 +281,19 @@ def test_device_report_suggests_the_recipe_memory_figures_from_steady_peaks(tmp_
     up to 50 (docs/benchmarks.md): IndexNet 1,280 / 1,043 B -> 1,500 / 1,200, TCP 383 -> 450."""
     report = _device_report()
     assert [report.suggested(b) for b in (1280, 1043, 1616, 1286, 510, 383)] == [1500, 1200, 1900, 1500, 600, 450]
-    source = ROOT / "benchmarks/results/device_check-h200-2026-11-27-memory.json"
+    # the check of 2026-11-30 (BatchNorms folded), from which the recipes' figures now come
+    source = ROOT / "benchmarks/results/device_check-h200-2026-11-30-full.json"
     assert report.main([str(source), "--out", str(tmp_path / "r.md")]) == 0
     text = (tmp_path / "r.md").read_text()
-    assert "| indexnet-m2o-nl-ctx | 1500 -> 1500 | 1200 -> 1200 |" in text
-    assert "| tcp | 600 -> 600 | 450 -> 450 |" in text
+    assert "| indexnet-m2o-nl-ctx | 1500 -> 1500 | 1100 -> 1100 |" in text
+    assert "| a2u-dynamic-cs-d-gn | 1850 -> 1850 | 950 -> 950 |" in text
+    assert "| tcp | 750 -> 750 | 450 -> 450 |" in text
+    assert "| IndexNet float16 3840x2160, one pass | < 8 GB (7,629 MiB) | 7,619 MiB (steady state) | yes |" in text
+    assert ("| IndexNet float16 model-only, 1920x1080 | >= 300 images/s | 76.18 images/s; fastest float16 row: "
+            "fp16-graphs, 80.65 | no |") in text
+    old = ROOT / "benchmarks/results/device_check-h200-2026-11-27-memory.json"  # before folding
+    assert report.main([str(old), "--out", str(tmp_path / "old.md")]) == 0
+    text = (tmp_path / "old.md").read_text()
     assert "| IndexNet float16 3840x2160, one pass | < 8 GB (7,629 MiB) | 8,313 MiB (steady state) | no |" in text
     assert "| IndexNet float16 model-only, 1920x1080 | >= 300 images/s | not measured | not measured |" in text
 
@@ -356,13 +364,108 @@ def test_a_compilation_starts_only_with_the_time_it_needs_left(tmp_path, monkeyp
     started with less left was cut off by device_check.sh's timeout, measuring nothing."""
     check, deadlines = _device_check(), []
     monkeypatch.setattr(check, "model_rows", lambda *args, **kwargs: deadlines.append(args[4]) or [])
+    monkeypatch.setattr(check, "e2e_rows", lambda *args, **kwargs: [])  # the compiled tail: its own test
+    monkeypatch.setattr(check, "parity_rows", lambda *args, **kwargs: [])
     start = time.time()
     assert check.main(["--out", str(tmp_path), "--cpu", "--only", "compiled", "--precisions", "fp16-compiled",
                        "--time-limit", "350", "--compile-budget", "600"]) == 0
     assert start + 350 - check.COMPILE_NEEDS_S - 5 < deadlines[0] <= time.time() + 350 - check.COMPILE_NEEDS_S
+    assert len(deadlines) == 2  # IndexNet at the largest size first, the other compiled rows after
     assert check.main(["--out", str(tmp_path), "--cpu", "--only", "compiled", "--precisions", "fp16-compiled",
                        "--compile-budget", "90"]) == 0  # without a limit: the budget alone
-    assert time.time() + 85 < deadlines[1] <= time.time() + 90
+    assert time.time() + 85 < deadlines[2] <= time.time() + 90
+
+
+def test_the_compiled_section_ends_with_indexnet_end_to_end_and_its_parity_while_time_is_left(tmp_path, monkeypatch):
+    """On the H200 the compiled graphs halved IndexNet's pass (static shapes), but nothing measured
+    `--compile` end to end (the 30 images/s target) or against float32. The compiled section now
+    ends with both, for IndexNet, each only while the compile deadline leaves time; their rows go
+    where the e2e and parity rows go, and the report marks the compiled one."""
+    check, calls = _device_check(), []
+
+    def model_rows(*args, only=None, **kwargs):
+        picked = [(n, size) for n in check.RECIPES for size in args[1] if only is None or only(n, size)]
+        calls.append(("model", args[5], "target" if picked == [("indexnet-m2o-nl-ctx", (96, 64))] else "rest"))
+
+    monkeypatch.setattr(check, "model_rows", model_rows)
+
+    def e2e_rows(device, size, count, keep=None, runs=check.E2E_RUNS, compile=False):
+        calls.append(("e2e", runs, compile))
+        keep({"size": "3840x2160", "images_per_s": 31.0, "wall_over_decode": 0.9, "save": "alpha", "workers": 16,
+              "photos": "png", "compile": True, "stages": {}})
+
+    def parity_rows(device, size, precisions=("fp16",), recipes=check.RECIPES):
+        calls.append(("parity", precisions, recipes))
+        return [{"recipe": recipes[0], "precision": precisions[0], "how": "whole", "max_levels": 1,
+                 "mean_levels": 0.01, "share_within_1": 1.0}]
+
+    monkeypatch.setattr(check, "e2e_rows", e2e_rows)
+    monkeypatch.setattr(check, "parity_rows", parity_rows)
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "compiled", "--precisions", "fp16-compiled",
+                       "--compile-budget", "600"]) == 0
+    assert calls == [("model", ("fp16-compiled",), "target"), ("e2e", check.E2E_RUNS[:1], True),
+                     ("parity", ("fp16-compiled",), ("indexnet-m2o-nl-ctx",)), ("model", ("fp16-compiled",), "rest")]
+    assert check.E2E_RUNS[0] == (("alpha",), None, "png")
+    result = json.loads((tmp_path / "device_check.json").read_text())
+    assert result["e2e"][0]["compile"] is True and result["parity"][0]["precision"] == "fp16-compiled"
+    report = _device_report()
+    assert report.main([str(tmp_path / "device_check.json"), "--out", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert ("| end to end, 3840x2160, --save alpha | >= 30 images/s | eager not measured; --compile: 31.00 "
+            "| yes |") in text
+    assert "| 3840x2160 | png | alpha (--compile) | 16 | 31.00 |" in text
+    calls.clear()  # no time left after the compiled rows: neither runs
+    monkeypatch.setattr(check, "COMPILE_NEEDS_S", 10**6)
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "compiled", "--precisions", "fp16-compiled",
+                       "--time-limit", "300"]) == 0
+    assert calls == [("model", ("fp16-compiled",), "target"), ("model", ("fp16-compiled",), "rest")]
+    calls.clear()  # nor without the compiled section
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "model", "--precisions", "fp16,fp16-compiled"]) == 0
+    assert calls == [("model", ("fp16",), "rest")]
+
+
+def test_the_parity_section_compares_channels_last_too_on_cuda(tmp_path, monkeypatch):
+    """TCP's --half passes now run in channels_last (faster on the H200); its alpha against float32
+    was never measured in that layout. (CUDA faked: only the section's arguments are looked at.)"""
+    check, seen = _device_check(), []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "a fake GPU")
+    monkeypatch.setattr(check, "parity_rows", lambda device, size, precisions: seen.append((device, size, precisions)))
+    assert check.main(["--out", str(tmp_path), "--only", "parity"]) == 0
+    assert seen == [("cuda", (3840, 2160), ("fp16", "bf16", "fp16-channels-last"))]
+    # bfloat16 and A2U's unfold form, decided twice on the H200, no longer take model rows by default
+    assert check.PRECISIONS == ("fp32", "fp16", "fp16-unfolded", "fp16-channels-last", "fp16-graphs", "fp16-compiled")
+
+
+def test_model_rows_run_only_the_rows_asked_for_and_no_compilation_past_the_deadline(monkeypatch):
+    """Static shapes make each size a compilation of its own: the deadline is checked before each,
+    not only before a recipe's first."""
+    check, built = _device_check(), []
+
+    class Backend:
+        def forward(self, x):
+            return x[:, :1]
+
+    def seeded_backend(name, device, precision):
+        built.append((name, precision))
+        from mattecli.recipes import load_recipe
+
+        return Backend(), load_recipe(name)
+
+    monkeypatch.setattr(check, "seeded_backend", seeded_backend)
+    sizes = [(96, 64), (64, 32)]
+    rows = check.model_rows("cpu", sizes, 1, 0, time.time() + 600, ("fp16-compiled",),
+                            only=lambda name, size: name == "tcp" or size == (64, 32))
+    assert [(r["recipe"], r["size"]) for r in rows] == [
+        ("indexnet-m2o-nl-ctx", "64x32"), ("tcp", "96x64"), ("tcp", "64x32"), ("a2u-dynamic-cs-d-gn", "64x32")]
+    assert all("median_ms" in r for r in rows)
+    rows = check.model_rows("cpu", sizes, 1, 0, time.time() + 600, ("fp16",), only=lambda name, size: False)
+    assert rows == [] and len(built) == 3  # nothing asked for: no backend built
+
+    times = iter([0.0, 0.0, 10.0])  # the deadline (5) passes between the first size and the second
+    monkeypatch.setattr(check.time, "time", lambda: next(times, 10.0))
+    rows = check.model_rows("cpu", sizes, 1, 0, 5.0, ("fp16-compiled",), only=lambda name, size: name == "tcp")
+    assert [r.get("skipped") for r in rows] == [None, "time budget spent"]
 
 
 def test_the_parity_reference_is_float32_without_tf32(monkeypatch):

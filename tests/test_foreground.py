@@ -207,6 +207,23 @@ def test_cuda_port_equals_the_cpu_port():
     assert diff.max() <= 2, f"largest difference {diff.max()} levels at {np.unravel_index(diff.argmax(), diff.shape)}"
 
 
+@pytest.mark.gpu
+def test_the_graphed_estimate_equals_the_eager_one_on_cuda():
+    """The replayed CUDA graph runs the same kernels: the same foreground, and again with new inputs."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    image, alpha = _lemur_case()
+    graph = foreground.GraphedForeground(*alpha.shape, "cuda")
+    for image, alpha in [(image, alpha), (image[::-1].copy(), alpha[::-1].copy())]:  # new inputs, one graph
+        eager = foreground.estimate_foreground_torch(image, alpha, "cuda")
+        np.testing.assert_array_equal(foreground.estimate_foreground_torch(image, alpha, "cuda", graph), eager)
+
+
+def test_a_graphed_estimate_needs_cuda():
+    with pytest.raises(ValueError, match="^a CUDA graph needs a CUDA device, not cpu$"):
+        foreground.GraphedForeground(8, 8, "cpu")
+
+
 def test_a_one_pixel_image_is_its_own_foreground():
     """PyMatting's level count is 0 for a 1x1 image: `--save fg` and Matter.foreground raised
     ZeroDivisionError on a one-pixel image with a fractional alpha."""

@@ -317,3 +317,32 @@ def test_cuda_without_a_measured_figure_is_budgeted_by_the_cpu_figure():
     per_pixel, source = model_bytes_per_pixel(InferConfig(bytes_per_pixel=600), "cuda", half=True)
     assert per_pixel == 600 and "cuda_half_bytes_per_pixel not measured" in source
     assert model_bytes_per_pixel(InferConfig(bytes_per_pixel=600, cuda_bytes_per_pixel=500), "cuda")[0] == 500
+
+
+def test_compile_on_cuda_is_budgeted_by_the_compiled_figure_where_it_is_higher():
+    from mattecli.inference.tiling import model_bytes_per_pixel
+
+    cfg = InferConfig(bytes_per_pixel=2000, cuda_bytes_per_pixel=1850, cuda_half_bytes_per_pixel=950,
+                      cuda_compiled_half_bytes_per_pixel=2300)
+    per_pixel, source = model_bytes_per_pixel(cfg, "cuda", half=True, compiled=True)
+    assert per_pixel == 2300 and "cuda_compiled_half_bytes_per_pixel" in source and "measured" in source
+    per_pixel, source = model_bytes_per_pixel(cfg, "cuda:1", compiled=True)  # float32: twice, and said unmeasured
+    assert per_pixel == 4600 and "not measured" in source
+    assert model_bytes_per_pixel(cfg, "cuda", half=True)[0] == 950  # eager
+    assert model_bytes_per_pixel(cfg, "cuda", half=True, backend="onnx", compiled=True)[0] == 950
+    assert model_bytes_per_pixel(cfg, "cpu", compiled=True)[0] == 2000
+    lower = InferConfig(bytes_per_pixel=2000, cuda_half_bytes_per_pixel=950, cuda_bytes_per_pixel=1850,
+                        cuda_compiled_half_bytes_per_pixel=500)  # a compiled graph that needs less: eager's stands
+    assert model_bytes_per_pixel(lower, "cuda", half=True, compiled=True)[0] == 950
+    assert model_bytes_per_pixel(lower, "cuda", compiled=True)[0] == 1850  # 2 x 500 under 1,850
+
+
+def test_released_recipes_state_the_compiled_figure_only_where_compiling_needs_more():
+    from mattecli.recipes import load_recipe
+
+    assert load_recipe("a2u-dynamic-cs-d-gn").infer.cuda_compiled_half_bytes_per_pixel == 2300
+    assert load_recipe("a2u-static-pw-cw").infer.cuda_compiled_half_bytes_per_pixel == 0  # its CPU figure stands in
+    assert load_recipe("indexnet-m2o-nl-ctx").infer.cuda_compiled_half_bytes_per_pixel == 0
+    assert load_recipe("tcp").infer.cuda_compiled_half_bytes_per_pixel == 0
+    with pytest.raises(ValueError):
+        InferConfig(cuda_compiled_half_bytes_per_pixel=-1)

@@ -265,6 +265,95 @@ def test_compiled_backend_equals_eager_at_two_sizes_with_one_compilation():
 
 
 
+def test_compiled_per_shape_gives_the_first_shapes_a_graph_each_and_runs_later_ones_eagerly():
+    """`--compile` on CUDA: static graphs, one per input shape, for the first `limit` shapes; a shape
+    seen again reuses its graph; a shape past the limit runs the model as given, compiling nothing.
+    (dynamo's "eager" backend: the graphs are captured and counted, no kernels are built.)"""
+    import torch._dynamo
+
+    from mattecli.inference.backends import COMPILED_SHAPES, CompiledPerShape
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=8):  # restored after
+        _compile_per_shape(CompiledPerShape)
+    assert COMPILED_SHAPES == 8  # the number the CLI's help and note state
+
+
+def _compile_per_shape(CompiledPerShape):
+    net = model = SmoothNet().eval()
+    run = CompiledPerShape(model, limit=2, backend="eager")
+    rng = np.random.default_rng(0)
+    shapes = [(1, 4, 64, 96), (1, 4, 96, 160), (1, 4, 64, 96), (1, 4, 128, 64), (1, 4, 96, 160)]
+    graphs = []
+    with torch.inference_mode():
+        for shape in shapes:
+            x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+            torch.testing.assert_close(run(x), net(x), rtol=0, atol=1e-6)
+            graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert run.shapes == {(1, 4, 64, 96), (1, 4, 96, 160)}
+    assert graphs == [1, 2, 2, 2, 2]  # the third shape compiled nothing
+    # dynamo must keep a graph per shape: its own limit is raised to at least `limit`
+    CompiledPerShape(model, limit=12, backend="eager")
+    assert torch._dynamo.config.recompile_limit == 12
+    CompiledPerShape(model, limit=3, backend="eager")
+    assert torch._dynamo.config.recompile_limit == 12  # never lowered
+
+
+def test_compile_is_static_per_shape_on_cuda_and_dynamic_on_a_cpu(monkeypatch):
+    """Which compilation `TorchBackend(compile=True)` picks, by device (torch.compile itself is only
+    recorded here; the compiled passes are the tests above and, on CUDA, `pytest -m gpu`)."""
+    import mattecli.inference.backends as backends
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    TorchBackend(SmoothNet(), Recipe(PAD), compile=True)
+    assert seen == [{"dynamic": True}]
+    monkeypatch.setattr(backends, "to_device", lambda model, device: model)  # no CUDA here: stay on the CPU
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    backend = TorchBackend(SmoothNet(), Recipe(PAD), "cuda", compile=True)
+    assert isinstance(backend.run, backends.CompiledPerShape) and seen[-1] == {"dynamic": False, "backend": "inductor"}
+    assert backend.run.eager is backend.model  # float32: the model itself, one graph per shape
+
+
+@pytest.mark.parametrize("device, half, compile, expected", [
+    ("cuda", True, False, True), ("cuda:1", True, False, True),  # eager --half on CUDA: as measured
+    ("cuda", True, True, False),  # a compiled graph chooses its own layouts (measured in NCHW)
+    ("cuda", False, False, False),  # float32: not measured in channels_last
+    ("cpu", False, False, False)])
+def test_load_takes_channels_last_where_the_recipe_measured_it_faster(device, half, compile, expected, monkeypatch):
+    import mattecli.weights
+    from mattecli.recipes import load_recipe
+
+    tcp = load_recipe("tcp")
+    assert tcp.infer.cuda_half_channels_last and tcp.infer.cuda_half_bytes_per_pixel
+    for other in ("indexnet-m2o-nl-ctx", "a2u-dynamic-cs-d-gn"):  # slower in channels_last on the H200
+        assert not load_recipe(other).infer.cuda_half_channels_last
+    seen = {}
+    monkeypatch.setattr(mattecli.weights, "load_model", lambda path: (SmoothNet(), tcp))
+    monkeypatch.setattr(TorchBackend, "__init__", lambda self, model, recipe, device, **kw: seen.update(kw))
+    TorchBackend.load("w.safetensors", device, half=half, compile=compile)
+    assert seen["channels_last"] is expected and seen["fold_bn"] is device.startswith("cuda")
+    seen.clear()
+    monkeypatch.setattr(mattecli.weights, "load_model", lambda path: (SmoothNet(), load_recipe("indexnet-m2o-nl-ctx")))
+    TorchBackend.load("w.safetensors", device, half=half, compile=compile)
+    assert seen["channels_last"] is False
+
+
+@pytest.mark.gpu
+def test_cuda_compile_static_graphs_equal_eager_at_two_sizes():
+    from mattecli.inference.backends import CompiledPerShape
+
+    net = SmoothNet()
+    eager = TorchBackend(net, Recipe(PAD), "cuda")
+    compiled = TorchBackend(net, Recipe(PAD), "cuda", compile=True)
+    assert isinstance(compiled.run, CompiledPerShape)
+    rng = np.random.default_rng(0)
+    for h, w in [(64, 96), (96, 160)]:
+        x = rng.standard_normal((1, 4, h, w)).astype(np.float32)
+        np.testing.assert_allclose(compiled(x), eager(x), atol=1e-4)
+    assert len(compiled.run.shapes) == 2
+
+
 @pytest.mark.slow  # a cold inductor compilation on 2 cores: IndexNet 103 s, TCP 32 s (A2U: 557 s, see below)
 @pytest.mark.parametrize("name, backend", [("demo-indexnet", "inductor"), ("tcp", "inductor"),
                                            ("demo-a2u", "aot_eager")])

@@ -33,8 +33,9 @@ def main(
                                "On CUDA the torch backend prepares and restores on the GPU too."),
     half: bool = typer.Option(False, "--half", help="Torch backend on CUDA: half precision (autocast; norms and "
                               "softmax stay float32). An image whose output is not finite is redone in float32."),
-    compile: bool = typer.Option(False, "--compile", help="Torch backend: torch.compile the model (dynamic height "
-                                 "and width: one compilation for a folder of mixed sizes)."),
+    compile: bool = typer.Option(False, "--compile", help="Torch backend: torch.compile the model. On CUDA one "
+                                 "graph per input size, for the first 8 sizes (later sizes run uncompiled); on a CPU "
+                                 "one graph for every size."),
     save: list[str] = typer.Option(["alpha"], "--save", help="Comma-separated outputs (or --save once for each), "
                                    "any of: alpha (OUT/{stem}.png), fg (estimated foreground colours, "
                                    "OUT/fg/{stem}.png), rgba (foreground + straight alpha, OUT/rgba/{stem}.png), "
@@ -122,13 +123,18 @@ def main(
     if any(k in ("fg", "rgba", "composite") for k in kinds) and runs_pymatting(getattr(pipeline, "backend", None)):
         check_numba_threading_layer()
         import_pymatting(lambda text: typer.echo(f"matte: note: {text}", err=True))
-    if compile:  # else the first image's progress would look stuck for minutes
+    if compile and device.startswith("cuda"):  # else the first image's progress would look stuck for minutes
+        from mattecli.inference.backends import COMPILED_SHAPES
+
+        typer.echo(f"matte: note: --compile: each new input size waits while torch.compile builds a graph for it "
+                   f"(about a minute), for the first {COMPILED_SHAPES} sizes; later sizes run uncompiled", err=True)
+    elif compile:
         typer.echo("matte: note: --compile: the first image waits while torch.compile builds the model (minutes); "
                    "later images, of any size, reuse it", err=True)
     if max_bytes is not None and device.startswith("cuda"):
         from mattecli.inference.tiling import model_bytes_per_pixel
 
-        per_pixel, source = model_bytes_per_pixel(pipeline.cfg, device, half, pipeline.backend.name)
+        per_pixel, source = model_bytes_per_pixel(pipeline.cfg, device, half, pipeline.backend.name, compiled=compile)
         if "not measured" in source:
             typer.echo(f"matte: note: --max-memory on {device}: {per_pixel} bytes/pixel from {source}", err=True)
     unreadable, others = [], []  # subfolders left out: failures of the batch, unless nothing else is there

@@ -44,6 +44,41 @@ class Backend(Protocol):
 HALF_DTYPE = "float16"
 
 
+COMPILED_SHAPES = 8  # input shapes `--compile` compiles on CUDA; later shapes run eagerly
+
+
+class CompiledPerShape:
+    """`fn` under torch.compile with static shapes: the first `limit` input shapes it is called with
+    each get a graph of their own (compiled at that first call), later shapes run `fn` eagerly.
+
+    Static graphs let inductor choose layouts and fuse for one size (on an H200, IndexNet float16 at
+    3840x2160: 23.9 ms against 57.4 ms for the dynamic graph and 48 ms eager;
+    benchmarks/results/compile-static-h200-2026-11-30.log). A folder of photos from one camera
+    compiles once; the bound keeps a folder of many sizes from compiling for every one of them.
+    `backend`: torch.compile's (the tests use "eager", which compiles nothing).
+    """
+
+    def __init__(self, fn, limit: int = COMPILED_SHAPES, backend: str = "inductor"):
+        import torch
+        import torch._dynamo
+
+        self.eager, self.limit = fn, limit
+        self.compiled = torch.compile(fn, dynamic=False, backend=backend)
+        self.shapes: set[tuple[int, ...]] = set()
+        self._lock = threading.Lock()
+        config = torch._dynamo.config  # one graph per shape: dynamo must keep `limit` of them
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, name, max(getattr(config, name), limit))
+
+    def __call__(self, x):
+        shape = tuple(x.shape)
+        with self._lock:
+            if shape not in self.shapes and len(self.shapes) < self.limit:
+                self.shapes.add(shape)
+            compiled = shape in self.shapes
+        return self.compiled(x) if compiled else self.eager(x)
+
+
 class TorchBackend:
     """A PyTorch model in eval mode on a device.
 
@@ -55,10 +90,15 @@ class TorchBackend:
             on a copy of the model whose convolutions hold their weights in it (`convolutions_in`).
             An output that is not finite is redone in float32 by the model as given, for that input
             (counted in `fallbacks`), so a half-precision overflow never reaches an alpha.
-        compile: torch.compile the model with dynamic height and width, so a folder of mixed sizes
-            compiles once rather than once per size (padding inputs up to size buckets was not
-            taken: it would change the output near the image's border).
-        channels_last: NHWC memory layout (a switch for measuring; benchmarks/device_check.sh).
+        compile: torch.compile the model. On CUDA with static shapes, one graph per input shape for
+            the first COMPILED_SHAPES shapes (`CompiledPerShape`); on a CPU with dynamic height and
+            width, one graph for every size. Measured on an H200 at 3840x2160 in float16: static
+            graphs took 0.50x (IndexNet), 0.38x (TCP) and 0.71x (A2U) the eager time, the dynamic
+            graph 1.20x (IndexNet); compiling IndexNet took 37 s static, 101 s dynamic. On a CPU a
+            compilation takes minutes (IndexNet 103 s on 2 cores), so one for all sizes. Padding
+            inputs up to size buckets was not taken: it would change the output near the border.
+        channels_last: NHWC memory layout (`load` sets it for an eager --half pass on CUDA where the
+            recipe's `infer.cuda_half_channels_last` says so; benchmarks/device_check.sh measures it).
         fold_bn: run a copy of `model` with every BatchNorm folded into the convolution before it
             (`models.layers.fold_batchnorm`; the caller's model is left as it is). `load` does this
             on CUDA, where the BatchNorms were 56% of IndexNet's float16 time at 4K
@@ -97,7 +137,9 @@ class TorchBackend:
 
             run = copy.deepcopy(self.model)
             convolutions_in(run, self.half_dtype)
-        self.run = torch.compile(run, dynamic=True) if compile else run
+        if compile:
+            run = CompiledPerShape(run) if self.device.type == "cuda" else torch.compile(run, dynamic=True)
+        self.run = run
         # On CUDA the pipeline runs on the device; on a CPU numpy with OpenCV is the faster of the
         # two (measured at 4K, code ebadc0c: prepare 0.65 s against 1.7 s for torch on the same 2
         # cores; numpy's has since dropped to about 55 ms, docs/gpu.md) and shares the tensors'
@@ -121,7 +163,10 @@ class TorchBackend:
                              f"{'an ONNX graph' if exported == 'onnx' else 'a TensorRT engine'}: use --backend "
                              f"{exported} (or leave --backend out)")
         model, recipe = load_model(path)
-        return cls(model, recipe, device, half=half, compile=compile, fold_bn=str(device).startswith("cuda"))
+        cuda = str(device).startswith("cuda")
+        # channels_last where the recipe measured it faster, for the eager passes it was measured on
+        nhwc = cuda and half and not compile and recipe.infer.cuda_half_channels_last
+        return cls(model, recipe, device, half=half, compile=compile, fold_bn=cuda, channels_last=nhwc)
 
     def forward(self, x):
         """(N, C, H, W) float32 tensor on the device -> raw (N, 1, H, W) float32 tensor there."""

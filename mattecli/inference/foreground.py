@@ -105,16 +105,52 @@ def _shared(array) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
-def estimate_foreground_torch(image, alpha, device: str | torch.device = "cpu"):
+class GraphedForeground:
+    """`estimate_fb_ml` at one (H, W) on CUDA, captured once as a CUDA graph and replayed.
+
+    The port makes some 4,000 ATen calls whatever the size (3,827 at 480x270 and 3,992 at 960x540,
+    counted on a CPU; about 2,200 of them not views), most on the small levels: at some 10-15 µs of
+    host time each, launching alone could account for the 48-74 ms the H200 measured at 3840x2160.
+    A replay launches them as one. A measurement for now
+    (benchmarks/device_check.py's foreground row), not `matte infer`'s path: the graph holds its
+    intermediates (about 480 bytes per pixel) for as long as it is kept.
+    """
+
+    def __init__(self, height: int, width: int, device: str | torch.device = "cuda"):
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise ValueError(f"a CUDA graph needs a CUDA device, not {device}")
+        self.image = torch.zeros(3, height, width, device=device)
+        self.alpha = torch.zeros(height, width, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # the caching allocator's warm-up, outside the capture
+            estimate_fb_ml(self.image, self.alpha)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.fg, _ = estimate_fb_ml(self.image, self.alpha)
+
+    def __call__(self, image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) and (H, W) float32 in [0, 1] on the device -> the foreground (3, H, W), a
+        tensor the next call overwrites."""
+        self.image.copy_(image)
+        self.alpha.copy_(alpha)
+        self.graph.replay()
+        return self.fg
+
+
+def estimate_foreground_torch(image, alpha, device: str | torch.device = "cpu", graph: GraphedForeground | None = None):
     """`estimate_fb_ml`'s foreground of uint8 arrays, computed on `device`, back as (H, W, 3) uint8.
 
     Args:
         image: (H, W, 3) uint8 numpy array.
         alpha: (H, W) uint8 numpy array.
         device: where to compute (cpu, cuda, cuda:1, ...).
+        graph: a `GraphedForeground` of this size on `device` to replay instead (a measurement).
     """
     device = torch.device(device)
     img = _shared(image).to(device, non_blocking=True).permute(2, 0, 1).float().div_(255)
     a = _shared(alpha).to(device, non_blocking=True).float().div_(255)
-    fg, _ = estimate_fb_ml(img, a)
+    fg = graph(img, a).clone() if graph is not None else estimate_fb_ml(img, a)[0]
     return fg.mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()

@@ -595,7 +595,7 @@ def load_pipeline(weights, backend: str | None = None, device: str = "cpu", max_
         raise UsageError(f"{options[0]} needs a CUDA device (half precision on a CPU is not a fast path)")
     reuse_freed_buffers()
     be = load_backend(weights, backend, device, half=half, compile=compile)
-    per_pixel, _ = model_bytes_per_pixel(be.recipe.infer, device, half, be.name)
+    per_pixel, _ = model_bytes_per_pixel(be.recipe.infer, device, half, be.name, compiled=compile)
     pipeline = Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes,
                         bytes_per_pixel=per_pixel)
     if max_bytes is not None:

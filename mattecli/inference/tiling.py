@@ -43,7 +43,8 @@ def default_max_bytes(device: str) -> int:
     return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
 
 
-def model_bytes_per_pixel(cfg, device: str = "cpu", half: bool = False, backend: str = "torch") -> tuple[int, str]:
+def model_bytes_per_pixel(cfg, device: str = "cpu", half: bool = False, backend: str = "torch",
+                          compiled: bool = False) -> tuple[int, str]:
     """The model's peak memory per input pixel on `device` with `backend`, and where the figure
     comes from.
 
@@ -52,6 +53,8 @@ def model_bytes_per_pixel(cfg, device: str = "cpu", half: bool = False, backend:
     `cuda_bytes_per_pixel` / `cuda_half_bytes_per_pixel` (torch.cuda.max_memory_allocated,
     benchmarks/device_check.sh) where the recipe has them; otherwise the CPU figure, which the
     float32 CUDA pass stays near (the same activations) and a half-precision pass stays under.
+    `compiled` (torch.compile on CUDA): `cuda_compiled_half_bytes_per_pixel` where it is above
+    that, twice it in float32 (twice the bytes per activation; not measured).
     """
     if not str(device).startswith("cuda"):
         if backend == "onnx" and getattr(cfg, "onnx_bytes_per_pixel", 0):
@@ -60,8 +63,16 @@ def model_bytes_per_pixel(cfg, device: str = "cpu", half: bool = False, backend:
     key = "cuda_half_bytes_per_pixel" if half else "cuda_bytes_per_pixel"
     measured = getattr(cfg, key, 0)
     if measured:
-        return measured, f"recipe infer.{key} (measured on a GPU)"
-    return cfg.bytes_per_pixel, f"recipe infer.bytes_per_pixel (CPU figure: {key} not measured yet)"
+        figure, source = measured, f"recipe infer.{key} (measured on a GPU)"
+    else:
+        figure, source = cfg.bytes_per_pixel, f"recipe infer.bytes_per_pixel (CPU figure: {key} not measured yet)"
+    compiled_half = getattr(cfg, "cuda_compiled_half_bytes_per_pixel", 0) if compiled and backend == "torch" else 0
+    if compiled_half and compiled_half * (1 if half else 2) > figure:
+        if half:
+            return compiled_half, "recipe infer.cuda_compiled_half_bytes_per_pixel (--compile; measured on a GPU)"
+        return 2 * compiled_half, ("twice recipe infer.cuda_compiled_half_bytes_per_pixel (--compile in float32 "
+                                   "is not measured: twice the float16 figure stands in)")
+    return figure, source
 
 
 def pass_bytes(h: int, w: int, cfg, per_pixel: int | None = None) -> int:

@@ -1,0 +1,81 @@
+"""`--compile` on CUDA with static shapes against eager, one recipe at a time (needs a CUDA GPU).
+
+    python benchmarks/compile_static.py indexnet-m2o-nl-ctx tcp a2u-dynamic-cs-d-gn --size 3840x2160
+
+For each recipe (seeded weights, BatchNorms folded, float16 as `matte infer --half` runs it): the
+eager pass's median time, then the same backend's model under torch.compile with static shapes
+(what `CompiledPerShape` compiles for each input size): the first call's time (the compilation),
+the median time of later passes, their peak memory per aligned input pixel (the input and the
+weights included), and the 6 kernels
+with the most device time. One JSON line per figure. Results on an H200:
+benchmarks/results/compile-static-h200-2026-11-30.log (docs/benchmarks.md#compiled-with-static-shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def median_ms(fn, x, repeat: int = 10, warmup: int = 2) -> float:
+    import torch
+
+    for _ in range(warmup):
+        fn(x)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn(x)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
+def measure(name: str, width: int, height: int) -> None:
+    import torch
+    from device_check import seeded_backend
+
+    from mattecli.inference.backends import CompiledPerShape
+
+    backend, recipe = seeded_backend(name, "cuda", "fp16")
+    stride = recipe.infer.stride
+    h, w = -(-height // stride) * stride, -(-width // stride) * stride  # up to the stride, as the pipeline
+    x = torch.randn(1, recipe.infer.input_channels, h, w, device="cuda")
+    print(json.dumps({"recipe": name, "input": f"1x{x.shape[1]}x{h}x{w}",
+                      "eager_fp16_ms": round(median_ms(backend.forward, x), 2)}), flush=True)
+    backend.run = CompiledPerShape(backend.run)
+    start = time.perf_counter()
+    backend.forward(x)
+    torch.cuda.synchronize()
+    first = time.perf_counter() - start
+    torch.cuda.reset_peak_memory_stats()
+    ms = median_ms(backend.forward, x)
+    peak = torch.cuda.max_memory_allocated()
+    print(json.dumps({"recipe": name, "compiled": "static", "first_call_s": round(first, 1), "median_ms": round(ms, 2),
+                      "peak_mib": round(peak / 2**20), "bytes_per_pixel": round(peak / (h * w))}), flush=True)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        backend.forward(x)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=6, max_name_column_width=110), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("recipes", nargs="+")
+    parser.add_argument("--size", default="3840x2160", help="WIDTHxHEIGHT")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    for name in args.recipes:
+        measure(name, width, height)
+
+
+if __name__ == "__main__":
+    main()
