@@ -6,7 +6,8 @@
 # `pytest -m gpu` tests; 0 skips both) and FIGURES_TIMEOUT (default 330) bound the three parts: 480 s.
 # On the H200 (2026-11-30) the training tests took 27 s; of the 11 others that need no TensorRT, 9
 # passed within 80 s and the last two took 6 s in a rerun, so the time went before them (PyMatting's
-# numba compilation, about 48 s on a cold cache, the likeliest part): hence 110.
+# numba compilation, about 48 s on a cold cache, the likeliest part): hence 110. GPU tests also
+# marked slow (cold inductor compilations) are left to a plain `pytest -m gpu`.
 #
 # Needs: a CUDA machine with python3 holding PyTorch (2.x with CUDA), numpy, OpenCV, Pillow, numba,
 # scipy, safetensors, PyYAML, typer, rich and pytest, and no network. Not needed: TensorRT,
@@ -45,8 +46,8 @@ PY="${PYTHON:-python3}"
       -o faulthandler_timeout=20 tests/test_train_gpu.py
     echo "pytest -m gpu training: exit $?"
     echo "== pytest -m gpu: the others"
-    timeout "${PYTEST_TIMEOUT:-110}" "$PY" -m pytest -m gpu -q -rfE --durations=10 -p no:cacheprovider \
-      -o faulthandler_timeout=45 --ignore=tests/test_train_gpu.py tests/
+    timeout "${PYTEST_TIMEOUT:-110}" "$PY" -m pytest -m "gpu and not slow" -q -rfE --durations=10 \
+      -p no:cacheprovider -o faulthandler_timeout=45 --ignore=tests/test_train_gpu.py tests/
     echo "pytest -m gpu: exit $?"
   fi
   echo "== figures"

@@ -134,12 +134,11 @@ def report(result: dict) -> str:
     for r in result.get("foreground", []):
         parity = (f"; against PyMatting ({r['pymatting_cpu_s']} s on the CPU): largest {r['max_levels']} levels, "
                   f"mean {r['mean_levels']:g}, {100 * r['share_within_4']:.3g}% within 4"
-                  if "max_levels" in r else f"; {r.get('parity', '')}")
-        if "graphed_median_ms" in r:
-            parity += (f"; replayed as one CUDA graph: {r['graphed_median_ms']:g} ms (largest difference from the "
-                       f"eager estimate: {r['graphed_max_levels_from_eager']} levels)")
-        elif "graphed" in r:
-            parity += f"; as a CUDA graph: {r['graphed']}"
+                  if "max_levels" in r else (f"; {r['parity']}" if r.get("parity") else ""))
+        graphed = next((g for g in result.get("foreground graphed", []) if g.get("size") == r["size"]), None)
+        if graphed:
+            parity += (f"; replayed as one CUDA graph: {graphed['median_ms']:g} ms (largest difference from the "
+                       f"eager estimate: {graphed['max_levels_from_eager']} levels)")
         lines += ["", "## Foreground", "", f"{r['size']} on {r['device']}: {r['median_ms']:g} ms{parity}."]
     for r in result.get("pool", []):
         lines += ["", f"## Host work in a pool: threads or processes ({r['size']}, {r['count']} images, "

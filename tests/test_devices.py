@@ -376,6 +376,35 @@ def test_a_compilation_starts_only_with_the_time_it_needs_left(tmp_path, monkeyp
     assert time.time() + 85 < deadlines[2] <= time.time() + 90
 
 
+def test_the_compile_budget_counts_from_the_sections_start_not_from_each_step(tmp_path, monkeypatch):
+    """`compile_deadline()` added --compile-budget to the time of each call: every step of the
+    compiled section got a fresh budget, so a budget of 1 s let four steps of 2 s each run."""
+    from types import SimpleNamespace
+
+    check, now, steps = _device_check(), [1000.0], []
+
+    def step(name):
+        def run(*args, **kwargs):
+            steps.append(name)
+            now[0] += 2.0
+            return []
+        return run
+
+    monkeypatch.setattr(check, "time", SimpleNamespace(time=lambda: now[0], perf_counter=time.perf_counter,
+                                                       strftime=time.strftime))
+    for name in ("model_rows", "e2e_rows", "parity_rows"):
+        monkeypatch.setattr(check, name, step(name))
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "compiled", "--precisions", "fp16-compiled",
+                       "--compile-budget", "1"]) == 0
+    # IndexNet's target row starts within the budget; after its 2 s nothing more is started but
+    # the remaining model rows, which model_rows itself skips past the deadline it is given
+    assert steps == ["model_rows", "model_rows"]
+    steps.clear()
+    assert check.main(["--out", str(tmp_path), "--cpu", "--only", "compiled", "--precisions", "fp16-compiled",
+                       "--compile-budget", "3"]) == 0
+    assert steps == ["model_rows", "e2e_rows", "model_rows"]  # the parity would start 4 s in: past 3
+
+
 def test_the_compiled_section_ends_with_indexnet_end_to_end_and_its_parity_while_time_is_left(tmp_path, monkeypatch):
     """On the H200 the compiled graphs halved IndexNet's pass (static shapes), but nothing measured
     `--compile` end to end (the 30 images/s target) or against float32. The compiled section now
@@ -433,8 +462,29 @@ def test_the_parity_section_compares_channels_last_too_on_cuda(tmp_path, monkeyp
     monkeypatch.setattr(check, "parity_rows", lambda device, size, precisions: seen.append((device, size, precisions)))
     assert check.main(["--out", str(tmp_path), "--only", "parity"]) == 0
     assert seen == [("cuda", (3840, 2160), ("fp16", "bf16", "fp16-channels-last"))]
-    # bfloat16 and A2U's unfold form, decided twice on the H200, no longer take model rows by default
-    assert check.PRECISIONS == ("fp32", "fp16", "fp16-unfolded", "fp16-channels-last", "fp16-graphs", "fp16-compiled")
+
+
+def test_the_graphed_foreground_is_captured_with_the_graphs_after_the_targets_figures(tmp_path, monkeypatch):
+    """The foreground port is likely bound by launching (some 4,000 ATen calls): the check replays it
+    as one CUDA graph, in the `graphs` section (a failed capture may spoil the CUDA context, so not
+    in the foreground section, before parity and profile); the report puts it beside the eager time."""
+    check, calls = _device_check(), []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "a fake GPU")
+    monkeypatch.setattr(check, "model_rows", lambda *args, **kwargs: calls.append(("model", args[5])))
+    monkeypatch.setattr(check, "foreground_rows", lambda device, size, repeat: calls.append("foreground") or [
+        {"size": "3840x2160", "device": device, "median_ms": 73.7}])
+    monkeypatch.setattr(check, "graphed_foreground_rows", lambda device, size, repeat: calls.append("graphed") or [
+        {"size": "3840x2160", "device": device, "median_ms": 12.5, "max_levels_from_eager": 0}])
+    assert check.main(["--out", str(tmp_path), "--only", "foreground,graphs"]) == 0
+    assert calls == ["foreground", ("model", ("fp16-graphs",)), "graphed"]
+    report = _device_report()
+    assert report.main([str(tmp_path / "device_check.json"), "--out", str(tmp_path / "r.md")]) == 0
+    assert ("3840x2160 on cuda: 73.7 ms; replayed as one CUDA graph: 12.5 ms (largest difference from the eager "
+            "estimate: 0 levels).") in (tmp_path / "r.md").read_text()
+    calls.clear()
+    assert check.main(["--out", str(tmp_path), "--only", "foreground"]) == 0  # not without the graphs section
+    assert calls == ["foreground"]
 
 
 def test_model_rows_run_only_the_rows_asked_for_and_no_compilation_past_the_deadline(monkeypatch):
@@ -462,8 +512,11 @@ def test_model_rows_run_only_the_rows_asked_for_and_no_compilation_past_the_dead
     rows = check.model_rows("cpu", sizes, 1, 0, time.time() + 600, ("fp16",), only=lambda name, size: False)
     assert rows == [] and len(built) == 3  # nothing asked for: no backend built
 
+    from types import SimpleNamespace
+
     times = iter([0.0, 0.0, 10.0])  # the deadline (5) passes between the first size and the second
-    monkeypatch.setattr(check.time, "time", lambda: next(times, 10.0))
+    monkeypatch.setattr(check, "time", SimpleNamespace(time=lambda: next(times, 10.0), perf_counter=time.perf_counter,
+                                                       strftime=time.strftime))
     rows = check.model_rows("cpu", sizes, 1, 0, 5.0, ("fp16-compiled",), only=lambda name, size: name == "tcp")
     assert [r.get("skipped") for r in rows] == [None, "time budget spent"]
 

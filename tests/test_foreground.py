@@ -209,14 +209,16 @@ def test_cuda_port_equals_the_cpu_port():
 
 @pytest.mark.gpu
 def test_the_graphed_estimate_equals_the_eager_one_on_cuda():
-    """The replayed CUDA graph runs the same kernels: the same foreground, and again with new inputs."""
+    """The replayed CUDA graph runs the same kernels, on a contiguous copy of the input where the eager
+    estimate reads a permuted view (a reduction may sum in another order): within 1 level, and again
+    with new inputs."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     image, alpha = _lemur_case()
     graph = foreground.GraphedForeground(*alpha.shape, "cuda")
     for image, alpha in [(image, alpha), (image[::-1].copy(), alpha[::-1].copy())]:  # new inputs, one graph
-        eager = foreground.estimate_foreground_torch(image, alpha, "cuda")
-        np.testing.assert_array_equal(foreground.estimate_foreground_torch(image, alpha, "cuda", graph), eager)
+        eager = foreground.estimate_foreground_torch(image, alpha, "cuda").astype(np.int16)
+        assert np.abs(foreground.estimate_foreground_torch(image, alpha, "cuda", graph) - eager).max() <= 1
 
 
 def test_a_graphed_estimate_needs_cuda():
