@@ -426,3 +426,99 @@ def test_a_table_on_a_narrow_terminal_keeps_every_value_whole(width, layout):
         values = "3840x2160 0.52 1.25 240 12345 1234567 80 3100 660".split()
         assert lines[-2 if layout == "frame" else -1].replace("│", " ").split() == values
         assert ("┃" in out.getvalue()) == (layout == "frame")
+
+
+@pytest.mark.parametrize("width, line", [
+    # 9 columns, 62 characters of cells: framed (two-space padding, ten rules) 90 wide
+    (90, "│ 3840x2160 │  0.52 │        1.25 │    240 │   12345 │ 1234567 │      80 │ 3100 │    660 │"),
+    # a frame of spaces two apart: 62 + 8 * 2 = 78
+    (78, "3840x2160   0.52         1.25     240    12345  1234567       80  3100     660"),
+    (89, "3840x2160   0.52         1.25     240    12345  1234567       80  3100     660"),
+    # one apart: 70
+    (77, "3840x2160  0.52        1.25    240   12345 1234567      80 3100    660"),
+])
+def test_a_table_that_just_fits_a_terminal_keeps_the_roomier_layout(width, line):
+    """print_table keeps the frame while the table is as wide as the terminal or narrower, then columns
+    two apart while they fit, and only then one apart."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mattecli.progress import print_table
+
+    table = Table()
+    for col in ("size", "img/s", "wall/decode", "decode", "prepare", "model", "restore", "fg", "encode"):
+        table.add_column(col, justify="left" if col == "size" else "right")
+    table.add_row("3840x2160", "0.52", "1.25", "240", "12345", "1234567", "80", "3100", "660")
+    out = io.StringIO()
+    print_table(Console(file=out, width=width, force_terminal=True, color_system=None), table)
+    assert line in [text.rstrip() for text in out.getvalue().splitlines()]
+
+
+def test_a_table_printed_as_rows_aligns_the_values_and_skips_empty_ones():
+    """The row layout: each row's first cell, then "  header  value" with the headers (not the first
+    column's) padded to the longest; an empty value gets no line; no title, no title line."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mattecli.progress import print_table
+
+    table = Table()
+    for col in ("a-very-long-first-header", "x", "yy"):
+        table.add_column(col)
+    table.add_row("r1", "1", "")
+    table.add_row("r2", "", "22")
+    out = io.StringIO()
+    print_table(Console(file=out, width=12, force_terminal=True, color_system=None), table)
+    assert out.getvalue().splitlines() == ["r1", "  x   1", "r2", "  yy  22"]
+
+
+def test_the_timing_input_is_a_noisy_colour_image_and_a_three_level_trimap_of_the_size(monkeypatch):
+    """fresh_input: a random image (smooth colour fields plus noise) and a blocky 0/128/255 trimap of
+    `size` (WIDTHxHEIGHT), handed to `pipeline.prepare`, whose aligned input comes back."""
+    import numpy as np
+
+    from mattecli.inference import pipeline
+    from mattecli.inference.random_input import fresh_input
+    from mattecli.recipes import load_recipe
+
+    seen = {}
+
+    def prepare(image, trimap, cfg):
+        seen.update(image=image, trimap=trimap)
+        return "prepared"
+
+    monkeypatch.setattr(pipeline, "prepare", prepare)
+    cfg = load_recipe("demo-a2u").infer
+    assert fresh_input(Size(480, 320), cfg, np.random.default_rng(0)) == "prepared"
+    image, trimap = seen["image"], seen["trimap"]
+    assert image.shape == (320, 480, 3) and image.dtype == np.uint8
+    assert trimap.shape == (320, 480) and trimap.dtype == np.uint8
+    assert set(np.unique(trimap).tolist()) == {0, 128, 255}  # nearest: no level between the three
+    pixels = image.astype(float)
+    assert pixels.std() > 40  # colour fields over the whole 0-255 range, not a flat image
+    assert np.abs(pixels[..., 0] - pixels[..., 1]).mean() > 20  # colour, not grey
+    second = np.abs(pixels[:, 2:] - 2 * pixels[:, 1:-1] + pixels[:, :-2]).mean()
+    assert second > 10  # noise: a smooth field alone has no second difference but at its knots
+    # the noise is clipped to 0-255, not wrapped round (a dark pixel made bright)
+    blur = sum(pixels[1 + dy:319 + dy, 1 + dx:479 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    assert np.abs(pixels[1:-1, 1:-1] - blur).max() < 128
+
+
+def test_the_timing_input_is_the_aligned_network_input():
+    """What bench times and export --verify compares is prepare's output: (1, channels, H', W') with
+    the sides aligned up to the stride (demo-a2u: stride 16, so 50x30 is 64x32)."""
+    import numpy as np
+
+    from mattecli.inference.random_input import fresh_input
+    from mattecli.recipes import load_recipe
+
+    cfg = load_recipe("demo-a2u").infer
+    assert cfg.stride == 16
+    x = fresh_input(Size(50, 30), cfg, np.random.default_rng(0))
+    assert x.shape == (1, cfg.input_channels, 32, 64) and x.dtype == np.float32
+    again = fresh_input(Size(50, 30), cfg, np.random.default_rng(0))
+    assert np.array_equal(x, again)  # seeded: the same input for the same generator state

@@ -67,6 +67,17 @@ def test_sizes_align_up_to_the_stride_or_down_for_resize_down_recipes():
     assert Size(1921, 1080).aligned(32, down=True) == Size(1920, 1056)
 
 
+def test_resizing_down_needs_each_side_at_least_the_stride():
+    """`aligned(stride, down=True)`: a side of exactly the stride stays (32x40 -> 32x32); a side under
+    it, either one, is a ValueError naming the size WIDTHxHEIGHT and the stride."""
+    assert Size(32, 40).aligned(32, down=True) == Size(32, 32)
+    assert Size(40, 32).aligned(32, down=True) == Size(32, 32)
+    for small in (Size(16, 40), Size(40, 16)):
+        with pytest.raises(ValueError, match=rf"^{small} is under 32 pixels on a side, which a recipe that resizes "):
+            small.aligned(32, down=True)
+    assert str(Size(16, 40)) == "16x40"
+
+
 def test_a_size_larger_than_any_readable_image_is_one_line():
     """export --opt-shape 99999999x99999999 and bench --sizes the same were a traceback from the first
     allocation (torch.zeros, numpy) instead of a usage error."""

@@ -267,6 +267,49 @@ def test_a_manifest_that_is_not_utf8_or_not_csv_is_one_usage_line(tmp_path):
         read_manifest(tmp_path)
 
 
+
+def test_a_manifest_without_a_name_or_alpha_column_names_every_missing_one(tmp_path):
+    """name and alpha are the columns every split has: a manifest lacking them is one usage line
+    listing all that are missing; an absent manifest says how to make one."""
+    (tmp_path / "manifest.csv").write_text("name,image\na,merged/a.png\n")
+    with pytest.raises(UsageError, match=r"manifest.csv: manifest lacks the column\(s\) alpha$"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.csv").write_text("image,trimap\nmerged/a.png,trimaps/a.png\n")
+    with pytest.raises(UsageError, match=r"manifest.csv: manifest lacks the column\(s\) name, alpha$"):
+        read_manifest(tmp_path)
+    with pytest.raises(UsageError, match=re.escape(f"{tmp_path / 'none' / 'manifest.csv'}: no manifest.csv here "
+                                                   "(prepare the data with `matte prepare-data`)")):
+        read_manifest(tmp_path / "none")
+    (tmp_path / "split" / "manifest.csv").mkdir(parents=True)  # a folder of the name is no manifest
+    with pytest.raises(UsageError, match="no manifest.csv here"):
+        read_manifest(tmp_path / "split")
+
+
+def test_a_manifest_path_that_does_not_exist_is_a_folder_unless_it_ends_in_csv(tmp_path):
+    """manifest_file: a folder (or a path not there yet, not ending in .csv, in any case) gets
+    manifest.csv inside it; a .csv or .CSV path is the manifest itself."""
+    from mattecli.data.manifest import manifest_file
+
+    assert manifest_file(tmp_path) == tmp_path / "manifest.csv"
+    assert manifest_file(tmp_path / "test") == tmp_path / "test" / "manifest.csv"
+    assert manifest_file(tmp_path / "mine.csv") == tmp_path / "mine.csv"
+    assert manifest_file(tmp_path / "MINE.CSV") == tmp_path / "MINE.CSV"
+    path = write_manifest(tmp_path / "Split.CSV", [])
+    assert path == tmp_path / "Split.CSV" and path.is_file()
+
+
+def test_manifest_paths_are_relative_to_its_folder_and_names_kept_as_written(tmp_path):
+    """Every row is read, each name as written (spaces and all), and each path joined to the
+    manifest's own folder."""
+    from mattecli.data.manifest import Sample, missing_files
+
+    (tmp_path / "manifest.csv").write_text("name,image,alpha,trimap,fg,bg\n a ,,alpha/a.png,,,\nb,,alpha/b.png,,,\n")
+    assert read_manifest(tmp_path / "manifest.csv") == [Sample(" a ", alpha=tmp_path / "alpha" / "a.png"),
+                                                       Sample("b", alpha=tmp_path / "alpha" / "b.png")]
+    samples = read_manifest(tmp_path)
+    assert missing_files(samples, ("alpha",)) == [tmp_path / "alpha" / "a.png", tmp_path / "alpha" / "b.png"]
+
+
 def _copy_dataset(dataset, tmp_path):
     import shutil
 

@@ -59,6 +59,66 @@ def test_cuda_without_a_gpu_is_one_line():
         resolve_device("cuda:0")
 
 
+def test_device_names_ignore_case_and_surrounding_spaces_and_messages_quote_what_was_typed(monkeypatch):
+    """`--device` is checked after `.strip().lower()`: " CPU " is the cpu, "CUDA:1" is cuda:1; a refusal
+    quotes the user's own text, not the normalised name."""
+    assert resolve_device(" CPU ") == "cpu"
+    with pytest.raises(UsageError, match=r"^--device GPU: expected auto"):
+        resolve_device("GPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match=r"^--device CUDA:0: CUDA is not available on this machine$"):
+        resolve_device("CUDA:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device(" CUDA:1\n") == "cuda:1"
+
+
+def test_cpu_takes_no_index():
+    """Only auto, cpu, cuda and cuda:N are devices: "cpu:0" is refused like any other name."""
+    with pytest.raises(UsageError, match=r"^--device cpu:0: expected auto, cpu, cuda or cuda:N$"):
+        resolve_device("cpu:0")
+
+
+def test_a_cuda_index_is_checked_against_the_gpus_numbered_from_0(monkeypatch):
+    """cuda is cuda:0; cuda:N must be under torch.cuda.device_count() (two GPUs: cuda:0 and cuda:1),
+    and N may have several digits; the name is returned as given, index and all."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda") == "cuda"  # the one GPU, number 0
+    assert resolve_device("cuda:0") == "cuda:0"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(UsageError, match=r"^--device cuda:2: this machine has 2 CUDA device\(s\), numbered from 0$"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 12)
+    assert resolve_device("cuda:10") == "cuda:10"
+
+
+def test_no_device_is_auto_and_auto_is_the_gpu_where_there_is_one(monkeypatch):
+    """`device=None` (the Python API's default) means auto: the GPU when torch sees one."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device(None) == resolve_device("auto") == "cuda"
+
+
+def test_auto_for_onnx_without_a_gpu_is_the_cpu_whatever_onnx_runtime_lists(monkeypatch):
+    """auto is "cuda" for an .onnx model only where there is a GPU *and* onnxruntime can use it:
+    onnxruntime-gpu listing its CUDA provider on a machine without a GPU still means the cpu."""
+    import onnxruntime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert resolve_device("auto", backend="onnx") == "cpu"
+
+
+def test_mps_with_an_index_gets_the_apple_hint_too():
+    """mps:N, like mps, is told Apple GPUs are not supported and to use cpu."""
+    with pytest.raises(UsageError, match=r"^--device mps:1: expected auto, cpu, cuda or cuda:N \(Apple GPUs, mps, are "
+                                         r"not supported: use cpu\)$"):
+        resolve_device("mps:1")
+
+
 def run_cli(monkeypatch, capsys, *args):
     """`python -m mattecli ARGS` in this process: (exit code, stderr)."""
     from mattecli.cli import main

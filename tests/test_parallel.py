@@ -52,6 +52,30 @@ def test_track_without_a_bar_still_prints_to_its_console():
     assert lines == ["a note"]
 
 
+def test_track_advances_by_the_steps_given_and_shows_done_total_and_eta():
+    """The bar is "what, bar, done/total, elapsed, ETA"; `advance(n)` moves it n steps."""
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    with track(5, "frames", console=Console(file=out, width=120)) as bar:
+        bar.advance(3)
+        assert bar.progress.tasks[0].completed == 3
+    text = out.getvalue()
+    assert "frames" in text and "3/5" in text and "ETA" in text
+
+
+def test_lines_printed_through_a_tracker_are_escaped_and_not_markup(capsys):
+    """Tracker.print writes the text as it is (rich markup is not read: a file named "[red]x" stays so),
+    its control characters escaped (a file name holding a newline or ESC forges no line), above the
+    bar on stderr, where the default bar draws."""
+    with track(2, "files") as bar:
+        bar.print("[red]a.png[/red]\nmatte: failed\x1b[2J")
+    err = capsys.readouterr().err
+    assert "[red]a.png[/red]\\nmatte: failed\\x1b[2J" in err
+
+
 def test_a_process_pool_on_windows_is_capped_at_its_61_processes(monkeypatch):
     """`matte eval` (default: all cores) or `prepare-data --workers 64` on a Windows machine of 64+
     cores: ProcessPoolExecutor raised "max_workers must be <= 61", a traceback."""

@@ -31,6 +31,10 @@ def test_engine_header_round_trip(tmp_path):
     (MAGIC + (9).to_bytes(4, "little") + b"{}", "truncated engine header"),
     (MAGIC + (3).to_bytes(4, "little") + b"[1]" + b"engine", r"corrupt engine header \(not a JSON object\)"),
     (MAGIC + (4).to_bytes(4, "little") + b"null" + b"engine", r"corrupt engine header \(not a JSON object\)"),
+    (MAGIC + (2).to_bytes(4, "little") + b"\xff\xfe" + b"engine", r"corrupt engine header \(not JSON\)"),  # not UTF-8
+    (MAGIC + (50000).to_bytes(4, "little") + b"[" * 50000 + b"engine", r"corrupt engine header \(not JSON\)"),
+    (b"MATTETRT" + (2).to_bytes(4, "little"), "truncated engine header"),  # the header says 2 bytes, none follow
+    (b"\x00" * 64, r"not a matte engine \(no MATTETRT header; build it with `matte export --format trt`\)$"),
 ])
 def test_engine_header_errors_name_the_file(tmp_path, content, reason):
     """A header that is JSON but not an object (`[1]`) was an AttributeError traceback in `matte
@@ -47,6 +51,23 @@ def test_the_engine_header_alone_is_read_without_the_engine(tmp_path):
     meta = {"recipe": {"name": "demo-a2u"}, "half": True}
     path = write_engine_file(tmp_path / "m.engine", b"\x01" * 4096, meta)
     assert read_engine_file(path, header_only=True) == (meta, b"")
+
+
+def test_an_engine_file_is_the_8_byte_magic_a_little_endian_length_the_json_then_the_engine(tmp_path):
+    """The format in engine.py's docstring, built by hand: `MATTETRT`, the JSON's length in 4 bytes,
+    little endian, the JSON, then the serialized engine."""
+    assert MAGIC == b"MATTETRT"
+    header = b'{"half": true}'
+    path = tmp_path / "m.engine"
+    path.write_bytes(b"MATTETRT" + bytes([len(header), 0, 0, 0]) + header + b"ENGINE")
+    assert read_engine_file(path) == ({"half": True}, b"ENGINE")
+
+
+def test_an_engine_file_that_cannot_be_read_is_one_line(tmp_path):
+    """A missing file, or a folder given for one: "cannot read the engine" with the reason, not a traceback."""
+    for path, reason in ((tmp_path / "none.engine", "No such file or directory"), (tmp_path, "Is a directory")):
+        with pytest.raises(UsageError, match=rf"^{path}: cannot read the engine \({reason}\)$"):
+            read_engine_file(path)
 
 
 def test_matte_bench_of_an_engine_whose_header_is_not_an_object_is_one_line(tmp_path):
@@ -70,6 +91,38 @@ def test_tensorrt_versions_and_which_route_each_takes():
     assert trt_export.needs_fp16_graph(fake_trt("10.12.0.36"))
     assert trt_export.needs_fp16_graph(fake_trt("11.0.0"))
     assert trt_export.needs_fp16_graph(fake_trt("10.9", fp16_flag=False))  # flag gone: strongly typed only
+
+
+def test_tensorrt_10_0_is_new_enough_and_a_minor_without_digits_is_0(monkeypatch):
+    """matte needs TensorRT 10 or newer: 10.0 itself is taken; 9.x is too old. A version part with no
+    digits counts as 0."""
+    from mattecli.inference.engine import import_tensorrt
+
+    assert tensorrt_version(fake_trt("11.dev")) == (11, 0)
+    module = fake_trt("10.0.0.6")
+    monkeypatch.setitem(sys.modules, "tensorrt", module)
+    assert import_tensorrt() is module
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt("9.3.0"))
+    with pytest.raises(UsageError, match=r"^TensorRT 9.3.0 is too old: matte needs TensorRT 10 or newer$"):
+        import_tensorrt()
+
+
+def test_a_tensorrt_that_fails_to_import_is_reported_as_not_installed(monkeypatch):
+    """An installed tensorrt whose import fails (its CUDA libraries missing: a plain ImportError, not
+    ModuleNotFoundError) is the one NOT_INSTALLED line, not a traceback."""
+    from mattecli.inference.engine import import_tensorrt
+
+    class Broken:
+        @staticmethod
+        def find_spec(name, *_):
+            if name == "tensorrt":
+                raise ImportError("libnvinfer.so.10: cannot open shared object file")
+
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    with pytest.raises(UsageError) as err:
+        import_tensorrt()
+    assert str(err.value) == NOT_INSTALLED
 
 
 def test_too_old_tensorrt_is_one_line(monkeypatch):
