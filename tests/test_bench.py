@@ -522,3 +522,160 @@ def test_the_timing_input_is_the_aligned_network_input():
     assert x.shape == (1, cfg.input_channels, 32, 64) and x.dtype == np.float32
     again = fresh_input(Size(50, 30), cfg, np.random.default_rng(0))
     assert np.array_equal(x, again)  # seeded: the same input for the same generator state
+
+
+def test_measure_reports_the_median_and_fastest_of_the_timed_calls_after_warmup(monkeypatch):
+    """`--repeat` timed calls after `--warmup` untimed ones; the median is reported (docs/commands/bench.md),
+    images/s is its inverse, min_ms the fastest call, in six significant digits. Calls of 100 ms (warm-up),
+    3.1234567, 1.2345678 and 8 ms: median 3.12346 ms, min 1.23457 ms, 320.1581 images/s."""
+    import time
+
+    from mattecli import bench
+    from mattecli.inference import backends
+    from mattecli.recipes import load_recipe
+
+    clock = [0.0]
+    durations = iter([0.1, 0.0031234567, 0.0012345678, 0.008])
+
+    class FakeBackend:
+        recipe, half = load_recipe("demo-a2u"), False
+
+        def __call__(self, x):
+            clock[0] += next(durations)
+
+    monkeypatch.setattr(backends, "load_backend", lambda *a, **k: FakeBackend())
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    row = bench.measure("w.safetensors", "torch", Size(40, 30), "cpu", False, 3, 1)
+    assert (row["median_ms"], row["min_ms"], row["images_per_s"]) == (3.12346, 1.23457, 320.1581)
+    assert (row["repeat"], row["warmup"], row["input"], row["half"]) == (3, 1, "1x4x32x48", False)
+    assert row["memory"] == "peak RSS of the process"
+
+
+def test_peak_memory_is_vmhwm_in_mib_else_ru_maxrss_in_the_platforms_unit(monkeypatch):
+    """/proc/self/status's VmHWM (kB) in MiB; without /proc, `resource`'s ru_maxrss: KiB on Linux,
+    bytes on macOS; neither (Windows): None."""
+    import io
+    import resource
+    import sys
+
+    from mattecli import bench
+
+    monkeypatch.setattr(bench, "open", lambda *a, **k: io.StringIO("Name:\tpython\nVmHWM:\t  204800 kB\n"),
+                        raising=False)
+    assert bench.peak_rss_mib() == 200.0
+
+    def no_proc(*args, **kwargs):
+        raise FileNotFoundError("/proc/self/status")
+
+    monkeypatch.setattr(bench, "open", no_proc, raising=False)
+    monkeypatch.setattr(resource, "getrusage", lambda who: type("Usage", (), {"ru_maxrss": 3 * 2**20}))
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert bench.peak_rss_mib() == 3 * 1024  # KiB
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert bench.peak_rss_mib() == 3.0  # bytes
+    monkeypatch.setitem(sys.modules, "resource", None)
+    assert bench.peak_rss_mib() is None
+
+
+def test_a_failed_row_gives_the_last_line_its_process_wrote_without_the_error_prefix(tmp_path, monkeypatch):
+    """A row's process that fails: the row holds backend, size and its reason, the last line on its
+    stderr (after any warning a library printed first) without "matte: error: "."""
+    import os
+
+    from mattecli.bench import run_row
+
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.stderr.write('SomeWarning: printed first\\n')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    row = run_row(tmp_path / "none.onnx", "onnx", Size(32, 24), "cpu", False, 1, 0)
+    assert row == {"backend": "onnx", "size": "32x24", "error": f"{tmp_path / 'none.onnx'}: no such weights file"}
+
+
+def test_half_with_an_fp16_graph_is_checked_for_cuda_not_refused_as_fp32(tcp_graphs):
+    """An FP16 graph with --half runs in FP16: not the FP32 refusal, but --half's own need of CUDA."""
+    from mattecli.bench import check_request
+
+    with pytest.raises(UsageError, match=r"^--half needs --device cuda"):
+        check_request(tcp_graphs[True], ["onnx"], "cpu", True)
+    assert check_request(tcp_graphs[True], ["onnx"], "cpu", False) is True  # its own precision
+
+
+def test_repeat_under_one_or_negative_warmup_is_a_usage_error(weights):
+    """At least one timed call (a median of nothing is no figure); warm-up 0 or more."""
+    for repeat, warmup in ((0, 1), (1, -1)):
+        with pytest.raises(UsageError, match=rf"^--repeat must be >= 1 and --warmup >= 0 \(got {repeat}, {warmup}\)$"):
+            run_bench(weights, ["torch"], [Size(32, 32)], repeat=repeat, warmup=warmup)
+
+
+def test_an_engine_file_is_timed_as_it_is_under_either_suffix(tmp_path):
+    """`.engine` or `.plan` (docs/commands/export.md): the file itself is the trt backend's model, nothing built."""
+    from mattecli.bench import prepare_models
+
+    for name in ("m.engine", "m.plan", "M.PLAN"):
+        assert prepare_models(tmp_path / name, ["trt"], [Size(32, 32)], False, tmp_path) == {"trt": tmp_path / name}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_half_exports_the_fp16_graph_for_the_onnx_rows(tmp_path, weights, monkeypatch):
+    """`--half` times an FP16 graph for onnx (exported once, as `matte export --half` would), torch the file."""
+    import exporters.onnx
+    import mattecli.weights
+    from mattecli.bench import prepare_models
+
+    exported, lines = [], []
+    monkeypatch.setattr(mattecli.weights, "load_model", lambda path: ("model", "recipe"))  # no model to build
+    monkeypatch.setattr(exporters.onnx, "to_onnx",
+                        lambda model, path, recipe, half: exported.append((path, half)) or path)
+    files = prepare_models(weights, ["torch", "onnx"], [Size(32, 32)], True, tmp_path, log=lines.append)
+    assert files == {"torch": weights, "onnx": tmp_path / "model-fp16.onnx"}
+    assert exported == [(tmp_path / "model-fp16.onnx", True)]
+    assert lines == [f"exporting {weights.name} to ONNX (FP16)"]
+
+
+def test_only_the_torch_backend_is_loaded_with_half(monkeypatch):
+    """`--half` is applied by the torch backend (`matte infer --half`'s); an exported graph or engine runs
+    in the precision it was exported in, so its backend is not asked for FP16."""
+    from mattecli import bench
+    from mattecli.inference import backends
+    from mattecli.recipes import load_recipe
+
+    asked = []
+
+    class FakeBackend:
+        recipe, half = load_recipe("demo-a2u"), False
+
+        def __call__(self, x):
+            pass
+
+    def load_backend(model, backend, device, half):
+        asked.append((backend, half))
+        return FakeBackend()
+
+    monkeypatch.setattr(backends, "load_backend", load_backend)
+    for backend in ("torch", "onnx", "trt"):
+        bench.measure("m", backend, Size(40, 30), "cpu", True, 1, 0)
+    assert asked == [("torch", True), ("onnx", False), ("trt", False)]
+
+
+def test_a_missing_model_file_is_named_before_any_check_of_its_kind(tmp_path):
+    """A --weights path that is no file is refused as such first: not as an unknown suffix (a run's
+    folder), nor as TensorRT missing (an engine)."""
+    from mattecli.bench import check_request
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.safetensors").write_bytes(b"")
+    cases = [(tmp_path / "none.engine", ["trt"], f"{tmp_path / 'none.engine'}: no such weights file"),
+             (tmp_path / "none.onnx", ["onnx"], f"{tmp_path / 'none.onnx'}: no such weights file"),
+             (run, ["torch"], f"{run}: a folder, not a weights file; name the file (last.safetensors in it)")]
+    for path, backends, message in cases:
+        with pytest.raises(UsageError) as refused:
+            check_request(path, backends, "cpu", False)
+        assert str(refused.value) == message
+
+
+def test_the_default_backends_go_by_the_suffix_in_any_case(tmp_path):
+    """Without --backends: torch and onnx for weights, the file's own backend for a graph or an engine,
+    its suffix read in any case, as `check_request` reads it (W.ONNX was given torch, then refused)."""
+    assert default_backends(tmp_path / "W.ONNX") == ["onnx"]
+    assert default_backends(tmp_path / "M.Engine") == default_backends(tmp_path / "m.PLAN") == ["trt"]
+    assert default_backends(tmp_path / "W.SafeTensors") == ["torch", "onnx"]

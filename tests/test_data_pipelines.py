@@ -577,6 +577,28 @@ def test_noisy_trimap_moves_the_unknown_region():
     assert sum(not np.array_equal(tri.noisy_trimap(trimap, alpha, rng)[0], trimap) for _ in range(50)) > 10
 
 
+def test_grown_trimap_keeps_a_pixel_just_past_a_fractional_radius():
+    """Unknown = within `radius` px (Euclidean): at radius 2.9 the pixels at squared distance 0..8
+    around one partial pixel (1 + 4 + 4 + 4 + 8 + 4 = 25 of them) are unknown, the ones 3 px away are not."""
+    alpha = np.zeros((11, 11), np.float32)
+    alpha[5, 5] = 0.5
+    trimap = tri.grown_trimap(alpha, 2.9, seam=False)
+    assert (trimap == 128).sum() == 25
+    assert trimap[5, 8] == trimap[8, 5] == 0 and trimap[7, 7] == 128  # 3 px away; 2 * sqrt(2) = 2.83 px
+
+
+def test_eroded_trimap_erodes_with_an_ellipse_not_a_square():
+    """GCA's elliptical kernel: OpenCV's 5x5 ellipse is 17 pixels (rows 1..3 full, rows 0 and 4 only
+    their middle pixel), so a single background pixel in foreground makes 16 unknown pixels around it
+    under a 5 px fg kernel (a square would make 24; bg kernel 1 = no erosion)."""
+    alpha = np.ones((11, 11), np.float32)
+    alpha[5, 5] = 0.0
+    trimap = tri.eroded_trimap(alpha, 5, 1)
+    assert trimap[5, 5] == 0 and (trimap == 128).sum() == 16
+    assert trimap[3, 4] == trimap[3, 6] == trimap[7, 4] == trimap[7, 6] == 255  # 2 rows, 1 column away: fg
+    assert trimap[3, 5] == trimap[4, 3] == trimap[6, 7] == trimap[5, 3] == 128
+
+
 def test_synthetic_with_no_test_samples_writes_an_empty_test_manifest(tmp_path):
     """`--test 0` wrote the test manifest as a file named `OUT/test`."""
     report = prepare_synthetic(tmp_path / "s", n_train=1, n_test=0, size=32)

@@ -122,3 +122,13 @@ def test_decompose_returns_an_eval_mode_copy_of_a_model_in_training():
     with torch.no_grad():
         # eval: (x - 1) / sqrt(4 + eps) with the default affine (weight 1, bias 0)
         torch.testing.assert_close(export(x), (x - 1) / (4 + 1e-5) ** 0.5, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("output_size", [(None, 4), (3, None)])
+def test_adaptive_pooling_that_keeps_a_dimension_is_refused_when_decomposed(output_size):
+    """`AdaptiveAvgPool2d((None, 4))` keeps the input's height: bin matrices need both output sizes, so
+    the swap refuses it by name at decompose time, not with an error deep in a later export."""
+    with pytest.raises(ValueError, match=r"adaptive pooling to \(.*None.*\) \(a kept dimension\) has no export form"):
+        BinAvgPool(output_size)
+    with pytest.raises(ValueError, match="has no export form"):
+        decompose(nn.Sequential(nn.AdaptiveAvgPool2d(output_size)))

@@ -178,6 +178,71 @@ def test_soft_masks_between_the_thresholds_are_unknown():
             parse_threshold(bad)
 
 
+def test_a_band_wider_than_the_image_reaches_the_far_corner_in_a_direction_the_chamfer_overestimates():
+    """A band wider than the image is cut to twice the diagonal, not to the diagonal: the chamfer
+    distance runs up to 2% over the Euclidean one (about 1% along a 3:1 slope), so a cut at the
+    diagonal would leave the far corner of a 600x200 mask, Euclidean 631 px from its only
+    background pixel (diagonal 632), foreground under a band asked to cover everything."""
+    mask = np.full((200, 600), 255, np.uint8)
+    mask[0, 0] = 0
+    assert band_pixels("1e20", mask.shape) >= 2 * np.hypot(200, 600)
+    assert (trimap_from_mask(mask, band="1e20") == 128).all()
+
+
+def test_equal_thresholds_are_a_cut_at_one_value():
+    """LO <= HI, equality included: `--threshold 0.5,0.5` is the documented default (a cut at one half)."""
+    for text, expected in [("0.5,0.5", (0.5, 0.5)), ("0,0", (0.0, 0.0)), ("1,1", (1.0, 1.0))]:
+        assert parse_threshold(text) == expected
+    mask, _ = disc(61, 20.0)
+    assert np.array_equal(trimap_from_mask(mask, band=3, threshold=(0.5, 0.5)), trimap_from_mask(mask, band=3))
+
+
+def test_trimap_from_mask_refuses_thresholds_outside_0_and_1():
+    """`threshold` is checked as `--threshold` is: probabilities, 0 <= lo <= hi <= 1."""
+    mask, _ = disc(21, 5.0)
+    for bad in [(-0.1, 0.5), (-1, -1), (0.5, 1.5)]:
+        with pytest.raises(ValueError, match="need 0 <= lo <= hi <= 1"):
+            trimap_from_mask(mask, threshold=bad)
+    for bad in ("-0.1,0.5", "0.5,1.5"):
+        with pytest.raises(ValueError):
+            parse_threshold(bad)
+
+
+def test_a_one_pixel_mask_is_cut_at_the_thresholds_as_a_larger_one():
+    """A 1x1 mask (no edge, its own code path) follows the rule: >= hi foreground, < lo background,
+    the rest unknown; a value equal to hi is foreground, one equal to lo is not background."""
+    cases = [(np.full((1, 1), 0.5, np.float32), (0.5, 0.5), 255), (np.full((1, 1), 255, np.uint8), (0.2, 1.0), 255),
+             (np.full((1, 1), 0.2, np.float32), (0.2, 0.8), 128), (np.full((1, 1), 0.8, np.float32), (0.2, 0.8), 255),
+             (np.full((1, 1), 0.1, np.float32), (0.2, 0.8), 0)]
+    for mask, threshold, expected in cases:
+        assert trimap_from_mask(mask, threshold=threshold).tolist() == [[expected]], (mask, threshold)
+        # the same value over a 2x2 mask (the general path) gives the same label
+        assert (trimap_from_mask(np.tile(mask, (2, 2)), threshold=threshold) == expected).all()
+
+
+def test_a_band_from_0_to_100_percent_of_the_diagonal_is_taken():
+    """`--band` takes a share of the diagonal "from 0% to 100%", both ends included, and 0 pixels."""
+    for text in ("100%", "0%", "0", "100"):
+        assert parse_band(text) == text
+    assert band_pixels("100%", (30, 40)) == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="from 0% to 100%"):
+        parse_band("100.5%")
+
+
+def test_an_unknown_trimap_method_names_the_two_methods():
+    """`trimap_from_alpha` knows `dist` and `erode` (`--method`) and says so for anything else."""
+    with pytest.raises(ValueError, match=r"^unknown trimap method 'blur': choose erode or dist$"):
+        trimap_from_alpha(np.zeros((4, 4), np.uint8), "blur", np.random.default_rng(0))
+
+
+def test_a_band_that_is_not_a_number_says_what_is_expected():
+    """`--band px`: the message names both forms, pixels and a share of the diagonal, with examples."""
+    for bad in ("px", "20px", "%", "1.5 %%"):
+        with pytest.raises(ValueError, match=r": expected pixels \(e\.g\. 20\) or a share of the image diagonal "
+                                             r"\(e\.g\. 1\.5%\)$"):
+            parse_band(bad)
+
+
 def test_a_4k_mask_is_made_into_a_trimap():
     # its speed is a benchmark's (benchmarks/trimap_band.py), not a timed test's
     mask, _ = disc(size=2160, radius=700)
