@@ -12,8 +12,10 @@ and an 8-image benchmark would not.
 
 Each stage's time is summed over the images: decode, foreground and encode run in the worker
 threads, overlapping each other and the model, so the stages add up to more than the wall time
-whenever overlap works; upload + prepare, model and restore + download run in the calling thread
-(on CUDA each of these ends with a device synchronisation, so its time is its own).
+whenever overlap works; model and restore + download run in the calling thread (on CUDA each ends
+with a device synchronisation, so its time is its own), and so does upload + prepare, except its
+part that the workers do ahead of the model (`Pipeline.prepare_host`: the whole preparation with
+numpy, the copy into page-locked memory on CUDA), which is counted in the same stage.
 """
 
 from __future__ import annotations

@@ -419,7 +419,10 @@ class Pipeline:
         if image.shape[:2] != trimap.shape:
             return None
         if self.ops is not NUMPY:
-            return Pinned(self.ops.pin(image), self.ops.pin(trimap)) if self._whole(*trimap.shape) else None
+            if not self._whole(*trimap.shape):
+                return None
+            with self._stage("upload + prepare"):  # the host's half of the upload, timed as the stage it was part of
+                return Pinned(self.ops.pin(image), self.ops.pin(trimap))
         if not self._whole(*trimap.shape, ahead):
             return None
         with self._stage("upload + prepare"):
