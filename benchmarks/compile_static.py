@@ -22,40 +22,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def median_ms(fn, x, repeat: int = 10, warmup: int = 2) -> float:
-    import torch
-
-    for _ in range(warmup):
-        fn(x)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn(x)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
-
-
 def measure(name: str, width: int, height: int) -> None:
+    import numpy as np
     import torch
-    from device_check import seeded_backend
+    from device_check import Clock, seeded_backend
 
     from mattecli.inference.backends import CompiledPerShape
+    from mattecli.inference.random_input import fresh_input
+    from mattecli.sizes import Size
 
     backend, recipe = seeded_backend(name, "cuda", "fp16")
-    stride = recipe.infer.stride
-    h, w = -(-height // stride) * stride, -(-width // stride) * stride  # up to the stride, as the pipeline
-    x = torch.randn(1, recipe.infer.input_channels, h, w, device="cuda")
-    print(json.dumps({"recipe": name, "input": f"1x{x.shape[1]}x{h}x{w}",
-                      "eager_fp16_ms": round(median_ms(backend.forward, x), 2)}), flush=True)
+    # the network input the pipeline makes of a photo of this size (aligned as the recipe aligns)
+    x = torch.from_numpy(fresh_input(Size(width, height), recipe.infer, np.random.default_rng(0))).to("cuda")
+    h, w = x.shape[2:]
+    clock = Clock("cuda")
+
+    def median_ms() -> float:
+        return clock.median_ms(lambda: backend.forward(x), 10, 2)
+
+    print(json.dumps({"recipe": name, "input": "x".join(map(str, x.shape)),
+                      "eager_fp16_ms": round(median_ms(), 2)}), flush=True)
     backend.run = CompiledPerShape(backend.run)
     start = time.perf_counter()
     backend.forward(x)
     torch.cuda.synchronize()
     first = time.perf_counter() - start
     torch.cuda.reset_peak_memory_stats()
-    ms = median_ms(backend.forward, x)
+    ms = median_ms()
     peak = torch.cuda.max_memory_allocated()
     print(json.dumps({"recipe": name, "compiled": "static", "first_call_s": round(first, 1), "median_ms": round(ms, 2),
                       "peak_mib": round(peak / 2**20), "bytes_per_pixel": round(peak / (h * w))}), flush=True)

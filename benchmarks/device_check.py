@@ -281,6 +281,15 @@ def parity_rows(device: str, size, precisions=("fp16", "bf16"), recipes=RECIPES)
     return rows
 
 
+def foreground_case(size):
+    """(image, alpha) that the foreground rows estimate from: the lemur photo tiled to `size`, its
+    trimap blurred into a soft band (the unknown band at 50%, blurred edges)."""
+    import cv2
+
+    image, trimap = lemur(size[1], size[0])
+    return image, cv2.GaussianBlur(trimap, (0, 0), 3)
+
+
 def foreground_rows(device: str, size, repeat: int) -> list[dict]:
     """Foreground estimation alone (`--save fg`'s extra work) on the lemur photo tiled to `size`.
 
@@ -288,12 +297,9 @@ def foreground_rows(device: str, size, repeat: int) -> list[dict]:
     and its difference from PyMatting's estimate on the CPU, in colour levels over the pixels whose
     alpha is fractional (elsewhere the foreground is the image itself or is not seen).
     """
-    import cv2
-
     from mattecli.inference.foreground import estimate_foreground_torch
 
-    image, trimap = lemur(size[1], size[0])
-    alpha = cv2.GaussianBlur(trimap, (0, 0), 3)  # a soft band: the unknown band at 50%, blurred edges
+    image, alpha = foreground_case(size)
     clock = Clock(device)
     row = {"size": f"{size[0]}x{size[1]}", "device": device}
     ms = clock.median_ms(lambda: estimate_foreground_torch(image, alpha, device), repeat, 1)
@@ -320,12 +326,9 @@ def graphed_foreground_rows(device: str, size, repeat: int) -> list[dict]:
     (`inference.foreground.GraphedForeground`), timed the same way, and its largest difference from
     the eager estimate: whether launching is what bounds the port. In the `graphs` section, after
     the figures the targets need: a capture that fails may leave the CUDA context unusable."""
-    import cv2
-
     from mattecli.inference.foreground import GraphedForeground, estimate_foreground_torch
 
-    image, trimap = lemur(size[1], size[0])
-    alpha = cv2.GaussianBlur(trimap, (0, 0), 3)
+    image, alpha = foreground_case(size)
     row = {"size": f"{size[0]}x{size[1]}", "device": device}
     eager = estimate_foreground_torch(image, alpha, device)
     graph = GraphedForeground(*alpha.shape, device)

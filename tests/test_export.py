@@ -575,7 +575,11 @@ def test_the_graph_is_budgeted_by_its_onnx_runtime_figure_and_the_weights_by_pyt
     cfg = recipe.infer
     if recipe.family == "tcp":  # demo-tcp: its graph runs the textural path untiled, above the CPU figure
         assert cfg.onnx_bytes_per_pixel > cfg.bytes_per_pixel
-    assert load_pipeline(path).bytes_per_pixel == (cfg.onnx_bytes_per_pixel or cfg.bytes_per_pixel)
+    pipeline = load_pipeline(path)
+    assert pipeline.bytes_per_pixel == (cfg.onnx_bytes_per_pixel or cfg.bytes_per_pixel)
+    # the figure's origin travels with it, for `matte infer`'s note on an unmeasured one
+    assert pipeline.bytes_source.startswith("recipe infer.onnx_bytes_per_pixel" if cfg.onnx_bytes_per_pixel
+                                            else "recipe infer.bytes_per_pixel (CPU, measured)")
 
 
 # ----------------------------------------------------------------------------------------------

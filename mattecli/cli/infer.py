@@ -131,12 +131,9 @@ def main(
     elif compile:
         typer.echo("matte: note: --compile: the first image waits while torch.compile builds the model (minutes); "
                    "later images, of any size, reuse it", err=True)
-    if max_bytes is not None and device.startswith("cuda"):
-        from mattecli.inference.tiling import model_bytes_per_pixel
-
-        per_pixel, source = model_bytes_per_pixel(pipeline.cfg, device, half, pipeline.backend.name, compiled=compile)
-        if "not measured" in source:
-            typer.echo(f"matte: note: --max-memory on {device}: {per_pixel} bytes/pixel from {source}", err=True)
+    if max_bytes is not None and device.startswith("cuda") and "not measured" in pipeline.bytes_source:
+        typer.echo(f"matte: note: --max-memory on {device}: {pipeline.bytes_per_pixel} bytes/pixel from "
+                   f"{pipeline.bytes_source}", err=True)
     unreadable, others = [], []  # subfolders left out: failures of the batch, unless nothing else is there
     if images.is_dir() and not has_images(images, recursive, unreadable, others):  # stops at the first image
         raise no_images(images, recursive, unreadable=unreadable, others=others)

@@ -381,7 +381,8 @@ class Pipeline:
 
     `max_bytes` is the memory ceiling of one model pass (None: no ceiling, always the whole image);
     images whose pass would exceed it are run as tiles over the unknown band (see `tiling`), the
-    model's memory per pixel being `bytes_per_pixel` (None: the recipe's).
+    model's memory per pixel being `bytes_per_pixel` (None: the recipe's), whose origin
+    `bytes_source` names (`tiling.model_bytes_per_pixel`'s words; `load_pipeline` sets both).
     `timer(stage)`, when set, is a context manager around each stage ("upload + prepare", "model",
     "restore + download"), for `matte bench --e2e`.
     """
@@ -391,6 +392,7 @@ class Pipeline:
     recipe: Recipe | None = None
     max_bytes: int | None = None
     bytes_per_pixel: int | None = None
+    bytes_source: str = ""
     timer: object = None
     # One model call at a time: a TensorRT context and its scratch memory, and the half-precision
     # fallback count, are per backend, and a web service calls one loaded model from many threads.
@@ -624,9 +626,9 @@ def load_pipeline(weights, backend: str | None = None, device: str = "cpu", max_
         raise UsageError(f"{options[0]} needs a CUDA device (half precision on a CPU is not a fast path)")
     reuse_freed_buffers()
     be = load_backend(weights, backend, device, half=half, compile=compile)
-    per_pixel, _ = model_bytes_per_pixel(be.recipe.infer, device, half, be.name, compiled=compile)
+    per_pixel, source = model_bytes_per_pixel(be.recipe.infer, device, half, be.name, compiled=compile)
     pipeline = Pipeline(backend=be, cfg=be.recipe.infer, recipe=be.recipe, max_bytes=max_bytes,
-                        bytes_per_pixel=per_pixel)
+                        bytes_per_pixel=per_pixel, bytes_source=source)
     if max_bytes is not None:
         try:
             tile_size(max_bytes, pipeline.cfg, pipeline.bytes_per_pixel)
